@@ -1,0 +1,29 @@
+# Two commands: `make demo` runs the whole pipeline on the embedded demo corpus,
+# `make test` runs the test suite. Both create or reuse the local virtual environment .venv.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
+
+export HF_HUB_OFFLINE ?= 1
+export PYANNOTE_METRICS_ENABLED ?= 0
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: demo test install clean-demo
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	rm -f $(VENV)/.installed-* && touch $@
+
+demo: $(STAMP)
+	$(PY) reproduce.py $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+clean-demo:
+	rm -rf demo_data preprocessed_iemocap results
