@@ -31,22 +31,13 @@ import time
 from pathlib import Path
 
 import utils
+from evaluate import PAPER
 
 HERE = Path(__file__).resolve().parent
 DEMO_NOTE = ("DEMO RUN: these numbers come from a synthetic corpus and tiny randomly initialised models; "
              "they say nothing about IEMOCAP or about the paper's claims. They show that every step runs "
              "and that the comparisons are wired up.")
 
-# The paper's reported numbers (Wang, Lee, Chen, IALP 2025, Tables I-IV), quoted for comparison only.
-PAPER = {
-    "table1": {"wu": {"acc": 49.49, "wf1": None, "mf1": None},
-               "baseline": {"acc": 56.82, "wf1": 53.87, "mf1": 47.10},
-               "aligned": {"acc": 66.81, "wf1": 66.88, "mf1": 66.48}},
-    "table2": {"hap": (0.64, 0.73), "ang": (0.38, 0.64), "sad": (0.26, 0.67), "neu": (0.61, 0.62)},
-    "table3": {"wu": (66.03, 65.17), "standard": (89.35, 90.96), "vad_oracle": (53.90, 62.54)},
-    "table4": {"frozen": {"acc": 56.82, "wf1": 53.87, "mf1": 47.10},
-               "finetune": {"acc": 66.81, "wf1": 66.81, "mf1": 66.48}},
-}
 PAUSES = (0.5, 1.0, 1.5, 2.0)
 
 
@@ -239,30 +230,29 @@ def load_results(work: Path, name: str) -> dict:
     return out
 
 
-def metric(res, key):
-    """A headline metric from metrics.json (fold-aggregated files keep the mean under 'mean')."""
+def flat(res):
+    """metrics.json of a run; for a multi-fold run, the metrics of all folds' predictions pooled."""
     m = res["metrics"]
-    m = m.get("mean", m)
-    return m.get(key)
+    return m.get("pooled", m)
+
+
+def metric(res, key):
+    return flat(res).get(key)
 
 
 def class_f1(res, label):
-    m = res["metrics"]
-    m = m.get("mean", m)
-    return m["per_class"][label]["f1"]
+    return flat(res)["per_class"][label]["f1"]
 
 
 def teer_value(res, key, authors=False):
+    """TEER or sTEER (fractions) from teer.json / teer_authors.json (folds are pooled at top level)."""
     t = res["teer_authors" if authors else "teer"]
-    if t is None:
-        return None
-    t = t.get("pooled", t)
-    return t.get(key)
+    return None if t is None else t.get(key)
 
 
 def scored(res):
-    m = res["metrics"].get("mean", res["metrics"])
-    return f"{m.get('n_scored', '-')}", fmt(m.get("coverage"), 100, 1)
+    m = flat(res)
+    return f"{m.get('n_scored', '-')}", fmt(m["coverage"]["share"], 100, 1)
 
 
 def write_tables(cfg, done, results: Path, work: Path):
@@ -290,17 +280,17 @@ def write_tables(cfg, done, results: Path, work: Path):
         lines += ["## Table I: overall results (standard pipeline, fine-tuned extractors)", "",
                   "| Setup | Acc ours | WF1 ours | MF1 ours | n | cov % | Acc paper | WF1 paper | MF1 paper | source |",
                   "|---|---|---|---|---|---|---|---|---|---|",
-                  f"| Wu et al. (6 classes) | - | - | - | - | - | {paper(PAPER['table1']['wu']['acc'])} | - | - | paper |"]
-        for label, res, pk in (("Without alignment", bl, "baseline"), ("Proposed (with alignment)", al, "aligned")):
+                  f"| Wu et al. (6 classes) | - | - | - | - | - | {paper(PAPER['table1']['wu2023']['accuracy'])} | - | - | paper |"]
+        for label, res, pk in (("Without alignment", bl, "without-alignment"), ("Proposed (with alignment)", al, "aligned")):
             n, cov = scored(res)
             pp = PAPER["table1"][pk]
             lines.append(f"| {label} | {fmt(metric(res, 'accuracy'))} | {fmt(metric(res, 'weighted_f1'))} | "
-                         f"{fmt(metric(res, 'macro_f1'))} | {n} | {cov} | {paper(pp['acc'])} | {paper(pp['wf1'])} | "
-                         f"{paper(pp['mf1'])} | `{res['metrics_file']}` |")
+                         f"{fmt(metric(res, 'macro_f1'))} | {n} | {cov} | {paper(pp['accuracy'])} | {paper(pp['weighted_f1'])} | "
+                         f"{paper(pp['macro_f1'])} | `{res['metrics_file']}` |")
         lines += ["", "## Table II: per-emotion F1 without vs with alignment", "",
                   "| Emotion | without (ours) | with (ours) | without (paper) | with (paper) |", "|---|---|---|---|---|"]
         for lab in utils.LABELS:
-            pw, pa = PAPER["table2"][lab]
+            pw, pa = PAPER["table2"]["without-alignment"][lab], PAPER["table2"]["aligned"][lab]
             lines.append(f"| {utils.LABEL_NAMES[lab]} | {class_f1(bl, lab):.2f} | {class_f1(al, lab):.2f} | {pw:.2f} | {pa:.2f} |")
         lines += ["", f"Sources: `{bl['metrics_file']}`, `{al['metrics_file']}`.", ""]
 
@@ -312,11 +302,11 @@ def write_tables(cfg, done, results: Path, work: Path):
                   "union of extents.", "",
                   "| Pipeline | TEER % | sTEER % | TEER % (authors' scoring) | sTEER % (authors' scoring) | TEER paper | sTEER paper | source |",
                   "|---|---|---|---|---|---|---|---|",
-                  f"| Wu et al. (6 classes) | - | - | - | - | {PAPER['table3']['wu'][0]:.2f} | {PAPER['table3']['wu'][1]:.2f} | paper |"]
-        for label, res, pk in (("Standard", al, "standard"), ("VAD-oracle", ora, "vad_oracle")):
-            lines.append(f"| {label} ({res['run'].split('__')[0]}) | {fmt(teer_value(res, 'teer'))} | {fmt(teer_value(res, 'steer'))} | "
-                         f"{fmt(teer_value(res, 'teer', True))} | {fmt(teer_value(res, 'steer', True))} | "
-                         f"{PAPER['table3'][pk][0]:.2f} | {PAPER['table3'][pk][1]:.2f} | `{Path(res['metrics_file']).parent}/teer*.json` |")
+                  f"| Wu et al. (6 classes) | - | - | - | - | {PAPER['table3']['wu2023']['TEER']:.2f} | {PAPER['table3']['wu2023']['sTEER']:.2f} | paper |"]
+        for label, res, pk in (("Standard", al, "standard"), ("VAD-oracle", ora, "vad-oracle")):
+            lines.append(f"| {label} ({res['run'].split('__')[0]}) | {fmt(teer_value(res, 'TEER'))} | {fmt(teer_value(res, 'sTEER'))} | "
+                         f"{fmt(teer_value(res, 'TEER', True))} | {fmt(teer_value(res, 'sTEER', True))} | "
+                         f"{PAPER['table3'][pk]['TEER']:.2f} | {PAPER['table3'][pk]['sTEER']:.2f} | `{Path(res['metrics_file']).parent}/teer*.json` |")
         lines.append("")
 
     fz = get(std, "aligned-p1.5", "frozen")
@@ -328,8 +318,8 @@ def write_tables(cfg, done, results: Path, work: Path):
             n, cov = scored(res)
             pp = PAPER["table4"][pk]
             lines.append(f"| {label} | {fmt(metric(res, 'accuracy'))} | {fmt(metric(res, 'weighted_f1'))} | "
-                         f"{fmt(metric(res, 'macro_f1'))} | {n} | {cov} | {paper(pp['acc'])} | {paper(pp['wf1'])} | "
-                         f"{paper(pp['mf1'])} | `{res['metrics_file']}` |")
+                         f"{fmt(metric(res, 'macro_f1'))} | {n} | {cov} | {paper(pp['accuracy'])} | {paper(pp['weighted_f1'])} | "
+                         f"{paper(pp['macro_f1'])} | `{res['metrics_file']}` |")
         lines += ["", "The paper's frozen row repeats its Table I without-alignment numbers exactly, and its "
                   "fine-tuned weighted F1 (66.81) differs from Table I (66.88).", ""]
 
@@ -345,7 +335,7 @@ def write_tables(cfg, done, results: Path, work: Path):
         for lab, res in extra:
             n, cov = scored(res)
             lines.append(f"| {lab} | {fmt(metric(res, 'accuracy'))} | {fmt(metric(res, 'weighted_f1'))} | "
-                         f"{fmt(metric(res, 'macro_f1'))} | {fmt(metric(res, 'unweighted_recall'))} | {n} | {cov} | `{res['metrics_file']}` |")
+                         f"{fmt(metric(res, 'macro_f1'))} | {fmt(metric(res, 'ua'))} | {n} | {cov} | `{res['metrics_file']}` |")
         lines.append("")
 
     sweep = [(p, get(std, f"aligned-p{p:g}")) for p in PAUSES]
@@ -358,7 +348,7 @@ def write_tables(cfg, done, results: Path, work: Path):
             n, cov = scored(res)
             lines.append(f"| {p:g} | {fmt(metric(res, 'accuracy'))} | {fmt(metric(res, 'macro_f1'))} | "
                          + " | ".join(f"{class_f1(res, lab):.2f}" for lab in utils.LABELS)
-                         + f" | {n} | {cov} | {fmt(teer_value(res, 'teer'))} | `{res['metrics_file']}` |")
+                         + f" | {n} | {cov} | {fmt(teer_value(res, 'TEER'))} | `{res['metrics_file']}` |")
         lines += ["", "![per-emotion F1 vs maximum pause](pause_sweep.png)", ""]
         plot_sweep(sweep, results / "pause_sweep.png", cfg["demo"])
 

@@ -1,0 +1,734 @@
+"""Generate a small synthetic corpus in IEMOCAP_full_release's exact on-disk layout.
+
+The demo corpus lets the whole pipeline (steps 1-6) run here, with no IEMOCAP and no GPU, through
+the very code paths that read the real corpus. Everything IEMOCAP-specific is imitated, including
+its quirks, so the parsers and aligners meet them:
+
+  SessionK/dialog/wav/<dialog>.wav                      16 kHz stereo 16-bit PCM; ch0 favours the
+                                                        female actor (F + 0.3 M), ch1 the male one
+  SessionK/dialog/EmoEvaluation/<dialog>.txt            "%" header, blank-line separated blocks:
+      [6.2901 - 8.2357]<TAB>Ses01F_impro01_F000<TAB>neu<TAB>[2.5000, 2.5000, 2.5000]
+      C-E2:<TAB>Neutral;<TAB>()          categorical evaluator lines (consensus -> the code)
+      A-E3:<TAB>val 3; act 2; dom  2;<TAB>()   dimensional lines; [V, A, D] = mean of the A-E lines
+  SessionK/dialog/transcriptions/<dialog>.txt           "Ses01F_impro01_F000 [006.2901-008.2357]: Excuse me."
+      in time order; XX ids (Ses01F_impro01_FXX0: spoken, transcribed, never evaluated) in improvised
+      dialogs; one line not starting with "Ses" (e.g. "M: [BREATHING]") in scripted dialogs;
+      inline [LAUGHTER] / [BREATHING] markers
+  SessionK/sentences/wav/<dialog>/<utt>.wav             16 kHz mono: exactly the int16 samples
+      [round(start*16000), round(end*16000)) of the speaker's own channel of the dialog wav
+  SessionK/sentences/ForcedAlignment/<dialog>/<utt>.wdseg   Sphinx-3 layout:
+      "  SFrm  EFrm    SegAScr Word" header, rows "<SFrm> <EFrm> <score> <WORD>", <s> first, </s>
+      last, <sil> for silences, ++LAUGHTER++ / ++BREATHING++, variants like WHAT(2), " Total score: N"
+
+Time convention of the .wdseg files (the one step 2 reads them with): 100 frames per second counted
+from the start of the utterance wav, EFrm inclusive, so a row covers [SFrm/100, (EFrm+1)/100) seconds
+of the utterance and, in dialog time,
+    word start = utterance start + SFrm / 100,   word end = utterance start + (EFrm + 1) / 100,
+where the utterance start is the 4-decimal value printed in EmoEvaluation / transcriptions. The
+ground truth stores these values (rounded to 4 decimals, which is exact since both terms are on a
+0.0001 s grid), so an oracle backend reading the .wdseg files reproduces them to 1e-6.
+
+Dialogs: Ses0KF_impro0J / Ses0KM_script0J_P; the letter after the session number alternates F/M
+(who wears the motion capture; both actors talk). The scripted scenarios (script01_1, script02_1, ...)
+have the same lines (speaker + words) in every session; only timing, markers and the performed
+emotion differ. Irregular names as in IEMOCAP: in Session 3 the last improvised dialog's scenario
+gets a suffix "a" (Ses03F_impro02a with the defaults), in Session 5 the first script01 dialog gets "b"
+(Ses05F_script01_1b), when those sessions exist.
+
+Emotion cues (the learnable signal, each modality imperfect on purpose):
+  audio: a voiced harmonic source (sawtooth glottal pulses on a pitch contour), cascaded formant
+    resonators per syllable (vowel table), syllable-rate amplitude modulation, unvoiced noise bursts
+    at word onsets, per-word attack/release envelopes, faint background noise. Relative to each
+    actor's base pitch: ang loud, high, fast, falling, sharp attacks, bright; hap/exc raised pitch
+    with large rise-fall movement, medium-high energy; sad low, flat, quiet, slow (longer words),
+    dark; neu mid everything; fru ~ mild ang, sur ~ hap with a rise, fea high and trembling,
+    xxx a blend of two emotions.
+  text: a few emotion-leaning words per utterance among neutral and function words.
+  With probability audio_noise (text_noise), independently per utterance, the audio (text) cues
+  come from a different emotion than the annotated code. For scripted dialogs the text is fixed by
+  the script, so "text noise" there means the performance's code differs from the line's.
+
+Ground truth, <out>/demo_ground_truth.json:
+  {"seed", "args", "dialogs": {dialog: {"session", "kind", "scenario", "script", "duration",
+     "utterances": [{"id", "start", "end", "speaker", "code", "label", "text",
+                     "evaluated", "audio_cue", "text_cue"}],
+     "words": [{"word", "start", "end", "speaker", "utterance"}],
+     "turns": [{"speaker", "start", "end", "utterances", "n_words"}]}}}
+  - utterances: every transcribed utterance in time order; XX ones have "evaluated": false and
+    code/label null; "label" is utils.CODE_TO_LABEL[code] or null; "text" is the transcript text.
+  - words: every spoken word (lower case, no punctuation, no markers or variants), in time order.
+  - turns: the maximal runs of one speaker's words (in time order) with no pause > 1.5 s, i.e. what
+    the paper's alignment (Section III-A, max pause 1.5 s) yields from perfect words and speakers.
+Overlapping speech exists only as: the next speaker's first word starts 0.1-0.4 s before the previous
+speaker's last word ends (and after it starts, and ends after it ends), so words sorted by start time
+still give one speaker's turn, then the other's. No pause between words lies within 0.1 s of 1.5 s.
+
+Deterministic: the same arguments give bit-identical files. Each dialog has its own random stream
+(seeded by seed, session, kind and index), so Session 5 is the same whether generated alone or with 1-4.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import shutil
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import lfilter, sosfilt
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: find utils.py
+from utils import CODE_TO_LABEL, LABELS, SAMPLE_RATE, PipelineError, atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
+
+SR = SAMPLE_RATE
+FRAME_RATE = 100  # .wdseg frames per second (Sphinx-3, 10 ms hop)
+MAX_PAUSE = 1.5  # the paper's turn-grouping threshold; generated pauses keep 0.1 s away from it
+MARKER_FILE = ".demo_corpus"  # written first; lets a re-run clean a previous (possibly partial) demo corpus
+
+# ---------------------------------------------------------------------------------------------
+# Design tables: class mix, vocabulary, prosody. Constants of the design, read-only.
+# ---------------------------------------------------------------------------------------------
+
+# Utterance code mix outside any theme; non-target codes ~30% overall, like the target order of
+# IEMOCAP (neu > hap+exc > ang ~ sad).
+BASE_CODES = {"neu": .26, "exc": .10, "hap": .07, "ang": .14, "sad": .12,
+              "fru": .12, "xxx": .10, "sur": .04, "fea": .03, "dis": .01, "oth": .01}
+# Each dialog (scripted scenario) has a mood; 35% of its utterances are drawn from it.
+THEMES = {"ang": {"ang": .6, "fru": .3, "xxx": .1},
+          "sad": {"sad": .6, "neu": .3, "xxx": .1},
+          "hap": {"exc": .45, "hap": .35, "sur": .1, "xxx": .1},
+          "neu": {"neu": .75, "fru": .1, "xxx": .15}}
+THEME_WEIGHT = 0.35
+# Moods are dealt in turn (not drawn) so that small corpora keep the intended class mix.
+IMPRO_THEMES = ("ang", "sad", "hap", "neu")
+SCRIPT_THEMES = {"script01": "neu", "script02": "hap", "script03": "ang"}
+
+FUNCTION_WORDS = ("the a to and you i it we that is was have just know what about going there this "
+                  "here with for on at then so well right yeah now of in my your be do not if but "
+                  "they he she me can would could all out up back one some").split()
+CONTENT_WORDS = ("time thing way day place people home work car morning tonight week house friend "
+                 "year phone door street money dinner family night mother brother sister city road "
+                 "job letter name table water coffee window morning").split()
+EMOTION_WORDS = {
+    "neu": "okay fine sure maybe office form number schedule meeting paper line address ticket probably usual".split(),
+    "ang": "ridiculous stop hate stupid enough unacceptable furious liar never shut sick nonsense idiot fault yelling".split(),
+    "hap": "great wonderful love amazing happy excited fantastic beautiful fun perfect glad congratulations celebrate awesome laugh".split(),
+    "sad": "miss alone sorry lost cry gone hurt lonely died funeral empty tears goodbye sad hopeless".split(),
+    "fru": "again whatever annoying still supposed problem waiting seriously".split(),
+    "sur": "really wow believe suddenly unexpected incredible".split(),
+    "fea": "scared afraid careful danger help dark".split(),
+    "dis": "gross disgusting awful".split(),
+}
+# Which vocabularies an emotion's text draws its emotion-leaning words from.
+TEXT_SOURCES = {"neu": ("neu",), "ang": ("ang",), "hap": ("hap",), "exc": ("hap",), "sad": ("sad",),
+                "fru": ("fru", "ang", "neu"), "sur": ("sur", "hap"), "fea": ("fea", "sad"),
+                "dis": ("dis", "ang"), "oth": ("neu",)}
+VARIANT_WORDS = {"the", "a", "to", "what", "you", "that", "for", "and", "read", "live"}  # get WORD(2) sometimes
+
+# Prosody relative to the actor: pitch x base f0, contour excursion, contour shape, RMS energy,
+# syllables per second, attack time (s), spectral tilt (one-pole low-pass coefficient; higher =
+# darker), tremor depth.
+PROSODY = {
+    "neu": dict(pitch=1.00, excursion=0.08, contour="decline", energy=0.065, rate=4.4, attack=0.030, tilt=0.45, tremor=0.0),
+    "ang": dict(pitch=1.32, excursion=0.14, contour="fall", energy=0.150, rate=5.6, attack=0.004, tilt=0.05, tremor=0.0),
+    "hap": dict(pitch=1.22, excursion=0.30, contour="risefall", energy=0.100, rate=5.0, attack=0.015, tilt=0.30, tremor=0.0),
+    "exc": dict(pitch=1.27, excursion=0.32, contour="risefall", energy=0.115, rate=5.3, attack=0.012, tilt=0.25, tremor=0.0),
+    "sad": dict(pitch=0.85, excursion=0.02, contour="flat", energy=0.035, rate=3.0, attack=0.050, tilt=0.75, tremor=0.0),
+    "fru": dict(pitch=1.15, excursion=0.10, contour="fall", energy=0.110, rate=5.0, attack=0.010, tilt=0.20, tremor=0.0),
+    "sur": dict(pitch=1.25, excursion=0.30, contour="rise", energy=0.100, rate=4.8, attack=0.015, tilt=0.30, tremor=0.0),
+    "fea": dict(pitch=1.25, excursion=0.06, contour="decline", energy=0.070, rate=5.4, attack=0.020, tilt=0.40, tremor=0.04),
+    "dis": dict(pitch=0.95, excursion=0.08, contour="fall", energy=0.070, rate=3.8, attack=0.020, tilt=0.45, tremor=0.0),
+    "oth": dict(pitch=1.00, excursion=0.10, contour="decline", energy=0.070, rate=4.4, attack=0.030, tilt=0.45, tremor=0.0),
+}
+
+# Peterson & Barney average male vowel formants (Hz); actors scale them.
+VOWELS = {"i": (270, 2290, 3010), "I": (390, 1990, 2550), "E": (530, 1840, 2480), "ae": (660, 1720, 2410),
+          "A": (730, 1090, 2440), "O": (570, 840, 2410), "U": (440, 1020, 2240), "u": (300, 870, 2240),
+          "V": (640, 1190, 2390), "R": (490, 1350, 1690)}
+LETTER_VOWEL = {"a": "ae", "e": "E", "i": "I", "o": "O", "u": "V", "y": "i", "ee": "i", "ea": "i", "oo": "u",
+                "ou": "A", "ai": "E", "ay": "E", "oa": "O", "ie": "i", "io": "V", "er": "R", "ue": "u"}
+FORMANT_BANDWIDTHS = (90.0, 110.0, 160.0)
+
+# IEMOCAP's evaluator vocabulary and typical (valence, activation, dominance) per code.
+CATEGORY_NAMES = {"neu": "Neutral", "hap": "Happiness", "exc": "Excited", "sad": "Sadness", "ang": "Anger",
+                  "fru": "Frustration", "sur": "Surprise", "fea": "Fear", "dis": "Disgust", "oth": "Other"}
+VAD_MEANS = {"neu": (3, 2.5, 3), "hap": (4, 3, 3), "exc": (4, 4, 3.5), "sad": (2, 2, 2), "ang": (1.5, 4, 4),
+             "fru": (2, 3.5, 3.5), "sur": (3.5, 4, 3), "fea": (2, 3.5, 2), "dis": (2, 3, 3.5), "oth": (3, 3, 3),
+             "xxx": (2.5, 3, 3)}
+
+
+def _pick(rng, table: dict):
+    keys = list(table)
+    p = np.array([table[k] for k in keys], dtype=float)
+    return keys[rng.choice(len(keys), p=p / p.sum())]
+
+
+def draw_code(rng, theme: str) -> str:
+    """An utterance's annotated code: the global mix, pulled towards the dialog's mood."""
+    return _pick(rng, THEMES[theme]) if rng.random() < THEME_WEIGHT else _pick(rng, BASE_CODES)
+
+
+def other_emotion(rng, code: str) -> str:
+    """A 4-class emotion different from the code's own label (for label noise)."""
+    own = CODE_TO_LABEL.get(code)
+    choices = [e for e in LABELS if e != own]
+    return choices[rng.integers(len(choices))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Corpus plan: which dialogs exist
+# ---------------------------------------------------------------------------------------------
+
+def plan_dialogs(sessions: list[int], impro_per_session: int, script_per_session: int) -> list[dict]:
+    """Dialog names per session, IEMOCAP style, with the two irregular names where possible."""
+    dialogs = []
+    for k in sessions:
+        for i in range(impro_per_session):
+            scenario = f"impro{i // 2 + 1:02d}"
+            if k == 3 and i == impro_per_session - 1:
+                scenario += "a"  # like Ses03M_impro05a
+            dialogs.append(dict(session=k, kind="impro", index=i, scenario=scenario, script=None,
+                                name=f"Ses{k:02d}{'FM'[i % 2]}_{scenario}"))
+        first_script01 = True
+        for i in range(script_per_session):
+            family, part = i % 3 + 1, i // 3 % 3 + 1
+            scenario = f"script{family:02d}_{part}"
+            lines_key = scenario
+            if k == 5 and family == 1 and first_script01:
+                scenario += "b"  # like Ses05M_script01_1b; same lines as script01_1
+            first_script01 = first_script01 and family != 1
+            dialogs.append(dict(session=k, kind="script", index=i, scenario=scenario, script=f"script{family:02d}",
+                                lines_key=lines_key, name=f"Ses{k:02d}{'FM'[i % 2]}_{scenario}"))
+    return dialogs
+
+
+def make_actors(seed: int, session: int) -> dict:
+    """The session's two actors: clearly different voices (base pitch, formant scale, loudness)."""
+    rng = np.random.default_rng([seed, session, 7])
+    return {"F": dict(f0=rng.uniform(190, 235), formant_scale=rng.uniform(1.12, 1.2), loudness=rng.uniform(0.85, 1.15)),
+            "M": dict(f0=rng.uniform(100, 130), formant_scale=rng.uniform(0.95, 1.02), loudness=rng.uniform(0.85, 1.15))}
+
+
+# ---------------------------------------------------------------------------------------------
+# Text
+# ---------------------------------------------------------------------------------------------
+
+def make_words(rng, emotion: str, n_words: int) -> list[str]:
+    """n_words lower-case words: 1-3 emotion-leaning words among function and content words."""
+    sources = TEXT_SOURCES[emotion]
+    n_emo = min(n_words, 1 + int(rng.integers(0, 1 + n_words // 4)))
+    words = []
+    for _ in range(n_emo):
+        vocab = EMOTION_WORDS[sources[rng.integers(len(sources))]]
+        words.append(vocab[rng.integers(len(vocab))])
+    for _ in range(n_words - n_emo):
+        vocab = FUNCTION_WORDS if rng.random() < 0.65 else CONTENT_WORDS
+        words.append(vocab[rng.integers(len(vocab))])
+    return [words[i] for i in rng.permutation(n_words)]
+
+
+def text_emotion_of(rng, code: str) -> str:
+    """The emotion whose vocabulary a code's own text uses; xxx (no agreement) mixes two."""
+    if code == "xxx":
+        return ("neu", "ang", "hap", "sad", "fru")[rng.integers(5)]
+    return code
+
+
+def script_lines(seed: int, lines_key: str, n: int) -> list[dict]:
+    """The fixed lines of a scripted scenario: the same in every session."""
+    rng = np.random.default_rng([seed, 99, int(lines_key[6:8]), int(lines_key[9])])
+    theme = SCRIPT_THEMES[lines_key[:8]]
+    lines, speaker = [], "FM"[rng.integers(2)]
+    for _ in range(n):
+        code = draw_code(rng, theme)
+        text_emotion = text_emotion_of(rng, code)
+        lines.append(dict(speaker=speaker, code=code, text_cue=text_emotion,
+                          words=make_words(rng, text_emotion, int(rng.integers(4, 13)))))
+        speaker = speaker if rng.random() < 0.2 else {"F": "M", "M": "F"}[speaker]
+    return lines
+
+
+def transcript_text(items: list[tuple[str, str]], code: str | None) -> str:
+    """Transcript as IEMOCAP writes it: sentence case, final punctuation, inline [MARKERS]."""
+    out, seen_word = [], False
+    for kind, w in items:
+        if kind == "marker":
+            out.append(f"[{w}]")
+            continue
+        w = "I" if w == "i" else w
+        out.append(w if seen_word else w.capitalize())
+        seen_word = True
+    punct = "!" if code in ("ang", "exc", "fru") else "?" if code == "sur" else "."
+    last_word = max(i for i, (kind, _) in enumerate(items) if kind == "word")
+    out[last_word] += punct
+    return " ".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing: utterances -> frames (.wdseg rows) -> dialog times
+# ---------------------------------------------------------------------------------------------
+
+def syllables(word: str) -> list[str]:
+    """Vowel letter groups of a word (a crude syllable split), at least one."""
+    groups, cur = [], ""
+    for ch in word:
+        if ch in "aeiouy":
+            cur += ch
+        elif cur:
+            groups.append(cur)
+            cur = ""
+    if cur:
+        groups.append(cur)
+    if len(groups) > 1 and word.endswith("e") and groups[-1] == "e":
+        groups.pop()  # silent final e
+    return groups or ["a"]
+
+
+def vowel_of(group: str) -> str:
+    return LETTER_VOWEL.get(group[:2], LETTER_VOWEL.get(group[0], "V"))
+
+
+def pause_frames(rng, slow: bool) -> int:
+    """A pause between two words of one utterance, in frames; never within 0.1 s of 1.5 s."""
+    p = (0.30, 0.45, 0.20, 0.05) if slow else (0.45, 0.40, 0.12, 0.03)
+    kind = rng.choice(4, p=p)
+    return int((0, rng.integers(3, 16), rng.integers(30, 111), rng.integers(165, 241))[kind])
+
+
+def plan_utterance(rng, words: list[str], prosody: dict, audio_code: str) -> dict:
+    """Lay out one utterance in frames: the rows of its .wdseg and where each word is."""
+    rate = prosody["rate"] * float(np.exp(rng.normal(0, 0.08)))
+    n = len(words)
+    gaps = [pause_frames(rng, slow=audio_code == "sad") for _ in range(n - 1)]
+    marker, marker_at = None, -1
+    if audio_code in ("hap", "exc", "sur") and rng.random() < 0.35:
+        marker = "LAUGHTER"
+    elif rng.random() < 0.08:
+        marker = "BREATHING"
+    if marker:
+        marker_at = int(rng.integers(0, n))  # the marker comes before word marker_at
+    rows = []  # (token, n_frames, kind): kind word/marker/sil/s
+    lead = int(rng.integers(8, 35))
+    marker_frames = int(rng.integers(25, 61))
+    if marker_at == 0:
+        a = int(rng.integers(3, 10))
+        rows += [("<s>", lead, "s"), (marker, marker_frames, "marker"), ("<sil>", a, "sil")]
+    else:
+        rows.append(("<s>", lead, "s"))
+    for i, w in enumerate(words):
+        if i > 0:
+            g = gaps[i - 1]
+            if i == marker_at:
+                if g < marker_frames + 4:
+                    g = marker_frames + int(rng.integers(4, 20))
+                a = int(rng.integers(2, g - marker_frames - 1))
+                rows += [("<sil>", a, "sil"), (marker, marker_frames, "marker"), ("<sil>", g - marker_frames - a, "sil")]
+            elif g > 0:
+                rows.append(("<sil>", g, "sil"))
+        n_syl = len(syllables(w))
+        dur = n_syl / rate + 0.06
+        rows.append((w, max(10, int(round(100 * dur * float(np.exp(rng.normal(0, 0.12)))))), "word"))
+    rows.append(("</s>", int(rng.integers(8, 35)), "s"))
+    # frames: SFrm/EFrm (inclusive) per row, contiguous from 0
+    out, f = [], 0
+    for tok, nf, kind in rows:
+        out.append(dict(token=tok, sfrm=f, efrm=f + nf - 1, kind=kind))
+        f += nf
+    words_rows = [r for r in out if r["kind"] == "word"]
+    return dict(rows=out, n_frames=f, marker=marker, marker_at=marker_at,
+                first_word=words_rows[0], last_word=words_rows[-1], rate=rate)
+
+
+def word_time(u_start: float, frame: int) -> float:
+    """Dialog time of a frame boundary: exact on the 0.0001 s grid (see the module docstring)."""
+    return round(u_start + frame / FRAME_RATE, 4)
+
+
+def next_first_word_start(rng, prev: dict, same_speaker: bool, first_dur: float) -> float:
+    """Where the next utterance's first word starts, relative to the previous utterance's words.
+
+    Different speakers may overlap, but only by 0.1-0.4 s and by less than both the previous
+    speaker's last word and the next speaker's first word.
+    """
+    prev_last_start, prev_last_end = prev["last_word_start"], prev["last_word_end"]
+    r = rng.random()
+    if same_speaker:
+        gap = rng.uniform(0.3, 1.3) if r < 0.5 else rng.uniform(1.7, 3.0)
+    else:
+        max_overlap = min(0.4, prev_last_end - prev_last_start - 0.05, first_dur - 0.05)
+        if r < 0.2 and max_overlap >= 0.1:
+            gap = -rng.uniform(0.1, max_overlap)
+        elif r < 0.85:
+            gap = rng.uniform(0.15, 1.3)
+        else:
+            gap = rng.uniform(1.7, 3.0)
+    return prev_last_end + gap
+
+
+# ---------------------------------------------------------------------------------------------
+# Audio synthesis
+# ---------------------------------------------------------------------------------------------
+
+def formant_sos(vowel: str, scale: float) -> np.ndarray:
+    """Three cascaded 2-pole resonators (second-order sections) at the vowel's formants."""
+    sos = []
+    for f, bw in zip(VOWELS[vowel], FORMANT_BANDWIDTHS):
+        r = np.exp(-np.pi * bw / SR)
+        theta = 2 * np.pi * min(f * scale, 0.45 * SR) / SR
+        sos.append([1.0, 0.0, 0.0, 1.0, -2 * r * np.cos(theta), r * r])
+    return np.array(sos)
+
+
+def pitch_contour(rng, x: np.ndarray, prosody: dict) -> np.ndarray:
+    """Relative f0 over a word (x in [0, 1]) for the emotion's contour shape."""
+    e, shape = prosody["excursion"], prosody["contour"]
+    if shape == "risefall":
+        c = 1 + e * np.sin(np.pi * (2 * x + rng.uniform(-0.5, 0.5)))
+    elif shape == "fall":
+        c = 1 + e * (0.6 - 1.2 * x)
+    elif shape == "rise":
+        c = 1 + e * (1.5 * x * x - 0.4)
+    else:  # decline, flat
+        c = 1 + e * (0.5 - x)
+    if prosody["tremor"]:
+        c = c * (1 + prosody["tremor"] * np.sin(2 * np.pi * 7.0 * x * len(x) / SR))
+    return c
+
+
+def synth_voiced(rng, n: int, word: str, voice: dict, prosody: dict, f0_scale: float, energy: float,
+                 breath: float = 0.04) -> np.ndarray:
+    """One word (or a laugh): voiced source + formants per syllable + syllable AM + envelopes."""
+    x = np.arange(n) / n
+    f0 = voice["f0"] * f0_scale * pitch_contour(rng, x, prosody)
+    f0 *= 1 + 0.01 * np.cumsum(rng.normal(0, 1, n)) / np.sqrt(np.arange(1, n + 1))  # slight jitter
+    phase = np.cumsum(f0) / SR
+    source = 2 * (phase % 1.0) - 1 + breath * rng.normal(0, 1, n)
+    source = lfilter([1 - prosody["tilt"]], [1, -prosody["tilt"]], source)
+    groups = syllables(word)
+    edges = np.round(np.linspace(0, n, len(groups) + 1)).astype(int)
+    out = np.zeros(n)
+    for g, a, b in zip(groups, edges[:-1], edges[1:]):
+        seg = sosfilt(formant_sos(vowel_of(g), voice["formant_scale"]), source[a:b])
+        seg /= np.sqrt(np.mean(seg ** 2)) + 1e-9
+        t = np.arange(b - a) / max(b - a, 1)
+        out[a:b] = seg * (0.2 + 0.8 * np.sin(np.pi * t) ** 0.7)  # syllable-rate amplitude modulation
+    attack = min(n, max(1, int(prosody["attack"] * SR)))
+    release = min(n // 2, int(0.025 * SR))
+    env = np.ones(n)
+    env[:attack] = np.linspace(0, 1, attack)
+    env[n - release:] *= np.linspace(1, 0, release)
+    out *= env * energy
+    if rng.random() < 0.6:  # unvoiced consonant burst at the onset (high-passed noise)
+        nb = min(n // 3, int(rng.uniform(0.03, 0.07) * SR))
+        burst = np.diff(rng.normal(0, 1, nb + 1)) * 0.35 * energy * np.hanning(nb)
+        out[:nb] += burst
+    return out
+
+
+def synth_breath(rng, n: int, energy: float) -> np.ndarray:
+    noise = lfilter([0.1], [1, -0.9], rng.normal(0, 1, n))
+    return noise * np.hanning(n) * 0.4 * energy
+
+
+# ---------------------------------------------------------------------------------------------
+# One dialog: plan utterances, place them in time, render the audio
+# ---------------------------------------------------------------------------------------------
+
+def build_dialog(seed: int, d: dict, actors: dict, n_utts: int, audio_noise: float, text_noise: float):
+    rng = np.random.default_rng([seed, d["session"], 0 if d["kind"] == "impro" else 1, d["index"]])
+    if d["kind"] == "script":
+        lines = script_lines(seed, d["lines_key"], n_utts)
+    else:
+        theme = IMPRO_THEMES[(d["session"] + d["index"]) % len(IMPRO_THEMES)]
+        speaker, lines = "FM"[rng.integers(2)], []
+        for _ in range(n_utts):
+            lines.append(dict(speaker=speaker, code=draw_code(rng, theme)))
+            speaker = speaker if rng.random() < 0.2 else {"F": "M", "M": "F"}[speaker]
+    xx_at = int(rng.integers(n_utts)) if d["kind"] == "impro" else -1
+
+    utts, prev = [], None
+    for i, line in enumerate(lines):
+        spk = line["speaker"]
+        if d["kind"] == "script":
+            # The script fixes the words; the performed emotion differs from the line's with text_noise.
+            code = line["code"] if rng.random() >= text_noise else _pick(rng, {c: p for c, p in BASE_CODES.items() if c != line["code"]})
+            text_cue, words = line["text_cue"], line["words"]
+        else:
+            code = line["code"]
+            text_cue = text_emotion_of(rng, code)
+            if rng.random() < text_noise:
+                text_cue = other_emotion(rng, code)
+            words = make_words(rng, text_cue, int(rng.integers(4, 13)))
+        audio_cue = code if code != "xxx" else None
+        if rng.random() < audio_noise:
+            audio_cue = other_emotion(rng, code)
+        if audio_cue is None:  # xxx: annotators disagreed -> a blend of two emotions
+            a, b = rng.choice(["neu", "ang", "hap", "sad", "fru"], size=2, replace=False)
+            w = rng.uniform(0.3, 0.7)
+            prosody = {k: (w * PROSODY[a][k] + (1 - w) * PROSODY[b][k]) if isinstance(PROSODY[a][k], float) else PROSODY[a][k]
+                       for k in PROSODY[a]}
+            audio_cue = "xxx"
+        else:
+            prosody = dict(PROSODY[audio_cue])
+        # per-utterance variation so no single cue is a perfect separator
+        prosody["pitch"] *= float(np.exp(rng.normal(0, 0.06)))
+        prosody["energy"] *= float(np.exp(rng.normal(0, 0.2))) * actors[spk]["loudness"]
+        lay = plan_utterance(rng, words, prosody, audio_cue)
+        first_dur = (lay["first_word"]["efrm"] + 1 - lay["first_word"]["sfrm"]) / FRAME_RATE
+        if prev is None:
+            w0 = rng.uniform(1.0, 2.5)
+        else:
+            w0 = next_first_word_start(rng, prev, prev["speaker"] == spk, first_dur)
+        u_start = round(w0 - lay["first_word"]["sfrm"] / FRAME_RATE, 4)
+        u_end = word_time(u_start, lay["n_frames"])
+        utt = dict(index=i, speaker=spk, code=None if i == xx_at else code, evaluated=i != xx_at,
+                   audio_cue=audio_cue, text_cue=text_cue, words=words, prosody=prosody, layout=lay,
+                   start=u_start, end=u_end,
+                   last_word_start=word_time(u_start, lay["last_word"]["sfrm"]),
+                   last_word_end=word_time(u_start, lay["last_word"]["efrm"] + 1))
+        utts.append(utt)
+        prev = utt
+
+    # ids: per speaker in time order (F000, F001, ...; M000, ...), XX ids counted apart
+    counters = Counter()
+    for u in utts:
+        key = (u["speaker"], u["evaluated"])
+        u["id"] = f"{d['name']}_{u['speaker']}{counters[key]:03d}" if u["evaluated"] else f"{d['name']}_{u['speaker']}XX{counters[key]}"
+        counters[key] += 1
+        items, wi = [], 0
+        for r in u["layout"]["rows"]:
+            if r["kind"] == "word":
+                items.append(("word", u["words"][wi]))
+                wi += 1
+            elif r["kind"] == "marker":
+                items.append(("marker", r["token"]))
+        u["text"] = transcript_text(items, u["code"])
+        u["variants"] = {j: 2 for j, w in enumerate(u["words"]) if w in VARIANT_WORDS and rng.random() < 0.3}
+
+    duration = max(u["end"] for u in utts) + rng.uniform(1.0, 2.0)
+    n_samples = int(np.ceil(duration * SR))
+    tracks = {"F": np.zeros(n_samples), "M": np.zeros(n_samples)}
+    for u in utts:
+        voice, pro = actors[u["speaker"]], u["prosody"]
+        n_rows = len(u["layout"]["rows"])
+        for k, r in enumerate(u["layout"]["rows"]):
+            if r["kind"] not in ("word", "marker"):
+                continue
+            a = int(round(word_time(u["start"], r["sfrm"]) * SR))
+            b = int(round(word_time(u["start"], r["efrm"] + 1) * SR))
+            pos = k / n_rows  # phrase declination over the utterance
+            if r["kind"] == "word":
+                sig = synth_voiced(rng, b - a, r["token"], voice, pro, pro["pitch"] * (1 - 0.08 * pos), pro["energy"])
+            elif r["token"] == "LAUGHTER":
+                sig = synth_voiced(rng, b - a, "ha ha ha", voice, PROSODY["hap"], 1.4, 0.6 * pro["energy"], breath=0.6)
+            else:
+                sig = synth_breath(rng, b - a, pro["energy"])
+            tracks[u["speaker"]][a:b] += sig
+    noise = rng.normal(0, 0.0015, (2, n_samples))
+    stereo = np.stack([tracks["F"] + 0.3 * tracks["M"], tracks["M"] + 0.3 * tracks["F"]], axis=1) + noise.T
+    pcm = np.clip(np.round(stereo * 32767), -32768, 32767).astype(np.int16)
+    return utts, pcm, round(n_samples / SR, 6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writers: the IEMOCAP text formats
+# ---------------------------------------------------------------------------------------------
+
+def format_emo_evaluation(rng, utts: list[dict]) -> str:
+    lines = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]", ""]
+    for u in utts:
+        if not u["evaluated"]:
+            continue
+        code = u["code"]
+        names = list(CATEGORY_NAMES.values())
+        if code == "xxx":  # no majority: three different categories
+            picks = [names[j] for j in rng.choice(len(names), 3, replace=False)]
+        else:
+            own = CATEGORY_NAMES[code]
+            picks = [own, own, own if rng.random() < 0.5 else names[rng.integers(len(names))]]
+        evaluators = sorted(rng.choice(["E1", "E2", "E3", "E4"], 3, replace=False))
+        vad = [[int(np.clip(round(m + rng.normal(0, 0.6)), 1, 5)) for m in VAD_MEANS[code]] for _ in range(2)]
+        mean = np.mean(vad, axis=0)
+        lines.append(f"[{u['start']:.4f} - {u['end']:.4f}]\t{u['id']}\t{code}\t[{mean[0]:.4f}, {mean[1]:.4f}, {mean[2]:.4f}]")
+        for ev, cat in zip(evaluators, picks):
+            extra = f" {names[rng.integers(len(names))]};" if rng.random() < 0.2 else ""
+            lines.append(f"C-{ev}:\t{cat};{extra}\t()")
+        lines.append(f"C-{u['speaker']}1:\t{picks[rng.integers(3)]};\t()")  # the actor's self-evaluation
+        for ev, (v, a, dm) in zip(sorted(rng.choice(["E1", "E2", "E3", "E4"], 2, replace=False)), vad):
+            lines.append(f"A-{ev}:\tval {v}; act {a}; dom  {dm};\t()")
+        self_vad = [int(np.clip(round(m + rng.normal(0, 0.6)), 1, 5)) for m in VAD_MEANS[code]]
+        lines.append(f"A-{u['speaker']}1:\tval {self_vad[0]}; act {self_vad[1]}; dom  {self_vad[2]};\t()")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def format_transcription(rng, utts: list[dict], kind: str) -> str:
+    lines = [f"{u['id']} [{u['start']:08.4f}-{u['end']:08.4f}]: {u['text']}" for u in utts]
+    if kind == "script":  # a line that does not start with "Ses": no id, no times, no label
+        lines.insert(int(rng.integers(1, len(lines) + 1)), f"{'FM'[rng.integers(2)]}: [BREATHING]")
+    return "\n".join(lines) + "\n"
+
+
+def format_wdseg(rng, u: dict) -> str:
+    out = [f"{'SFrm':>6}{'EFrm':>6}{'SegAScr':>11} Word"]
+    total, wi = 0, 0
+    for r in u["layout"]["rows"]:
+        nf = r["efrm"] - r["sfrm"] + 1
+        score = -int(nf * rng.integers(4000, 20000))
+        total += score
+        if r["kind"] == "word":
+            tok = r["token"].upper() + (f"({u['variants'][wi]})" if wi in u["variants"] else "")
+            wi += 1
+        elif r["kind"] == "marker":
+            tok = f"++{r['token']}++"
+        else:
+            tok = r["token"]
+        out.append(f"{r['sfrm']:6d}{r['efrm']:6d}{score:11d} {tok}")
+    out.append(f" Total score: {total:11d}")
+    return "\n".join(out) + "\n"
+
+
+def wav_bytes(pcm: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, pcm, SR, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def ground_truth_turns(words: list[dict], max_pause: float = MAX_PAUSE) -> list[dict]:
+    """Maximal runs of one speaker's words in time order with no pause > max_pause (Sec. III-A)."""
+    turns = []
+    for w in words:
+        t = turns[-1] if turns else None
+        if t is None or t["speaker"] != w["speaker"] or w["start"] - t["end"] > max_pause:
+            turns.append(dict(speaker=w["speaker"], start=w["start"], end=w["end"], utterances=[], n_words=0))
+            t = turns[-1]
+        t["end"] = max(t["end"], w["end"])
+        t["n_words"] += 1
+        if w["utterance"] not in t["utterances"]:
+            t["utterances"].append(w["utterance"])
+    return turns
+
+
+# ---------------------------------------------------------------------------------------------
+# The generator
+# ---------------------------------------------------------------------------------------------
+
+def _prepare_out(out: Path) -> None:
+    """Create out, or clean a previous demo corpus there; never touch anything else."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER_FILE).is_file():
+            raise PipelineError(f"{out}: exists, is not empty and is not a demo corpus (no {MARKER_FILE}); "
+                                f"refusing to write into it")
+        for p in out.iterdir():
+            if p.is_dir() and p.name.startswith("Session") and p.name[7:].isdigit():
+                shutil.rmtree(p)
+        (out / "demo_ground_truth.json").unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / MARKER_FILE, "synthetic IEMOCAP-layout corpus written by demo/make_corpus.py\n")
+
+
+def generate(out, seed=0, sessions=5, impro_per_session=3, script_per_session=3,
+             utterances_per_dialog=14, audio_noise=0.2, text_noise=0.2) -> dict:
+    """Write the demo corpus under `out` and return its ground truth (also in demo_ground_truth.json)."""
+    sessions = list(range(1, sessions + 1)) if isinstance(sessions, int) else sorted({int(s) for s in sessions})
+    if not sessions or min(sessions) < 1 or max(sessions) > 99:
+        raise PipelineError(f"sessions must be N >= 1 or a list of session numbers 1-99, got {sessions}")
+    if impro_per_session < 0 or script_per_session < 0 or impro_per_session + script_per_session == 0:
+        raise PipelineError("need at least one dialog per session (impro_per_session + script_per_session >= 1)")
+    if utterances_per_dialog < 2:
+        raise PipelineError(f"utterances_per_dialog must be >= 2, got {utterances_per_dialog}")
+    if not (0 <= audio_noise <= 1 and 0 <= text_noise <= 1):
+        raise PipelineError(f"audio_noise and text_noise are probabilities, got {audio_noise}, {text_noise}")
+    out = Path(out)
+    t0 = time.time()
+    _prepare_out(out)
+    args = dict(sessions=sessions, impro_per_session=impro_per_session, script_per_session=script_per_session,
+                utterances_per_dialog=utterances_per_dialog, audio_noise=audio_noise, text_noise=text_noise)
+    truth = {"seed": seed, "args": args, "dialogs": {}}
+    n_files = 0
+    plan = plan_dialogs(sessions, impro_per_session, script_per_session)
+    for d in tqdm(plan, desc="demo dialogs", unit="dialog"):
+        actors = make_actors(seed, d["session"])
+        utts, pcm, duration = build_dialog(seed, d, actors, utterances_per_dialog, audio_noise, text_noise)
+        rng = np.random.default_rng([seed, d["session"], 2 if d["kind"] == "impro" else 3, d["index"]])
+        ses = out / f"Session{d['session']}"
+        name = d["name"]
+        atomic_write_bytes(ses / "dialog" / "wav" / f"{name}.wav", wav_bytes(pcm))
+        atomic_write_text(ses / "dialog" / "EmoEvaluation" / f"{name}.txt", format_emo_evaluation(rng, utts))
+        atomic_write_text(ses / "dialog" / "transcriptions" / f"{name}.txt", format_transcription(rng, utts, d["kind"]))
+        words = []
+        for u in utts:
+            channel = 0 if u["speaker"] == "F" else 1  # the sentence wav is the actor's own microphone
+            a, b = int(round(u["start"] * SR)), int(round(u["end"] * SR))
+            atomic_write_bytes(ses / "sentences" / "wav" / name / f"{u['id']}.wav", wav_bytes(pcm[a:b, channel]))
+            atomic_write_text(ses / "sentences" / "ForcedAlignment" / name / f"{u['id']}.wdseg", format_wdseg(rng, u))
+            n_files += 2
+            wi = 0
+            for r in u["layout"]["rows"]:
+                if r["kind"] == "word":
+                    words.append(dict(word=u["words"][wi], start=word_time(u["start"], r["sfrm"]),
+                                      end=word_time(u["start"], r["efrm"] + 1), speaker=u["speaker"], utterance=u["id"]))
+                    wi += 1
+        n_files += 3
+        words.sort(key=lambda w: w["start"])
+        truth["dialogs"][name] = dict(
+            session=d["session"], kind=d["kind"], scenario=d["scenario"], script=d["script"], duration=duration,
+            utterances=[dict(id=u["id"], start=u["start"], end=u["end"], speaker=u["speaker"], code=u["code"],
+                             label=CODE_TO_LABEL.get(u["code"]), text=u["text"], evaluated=u["evaluated"],
+                             audio_cue=u["audio_cue"], text_cue=u["text_cue"]) for u in utts],
+            words=words, turns=ground_truth_turns(words))
+    atomic_write_json(out / "demo_ground_truth.json", truth)
+    print_summary(truth, out, n_files + 1, time.time() - t0)
+    return truth
+
+
+def print_summary(truth: dict, out: Path, n_files: int, seconds: float) -> None:
+    dialogs = truth["dialogs"]
+    utts = [u for d in dialogs.values() for u in d["utterances"]]
+    evaluated = [u for u in utts if u["evaluated"]]
+    codes = Counter(u["code"] for u in evaluated)
+    labels = Counter(u["label"] for u in evaluated if u["label"])
+    duration = sum(d["duration"] for d in dialogs.values())
+    kinds = Counter(d["kind"] for d in dialogs.values())
+    print(f"wrote {out}: {len(dialogs)} dialogs ({kinds['impro']} improvised, {kinds['script']} scripted) in "
+          f"{len(truth['args']['sessions'])} sessions, {n_files} files, {duration / 60:.1f} min of audio, {seconds:.1f} s")
+    print(f"  utterances: {len(utts)} transcribed, {len(evaluated)} evaluated, {len(utts) - len(evaluated)} XX (not evaluated)")
+    print("  per code:  " + ", ".join(f"{c} {n}" for c, n in codes.most_common()))
+    n_target = sum(labels.values())
+    print(f"  4-class:   " + ", ".join(f"{lab} {labels[lab]}" for lab in LABELS)
+          + f" ({n_target} labelled, {len(evaluated) - n_target} non-target codes = {(len(evaluated) - n_target) / max(len(evaluated), 1):.0%})")
+    n_words = sum(len(d["words"]) for d in dialogs.values())
+    n_turns = sum(len(d["turns"]) for d in dialogs.values())
+    print(f"  words: {n_words}, ground-truth turns (max pause {MAX_PAUSE} s): {n_turns}; ground truth in {out / 'demo_ground_truth.json'}")
+
+
+def _sessions_arg(text: str):
+    """'5' -> 5 (Session1..5); '1,5' -> [1, 5]."""
+    try:
+        return int(text) if "," not in text else [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or a comma-separated list of session numbers, got {text!r}") from None
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Write a synthetic corpus in IEMOCAP_full_release's layout (demo data).")
+    p.add_argument("--out", default="demo_data/IEMOCAP_full_release", help="corpus folder to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sessions", type=_sessions_arg, default=5, help="N (Session1..N) or a list like 1,5")
+    p.add_argument("--impro-per-session", type=int, default=3)
+    p.add_argument("--script-per-session", type=int, default=3)
+    p.add_argument("--utterances-per-dialog", type=int, default=14, help="transcribed utterances per dialog")
+    p.add_argument("--audio-noise", type=float, default=0.2, help="P(an utterance's audio cues come from another emotion)")
+    p.add_argument("--text-noise", type=float, default=0.2, help="P(an utterance's text cues come from another emotion)")
+    a = p.parse_args(argv)
+    generate(a.out, seed=a.seed, sessions=a.sessions, impro_per_session=a.impro_per_session,
+             script_per_session=a.script_per_session, utterances_per_dialog=a.utterances_per_dialog,
+             audio_noise=a.audio_noise, text_noise=a.text_noise)
+
+
+if __name__ == "__main__":
+    main()

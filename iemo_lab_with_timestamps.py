@@ -1,0 +1,453 @@
+"""Step 1: IEMOCAP reference labels with timestamps -> WORK/labels.json.
+
+Reads an IEMOCAP root (the real IEMOCAP_full_release, or the embedded demo corpus, which has the
+same on-disk layout) and writes, for every dialog, its reference utterances in time order: id,
+start/end in the dialog wav (from EmoEvaluation), speaker (the letter before the utterance index),
+raw emotion code, 4-class label (utils.CODE_TO_LABEL: exc merged into hap, other codes null),
+transcript text (inline markers such as [LAUGHTER] kept), and the relative path of the word forced
+alignment (.wdseg) or null where the corpus has none. docs/FORMATS.md fixes the output shape.
+
+These references are what the paper (Section IV-A) trains and scores against: the 4-class labels
+of the segments (step 3 maps segments onto them) and the timelines of TEER/sTEER (step 6).
+
+Decisions (documented here because later steps rely on them):
+  * Step 1 never decodes audio. It records where each dialog wav should be
+    (SessionN/dialog/wav/<dialog>.wav) and counts/lists dialogs whose wav is absent; step 2 fails
+    on them when it needs the audio.
+  * .wdseg files are only located here (cheap); parse_wdseg validates one when step 2's oracle
+    backend reads it.
+  * The comparison with the standard IEMOCAP counts (IEMOCAP_STANDARD_COUNTS) runs when the
+    corpus looks like the full release (151 dialogs in Sessions 1-5), or when forced with
+    --expect-standard yes; differences are reported (printed and stored in labels.json
+    counts["standard"]), never fatal. For other corpora (the demo) it says it does not apply.
+  * Text files are decoded as UTF-8, else cp1252, else latin-1 (the real corpus has a few odd
+    bytes); files needing a fallback are counted.
+
+Usage: python iemo_lab_with_timestamps.py --iemocap IEMOCAP_full_release --work preprocessed_iemocap
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+from tqdm import tqdm
+
+from utils import CODE_TO_LABEL, IEMOCAP_CODES, LABELS, PipelineError, atomic_write_json, session_of
+
+# Facts of the real corpus (see /work/shared/reference/README.md): the standard 4-class subset
+# (5,531 utterances, exc merged into hap), all labelled utterances (any code), the dialogs per
+# session, and the two utterances without a forced alignment file.
+IEMOCAP_STANDARD_COUNTS = {
+    "dialogs": 151,
+    "dialogs_per_session": {"1": 28, "2": 30, "3": 32, "4": 30, "5": 31},
+    "utterances": 10039,
+    "target": 5531,
+    "per_label": {"hap": 1636, "ang": 1103, "sad": 1084, "neu": 1708},
+    "target_per_code": {"hap": 595, "exc": 1041, "ang": 1103, "sad": 1084, "neu": 1708},
+    "target_per_session": {"1": 1085, "2": 1023, "3": 1151, "4": 1031, "5": 1241},
+    "missing_wdseg": 2,
+}
+IEMOCAP_SESSIONS = (1, 2, 3, 4, 5)
+
+# Skip reasons (stable strings: they are keys of counts["skipped"]).
+SKIP_XX = "transcript line with an XX id (no EmoEvaluation entry by design)"
+SKIP_NOT_UTTERANCE = "transcript line that is not an utterance (does not start with 'Ses')"
+SKIP_NO_EMO = "transcript utterance without an EmoEvaluation entry"
+SKIP_HIDDEN = "hidden file (name starts with '.')"
+SKIP_TRANSCRIPT_ONLY = "transcription file without an EmoEvaluation file"
+
+# "Ses01F_impro01", "Ses03M_impro05a", "Ses01F_script01_1", "Ses05M_script01_1b"
+DIALOG_RE = re.compile(r"^Ses(\d\d)[FM]_(?:(impro)\d\d[a-z]?|(script)(\d\d)_\d[a-z]?)$")
+# Utterance suffix after "<dialog>_": speaker letter then index ("F000") or an XX id ("FXX0").
+UTT_SUFFIX_RE = re.compile(r"^([FM])(\d+|XX\d*)$")
+NUM = r"(\d+(?:\.\d*)?)"
+# "[6.2901 - 8.2357]<TAB>Ses01F_impro01_F000<TAB>neu<TAB>[2.5000, 2.5000, 2.5000]"
+EMO_HEADER_RE = re.compile(r"^\[" + NUM + r" - " + NUM + r"\]\t(\S+)\t(\S+)\t\[([^\]]*)\]$")
+# "Ses01F_impro01_F000 [006.2901-008.2357]: Excuse me."
+TRANSCRIPT_RE = re.compile(r"^(Ses\S+) \[" + NUM + r"-" + NUM + r"\]:(.*)$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading files
+# ---------------------------------------------------------------------------------------------
+
+def read_text_lines(path, decode_log: Counter | None = None) -> list[str]:
+    """Lines of a corpus text file without line ends.
+
+    UTF-8 first, then cp1252, then latin-1 (never fails). Splits on "\\n" only: str.splitlines
+    would also split on characters such as U+0085 that a latin-1 decode can produce.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise PipelineError(f"{path}: cannot read file: {e}") from e
+    for encoding in ("utf-8", "cp1252", "latin-1"):
+        try:
+            text = data.decode(encoding)
+            break
+        except UnicodeDecodeError:
+            continue
+    if decode_log is not None:
+        decode_log[encoding] += 1
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return [line.rstrip("\r") for line in text.split("\n")]
+
+
+def _split_utterance_id(utt_id: str, dialog: str, where: str) -> tuple[str, bool]:
+    """-> (speaker letter, is_xx). The id must be '<dialog>_<F|M><index>'."""
+    suffix = utt_id[len(dialog) + 1:] if utt_id.startswith(dialog + "_") else None
+    m = UTT_SUFFIX_RE.match(suffix) if suffix is not None else None
+    if m is None:
+        raise PipelineError(f"{where}: expected an utterance id '{dialog}_<F|M><index>' (dialog prefix "
+                            f"from the file name), got {utt_id!r}")
+    return m.group(1), m.group(2).startswith("XX")
+
+
+def parse_emo_evaluation(path, decode_log: Counter | None = None) -> list[dict]:
+    """Parse one EmoEvaluation/<dialog>.txt -> [{id, start, end, code, vad}] in file order.
+
+    Blocks are separated by blank lines; the first line of a block is
+    "[start - end]<TAB>id<TAB>code<TAB>[v, a, d]", the rest are evaluator lines (ignored).
+    "%" lines are headers. The dialog is the file name's stem.
+    """
+    path = Path(path)
+    dialog = path.stem
+    entries, seen = [], {}
+    in_block = False
+    for n, line in enumerate(read_text_lines(path, decode_log), 1):
+        if not line.strip():
+            in_block = False
+            continue
+        if line.startswith("%"):
+            continue
+        # A line opening with "[" is always a block header, even if the blank line before it is missing.
+        if in_block and not line.startswith("["):
+            continue  # evaluator line, e.g. "C-E2:\tNeutral;\t()"
+        in_block = True
+        where = f"{path}:{n}"
+        m = EMO_HEADER_RE.match(line.strip())
+        if m is None:
+            raise PipelineError(f"{where}: expected a block header '[start - end]<TAB>id<TAB>code<TAB>[v, a, d]', "
+                                f"got {line!r}")
+        start, end, utt_id, code, vad_text = float(m.group(1)), float(m.group(2)), m.group(3), m.group(4), m.group(5)
+        if code not in IEMOCAP_CODES:
+            raise PipelineError(f"{where}: expected an emotion code in {', '.join(IEMOCAP_CODES)}, got {code!r}")
+        if not end > start:
+            raise PipelineError(f"{where}: expected end > start, got [{m.group(1)} - {m.group(2)}]")
+        _, is_xx = _split_utterance_id(utt_id, dialog, where)
+        if is_xx:
+            raise PipelineError(f"{where}: expected a labelled utterance id, got the XX id {utt_id!r}")
+        try:
+            vad = [float(v) for v in vad_text.split(",")]
+        except ValueError:
+            vad = []
+        if len(vad) != 3:
+            raise PipelineError(f"{where}: expected three numbers [v, a, d], got [{vad_text}]")
+        if utt_id in seen:
+            raise PipelineError(f"{where}: duplicate utterance {utt_id} (first at line {seen[utt_id]})")
+        seen[utt_id] = n
+        entries.append({"id": utt_id, "start": start, "end": end, "code": code, "vad": vad})
+    return entries
+
+
+def parse_transcriptions(path, decode_log: Counter | None = None) -> tuple[dict, list[tuple[int, str]]]:
+    """Parse one transcriptions/<dialog>.txt.
+
+    -> ({id: {start, end, text}}, [(line_no, reason)] for lines that carry no labelled utterance:
+    XX ids and lines not starting with "Ses"). Text keeps inline markers ([LAUGHTER] ...).
+    """
+    path = Path(path)
+    dialog = path.stem
+    utterances, skipped = {}, []
+    for n, line in enumerate(read_text_lines(path, decode_log), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        if not line.startswith("Ses"):
+            skipped.append((n, SKIP_NOT_UTTERANCE))
+            continue
+        # XX ids are recognised by their first token alone: their lines carry no label, so the
+        # rest of the line is not needed (and not validated).
+        _, is_xx = _split_utterance_id(line.split()[0].rstrip(":"), dialog, where)
+        if is_xx:
+            skipped.append((n, SKIP_XX))
+            continue
+        m = TRANSCRIPT_RE.match(line.rstrip())
+        if m is None:
+            raise PipelineError(f"{where}: expected '<id> [start-end]: text', got {line!r}")
+        utt_id = m.group(1)
+        if utt_id in utterances:
+            raise PipelineError(f"{where}: duplicate utterance {utt_id}")
+        utterances[utt_id] = {"start": float(m.group(2)), "end": float(m.group(3)), "text": m.group(4).strip()}
+    return utterances, skipped
+
+
+def parse_wdseg(path) -> list[tuple[int, int, int, str]]:
+    """Parse one ForcedAlignment .wdseg (CMU Sphinx-3) -> [(start_frame, end_frame, score, token)].
+
+    Tokens are returned as written (<s>, <sil>, ++BREATHING++, WHAT(2) ...); frames are 10 ms from
+    the start of the utterance wav. Validates the "SFrm EFrm SegAScr Word" header, every row and the
+    "Total score: N" trailer.
+    """
+    path = Path(path)
+    lines = read_text_lines(path)
+    rows, state, last = [], "header", 0  # header -> rows -> done; last: the last non-blank line
+    for n, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields:
+            continue
+        last = n
+        where = f"{path}:{n}"
+        if state == "header":
+            if fields != ["SFrm", "EFrm", "SegAScr", "Word"]:
+                raise PipelineError(f"{where}: expected the header 'SFrm EFrm SegAScr Word', got {line!r}")
+            state = "rows"
+        elif state == "rows" and fields[:2] == ["Total", "score:"]:
+            if len(fields) != 3 or not re.fullmatch(r"-?\d+", fields[2]):
+                raise PipelineError(f"{where}: expected 'Total score: <integer>', got {line!r}")
+            state = "done"
+        elif state == "rows":
+            if len(fields) != 4 or not all(re.fullmatch(r"-?\d+", f) for f in fields[:3]):
+                raise PipelineError(f"{where}: expected '<start frame> <end frame> <score> <word>', got {line!r}")
+            start, end, score = int(fields[0]), int(fields[1]), int(fields[2])
+            if not 0 <= start <= end:
+                raise PipelineError(f"{where}: expected 0 <= start frame <= end frame, got {start} {end}")
+            rows.append((start, end, score, fields[3]))
+        else:
+            raise PipelineError(f"{where}: expected nothing after the 'Total score' line, got {line!r}")
+    if state == "header":
+        raise PipelineError(f"{path}: expected the header 'SFrm EFrm SegAScr Word', got an empty file")
+    if state != "done":
+        raise PipelineError(f"{path}:{last}: expected a 'Total score: N' line after this line, got end of file")
+    if not rows:
+        raise PipelineError(f"{path}: no word rows between the header and the 'Total score' line")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Building labels.json
+# ---------------------------------------------------------------------------------------------
+
+def dialog_info(dialog: str, where: str) -> dict:
+    """'Ses05M_script01_1b' -> {session 5, kind script, scenario script01_1b, script script01}."""
+    m = DIALOG_RE.match(dialog)
+    if m is None:
+        raise PipelineError(f"{where}: expected a dialog name like Ses01F_impro01 or Ses01F_script01_1, got {dialog!r}")
+    kind = m.group(2) or m.group(3)
+    scenario = dialog.split("_", 1)[1]
+    return {"session": session_of(dialog), "kind": kind, "scenario": scenario,
+            "script": f"script{m.group(4)}" if kind == "script" else None}
+
+
+def find_dialogs(root: Path, skipped: Counter) -> list[tuple[int, str, Path]]:
+    """-> sorted [(session, dialog, EmoEvaluation path)] over the SessionN folders present."""
+    if not root.is_dir():
+        raise PipelineError(f"{root}: IEMOCAP root not found (expected a folder with Session1..Session5)")
+    sessions = sorted(int(p.name[7:]) for p in root.glob("Session*") if p.is_dir() and p.name[7:].isdigit())
+    if not sessions:
+        raise PipelineError(f"{root}: no Session<N> folders; expected the IEMOCAP layout "
+                            "Session1..Session5/dialog/{EmoEvaluation,transcriptions,wav}")
+    dialogs = []
+    for s in sessions:
+        emo_dir = root / f"Session{s}" / "dialog" / "EmoEvaluation"
+        if not emo_dir.is_dir():
+            raise PipelineError(f"{emo_dir}: EmoEvaluation folder not found")
+        for path in sorted(emo_dir.glob("*.txt")):  # top level only: Categorical/, Attribute/ ... are per-evaluator
+            if path.name.startswith("."):
+                skipped[SKIP_HIDDEN] += 1
+                continue
+            info = dialog_info(path.stem, str(path))
+            if info["session"] != s:
+                raise PipelineError(f"{path}: dialog of session {info['session']} inside Session{s}")
+            dialogs.append((s, path.stem, path))
+        trans_dir = root / f"Session{s}" / "dialog" / "transcriptions"
+        known = {d for _, d, _ in dialogs}
+        for path in sorted(trans_dir.glob("*.txt")):
+            if path.name.startswith("."):
+                skipped[SKIP_HIDDEN] += 1
+            elif path.stem not in known:
+                skipped[SKIP_TRANSCRIPT_ONLY] += 1
+    if not dialogs:
+        raise PipelineError(f"{root}: no dialogs found (no EmoEvaluation/*.txt in Session{sessions[0]}"
+                            f"..Session{sessions[-1]}); empty corpus?")
+    return sorted(dialogs, key=lambda t: t[1])
+
+
+def build_labels(iemocap_root, expect_standard: bool | None = None) -> dict:
+    """Read the corpus -> the content of labels.json (docs/FORMATS.md).
+
+    expect_standard: None compares with IEMOCAP_STANDARD_COUNTS when the corpus looks like the full
+    release (151 dialogs in Sessions 1-5); True always compares; False never does.
+    """
+    root = Path(iemocap_root).resolve()
+    skipped, decode_log = Counter(), Counter()
+    transcript_times_differ = 0
+    missing_wdseg, missing_wav = [], []
+    dialogs = {}
+    for s, dialog, emo_path in tqdm(find_dialogs(root, skipped), desc="step 1: dialogs", unit="dialog", file=sys.stdout):
+        info = dialog_info(dialog, str(emo_path))
+        entries = parse_emo_evaluation(emo_path, decode_log)
+        trans_path = root / f"Session{s}" / "dialog" / "transcriptions" / f"{dialog}.txt"
+        if not trans_path.is_file():
+            raise PipelineError(f"{trans_path}: transcription file not found for the labelled dialog in {emo_path}")
+        transcript, trans_skipped = parse_transcriptions(trans_path, decode_log)
+        for _, reason in trans_skipped:
+            skipped[reason] += 1
+
+        wav = f"Session{s}/dialog/wav/{dialog}.wav"
+        if not (root / wav).is_file():
+            missing_wav.append(dialog)
+        fa_rel = f"Session{s}/sentences/ForcedAlignment/{dialog}"
+        fa_dir = root / fa_rel
+        wdseg_files = {p.name for p in fa_dir.iterdir()} if fa_dir.is_dir() else set()
+
+        utterances = []
+        for e in entries:
+            if e["id"] not in transcript:
+                raise PipelineError(f"{emo_path}: utterance {e['id']} has a label but no line in {trans_path}")
+            t = transcript[e["id"]]
+            if abs(t["start"] - e["start"]) > 0.01 or abs(t["end"] - e["end"]) > 0.01:
+                transcript_times_differ += 1  # EmoEvaluation's times are used; counted for the record
+            wdseg = f"{fa_rel}/{e['id']}.wdseg" if f"{e['id']}.wdseg" in wdseg_files else None
+            speaker, _ = _split_utterance_id(e["id"], dialog, str(emo_path))
+            utterances.append({"id": e["id"], "start": e["start"], "end": e["end"], "speaker": speaker,
+                               "code": e["code"], "label": CODE_TO_LABEL.get(e["code"]), "text": t["text"],
+                               "wdseg": wdseg})
+        labelled = {e["id"] for e in entries}
+        skipped[SKIP_NO_EMO] += sum(1 for utt_id in transcript if utt_id not in labelled)
+        utterances.sort(key=lambda u: (u["start"], u["id"]))
+        missing_wdseg += [u["id"] for u in utterances if u["wdseg"] is None]
+        dialogs[dialog] = {**info, "wav": wav, "utterances": utterances}
+
+    counts = count_utterances(dialogs)
+    counts["skipped"] = {reason: n for reason, n in sorted(skipped.items()) if n}
+    counts["missing"] = {"wdseg": len(missing_wdseg), "dialog_wav": len(missing_wav)}
+    counts["missing_wdseg_ids"] = missing_wdseg
+    counts["missing_wav_dialogs"] = missing_wav
+    counts["transcript_times_differ"] = transcript_times_differ
+    counts["text_encodings"] = dict(sorted(decode_log.items()))
+    counts["standard"] = compare_with_standard(counts, expect_standard)
+    return {"corpus": str(root), "labels": list(LABELS), "dialogs": dialogs, "counts": counts}
+
+
+def count_utterances(dialogs: dict) -> dict:
+    """Counts per class, per raw code and per session (strings as session keys: JSON round-trips)."""
+    per_code, per_label, target_per_code = Counter(), Counter(), Counter()
+    per_session, dialogs_per_session = {}, Counter()
+    for d in dialogs.values():
+        s = str(d["session"])
+        dialogs_per_session[s] += 1
+        row = per_session.setdefault(s, {"utterances": 0, "target": 0, **{lab: 0 for lab in LABELS}})
+        for u in d["utterances"]:
+            per_code[u["code"]] += 1
+            row["utterances"] += 1
+            if u["label"] is not None:
+                per_label[u["label"]] += 1
+                target_per_code[u["code"]] += 1
+                row["target"] += 1
+                row[u["label"]] += 1
+    return {
+        "dialogs": len(dialogs),
+        "dialogs_per_session": dict(sorted(dialogs_per_session.items())),
+        "utterances": sum(per_code.values()),
+        "target": sum(per_label.values()),
+        "per_label": {lab: per_label[lab] for lab in LABELS},
+        "per_code": {c: per_code[c] for c in IEMOCAP_CODES if per_code[c]},
+        "target_per_code": {c: target_per_code[c] for c in IEMOCAP_CODES if c in CODE_TO_LABEL},
+        "target_per_session": {s: row["target"] for s, row in sorted(per_session.items())},
+        "per_session": dict(sorted(per_session.items())),
+    }
+
+
+def compare_with_standard(counts: dict, expect_standard: bool | None) -> dict:
+    """Every difference between this corpus's counts and IEMOCAP_STANDARD_COUNTS."""
+    looks_real = (counts["dialogs"] == IEMOCAP_STANDARD_COUNTS["dialogs"]
+                  and sorted(int(s) for s in counts["dialogs_per_session"]) == list(IEMOCAP_SESSIONS))
+    applies = looks_real if expect_standard is None else expect_standard
+    if expect_standard is None:
+        why = (f"corpus has {counts['dialogs']} dialogs in sessions {','.join(counts['dialogs_per_session'])}; "
+               f"the full release has {IEMOCAP_STANDARD_COUNTS['dialogs']} in 1-5")
+    else:
+        why = "forced by --expect-standard " + ("yes" if expect_standard else "no")
+    result = {"applies": applies, "why": why, "expected": IEMOCAP_STANDARD_COUNTS, "differences": []}
+    if not applies:
+        return result
+    found = {**counts, "missing_wdseg": counts["missing"]["wdseg"]}
+    for key, expected in IEMOCAP_STANDARD_COUNTS.items():
+        got = found.get(key)
+        if isinstance(expected, dict):
+            for sub in expected:
+                g = (got or {}).get(sub, 0)
+                if g != expected[sub]:
+                    result["differences"].append({"count": f"{key}.{sub}", "expected": expected[sub], "got": g})
+        elif got != expected:
+            result["differences"].append({"count": key, "expected": expected, "got": got})
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Report and entry point
+# ---------------------------------------------------------------------------------------------
+
+def print_report(data: dict, out_path: Path) -> None:
+    c = data["counts"]
+    print(f"read {data['corpus']}: {c['dialogs']} dialogs, {c['utterances']} labelled utterances "
+          f"({c['target']} with a 4-class label)")
+    header = f"{'session':>8} {'dialogs':>8} {'utts':>7} {'target':>7} " + " ".join(f"{lab:>6}" for lab in LABELS)
+    print(header)
+    for s, row in c["per_session"].items():
+        print(f"{s:>8} {c['dialogs_per_session'][s]:>8} {row['utterances']:>7} {row['target']:>7} "
+              + " ".join(f"{row[lab]:>6}" for lab in LABELS))
+    print(f"{'all':>8} {c['dialogs']:>8} {c['utterances']:>7} {c['target']:>7} "
+          + " ".join(f"{c['per_label'][lab]:>6}" for lab in LABELS))
+    print("raw codes: " + ", ".join(f"{code} {n}" for code, n in c["per_code"].items())
+          + "  (exc -> hap; " + ", ".join(code for code in c["per_code"] if code not in CODE_TO_LABEL)
+          + " -> no label)")
+    print(f"skipped: {sum(c['skipped'].values())}")
+    for reason, n in c["skipped"].items():
+        print(f"  {n:>6}  {reason}")
+    print(f"missing .wdseg (wdseg null): {c['missing']['wdseg']}"
+          + (f" ({', '.join(c['missing_wdseg_ids'][:5])}{' ...' if c['missing']['wdseg'] > 5 else ''})"
+             if c["missing"]["wdseg"] else ""))
+    print(f"missing dialog wavs (step 2 will need them): {c['missing']['dialog_wav']}"
+          + (f" ({', '.join(c['missing_wav_dialogs'][:5])}{' ...' if c['missing']['dialog_wav'] > 5 else ''})"
+             if c["missing"]["dialog_wav"] else ""))
+    print(f"utterances whose transcript times differ from EmoEvaluation by > 0.01 s: {c['transcript_times_differ']}")
+    print("text encodings: " + ", ".join(f"{enc} {n} files" for enc, n in c["text_encodings"].items()))
+    std = c["standard"]
+    if not std["applies"]:
+        print(f"standard IEMOCAP counts: comparison does not apply ({std['why']})")
+    elif not std["differences"]:
+        n = sum(len(v) if isinstance(v, dict) else 1 for v in std["expected"].values())
+        print(f"standard IEMOCAP counts: all {n} match ({std['why']})")
+    else:
+        print(f"standard IEMOCAP counts: {len(std['differences'])} differences ({std['why']}):")
+        for d in std["differences"]:
+            print(f"  {d['count']}: expected {d['expected']}, got {d['got']}")
+    print(f"wrote {out_path}: {c['dialogs']} dialogs, {c['utterances']} utterances")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--iemocap", default="IEMOCAP_full_release", help="IEMOCAP root (real or demo corpus)")
+    parser.add_argument("--work", default="preprocessed_iemocap", help="work directory; writes WORK/labels.json")
+    parser.add_argument("--expect-standard", choices=("auto", "yes", "no"), default="auto",
+                        help="compare with the standard IEMOCAP counts: auto = when the corpus has the full "
+                             "release's 151 dialogs in Sessions 1-5")
+    args = parser.parse_args(argv)
+    expect = {"auto": None, "yes": True, "no": False}[args.expect_standard]
+    data = build_labels(args.iemocap, expect_standard=expect)
+    out_path = Path(args.work) / "labels.json"
+    atomic_write_json(out_path, data)
+    print_report(data, out_path)
+    return data
+
+
+if __name__ == "__main__":
+    main()

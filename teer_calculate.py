@@ -1,0 +1,428 @@
+"""Step 6: time-weighted emotion error rates, TEER and sTEER (paper Section IV-C, Table III).
+
+    TEER  = (MS + FA + CONF_emo)     / TOTAL
+    sTEER = (MS + FA + CONF_emo+spk) / TOTAL
+    EERa  = CONF_emo     / (time where reference and system both have speech)
+    sEERa = CONF_emo+spk / (the same time)
+
+MS, FA, CONF and TOTAL are summed over all dialogs and divided once.
+
+Default semantics are the original definition of Wu, Zhang and Woodland (Interspeech 2023),
+whose reference scorer is pyannote.metrics' IdentificationErrorRate:
+  * emotion labels are compared by identity: a segment is right only if it says the
+    reference's emotion (no label mapping);
+  * sTEER labels are "speaker+emotion". The system's anonymous speakers (SPEAKER_00, ...) are
+    first mapped one-to-one onto the reference speakers (F, M) of each dialog, choosing the
+    mapping with the largest total overlap between the system's segments and the reference
+    utterances (all of them, no collar; Hungarian algorithm). A system speaker left unmapped
+    keeps its own name and so never matches;
+  * a collar of 0.25 s either side of every reference boundary is not scored (--collar is the
+    width on ONE side, as in NIST md-eval; pyannote's `collar` is the total width, so
+    pyannote collar = 2 x --collar);
+  * overlapping speech is scored: per elementary segment with n_ref reference and n_hyp system
+    labels, MS = max(0, n_ref - n_hyp), FA = max(0, n_hyp - n_ref),
+    CONF = min(n_ref, n_hyp) - n_correct (n_correct = the largest matching of equal labels),
+    TOTAL = n_ref, each times the segment's duration;
+  * the scoring region (UEM) is the extent of the dialog's reference (--uem extent).
+Reference time whose utterance has no 4-class label (fru, sur, xxx, ...): by default it is cut
+out of the scoring region like a collar (--nontarget exclude), so the system is neither
+credited nor blamed there. --nontarget other keeps it as the label "other", which no
+prediction can match; --nontarget drop leaves it out of the reference only, so system speech
+there is a false alarm (what the authors' script does).
+
+--authors reproduces the authors' public teer_calculate.py on the same predictions:
+pyannote DiarizationErrorRate on emotion labels (hypothesis labels mapped optimally onto
+reference labels, per dialog), the same for "emotion_speaker" labels without a prior speaker
+mapping, collar 0, UEM = union of reference and system extents, non-target utterances dropped.
+Under optimal mapping a model that swaps two emotions consistently is scored as perfect.
+
+The scorer is an interval sweep: all boundaries sorted once, label counts per elementary
+segment from cumulative sums. No pyannote at scoring time; the tests check it against
+pyannote.metrics to 1e-9.
+
+    python teer_calculate.py --work preprocessed_iemocap --run NAME [--collar 0.25] [--authors]
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from utils import LABELS, PipelineError, atomic_write_json, load_labels, read_json
+
+OTHER = "other"  # reference label of non-target time under --nontarget other
+
+# ---------------------------------------------------------------------------------------------
+# Interval sweep
+# ---------------------------------------------------------------------------------------------
+
+
+def _counts(points: np.ndarray, starts, ends) -> np.ndarray:
+    """How many of the intervals [starts[i], ends[i]) cover each elementary piece
+    [points[k], points[k+1]). Every start and end must be one of `points`."""
+    delta = np.zeros(len(points), dtype=np.int64)
+    np.add.at(delta, np.searchsorted(points, starts), 1)
+    np.add.at(delta, np.searchsorted(points, ends), -1)
+    return np.cumsum(delta)[:-1]
+
+
+def merge_intervals(intervals) -> np.ndarray:
+    """Union of intervals -> sorted disjoint [k, 2] array (empty intervals dropped)."""
+    a = np.asarray(intervals, dtype=np.float64).reshape(-1, 2)
+    a = a[a[:, 1] > a[:, 0]]
+    if len(a) == 0:
+        return a
+    points = np.unique(a)
+    covered = _counts(points, a[:, 0], a[:, 1]) > 0
+    return _runs(points, covered)
+
+
+def subtract_intervals(a, b) -> np.ndarray:
+    """Intervals of `a` not covered by `b` -> sorted disjoint [k, 2] array."""
+    a, b = merge_intervals(a), merge_intervals(b)
+    if len(a) == 0 or len(b) == 0:
+        return a
+    points = np.unique(np.concatenate([a.ravel(), b.ravel()]))
+    keep = (_counts(points, a[:, 0], a[:, 1]) > 0) & (_counts(points, b[:, 0], b[:, 1]) == 0)
+    return _runs(points, keep)
+
+
+def _runs(points: np.ndarray, flags: np.ndarray) -> np.ndarray:
+    """Maximal runs of consecutive flagged elementary pieces -> [k, 2] intervals."""
+    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    return np.stack([points[np.flatnonzero(edges == 1)], points[np.flatnonzero(edges == -1)]], axis=1)
+
+
+def _label_counts(points, segments, labels):
+    """[n_labels, n_pieces] counts of each label's segments over the elementary pieces."""
+    index = {lab: i for i, lab in enumerate(labels)}
+    out = np.zeros((len(labels), len(points) - 1), dtype=np.int64)
+    if not segments:
+        return out
+    starts = np.array([s for s, _, _ in segments])
+    ends = np.array([e for _, e, _ in segments])
+    rows = np.array([index[lab] for _, _, lab in segments])
+    delta = np.zeros((len(labels), len(points)), dtype=np.int64)
+    np.add.at(delta, (rows, np.searchsorted(points, starts)), 1)
+    np.add.at(delta, (rows, np.searchsorted(points, ends)), -1)
+    return np.cumsum(delta, axis=1)[:, :-1]
+
+
+def score_dialog(ref, hyp, uem, collar: float = 0.0, mapping: str = "identity") -> dict:
+    """Error components of one dialog, in seconds.
+
+    ref, hyp: [(start, end, label)]; uem: [(start, end)] scoring region; collar: seconds
+    removed either side of each reference boundary. mapping "identity" = pyannote
+    IdentificationErrorRate (Wu et al.'s TEER); "optimal" = DiarizationErrorRate (hypothesis
+    labels first mapped one-to-one onto reference labels maximising their co-occurrence inside
+    the scored region, as in the authors' script).
+    Returns {"total", "missed", "false_alarm", "confusion", "correct", "scored", "mapping"}.
+    """
+    if mapping not in ("identity", "optimal"):
+        raise ValueError(f"mapping must be 'identity' or 'optimal', got {mapping!r}")
+    ref = [(float(s), float(e), lab) for s, e, lab in ref if e > s]
+    hyp = [(float(s), float(e), lab) for s, e, lab in hyp if e > s]
+    region = merge_intervals(uem)
+    if collar > 0 and ref:
+        bounds = np.array([t for s, e, _ in ref for t in (s, e)])
+        region = subtract_intervals(region, np.stack([bounds - collar, bounds + collar], axis=1))
+    result = {"total": 0.0, "missed": 0.0, "false_alarm": 0.0, "confusion": 0.0, "correct": 0.0,
+              "scored": float((region[:, 1] - region[:, 0]).sum()) if len(region) else 0.0, "mapping": {}}
+    if len(region) == 0:
+        return result
+
+    # Every boundary once, sorted; each elementary piece is wholly inside or outside the region.
+    points = np.unique(np.concatenate([region.ravel(), [t for s, e, _ in ref + hyp for t in (s, e)]]))
+    inside = _counts(points, region[:, 0], region[:, 1]) > 0
+    dur = np.diff(points) * inside
+
+    ref_labels = sorted({lab for _, _, lab in ref})
+    hyp_labels = sorted({lab for _, _, lab in hyp})
+    R = _label_counts(points, ref, ref_labels)
+    H = _label_counts(points, hyp, hyp_labels)
+    n_ref, n_hyp = R.sum(axis=0), H.sum(axis=0)
+
+    if mapping == "identity":
+        pairs = [(ref_labels.index(lab), j) for j, lab in enumerate(hyp_labels) if lab in ref_labels]
+    else:
+        cooccurrence = (H * dur) @ R.T  # [hyp label, ref label] seconds spoken together
+        rows, cols = linear_sum_assignment(-cooccurrence) if cooccurrence.size else ([], [])
+        pairs = [(c, r) for r, c in zip(rows, cols) if cooccurrence[r, c] > 0]
+        result["mapping"] = {hyp_labels[j]: ref_labels[i] for i, j in pairs}
+    # Largest matching of equal labels per piece: a label's reference and system copies pair up.
+    n_correct = np.zeros_like(n_ref)
+    for i, j in pairs:
+        n_correct += np.minimum(R[i], H[j])
+
+    result["total"] = float(np.dot(n_ref, dur))
+    result["missed"] = float(np.dot(np.maximum(0, n_ref - n_hyp), dur))
+    result["false_alarm"] = float(np.dot(np.maximum(0, n_hyp - n_ref), dur))
+    result["confusion"] = float(np.dot(np.minimum(n_ref, n_hyp) - n_correct, dur))
+    result["correct"] = float(np.dot(n_correct, dur))
+    return result
+
+
+def map_speakers(ref, hyp) -> dict:
+    """One-to-one map of system speakers onto reference speakers with the largest total overlap.
+
+    ref, hyp: [(start, end, speaker)]. Hungarian algorithm on the overlap matrix (seconds);
+    pairs that never overlap are not mapped. Returns {system speaker: reference speaker}.
+    """
+    ref = [(s, e, x) for s, e, x in ref if e > s]
+    hyp = [(s, e, x) for s, e, x in hyp if e > s]
+    if not ref or not hyp:
+        return {}
+    points = np.unique([t for s, e, _ in ref + hyp for t in (s, e)])
+    dur = np.diff(points)
+    ref_spk, hyp_spk = sorted({x for *_, x in ref}), sorted({x for *_, x in hyp})
+    overlap = (_label_counts(points, hyp, hyp_spk) * dur) @ _label_counts(points, ref, ref_spk).T
+    rows, cols = linear_sum_assignment(-overlap)
+    return {hyp_spk[r]: ref_spk[c] for r, c in zip(rows, cols) if overlap[r, c] > 0}
+
+
+# ---------------------------------------------------------------------------------------------
+# TEER over a set of dialogs
+# ---------------------------------------------------------------------------------------------
+
+COMPONENTS = ("total", "missed", "false_alarm", "confusion_emo", "correct_emo", "confusion_emo_spk", "correct_emo_spk")
+
+
+def teer_dialog(utterances, segments, collar=0.25, uem="extent", nontarget="exclude", mapping="identity",
+                speaker_mapping="overlap") -> dict:
+    """TEER components of one dialog.
+
+    utterances: labels.json reference utterances ({"start","end","speaker","label"});
+    segments: predictions.json segments ({"start","end","speaker","pred"}).
+    speaker_mapping "overlap": system speakers renamed to reference speakers first (map_speakers);
+    "none": sTEER labels use the raw system speaker names (the authors' computation, where the
+    optimal label mapping does the speaker mapping jointly with the emotions).
+    """
+    if not utterances:
+        raise ValueError("a dialog without reference utterances cannot be scored")
+    # The reference is every utterance, except under "drop" where it is the labelled ones only.
+    in_ref = [u for u in utterances if u["label"] is not None] if nontarget == "drop" else utterances
+    if not in_ref:
+        raise ValueError("a dialog without reference utterances cannot be scored")
+    extent = (min(u["start"] for u in in_ref), max(u["end"] for u in in_ref))
+    if uem == "union" and segments:
+        extent = (min(extent[0], min(s["start"] for s in segments)), max(extent[1], max(s["end"] for s in segments)))
+    elif uem not in ("extent", "union"):
+        raise ValueError(f"uem must be 'extent' or 'union', got {uem!r}")
+    region = [extent]
+    ref_emo, ref_spk = [], []
+    for u in utterances:
+        label = u["label"]
+        if label is None:
+            if nontarget == "exclude":
+                continue  # cut out of the region below
+            if nontarget == "drop":
+                continue
+            if nontarget != "other":
+                raise ValueError(f"nontarget must be exclude, other or drop, got {nontarget!r}")
+            label = OTHER
+        ref_emo.append((u["start"], u["end"], label))
+        ref_spk.append((u["start"], u["end"], f"{u['speaker']}+{label}"))
+    if nontarget == "exclude":
+        region = subtract_intervals(region, [(u["start"], u["end"]) for u in utterances if u["label"] is None])
+
+    spk_map = {}
+    if speaker_mapping == "overlap":
+        spk_map = map_speakers([(u["start"], u["end"], u["speaker"]) for u in utterances],
+                               [(s["start"], s["end"], s["speaker"]) for s in segments])
+    elif speaker_mapping != "none":
+        raise ValueError(f"speaker_mapping must be 'overlap' or 'none', got {speaker_mapping!r}")
+    hyp_emo = [(s["start"], s["end"], s["pred"]) for s in segments]
+    hyp_spk = [(s["start"], s["end"], f"{spk_map.get(s['speaker'], s['speaker'])}+{s['pred']}") for s in segments]
+
+    emo = score_dialog(ref_emo, hyp_emo, region, collar=collar, mapping=mapping)
+    spk = score_dialog(ref_spk, hyp_spk, region, collar=collar, mapping=mapping)
+    return {"total": emo["total"], "missed": emo["missed"], "false_alarm": emo["false_alarm"],
+            "confusion_emo": emo["confusion"], "correct_emo": emo["correct"],
+            "confusion_emo_spk": spk["confusion"], "correct_emo_spk": spk["correct"],
+            "scored_region": emo["scored"], "speaker_map": spk_map,
+            "label_map_emo": emo["mapping"], "label_map_emo_spk": spk["mapping"],
+            "n_reference": len(utterances), "n_system": len(segments)}
+
+
+def rates(c: dict) -> dict:
+    """TEER, sTEER, EERa, sEERa from summed components (the sums are divided once).
+
+    The agreement time of EERa is the time where reference and system both have speech, counted
+    per speaker pair in overlapped speech: correct + confusion = sum of min(n_ref, n_hyp) x dur.
+    """
+    def ratio(num, den):
+        return num / den if den > 0 else None
+
+    return {"TEER": ratio(c["missed"] + c["false_alarm"] + c["confusion_emo"], c["total"]),
+            "sTEER": ratio(c["missed"] + c["false_alarm"] + c["confusion_emo_spk"], c["total"]),
+            "EERa": ratio(c["confusion_emo"], c["confusion_emo"] + c["correct_emo"]),
+            "sEERa": ratio(c["confusion_emo_spk"], c["confusion_emo_spk"] + c["correct_emo_spk"])}
+
+
+def score_predictions(predictions: dict, labels: dict, dialogs, settings: dict, where: str = "predictions") -> dict:
+    """Score predictions.json against labels.json over `dialogs`; per-dialog breakdown + totals."""
+    by_dialog: dict[str, list] = {d: [] for d in dialogs}
+    outside = 0
+    for n, seg in enumerate(predictions.get("segments", [])):
+        missing = [k for k in ("dialog", "start", "end", "speaker", "pred") if k not in seg]
+        if missing:
+            raise PipelineError(f"{where}: segment {n} lacks {missing}; expected predictions.json segments")
+        if seg["pred"] not in LABELS:
+            raise PipelineError(f"{where}: segment {n} ({seg.get('id')}) has pred {seg['pred']!r}, expected one of {LABELS}")
+        if seg["dialog"] in by_dialog:
+            by_dialog[seg["dialog"]].append(seg)
+        else:
+            outside += 1
+    sums = dict.fromkeys(COMPONENTS, 0.0)
+    per_dialog, skipped = {}, {}
+    for d in dialogs:
+        if d not in labels["dialogs"]:
+            raise PipelineError(f"labels.json has no dialog {d!r} named by the run's test split")
+        utterances = labels["dialogs"][d]["utterances"]
+        if not utterances:
+            skipped[d] = "no reference utterances"
+            continue
+        if not any(u["label"] is not None for u in utterances) and settings["nontarget"] in ("exclude", "drop"):
+            skipped[d] = "no reference utterance with a 4-class label"
+            continue
+        comp = teer_dialog(utterances, by_dialog[d], **settings)
+        per_dialog[d] = {**comp, **rates(comp)}
+        for k in COMPONENTS:
+            sums[k] += comp[k]
+    return {"totals": sums, **rates(sums), "n_dialogs": len(per_dialog), "n_segments": sum(len(v) for v in by_dialog.values()),
+            "segments_outside_test_dialogs": outside, "skipped_dialogs": skipped, "dialogs": per_dialog}
+
+
+# ---------------------------------------------------------------------------------------------
+# Run directories
+# ---------------------------------------------------------------------------------------------
+
+
+def fold_dirs(run_dir: Path) -> list[Path]:
+    """Fold sub-runs of a multi-fold run: config.json "folds" (names or {"name"/"dir"}), else
+    fold<k>/ subfolders holding a config.json; [] for a single run."""
+    config_path = run_dir / "config.json"
+    config = read_json(config_path, "run config") if config_path.is_file() else {}
+    folds = config.get("folds")
+    if isinstance(folds, list) and folds:
+        names = [f if isinstance(f, str) else f.get("dir") or f.get("name") for f in folds]
+        return [run_dir / str(n) for n in names]
+    subs = [p for p in run_dir.iterdir() if p.is_dir() and re.fullmatch(r"fold\d+", p.name) and (p / "config.json").is_file()]
+    return sorted(subs, key=lambda p: int(p.name[4:]))
+
+
+def run_test_dialogs(run_dir: Path, predictions: dict, labels: dict) -> tuple[list[str], str]:
+    """The run's test dialogs from its config.json split, else those in predictions.json.
+
+    Accepted: config["split"]["test"] (or "test_dialogs") as dialog names or session numbers.
+    Returns (dialogs, where they came from)."""
+    config_path = run_dir / "config.json"
+    config = read_json(config_path, "run config") if config_path.is_file() else {}
+    split = config.get("split") or {}
+    test = split.get("test", split.get("test_dialogs")) if isinstance(split, dict) else None
+    if isinstance(test, dict):  # e.g. {"sessions": [5], "dialogs": [...]}
+        test = test.get("dialogs") or test.get("sessions")
+    if isinstance(test, list) and test:
+        if all(isinstance(t, int) for t in test):
+            return sorted(d for d, v in labels["dialogs"].items() if v.get("session") in test), f"{config_path} (sessions {test})"
+        return sorted(str(t) for t in test), str(config_path)
+    dialogs = sorted({s["dialog"] for s in predictions.get("segments", []) if "dialog" in s})
+    return dialogs, "predictions.json (no test split in config.json)"
+
+
+def settings_from_args(args) -> dict:
+    if args.authors:
+        return {"collar": 0.0, "uem": "union", "nontarget": "drop", "mapping": "optimal", "speaker_mapping": "none"}
+    return {"collar": args.collar, "uem": args.uem, "nontarget": args.nontarget, "mapping": "identity",
+            "speaker_mapping": "overlap"}
+
+
+def score_run(run_dir: Path, labels: dict, settings: dict) -> dict:
+    pred_path = run_dir / "predictions.json"
+    if not pred_path.is_file():
+        raise PipelineError(f"{pred_path}: not found; run step 5 first: python evaluate.py --run {run_dir.name}")
+    predictions = read_json(pred_path, "predictions file")
+    dialogs, source = run_test_dialogs(run_dir, predictions, labels)
+    result = score_predictions(predictions, labels, dialogs, settings, where=str(pred_path))
+    print(f"  read {pred_path} ({result['n_segments']} segments in {len(dialogs)} test dialogs from {source}); "
+          f"scored {result['n_dialogs']} dialogs, skipped {len(result['skipped_dialogs'])}"
+          + (f", ignored {result['segments_outside_test_dialogs']} segments outside the test dialogs"
+             if result["segments_outside_test_dialogs"] else ""))
+    for d, why in result["skipped_dialogs"].items():
+        print(f"    skipped {d}: {why}")
+    return result
+
+
+def pool(results: list[dict]) -> dict:
+    """Sum the components of several folds and divide once."""
+    sums = {k: sum(r["totals"][k] for r in results) for k in COMPONENTS}
+    return {"totals": sums, **rates(sums), "n_dialogs": sum(r["n_dialogs"] for r in results)}
+
+
+def report(name: str, r: dict) -> None:
+    t = r["totals"]
+
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:6.2f}%"
+
+    print(f"{name}: {r['n_dialogs']} dialogs, reference speech scored {t['total']:.2f} s")
+    print(f"  MS {t['missed']:.2f} s  FA {t['false_alarm']:.2f} s  CONF_emo {t['confusion_emo']:.2f} s  "
+          f"CONF_emo+spk {t['confusion_emo_spk']:.2f} s")
+    print(f"  TEER {pct(r['TEER'])}  sTEER {pct(r['sTEER'])}  EERa {pct(r['EERa'])}  sEERa {pct(r['sEERa'])}")
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--work", default="preprocessed_iemocap", help="work directory (default: %(default)s)")
+    p.add_argument("--run", required=True, help="run name: WORK/runs/<run>/ holds predictions.json (step 5)")
+    p.add_argument("--collar", type=float, default=0.25,
+                   help="seconds not scored either side of each reference boundary (default: %(default)s, Wu et al.)")
+    p.add_argument("--uem", choices=("extent", "union"), default="extent",
+                   help="scoring region per dialog: the reference's extent, or the union of reference and system extents")
+    p.add_argument("--nontarget", choices=("exclude", "other", "drop"), default="exclude",
+                   help="reference time without a 4-class label: cut from the scoring region (default), "
+                        "kept as label 'other' that no prediction matches, or dropped from the reference only (FA there)")
+    p.add_argument("--authors", action="store_true",
+                   help="reproduce the authors' script: optimal label mapping (DiarizationErrorRate), collar 0, "
+                        "union UEM, non-target dropped; overrides --collar/--uem/--nontarget; writes teer_authors.json")
+    p.add_argument("--out", default=None, help="output file name in the run dir (default teer.json, teer_authors.json with --authors)")
+    args = p.parse_args(argv)
+    if args.collar < 0:
+        p.error("--collar must be >= 0")
+
+    settings = settings_from_args(args)
+    work, run_dir = Path(args.work), Path(args.work) / "runs" / args.run
+    if not run_dir.is_dir():
+        raise PipelineError(f"{run_dir}: run directory not found")
+    labels = load_labels(work)
+    print(f"read {work / 'labels.json'} ({len(labels['dialogs'])} dialogs); settings {settings}")
+
+    t0 = time.perf_counter()
+    folds = fold_dirs(run_dir)
+    if folds:
+        per_fold = {}
+        for f in folds:
+            per_fold[f.name] = score_run(f, labels, settings)
+        result = {"folds": per_fold, **pool(list(per_fold.values()))}
+    else:
+        result = score_run(run_dir, labels, settings)
+    elapsed = time.perf_counter() - t0
+
+    result = {"run": args.run, "settings": settings, "semantics": "authors" if args.authors else "wu2023", **result,
+              "seconds": elapsed}
+    out = run_dir / (args.out or ("teer_authors.json" if args.authors else "teer.json"))
+    atomic_write_json(out, result)
+    for name, r in result.get("folds", {}).items():
+        report(name, r)
+    report("pooled" if folds else args.run, result)
+    print(f"scored in {elapsed:.3f} s; wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
