@@ -172,6 +172,18 @@ def draw_code(rng, theme: str) -> str:
     return _pick(rng, THEMES[theme]) if rng.random() < THEME_WEIGHT else _pick(rng, BASE_CODES)
 
 
+# A speaker who keeps the floor mostly keeps their emotion: in IEMOCAP consecutive utterances of one
+# actor usually share a label, which is what makes whole turns (the paper's aligned segments) coherent.
+SAME_SPEAKER_KEEPS_EMOTION = 0.8
+
+
+def next_code(rng, theme: str, lines: list[dict], speaker: str) -> str:
+    """The code of the next line: the previous line's if the same speaker continues (mostly), else a draw."""
+    if lines and lines[-1]["speaker"] == speaker and rng.random() < SAME_SPEAKER_KEEPS_EMOTION:
+        return lines[-1]["code"]
+    return draw_code(rng, theme)
+
+
 def other_emotion(rng, code: str) -> str:
     """A 4-class emotion different from the code's own label (for label noise)."""
     own = CODE_TO_LABEL.get(code)
@@ -244,7 +256,7 @@ def script_lines(seed: int, lines_key: str, n: int) -> list[dict]:
     theme = SCRIPT_THEMES[lines_key[:8]]
     lines, speaker = [], "FM"[rng.integers(2)]
     for _ in range(n):
-        code = draw_code(rng, theme)
+        code = next_code(rng, theme, lines, speaker)
         text_emotion = text_emotion_of(rng, code)
         lines.append(dict(speaker=speaker, code=code, text_cue=text_emotion,
                           words=make_words(rng, text_emotion, int(rng.integers(4, 13)))))
@@ -446,7 +458,7 @@ def build_dialog(seed: int, d: dict, actors: dict, n_utts: int, audio_noise: flo
         theme = IMPRO_THEMES[(d["session"] + d["index"]) % len(IMPRO_THEMES)]
         speaker, lines = "FM"[rng.integers(2)], []
         for _ in range(n_utts):
-            lines.append(dict(speaker=speaker, code=draw_code(rng, theme)))
+            lines.append(dict(speaker=speaker, code=next_code(rng, theme, lines, speaker)))
             speaker = speaker if rng.random() < 0.2 else {"F": "M", "M": "F"}[speaker]
     xx_at = int(rng.integers(n_utts)) if d["kind"] == "impro" else -1
 

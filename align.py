@@ -1,0 +1,667 @@
+"""Step 3: align ASR words with speaker turns and build the labelled segments the classifier sees.
+
+This is the paper's contribution (Section III-A, Fig. 2 and Fig. 3). Read top to bottom:
+
+  1. Read step 2's output: the WhisperX result (words with timestamps) and the RTTM speaker turns.
+  2. Word-to-speaker attribution: every word gets the diarization speaker whose turns overlap it most.
+  3. The alignment (Fig. 2): flatten the words of all ASR segments into one time-ordered stream,
+     group consecutive words while the speaker stays the same and the pause is at most --max-pause,
+     and construct one segment per group.
+  4. The without-alignment baseline (Section IV-B): WhisperX's own segments, each given the speaker
+     with the largest overlap at segment level.
+  5. Ground truth: each segment gets the reference utterances it overlaps and a 4-class label.
+  6. Outputs: segments/<dialog>.json and .txt, cache/<dialog>.pt (audio slices for step 4),
+     manifest.json per variant, and alignment_report.{json,md} comparing the variants.
+
+    python align.py --work preprocessed_iemocap --pipe whisperx                 # both variants
+    python align.py --work W --pipe simulated --variant aligned --max-pause 1.0
+
+Where this differs from the authors' public code (the paper's text is followed, not the code):
+  * Maximum pause: the paper says 1.5 s, the authors' code used 1.0 s. Default 1.5 (--max-pause).
+  * Words without timestamps (WhisperX leaves numerals such as "1995" untimed): the authors' code
+    dropped them, and once a word had no speaker it dropped every later word of that turn. Here no
+    word is lost: an untimed word gets times interpolated between its timed neighbours (the ASR
+    segment's bounds at the edges), a word that overlaps no speaker turn gets the nearest turn's
+    speaker, and both are counted in each segment's "flags".
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+import utils
+from utils import LABELS, PipelineError
+
+# Overlaps shorter than this (seconds) count as no overlap: they are floating-point noise of the
+# interval arithmetic below, far below anything audible (one sample at 16 kHz is 62.5 us).
+EPS = 1e-7
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Reading step 2's output
+# ---------------------------------------------------------------------------------------------
+
+def _time(value):
+    """A timestamp from WhisperX JSON, or None when absent/unusable (None, NaN, not a number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def read_asr(path) -> list[dict]:
+    """Read asr/<dialog>.json (WhisperX's result shape) -> its segments, validated.
+
+    Returns [{"start", "end", "text", "words": [{"word", "start", "end"}]}] in file order, where a
+    word's start/end are None when WhisperX left it untimed. A segment whose "words" list is missing
+    or empty but whose text is not gets its words from the text (all untimed), so no text is lost.
+    """
+    path = Path(path)
+    data = utils.read_json(path, "ASR result (step 2)")
+    if not isinstance(data, dict) or not isinstance(data.get("segments"), list):
+        raise PipelineError(f"{path}: expected a WhisperX result {{'segments': [...]}}, got {type(data).__name__}")
+    segments = []
+    for i, seg in enumerate(data["segments"]):
+        if not isinstance(seg, dict):
+            raise PipelineError(f"{path}: segment {i}: expected an object, got {seg!r:.80}")
+        start, end = _time(seg.get("start")), _time(seg.get("end"))
+        if start is not None and end is not None and end < start:
+            raise PipelineError(f"{path}: segment {i}: end {end} before start {start}")
+        text = seg.get("text") or ""
+        if not isinstance(text, str):
+            raise PipelineError(f"{path}: segment {i}: 'text' must be a string, got {text!r:.80}")
+        raw_words = seg.get("words") or []
+        if not isinstance(raw_words, list):
+            raise PipelineError(f"{path}: segment {i}: 'words' must be a list, got {type(raw_words).__name__}")
+        words = []
+        for j, w in enumerate(raw_words):
+            if not isinstance(w, dict) or not isinstance(w.get("word"), str):
+                raise PipelineError(f"{path}: segment {i} word {j}: expected {{'word': str, 'start', 'end'}}, got {w!r:.80}")
+            ws, we = _time(w.get("start")), _time(w.get("end"))
+            if ws is None or we is None:
+                ws = we = None  # half-timed words are re-timed like untimed ones
+            elif we < ws or ws < 0:
+                raise PipelineError(f"{path}: segment {i} word {j} {w['word']!r}: bad times start={ws} end={we}")
+            words.append({"word": w["word"].strip(), "start": ws, "end": we})
+        words = [w for w in words if w["word"]]  # whitespace-only "words" carry nothing
+        if not words and text.strip():
+            words = [{"word": t, "start": None, "end": None} for t in text.split()]
+        text = text.strip() or " ".join(w["word"] for w in words)
+        segments.append({"start": start, "end": end, "text": text, "words": words})
+    return segments
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Word-to-speaker attribution
+# ---------------------------------------------------------------------------------------------
+
+def attribute_speakers(start, end, turns, prefer=None):
+    """Give each interval [start[i], end[i]] the diarization speaker that overlaps it most.
+
+    Used for words (the alignment) and for whole ASR segments (the baseline). turns: the RTTM,
+    [(start, end, speaker)]. Returns (speakers, nearest): speakers[i] is a label, nearest[i] is
+    True when interval i overlaps no turn and got the speaker of the nearest turn instead (smallest
+    gap between the intervals; a tie goes to the earlier turn).
+
+    How it runs in O((words + turns) log turns): a speaker's turns are merged into disjoint
+    intervals and C(t) = "seconds of this speaker's speech before time t" is tabulated, so the
+    overlap of [s, e] with the speaker is C(e) - C(s), found by binary search. The largest overlap
+    wins. A tie (overlapping speech covering the whole word) goes to prefer[i] if that speaker is
+    among the tied ones (align_dialog passes the speaker of the word's ASR segment: the context the
+    word was heard in), else to the speaker whose overlapping turn began first, as in WhisperX.
+
+    Compared with whisperx.diarize.assign_word_speakers (the tests check this):
+      * the same speaker for every word with a positive overlap and a unique largest overlap;
+      * ties: WhisperX takes the speaker of the earliest-starting overlapping turn; here the
+        ASR segment's speaker first (ties are common where diarization turns overlap, e.g. turns
+        with trailing silence), and overlaps within 0.1 us count as equal;
+      * a speaker's own overlapping turns: WhisperX adds the intersections (counting shared time
+        twice), here they are merged first (pyannote does not emit such turns);
+      * no overlap: WhisperX leaves the word without a speaker (fill_nearest=False) or takes the
+        turn whose midpoint is nearest the word's midpoint (fill_nearest=True); here the turn with
+        the smallest gap, so a word just after a long turn gets that turn's speaker;
+      * untimed words: WhisperX gives them no speaker; here they are re-timed first (flatten_words).
+    """
+    start, end = np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64)
+    if len(start) == 0:
+        return np.array([], dtype=object), np.zeros(0, dtype=bool)
+    if not turns:
+        raise PipelineError("no speaker turns to attribute speech to (empty diarization)")
+    names = sorted({spk for _, _, spk in turns})
+    overlap = np.zeros((len(names), len(start)))
+    began = np.full((len(names), len(start)), np.inf)  # when the speaker's overlapping turn began
+    for k, name in enumerate(names):
+        s, e = _merge([(a, b) for a, b, spk in turns if spk == name])
+        overlap[k] = _speech_before(end, s, e) - _speech_before(start, s, e)
+        first = np.minimum(np.searchsorted(e, start, side="right"), len(s) - 1)  # first turn ending after start
+        began[k] = np.where(overlap[k] > EPS, s[first], np.inf)
+    most = overlap.max(axis=0)
+    tied = overlap >= most - EPS
+    best = np.argmin(np.where(tied, began, np.inf), axis=0)  # of the tied: whose turn began first
+    if prefer is not None:
+        index = {name: k for k, name in enumerate(names)}
+        pref = np.array([index.get(p, -1) for p in prefer], dtype=np.int64)
+        use = (pref >= 0) & tied[np.maximum(pref, 0), np.arange(len(start))]
+        best = np.where(use, pref, best)
+    nearest = most <= EPS
+    speakers = np.array(names, dtype=object)[best]
+    if nearest.any():
+        speakers[nearest] = _nearest_turn_speaker(start[nearest], end[nearest], turns)
+    return speakers, nearest
+
+
+def _speech_before(t, s, e):
+    """C(t): seconds of speech before time(s) t, for disjoint sorted turns [s[i], e[i]]."""
+    covered_before = np.concatenate([[0.0], np.cumsum(e - s)])  # speech before turn i starts
+    i = np.maximum(np.searchsorted(s, t, side="right") - 1, 0)  # the last turn starting at or before t
+    return np.where(t > s[0], covered_before[i] + np.clip(t - s[i], 0.0, e[i] - s[i]), 0.0)
+
+
+def _merge(intervals):
+    """Union of intervals -> (starts, ends) arrays of disjoint sorted intervals."""
+    merged = []
+    for a, b in sorted(intervals):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    arr = np.array(merged, dtype=np.float64).reshape(-1, 2)
+    return arr[:, 0], arr[:, 1]
+
+
+def _nearest_turn_speaker(start, end, turns):
+    """For intervals overlapping no turn: the speaker of the turn with the smallest gap."""
+    by_start = sorted(turns)
+    t_start = np.array([t[0] for t in by_start])
+    t_end = np.array([t[1] for t in by_start])
+    t_spk = np.array([t[2] for t in by_start], dtype=object)
+    # Before: among the turns starting at or before the interval's end, the one reaching furthest.
+    reach = np.maximum.accumulate(t_end)
+    reach_turn = np.maximum.accumulate(np.where(t_end >= reach, np.arange(len(t_end)), 0))
+    n_before = np.searchsorted(t_start, end, side="right")
+    b = np.maximum(n_before - 1, 0)
+    gap_before = np.where(n_before > 0, np.maximum(start - reach[b], 0.0), np.inf)
+    # After: the first turn starting after the interval's end.
+    a = np.minimum(n_before, len(t_start) - 1)
+    gap_after = np.where(n_before < len(t_start), t_start[a] - end, np.inf)
+    return np.where(gap_before <= gap_after, t_spk[reach_turn[b]], t_spk[a])
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. The alignment (paper Section III-A, Fig. 2): flatten, group, construct
+# ---------------------------------------------------------------------------------------------
+
+def flatten_words(asr_segments):
+    """Stage 1 of Fig. 2: the words of all ASR segments as one time-ordered stream.
+
+    Returns (words, start, end, retimed, segment): word strings and numpy arrays, sorted by start
+    time (ties keep file order); segment[i] is the index of word i's ASR segment. Untimed words get
+    times interpolated between their timed neighbours in the same ASR segment (the segment's
+    start/end at its edges): a run of k untimed words shares that gap equally; retimed[i] marks them.
+    """
+    words, start, end, retimed, segment = [], [], [], [], []
+    for n, seg in enumerate(asr_segments):
+        times = _interpolate_untimed(seg["words"], seg["start"], seg["end"])
+        for w, (s, e) in zip(seg["words"], times):
+            words.append(w["word"])
+            start.append(s)
+            end.append(e)
+            retimed.append(w["start"] is None)
+            segment.append(n)
+    start, end = np.array(start, dtype=np.float64), np.array(end, dtype=np.float64)
+    order = np.argsort(start, kind="stable")
+    return ([words[i] for i in order], start[order], end[order], np.array(retimed, dtype=bool)[order],
+            np.array(segment, dtype=np.int64)[order])
+
+
+def _interpolate_untimed(words, seg_start, seg_end):
+    """[(start, end)] for each word: timed words keep theirs, runs of untimed ones share the gap."""
+    times = [(w["start"], w["end"]) for w in words]
+    i = 0
+    while i < len(words):
+        if words[i]["start"] is not None:
+            i += 1
+            continue
+        j = i
+        while j < len(words) and words[j]["start"] is None:
+            j += 1
+        left = times[i - 1][1] if i > 0 else seg_start  # end of the previous timed word
+        right = times[j][0] if j < len(words) else seg_end  # start of the next timed word
+        if left is None and right is None:
+            raise PipelineError(f"untimed words {[w['word'] for w in words[i:j]]} in an ASR segment without start/end times")
+        left = right if left is None else left
+        right = left if right is None or right < left else right
+        step = (right - left) / (j - i)
+        for k in range(i, j):
+            times[k] = (left + (k - i) * step, left + (k - i + 1) * step)
+        i = j
+    return times
+
+
+def group_words(speaker_ids, start, end, max_pause):
+    """Stage 2 of Fig. 2: where each turn begins in the time-ordered word stream.
+
+    A new turn begins at word i when its speaker differs from word i-1's, or when the pause
+    (word i's start minus word i-1's end) exceeds max_pause. Returns the index of each turn's first
+    word (an array starting with 0; empty for an empty stream).
+    """
+    speaker_ids, start, end = np.asarray(speaker_ids), np.asarray(start), np.asarray(end)
+    if len(start) == 0:
+        return np.zeros(0, dtype=np.int64)
+    new_turn = (speaker_ids[1:] != speaker_ids[:-1]) | (start[1:] - end[:-1] > max_pause)
+    return np.concatenate([[0], np.flatnonzero(new_turn) + 1])
+
+
+def attribute_words(asr_segments, turns):
+    """Flatten the words (stage 1 of Fig. 2) and give each its speaker.
+
+    Returns (words, start, end, speakers, retimed, nearest), in time order. Each word's ASR
+    segment speaker (segment-level overlap) is passed as the preference that breaks word-level ties.
+    """
+    words, start, end, retimed, segment = flatten_words(asr_segments)
+    lo, hi = np.full(len(asr_segments), np.inf), np.full(len(asr_segments), -np.inf)
+    np.minimum.at(lo, segment, start)
+    np.maximum.at(hi, segment, end)
+    for n, seg in enumerate(asr_segments):  # the segment's own bounds where it has them
+        if seg["start"] is not None and seg["end"] is not None and np.isfinite(lo[n]):
+            lo[n], hi[n] = seg["start"], seg["end"]
+    used = np.unique(segment)
+    context = np.empty(len(asr_segments), dtype=object)
+    context[used] = attribute_speakers(lo[used], hi[used], turns)[0]
+    speakers, nearest = attribute_speakers(start, end, turns, prefer=context[segment])
+    return words, start, end, speakers, retimed, nearest
+
+
+def align_dialog(asr_segments, turns, max_pause):
+    """The full alignment block (Fig. 2) for one dialog -> segments in time order.
+
+    Each segment: start = its first word's start, end = the latest word end in it (the last word's
+    end unless ASR words overlap), speaker, text = the words joined with spaces, n_words, flags
+    (how many of its words were re-timed / got the nearest turn's speaker).
+    """
+    words, start, end, speakers, retimed, nearest = attribute_words(asr_segments, turns)
+    bounds = group_words(speakers, start, end, max_pause)
+    return construct_segments(words, start, end, speakers, retimed, nearest, bounds)
+
+
+def construct_segments(words, start, end, speakers, retimed, nearest, bounds):
+    """Stage 3 of Fig. 2: one segment per group of words (bounds = first word of each group)."""
+    stops = np.append(bounds[1:], len(words)).astype(np.int64)
+    if len(bounds) == 0:
+        return []
+    seg_end = np.maximum.reduceat(end, bounds)
+    n_retimed = np.add.reduceat(retimed.astype(np.int64), bounds)
+    n_nearest = np.add.reduceat(nearest.astype(np.int64), bounds)
+    return [{"start": float(start[a]), "end": float(seg_end[g]), "speaker": str(speakers[a]),
+             "text": " ".join(words[a:b]), "n_words": int(b - a),
+             "flags": {"retimed_words": int(n_retimed[g]), "nearest_speaker_words": int(n_nearest[g])}}
+            for g, (a, b) in enumerate(zip(bounds.tolist(), stops.tolist()))]
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. The without-alignment baseline (paper Section IV-B)
+# ---------------------------------------------------------------------------------------------
+
+def baseline_dialog(asr_segments, turns):
+    """WhisperX's segments as they come, each given the speaker with the largest segment-level overlap.
+
+    No word-level attribution and no regrouping. A segment overlapping no turn gets the nearest
+    turn's speaker (all its words counted in flags.nearest_speaker_words). ASR segments with
+    neither words nor text are dropped (the caller counts them): there is nothing to classify.
+    """
+    segs = []
+    for i, s in enumerate(asr_segments):
+        if not s["words"]:
+            continue
+        if s["start"] is None or s["end"] is None:  # fall back on the extent of its timed words
+            timed = [w for w in s["words"] if w["start"] is not None]
+            if not timed:
+                raise PipelineError(f"ASR segment {i} ({s['text']!r:.40}) has no start/end times and no timed words")
+            s = dict(s, start=min(w["start"] for w in timed), end=max(w["end"] for w in timed))
+        segs.append(s)
+    segs.sort(key=lambda s: s["start"])
+    speakers, nearest = attribute_speakers([s["start"] for s in segs], [s["end"] for s in segs], turns)
+    return [{"start": s["start"], "end": s["end"], "speaker": str(spk), "text": s["text"],
+             "n_words": len(s["words"]),
+             "flags": {"retimed_words": 0, "nearest_speaker_words": len(s["words"]) if near else 0}}
+            for s, spk, near in zip(segs, speakers, nearest)]
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Ground truth for each segment
+# ---------------------------------------------------------------------------------------------
+
+def label_segments(segments, utterances, dialog, min_label_overlap=0.1):
+    """Attach the reference to each segment (in place) and give it an id "<dialog>-<NNNN>".
+
+    utterances: labels.json's utterances of the dialog. Rule (documented in the README):
+      * utterances: every reference utterance the segment overlaps (any emotion code);
+      * label: the 4-class label with the largest total overlap, if that overlap exceeds
+        min_label_overlap seconds (the authors required more than 0.1 s), else None;
+      * purity: the share of the segment's duration covered by reference speech carrying that
+        label (0.0 without a label or for a zero-length segment);
+      * ref_speaker: the reference speaker (F/M) with the most overlap, None if it overlaps nothing.
+    """
+    u_start = np.array([u["start"] for u in utterances], dtype=np.float64)
+    u_end = np.array([u["end"] for u in utterances], dtype=np.float64)
+    for n, seg in enumerate(segments):
+        ov = np.clip(np.minimum(u_end, seg["end"]) - np.maximum(u_start, seg["start"]), 0.0, None)
+        hits = [(utterances[i], float(ov[i])) for i in np.flatnonzero(ov > EPS)]
+        by_label, by_speaker = {}, {}
+        for u, o in hits:
+            if u["label"] is not None:
+                by_label[u["label"]] = by_label.get(u["label"], 0.0) + o
+            by_speaker[u["speaker"]] = by_speaker.get(u["speaker"], 0.0) + o
+        # max over LABELS order makes ties deterministic (first in utils.LABELS wins)
+        label = max((lab for lab in LABELS if lab in by_label), key=lambda lab: by_label[lab], default=None)
+        if label is not None and by_label[label] <= min_label_overlap:
+            label = None
+        duration = seg["end"] - seg["start"]
+        purity = 0.0
+        if label is not None and duration > 0:
+            covered = _union_length([(max(u["start"], seg["start"]), min(u["end"], seg["end"]))
+                                     for u, _ in hits if u["label"] == label])
+            purity = covered / duration
+        seg.update({
+            "id": f"{dialog}-{n:04d}",
+            "utterances": [{"id": u["id"], "overlap": round(o, 4), "label": u["label"], "speaker": u["speaker"]}
+                           for u, o in hits],
+            "label": label, "purity": round(purity, 4),
+            "ref_speaker": max(sorted(by_speaker), key=lambda s: by_speaker[s], default=None),
+        })
+    return segments
+
+
+def _union_length(intervals) -> float:
+    s, e = _merge(intervals) if intervals else (np.zeros(0), np.zeros(0))
+    return float(np.sum(e - s))
+
+
+def record(seg) -> dict:
+    """A segment in the key order of docs/FORMATS.md."""
+    keys = ("id", "start", "end", "speaker", "text", "n_words", "utterances", "label", "purity", "ref_speaker", "flags")
+    out = {k: seg[k] for k in keys}
+    out["start"], out["end"] = round(seg["start"], 4), round(seg["end"], 4)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Outputs: readable transcript, the segment cache, the alignment report
+# ---------------------------------------------------------------------------------------------
+
+def transcript_text(dialog, variant, segments) -> str:
+    """A readable transcript in the style of the paper's Fig. 3, with the reference label."""
+    lines = [f"# {dialog}  variant={variant}  segments={len(segments)}"]
+    for s in segments:
+        ref = f"ref={s['label'] or '-'} purity={s['purity']:.2f} ref_speaker={s['ref_speaker'] or '-'}"
+        lines.append(f"[{s['start']:.2f}s -> {s['end']:.2f}s] {s['speaker']}: {s['text']}    ({ref})")
+    return "\n".join(lines) + "\n"
+
+
+def segment_cache(dialog, session, segments, audio, sample_rate=utils.SAMPLE_RATE) -> dict:
+    """The cache step 4 reads: per segment its audio slice of the (decoded once) dialog, and its text/label.
+
+    Slices are copied so that each tensor owns only its own samples (torch.save would otherwise
+    store the whole dialog's buffer with every slice).
+    """
+    import torch
+
+    out = []
+    for s in segments:
+        a = max(0, int(round(s["start"] * sample_rate)))
+        b = min(len(audio), int(round(s["end"] * sample_rate)))
+        out.append({"id": s["id"], "start": float(s["start"]), "end": float(s["end"]), "speaker": s["speaker"],
+                    "text": s["text"], "label": utils.LABEL_INDEX.get(s["label"], -1),
+                    "audio": torch.from_numpy(np.array(audio[a:max(a, b)], dtype=np.float32, copy=True))})
+    return {"dialog": dialog, "session": int(session), "sample_rate": int(sample_rate), "segments": out}
+
+
+def variant_stats(segment_files, labels, min_label_overlap) -> dict:
+    """The alignment report's numbers for one variant over the given dialogs (segment json paths).
+
+    label purity: duration-weighted mean purity of the labelled segments. speaker purity: of the
+    reference speech inside segments, the share spoken by each segment's majority reference speaker.
+    fragmentation: for each labelled reference utterance, the number of segments overlapping it by
+    more than min_label_overlap (utterances no segment reaches are left out; coverage counts them).
+    coverage: share of labelled reference speech inside labelled segments (and inside segments
+    carrying the utterance's own label).
+    """
+    segs = []
+    pieces, covered, covered_same, ref_total = [], 0.0, 0.0, 0.0
+    for path in segment_files:
+        data = utils.read_json(path, "segments file")
+        segs += data["segments"]
+        labelled = [s for s in data["segments"] if s["label"] is not None]
+        for u in labels["dialogs"][data["dialog"]]["utterances"]:
+            if u["label"] is None:
+                continue
+            pieces.append(sum(utils.overlap(u["start"], u["end"], s["start"], s["end"]) > min_label_overlap
+                              for s in data["segments"]))
+            inside = lambda ss: _union_length([(max(s["start"], u["start"]), min(s["end"], u["end"]))
+                                               for s in ss if utils.overlap(u["start"], u["end"], s["start"], s["end"]) > 0])
+            covered += inside(labelled)
+            covered_same += inside([s for s in labelled if s["label"] == u["label"]])
+            ref_total += u["end"] - u["start"]
+    dur = np.array([s["end"] - s["start"] for s in segs])
+    is_lab = np.array([s["label"] is not None for s in segs], dtype=bool)
+    purity = np.array([s["purity"] for s in segs])
+    ref_speech = sum(u["overlap"] for s in segs for u in s["utterances"])
+    majority = sum(u["overlap"] for s in segs for u in s["utterances"] if u["speaker"] == s["ref_speaker"])
+    pieces = np.array([k for k in pieces if k > 0])
+
+    def r(x, n=4):
+        return None if x is None or not np.isfinite(x) else round(float(x), n)
+
+    def q(p):
+        return r(np.percentile(dur, p), 3) if len(dur) else None
+
+    return {
+        "dialogs": len(segment_files), "segments": len(segs), "labelled_segments": int(is_lab.sum()),
+        "unlabelled_segments": int((~is_lab).sum()),
+        "duration_mean": r(dur.mean(), 3) if len(dur) else None, "duration_median": q(50),
+        "duration_p10": q(10), "duration_p90": q(90),
+        "words_per_segment": r(np.mean([s["n_words"] for s in segs]), 2) if segs else None,
+        "label_purity": r(np.sum(purity[is_lab] * dur[is_lab]) / np.sum(dur[is_lab])) if dur[is_lab].sum() > 0 else None,
+        "speaker_purity": r(majority / ref_speech) if ref_speech > 0 else None,
+        "fragmentation_mean": r(pieces.mean(), 3) if len(pieces) else None,
+        "fragmentation_split_share": r(np.mean(pieces > 1)) if len(pieces) else None,
+        "labelled_ref_coverage": r(covered / ref_total) if ref_total > 0 else None,
+        "labelled_ref_coverage_same_label": r(covered_same / ref_total) if ref_total > 0 else None,
+        "words": sum(s["n_words"] for s in segs),
+        "retimed_words": sum(s["flags"]["retimed_words"] for s in segs),
+        "nearest_speaker_words": sum(s["flags"]["nearest_speaker_words"] for s in segs),
+    }
+
+
+REPORT_ROWS = [
+    ("dialogs", "dialogs compared"), ("segments", "segments"), ("labelled_segments", "labelled segments"),
+    ("unlabelled_segments", "segments without a 4-class label"), ("duration_mean", "duration mean (s)"),
+    ("duration_median", "duration median (s)"), ("duration_p10", "duration p10 (s)"),
+    ("duration_p90", "duration p90 (s)"), ("words_per_segment", "words per segment"),
+    ("label_purity", "label purity (duration-weighted, labelled segments)"),
+    ("speaker_purity", "speaker purity (share of reference speech from the majority speaker)"),
+    ("fragmentation_mean", "segments per labelled reference utterance"),
+    ("fragmentation_split_share", "share of labelled utterances split across >1 segment"),
+    ("labelled_ref_coverage", "labelled reference speech covered by labelled segments"),
+    ("labelled_ref_coverage_same_label", "... covered by segments with the same label"),
+    ("words", "words"), ("retimed_words", "words re-timed (untimed in ASR)"),
+    ("nearest_speaker_words", "words given the nearest turn's speaker"),
+]
+
+
+def alignment_report(pipe_dir, labels, min_label_overlap) -> dict:
+    """Compare every variant present under WORK/<pipe>/ on the dialogs they all have."""
+    variants = {}
+    for manifest in sorted(Path(pipe_dir).glob("*/manifest.json")):
+        m = utils.read_json(manifest, "alignment manifest")
+        if m.get("step") == "align":
+            variants[m["variant"]] = {d for d, e in m["dialogs"].items() if e.get("status") == "ok"}
+    common = sorted(set.intersection(*variants.values())) if variants else []
+    stats = {v: variant_stats([Path(pipe_dir) / v / "segments" / f"{d}.json" for d in common], labels, min_label_overlap)
+             for v in sorted(variants)}
+    return {"pipe": Path(pipe_dir).name, "dialogs": common, "min_label_overlap": min_label_overlap, "variants": stats}
+
+
+def report_markdown(report) -> str:
+    names = list(report["variants"])
+    fmt = lambda x: "-" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
+    lines = [f"Alignment report, pipeline `{report['pipe']}`, {len(report['dialogs'])} dialogs common to all variants.", "",
+             "| measure | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines += [f"| {title} | " + " | ".join(fmt(report["variants"][v][key]) for v in names) + " |" for key, title in REPORT_ROWS]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# main: which dialogs, skip what is done, run the variants, write everything
+# ---------------------------------------------------------------------------------------------
+
+def variant_name(kind, max_pause) -> str:
+    return f"aligned-p{max_pause:g}" if kind == "aligned" else "baseline"
+
+
+def _sha(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else json.dumps(p, sort_keys=True).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default="preprocessed_iemocap", help="work directory (labels.json, step 2 output)")
+    parser.add_argument("--pipe", default="whisperx", help="which step-2 run to align: WORK/<pipe>/")
+    parser.add_argument("--variant", choices=("aligned", "baseline", "both"), default="both",
+                        help="the alignment (Fig. 2), the without-alignment baseline, or both")
+    parser.add_argument("--max-pause", type=float, default=1.5,
+                        help="longest pause (s) inside a turn; paper: 1.5, the authors' code: 1.0")
+    parser.add_argument("--min-label-overlap", type=float, default=0.1,
+                        help="a segment's label needs more than this overlap (s) with reference speech of that label")
+    parser.add_argument("--iemocap", default=None, help="corpus root for the dialog wavs (default: the one in labels.json)")
+    parser.add_argument("--dialogs", nargs="+", default=None, help="only these dialogs (default: all with ASR output)")
+    parser.add_argument("--overwrite", action="store_true", help="redo dialogs already aligned with the same config")
+    args = parser.parse_args(argv)
+    if args.max_pause < 0 or args.min_label_overlap < 0:
+        parser.error("--max-pause and --min-label-overlap must be >= 0")
+
+    work, t0 = Path(args.work), time.time()
+    labels = utils.load_labels(work)
+    corpus = Path(args.iemocap or labels["corpus"])
+    pipe_dir = work / args.pipe
+    if not (pipe_dir / "asr").is_dir():
+        raise PipelineError(f"{pipe_dir / 'asr'}: not found; run step 2 first: python preprocess.py --work {work} --name {args.pipe}")
+    kinds = ["aligned", "baseline"] if args.variant == "both" else [args.variant]
+    variants = {k: variant_name(k, args.max_pause) for k in kinds}
+    configs = {k: {"kind": k, "max_pause": args.max_pause if k == "aligned" else None,
+                   "min_label_overlap": args.min_label_overlap, "sample_rate": utils.SAMPLE_RATE} for k in kinds}
+
+    # Which dialogs: asked for explicitly (each must exist), or every labelled dialog step 2 transcribed.
+    skipped = {}
+    if args.dialogs:
+        unknown = [d for d in args.dialogs if d not in labels["dialogs"]]
+        if unknown:
+            raise PipelineError(f"{work / 'labels.json'}: no such dialogs: {unknown}")
+        dialogs = list(args.dialogs)
+    else:
+        dialogs = []
+        for d in labels["dialogs"]:
+            if (pipe_dir / "asr" / f"{d}.json").is_file():
+                dialogs.append(d)
+            else:
+                skipped[d] = "no ASR output from step 2"
+    print(f"[align] read {work / 'labels.json'} ({len(labels['dialogs'])} dialogs); pipe {args.pipe}: "
+          f"{len(dialogs)} dialogs to consider, {len(skipped)} without ASR output (skipped)")
+
+    manifests = {}
+    for k, v in variants.items():
+        path = pipe_dir / v / "manifest.json"
+        old = utils.read_json(path, "alignment manifest") if path.is_file() else {}
+        manifests[k] = {"step": "align", "pipe": args.pipe, "variant": v, "config": configs[k],
+                        "corpus": str(corpus), "code": utils.code_version(), "dialogs": old.get("dialogs", {})}
+
+    from tqdm import tqdm
+
+    errors, done_before, written = {}, {k: 0 for k in kinds}, {k: 0 for k in kinds}
+    for d in tqdm(dialogs, desc="align", unit="dialog"):
+        info = labels["dialogs"][d]
+        asr_path, rttm_path = pipe_dir / "asr" / f"{d}.json", pipe_dir / "diarization" / f"{d}.rttm"
+        todo = {}  # variant kind -> the key of its config and inputs, for the variants to (re)do
+        try:
+            # A variant is done when its outputs exist and were made from the same config and inputs.
+            inputs = [p.read_bytes() if p.is_file() else b"" for p in (asr_path, rttm_path)]
+            for k, v in variants.items():
+                key = _sha(configs[k], info, str(corpus), *inputs)
+                entry = manifests[k]["dialogs"].get(d, {})
+                out_ok = all((pipe_dir / v / sub / f"{d}{ext}").is_file() for sub, ext in (("segments", ".json"), ("cache", ".pt")))
+                if not args.overwrite and entry.get("status") == "ok" and entry.get("key") == key and out_ok:
+                    done_before[k] += 1
+                else:
+                    todo[k] = key
+            if not todo:
+                continue
+            asr = read_asr(asr_path)
+            turns = utils.read_rttm(rttm_path)
+            audio = utils.load_audio(corpus / info["wav"])  # decoded once, shared by the variants
+            n_empty = sum(1 for s in asr if not s["words"])
+            for k, key in todo.items():
+                try:
+                    segs = align_dialog(asr, turns, args.max_pause) if k == "aligned" else baseline_dialog(asr, turns)
+                except PipelineError as e:
+                    raise PipelineError(f"{asr_path} / {rttm_path}: {e}") from None
+                label_segments(segs, info["utterances"], d, args.min_label_overlap)
+                vdir = pipe_dir / variants[k]
+                utils.atomic_write_json(vdir / "segments" / f"{d}.json",
+                                        {"dialog": d, "session": info["session"], "pipe": args.pipe,
+                                         "variant": variants[k], "segments": [record(s) for s in segs]})
+                utils.atomic_write_text(vdir / "segments" / f"{d}.txt", transcript_text(d, variants[k], segs))
+                utils.atomic_torch_save(segment_cache(d, info["session"], segs, audio), vdir / "cache" / f"{d}.pt")
+                manifests[k]["dialogs"][d] = {
+                    "status": "ok", "key": key, "segments": len(segs),
+                    "labelled": sum(s["label"] is not None for s in segs),
+                    "words": sum(s["n_words"] for s in segs),
+                    "retimed_words": sum(s["flags"]["retimed_words"] for s in segs),
+                    "nearest_speaker_words": sum(s["flags"]["nearest_speaker_words"] for s in segs),
+                    "empty_asr": not asr, "asr_segments_without_words_dropped": n_empty}
+                written[k] += 1
+        except PipelineError as e:
+            errors[d] = str(e)
+            for k in todo:
+                manifests[k]["dialogs"][d] = {"status": "error", "error": str(e)}
+
+    # Per-variant manifest and summary.
+    for k, m in manifests.items():
+        ok = {d: e for d, e in m["dialogs"].items() if e.get("status") == "ok"}
+        m["summary"] = {
+            "dialogs_ok": len(ok), "dialogs_error": sum(e.get("status") == "error" for e in m["dialogs"].values()),
+            "dialogs_without_asr": len(skipped), "dialogs_empty_asr": sum(e["empty_asr"] for e in ok.values()),
+            **{f: sum(e[f] for e in ok.values()) for f in ("segments", "labelled", "words", "retimed_words",
+                                                           "nearest_speaker_words", "asr_segments_without_words_dropped")}}
+        m["skipped"] = skipped
+        utils.atomic_write_json(pipe_dir / variants[k] / "manifest.json", m)
+        s = m["summary"]
+        print(f"[align] {variants[k]}: wrote {written[k]} dialogs, "
+              f"kept {done_before[k]} already done with the same config; totals over {s['dialogs_ok']} dialogs: "
+              f"{s['segments']} segments ({s['labelled']} labelled, {s['segments'] - s['labelled']} without a 4-class label), "
+              f"{s['words']} words, {s['retimed_words']} re-timed, {s['nearest_speaker_words']} nearest-speaker, "
+              f"{s['dialogs_empty_asr']} dialogs with empty ASR output, "
+              f"{s['asr_segments_without_words_dropped']} empty ASR segments dropped -> {pipe_dir / variants[k]}")
+
+    report = alignment_report(pipe_dir, labels, args.min_label_overlap)
+    utils.atomic_write_json(pipe_dir / "alignment_report.json", report)
+    md = report_markdown(report)
+    utils.atomic_write_text(pipe_dir / "alignment_report.md", md)
+    print(md, end="")
+    print(f"[align] wrote {pipe_dir / 'alignment_report.json'} and .md in {time.time() - t0:.1f} s")
+    if errors:
+        listing = "\n".join(f"  {d}: {msg}" for d, msg in errors.items())
+        raise PipelineError(f"{len(errors)} of {len(dialogs)} dialogs failed (others were written):\n{listing}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

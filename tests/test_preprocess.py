@@ -1,0 +1,288 @@
+"""Step 2 (preprocess.py), offline backends: oracle exactness, simulated error rates, resume, failures.
+
+The whisperx backend's end-to-end tests (tiny local models) are in test_preprocess_whisperx.py.
+"""
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+import preprocess
+from utils import read_json, read_rttm
+
+
+def fresh_work(demo_work, tmp_path, name="work") -> Path:
+    """A private work directory holding the shared labels.json (so runs never collide with other tests)."""
+    work = tmp_path / name
+    work.mkdir()
+    shutil.copy(demo_work / "labels.json", work / "labels.json")
+    return work
+
+
+def output_files(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes()
+            for sub in ("asr", "diarization") for p in sorted((folder / sub).glob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks, on known answers
+# ---------------------------------------------------------------------------------------------
+
+def test_edit_distance_known_answers():
+    ed = preprocess.edit_distance
+    assert ed("a b c".split(), "a b c".split()) == 0
+    assert ed("a b c".split(), "a x c".split()) == 1          # substitution
+    assert ed("a b c".split(), "a c".split()) == 1            # deletion
+    assert ed("a b c".split(), "a b b c".split()) == 1        # insertion
+    assert ed("a b c d".split(), "b c d a".split()) == 2      # a moved: one deletion + one insertion
+    assert ed([], "a b".split()) == 2 and ed("a b".split(), []) == 2
+    assert ed("kitten sitting on the mat".split(), "sitting kitten on mat".split()) == 3
+
+
+def test_reference_words_time_convention_tokens_and_missing_wdseg(tmp_path):
+    fa = tmp_path / "fa.wdseg"
+    fa.write_text("  SFrm  EFrm    SegAScr Word\n"
+                  "     0    14      -1000 <s>\n"
+                  "    15    44     -90000 WHAT(2)\n"
+                  "    45    59      -5000 ++LAUGHTER++\n"
+                  "    60    60      -5000 <sil>\n"
+                  "    61    99     -80000 IS\n"
+                  "   100   110      -1000 </s>\n"
+                  " Total score: -181000\n")
+    utterances = [
+        {"id": "Ses01F_impro01_F000", "start": 6.2901, "end": 7.4, "speaker": "F", "text": "What is?",
+         "wdseg": "fa.wdseg"},
+        {"id": "Ses01F_impro01_M001", "start": 8.0, "end": 9.0, "speaker": "M",
+         "text": "Yeah, [LAUGHTER] okay well.", "wdseg": None},
+    ]
+    words, no_wdseg = preprocess.reference_words(tmp_path, utterances)
+    assert no_wdseg == 1
+    assert [w["word"] for w in words] == ["what", "is", "yeah", "okay", "well"]
+    # start = utt start + SFrm/100, end = utt start + (EFrm+1)/100
+    assert words[0]["start"] == pytest.approx(6.4401, abs=1e-9) and words[0]["end"] == pytest.approx(6.7401, abs=1e-9)
+    assert words[1]["start"] == pytest.approx(6.9001, abs=1e-9) and words[1]["end"] == pytest.approx(7.2901, abs=1e-9)
+    # no .wdseg: the transcript words (markers and punctuation removed) spread uniformly
+    third = 1.0 / 3
+    assert [t for w in words[2:] for t in (w["start"], w["end"])] == pytest.approx(
+        [8.0, 8.0 + third, 8.0 + third, 8.0 + 2 * third, 8.0 + 2 * third, 9.0], abs=1e-6)
+    assert {w["speaker"] for w in words[2:]} == {"M"}
+
+
+def test_anonymise_numbers_speakers_in_order_of_first_speech():
+    turns = preprocess.anonymise([(5.0, 6.0, "F"), (1.0, 2.0, "M"), (3.0, 4.0, "F")])
+    assert turns == [(1.0, 2.0, "SPEAKER_00"), (3.0, 4.0, "SPEAKER_01"), (5.0, 6.0, "SPEAKER_01")]
+
+
+def test_cut_segments_cuts_at_pauses_and_length_not_at_speaker_changes():
+    def word(w, s, e, spk):
+        return {"word": w, "start": s, "end": e, "speaker": spk}
+    words = [word("a", 0.0, 0.5, "F"), word("b", 0.6, 1.0, "F"),
+             word("c", 1.3, 1.8, "M"),                      # speaker change after a 0.3 s pause: same segment
+             word("d", 3.0, 3.4, "M", ), word("e", 3.5, 3.9, "M")]  # 1.2 s pause: new segment
+    words[3]["untimed"] = True
+    segments, straddling = preprocess.cut_segments(words, {"seg_pause": 0.7, "seg_max": 15.0})
+    assert [s["text"] for s in segments] == ["a b c", "d e"]
+    assert straddling == 1
+    assert segments[1]["words"][0] == {"word": "d"}            # untimed: no start/end in the output
+    assert (segments[1]["start"], segments[1]["end"]) == (3.0, 3.9)
+    segments, _ = preprocess.cut_segments(words, {"seg_pause": 0.7, "seg_max": 1.5})
+    assert [s["text"] for s in segments] == ["a b", "c", "d e"]
+
+
+def test_select_dialogs_lists_globs_sessions_and_unknown_names():
+    labels = {"dialogs": {"Ses01F_impro01": {"session": 1}, "Ses01F_script01_1": {"session": 1},
+                          "Ses05F_impro01": {"session": 5}}}
+    assert preprocess.select_dialogs(labels, ["Ses0?F_impro*"], None) == ["Ses01F_impro01", "Ses05F_impro01"]
+    assert preprocess.select_dialogs(labels, None, [5]) == ["Ses05F_impro01"]
+    with pytest.raises(preprocess.PipelineError, match="Ses09"):
+        preprocess.select_dialogs(labels, ["Ses09*"], None)
+
+
+def test_vad_oracle_only_with_whisperx(capsys):
+    with pytest.raises(SystemExit):
+        preprocess.parse_args(["--backend", "oracle", "--vad", "oracle"])
+    assert "whisperx backend only" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# oracle backend: reproduces the demo generator's ground truth exactly
+# ---------------------------------------------------------------------------------------------
+
+def test_oracle_reproduces_ground_truth(demo_corpus, demo_work, tmp_path):
+    _, truth = demo_corpus
+    work = fresh_work(demo_work, tmp_path)
+    manifest = preprocess.main(["--work", str(work), "--backend", "oracle"])
+    assert set(manifest["dialogs"]) == set(truth["dialogs"])
+    for dialog, gt in truth["dialogs"].items():
+        asr = read_json(work / "oracle" / "asr" / f"{dialog}.json")
+        assert asr["language"] == "en"
+        words = sorted((w["start"], w["end"], w["word"]) for s in asr["segments"] for w in s["words"])
+        expected = sorted((w["start"], w["end"], w["word"]) for w in gt["words"])
+        assert [w[2] for w in words] == [w[2] for w in expected]
+        for (s, e, _), (s0, e0, _) in zip(words, expected):
+            assert abs(s - s0) < 1e-6 and abs(e - e0) < 1e-6
+        # one segment per spoken utterance, XX utterances included
+        assert len(asr["segments"]) == len(gt["utterances"])
+        # turns = the utterances, under anonymous labels (first speaker SPEAKER_00); RTTM keeps 3 decimals
+        turns = read_rttm(work / "oracle" / "diarization" / f"{dialog}.rttm")
+        ref = sorted((u["start"], u["end"], u["speaker"]) for u in gt["utterances"])
+        assert len(turns) == len(ref)
+        mapping = {}
+        for (s, e, label), (s0, e0, spk) in zip(turns, ref):
+            assert abs(s - s0) < 5e-4 and abs(e - e0) < 5e-4
+            assert mapping.setdefault(spk, label) == label
+        assert mapping[ref[0][2]] == "SPEAKER_00" and sorted(mapping.values()) == ["SPEAKER_00", "SPEAKER_01"]
+    summary = manifest["summary"]
+    assert summary["wer"] == 0 and summary["der"] == 0 and summary["untimed_rate"] == 0
+    assert summary["words"] == sum(len(gt["words"]) for gt in truth["dialogs"].values())
+
+
+# ---------------------------------------------------------------------------------------------
+# simulated backend: realised rates, determinism
+# ---------------------------------------------------------------------------------------------
+
+SIM_FLAGS = ["--sim-wer", "0.2", "--sim-del-share", "0.5", "--sim-untimed", "0.1", "--sim-confusion", "0.34",
+             "--sim-vad-miss", "0.5", "--sim-spurious", "0.3"]
+
+
+def test_simulated_rates_match_requested(demo_work, tmp_path):
+    """Counts are drawn exactly (round(rate * n) per dialog), so the corpus rate is within 0.5 item per
+    dialog of the requested one; the measured WER (edit distance vs the oracle words) equals the drawn
+    errors up to word reorderings by the time jitter (tolerance 1 % absolute)."""
+    work = fresh_work(demo_work, tmp_path)
+    manifest = preprocess.main(["--work", str(work), "--backend", "simulated"] + SIM_FLAGS)
+    done = [e["stats"] for e in manifest["dialogs"].values()]
+    n_dialogs = len(done)
+    for st in done:
+        sim = st["simulated"]
+        n = sim["oracle_words"]
+        errors = sim["deleted"] + sim["substituted"]
+        assert errors == round(0.2 * n)
+        assert sim["deleted"] == round(0.5 * errors)
+        assert sim["untimed"] == round(0.1 * (n - sim["vad_missed"] - sim["deleted"]))
+        assert sim["confused_turns"] == round(0.34 * sim["reference_turns"])
+        assert sim["spurious_turns"] == round(0.3 * sim["speaker_changes"])
+        assert st["untimed_words"] == sim["untimed"]
+    total = manifest["summary"]["simulated"]
+    n_words = total["oracle_words"]
+    assert abs((total["deleted"] + total["substituted"]) / n_words - 0.2) <= 0.5 * n_dialogs / n_words
+    assert abs(total["confused_turns"] / total["reference_turns"] - 0.34) <= 0.5 * n_dialogs / total["reference_turns"]
+    drawn = (total["deleted"] + total["substituted"] + total["vad_missed"]) / n_words
+    assert abs(manifest["summary"]["wer"] - drawn) <= 0.01
+    assert 0.05 < manifest["summary"]["der"] < 0.6      # confusion of a third of the turns shows in the DER
+    assert total["straddling_segments"] > 0            # segments cross speaker changes
+    # the measured rates are printed and stored
+    assert manifest["summary"]["untimed_rate"] == pytest.approx(total["untimed"] / manifest["summary"]["words"], abs=1e-4)
+
+
+def test_simulated_same_seed_same_output_other_seed_differs(demo_work, tmp_path):
+    outputs = {}
+    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+        work = fresh_work(demo_work, tmp_path, name)
+        preprocess.main(["--work", str(work), "--backend", "simulated", "--seed", seed])
+        outputs[name] = output_files(work / "simulated")
+    assert outputs["a"] == outputs["b"] and len(outputs["a"]) == 2 * 4
+    assert outputs["a"] != outputs["c"]
+
+
+def test_default_names_and_config_change_redoes(demo_work, tmp_path, capsys):
+    work = fresh_work(demo_work, tmp_path)
+    preprocess.main(["--work", str(work), "--backend", "simulated", "--dialogs", "Ses01*"])
+    first = output_files(work / "simulated")
+    assert len(first) == 4  # two Session 1 dialogs, two files each
+    capsys.readouterr()
+    preprocess.main(["--work", str(work), "--backend", "simulated", "--dialogs", "Ses01*", "--sim-wer", "0.5"])
+    assert "redoing 2 done with another config" in capsys.readouterr().out
+    assert output_files(work / "simulated") != first
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume and failures
+# ---------------------------------------------------------------------------------------------
+
+def test_interrupted_run_resumes_to_identical_outputs(demo_work, tmp_path, monkeypatch):
+    args = ["--backend", "simulated", "--seed", "1"]
+    whole = fresh_work(demo_work, tmp_path, "whole")
+    preprocess.main(["--work", str(whole)] + args)
+
+    # Interrupt after two dialogs (as a kill would), then start again.
+    work = fresh_work(demo_work, tmp_path, "interrupted")
+    real_run_dialog, calls = preprocess.run_dialog, []
+
+    def interrupting(dialog, *a, **k):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(dialog)
+        return real_run_dialog(dialog, *a, **k)
+
+    monkeypatch.setattr(preprocess, "run_dialog", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        preprocess.main(["--work", str(work)] + args)
+    assert len(output_files(work / "simulated")) == 4
+    assert len(read_json(work / "simulated" / "manifest.json")["dialogs"]) == 2
+
+    resumed = []
+    monkeypatch.setattr(preprocess, "run_dialog", lambda dialog, *a, **k: resumed.append(dialog) or real_run_dialog(dialog, *a, **k))
+    manifest = preprocess.main(["--work", str(work)] + args)
+    assert resumed and not set(resumed) & set(calls)            # only the dialogs not yet done
+    assert output_files(work / "simulated") == output_files(whole / "simulated")
+    assert manifest["dialogs"] == read_json(whole / "simulated" / "manifest.json")["dialogs"]
+
+    # --overwrite redoes everything, to the same bytes
+    resumed.clear()
+    preprocess.main(["--work", str(work), "--overwrite"] + args)
+    assert len(resumed) == 4 and output_files(work / "simulated") == output_files(whole / "simulated")
+
+
+def test_failed_dialog_is_recorded_and_redone_when_fixed(demo_corpus, demo_work, tmp_path, capsys):
+    root, _ = demo_corpus
+    work = fresh_work(demo_work, tmp_path)
+    labels = json.loads((work / "labels.json").read_text())
+    bad = sorted(labels["dialogs"])[1]
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEgarbage" * 10)
+    good_wav = labels["dialogs"][bad]["wav"]
+    labels["dialogs"][bad]["wav"] = str(corrupt)  # an absolute path overrides the corpus root
+    (work / "labels.json").write_text(json.dumps(labels))
+
+    with pytest.raises(SystemExit, match="1 of 4 dialogs failed"):
+        preprocess.main(["--work", str(work), "--backend", "oracle"])
+    out = capsys.readouterr().out
+    assert f"FAILED {bad}" in out and "corrupt.wav" in out
+    manifest = read_json(work / "oracle" / "manifest.json")
+    assert manifest["dialogs"][bad]["status"] == "failed"
+    assert "cannot decode audio" in manifest["dialogs"][bad]["error"]
+    assert manifest["summary"]["dialogs_failed"] == 1 and manifest["summary"]["dialogs_done"] == 3
+    assert not (work / "oracle" / "asr" / f"{bad}.json").exists()
+
+    labels["dialogs"][bad]["wav"] = good_wav
+    (work / "labels.json").write_text(json.dumps(labels))
+    manifest = preprocess.main(["--work", str(work), "--backend", "oracle"])
+    assert "skipping 3 dialogs already done" in capsys.readouterr().out
+    assert manifest["dialogs"][bad]["status"] == "done" and manifest["summary"]["dialogs_failed"] == 0
+
+
+def test_rttm_and_asr_shapes(demo_work, tmp_path):
+    work = fresh_work(demo_work, tmp_path)
+    preprocess.main(["--work", str(work), "--backend", "simulated", "--dialogs", "Ses05*"])
+    for path in (work / "simulated" / "diarization").glob("*.rttm"):
+        for line in path.read_text().splitlines():
+            assert re.fullmatch(rf"SPEAKER {path.stem} 1 \d+\.\d{{3}} \d+\.\d{{3}} <NA> <NA> SPEAKER_\d\d <NA> <NA>", line)
+    for path in (work / "simulated" / "asr").glob("*.json"):
+        asr = read_json(path)
+        assert asr["dialog"] == path.stem and asr["backend"] == "simulated"
+        for seg in asr["segments"]:
+            assert set(seg) == {"start", "end", "text", "words"} and seg["start"] <= seg["end"]
+            assert seg["text"] == " ".join(w["word"] for w in seg["words"])
+            for w in seg["words"]:
+                assert set(w) in ({"word"}, {"word", "start", "end"})
+                if "start" in w:
+                    assert seg["start"] - 1e-9 <= w["start"] < w["end"] <= seg["end"] + 1e-9
+
+
+def test_simulation_rates_are_validated(capsys):
+    with pytest.raises(SystemExit):
+        preprocess.parse_args(["--backend", "simulated", "--sim-wer", "1.5"])
+    assert "--sim-wer must be in [0, 1]" in capsys.readouterr().err

@@ -1,0 +1,113 @@
+"""Step 2's real whisperx backend end to end, offline, with tiny random models built by the test.
+
+WhisperX ASR (faster-whisper, the pyannote VAD bundled with WhisperX), WhisperX alignment and pyannote
+diarization all run for real on a demo dialog; only the model weights are tiny and random, so the
+transcripts are noise. What is asserted: the output structure, times inside the dialog, RTTM validity,
+the VAD-oracle path (one transcribed piece per reference utterance, segments inside them) and resume.
+"""
+import os
+import re
+
+import pytest
+
+import preprocess
+from utils import read_json, read_rttm
+
+DIALOG = "Ses01F_impro01"
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    from demo.build_asr_models import build_all
+
+    saved = {k: os.environ.get(k) for k in ("NLTK_DATA", "TORCH_HOME")}
+    folder = tmp_path_factory.mktemp("asr_models")
+    os.environ["TORCH_HOME"] = str(folder / "torch_home")  # the bundled VAD model wants a writable cache
+    models = build_all(folder)
+    yield models
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def whisperx_args(work, models, *extra):
+    return ["--work", str(work), "--backend", "whisperx", "--dialogs", DIALOG, "--device", "cpu",
+            "--asr-model", models["asr"], "--align-model", models["align"], "--diar-model", models["diarization"],
+            "--nltk-data", models["nltk_data"], "--asr-max-length", "24", "--beam-size", "1", "--threads", "1",
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def runs(demo_work, tiny_models, tmp_path_factory):
+    """The standard and the VAD-oracle pipeline on one demo dialog, in a private work directory."""
+    import shutil
+
+    work = tmp_path_factory.mktemp("work_whisperx")
+    shutil.copy(demo_work / "labels.json", work / "labels.json")
+    standard = preprocess.main(whisperx_args(work, tiny_models))
+    oracle = preprocess.main(whisperx_args(work, tiny_models, "--vad", "oracle"))
+    return work, standard, oracle
+
+
+def check_outputs(folder, manifest, duration):
+    entry = manifest["dialogs"][DIALOG]
+    assert entry["status"] == "done", entry.get("error")
+    asr = read_json(folder / "asr" / f"{DIALOG}.json")
+    assert asr["language"] == "en" and asr["segments"]
+    timed = 0
+    for seg in asr["segments"]:
+        assert set(seg) == {"start", "end", "text", "words"}
+        assert 0 <= seg["start"] <= seg["end"] <= duration + 1e-3
+        for w in seg["words"]:
+            assert isinstance(w["word"], str) and w["word"]
+            if "start" in w:
+                timed += 1
+                assert seg["start"] - 1e-3 <= w["start"] <= w["end"] <= seg["end"] + 1e-3
+    assert timed > 0  # the alignment model ran and timed words
+    turns = read_rttm(folder / "diarization" / f"{DIALOG}.rttm")
+    assert turns and all(0 <= s < e <= duration + 1e-3 for s, e, _ in turns)
+    labels = [spk for _, _, spk in turns]
+    assert all(re.fullmatch(r"SPEAKER_\d\d", spk) for spk in labels) and labels[0] == "SPEAKER_00"
+    for line in (folder / "diarization" / f"{DIALOG}.rttm").read_text().splitlines():
+        assert line.startswith(f"SPEAKER {DIALOG} 1 ") and line.endswith(" <NA> <NA>")
+    assert entry["stats"]["duration"] == pytest.approx(duration, abs=1e-3)
+    return asr
+
+
+def test_standard_pipeline_end_to_end(runs, demo_corpus):
+    work, manifest, _ = runs
+    _, truth = demo_corpus
+    duration = truth["dialogs"][DIALOG]["duration"]
+    check_outputs(work / "whisperx", manifest, duration)
+    config = manifest["config"]
+    assert config["vad"] == "auto" and config["vad_onset"] == 0.4 and config["batch_size"] == 8
+    assert "wer" in manifest["summary"] and "der" in manifest["summary"]  # measured, even if it is noise
+
+
+def test_vad_oracle_transcribes_each_reference_utterance(runs, demo_corpus):
+    work, _, manifest = runs
+    _, truth = demo_corpus
+    gt = truth["dialogs"][DIALOG]
+    asr = check_outputs(work / "whisperx-vadoracle", manifest, gt["duration"])
+    utterances = gt["utterances"]  # XX utterances included: they are reference speech too
+    assert manifest["dialogs"][DIALOG]["stats"]["unaligned_segments"] == len(utterances)
+    for seg in asr["segments"]:
+        assert any(u["start"] - 1e-3 <= seg["start"] and seg["end"] <= u["end"] + 1e-3 for u in utterances), seg
+    assert "vad_onset" not in manifest["config"]  # no VAD runs in this pipeline
+
+
+def test_resume_skips_without_loading_models(runs, tiny_models, monkeypatch, capsys):
+    work, _, _ = runs
+    before = {p: p.read_bytes() for p in (work / "whisperx").rglob("*.*") if p.name != "manifest.json"}
+
+    def no_models(args):
+        raise AssertionError("models loaded although every dialog is done")
+
+    monkeypatch.setattr(preprocess, "WhisperX", no_models)
+    capsys.readouterr()
+    manifest = preprocess.main(whisperx_args(work, tiny_models))
+    assert "skipping 1 dialogs already done" in capsys.readouterr().out
+    assert manifest["dialogs"][DIALOG]["status"] == "done"
+    assert before == {p: p.read_bytes() for p in (work / "whisperx").rglob("*.*") if p.name != "manifest.json"}
