@@ -1,0 +1,159 @@
+"""The model of utils.py section 2 on tiny random-init extractors (demo/build_ser_models.py)."""
+import pytest
+import torch
+
+import utils
+from utils import LABELS
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    from demo.build_ser_models import build
+
+    return build(tmp_path_factory.mktemp("ser_models"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def parts(tiny_models):
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(0)
+    model = utils.SERModel(tiny_models["text_model"], tiny_models["audio_model"], "fusion", dropout=0.2, heads=8).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_models["text_model"])
+    return model, tok
+
+
+def items(n, lengths, texts):
+    g = torch.Generator().manual_seed(1)
+    return [{"index": i, "audio": utils.zero_mean_unit_var(torch.randn(lengths[i], generator=g)), "text": texts[i],
+             "label": i % len(LABELS)} for i in range(n)]
+
+
+def test_shapes_through_every_module(parts):
+    model, tok = parts
+    batch = utils.Collator(tok)(items(3, [4000, 6400, 12000], ["hi", "I am so happy today", "no"]))
+    assert batch["input_values"].shape == (3, 12000) and batch["lengths"].tolist() == [4000, 6400, 12000]
+    with torch.no_grad():
+        z_t, z_a = model.embed(batch)
+        assert z_t.shape == (3, 64) and z_a.shape == (3, 64)  # hidden sizes of the tiny configs
+        tokens = model.cross(z_t, z_a)
+        assert tokens.shape == (3, 2, 64)  # [h(t,a); h(a,t)]
+        logits = model.head(tokens)
+        assert logits.shape == (3, len(LABELS))
+        assert torch.allclose(model(batch), logits)
+    # frame lengths follow wav2vec2's conv arithmetic: 20 ms hop, 25 ms window
+    assert model.audio.frame_lengths(torch.tensor([400, 4000, 16000])).tolist() == [1, 12, 49]
+
+
+def test_forget_gate_equations(parts):
+    model, _ = parts
+    cross = model.cross
+    z_t, z_a = torch.randn(2, 64), torch.randn(2, 64)
+    with torch.no_grad():
+        out = cross(z_t, z_a)
+        a_ta = cross.attn_ta(z_t[:, None], z_a[:, None], z_a[:, None])[0]
+        f_t = torch.sigmoid(cross.gate_t(torch.cat([z_t[:, None], a_ta], -1)))
+        expected = f_t * a_ta + (1 - f_t) * z_t[:, None]
+    assert torch.allclose(out[:, :1], expected, atol=1e-6)
+    # gate forced shut -> h(a,t) is the original audio embedding; forced open -> the attended one
+    with torch.no_grad():
+        cross.gate_a.bias.fill_(-1e4)
+        assert torch.allclose(cross(z_t, z_a)[:, 1], z_a, atol=1e-5)
+        cross.gate_a.bias.fill_(1e4)
+        a_at = cross.attn_at(z_a[:, None], z_t[:, None], z_t[:, None])[0][:, 0]
+        assert torch.allclose(cross(z_t, z_a)[:, 1], a_at, atol=1e-5)
+        cross.gate_a.reset_parameters()
+
+
+def test_padding_does_not_change_embeddings(parts):
+    """A sample padded inside a batch gives the embedding it gets alone (to 1e-5)."""
+    model, tok = parts
+    its = items(3, [3000, 9000, 16000], ["yes", "what do you want from me", "I never said that, never"])
+    collate = utils.Collator(tok)
+    with torch.no_grad():
+        together_t, together_a = model.embed(collate(its))
+        for i, it in enumerate(its):
+            alone_t, alone_a = model.embed(collate([it]))
+            assert torch.allclose(together_a[i], alone_a[0], atol=1e-5), f"audio sample {i}"
+            assert torch.allclose(together_t[i], alone_t[0], atol=1e-5), f"text sample {i}"
+    # the masked GroupNorm of the batched CNN is HF's own CNN when nothing is padded
+    batch = collate(its)
+    with torch.no_grad():
+        x = batch["input_values"][:1, :3000]
+        ours = model.audio.cnn_features(x, torch.tensor([3000]))
+        assert torch.allclose(ours, model.audio.model.feature_extractor(x), atol=1e-5)
+    # the padding-exact CNN matters: the group-norm CNN run batched on zero-padded audio differs
+    with torch.no_grad():
+        naive = model.audio.model(batch["input_values"]).last_hidden_state[0, :9].mean(0)
+    assert not torch.allclose(naive, together_a[0], atol=1e-3)
+
+
+def test_single_modality_models_and_projection(tiny_models):
+    for modality, dim in (("text", 64), ("audio", 64)):
+        m = utils.SERModel(tiny_models["text_model"], tiny_models["audio_model"], modality).eval()
+        assert (m.text is None) == (modality == "audio") and (m.audio is None) == (modality == "text")
+        assert m.cross is None
+        z = torch.randn(5, dim)
+        assert m.classify(z if modality == "text" else None, z if modality == "audio" else None).shape == (5, 4)
+    head_only = utils.SERModel(tiny_models["text_model"], tiny_models["audio_model"], "fusion", load_extractors=False)
+    assert head_only.extractors() == [] and len(head_only.head_parameters()) > 0
+    with pytest.raises(utils.PipelineError):
+        utils.SERModel(tiny_models["text_model"], tiny_models["audio_model"], "video")
+    with pytest.raises(utils.PipelineError, match="divisible"):
+        utils.SERModel(tiny_models["text_model"], tiny_models["audio_model"], "fusion", heads=6)
+
+
+def test_bucket_sampler_is_deterministic_and_groups_lengths():
+    lengths = [int(x) for x in torch.randint(1000, 100000, (200,), generator=torch.Generator().manual_seed(0))]
+    s = utils.LengthBucketSampler(lengths, batch_size=8, shuffle=True, seed=3, pool_batches=5)
+    s.set_epoch(1)
+    a = s.batches()
+    s2 = utils.LengthBucketSampler(lengths, 8, True, 3, pool_batches=5)
+    s2.set_epoch(1)
+    assert s2.batches() == a
+    s2.set_epoch(2)
+    assert s2.batches() != a
+    assert sorted(i for b in a for i in b) == list(range(200))
+    # padding: bucketed batches waste far less than random batches of the same size
+    def waste(batches):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+    perm = torch.randperm(200, generator=torch.Generator().manual_seed(0)).tolist()
+    assert waste(a) < 0.5 * waste([perm[i:i + 8] for i in range(0, 200, 8)])
+    # distributed: 25 batches padded to 26, 13 per rank, together covering every index
+    r0 = utils.LengthBucketSampler(lengths, 8, True, 3, rank=0, world_size=2).batches()
+    r1 = utils.LengthBucketSampler(lengths, 8, True, 3, rank=1, world_size=2).batches()
+    assert len(r0) == len(r1) == 13
+    assert sorted({i for b in r0 + r1 for i in b}) == list(range(200))
+
+
+def test_dataset_crops_normalises_and_rejects_bad_caches(tmp_path):
+    seg = {"id": "Ses01F_impro01-0000", "start": 0.0, "end": 3.0, "speaker": "SPEAKER_00", "text": "hi", "label": 2,
+           "audio": torch.randn(48000) * 3 + 1}
+    unl = dict(seg, id="Ses01F_impro01-0001", label=-1, audio=torch.randn(100))
+    utils.atomic_torch_save({"dialog": "Ses01F_impro01", "session": 1, "sample_rate": 16000, "segments": [seg, unl]},
+                            tmp_path / "Ses01F_impro01.pt")
+    ds = utils.SegmentDataset([tmp_path / "Ses01F_impro01.pt"], labelled_only=True, max_audio_seconds=2.0)
+    assert len(ds) == 1 and ds.counts["unlabelled_skipped"] == 1 and ds.counts["cropped"] == 1
+    a = ds[0]["audio"]
+    assert a.numel() == 32000 and abs(float(a.mean())) < 1e-4 and abs(float(a.std(unbiased=False)) - 1) < 1e-3
+    ds_all = utils.SegmentDataset([tmp_path / "Ses01F_impro01.pt"], labelled_only=False)
+    assert len(ds_all) == 2 and ds_all.counts["padded_short"] == 1 and ds_all[1]["audio"].numel() == 400
+    utils.atomic_torch_save({"dialog": "x", "segments": [dict(seg, label=7)]}, tmp_path / "bad.pt")
+    with pytest.raises(utils.PipelineError, match="bad.pt"):
+        utils.SegmentDataset([tmp_path / "bad.pt"], labelled_only=True)
+    (tmp_path / "corrupt.pt").write_bytes(b"not a zip")
+    with pytest.raises(utils.PipelineError, match="corrupt.pt"):
+        utils.SegmentDataset([tmp_path / "corrupt.pt"], labelled_only=True)
+
+
+def test_other_groupnorm_shapes_fall_back_to_per_sample_cnn(tiny_models):
+    audio = utils.AudioEmbedder(tiny_models["audio_model"]).eval()
+    audio.model.feature_extractor.conv_layers[0].layer_norm.num_groups = 1  # one group over all channels
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(2000, generator=g), torch.randn(5000, generator=g)
+    batch = torch.zeros(2, 5000)
+    batch[0, :2000], batch[1] = a, b
+    with torch.no_grad():
+        together = audio(batch, torch.tensor([2000, 5000]))
+        alone = audio(a[None], torch.tensor([2000]))
+    assert torch.allclose(together[0], alone[0], atol=1e-5)

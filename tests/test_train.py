@@ -1,0 +1,210 @@
+"""Step 4, train.py: splits, frozen vs fine-tuned training, honest selection, resume, config.
+
+Runs on tiny random-init extractors and a small synthetic step-3 cache written in the exact
+shape of docs/FORMATS.md (sessions 1, 2 and 5; 3 dialogs each, one of them scripted).
+"""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+import utils
+from utils import LABELS
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    from demo.build_ser_models import build
+
+    return build(tmp_path_factory.mktemp("ser_models_train"), seed=0)
+
+
+def write_work(work, poison_test=False, seed=0):
+    """labels.json + WORK/simulated/aligned-p1.5/cache/<dialog>.pt; poison_test scrambles the
+    test session's labels and text (what a leak of the test set into selection would notice)."""
+    g = torch.Generator().manual_seed(seed)
+    dialogs = {}
+    cache_dir = work / "simulated" / "aligned-p1.5" / "cache"
+    for ses in (1, 2, 5):
+        for name, kind, script in ((f"Ses0{ses}F_impro01", "impro", None), (f"Ses0{ses}M_impro02", "impro", None),
+                                   (f"Ses0{ses}F_script0{ses % 3 + 1}_1", "script", f"script0{ses % 3 + 1}")):
+            dialogs[name] = {"session": ses, "kind": kind, "script": script, "utterances": []}
+            segs = []
+            for i in range(6):
+                label = -1 if i == 5 else (i + ses) % len(LABELS)
+                if poison_test and ses == 5:
+                    label, text = (label + 1) % len(LABELS) if label >= 0 else -1, "poison " * (i + 1)
+                else:
+                    text = ["i am so happy", "leave me alone now", "i miss her", "okay fine", "what", "hmm"][i]
+                n = int(4000 + 8000 * torch.rand(1, generator=g))
+                segs.append({"id": f"{name}-{i:04d}", "start": float(i), "end": i + n / 16000, "speaker": f"SPEAKER_0{i % 2}",
+                             "text": text, "label": label, "audio": torch.randn(n, generator=g) * (0.1 + 0.2 * max(label, 0))})
+            utils.atomic_torch_save({"dialog": name, "session": ses, "sample_rate": 16000, "segments": segs},
+                                    cache_dir / f"{name}.pt")
+    utils.atomic_write_json(work / "labels.json", {"corpus": "synthetic", "labels": list(LABELS), "dialogs": dialogs})
+    return work
+
+
+def args_for(work, models, run, *extra):
+    return ["--work", str(work), "--pipe", "simulated", "--run", run, "--text-model", models["text_model"],
+            "--audio-model", models["audio_model"], "--epochs", "2", "--batch-size", "4", "--num-workers", "0",
+            "--device", "cpu", "--val-fraction", "0.34", *extra]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return write_work(tmp_path_factory.mktemp("work_train"))
+
+
+def read_log(run_dir):
+    return [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "samples_per_s", "audio_s_per_s")}
+            for line in open(run_dir / "log.jsonl")]
+
+
+def extractor_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("text.", "audio."))}
+
+
+def test_finetune_run_config_optimizer_and_changed_extractors(work, tiny_models, monkeypatch):
+    built = []
+    real_build = utils.build_model
+    monkeypatch.setattr(utils, "build_model", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
+    run_dir = train.main(args_for(work, tiny_models, "ft"))
+    model = built[0]
+    fresh = utils.SERModel(tiny_models["text_model"], tiny_models["audio_model"])
+    before, after = extractor_state(fresh), extractor_state(model)
+    assert before.keys() == after.keys()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert any(k.startswith("text.") for k in changed) and any(k.startswith("audio.") for k in changed)
+
+    config = json.load(open(f"{run_dir}/config.json"))
+    split = config["split"]
+    assert split["test"] == ["Ses05F_impro01", "Ses05F_script03_1", "Ses05M_impro02"]
+    assert not set(split["train"]) & set(split["val"]) and not (set(split["train"]) | set(split["val"])) & set(split["test"])
+    assert {utils.session_of(d) for d in split["val"]} == {1, 2}  # one held-out dialog per training session
+    assert len(split["train"]) == 4 and len(split["val"]) == 2
+    for key in ("lr_extractor", "lr_head", "weight_decay", "dropout", "epochs", "batch_size", "seed", "mode", "modality",
+                "pipe", "variant", "code_version", "extractors", "max_audio_seconds", "monitor", "bf16"):
+        assert key in config, key
+    assert config["extractors"]["audio"]["name"] == tiny_models["audio_model"]
+    assert len(config["extractors"]["text"]["weights_sha256"]) == 64
+    assert (config["mode"], config["bf16"], config["pipe"], config["variant"]) == ("finetune", False, "simulated", "aligned-p1.5")
+
+    last = utils.load_pt(f"{run_dir}/checkpoint_last.pt")
+    groups = last["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == [2e-5, 1e-4] and all(g["weight_decay"] == 0.01 for g in groups)
+    assert len(groups[0]["params"]) == len(model.extractor_parameters())
+    assert len(groups[1]["params"]) == len(model.head_parameters())
+    log = read_log(Path(run_dir))
+    assert [r["epoch"] for r in log] == [1, 2] and all(0 <= r["val_acc"] <= 1 for r in log)
+
+    # predictions for every test segment, labelled or not, with probabilities
+    pred = utils.predict_split(run_dir, "test", device="cpu")
+    assert len(pred["segments"]) == 18 and sum(s["label"] is None for s in pred["segments"]) == 3
+    s = pred["segments"][0]
+    assert set(s) == {"id", "dialog", "start", "end", "speaker", "text", "label", "pred", "probs"}
+    assert abs(sum(s["probs"].values()) - 1) < 1e-5 and s["pred"] == max(s["probs"], key=s["probs"].get)
+
+
+def test_frozen_mode_caches_embeddings_and_never_touches_extractors(work, tiny_models, monkeypatch):
+    calls = {"n": 0}
+    for cls in (utils.TextEmbedder, utils.AudioEmbedder):
+        real = cls.forward
+        monkeypatch.setattr(cls, "forward", lambda self, *a, _real=real: calls.__setitem__("n", calls["n"] + 1) or _real(self, *a))
+    in_epochs = []
+    real_epoch = train.train_one_epoch
+
+    def counting_epoch(*a, **k):
+        n0 = calls["n"]
+        out = real_epoch(*a, **k)
+        in_epochs.append(calls["n"] - n0)
+        return out
+    monkeypatch.setattr(train, "train_one_epoch", counting_epoch)
+    built = []
+    real_build = utils.build_model
+    monkeypatch.setattr(utils, "build_model", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
+
+    run_dir = train.main(args_for(work, tiny_models, "frozen", "--mode", "frozen"))
+    first_calls = calls["n"]
+    assert first_calls > 0 and in_epochs == [0, 0]  # embeddings once, before the epochs
+    fresh = utils.SERModel(tiny_models["text_model"], tiny_models["audio_model"])
+    before, after = extractor_state(fresh), extractor_state(built[0])
+    assert all(torch.equal(before[k], after[k]) for k in before)  # bit-identical
+    best = utils.load_pt(f"{run_dir}/checkpoint_best.pt")
+    assert best["model"] and not any(k.startswith(("text.", "audio.")) for k in best["model"])
+    config = json.load(open(f"{run_dir}/config.json"))
+    assert set(config["feature_dirs"]) == {"text", "audio"}
+    assert "/features/" in config["feature_dirs"]["audio"] and config["feature_dirs"]["audio"].endswith("simulated/aligned-p1.5")
+
+    # a second run on the same data: every embedding is a cache hit, no extractor forward at all
+    calls["n"] = 0
+    train.main(args_for(work, tiny_models, "frozen2", "--mode", "frozen", "--epochs", "1"))
+    assert calls["n"] == 0
+    # the text-only baseline shares the text feature cache
+    train.main(args_for(work, tiny_models, "frozen-text", "--mode", "frozen", "--modality", "text", "--epochs", "1"))
+    assert calls["n"] == 0
+    pred = utils.predict_split(run_dir, "test", device="cpu")
+    assert len(pred["segments"]) == 18
+
+
+def test_selection_never_depends_on_the_test_split(tmp_path, tiny_models):
+    runs = []
+    for poison in (False, True):
+        w = write_work(tmp_path / f"w{int(poison)}", poison_test=poison)
+        runs.append(Path(train.main(args_for(w, tiny_models, "r", "--epochs", "3"))))
+    assert read_log(runs[0]) == read_log(runs[1])
+    b0, b1 = (utils.load_pt(r / "checkpoint_best.pt") for r in runs)
+    assert b0["epoch"] == b1["epoch"] and all(torch.equal(b0["model"][k], b1["model"][k]) for k in b0["model"])
+
+
+def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path, tiny_models, monkeypatch):
+    w = write_work(tmp_path / "w")
+    full = Path(train.main(args_for(w, tiny_models, "full", "--epochs", "3")))
+    real_epoch = train.train_one_epoch
+    n = {"calls": 0}
+
+    def interrupted(*a, **k):
+        n["calls"] += 1
+        if n["calls"] == 2:
+            raise KeyboardInterrupt("simulated interruption in epoch 2")
+        return real_epoch(*a, **k)
+    monkeypatch.setattr(train, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(args_for(w, tiny_models, "cut", "--epochs", "3"))
+    cut = w / "runs" / "cut"
+    assert [r["epoch"] for r in read_log(cut)] == [1]
+    epochs_run = []
+    monkeypatch.setattr(train, "train_one_epoch", lambda *a, **k: epochs_run.append(1) or real_epoch(*a, **k))
+    train.main(args_for(w, tiny_models, "cut", "--epochs", "3"))
+    assert len(epochs_run) == 2  # resumed after epoch 1, did not start over
+    assert read_log(cut) == read_log(full)
+    a, b = utils.load_pt(full / "checkpoint_best.pt"), utils.load_pt(cut / "checkpoint_best.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    # a changed configuration refuses to resume silently
+    with pytest.raises(utils.PipelineError, match="lr_head"):
+        train.main(args_for(w, tiny_models, "cut", "--epochs", "3", "--lr-head", "1e-3"))
+
+
+def test_folds_are_speaker_and_script_disjoint():
+    meta = {}
+    for ses in range(1, 6):
+        for g in "FM":
+            meta[f"Ses0{ses}{g}_impro01"] = {"session": ses, "kind": "impro", "script": None}
+            for s in (1, 2, 3):
+                meta[f"Ses0{ses}{g}_script0{s}_1"] = {"session": ses, "kind": "script", "script": f"script0{s}"}
+    loso = train.make_folds(meta, "loso", 5, 0.15, 0)
+    assert [f["test_session"] for f in loso] == [1, 2, 3, 4, 5]
+    for f in loso:
+        assert {utils.session_of(d) for d in f["test"]} == {f["test_session"]} and not f["unused"]
+        assert f["test_session"] not in {utils.session_of(d) for d in f["train"] + f["val"]}
+        assert len(f["train"] + f["val"] + f["test"]) == len(meta)
+    for f in train.make_folds(meta, "speaker-script", 5, 0.15, 0):
+        test_scripts = {meta[d]["script"] for d in f["test"]} - {None}
+        train_scripts = {meta[d]["script"] for d in f["train"] + f["val"]} - {None}
+        assert test_scripts == {f["held_script"]} and not test_scripts & train_scripts
+        assert f["test_session"] not in {utils.session_of(d) for d in f["train"] + f["val"]}
+        assert len(f["test"]) == 4 and len(f["train"] + f["val"]) == 4 * 2 * 3  # impro + 2 other scripts x 4 sessions
+    single = train.make_folds(meta, "session", 5, 0.15, 0)
+    assert len(single) == 1 and {utils.session_of(d) for d in single[0]["test"]} == {5}
