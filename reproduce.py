@@ -135,12 +135,15 @@ def setup(args):
         cfg.update(iemocap=str(corpus), work=args.work or str(work),
                    text_model=args.text_model or str(models / "roberta-tiny"),
                    audio_model=args.audio_model or str(models / "wav2vec2-tiny"),
-                   epochs=args.epochs or 12, standard_pipe="simulated", oracle_pipe="oracle")
+                   epochs=args.epochs or 12, standard_pipe="simulated", oracle_pipe="oracle",
+                   # Tiny random-init extractors need larger steps than pretrained ones (2e-5 barely moves them).
+                   train_flags=["--lr-extractor", "5e-4", "--lr-head", "1e-3"])
     else:
         cfg.update(iemocap=args.iemocap, work=args.work or "preprocessed_iemocap",
                    text_model=args.text_model or "roberta-base",
                    audio_model=args.audio_model or "facebook/wav2vec2-base",
-                   epochs=args.epochs or 20, standard_pipe="whisperx", oracle_pipe="whisperx-vadoracle")
+                   epochs=args.epochs or 20, standard_pipe="whisperx", oracle_pipe="whisperx-vadoracle",
+                   train_flags=[])  # the paper's recipe: train.py's defaults
     return cfg
 
 
@@ -196,7 +199,7 @@ def run_pipeline(cfg, args, runner: Runner):
         name = run_name(pipe, variant, mode, modality, args.seed, args.folds)
         argv = ["--work", work, "--pipe", pipe, "--variant", variant, "--mode", mode, "--modality", modality,
                 "--text-model", cfg["text_model"], "--audio-model", cfg["audio_model"], "--run", name,
-                "--epochs", str(cfg["epochs"]), "--seed", str(args.seed)]
+                "--epochs", str(cfg["epochs"]), "--seed", str(args.seed), *cfg["train_flags"]]
         if args.folds == "loso":
             argv += ["--folds", "loso"]
         if args.device:
