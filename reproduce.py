@@ -56,8 +56,9 @@ def parse_args(argv=None):
     p.add_argument("--asr-model", default="large-v2", help="WhisperX ASR model (real data)")
     p.add_argument("--align-model", default=None, help="WhisperX alignment model (real data; default: whisperx's)")
     p.add_argument("--diar-model", default="pyannote/speaker-diarization-3.1", help="pyannote pipeline (real data)")
-    p.add_argument("--folds", choices=["none", "loso"], default="none",
-                   help="loso: leave-one-session-out 5-fold runs for the main configurations")
+    p.add_argument("--folds", choices=["none", "loso", "speaker-script"], default="none",
+                   help="none: test on Session 5 (the paper's); loso: leave-one-session-out 5 folds; "
+                        "speaker-script: speaker- and script-disjoint 5 folds (see train.py)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=None, help="default 20 (the paper's), demo 12")
     p.add_argument("--device", default=None, help="cpu or cuda (default: auto)")
@@ -162,7 +163,7 @@ def plan_runs(cfg, only, pauses=PAUSES):
 
 
 def run_name(pipe, variant, mode, modality, seed, folds):
-    return f"{pipe}__{variant}__{mode}__{modality}__s{seed}" + ("__loso" if folds == "loso" else "")
+    return f"{pipe}__{variant}__{mode}__{modality}__s{seed}" + ("" if folds == "none" else f"__{folds}")
 
 
 def run_pipeline(cfg, args, runner: Runner):
@@ -200,8 +201,8 @@ def run_pipeline(cfg, args, runner: Runner):
         argv = ["--work", work, "--pipe", pipe, "--variant", variant, "--mode", mode, "--modality", modality,
                 "--text-model", cfg["text_model"], "--audio-model", cfg["audio_model"], "--run", name,
                 "--epochs", str(cfg["epochs"]), "--seed", str(args.seed), *cfg["train_flags"]]
-        if args.folds == "loso":
-            argv += ["--folds", "loso"]
+        if args.folds != "none":
+            argv += ["--folds", args.folds]
         if args.device:
             argv += ["--device", args.device]
         k4 = runner.run(f"step 4 train {name}", "train", argv, upstream=(k3[pipe, variant],))
@@ -246,6 +247,15 @@ def metric(res, key):
     return flat(res).get(key)
 
 
+def cell(res, key):
+    """A headline metric in %; for a multi-fold run the pooled value, then mean +- std over folds."""
+    text = fmt(metric(res, key))
+    spread = res["metrics"].get("mean_std", {}).get(key)
+    if spread:
+        text += f" ({100 * spread['mean']:.2f} ± {100 * spread['std']:.2f})"
+    return text
+
+
 def class_f1(res, label):
     return flat(res)["per_class"][label]["f1"]
 
@@ -264,7 +274,7 @@ def scored(res):
 def classification_row(label, res, paper_row):
     """| label | ours: acc, WF1, MF1 | n | cov | paper: acc, WF1, MF1 | the metrics file |"""
     n, cov = scored(res)
-    ours = " | ".join(fmt(metric(res, k)) for k in ("accuracy", "weighted_f1", "macro_f1"))
+    ours = " | ".join(cell(res, k) for k in ("accuracy", "weighted_f1", "macro_f1"))
     theirs = " | ".join(paper(paper_row[k]) for k in ("accuracy", "weighted_f1", "macro_f1"))
     return f"| {label} | {ours} | {n} | {cov} | {theirs} | `{res['metrics_file']}` |"
 
@@ -288,7 +298,10 @@ def write_tables(cfg, done, results: Path, work: Path, args_pauses=PAUSES):
               "`cov` = share (%) of the labelled reference speech of the test dialogs that the scored segments cover: "
               f"the paper's with- and without-alignment accuracies were computed on {PAPER['test_segments']['aligned']} "
               f"and {PAPER['test_segments']['without-alignment']} test segments, "
-              "so accuracy alone does not compare pipelines.", ""]
+              "so accuracy alone does not compare pipelines."]
+    if any("mean_std" in r["metrics"] for r in R.values()):
+        lines += ["", "Fold runs: the metric of all folds' test predictions pooled, then (mean ± std over folds)."]
+    lines.append("")
 
     al, bl = get(std, "aligned-p1.5"), get(std, "baseline")
     if al and bl:
