@@ -230,10 +230,12 @@ def evaluate_run(run_dir: Path, labels: dict, device, reuse: bool) -> tuple[dict
         atomic_write_json(pred_path, predictions)
         print(f"  wrote {pred_path}")
     dialogs, source = run_test_dialogs(run_dir, predictions, labels)
+    note = utils.demo_note(labels)
     metrics = {"run": str(run_dir.name), "split": predictions.get("split", "test"), "test_dialogs_from": source,
-               **score_predictions(predictions, labels, dialogs, where=str(pred_path))}
+               **({"note": note} if note else {}), **score_predictions(predictions, labels, dialogs, where=str(pred_path))}
     atomic_write_json(run_dir / "metrics.json", metrics)
-    plot_confusion(metrics, run_dir / "confusion_matrix.png", title=str(run_dir.relative_to(run_dir.parent.parent)))
+    title = str(run_dir.relative_to(run_dir.parent.parent)) + (" (DEMO data)" if note else "")
+    plot_confusion(metrics, run_dir / "confusion_matrix.png", title=title)
     print(f"  wrote {run_dir / 'metrics.json'}, {run_dir / 'confusion_matrix.png'}")
     return predictions, metrics
 
@@ -258,6 +260,8 @@ def main(argv=None) -> dict:
     if not folds:
         _, metrics = evaluate_run(run_dir, labels, args.device, args.reuse_predictions)
         report(args.run, metrics)
+        if "note" in metrics:
+            print(metrics["note"])
         return metrics
 
     per_fold, pooled_segments, pooled_dialogs = {}, [], []
@@ -266,10 +270,13 @@ def main(argv=None) -> dict:
         predictions, per_fold[f.name] = evaluate_run(f, labels, args.device, args.reuse_predictions)
         pooled_segments += predictions["segments"]
         pooled_dialogs += run_test_dialogs(f, predictions, labels)[0]
-    metrics = {"run": args.run, "split": "test", "folds": per_fold, "mean_std": aggregate(per_fold),
+    note = utils.demo_note(labels)
+    metrics = {"run": args.run, "split": "test", **({"note": note} if note else {}), "folds": per_fold,
+               "mean_std": aggregate(per_fold),
                "pooled": score_predictions({"segments": pooled_segments}, labels, sorted(set(pooled_dialogs)))}
     atomic_write_json(run_dir / "metrics.json", metrics)
-    plot_confusion(metrics["pooled"], run_dir / "confusion_matrix.png", title=f"{args.run} (all folds pooled)")
+    plot_confusion(metrics["pooled"], run_dir / "confusion_matrix.png",
+                   title=f"{args.run} (all folds pooled)" + (" (DEMO data)" if note else ""))
     for name, m in per_fold.items():
         report(name, m)
     report(f"{args.run} pooled", metrics["pooled"])
@@ -277,6 +284,8 @@ def main(argv=None) -> dict:
     print(f"{args.run} over {len(folds)} folds (mean ± std): "
           + "  ".join(f"{k} {100 * agg[k]['mean']:.2f} ± {100 * agg[k]['std']:.2f}%" for k in HEADLINE))
     print(f"wrote {run_dir / 'metrics.json'}, {run_dir / 'confusion_matrix.png'}")
+    if note:
+        print(note)
     return metrics
 
 

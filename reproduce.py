@@ -34,9 +34,7 @@ import utils
 from evaluate import PAPER
 
 HERE = Path(__file__).resolve().parent
-DEMO_NOTE = ("DEMO RUN: these numbers come from a synthetic corpus and tiny randomly initialised models; "
-             "they say nothing about IEMOCAP or about the paper's claims. They show that every step runs "
-             "and that the comparisons are wired up.")
+DEMO_NOTE = utils.DEMO_NOTE
 
 PAUSES = (0.5, 1.0, 1.5, 2.0)
 

@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+import utils
 from utils import LABELS, PipelineError, atomic_write_json, load_labels, read_json
 
 OTHER = "other"  # reference label of non-target time under --nontarget other
@@ -413,14 +414,17 @@ def main(argv=None) -> dict:
         result = score_run(run_dir, labels, settings)
     elapsed = time.perf_counter() - t0
 
-    result = {"run": args.run, "settings": settings, "semantics": "authors" if args.authors else "wu2023", **result,
-              "seconds": elapsed}
+    note = utils.demo_note(labels)
+    result = {"run": args.run, **({"note": note} if note else {}), "settings": settings,
+              "semantics": "authors" if args.authors else "wu2023", **result, "seconds": elapsed}
     out = run_dir / (args.out or ("teer_authors.json" if args.authors else "teer.json"))
     atomic_write_json(out, result)
     for name, r in result.get("folds", {}).items():
         report(name, r)
     report("pooled" if folds else args.run, result)
     print(f"scored in {elapsed:.3f} s; wrote {out}")
+    if note:
+        print(note)
     return result
 
 

@@ -192,6 +192,17 @@ def code_version() -> dict:
     return {"commit": commit or "unknown", "dirty": dirty}
 
 
+DEMO_NOTE = ("DEMO: these numbers come from the synthetic demo corpus (and, in the default demo setup, tiny "
+             "randomly initialised models); they say nothing about IEMOCAP or about the paper's claims.")
+
+
+def demo_note(labels: dict) -> str | None:
+    """DEMO_NOTE if labels.json was made from the generated demo corpus (it leaves its ground truth
+    in the corpus root), else None. Every report of a run carries it, so no demo number passes for
+    an IEMOCAP one."""
+    return DEMO_NOTE if (Path(labels.get("corpus", "")) / "demo_ground_truth.json").is_file() else None
+
+
 def overlap(a_start: float, a_end: float, b_start: float, b_end: float) -> float:
     """Length of the intersection of two intervals (0 if disjoint)."""
     return max(0.0, min(a_end, b_end) - max(a_start, b_start))

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import reproduce
+import utils
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def provenance(base):
 def test_first_run_writes_every_table_from_metrics_files(tiny_run):
     base, _ = tiny_run
     tables = (base / "results" / "tables.md").read_text()
-    assert "DEMO RUN" in tables
+    assert utils.DEMO_NOTE in tables
     for title in ("Table I", "Table II", "Table III", "Table IV"):
         assert title in tables
     # Every row of ours names its metrics file, and the numbers in the row are that file's.
@@ -36,6 +37,7 @@ def test_first_run_writes_every_table_from_metrics_files(tiny_run):
         m = json.loads(path.read_text())
         assert f"{100 * m['accuracy']:.2f}" in row and f"{100 * m['macro_f1']:.2f}" in row
         assert f"| {m['n_scored']} |" in row
+        assert m["note"] == utils.DEMO_NOTE  # the run's own report says it is demo data
     # Table III cells come from the runs' teer.json and teer_authors.json.
     teer_rows = [line for line in tables.splitlines() if "teer*.json`" in line]
     assert len(teer_rows) == 2

@@ -118,3 +118,10 @@ def test_overlap():
     assert utils.overlap(0, 2, 1, 3) == 1
     assert utils.overlap(0, 1, 2, 3) == 0
     assert utils.overlap(0, 5, 1, 2) == 1
+
+
+def test_demo_note_only_for_the_generated_corpus(tmp_path):
+    assert utils.demo_note({"corpus": str(tmp_path)}) is None
+    (tmp_path / "demo_ground_truth.json").write_text("{}")
+    assert utils.demo_note({"corpus": str(tmp_path)}) == utils.DEMO_NOTE
+    assert "say nothing about IEMOCAP" in utils.DEMO_NOTE
