@@ -427,9 +427,16 @@ def main(argv=None):
         "runs": {name: f"{cfg['work']}/runs/{name}" for *_, name in done},
         "steps": runner.timings, "total_seconds": round(time.time() - t0, 2),
     }
+    labels = utils.load_labels(work)
+    provenance["corpus"] = {"path": labels["corpus"], "dialogs": len(labels["dialogs"]),
+                            "utterances": sum(len(d["utterances"]) for d in labels["dialogs"].values()),
+                            "labelled_4class": sum(u["label"] is not None for d in labels["dialogs"].values()
+                                                   for u in d["utterances"])}
     if cfg["demo"]:
         truth = utils.read_json(Path(cfg["iemocap"]) / "demo_ground_truth.json", "demo ground truth")
-        provenance["corpus"] = {"kind": "demo", "seed": truth.get("seed"), "args": truth.get("args")}
+        provenance["corpus"].update(kind="demo", seed=truth.get("seed"), generator_args=truth.get("args"))
+    provenance["models"] = {"text": utils.extractor_identity(cfg["text_model"]),
+                            "audio": utils.extractor_identity(cfg["audio_model"])}
     utils.atomic_write_json(results / "provenance.json", provenance)
     print(f"\n{len(ran)} steps ran, {len(runner.timings) - len(ran)} were up to date; "
           f"{time.time() - t0:.1f} s in all")

@@ -49,6 +49,8 @@ def test_first_run_writes_every_table_from_metrics_files(tiny_run):
                               f"{100 * ta['TEER']:.2f}", f"{100 * ta['sTEER']:.2f}"]
     p = provenance(base)
     assert p["config"]["demo"] and p["code"]["commit"]
+    assert p["corpus"]["kind"] == "demo" and p["corpus"]["dialogs"] == 4
+    assert len(p["models"]["text"]["weights_sha256"]) == 64 and "config_sha256" in p["models"]["audio"]
     assert {s["step"].split()[1] for s in p["steps"]} >= {"1", "2", "3", "4", "5", "6"}
     assert not any(s["skipped"] for s in p["steps"])
 
