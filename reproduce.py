@@ -87,22 +87,32 @@ class Runner:
         self.force = force
         self.timings = []  # (step, argv, seconds, skipped)
 
-    def run(self, name: str, module: str, argv: list[str], upstream: tuple = (), sources: tuple = ()) -> str:
-        """Run module.main(argv) unless an identical run already succeeded; return this run's key."""
+    def run(self, name: str, module: str, argv: list[str], upstream: tuple = (), sources: tuple = (),
+            redo_flag: str | None = None) -> str:
+        """Run module.main(argv) unless an identical run already succeeded; return this run's key.
+
+        The steps keep their own caches (step 2 and 3 skip finished dialogs, step 4 resumes its
+        last checkpoint), which is right after an interruption but wrong once the code or an
+        upstream output changed. So when the same step with the same arguments succeeded before
+        under another key (or with --force), redo_flag (--overwrite / --no-resume) is added.
+        """
         code = file_digest(HERE / f"{module}.py", HERE / "utils.py", *[HERE / s for s in sources])
         key = hashlib.sha256(json.dumps([module, argv, code, list(upstream)]).encode()).hexdigest()[:16]
         if key in self.stamps and not self.force:
             self.timings.append({"step": name, "argv": argv, "seconds": 0.0, "skipped": True,
                                  "first_run_seconds": self.stamps[key]["seconds"]})
             return key
-        print(f"\n=== {name}: python {module}.py {' '.join(argv)}", flush=True)
+        stale = self.force or any(s["module"] == module and s["argv"] == argv for s in self.stamps.values())
+        run_argv = argv + ([redo_flag] if stale and redo_flag else [])
+        print(f"\n=== {name}: python {module}.py {' '.join(run_argv)}", flush=True)
         t0 = time.time()
-        __import__(module).main(argv)
+        __import__(module).main(run_argv)
         seconds = round(time.time() - t0, 2)
+        self.stamps = {k: v for k, v in self.stamps.items() if not (v["module"] == module and v["argv"] == argv)}
         self.stamps[key] = {"step": name, "module": module, "argv": argv, "seconds": seconds,
                             "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         utils.atomic_write_json(self.path, self.stamps)
-        self.timings.append({"step": name, "argv": argv, "seconds": seconds, "skipped": False})
+        self.timings.append({"step": name, "argv": run_argv, "seconds": seconds, "skipped": False, "redone": stale})
         return key
 
 
@@ -181,7 +191,8 @@ def run_pipeline(cfg, args, runner: Runner):
                 argv += ["--align-model", args.align_model]
             if pipe.endswith("vadoracle"):
                 argv += ["--vad", "oracle"]
-        k2[pipe] = runner.run(f"step 2 {pipe}", "preprocess", argv, upstream=(k1,), sources=("iemo_lab_with_timestamps.py",))
+        k2[pipe] = runner.run(f"step 2 {pipe}", "preprocess", argv, upstream=(k1,),
+                              sources=("iemo_lab_with_timestamps.py",), redo_flag="--overwrite")
 
     k3 = {}
     for pipe in pipes:
@@ -191,7 +202,8 @@ def run_pipeline(cfg, args, runner: Runner):
                 argv = ["--work", work, "--pipe", pipe, "--variant", "baseline"]
             else:
                 argv = ["--work", work, "--pipe", pipe, "--variant", "aligned", "--max-pause", variant.split("-p")[1]]
-            k3[pipe, variant] = runner.run(f"step 3 {pipe}/{variant}", "align", argv, upstream=(k2[pipe],))
+            k3[pipe, variant] = runner.run(f"step 3 {pipe}/{variant}", "align", argv, upstream=(k2[pipe],),
+                                           redo_flag="--overwrite")
 
     done = []
     for group, pipe, variant, mode, modality in runs:
@@ -203,7 +215,7 @@ def run_pipeline(cfg, args, runner: Runner):
             argv += ["--folds", args.folds]
         if args.device:
             argv += ["--device", args.device]
-        k4 = runner.run(f"step 4 train {name}", "train", argv, upstream=(k3[pipe, variant],))
+        k4 = runner.run(f"step 4 train {name}", "train", argv, upstream=(k3[pipe, variant],), redo_flag="--no-resume")
         ev = ["--work", work, "--run", name] + (["--device", args.device] if args.device else [])
         k5 = runner.run(f"step 5 evaluate {name}", "evaluate", ev, upstream=(k4,))
         runner.run(f"step 6 TEER {name}", "teer_calculate", ["--work", work, "--run", name], upstream=(k5,))

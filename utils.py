@@ -622,10 +622,21 @@ def autocast(device, bf16: bool):
 
 # ---- frozen mode: pooled embeddings cached on disk ------------------------------------------
 
+def embedding_code_digest() -> str:
+    """Hash of the source code that turns a segment into a pooled embedding: cached features
+    computed by other code are not reused."""
+    import inspect
+
+    parts = (masked_mean, zero_mean_unit_var, TextEmbedder, AudioEmbedder, SegmentDataset, Collator)
+    return hashlib.sha256("".join(inspect.getsource(p) for p in parts).encode()).hexdigest()[:16]
+
+
 def feature_key(kind: str, identity: dict, settings: dict) -> str:
     """Folder name under WORK/features/ for one frozen extractor: readable name + hash of the
-    extractor identity and the input settings (crop length, normalisation, token limit)."""
-    blob = json.dumps({"kind": kind, "identity": identity, "settings": settings}, sort_keys=True)
+    extractor identity, the input settings (crop length, normalisation, token limit) and the
+    embedding code (embedding_code_digest)."""
+    blob = json.dumps({"kind": kind, "identity": identity, "settings": settings,
+                       "code": embedding_code_digest()}, sort_keys=True)
     name = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(identity["name"]).name)
     return f"{kind}-{name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 

@@ -77,3 +77,23 @@ def test_changing_only_the_pause_reruns_only_that_alignment_and_what_follows(tin
     assert all("p1.5" not in " ".join(s["argv"]) and "baseline" not in " ".join(s["argv"]) for s in ran)
     assert "maximum pause" in (base / "results" / "tables.md").read_text()
     assert (base / "results" / "pause_sweep.png").is_file()
+
+
+def test_force_redoes_steps_their_own_caches_would_skip(tiny_run):
+    """A stale stamp (here: --force) must not be satisfied by the steps' own caches: step 2 and 3
+    get --overwrite and training --no-resume, so the checkpoint is trained again."""
+    base, args = tiny_run
+    args = list(args)
+    args[args.index("--only") + 1:] = ["main"]
+    run = base / "demo" / "preprocessed_iemocap_tiny" / "runs" / "simulated__aligned-p1.5__finetune__fusion__s0"
+    before = (run / "checkpoint_best.pt").stat().st_mtime_ns
+    reproduce.main(args + ["--force"])
+    steps = provenance(base)["steps"]
+    assert steps and not any(s["skipped"] for s in steps)
+    for s in steps:
+        kind = s["step"].split()[1]
+        if kind in ("2", "3"):
+            assert s["argv"][-1] == "--overwrite"
+        if kind == "4":
+            assert s["argv"][-1] == "--no-resume"
+    assert (run / "checkpoint_best.pt").stat().st_mtime_ns > before
