@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from utils import CODE_TO_LABEL, IEMOCAP_CODES, LABELS, PipelineError, atomic_write_json, session_of
 
-# Facts of the real corpus (see /work/shared/reference/README.md): the standard 4-class subset
+# Facts of the real corpus (IEMOCAP_full_release, as used by the standard 4-class protocol): the subset
 # (5,531 utterances, exc merged into hap), all labelled utterances (any code), the dialogs per
 # session, and the two utterances without a forced alignment file.
 IEMOCAP_STANDARD_COUNTS = {
