@@ -18,11 +18,19 @@ This is the paper's contribution (Section III-A, Fig. 2 and Fig. 3). Read top to
 
 Where this differs from the authors' public code (the paper's text is followed, not the code):
   * Maximum pause: the paper says 1.5 s, the authors' code used 1.0 s. Default 1.5 (--max-pause).
-  * Words without timestamps (WhisperX leaves numerals such as "1995" untimed): the authors' code
-    dropped them, and once a word had no speaker it dropped every later word of that turn. Here no
-    word is lost: an untimed word gets times interpolated between its timed neighbours (the ASR
-    segment's bounds at the edges), a word that overlaps no speaker turn gets the nearest turn's
-    speaker, and both are counted in each segment's "flags".
+  * Words without a speaker: whisperX 3.2.0 gives none to an untimed word (it leaves numerals such
+    as "1995" untimed) or to a word overlapping no diarization turn. The authors' grouping
+    (TimestampAligner._group_words_into_turns) skips such a word, and only it: the pause to the
+    next word is measured from the last kept one. But if the dialog's FIRST word has no speaker,
+    every later word of the dialog is skipped (each is compared with that first word, which
+    lacks a speaker); the first word alone is left, as one segment with speaker "UNKNOWN" if it
+    was timed, and the dialog yields nothing if it was not. Here no word is lost: an untimed word
+    gets times interpolated between its timed neighbours (the ASR segment's bounds at the edges),
+    a word that overlaps no speaker turn gets the nearest turn's speaker, and both are counted in
+    each segment's "flags".
+  * Ties (a word lying equally inside two speakers' turns): the ASR segment's speaker here,
+    the alphabetically first label in whisperX 3.2.0 (--tie-break whisperx); see attribute_speakers.
+  * Audio: the mean of the two stereo channels here, channel 0 in the authors' code (--channel 0).
 """
 from __future__ import annotations
 
@@ -100,7 +108,7 @@ def read_asr(path) -> list[dict]:
 # 2. Word-to-speaker attribution
 # ---------------------------------------------------------------------------------------------
 
-def attribute_speakers(start, end, turns, prefer=None):
+def attribute_speakers(start, end, turns, prefer=None, ties="earliest-turn"):
     """Give each interval [start[i], end[i]] the diarization speaker that overlaps it most.
 
     Used for words (the alignment) and for whole ASR segments (the baseline). turns: the RTTM,
@@ -111,15 +119,28 @@ def attribute_speakers(start, end, turns, prefer=None):
     How it runs in O((words + turns) log turns): a speaker's turns are merged into disjoint
     intervals and C(t) = "seconds of this speaker's speech before time t" is tabulated, so the
     overlap of [s, e] with the speaker is C(e) - C(s), found by binary search. The largest overlap
-    wins. A tie (overlapping speech covering the whole word) goes to prefer[i] if that speaker is
-    among the tied ones (align_dialog passes the speaker of the word's ASR segment: the context the
-    word was heard in), else to the speaker whose overlapping turn began first, as in WhisperX.
+    wins; overlaps within 0.1 us (EPS) of the largest count as tied. A tie (overlapping speech
+    covering the whole word) goes to prefer[i] if that speaker is among the tied ones
+    (align_dialog passes the speaker of the word's ASR segment: the context the word was heard
+    in), else by `ties`: "earliest-turn" = the speaker whose overlapping turn began first
+    (whisperX 3.8.6), "alphabetical" = the first tied label in string order (whisperX 3.2.0).
+
+    How whisperx.diarize.assign_word_speakers breaks an exact tie (both sum the intersections of
+    the word with every turn per speaker, then take the largest sum):
+      * 3.2.0, the version the authors pinned (read in the 3.2.0 wheel's whisperx/diarize.py):
+        pandas groupby("speaker").sum() (labels in sorted order), sort_values(ascending=False),
+        index[0]: the descending sort keeps tied labels in their sorted order, so the
+        alphabetically first label wins ("SPEAKER_00" over "SPEAKER_01"; as strings, so
+        "SPEAKER_10" before "SPEAKER_2"). The segment-level speaker is chosen the same way;
+      * 3.8.6 (installed here): the sums are collected in a dict in the order of the turns sorted
+        by start, and max() returns the first largest: the speaker of the earliest-starting
+        overlapping turn.
 
     Compared with whisperx.diarize.assign_word_speakers (the tests check this):
       * the same speaker for every word with a positive overlap and a unique largest overlap;
-      * ties: WhisperX takes the speaker of the earliest-starting overlapping turn; here the
-        ASR segment's speaker first (ties are common where diarization turns overlap, e.g. turns
-        with trailing silence), and overlaps within 0.1 us count as equal;
+      * ties: see above; align.py's default (--tie-break asr-segment) prefers the ASR segment's
+        speaker, then the earliest-starting turn (ties are common where diarization turns
+        overlap, e.g. turns with trailing silence); --tie-break whisperx = 3.2.0's rule;
       * a speaker's own overlapping turns: WhisperX adds the intersections (counting shared time
         twice), here they are merged first (pyannote does not emit such turns);
       * no overlap: WhisperX leaves the word without a speaker (fill_nearest=False) or takes the
@@ -127,22 +148,30 @@ def attribute_speakers(start, end, turns, prefer=None):
         the smallest gap, so a word just after a long turn gets that turn's speaker;
       * untimed words: WhisperX gives them no speaker; here they are re-timed first (flatten_words).
     """
+    if ties not in ("earliest-turn", "alphabetical"):
+        raise ValueError(f"ties must be 'earliest-turn' or 'alphabetical', got {ties!r}")
     start, end = np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64)
     if len(start) == 0:
         return np.array([], dtype=object), np.zeros(0, dtype=bool)
     if not turns:
         raise PipelineError("no speaker turns to attribute speech to (empty diarization)")
-    names = sorted({spk for _, _, spk in turns})
+    names = sorted({spk for _, _, spk in turns})  # string order: the "alphabetical" tie rule uses it
     overlap = np.zeros((len(names), len(start)))
     began = np.full((len(names), len(start)), np.inf)  # when the speaker's overlapping turn began
     for k, name in enumerate(names):
-        s, e = _merge([(a, b) for a, b, spk in turns if spk == name])
+        merged = utils.merge_intervals([(a, b) for a, b, spk in turns if spk == name])
+        if len(merged) == 0:  # only zero-length turns: no speech to overlap
+            continue
+        s, e = merged[:, 0], merged[:, 1]
         overlap[k] = _speech_before(end, s, e) - _speech_before(start, s, e)
         first = np.minimum(np.searchsorted(e, start, side="right"), len(s) - 1)  # first turn ending after start
         began[k] = np.where(overlap[k] > EPS, s[first], np.inf)
     most = overlap.max(axis=0)
     tied = overlap >= most - EPS
-    best = np.argmin(np.where(tied, began, np.inf), axis=0)  # of the tied: whose turn began first
+    if ties == "earliest-turn":
+        best = np.argmin(np.where(tied, began, np.inf), axis=0)  # of the tied: whose turn began first
+    else:
+        best = np.argmax(tied, axis=0)  # of the tied: the first label in sorted order
     if prefer is not None:
         index = {name: k for k, name in enumerate(names)}
         pref = np.array([index.get(p, -1) for p in prefer], dtype=np.int64)
@@ -160,18 +189,6 @@ def _speech_before(t, s, e):
     covered_before = np.concatenate([[0.0], np.cumsum(e - s)])  # speech before turn i starts
     i = np.maximum(np.searchsorted(s, t, side="right") - 1, 0)  # the last turn starting at or before t
     return np.where(t > s[0], covered_before[i] + np.clip(t - s[i], 0.0, e[i] - s[i]), 0.0)
-
-
-def _merge(intervals):
-    """Union of intervals -> (starts, ends) arrays of disjoint sorted intervals."""
-    merged = []
-    for a, b in sorted(intervals):
-        if merged and a <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], b)
-        else:
-            merged.append([a, b])
-    arr = np.array(merged, dtype=np.float64).reshape(-1, 2)
-    return arr[:, 0], arr[:, 1]
 
 
 def _nearest_turn_speaker(start, end, turns):
@@ -257,13 +274,23 @@ def group_words(speaker_ids, start, end, max_pause):
     return np.concatenate([[0], np.flatnonzero(new_turn) + 1])
 
 
-def attribute_words(asr_segments, turns):
+TIE_BREAKS = ("asr-segment", "whisperx")  # align.py --tie-break
+
+
+def attribute_words(asr_segments, turns, tie_break="asr-segment"):
     """Flatten the words (stage 1 of Fig. 2) and give each its speaker.
 
-    Returns (words, start, end, speakers, retimed, nearest), in time order. Each word's ASR
-    segment speaker (segment-level overlap) is passed as the preference that breaks word-level ties.
+    Returns (words, start, end, speakers, retimed, nearest), in time order. A word lying equally
+    inside two speakers' turns goes, with tie_break "asr-segment", to its ASR segment's speaker
+    (segment-level overlap) if that is one of the tied, else to the earliest-starting turn; with
+    "whisperx", to the alphabetically first tied label (whisperX 3.2.0, the authors' version).
     """
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}")
     words, start, end, retimed, segment = flatten_words(asr_segments)
+    if tie_break == "whisperx":
+        speakers, nearest = attribute_speakers(start, end, turns, ties="alphabetical")
+        return words, start, end, speakers, retimed, nearest
     lo, hi = np.full(len(asr_segments), np.inf), np.full(len(asr_segments), -np.inf)
     np.minimum.at(lo, segment, start)
     np.maximum.at(hi, segment, end)
@@ -277,16 +304,59 @@ def attribute_words(asr_segments, turns):
     return words, start, end, speakers, retimed, nearest
 
 
-def align_dialog(asr_segments, turns, max_pause):
+WORD_POLICIES = ("keep", "authors")  # align.py --word-policy
+
+
+def align_dialog(asr_segments, turns, max_pause, tie_break="asr-segment", word_policy="keep"):
     """The full alignment block (Fig. 2) for one dialog -> segments in time order.
 
     Each segment: start = its first word's start, end = the latest word end in it (the last word's
     end unless ASR words overlap), speaker, text = the words joined with spaces, n_words, flags
-    (how many of its words were re-timed / got the nearest turn's speaker).
+    (how many of its words were re-timed / got the nearest turn's speaker). tie_break: see
+    attribute_words. word_policy "authors" replaces the grouping by the authors' (authors_turns).
     """
-    words, start, end, speakers, retimed, nearest = attribute_words(asr_segments, turns)
+    words, start, end, speakers, retimed, nearest = attribute_words(asr_segments, turns, tie_break)
+    if word_policy == "authors":
+        return authors_turns(words, start, end, speakers, retimed, nearest, max_pause)
+    if word_policy != "keep":
+        raise ValueError(f"word_policy must be one of {WORD_POLICIES}, got {word_policy!r}")
     bounds = group_words(speakers, start, end, max_pause)
     return construct_segments(words, start, end, speakers, retimed, nearest, bounds)
+
+
+def authors_turns(words, start, end, speakers, retimed, nearest, max_pause):
+    """The authors' grouping (TimestampAligner in their utils.py, after whisperX 3.2.0's
+    assign_word_speakers), for --word-policy authors. whisperX gives no speaker to an untimed word
+    (ours: re-timed) nor to one outside every turn (ours: nearest). Their loop compares each word
+    with the LAST KEPT word and skips the word when either has no speaker: an unattributed word
+    drops only itself, but an unattributed FIRST word stays the turn's last kept word for ever, so
+    every later word of the dialog is dropped. A turn's start/end come from its timed words (none:
+    the turn is dropped); its speaker is its first word's, "UNKNOWN" if that has none.
+    """
+    if len(words) == 0:
+        return []
+    attributed = ~(retimed | nearest)
+    groups, current = [], [0]
+    for i in range(1, len(words)):
+        prev = current[-1]
+        if not (attributed[prev] and attributed[i]):
+            continue  # dropped
+        if speakers[i] != speakers[prev] or start[i] - end[prev] > max_pause:
+            groups.append(current)
+            current = [i]
+        else:
+            current.append(i)
+    groups.append(current)
+    segments = []
+    for g in groups:
+        timed = [i for i in g if not retimed[i]]
+        if not timed:
+            continue
+        segments.append({"start": float(min(start[i] for i in timed)), "end": float(max(end[i] for i in timed)),
+                         "speaker": str(speakers[g[0]]) if attributed[g[0]] else "UNKNOWN",
+                         "text": " ".join(words[i] for i in g), "n_words": len(g),
+                         "flags": {"retimed_words": int(retimed[g].sum()), "nearest_speaker_words": int(nearest[g].sum())}})
+    return segments
 
 
 def construct_segments(words, start, end, speakers, retimed, nearest, bounds):
@@ -307,13 +377,17 @@ def construct_segments(words, start, end, speakers, retimed, nearest, bounds):
 # 4. The without-alignment baseline (paper Section IV-B)
 # ---------------------------------------------------------------------------------------------
 
-def baseline_dialog(asr_segments, turns):
+def baseline_dialog(asr_segments, turns, tie_break="asr-segment"):
     """WhisperX's segments as they come, each given the speaker with the largest segment-level overlap.
 
     No word-level attribution and no regrouping. A segment overlapping no turn gets the nearest
     turn's speaker (all its words counted in flags.nearest_speaker_words). ASR segments with
     neither words nor text are dropped (the caller counts them): there is nothing to classify.
+    A tie between speakers goes to the earliest-starting turn ("asr-segment": the segment is its
+    own context) or to the alphabetically first label ("whisperx", as whisperX 3.2.0).
     """
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}")
     segs = []
     for i, s in enumerate(asr_segments):
         if not s["words"]:
@@ -325,7 +399,8 @@ def baseline_dialog(asr_segments, turns):
             s = dict(s, start=min(w["start"] for w in timed), end=max(w["end"] for w in timed))
         segs.append(s)
     segs.sort(key=lambda s: s["start"])
-    speakers, nearest = attribute_speakers([s["start"] for s in segs], [s["end"] for s in segs], turns)
+    speakers, nearest = attribute_speakers([s["start"] for s in segs], [s["end"] for s in segs], turns,
+                                           ties="alphabetical" if tie_break == "whisperx" else "earliest-turn")
     return [{"start": s["start"], "end": s["end"], "speaker": str(spk), "text": s["text"],
              "n_words": len(s["words"]),
              "flags": {"retimed_words": 0, "nearest_speaker_words": len(s["words"]) if near else 0}}
@@ -336,13 +411,19 @@ def baseline_dialog(asr_segments, turns):
 # 5. Ground truth for each segment
 # ---------------------------------------------------------------------------------------------
 
-def label_segments(segments, utterances, dialog, min_label_overlap=0.1):
+LABEL_RULES = ("sum", "authors")  # align.py --label-rule
+
+
+def label_segments(segments, utterances, dialog, min_label_overlap=0.1, rule="sum"):
     """Attach the reference to each segment (in place) and give it an id "<dialog>-<NNNN>".
 
     utterances: labels.json's utterances of the dialog. Rule (documented in the README):
       * utterances: every reference utterance the segment overlaps (any emotion code);
-      * label: the 4-class label with the largest total overlap, if that overlap exceeds
-        min_label_overlap seconds (the authors required more than 0.1 s), else None;
+      * label (rule "sum"): the 4-class label with the largest total overlap, if that overlap
+        exceeds min_label_overlap seconds, else None; ties go to the first in utils.LABELS;
+        (rule "authors", their preprocess.py): the label of the ONE utterance (any emotion code) that
+        overlaps the segment most (the earliest on a tie), if that overlap exceeds min_label_overlap
+        and the utterance has a 4-class label, else None;
       * purity: the share of the segment's duration covered by reference speech carrying that
         label (0.0 without a label or for a zero-length segment);
       * ref_speaker: the reference speaker (F/M) with the most overlap, None if it overlaps nothing.
@@ -358,14 +439,20 @@ def label_segments(segments, utterances, dialog, min_label_overlap=0.1):
                 by_label[u["label"]] = by_label.get(u["label"], 0.0) + o
             by_speaker[u["speaker"]] = by_speaker.get(u["speaker"], 0.0) + o
         # max over LABELS order makes ties deterministic (first in utils.LABELS wins)
-        label = max((lab for lab in LABELS if lab in by_label), key=lambda lab: by_label[lab], default=None)
-        if label is not None and by_label[label] <= min_label_overlap:
-            label = None
+        if rule == "sum":
+            label = max((lab for lab in LABELS if lab in by_label), key=lambda lab: by_label[lab], default=None)
+            if label is not None and by_label[label] <= min_label_overlap:
+                label = None
+        elif rule == "authors":
+            top = max(hits, key=lambda h: h[1], default=None)  # hits are in time order: the earliest wins a tie
+            label = top[0]["label"] if top is not None and top[1] > min_label_overlap else None
+        else:
+            raise ValueError(f"rule must be one of {LABEL_RULES}, got {rule!r}")
         duration = seg["end"] - seg["start"]
         purity = 0.0
         if label is not None and duration > 0:
-            covered = _union_length([(max(u["start"], seg["start"]), min(u["end"], seg["end"]))
-                                     for u, _ in hits if u["label"] == label])
+            covered = utils.union_length([(max(u["start"], seg["start"]), min(u["end"], seg["end"]))
+                                          for u, _ in hits if u["label"] == label])
             purity = covered / duration
         seg.update({
             "id": f"{dialog}-{n:04d}",
@@ -375,11 +462,6 @@ def label_segments(segments, utterances, dialog, min_label_overlap=0.1):
             "ref_speaker": max(sorted(by_speaker), key=lambda s: by_speaker[s], default=None),
         })
     return segments
-
-
-def _union_length(intervals) -> float:
-    s, e = _merge(intervals) if intervals else (np.zeros(0), np.zeros(0))
-    return float(np.sum(e - s))
 
 
 def record(seg) -> dict:
@@ -403,9 +485,10 @@ def transcript_text(dialog, variant, segments) -> str:
     return "\n".join(lines) + "\n"
 
 
-def segment_cache(dialog, session, segments, audio, sample_rate=utils.SAMPLE_RATE) -> dict:
+def segment_cache(dialog, session, segments, audio, sample_rate=utils.SAMPLE_RATE, channel="mean") -> dict:
     """The cache step 4 reads: per segment its audio slice of the (decoded once) dialog, and its text/label.
 
+    audio: the dialog as utils.load_audio(..., channel=channel) returned it; `channel` is recorded.
     Slices are copied so that each tensor owns only its own samples (torch.save would otherwise
     store the whole dialog's buffer with every slice).
     """
@@ -418,7 +501,8 @@ def segment_cache(dialog, session, segments, audio, sample_rate=utils.SAMPLE_RAT
         out.append({"id": s["id"], "start": float(s["start"]), "end": float(s["end"]), "speaker": s["speaker"],
                     "text": s["text"], "label": utils.LABEL_INDEX.get(s["label"], -1),
                     "audio": torch.from_numpy(np.array(audio[a:max(a, b)], dtype=np.float32, copy=True))})
-    return {"dialog": dialog, "session": int(session), "sample_rate": int(sample_rate), "segments": out}
+    return {"dialog": dialog, "session": int(session), "sample_rate": int(sample_rate), "channel": str(channel),
+            "segments": out}
 
 
 def variant_stats(segment_files, labels, min_label_overlap) -> dict:
@@ -442,8 +526,8 @@ def variant_stats(segment_files, labels, min_label_overlap) -> dict:
                 continue
             pieces.append(sum(utils.overlap(u["start"], u["end"], s["start"], s["end"]) > min_label_overlap
                               for s in data["segments"]))
-            inside = lambda ss: _union_length([(max(s["start"], u["start"]), min(s["end"], u["end"]))
-                                               for s in ss if utils.overlap(u["start"], u["end"], s["start"], s["end"]) > 0])
+            inside = lambda ss: utils.union_length([(max(s["start"], u["start"]), min(s["end"], u["end"]))
+                                                    for s in ss if utils.overlap(u["start"], u["end"], s["start"], s["end"]) > 0])
             covered += inside(labelled)
             covered_same += inside([s for s in labelled if s["label"] == u["label"]])
             ref_total += u["end"] - u["start"]
@@ -538,15 +622,37 @@ def main(argv=None):
     parser.add_argument("--pipe", default="whisperx", help="which step-2 run to align: WORK/<pipe>/")
     parser.add_argument("--variant", choices=("aligned", "baseline", "both"), default="both",
                         help="the alignment (Fig. 2), the without-alignment baseline, or both")
-    parser.add_argument("--max-pause", type=float, default=1.5,
-                        help="longest pause (s) inside a turn; paper: 1.5, the authors' code: 1.0")
+    parser.add_argument("--max-pause", type=float, nargs="+", default=[1.5],
+                        help="longest pause (s) inside a turn; paper: 1.5, the authors' code: 1.0. Several values "
+                             "make one aligned variant each (aligned-p<value>) from one reading of each dialog's audio")
     parser.add_argument("--min-label-overlap", type=float, default=0.1,
                         help="a segment's label needs more than this overlap (s) with reference speech of that label")
+    parser.add_argument("--tie-break", choices=TIE_BREAKS, default="asr-segment",
+                        help="a word (or baseline segment) lying equally inside two speakers' turns goes to: "
+                             "asr-segment (default) = its ASR segment's speaker, else the earliest-starting turn; "
+                             "whisperx = the alphabetically first speaker label, as whisperX 3.2.0 (the authors' "
+                             "version) does (3.8.6 takes the earliest-starting turn)")
+    parser.add_argument("--word-policy", choices=WORD_POLICIES, default="keep",
+                        help="keep (default): no word is lost, untimed words are re-timed and words outside every "
+                             "turn get the nearest speaker (both flagged); authors: their grouping, which drops such "
+                             "words, and every later word of the dialog when its first word has no speaker")
+    parser.add_argument("--label-rule", choices=LABEL_RULES, default="sum",
+                        help="a segment's label: sum (default) = the 4-class label with the largest summed overlap; "
+                             "authors = the label of the single most-overlapping utterance of any code")
+    parser.add_argument("--channel", choices=utils.AUDIO_CHANNELS, default="mean",
+                        help="the audio the classifier sees, cut into cache/<dialog>.pt: mean = the average of the "
+                             "stereo channels, both actors (default); 0 or 1 = that channel only (the authors: 0); "
+                             "mono wavs ignore it")
     parser.add_argument("--iemocap", default=None, help="corpus root for the dialog wavs (default: the one in labels.json)")
     parser.add_argument("--dialogs", nargs="+", default=None, help="only these dialogs (default: all with ASR output)")
     parser.add_argument("--overwrite", action="store_true", help="redo dialogs already aligned with the same config")
+    parser.add_argument("--diarization", choices=("overlap", "exclusive"), default="overlap",
+                        help="which step-2 RTTM attributes words to speakers: overlap = diarization/ (default, "
+                             "what the authors' whisperX used), exclusive = diarization_exclusive/ (one speaker at a "
+                             "time, pyannote 4's exclusive diarization); exclusive variants are named <variant>-exclusive, "
+                             "so the alignment report compares both")
     args = parser.parse_args(argv)
-    if args.max_pause < 0 or args.min_label_overlap < 0:
+    if min(args.max_pause) < 0 or args.min_label_overlap < 0:
         parser.error("--max-pause and --min-label-overlap must be >= 0")
 
     work, t0 = Path(args.work), time.time()
@@ -555,10 +661,18 @@ def main(argv=None):
     pipe_dir = work / args.pipe
     if not (pipe_dir / "asr").is_dir():
         raise PipelineError(f"{pipe_dir / 'asr'}: not found; run step 2 first: python preprocess.py --work {work} --name {args.pipe}")
-    kinds = ["aligned", "baseline"] if args.variant == "both" else [args.variant]
-    variants = {k: variant_name(k, args.max_pause) for k in kinds}
-    configs = {k: {"kind": k, "max_pause": args.max_pause if k == "aligned" else None,
-                   "min_label_overlap": args.min_label_overlap, "sample_rate": utils.SAMPLE_RATE} for k in kinds}
+    # One variant per (kind, max pause); `kinds` are their keys, e.g. "aligned-p1.5", "baseline".
+    specs = ([("aligned", p) for p in dict.fromkeys(args.max_pause)] if args.variant in ("aligned", "both") else []) \
+        + ([("baseline", None)] if args.variant in ("baseline", "both") else [])
+    kinds = [variant_name(kind, p) for kind, p in specs]
+    variants = {k: k + ("-exclusive" if args.diarization == "exclusive" else "") for k in kinds}
+    # Everything that changes a variant's outputs; it is hashed into each dialog's key, so changing
+    # any of it (e.g. --channel) redoes the segments and the audio cache.
+    configs = {k: {"kind": kind, "max_pause": p, "min_label_overlap": args.min_label_overlap,
+                   "sample_rate": utils.SAMPLE_RATE, "tie_break": args.tie_break, "channel": args.channel,
+                   **({"word_policy": args.word_policy} if kind == "aligned" and args.word_policy != "keep" else {}),
+                   **({"label_rule": args.label_rule} if args.label_rule != "sum" else {})}
+               for k, (kind, p) in zip(kinds, specs)}
 
     # Which dialogs: asked for explicitly (each must exist), or every labelled dialog step 2 transcribed.
     skipped = {}
@@ -589,7 +703,8 @@ def main(argv=None):
     errors, done_before, written = {}, {k: 0 for k in kinds}, {k: 0 for k in kinds}
     for d in tqdm(dialogs, desc="align", unit="dialog"):
         info = labels["dialogs"][d]
-        asr_path, rttm_path = pipe_dir / "asr" / f"{d}.json", pipe_dir / "diarization" / f"{d}.rttm"
+        rttm_dir = "diarization" if args.diarization == "overlap" else "diarization_exclusive"  # preprocess.DIARIZATION_DIRS
+        asr_path, rttm_path = pipe_dir / "asr" / f"{d}.json", pipe_dir / rttm_dir / f"{d}.rttm"
         todo = {}  # variant kind -> the key of its config and inputs, for the variants to (re)do
         try:
             # A variant is done when its outputs exist and were made from the same config and inputs.
@@ -606,24 +721,28 @@ def main(argv=None):
                 continue
             asr = read_asr(asr_path)
             turns = utils.read_rttm(rttm_path)
-            audio = utils.load_audio(corpus / info["wav"])  # decoded once, shared by the variants
+            audio = utils.load_audio(corpus / info["wav"], channel=args.channel)  # decoded once, shared by the variants
             n_empty = sum(1 for s in asr if not s["words"])
             for k, key in todo.items():
                 try:
-                    segs = align_dialog(asr, turns, args.max_pause) if k == "aligned" else baseline_dialog(asr, turns)
+                    segs = (align_dialog(asr, turns, configs[k]["max_pause"], args.tie_break, args.word_policy)
+                            if configs[k]["kind"] == "aligned" else baseline_dialog(asr, turns, args.tie_break))
                 except PipelineError as e:
                     raise PipelineError(f"{asr_path} / {rttm_path}: {e}") from None
-                label_segments(segs, info["utterances"], d, args.min_label_overlap)
+                label_segments(segs, info["utterances"], d, args.min_label_overlap, args.label_rule)
                 vdir = pipe_dir / variants[k]
                 utils.atomic_write_json(vdir / "segments" / f"{d}.json",
                                         {"dialog": d, "session": info["session"], "pipe": args.pipe,
                                          "variant": variants[k], "segments": [record(s) for s in segs]})
                 utils.atomic_write_text(vdir / "segments" / f"{d}.txt", transcript_text(d, variants[k], segs))
-                utils.atomic_torch_save(segment_cache(d, info["session"], segs, audio), vdir / "cache" / f"{d}.pt")
+                utils.atomic_torch_save(segment_cache(d, info["session"], segs, audio, channel=args.channel),
+                                        vdir / "cache" / f"{d}.pt")
                 manifests[k]["dialogs"][d] = {
                     "status": "ok", "key": key, "segments": len(segs),
                     "labelled": sum(s["label"] is not None for s in segs),
                     "words": sum(s["n_words"] for s in segs),
+                    "dropped_words": (sum(len(a["words"]) for a in asr) - sum(s["n_words"] for s in segs)
+                                      if configs[k]["kind"] == "aligned" else 0),
                     "retimed_words": sum(s["flags"]["retimed_words"] for s in segs),
                     "nearest_speaker_words": sum(s["flags"]["nearest_speaker_words"] for s in segs),
                     "empty_asr": not asr, "asr_segments_without_words_dropped": n_empty}
@@ -640,14 +759,16 @@ def main(argv=None):
             "dialogs_ok": len(ok), "dialogs_error": sum(e.get("status") == "error" for e in m["dialogs"].values()),
             "dialogs_without_asr": len(skipped), "dialogs_empty_asr": sum(e["empty_asr"] for e in ok.values()),
             **{f: sum(e[f] for e in ok.values()) for f in ("segments", "labelled", "words", "retimed_words",
-                                                           "nearest_speaker_words", "asr_segments_without_words_dropped")}}
+                                                           "nearest_speaker_words", "asr_segments_without_words_dropped")},
+            "dropped_words": sum(e.get("dropped_words", 0) for e in ok.values())}
         m["skipped"] = skipped
         utils.atomic_write_json(pipe_dir / variants[k] / "manifest.json", m)
         s = m["summary"]
         print(f"[align] {variants[k]}: wrote {written[k]} dialogs, "
               f"kept {done_before[k]} already done with the same config; totals over {s['dialogs_ok']} dialogs: "
               f"{s['segments']} segments ({s['labelled']} labelled, {s['segments'] - s['labelled']} without a 4-class label), "
-              f"{s['words']} words, {s['retimed_words']} re-timed, {s['nearest_speaker_words']} nearest-speaker, "
+              f"{s['words']} words ({s['dropped_words']} dropped), {s['retimed_words']} re-timed, "
+              f"{s['nearest_speaker_words']} nearest-speaker, "
               f"{s['dialogs_empty_asr']} dialogs with empty ASR output, "
               f"{s['asr_segments_without_words_dropped']} empty ASR segments dropped -> {pipe_dir / variants[k]}")
 

@@ -1,21 +1,61 @@
 """Step 5: classify the test segments of a trained run and score them (paper Section IV-C, Tables I, II, IV).
 
 For WORK/runs/<run>/ this writes
-  predictions.json      every test segment: id, dialog, times, speaker, text, true label (or null),
-                        predicted label, class probabilities (utils.predict_split)
-  metrics.json          on the labelled segments: accuracy (= weighted average recall, WA),
-                        unweighted average recall (UA), weighted F1, macro F1, per-class
-                        precision / recall / F1 / support, confusion matrix (rows true, columns
-                        predicted, order utils.LABELS); plus n_scored, n_segments and coverage
-  confusion_matrix.png
-Accuracy alone does not compare pipelines: each pipeline cuts the audio into its own segments
-(the paper's with- and without-alignment accuracies were computed on test sets of 1618 and 308
-segments), so every metrics file also says how many segments were scored and what share of the
-reference's labelled speech they cover.
+  predictions.json      every segment of the test dialogs, labelled or not: id, dialog, start, end,
+                        speaker, text, true label (or null), predicted label, class probabilities
+  metrics.json          "utterance": the reference-projected utterance metrics (below), comparable
+                        across pipelines; top level: the segment-level metrics (what the paper reports);
+                        each with a 95 % bootstrap interval "ci95" over test dialogs
+  confusion_matrix.png  both confusion matrices, the reference-projected one first
+
+Why two sets of metrics. Each pipeline cuts the audio into its own segments, and a segment's true
+label is taken from the reference utterances it overlaps, so the segment-level metrics of two
+pipelines are computed on different test sets (the paper's with- and without-alignment accuracies
+on 1618 and 308 segments). The reference-projected metrics score every pipeline on the same items:
+the labelled reference utterances of the test dialogs.
+
+Reference-projected utterance metrics (metrics.json "utterance")
+  Items: every reference utterance of a test dialog in labels.json whose label is one of the
+  4 classes (hap, ang, sad, neu), whatever the pipeline found; utterances without a 4-class label
+  are not scored. Each item takes the emotion predicted for the system speech covering most of it:
+  1. System speech: every segment of predictions.json in the same dialog, labelled or not (the
+     segment's own "label" is not used). Speakers are ignored on both sides: a segment of any
+     system speaker votes on an utterance of any reference speaker.
+  2. Overlap of segment s with utterance u: max(0, min(s.end, u.end) - max(s.start, u.start))
+     seconds, rounded to the nearest whole microsecond (so sums and ties are exact). A segment with
+     start == end, or one that only touches the utterance, has overlap 0 and does not vote.
+  3. The vote of a label is the sum of the overlaps of the segments predicted as that label.
+     Segments that overlap each other (two system speakers at once, or overlapping segments of one
+     speaker) each vote their full overlap: time covered twice counts twice.
+  4. All votes 0 (no system speech overlaps the utterance): a miss. pred is null, it counts as
+     wrong, and it is its own column "miss" of the confusion matrix.
+  5. Otherwise pred is the label with the largest vote. Tie rule: among the tied labels, the one
+     owning the single segment with the largest overlap; if that ties too, the first in the order
+     hap, ang, sad, neu (utils.LABELS).
+  Reference utterances may overlap each other; each is scored on its own (one segment can vote on
+  several). Over the n scored utterances: confusion matrix [4, 5] (rows true hap ang sad neu;
+  columns predicted hap ang sad neu miss); accuracy = correct / n; per class, recall = correct /
+  support (misses count in the support), precision = correct / predicted as the class (a miss is
+  no prediction), F1 = 2PR / (P + R); UA = mean recall over the classes with support > 0; weighted
+  F1 = F1 weighted by support; macro F1 = mean F1 of the 4 classes; a zero denominator gives 0
+  (scikit-learn's zero_division=0). Also n, n_missed, coverage (per dialog, the union of the
+  labelled utterances intersected with the union of all system segments, summed over dialogs,
+  over the duration of the former) and the list of utterances {id, dialog, label, pred} (for
+  paired tests between runs: utils.dialog_confusions, utils.paired_bootstrap).
+
+Segment-level metrics (top level): the same metrics (no miss column, [4, 4]) over the segments that
+carry a 4-class label (step 3 labels each segment from the reference utterances it overlaps), with
+n_scored, n_segments and the share of the labelled reference speech the scored segments cover.
+
+Confidence intervals ("ci95"): a percentile bootstrap over test dialogs (utterances of one dialog
+are not independent). Each of --bootstrap-samples resamples draws as many dialogs as were tested,
+with replacement (numpy default_rng(--bootstrap-seed)); its confusion matrix is the sum of the
+drawn dialogs' matrices; the interval is the 2.5th and 97.5th percentile of the metric over the
+resamples (utils.bootstrap_ci). Seeded: the same inputs give the same numbers.
 
 A run with folds (fold<k>/ subfolders, listed in the top-level config.json) is evaluated fold by
 fold; the top-level metrics.json holds the mean and std over folds (population std, ddof=0) and
-the metrics of all folds' predictions pooled.
+the metrics of all folds' predictions pooled (both with their "utterance" part).
 
     python evaluate.py --work preprocessed_iemocap --run NAME [--device cuda]
 """
@@ -25,59 +65,98 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import torch
+from sklearn import metrics as skm
 
 import utils
-from teer_calculate import fold_dirs, merge_intervals, run_test_dialogs
+from utils import fold_dirs, merge_intervals, run_test_dialogs
 from utils import LABELS, PipelineError, atomic_write_json, load_labels, read_json
 
 # ---------------------------------------------------------------------------------------------
 # Metrics
 # ---------------------------------------------------------------------------------------------
 
-
-def confusion_matrix(y_true, y_pred, labels=LABELS) -> np.ndarray:
-    """[n_labels, n_labels] counts, rows = true label, columns = predicted label."""
-    index = {lab: i for i, lab in enumerate(labels)}
-    cm = np.zeros((len(labels), len(labels)), dtype=np.int64)
-    for t, p in zip(y_true, y_pred):
-        if t not in index or p not in index:
-            raise PipelineError(f"label {t!r} or prediction {p!r} is not one of {tuple(labels)}")
-        cm[index[t], index[p]] += 1
-    return cm
+HEADLINE = utils.HEADLINE  # accuracy, ua, weighted_f1, macro_f1
+MISS = utils.MISS
 
 
-def classification_metrics(y_true, y_pred, labels=LABELS) -> dict:
-    """Accuracy (WA), UA, weighted and macro F1, per-class P/R/F1/support, confusion matrix.
+def classification_metrics(y_true, y_pred, labels=LABELS, miss_column: bool = False) -> dict:
+    """Accuracy (WA), UA, weighted and macro F1, per-class P/R/F1/support, confusion matrix,
+    computed by sklearn.metrics.
 
-    Conventions (those of scikit-learn with zero_division=0): a ratio with a zero denominator
-    is 0; macro F1 averages over all `labels`; weighted F1 weights by support. UA (unweighted
-    average recall) averages recall over the classes present in y_true (as
-    sklearn.metrics.balanced_accuracy_score), since recall is undefined for an absent class.
+    y_true: labels from `labels`; y_pred: labels from `labels`, or None for a miss (a reference
+    utterance with no prediction) when miss_column. Conventions: zero_division=0 (a ratio with a
+    zero denominator is 0); a miss is a wrong answer (it counts in its class's support and recall,
+    in no class's precision); macro F1 averages over all `labels`; weighted F1 weights by support;
+    UA averages recall over the classes present in y_true (balanced accuracy: recall is undefined
+    for an absent class). The confusion matrix has rows = true label, columns = predicted label in
+    the order of `labels`, plus a last column "miss" when miss_column ([4, 5], else [4, 4]).
     """
     if len(y_true) != len(y_pred):
         raise ValueError(f"{len(y_true)} true labels but {len(y_pred)} predictions")
-    cm = confusion_matrix(y_true, y_pred, labels)
-    n = int(cm.sum())
-    tp = np.diag(cm).astype(float)
-    support, predicted = cm.sum(axis=1).astype(float), cm.sum(axis=0).astype(float)
-
-    def safe(num, den):
-        return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
-
-    precision, recall = safe(tp, predicted), safe(tp, support)
-    f1 = safe(2 * tp, support + predicted)  # = 2PR/(P+R), 0 when the class is neither true nor predicted
-    present = support > 0
+    labels = list(labels)
+    for t, p in zip(y_true, y_pred):
+        if t not in labels or not (p in labels or (p is None and miss_column)):
+            raise PipelineError(f"label {t!r} or prediction {p!r} is not one of {tuple(labels)}"
+                                + (" (or None for a miss)" if miss_column else ""))
+    columns = labels + ([MISS] if miss_column else [])
+    y_pred = [MISS if p is None else p for p in y_pred]
+    n = len(y_true)
+    if n:
+        cm = skm.confusion_matrix(y_true, y_pred, labels=columns)[:len(labels)]  # rows of the true classes
+        precision, recall, f1, support = skm.precision_recall_fscore_support(
+            y_true, y_pred, labels=labels, zero_division=0)
+        present = support > 0
+        head = {"accuracy": float(skm.accuracy_score(y_true, y_pred)),
+                "ua": float(recall[present].mean()),
+                "weighted_f1": float(skm.f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
+                "macro_f1": float(skm.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))}
+    else:  # scikit-learn refuses empty inputs; every ratio is 0 by convention
+        cm = np.zeros((len(labels), len(columns)), dtype=np.int64)
+        precision = recall = f1 = np.zeros(len(labels))
+        support = np.zeros(len(labels), dtype=np.int64)
+        head = {k: 0.0 for k in HEADLINE}
     return {
-        "n": n,
-        "accuracy": float(tp.sum() / n) if n else 0.0,
-        "ua": float(recall[present].mean()) if present.any() else 0.0,
-        "weighted_f1": float((f1 * support).sum() / n) if n else 0.0,
-        "macro_f1": float(f1.mean()),
+        "n": n, **head,
         "per_class": {lab: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                             "support": int(support[i])} for i, lab in enumerate(labels)},
-        "labels": list(labels),
+        "labels": labels,
+        **({"columns": columns} if miss_column else {}),
         "confusion_matrix": cm.tolist(),
     }
+
+
+def dialog_intervals(per_dialog_cms, n_samples: int, seed: int) -> dict | None:
+    """{"accuracy": [lo, hi], ...}: 95 % bootstrap intervals over dialogs (utils.bootstrap_ci), or
+    None when n_samples is 0 or there is no dialog."""
+    if n_samples <= 0 or len(per_dialog_cms) == 0:
+        return None
+    return {k: utils.bootstrap_ci(per_dialog_cms, k, n_samples, seed) for k in HEADLINE}
+
+
+def project_dialog(segments: list[dict], utterances: list[dict]) -> list:
+    """The predicted label (or None: a miss) of each reference utterance of one dialog, from the
+    system segments of that dialog: the time-weighted vote of the module docstring (steps 1-5).
+
+    overlap [U, S] in whole microseconds; votes [U, 4] = overlap @ one-hot(pred) [S, 4].
+    """
+    if not segments or not utterances:
+        return [None] * len(utterances)
+    seg = np.array([[s["start"], s["end"]] for s in segments], dtype=np.float64)  # [S, 2]
+    utt = np.array([[u["start"], u["end"]] for u in utterances], dtype=np.float64)  # [U, 2]
+    seconds = np.minimum(utt[:, None, 1], seg[None, :, 1]) - np.maximum(utt[:, None, 0], seg[None, :, 0])
+    overlap = np.rint(np.clip(seconds, 0.0, None) * 1e6).astype(np.int64)  # [U, S] microseconds
+    onehot = np.array([utils.LABEL_INDEX[s["pred"]] for s in segments])[:, None] == np.arange(len(LABELS))  # [S, 4]
+    votes = overlap @ onehot.astype(np.int64)  # [U, 4]
+    longest = (overlap[:, :, None] * onehot[None]).max(axis=1)  # [U, 4]: the largest single overlap per label
+    preds = []
+    for v, m in zip(votes, longest):
+        if v.max() == 0:
+            preds.append(None)
+            continue
+        tied = np.where(v == v.max(), m, -1)  # tie rule: largest single segment, then LABELS order
+        preds.append(LABELS[int(np.argmax(tied))])  # argmax takes the first of equal values
+    return preds
 
 
 def coverage(segments, utterances_by_dialog: dict) -> dict:
@@ -117,56 +196,91 @@ def check_predictions(predictions: dict, where: str) -> list:
         if s["pred"] not in LABELS or (s["label"] is not None and s["label"] not in LABELS):
             raise PipelineError(f"{where}: segment {n} ({s['id']}): label {s['label']!r} / pred {s['pred']!r}, "
                                 f"expected one of {LABELS} (label may be null)")
+        if not (isinstance(s["start"], (int, float)) and isinstance(s["end"], (int, float)) and s["end"] >= s["start"]):
+            raise PipelineError(f"{where}: segment {n} ({s['id']}): start {s['start']!r}, end {s['end']!r}; "
+                                f"expected numbers with end >= start")
     return segments
 
 
-def score_predictions(predictions: dict, labels: dict, dialogs, where: str = "predictions") -> dict:
-    """metrics.json content for one predictions dict over the test `dialogs`."""
-    segments = check_predictions(predictions, where)
-    scored = [s for s in segments if s["label"] is not None]
-    metrics = classification_metrics([s["label"] for s in scored], [s["pred"] for s in scored])
-    utterances = {d: labels["dialogs"][d]["utterances"] for d in dialogs if d in labels["dialogs"]}
-    missing = sorted(set(dialogs) - set(utterances))
+def reference_utterances(labels: dict, dialogs) -> dict:
+    """{dialog: its reference utterances} from labels.json for the test dialogs, checked."""
+    missing = sorted(set(dialogs) - set(labels["dialogs"]))
     if missing:
         raise PipelineError(f"labels.json lacks test dialogs {missing[:5]}{'...' if len(missing) > 5 else ''}")
+    out = {}
+    for d in dialogs:
+        utterances = labels["dialogs"][d].get("utterances", [])
+        for u in utterances:
+            if u.get("label") is not None and u["label"] not in LABELS:
+                raise PipelineError(f"labels.json: utterance {u.get('id')} of {d}: label {u['label']!r}, "
+                                    f"expected one of {LABELS} or null")
+            if not (isinstance(u.get("start"), (int, float)) and isinstance(u.get("end"), (int, float))
+                    and u["end"] >= u["start"]):
+                raise PipelineError(f"labels.json: utterance {u.get('id')} of {d}: start {u.get('start')!r}, "
+                                    f"end {u.get('end')!r}; expected numbers with end >= start")
+        out[d] = utterances
+    return out
+
+
+def score_utterances(segments: list, utterances: dict, n_samples: int = 1000, seed: int = 0) -> dict:
+    """The "utterance" part of metrics.json: reference-projected metrics (module docstring) of the
+    labelled reference utterances of `utterances` ({test dialog: utterances}), from all system
+    `segments` (those of other dialogs are not used)."""
+    by_dialog: dict[str, list] = {}
+    for s in segments:
+        by_dialog.setdefault(s["dialog"], []).append(s)
+    records = []
+    for d, utts in utterances.items():
+        scored = [u for u in utts if u.get("label") is not None]
+        for u, pred in zip(scored, project_dialog(by_dialog.get(d, []), scored)):
+            records.append({"id": u["id"], "dialog": d, "label": u["label"], "pred": pred})
+    m = classification_metrics([r["label"] for r in records], [r["pred"] for r in records], miss_column=True)
+    dialogs = list(utterances)
+    test_segments = [s for d in dialogs for s in by_dialog.get(d, [])]
+    return {"n_dialogs": len(dialogs), "n_missed": sum(r["pred"] is None for r in records),
+            "coverage": coverage(test_segments, utterances), **m,
+            "ci95": dialog_intervals(utils.dialog_confusions(records, dialogs, miss_column=True), n_samples, seed),
+            "utterances": records}
+
+
+def score_predictions(predictions: dict, labels: dict, dialogs, where: str = "predictions",
+                      n_samples: int = 1000, seed: int = 0) -> dict:
+    """metrics.json content for one predictions dict over the test `dialogs`: the segment-level
+    metrics at top level, the reference-projected ones under "utterance", intervals in "ci95"."""
+    segments = check_predictions(predictions, where)
+    utterances = reference_utterances(labels, dialogs)
+    scored = [s for s in segments if s["label"] is not None]
+    metrics = classification_metrics([s["label"] for s in scored], [s["pred"] for s in scored])
+    seg_dialogs = list(utterances) + sorted({s["dialog"] for s in scored} - set(utterances))
     return {"n_segments": len(segments), "n_scored": len(scored), "n_unlabelled": len(segments) - len(scored),
-            "n_dialogs": len(dialogs), "coverage": coverage(scored, utterances), **metrics}
-
-
-HEADLINE = ("accuracy", "ua", "weighted_f1", "macro_f1")
+            "n_dialogs": len(dialogs), "coverage": coverage(scored, utterances), **metrics,
+            "ci95": dialog_intervals(utils.dialog_confusions(scored, seg_dialogs, miss_column=False), n_samples, seed),
+            "bootstrap": {"unit": "dialog", "method": "percentile", "level": 0.95, "samples": n_samples, "seed": seed},
+            "utterance": score_utterances(segments, utterances, n_samples, seed)}
 
 
 def aggregate(per_fold: dict) -> dict:
-    """Mean and population std over folds of the headline metrics, per-class F1 and coverage."""
+    """Mean and population std over folds of the headline metrics, per-class F1 and coverage,
+    segment-level and (under "utterance") reference-projected."""
     def stats(values):
         values = [v for v in values if v is not None]
         return {"mean": float(np.mean(values)), "std": float(np.std(values))} if values else None
 
+    def summary(folds):
+        out = {k: stats([m[k] for m in folds]) for k in HEADLINE}
+        out["per_class_f1"] = {lab: stats([m["per_class"][lab]["f1"] for m in folds]) for lab in LABELS}
+        out["coverage_share"] = stats([m["coverage"]["share"] for m in folds])
+        return out
+
     folds = list(per_fold.values())
-    out = {k: stats([m[k] for m in folds]) for k in HEADLINE}
-    out["per_class_f1"] = {lab: stats([m["per_class"][lab]["f1"] for m in folds]) for lab in LABELS}
-    out["coverage_share"] = stats([m["coverage"]["share"] for m in folds])
+    out = summary(folds)
     out["n_scored"] = sum(m["n_scored"] for m in folds)
     out["n_segments"] = sum(m["n_segments"] for m in folds)
+    utt = [m["utterance"] for m in folds]
+    out["utterance"] = {**summary(utt), "n": sum(m["n"] for m in utt), "n_missed": sum(m["n_missed"] for m in utt)}
     return out
 
 
-# The paper's reported numbers (Wang, Lee, Chen, IALP 2025, Tables I-IV), quoted for comparison only:
-# reproduce.py prints them beside ours where the configuration matches. Percentages, F1 in Table II as
-# fractions, as printed in the paper.
-PAPER = {
-    "table1": {"wu2023": {"accuracy": 49.49, "weighted_f1": None, "macro_f1": None},
-               "without-alignment": {"accuracy": 56.82, "weighted_f1": 53.87, "macro_f1": 47.10},
-               "aligned": {"accuracy": 66.81, "weighted_f1": 66.88, "macro_f1": 66.48}},
-    "table2": {"without-alignment": {"hap": 0.64, "ang": 0.38, "sad": 0.26, "neu": 0.61},
-               "aligned": {"hap": 0.73, "ang": 0.64, "sad": 0.67, "neu": 0.62}},
-    "table3": {"wu2023": {"TEER": 66.03, "sTEER": 65.17}, "standard": {"TEER": 89.35, "sTEER": 90.96},
-               "vad-oracle": {"TEER": 53.90, "sTEER": 62.54}},
-    "table4": {"frozen": {"accuracy": 56.82, "weighted_f1": 53.87, "macro_f1": 47.10},
-               "finetune": {"accuracy": 66.81, "weighted_f1": 66.81, "macro_f1": 66.48}},
-    # Test-set sizes behind the authors' Table I accuracies (their evaluation outputs).
-    "test_segments": {"aligned": 1618, "without-alignment": 308},
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,25 +289,31 @@ PAPER = {
 
 
 def plot_confusion(metrics: dict, path: Path, title: str) -> None:
+    """Two panels: the reference-projected confusion matrix [4, 5] (with the miss column), then the
+    segment-level one [4, 4]; counts and row shares."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cm = np.array(metrics["confusion_matrix"])
-    rows = cm.sum(axis=1, keepdims=True)
-    share = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
-    fig, ax = plt.subplots(figsize=(4.6, 4))
-    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(j, i, f"{cm[i, j]}\n{100 * share[i, j]:.0f}%", ha="center", va="center", fontsize=8,
-                    color="white" if share[i, j] > 0.5 else "black")
-    ax.set_xticks(range(len(LABELS)), LABELS)
-    ax.set_yticks(range(len(LABELS)), LABELS)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"{title}\nacc {100 * metrics['accuracy']:.2f}%  UA {100 * metrics['ua']:.2f}%", fontsize=9)
+    panels = [("reference utterances", metrics["utterance"], list(LABELS) + [MISS]),
+              ("labelled segments", metrics, list(LABELS))]
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 4.2), gridspec_kw={"width_ratios": [5, 4]})
+    for ax, (what, m, columns) in zip(axes, panels):
+        cm = np.array(m["confusion_matrix"])
+        rows = cm.sum(axis=1, keepdims=True)
+        share = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        for i in range(cm.shape[0]):
+            for j in range(cm.shape[1]):
+                ax.text(j, i, f"{cm[i, j]}\n{100 * share[i, j]:.0f}%", ha="center", va="center", fontsize=8,
+                        color="white" if share[i, j] > 0.5 else "black")
+        ax.set_xticks(range(len(columns)), columns)
+        ax.set_yticks(range(len(LABELS)), LABELS)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{what} (n={m['n']})\nacc {100 * m['accuracy']:.2f}%  UA {100 * m['ua']:.2f}%", fontsize=9)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
@@ -202,37 +322,60 @@ def plot_confusion(metrics: dict, path: Path, title: str) -> None:
     tmp.replace(path)
 
 
-def report(name: str, m: dict) -> None:
-    cov = m["coverage"]
-    share = "n/a" if cov["share"] is None else f"{100 * cov['share']:.1f}%"
-    print(f"{name}: scored {m['n_scored']} labelled of {m['n_segments']} segments "
-          f"({m['n_unlabelled']} without a 4-class label not scored) in {m['n_dialogs']} dialogs; "
-          f"they cover {share} of {cov['labelled_reference_s']:.1f} s labelled reference speech")
-    print(f"  accuracy (WA) {100 * m['accuracy']:.2f}%  UA {100 * m['ua']:.2f}%  "
-          f"weighted F1 {100 * m['weighted_f1']:.2f}%  macro F1 {100 * m['macro_f1']:.2f}%")
-    print("  class  precision  recall     F1  support")
+def _headline(m: dict) -> str:
+    ci = m.get("ci95") or {}
+
+    def one(k, name):
+        interval = f" [{100 * ci[k][0]:.2f}, {100 * ci[k][1]:.2f}]" if k in ci else ""
+        return f"{name} {100 * m[k]:.2f}%{interval}"
+    return "  ".join(one(k, name) for k, name in zip(HEADLINE, ("accuracy (WA)", "UA", "weighted F1", "macro F1")))
+
+
+def _table(m: dict) -> None:
+    print("    class  precision  recall     F1  support")
     for lab, c in m["per_class"].items():
-        print(f"  {lab:5s}  {c['precision']:9.3f}  {c['recall']:6.3f}  {c['f1']:5.3f}  {c['support']:7d}")
-    print("  confusion (rows true, cols pred " + " ".join(LABELS) + "):")
+        print(f"    {lab:5s}  {c['precision']:9.3f}  {c['recall']:6.3f}  {c['f1']:5.3f}  {c['support']:7d}")
+    columns = m.get("columns", list(LABELS))
+    print("    confusion (rows true, cols pred " + " ".join(columns) + "):")
     for lab, row in zip(LABELS, m["confusion_matrix"]):
-        print(f"    {lab:5s} " + " ".join(f"{x:5d}" for x in row))
+        print(f"      {lab:5s} " + " ".join(f"{x:5d}" for x in row))
 
 
-def evaluate_run(run_dir: Path, labels: dict, device, reuse: bool) -> tuple[dict, dict]:
+def report(name: str, m: dict) -> None:
+    """Print the reference-projected metrics, then the segment-level ones (95 % intervals in brackets)."""
+    u, cu, cov = m["utterance"], m["utterance"]["coverage"], m["coverage"]
+
+    def share(c):
+        return "n/a" if c["share"] is None else f"{100 * c['share']:.1f}%"
+    print(f"{name}:")
+    print(f"  reference-projected: {u['n']} labelled reference utterances in {u['n_dialogs']} test dialogs, "
+          f"{u['n_missed']} missed (no system speech); system speech covers {share(cu)} of "
+          f"{cu['labelled_reference_s']:.1f} s labelled reference speech")
+    print("    " + _headline(u))
+    _table(u)
+    print(f"  segment-level: scored {m['n_scored']} labelled of {m['n_segments']} segments "
+          f"({m['n_unlabelled']} without a 4-class label not scored); they cover {share(cov)} of the labelled "
+          f"reference speech")
+    print("    " + _headline(m))
+    _table(m)
+
+
+def evaluate_run(run_dir: Path, labels: dict, device, reuse: bool, n_samples: int = 1000, seed: int = 0) -> tuple[dict, dict]:
     """Predict (or reuse) and score one run dir; writes its predictions, metrics and plot."""
     pred_path = run_dir / "predictions.json"
     if reuse and pred_path.is_file():
         predictions = read_json(pred_path, "predictions file")
         print(f"  reused {pred_path} (--reuse-predictions)")
     else:
-        predictions = utils.predict_split(run_dir, split="test", device=device)
-        check_predictions(predictions, f"utils.predict_split({run_dir}) -> {pred_path}")
+        predictions = predict_split(run_dir, split="test", device=device)
+        check_predictions(predictions, f"predict_split({run_dir}) -> {pred_path}")
         atomic_write_json(pred_path, predictions)
         print(f"  wrote {pred_path}")
     dialogs, source = run_test_dialogs(run_dir, predictions, labels)
     note = utils.demo_note(labels)
     metrics = {"run": str(run_dir.name), "split": predictions.get("split", "test"), "test_dialogs_from": source,
-               **({"note": note} if note else {}), **score_predictions(predictions, labels, dialogs, where=str(pred_path))}
+               **({"note": note} if note else {}),
+               **score_predictions(predictions, labels, dialogs, where=str(pred_path), n_samples=n_samples, seed=seed)}
     atomic_write_json(run_dir / "metrics.json", metrics)
     title = str(run_dir.relative_to(run_dir.parent.parent)) + (" (DEMO data)" if note else "")
     plot_confusion(metrics, run_dir / "confusion_matrix.png", title=title)
@@ -244,22 +387,37 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--work", default="preprocessed_iemocap", help="work directory (default: %(default)s)")
-    p.add_argument("--run", required=True, help="run name: WORK/runs/<run>/ written by train.py")
+    p.add_argument("--run", required=True, nargs="+",
+                   help="run name(s): WORK/runs/<run>/ written by train.py; several runs are evaluated in turn")
     p.add_argument("--device", default=None, help="torch device for prediction (default: cuda if available, else cpu)")
     p.add_argument("--reuse-predictions", action="store_true",
                    help="score an existing predictions.json instead of running the model again")
+    p.add_argument("--bootstrap-samples", type=int, default=1000,
+                   help="resamples of the test dialogs for the 95%% intervals; 0 = no intervals (default: %(default)s)")
+    p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resampling (default: %(default)s)")
     args = p.parse_args(argv)
+    if args.bootstrap_samples < 0:
+        raise PipelineError(f"--bootstrap-samples {args.bootstrap_samples}: expected 0 or more")
+    boot = {"n_samples": args.bootstrap_samples, "seed": args.bootstrap_seed}
 
-    work, run_dir = Path(args.work), Path(args.work) / "runs" / args.run
-    if not run_dir.is_dir():
-        raise PipelineError(f"{run_dir}: run directory not found; train it first: python train.py --run {args.run}")
+    torch.set_flush_denormal(True)  # as train.py: subnormal floats are slow on CPUs
+    work = Path(args.work)
+    for name in args.run:
+        if not (work / "runs" / name).is_dir():
+            raise PipelineError(f"{work / 'runs' / name}: run directory not found; train it first: python train.py --run {name}")
     labels = load_labels(work)
     print(f"read {work / 'labels.json'} ({len(labels['dialogs'])} dialogs)")
+    results = {name: evaluate_named_run(work, name, labels, args, boot) for name in args.run}
+    return results[args.run[0]] if len(args.run) == 1 else results
 
+
+def evaluate_named_run(work: Path, name: str, labels: dict, args, boot: dict) -> dict:
+    """Evaluate WORK/runs/<name>/ (each fold of a fold run, then all folds pooled); metrics.json content."""
+    run_dir = work / "runs" / name
     folds = fold_dirs(run_dir)
     if not folds:
-        _, metrics = evaluate_run(run_dir, labels, args.device, args.reuse_predictions)
-        report(args.run, metrics)
+        _, metrics = evaluate_run(run_dir, labels, args.device, args.reuse_predictions, **boot)
+        report(name, metrics)
         if "note" in metrics:
             print(metrics["note"])
         return metrics
@@ -267,26 +425,105 @@ def main(argv=None) -> dict:
     per_fold, pooled_segments, pooled_dialogs = {}, [], []
     for f in folds:
         print(f"fold {f.name}:")
-        predictions, per_fold[f.name] = evaluate_run(f, labels, args.device, args.reuse_predictions)
+        predictions, per_fold[f.name] = evaluate_run(f, labels, args.device, args.reuse_predictions, **boot)
         pooled_segments += predictions["segments"]
         pooled_dialogs += run_test_dialogs(f, predictions, labels)[0]
     note = utils.demo_note(labels)
-    metrics = {"run": args.run, "split": "test", **({"note": note} if note else {}), "folds": per_fold,
+    metrics = {"run": name, "split": "test", **({"note": note} if note else {}), "folds": per_fold,
                "mean_std": aggregate(per_fold),
-               "pooled": score_predictions({"segments": pooled_segments}, labels, sorted(set(pooled_dialogs)))}
+               "pooled": score_predictions({"segments": pooled_segments}, labels, sorted(set(pooled_dialogs)), **boot)}
     atomic_write_json(run_dir / "metrics.json", metrics)
     plot_confusion(metrics["pooled"], run_dir / "confusion_matrix.png",
-                   title=f"{args.run} (all folds pooled)" + (" (DEMO data)" if note else ""))
+                   title=f"{name} (all folds pooled)" + (" (DEMO data)" if note else ""))
     for name, m in per_fold.items():
         report(name, m)
-    report(f"{args.run} pooled", metrics["pooled"])
+    report(f"{name} pooled", metrics["pooled"])
     agg = metrics["mean_std"]
-    print(f"{args.run} over {len(folds)} folds (mean ± std): "
-          + "  ".join(f"{k} {100 * agg[k]['mean']:.2f} ± {100 * agg[k]['std']:.2f}%" for k in HEADLINE))
+    for what, a in (("reference-projected", agg["utterance"]), ("segment-level", agg)):
+        print(f"{name} over {len(folds)} folds (mean ± std), {what}: "
+              + "  ".join(f"{k} {100 * a[k]['mean']:.2f} ± {100 * a[k]['std']:.2f}%" for k in HEADLINE))
     print(f"wrote {run_dir / 'metrics.json'}, {run_dir / 'confusion_matrix.png'}")
     if note:
         print(note)
     return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference: load a run, predict a split (only this step runs the model on the test split)
+# ---------------------------------------------------------------------------------------------
+
+
+def load_run(run_dir, device=None, load_extractors: bool = True) -> tuple[utils.SERModel, dict]:
+    """(model with the best-validation weights, config) of a train.py run dir."""
+    run_dir = Path(run_dir)
+    config = read_json(run_dir / "config.json", "run config")
+    if "folds" in config:
+        raise PipelineError(f"{run_dir}: a cross-validation run; load one of its fold dirs {config['folds']}")
+    for kind, ident in config["extractors"].items():
+        # a frozen run keeps no extractor weights: they must still be the ones it was trained on
+        if ident is not None and utils.extractor_identity(ident["name"]) != ident:
+            raise PipelineError(f"{run_dir / 'config.json'}: the {kind} extractor {ident['name']} has changed since "
+                                f"this run was trained (config or weights hash differs)")
+    model = utils.build_model(config, load_extractors=load_extractors)
+    state = utils.load_pt(run_dir / "checkpoint_best.pt", "best checkpoint")
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    if unexpected or (missing and config["mode"] == "finetune") or \
+            any(not k.startswith(("text.", "audio.")) for k in missing):
+        raise PipelineError(f"{run_dir / 'checkpoint_best.pt'}: does not match the model of config.json "
+                            f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    model.to(device or "cpu").eval()
+    return model, config
+
+
+def run_dataset(model: utils.SERModel, dataset: utils.SegmentDataset, collator: utils.Collator, batch_size: int,
+                device, bf16: bool, num_workers: int = 0) -> torch.Tensor:
+    """Logits [N, 4] of every segment of dataset, in dataset order (model in eval mode)."""
+    logits = torch.zeros(len(dataset), len(LABELS))
+    sampler = utils.LengthBucketSampler(dataset.lengths, batch_size, shuffle=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collator, num_workers=num_workers)
+    model.eval()
+    with torch.no_grad():
+        for batch in loader:
+            batch = utils.to_device(batch, device)
+            with utils.autocast(device, bf16):
+                logits[batch["index"].cpu()] = model(batch).float().cpu()
+    return logits
+
+
+def predict_split(run_dir, split: str = "test", device=None) -> dict:
+    """predictions.json content (docs/FORMATS.md) for every segment of the split's dialogs,
+    labelled or not: id, dialog, start, end, speaker, text, label (str or None), pred, probs.
+    Frozen runs read (or fill) the same feature cache as training (utils.cached_embeddings)."""
+    from transformers import AutoFeatureExtractor, AutoTokenizer
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, config = load_run(run_dir, device)
+    dialogs = config["split"][split]
+    cache_dir = Path(config["work"]) / config["pipe"] / config["variant"] / "cache"
+    paths = [cache_dir / f"{d}.pt" for d in dialogs]
+    do_norm = getattr(AutoFeatureExtractor.from_pretrained(config["audio_model"]), "do_normalize", True)
+    dataset = utils.SegmentDataset(paths, labelled_only=False, max_audio_seconds=config["max_audio_seconds"],
+                                   do_normalize=do_norm)
+    tokenizer = AutoTokenizer.from_pretrained(config["text_model"]) if model.modality != "audio" else None
+    collator = utils.Collator(tokenizer, config["max_text_tokens"])
+    bf16 = bool(config.get("bf16")) and device.type == "cuda"
+    if config["mode"] == "frozen":
+        feats = utils.cached_embeddings(model, dataset, collator, config["feature_dirs"], cache_dir,
+                                        config["batch_size"], device, bf16)
+        with torch.no_grad():
+            z_t = feats["text"].to(device) if feats["text"] is not None else None
+            z_a = feats["audio"].to(device) if feats["audio"] is not None else None
+            logits = model.classify(z_t, z_a).float().cpu()
+    else:
+        logits = run_dataset(model, dataset, collator, config["batch_size"], device, bf16)
+    probs = logits.softmax(-1)
+    segments = []
+    for seg, p in zip(dataset.segments, probs):
+        segments.append({"id": seg["id"], "dialog": seg["dialog"], "start": seg["start"], "end": seg["end"],
+                         "speaker": seg["speaker"], "text": seg["text"],
+                         "label": LABELS[seg["label"]] if seg["label"] >= 0 else None,
+                         "pred": LABELS[int(p.argmax())], "probs": {lab: float(v) for lab, v in zip(LABELS, p)}})
+    return {"run": Path(run_dir).name, "split": split, "segments": segments}
 
 
 if __name__ == "__main__":

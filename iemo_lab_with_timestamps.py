@@ -35,7 +35,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from utils import CODE_TO_LABEL, IEMOCAP_CODES, LABELS, PipelineError, atomic_write_json, session_of
+from utils import (CODE_TO_LABEL, IEMOCAP_CODES, LABELS, TRANSCRIPT_RE, PipelineError, atomic_write_json,
+                   read_text_lines, session_of)
 
 # Facts of the real corpus (IEMOCAP_full_release, as used by the standard 4-class protocol): the subset
 # (5,531 utterances, exc merged into hap), all labelled utterances (any code), the dialogs per
@@ -66,37 +67,11 @@ UTT_SUFFIX_RE = re.compile(r"^([FM])(\d+|XX\d*)$")
 NUM = r"(\d+(?:\.\d*)?)"
 # "[6.2901 - 8.2357]<TAB>Ses01F_impro01_F000<TAB>neu<TAB>[2.5000, 2.5000, 2.5000]"
 EMO_HEADER_RE = re.compile(r"^\[" + NUM + r" - " + NUM + r"\]\t(\S+)\t(\S+)\t\[([^\]]*)\]$")
-# "Ses01F_impro01_F000 [006.2901-008.2357]: Excuse me."
-TRANSCRIPT_RE = re.compile(r"^(Ses\S+) \[" + NUM + r"-" + NUM + r"\]:(.*)$")
 
 
 # ---------------------------------------------------------------------------------------------
 # Reading files
 # ---------------------------------------------------------------------------------------------
-
-def read_text_lines(path, decode_log: Counter | None = None) -> list[str]:
-    """Lines of a corpus text file without line ends.
-
-    UTF-8 first, then cp1252, then latin-1 (never fails). Splits on "\\n" only: str.splitlines
-    would also split on characters such as U+0085 that a latin-1 decode can produce.
-    """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise PipelineError(f"{path}: cannot read file: {e}") from e
-    for encoding in ("utf-8", "cp1252", "latin-1"):
-        try:
-            text = data.decode(encoding)
-            break
-        except UnicodeDecodeError:
-            continue
-    if decode_log is not None:
-        decode_log[encoding] += 1
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    return [line.rstrip("\r") for line in text.split("\n")]
-
 
 def _split_utterance_id(utt_id: str, dialog: str, where: str) -> tuple[str, bool]:
     """-> (speaker letter, is_xx). The id must be '<dialog>_<F|M><index>'."""
@@ -185,48 +160,6 @@ def parse_transcriptions(path, decode_log: Counter | None = None) -> tuple[dict,
             raise PipelineError(f"{where}: duplicate utterance {utt_id}")
         utterances[utt_id] = {"start": float(m.group(2)), "end": float(m.group(3)), "text": m.group(4).strip()}
     return utterances, skipped
-
-
-def parse_wdseg(path) -> list[tuple[int, int, int, str]]:
-    """Parse one ForcedAlignment .wdseg (CMU Sphinx-3) -> [(start_frame, end_frame, score, token)].
-
-    Tokens are returned as written (<s>, <sil>, ++BREATHING++, WHAT(2) ...); frames are 10 ms from
-    the start of the utterance wav. Validates the "SFrm EFrm SegAScr Word" header, every row and the
-    "Total score: N" trailer.
-    """
-    path = Path(path)
-    lines = read_text_lines(path)
-    rows, state, last = [], "header", 0  # header -> rows -> done; last: the last non-blank line
-    for n, line in enumerate(lines, 1):
-        fields = line.split()
-        if not fields:
-            continue
-        last = n
-        where = f"{path}:{n}"
-        if state == "header":
-            if fields != ["SFrm", "EFrm", "SegAScr", "Word"]:
-                raise PipelineError(f"{where}: expected the header 'SFrm EFrm SegAScr Word', got {line!r}")
-            state = "rows"
-        elif state == "rows" and fields[:2] == ["Total", "score:"]:
-            if len(fields) != 3 or not re.fullmatch(r"-?\d+", fields[2]):
-                raise PipelineError(f"{where}: expected 'Total score: <integer>', got {line!r}")
-            state = "done"
-        elif state == "rows":
-            if len(fields) != 4 or not all(re.fullmatch(r"-?\d+", f) for f in fields[:3]):
-                raise PipelineError(f"{where}: expected '<start frame> <end frame> <score> <word>', got {line!r}")
-            start, end, score = int(fields[0]), int(fields[1]), int(fields[2])
-            if not 0 <= start <= end:
-                raise PipelineError(f"{where}: expected 0 <= start frame <= end frame, got {start} {end}")
-            rows.append((start, end, score, fields[3]))
-        else:
-            raise PipelineError(f"{where}: expected nothing after the 'Total score' line, got {line!r}")
-    if state == "header":
-        raise PipelineError(f"{path}: expected the header 'SFrm EFrm SegAScr Word', got an empty file")
-    if state != "done":
-        raise PipelineError(f"{path}:{last}: expected a 'Total score: N' line after this line, got end of file")
-    if not rows:
-        raise PipelineError(f"{path}: no word rows between the header and the 'Total score' line")
-    return rows
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,11 @@ For every dialog of WORK/labels.json (step 1) this writes, under WORK/<pipe>/ (d
   asr/<dialog>.json          WhisperX's result shape {"segments": [{"start", "end", "text", "words":
                              [{"word", "start"?, "end"?, "score"?}]}], "language"}; no speakers
   diarization/<dialog>.rttm  speaker turns under anonymous labels SPEAKER_00, SPEAKER_01, ... numbered
-                             in order of first speech
+                             in order of first speech; turns of different speakers may overlap
+  diarization_exclusive/<dialog>.rttm  the same turns without overlap (one speaker at a time, same
+                             labels): pyannote 4's "exclusive" diarization, made for attributing ASR
+                             words; the offline backends derive it (see exclusive_turns). align.py
+                             --diarization {overlap,exclusive} picks which one step 3 uses.
   manifest.json              the config, each dialog's status (done / failed + error) and statistics,
                              and a summary (words, segments, speakers, durations, measured error rates)
 
@@ -14,9 +18,16 @@ Backends (--backend), one code path for the real corpus and models and for the e
              authors' VAD onset 0.4, batch 8, float16 on GPU) with the pyannote VAD bundled in
              WhisperX, word timestamps from WhisperX's forced alignment (whisperx.load_align_model +
              whisperx.align), and pyannote speaker diarization (paper: pyannote 3.1, two speakers per
-             dialog) through whisperx.diarize.DiarizationPipeline. Each model is a hub name or a local
-             directory (--asr-model, --align-model, --diar-model); the hub token is read from the
-             HF_TOKEN environment variable only. Each dialog wav is decoded once with soundfile
+             dialog), called as whisperx.diarize.DiarizationPipeline calls it, keeping also the
+             exclusive diarization pyannote 4 returns. Each model is a hub name or a local directory
+             (--asr-model, --align-model, --diar-model; --model-dir DIR reads hub names from a local
+             mirror DIR/<org>/<name>, what --download-models DIR writes); the hub token is read from
+             the HF_TOKEN environment variable only. The pyannote pipeline is built from its
+             config.yaml by load_diarization_pipeline, which loads exactly the models the config
+             names (for pyannote/speaker-diarization-3.1: segmentation-3.0 and
+             wespeaker-voxceleb-resnet34-LM) and a PLDA only for VBx clustering: pyannote.audio 4's
+             own loader also fetches the PLDA of pyannote/speaker-diarization-community-1 for every
+             pipeline, 3.1 included. Each dialog wav is decoded once with soundfile
              (utils.load_audio mixes IEMOCAP's two stereo channels down to mono, so both actors are
              heard) and handed to WhisperX and pyannote as an array: no ffmpeg program is needed.
              Models are loaded once per run.
@@ -55,10 +66,30 @@ skipped (--overwrite redoes it). Outputs and manifest are written atomically, th
 every dialog. A dialog that fails is recorded with its error in the manifest, listed at the end,
 and makes the exit status 1; the other dialogs still run.
 
+Sharding: --shard K/N processes every N-th dialog (sorted by name) from the K-th, so N processes,
+GPUs or nodes share the step (torchrun sets RANK and WORLD_SIZE, which pick the shard when --shard
+is not given; with several GPUs each process uses cuda:LOCAL_RANK). Each shard writes its own
+manifest part, manifest.parts/shard-K-of-N.json, after every dialog and merges all parts into
+manifest.json under a file lock when it ends, so shards never clobber each other; outputs per
+dialog do not depend on the sharding. An unsharded run merges the parts and removes them.
+
+Before hours of compute: --check runs the preflight (labels and audio, the models of the backend
+with their hub access, CUDA, disk, a time estimate) writing nothing, one line per item, exit
+status 1 on any problem. --download-models DIR copies exactly the models the run needs into DIR
+(huggingface_hub.snapshot_download, file patterns limited to what loads) for a machine without
+internet, and writes DIR/models.json; then pass --model-dir DIR.
+
+Security: pyannote loads its checkpoints with torch.load(weights_only=False), which can run code
+stored in the file. A local --diar-model folder (and a --model-dir mirror) must come from a source
+you trust, as much as a program you run.
+
 Usage:
   python preprocess.py --backend whisperx                 # WORK/whisperx, the paper's standard pipeline
   python preprocess.py --backend whisperx --vad oracle    # WORK/whisperx-vadoracle
   python preprocess.py --backend oracle | simulated       # offline
+  python preprocess.py --check                            # preflight of the run above, writes nothing
+  python preprocess.py --download-models models/          # then: --model-dir models/ on the offline node
+  torchrun --nproc_per_node 4 preprocess.py --backend whisperx   # 4 GPUs, one shard each
 """
 from __future__ import annotations
 
@@ -76,11 +107,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from iemo_lab_with_timestamps import TRANSCRIPT_RE, parse_wdseg, read_text_lines  # step 1's corpus readers
-from utils import (PipelineError, SAMPLE_RATE, atomic_write_json, code_version, load_audio, load_labels,
+from utils import TRANSCRIPT_RE, parse_wdseg, read_text_lines  # IEMOCAP text readers, shared with step 1
+import utils
+from utils import (CheckItem, PipelineError, SAMPLE_RATE, atomic_write_json, code_version, load_audio, load_labels,
                    read_json, write_rttm)
 
 BACKENDS = ("whisperx", "oracle", "simulated")
+DIARIZATION_DIRS = {"overlap": "diarization", "exclusive": "diarization_exclusive"}  # the two RTTM folders
+PARTS_DIR = "manifest.parts"  # per-shard manifest parts
 MAX_CHUNK_S = 30.0  # Whisper's input window: longer reference utterances are cut into pieces
 
 
@@ -102,13 +136,41 @@ def parse_args(argv=None):
     p.add_argument("--dialogs", nargs="+", default=None, help="only these dialogs (names or globs)")
     p.add_argument("--sessions", nargs="+", type=int, default=None, help="only these sessions")
     p.add_argument("--overwrite", action="store_true", help="redo dialogs already done")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="process every N-th dialog from the K-th (0 <= K < N); default: RANK/WORLD_SIZE "
+                        "when torchrun sets them, else all dialogs (see Sharding above)")
+    p.add_argument("--check", action="store_true",
+                   help="preflight only: check labels, audio, models (hub access), CUDA and disk, estimate "
+                        "the time; write nothing; exit status 1 on any problem")
+    p.add_argument("--download-models", metavar="DIR", default=None,
+                   help="copy the models of this run (--asr-model, --align-model, --diar-model and the models "
+                        "the pipeline names) from the hub into DIR/<org>/<name>, write DIR/models.json, and stop")
 
     w = p.add_argument_group("whisperx backend")
     w.add_argument("--asr-model", default="large-v2", help="Whisper name or CTranslate2 folder (default: %(default)s)")
     w.add_argument("--align-model", default=None,
                    help="wav2vec2 CTC alignment model, name or folder (default: WhisperX's English default)")
     w.add_argument("--diar-model", default="pyannote/speaker-diarization-3.1",
-                   help="pyannote pipeline, name or folder (default: %(default)s)")
+                   help="pyannote pipeline, hub name or folder (default: %(default)s, the paper's; "
+                        "pyannote/speaker-diarization-community-1 is pyannote 4's). SECURITY: pyannote loads "
+                        "checkpoints with torch.load(weights_only=False), which can run code: use only "
+                        "folders from a source you trust")
+    w.add_argument("--model-dir", default=None,
+                   help="local mirror of hub repositories, DIR/<org>/<name> (what --download-models DIR writes): "
+                        "every hub name, also those a pipeline config names, is read from there when present "
+                        "(and DIR/torchaudio, DIR/nltk_data are used for the default alignment model and NLTK)")
+    w.add_argument("--align-model-dir", default=None,
+                   help="whisperx.load_align_model's model_dir: where the alignment model is cached or "
+                        "downloaded (the torchaudio checkpoint of the default English model, or the hub cache "
+                        "of a named one; default: torch's and huggingface's own caches)")
+    w.add_argument("--cache-only", action="store_true",
+                   help="never download: whisperx.load_model(local_files_only=True), "
+                        "load_align_model(model_cache_only=True), hub files of the pipeline from the local "
+                        "cache only; a missing model is an error naming it")
+    w.add_argument("--embedding-batch-size", type=int, default=None,
+                   help="pyannote speaker-embedding batch size (default: the pipeline config's, 32 for 3.1)")
+    w.add_argument("--segmentation-batch-size", type=int, default=None,
+                   help="pyannote segmentation batch size (default: the pipeline config's, 32 for 3.1)")
     w.add_argument("--device", default="auto", help="auto (cuda if available), cuda or cpu")
     w.add_argument("--compute-type", default="auto", help="auto: float16 on GPU, float32 on CPU")
     w.add_argument("--batch-size", type=int, default=8, help="ASR batch size (default: %(default)s, as the authors)")
@@ -134,6 +196,13 @@ def parse_args(argv=None):
             p.error(f"--sim-{name.replace('_', '-')} must be " + ("in [0, 1]" if is_rate else ">= 0") + f", got {value}")
     if args.vad == "oracle" and args.backend != "whisperx":
         p.error("--vad oracle applies to the whisperx backend only (the oracle backend is oracle throughout)")
+    for flag in ("embedding_batch_size", "segmentation_batch_size"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1")
+    try:
+        args.shard_index, args.shard_count = utils.parse_shard(args.shard)
+    except PipelineError as e:
+        p.error(str(e))
     return args
 
 
@@ -148,7 +217,9 @@ def device_and_compute_type(args) -> tuple[str, str]:
     device = args.device
     if device == "auto":
         import torch
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cpu"
+        if torch.cuda.is_available():  # under torchrun, one GPU per process
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
     compute_type = args.compute_type
     if compute_type == "auto":
         compute_type = "float16" if device.startswith("cuda") else "float32"
@@ -166,6 +237,9 @@ def run_config(args) -> dict:
                       beam_size=args.beam_size, num_speakers=args.num_speakers, asr_max_length=args.asr_max_length)
         if args.vad == "auto":
             config.update(vad_onset=args.vad_onset, vad_offset=args.vad_offset)
+        for flag in ("embedding_batch_size", "segmentation_batch_size"):  # recorded only when changed
+            if getattr(args, flag) is not None:
+                config[flag] = getattr(args, flag)
     if args.backend == "simulated":
         config["seed"] = args.seed
         config["sim"] = {k: getattr(args, "sim_" + k) for k in SIM_DEFAULTS}
@@ -282,12 +356,42 @@ def reference_turns(utterances: list[dict]) -> list[tuple[float, float, str]]:
     return [(u["start"], u["end"], u["speaker"]) for u in utterances if u["end"] > u["start"]]
 
 
-def anonymise(turns) -> list[tuple[float, float, str]]:
-    """Relabel speakers SPEAKER_00, SPEAKER_01, ... in order of first speech (labels carry no identity)."""
-    names = {}
+def anonymise(turns, names: dict | None = None) -> list[tuple[float, float, str]]:
+    """Relabel speakers SPEAKER_00, SPEAKER_01, ... in order of first speech (labels carry no identity).
+
+    `names` (filled in place) maps original labels to anonymous ones: pass the dict used for the
+    overlapping turns when relabelling the exclusive turns of the same dialog, so both agree.
+    """
+    names = {} if names is None else names
     for _, _, spk in sorted(turns):
         names.setdefault(spk, f"SPEAKER_{len(names):02d}")
     return sorted((s, e, names[spk]) for s, e, spk in turns)
+
+
+def exclusive_turns(turns) -> list[tuple[float, float, str]]:
+    """Turns that may overlap -> turns that do not (one speaker at any instant), for the backends
+    whose diarization has no exclusive version of its own (oracle, simulated).
+
+    pyannote 4 makes its exclusive diarization by keeping, in each frame, the most active speaker.
+    Without activations the rule here is: every instant covered by several turns goes to the turn
+    that started last (the newest speaker holds the floor; ties: the shorter turn, then the label),
+    and the turn it interrupted resumes after it if it lasts longer. Pieces of one turn that touch
+    are joined. Speech time is kept (the union of the turns does not change) and turns that do not
+    overlap come out unchanged.
+    """
+    turns = sorted(turns)
+    bounds = sorted({t for s, e, _ in turns for t in (s, e)})
+    pieces = []  # [start, end, turn index]
+    for a, b in zip(bounds, bounds[1:]):
+        active = [i for i, (s, e, _) in enumerate(turns) if s <= a and e >= b]
+        if not active:
+            continue
+        i = min(active, key=lambda j: (-turns[j][0], turns[j][1] - turns[j][0], turns[j][2]))
+        if pieces and pieces[-1][2] == i and pieces[-1][1] == a:
+            pieces[-1][1] = b
+        else:
+            pieces.append([a, b, i])
+    return [(s, e, turns[i][2]) for s, e, i in pieces]
 
 
 def asr_result(dialog: str, backend: str, segments: list[dict]) -> dict:
@@ -492,31 +596,247 @@ def simulated_backend(dialog, utterances, ref_words, sim: dict, seed: int, durat
 # The real front end: WhisperX + pyannote
 # ---------------------------------------------------------------------------------------------
 
+# The paper's models and what their loaders open. A size such as "large-v2" is faster-whisper's
+# name for a hub repository of a CTranslate2 model (faster_whisper.utils._MODELS); WhisperX's
+# default English alignment model is a torchaudio bundle, fetched from download.pytorch.org into
+# torch's hub cache (whisperx.alignment.DEFAULT_ALIGN_MODELS_TORCH["en"]; a test checks both).
+DEFAULT_ALIGN_MODEL = "WAV2VEC2_ASR_BASE_960H"
+WHISPER_REPOS = {"large-v2": "Systran/faster-whisper-large-v2"}  # used when faster_whisper is absent
+WHISPER_FILES = ("config.json", "preprocessor_config.json", "model.bin", "tokenizer.json", "vocabulary.*")
+WHISPER_REQUIRED = ("model.bin", "config.json", "tokenizer.json")  # without tokenizer.json faster-whisper goes online
+ALIGN_REQUIRED = ("config.json", "preprocessor_config.json", "vocab.json", "|".join(utils.TRANSFORMERS_WEIGHTS))
+PLDA_FILES = ("xvec_transform.npz", "plda.npz")
+# The models a hub pipeline's config names, for the preflight, which does not download the config.
+KNOWN_PIPELINE_MODELS = {
+    "pyannote/speaker-diarization-3.1": {"segmentation": "pyannote/segmentation-3.0",
+                                         "embedding": "pyannote/wespeaker-voxceleb-resnet34-LM"},
+    "pyannote/speaker-diarization-community-1": {},  # segmentation, embedding, plda are its own subfolders
+}
+
+
+def whisper_repo(name: str) -> str | None:
+    """A faster-whisper size ('large-v2') or a hub id -> the hub repository of the CTranslate2 model."""
+    try:
+        from faster_whisper.utils import _MODELS
+    except ImportError:
+        _MODELS = WHISPER_REPOS
+    return _MODELS.get(name) or (name if utils.HUB_NAME_RE.fullmatch(name) else None)
+
+
+def asr_source(args) -> tuple[Path | None, str | None]:
+    """--asr-model -> (local folder, None) or (None, hub repository). A name that is neither an
+    existing folder, a mirrored repository nor a hub name comes back as a (missing) folder."""
+    local = utils.local_model_path(args.asr_model, args.model_dir)
+    if local is not None:
+        return local, None
+    repo = whisper_repo(args.asr_model)
+    if repo is None:
+        return Path(args.asr_model), None
+    mirrored = utils.local_model_path(repo, args.model_dir)
+    return (mirrored, None) if mirrored is not None else (None, repo)
+
+
+def torchaudio_checkpoint(bundle: str) -> tuple[str, str] | None:
+    """A torchaudio pipeline name -> (checkpoint file name, download URL), else None."""
+    import torchaudio
+
+    obj = getattr(torchaudio.pipelines, bundle, None) if bundle.isupper() else None
+    path = getattr(obj, "_path", None)
+    if not path:
+        return None
+    return Path(path).name, path if path.startswith("https") else f"https://download.pytorch.org/torchaudio/models/{path}"
+
+
+def align_source(args) -> dict:
+    """--align-model / --align-model-dir / --model-dir -> how whisperx.load_align_model gets it:
+    {"kind": "torchaudio" | "local" | "hub", "name": what to pass as model_name, "model_dir": its
+    model_dir, "file": the torchaudio checkpoint path (torchaudio only)}."""
+    name = args.align_model or DEFAULT_ALIGN_MODEL
+    checkpoint = torchaudio_checkpoint(name)
+    if checkpoint is not None:
+        model_dir = args.align_model_dir
+        if model_dir is None and args.model_dir and (Path(args.model_dir) / "torchaudio").is_dir():
+            model_dir = str(Path(args.model_dir) / "torchaudio")
+        if model_dir is None:
+            import torch
+            folder = Path(torch.hub.get_dir()) / "checkpoints"
+        else:
+            folder = Path(model_dir)
+        return {"kind": "torchaudio", "name": name, "model_dir": model_dir, "file": folder / checkpoint[0],
+                "url": checkpoint[1]}
+    local = utils.local_model_path(name, args.model_dir)
+    if local is not None or not utils.is_hub_name(name):
+        return {"kind": "local", "name": str(local or name), "model_dir": None}
+    return {"kind": "hub", "name": name, "model_dir": args.align_model_dir}
+
+
+def token_kwargs(function, token) -> dict:
+    """The hub token under the keyword `function` takes: whisperx 3.8 calls it `token` in
+    DiarizationPipeline and the VAD, but still `use_auth_token` in whisperx.asr.load_model. Give
+    the function itself: whisperx.load_model is a lazy (*args, **kwargs) wrapper of it."""
+    import inspect
+
+    parameters = inspect.signature(function).parameters
+    return next(({key: token} for key in ("token", "use_auth_token") if key in parameters), {})
+
+
+def _pipeline_file(ref: str, filename: str, subfolder, *, model_dir, token, cache_only, cache_dir, loaded) -> Path:
+    """One file a diarization pipeline needs: from a local folder (or the --model-dir mirror) when
+    `ref` is one, else from the hub (or its local cache) with huggingface_hub.hf_hub_download."""
+    rel = f"{subfolder}/{filename}" if subfolder else filename
+    local = utils.local_model_path(ref, model_dir)
+    if local is not None:
+        path = local / rel if local.is_dir() else local
+        if not path.is_file():
+            raise PipelineError(f"{path}: not found (the diarization pipeline needs {rel} of {ref})")
+        loaded.append(str(path))
+        return path
+    if not utils.is_hub_name(ref):
+        raise PipelineError(f"{ref}: no such folder (diarization pipeline), and not a hub name org/name")
+    import huggingface_hub
+
+    try:
+        path = huggingface_hub.hf_hub_download(ref, filename, subfolder=subfolder or None, token=token,
+                                               local_files_only=cache_only, cache_dir=cache_dir,
+                                               library_name="pyannote")
+    except Exception as e:
+        raise PipelineError(f"{ref}: {rel}: {utils.hub_error_message(ref, e, token)}") from e
+    loaded.append(f"{ref}/{rel}")
+    return Path(path)
+
+
+def _model_reference(params: dict, key: str, pipeline: str, config_path) -> tuple[str, str | None]:
+    """pipeline.params[key] of a pyannote config -> (repository or folder, subfolder or None)."""
+    ref = params.get(key)
+    if ref is None:  # pyannote would silently fall back on community-1's model
+        raise PipelineError(f"{config_path}: pipeline.params.{key} is missing")
+    if not isinstance(ref, str):
+        raise PipelineError(f"{config_path}: pipeline.params.{key}: expected a name, a path or $model/<subfolder>, "
+                            f"got {ref!r}")
+    if ref.startswith("$model/"):
+        sub = ref[len("$model/"):]
+        if "@" in sub:
+            raise PipelineError(f"{config_path}: pipeline.params.{key}: revisions ({ref}) are not supported")
+        return pipeline, sub
+    return ref, None
+
+
+def load_diarization_pipeline(name: str, *, model_dir=None, token=None, cache_only: bool = False, cache_dir=None,
+                              embedding_batch_size=None, segmentation_batch_size=None, device=None):
+    """A pyannote SpeakerDiarization pipeline, loading exactly the files its config names -> (pipeline, files).
+
+    name: a hub pipeline (pyannote/speaker-diarization-3.1, ...-community-1) or a local folder with
+    its config.yaml; hub names are read from the model_dir mirror when there. The config's
+    segmentation and embedding are hub names (3.1: pyannote/segmentation-3.0,
+    pyannote/wespeaker-voxceleb-resnet34-LM) or $model/<subfolder> of the pipeline itself
+    (community-1); each is resolved here to a local file, then the pipeline is built from the
+    config by pyannote (Pipeline.from_pretrained of the resolved config dict), so pyannote itself
+    never touches the hub. Why not Pipeline.from_pretrained(name): pyannote.audio 4.0's
+    SpeakerDiarization.__init__ always loads a PLDA, by default community-1's, also for a pipeline
+    whose clustering needs none (3.1: AgglomerativeClustering); here the PLDA is loaded only for
+    VBxClustering (from the config's plda entry), and other clusterings get a stand-in that is
+    never called. files: what was read (local paths, or repo/file for the hub).
+    SECURITY: pyannote loads checkpoints with torch.load(weights_only=False): trust the source.
+    """
+    import yaml
+    from pyannote.audio import Pipeline
+    from pyannote.audio.core.plda import PLDA
+
+    class NoPLDA(PLDA):
+        """Stands in for the PLDA of a pipeline whose clustering uses none."""
+
+        def __init__(self, clustering):
+            self.clustering, self.lda_dimension = clustering, 0
+
+        def __call__(self, embeddings):
+            raise RuntimeError(f"{self.clustering} uses no PLDA")
+
+    if Path(name).is_file():  # a config.yaml given directly: its folder is the pipeline
+        name = str(Path(name).parent)
+    loaded = []
+    where = dict(model_dir=model_dir, token=token, cache_only=cache_only, cache_dir=cache_dir, loaded=loaded)
+    config_path = _pipeline_file(name, "config.yaml", None, **where)
+    try:
+        config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+        params = config["pipeline"].setdefault("params", {})
+        config["pipeline"]["name"]
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError) as e:
+        raise PipelineError(f"{config_path}: not a pyannote pipeline config ({type(e).__name__}: {e})") from e
+    for key in ("segmentation", "embedding"):
+        ref, sub = _model_reference(params, key, name, config_path)
+        params[key] = {"checkpoint": str(_pipeline_file(ref, "pytorch_model.bin", sub, **where))}
+    clustering = params.get("clustering", "VBxClustering")
+    if clustering == "VBxClustering":
+        ref, sub = _model_reference(params, "plda", name, config_path)
+        params["plda"] = PLDA(*(_pipeline_file(ref, f, sub, **where) for f in PLDA_FILES))
+    else:
+        params["plda"] = NoPLDA(clustering)
+    if embedding_batch_size:
+        params["embedding_batch_size"] = embedding_batch_size
+    if segmentation_batch_size:
+        params["segmentation_batch_size"] = segmentation_batch_size
+    params["token"], params["cache_dir"] = None, None  # every file is local by now
+    left = [k for k, v in params.items() if isinstance(v, str) and v.startswith("$model/")]
+    if left:
+        raise PipelineError(f"{config_path}: pipeline.params {left}: $model/ references are supported for "
+                            "segmentation, embedding and plda only")
+    pipeline = Pipeline.from_pretrained(config)
+    if device is not None:
+        import torch
+        pipeline.to(torch.device(device))
+    return pipeline, loaded
+
+
+def annotation_turns(annotation, duration: float) -> list[tuple[float, float, str]]:
+    """pyannote Annotation -> [(start, end, label)], clipped to the audio: pyannote's last sliding
+    window is padded, so a turn can end after the audio does."""
+    turns = [(max(float(seg.start), 0.0), min(float(seg.end), duration), str(label))
+             for seg, _, label in annotation.itertracks(yield_label=True)]
+    return [t for t in turns if t[1] > t[0]]
+
+
 class WhisperX:
     """WhisperX ASR + alignment + pyannote diarization, models loaded once."""
 
     def __init__(self, args):
         import whisperx
-        from whisperx.diarize import DiarizationPipeline
 
-        if args.nltk_data:  # whisperx.align loads NLTK's punkt_tab; a local copy avoids the download
+        nltk_data = args.nltk_data
+        if nltk_data is None and args.model_dir and (Path(args.model_dir) / "nltk_data").is_dir():
+            nltk_data = Path(args.model_dir) / "nltk_data"
+        if nltk_data:  # whisperx.align loads NLTK's punkt_tab; a local copy avoids the download
             import nltk
-            nltk.data.path.insert(0, str(Path(args.nltk_data).resolve()))
+            nltk.data.path.insert(0, str(Path(nltk_data).resolve()))
         self.whisperx = whisperx
         self.device, self.compute_type = device_and_compute_type(args)
         self.vad, self.batch_size, self.num_speakers = args.vad, args.batch_size, args.num_speakers
-        token = os.environ.get("HF_TOKEN") or None  # never printed
-        print(f"loading models on {self.device} ({self.compute_type}): ASR {args.asr_model}, "
-              f"alignment {args.align_model or 'WhisperX default (en)'}, diarization {args.diar_model}")
-        self.asr = whisperx.load_model(
-            args.asr_model, self.device, compute_type=self.compute_type, language="en", vad_method="pyannote",
+        token = utils.hub_token()  # never printed
+        asr_path, asr_repo = asr_source(args)
+        align = align_source(args)
+        print(f"loading models on {self.device} ({self.compute_type}): ASR {asr_path or asr_repo}, "
+              f"alignment {align['name']}, diarization {args.diar_model}"
+              + (" (cache only)" if args.cache_only else ""))
+        device_type, _, index = self.device.partition(":")  # ctranslate2 takes the GPU index apart
+        from whisperx.asr import load_model  # what whisperx.load_model calls
+        self.asr = load_model(
+            str(asr_path) if asr_path else args.asr_model, device_type, device_index=int(index or 0),
+            compute_type=self.compute_type, language="en", vad_method="pyannote",
             vad_options={"vad_onset": args.vad_onset, "vad_offset": args.vad_offset},
-            asr_options={"beam_size": args.beam_size}, threads=args.threads, use_auth_token=token)
+            asr_options={"beam_size": args.beam_size}, threads=args.threads, local_files_only=args.cache_only,
+            **token_kwargs(load_model, token))
         if args.asr_max_length:
             self.asr.model.max_length = args.asr_max_length
+        if align["kind"] == "torchaudio" and args.cache_only and not align["file"].is_file():
+            raise PipelineError(f"{align['file']}: the alignment model {align['name']} is not there and --cache-only "
+                                f"forbids downloading it; copy it with --download-models DIR and pass --model-dir DIR")
         self.align_model, self.align_meta = whisperx.load_align_model(
-            language_code="en", device=self.device, model_name=args.align_model)
-        self.diarizer = DiarizationPipeline(model_name=args.diar_model, token=token, device=self.device)
+            language_code="en", device=self.device, model_name=align["name"], model_dir=align["model_dir"],
+            model_cache_only=args.cache_only)
+        self.diarizer, files = load_diarization_pipeline(
+            args.diar_model, model_dir=args.model_dir, token=token, cache_only=args.cache_only,
+            embedding_batch_size=args.embedding_batch_size, segmentation_batch_size=args.segmentation_batch_size,
+            device=self.device)
+        print(f"diarization pipeline read {len(files)} files: " + ", ".join(files))
 
     def transcribe(self, audio: np.ndarray, utterances: list[dict]) -> list[dict]:
         """Unaligned segments [{"start", "end", "text"}], from WhisperX's VAD or the reference utterances."""
@@ -541,15 +861,19 @@ class WhisperX:
         return segments
 
     def __call__(self, dialog, utterances, audio):
+        import torch
+
         segments = self.transcribe(audio, utterances)
         aligned = self.whisperx.align(segments, self.align_model, self.align_meta, audio, self.device,
                                       return_char_alignments=False)
-        diarization = self.diarizer(audio, num_speakers=self.num_speakers)
-        # pyannote's last sliding window is padded, so a turn can end after the audio does: clip.
+        # The pipeline is called as whisperx.diarize.DiarizationPipeline calls it, keeping both outputs.
+        output = self.diarizer({"waveform": torch.from_numpy(audio[None, :]), "sample_rate": SAMPLE_RATE},
+                               num_speakers=self.num_speakers)
         duration = len(audio) / SAMPLE_RATE
-        turns = [(max(float(r.start), 0.0), min(float(r.end), duration), str(r.speaker))
-                 for r in diarization.itertuples()]
-        turns = [t for t in turns if t[1] > t[0]]
+        names = {}  # one anonymous labelling for both versions
+        turns = anonymise(annotation_turns(getattr(output, "speaker_diarization", output), duration), names)
+        exclusive = getattr(output, "exclusive_speaker_diarization", None)  # absent for legacy pipelines
+        exclusive = anonymise(annotation_turns(exclusive, duration), names) if exclusive is not None else None
         out = [clean_segment(s) for s in aligned["segments"]]
         # A segment with no time at all (nothing aligned, no timed word) cannot be placed: dropped, counted.
         untimed = [s for s in out if s["start"] is None]
@@ -558,7 +882,7 @@ class WhisperX:
                  "dropped_untimed_segments": len(untimed),
                  "dropped_untimed_words": sum(len(s["words"]) for s in untimed)}
         return asr_result(dialog, "whisperx" if self.vad == "auto" else "whisperx-vadoracle", out), \
-            anonymise(turns), stats
+            turns, stats, exclusive
 
 
 def _number(x):
@@ -607,9 +931,6 @@ def edit_distance(ref: list[str], hyp: list[str]) -> int:
 
 def measure(asr: dict, turns, ref_words: list[dict], ref_turns) -> dict:
     """WER vs the oracle words, untimed words, and DER components vs the reference turns."""
-    from pyannote.core import Annotation, Segment, Timeline
-    from pyannote.metrics.diarization import DiarizationErrorRate
-
     # Both sides in reading order: reference words utterance by utterance (utterances in time order),
     # hypothesis words segment by segment (segments in time order). The oracle then scores exactly 0.
     hyp_words = [w for seg in sorted(asr["segments"], key=lambda seg: seg["start"]) for w in seg["words"]]
@@ -617,16 +938,25 @@ def measure(asr: dict, turns, ref_words: list[dict], ref_turns) -> dict:
     hyp = [t for t in (normalise_for_wer(w["word"]) for w in hyp_words) if t]
     stats = {"ref_words": len(ref), "hyp_words": len(hyp_words), "word_errors": edit_distance(ref, hyp),
              "untimed_words": sum(1 for w in hyp_words if "start" not in w or "end" not in w)}
+    if ref_turns:
+        stats["der"] = der_parts(turns, ref_turns)
+    return stats
+
+
+def der_parts(turns, ref_turns) -> dict:
+    """DER components (seconds) of turns vs the reference turns: no collar, overlap scored, over the
+    extent of the reference."""
+    from pyannote.core import Annotation, Segment, Timeline
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
     reference, hypothesis = Annotation(), Annotation()
     for i, (s, e, spk) in enumerate(ref_turns):
         reference[Segment(s, e), i] = spk
     for i, (s, e, spk) in enumerate(turns):
         hypothesis[Segment(s, e), i] = spk
-    if ref_turns:
-        uem = Timeline([Segment(min(t[0] for t in ref_turns), max(t[1] for t in ref_turns))])
-        parts = DiarizationErrorRate(collar=0.0, skip_overlap=False)(reference, hypothesis, uem=uem, detailed=True)
-        stats["der"] = {k: round(float(parts[k]), 4) for k in ("total", "missed detection", "false alarm", "confusion")}
-    return stats
+    uem = Timeline([Segment(min(t[0] for t in ref_turns), max(t[1] for t in ref_turns))])
+    parts = DiarizationErrorRate(collar=0.0, skip_overlap=False)(reference, hypothesis, uem=uem, detailed=True)
+    return {k: round(float(parts[k]), 4) for k in ("total", "missed detection", "false alarm", "confusion")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -653,10 +983,11 @@ def run_dialog(dialog: str, entry: dict, corpus: Path, out: Path, args, backend)
     utterances, counts = dialog_utterances(corpus, dialog, entry)
     ref_words, no_wdseg = reference_words(corpus, utterances)  # for the offline backends and for measuring
     wav = corpus / entry["wav"]
+    exclusive = None
     if args.backend == "whisperx":
         audio = load_audio(wav)  # the only decode of this dialog in this run
         duration = len(audio) / SAMPLE_RATE
-        asr, turns, stats = backend(dialog, utterances, audio)
+        asr, turns, stats, exclusive = backend(dialog, utterances, audio)
     else:
         duration = audio_duration(wav)
         if args.backend == "oracle":
@@ -664,19 +995,32 @@ def run_dialog(dialog: str, entry: dict, corpus: Path, out: Path, args, backend)
         else:
             sim = {k: getattr(args, "sim_" + k) for k in SIM_DEFAULTS}
             asr, turns, stats = simulated_backend(dialog, utterances, ref_words, sim, args.seed, duration)
+    stats["exclusive_from"] = "pyannote" if exclusive is not None else "derived"
+    if exclusive is None:  # the offline backends (and legacy pyannote pipelines): derived, see exclusive_turns
+        exclusive = exclusive_turns(turns)
+    ref_turns = reference_turns(utterances)
     stats.update(counts, utterances_without_wdseg=no_wdseg)
-    stats.update(measure(asr, turns, ref_words, reference_turns(utterances)))
+    stats.update(measure(asr, turns, ref_words, ref_turns))
+    if ref_turns:
+        stats["der_exclusive"] = der_parts(exclusive, ref_turns)
     stats.update(duration=round(duration, 3), segments=len(asr["segments"]), turns=len(turns),
-                 speakers=len({t[2] for t in turns}), speech=round(sum(e - s for s, e, _ in turns), 3))
+                 exclusive_turns=len(exclusive), speakers=len({t[2] for t in turns}),
+                 speech=round(sum(e - s for s, e, _ in turns), 3))
     atomic_write_json(out / "asr" / f"{dialog}.json", asr)
-    write_rttm(out / "diarization" / f"{dialog}.rttm", dialog, turns)
+    write_rttm(out / DIARIZATION_DIRS["overlap"] / f"{dialog}.rttm", dialog, turns)
+    write_rttm(out / DIARIZATION_DIRS["exclusive"] / f"{dialog}.rttm", dialog, exclusive)
     return stats
+
+
+def output_paths(out: Path, dialog: str) -> list[Path]:
+    """The files step 2 writes for one dialog."""
+    return [out / "asr" / f"{dialog}.json"] + [out / d / f"{dialog}.rttm" for d in DIARIZATION_DIRS.values()]
 
 
 def is_done(manifest: dict, dialog: str, key: str, out: Path) -> bool:
     entry = manifest["dialogs"].get(dialog, {})
     return (entry.get("status") == "done" and entry.get("config") == key
-            and (out / "asr" / f"{dialog}.json").is_file() and (out / "diarization" / f"{dialog}.rttm").is_file())
+            and all(p.is_file() for p in output_paths(out, dialog)))
 
 
 def summarise(manifest: dict, names: list[str]) -> dict:
@@ -694,34 +1038,333 @@ def summarise(manifest: dict, names: list[str]) -> dict:
     if done:
         summary["wer"] = round(total("word_errors") / max(total("ref_words"), 1), 4)
         summary["untimed_rate"] = round(total("untimed_words") / max(total("hyp_words"), 1), 4)
-        ders = [s["der"] for s in done if "der" in s]
-        if ders:
-            errors = sum(d["missed detection"] + d["false alarm"] + d["confusion"] for d in ders)
-            summary["der"] = round(errors / max(sum(d["total"] for d in ders), 1e-9), 4)
-            summary["der_parts"] = {k: round(sum(d[k] for d in ders) / max(sum(d["total"] for d in ders), 1e-9), 4)
-                                    for k in ("missed detection", "false alarm", "confusion")}
+        for name in ("der", "der_exclusive"):
+            ders = [s[name] for s in done if name in s]
+            if ders:
+                errors = sum(d["missed detection"] + d["false alarm"] + d["confusion"] for d in ders)
+                summary[name] = round(errors / max(sum(d["total"] for d in ders), 1e-9), 4)
+                summary[name + "_parts"] = {
+                    k: round(sum(d[k] for d in ders) / max(sum(d["total"] for d in ders), 1e-9), 4)
+                    for k in ("missed detection", "false alarm", "confusion")}
     sims = [s["simulated"] for s in done if "simulated" in s]
     if sims:
         summary["simulated"] = {k: sum(s[k] for s in sims) for k in sims[0]}
     return summary
 
 
-def main(argv=None) -> dict:
+# ---------------------------------------------------------------------------------------------
+# Preflight (--check) and offline model copies (--download-models)
+# ---------------------------------------------------------------------------------------------
+
+# FLOPs per second of dialog audio of the paper's models (an ESTIMATE, for the time estimate):
+#   Whisper large-v2 encoder: 2 x 0.64e9 parameters x 1500 frames per 30 s window, plus attention,
+#     ~2.3e12 per window; VAD chunks hold ~25 s of audio each -> ~9e10 per s.
+#   Whisper large-v2 decoder: 2 x 0.9e9 parameters per token x beam 5 x ~3.5 tokens per s -> ~3e10.
+#   wav2vec2-base alignment: 2 x 95e6 parameters x 50 frames per s + ~4e9 convolutional front end.
+#   pyannote segmentation-3.0: SincNet front end and LSTMs over 10 s windows at a 1 s step -> ~7e9.
+#   pyannote WeSpeaker ResNet34 embeddings: ~4.7e9 per embedded second (80 fbank bins, 100 frames
+#     per s), every second embedded 10 times (windows) for each of 3 local speakers -> ~1.4e11.
+STEP2_FLOPS_PER_AUDIO_SECOND = {"whisper encoder": 9e10, "whisper decoder": 3e10, "alignment": 1.4e10,
+                                "segmentation": 7e9, "embedding": 1.4e11}
+OUTPUT_BYTES_PER_AUDIO_SECOND = 1000  # asr json + two RTTMs; measured ~330 B/s on the demo (simulated)
+GPU_GIB_NEEDED = 8  # WhisperX README: large-v2 with beam 5 needs under 8 GB of GPU memory; pyannote adds ~1 GB
+MODEL_BYTES = {  # download sizes, approximate, for the disk check
+    "Systran/faster-whisper-large-v2": 3.1e9, DEFAULT_ALIGN_MODEL: 3.8e8, "pyannote/segmentation-3.0": 6e6,
+    "pyannote/wespeaker-voxceleb-resnet34-LM": 2.7e7, "pyannote/speaker-diarization-community-1": 3.5e7}
+
+
+def read_pipeline_config(path) -> dict:
+    import yaml
+
+    try:
+        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        config["pipeline"]["name"]
+        config["pipeline"].setdefault("params", {})
+        return config
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
+        raise PipelineError(f"{path}: not a pyannote pipeline config ({type(e).__name__}: {e})") from e
+
+
+def pipeline_model_refs(config: dict, name: str, config_path) -> dict:
+    """{"segmentation" | "embedding" | "plda": (repository or folder, subfolder or None, files)} of a
+    pipeline config: what load_diarization_pipeline will read (plda only for VBx clustering)."""
+    params = config["pipeline"]["params"]
+    refs = {key: (*_model_reference(params, key, name, config_path), ("pytorch_model.bin",))
+            for key in ("segmentation", "embedding")}
+    if params.get("clustering", "VBxClustering") == "VBxClustering":
+        refs["plda"] = (*_model_reference(params, "plda", name, config_path), PLDA_FILES)
+    return refs
+
+
+def diarization_checks(args, token, offline: bool) -> list[CheckItem]:
+    """The pipeline (config.yaml) and every model its config names, local or on the hub."""
+    name, items = args.diar_model, []
+    local = utils.local_model_path(name, args.model_dir)
+    if local is None and not utils.is_hub_name(name):
+        return [CheckItem("diarization pipeline", False, f"{name}: not found; copy the pipeline folder there, "
+                          "or give its hub name (pyannote/speaker-diarization-3.1)")]
+    config = config_path = None
+    if local is not None:
+        items.append(utils.check_local_model("diarization pipeline", local, ["config.yaml"]))
+        config_path = local / "config.yaml"
+    else:
+        items.append(utils.check_hub_model("diarization pipeline", name, ["config.yaml"], token, offline=offline))
+        if offline:
+            from huggingface_hub import try_to_load_from_cache
+            cached = try_to_load_from_cache(name, "config.yaml")
+            config_path = Path(cached) if isinstance(cached, str) else None
+    if config_path is not None and config_path.is_file():
+        try:
+            config = read_pipeline_config(config_path)
+            refs = pipeline_model_refs(config, name, config_path)
+        except PipelineError as e:
+            return items + [CheckItem("diarization config", False, str(e))]
+    elif local is None:  # online: the config is not downloaded by a check; the known pipelines' models
+        known = KNOWN_PIPELINE_MODELS.get(name)
+        if known is None:
+            return items + [CheckItem("diarization models", True, f"{name} is not a pipeline this check knows: "
+                                      "the models its config names are checked when it loads")]
+        refs = {key: (repo, None, ("pytorch_model.bin",)) for key, repo in known.items()}
+    else:
+        return items
+    for key, (ref, sub, files) in refs.items():
+        label = f"diarization {key}"
+        if ref == name and sub is not None:  # a subfolder of the pipeline itself
+            if local is not None:
+                items.append(utils.check_local_model(label, local / sub, files))
+            elif offline:
+                items.append(utils.check_hub_model(label, name, [f"{sub}/{f}" for f in files], token, offline=True))
+            continue  # online: the pipeline's own access covers it
+        where = utils.local_model_path(ref, args.model_dir)
+        if where is not None:
+            items.append(utils.check_local_model(label, where, files if where.is_dir() else ()))
+        elif utils.is_hub_name(ref):
+            items.append(utils.check_hub_model(label, ref, files, token, offline=offline))
+        else:
+            items.append(CheckItem(label, False, f"{ref}: not found (named by the diarization pipeline's config)"))
+    return items
+
+
+def nltk_check(args, offline: bool) -> CheckItem:
+    """whisperx.align splits sentences with NLTK's punkt_tab and downloads it when it is missing.
+    Looked up where nltk.data.path looks (NLTK_DATA, then nltk's default folders), without
+    importing nltk (seconds of scipy imports)."""
+    folders = [d for d in (args.nltk_data, args.model_dir and Path(args.model_dir) / "nltk_data") if d]
+    folders += [d for d in os.environ.get("NLTK_DATA", "").split(os.pathsep) if d]
+    folders += [Path.home() / "nltk_data"] + [Path(sys.prefix) / d for d in ("nltk_data", "share/nltk_data",
+                                                                           "lib/nltk_data")]
+    folders += ["/usr/share/nltk_data", "/usr/local/share/nltk_data", "/usr/lib/nltk_data", "/usr/local/lib/nltk_data"]
+    found = next((Path(d) / "tokenizers" / "punkt_tab" / "english" for d in folders
+                  if (Path(d) / "tokenizers" / "punkt_tab" / "english").is_dir()), None)
+    if found is not None:
+        return CheckItem("NLTK punkt_tab", True, str(found))
+    if offline:
+        return CheckItem("NLTK punkt_tab", False, "not found and offline: whisperx.align needs it; pass "
+                         "--nltk-data DIR (--download-models DIR writes DIR/nltk_data)")
+    return CheckItem("NLTK punkt_tab", True, "not found; whisperx downloads it at first use (~40 MB)")
+
+
+def model_checks(args) -> list[CheckItem]:
+    """Each model of the whisperx backend: local folder complete, or hub access (gated: token)."""
+    token, offline = utils.hub_token(), utils.hub_offline() or args.cache_only
+    path, repo = asr_source(args)
+    items = [utils.check_local_model("ASR model", path, WHISPER_REQUIRED) if path is not None
+             else utils.check_hub_model("ASR model", repo, ["model.bin"], token, offline=offline)]
+    align = align_source(args)
+    if align["kind"] == "torchaudio":
+        if align["file"].is_file():
+            items.append(CheckItem("alignment model", True, f"{align['file']} ({align['name']}, local)"))
+        elif offline:
+            items.append(CheckItem("alignment model", False, f"{align['file']}: not found and offline; copy it with "
+                                   "--download-models DIR and pass --model-dir DIR (or --align-model-dir)"))
+        else:
+            items.append(CheckItem("alignment model", True, f"{align['name']} not cached; torchaudio downloads it "
+                                   f"at first use from {align['url']} into {align['file'].parent}"))
+    elif align["kind"] == "local":
+        items.append(utils.check_local_model("alignment model", align["name"], ALIGN_REQUIRED))
+    else:
+        items.append(utils.check_hub_model("alignment model", align["name"], ["config.json"], token,
+                                           cache_dir=align["model_dir"], offline=offline))
+    items += diarization_checks(args, token, offline)
+    items.append(nltk_check(args, offline))
+    return items
+
+
+def planned_download_bytes(args) -> float:
+    """Approximate bytes the whisperx backend downloads at first use (models not on disk)."""
+    if args.backend != "whisperx" or utils.hub_offline() or args.cache_only:
+        return 0.0
+    total = 0.0
+    _, repo = asr_source(args)
+    total += MODEL_BYTES.get(repo, 0.0) if repo else 0.0
+    align = align_source(args)
+    if align["kind"] == "torchaudio" and not align["file"].is_file():
+        total += MODEL_BYTES.get(align["name"], 0.0)
+    if utils.local_model_path(args.diar_model, args.model_dir) is None:
+        total += MODEL_BYTES.get(args.diar_model, 0.0) + sum(
+            MODEL_BYTES.get(r, 0.0) for r in KNOWN_PIPELINE_MODELS.get(args.diar_model, {}).values())
+    return total
+
+
+def preflight(args) -> list[CheckItem]:
+    """What step 2 needs, checked in seconds and writing nothing -> one CheckItem per item."""
+    work, items, audio_seconds = Path(args.work), [], 0.0
+    try:
+        labels = load_labels(work)
+        names = select_dialogs(labels, args.dialogs, args.sessions)[args.shard_index::args.shard_count]
+        shard = f", shard {args.shard_index}/{args.shard_count}" if args.shard_count > 1 else ""
+        items.append(CheckItem("labels", True, f"{work / 'labels.json'}: {len(labels['dialogs'])} dialogs, "
+                               f"{len(names)} selected{shard}"))
+    except PipelineError as e:
+        labels = None
+        items.append(CheckItem("labels", False, str(e)))
+    if labels is not None:
+        corpus, problems = Path(args.iemocap or labels["corpus"]), []
+        for d in names:
+            try:
+                audio_seconds += audio_duration(corpus / labels["dialogs"][d]["wav"])
+            except PipelineError as e:
+                problems.append(str(e))
+        items.append(CheckItem("corpus audio", not problems, (
+            f"{len(names)} dialog wavs under {corpus}, {audio_seconds / 3600:.2f} h" if not problems else
+            f"{len(problems)} of {len(names)} dialog wavs unusable, e.g. {problems[0]}; check --iemocap")))
+    if args.backend == "whisperx":
+        items += model_checks(args)
+        items.append(utils.check_cuda(required=args.device.startswith("cuda"), min_free_gib=GPU_GIB_NEEDED,
+                                      purpose="WhisperX large-v2, beam 5, and pyannote"))
+    downloads = planned_download_bytes(args)
+    items.append(utils.check_disk(work, audio_seconds * OUTPUT_BYTES_PER_AUDIO_SECOND + downloads,
+                                  "step-2 outputs" + (" and model downloads" if downloads else "")))
+    if args.backend == "whisperx":
+        flops = audio_seconds * sum(STEP2_FLOPS_PER_AUDIO_SECOND.values())
+        paper = args.asr_model == "large-v2" and args.align_model is None and "3.1" in args.diar_model
+        items.append(utils.estimate_time("time (estimate)", flops, device=args.device, detail=(
+            f"{audio_seconds / 3600:.2f} h of audio x {sum(STEP2_FLOPS_PER_AUDIO_SECOND.values()):.2g} FLOP per s "
+            "of the paper's large-v2 + wav2vec2-base + pyannote 3.1, preprocess.STEP2_FLOPS_PER_AUDIO_SECOND"
+            + ("" if paper else "; other models than the paper's: scale by their size"))))
+    else:
+        items.append(CheckItem("time (estimate)", True, f"seconds: the {args.backend} backend runs no neural model"))
+    return items
+
+
+def download_models(args) -> dict:
+    """Copy the models of a whisperx run into DIR (--download-models DIR) -> the manifest written to
+    DIR/models.json. Exactly what loads: the CTranslate2 files of the Whisper repository, the
+    alignment model (the torchaudio checkpoint of the default English model, or a hub model's
+    config, vocabulary and weights), the pipeline's config.yaml and then only the files it names
+    (3.1: pytorch_model.bin of segmentation-3.0 and wespeaker-voxceleb-resnet34-LM; community-1:
+    its segmentation/, embedding/ and plda/ files), and NLTK's punkt_tab."""
+    dest, token = Path(args.download_models), utils.hub_token()
+    if args.backend != "whisperx":
+        print(f"--download-models: the {args.backend} backend uses no model; nothing to download")
+        return {}
+    if utils.hub_offline():
+        raise PipelineError("--download-models needs the hub, but HF_HUB_OFFLINE is set: run it with HF_HUB_OFFLINE=0 "
+                            "on a machine with internet")
+    repos, files = {}, {}
+
+    def fetch(repo, patterns) -> Path:
+        print(f"downloading {repo}: {', '.join(patterns)}")
+        path = utils.snapshot_repo(repo, dest, patterns, token)
+        entry = repos.setdefault(repo, {"path": str(path), "allow_patterns": []})
+        entry["allow_patterns"] += list(patterns)
+        return path
+
+    path, repo = asr_source(args)
+    if repo:
+        files["asr"] = str(fetch(repo, WHISPER_FILES))
+    else:
+        print(f"ASR model {path}: on disk, not downloaded")
+    align = align_source(args)
+    if align["kind"] == "torchaudio":
+        target = dest / "torchaudio" / align["file"].name
+        if not target.is_file():
+            import torch
+            print(f"downloading {align['url']}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(align["url"], str(target))
+        files["align"] = str(target)
+    elif align["kind"] == "hub":
+        print(f"downloading {align['name']}: config, vocabulary and weights")
+        local = utils.snapshot_transformers_model(align["name"], dest, token)
+        repos[align["name"]] = {"path": str(local), "allow_patterns": "utils.TRANSFORMERS_FILES and weights"}
+        files["align"] = str(local)
+    name = args.diar_model
+    local = utils.local_model_path(name, args.model_dir)
+    if local is None and not utils.is_hub_name(name):
+        raise PipelineError(f"--diar-model {name}: no such folder, and not a hub name")
+    config_path = (local or fetch(name, ["config.yaml"])) / "config.yaml"
+    own = []
+    for key, (ref, sub, needed) in pipeline_model_refs(read_pipeline_config(config_path), name, config_path).items():
+        if ref == name and sub is not None:
+            own += [f"{sub}/{f}" for f in needed]
+        elif utils.local_model_path(ref, args.model_dir) is None and utils.is_hub_name(ref):
+            fetch(ref, list(needed))
+    if own and local is None:
+        fetch(name, own)
+    files["diarization"] = str(local or dest / name)
+    import nltk
+    if not nltk.download("punkt_tab", download_dir=str(dest / "nltk_data"), quiet=True, raise_on_error=True):
+        raise PipelineError("NLTK punkt_tab: download failed")
+    files["nltk_data"] = str(dest / "nltk_data")
+    manifest = {"written_by": "preprocess.py --download-models", "repositories": repos, "files": files,
+                "flags": ["--model-dir", str(dest)]}
+    atomic_write_json(dest / "models.json", manifest)
+    print(f"wrote {dest / 'models.json'}; on the machine without internet run:\n"
+          f"  HF_HUB_OFFLINE=1 python preprocess.py --backend whisperx --model-dir {dest} --cache-only"
+          + (f" --diar-model {name}" if name != "pyannote/speaker-diarization-3.1" else ""))
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# main: select (and shard) the dialogs, skip what is done, run, merge the manifest
+# ---------------------------------------------------------------------------------------------
+
+def read_manifest(out: Path) -> dict:
+    """WORK/<pipe>/manifest.json with the shard parts merged in, oldest part first, so the entry a
+    shard wrote last for a dialog wins."""
+    path = out / "manifest.json"
+    manifest = read_json(path, "step-2 manifest") if path.is_file() else {"dialogs": {}}
+    parts = sorted((out / PARTS_DIR).glob("shard-*.json"), key=lambda q: (q.stat().st_mtime_ns, q.name))
+    for part in parts:
+        manifest["dialogs"].update(read_json(part, "step-2 manifest part")["dialogs"])
+    return manifest
+
+
+def check(argv=None) -> list[CheckItem]:
+    """The step-2 preflight for the run these arguments describe (same flags as a run) -> its
+    items, printing nothing (reproduce.py --check and train.py print them with utils.report_checks)."""
+    return preflight(parse_args(argv))
+
+
+def main(argv=None):
     args = parse_args(argv)
+    if args.download_models:
+        return download_models(args)
+    if args.check:
+        items = preflight(args)
+        if not utils.report_checks(items, "step 2 preflight"):
+            raise SystemExit(1)
+        return items
 
     work = Path(args.work)
     labels = load_labels(work)
     corpus = Path(args.iemocap or labels["corpus"])
-    names = select_dialogs(labels, args.dialogs, args.sessions)
+    all_names = select_dialogs(labels, args.dialogs, args.sessions)
+    k, n = args.shard_index, args.shard_count
+    names = all_names[k::n]
     pipe = pipe_name(args)
     out = work / pipe
     config = run_config(args)
     key = config_key(config)
     manifest_path = out / "manifest.json"
-    manifest = read_json(manifest_path, "step-2 manifest") if manifest_path.is_file() else {"dialogs": {}}
-    manifest.update(step="preprocess", pipe=pipe, config=config, config_key=key, code=code_version())
+    part_path = out / PARTS_DIR / f"shard-{k}-of-{n}.json" if n > 1 else None
+    manifest = read_manifest(out)
+    meta = dict(step="preprocess", pipe=pipe, config=config, config_key=key, code=code_version())
+    manifest.update(meta)
     print(f"step 2: {len(names)} dialogs of {work / 'labels.json'} (corpus {corpus}), backend {args.backend}"
-          + (f", VAD {args.vad}" if args.backend == "whisperx" else "") + f" -> {out}")
+          + (f", VAD {args.vad}" if args.backend == "whisperx" else "")
+          + (f", shard {k}/{n} of {len(all_names)} dialogs" if n > 1 else "") + f" -> {out}")
 
     todo = [d for d in names if args.overwrite or not is_done(manifest, d, key, out)]
     stale = sum(1 for d in todo if manifest["dialogs"].get(d, {}).get("status") == "done"
@@ -731,6 +1374,13 @@ def main(argv=None) -> dict:
           + (" (--overwrite)" if args.overwrite else ""))
     backend = WhisperX(args) if args.backend == "whisperx" and todo else None
 
+    def save():  # after every dialog: the whole manifest, or this shard's part of it
+        if part_path is None:
+            atomic_write_json(manifest_path, manifest)
+        else:
+            atomic_write_json(part_path, {"shard": f"{k}/{n}", "config_key": key, "dialogs": {
+                d: manifest["dialogs"][d] for d in names if d in manifest["dialogs"]}})
+
     started = time.time()
     for dialog in tqdm(todo, desc=f"step 2 ({pipe})", unit="dialog", file=sys.stdout):
         try:
@@ -739,12 +1389,24 @@ def main(argv=None) -> dict:
         except Exception as e:  # recorded and reported; KeyboardInterrupt still stops the run
             manifest["dialogs"][dialog] = {"status": "failed", "config": key, "error": f"{type(e).__name__}: {e}"}
             tqdm.write(f"FAILED {dialog}: {type(e).__name__}: {e}")
+        save()
+    save()
+    # Merge under a lock: the last shard to finish sees every other shard's final part.
+    with utils.file_lock(out / "manifest.lock"):
+        if part_path is not None:
+            manifest = read_manifest(out)
+            manifest.update(meta)
+        manifest["dialogs"] = dict(sorted(manifest["dialogs"].items()))
+        manifest["summary"] = summary = summarise(manifest, all_names)
         atomic_write_json(manifest_path, manifest)
-    manifest["summary"] = summary = summarise(manifest, names)
-    atomic_write_json(manifest_path, manifest)
+        if part_path is None and (out / PARTS_DIR).is_dir():  # merged above: an unsharded run retires them
+            for part in (out / PARTS_DIR).glob("shard-*.json"):
+                part.unlink()
+            (out / PARTS_DIR).rmdir()
 
-    print(f"wrote {out / 'asr'}/*.json, {out / 'diarization'}/*.rttm and {manifest_path} "
-          f"({len(todo)} dialogs processed in {time.time() - started:.1f} s)")
+    print(f"wrote {out / 'asr'}/*.json, {out}/{{{','.join(DIARIZATION_DIRS.values())}}}/*.rttm and {manifest_path} "
+          f"({len(todo)} dialogs processed in {time.time() - started:.1f} s"
+          + (f"; summary over the {summary['dialogs_done']} dialogs all shards have done so far)" if n > 1 else ")"))
     print(f"dialogs: {summary['dialogs_done']} done, {summary['dialogs_failed']} failed; words {summary['words']}, "
           f"segments {summary['segments']}, turns {summary['turns']}, speakers per dialog "
           f"{summary['speakers_per_dialog']}, audio {summary['audio_hours'] * 60:.1f} min, "
@@ -760,9 +1422,10 @@ def main(argv=None) -> dict:
               f"{100 * summary['untimed_rate']:.2f} %"
               + (f", DER {100 * summary['der']:.2f} % (missed {100 * summary['der_parts']['missed detection']:.2f}, "
                  f"false alarm {100 * summary['der_parts']['false alarm']:.2f}, confusion "
-                 f"{100 * summary['der_parts']['confusion']:.2f})" if "der" in summary else ""))
+                 f"{100 * summary['der_parts']['confusion']:.2f})" if "der" in summary else "")
+              + (f"; exclusive turns: DER {100 * summary['der_exclusive']:.2f} %" if "der_exclusive" in summary else ""))
     if "simulated" in summary:
-        print("simulated errors (counts): " + ", ".join(f"{k} {v}" for k, v in summary["simulated"].items()))
+        print("simulated errors (counts): " + ", ".join(f"{name} {v}" for name, v in summary["simulated"].items()))
     failed = {d: manifest["dialogs"][d]["error"] for d in names if manifest["dialogs"].get(d, {}).get("status") == "failed"}
     if failed:
         for d, error in failed.items():

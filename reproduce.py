@@ -1,42 +1,55 @@
 """One command: run steps 1-6 for every configuration the paper reports, plus the ablations it leaves
-open, and write the tables to results/.
+open, with several seeds, and write the tables to results/.
 
     python reproduce.py                      # the embedded demo (synthetic corpus, tiny random models)
     python reproduce.py --iemocap /data/IEMOCAP_full_release --work preprocessed_iemocap   # the real thing
 
-Experiments (paper tables in brackets):
-  standard pipeline, with vs without alignment, fine-tuned extractors        [Table I, Table II]
-  standard vs VAD-oracle pipeline, with alignment, TEER / sTEER              [Table III]
-  frozen vs fine-tuned extractors, with alignment (and without)              [Table IV]
-  single-modality baselines (text only, audio only)                          [open question]
-  maximum pause 0.5 / 1.0 / 1.5 / 2.0 s, per-emotion F1                       [open question]
+Experiment groups (--only; paper tables in brackets):
+  main       standard pipeline, with vs without alignment, fine-tuned extractors     [Tables I, II]
+  vadoracle  standard vs VAD-oracle pipeline, with alignment, TEER / sTEER            [Table III]
+  frozen     frozen vs fine-tuned extractors, with alignment (and without)            [Table IV]
+  modality   single-modality baselines (text only, audio only)                        [open question]
+  pause      maximum pause 0.5 / 1.0 / 1.5 / 2.0 s, per-emotion F1                     [open question]
+  fusion     gated cross-attention vs no gate, concatenation MLP, late fusion          [the paper's future work]
 On the demo the standard pipeline is step 2's `simulated` backend and the VAD-oracle pipeline its
 `oracle` backend; on real data they are `whisperx` and `whisperx --vad oracle`.
 
-Every step is run in this process through its own main(argv). A step whose inputs, arguments and code
-are unchanged since it last succeeded is not run again (stamps in WORK/reproduce_stamps.json), so a
-re-run with nothing changed only rebuilds the tables, and changing only the pause threshold re-runs
-only the alignment of that threshold and what follows from it.
+Seeds: the headline groups (main, vadoracle, frozen) train every configuration with --seeds seeds
+(default 3), the ablation groups with --ablation-seeds (default: --seeds on real data, 1 on the demo).
+Seeds change initialisation and data order only (train.py --seed; the validation split has its own
+--split-seed). Every table cell is the mean ± std over seeds (and folds), with n; the headline
+metrics carry a 95 % bootstrap interval over test dialogs, and the headline comparisons a paired
+bootstrap of the difference on the reference-projected utterances (evaluate.py's docstring).
+
+Every step runs as its own process, `python <step>.py ...`, printed before it runs: the command a
+researcher would type. A step item (a pipeline, a variant, a run) whose arguments, code and upstream
+outputs are unchanged since it last succeeded is not run again (stamps in WORK/reproduce_stamps.json);
+items that are out of date are passed together to one invocation of their step. So a re-run with
+nothing changed only rebuilds the tables, and changing only the pause threshold re-runs only the
+alignment of that threshold and what follows from it. A failed step stops the run with its own message.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
-import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 import utils
-from evaluate import PAPER
+from utils import LABELS, PAPER, PipelineError
 
 HERE = Path(__file__).resolve().parent
-DEMO_NOTE = utils.DEMO_NOTE
-
 PAUSES = (0.5, 1.0, 1.5, 2.0)
+GROUPS = ("main", "vadoracle", "frozen", "modality", "pause", "fusion")
+HEADLINE_GROUPS = ("main", "vadoracle", "frozen")
+DEFAULT_FUSION = utils.FUSIONS[0]
 
 
 def parse_args(argv=None):
@@ -57,20 +70,29 @@ def parse_args(argv=None):
     p.add_argument("--folds", choices=["none", "loso", "speaker-script"], default="none",
                    help="none: test on Session 5 (the paper's); loso: leave-one-session-out 5 folds; "
                         "speaker-script: speaker- and script-disjoint 5 folds (see train.py)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=None, help="default 20 (the paper's), demo 12")
+    p.add_argument("--seed", type=int, default=0, help="the first seed; seeds are seed, seed+1, ...")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per configuration of the headline groups")
+    p.add_argument("--ablation-seeds", type=int, default=None,
+                   help="seeds per configuration of the ablation groups (default: --seeds; the demo: 1)")
+    p.add_argument("--epochs", type=int, default=None, help="default 20 (the authors'), demo 12")
+    p.add_argument("--fusion-mode", choices=["frozen", "finetune"], default=None,
+                   help="extractors of the fusion group (default: frozen on the demo, finetune on real data)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: auto)")
     p.add_argument("--pauses", type=float, nargs="+", default=list(PAUSES),
                    help="maximum pauses (s) of the pause-threshold sweep; 1.5 (the paper's) is always run")
-    p.add_argument("--only", nargs="*", default=None,
-                   help="run only these experiment groups: main frozen vadoracle modality pause")
+    p.add_argument("--only", nargs="*", default=None, choices=GROUPS, metavar="GROUP",
+                   help=f"run only these experiment groups: {' '.join(GROUPS)}")
+    p.add_argument("--bootstrap-samples", type=int, default=1000, help="resamples of the dialogs for intervals and paired tests")
+    p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of every bootstrap (the tables are reproducible)")
     p.add_argument("--force", action="store_true", help="ignore the stamps and run every step again")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.seeds < 1 or (args.ablation_seeds is not None and args.ablation_seeds < 1):
+        p.error("--seeds and --ablation-seeds must be at least 1")
+    return args
 
 
 # ---------------------------------------------------------------------------------------------
-# Stamps: a step is skipped when the same step, with the same arguments, the same code and the
-# same upstream stamps, already succeeded.
+# Running steps: one process per invocation, stamps per item
 # ---------------------------------------------------------------------------------------------
 
 def file_digest(*paths) -> str:
@@ -81,39 +103,55 @@ def file_digest(*paths) -> str:
 
 
 class Runner:
+    """Runs step scripts as subprocesses and remembers what already succeeded.
+
+    A step is invoked for items (e.g. the runs to train): each item has a key, the hash of the
+    script, the item's own argv (what a run of that item alone would be), the code of the script and
+    utils.py (and `sources`) and the keys of the upstream items it reads. An item whose key has a
+    stamp is up to date. The items that are not are passed to ONE invocation of the script. Steps
+    keep their own caches (steps 2 and 3 skip finished dialogs, step 4 resumes its last checkpoint),
+    right after an interruption but wrong once the code or an upstream output changed: when an item
+    succeeded before under another key (or with --force), redo_flag (--overwrite / --no-resume) is
+    added to the invocation.
+    """
+
     def __init__(self, work: Path, force: bool):
         self.path = work / "reproduce_stamps.json"
         self.stamps = utils.read_json(self.path, "stamp file") if self.path.is_file() else {}
         self.force = force
-        self.timings = []  # (step, argv, seconds, skipped)
+        self.timings = []  # one entry per invocation, and one per up-to-date item
 
-    def run(self, name: str, module: str, argv: list[str], upstream: tuple = (), sources: tuple = (),
-            redo_flag: str | None = None) -> str:
-        """Run module.main(argv) unless an identical run already succeeded; return this run's key.
-
-        The steps keep their own caches (step 2 and 3 skip finished dialogs, step 4 resumes its
-        last checkpoint), which is right after an interruption but wrong once the code or an
-        upstream output changed. So when the same step with the same arguments succeeded before
-        under another key (or with --force), redo_flag (--overwrite / --no-resume) is added.
-        """
-        code = file_digest(HERE / f"{module}.py", HERE / "utils.py", *[HERE / s for s in sources])
-        key = hashlib.sha256(json.dumps([module, argv, code, list(upstream)]).encode()).hexdigest()[:16]
-        if key in self.stamps and not self.force:
-            self.timings.append({"step": name, "argv": argv, "seconds": 0.0, "skipped": True,
-                                 "first_run_seconds": self.stamps[key]["seconds"]})
-            return key
-        stale = self.force or any(s["module"] == module and s["argv"] == argv for s in self.stamps.values())
-        run_argv = argv + ([redo_flag] if stale and redo_flag else [])
-        print(f"\n=== {name}: python {module}.py {' '.join(run_argv)}", flush=True)
+    def step(self, name: str, script: str, items: list[tuple[str, list, tuple]], argv_for, sources=(),
+             redo_flag: str | None = None) -> dict:
+        """items: [(item id, the item's own argv, upstream keys)]; argv_for(stale item ids) -> the
+        invocation's argv. Returns {item id: key}."""
+        code = file_digest(HERE / script, HERE / "utils.py", *[HERE / s for s in sources])
+        keys, stale, redo = {}, [], self.force
+        for item, item_argv, upstream in items:
+            keys[item] = hashlib.sha256(json.dumps([script, item_argv, code, list(upstream)]).encode()).hexdigest()[:16]
+            if keys[item] in self.stamps and not self.force:
+                self.timings.append({"step": name, "item": item, "argv": item_argv, "seconds": 0.0, "skipped": True,
+                                     "first_run_seconds": self.stamps[keys[item]]["seconds"]})
+                continue
+            stale.append(item)
+            redo = redo or any(s["script"] == script and s["item"] == item for s in self.stamps.values())
+        if not stale:
+            return keys
+        argv = argv_for(stale) + ([redo_flag] if redo and redo_flag else [])
+        print(f"\n=== {name}: python {script} {' '.join(argv)}", flush=True)
         t0 = time.time()
-        __import__(module).main(run_argv)
+        rc = subprocess.run([sys.executable, str(HERE / script), *argv]).returncode
         seconds = round(time.time() - t0, 2)
-        self.stamps = {k: v for k, v in self.stamps.items() if not (v["module"] == module and v["argv"] == argv)}
-        self.stamps[key] = {"step": name, "module": module, "argv": argv, "seconds": seconds,
-                            "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        if rc != 0:
+            raise PipelineError(f"{name} failed (exit status {rc}); its message is above. The command was:\n"
+                                f"  python {script} {' '.join(argv)}")
+        finished = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.stamps = {k: v for k, v in self.stamps.items() if not (v["script"] == script and v["item"] in stale)}
+        for item in stale:
+            self.stamps[keys[item]] = {"step": name, "script": script, "item": item, "seconds": seconds, "finished": finished}
         utils.atomic_write_json(self.path, self.stamps)
-        self.timings.append({"step": name, "argv": run_argv, "seconds": seconds, "skipped": False, "redone": stale})
-        return key
+        self.timings.append({"step": name, "items": stale, "argv": argv, "seconds": seconds, "skipped": False, "redone": redo})
+        return keys
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,7 +159,7 @@ class Runner:
 # ---------------------------------------------------------------------------------------------
 
 def setup(args):
-    """Resolve corpus, work dir and model identities; build the demo corpus and models if needed."""
+    """Resolve corpus, work dir and models; build the demo corpus and models if needed."""
     demo = args.iemocap is None
     cfg = {"demo": demo}
     if demo:
@@ -145,43 +183,66 @@ def setup(args):
                    text_model=args.text_model or str(models / "roberta-tiny"),
                    audio_model=args.audio_model or str(models / "wav2vec2-tiny"),
                    epochs=args.epochs or 12, standard_pipe="simulated", oracle_pipe="oracle",
-                   # Tiny random-init extractors need larger steps than pretrained ones (2e-5 barely moves them).
-                   train_flags=["--lr-extractor", "5e-4", "--lr-head", "1e-3"])
+                   ablation_seeds=args.ablation_seeds or 1, fusion_mode=args.fusion_mode or "frozen",
+                   # Tiny random-init extractors need larger steps than pretrained ones (2e-5 barely moves them);
+                   # the tiny batches need no loader processes (on 2 cores they only compete with training).
+                   train_flags=["--lr-extractor", "5e-4", "--lr-head", "1e-3", "--num-workers", "0"])
     else:
         cfg.update(iemocap=args.iemocap, work=args.work or "preprocessed_iemocap",
                    text_model=args.text_model or "roberta-base",
                    audio_model=args.audio_model or "facebook/wav2vec2-base",
                    epochs=args.epochs or 20, standard_pipe="whisperx", oracle_pipe="whisperx-vadoracle",
-                   train_flags=[])  # the paper's recipe: train.py's defaults
+                   ablation_seeds=args.ablation_seeds or args.seeds, fusion_mode=args.fusion_mode or "finetune",
+                   train_flags=[])  # the authors' recipe: train.py's defaults
     return cfg
 
 
-def plan_runs(cfg, only, pauses=PAUSES):
-    """The training runs: (group, pipe, variant, mode, modality)."""
+def plan_configs(cfg, args) -> list[dict]:
+    """The training configurations: {"groups", "pipe", "variant", "mode", "modality", "fusion", "seeds"}.
+    A configuration that two groups need (e.g. the frozen gated model of `frozen` and `fusion`) is
+    trained once, with the larger number of seeds."""
     std, orc = cfg["standard_pipe"], cfg["oracle_pipe"]
-    runs = [("main", std, "aligned-p1.5", "finetune", "fusion"),
-            ("main", std, "baseline", "finetune", "fusion"),
-            ("frozen", std, "aligned-p1.5", "frozen", "fusion"),
-            ("frozen", std, "baseline", "frozen", "fusion"),
-            ("vadoracle", orc, "aligned-p1.5", "finetune", "fusion"),
-            ("modality", std, "aligned-p1.5", "finetune", "text"),
-            ("modality", std, "aligned-p1.5", "finetune", "audio")]
-    runs += [("pause", std, f"aligned-p{p:g}", "finetune", "fusion") for p in sorted(set(pauses)) if p != 1.5]
-    return [r for r in runs if only is None or r[0] in only]
+    wanted = [("main", std, "aligned-p1.5", "finetune", "fusion", DEFAULT_FUSION),
+              ("main", std, "baseline", "finetune", "fusion", DEFAULT_FUSION),
+              ("vadoracle", orc, "aligned-p1.5", "finetune", "fusion", DEFAULT_FUSION),
+              ("frozen", std, "aligned-p1.5", "frozen", "fusion", DEFAULT_FUSION),
+              ("frozen", std, "baseline", "frozen", "fusion", DEFAULT_FUSION),
+              ("modality", std, "aligned-p1.5", "finetune", "text", DEFAULT_FUSION),
+              ("modality", std, "aligned-p1.5", "finetune", "audio", DEFAULT_FUSION)]
+    wanted += [("pause", std, f"aligned-p{p:g}", "finetune", "fusion", DEFAULT_FUSION) for p in sorted(set(args.pauses)) if p != 1.5]
+    wanted += [("fusion", std, "aligned-p1.5", cfg["fusion_mode"], "fusion", f) for f in utils.FUSIONS]
+    configs = {}
+    for group, *key in wanted:
+        if args.only is not None and group not in args.only:
+            continue
+        seeds = args.seeds if group in HEADLINE_GROUPS else cfg["ablation_seeds"]
+        c = configs.setdefault(tuple(key), dict(zip(("pipe", "variant", "mode", "modality", "fusion"), key), groups=[], n_seeds=0))
+        c["groups"].append(group)
+        c["n_seeds"] = max(c["n_seeds"], seeds)
+    for c in configs.values():
+        c["seeds"] = list(range(args.seed, args.seed + c.pop("n_seeds")))
+        c["name"] = config_name(c, args.folds)
+    return list(configs.values())
 
 
-def run_name(pipe, variant, mode, modality, seed, folds):
-    return f"{pipe}__{variant}__{mode}__{modality}__s{seed}" + ("" if folds == "none" else f"__{folds}")
+def config_name(c: dict, folds: str) -> str:
+    """Run-name template of a configuration; '{seed}' becomes the seed."""
+    return (f"{c['pipe']}__{c['variant']}__{c['mode']}__{c['modality']}"
+            + (f"__{c['fusion']}" if c["fusion"] != DEFAULT_FUSION else "") + "__s{seed}"
+            + ("" if folds == "none" else f"__{folds}"))
 
 
-def run_pipeline(cfg, args, runner: Runner):
+def run_names(c: dict) -> list[str]:
+    return [c["name"].replace("{seed}", str(s)) for s in c["seeds"]]
+
+
+def run_pipeline(cfg, args, runner: Runner, configs: list[dict]):
     work, iemocap = cfg["work"], cfg["iemocap"]
-    k1 = runner.run("step 1 labels", "iemo_lab_with_timestamps", ["--iemocap", iemocap, "--work", work])
+    argv1 = ["--iemocap", iemocap, "--work", work]
+    k1 = runner.step("step 1 labels", "iemo_lab_with_timestamps.py", [("labels", argv1, ())], lambda _: argv1)["labels"]
 
-    runs = plan_runs(cfg, args.only, args.pauses)
-    pipes = sorted({r[1] for r in runs})
     k2 = {}
-    for pipe in pipes:
+    for pipe in sorted({c["pipe"] for c in configs}):
         if cfg["demo"]:
             argv = ["--work", work, "--backend", pipe, "--name", pipe, "--seed", str(args.seed)]
         else:
@@ -191,212 +252,292 @@ def run_pipeline(cfg, args, runner: Runner):
                 argv += ["--align-model", args.align_model]
             if pipe.endswith("vadoracle"):
                 argv += ["--vad", "oracle"]
-        k2[pipe] = runner.run(f"step 2 {pipe}", "preprocess", argv, upstream=(k1,),
-                              sources=("iemo_lab_with_timestamps.py",), redo_flag="--overwrite")
+        k2[pipe] = runner.step(f"step 2 {pipe}", "preprocess.py", [(pipe, argv, (k1,))], lambda _, a=argv: a,
+                               sources=("iemo_lab_with_timestamps.py",), redo_flag="--overwrite")[pipe]
 
+    # Step 3: one invocation per pipeline for the variants that are out of date (each dialog's audio is
+    # read once for all of them).
     k3 = {}
-    for pipe in pipes:
-        variants = sorted({r[2] for r in runs if r[1] == pipe})
-        for variant in variants:
-            if variant == "baseline":
-                argv = ["--work", work, "--pipe", pipe, "--variant", "baseline"]
-            else:
-                argv = ["--work", work, "--pipe", pipe, "--variant", "aligned", "--max-pause", variant.split("-p")[1]]
-            k3[pipe, variant] = runner.run(f"step 3 {pipe}/{variant}", "align", argv, upstream=(k2[pipe],),
-                                           redo_flag="--overwrite")
+    for pipe in sorted({c["pipe"] for c in configs}):
+        variants = sorted({c["variant"] for c in configs if c["pipe"] == pipe})
 
-    done = []
-    for group, pipe, variant, mode, modality in runs:
-        name = run_name(pipe, variant, mode, modality, args.seed, args.folds)
-        argv = ["--work", work, "--pipe", pipe, "--variant", variant, "--mode", mode, "--modality", modality,
-                "--text-model", cfg["text_model"], "--audio-model", cfg["audio_model"], "--run", name,
-                "--epochs", str(cfg["epochs"]), "--seed", str(args.seed), *cfg["train_flags"]]
+        def align_argv(todo, pipe=pipe):
+            pauses = [v.split("-p")[1] for v in todo if v != "baseline"]
+            kind = "both" if pauses and "baseline" in todo else ("aligned" if pauses else "baseline")
+            return ["--work", work, "--pipe", pipe, "--variant", kind] + (["--max-pause", *pauses] if pauses else [])
+        keys = runner.step(f"step 3 {pipe}", "align.py", [(v, align_argv([v]), (k2[pipe],)) for v in variants],
+                           align_argv, redo_flag="--overwrite")
+        k3.update({(pipe, v): k for v, k in keys.items()})
+
+    # Step 4: one invocation per configuration, for its seeds that are out of date (data read once).
+    k4 = {}
+    for c in configs:
+        base = ["--work", work, "--pipe", c["pipe"], "--variant", c["variant"], "--mode", c["mode"],
+                "--modality", c["modality"], "--text-model", cfg["text_model"], "--audio-model", cfg["audio_model"],
+                "--run", c["name"], "--epochs", str(cfg["epochs"]), *cfg["train_flags"]]
+        if c["fusion"] != DEFAULT_FUSION:
+            base += ["--fusion", c["fusion"]]
         if args.folds != "none":
-            argv += ["--folds", args.folds]
+            base += ["--folds", args.folds]
         if args.device:
-            argv += ["--device", args.device]
-        k4 = runner.run(f"step 4 train {name}", "train", argv, upstream=(k3[pipe, variant],), redo_flag="--no-resume")
-        ev = ["--work", work, "--run", name] + (["--device", args.device] if args.device else [])
-        k5 = runner.run(f"step 5 evaluate {name}", "evaluate", ev, upstream=(k4,))
-        runner.run(f"step 6 TEER {name}", "teer_calculate", ["--work", work, "--run", name], upstream=(k5,))
-        runner.run(f"step 6 TEER (authors' option) {name}", "teer_calculate",
-                   ["--work", work, "--run", name, "--authors"], upstream=(k5,))
-        done.append((group, pipe, variant, mode, modality, name))
-    return done
+            base += ["--device", args.device]
+        items = [(name, base + ["--seed", str(s)], (k3[c["pipe"], c["variant"]],)) for name, s in zip(run_names(c), c["seeds"])]
+        seed_of = dict(zip(run_names(c), c["seeds"]))
+        k4.update(runner.step(f"step 4 train {c['name']}", "train.py", items,
+                              lambda todo, base=base, seed_of=seed_of: base + ["--seed", *[str(seed_of[r]) for r in todo]],
+                              redo_flag="--no-resume"))
+
+    # Steps 5 and 6: one invocation each, for every run that is out of date.
+    runs = [r for c in configs for r in run_names(c)]
+    ev = ["--work", work, "--bootstrap-samples", str(args.bootstrap_samples), "--bootstrap-seed", str(args.bootstrap_seed)]
+    ev += ["--device", args.device] if args.device else []
+    k5 = runner.step("step 5 evaluate", "evaluate.py", [(r, ev + ["--run", r], (k4[r],)) for r in runs],
+                     lambda todo: ev + ["--run", *todo])
+    runner.step("step 6 TEER", "teer_calculate.py", [(r, ["--work", work, "--also-authors", "--run", r], (k5[r],)) for r in runs],
+                lambda todo: ["--work", work, "--also-authors", "--run", *todo])
 
 
 # ---------------------------------------------------------------------------------------------
-# Tables
+# Tables: every number is read from the runs' metrics.json / teer*.json, over seeds (and folds)
 # ---------------------------------------------------------------------------------------------
 
-def fmt(x, scale=100.0, nd=2):
-    return "-" if x is None else f"{x * scale:.{nd}f}"
+def load_results(work: Path, c: dict) -> dict:
+    runs = []
+    for name in run_names(c):
+        d = work / "runs" / name
+        runs.append({"name": name, "metrics": utils.read_json(d / "metrics.json", "metrics file"),
+                     **{tag: utils.read_json(d / f, "TEER file") if (d / f).is_file() else None
+                        for tag, f in (("teer", "teer.json"), ("teer_authors", "teer_authors.json"))}})
+    seeds = ",".join(str(s) for s in c["seeds"])
+    source = str(work / "runs" / c["name"].replace("{seed}", f"{{{seeds}}}" if len(c["seeds"]) > 1 else seeds))
+    return {**c, "runs": runs, "source": source}
 
 
-def paper(x, nd=2):
-    return "-" if x is None else f"{x:.{nd}f}"
+def parts(m: dict) -> list[dict]:
+    """The metrics of each fold of a run's metrics.json, or the run's own."""
+    return list(m["folds"].values()) if "folds" in m else [m]
 
 
-def load_results(work: Path, name: str) -> dict:
-    run = work / "runs" / name
-    out = {"run": name, "metrics_file": str(run / "metrics.json")}
-    out["metrics"] = utils.read_json(run / "metrics.json", "metrics file")
-    for tag, fname in (("teer", "teer.json"), ("teer_authors", "teer_authors.json")):
-        path = run / fname
-        out[tag] = utils.read_json(path, "TEER file") if path.is_file() else None
-    return out
-
-
-def flat(res):
-    """metrics.json of a run; for a multi-fold run, the metrics of all folds' predictions pooled."""
-    m = res["metrics"]
+def flat(m: dict) -> dict:
+    """A run's metrics over its whole test set: all folds pooled for a fold run."""
     return m.get("pooled", m)
 
 
-def metric(res, key):
-    return flat(res).get(key)
+def values(res: dict, get) -> list[float]:
+    """get(metrics of one run or fold) for every seed (and fold) of a configuration."""
+    return [get(p) for r in res["runs"] for p in parts(r["metrics"])]
 
 
-def cell(res, key):
-    """A headline metric in %; for a multi-fold run the pooled value, then mean +- std over folds."""
-    text = fmt(metric(res, key))
-    spread = res["metrics"].get("mean_std", {}).get(key)
-    if spread:
-        text += f" ({100 * spread['mean']:.2f} ± {100 * spread['std']:.2f})"
-    return text
+def metric_getter(key: str, level: str):
+    """level "utterance" (reference-projected) or "segment"; key a HEADLINE metric or "f1:<label>"."""
+    def get(m):
+        m = m["utterance"] if level == "utterance" else m
+        return m["per_class"][key[3:]]["f1"] if key.startswith("f1:") else m[key]
+    return get
 
 
-def class_f1(res, label):
-    return flat(res)["per_class"][label]["f1"]
+def mean_std(vals, scale=100.0, nd=2) -> str:
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "-"
+    if len(vals) == 1:
+        return f"{scale * vals[0]:.{nd}f}"
+    return f"{scale * np.mean(vals):.{nd}f} ± {scale * np.std(vals):.{nd}f}"
 
 
-def teer_value(res, key, authors=False):
-    """TEER or sTEER (fractions) from teer.json / teer_authors.json (folds are pooled at top level)."""
-    t = res["teer_authors" if authors else "teer"]
-    return None if t is None else t.get(key)
+def seed_confusions(res: dict, dialogs=None) -> tuple[np.ndarray, list]:
+    """[n_seeds, n_dialogs, 4, 5] confusion matrices of the reference-projected utterances."""
+    per_seed = [flat(r["metrics"])["utterance"]["utterances"] for r in res["runs"]]
+    dialogs = dialogs or sorted({u["dialog"] for utts in per_seed for u in utts})
+    return np.stack([utils.dialog_confusions(utts, dialogs) for utts in per_seed]), dialogs
 
 
-def scored(res):
-    m = flat(res)
-    return f"{m.get('n_scored', '-')}", fmt(m["coverage"]["share"], 100, 1)
+class Tables:
+    def __init__(self, cfg, args, results: dict):
+        self.cfg, self.args, self.R = cfg, args, results
 
+    def get(self, pipe, variant, mode="finetune", modality="fusion", fusion=DEFAULT_FUSION):
+        return self.R.get((pipe, variant, mode, modality, fusion))
 
-def classification_row(label, res, paper_row):
-    """| label | ours: acc, WF1, MF1 | n | cov | paper: acc, WF1, MF1 | the metrics file |"""
-    n, cov = scored(res)
-    ours = " | ".join(cell(res, k) for k in ("accuracy", "weighted_f1", "macro_f1"))
-    theirs = " | ".join(paper(paper_row[k]) for k in ("accuracy", "weighted_f1", "macro_f1"))
-    return f"| {label} | {ours} | {n} | {cov} | {theirs} | `{res['metrics_file']}` |"
+    def projected(self, res, key) -> str:
+        """mean ± std over seeds [95 % bootstrap interval of the seed mean, over test dialogs]."""
+        text = mean_std(values(res, metric_getter(key, "utterance")))
+        if self.args.bootstrap_samples:
+            lo, hi = utils.bootstrap_ci(seed_confusions(res)[0], key, self.args.bootstrap_samples, self.args.bootstrap_seed)
+            text += f" [{100 * lo:.1f}, {100 * hi:.1f}]"
+        return text
 
+    def segment(self, res, key) -> str:
+        return mean_std(values(res, metric_getter(key, "segment")))
 
-def write_tables(cfg, done, results: Path, work: Path, args_pauses=PAUSES):
-    by = {(g, p, v, mo, md): n for g, p, v, mo, md, n in done}
-    R = {key: load_results(work, name) for key, name in by.items()}
-    std, orc = cfg["standard_pipe"], cfg["oracle_pipe"]
+    @staticmethod
+    def n(res) -> int:
+        return sum(len(parts(r["metrics"])) for r in res["runs"])
 
-    def get(pipe, variant, mode="finetune", modality="fusion"):
-        for (g, p, v, mo, md), res in R.items():
-            if (p, v, mo, md) == (pipe, variant, mode, modality):
-                return res
-        return None
+    @staticmethod
+    def counts(res) -> tuple[str, str, str]:
+        """(utterances scored (missed), segments scored, coverage %) of the first seed (the same for all)."""
+        m = flat(res["runs"][0]["metrics"])
+        u = m["utterance"]
+        cov = m["coverage"]["share"]
+        return f"{u['n']} ({u['n_missed']})", str(m["n_scored"]), "-" if cov is None else f"{100 * cov:.1f}"
 
-    lines = ["# Reproduction of Wang, Lee, Chen (IALP 2025), Tables I-IV and ablations", ""]
-    if cfg["demo"]:
-        lines += [f"> **{DEMO_NOTE}**", ""]
-    lines += ["Ours: numbers computed by this repository's runs (each row names the metrics file it comes from). "
-              "Paper: the numbers printed in the paper, for reference. `n` = segments scored, "
-              "`cov` = share (%) of the labelled reference speech of the test dialogs that the scored segments cover: "
-              f"the paper's with- and without-alignment accuracies were computed on {PAPER['test_segments']['aligned']} "
-              f"and {PAPER['test_segments']['without-alignment']} test segments, "
-              "so accuracy alone does not compare pipelines."]
-    if any("mean_std" in r["metrics"] for r in R.values()):
-        lines += ["", "Fold runs: the metric of all folds' test predictions pooled, then (mean ± std over folds)."]
-    lines.append("")
+    def classification_row(self, label, res, paper_row=None) -> str:
+        utt, seg, cov = self.counts(res)
+        ours = [self.projected(res, k) for k in utils.HEADLINE] + [utt] + \
+               [self.segment(res, k) for k in ("accuracy", "weighted_f1", "macro_f1")] + [seg, cov, str(self.n(res))]
+        theirs = ["-" if paper_row is None or paper_row[k] is None else f"{paper_row[k]:.2f}"
+                  for k in ("accuracy", "weighted_f1", "macro_f1")]
+        return "| " + " | ".join([label, *ours, *theirs, f"`{res['source']}/metrics.json`"]) + " |"
 
-    al, bl = get(std, "aligned-p1.5"), get(std, "baseline")
-    if al and bl:
-        lines += ["## Table I: overall results (standard pipeline, fine-tuned extractors)", "",
-                  "| Setup | Acc ours | WF1 ours | MF1 ours | n | cov % | Acc paper | WF1 paper | MF1 paper | source |",
-                  "|---|---|---|---|---|---|---|---|---|---|",
-                  f"| Wu et al. (6 classes) | - | - | - | - | - | {paper(PAPER['table1']['wu2023']['accuracy'])} | - | - | paper |"]
-        lines += [classification_row(label, res, PAPER["table1"][pk]) for label, res, pk in (
-            ("Without alignment", bl, "without-alignment"), ("Proposed (with alignment)", al, "aligned"))]
-        lines += ["", "## Table II: per-emotion F1 without vs with alignment", "",
-                  "| Emotion | without (ours) | with (ours) | without (paper) | with (paper) |", "|---|---|---|---|---|"]
-        for lab in utils.LABELS:
-            pw, pa = PAPER["table2"]["without-alignment"][lab], PAPER["table2"]["aligned"][lab]
-            lines.append(f"| {utils.LABEL_NAMES[lab]} | {class_f1(bl, lab):.2f} | {class_f1(al, lab):.2f} | {pw:.2f} | {pa:.2f} |")
-        lines += ["", f"Sources: `{bl['metrics_file']}`, `{al['metrics_file']}`.", ""]
+    CLASSIFICATION_HEADER = [
+        "| Setup | Acc | UA | WF1 | MF1 | utterances (missed) | Acc (seg.) | WF1 (seg.) | MF1 (seg.) | segments | cov % | n "
+        "| Acc paper | WF1 paper | MF1 paper | source |",
+        "|---" * 16 + "|"]
 
-    ora = get(orc, "aligned-p1.5")
-    if al and ora:
-        lines += ["## Table III: TEER and sTEER across pipelines (with alignment, fine-tuned)", "",
+    def paired(self, label, a, b) -> list[str]:
+        """Rows of the paired bootstrap of A - B on the same reference-projected utterances."""
+        if not self.args.bootstrap_samples:
+            return []
+        cms_b, dialogs = seed_confusions(b)
+        cms_a, _ = seed_confusions(a, dialogs)
+        rows = []
+        for key in utils.HEADLINE:
+            r = utils.paired_bootstrap(cms_a, cms_b, key, self.args.bootstrap_samples, self.args.bootstrap_seed)
+            lo, hi = r["ci95"]
+            rows.append(f"| {label} | {key} | {100 * r['a']:.2f} | {100 * r['b']:.2f} | "
+                        f"{100 * r['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {r['sign_flip_share']:.3f} | "
+                        f"{r['n_dialogs']} | {r['n_seeds'][0]}/{r['n_seeds'][1]} |")
+        return rows
+
+    def teer(self, res, key, authors=False) -> str:
+        tag = "teer_authors" if authors else "teer"
+        return mean_std([r[tag][key] if r[tag] else None for r in res["runs"]])
+
+    def write(self, results_dir: Path, work: Path) -> str:
+        cfg, args = self.cfg, self.args
+        std, orc = cfg["standard_pipe"], cfg["oracle_pipe"]
+        L = ["# Reproduction of Wang, Lee, Chen (IALP 2025), Tables I-IV and ablations", ""]
+        if cfg["demo"]:
+            L += [f"> **{utils.DEMO_NOTE}**", ""]
+        L += ["How to read these tables. Every number is computed by this repository's runs; each row names the "
+              "metrics files it comes from (`{0,1,2}` = the seeds). A cell is the mean ± std over seeds"
+              + (" and folds" if args.folds != "none" else "") + " (`n` = how many values); a single value has no ± . "
+              "**Acc, UA, WF1, MF1** are reference-projected: every 4-class reference utterance of the test dialogs "
+              "takes the emotion predicted for the system speech covering most of it (an utterance no system speech "
+              "covers is a miss, counted wrong), so every pipeline is scored on the same utterances; the brackets are "
+              f"the 95 % bootstrap interval of the seed mean over test dialogs ({args.bootstrap_samples} resamples, seed "
+              f"{args.bootstrap_seed}). **(seg.)** columns score the pipeline's own labelled segments, as the paper "
+              f"does: their number differs per pipeline (the paper's with- and without-alignment accuracies were "
+              f"computed on {PAPER['test_segments']['aligned']} and {PAPER['test_segments']['without-alignment']} test "
+              "segments), `cov` = share (%) of the labelled reference speech those segments cover. Paper: the paper's "
+              "printed numbers, for reference.", ""]
+
+        al, bl = self.get(std, "aligned-p1.5"), self.get(std, "baseline")
+        fz, fzb = self.get(std, "aligned-p1.5", "frozen"), self.get(std, "baseline", "frozen")
+        ora = self.get(orc, "aligned-p1.5")
+        if al and bl:
+            L += ["## Table I: overall results (standard pipeline, fine-tuned extractors)", "", *self.CLASSIFICATION_HEADER,
+                  f"| Wu et al. (6 classes) | - | - | - | - | - | - | - | - | - | - | - | "
+                  f"{PAPER['table1']['wu2023']['accuracy']:.2f} | - | - | paper |",
+                  self.classification_row("Without alignment", bl, PAPER["table1"]["without-alignment"]),
+                  self.classification_row("Proposed (with alignment)", al, PAPER["table1"]["aligned"]), ""]
+            L += ["## Table II: per-emotion F1 without vs with alignment", "",
+                  "| Emotion | without | with | without (seg.) | with (seg.) | without (paper) | with (paper) |",
+                  "|---|---|---|---|---|---|---|"]
+            for lab in LABELS:
+                L.append(f"| {utils.LABEL_NAMES[lab]} | "
+                         + " | ".join(mean_std(values(r, metric_getter(f"f1:{lab}", level)), 1.0)
+                                      for level in ("utterance", "segment") for r in (bl, al))
+                         + f" | {PAPER['table2']['without-alignment'][lab]:.2f} | {PAPER['table2']['aligned'][lab]:.2f} |")
+            L += ["", f"Sources: `{bl['source']}/metrics.json`, `{al['source']}/metrics.json`.", ""]
+
+        comparisons = [(lbl, a, b) for lbl, a, b in (
+            ("with − without alignment (fine-tuned)", al, bl), ("VAD-oracle − standard pipeline", ora, al),
+            ("fine-tuned − frozen extractors", al, fz), ("with − without alignment (frozen)", fz, fzb)) if a and b]
+        if comparisons and args.bootstrap_samples:
+            L += ["## Paired differences of the headline comparisons (reference-projected, percentage points)", "",
+                  "Both systems are scored on the same reference utterances, so their difference is paired: each of "
+                  f"{args.bootstrap_samples} resamples draws test dialogs with replacement and applies the same draw to "
+                  "both (each system's value is its mean over seeds). `other sign` = share of resamples whose "
+                  "difference is zero or has the opposite sign.", "",
+                  "| comparison (A − B) | metric | A | B | A − B [95 % CI] | other sign | dialogs | seeds A/B |",
+                  "|---|---|---|---|---|---|---|---|"]
+            for lbl, a, b in comparisons:
+                L += self.paired(lbl, a, b)
+            L.append("")
+
+        if al and ora:
+            L += ["## Table III: TEER and sTEER across pipelines (with alignment, fine-tuned)", "",
                   "Default scoring follows the original definition (emotions compared by identity, collar 0.25 s, "
-                  "reference extent); the authors' option maps labels optimally (DiarizationErrorRate), collar 0, "
-                  "union of extents.", "",
-                  "| Pipeline | TEER % | sTEER % | TEER % (authors' scoring) | sTEER % (authors' scoring) | TEER paper | sTEER paper | source |",
-                  "|---|---|---|---|---|---|---|---|",
-                  f"| Wu et al. (6 classes) | - | - | - | - | {PAPER['table3']['wu2023']['TEER']:.2f} | {PAPER['table3']['wu2023']['sTEER']:.2f} | paper |"]
-        for label, res, pk in (("Standard", al, "standard"), ("VAD-oracle", ora, "vad-oracle")):
-            lines.append(f"| {label} ({res['run'].split('__')[0]}) | {fmt(teer_value(res, 'TEER'))} | {fmt(teer_value(res, 'sTEER'))} | "
-                         f"{fmt(teer_value(res, 'TEER', True))} | {fmt(teer_value(res, 'sTEER', True))} | "
-                         f"{PAPER['table3'][pk]['TEER']:.2f} | {PAPER['table3'][pk]['sTEER']:.2f} | `{Path(res['metrics_file']).parent}/teer*.json` |")
-        lines.append("")
+                  "reference extent, non-target reference time excluded); the authors' scoring maps labels optimally "
+                  "(DiarizationErrorRate), collar 0, union of extents, unlabelled segments as UNK (teer_calculate.py).", "",
+                  "| Pipeline | TEER % | sTEER % | TEER % (authors' scoring) | sTEER % (authors' scoring) | n | TEER paper | sTEER paper | source |",
+                  "|---|---|---|---|---|---|---|---|---|",
+                  f"| Wu et al. (6 classes) | - | - | - | - | - | {PAPER['table3']['wu2023']['TEER']:.2f} | "
+                  f"{PAPER['table3']['wu2023']['sTEER']:.2f} | paper |"]
+            for label, res, pk in (("Standard", al, "standard"), ("VAD-oracle", ora, "vad-oracle")):
+                L.append(f"| {label} ({res['pipe']}) | {self.teer(res, 'TEER')} | {self.teer(res, 'sTEER')} | "
+                         f"{self.teer(res, 'TEER', True)} | {self.teer(res, 'sTEER', True)} | {len(res['runs'])} | "
+                         f"{PAPER['table3'][pk]['TEER']:.2f} | {PAPER['table3'][pk]['sTEER']:.2f} | `{res['source']}/teer*.json` |")
+            L.append("")
 
-    fz = get(std, "aligned-p1.5", "frozen")
-    if al and fz:
-        lines += ["## Table IV: frozen vs fine-tuned extractors (with alignment)", "",
-                  "| Strategy | Acc ours | WF1 ours | MF1 ours | n | cov % | Acc paper | WF1 paper | MF1 paper | source |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        lines += [classification_row(label, res, PAPER["table4"][pk]) for label, res, pk in (
-            ("Frozen embeddings", fz, "frozen"), ("Fine-tuned embeddings", al, "finetune"))]
-        p1, p4 = PAPER["table1"], PAPER["table4"]
-        if p4["frozen"] == p1["without-alignment"]:
-            lines += ["", "Note: the paper's frozen row repeats its Table I without-alignment row exactly."]
-        if p4["finetune"]["weighted_f1"] != p1["aligned"]["weighted_f1"]:
-            lines += ["", f"Note: the paper's fine-tuned weighted F1 here ({p4['finetune']['weighted_f1']:.2f}) differs "
+        if al and fz:
+            L += ["## Table IV: frozen vs fine-tuned extractors (with alignment)", "", *self.CLASSIFICATION_HEADER,
+                  self.classification_row("Frozen embeddings", fz, PAPER["table4"]["frozen"]),
+                  self.classification_row("Fine-tuned embeddings", al, PAPER["table4"]["finetune"])]
+            p1, p4 = PAPER["table1"], PAPER["table4"]
+            if p4["frozen"] == p1["without-alignment"]:
+                L += ["", "Note: the paper's frozen row repeats its Table I without-alignment row exactly."]
+            if p4["finetune"]["weighted_f1"] != p1["aligned"]["weighted_f1"]:
+                L += ["", f"Note: the paper's fine-tuned weighted F1 here ({p4['finetune']['weighted_f1']:.2f}) differs "
                       f"from its Table I ({p1['aligned']['weighted_f1']:.2f})."]
-        lines.append("")
+            L.append("")
 
-    extra = [(lab, get(std, v, mo, md)) for lab, v, mo, md in (
-        ("fusion, fine-tuned, with alignment", "aligned-p1.5", "finetune", "fusion"),
-        ("text only, fine-tuned, with alignment", "aligned-p1.5", "finetune", "text"),
-        ("audio only, fine-tuned, with alignment", "aligned-p1.5", "finetune", "audio"),
-        ("fusion, frozen, without alignment", "baseline", "frozen", "fusion"))]
-    extra = [(lab, res) for lab, res in extra if res]
-    if len(extra) > 1:
-        lines += ["## Ablation: single-modality baselines and the frozen baseline (not in the paper)", "",
-                  "| Configuration | Acc | WF1 | MF1 | UA | n | cov % | source |", "|---|---|---|---|---|---|---|---|"]
-        for lab, res in extra:
-            n, cov = scored(res)
-            lines.append(f"| {lab} | {fmt(metric(res, 'accuracy'))} | {fmt(metric(res, 'weighted_f1'))} | "
-                         f"{fmt(metric(res, 'macro_f1'))} | {fmt(metric(res, 'ua'))} | {n} | {cov} | `{res['metrics_file']}` |")
-        lines.append("")
+        extra = [(lbl, r) for lbl, r in (
+            ("fusion, fine-tuned, with alignment", al), ("text only, fine-tuned, with alignment", self.get(std, "aligned-p1.5", modality="text")),
+            ("audio only, fine-tuned, with alignment", self.get(std, "aligned-p1.5", modality="audio")),
+            ("fusion, frozen, without alignment", fzb)) if r]
+        if len(extra) > 1:
+            L += ["## Ablation: single-modality baselines (not in the paper)", "",
+                  "| Configuration | Acc | UA | WF1 | MF1 | Acc (seg.) | MF1 (seg.) | n | source |", "|---" * 9 + "|"]
+            L += [f"| {lbl} | " + " | ".join(self.projected(r, k) for k in utils.HEADLINE) + " | "
+                  + " | ".join(self.segment(r, k) for k in ("accuracy", "macro_f1")) + f" | {self.n(r)} | `{r['source']}/metrics.json` |"
+                  for lbl, r in extra]
+            L.append("")
 
-    sweep = [(p, get(std, f"aligned-p{p:g}")) for p in sorted({1.5, *args_pauses})]
-    sweep = [(p, r) for p, r in sweep if r]
-    if len(sweep) > 1:
-        lines += ["## Ablation: maximum pause of the alignment (not in the paper; the paper uses 1.5 s, the authors' code 1.0 s)", "",
-                  "| max pause (s) | Acc | MF1 | " + " | ".join(f"F1 {lab}" for lab in utils.LABELS) + " | n | cov % | TEER % | source |",
-                  "|---|---|---|" + "---|" * len(utils.LABELS) + "---|---|---|---|"]
-        for p, res in sweep:
-            n, cov = scored(res)
-            lines.append(f"| {p:g} | {fmt(metric(res, 'accuracy'))} | {fmt(metric(res, 'macro_f1'))} | "
-                         + " | ".join(f"{class_f1(res, lab):.2f}" for lab in utils.LABELS)
-                         + f" | {n} | {cov} | {fmt(teer_value(res, 'TEER'))} | `{res['metrics_file']}` |")
-        lines += ["", "![per-emotion F1 vs maximum pause](pause_sweep.png)", ""]
-        plot_sweep(sweep, results / "pause_sweep.png", cfg["demo"])
+        fusion_rows = [(f, self.get(std, "aligned-p1.5", cfg["fusion_mode"], "fusion", f)) for f in utils.FUSIONS]
+        fusion_rows = [(f, r) for f, r in fusion_rows if r]
+        if len(fusion_rows) > 1:
+            L += [f"## Ablation: fusion of the two embeddings ({cfg['fusion_mode']} extractors, with alignment; "
+                  "the paper's future work)", "",
+                  "gated-xattn = the paper's model; xattn = cross-attention without the forget gates (h = a); "
+                  "concat = an MLP on [z_t ; z_a]; late = the mean of the two single-modality heads' logits "
+                  "(utils.SERModel). Everything else is equal.", "",
+                  "| Fusion | Acc | UA | WF1 | MF1 | Acc (seg.) | MF1 (seg.) | n | source |", "|---" * 9 + "|"]
+            L += [f"| {f} | " + " | ".join(self.projected(r, k) for k in utils.HEADLINE) + " | "
+                  + " | ".join(self.segment(r, k) for k in ("accuracy", "macro_f1")) + f" | {self.n(r)} | `{r['source']}/metrics.json` |"
+                  for f, r in fusion_rows]
+            L.append("")
 
-    report = work / cfg["standard_pipe"] / "alignment_report.md"
-    if report.is_file():
-        lines += ["## Alignment report (standard pipeline)", "", f"From `{report}`:", "", report.read_text(), ""]
-    utils.atomic_write_text(results / "tables.md", "\n".join(lines) + "\n")
-    for key, res in R.items():
-        png = Path(res["metrics_file"]).parent / "confusion_matrix.png"
-        if png.is_file():
-            (results / "confusion_matrices").mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(png, results / "confusion_matrices" / f"{res['run']}.png")
-    return R
+        sweep = [(p, self.get(std, f"aligned-p{p:g}")) for p in sorted({1.5, *args.pauses})]
+        sweep = [(p, r) for p, r in sweep if r]
+        if len(sweep) > 1:
+            L += ["## Ablation: maximum pause of the alignment (not in the paper; the paper uses 1.5 s, the authors' code 1.0 s)", "",
+                  "| max pause (s) | Acc | MF1 | " + " | ".join(f"F1 {lab}" for lab in LABELS)
+                  + " | Acc (seg.) | segments | cov % | TEER % | n | source |", "|---" * (11 + len(LABELS) - 4) + "|"]
+            for p, r in sweep:
+                _, seg, cov = self.counts(r)
+                L.append(f"| {p:g} | {self.projected(r, 'accuracy')} | {self.projected(r, 'macro_f1')} | "
+                         + " | ".join(mean_std(values(r, metric_getter(f"f1:{lab}", "utterance")), 1.0) for lab in LABELS)
+                         + f" | {self.segment(r, 'accuracy')} | {seg} | {cov} | {self.teer(r, 'TEER')} | {self.n(r)} | `{r['source']}/metrics.json` |")
+            L += ["", "![per-emotion F1 vs maximum pause](pause_sweep.png)", ""]
+            plot_sweep(sweep, results_dir / "pause_sweep.png", cfg["demo"])
+
+        report = work / std / "alignment_report.md"
+        if report.is_file():
+            L += ["## Alignment report (standard pipeline)", "", f"From `{report}`:", "", report.read_text(), ""]
+        return "\n".join(L) + "\n"
 
 
 def plot_sweep(sweep, path: Path, demo: bool):
@@ -407,55 +548,75 @@ def plot_sweep(sweep, path: Path, demo: bool):
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     xs = [p for p, _ in sweep]
-    for lab in utils.LABELS:
-        ax.plot(xs, [class_f1(r, lab) for _, r in sweep], marker="o", label=utils.LABEL_NAMES[lab])
+    for lab in LABELS:
+        ax.plot(xs, [np.mean(values(r, metric_getter(f"f1:{lab}", "utterance"))) for _, r in sweep], marker="o",
+                label=utils.LABEL_NAMES[lab])
     ax.set_xlabel("maximum pause inside a turn (s)")
-    ax.set_ylabel("F1 (test)")
+    ax.set_ylabel("F1 (test, reference-projected)")
     ax.set_title("Per-emotion F1 vs pause threshold" + (" (DEMO data)" if demo else ""))
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
     plt.close(fig)
+    tmp.replace(path)
 
 
 def main(argv=None):
     args = parse_args(argv)
     t0 = time.time()
     cfg = setup(args)
-    work, results = Path(cfg["work"]), Path(args.results)
+    work, results_dir = Path(cfg["work"]), Path(args.results)
     work.mkdir(parents=True, exist_ok=True)
-    results.mkdir(parents=True, exist_ok=True)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    configs = plan_configs(cfg, args)
     runner = Runner(work, args.force)
-    done = run_pipeline(cfg, args, runner)
-    write_tables(cfg, done, results, work, args.pauses)
+    run_pipeline(cfg, args, runner, configs)
+
+    results = {tuple(c[k] for k in ("pipe", "variant", "mode", "modality", "fusion")): load_results(work, c) for c in configs}
+    utils.atomic_write_text(results_dir / "tables.md", Tables(cfg, args, results).write(results_dir, work))
+    for res in results.values():
+        for r in res["runs"]:
+            png = work / "runs" / r["name"] / "confusion_matrix.png"
+            if png.is_file():
+                (results_dir / "confusion_matrices").mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(png, results_dir / "confusion_matrices" / f"{r['name']}.png")
 
     ran = [t for t in runner.timings if not t["skipped"]]
+    per_step = {}
+    for t in ran:
+        kind = " ".join(t["step"].split()[:2])
+        per_step[kind] = round(per_step.get(kind, 0.0) + t["seconds"], 2)
+    labels = utils.load_labels(work)
     provenance = {
-        "note": DEMO_NOTE if cfg["demo"] else "real-data run",
+        "note": utils.DEMO_NOTE if cfg["demo"] else "real-data run",
         "code": utils.code_version(), "command": [sys.executable, *sys.argv],
         "python": platform.python_version(), "platform": platform.platform(),
-        "config": cfg, "seed": args.seed, "folds": args.folds,
-        "runs": {name: f"{cfg['work']}/runs/{name}" for *_, name in done},
-        "steps": runner.timings, "total_seconds": round(time.time() - t0, 2),
+        "config": cfg, "seeds": {c["name"]: c["seeds"] for c in configs}, "folds": args.folds,
+        "bootstrap": {"samples": args.bootstrap_samples, "seed": args.bootstrap_seed},
+        "configurations": configs, "runs": {r: f"{cfg['work']}/runs/{r}" for c in configs for r in run_names(c)},
+        "steps": runner.timings, "seconds_per_step": per_step, "total_seconds": round(time.time() - t0, 2),
+        "corpus": {"path": labels["corpus"], "dialogs": len(labels["dialogs"]),
+                   "utterances": sum(len(d["utterances"]) for d in labels["dialogs"].values()),
+                   "labelled_4class": sum(u["label"] is not None for d in labels["dialogs"].values() for u in d["utterances"])},
     }
-    labels = utils.load_labels(work)
-    provenance["corpus"] = {"path": labels["corpus"], "dialogs": len(labels["dialogs"]),
-                            "utterances": sum(len(d["utterances"]) for d in labels["dialogs"].values()),
-                            "labelled_4class": sum(u["label"] is not None for d in labels["dialogs"].values()
-                                                   for u in d["utterances"])}
     if cfg["demo"]:
         truth = utils.read_json(Path(cfg["iemocap"]) / "demo_ground_truth.json", "demo ground truth")
         provenance["corpus"].update(kind="demo", seed=truth.get("seed"), generator_args=truth.get("args"))
     provenance["models"] = {"text": utils.extractor_identity(cfg["text_model"]),
                             "audio": utils.extractor_identity(cfg["audio_model"])}
-    utils.atomic_write_json(results / "provenance.json", provenance)
-    print(f"\n{len(ran)} steps ran, {len(runner.timings) - len(ran)} were up to date; "
-          f"{time.time() - t0:.1f} s in all")
-    print(f"tables: {results / 'tables.md'}   provenance: {results / 'provenance.json'}")
+    utils.atomic_write_json(results_dir / "provenance.json", provenance)
+    print(f"\n{len(ran)} step invocations ran ({', '.join(f'{k} {v:.1f} s' for k, v in per_step.items()) or 'none'}), "
+          f"{len(runner.timings) - len(ran)} items were up to date; {time.time() - t0:.1f} s in all")
+    print(f"tables: {results_dir / 'tables.md'}   provenance: {results_dir / 'provenance.json'}")
     if cfg["demo"]:
-        print(DEMO_NOTE)
+        print(utils.DEMO_NOTE)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -30,10 +30,45 @@ credited nor blamed there. --nontarget other keeps it as the label "other", whic
 prediction can match; --nontarget drop leaves it out of the reference only, so system speech
 there is a false alarm (what the authors' script does).
 
---authors reproduces the authors' public teer_calculate.py on the same predictions:
-pyannote DiarizationErrorRate on emotion labels (hypothesis labels mapped optimally onto
-reference labels, per dialog), the same for "emotion_speaker" labels without a prior speaker
-mapping, collar 0, UEM = union of reference and system extents, non-target utterances dropped.
+Dialogs of the test split with no system segment at all are scored as entirely missed
+(--empty-dialogs missed); --empty-dialogs skip leaves them out, as W-Wu's scorer does (it loops
+over the dialogs of the system output only).
+
+How the default differs from W-Wu's scorer (scoring/score_TEER.py of W-Wu/sTEER): that scorer
+keeps non-target reference speech in the reference under its own emotion label, where it counts
+as missed speech or confusion; that is --nontarget other here (a test finds the two equal to
+1e-9 on the same inputs and speaker map). The default --nontarget exclude instead cuts that time
+out of the scoring region, so TOTAL is the labelled reference speech only. W-Wu's scorer also
+skips dialogs absent from the system output (--empty-dialogs skip). Its counting is therefore
+--nontarget other --empty-dialogs skip (collar 0.25, reference-extent UEM, identity labels); its
+speaker map comes from a file of its own rather than from the overlap rule above.
+
+--authors reproduces the authors' public teer_calculate.py (M4RC034/SER-Align) on the same
+predictions, overriding --collar/--uem/--nontarget/--empty-dialogs:
+  * pyannote DiarizationErrorRate per dialog on emotion labels, i.e. hypothesis labels first
+    mapped one-to-one onto reference labels maximising their overlap; the same for
+    "emotion_speaker" labels, without a prior speaker mapping; components summed over dialogs
+    and divided once; collar 0; UEM = the smallest interval holding both the reference and the
+    system segments of the dialog;
+  * reference = the utterances with a 4-class label only (others dropped: system speech there is
+    a false alarm); dialogs without one are skipped;
+  * system segments without a 4-class reference (label null in predictions.json) are labelled
+    "UNK" instead of their prediction (setting unlabelled="unk"). Their classifier only ever
+    predicted the segments that their step 3 could label (a .pt file exists only for those),
+    and their script gives every other segment the label "UNK". This uses REFERENCE
+    information on the hypothesis side: which system segments overlap labelled speech. "UNK"
+    segments still count as system speech (false alarm where no labelled reference lies under
+    them); under optimal mapping "UNK" is one more hypothesis label, wrong where it overlaps
+    labelled speech unless the Hungarian mapping pairs it with a reference emotion that no
+    real prediction took. Which segments have no 4-class reference follows this project's
+    step 3 rule (align.label_segments); the authors' rule (the one utterance overlapping the
+    segment most, if by more than 0.1 s and if its emotion is one of the 4 classes) can
+    differ on segments that span several utterances;
+  * segments with identical start and end collapse to the last one (their pyannote Annotation is
+    keyed by the time interval), in the reference (labelled utterances) and in the system output;
+  * a dialog with no system segment is not scored (their aligner wrote no file for it).
+Their preprocessing also made no .pt file for slices under 100 samples; a labelled segment here
+overlaps its label by more than --min-label-overlap (0.1 s = 1600 samples), so that never applies.
 Under optimal mapping a model that swaps two emotions consistently is scored as perfect.
 
 The scorer is an interval sweep: all boundaries sorted once, label counts per elementary
@@ -41,11 +76,11 @@ segment from cumulative sums. No pyannote at scoring time; the tests check it ag
 pyannote.metrics to 1e-9.
 
     python teer_calculate.py --work preprocessed_iemocap --run NAME [--collar 0.25] [--authors]
+    python teer_calculate.py --work W --run NAME --nontarget other --empty-dialogs skip   # W-Wu's scorer
 """
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from pathlib import Path
 
@@ -53,50 +88,18 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 import utils
-from utils import LABELS, PipelineError, atomic_write_json, load_labels, read_json
+from utils import (LABELS, PipelineError, atomic_write_json, cover_counts, fold_dirs, load_labels, merge_intervals,
+                   read_json, run_test_dialogs, subtract_intervals)
 
 OTHER = "other"  # reference label of non-target time under --nontarget other
+UNK = "UNK"  # hypothesis label of segments without a 4-class reference under --authors (their script's name)
 
 # ---------------------------------------------------------------------------------------------
 # Interval sweep
 # ---------------------------------------------------------------------------------------------
 
-
-def _counts(points: np.ndarray, starts, ends) -> np.ndarray:
-    """How many of the intervals [starts[i], ends[i]) cover each elementary piece
-    [points[k], points[k+1]). Every start and end must be one of `points`."""
-    delta = np.zeros(len(points), dtype=np.int64)
-    np.add.at(delta, np.searchsorted(points, starts), 1)
-    np.add.at(delta, np.searchsorted(points, ends), -1)
-    return np.cumsum(delta)[:-1]
-
-
-def merge_intervals(intervals) -> np.ndarray:
-    """Union of intervals -> sorted disjoint [k, 2] array (empty intervals dropped)."""
-    a = np.asarray(intervals, dtype=np.float64).reshape(-1, 2)
-    a = a[a[:, 1] > a[:, 0]]
-    if len(a) == 0:
-        return a
-    points = np.unique(a)
-    covered = _counts(points, a[:, 0], a[:, 1]) > 0
-    return _runs(points, covered)
-
-
-def subtract_intervals(a, b) -> np.ndarray:
-    """Intervals of `a` not covered by `b` -> sorted disjoint [k, 2] array."""
-    a, b = merge_intervals(a), merge_intervals(b)
-    if len(a) == 0 or len(b) == 0:
-        return a
-    points = np.unique(np.concatenate([a.ravel(), b.ravel()]))
-    keep = (_counts(points, a[:, 0], a[:, 1]) > 0) & (_counts(points, b[:, 0], b[:, 1]) == 0)
-    return _runs(points, keep)
-
-
-def _runs(points: np.ndarray, flags: np.ndarray) -> np.ndarray:
-    """Maximal runs of consecutive flagged elementary pieces -> [k, 2] intervals."""
-    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
-    return np.stack([points[np.flatnonzero(edges == 1)], points[np.flatnonzero(edges == -1)]], axis=1)
-
+# Unions and differences of intervals (scoring regions, collars) are utils.merge_intervals and
+# utils.subtract_intervals; the label counts per elementary piece below are the scorer's own.
 
 def _label_counts(points, segments, labels):
     """[n_labels, n_pieces] counts of each label's segments over the elementary pieces."""
@@ -138,7 +141,7 @@ def score_dialog(ref, hyp, uem, collar: float = 0.0, mapping: str = "identity") 
 
     # Every boundary once, sorted; each elementary piece is wholly inside or outside the region.
     points = np.unique(np.concatenate([region.ravel(), [t for s, e, _ in ref + hyp for t in (s, e)]]))
-    inside = _counts(points, region[:, 0], region[:, 1]) > 0
+    inside = cover_counts(points, region[:, 0], region[:, 1]) > 0
     dur = np.diff(points) * inside
 
     ref_labels = sorted({lab for _, _, lab in ref})
@@ -193,15 +196,24 @@ COMPONENTS = ("total", "missed", "false_alarm", "confusion_emo", "correct_emo", 
 
 
 def teer_dialog(utterances, segments, collar=0.25, uem="extent", nontarget="exclude", mapping="identity",
-                speaker_mapping="overlap") -> dict:
+                speaker_mapping="overlap", unlabelled="pred", same_times="all") -> dict:
     """TEER components of one dialog.
 
     utterances: labels.json reference utterances ({"start","end","speaker","label"});
-    segments: predictions.json segments ({"start","end","speaker","pred"}).
+    segments: predictions.json segments ({"start","end","speaker","pred"}, and "label" for
+    unlabelled="unk").
     speaker_mapping "overlap": system speakers renamed to reference speakers first (map_speakers);
     "none": sTEER labels use the raw system speaker names (the authors' computation, where the
     optimal label mapping does the speaker mapping jointly with the emotions).
+    unlabelled "pred": every segment says its prediction; "unk": a segment whose label is null
+    (no 4-class reference) says UNK instead (the authors' script; uses the reference).
+    same_times "all": every segment and utterance counts; "last": of those with identical start
+    and end only the last counts (a pyannote Annotation keyed by Segment, as the authors build it).
     """
+    if unlabelled not in ("pred", "unk"):
+        raise ValueError(f"unlabelled must be 'pred' or 'unk', got {unlabelled!r}")
+    if same_times not in ("all", "last"):
+        raise ValueError(f"same_times must be 'all' or 'last', got {same_times!r}")
     if not utterances:
         raise ValueError("a dialog without reference utterances cannot be scored")
     # The reference is every utterance, except under "drop" where it is the labelled ones only.
@@ -209,8 +221,9 @@ def teer_dialog(utterances, segments, collar=0.25, uem="extent", nontarget="excl
     if not in_ref:
         raise ValueError("a dialog without reference utterances cannot be scored")
     extent = (min(u["start"] for u in in_ref), max(u["end"] for u in in_ref))
-    if uem == "union" and segments:
-        extent = (min(extent[0], min(s["start"] for s in segments)), max(extent[1], max(s["end"] for s in segments)))
+    spoken = [s for s in segments if s["end"] > s["start"]]  # empty segments hold no speech (pyannote ignores them)
+    if uem == "union" and spoken:
+        extent = (min(extent[0], min(s["start"] for s in spoken)), max(extent[1], max(s["end"] for s in spoken)))
     elif uem not in ("extent", "union"):
         raise ValueError(f"uem must be 'extent' or 'union', got {uem!r}")
     region = [extent]
@@ -236,8 +249,11 @@ def teer_dialog(utterances, segments, collar=0.25, uem="extent", nontarget="excl
                                [(s["start"], s["end"], s["speaker"]) for s in segments])
     elif speaker_mapping != "none":
         raise ValueError(f"speaker_mapping must be 'overlap' or 'none', got {speaker_mapping!r}")
-    hyp_emo = [(s["start"], s["end"], s["pred"]) for s in segments]
-    hyp_spk = [(s["start"], s["end"], f"{spk_map.get(s['speaker'], s['speaker'])}+{s['pred']}") for s in segments]
+    said = [UNK if unlabelled == "unk" and s["label"] is None else s["pred"] for s in segments]
+    hyp_emo = [(s["start"], s["end"], p) for s, p in zip(segments, said)]
+    hyp_spk = [(s["start"], s["end"], f"{spk_map.get(s['speaker'], s['speaker'])}+{p}") for s, p in zip(segments, said)]
+    if same_times == "last":
+        ref_emo, ref_spk, hyp_emo, hyp_spk = map(_last_of_same_times, (ref_emo, ref_spk, hyp_emo, hyp_spk))
 
     emo = score_dialog(ref_emo, hyp_emo, region, collar=collar, mapping=mapping)
     spk = score_dialog(ref_spk, hyp_spk, region, collar=collar, mapping=mapping)
@@ -247,6 +263,12 @@ def teer_dialog(utterances, segments, collar=0.25, uem="extent", nontarget="excl
             "scored_region": emo["scored"], "speaker_map": spk_map,
             "label_map_emo": emo["mapping"], "label_map_emo_spk": spk["mapping"],
             "n_reference": len(utterances), "n_system": len(segments)}
+
+
+def _last_of_same_times(items):
+    """[(start, end, label)] keeping, of items with identical (start, end), only the last one."""
+    last = {(s, e): (s, e, lab) for s, e, lab in items}  # later items overwrite; dicts keep first-insertion order
+    return list(last.values())
 
 
 def rates(c: dict) -> dict:
@@ -265,11 +287,21 @@ def rates(c: dict) -> dict:
 
 
 def score_predictions(predictions: dict, labels: dict, dialogs, settings: dict, where: str = "predictions") -> dict:
-    """Score predictions.json against labels.json over `dialogs`; per-dialog breakdown + totals."""
+    """Score predictions.json against labels.json over `dialogs`; per-dialog breakdown + totals.
+
+    settings: teer_dialog's keyword arguments plus "empty_dialogs": "missed" (a test dialog
+    without any system segment is scored, all its reference speech missed) or "skip" (not scored,
+    listed under skipped_dialogs; W-Wu's scorer and the authors' pipeline).
+    """
+    empty_dialogs = settings.get("empty_dialogs", "missed")
+    if empty_dialogs not in ("missed", "skip"):
+        raise ValueError(f"empty_dialogs must be 'missed' or 'skip', got {empty_dialogs!r}")
+    dialog_settings = {k: v for k, v in settings.items() if k != "empty_dialogs"}
+    required = ("dialog", "start", "end", "speaker", "pred") + (("label",) if settings.get("unlabelled") == "unk" else ())
     by_dialog: dict[str, list] = {d: [] for d in dialogs}
     outside = 0
     for n, seg in enumerate(predictions.get("segments", [])):
-        missing = [k for k in ("dialog", "start", "end", "speaker", "pred") if k not in seg]
+        missing = [k for k in required if k not in seg]
         if missing:
             raise PipelineError(f"{where}: segment {n} lacks {missing}; expected predictions.json segments")
         if seg["pred"] not in LABELS:
@@ -290,7 +322,10 @@ def score_predictions(predictions: dict, labels: dict, dialogs, settings: dict, 
         if not any(u["label"] is not None for u in utterances) and settings["nontarget"] in ("exclude", "drop"):
             skipped[d] = "no reference utterance with a 4-class label"
             continue
-        comp = teer_dialog(utterances, by_dialog[d], **settings)
+        if not by_dialog[d] and empty_dialogs == "skip":
+            skipped[d] = "no system segment (--empty-dialogs skip)"
+            continue
+        comp = teer_dialog(utterances, by_dialog[d], **dialog_settings)
         per_dialog[d] = {**comp, **rates(comp)}
         for k in COMPONENTS:
             sums[k] += comp[k]
@@ -298,48 +333,13 @@ def score_predictions(predictions: dict, labels: dict, dialogs, settings: dict, 
             "segments_outside_test_dialogs": outside, "skipped_dialogs": skipped, "dialogs": per_dialog}
 
 
-# ---------------------------------------------------------------------------------------------
-# Run directories
-# ---------------------------------------------------------------------------------------------
-
-
-def fold_dirs(run_dir: Path) -> list[Path]:
-    """Fold sub-runs of a multi-fold run: config.json "folds" (names or {"name"/"dir"}), else
-    fold<k>/ subfolders holding a config.json; [] for a single run."""
-    config_path = run_dir / "config.json"
-    config = read_json(config_path, "run config") if config_path.is_file() else {}
-    folds = config.get("folds")
-    if isinstance(folds, list) and folds:
-        names = [f if isinstance(f, str) else f.get("dir") or f.get("name") for f in folds]
-        return [run_dir / str(n) for n in names]
-    subs = [p for p in run_dir.iterdir() if p.is_dir() and re.fullmatch(r"fold\d+", p.name) and (p / "config.json").is_file()]
-    return sorted(subs, key=lambda p: int(p.name[4:]))
-
-
-def run_test_dialogs(run_dir: Path, predictions: dict, labels: dict) -> tuple[list[str], str]:
-    """The run's test dialogs from its config.json split, else those in predictions.json.
-
-    Accepted: config["split"]["test"] (or "test_dialogs") as dialog names or session numbers.
-    Returns (dialogs, where they came from)."""
-    config_path = run_dir / "config.json"
-    config = read_json(config_path, "run config") if config_path.is_file() else {}
-    split = config.get("split") or {}
-    test = split.get("test", split.get("test_dialogs")) if isinstance(split, dict) else None
-    if isinstance(test, dict):  # e.g. {"sessions": [5], "dialogs": [...]}
-        test = test.get("dialogs") or test.get("sessions")
-    if isinstance(test, list) and test:
-        if all(isinstance(t, int) for t in test):
-            return sorted(d for d, v in labels["dialogs"].items() if v.get("session") in test), f"{config_path} (sessions {test})"
-        return sorted(str(t) for t in test), str(config_path)
-    dialogs = sorted({s["dialog"] for s in predictions.get("segments", []) if "dialog" in s})
-    return dialogs, "predictions.json (no test split in config.json)"
-
-
 def settings_from_args(args) -> dict:
+    """The scorer's settings: ours from the flags, or the authors' script's (--authors overrides them)."""
     if args.authors:
-        return {"collar": 0.0, "uem": "union", "nontarget": "drop", "mapping": "optimal", "speaker_mapping": "none"}
+        return {"collar": 0.0, "uem": "union", "nontarget": "drop", "mapping": "optimal", "speaker_mapping": "none",
+                "unlabelled": "unk", "same_times": "last", "empty_dialogs": "skip"}
     return {"collar": args.collar, "uem": args.uem, "nontarget": args.nontarget, "mapping": "identity",
-            "speaker_mapping": "overlap"}
+            "speaker_mapping": "overlap", "unlabelled": "pred", "same_times": "all", "empty_dialogs": args.empty_dialogs}
 
 
 def score_run(run_dir: Path, labels: dict, settings: dict) -> dict:
@@ -380,7 +380,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--work", default="preprocessed_iemocap", help="work directory (default: %(default)s)")
-    p.add_argument("--run", required=True, help="run name: WORK/runs/<run>/ holds predictions.json (step 5)")
+    p.add_argument("--run", required=True, nargs="+",
+                   help="run name(s): WORK/runs/<run>/ holds predictions.json (step 5); several runs are scored in turn")
     p.add_argument("--collar", type=float, default=0.25,
                    help="seconds not scored either side of each reference boundary (default: %(default)s, Wu et al.)")
     p.add_argument("--uem", choices=("extent", "union"), default="extent",
@@ -388,21 +389,43 @@ def main(argv=None) -> dict:
     p.add_argument("--nontarget", choices=("exclude", "other", "drop"), default="exclude",
                    help="reference time without a 4-class label: cut from the scoring region (default), "
                         "kept as label 'other' that no prediction matches, or dropped from the reference only (FA there)")
+    p.add_argument("--empty-dialogs", choices=("missed", "skip"), default="missed",
+                   help="test dialogs without any system segment: scored as all missed (default), or left out "
+                        "as W-Wu's scorer does (it scores only the dialogs in the system output)")
     p.add_argument("--authors", action="store_true",
                    help="reproduce the authors' script: optimal label mapping (DiarizationErrorRate), collar 0, "
-                        "union UEM, non-target dropped; overrides --collar/--uem/--nontarget; writes teer_authors.json")
+                        "union UEM, non-target dropped, dialogs without system segments skipped, and segments "
+                        "without a 4-class reference labelled UNK instead of their prediction (this uses reference "
+                        "information: which segments overlap labelled speech); overrides "
+                        "--collar/--uem/--nontarget/--empty-dialogs; writes teer_authors.json")
+    p.add_argument("--also-authors", action="store_true",
+                   help="write both teer.json (the flags' settings) and teer_authors.json (--authors) in one go")
     p.add_argument("--out", default=None, help="output file name in the run dir (default teer.json, teer_authors.json with --authors)")
     args = p.parse_args(argv)
     if args.collar < 0:
         p.error("--collar must be >= 0")
+    if args.out and (len(args.run) > 1 or args.also_authors):
+        p.error("--out names one file: use it with one --run and without --also-authors")
 
-    settings = settings_from_args(args)
-    work, run_dir = Path(args.work), Path(args.work) / "runs" / args.run
-    if not run_dir.is_dir():
-        raise PipelineError(f"{run_dir}: run directory not found")
+    work = Path(args.work)
+    for name in args.run:
+        if not (work / "runs" / name).is_dir():
+            raise PipelineError(f"{work / 'runs' / name}: run directory not found")
     labels = load_labels(work)
-    print(f"read {work / 'labels.json'} ({len(labels['dialogs'])} dialogs); settings {settings}")
+    print(f"read {work / 'labels.json'} ({len(labels['dialogs'])} dialogs)")
+    semantics = [args.authors] + ([True] if args.also_authors and not args.authors else [])
+    results = {}
+    for name in args.run:
+        for authors in semantics:
+            results[name, authors] = score_named_run(work, name, labels, argparse.Namespace(**{**vars(args), "authors": authors}))
+    return results[args.run[0], semantics[0]] if len(results) == 1 else results
 
+
+def score_named_run(work: Path, name: str, labels: dict, args) -> dict:
+    """Score WORK/runs/<name>/ (each fold, then all folds pooled) and write its teer*.json."""
+    settings = settings_from_args(args)
+    run_dir = work / "runs" / name
+    print(f"{name}: settings {settings}")
     t0 = time.perf_counter()
     folds = fold_dirs(run_dir)
     if folds:
@@ -415,13 +438,13 @@ def main(argv=None) -> dict:
     elapsed = time.perf_counter() - t0
 
     note = utils.demo_note(labels)
-    result = {"run": args.run, **({"note": note} if note else {}), "settings": settings,
+    result = {"run": name, **({"note": note} if note else {}), "settings": settings,
               "semantics": "authors" if args.authors else "wu2023", **result, "seconds": elapsed}
     out = run_dir / (args.out or ("teer_authors.json" if args.authors else "teer.json"))
     atomic_write_json(out, result)
     for name, r in result.get("folds", {}).items():
         report(name, r)
-    report("pooled" if folds else args.run, result)
+    report("pooled" if folds else name, result)
     print(f"scored in {elapsed:.3f} s; wrote {out}")
     if note:
         print(note)

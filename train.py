@@ -4,13 +4,26 @@ Reads the step-3 segment caches WORK/<pipe>/<variant>/cache/<dialog>.pt and WORK
 trains utils.SERModel and writes WORK/runs/<run>/ (config.json, log.jsonl, checkpoint_last.pt,
 checkpoint_best.pt). Frozen mode also writes WORK/features/<extractor-key>/<pipe>/<variant>/.
 
-Training recipe (the authors'): AdamW, extractors lr 2e-5 and head lr 1e-4 (fine-tuned mode),
-weight decay 0.01, dropout 0.2, batch 8, 20 epochs, ReduceLROnPlateau (factor 0.5, patience 2),
-early stopping (patience 5). Model selection differs from the authors on purpose: the learning-
-rate schedule, early stopping and the kept checkpoint all use the validation accuracy (--monitor;
-or the loss) of a validation set drawn from the TRAINING sessions (--val-fraction of their
-dialogs, seeded; the dialogs' speakers also occur in training, as IEMOCAP has two per session).
-The test split is never loaded here: predictions on it are made by evaluate.py afterwards.
+Training recipe: the paper gives none, so the defaults are the authors' code (M4RC034/SER-Align
+train.py): AdamW, extractors lr 2e-5 and everything else 1e-4 (fine-tuned mode), weight decay 0.01,
+dropout 0.2, cross-entropy, batch 8, 20 epochs, shuffled; ReduceLROnPlateau (mode min, factor 0.5,
+patience 2) stepped on the validation LOSS (--schedule-on); the kept checkpoint and early stopping
+(patience 5) on the validation ACCURACY (--select-on; a strict improvement, so the earliest epoch
+wins ties); RoBERTa input truncated at 512 tokens; no audio crop (segments padded to the longest in
+the batch, which length bucketing keeps cheap; --max-audio-seconds crops for small GPUs and the
+number cropped is reported).
+
+Departures from the authors' code (README, "Departures"), each a flag with their value reachable:
+  --validation held-out   the validation set is drawn from the TRAINING sessions (--val-fraction of
+                          each session's dialogs, seeded; their speakers also occur in training, as
+                          IEMOCAP has two per session), so the test split is never loaded here.
+                          The authors validated, selected and early-stopped on the test session:
+                          --validation test.
+  --audio-padding exact   a segment's audio embedding does not depend on the other segments of its
+                          batch (utils.AudioEmbedder). The authors' wav2vec2-base gets the zero-padded
+                          batch without an attention mask and its mean counts the padded frames:
+                          --audio-padding authors.
+  step 3's --channel      stereo dialog channels averaged (align.py --channel mean); theirs: channel 0.
 
 Splits (--folds):
   session         test = Session --test-session (the paper's: 5), train/val = the other sessions.
@@ -26,9 +39,9 @@ Splits (--folds):
 
 Speed: batches of similar audio length (utils.LengthBucketSampler), audio normalised once when
 the cache is read, tokenising in DataLoader workers (--num-workers), bf16 autocast on CUDA,
-optionally --freeze-feature-encoder (wav2vec2's CNN) and --gradient-checkpointing. Segments
-longer than --max-audio-seconds are centre-cropped: aligned turns can merge several utterances
-and one long turn would otherwise set the padded size and memory of its whole batch. Under
+optionally --freeze-feature-encoder (wav2vec2's CNN) and --gradient-checkpointing. With
+--max-audio-seconds S, segments longer than S are centre-cropped: aligned turns can merge several
+utterances and one long turn sets the padded size and memory of its whole batch. Under
 torchrun every rank trains on its share of the batches and validates on the whole validation
 set; rank 0 writes the files.
 
@@ -65,6 +78,9 @@ def parse_args(argv=None):
     p.add_argument("--mode", choices=["finetune", "frozen"], default="finetune",
                    help="finetune: extractors train with --lr-extractor; frozen: cached embeddings, head only")
     p.add_argument("--modality", choices=list(utils.MODALITIES), default="fusion")
+    p.add_argument("--fusion", choices=list(utils.FUSIONS), default="gated-xattn",
+                   help="how the two embeddings are fused (utils.SERModel): the paper's gated cross-attention, "
+                        "or the ablations xattn (no forget gates), concat (MLP), late (mean of the single-modality heads' logits)")
     p.add_argument("--text-model", default="roberta-base", help="hub name or local dir (AutoModel/AutoTokenizer)")
     p.add_argument("--audio-model", default="facebook/wav2vec2-base", help="hub name or local dir (AutoModel/AutoFeatureExtractor)")
     p.add_argument("--run", "--run-name", dest="run", default=None,
@@ -77,23 +93,37 @@ def parse_args(argv=None):
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--heads", type=int, default=8, help="attention heads of cross-attention and fusion layer")
+    p.add_argument("--fusion-layers", type=int, default=2, help="Transformer encoder layers of the fusion layer")
+    p.add_argument("--ffn-dim", type=int, default=2048, help="feed-forward size of the fusion layer")
     p.add_argument("--plateau-factor", type=float, default=0.5)
     p.add_argument("--plateau-patience", type=int, default=2)
     p.add_argument("--early-stop", type=int, default=5, help="stop after this many epochs without validation improvement")
-    p.add_argument("--monitor", choices=["loss", "acc"], default="acc",
-                   help="validation quantity for the LR schedule, early stopping and the kept checkpoint "
-                        "(accuracy, the paper's headline metric; the earliest epoch wins ties)")
+    p.add_argument("--schedule-on", choices=["loss", "acc"], default="loss",
+                   help="validation quantity the ReduceLROnPlateau schedule follows (the authors': loss)")
+    p.add_argument("--select-on", choices=["acc", "loss"], default="acc",
+                   help="validation quantity for the kept checkpoint and early stopping (the authors': accuracy; "
+                        "a strict improvement is needed, so the earliest epoch wins ties)")
+    p.add_argument("--validation", choices=["held-out", "test"], default="held-out",
+                   help="held-out: validation dialogs drawn from the training sessions (ours); "
+                        "test: validate and select on the test split, as the authors did")
     p.add_argument("--folds", choices=["session", "loso", "speaker-script"], default="session")
     p.add_argument("--test-session", type=int, default=5, help="with --folds session")
     p.add_argument("--val-fraction", type=float, default=0.15, help="share of each training session's dialogs held out for validation")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, nargs="+", default=[0],
+                   help="seed(s) of initialisation and data order; several seeds train one run each, "
+                        "reading the data once (--run must then contain {seed})")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="seed of the validation-dialog draw, kept apart from --seed so that seeds share one split")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1")
-    p.add_argument("--max-audio-seconds", type=float, default=15.0,
-                   help="centre-crop longer segments (aligned turns can merge several utterances; 0 = no crop)")
+    p.add_argument("--max-audio-seconds", type=float, default=0.0,
+                   help="centre-crop longer segments to this many seconds, for small GPUs (default 0 = no crop, as the authors)")
+    p.add_argument("--audio-padding", choices=["exact", "authors"], default="exact",
+                   help="exact: padding in a batch does not change a segment's audio embedding (ours); "
+                        "authors: no attention mask, mean over every frame of the padded batch")
     p.add_argument("--max-text-tokens", type=int, default=512)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (default: on with CUDA)")
     p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--freeze-feature-encoder", action="store_true", help="fine-tuned mode: keep wav2vec2's CNN fixed")
+    p.add_argument("--freeze-feature-encoder", action="store_true", help="fine-tuned mode: keep the audio model's CNN fixed")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="resume from checkpoint_last.pt when the run dir has one with the same config")
@@ -115,9 +145,11 @@ def split_val(train_dialogs: list[str], fraction: float, seed: int) -> tuple[lis
     return sorted(train), sorted(val)
 
 
-def make_folds(meta: dict, scheme: str, test_session: int, val_fraction: float, seed: int) -> list[dict]:
+def make_folds(meta: dict, scheme: str, test_session: int, val_fraction: float, seed: int,
+               validation: str = "held-out") -> list[dict]:
     """meta: {dialog: {"session", "kind", "script"}} of the dialogs that have a segment cache.
-    -> [{"name", "train", "val", "test", "unused"}] (see the module docstring)."""
+    -> [{"name", "train", "val", "test", "unused"}] (see the module docstring). validation "test"
+    (the authors'): no held-out dialogs, the test dialogs are the validation set."""
     sessions = sorted({m["session"] for m in meta.values()})
     if scheme == "session":
         tests = [test_session]
@@ -137,7 +169,7 @@ def make_folds(meta: dict, scheme: str, test_session: int, val_fraction: float, 
         if not test or not train_pool:
             raise PipelineError(f"fold testing session {k}: {len(test)} test and {len(train_pool)} training dialogs; "
                                 f"sessions with caches: {sessions}")
-        train, val = split_val(train_pool, val_fraction, seed)
+        train, val = split_val(train_pool, val_fraction, seed) if validation == "held-out" else (sorted(train_pool), sorted(test))
         name = "main" if scheme == "session" else f"fold{k}"
         folds.append({"name": name, "test_session": k, "train": train, "val": val, "test": sorted(test),
                       "unused": sorted(unused), **({"held_script": held_script} if scheme == "speaker-script" else {})})
@@ -233,7 +265,9 @@ def trained_state(model, mode: str) -> dict:
 
 # ---- one run --------------------------------------------------------------------------------
 
-def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple) -> Path:
+def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple, shared: dict) -> Path:
+    """Train one seed on one split. `shared` carries what does not depend on the seed (the datasets,
+    frozen embeddings) from one seed of the same split to the next, so it is read once."""
     from transformers import AutoFeatureExtractor, AutoTokenizer
 
     rank, world_size, device = dist_info
@@ -278,28 +312,34 @@ def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple
 
     utils.seed_everything(args.seed)
     model = utils.build_model(config).to(device)
-    say(f"model: {args.modality}, mode {args.mode}, hidden {model.dim}, "
+    say(f"model: {args.modality}" + (f" ({args.fusion} fusion)" if args.modality == "fusion" else "")
+        + f", mode {args.mode}, hidden {model.dim}, "
         f"{sum(p.numel() for p in model.extractor_parameters()) / 1e6:.2f} M extractor + "
         f"{sum(p.numel() for p in model.head_parameters()) / 1e6:.2f} M head parameters")
     tokenizer = AutoTokenizer.from_pretrained(args.text_model) if use_text else None
     collator = utils.Collator(tokenizer, args.max_text_tokens)
 
-    datasets = {}
+    datasets = shared.setdefault("datasets", {})
     for part in ("train", "val"):
+        if part in datasets:
+            continue
         datasets[part] = utils.SegmentDataset([cache_dir / f"{d}.pt" for d in split[part]], labelled_only=True,
                                               max_audio_seconds=args.max_audio_seconds, do_normalize=do_norm)
         c = datasets[part].counts
         say(f"read {part}: {c['dialogs']} dialogs, {c['segments']} labelled segments "
-            f"(skipped {c['unlabelled_skipped']} without a 4-class label; cropped {c['cropped']} > {args.max_audio_seconds:g} s; "
-            f"padded {c['padded_short']} < 25 ms)")
+            f"(skipped {c['unlabelled_skipped']} without a 4-class label; "
+            + (f"cropped {c['cropped']} > {args.max_audio_seconds:g} s; " if args.max_audio_seconds else "no crop; ")
+            + f"padded {c['padded_short']} < 25 ms)")
         if not len(datasets[part]):
             raise PipelineError(f"{cache_dir}: no labelled segments in the {part} dialogs {split[part][:5]}...")
 
     if args.mode == "frozen":
         for p in model.extractor_parameters():
             p.requires_grad_(False)
-        feats = {}
+        feats = shared.setdefault("feats", {})
         for part, ds in datasets.items():
+            if part in feats:
+                continue
             # Distributed: rank 0 fills the on-disk cache alone; the other ranks then only read it.
             if world_size > 1 and not main_rank:
                 torch.distributed.barrier()
@@ -316,10 +356,10 @@ def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple
         groups = [{"params": model.head_parameters(), "lr": args.lr_head}]
     else:
         if args.freeze_feature_encoder and model.audio is not None:
-            model.audio.model.freeze_feature_encoder()
+            model.audio.freeze_feature_encoder()
         if args.gradient_checkpointing:
             for m in model.extractors():
-                m.model.gradient_checkpointing_enable()
+                m.gradient_checkpointing_enable()
         net = model
         groups = [{"params": [p for p in model.extractor_parameters() if p.requires_grad], "lr": args.lr_extractor},
                   {"params": model.head_parameters(), "lr": args.lr_head}]
@@ -327,7 +367,9 @@ def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
                                                         find_unused_parameters=True)
     optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
-    sign = 1.0 if args.monitor == "loss" else -1.0  # the scheduler and early stopping minimise sign * metric
+    # Both quantities are turned into something to minimise: loss as is, accuracy negated.
+    sched_sign = 1.0 if args.schedule_on == "loss" else -1.0
+    sign = 1.0 if args.select_on == "loss" else -1.0
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=args.plateau_factor,
                                                            patience=args.plateau_patience)
 
@@ -365,8 +407,8 @@ def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple
             val_batches = embedding_batches(feats["val"], labels["val"], args.batch_size, False, 0)
         tr = train_one_epoch(net, batches, optimizer, device, bf16)
         va = validate(net, val_batches, device, bf16)
-        scheduler.step(sign * va[args.monitor])
-        score = sign * va[args.monitor]
+        scheduler.step(sched_sign * va[args.schedule_on])
+        score = sign * va[args.select_on]
         improved = best is None or score < best
         if improved:
             best, best_epoch, stale = score, epoch, 0
@@ -390,7 +432,7 @@ def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple
                                      "best_epoch": best_epoch, "stale": stale, "rng": rng_state()}, ckpt_last)
     if stale >= args.early_stop:
         say(f"early stopping: no validation improvement for {stale} epochs")
-    say(f"best validation epoch {best_epoch} ({args.monitor} {sign * best:.4f}); wrote {run_dir}/config.json, log.jsonl, "
+    say(f"best validation epoch {best_epoch} ({args.select_on} {sign * best:.4f}); wrote {run_dir}/config.json, log.jsonl, "
         f"checkpoint_best.pt, checkpoint_last.pt")
     return run_dir
 
@@ -414,6 +456,14 @@ def setup_distributed(device_flag: str):
 
 def main(argv=None) -> str:
     args = parse_args(argv)
+    if args.mode == "frozen" and args.audio_padding == "authors":
+        raise PipelineError("--mode frozen caches one embedding per segment, which needs --audio-padding exact "
+                            "(with 'authors' a segment's embedding depends on the rest of its batch)")
+    if args.epochs < 1 or args.batch_size < 1:
+        raise PipelineError(f"--epochs {args.epochs} and --batch-size {args.batch_size} must be at least 1")
+    # Tiny gradients and Adam's squared averages reach the subnormal float range, where x86 CPUs are
+    # many times slower; flushing them to zero changes no result above 1e-38 (GPUs flush by default).
+    torch.set_flush_denormal(True)
     dist_info = setup_distributed(args.device)
     print = builtins.print if dist_info[0] == 0 else (lambda *a, **k: None)  # noqa: A001 (rank 0 speaks)
     work = Path(args.work)
@@ -431,24 +481,36 @@ def main(argv=None) -> str:
     print(f"read {work / 'labels.json'}: {len(labels['dialogs'])} dialogs; {len(meta)} have a segment cache in {cache_dir}"
           f" (skipped {len(missing)} without one{': ' + ', '.join(missing[:5]) if missing else ''};"
           f" ignored {len(extra)} caches not in labels.json)")
-    folds = make_folds(meta, args.folds, args.test_session, args.val_fraction, args.seed)
-    run_name = args.run or f"{args.pipe}-{args.variant}-{args.mode}-{args.modality}"
-    run_dir = work / "runs" / run_name
+    folds = make_folds(meta, args.folds, args.test_session, args.val_fraction, args.split_seed, args.validation)
+    seeds = list(dict.fromkeys(args.seed))
+    template = args.run or (f"{args.pipe}-{args.variant}-{args.mode}-{args.modality}"
+                            + (f"-{args.fusion}" if args.fusion != "gated-xattn" else "") + ("-s{seed}" if len(seeds) > 1 else ""))
+    if len(seeds) > 1 and "{seed}" not in template:
+        raise PipelineError(f"--run {template!r}: with several seeds the run name must contain {{seed}}")
     info = {"corpus": labels.get("corpus")}
-    for fold in folds:
-        fdir = run_dir if fold["name"] == "main" else run_dir / fold["name"]
-        print(f"split {fold['name']}: train {len(fold['train'])} dialogs, val {len(fold['val'])}, test {len(fold['test'])} "
-              f"(session {fold['test_session']}; never read here), unused {len(fold['unused'])}")
-        run_fold(args, fold, fdir, info, dist_info)
-    if len(folds) > 1 and dist_info[0] == 0:
-        utils.atomic_write_json(run_dir / "config.json", {
-            "folds": [f["name"] for f in folds], "folds_scheme": args.folds, "run": run_name,
-            "flags": vars(args), "code_version": utils.code_version(),
-            "note": "each fold dir is a full run dir; evaluate each fold and aggregate mean and std"})
-        print(f"wrote {run_dir / 'config.json'} listing {len(folds)} folds")
+    shared = {fold["name"]: {} for fold in folds}  # data read once per split, shared by the seeds
+    run_dirs = []
+    for seed in seeds:
+        run_name = template.replace("{seed}", str(seed))
+        run_dir = work / "runs" / run_name
+        seed_args = argparse.Namespace(**{**vars(args), "seed": seed})
+        for fold in folds:
+            fdir = run_dir if fold["name"] == "main" else run_dir / fold["name"]
+            print(f"{run_name} (seed {seed}) split {fold['name']}: train {len(fold['train'])} dialogs, val {len(fold['val'])}, "
+                  f"test {len(fold['test'])} (session {fold['test_session']}; "
+                  + ("never read here" if args.validation == "held-out" else "USED FOR VALIDATION AND SELECTION, --validation test")
+                  + f"), unused {len(fold['unused'])}")
+            run_fold(seed_args, fold, fdir, info, dist_info, shared[fold["name"]])
+        if len(folds) > 1 and dist_info[0] == 0:
+            utils.atomic_write_json(run_dir / "config.json", {
+                "folds": [f["name"] for f in folds], "folds_scheme": args.folds, "run": run_name,
+                "flags": vars(seed_args), "code_version": utils.code_version(),
+                "note": "each fold dir is a full run dir; evaluate each fold and aggregate mean and std"})
+            print(f"wrote {run_dir / 'config.json'} listing {len(folds)} folds")
+        run_dirs.append(str(run_dir))
     if dist_info[1] > 1:
         torch.distributed.destroy_process_group()
-    return str(run_dir)
+    return run_dirs[0] if len(run_dirs) == 1 else run_dirs
 
 
 if __name__ == "__main__":

@@ -12,10 +12,13 @@ of ASR Transcripts and Speaker Diarization", IALP 2025 (arXiv 2507.19356).
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
+import re
 import subprocess
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -149,13 +152,21 @@ def write_rttm(path, dialog: str, turns) -> None:
     atomic_write_text(path, "".join(lines))
 
 
-def load_audio(path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+AUDIO_CHANNELS = ("mean", "0", "1")  # the --channel choices of align.py
+
+
+def load_audio(path, sample_rate: int = SAMPLE_RATE, channel: str = "mean") -> np.ndarray:
     """Decode a wav file with soundfile -> float32 mono [samples] in [-1, 1].
 
-    Stereo files (IEMOCAP's dialog wavs) are mixed down by averaging the channels, so both
-    actors are heard (each channel favours one actor's microphone). No resampling: a file at
-    another rate is an error, since every IEMOCAP wav is 16 kHz.
+    channel: how a multi-channel file (IEMOCAP's stereo dialog wavs) becomes mono. "mean"
+    (default) averages the channels, so both actors are heard (each channel favours one actor's
+    microphone); "0" or "1" (or the int) takes that channel alone (the authors took channel 0).
+    A mono file is returned as it is whatever `channel` says. No resampling: a file at another
+    rate is an error, since every IEMOCAP wav is 16 kHz.
     """
+    channel = str(channel)
+    if channel not in AUDIO_CHANNELS:
+        raise ValueError(f"channel must be one of {AUDIO_CHANNELS}, got {channel!r}")
     import soundfile as sf
 
     path = Path(path)
@@ -169,7 +180,84 @@ def load_audio(path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         raise PipelineError(f"{path}: sample rate {sr} Hz, expected {sample_rate} Hz")
     if audio.shape[0] == 0:
         raise PipelineError(f"{path}: audio file has no samples")
-    return audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
+    if audio.shape[1] == 1:
+        return audio[:, 0]
+    if channel == "mean":
+        return audio.mean(axis=1)
+    if int(channel) >= audio.shape[1]:
+        raise PipelineError(f"{path}: no channel {channel} in a {audio.shape[1]}-channel file")
+    return np.ascontiguousarray(audio[:, int(channel)])
+
+
+# IEMOCAP's text formats, read by steps 1 and 2 (docs/FORMATS.md).
+# "Ses01F_impro01_F000 [006.2901-008.2357]: Excuse me."
+TRANSCRIPT_RE = re.compile(r"^(Ses\S+) \[(\d+(?:\.\d*)?)-(\d+(?:\.\d*)?)\]:(.*)$")
+
+
+def read_text_lines(path, decode_log: Counter | None = None) -> list[str]:
+    """Lines of a corpus text file without line ends.
+
+    UTF-8 first, then cp1252, then latin-1 (never fails). Splits on "\\n" only: str.splitlines
+    would also split on characters such as U+0085 that a latin-1 decode can produce.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise PipelineError(f"{path}: cannot read file: {e}") from e
+    for encoding in ("utf-8", "cp1252", "latin-1"):
+        try:
+            text = data.decode(encoding)
+            break
+        except UnicodeDecodeError:
+            continue
+    if decode_log is not None:
+        decode_log[encoding] += 1
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return [line.rstrip("\r") for line in text.split("\n")]
+
+
+def parse_wdseg(path) -> list[tuple[int, int, int, str]]:
+    """Parse one ForcedAlignment .wdseg (CMU Sphinx-3) -> [(start_frame, end_frame, score, token)].
+
+    Tokens are returned as written (<s>, <sil>, ++BREATHING++, WHAT(2) ...); frames are 10 ms from
+    the start of the utterance wav. Validates the "SFrm EFrm SegAScr Word" header, every row and the
+    "Total score: N" trailer.
+    """
+    path = Path(path)
+    lines = read_text_lines(path)
+    rows, state, last = [], "header", 0  # header -> rows -> done; last: the last non-blank line
+    for n, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields:
+            continue
+        last = n
+        where = f"{path}:{n}"
+        if state == "header":
+            if fields != ["SFrm", "EFrm", "SegAScr", "Word"]:
+                raise PipelineError(f"{where}: expected the header 'SFrm EFrm SegAScr Word', got {line!r}")
+            state = "rows"
+        elif state == "rows" and fields[:2] == ["Total", "score:"]:
+            if len(fields) != 3 or not re.fullmatch(r"-?\d+", fields[2]):
+                raise PipelineError(f"{where}: expected 'Total score: <integer>', got {line!r}")
+            state = "done"
+        elif state == "rows":
+            if len(fields) != 4 or not all(re.fullmatch(r"-?\d+", f) for f in fields[:3]):
+                raise PipelineError(f"{where}: expected '<start frame> <end frame> <score> <word>', got {line!r}")
+            start, end, score = int(fields[0]), int(fields[1]), int(fields[2])
+            if not 0 <= start <= end:
+                raise PipelineError(f"{where}: expected 0 <= start frame <= end frame, got {start} {end}")
+            rows.append((start, end, score, fields[3]))
+        else:
+            raise PipelineError(f"{where}: expected nothing after the 'Total score' line, got {line!r}")
+    if state == "header":
+        raise PipelineError(f"{path}: expected the header 'SFrm EFrm SegAScr Word', got an empty file")
+    if state != "done":
+        raise PipelineError(f"{path}:{last}: expected a 'Total score: N' line after this line, got end of file")
+    if not rows:
+        raise PipelineError(f"{path}: no word rows between the header and the 'Total score' line")
+    return rows
 
 
 def seed_everything(seed: int) -> None:
@@ -208,14 +296,263 @@ def overlap(a_start: float, a_end: float, b_start: float, b_end: float) -> float
     return max(0.0, min(a_end, b_end) - max(a_start, b_start))
 
 
+# Interval unions: the one implementation used by align.py (turn merging, purity, coverage),
+# teer_calculate.py (scoring regions, collars) and evaluate.py (coverage). An interval is a
+# (start, end) pair in seconds; "merged" means sorted, disjoint, non-empty, touching ones joined.
+
+def merge_intervals(intervals) -> np.ndarray:
+    """Union of intervals -> sorted disjoint [k, 2] float64 array.
+
+    Intervals with end <= start are dropped; intervals that overlap or touch ([0, 1] and [1, 2])
+    become one. Sort by start, then a new run begins where a start lies beyond every end so far.
+    """
+    a = np.asarray(intervals, dtype=np.float64).reshape(-1, 2)
+    a = a[a[:, 1] > a[:, 0]]
+    if len(a) == 0:
+        return a
+    a = a[np.argsort(a[:, 0], kind="stable")]
+    reach = np.maximum.accumulate(a[:, 1])  # the furthest end among intervals 0..i
+    first = np.flatnonzero(np.concatenate([[True], a[1:, 0] > reach[:-1]]))  # first interval of each run
+    return np.stack([a[first, 0], np.maximum.reduceat(a[:, 1], first)], axis=1)
+
+
+def cover_counts(points: np.ndarray, starts, ends) -> np.ndarray:
+    """How many of the intervals [starts[i], ends[i]) cover each elementary piece [points[k], points[k+1]).
+
+    points: sorted unique [P] boundaries that include every start and end -> int64 [P - 1].
+    A +1 at each start and a -1 at each end, summed cumulatively (exact: no float comparisons).
+    """
+    delta = np.zeros(len(points), dtype=np.int64)
+    np.add.at(delta, np.searchsorted(points, starts), 1)
+    np.add.at(delta, np.searchsorted(points, ends), -1)
+    return np.cumsum(delta)[:-1]
+
+
+def subtract_intervals(a, b) -> np.ndarray:
+    """The parts of intervals `a` not covered by intervals `b` -> merged [k, 2] array."""
+    a, b = merge_intervals(a), merge_intervals(b)
+    if len(a) == 0 or len(b) == 0:
+        return a
+    points = np.unique(np.concatenate([a.ravel(), b.ravel()]))
+    keep = (cover_counts(points, a[:, 0], a[:, 1]) > 0) & (cover_counts(points, b[:, 0], b[:, 1]) == 0)
+    edges = np.diff(np.concatenate([[0], keep.astype(np.int8), [0]]))  # +1 where a kept run starts, -1 after it
+    return np.stack([points[np.flatnonzero(edges == 1)], points[np.flatnonzero(edges == -1)]], axis=1)
+
+
+def union_length(intervals) -> float:
+    """Seconds covered by at least one of the intervals (overlaps counted once)."""
+    m = merge_intervals(intervals)
+    return float(np.sum(m[:, 1] - m[:, 0]))
+
+
+# Run directories (WORK/runs/<run>/), read by evaluate.py and teer_calculate.py.
+
+def fold_dirs(run_dir) -> list[Path]:
+    """Fold sub-runs of a multi-fold run: config.json "folds" (names or {"name"/"dir"}), else
+    fold<k>/ subfolders holding a config.json, in k order; [] for a single run."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    config = read_json(config_path, "run config") if config_path.is_file() else {}
+    folds = config.get("folds")
+    if isinstance(folds, list) and folds:
+        names = [f if isinstance(f, str) else f.get("dir") or f.get("name") for f in folds]
+        return [run_dir / str(n) for n in names]
+
+    def fold_number(p):
+        k = p.name[4:]
+        return int(k) if p.name.startswith("fold") and k.isascii() and k.isdigit() else None
+
+    subs = [p for p in run_dir.iterdir() if p.is_dir() and fold_number(p) is not None and (p / "config.json").is_file()]
+    return sorted(subs, key=fold_number)
+
+
+def run_test_dialogs(run_dir, predictions: dict, labels: dict) -> tuple[list[str], str]:
+    """The run's test dialogs from its config.json split, else the dialogs in predictions.json.
+
+    Accepted: config["split"]["test"] (or "test_dialogs") as dialog names or session numbers,
+    or a dict {"dialogs": [...]} / {"sessions": [...]}. Returns (dialogs, where they came from)."""
+    config_path = Path(run_dir) / "config.json"
+    config = read_json(config_path, "run config") if config_path.is_file() else {}
+    split = config.get("split") or {}
+    test = split.get("test", split.get("test_dialogs")) if isinstance(split, dict) else None
+    if isinstance(test, dict):  # e.g. {"sessions": [5], "dialogs": [...]}
+        test = test.get("dialogs") or test.get("sessions")
+    if isinstance(test, list) and test:
+        if all(isinstance(t, int) for t in test):
+            return sorted(d for d, v in labels["dialogs"].items() if v.get("session") in test), f"{config_path} (sessions {test})"
+        return sorted(str(t) for t in test), str(config_path)
+    dialogs = sorted({s["dialog"] for s in predictions.get("segments", []) if "dialog" in s})
+    return dialogs, "predictions.json (no test split in config.json)"
+
+
+# ---- confusion matrices and the dialog bootstrap (evaluate.py, reproduce.py) ----------------
+#
+# Every headline metric is a function of a confusion matrix, so resampling test dialogs needs only
+# each dialog's matrix: a resample's matrix is the sum of the drawn dialogs' matrices (a dialog
+# drawn twice counts twice). The dialog is the resampling unit because utterances of one dialog
+# share speakers, topic and recording, and are not independent.
+
+MISS = "miss"  # confusion column of a reference utterance that no system speech overlaps
+HEADLINE = ("accuracy", "ua", "weighted_f1", "macro_f1")
+
+
+def dialog_confusions(records, dialogs, miss_column: bool = True) -> np.ndarray:
+    """Per-dialog confusion matrices [len(dialogs), 4, 5] (miss_column) or [len(dialogs), 4, 4].
+
+    records: dicts with "dialog", "label" (one of LABELS) and "pred" (one of LABELS, or None for a
+    miss, which goes to column 4 and needs miss_column). Rows true, columns predicted, order LABELS
+    then MISS. Summing over axis 0 gives the confusion matrix of all records.
+    """
+    row = {d: i for i, d in enumerate(dialogs)}
+    cms = np.zeros((len(row), len(LABELS), len(LABELS) + int(miss_column)), dtype=np.int64)
+    for r in records:
+        if r["dialog"] not in row:
+            raise ValueError(f"record {r.get('id', r)} is in dialog {r['dialog']!r}, not one of the dialogs given")
+        pred = len(LABELS) if r["pred"] is None and miss_column else LABEL_INDEX.get(r["pred"])
+        if r["label"] not in LABEL_INDEX or pred is None:
+            raise ValueError(f"record {r.get('id', r)}: label {r['label']!r} / pred {r['pred']!r} not in {LABELS}"
+                             + (" (or None for a miss)" if miss_column else ""))
+        cms[row[r["dialog"]], LABEL_INDEX[r["label"]], pred] += 1
+    return cms
+
+
+def metrics_from_confusion(cm) -> dict:
+    """Headline metrics of one or many confusion matrices, in numpy (fast enough to bootstrap).
+
+    cm: [..., 4, 4], or [..., 4, 5] whose last column counts misses (reference utterances with no
+    prediction). Rows true, columns predicted, order LABELS. Returns arrays of shape [...]: n,
+    accuracy, ua, weighted_f1, macro_f1; and [..., 4]: precision, recall, f1, support.
+    The conventions are scikit-learn's with zero_division=0 (tests/test_evaluate.py checks them
+    against sklearn.metrics): a ratio with a zero denominator is 0; a miss is a wrong answer (it
+    counts in its row's support and recall, in no column's precision); F1 = 2 TP / (support +
+    predicted); UA = mean recall over the classes with support > 0 (balanced accuracy); weighted
+    F1 weights by support; macro F1 averages all 4 classes.
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    k = len(LABELS)
+    if cm.ndim < 2 or cm.shape[-2] != k or cm.shape[-1] not in (k, k + 1):
+        raise ValueError(f"confusion matrix of shape {cm.shape}: expected [..., {k}, {k}] or [..., {k}, {k + 1}]")
+
+    def ratio(num, den):
+        num, den = np.broadcast_arrays(np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64))
+        return np.divide(num, den, out=np.zeros(num.shape), where=den > 0)
+
+    tp = np.diagonal(cm[..., :k], axis1=-2, axis2=-1)  # [..., 4]
+    support = cm.sum(-1)  # true count per class, misses included
+    predicted = cm[..., :k].sum(-2)  # predicted count per class
+    n = support.sum(-1)
+    recall, f1 = ratio(tp, support), ratio(2 * tp, support + predicted)
+    present = support > 0
+    return {"n": n, "accuracy": ratio(tp.sum(-1), n), "ua": ratio((recall * present).sum(-1), present.sum(-1)),
+            "weighted_f1": ratio((f1 * support).sum(-1), n), "macro_f1": f1.mean(-1),
+            "precision": ratio(tp, predicted), "recall": recall, "f1": f1, "support": support}
+
+
+def _metric_function(metric):
+    """A metric name from HEADLINE, or a function cm [..., 4, K] -> [...]."""
+    if callable(metric):
+        return metric
+    if metric not in HEADLINE:
+        raise ValueError(f"unknown metric {metric!r}: expected one of {HEADLINE} or a function of a confusion matrix")
+    return lambda cm: metrics_from_confusion(cm)[metric]
+
+
+def dialog_draws(n_dialogs: int, n_samples: int, seed: int) -> np.ndarray:
+    """[n_samples, n_dialogs]: how often each dialog is drawn in each bootstrap resample of
+    n_dialogs draws with replacement (a multinomial with equal probabilities), seeded."""
+    if n_dialogs < 1 or n_samples < 1:
+        raise ValueError(f"cannot bootstrap {n_dialogs} dialogs with {n_samples} samples")
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n_dialogs, np.full(n_dialogs, 1.0 / n_dialogs), size=n_samples)
+
+
+def percentile_interval(values, level: float = 0.95) -> list[float]:
+    """[lo, hi]: the (1-level)/2 and (1+level)/2 quantiles of values (numpy's linear interpolation)."""
+    lo, hi = np.percentile(np.asarray(values, dtype=np.float64), [50 * (1 - level), 50 * (1 + level)])
+    return [float(lo), float(hi)]
+
+
+def bootstrap_ci(per_dialog_cms, metric, n_samples: int = 1000, seed: int = 0, level: float = 0.95) -> list[float]:
+    """Percentile bootstrap interval [lo, hi] of a metric, resampling dialogs with replacement.
+
+    per_dialog_cms [n_dialogs, 4, K] (dialog_confusions), or [n_seeds, n_dialogs, 4, K] for the
+    interval of the mean over seeds (as paired_bootstrap); metric: a HEADLINE name or a function of
+    confusion matrices. Each of n_samples resamples draws n_dialogs dialogs with replacement
+    (dialog_draws(n_dialogs, n_samples, seed)), sums their matrices and computes the metric.
+    (scipy.stats.bootstrap would resample the same way given dialog indices; summing the matrices
+    as one matrix product is simpler and makes 1000 resamples take milliseconds.)
+    """
+    cms = np.asarray(per_dialog_cms, dtype=np.float64)
+    if cms.ndim == 4:  # [n_seeds, n_dialogs, 4, K]: the interval of the mean over seeds, same draws for all seeds
+        draws = dialog_draws(cms.shape[1], n_samples, seed)
+        return percentile_interval(_metric_function(metric)(np.einsum("bd,sdij->bsij", draws, cms)).mean(-1), level)
+    if cms.ndim != 3:
+        raise ValueError(f"per_dialog_cms of shape {cms.shape}: expected [n_dialogs, 4, K] or [n_seeds, n_dialogs, 4, K]")
+    draws = dialog_draws(len(cms), n_samples, seed)
+    values = _metric_function(metric)(np.tensordot(draws, cms, axes=1))  # [n_samples]
+    return percentile_interval(values, level)
+
+
+def paired_bootstrap(cms_a, cms_b, metric, n_samples: int = 1000, seed: int = 0) -> dict:
+    """Paired bootstrap of the difference A - B of a metric between two systems scored on the SAME
+    dialogs (e.g. reference-projected utterances of an aligned and a baseline run).
+
+    cms_a, cms_b: [n_seeds, n_dialogs, 4, K] per-seed, per-dialog confusion matrices (a single run may
+    be given as [n_dialogs, 4, K]); the dialog axis must be in the same order in both. A system's
+    metric is the mean over its seeds of the metric of each seed's matrix summed over dialogs.
+    Each resample draws dialogs with replacement (dialog_draws(n_dialogs, n_samples, seed)) and
+    applies the same draw to A and B (pairing by dialog).
+    Returns {"metric", "diff" (observed A - B), "a", "b" (observed), "ci95": [lo, hi] (percentile),
+    "sign_flip_share" (share of resamples whose difference is zero or of the opposite sign to the
+    observed one; 1.0 when the observed difference is 0), "n_dialogs", "n_seeds": [a, b],
+    "n_samples", "seed"}.
+    """
+    a, b = (np.asarray(x, dtype=np.float64) for x in (cms_a, cms_b))
+    a, b = (x[None] if x.ndim == 3 else x for x in (a, b))
+    if a.ndim != 4 or b.ndim != 4 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"paired bootstrap needs [n_seeds, n_dialogs, 4, K] arrays over the same dialogs, "
+                         f"got {a.shape} and {b.shape}")
+    fn = _metric_function(metric)
+    obs_a, obs_b = float(fn(a.sum(1)).mean()), float(fn(b.sum(1)).mean())
+    diff = obs_a - obs_b
+    draws = dialog_draws(a.shape[1], n_samples, seed)
+    diffs = (fn(np.einsum("bd,sdij->bsij", draws, a)).mean(-1)
+             - fn(np.einsum("bd,sdij->bsij", draws, b)).mean(-1))  # [n_samples]
+    flips = 1.0 if diff == 0 else float(np.mean(np.sign(diffs) != np.sign(diff)))
+    return {"metric": metric if isinstance(metric, str) else getattr(metric, "__name__", "custom"),
+            "diff": diff, "a": obs_a, "b": obs_b, "ci95": percentile_interval(diffs, 0.95),
+            "sign_flip_share": flips, "n_dialogs": int(a.shape[1]), "n_seeds": [int(a.shape[0]), int(b.shape[0])],
+            "n_samples": int(n_samples), "seed": int(seed)}
+
+
+# The paper's reported numbers (Wang, Lee, Chen, IALP 2025, Tables I-IV), quoted for comparison only:
+# reproduce.py prints them beside ours where the configuration matches. Percentages, F1 in Table II as
+# fractions, as printed in the paper.
+PAPER = {
+    "table1": {"wu2023": {"accuracy": 49.49, "weighted_f1": None, "macro_f1": None},
+               "without-alignment": {"accuracy": 56.82, "weighted_f1": 53.87, "macro_f1": 47.10},
+               "aligned": {"accuracy": 66.81, "weighted_f1": 66.88, "macro_f1": 66.48}},
+    "table2": {"without-alignment": {"hap": 0.64, "ang": 0.38, "sad": 0.26, "neu": 0.61},
+               "aligned": {"hap": 0.73, "ang": 0.64, "sad": 0.67, "neu": 0.62}},
+    "table3": {"wu2023": {"TEER": 66.03, "sTEER": 65.17}, "standard": {"TEER": 89.35, "sTEER": 90.96},
+               "vad-oracle": {"TEER": 53.90, "sTEER": 62.54}},
+    "table4": {"frozen": {"accuracy": 56.82, "weighted_f1": 53.87, "macro_f1": 47.10},
+               "finetune": {"accuracy": 66.81, "weighted_f1": 66.81, "macro_f1": 66.48}},
+    # Test-set sizes behind the authors' Table I accuracies (their evaluation outputs).
+    "test_segments": {"aligned": 1618, "without-alignment": 308},
+}
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. The model (paper Section III-B, Fig. 1)
 # ---------------------------------------------------------------------------------------------
 #
-# Read in this order: the two embedders (z_t, z_a), the cross-attention fusion block with its
-# forget gates (a(t,a), a(a,t) -> h(t,a), h(a,t)), the fusion layer and classifier, the whole
-# model, then the data side (dataset, collate, length-bucketed sampler), the frozen-feature cache
-# and the inference helpers that evaluate.py calls (load_run, predict_split).
+# Read in this order: the two embedders (z_t, z_a), the Cross-Attention Fusion Block
+# (CrossModalAttention: a(t,a), a(a,t); ForgetGate: h(t,a), h(a,t)), the Fusion Layer and Linear
+# Classifier (FusionClassifier), the whole model (SERModel, with the fusion ablations), then the data
+# side (dataset, collate, length-bucketed sampler) and the frozen-feature cache. The head follows the
+# authors' implementation (M4RC034/SER-Align) where the paper is silent: at D = 768 it has
+# 19,300,868 parameters (tests/test_model.py checks it).
 # torch and transformers are imported here, not at the top, only so that this file reads in order.
 import hashlib  # noqa: E402
 
@@ -251,20 +588,40 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class TextEmbedder(nn.Module):
-    """Text branch of Fig. 1: RoBERTa over the segment transcript, mean-pooled over tokens.
+    """Text branch of Fig. 1: RoBERTa (or another encoder) over the segment transcript, mean-pooled over tokens.
 
     input_ids, attention_mask [B, L] -> z_t [B, H_t]  (H_t = config.hidden_size, 768 for roberta-base).
-    Padding tokens are excluded from the mean by the attention mask, so a padded sample gives the
-    same z_t as alone. The pooler head of AutoModel is not built: it is unused here (and unused
-    parameters would upset DistributedDataParallel).
+    Any encoder AutoModel works (RoBERTa, BERT, DeBERTa v1/v2/v3, ...): only input_ids and the
+    attention mask are passed, so models with token type ids (BERT) use their all-zero default,
+    which is what their tokenizer gives a single sentence. Padding tokens are excluded from the
+    mean by the attention mask and the models mask them in attention (their tokenizers pad on the
+    right, so absolute positions are unchanged), so a padded sample gives the same z_t as alone
+    (tested for RoBERTa, BERT, DeBERTa v1 and v2: tests/test_encoders.py). The pooler head is not built where the model class offers
+    that (add_pooling_layer=False: BERT, RoBERTa): it is unused here (and unused parameters would
+    upset DistributedDataParallel); classes without that argument (DeBERTa) have no pooler.
     """
 
     def __init__(self, name_or_dir: str):
         super().__init__()
-        from transformers import AutoModel
+        import inspect
 
-        self.model = AutoModel.from_pretrained(name_or_dir, add_pooling_layer=False)
+        from transformers import AutoConfig, AutoModel
+        from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+        config = AutoConfig.from_pretrained(name_or_dir)
+        if getattr(config, "is_encoder_decoder", False):
+            raise PipelineError(f"{name_or_dir}: {config.model_type} is an encoder-decoder model; "
+                                "--text-model needs an encoder (RoBERTa, BERT, DeBERTa, ...)")
+        kwargs = {}
+        if type(config) in MODEL_MAPPING:
+            if "add_pooling_layer" in inspect.signature(MODEL_MAPPING[type(config)].__init__).parameters:
+                kwargs["add_pooling_layer"] = False
+        self.model = AutoModel.from_pretrained(name_or_dir, **kwargs)
         self.hidden_size = self.model.config.hidden_size
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute activations in backward (train.py --gradient-checkpointing), non-reentrant: see AudioEmbedder's."""
+        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -272,56 +629,128 @@ class TextEmbedder(nn.Module):
 
 
 class AudioEmbedder(nn.Module):
-    """Audio branch of Fig. 1: wav2vec 2.0 over the segment waveform, mean-pooled over frames.
+    """Audio branch of Fig. 1: wav2vec 2.0 (or HuBERT, WavLM, data2vec-audio) over the segment
+    waveform, mean-pooled over frames.
 
     input_values [B, S] (normalised, zero-padded), lengths [B] (valid samples) -> z_a [B, H_a].
 
+    The four families share one sequence, Wav2Vec2Model.forward's, which forward() below follows:
+    CNN feature_extractor [B, S] -> [B, C, T] -> feature_projection -> _mask_hidden_states
+    (SpecAugment while training, as configured) -> Transformer encoder -> mean over valid frames.
+
     Padding must not change a sample's embedding. The valid samples are carried to frame
-    resolution with the model's own _get_feat_extract_output_lengths; the transformer encoder gets
-    that frame mask (it zeroes padded frames before its positional convolution and masks them in
-    attention) and the mean pool counts only valid frames. The CNN feature encoder is the subtle
-    part: wav2vec2-base (config.feat_extract_norm == "group") GroupNorm-normalises its first conv
-    layer over the whole time axis, so zeros appended to a sample shift the statistics of every
-    frame. That GroupNorm (one group per channel, only in the first conv layer) is therefore
-    computed here with statistics over each sample's valid frames only, the rest of the CNN runs
-    batched unchanged (a GroupNorm of another shape falls back to running the CNN sample by
-    sample). For "layer" models
-    (wav2vec2-large-lv60) the CNN normalises each frame alone, so it runs batched: a valid frame's
-    receptive field lies inside the valid samples. The forward below is Wav2Vec2Model.forward's
-    own sequence (feature_extractor -> feature_projection -> _mask_hidden_states (SpecAugment
-    while training, as configured) -> encoder), with the CNN step made padding-exact.
+    resolution with the model's own _get_feat_extract_output_lengths (the same conv arithmetic in
+    every family); the encoder gets that frame mask (it zeroes padded frames before its positional
+    convolution and masks them in attention) and the mean pool counts only valid frames. Three
+    places are not padding-exact in the Hugging Face code and are made so here:
+
+    1. The CNN of base-size models (wav2vec2-base, hubert-base, wavlm-base: feat_extract_norm
+       "group") GroupNorm-normalises its first conv layer over the whole time axis, so zeros
+       appended to a sample shift the statistics of every frame. That GroupNorm (one group per
+       channel, first layer only) is computed here over each sample's valid frames only; the rest
+       of the CNN runs batched (a frame past a sample's end never reaches its valid frames). CNNs
+       that normalise each frame alone (LayerNorm in every conv layer: the large models and all of
+       data2vec-audio, whose config has no feat_extract_norm) run batched as they are; any other
+       normalisation falls back to running the CNN sample by sample. Decided from the modules.
+    2. The positional convolution(s) must see zeros past a sample's end, as the conv's own zero
+       padding gives a sample alone. HF zeroes padded frames once, before the positional
+       embedding; data2vec-audio's is a stack of 5 convs (each + LayerNorm + GELU), so from the
+       second conv on the padded frames are no longer zero and leak into a sample's last frames
+       (measured on a tiny random model: 1.09 max difference); HuBERT with conv_pos_batch_norm
+       applies BatchNorm before its conv, which turns zeros into non-zeros. A forward pre-hook on
+       every Conv1d of encoder.pos_conv_embed zeroes the padded frames of its input.
+    3. feature_projection returns (hidden, normed features) in wav2vec2 / WavLM / data2vec-audio
+       and the hidden states alone in HuBERT: both are accepted.
+
+    WavLM's gated relative position bias depends on frame distance and each frame's own state,
+    and its attention takes the frame mask as key padding mask: exact as it is. Adapters
+    (config.add_adapter, a strided conv stack after the encoder) are refused. HuBERT has no
+    freeze_feature_encoder(): use this class's freeze_feature_encoder(), which works for all four.
     """
+
+    FAMILIES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio")  # config.model_type of the supported models
 
     def __init__(self, name_or_dir: str):
         super().__init__()
-        from transformers import AutoModel
+        from transformers import AutoConfig, AutoModel
 
-        self.model = AutoModel.from_pretrained(name_or_dir)
-        cfg = self.model.config
+        cfg = AutoConfig.from_pretrained(name_or_dir)
+        if cfg.model_type not in self.FAMILIES:
+            raise PipelineError(f"{name_or_dir}: audio model type {cfg.model_type!r} is not supported "
+                                f"(padding-exact pooling is implemented for {', '.join(self.FAMILIES)})")
         if getattr(cfg, "add_adapter", False):
-            raise PipelineError(f"{name_or_dir}: wav2vec2 models with an adapter are not supported")
+            raise PipelineError(f"{name_or_dir}: {cfg.model_type} models with an adapter (add_adapter) are not supported")
+        self.model = AutoModel.from_pretrained(name_or_dir)
         self.hidden_size = cfg.hidden_size
-        self.per_sample_cnn = getattr(cfg, "feat_extract_norm", "group") != "layer"
+        self._frame_mask = None  # [B, T] valid frames, set by forward while the encoder runs
+        for m in self.model.encoder.pos_conv_embed.modules():
+            if isinstance(m, nn.Conv1d):
+                m.register_forward_pre_hook(self._zero_padded_frames)
+
+    def _zero_padded_frames(self, conv: nn.Module, args: tuple):
+        """Forward pre-hook of the positional Conv1d(s): input [B, C, T] -> padded frames set to 0."""
+        if self._frame_mask is None:
+            return None
+        x = args[0]
+        return (x * self._frame_mask[:, None, :].to(x.dtype),) + tuple(args[1:])
+
+    def freeze_feature_encoder(self) -> None:
+        """Stop training the CNN feature encoder (train.py --freeze-feature-encoder), any family."""
+        self.model.feature_extractor._freeze_parameters()
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute activations in backward (train.py --gradient-checkpointing), any family.
+
+        Non-reentrant checkpointing, not the Hugging Face default (reentrant): with reentrant
+        checkpointing the backward of a tiny WavLM exhausted 23 GB of memory (transformers 4.57.6:
+        the relative position bias that WavLM's first layer returns is a keyword input of every later
+        layer), and reentrant checkpointing drops the gradients of keyword inputs anyway.
+        """
+        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return self.model._get_feat_extract_output_lengths(lengths).long()
 
+    def cnn_norm(self) -> str:
+        """How the CNN normalises: "per-frame" (no norm or LayerNorm over channels, in every conv
+        layer), "group-first" (GroupNorm with one group per channel in the first layer only, none
+        after: the base models' "group" layout) or "other"."""
+        norms = [getattr(layer, "layer_norm", None) for layer in self.model.feature_extractor.conv_layers]
+        if all(n is None or isinstance(n, nn.LayerNorm) for n in norms):
+            return "per-frame"
+        first = norms[0]
+        if (isinstance(first, nn.GroupNorm) and first.num_groups == first.num_channels
+                and all(n is None for n in norms[1:])):
+            return "group-first"
+        return "other"
+
+    def _first_layer_masked(self, input_values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The first conv layer with its GroupNorm statistics over each sample's valid frames: [B, S] -> [B, C, T0]."""
+        first = self.model.feature_extractor.conv_layers[0]
+        norm = first.layer_norm
+        h = first.conv(input_values[:, None]).float()  # [B, C, T0]; statistics in fp32 under autocast
+        n0 = (lengths.to(h.device) - first.conv.kernel_size[0]) // first.conv.stride[0] + 1
+        valid = (torch.arange(h.shape[-1], device=h.device)[None, :] < n0[:, None]).to(h.dtype)[:, None, :]
+        count = valid.sum(-1, keepdim=True)
+        mean = (h * valid).sum(-1, keepdim=True) / count
+        var = (((h - mean) ** 2) * valid).sum(-1, keepdim=True) / count
+        h = (h - mean) * torch.rsqrt(var + norm.eps) * norm.weight[:, None] + norm.bias[:, None]
+        return first.activation(h)
+
     def cnn_features(self, input_values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """wav2vec2's CNN feature encoder, exact under padding: [B, S] -> [B, C, T]."""
+        """The CNN feature encoder, exact under padding: [B, S] -> [B, C, T]."""
         cnn = self.model.feature_extractor
-        if not self.per_sample_cnn:
+        kind = self.cnn_norm()
+        if kind == "per-frame":  # a valid frame's receptive field lies inside the valid samples
             return cnn(input_values)
-        first = cnn.conv_layers[0]
-        norm = getattr(first, "layer_norm", None)
-        if isinstance(norm, nn.GroupNorm) and norm.num_groups == norm.num_channels:
-            h = first.conv(input_values[:, None]).float()  # [B, C, T0]; statistics in fp32 under autocast
-            n0 = (lengths.to(h.device) - first.conv.kernel_size[0]) // first.conv.stride[0] + 1
-            valid = (torch.arange(h.shape[-1], device=h.device)[None, :] < n0[:, None]).to(h.dtype)[:, None, :]
-            count = valid.sum(-1, keepdim=True)
-            mean = (h * valid).sum(-1, keepdim=True) / count
-            var = (((h - mean) ** 2) * valid).sum(-1, keepdim=True) / count
-            h = (h - mean) * torch.rsqrt(var + norm.eps) * norm.weight[:, None] + norm.bias[:, None]
-            h = first.activation(h)
+        if kind == "group-first":
+            first = cnn.conv_layers[0]
+            if self.training and getattr(first, "gradient_checkpointing", False):  # as HF checkpoints each conv layer
+                from torch.utils.checkpoint import checkpoint
+
+                h = checkpoint(self._first_layer_masked, input_values, lengths, use_reentrant=False)
+            else:
+                h = self._first_layer_masked(input_values, lengths)
             for layer in cnn.conv_layers[1:]:  # frames past a sample's end never reach its valid frames
                 h = layer(h)
             return h
@@ -339,92 +768,163 @@ class AudioEmbedder(nn.Module):
         n_frames = self.frame_lengths(lengths)
         feats = self.cnn_features(input_values, lengths).transpose(1, 2)  # [B, T, C]
         mask = torch.arange(feats.shape[1], device=feats.device)[None, :] < n_frames.to(feats.device)[:, None]
-        hidden, _ = self.model.feature_projection(feats)
+        hidden = self.model.feature_projection(feats)
+        if isinstance(hidden, tuple):  # wav2vec2, WavLM, data2vec-audio: (hidden, normed CNN features)
+            hidden = hidden[0]
         hidden = self.model._mask_hidden_states(hidden, attention_mask=mask)
-        hidden = self.model.encoder(hidden, attention_mask=mask).last_hidden_state
+        self._frame_mask = mask
+        try:
+            hidden = self.model.encoder(hidden, attention_mask=mask).last_hidden_state
+        finally:
+            self._frame_mask = None
         return masked_mean(hidden, mask)
 
 
-class GatedCrossAttention(nn.Module):
-    """The Cross-Attention Fusion Block of Fig. 1 (after Jiang & Ji 2022, CMGA, arXiv 2208.11893).
+class CrossModalAttention(nn.Module):
+    """The two cross-attention arrows of Fig. 1's Cross-Attention Fusion Block (Section III-B).
 
-    z_t, z_a [B, D] -> [B, 2, D] = [h(t,a); h(a,t)].
+    z_t, z_a [B, 1, D] -> a(t,a), a(a,t) [B, 1, D], each direction with a residual and a LayerNorm:
 
-      a(t,a) = MHA(query=z_t, key=z_a, value=z_a)          text queries audio
-      a(a,t) = MHA(query=z_a, key=z_t, value=z_t)          audio queries text
-      f_t    = sigmoid(W_t [z_t ; a(t,a)] + b_t)           forget gate, element-wise, in (0, 1)
-      h(t,a) = f_t * a(t,a) + (1 - f_t) * z_t
-      f_a    = sigmoid(W_a [z_a ; a(a,t)] + b_a)
-      h(a,t) = f_a * a(a,t) + (1 - f_a) * z_a
+      a(t,a) = LN_t(MHA_ta(query=z_t, key=z_a, value=z_a) + z_t)       text queries audio
+      a(a,t) = LN_a(MHA_at(query=z_a, key=z_t, value=z_t) + z_a)       audio queries text
 
-    The gate decides per dimension how much of the attended (other-modality) information replaces
-    the original one; this is the forget gate as the paper describes it ("controls the flow of
-    information from the attended modality, fusing it with the original representation"). We
-    could not retrieve CMGA's exact gate equations offline; the form above is our reading, not a
-    quotation. Note that, as in the paper, each modality is a single token (1 x 1 x 768), so the
-    softmax runs over one key and a(t,a) reduces to the value/output projections of z_a: the
-    block is a learned, gated linear exchange between the two embeddings.
+    The paper describes the block in words; the residual + LayerNorm and the attention dropout p
+    follow the authors' implementation (M4RC034/SER-Align, utils.py). Each modality is ONE pooled
+    token, so the softmax runs over a single key (its weight is 1) and MHA reduces to its value and
+    output projections of the other modality: a learned linear exchange between the embeddings.
     """
 
     def __init__(self, dim: int, heads: int, dropout: float):
         super().__init__()
         self.attn_ta = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.attn_at = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
-        self.gate_t = nn.Linear(2 * dim, dim)
-        self.gate_a = nn.Linear(2 * dim, dim)
+        self.norm_ta = nn.LayerNorm(dim)
+        self.norm_at = nn.LayerNorm(dim)
 
-    def forward(self, z_t: torch.Tensor, z_a: torch.Tensor) -> torch.Tensor:
-        t, a = z_t.unsqueeze(1), z_a.unsqueeze(1)  # [B, 1, D]: the paper's "unsqueeze"
-        a_ta, _ = self.attn_ta(t, a, a, need_weights=False)
-        a_at, _ = self.attn_at(a, t, t, need_weights=False)
-        f_t = torch.sigmoid(self.gate_t(torch.cat([t, a_ta], dim=-1)))
-        f_a = torch.sigmoid(self.gate_a(torch.cat([a, a_at], dim=-1)))
-        h_ta = f_t * a_ta + (1 - f_t) * t
-        h_at = f_a * a_at + (1 - f_a) * a
-        return torch.cat([h_ta, h_at], dim=1)  # [B, 2, D]
+    def forward(self, z_t: torch.Tensor, z_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a_ta = self.norm_ta(self.attn_ta(z_t, z_a, z_a, need_weights=False)[0] + z_t)
+        a_at = self.norm_at(self.attn_at(z_a, z_t, z_t, need_weights=False)[0] + z_a)
+        return a_ta, a_at
+
+
+class ForgetGate(nn.Module):
+    """One forget gate of Fig. 1 (after Jiang & Ji 2022, as implemented by the authors).
+
+    z (the modality's own embedding) and a (its attended embedding), both [B, 1, D] -> h [B, 1, D]:
+
+      g = sigmoid(W_g [z ; a] + b_g)            gate, element-wise in (0, 1)      W_g: 2D -> D
+      h = ReLU(z + g * (W_v a + b_v))           the gate admits the projected     W_v: D -> D
+                                                attended information into z
+
+    h(t,a) = ForgetGate_t(z_t, a(t,a)) and h(a,t) = ForgetGate_a(z_a, a(a,t)). h >= 0 (ReLU).
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.gate = nn.Linear(2 * dim, dim)   # W_g, b_g
+        self.value = nn.Linear(dim, dim)      # W_v, b_v
+
+    def forward(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        g = torch.sigmoid(self.gate(torch.cat([z, a], dim=-1)))
+        return F.relu(z + g * self.value(a))
+
+
+class PositionalEncoding(nn.Module):
+    """Sinusoidal positional encoding (Vaswani et al. 2017) added to a token sequence, then dropout.
+
+    x [B, N, D] -> x + PE[:N] [B, N, D]; PE[n, 2i] = sin(n / 10000^(2i/D)), PE[n, 2i+1] = cos(...).
+    In the fusion layer N = 2, so this only tells the encoder which token is h(t,a) and which h(a,t).
+    """
+
+    def __init__(self, dim: int, dropout: float, max_len: int = 64):
+        super().__init__()
+        position = torch.arange(max_len, dtype=torch.float32)[:, None]
+        freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+        pe = torch.zeros(max_len, dim)
+        pe[:, 0::2] = torch.sin(position * freq)
+        pe[:, 1::2] = torch.cos(position * freq[: dim // 2])
+        self.register_buffer("pe", pe, persistent=False)  # a constant: not part of checkpoints
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(x + self.pe[: x.shape[1]].to(x.dtype))
 
 
 class FusionClassifier(nn.Module):
-    """Fusion Layer + Linear Classifier of Fig. 1.
+    """Fusion Layer + Linear Classifier of Fig. 1, as the authors implement them.
 
-    tokens [B, N, D] -> logits [B, 4]. One Transformer encoder layer (heads, FFN 4D, dropout)
-    over the token sequence (N = 2: [h(t,a); h(a,t)]), mean-pooled over the sequence to [B, D],
-    dropout, then Linear(D -> len(LABELS)). Softmax is applied at inference (predict_split);
-    training uses cross-entropy on the logits. The single-modality baselines use this same head
-    on their one token (N = 1), so the baselines differ from the fused model only by the missing
-    modality and the missing cross-attention block.
+    tokens [B, N, D] -> logits [B, 4]:
+      PositionalEncoding (dropout p) -> TransformerEncoder (layers x [MHA(heads) + FFN(ffn_dim),
+      ReLU, dropout p, post-norm]) -> mean over the N tokens [B, D] -> Linear(D -> 4).
+    The fused model has N = 2 ([h(t,a); h(a,t)]); the single-modality baselines run the same head on
+    their one token (N = 1). Softmax is applied at inference (evaluate.py); training uses
+    cross-entropy on the logits. No dropout before the classifier (as the authors).
     """
 
-    def __init__(self, dim: int, heads: int, dropout: float, n_classes: int = len(LABELS)):
+    def __init__(self, dim: int, heads: int, dropout: float, layers: int = 2, ffn_dim: int = 2048,
+                 n_classes: int = len(LABELS)):
         super().__init__()
-        self.fusion = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=4 * dim, dropout=dropout,
-                                                 batch_first=True)
-        self.dropout = nn.Dropout(dropout)
+        self.position = PositionalEncoding(dim, dropout)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=ffn_dim, dropout=dropout,
+                                           activation="relu", batch_first=True, norm_first=False)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=layers, enable_nested_tensor=False)
         self.classifier = nn.Linear(dim, n_classes)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        fused = self.fusion(tokens).mean(dim=1)
-        return self.classifier(self.dropout(fused))
+        return self.classifier(self.encoder(self.position(tokens)).mean(dim=1))
+
+
+class ConcatMLP(nn.Module):
+    """Fusion ablation "concat" (not in the paper): an MLP on the concatenated embeddings.
+
+    z_t, z_a [B, D] -> Linear(2D -> D), ReLU, dropout p, Linear(D -> 4) -> logits [B, 4].
+    """
+
+    def __init__(self, dim: int, dropout: float, n_classes: int = len(LABELS)):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(2 * dim, dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim, n_classes))
+
+    def forward(self, z_t: torch.Tensor, z_a: torch.Tensor) -> torch.Tensor:
+        return self.mlp(torch.cat([z_t, z_a], dim=-1))
+
+
+# Fusion of the two pooled embeddings (train.py --fusion). The paper's model is "gated-xattn"; the
+# others answer the paper's future-work question with everything else (extractors, data, training)
+# equal: "xattn" drops the forget gates (h = a), "concat" replaces the whole fusion block and
+# fusion layer by an MLP, "late" averages the logits of the two single-modality heads.
+FUSIONS = ("gated-xattn", "xattn", "concat", "late")
 
 
 class SERModel(nn.Module):
-    """The whole classifier of Fig. 1 for one modality setting.
+    """The whole classifier of Fig. 1 for one modality setting and fusion variant.
 
-    modality "fusion": z_t = TextEmbedder, z_a = AudioEmbedder (projected to the text size D if
-    the hidden sizes differ, else identity), GatedCrossAttention -> [B, 2, D], FusionClassifier.
+    modality "fusion": z_t = TextEmbedder [B, D], z_a = AudioEmbedder [B, H_a] (projected to the
+    text size D by a Linear if H_a != D, else identity), then by `fusion`:
+      gated-xattn  CrossModalAttention -> ForgetGate x 2 -> [h(t,a); h(a,t)] [B, 2, D] -> FusionClassifier
+      xattn        CrossModalAttention -> [a(t,a); a(a,t)] [B, 2, D] -> FusionClassifier
+      concat       ConcatMLP([z_t ; z_a])
+      late         (FusionClassifier_t(z_t) + FusionClassifier_a(z_a)) / 2, each on one token
     modality "text" / "audio": the one embedding as a single token [B, 1, D] -> FusionClassifier.
-    Sizes come from the loaded models' configs. With load_extractors=False only the head is built
-    (sizes then come from the configs alone), for training on cached frozen embeddings.
+    Sizes come from the extractors' configs (D = the text model's hidden size, as the authors).
+    load_extractors=False builds only the head (for training on cached frozen embeddings).
+    audio_padding "exact" (ours) makes z_a independent of the padding in the batch (AudioEmbedder);
+    "authors" runs the audio model on the zero-padded batch without an attention mask and averages
+    every frame, padding included, as the authors' code does for wav2vec2-base.
     """
 
     def __init__(self, text_model: str | None, audio_model: str | None, modality: str = "fusion",
-                 dropout: float = 0.2, heads: int = 8, load_extractors: bool = True):
+                 dropout: float = 0.2, heads: int = 8, fusion: str = "gated-xattn", layers: int = 2,
+                 ffn_dim: int = 2048, audio_padding: str = "exact", load_extractors: bool = True):
         super().__init__()
         if modality not in MODALITIES:
             raise PipelineError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        if fusion not in FUSIONS:
+            raise PipelineError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        if audio_padding not in ("exact", "authors"):
+            raise PipelineError(f"audio_padding must be 'exact' or 'authors', got {audio_padding!r}")
         from transformers import AutoConfig
 
-        self.modality = modality
+        self.modality, self.fusion, self.audio_padding = modality, fusion, audio_padding
         use_text, use_audio = modality in ("fusion", "text"), modality in ("fusion", "audio")
         self.text = TextEmbedder(text_model) if use_text and load_extractors else None
         self.audio = AudioEmbedder(audio_model) if use_audio and load_extractors else None
@@ -435,8 +935,19 @@ class SERModel(nn.Module):
             raise PipelineError(f"hidden size {dim} is not divisible by --heads {heads}")
         self.dim = dim
         self.proj_a = nn.Linear(h_a, dim) if use_audio and h_a != dim else nn.Identity()
-        self.cross = GatedCrossAttention(dim, heads, dropout) if modality == "fusion" else None
-        self.head = FusionClassifier(dim, heads, dropout)
+        head = dict(dim=dim, heads=heads, dropout=dropout, layers=layers, ffn_dim=ffn_dim)
+        self.cross = self.gate_t = self.gate_a = self.head = self.head_t = self.head_a = self.mlp = None
+        if modality != "fusion":
+            self.head = FusionClassifier(**head)
+        elif fusion in ("gated-xattn", "xattn"):
+            self.cross = CrossModalAttention(dim, heads, dropout)
+            if fusion == "gated-xattn":
+                self.gate_t, self.gate_a = ForgetGate(dim), ForgetGate(dim)
+            self.head = FusionClassifier(**head)
+        elif fusion == "concat":
+            self.mlp = ConcatMLP(dim, dropout)
+        else:  # late
+            self.head_t, self.head_a = FusionClassifier(**head), FusionClassifier(**head)
 
     def extractors(self) -> list[nn.Module]:
         return [m for m in (self.text, self.audio) if m is not None]
@@ -455,18 +966,28 @@ class SERModel(nn.Module):
     def embed(self, batch: dict) -> tuple:
         """batch from Collator -> (z_t [B, H_t] or None, z_a [B, H_a] or None)."""
         z_t = self.text(batch["input_ids"], batch["attention_mask"]) if self.text is not None else None
-        z_a = self.audio(batch["input_values"], batch["lengths"]) if self.audio is not None else None
+        z_a = None
+        if self.audio is not None and self.audio_padding == "exact":
+            z_a = self.audio(batch["input_values"], batch["lengths"])
+        elif self.audio is not None:  # the authors': no attention mask, every frame of the padded batch
+            z_a = self.audio.model(batch["input_values"]).last_hidden_state.mean(dim=1)
         return z_t, z_a
 
     def classify(self, z_t, z_a) -> torch.Tensor:
-        """Pooled embeddings -> logits [B, 4] (everything after the extractors in Fig. 1)."""
+        """Pooled embeddings [B, H] -> logits [B, 4] (everything after the extractors in Fig. 1)."""
         if z_a is not None:
             z_a = self.proj_a(z_a)
-        if self.modality == "fusion":
-            tokens = self.cross(z_t, z_a)
-        else:
-            tokens = (z_t if self.modality == "text" else z_a).unsqueeze(1)
-        return self.head(tokens)
+        if self.modality != "fusion":
+            return self.head((z_t if self.modality == "text" else z_a).unsqueeze(1))
+        if self.fusion == "concat":
+            return self.mlp(z_t, z_a)
+        if self.fusion == "late":
+            return (self.head_t(z_t.unsqueeze(1)) + self.head_a(z_a.unsqueeze(1))) / 2
+        t, a = z_t.unsqueeze(1), z_a.unsqueeze(1)  # [B, 1, D]: one token per modality
+        a_ta, a_at = self.cross(t, a)
+        if self.fusion == "gated-xattn":
+            a_ta, a_at = self.gate_t(t, a_ta), self.gate_a(a, a_at)  # h(t,a), h(a,t)
+        return self.head(torch.cat([a_ta, a_at], dim=1))  # [B, 2, D] -> [B, 4]
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.classify(*self.embed(batch))
@@ -475,7 +996,9 @@ class SERModel(nn.Module):
 def build_model(config: dict, load_extractors: bool = True) -> SERModel:
     """SERModel from a run config (the keys train.py writes to config.json)."""
     return SERModel(config["text_model"], config["audio_model"], config["modality"], config["dropout"],
-                    config["heads"], load_extractors=load_extractors)
+                    config["heads"], fusion=config.get("fusion", "gated-xattn"),
+                    layers=config.get("fusion_layers", 2), ffn_dim=config.get("ffn_dim", 2048),
+                    audio_padding=config.get("audio_padding", "exact"), load_extractors=load_extractors)
 
 
 # ---- data: the step-3 segment caches as batches ---------------------------------------------
@@ -688,74 +1211,273 @@ def cached_embeddings(model: SERModel, dataset: SegmentDataset, collator: Collat
     return out
 
 
-# ---- inference: load a run, predict a split (evaluate.py calls predict_split) ---------------
+# ---------------------------------------------------------------------------------------------
+# Preflight checks and offline model copies (preprocess.py --check / --download-models / --shard;
+# reproduce.py --check and train.py call the same functions)
+# ---------------------------------------------------------------------------------------------
+# Every check returns a CheckItem (name, ok, message): one line of the preflight report, "OK" with
+# what was found or "FAIL" with what to do. Checks read; they never write a file, never download,
+# and never print the hub token (it is read from HF_TOKEN only).
 
-def load_run(run_dir, device=None, load_extractors: bool = True) -> tuple[SERModel, dict]:
-    """(model with the best-validation weights, config) of a train.py run dir."""
-    run_dir = Path(run_dir)
-    config = read_json(run_dir / "config.json", "run config")
-    if "folds" in config:
-        raise PipelineError(f"{run_dir}: a cross-validation run; load one of its fold dirs {config['folds']}")
-    for kind, ident in config["extractors"].items():
-        # a frozen run keeps no extractor weights: they must still be the ones it was trained on
-        if ident is not None and extractor_identity(ident["name"]) != ident:
-            raise PipelineError(f"{run_dir / 'config.json'}: the {kind} extractor {ident['name']} has changed since "
-                                f"this run was trained (config or weights hash differs)")
-    model = build_model(config, load_extractors=load_extractors)
-    state = load_pt(run_dir / "checkpoint_best.pt", "best checkpoint")
-    missing, unexpected = model.load_state_dict(state["model"], strict=False)
-    if unexpected or (missing and config["mode"] == "finetune") or \
-            any(not k.startswith(("text.", "audio.")) for k in missing):
-        raise PipelineError(f"{run_dir / 'checkpoint_best.pt'}: does not match the model of config.json "
-                            f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
-    model.to(device or "cpu").eval()
-    return model, config
+import re as _re  # noqa: E402
+import shutil as _shutil  # noqa: E402
+from dataclasses import dataclass as _dataclass  # noqa: E402
 
 
-def run_dataset(model: SERModel, dataset: SegmentDataset, collator: Collator, batch_size: int, device,
-                bf16: bool, num_workers: int = 0) -> torch.Tensor:
-    """Logits [N, 4] of every segment of dataset, in dataset order (model in eval mode)."""
-    logits = torch.zeros(len(dataset), len(LABELS))
-    sampler = LengthBucketSampler(dataset.lengths, batch_size, shuffle=False)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collator, num_workers=num_workers)
-    model.eval()
-    with torch.no_grad():
-        for batch in loader:
-            batch = to_device(batch, device)
-            with autocast(device, bf16):
-                logits[batch["index"].cpu()] = model(batch).float().cpu()
-    return logits
+@_dataclass(frozen=True)
+class CheckItem:
+    """One preflight line: what was checked, whether it is fine, what was found or what to do."""
+    name: str
+    ok: bool
+    message: str
+
+    def line(self) -> str:
+        return f"{'OK  ' if self.ok else 'FAIL'} {self.name}: {self.message}"
 
 
-def predict_split(run_dir, split: str = "test", device=None) -> dict:
-    """predictions.json content (docs/FORMATS.md) for every segment of the split's dialogs,
-    labelled or not: id, dialog, start, end, speaker, text, label (str or None), pred, probs.
-    Frozen runs read (or fill) the same feature cache as training."""
-    from transformers import AutoFeatureExtractor, AutoTokenizer
+def report_checks(items, title: str = "preflight") -> bool:
+    """Print one line per item and a closing line -> True when every item is OK."""
+    items = list(items)
+    for item in items:
+        print(item.line())
+    bad = [i.name for i in items if not i.ok]
+    print(f"{title}: " + (f"{len(bad)} of {len(items)} checks failed ({', '.join(bad)})" if bad
+                          else f"all {len(items)} checks OK"))
+    return not bad
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, config = load_run(run_dir, device)
-    dialogs = config["split"][split]
-    cache_dir = Path(config["work"]) / config["pipe"] / config["variant"] / "cache"
-    paths = [cache_dir / f"{d}.pt" for d in dialogs]
-    do_norm = getattr(AutoFeatureExtractor.from_pretrained(config["audio_model"]), "do_normalize", True)
-    dataset = SegmentDataset(paths, labelled_only=False, max_audio_seconds=config["max_audio_seconds"], do_normalize=do_norm)
-    tokenizer = AutoTokenizer.from_pretrained(config["text_model"]) if model.modality != "audio" else None
-    collator = Collator(tokenizer, config["max_text_tokens"])
-    bf16 = bool(config.get("bf16")) and device.type == "cuda"
-    if config["mode"] == "frozen":
-        feats = cached_embeddings(model, dataset, collator, config["feature_dirs"], cache_dir, config["batch_size"], device, bf16)
-        with torch.no_grad():
-            z_t = feats["text"].to(device) if feats["text"] is not None else None
-            z_a = feats["audio"].to(device) if feats["audio"] is not None else None
-            logits = model.classify(z_t, z_a).float().cpu()
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE set to a true value (read now, not at import, so tests and callers can change it)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_token() -> str | None:
+    """The Hugging Face token, from the HF_TOKEN environment variable only. Never print or store it."""
+    return os.environ.get("HF_TOKEN") or None
+
+
+HUB_NAME_RE = _re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name; a local path has more parts or a ./ ~ /
+
+
+def is_hub_name(name: str) -> bool:
+    """True for 'org/name' that is not an existing local path (a hub repository id)."""
+    return bool(HUB_NAME_RE.fullmatch(str(name))) and not Path(name).exists()
+
+
+def local_model_path(name, model_dir=None) -> Path | None:
+    """Where a model is on disk: `name` itself when it exists, or the hub name mirrored under
+    model_dir/<org>/<name> (what `preprocess.py --download-models DIR` writes) -> path, else None."""
+    path = Path(str(name)).expanduser()
+    if path.exists():
+        return path
+    if model_dir and HUB_NAME_RE.fullmatch(str(name)) and (Path(model_dir) / str(name)).exists():
+        return Path(model_dir) / str(name)
+    return None
+
+
+def hub_error_message(repo_id: str, error: BaseException, token: str | None) -> str:
+    """A hub error -> what it means and what to do (the token itself never appears)."""
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    url = f"https://huggingface.co/{repo_id}"
+    if isinstance(error, GatedRepoError):
+        if token is None:
+            return (f"gated repository and HF_TOKEN is not set: accept its conditions at {url}, create a read "
+                    f"token at https://huggingface.co/settings/tokens and export HF_TOKEN")
+        return (f"gated repository and the token in HF_TOKEN has no access: accept its conditions at {url} "
+                f"with the account that owns the token")
+    if isinstance(error, RepositoryNotFoundError):
+        return "no such repository on the hub (or a private one HF_TOKEN cannot see): check the name"
+    if isinstance(error, HfHubHTTPError):
+        status = getattr(getattr(error, "response", None), "status_code", "?")
+        return f"the hub answered HTTP {status} for {url}: {str(error).splitlines()[0]}"
+    if hub_offline() or type(error).__name__ in ("OfflineModeIsEnabled", "LocalEntryNotFoundError"):
+        return ("not available offline (HF_HUB_OFFLINE=1 or no network, and not in the local cache): download it "
+                "with HF_HUB_OFFLINE=0 on a machine with internet (`python preprocess.py --download-models DIR`)")
+    return (f"cannot reach huggingface.co ({type(error).__name__}): check the network or proxy, or copy the "
+            f"models with `python preprocess.py --download-models DIR` elsewhere and pass --model-dir DIR")
+
+
+def check_local_model(name: str, path, required=()) -> CheckItem:
+    """A model folder: it exists and holds the files its loader opens. An entry of `required` may
+    list alternatives separated by '|' (e.g. 'model.safetensors|pytorch_model.bin')."""
+    path = Path(path)
+    if not path.exists():
+        return CheckItem(name, False, f"{path}: not found; copy the model there, or give its hub name")
+    missing = [r for r in required if not any((path / alt).exists() for alt in r.split("|"))]
+    if missing:
+        return CheckItem(name, False, f"{path}: incomplete, missing {', '.join(missing)}")
+    return CheckItem(name, True, f"{path} (local)")
+
+
+def check_hub_model(name: str, repo_id: str, files=(), token: str | None = None, cache_dir=None,
+                    offline: bool | None = None) -> CheckItem:
+    """A hub repository. Offline (HF_HUB_OFFLINE=1, or offline=True for a cache-only run): are
+    `files` in the local hub cache? Online: does the hub grant access with the token in HF_TOKEN
+    (HfApi.auth_check: one small request, nothing downloaded)? Gated without access, unknown, or
+    unreachable each give a FAIL line saying what to do."""
+    from huggingface_hub import HfApi, try_to_load_from_cache
+
+    if hub_offline() if offline is None else offline:
+        missing = [f for f in files if not isinstance(try_to_load_from_cache(repo_id, f, cache_dir=cache_dir), str)]
+        if files and not missing:
+            return CheckItem(name, True, f"{repo_id} in the local hub cache (HF_HUB_OFFLINE=1)")
+        return CheckItem(name, False, f"offline and {repo_id} is not in the local hub cache"
+                         + (f" ({', '.join(missing)} missing)" if missing else "")
+                         + ": copy it with `python preprocess.py --download-models DIR` on a machine with "
+                           "internet and pass --model-dir DIR, or unset HF_HUB_OFFLINE")
+    try:
+        HfApi().auth_check(repo_id, token=token)
+    except Exception as e:  # gated, not found, HTTP error, no network: all become a line, not a crash
+        return CheckItem(name, False, f"{repo_id}: {hub_error_message(repo_id, e, token)}")
+    return CheckItem(name, True, f"{repo_id} on the hub, access granted" + (" with HF_TOKEN" if token else ""))
+
+
+def check_cuda(required: bool = False, min_free_gib: float = 0.0, purpose: str = "") -> CheckItem:
+    """CUDA devices and their free memory. Without CUDA: FAIL when `required`, else OK (CPU run)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return CheckItem("CUDA", not required, "no CUDA device" + (
+            ": a GPU is required here (--device cuda)" if required else "; this run uses the CPU (see the time estimate)"))
+    parts, ok = [], True
+    for i in range(torch.cuda.device_count()):
+        free, total = torch.cuda.mem_get_info(i)
+        parts.append(f"cuda:{i} {torch.cuda.get_device_name(i)}, {free / 2**30:.1f} of {total / 2**30:.1f} GiB free")
+        ok = ok and free >= min_free_gib * 2**30
+    need = f"; needs about {min_free_gib:g} GiB free per device" + (f" ({purpose})" if purpose else "") if min_free_gib else ""
+    return CheckItem("CUDA", ok, "; ".join(parts) + need + ("" if ok else ": free GPU memory or lower the batch size"))
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+
+
+def format_seconds(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
+def check_disk(path, need_bytes: float, what: str = "outputs") -> CheckItem:
+    """Free space on the file system that holds `path` (or its nearest existing parent) vs an estimate."""
+    p = Path(path).resolve()
+    while not p.exists():
+        p = p.parent
+    free = _shutil.disk_usage(p).free
+    ok = free >= need_bytes
+    return CheckItem(f"disk ({what})", ok, f"{format_bytes(free)} free at {p}, estimate needed {format_bytes(need_bytes)}"
+                     + ("" if ok else ": free some space or point the run elsewhere"))
+
+
+# Dense bf16/fp16 tensor-core peaks (FLOP/s) from the vendors' datasheets, matched against the CUDA
+# device name; anything else counts as 100 TFLOP/s.
+GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "L4": 121e12,
+                  "V100": 125e12, "T4": 65e12, "4090": 165e12, "3090": 71e12, "A6000": 155e12}
+GPU_INFERENCE_EFFICIENCY = 0.03  # share of the peak that batched inference sustains (see estimate_time)
+CPU_FLOPS_PER_CORE = 2e10         # sustained fp32 FLOP/s per core (AVX2/AVX-512 FMA in PyTorch/CTranslate2)
+
+
+def transformer_flops(params: float, tokens: float, training: bool = False) -> float:
+    """FLOPs of a dense network over `tokens` positions: 2*N per position forward, 6*N when trained
+    (forward + backward), N the parameter count (Kaplan et al. 2020); attention over long contexts
+    is not included."""
+    return (6.0 if training else 2.0) * params * tokens
+
+
+def estimate_time(name: str, flops: float, device: str = "auto", efficiency: float = GPU_INFERENCE_EFFICIENCY,
+                  detail: str = "") -> CheckItem:
+    """An ESTIMATE of wall time: a FLOP count divided by an assumed sustained throughput.
+
+    GPU: the device's dense bf16/fp16 peak (GPU_PEAK_FLOPS) times `efficiency`. The default 0.03
+    for inference is calibrated on WhisperX's published speed (large-v2 about 70x real time on an
+    A100: 1 h of audio is ~4.3e14 FLOP of Whisper with preprocess.py's counts, done in ~51 s, i.e.
+    ~8.5e12 FLOP/s, about 3 % of 312 TFLOP/s: beam search decodes a token at a time); training
+    sustains more (pass about 0.3). CPU: CPU_FLOPS_PER_CORE per core.
+    Data loading, decoding and Python overheads are not modelled: read it as an order of magnitude.
+    Always OK: it informs, it does not gate.
+    """
+    import torch
+
+    use_cuda = torch.cuda.is_available() if device == "auto" else str(device).startswith("cuda")
+    if use_cuda and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(0)
+        peak = next((v for k, v in GPU_PEAK_FLOPS.items() if k in gpu), 100e12)
+        rate, where = peak * efficiency, f"{gpu} ({efficiency:.0%} of {peak / 1e12:.0f} TFLOP/s assumed sustained)"
     else:
-        logits = run_dataset(model, dataset, collator, config["batch_size"], device, bf16)
-    probs = logits.softmax(-1)
-    segments = []
-    for seg, p in zip(dataset.segments, probs):
-        segments.append({"id": seg["id"], "dialog": seg["dialog"], "start": seg["start"], "end": seg["end"],
-                         "speaker": seg["speaker"], "text": seg["text"],
-                         "label": LABELS[seg["label"]] if seg["label"] >= 0 else None,
-                         "pred": LABELS[int(p.argmax())], "probs": {lab: float(v) for lab, v in zip(LABELS, p)}})
-    return {"run": Path(run_dir).name, "split": split, "segments": segments}
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        rate, where = cores * CPU_FLOPS_PER_CORE, f"CPU, {cores} cores ({CPU_FLOPS_PER_CORE / 1e9:.0f} GFLOP/s per core assumed)"
+    return CheckItem(name, True, f"estimate {format_seconds(flops / rate)} on {where}: {flops:.2g} FLOP"
+                     + (f" ({detail})" if detail else ""))
+
+
+def parse_shard(spec: str | None, environ=None) -> tuple[int, int]:
+    """'K/N' -> (K, N): this process takes every N-th item from the K-th (0 <= K < N). Without a
+    spec, torchrun's RANK and WORLD_SIZE are used when set (one shard per process), else (0, 1)."""
+    environ = os.environ if environ is None else environ
+    if spec is None:
+        if "RANK" in environ and "WORLD_SIZE" in environ:
+            spec, source = f"{environ['RANK']}/{environ['WORLD_SIZE']}", "RANK/WORLD_SIZE"
+        else:
+            return 0, 1
+    else:
+        source = "--shard"
+    m = _re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(spec))
+    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+        raise PipelineError(f"{source}: expected K/N with 0 <= K < N, got {spec!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+class file_lock:
+    """An exclusive advisory lock on `path` (created if needed) for a with-block: processes that
+    merge the same file (shards merging their manifest parts) take turns. POSIX only; elsewhere
+    (no fcntl) it does nothing."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "a")
+        try:
+            import fcntl
+            fcntl.flock(self.handle, fcntl.LOCK_EX)
+        except ImportError:
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()  # closing releases the lock
+        return False
+
+
+def snapshot_repo(repo_id: str, dest_root, allow_patterns, token: str | None = None) -> Path:
+    """Download the files of a hub repository that match `allow_patterns` into dest_root/<repo_id>
+    (huggingface_hub.snapshot_download) -> that folder. Hub errors become a PipelineError saying
+    what to do (gated: accept the conditions; offline: no network)."""
+    from huggingface_hub import snapshot_download
+
+    local = Path(dest_root) / repo_id
+    try:
+        snapshot_download(repo_id=repo_id, local_dir=str(local), allow_patterns=list(allow_patterns), token=token)
+    except Exception as e:
+        raise PipelineError(f"downloading {repo_id} ({', '.join(allow_patterns)}): {hub_error_message(repo_id, e, token)}") from e
+    return local
+
+
+# What a transformers model loads from its folder: config, tokenizer or feature-extractor files, and
+# one weights file (model.safetensors when the repository has it, else pytorch_model.bin).
+TRANSFORMERS_FILES = ("config.json", "preprocessor_config.json", "tokenizer_config.json", "tokenizer.json",
+                      "vocab.json", "vocab.txt", "merges.txt", "special_tokens_map.json", "added_tokens.json")
+TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+TRANSFORMERS_REQUIRED = ("config.json", "|".join(TRANSFORMERS_WEIGHTS))  # for check_local_model
+
+
+def snapshot_transformers_model(repo_id: str, dest_root, token: str | None = None) -> Path:
+    """A transformers model (RoBERTa, wav2vec 2.0, ...) into dest_root/<repo_id>, without the TF, Flax
+    or ONNX copies a repository may also hold -> that folder (pass it as the model name)."""
+    local = snapshot_repo(repo_id, dest_root, TRANSFORMERS_FILES + TRANSFORMERS_WEIGHTS[:1], token)
+    if not (local / TRANSFORMERS_WEIGHTS[0]).is_file():  # an older repository: PyTorch weights only
+        snapshot_repo(repo_id, dest_root, TRANSFORMERS_WEIGHTS[1:], token)
+    return local

@@ -12,9 +12,20 @@ they prove is that the code path, the data shapes and the timing logic work.
 writes under OUT:
   whisper-ct2/   CTranslate2 Whisper (80 mel bins, 1 encoder + 1 decoder layer) + tokenizer.json
   align-w2v2/    Wav2Vec2ForCTC with a character vocabulary + its processor
-  diarization/   pyannote SpeakerDiarization: config.yaml, PyanNet segmentation (powerset),
-                 XVectorSincNet embedding, PLDA files
+  diarization/   pyannote SpeakerDiarization shaped like pyannote/speaker-diarization-community-1
+                 (pyannote 4's default): config.yaml, segmentation/, embedding/ and plda/ in one
+                 folder, VBx clustering
+  hub/           a local mirror of hub repositories (OUT/hub/<org>/<name>, what
+                 `preprocess.py --download-models` writes) holding a pipeline shaped like the paper's
+                 pyannote/speaker-diarization-3.1: its config.yaml names two other repositories,
+                 pyannote/segmentation-3.0 and pyannote/wespeaker-voxceleb-resnet34-LM, which sit
+                 beside it; agglomerative clustering, no PLDA. Use with --diar-model
+                 pyannote/speaker-diarization-3.1 --model-dir OUT/hub.
   nltk_data/     the NLTK punkt_tab files whisperx.align opens (empty files are a valid model)
+
+Both pipelines use the same tiny random PyanNet segmentation (powerset) and XVectorSincNet
+embedding (about ten times faster on CPU than the real WeSpeakerResNet34; the layout, not the
+architecture, is what the loaders see).
 """
 from __future__ import annotations
 
@@ -146,29 +157,47 @@ params:
 """
 
 
-def build_diarization(out: Path, seed: int = 0) -> Path:
-    """A pyannote SpeakerDiarization pipeline folder (config.yaml + checkpoints + PLDA) of random models.
+# pyannote/speaker-diarization-3.1's config.yaml as published (pyannote.audio 3.1 format): the
+# models are other hub repositories, the clustering is agglomerative and needs no PLDA.
+DIARIZATION_31_CONFIG = """\
+version: 3.1.0
+pipeline:
+  name: pyannote.audio.pipelines.SpeakerDiarization
+  params:
+    clustering: AgglomerativeClustering
+    embedding: pyannote/wespeaker-voxceleb-resnet34-LM
+    embedding_batch_size: 32
+    embedding_exclude_overlap: true
+    segmentation: pyannote/segmentation-3.0
+    segmentation_batch_size: 32
+params:
+  clustering:
+    method: centroid
+    min_cluster_size: 12
+    threshold: 0.7045654963945799
+  segmentation:
+    min_duration_off: 0.0
+"""
+DIARIZATION_31_REPOS = {"pipeline": "pyannote/speaker-diarization-3.1", "segmentation": "pyannote/segmentation-3.0",
+                        "embedding": "pyannote/wespeaker-voxceleb-resnet34-LM"}
 
-    Layout of pyannote's own pipeline repositories, so Pipeline.from_pretrained(<dir>) and
-    whisperx.diarize.DiarizationPipeline(model_name=<dir>) load it offline. XVectorSincNet is used as
-    the embedding because it is about ten times faster on CPU than WeSpeakerResNet34. The PLDA files
-    are required by the VBx clustering (without them pyannote fetches them from the hub).
+
+def diarization_models(seed: int = 0):
+    """(segmentation, embedding) tiny random pyannote models.
+
+    Segmentation: PyanNet with powerset output over 3 local speakers, at most 2 at once (the
+    specification of pyannote 3.x and community-1). Embedding: XVectorSincNet, 64-d.
     """
-    import lightning
-    import numpy as np
     import torch
     from pyannote.audio.core.task import Problem, Resolution, Specifications
     from pyannote.audio.models.embedding import XVectorSincNet
     from pyannote.audio.models.segmentation import PyanNet
 
-    out = out / "diarization"
-    shutil.rmtree(out, ignore_errors=True)
     torch.manual_seed(seed)
     segmentation = PyanNet(sincnet={"stride": 10},
                            lstm={"hidden_size": 32, "num_layers": 1, "bidirectional": True, "monolithic": True,
                                  "dropout": 0.0},
                            linear={"hidden_size": 32, "num_layers": 1})
-    # Powerset output over 3 local speakers, at most 2 at once: the specification of pyannote 3.x.
     segmentation.specifications = Specifications(
         problem=Problem.MONO_LABEL_CLASSIFICATION, resolution=Resolution.FRAME, duration=10.0,
         classes=["speaker#1", "speaker#2", "speaker#3"], powerset_max_classes=2, permutation_invariant=True)
@@ -176,23 +205,67 @@ def build_diarization(out: Path, seed: int = 0) -> Path:
     embedding = XVectorSincNet(dimension=64)
     embedding.specifications = Specifications(problem=Problem.REPRESENTATION, resolution=Resolution.CHUNK,
                                               duration=5.0)
-    for name, model in (("segmentation", segmentation), ("embedding", embedding)):
-        checkpoint = {"state_dict": model.eval().state_dict(), "hyper_parameters": dict(model.hparams),
-                      "pytorch-lightning_version": lightning.__version__}
-        model.on_save_checkpoint(checkpoint)  # records pyannote's architecture and specifications
-        (out / name).mkdir(parents=True)
-        torch.save(checkpoint, out / name / "pytorch_model.bin")
+    return segmentation.eval(), embedding.eval()
 
-    # PLDA: an orthonormal LDA projection and a PLDA with decreasing between-class variances.
+
+def save_pyannote_checkpoint(model, path: Path) -> None:
+    """A pyannote model as pytorch_model.bin, the file Model.from_pretrained reads."""
+    import lightning
+    import torch
+
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                  "pytorch-lightning_version": lightning.__version__}
+    model.on_save_checkpoint(checkpoint)  # records pyannote's architecture and specifications
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, path)
+
+
+def save_plda(folder: Path, dim: int, seed: int = 0, lda_dim: int = 16) -> None:
+    """PLDA files of VBx clustering: an orthonormal LDA projection, decreasing between-class variances."""
+    import numpy as np
+
     rng = np.random.default_rng(seed)
-    dim, lda_dim = embedding.dimension, 16
     lda, _ = np.linalg.qr(rng.standard_normal((dim, lda_dim)))
-    (out / "plda").mkdir()
-    np.savez(out / "plda" / "xvec_transform.npz", mean1=np.zeros(dim), mean2=np.zeros(lda_dim), lda=lda)
-    np.savez(out / "plda" / "plda.npz", mu=np.zeros(lda_dim), tr=np.eye(lda_dim),
-             psi=np.linspace(5.0, 0.5, lda_dim))
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "xvec_transform.npz", mean1=np.zeros(dim), mean2=np.zeros(lda_dim), lda=lda)
+    np.savez(folder / "plda.npz", mu=np.zeros(lda_dim), tr=np.eye(lda_dim), psi=np.linspace(5.0, 0.5, lda_dim))
+
+
+def build_diarization(out: Path, seed: int = 0) -> Path:
+    """A pipeline folder shaped like pyannote/speaker-diarization-community-1 -> OUT/diarization.
+
+    config.yaml names its models as subfolders ($model/segmentation, $model/embedding, $model/plda),
+    so Pipeline.from_pretrained(<dir>) and preprocess.load_diarization_pipeline load it offline. The
+    PLDA files are required by the VBx clustering.
+    """
+    out = Path(out) / "diarization"
+    shutil.rmtree(out, ignore_errors=True)
+    segmentation, embedding = diarization_models(seed)
+    save_pyannote_checkpoint(segmentation, out / "segmentation" / "pytorch_model.bin")
+    save_pyannote_checkpoint(embedding, out / "embedding" / "pytorch_model.bin")
+    save_plda(out / "plda", embedding.dimension, seed)
     (out / "config.yaml").write_text(DIARIZATION_CONFIG, encoding="utf-8")
     return out
+
+
+def build_diarization_31(out: Path, seed: int = 0) -> Path:
+    """The three repositories of pyannote/speaker-diarization-3.1 in a hub mirror -> OUT/hub.
+
+    OUT/hub/pyannote/speaker-diarization-3.1/config.yaml (the published config, which names the
+    two model repositories by hub name), OUT/hub/pyannote/segmentation-3.0/pytorch_model.bin and
+    OUT/hub/pyannote/wespeaker-voxceleb-resnet34-LM/pytorch_model.bin: the layout
+    `preprocess.py --download-models OUT/hub` writes. No PLDA: the clustering is agglomerative.
+    """
+    hub = Path(out) / "hub"
+    for repo in DIARIZATION_31_REPOS.values():
+        shutil.rmtree(hub / repo, ignore_errors=True)
+    segmentation, embedding = diarization_models(seed)
+    save_pyannote_checkpoint(segmentation, hub / DIARIZATION_31_REPOS["segmentation"] / "pytorch_model.bin")
+    save_pyannote_checkpoint(embedding, hub / DIARIZATION_31_REPOS["embedding"] / "pytorch_model.bin")
+    pipeline = hub / DIARIZATION_31_REPOS["pipeline"]
+    pipeline.mkdir(parents=True)
+    (pipeline / "config.yaml").write_text(DIARIZATION_31_CONFIG, encoding="utf-8")
+    return hub
 
 
 def prepare_nltk_data(folder) -> Path:
@@ -220,11 +293,17 @@ def prepare_nltk_data(folder) -> Path:
 
 
 def build_all(out, seed: int = 0) -> dict:
-    """Build the three tiny models and the NLTK data under `out` -> {"asr", "align", "diarization", "nltk_data"}."""
+    """Build the tiny models and the NLTK data under `out` -> their folders.
+
+    {"asr", "align", "diarization" (community-1 shape), "diarization31" (3.1 shape, inside the hub
+    mirror), "hub" (the mirror: pass it as --model-dir), "nltk_data"}."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    hub = build_diarization_31(out, seed)
     return {"asr": str(build_whisper(out, seed)), "align": str(build_align_model(out, seed)),
-            "diarization": str(build_diarization(out, seed)), "nltk_data": str(prepare_nltk_data(out / "nltk_data"))}
+            "diarization": str(build_diarization(out, seed)),
+            "diarization31": str(hub / DIARIZATION_31_REPOS["pipeline"]), "hub": str(hub),
+            "nltk_data": str(prepare_nltk_data(out / "nltk_data"))}
 
 
 def main(argv=None) -> dict:
@@ -237,7 +316,9 @@ def main(argv=None) -> dict:
         n_bytes = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
         print(f"wrote {what:12s} {path} ({n_bytes / 1e6:.2f} MB)")
     print("use with: python preprocess.py --backend whisperx --asr-model {asr} --align-model {align} "
-          "--diar-model {diarization} --nltk-data {nltk_data}".format(**paths))
+          "--diar-model {diarization} --nltk-data {nltk_data}\n"
+          "or, with the 3.1-shaped pipeline: ... --diar-model pyannote/speaker-diarization-3.1 "
+          "--model-dir {hub}".format(**paths))
     return paths
 
 

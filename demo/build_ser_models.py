@@ -7,6 +7,12 @@ exactly as it loads facebook/wav2vec2-base and roberta-base. The weights are ran
 tests the plumbing and that the classifier head learns, not pretrained representations.
 
     python demo/build_ser_models.py --out demo_data/models
+
+build_families() writes tiny random models of other encoder families the same way (HuBERT, WavLM,
+data2vec-audio, a layer-norm wav2vec 2.0, BERT, DeBERTa, DeBERTa-v2), each with its feature extractor
+or an offline-built tokenizer, so that tests can run every family through the pipeline's code:
+
+    python demo/build_ser_models.py --out /tmp/families --families all
 """
 from __future__ import annotations
 
@@ -64,24 +70,71 @@ def learn_merges(words, n_merges: int) -> list[tuple[str, str]]:
     return merges
 
 
-def build_tokenizer(out_dir: Path, n_merges: int = 300):
-    """RoBERTa-style byte-level BPE tokenizer: <s> <pad> </s> <unk>, the 256 byte symbols, the
-    learned merges, <mask> last (RoBERTa's order), saved as a fast tokenizer (tokenizer.json)."""
-    from transformers import RobertaTokenizerFast
+def build_byte_bpe_tokenizer(out_dir: Path, tokenizer_cls, head: list[str], tail: list[str], n_merges: int = 300,
+                             **kwargs):
+    """Byte-level BPE tokenizer (GPT-2 style, as RoBERTa and DeBERTa v1 use): the special tokens
+    `head` first, the 256 byte symbols, the learned merges, the special tokens `tail` last; built
+    by tokenizer_cls from vocab.json + merges.txt and saved as a fast tokenizer (tokenizer.json)."""
     from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
 
-    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    vocab = {t: i for i, t in enumerate(head)}
     for sym in bytes_to_unicode().values():
         vocab.setdefault(sym, len(vocab))
     merges = learn_merges(WORDS, n_merges)
     for a, b in merges:
         vocab.setdefault(a + b, len(vocab))
-    vocab["<mask>"] = len(vocab)
+    for t in tail:
+        vocab[t] = len(vocab)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
         (Path(tmp) / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
-        tok = RobertaTokenizerFast(vocab_file=str(Path(tmp) / "vocab.json"), merges_file=str(Path(tmp) / "merges.txt"),
-                                   model_max_length=512)
+        tok = tokenizer_cls(vocab_file=str(Path(tmp) / "vocab.json"), merges_file=str(Path(tmp) / "merges.txt"),
+                            model_max_length=512, **kwargs)
+    tok.save_pretrained(out_dir)
+    return tok
+
+
+def build_tokenizer(out_dir: Path, n_merges: int = 300):
+    """RoBERTa's byte-level BPE tokenizer: <s> <pad> </s> <unk>, bytes, merges, <mask> last (RoBERTa's order)."""
+    from transformers import RobertaTokenizerFast
+
+    return build_byte_bpe_tokenizer(out_dir, RobertaTokenizerFast, ["<s>", "<pad>", "</s>", "<unk>"], ["<mask>"], n_merges)
+
+
+def build_wordpiece_tokenizer(out_dir: Path):
+    """BERT's WordPiece tokenizer (uncased): [PAD] [UNK] [CLS] [SEP] [MASK], single characters,
+    their ##continuations, then the demo words; saved from a vocab.txt as BERT's own files are."""
+    from transformers import BertTokenizerFast
+
+    chars = list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'-")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + ["##" + c for c in chars]
+    vocab += [w for w in dict.fromkeys(WORDS) if w not in vocab]
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "vocab.txt").write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
+        tok = BertTokenizerFast(vocab_file=str(Path(tmp) / "vocab.txt"), do_lower_case=True, model_max_length=512)
+    tok.save_pretrained(out_dir)
+    return tok
+
+
+def build_unigram_tokenizer(out_dir: Path, vocab_size: int = 200):
+    """DeBERTa-v2/v3's tokenizer kind: a SentencePiece-style unigram model ("\u2581" marks a word start)
+    with [PAD]=0 [CLS]=1 [SEP]=2 [UNK]=3 (DeBERTa-v3's ids) and [MASK], [CLS] x [SEP] around a
+    sentence. Trained here with the `tokenizers` library on the demo words (the sentencepiece
+    package is not needed) and saved as DebertaV2TokenizerFast (tokenizer.json)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import DebertaV2TokenizerFast
+
+    specials = ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"]
+    backend = Tokenizer(models.Unigram())
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    backend.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="[UNK]",
+                                      initial_alphabet=list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?'-"))
+    backend.train_from_iterator([" ".join(WORDS)] * 4, trainer)
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", backend.token_to_id("[CLS]")), ("[SEP]", backend.token_to_id("[SEP]"))])
+    tok = DebertaV2TokenizerFast(tokenizer_object=backend, model_max_length=512)
     tok.save_pretrained(out_dir)
     return tok
 
@@ -96,9 +149,11 @@ def build(out_dir, seed: int = 0) -> dict:
     paths = {"audio_model": str(out_dir / "wav2vec2-tiny"), "text_model": str(out_dir / "roberta-tiny")}
 
     torch.manual_seed(seed)
-    # wav2vec2-base's layout (group-norm CNN with 7 conv layers, post-norm encoder) at toy width.
+    # wav2vec2-base's layout (group-norm CNN with 7 conv layers, post-norm encoder) at toy width. The
+    # CNN runs at the full 16 kHz rate and dominates the demo's training time: 16 channels per layer
+    # keep it about twice as fast as 32, with the same learning curves on the demo.
     w2v_config = Wav2Vec2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                                conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                                conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
                                 feat_extract_norm="group", do_stable_layer_norm=False)
     Wav2Vec2Model(w2v_config).save_pretrained(paths["audio_model"])
     # The same feature-extractor settings as facebook/wav2vec2-base.
@@ -114,12 +169,89 @@ def build(out_dir, seed: int = 0) -> dict:
     return paths
 
 
+# Tiny layouts of other encoder families, each named after the real checkpoint layout it mirrors.
+# Audio: (config class, overrides). "group" = wav2vec2-base style CNN (GroupNorm in the first conv
+# layer only, post-norm encoder); "layer" = the large models' style (LayerNorm in every conv layer,
+# pre-norm "stable" encoder). data2vec-audio always has layer-norm convs and a 5-layer positional conv.
+TINY_AUDIO = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, conv_dim=(32,) * 7)
+AUDIO_FAMILIES = {
+    "wav2vec2-layer": ("Wav2Vec2Config", dict(feat_extract_norm="layer", do_stable_layer_norm=True,
+                                              num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)),
+    "hubert": ("HubertConfig", dict(feat_extract_norm="group", do_stable_layer_norm=False,
+                                    num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)),
+    "hubert-layer": ("HubertConfig", dict(feat_extract_norm="layer", do_stable_layer_norm=True,
+                                          num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)),
+    "wavlm": ("WavLMConfig", dict(feat_extract_norm="group", do_stable_layer_norm=False,
+                                  num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)),
+    "wavlm-layer": ("WavLMConfig", dict(feat_extract_norm="layer", do_stable_layer_norm=True,
+                                        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)),
+    "data2vec-audio": ("Data2VecAudioConfig", dict(num_conv_pos_embeddings=5, conv_pos_kernel_size=19,
+                                                   num_conv_pos_embedding_groups=16)),
+}
+# Text: (config class, overrides, tokenizer builder). DeBERTa's as deberta-base / deberta-v3-base
+# (relative attention, no absolute positions); BERT at a different width (32) than the audio models,
+# so that the fused model's audio projection is exercised.
+TEXT_FAMILIES = {
+    "bert": ("BertConfig", dict(hidden_size=32, intermediate_size=64, type_vocab_size=2), "wordpiece"),
+    "deberta": ("DebertaConfig", dict(relative_attention=True, pos_att_type=["c2p", "p2c"], position_biased_input=False,
+                                      max_relative_positions=-1, type_vocab_size=0), "byte-bpe"),
+    "deberta-v2": ("DebertaV2Config", dict(relative_attention=True, pos_att_type=["p2c", "c2p"], position_biased_input=False,
+                                           max_relative_positions=-1, position_buckets=256, norm_rel_ebd="layer_norm",
+                                           share_att_key=True, type_vocab_size=0), "unigram"),
+}
+FAMILIES = tuple(AUDIO_FAMILIES) + tuple(TEXT_FAMILIES)
+
+
+def build_families(out_dir, families=FAMILIES, seed: int = 0) -> dict:
+    """Write <out_dir>/<family>-tiny for each family name (AUDIO_FAMILIES, TEXT_FAMILIES): a random
+    AutoModel with save_pretrained plus, for audio, a Wav2Vec2FeatureExtractor (wav2vec2-base's
+    settings; return_attention_mask as the layer-norm checkpoints set it) and, for text, an offline
+    tokenizer of the family's kind. Returns {family: path}."""
+    import torch
+    import transformers
+    from transformers import AutoModel, DebertaTokenizerFast, Wav2Vec2FeatureExtractor
+
+    out_dir = Path(out_dir)
+    paths = {}
+    for i, family in enumerate(families):
+        path = out_dir / f"{family}-tiny"
+        torch.manual_seed(seed + 10 + i)
+        if family in AUDIO_FAMILIES:
+            config_cls, overrides = AUDIO_FAMILIES[family]
+            config = getattr(transformers, config_cls)(**TINY_AUDIO, **overrides)
+            AutoModel.from_config(config).save_pretrained(path)
+            layer_norm_cnn = getattr(config, "feat_extract_norm", "layer") == "layer"
+            Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
+                                     return_attention_mask=layer_norm_cnn).save_pretrained(path)
+        elif family in TEXT_FAMILIES:
+            config_cls, overrides, kind = TEXT_FAMILIES[family]
+            if kind == "wordpiece":
+                tok = build_wordpiece_tokenizer(path)
+            elif kind == "byte-bpe":  # DeBERTa v1: GPT-2's byte-level BPE with BERT-style special tokens
+                tok = build_byte_bpe_tokenizer(path, DebertaTokenizerFast, ["[PAD]", "[CLS]", "[SEP]", "[UNK]"], ["[MASK]"])
+            else:
+                tok = build_unigram_tokenizer(path)
+            base = dict(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=128, max_position_embeddings=512, pad_token_id=tok.pad_token_id)
+            config = getattr(transformers, config_cls)(**{**base, **overrides})
+            AutoModel.from_config(config).save_pretrained(path)
+        else:
+            raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+        paths[family] = str(path)
+    return paths
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_data/models", help="folder for wav2vec2-tiny/ and roberta-tiny/")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--families", default="", help="also build tiny models of these families, comma-separated, "
+                        f"or 'all' ({', '.join(FAMILIES)}); default: none, only the demo's two models")
     args = parser.parse_args(argv)
     paths = build(args.out, args.seed)
+    if args.families:
+        families = FAMILIES if args.families == "all" else [f.strip() for f in args.families.split(",") if f.strip()]
+        paths.update(build_families(args.out, families, args.seed))
     for kind, path in paths.items():
         n_files = len(list(Path(path).iterdir()))
         print(f"wrote {kind}: {path} ({n_files} files)")

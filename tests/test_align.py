@@ -72,6 +72,39 @@ def test_attribution_tie_goes_to_the_speaker_already_talking():
     assert list(spk) == [A, A]
 
 
+def test_exact_ties_under_both_tie_break_settings(tmp_path):
+    """A word lying equally inside two speakers' turns. B's turn began first; A sorts first."""
+    import pandas as pd
+    from whisperx.diarize import assign_word_speakers
+
+    turns = [(0.0, 3.0, B), (0.5, 2.5, A)]  # the word [1, 2] overlaps each by exactly 1 s
+    assert list(align.attribute_speakers([1.0], [2.0], turns)[0]) == [B]  # earliest-starting turn
+    assert list(align.attribute_speakers([1.0], [2.0], turns, ties="alphabetical")[0]) == [A]
+    # whisperX 3.8.6 (installed) also takes the earliest-starting turn; 3.2.0 (the authors' version)
+    # took the alphabetically first label, A here (read in its diarize.py, see attribute_speakers).
+    result = {"segments": [{"start": 1.0, "end": 2.0, "text": "x", "words": [{"word": "x", "start": 1.0, "end": 2.0}]}]}
+    theirs = assign_word_speakers(pd.DataFrame(turns, columns=["start", "end", "speaker"]), result)
+    assert theirs["segments"][0]["words"][0]["speaker"] == B
+    # Labels compare as strings: SPEAKER_10 before SPEAKER_2.
+    spk, _ = align.attribute_speakers([1.0], [2.0], [(0.0, 3.0, "SPEAKER_2"), (0.0, 3.0, "SPEAKER_10")], ties="alphabetical")
+    assert list(spk) == ["SPEAKER_10"]
+
+    # Through the alignment: one ASR segment "a b"; "a" [0.1, 0.4] is B's alone, "b" [1, 2] is tied.
+    # The segment overlaps B 3 s and A 2 s, so asr-segment gives "b" to B: one turn. whisperx gives
+    # "b" to A: two turns.
+    asr = as_read([seg([word("a", 0.1, 0.4), word("b", 1.0, 2.0)], 0.0, 3.0)], tmp_path)
+    own = align.align_dialog(asr, turns, max_pause=1.5)
+    assert [(x["speaker"], x["text"]) for x in own] == [(B, "a b")]
+    wx = align.align_dialog(asr, turns, max_pause=1.5, tie_break="whisperx")
+    assert [(x["speaker"], x["text"]) for x in wx] == [(B, "a"), (A, "b")]
+    # The baseline's segment-level tie: a segment [1, 2].
+    asr = as_read([seg([word("c", 1.0, 2.0)], 1.0, 2.0)], tmp_path, "c.json")
+    assert align.baseline_dialog(asr, turns)[0]["speaker"] == B
+    assert align.baseline_dialog(asr, turns, tie_break="whisperx")[0]["speaker"] == A
+    with pytest.raises(ValueError, match="tie_break"):
+        align.align_dialog(asr, turns, 1.5, tie_break="first")
+
+
 def test_untimed_words_are_interpolated(tmp_path):
     asr = as_read([seg([word("in", 1.0, 1.2), word("1995"), word("and"), word("we", 2.0, 2.2)], 1.0, 2.2),
                    seg([word("19"), word("ok", 3.0, 3.4), word("20")], 2.5, 4.0)], tmp_path)
@@ -412,6 +445,53 @@ def test_main_writes_segments_cache_manifest_and_report(tmp_path, capsys):
     assert set(utils.read_json(pipe / "alignment_report.json")["variants"]) == {"aligned-p1", "aligned-p1.5", "baseline"}
 
 
+def test_several_pauses_in_one_run_decode_the_audio_once(tmp_path, monkeypatch):
+    """--max-pause 0.5 1.5 2 writes one variant per pause, each byte-identical to a run of that pause
+    alone, reading each dialog's audio once for all of them."""
+    d = "Ses01F_impro01"
+    corpus, work = make_work(tmp_path / "a", {d: fig3_asr()}, {d: FIG3_TURNS}, {d: FIG3_UTTS})
+    _, alone = make_work(tmp_path / "b", {d: fig3_asr()}, {d: FIG3_TURNS}, {d: FIG3_UTTS})
+    loads = []
+    real_load = utils.load_audio
+    monkeypatch.setattr(utils, "load_audio", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
+    align.main(["--work", str(work), "--pipe", "simulated", "--max-pause", "0.5", "1.5", "2"])
+    assert len(loads) == 1
+    for p in ("0.5", "1.5", "2"):
+        align.main(["--work", str(alone), "--pipe", "simulated", "--variant", "aligned", "--max-pause", p])
+        for sub, ext in (("segments", ".json"), ("segments", ".txt"), ("cache", ".pt")):
+            a = (work / "simulated" / f"aligned-p{p}" / sub / f"{d}{ext}").read_bytes()
+            assert a == (alone / "simulated" / f"aligned-p{p}" / sub / f"{d}{ext}").read_bytes(), (p, sub, ext)
+    assert (work / "simulated" / "baseline" / "cache" / f"{d}.pt").is_file()
+    n_segments = {p: len(utils.read_json(work / "simulated" / f"aligned-p{p}" / "segments" / f"{d}.json")["segments"])
+                  for p in ("0.5", "2")}
+    assert n_segments["0.5"] > n_segments["2"]  # a shorter maximum pause cuts more turns
+
+
+def test_channel_and_tie_break_are_part_of_the_config(tmp_path, capsys):
+    """--channel picks the samples cut into the cache, is recorded there and in the manifest, and
+    changing it (or --tie-break) redoes the dialog."""
+    d = "Ses01F_impro01"
+    corpus, work = make_work(tmp_path, {d: fig3_asr()}, {d: FIG3_TURNS}, {d: FIG3_UTTS})
+    wav = corpus / "Session1/dialog/wav" / f"{d}.wav"
+    stereo, _ = sf.read(wav, dtype="float32", always_2d=True)
+    cache_path = work / "simulated" / "aligned-p1.5" / "cache" / f"{d}.pt"
+    a, b = round(6.92 * 16000), round(9.6 * 16000)  # the first aligned segment
+    for channel, expected in (("0", stereo[:, 0]), ("1", stereo[:, 1]), ("mean", stereo.mean(axis=1))):
+        align.main(["--work", str(work), "--pipe", "simulated", "--variant", "aligned", "--channel", channel])
+        assert "aligned-p1.5: wrote 1 dialogs" in capsys.readouterr().out  # redone for each channel
+        cache = utils.load_pt(cache_path)
+        assert cache["channel"] == channel
+        np.testing.assert_array_equal(cache["segments"][0]["audio"].numpy(), expected[a:b])
+        config = utils.read_json(work / "simulated" / "aligned-p1.5" / "manifest.json")["config"]
+        assert config["channel"] == channel and config["tie_break"] == "asr-segment"
+    assert not np.array_equal(stereo[a:b, 0], stereo[a:b, 1])  # the three runs saw different audio
+    align.main(["--work", str(work), "--pipe", "simulated", "--variant", "aligned"])
+    assert "wrote 0 dialogs, kept 1 already done" in capsys.readouterr().out  # mean is the default
+    align.main(["--work", str(work), "--pipe", "simulated", "--variant", "aligned", "--tie-break", "whisperx"])
+    assert "aligned-p1.5: wrote 1 dialogs" in capsys.readouterr().out
+    assert utils.read_json(work / "simulated" / "aligned-p1.5" / "manifest.json")["config"]["tie_break"] == "whisperx"
+
+
 def torch_float32():
     import torch
 
@@ -488,3 +568,39 @@ def test_demo_simulated_alignment_beats_baseline(demo_step2):
     assert al["speaker_purity"] > bl["speaker_purity"]
     assert al["fragmentation_mean"] < bl["fragmentation_mean"]
     assert al["fragmentation_split_share"] < bl["fragmentation_split_share"]
+
+
+def test_authors_word_policy_drops_what_their_aligner_drops():
+    """--word-policy authors: an unattributed word in the middle drops only itself (and does not
+    split the turn); an unattributed first word drops every later word of the dialog."""
+    turns = [(0.0, 3.0, "SPEAKER_00"), (4.0, 6.0, "SPEAKER_01")]
+
+    def asr(words):
+        return [{"start": words[0][1] if words[0][1] is not None else 0.0, "end": 6.0, "text": "",
+                 "words": [{"word": w, "start": s, "end": e} for w, s, e in words]}]
+    middle = asr([("a", 0.1, 0.4), ("b", None, None), ("c", 0.6, 0.9), ("d", 3.2, 3.5), ("e", 1.0, 1.2), ("f", 4.1, 4.5)])
+    keep = align.align_dialog(middle, turns, 1.5)
+    assert sum(s["n_words"] for s in keep) == 6  # ours: no word lost
+    theirs = align.align_dialog(middle, turns, 1.5, word_policy="authors")
+    # b is untimed, d (3.2-3.5) lies in no turn: both dropped; a c e stay one turn
+    assert [(s["speaker"], s["text"]) for s in theirs] == [("SPEAKER_00", "a c e"), ("SPEAKER_01", "f")]
+    first = asr([("x", 3.2, 3.4), ("a", 0.1, 0.4), ("f", 4.1, 4.5)])
+    # words are in time order: a (0.1) is first and attributed, x (3.2, no turn) is dropped
+    assert [s["text"] for s in align.align_dialog(first, turns, 1.5, word_policy="authors")] == ["a", "f"]
+    lost = asr([("x", 3.2, 3.4), ("f", 4.1, 4.5), ("g", 4.6, 4.9)])
+    out = align.align_dialog(lost, turns, 1.5, word_policy="authors")
+    assert [(s["speaker"], s["text"], s["n_words"]) for s in out] == [("UNKNOWN", "x", 1)]  # every later word lost
+
+
+def test_authors_label_rule_takes_the_single_largest_utterance():
+    utts = [{"id": "u1", "start": 0.0, "end": 1.0, "speaker": "F", "label": "ang"},
+            {"id": "u2", "start": 1.0, "end": 1.6, "speaker": "F", "label": "ang"},
+            {"id": "u3", "start": 1.6, "end": 3.0, "speaker": "M", "label": None}]  # e.g. frustrated
+    seg = [{"start": 0.0, "end": 3.0}]
+    assert align.label_segments([dict(seg[0])], utts, "Ses01F_impro01")[0]["label"] == "ang"  # 1.6 s of ang in all
+    assert align.label_segments([dict(seg[0])], utts, "Ses01F_impro01", rule="authors")[0]["label"] is None  # fru wins
+    short = [{"start": 0.5, "end": 1.55}]  # u1 0.5 s, u2 0.55 s: the single largest is u2
+    assert align.label_segments(short, utts, "Ses01F_impro01", rule="authors")[0]["label"] == "ang"
+    tie = [{"id": "a", "start": 0.0, "end": 1.0, "speaker": "F", "label": "sad"},
+           {"id": "b", "start": 1.0, "end": 2.0, "speaker": "M", "label": "hap"}]
+    assert align.label_segments([{"start": 0.5, "end": 1.5}], tie, "Ses01F_impro01", rule="authors")[0]["label"] == "sad"

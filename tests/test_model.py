@@ -36,33 +36,122 @@ def test_shapes_through_every_module(parts):
     with torch.no_grad():
         z_t, z_a = model.embed(batch)
         assert z_t.shape == (3, 64) and z_a.shape == (3, 64)  # hidden sizes of the tiny configs
-        tokens = model.cross(z_t, z_a)
-        assert tokens.shape == (3, 2, 64)  # [h(t,a); h(a,t)]
-        logits = model.head(tokens)
+        t, a = z_t[:, None], z_a[:, None]
+        a_ta, a_at = model.cross(t, a)
+        assert a_ta.shape == a_at.shape == (3, 1, 64)
+        h_ta, h_at = model.gate_t(t, a_ta), model.gate_a(a, a_at)
+        logits = model.head(torch.cat([h_ta, h_at], dim=1))  # [h(t,a); h(a,t)] -> [3, 4]
         assert logits.shape == (3, len(LABELS))
         assert torch.allclose(model(batch), logits)
     # frame lengths follow wav2vec2's conv arithmetic: 20 ms hop, 25 ms window
     assert model.audio.frame_lengths(torch.tensor([400, 4000, 16000])).tolist() == [1, 12, 49]
 
 
-def test_forget_gate_equations(parts):
+def test_head_equations_in_order(parts):
+    """The head computes, in this order, the equations of the docstrings (the authors' model)."""
     model, _ = parts
-    cross = model.cross
-    z_t, z_a = torch.randn(2, 64), torch.randn(2, 64)
+    D = 64
+    g = torch.Generator().manual_seed(3)
+    z_t, z_a = torch.randn(5, D, generator=g), torch.randn(5, D, generator=g)
+    t, a = z_t[:, None], z_a[:, None]
+    c = model.cross
     with torch.no_grad():
-        out = cross(z_t, z_a)
-        a_ta = cross.attn_ta(z_t[:, None], z_a[:, None], z_a[:, None])[0]
-        f_t = torch.sigmoid(cross.gate_t(torch.cat([z_t[:, None], a_ta], -1)))
-        expected = f_t * a_ta + (1 - f_t) * z_t[:, None]
-    assert torch.allclose(out[:, :1], expected, atol=1e-6)
-    # gate forced shut -> h(a,t) is the original audio embedding; forced open -> the attended one
+        # a(t,a) = LN_t(MHA_ta(q=z_t, k=z_a, v=z_a) + z_t): with one key, MHA = out_proj(v_proj(z_a))
+        W_v = c.attn_ta.in_proj_weight[2 * D:]
+        b_v = c.attn_ta.in_proj_bias[2 * D:]
+        mha = c.attn_ta.out_proj(z_a @ W_v.T + b_v)
+        a_ta = torch.nn.functional.layer_norm(mha + z_t, (D,), c.norm_ta.weight, c.norm_ta.bias, c.norm_ta.eps)
+        assert torch.allclose(c(t, a)[0][:, 0], a_ta, atol=1e-5)
+        # h(t,a) = ReLU(z_t + sigmoid(W_g [z_t; a(t,a)] + b_g) * (W_v a(t,a) + b_v))
+        gate = model.gate_t
+        expected = torch.relu(z_t + torch.sigmoid(gate.gate(torch.cat([z_t, a_ta], -1))) * gate.value(a_ta))
+        h_ta = gate(t, a_ta[:, None])[:, 0]
+        assert torch.allclose(h_ta, expected, atol=1e-6)
+        assert (h_ta >= 0).all() and (h_ta == 0).any()  # ReLU output: non-negative, some exactly zero
+        # fusion: [h(t,a); h(a,t)] + PE -> 2-layer post-norm encoder -> mean over the 2 tokens -> Linear
+        h_at = model.gate_a(a, c(t, a)[1])
+        tokens = torch.cat([h_ta[:, None], h_at], 1)
+        pe = torch.zeros(2, D)
+        freq = torch.exp(-torch.arange(0, D, 2).float() / D * torch.log(torch.tensor(10000.0)))
+        pe[1, 0::2], pe[1, 1::2] = torch.sin(freq), torch.cos(freq)
+        pe[0, 1::2] = 1.0
+        x = tokens + pe
+        for layer in model.head.encoder.layers:
+            assert not layer.norm_first and layer.linear1.out_features == 2048
+            x = layer(x)
+        assert len(model.head.encoder.layers) == 2
+        logits = model.head.classifier(x.mean(1))
+        assert torch.allclose(model.classify(z_t, z_a), logits, atol=1e-5)
+    # gate forced shut (W_g -> -inf): h = ReLU(z); forced open: h = ReLU(z + W_v a + b_v)
     with torch.no_grad():
-        cross.gate_a.bias.fill_(-1e4)
-        assert torch.allclose(cross(z_t, z_a)[:, 1], z_a, atol=1e-5)
-        cross.gate_a.bias.fill_(1e4)
-        a_at = cross.attn_at(z_a[:, None], z_t[:, None], z_t[:, None])[0][:, 0]
-        assert torch.allclose(cross(z_t, z_a)[:, 1], a_at, atol=1e-5)
-        cross.gate_a.reset_parameters()
+        a_at = c(t, a)[1]
+        model.gate_a.gate.bias.fill_(-1e4)
+        assert torch.allclose(model.gate_a(a, a_at), torch.relu(a), atol=1e-6)
+        model.gate_a.gate.bias.fill_(1e4)
+        assert torch.allclose(model.gate_a(a, a_at), torch.relu(a + model.gate_a.value(a_at)), atol=1e-5)
+        model.gate_a.gate.reset_parameters()
+
+
+def test_head_has_the_authors_parameter_count_at_768(tmp_path):
+    """At D = 768 (roberta-base, wav2vec2-base) the head has exactly the authors' 19,300,868 parameters.
+    Configs only: no weights are loaded or needed."""
+    from transformers import RobertaConfig, Wav2Vec2Config
+
+    RobertaConfig().save_pretrained(tmp_path / "text")
+    Wav2Vec2Config().save_pretrained(tmp_path / "audio")
+    head = utils.SERModel(str(tmp_path / "text"), str(tmp_path / "audio"), "fusion", load_extractors=False)
+    assert head.dim == 768 and isinstance(head.proj_a, torch.nn.Identity)
+    assert sum(p.numel() for p in head.head_parameters()) == 19_300_868
+    counts = {name: sum(p.numel() for p in getattr(head, name).parameters()) for name in ("cross", "gate_t", "gate_a", "head")}
+    assert counts == {"cross": 2 * (4 * 768 * 768 + 4 * 768) + 2 * 2 * 768,          # two MHA + two LayerNorm
+                      "gate_t": 2 * 768 * 768 + 768 + 768 * 768 + 768, "gate_a": 1_771_008,  # W_g, W_v
+                      "head": 2 * (4 * 768 * 768 + 4 * 768 + 2 * 768 * 2048 + 2048 + 768 + 4 * 768) + 768 * 4 + 4}
+    # the fusion ablations at the same size
+    sizes = {f: sum(p.numel() for p in utils.SERModel(str(tmp_path / "text"), str(tmp_path / "audio"), "fusion",
+                                                      fusion=f, load_extractors=False).head_parameters())
+             for f in utils.FUSIONS}
+    assert sizes["xattn"] == 19_300_868 - 2 * 1_771_008
+    assert sizes["concat"] == 2 * 768 * 768 + 768 + 768 * 4 + 4
+    assert sizes["late"] == 2 * counts["head"]
+
+
+def test_fusion_variants_train_step_and_differ(parts, tiny_models):
+    _, tok = parts
+    batch = utils.Collator(tok)(items(4, [4000, 5000, 6000, 7000], ["a", "b c", "d e f", "g"]))
+    z_t, z_a = torch.randn(4, 64), torch.randn(4, 64)
+    for fusion in utils.FUSIONS:
+        torch.manual_seed(0)
+        m = utils.SERModel(tiny_models["text_model"], tiny_models["audio_model"], "fusion", fusion=fusion)
+        assert (m.cross is not None) == (fusion in ("gated-xattn", "xattn"))
+        assert (m.gate_t is not None) == (fusion == "gated-xattn")
+        loss = torch.nn.functional.cross_entropy(m(batch), batch["labels"])
+        loss.backward()
+        assert all(p.grad is not None for p in m.head_parameters()), fusion
+        m.eval()
+        with torch.no_grad():
+            if fusion == "late":  # the mean of the two single-modality heads' logits
+                expected = (m.head_t(z_t[:, None]) + m.head_a(z_a[:, None])) / 2
+                assert torch.allclose(m.classify(z_t, z_a), expected, atol=1e-6)
+            if fusion == "xattn":  # no gates: the fusion layer sees [a(t,a); a(a,t)]
+                a_ta, a_at = m.cross(z_t[:, None], z_a[:, None])
+                assert torch.allclose(m.classify(z_t, z_a), m.head(torch.cat([a_ta, a_at], 1)), atol=1e-6)
+    with pytest.raises(utils.PipelineError, match="fusion"):
+        utils.SERModel(tiny_models["text_model"], tiny_models["audio_model"], "fusion", fusion="sum")
+
+
+def test_authors_audio_padding_depends_on_the_batch(parts, tiny_models):
+    """--audio-padding authors: no attention mask, mean over every frame of the padded batch (their
+    wav2vec2-base); a sample's embedding then changes with its batch, ours does not."""
+    _, tok = parts
+    m = utils.SERModel(tiny_models["text_model"], tiny_models["audio_model"], "audio", audio_padding="authors").eval()
+    its = items(2, [3000, 16000], ["a", "b"])
+    collate = utils.Collator(tok)
+    with torch.no_grad():
+        together = m.embed(collate(its))[1]
+        alone = m.embed(collate(its[:1]))[1]
+        naive = m.audio.model(collate(its)["input_values"]).last_hidden_state.mean(1)
+    assert torch.allclose(together, naive, atol=1e-6)
+    assert not torch.allclose(together[0], alone[0], atol=1e-3)
 
 
 def test_padding_does_not_change_embeddings(parts):

@@ -286,3 +286,96 @@ def test_simulation_rates_are_validated(capsys):
     with pytest.raises(SystemExit):
         preprocess.parse_args(["--backend", "simulated", "--sim-wer", "1.5"])
     assert "--sim-wer must be in [0, 1]" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Exclusive diarization: the derived version of the offline backends
+# ---------------------------------------------------------------------------------------------
+
+def union_length(turns) -> float:
+    total, end = 0.0, float("-inf")
+    for s, e, _ in sorted(turns):
+        total += max(0.0, e - max(s, end))
+        end = max(end, e)
+    return total
+
+
+def test_exclusive_turns_known_answers():
+    ex = preprocess.exclusive_turns
+    # no overlap: unchanged (touching turns of one speaker stay two turns)
+    plain = [(0.0, 1.0, "A"), (1.0, 2.0, "A"), (2.5, 3.0, "B")]
+    assert ex(plain) == plain
+    # partial overlap: the newer turn takes the shared time
+    assert ex([(0.0, 2.0, "A"), (1.5, 3.0, "B")]) == [(0.0, 1.5, "A"), (1.5, 3.0, "B")]
+    # a backchannel inside a long turn: it keeps its time, the long turn resumes after it
+    assert ex([(0.0, 5.0, "A"), (2.0, 2.5, "B")]) == [(0.0, 2.0, "A"), (2.0, 2.5, "B"), (2.5, 5.0, "A")]
+    # same start: the shorter turn first, then the rest of the longer one
+    assert ex([(0.0, 4.0, "A"), (0.0, 1.0, "B")]) == [(0.0, 1.0, "B"), (1.0, 4.0, "A")]
+
+
+def test_simulated_writes_both_rttms_exclusive_has_no_overlap_and_same_speech(demo_work, tmp_path):
+    work = fresh_work(demo_work, tmp_path)
+    manifest = preprocess.main(["--work", str(work), "--backend", "simulated", "--sim-spurious", "0.5"])
+    overlapping = 0
+    for dialog, entry in manifest["dialogs"].items():
+        turns = read_rttm(work / "simulated" / "diarization" / f"{dialog}.rttm")
+        exclusive = read_rttm(work / "simulated" / "diarization_exclusive" / f"{dialog}.rttm")
+        overlapping += any(b[0] < a[1] - 1e-9 for a, b in zip(turns, turns[1:]))
+        assert all(b[0] >= a[1] - 1e-9 for a, b in zip(exclusive, exclusive[1:]))  # one speaker at a time
+        assert union_length(exclusive) == pytest.approx(union_length(turns), abs=2e-3)  # speech time kept
+        assert {spk for *_, spk in exclusive} <= {spk for *_, spk in turns}
+        assert entry["stats"]["exclusive_from"] == "derived" and "der_exclusive" in entry["stats"]
+    assert overlapping  # spurious turns overlap the next speaker's: the two versions differ
+    assert "der_exclusive" in manifest["summary"]
+
+
+def test_align_reads_the_exclusive_rttm_and_reports_both(demo_work, tmp_path):
+    import align
+
+    work = fresh_work(demo_work, tmp_path)
+    preprocess.main(["--work", str(work), "--backend", "simulated", "--dialogs", "Ses01F_impro01"])
+    align.main(["--work", str(work), "--pipe", "simulated", "--variant", "aligned"])
+    report = align.main(["--work", str(work), "--pipe", "simulated", "--variant", "aligned",
+                         "--diarization", "exclusive"])
+    assert set(report["variants"]) == {"aligned-p1.5", "aligned-p1.5-exclusive"}
+    assert "aligned-p1.5-exclusive" in (work / "simulated" / "alignment_report.md").read_text()
+    segments = read_json(work / "simulated" / "aligned-p1.5-exclusive" / "segments" / "Ses01F_impro01.json")
+    assert segments["variant"] == "aligned-p1.5-exclusive" and segments["segments"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharding: every N-th dialog from K; parts merge into one manifest
+# ---------------------------------------------------------------------------------------------
+
+def test_two_shards_equal_one_run_byte_for_byte(demo_work, tmp_path, monkeypatch):
+    args = ["--backend", "simulated", "--seed", "2"]
+    whole = fresh_work(demo_work, tmp_path, "whole")
+    one = preprocess.main(["--work", str(whole)] + args)
+
+    work = fresh_work(demo_work, tmp_path, "sharded")
+    first = preprocess.main(["--work", str(work), "--shard", "0/2"] + args)
+    names = sorted(one["dialogs"])
+    assert sorted(first["dialogs"]) == names[0::2]  # every 2nd dialog from the 0th, merged so far
+    assert (work / "simulated" / "manifest.parts" / "shard-0-of-2.json").is_file()
+    monkeypatch.setenv("RANK", "1")  # as torchrun would: the rank picks the shard
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    second = preprocess.main(["--work", str(work)] + args)
+    assert second["config"] == one["config"] and second["dialogs"] == one["dialogs"]
+    assert second["summary"] == one["summary"]
+    for sub in ("asr", "diarization", "diarization_exclusive"):
+        got = {p.name: p.read_bytes() for p in (work / "simulated" / sub).iterdir()}
+        assert got == {p.name: p.read_bytes() for p in (whole / "simulated" / sub).iterdir()} and len(got) == 4
+    merged = read_json(work / "simulated" / "manifest.json")
+    assert merged["dialogs"] == one["dialogs"] and list(merged["dialogs"]) == names
+
+    # an unsharded run over the same work finds everything done, and retires the parts
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    again = preprocess.main(["--work", str(work)] + args)
+    assert again["dialogs"] == one["dialogs"] and not (work / "simulated" / "manifest.parts").exists()
+
+
+def test_shard_flag_is_validated(capsys):
+    with pytest.raises(SystemExit):
+        preprocess.parse_args(["--shard", "2/2"])
+    assert "--shard: expected K/N with 0 <= K < N" in capsys.readouterr().err

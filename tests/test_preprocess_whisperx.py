@@ -2,11 +2,15 @@
 
 WhisperX ASR (faster-whisper, the pyannote VAD bundled with WhisperX), WhisperX alignment and pyannote
 diarization all run for real on a demo dialog; only the model weights are tiny and random, so the
-transcripts are noise. What is asserted: the output structure, times inside the dialog, RTTM validity,
-the VAD-oracle path (one transcribed piece per reference utterance, segments inside them) and resume.
+transcripts are noise. What is asserted: the output structure, times inside the dialog, RTTM validity
+(both the overlapping and pyannote's exclusive diarization), the VAD-oracle path (one transcribed
+piece per reference utterance, segments inside them), resume, and the preflight on these models. The
+standard run loads a pipeline shaped like pyannote/speaker-diarization-3.1 from a local hub mirror
+(--model-dir, --cache-only), the VAD-oracle run one shaped like community-1 from its folder.
 """
 import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -32,9 +36,14 @@ def tiny_models(tmp_path_factory):
             os.environ[key] = value
 
 
-def whisperx_args(work, models, *extra):
+BATCH_FLAGS = ("--embedding-batch-size", "8", "--segmentation-batch-size", "8")
+
+
+def whisperx_args(work, models, *extra, diar="3.1"):
+    diar_flags = (["--diar-model", "pyannote/speaker-diarization-3.1", "--model-dir", models["hub"], "--cache-only"]
+                  if diar == "3.1" else ["--diar-model", models["diarization"]])
     return ["--work", str(work), "--backend", "whisperx", "--dialogs", DIALOG, "--device", "cpu",
-            "--asr-model", models["asr"], "--align-model", models["align"], "--diar-model", models["diarization"],
+            "--asr-model", models["asr"], "--align-model", models["align"], *diar_flags,
             "--nltk-data", models["nltk_data"], "--asr-max-length", "24", "--beam-size", "1", "--threads", "1",
             *extra]
 
@@ -46,8 +55,8 @@ def runs(demo_work, tiny_models, tmp_path_factory):
 
     work = tmp_path_factory.mktemp("work_whisperx")
     shutil.copy(demo_work / "labels.json", work / "labels.json")
-    standard = preprocess.main(whisperx_args(work, tiny_models))
-    oracle = preprocess.main(whisperx_args(work, tiny_models, "--vad", "oracle"))
+    standard = preprocess.main(whisperx_args(work, tiny_models, *BATCH_FLAGS))
+    oracle = preprocess.main(whisperx_args(work, tiny_models, "--vad", "oracle", diar="community-1"))
     return work, standard, oracle
 
 
@@ -72,6 +81,12 @@ def check_outputs(folder, manifest, duration):
     assert all(re.fullmatch(r"SPEAKER_\d\d", spk) for spk in labels) and labels[0] == "SPEAKER_00"
     for line in (folder / "diarization" / f"{DIALOG}.rttm").read_text().splitlines():
         assert line.startswith(f"SPEAKER {DIALOG} 1 ") and line.endswith(" <NA> <NA>")
+    # pyannote 4's exclusive diarization, under the same anonymous labels, one speaker at a time
+    exclusive = read_rttm(folder / "diarization_exclusive" / f"{DIALOG}.rttm")
+    assert exclusive and all(0 <= s < e <= duration + 1e-3 for s, e, _ in exclusive)
+    assert all(b[0] >= a[1] - 1e-3 for a, b in zip(exclusive, exclusive[1:]))
+    assert {spk for *_, spk in exclusive} <= set(labels)
+    assert entry["stats"]["exclusive_from"] == "pyannote"
     assert entry["stats"]["duration"] == pytest.approx(duration, abs=1e-3)
     return asr
 
@@ -83,6 +98,7 @@ def test_standard_pipeline_end_to_end(runs, demo_corpus):
     check_outputs(work / "whisperx", manifest, duration)
     config = manifest["config"]
     assert config["vad"] == "auto" and config["vad_onset"] == 0.4 and config["batch_size"] == 8
+    assert config["diar_model"] == "pyannote/speaker-diarization-3.1" and config["embedding_batch_size"] == 8
     assert "wer" in manifest["summary"] and "der" in manifest["summary"]  # measured, even if it is noise
 
 
@@ -107,7 +123,35 @@ def test_resume_skips_without_loading_models(runs, tiny_models, monkeypatch, cap
 
     monkeypatch.setattr(preprocess, "WhisperX", no_models)
     capsys.readouterr()
-    manifest = preprocess.main(whisperx_args(work, tiny_models))
+    manifest = preprocess.main(whisperx_args(work, tiny_models, *BATCH_FLAGS))
     assert "skipping 1 dialogs already done" in capsys.readouterr().out
     assert manifest["dialogs"][DIALOG]["status"] == "done"
     assert before == {p: p.read_bytes() for p in (work / "whisperx").rglob("*.*") if p.name != "manifest.json"}
+
+
+def test_check_on_the_demo_models_is_all_ok_and_writes_nothing(runs, tiny_models, capsys):
+    work, _, _ = runs
+    roots = [work, tiny_models["hub"], tiny_models["diarization"], tiny_models["asr"]]
+    before = {str(p): p.stat().st_mtime_ns for root in roots for p in Path(root).rglob("*")}
+    for diar in ("3.1", "community-1"):
+        items = preprocess.main(whisperx_args(work, tiny_models, "--check", diar=diar))
+        assert all(item.ok for item in items), [item.line() for item in items]
+        names = [item.name for item in items]
+        assert {"ASR model", "alignment model", "diarization pipeline", "diarization segmentation",
+                "diarization embedding", "NLTK punkt_tab", "CUDA", "time (estimate)"} <= set(names)
+        assert ("diarization plda" in names) == (diar == "community-1")  # VBx needs a PLDA, 3.1 none
+    assert "all 12 checks OK" in capsys.readouterr().out
+    assert before == {str(p): p.stat().st_mtime_ns for root in roots for p in Path(root).rglob("*")}
+
+
+def test_whisperx_api_names_match_the_installed_whisperx():
+    """The token keyword and the default models are read from, or checked against, whisperx 3.8."""
+    import whisperx.asr
+    from whisperx.alignment import DEFAULT_ALIGN_MODELS_TORCH
+    from whisperx.diarize import DiarizationPipeline
+
+    assert preprocess.token_kwargs(whisperx.asr.load_model, "t") == {"use_auth_token": "t"}
+    assert preprocess.token_kwargs(DiarizationPipeline.__init__, "t") == {"token": "t"}
+    assert preprocess.DEFAULT_ALIGN_MODEL == DEFAULT_ALIGN_MODELS_TORCH["en"]
+    assert preprocess.whisper_repo("large-v2") == "Systran/faster-whisper-large-v2"
+    assert preprocess.torchaudio_checkpoint(preprocess.DEFAULT_ALIGN_MODEL)[0] == "wav2vec2_fairseq_base_ls960_asr_ls960.pth"

@@ -1,20 +1,26 @@
-"""The one command (reproduce.py) end to end on a tiny demo: steps 1-6, tables traceable to metrics
-files, a re-run that recomputes nothing, and a pause-only change that re-runs only what follows it."""
+"""The one command (reproduce.py) end to end on a tiny demo: steps 1-6 as separate processes, seeds,
+tables traceable to metrics files with intervals and paired tests, a re-run that recomputes nothing,
+a pause-only change that re-runs only what follows it, and a failing step that stops the run."""
+import ast
 import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import reproduce
 import utils
+
+STEPS = ("iemo_lab_with_timestamps", "preprocess", "align", "train", "evaluate", "teer_calculate")
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("repro")
     args = ["--demo-dir", str(base / "demo"), "--demo-size", "tiny", "--results", str(base / "results"),
-            "--epochs", "2", "--pauses", "1.5", "--only", "main", "frozen", "vadoracle"]
+            "--epochs", "2", "--seeds", "2", "--pauses", "1.5", "--bootstrap-samples", "200",
+            "--only", "main", "frozen", "vadoracle"]
     reproduce.main(args)
     return base, args
 
@@ -23,36 +29,66 @@ def provenance(base):
     return json.loads((base / "results" / "provenance.json").read_text())
 
 
+def seed_files(pattern: str, name: str) -> list[Path]:
+    """`.../runs/NAME__s{0,1}/metrics.json` -> the files of each seed."""
+    prefix, seeds, suffix = re.fullmatch(r"(.*)\{([\d,]+)\}(.*)", pattern).groups()
+    return [Path(f"{prefix}{s}{suffix}") / name for s in seeds.split(",")]
+
+
+def pm(values, scale=100.0):
+    return f"{scale * np.mean(values):.2f} ± {scale * np.std(values):.2f}"
+
+
 def test_first_run_writes_every_table_from_metrics_files(tiny_run):
     base, _ = tiny_run
     tables = (base / "results" / "tables.md").read_text()
     assert utils.DEMO_NOTE in tables
-    for title in ("Table I", "Table II", "Table III", "Table IV"):
+    for title in ("Table I", "Table II", "Table III", "Table IV", "Paired differences"):
         assert title in tables
-    # Every row of ours names its metrics file, and the numbers in the row are that file's.
-    rows = [line for line in tables.splitlines() if line.startswith("|") and "metrics.json`" in line]
-    assert len(rows) >= 4
-    for row in rows:
-        path = Path(re.search(r"`([^`]*metrics\.json)`", row).group(1))
-        m = json.loads(path.read_text())
-        assert f"{100 * m['accuracy']:.2f}" in row and f"{100 * m['macro_f1']:.2f}" in row
-        assert f"| {m['n_scored']} |" in row
-        assert m["note"] == utils.DEMO_NOTE  # the run's own report says it is demo data
+    # Every row names its metrics files (one per seed); its cells are the mean ± std over those files.
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in tables.splitlines() if "metrics.json`" in line]
+    rows = [cells for cells in rows if len(cells) == 16]  # Tables I and IV (the ablation tables have fewer columns)
+    assert len(rows) == 4
+    for cells in rows:
+        row = " | ".join(cells)
+        files = seed_files(re.search(r"`(.*)/metrics\.json`", row).group(1), "metrics.json")
+        ms = [json.loads(f.read_text()) for f in files]
+        assert len(ms) == 2 and all(m["note"] == utils.DEMO_NOTE for m in ms)
+        for col, key in zip(range(1, 5), utils.HEADLINE):  # reference-projected, with the interval of the seed mean
+            assert cells[col].startswith(pm([m["utterance"][key] for m in ms]) + " ["), (row, key)
+        assert cells[5] == f"{ms[0]['utterance']['n']} ({ms[0]['utterance']['n_missed']})"
+        assert cells[6] == pm([m["accuracy"] for m in ms])  # segment-level
+        assert cells[9] == str(ms[0]["n_scored"]) and cells[11] == "2"
     # Table III cells come from the runs' teer.json and teer_authors.json.
     teer_rows = [line for line in tables.splitlines() if "teer*.json`" in line]
     assert len(teer_rows) == 2
     for row in teer_rows:
-        run_dir = Path(re.search(r"`([^`]*)/teer\*\.json`", row).group(1))
-        t, ta = (json.loads((run_dir / f).read_text()) for f in ("teer.json", "teer_authors.json"))
-        cells = [c.strip() for c in row.split("|")]
-        assert cells[2:6] == [f"{100 * t['TEER']:.2f}", f"{100 * t['sTEER']:.2f}",
-                              f"{100 * ta['TEER']:.2f}", f"{100 * ta['sTEER']:.2f}"]
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        pattern = re.search(r"`(.*)/teer\*\.json`", row).group(1)
+        t = [json.loads(f.read_text()) for f in seed_files(pattern, "teer.json")]
+        ta = [json.loads(f.read_text()) for f in seed_files(pattern, "teer_authors.json")]
+        assert cells[1:5] == [pm([x["TEER"] for x in t]), pm([x["sTEER"] for x in t]),
+                              pm([x["TEER"] for x in ta]), pm([x["sTEER"] for x in ta])]
+    # the paired differences are recomputed from the per-utterance predictions of both systems
+    pr = [line for line in tables.splitlines() if line.startswith("| with − without alignment (fine-tuned) | accuracy")]
+    assert len(pr) == 1
+    work = base / "demo" / "preprocessed_iemocap_tiny" / "runs"
+
+    def cms(name):
+        utts = [json.loads((work / f"{name}__s{s}" / "metrics.json").read_text())["utterance"]["utterances"] for s in (0, 1)]
+        dialogs = sorted({u["dialog"] for u in utts[0]})
+        return np.stack([utils.dialog_confusions(u, dialogs) for u in utts])
+    r = utils.paired_bootstrap(cms("simulated__aligned-p1.5__finetune__fusion"), cms("simulated__baseline__finetune__fusion"),
+                               "accuracy", 200, 0)
+    assert f"{100 * r['diff']:+.1f} [{100 * r['ci95'][0]:+.1f}, {100 * r['ci95'][1]:+.1f}]" in pr[0]
     p = provenance(base)
     assert p["config"]["demo"] and p["code"]["commit"]
     assert p["corpus"]["kind"] == "demo" and p["corpus"]["dialogs"] == 4
     assert len(p["models"]["text"]["weights_sha256"]) == 64 and "config_sha256" in p["models"]["audio"]
     assert {s["step"].split()[1] for s in p["steps"]} >= {"1", "2", "3", "4", "5", "6"}
     assert not any(s["skipped"] for s in p["steps"])
+    assert set(p["seconds_per_step"]) == {f"step {k}" for k in range(1, 7)}
+    assert all(v == [0, 1] for v in p["seeds"].values())
 
 
 def test_rerun_with_nothing_changed_recomputes_nothing(tiny_run):
@@ -61,7 +97,7 @@ def test_rerun_with_nothing_changed_recomputes_nothing(tiny_run):
     reproduce.main(args)
     steps = provenance(base)["steps"]
     assert steps and all(s["skipped"] for s in steps)
-    assert (base / "results" / "tables.md").read_text() == before
+    assert (base / "results" / "tables.md").read_text() == before  # the bootstraps are seeded
 
 
 def test_changing_only_the_pause_reruns_only_that_alignment_and_what_follows(tiny_run):
@@ -72,8 +108,7 @@ def test_changing_only_the_pause_reruns_only_that_alignment_and_what_follows(tin
     reproduce.main(args)
     ran = [s for s in provenance(base)["steps"] if not s["skipped"]]
     assert ran, "the new pause threshold must run"
-    kinds = sorted({s["step"].split()[1] for s in ran})
-    assert kinds == ["3", "4", "5", "6"]  # steps 1 and 2 were up to date
+    assert sorted({s["step"].split()[1] for s in ran}) == ["3", "4", "5", "6"]  # steps 1 and 2 were up to date
     assert all("p1.5" not in " ".join(s["argv"]) and "baseline" not in " ".join(s["argv"]) for s in ran)
     assert "maximum pause" in (base / "results" / "tables.md").read_text()
     assert (base / "results" / "pause_sweep.png").is_file()
@@ -97,3 +132,23 @@ def test_force_redoes_steps_their_own_caches_would_skip(tiny_run):
         if kind == "4":
             assert s["argv"][-1] == "--no-resume"
     assert (run / "checkpoint_best.pt").stat().st_mtime_ns > before
+
+
+def test_a_failing_step_stops_the_run_with_its_message(tiny_run, capfd):
+    base, args = tiny_run
+    args = list(args)
+    args[args.index("--only") + 1:] = ["main"]
+    with pytest.raises(utils.PipelineError, match=r"step 4 train .* failed \(exit status \d\)"):
+        reproduce.main(args + ["--audio-model", str(base / "no-such-model")])
+    out = capfd.readouterr()
+    assert "=== step 4 train" in out.out and "python train.py" in out.out  # the command, printed before it ran
+    assert "no-such-model" in out.err  # the step's own message
+
+
+def test_no_step_script_imports_another():
+    root = Path(reproduce.__file__).parent
+    for step in STEPS + ("reproduce",):
+        tree = ast.parse((root / f"{step}.py").read_text())
+        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not imported & (set(STEPS) - {step}), (step, imported & set(STEPS))

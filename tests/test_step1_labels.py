@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import iemo_lab_with_timestamps as step1
+import utils
 from utils import PipelineError, load_labels
 
 MINI = Path(__file__).resolve().parent / "fixtures" / "iemocap_mini"
@@ -150,7 +151,7 @@ def test_parse_transcriptions_skips_with_line_numbers():
 
 
 def test_parse_wdseg_raw_rows():
-    rows = step1.parse_wdseg(MINI / FA1 / "Ses01F_impro01_F000.wdseg")
+    rows = utils.parse_wdseg(MINI / FA1 / "Ses01F_impro01_F000.wdseg")
     assert rows == [(0, 10, -52010, "<s>"), (11, 45, -194425, "EXCUSE"), (46, 60, -88315, "<sil>"),
                     (61, 95, -160114, "++BREATHING++"), (96, 120, -101232, "WHAT(2)"), (121, 150, -70712, "ME"),
                     (151, 194, -40000, "</s>")]
@@ -282,10 +283,10 @@ WDSEG = (" SFrm  EFrm    SegAScr Word\n     0    10     -52010 <s>\n    11    45
 def test_malformed_wdseg(tmp_path, old, new, line, message):
     path = tmp_path / "Ses01F_impro01_F000.wdseg"
     path.write_text(WDSEG)
-    assert step1.parse_wdseg(path)[1] == (11, 45, -194425, "WHAT(2)")
+    assert utils.parse_wdseg(path)[1] == (11, 45, -194425, "WHAT(2)")
     edit(path, old, new)
     with pytest.raises(PipelineError) as e:
-        step1.parse_wdseg(path)
+        utils.parse_wdseg(path)
     assert f"{path}:{line}: " in str(e.value) and message in str(e.value)
 
 
@@ -293,10 +294,10 @@ def test_wdseg_without_rows_or_empty(tmp_path):
     path = tmp_path / "x.wdseg"
     path.write_text(" SFrm  EFrm    SegAScr Word\n Total score: 0\n")
     with pytest.raises(PipelineError, match="no word rows"):
-        step1.parse_wdseg(path)
+        utils.parse_wdseg(path)
     path.write_text("\n")
     with pytest.raises(PipelineError, match="x.wdseg: expected the header .* got an empty file"):
-        step1.parse_wdseg(path)
+        utils.parse_wdseg(path)
 
 
 def test_xx_line_is_skipped_whatever_follows_its_id(tmp_path):

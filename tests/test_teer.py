@@ -11,16 +11,18 @@ import teer_calculate as tc
 from utils import PipelineError, atomic_write_json, read_json
 
 DEFAULT = dict(collar=0.25, uem="extent", nontarget="exclude", mapping="identity", speaker_mapping="overlap")
-AUTHORS = dict(collar=0.0, uem="union", nontarget="drop", mapping="optimal", speaker_mapping="none")
+AUTHORS = dict(collar=0.0, uem="union", nontarget="drop", mapping="optimal", speaker_mapping="none",
+               unlabelled="unk", same_times="last")
 
 
 def utt(start, end, speaker, label):
     return {"id": f"u{start}", "start": start, "end": end, "speaker": speaker, "label": label}
 
 
-def seg(start, end, speaker, pred, dialog="Ses05F_impro01"):
+def seg(start, end, speaker, pred, dialog="Ses05F_impro01", label=None):
+    """A predictions.json segment; label = its 4-class reference from step 3 (None: none)."""
     return {"id": f"s{start}", "dialog": dialog, "start": start, "end": end, "speaker": speaker, "pred": pred,
-            "label": None, "text": ""}
+            "label": label, "text": ""}
 
 
 # Reference: F neu [0, 4], M sad [3, 6] (overlapping in [3, 4]).
@@ -115,7 +117,7 @@ def test_optimal_mapping_forgives_consistently_swapped_emotions(tmp_path):
     truth = ["sad", "hap", "sad", "hap", "sad", "neu"]
     swap = {"sad": "hap", "hap": "sad", "neu": "neu"}
     ref = [utt(3 * i, 3 * i + 2, "FM"[i % 2], lab) for i, lab in enumerate(truth)]
-    hyp = [seg(3 * i, 3 * i + 2, f"SPEAKER_0{i % 2}", swap[lab]) for i, lab in enumerate(truth)]
+    hyp = [seg(3 * i, 3 * i + 2, f"SPEAKER_0{i % 2}", swap[lab], label=lab) for i, lab in enumerate(truth)]
     work = make_run(tmp_path, ref, hyp)
     ours = tc.main(["--work", str(work), "--run", "r"])
     theirs = tc.main(["--work", str(work), "--run", "r", "--authors"])
@@ -181,31 +183,167 @@ def test_agrees_with_pyannote_identification_and_diarization_error_rate(seed):
                 assert got[ours] == pytest.approx(expected[theirs], abs=1e-9), (mapping, ours)
 
 
-def test_authors_option_equals_their_pyannote_computation():
-    """--authors on one dialog == DiarizationErrorRate on target-only emotion and emotion_speaker
-    annotations with uem = union of extents, as the authors' script computes it."""
-    rng = np.random.default_rng(7)
+def their_annotation(items):
+    """An Annotation built as the authors' script builds it: annotation[Segment(start, end)] = label,
+    so a second item with the same start and end replaces the first."""
+    a = Annotation(uri="d")
+    for s, e, lab in items:
+        a[Segment(s, e)] = lab
+    return a
+
+
+def their_components(utterances, segments):
+    """The authors' teer_calculate.py on one dialog, with pyannote: target-only reference, "UNK" for
+    segments without a prediction (= without a 4-class reference), uem = union of the extents,
+    DiarizationErrorRate on speech / emotion / emotion_speaker annotations."""
+    target = [u for u in utterances if u["label"] is not None]
+    said = [s["pred"] if s["label"] is not None else "UNK" for s in segments]
+    ref_speech = their_annotation([(u["start"], u["end"], "speech") for u in target])
+    ref_emo = their_annotation([(u["start"], u["end"], u["label"]) for u in target])
+    ref_spk = their_annotation([(u["start"], u["end"], f"{u['label']}_{u['speaker']}") for u in target])
+    hyp_speech = their_annotation([(s["start"], s["end"], "speech") for s in segments])
+    hyp_emo = their_annotation([(s["start"], s["end"], p) for s, p in zip(segments, said)])
+    hyp_spk = their_annotation([(s["start"], s["end"], f"{p}_{s['speaker']}") for s, p in zip(segments, said)])
+    uem = ref_speech.get_timeline().extent() | hyp_speech.get_timeline().extent()
+    der = DiarizationErrorRate()
+    speech = der.compute_components(ref_speech, hyp_speech, uem=uem)
+    emo = der.compute_components(ref_emo, hyp_emo, uem=uem)
+    spk = der.compute_components(ref_spk, hyp_spk, uem=uem)
+    return {"total": speech["total"], "missed": speech["missed detection"], "false_alarm": speech["false alarm"],
+            "confusion_emo": emo["confusion"], "correct_emo": emo["correct"],
+            "confusion_emo_spk": spk["confusion"], "correct_emo_spk": spk["correct"]}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_authors_option_equals_their_pyannote_computation(seed):
+    """--authors on one dialog == the authors' script's pyannote computation, including the UNK
+    hypothesis label for segments without a 4-class reference and Annotation keys that collapse
+    items with identical times."""
+    rng = np.random.default_rng(seed)
     utterances = [utt(float(s), float(s + rng.uniform(0.5, 5)), str(rng.choice(["F", "M"])),
                       rng.choice(["hap", "ang", "sad", "neu", None])) for s in np.sort(rng.uniform(0, 50, 14))]
     segments = [seg(float(s), float(s + rng.uniform(0.5, 6)), f"SPEAKER_0{rng.integers(3)}",
-                    str(rng.choice(["hap", "ang", "sad", "neu"]))) for s in rng.uniform(0, 55, 12)]
-    target = [u for u in utterances if u["label"] is not None]
-    ref_emo = annotation([(u["start"], u["end"], u["label"]) for u in target])
-    ref_spk = annotation([(u["start"], u["end"], f"{u['label']}_{u['speaker']}") for u in target])
-    hyp_emo = annotation([(s["start"], s["end"], s["pred"]) for s in segments])
-    hyp_spk = annotation([(s["start"], s["end"], f"{s['pred']}_{s['speaker']}") for s in segments])
-    uem = ref_emo.get_timeline().extent() | hyp_emo.get_timeline().extent()
-    der = DiarizationErrorRate()
-    emo = der.compute_components(ref_emo, hyp_emo, uem=uem)
-    spk = der.compute_components(ref_spk, hyp_spk, uem=uem)
+                    str(rng.choice(["hap", "ang", "sad", "neu"])), label=rng.choice(["hap", None]))
+                for s in rng.uniform(0, 55, 12)]
+    # Identical times: a second utterance and a second segment on top of existing ones.
+    first = next(u for u in utterances if u["label"] is not None)
+    utterances.append({**utt(first["start"], first["end"], "M", "sad"), "id": "dup"})
+    segments.append({**segments[0], "pred": "ang", "label": "ang", "speaker": "SPEAKER_09"})
+    assert any(s["label"] is None for s in segments)  # the case has UNK segments
     got = tc.teer_dialog(utterances, segments, **AUTHORS)
-    assert got["total"] == pytest.approx(emo["total"], abs=1e-9)
-    assert got["missed"] == pytest.approx(emo["missed detection"], abs=1e-9)
-    assert got["false_alarm"] == pytest.approx(emo["false alarm"], abs=1e-9)
-    assert got["confusion_emo"] == pytest.approx(emo["confusion"], abs=1e-9)
-    assert got["confusion_emo_spk"] == pytest.approx(spk["confusion"], abs=1e-9)
+    expected = their_components(utterances, segments)
+    for k, v in expected.items():
+        assert got[k] == pytest.approx(v, abs=1e-9), k
+    # Both rules matter: without them the numbers differ from the authors' script.
+    for rule in ({"unlabelled": "pred"}, {"same_times": "all"}):
+        other = tc.teer_dialog(utterances, segments, **{**AUTHORS, **rule})
+        assert any(abs(other[k] - v) > 1e-6 for k, v in expected.items()), rule
 
 
-def test_interval_helpers():
-    assert tc.merge_intervals([(3, 4), (0, 1), (0.5, 2), (5, 5)]).tolist() == [[0, 2], [3, 4]]
-    assert tc.subtract_intervals([(0, 10)], [(2, 3), (2.5, 4), (9, 12)]).tolist() == [[0, 2], [4, 9]]
+def authors_case(with_taken_label):
+    """A dialog scored by hand under --authors (times in s):
+      reference  F hap [0,4]   M sad [5,9]   M fru [10,12] (no 4-class label)   F ang [13,13.08]
+                 (+ F hap [20,20.08] if with_taken_label)
+      system     SPEAKER_00 hap [0,4] (label hap)     SPEAKER_01 sad [5,9] (label sad)
+                 SPEAKER_01 neu [10,12] (label null: only fru under it)
+                 SPEAKER_00 sad [12.9,13.08] (label null: 0.08 s of ang is not > 0.1 s)
+                 (+ SPEAKER_00 hap [19.95,20.08], label null)
+    """
+    ref = [utt(0, 4, "F", "hap"), utt(5, 9, "M", "sad"), utt(10, 12, "M", None), utt(13, 13.08, "F", "ang")]
+    hyp = [seg(0, 4, "SPEAKER_00", "hap", label="hap"), seg(5, 9, "SPEAKER_01", "sad", label="sad"),
+           seg(10, 12, "SPEAKER_01", "neu"), seg(12.9, 13.08, "SPEAKER_00", "sad")]
+    if with_taken_label:
+        ref.append(utt(20, 20.08, "F", "hap"))
+        hyp.append(seg(19.95, 20.08, "SPEAKER_00", "hap"))
+    return ref, hyp
+
+
+def test_authors_unk_known_answers(tmp_path):
+    # Without the last pair. UEM [0, 13.08]; labelled reference 4 + 4 + 0.08 = 8.08 s; fru dropped.
+    # FA: [10,12] 2 s + [12.9,13] 0.1 s = 2.1 s; nothing missed.
+    # UNK: hyp labels hap, sad, UNK; UNK co-occurs only with ang (0.08 s), so the Hungarian mapping
+    # pairs UNK -> ang and [13,13.08] counts as correct: CONF_emo 0. (Its prediction "sad" would be
+    # mapped to sad and be wrong there: CONF_emo 0.08.) emotion_speaker: SPEAKER_00+UNK -> F+ang, 0.
+    ref, hyp = authors_case(with_taken_label=False)
+    unk = tc.teer_dialog(ref, hyp, **AUTHORS)
+    assert (unk["total"], unk["missed"], unk["false_alarm"]) == pytest.approx((8.08, 0.0, 2.1))
+    assert (unk["confusion_emo"], unk["confusion_emo_spk"]) == pytest.approx((0.0, 0.0))
+    assert unk["label_map_emo"] == {"hap": "hap", "sad": "sad", "UNK": "ang"}
+    pred = tc.teer_dialog(ref, hyp, **{**AUTHORS, "unlabelled": "pred"})
+    assert (pred["false_alarm"], pred["confusion_emo"]) == pytest.approx((2.1, 0.08))
+
+    # With the last pair: hap [20,20.08] lies under a label-null segment (UNK). Mapping hap -> hap
+    # (4 s), sad -> sad (4 s), UNK -> ang or hap (0.08 s each, ang is free): UNK is wrong on
+    # [20,20.08]. Total 8.16 s, FA 2.1 + 0.05 ([19.95,20]) = 2.15 s, CONF_emo 0.08 s.
+    ref, hyp = authors_case(with_taken_label=True)
+    unk = tc.teer_dialog(ref, hyp, **AUTHORS)
+    assert (unk["total"], unk["missed"], unk["false_alarm"]) == pytest.approx((8.16, 0.0, 2.15))
+    assert (unk["confusion_emo"], unk["correct_emo"]) == pytest.approx((0.08, 8.08))
+    assert unk["confusion_emo_spk"] == pytest.approx(0.08)  # SPEAKER_00+UNK -> F+ang, F+hap [20,20.08] wrong
+    assert their_components(ref, hyp) == pytest.approx(
+        {k: unk[k] for k in ("total", "missed", "false_alarm", "confusion_emo", "correct_emo",
+                             "confusion_emo_spk", "correct_emo_spk")}, abs=1e-9)
+
+    # Through the command line: --authors applies the UNK rule and writes teer_authors.json.
+    work = make_run(tmp_path, ref, hyp)
+    out = tc.main(["--work", str(work), "--run", "r", "--authors"])
+    assert out["settings"]["unlabelled"] == "unk"
+    assert out["TEER"] == pytest.approx((2.15 + 0.08) / 8.16)
+    assert out["EERa"] == pytest.approx(0.08 / 8.16)
+    assert read_json(work / "runs/r/teer_authors.json")["TEER"] == pytest.approx(out["TEER"])
+
+
+def test_authors_unk_needs_the_label_field(tmp_path):
+    segment = seg(0, 2, "SPEAKER_00", "neu")
+    del segment["label"]
+    work = make_run(tmp_path, [utt(0, 2, "F", "neu")], [segment])
+    tc.main(["--work", str(work), "--run", "r"])  # our default does not need it
+    with pytest.raises(PipelineError, match=r"predictions.json: segment 0 lacks \['label'\]"):
+        tc.main(["--work", str(work), "--run", "r", "--authors"])
+
+
+def test_empty_dialogs_missed_or_skipped(tmp_path):
+    # Dialog A: 2 s of reference, all correct. Dialog B: 6 s of reference, no system segment at all.
+    make_run(tmp_path, [utt(0, 6, "M", "ang")], [], dialog="Ses05M_impro02")
+    work = make_run(tmp_path, [utt(0, 2, "F", "neu")], [seg(0, 2, "SPEAKER_00", "neu")])
+    atomic_write_json(work / "runs/r/config.json", {"split": {"test": ["Ses05F_impro01", "Ses05M_impro02"]}})
+    missed = tc.main(["--work", str(work), "--run", "r", "--collar", "0"])
+    assert missed["n_dialogs"] == 2 and missed["totals"]["missed"] == pytest.approx(6.0)
+    assert missed["TEER"] == pytest.approx(6 / 8)
+    skip = tc.main(["--work", str(work), "--run", "r", "--collar", "0", "--empty-dialogs", "skip"])
+    assert skip["n_dialogs"] == 1 and skip["TEER"] == pytest.approx(0.0)
+    assert skip["totals"]["total"] == pytest.approx(2.0)
+    assert "Ses05M_impro02" in skip["skipped_dialogs"] and skip["settings"]["empty_dialogs"] == "skip"
+    # The authors' pipeline wrote no aligned file for a dialog without segments: skipped too.
+    assert tc.main(["--work", str(work), "--run", "r", "--authors"])["n_dialogs"] == 1
+
+
+def test_nontarget_other_equals_w_wu_scorer():
+    """W-Wu's score_TEER: IdentificationErrorRate, pyannote collar 2 x 0.25 s, uem = reference extent,
+    non-target utterances kept under their own emotion code. Equal to --nontarget other (whose
+    label "other" no prediction matches either) given the same speaker map."""
+    rng = np.random.default_rng(11)
+    codes = ["hap", "ang", "sad", "neu", "fru", "sur", "xxx"]
+    raw = [str(rng.choice(codes)) for _ in range(16)]
+    utterances = [utt(float(s), float(s + rng.uniform(0.5, 5)), str(rng.choice(["F", "M"])),
+                      code if code in ("hap", "ang", "sad", "neu") else None)
+                  for s, code in zip(np.sort(rng.uniform(0, 60, 16)), raw)]
+    segments = [seg(float(s), float(s + rng.uniform(0.5, 6)), f"SPEAKER_0{rng.integers(2)}",
+                    str(rng.choice(["hap", "ang", "sad", "neu"]))) for s in rng.uniform(0, 62, 14)]
+    ours = tc.teer_dialog(utterances, segments, **{**DEFAULT, "nontarget": "other"})
+    spk = ours["speaker_map"]
+    ref_emo = annotation([(u["start"], u["end"], code) for u, code in zip(utterances, raw)])
+    ref_spk = annotation([(u["start"], u["end"], f"{u['speaker']}+{code}") for u, code in zip(utterances, raw)])
+    hyp_emo = annotation([(s["start"], s["end"], s["pred"]) for s in segments])
+    hyp_spk = annotation([(s["start"], s["end"], f"{spk.get(s['speaker'], s['speaker'])}+{s['pred']}") for s in segments])
+    ier = IdentificationErrorRate(collar=2 * 0.25)
+    emo = ier.compute_components(ref_emo, hyp_emo, uem=ref_emo.get_timeline().extent())
+    both = ier.compute_components(ref_spk, hyp_spk, uem=ref_spk.get_timeline().extent())
+    assert ours["total"] == pytest.approx(emo["total"], abs=1e-9)
+    assert ours["missed"] == pytest.approx(emo["missed detection"], abs=1e-9)
+    assert ours["false_alarm"] == pytest.approx(emo["false alarm"], abs=1e-9)
+    assert ours["confusion_emo"] == pytest.approx(emo["confusion"], abs=1e-9)
+    assert ours["confusion_emo_spk"] == pytest.approx(both["confusion"], abs=1e-9)
+    # The default (exclude) scores less reference time: non-target speech is cut out of the region.
+    default = tc.teer_dialog(utterances, segments, **DEFAULT)
+    assert default["total"] < ours["total"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import evaluate
 import train
 import utils
 from utils import LABELS
@@ -86,11 +87,16 @@ def test_finetune_run_config_optimizer_and_changed_extractors(work, tiny_models,
     assert {utils.session_of(d) for d in split["val"]} == {1, 2}  # one held-out dialog per training session
     assert len(split["train"]) == 4 and len(split["val"]) == 2
     for key in ("lr_extractor", "lr_head", "weight_decay", "dropout", "epochs", "batch_size", "seed", "mode", "modality",
-                "pipe", "variant", "code_version", "extractors", "max_audio_seconds", "monitor", "bf16"):
+                "pipe", "variant", "code_version", "extractors", "max_audio_seconds", "schedule_on", "select_on",
+                "validation", "fusion", "audio_padding", "bf16"):
         assert key in config, key
     assert config["extractors"]["audio"]["name"] == tiny_models["audio_model"]
     assert len(config["extractors"]["text"]["weights_sha256"]) == 64
     assert (config["mode"], config["bf16"], config["pipe"], config["variant"]) == ("finetune", False, "simulated", "aligned-p1.5")
+    # the authors' protocol is the default: no crop, schedule on loss, selection on accuracy, their head
+    assert (config["max_audio_seconds"], config["schedule_on"], config["select_on"], config["fusion"],
+            config["max_text_tokens"], config["audio_padding"], config["validation"]) == \
+        (0.0, "loss", "acc", "gated-xattn", 512, "exact", "held-out")
 
     last = utils.load_pt(f"{run_dir}/checkpoint_last.pt")
     groups = last["optimizer"]["param_groups"]
@@ -101,7 +107,7 @@ def test_finetune_run_config_optimizer_and_changed_extractors(work, tiny_models,
     assert [r["epoch"] for r in log] == [1, 2] and all(0 <= r["val_acc"] <= 1 for r in log)
 
     # predictions for every test segment, labelled or not, with probabilities
-    pred = utils.predict_split(run_dir, "test", device="cpu")
+    pred = evaluate.predict_split(run_dir, "test", device="cpu")
     assert len(pred["segments"]) == 18 and sum(s["label"] is None for s in pred["segments"]) == 3
     s = pred["segments"][0]
     assert set(s) == {"id", "dialog", "start", "end", "speaker", "text", "label", "pred", "probs"}
@@ -145,7 +151,7 @@ def test_frozen_mode_caches_embeddings_and_never_touches_extractors(work, tiny_m
     # the text-only baseline shares the text feature cache
     train.main(args_for(work, tiny_models, "frozen-text", "--mode", "frozen", "--modality", "text", "--epochs", "1"))
     assert calls["n"] == 0
-    pred = utils.predict_split(run_dir, "test", device="cpu")
+    pred = evaluate.predict_split(run_dir, "test", device="cpu")
     assert len(pred["segments"]) == 18
 
 
@@ -208,3 +214,62 @@ def test_folds_are_speaker_and_script_disjoint():
         assert len(f["test"]) == 4 and len(f["train"] + f["val"]) == 4 * 2 * 3  # impro + 2 other scripts x 4 sessions
     single = train.make_folds(meta, "session", 5, 0.15, 0)
     assert len(single) == 1 and {utils.session_of(d) for d in single[0]["test"]} == {5}
+
+
+def scripted_validation(monkeypatch, losses, accs):
+    """Replace train.validate by a script: epoch k returns losses[k-1], accs[k-1]."""
+    calls = iter(zip(losses, accs))
+    monkeypatch.setattr(train, "validate", lambda *a, **k: dict(zip(("loss", "acc"), next(calls))))
+
+
+@pytest.mark.parametrize("flags, lr_drop_epoch, best_epoch, epochs_run", [
+    ((), 4, 6, 8),                                  # authors: LR follows the loss (worse from epoch 2), keep the best accuracy
+    (("--schedule-on", "acc"), None, 6, 8),         # accuracy keeps improving: the LR never drops
+    (("--select-on", "loss"), 4, 1, 6),             # best loss at epoch 1; early stopping after 5 epochs without improvement
+])
+def test_schedule_follows_loss_and_selection_follows_accuracy(work, tiny_models, monkeypatch, flags, lr_drop_epoch,
+                                                              best_epoch, epochs_run):
+    losses = [1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7]
+    accs = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.6, 0.6]
+    scripted_validation(monkeypatch, losses, accs)
+    name = "sched-" + "-".join(flags).replace("--", "")
+    run_dir = Path(train.main(args_for(work, tiny_models, name, "--mode", "frozen", "--epochs", "8", *flags)))
+    log = read_log(run_dir)
+    assert len(log) == epochs_run  # 8 epochs unless early-stopped
+    head_lrs = [r["lr"][0] for r in log]
+    dropped = [r["epoch"] for r, lr in zip(log, head_lrs) if lr < 1e-4]
+    assert (dropped[0] if dropped else None) == lr_drop_epoch
+    assert utils.load_pt(run_dir / "checkpoint_best.pt")["epoch"] == best_epoch
+
+
+def test_validation_on_test_reproduces_the_authors_selection(work, tiny_models):
+    run_dir = Path(train.main(args_for(work, tiny_models, "val-on-test", "--mode", "frozen", "--epochs", "1",
+                                       "--validation", "test")))
+    split = json.load(open(run_dir / "config.json"))["split"]
+    assert split["val"] == split["test"] == ["Ses05F_impro01", "Ses05F_script03_1", "Ses05M_impro02"]
+    assert len(split["train"]) == 6  # every training-session dialog trains
+
+
+def test_bad_training_arguments_are_named(work, tiny_models):
+    with pytest.raises(utils.PipelineError, match="--epochs 0"):
+        train.main(args_for(work, tiny_models, "bad", "--epochs", "0"))
+    with pytest.raises(utils.PipelineError, match="audio-padding"):
+        train.main(args_for(work, tiny_models, "bad", "--mode", "frozen", "--audio-padding", "authors"))
+
+
+@pytest.mark.parametrize("mode", ["frozen", "finetune"])
+def test_several_seeds_share_the_split_and_equal_single_seed_runs(work, tiny_models, mode):
+    """--seed 0 1 trains one run per seed from data read once; each equals the run of that seed alone,
+    and seeds change initialisation and data order only (the validation split stays)."""
+    dirs = train.main(args_for(work, tiny_models, f"ms-{mode}-s{{seed}}", "--mode", mode, "--epochs", "2", "--seed", "3", "4"))
+    assert [Path(d).name for d in dirs] == [f"ms-{mode}-s3", f"ms-{mode}-s4"]
+    alone = Path(train.main(args_for(work, tiny_models, f"alone-{mode}", "--mode", mode, "--epochs", "2", "--seed", "4")))
+    configs = [json.load(open(Path(d) / "config.json")) for d in (*dirs, alone)]
+    assert configs[0]["split"] == configs[1]["split"] == configs[2]["split"]
+    assert [c["seed"] for c in configs] == [3, 4, 4]
+    a, b = utils.load_pt(Path(dirs[1]) / "checkpoint_best.pt"), utils.load_pt(alone / "checkpoint_best.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    c = utils.load_pt(Path(dirs[0]) / "checkpoint_best.pt")
+    assert not all(torch.equal(a["model"][k], c["model"][k]) for k in a["model"])
+    with pytest.raises(utils.PipelineError, match="seed"):
+        train.main(args_for(work, tiny_models, "no-template", "--seed", "1", "2"))

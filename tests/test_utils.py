@@ -114,6 +114,74 @@ def test_load_audio_mixes_stereo_and_checks_rate(tmp_path):
         utils.load_audio(tmp_path / "nope.wav")
 
 
+def test_load_audio_channel_choice(tmp_path):
+    # Left channel = 0.1 * n, right channel = -0.3 at every sample: exact in float32 WAV.
+    left = (np.arange(800, dtype=np.float32) % 8) / 10
+    right = np.full(800, -0.3, dtype=np.float32)
+    sf.write(tmp_path / "s.wav", np.stack([left, right], axis=1), 16000, subtype="FLOAT")
+    np.testing.assert_array_equal(utils.load_audio(tmp_path / "s.wav", channel="0"), left)
+    np.testing.assert_array_equal(utils.load_audio(tmp_path / "s.wav", channel=1), right)
+    np.testing.assert_allclose(utils.load_audio(tmp_path / "s.wav", channel="mean"), (left + right) / 2, atol=1e-7)
+    np.testing.assert_array_equal(utils.load_audio(tmp_path / "s.wav"), utils.load_audio(tmp_path / "s.wav", channel="mean"))
+    # A mono file ignores the choice.
+    sf.write(tmp_path / "m.wav", left, 16000, subtype="FLOAT")
+    for ch in utils.AUDIO_CHANNELS:
+        np.testing.assert_array_equal(utils.load_audio(tmp_path / "m.wav", channel=ch), left)
+    with pytest.raises(ValueError, match="channel must be one of"):
+        utils.load_audio(tmp_path / "s.wav", channel="2")
+
+
+def test_merge_intervals_known_answers():
+    assert utils.merge_intervals([(3, 4), (0, 1), (0.5, 2), (5, 5)]).tolist() == [[0, 2], [3, 4]]
+    assert utils.merge_intervals([(0, 1), (1, 2), (2.5, 3), (2.6, 2.7)]).tolist() == [[0, 2], [2.5, 3]]  # touching join
+    assert utils.merge_intervals([(2, 1), (4, 4)]).shape == (0, 2)  # reversed and empty intervals dropped
+    assert utils.merge_intervals([]).shape == (0, 2)
+    assert utils.subtract_intervals([(0, 10)], [(2, 3), (2.5, 4), (9, 12)]).tolist() == [[0, 2], [4, 9]]
+    assert utils.subtract_intervals([(0, 1), (2, 3)], []).tolist() == [[0, 1], [2, 3]]
+    assert utils.subtract_intervals([(0, 1)], [(-1, 5)]).shape == (0, 2)
+    assert utils.union_length([(0, 2), (1, 3), (5, 6), (7, 7)]) == pytest.approx(4.0)
+    assert utils.union_length([]) == 0.0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_interval_helpers_match_a_fine_grid(seed):
+    """Union and difference against membership on a 1 ms grid (random intervals on a 1 ms lattice)."""
+    rng = np.random.default_rng(seed)
+    a = np.sort(rng.integers(0, 2000, (12, 2)), axis=1) / 1000
+    b = np.sort(rng.integers(0, 2000, (8, 2)), axis=1) / 1000
+    grid = np.arange(0, 2000) / 1000 + 0.0005  # midpoints of the 1 ms cells
+
+    def member(iv):
+        return np.any((grid[:, None] > iv[:, 0]) & (grid[:, None] < iv[:, 1]), axis=1)
+
+    m = utils.merge_intervals(a)
+    assert np.all(np.diff(m[:, 0]) > 0) and np.all(m[1:, 0] > m[:-1, 1])  # sorted, disjoint, not touching
+    np.testing.assert_array_equal(member(m), member(a))
+    np.testing.assert_array_equal(member(utils.subtract_intervals(a, b)), member(a) & ~member(b))
+    assert utils.union_length(a) == pytest.approx(member(a).sum() / 1000)
+
+
+def test_run_directory_helpers(tmp_path):
+    run = tmp_path / "run"
+    for name in ("fold10", "fold2", "fold1", "foldx", "other"):
+        utils.atomic_write_json(run / name / "config.json", {})
+    (run / "fold3").mkdir()  # no config.json: not a fold
+    assert [p.name for p in utils.fold_dirs(run)] == ["fold1", "fold2", "fold10"]
+    utils.atomic_write_json(run / "config.json", {"folds": ["fold2", {"name": "fold1"}]})
+    assert [p.name for p in utils.fold_dirs(run)] == ["fold2", "fold1"]
+
+    labels = {"dialogs": {"Ses01F_impro01": {"session": 1}, "Ses05F_impro01": {"session": 5},
+                          "Ses05M_script01_1b": {"session": 5}}}
+    predictions = {"segments": [{"dialog": "Ses01F_impro01"}]}
+    single = tmp_path / "single"
+    single.mkdir()
+    assert utils.run_test_dialogs(single, predictions, labels)[0] == ["Ses01F_impro01"]  # no config: predictions
+    utils.atomic_write_json(single / "config.json", {"split": {"test": [5]}})
+    assert utils.run_test_dialogs(single, predictions, labels)[0] == ["Ses05F_impro01", "Ses05M_script01_1b"]
+    utils.atomic_write_json(single / "config.json", {"split": {"test": {"dialogs": ["Ses05F_impro01"]}}})
+    assert utils.run_test_dialogs(single, predictions, labels)[0] == ["Ses05F_impro01"]
+
+
 def test_overlap():
     assert utils.overlap(0, 2, 1, 3) == 1
     assert utils.overlap(0, 1, 2, 3) == 0
