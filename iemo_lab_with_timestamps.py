@@ -365,6 +365,44 @@ def print_report(data: dict, out_path: Path) -> None:
     print(f"wrote {out_path}: {c['dialogs']} dialogs, {c['utterances']} utterances")
 
 
+def preflight(iemocap, work, expect_standard: bool | None = None) -> list:
+    """--check: the corpus read exactly as a run reads it (build_labels, in memory), writing nothing
+    -> utils.CheckItem lines: the corpus and its counts; its dialog wavs (step 2 decodes them); the
+    standard IEMOCAP counts, a FAIL on any difference when the comparison applies (the corpus looks
+    like the full release, or --expect-standard yes; a run only reports them); the work folder."""
+    import contextlib
+    import io
+
+    from utils import CheckItem, check_disk
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the progress bar
+            data = build_labels(iemocap, expect_standard=expect_standard)
+    except PipelineError as e:
+        return [CheckItem("corpus", False, f"{e} (--iemocap)")]
+    c = data["counts"]
+    items = [CheckItem("corpus", True, f"{data['corpus']}: {c['dialogs']} dialogs in sessions "
+                       f"{','.join(c['dialogs_per_session'])}, {c['utterances']} labelled utterances, {c['target']} "
+                       "in the 4 classes (" + ", ".join(f"{lab} {c['per_label'][lab]}" for lab in LABELS) + ")")]
+    missing = c["missing_wav_dialogs"]
+    items.append(CheckItem("dialog wavs", not missing, f"all {c['dialogs']} present" if not missing else
+                           f"{len(missing)} missing ({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}): "
+                           "step 2 needs Session<N>/dialog/wav/<dialog>.wav; complete the corpus copy"))
+    std = c["standard"]
+    if not std["applies"]:
+        items.append(CheckItem("standard counts", True, f"comparison does not apply ({std['why']})"))
+    elif not std["differences"]:
+        n = sum(len(v) if isinstance(v, dict) else 1 for v in std["expected"].values())
+        items.append(CheckItem("standard counts", True, f"all {n} match ({std['why']})"))
+    else:
+        diffs = std["differences"]
+        items.append(CheckItem("standard counts", False, f"{len(diffs)} differ ({std['why']}): " + "; ".join(
+            f"{d['count']} expected {d['expected']}, got {d['got']}" for d in diffs[:6]) + (" ..." if len(diffs) > 6 else "")
+            + ": is the corpus copy complete? (--expect-standard no skips the comparison)"))
+    items.append(check_disk(work, 600 * c["utterances"], "labels.json"))  # ~0.4 KB per utterance record, rounded up
+    return items
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -373,8 +411,15 @@ def main(argv=None):
     parser.add_argument("--expect-standard", choices=("auto", "yes", "no"), default="auto",
                         help="compare with the standard IEMOCAP counts: auto = when the corpus has the full "
                              "release's 151 dialogs in Sessions 1-5")
+    parser.add_argument("--check", action="store_true",
+                        help="preflight only: read the corpus, report its counts against the standard ones and "
+                             "the dialog wavs; write nothing; exit status 1 when the corpus is missing or unreadable, "
+                             "wavs are missing, or the comparison applies and a count differs")
     args = parser.parse_args(argv)
     expect = {"auto": None, "yes": True, "no": False}[args.expect_standard]
+    if args.check:
+        from utils import report_checks
+        sys.exit(0 if report_checks(preflight(args.iemocap, args.work, expect), "step 1 preflight") else 1)
     data = build_labels(args.iemocap, expect_standard=expect)
     out_path = Path(args.work) / "labels.json"
     atomic_write_json(out_path, data)

@@ -142,6 +142,9 @@ def parse_args(argv=None):
     p.add_argument("--check", action="store_true",
                    help="preflight only: check labels, audio, models (hub access), CUDA and disk, estimate "
                         "the time; write nothing; exit status 1 on any problem")
+    p.add_argument("--planned", action="store_true",
+                   help="with --check: a labels.json step 1 has not made yet is not a problem; the dialog wavs "
+                        "of --iemocap stand in for it (what reproduce.py --check passes before a first run)")
     p.add_argument("--download-models", metavar="DIR", default=None,
                    help="copy the models of this run (--asr-model, --align-model, --diar-model and the models "
                         "the pipeline names) from the hub into DIR/<org>/<name>, write DIR/models.json, and stop")
@@ -1217,7 +1220,19 @@ def preflight(args) -> list[CheckItem]:
                                f"{len(names)} selected{shard}"))
     except PipelineError as e:
         labels = None
-        items.append(CheckItem("labels", False, str(e)))
+        if not (args.planned and not (work / "labels.json").exists()):
+            items.append(CheckItem("labels", False, str(e)))
+        elif not args.iemocap:
+            items.append(CheckItem("labels", True, f"{work / 'labels.json'} will be made by step 1 (no --iemocap: "
+                                   "audio not checked)"))
+        else:  # --planned (reproduce.py --check before a first run): the corpus's dialog wavs stand in
+            wavs = sorted(p for p in Path(args.iemocap).glob("Session*/dialog/wav/Ses*.wav") if p.stem[3:5].isdigit())
+            labels = {"corpus": args.iemocap, "dialogs": {p.stem: {"session": utils.session_of(p.stem),
+                                                                   "wav": str(p.relative_to(args.iemocap))} for p in wavs}}
+            names = select_dialogs(labels, args.dialogs, args.sessions)[args.shard_index::args.shard_count]
+            items.append(CheckItem("labels", bool(names), f"{work / 'labels.json'} will be made by step 1; "
+                                   f"{len(wavs)} dialog wavs in {args.iemocap}/Session*/dialog/wav stand in, "
+                                   f"{len(names)} selected" + ("" if names else ": none; check --iemocap")))
     if labels is not None:
         corpus, problems = Path(args.iemocap or labels["corpus"]), []
         for d in names:

@@ -67,6 +67,9 @@ def parse_args(argv=None):
     p.add_argument("--asr-model", default="large-v2", help="WhisperX ASR model (real data)")
     p.add_argument("--align-model", default=None, help="WhisperX alignment model (real data; default: whisperx's)")
     p.add_argument("--diar-model", default="pyannote/speaker-diarization-3.1", help="pyannote pipeline (real data)")
+    p.add_argument("--model-dir", default=None,
+                   help="real data: local model copies made by preprocess.py --download-models (passed to step 2)")
+    p.add_argument("--cache-only", action="store_true", help="real data: step 2 never reaches for the network")
     p.add_argument("--folds", choices=["none", "loso", "speaker-script"], default="none",
                    help="none: test on Session 5 (the paper's); loso: leave-one-session-out 5 folds; "
                         "speaker-script: speaker- and script-disjoint 5 folds (see train.py)")
@@ -74,9 +77,10 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, default=3, help="seeds per configuration of the headline groups")
     p.add_argument("--ablation-seeds", type=int, default=None,
                    help="seeds per configuration of the ablation groups (default: --seeds; the demo: 1)")
-    p.add_argument("--epochs", type=int, default=None, help="default 20 (the authors'), demo 12")
-    p.add_argument("--fusion-mode", choices=["frozen", "finetune"], default=None,
-                   help="extractors of the fusion group (default: frozen on the demo, finetune on real data)")
+    p.add_argument("--epochs", type=int, default=None, help="default 20 (the authors'), demo 8")
+    p.add_argument("--ablation-mode", choices=["frozen", "finetune"], default=None,
+                   help="extractors of the ablation groups modality, pause and fusion (default: finetune on real "
+                        "data; frozen on the demo, where they then train on cached embeddings only)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: auto)")
     p.add_argument("--pauses", type=float, nargs="+", default=list(PAUSES),
                    help="maximum pauses (s) of the pause-threshold sweep; 1.5 (the paper's) is always run")
@@ -85,6 +89,10 @@ def parse_args(argv=None):
     p.add_argument("--bootstrap-samples", type=int, default=1000, help="resamples of the dialogs for intervals and paired tests")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of every bootstrap (the tables are reproducible)")
     p.add_argument("--force", action="store_true", help="ignore the stamps and run every step again")
+    p.add_argument("--check", action="store_true",
+                   help="preflight only, writing nothing: the --check of step 1, of step 2 for each pipeline and of "
+                        "train.py for the extractors, with the flags this run would pass (see preflight()); "
+                        "exit status 1 on any problem")
     args = p.parse_args(argv)
     if args.seeds < 1 or (args.ablation_seeds is not None and args.ablation_seeds < 1):
         p.error("--seeds and --ablation-seeds must be at least 1")
@@ -158,14 +166,15 @@ class Runner:
 # The experiment plan
 # ---------------------------------------------------------------------------------------------
 
-def setup(args):
-    """Resolve corpus, work dir and models; build the demo corpus and models if needed."""
+def setup(args, build: bool = True):
+    """Resolve corpus, work dir and models; build the demo corpus and models if needed (build=False:
+    only resolve the paths, as --check does)."""
     demo = args.iemocap is None
     cfg = {"demo": demo}
     if demo:
         demo_dir = Path(args.demo_dir)
         corpus = demo_dir / ("IEMOCAP_full_release" if args.demo_size == "default" else "IEMOCAP_tiny")
-        if not (corpus / "demo_ground_truth.json").is_file():
+        if build and not (corpus / "demo_ground_truth.json").is_file():
             from demo.make_corpus import generate
 
             size = {} if args.demo_size == "default" else dict(sessions=[1, 5], impro_per_session=1,
@@ -173,26 +182,27 @@ def setup(args):
             print(f"building the demo corpus in {corpus}", flush=True)
             generate(corpus, seed=0, **size)
         models = demo_dir / "models"
-        if not (models / "roberta-tiny").is_dir() or not (models / "wav2vec2-tiny").is_dir():
-            from demo.build_ser_models import build
+        if build and (not (models / "roberta-tiny").is_dir() or not (models / "wav2vec2-tiny").is_dir()):
+            from demo.build_ser_models import build as build_models
 
             print(f"building tiny random SER models in {models}", flush=True)
-            build(models, seed=0)
+            build_models(models, seed=0)
         work = demo_dir / ("preprocessed_iemocap" if args.demo_size == "default" else "preprocessed_iemocap_tiny")
         cfg.update(iemocap=str(corpus), work=args.work or str(work),
                    text_model=args.text_model or str(models / "roberta-tiny"),
                    audio_model=args.audio_model or str(models / "wav2vec2-tiny"),
-                   epochs=args.epochs or 12, standard_pipe="simulated", oracle_pipe="oracle",
-                   ablation_seeds=args.ablation_seeds or 1, fusion_mode=args.fusion_mode or "frozen",
+                   epochs=args.epochs or 8, standard_pipe="simulated", oracle_pipe="oracle",
+                   ablation_seeds=args.ablation_seeds or 1, ablation_mode=args.ablation_mode or "frozen",
                    # Tiny random-init extractors need larger steps than pretrained ones (2e-5 barely moves them);
-                   # the tiny batches need no loader processes (on 2 cores they only compete with training).
-                   train_flags=["--lr-extractor", "5e-4", "--lr-head", "1e-3", "--num-workers", "0"])
+                   # the tiny batches need no loader processes (on 2 cores they only compete with training); the
+                   # random-init CNN stays fixed, so its features are computed once (train.py --freeze-feature-encoder).
+                   train_flags=["--lr-extractor", "5e-4", "--lr-head", "1e-3", "--num-workers", "0", "--freeze-feature-encoder"])
     else:
         cfg.update(iemocap=args.iemocap, work=args.work or "preprocessed_iemocap",
                    text_model=args.text_model or "roberta-base",
                    audio_model=args.audio_model or "facebook/wav2vec2-base",
                    epochs=args.epochs or 20, standard_pipe="whisperx", oracle_pipe="whisperx-vadoracle",
-                   ablation_seeds=args.ablation_seeds or args.seeds, fusion_mode=args.fusion_mode or "finetune",
+                   ablation_seeds=args.ablation_seeds or args.seeds, ablation_mode=args.ablation_mode or "finetune",
                    train_flags=[])  # the authors' recipe: train.py's defaults
     return cfg
 
@@ -207,10 +217,9 @@ def plan_configs(cfg, args) -> list[dict]:
               ("vadoracle", orc, "aligned-p1.5", "finetune", "fusion", DEFAULT_FUSION),
               ("frozen", std, "aligned-p1.5", "frozen", "fusion", DEFAULT_FUSION),
               ("frozen", std, "baseline", "frozen", "fusion", DEFAULT_FUSION),
-              ("modality", std, "aligned-p1.5", "finetune", "text", DEFAULT_FUSION),
-              ("modality", std, "aligned-p1.5", "finetune", "audio", DEFAULT_FUSION)]
-    wanted += [("pause", std, f"aligned-p{p:g}", "finetune", "fusion", DEFAULT_FUSION) for p in sorted(set(args.pauses)) if p != 1.5]
-    wanted += [("fusion", std, "aligned-p1.5", cfg["fusion_mode"], "fusion", f) for f in utils.FUSIONS]
+              *[("modality", std, "aligned-p1.5", cfg["ablation_mode"], m, DEFAULT_FUSION) for m in ("fusion", "text", "audio")]]
+    wanted += [("pause", std, f"aligned-p{p:g}", cfg["ablation_mode"], "fusion", DEFAULT_FUSION) for p in sorted({1.5, *args.pauses})]
+    wanted += [("fusion", std, "aligned-p1.5", cfg["ablation_mode"], "fusion", f) for f in utils.FUSIONS]
     configs = {}
     for group, *key in wanted:
         if args.only is not None and group not in args.only:
@@ -252,8 +261,9 @@ def run_pipeline(cfg, args, runner: Runner, configs: list[dict]):
                 argv += ["--align-model", args.align_model]
             if pipe.endswith("vadoracle"):
                 argv += ["--vad", "oracle"]
+            argv += (["--model-dir", args.model_dir] if args.model_dir else []) + (["--cache-only"] if args.cache_only else [])
         k2[pipe] = runner.step(f"step 2 {pipe}", "preprocess.py", [(pipe, argv, (k1,))], lambda _, a=argv: a,
-                               sources=("iemo_lab_with_timestamps.py",), redo_flag="--overwrite")[pipe]
+                               redo_flag="--overwrite")[pipe]
 
     # Step 3: one invocation per pipeline for the variants that are out of date (each dialog's audio is
     # read once for all of them).
@@ -494,22 +504,21 @@ class Tables:
                       f"from its Table I ({p1['aligned']['weighted_f1']:.2f})."]
             L.append("")
 
-        extra = [(lbl, r) for lbl, r in (
-            ("fusion, fine-tuned, with alignment", al), ("text only, fine-tuned, with alignment", self.get(std, "aligned-p1.5", modality="text")),
-            ("audio only, fine-tuned, with alignment", self.get(std, "aligned-p1.5", modality="audio")),
-            ("fusion, frozen, without alignment", fzb)) if r]
+        mode = cfg["ablation_mode"]
+        extra = [(f"{m}, {mode}, with alignment", self.get(std, "aligned-p1.5", mode, m)) for m in ("fusion", "text", "audio")]
+        extra = [(lbl, r) for lbl, r in extra if r]
         if len(extra) > 1:
-            L += ["## Ablation: single-modality baselines (not in the paper)", "",
+            L += [f"## Ablation: single-modality baselines ({mode} extractors; not in the paper)", "",
                   "| Configuration | Acc | UA | WF1 | MF1 | Acc (seg.) | MF1 (seg.) | n | source |", "|---" * 9 + "|"]
             L += [f"| {lbl} | " + " | ".join(self.projected(r, k) for k in utils.HEADLINE) + " | "
                   + " | ".join(self.segment(r, k) for k in ("accuracy", "macro_f1")) + f" | {self.n(r)} | `{r['source']}/metrics.json` |"
                   for lbl, r in extra]
             L.append("")
 
-        fusion_rows = [(f, self.get(std, "aligned-p1.5", cfg["fusion_mode"], "fusion", f)) for f in utils.FUSIONS]
+        fusion_rows = [(f, self.get(std, "aligned-p1.5", cfg["ablation_mode"], "fusion", f)) for f in utils.FUSIONS]
         fusion_rows = [(f, r) for f, r in fusion_rows if r]
         if len(fusion_rows) > 1:
-            L += [f"## Ablation: fusion of the two embeddings ({cfg['fusion_mode']} extractors, with alignment; "
+            L += [f"## Ablation: fusion of the two embeddings ({cfg['ablation_mode']} extractors, with alignment; "
                   "the paper's future work)", "",
                   "gated-xattn = the paper's model; xattn = cross-attention without the forget gates (h = a); "
                   "concat = an MLP on [z_t ; z_a]; late = the mean of the two single-modality heads' logits "
@@ -520,10 +529,11 @@ class Tables:
                   for f, r in fusion_rows]
             L.append("")
 
-        sweep = [(p, self.get(std, f"aligned-p{p:g}")) for p in sorted({1.5, *args.pauses})]
+        sweep = [(p, self.get(std, f"aligned-p{p:g}", mode)) for p in sorted({1.5, *args.pauses})]
         sweep = [(p, r) for p, r in sweep if r]
         if len(sweep) > 1:
-            L += ["## Ablation: maximum pause of the alignment (not in the paper; the paper uses 1.5 s, the authors' code 1.0 s)", "",
+            L += [f"## Ablation: maximum pause of the alignment ({mode} extractors; not in the paper; the paper uses "
+                  "1.5 s, the authors' code 1.0 s)", "",
                   "| max pause (s) | Acc | MF1 | " + " | ".join(f"F1 {lab}" for lab in LABELS)
                   + " | Acc (seg.) | segments | cov % | TEER % | n | source |", "|---" * (11 + len(LABELS) - 4) + "|"]
             for p, r in sweep:
@@ -563,10 +573,100 @@ def plot_sweep(sweep, path: Path, demo: bool):
     tmp.replace(path)
 
 
+def preflight(cfg, args) -> bool:
+    """--check: each step's own preflight, as this run would invoke the step, writing nothing -> True
+    when every check passes. One summary line per step at the end; non-zero exit status otherwise.
+
+    The commands are exactly those run_pipeline would run (it is called with a recorder in place of
+    the Runner) with --check added:
+      step 1    the corpus and its counts; on real data with --expect-standard yes: the paper's tables
+                need the full release, so a corpus whose counts differ from the standard ones fails
+                here (a run, and step 1 alone, only report the differences);
+      step 2    for each pipeline of the plan: labels, audio, models (hub access, gated: HF_TOKEN),
+                CUDA, disk, time;
+      step 4    train.py once per extractor mode of the plan (finetune, frozen; the extractors are
+                the same in every configuration), --check-runs = the runs of that mode: extractors,
+                CUDA, disk for the checkpoints, time.
+    Steps 2 and 4 get --planned: before a first run labels.json and the step-3 caches do not exist
+    yet; they are reported as to be made, and the estimates read the corpus (--iemocap) instead.
+    Steps 3, 5 and 6 load no model; the step-3 segment caches hold speech audio, so they get a disk
+    line here (at most the dialogs' audio as float32, once per pipeline and variant). The checks run
+    concurrently, each printed whole. On the demo, a corpus or tiny models not built yet are reported
+    as to be built by the first run (and the checks that need them wait for it)."""
+    t0 = time.time()
+    configs = plan_configs(cfg, args)
+    corpus = Path(cfg["iemocap"])
+    summary = []
+    corpus_ready = models_ready = True
+    if cfg["demo"]:
+        models = Path(args.demo_dir) / "models"
+        corpus_ready = (corpus / "demo_ground_truth.json").is_file()
+        models_ready = (args.text_model and args.audio_model) or all((models / m).is_dir() for m in ("roberta-tiny", "wav2vec2-tiny"))
+        if not corpus_ready:
+            summary.append(utils.CheckItem("demo corpus", True, f"{corpus} will be built by the first run "
+                                           "(demo/make_corpus.py); steps 1-3 are checked once it exists"))
+        if not models_ready:
+            summary.append(utils.CheckItem("demo models", True, f"{models} will be built by the first run "
+                                           "(demo/build_ser_models.py); train.py is checked once they exist"))
+
+    class Recorder:  # stands in for the Runner: records each step's command instead of running it
+        def __init__(self):
+            self.calls = []
+
+        def step(self, name, script, items, argv_for, sources=(), redo_flag=None):
+            ids = [item for item, _, _ in items]
+            self.calls.append((name, script, argv_for(ids)))
+            return {item: name for item in ids}
+
+    recorder = Recorder()
+    run_pipeline(cfg, args, recorder, configs)
+    checks = []  # (label, script, argv)
+    for name, script, argv in recorder.calls:
+        if script == "iemo_lab_with_timestamps.py" and corpus_ready:
+            checks.append((name, script, argv + ["--check"] + ([] if cfg["demo"] else ["--expect-standard", "yes"])))
+        elif script == "preprocess.py" and corpus_ready:
+            checks.append((name, script, argv + ["--check", "--planned", "--iemocap", str(corpus)]))
+    train_argv = {name: argv for name, script, argv in recorder.calls if script == "train.py"}
+    for mode in dict.fromkeys(c["mode"] for c in configs):
+        if not models_ready:
+            break
+        of_mode = [c for c in configs if c["mode"] == mode]
+        argv = train_argv[f"step 4 train {of_mode[0]['name']}"] + [
+            "--check", "--planned", "--check-runs", str(sum(len(c["seeds"]) for c in of_mode))]
+        checks.append((f"step 4 train ({mode})", "train.py", argv + (["--iemocap", str(corpus)] if corpus_ready else [])))
+
+    procs = [(label, script, argv, subprocess.Popen([sys.executable, str(HERE / script), *argv], text=True,
+                                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+             for label, script, argv in checks]
+    if corpus_ready:  # step 3's caches, while the checks run
+        import soundfile as sf
+
+        caches = {(c["pipe"], c["variant"]) for c in configs}
+        seconds = sum(sf.info(str(p)).duration for p in corpus.glob("Session*/dialog/wav/Ses*.wav"))
+        item = utils.check_disk(cfg["work"], seconds * utils.SAMPLE_RATE * 4 * len(caches), "step-3 segment caches")
+        summary.append(utils.CheckItem("step 3 align (disk)", item.ok, f"{len(caches)} pipeline/variant caches of "
+                                       f"{seconds / 3600:.2f} h of dialog audio: {item.message}"))
+    for label, script, argv, proc in procs:
+        out = proc.communicate()[0].rstrip()
+        print(f"\n=== {label}: python {script} {' '.join(argv)}\n{out}", flush=True)
+        last = out.splitlines()[-1] if out else "(no output)"
+        if proc.returncode in (0, 1):
+            last = last.split(" preflight: ", 1)[-1]  # "step 2 preflight: all 5 checks OK" -> "all 5 checks OK"
+        else:
+            last = f"exit status {proc.returncode}: {last}"
+        summary.append(utils.CheckItem(label, proc.returncode == 0, last))
+    print(f"\nreproduce.py --check ({'demo' if cfg['demo'] else 'real data'}, work {cfg['work']}), "
+          f"{time.time() - t0:.1f} s:")
+    step_number = lambda item: int(item.name.split()[1]) if item.name.startswith("step ") else 0  # noqa: E731
+    return utils.report_checks(sorted(summary, key=step_number), "reproduce preflight")
+
+
 def main(argv=None):
     args = parse_args(argv)
     t0 = time.time()
-    cfg = setup(args)
+    cfg = setup(args, build=not args.check)
+    if args.check:
+        sys.exit(0 if preflight(cfg, args) else 1)
     work, results_dir = Path(cfg["work"]), Path(args.results)
     work.mkdir(parents=True, exist_ok=True)
     results_dir.mkdir(parents=True, exist_ok=True)

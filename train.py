@@ -72,7 +72,8 @@ RESUME_FREE_KEYS = ("code_version", "device", "num_workers", "resume", "run_dir"
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="preprocessed_iemocap", help="work directory of the pipeline")
-    p.add_argument("--iemocap", default=None, help="unused here (the corpus recorded in labels.json); accepted for a uniform CLI")
+    p.add_argument("--iemocap", default=None, help="training reads the corpus recorded in labels.json; this is read only by --check --planned "
+                        "(estimates before step 1 has run)")
     p.add_argument("--pipe", default="whisperx", help="step-2 run name (WORK/<pipe>/)")
     p.add_argument("--variant", default="aligned-p1.5", help="step-3 variant: aligned-p1.5 or baseline")
     p.add_argument("--mode", choices=["finetune", "frozen"], default="finetune",
@@ -127,6 +128,22 @@ def parse_args(argv=None):
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="resume from checkpoint_last.pt when the run dir has one with the same config")
+    c = p.add_argument_group("preflight and offline models (see preflight() and download_models())")
+    c.add_argument("--check", action="store_true",
+                   help="preflight only: labels and step-3 cache (splits and segment counts), extractors resolvable "
+                        "(local folder, or hub access with HF_TOKEN), CUDA and GPU memory, disk, a time estimate; "
+                        "writes nothing; exit status 1 on any problem")
+    c.add_argument("--planned", action="store_true",
+                   help="with --check: outputs of earlier steps that do not exist yet (labels.json, the step-3 "
+                        "cache) are reported as to be made, not as problems, and the estimates use the corpus "
+                        "(--iemocap) instead; what reproduce.py --check passes before a first run")
+    c.add_argument("--check-runs", type=int, default=None, metavar="N",
+                   help="with --check: estimate disk and time for N trainings like this one, each with every fold "
+                        "(default: the number of --seed values; reproduce.py passes the runs it plans)")
+    c.add_argument("--download-models", metavar="DIR", default=None,
+                   help="copy --text-model and --audio-model from the hub into DIR/<org>/<name> (the files that "
+                        "load: config, tokenizer or feature extractor, one weights file), write DIR/models.json, "
+                        "print the paths to pass back as --text-model/--audio-model, and stop")
     return p.parse_args(argv)
 
 
@@ -357,6 +374,10 @@ def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple
     else:
         if args.freeze_feature_encoder and model.audio is not None:
             model.audio.freeze_feature_encoder()
+            if args.audio_padding == "exact":  # a frozen CNN's features are computed once, for every epoch and seed
+                n = sum(utils.cache_cnn_features(model.audio, ds, args.batch_size, device) for ds in datasets.values())
+                say(f"frozen CNN: features of {n} segments computed once and kept in memory"
+                    + (" (the others were cached by an earlier seed)" if n < sum(len(ds) for ds in datasets.values()) else ""))
         if args.gradient_checkpointing:
             for m in model.extractors():
                 m.gradient_checkpointing_enable()
@@ -366,7 +387,9 @@ def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple
     if world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
                                                         find_unused_parameters=True)
-    optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
+    # fused: one kernel for all parameters instead of a loop over them (the same update; on CPU, where
+    # the tiny demo models make the per-parameter loop a sizeable share of a step, and on CUDA)
+    optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay, fused=device.type in ("cpu", "cuda"))
     # Both quantities are turned into something to minimise: loss as is, accuracy negated.
     sched_sign = 1.0 if args.schedule_on == "loss" else -1.0
     sign = 1.0 if args.select_on == "loss" else -1.0
@@ -437,6 +460,313 @@ def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple
     return run_dir
 
 
+# ---- preflight (--check) and offline copies of the extractors (--download-models) ------------------
+
+# Constants of the preflight's ESTIMATES (see preflight()).
+TOKENS_PER_WORD = 1.3   # byte-level BPE tokens per transcript word of English speech, punctuation included (rough)
+TRAIN_EFFICIENCY = 0.3  # share of the GPU's dense bf16 peak a training step sustains (utils.estimate_time)
+ACTIVATION_GIB = {"finetune": 4.0, "frozen": 1.0}  # GPU memory beyond weights and optimizer state, batch 8 (rough)
+BASE_SIZE = dict(params=1.24e8, dense=0.9e8, hidden=768, layers=12, cnn_flops_per_s=4.9e9, frames_per_s=50.0)
+# Extractors by hub name, for when neither a local folder nor the hub cache holds their files: all
+# parameters, dense ones (without embedding tables and the CNN), hidden size, layers, CNN FLOPs per s.
+# (Counted on the transformers models built from each config, without RoBERTa's unused pooler.)
+KNOWN_EXTRACTORS = {
+    "roberta-base": dict(params=1.24e8, dense=0.85e8, hidden=768, layers=12),
+    "roberta-large": dict(params=3.54e8, dense=3.02e8, hidden=1024, layers=24),
+    "facebook/wav2vec2-base": dict(params=0.94e8, dense=0.90e8, hidden=768, layers=12, cnn_flops_per_s=4.9e9),
+    "facebook/wav2vec2-large-lv60": dict(params=3.15e8, dense=3.11e8, hidden=1024, layers=24, cnn_flops_per_s=4.9e9),
+}
+KNOWN_EXTRACTORS.update({"FacebookAI/" + k: v for k, v in list(KNOWN_EXTRACTORS.items()) if k.startswith("roberta")})
+# Files an extractor folder needs besides config.json and weights ('|' separates alternatives).
+EXTRACTOR_FILES = {"text": ("tokenizer.json|vocab.json|vocab.txt|spm.model|sentencepiece.bpe.model|tokenizer.model",),
+                   "audio": ("preprocessor_config.json",)}
+SENTENCEPIECE_FILES = ("spm.model", "sentencepiece.bpe.model", "tokenizer.model")  # DeBERTa v2/v3, XLM-R
+NOT_DENSE_RE = r"(word|position|token_type)_embeddings\.|embed_tokens|rel_embeddings|feature_extractor\.conv_layers|masked_spec_embed"
+
+
+def hub_like(name: str) -> bool:
+    """'roberta-base' or 'org/name' that is not a path on disk: a hub repository id."""
+    import re
+    return (not Path(name).exists() and not str(name).startswith((".", "/", "~"))
+            and re.fullmatch(r"([\w.-]+/)?[\w.-]+", str(name)) is not None)
+
+
+def cnn_flops_per_second(config: dict) -> float:
+    """FLOPs of the wav2vec 2.0-family convolutional front end per second of 16 kHz audio (forward):
+    each layer costs 2 x C_in x C_out x kernel per output sample (4.9e9 for wav2vec2-base)."""
+    rate, c_in, flops = float(utils.SAMPLE_RATE), 1, 0.0
+    for c_out, k, s in zip(config.get("conv_dim", ()), config.get("conv_kernel", ()), config.get("conv_stride", ())):
+        rate /= s
+        flops += 2.0 * c_in * c_out * k * rate
+        c_in = c_out
+    return flops
+
+
+def extractor_facts(name: str) -> dict:
+    """What the estimates need of an extractor, read without loading the model -> {"params", "dense",
+    "hidden", "layers", "cnn_flops_per_s", "frames_per_s", "source"}: config.json and the weights'
+    shapes (safetensors header, or the PyTorch file memory-mapped) from the local folder or the hub
+    cache; else KNOWN_EXTRACTORS; else BASE_SIZE. "dense" counts the parameters applied at every
+    position: all but embedding tables (looked up, not multiplied) and the CNN (cnn_flops_per_s)."""
+    import re
+
+    def find(filename):
+        folder = Path(name).expanduser()
+        if folder.is_dir():
+            return folder / filename if (folder / filename).is_file() else None
+        if not hub_like(name):
+            return None
+        from huggingface_hub import try_to_load_from_cache
+        cached = try_to_load_from_cache(name, filename)
+        return Path(cached) if isinstance(cached, str) else None
+
+    facts = {**BASE_SIZE, **KNOWN_EXTRACTORS.get(name, {}),
+             "source": f"known size of {name}" if name in KNOWN_EXTRACTORS else "base size assumed (files not found)"}
+    config_path = find("config.json")
+    if config_path is None:
+        return facts
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    facts.update(hidden=config.get("hidden_size", facts["hidden"]), layers=config.get("num_hidden_layers", facts["layers"]),
+                 cnn_flops_per_s=cnn_flops_per_second(config) if "conv_dim" in config else 0.0,
+                 frames_per_s=utils.SAMPLE_RATE / float(np.prod(config.get("conv_stride", [320]))))
+    shapes = None
+    try:
+        if (weights := find("model.safetensors")) is not None:
+            with open(weights, "rb") as f:
+                header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+            shapes = {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+        elif (weights := find("pytorch_model.bin")) is not None:
+            state = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+            shapes = {k: list(v.shape) for k, v in state.items()}
+    except Exception:  # an unreadable weights file: the extractor check reports the folder; sizes stay assumed
+        shapes = None
+    if shapes:
+        facts["params"] = float(sum(np.prod(s) for s in shapes.values()))
+        facts["dense"] = float(sum(np.prod(s) for k, s in shapes.items() if not re.search(NOT_DENSE_RE, k)))
+        facts["source"] = f"{config_path.parent}"
+    return facts
+
+
+def extractor_check(label: str, name: str, required) -> utils.CheckItem:
+    """A local folder with the files that load, or a hub repository: access with the token in HF_TOKEN
+    (online), or its files in the hub cache (HF_HUB_OFFLINE=1)."""
+    if Path(name).expanduser().exists():
+        return utils.check_local_model(label, Path(name).expanduser(), required)
+    if not hub_like(name):
+        return utils.CheckItem(label, False, f"{name}: no such folder; copy the model there, or give its hub name "
+                               "(e.g. roberta-base, facebook/wav2vec2-base)")
+    from huggingface_hub import try_to_load_from_cache
+
+    def cached(alternatives: str) -> str:  # the alternative the cache holds, else the first
+        alts = alternatives.split("|")
+        return next((a for a in alts if isinstance(try_to_load_from_cache(name, a), str)), alts[0])
+
+    item = utils.check_hub_model(label, name, [cached(r) for r in required], utils.hub_token())
+    if not item.ok and utils.hub_offline():  # say how to copy an extractor (train.py's command, not step 2's)
+        item = utils.CheckItem(label, False, item.message.split(": copy it")[0] + ": copy it with `python train.py "
+                               f"--download-models DIR --{label.split()[0]}-model {name}` on a machine with internet "
+                               "and pass the folder it prints, or unset HF_HUB_OFFLINE")
+    if not item.ok and Path(name).parent.name and Path(name).parent.is_dir():
+        item = utils.CheckItem(label, False, item.message + f" (or, as a local folder: {name} does not exist)")
+    return item
+
+
+def preflight(args) -> list[utils.CheckItem]:
+    """--check: what this training needs, checked in seconds, writing nothing -> one CheckItem per line.
+
+    labels        WORK/labels.json (with --planned and none yet: "made by step 1", and the corpus
+                  --iemocap is read in memory, as step 1 reads it, for the estimates).
+    step-3 cache  WORK/<pipe>/<variant>/cache: the dialogs cached, the splits make_folds builds from
+                  them and each split's labelled segments (read memory-mapped, audio not loaded).
+                  With --planned and no cache yet: "made by step 3", and the 4-class reference
+                  utterances stand in for the segments.
+    extractors    each one the modality uses: a local folder with config, weights and tokenizer or
+                  feature-extractor files, or a hub repository the token in HF_TOKEN may read
+                  (HF_HUB_OFFLINE=1: its files in the hub cache). The token is never printed.
+    CUDA          devices and free memory against an estimate: fine-tuned, 16 bytes per parameter
+                  (fp32 weights, gradients, AdamW's two moments) + ACTIVATION_GIB; frozen, 4 bytes.
+    disk          what the runs write: fine-tuned, checkpoint_best (the model) + checkpoint_last (the
+                  model and AdamW's two moments) = 16 bytes per parameter per run and fold; frozen,
+                  the same for the head only, plus the feature cache (4 bytes x hidden size per
+                  segment and extractor).
+    time          an ESTIMATE from FLOPs. Per epoch, for each extractor with N dense parameters
+                  (extractor_facts): 6 N per position of the training segments and 2 N per position
+                  of the validation segments (utils.transformer_flops; frozen: 2 N, once), positions =
+                  audio frames (50 per s) or text tokens (TOKENS_PER_WORD per word + 2, capped at
+                  --max-text-tokens); plus self-attention, 4 x layers x hidden x T^2 per segment
+                  forward (x3 trained), and the wav2vec2 CNN (cnn_flops_per_second, x3 trained unless
+                  --freeze-feature-encoder); times epochs (early stopping only shortens it), folds and
+                  runs; at TRAIN_EFFICIENCY of the GPU's peak, or the CPU rate (utils.estimate_time).
+                  Data loading is not modelled: read it as an order of magnitude.
+    """
+    CheckItem = utils.CheckItem
+    work, items = Path(args.work), []
+    kinds = [k for k, used in (("text", args.modality in ("fusion", "text")),
+                               ("audio", args.modality in ("fusion", "audio"))) if used]
+    names = {"text": args.text_model, "audio": args.audio_model}
+    cache_dir = work / args.pipe / args.variant / "cache"
+    labels_path = work / "labels.json"
+
+    labels = None
+    try:
+        labels = utils.load_labels(work)
+        items.append(CheckItem("labels", True, f"{labels_path}: {len(labels['dialogs'])} dialogs"))
+    except PipelineError as e:
+        if not (args.planned and not labels_path.exists()):
+            items.append(CheckItem("labels", False, str(e)))
+        elif not args.iemocap:
+            items.append(CheckItem("labels", True, f"{labels_path} will be made by step 1 (no --iemocap: no estimates)"))
+        else:
+            import contextlib
+            import io
+
+            from iemo_lab_with_timestamps import build_labels  # step 1's reader, in memory: nothing is written
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):  # its progress bar
+                    labels = build_labels(args.iemocap)
+                items.append(CheckItem("labels", True, f"{labels_path} will be made by step 1; read {args.iemocap} "
+                                       f"for the estimates: {len(labels['dialogs'])} dialogs"))
+            except PipelineError as e2:
+                items.append(CheckItem("labels", False, f"{labels_path} is to be made by step 1 from --iemocap: {e2}"))
+
+    # segments[dialog] = [(seconds, words)] of its labelled segments (what training and validation read)
+    folds, segments = [], {}
+    if labels is not None:
+        cached = [p for p in sorted(cache_dir.glob("*.pt")) if p.stem in labels["dialogs"]] if cache_dir.is_dir() else []
+        problem = None
+        if cached:
+            for path in cached:
+                try:
+                    cache = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                    segments[path.stem] = [(min(s["audio"].numel() / utils.SAMPLE_RATE, args.max_audio_seconds or np.inf),
+                                            len((s["text"] or "").split())) for s in cache["segments"] if int(s["label"]) >= 0]
+                except Exception as e:
+                    problem = f"{path}: unreadable segment cache ({type(e).__name__}: {e}); rerun step 3 with --overwrite"
+                    break
+            where = f"{cache_dir}: {len(cached)} of {len(labels['dialogs'])} dialogs cached"
+        elif args.planned:
+            segments = {d: [(min(u["end"] - u["start"], args.max_audio_seconds or np.inf), len(u["text"].split()))
+                            for u in info["utterances"] if u["label"] is not None] for d, info in labels["dialogs"].items()}
+            where = (f"{cache_dir} will be made by step 3; until then the 4-class reference utterances of "
+                     f"{len(segments)} dialogs stand in for its segments")
+        else:
+            problem = (f"{cache_dir}: no segment cache; run step 3 first: python align.py --work {work} --pipe {args.pipe}")
+        if problem is None:
+            meta = {d: {k: labels["dialogs"][d].get(k) for k in ("session", "kind", "script")} for d in segments}
+            try:
+                folds = make_folds(meta, args.folds, args.test_session, args.val_fraction, args.split_seed, args.validation)
+            except PipelineError as e:
+                problem = str(e)
+        if problem is None:
+            f0 = folds[0]
+            count = {part: sum(len(segments[d]) for d in f0[part]) for part in ("train", "val", "test")}
+            empty = [part for part in ("train", "val") if not count[part]]
+            message = (f"{where}; split {f0['name']} (test session {f0['test_session']}): "
+                       + ", ".join(f"{part} {len(f0[part])} dialogs / {count[part]} labelled segments"
+                                   for part in ("train", "val", "test"))
+                       + (f"; {len(folds)} folds ({args.folds})" if len(folds) > 1 else ""))
+            if empty:
+                problem = f"{message}: no labelled segments in {' and '.join(empty)}, train.py would stop"
+            else:
+                items.append(CheckItem("step-3 cache", True, message))
+        if problem is not None:
+            items.append(CheckItem("step-3 cache", False, problem))
+
+    for kind in kinds:
+        items.append(extractor_check(f"{kind} extractor", names[kind], utils.TRANSFORMERS_REQUIRED + EXTRACTOR_FILES[kind]))
+
+    facts = {kind: extractor_facts(names[kind]) for kind in kinds}
+    ext_params = sum(f["params"] for f in facts.values())
+    dim = facts[kinds[0]]["hidden"]  # utils.SERModel: the text hidden size when text is used, else the audio one
+    head_params = args.fusion_layers * (4 * dim * dim + 2 * dim * args.ffn_dim) + 12 * dim * dim  # approximately
+    trained = ext_params + head_params if args.mode == "finetune" else head_params
+    need_gib = ((16 * trained + (4 * ext_params if args.mode == "frozen" else 0)) / 2**30 + ACTIVATION_GIB[args.mode])
+    items.append(utils.check_cuda(required=args.device.startswith("cuda"), min_free_gib=round(need_gib, 1),
+                                  purpose=f"{args.mode}, estimate"))
+
+    runs = args.check_runs or len(set(args.seed))  # each trains every fold
+    n_all = sum(len(v) for v in segments.values())
+    disk = 16 * trained * runs * max(len(folds), 1)
+    if args.mode == "frozen":
+        disk += 4 * n_all * sum(f["hidden"] for f in facts.values())
+    items.append(utils.check_disk(work, disk, "checkpoints" + (" and feature cache" if args.mode == "frozen" else "")))
+
+    if not folds:
+        items.append(CheckItem("time (estimate)", True, "no segments to estimate from yet"))
+        return items
+
+    def flops(kind: str, segs, training: bool) -> float:
+        """FLOPs of one pass of an extractor over segments [(seconds, words)]."""
+        f, total = facts[kind], 0.0
+        for seconds, words in segs:
+            positions = (seconds * f["frames_per_s"] if kind == "audio"
+                         else min(words * TOKENS_PER_WORD + 2, args.max_text_tokens))
+            total += (utils.transformer_flops(f["dense"], positions, training)
+                      + (3 if training else 1) * 4 * f["layers"] * f["hidden"] * positions ** 2)
+            if kind == "audio":
+                cnn_trained = training and not args.freeze_feature_encoder
+                total += (3 if cnn_trained else 1) * f["cnn_flops_per_s"] * seconds
+        return total
+
+    total = 0.0
+    for fold in folds:
+        train_segs = [s for d in fold["train"] for s in segments[d]]
+        val_segs = [s for d in fold["val"] for s in segments[d]]
+        head = utils.transformer_flops(head_params, 2 * len(train_segs), training=True)  # two fused positions
+        if args.mode == "finetune":
+            per_epoch = sum(flops(k, train_segs, True) + flops(k, val_segs, False) for k in kinds) + head
+            total += runs * args.epochs * per_epoch
+        else:  # embeddings once (the feature cache is shared by the runs), then the head
+            total += sum(flops(k, train_segs + val_segs, False) for k in kinds) + runs * args.epochs * head
+    f0 = folds[0]
+    train_segs = [s for d in f0["train"] for s in segments[d]]
+    detail = (f"{runs} run(s)" + (f" ({len(folds)} folds each)" if len(folds) > 1 else "")
+              + f" x {args.epochs} epochs, {args.mode}; split {f0['name']}: train "
+              f"{len(train_segs)} segments, {sum(s for s, _ in train_segs) / 3600:.2f} h of audio, "
+              f"~{sum(min(w * TOKENS_PER_WORD + 2, args.max_text_tokens) for _, w in train_segs):.0f} tokens; "
+              + "; ".join(f"{k} {facts[k]['dense'] / 1e6:.1f} M dense parameters ({facts[k]['source']})" for k in kinds)
+              + "; see train.preflight; early stopping only shortens it")
+    items.append(utils.estimate_time("time (estimate)", total, device=args.device, efficiency=TRAIN_EFFICIENCY,
+                                     detail=detail))
+    return items
+
+
+def download_models(args) -> dict:
+    """--download-models DIR: --text-model and --audio-model from the hub into DIR/<org>/<name>
+    (utils.snapshot_transformers_model: config, tokenizer or feature-extractor files, one weights
+    file; no TF/Flax/ONNX copies), for a machine without internet. Writes DIR/models.json (merged
+    with what preprocess.py --download-models wrote there) -> the manifest."""
+    dest, token = Path(args.download_models), utils.hub_token()
+    if utils.hub_offline():
+        raise PipelineError("--download-models needs the hub, but HF_HUB_OFFLINE is set: run it with HF_HUB_OFFLINE=0 "
+                            "on a machine with internet")
+    repos, flags = {}, []
+    for flag, name in (("--text-model", args.text_model), ("--audio-model", args.audio_model)):
+        if Path(name).expanduser().exists():
+            print(f"{flag} {name}: on disk, not downloaded")
+            flags += [flag, str(name)]
+            continue
+        if not hub_like(name):
+            raise PipelineError(f"{flag} {name}: no such folder, and not a hub name")
+        print(f"downloading {name}: config, tokenizer / feature extractor and weights")
+        path = utils.snapshot_transformers_model(name, dest, token)
+        patterns = [*utils.TRANSFORMERS_FILES, "model.safetensors (else pytorch_model.bin)"]
+        if flag == "--text-model" and not any((path / f).is_file() for f in ("tokenizer.json", "vocab.json", "vocab.txt")):
+            utils.snapshot_repo(name, dest, SENTENCEPIECE_FILES, token)  # a SentencePiece tokenizer (DeBERTa v2/v3)
+            patterns += list(SENTENCEPIECE_FILES)
+        repos[name] = {"path": str(path), "allow_patterns": patterns}
+        flags += [flag, str(path)]
+    manifest_path = dest / "models.json"
+    manifest = utils.read_json(manifest_path, "models manifest") if manifest_path.is_file() else {}
+    writers = [w for w in str(manifest.get("written_by", "")).split("; ") if w]
+    manifest.update(written_by="; ".join(dict.fromkeys(writers + ["train.py --download-models"])),
+                    repositories={**manifest.get("repositories", {}), **repos}, train_flags=flags)
+    utils.atomic_write_json(manifest_path, manifest)
+    print(f"wrote {manifest_path}; on the machine without internet pass:\n  {' '.join(flags)}\n"
+          f"e.g. HF_HUB_OFFLINE=1 python train.py {' '.join(flags)} ...   (reproduce.py takes the same two flags)")
+    return manifest
+
+
 def setup_distributed(device_flag: str):
     """(rank, world_size, device); initialises torch.distributed when launched by torchrun."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -456,6 +786,12 @@ def setup_distributed(device_flag: str):
 
 def main(argv=None) -> str:
     args = parse_args(argv)
+    if args.download_models:
+        return download_models(args)
+    if args.check:
+        raise SystemExit(0 if utils.report_checks(preflight(args), "step 4 preflight") else 1)
+    for flag in ("check", "planned", "check_runs", "download_models"):  # not part of a run's config
+        delattr(args, flag)
     if args.mode == "frozen" and args.audio_padding == "authors":
         raise PipelineError("--mode frozen caches one embedding per segment, which needs --audio-padding exact "
                             "(with 'authors' a segment's embedding depends on the rest of its batch)")

@@ -764,9 +764,12 @@ class AudioEmbedder(nn.Module):
             feats[rows, :, :f.shape[2]] = f
         return feats
 
-    def forward(self, input_values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_values: torch.Tensor | None, lengths: torch.Tensor,
+                cnn: torch.Tensor | None = None) -> torch.Tensor:
+        """input_values [B, S], lengths [B] -> z_a [B, H]. cnn [B, C, T]: this CNN's features of the
+        same samples, computed earlier (cnn_features) while the CNN is frozen; input_values is then unused."""
         n_frames = self.frame_lengths(lengths)
-        feats = self.cnn_features(input_values, lengths).transpose(1, 2)  # [B, T, C]
+        feats = (self.cnn_features(input_values, lengths) if cnn is None else cnn).transpose(1, 2)  # [B, T, C]
         mask = torch.arange(feats.shape[1], device=feats.device)[None, :] < n_frames.to(feats.device)[:, None]
         hidden = self.model.feature_projection(feats)
         if isinstance(hidden, tuple):  # wav2vec2, WavLM, data2vec-audio: (hidden, normed CNN features)
@@ -968,7 +971,7 @@ class SERModel(nn.Module):
         z_t = self.text(batch["input_ids"], batch["attention_mask"]) if self.text is not None else None
         z_a = None
         if self.audio is not None and self.audio_padding == "exact":
-            z_a = self.audio(batch["input_values"], batch["lengths"])
+            z_a = self.audio(batch.get("input_values"), batch["lengths"], batch.get("cnn"))
         elif self.audio is not None:  # the authors': no attention mask, every frame of the padded batch
             z_a = self.audio.model(batch["input_values"]).last_hidden_state.mean(dim=1)
         return z_t, z_a
@@ -1077,10 +1080,17 @@ class Collator:
 
     def __call__(self, items: list[dict]) -> dict:
         lengths = torch.tensor([it["audio"].numel() for it in items])
-        audio = torch.zeros(len(items), int(lengths.max()))
-        for i, it in enumerate(items):
-            audio[i, :lengths[i]] = it["audio"]
-        batch = {"input_values": audio, "lengths": lengths,
+        if "cnn" in items[0]:  # CNN features cached while the CNN is frozen (cache_cnn_features): no audio needed
+            cnn = torch.zeros(len(items), items[0]["cnn"].shape[0], max(it["cnn"].shape[1] for it in items))
+            for i, it in enumerate(items):
+                cnn[i, :, :it["cnn"].shape[1]] = it["cnn"]
+            batch = {"cnn": cnn}
+        else:
+            audio = torch.zeros(len(items), int(lengths.max()))
+            for i, it in enumerate(items):
+                audio[i, :lengths[i]] = it["audio"]
+            batch = {"input_values": audio}
+        batch |= {"lengths": lengths,
                  "labels": torch.tensor([it["label"] for it in items]),
                  "index": torch.tensor([it["index"] for it in items])}
         if self.tokenizer is not None:
@@ -1141,6 +1151,26 @@ def autocast(device, bf16: bool):
     """bf16 autocast on CUDA when asked; a no-op context elsewhere."""
     device = torch.device(device)
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
+
+
+@torch.no_grad()
+def cache_cnn_features(audio: AudioEmbedder, dataset: SegmentDataset, batch_size: int, device) -> int:
+    """With the CNN feature encoder frozen (train.py --freeze-feature-encoder), compute each segment's
+    CNN features once, [C, T_i] on the CPU in dataset.segments[i]["cnn"]; the Collator then batches
+    those instead of the audio and every epoch (and every seed sharing the dataset) skips the CNN.
+    Exact: the CNN has no dropout and, computed by cnn_features, does not depend on the batch.
+    Returns how many segments were computed (those already cached are skipped)."""
+    todo = [i for i, s in enumerate(dataset.segments) if "cnn" not in s]
+    for b in LengthBucketSampler([dataset.lengths[i] for i in todo], batch_size, shuffle=False).batches():
+        rows = [todo[j] for j in b]
+        lengths = torch.tensor([dataset.lengths[i] for i in rows])
+        x = torch.zeros(len(rows), int(lengths.max()))
+        for r, i in enumerate(rows):
+            x[r, :lengths[r]] = dataset.segments[i]["audio"]
+        feats = audio.cnn_features(x.to(device), lengths.to(device)).float().cpu()
+        for r, (i, n) in enumerate(zip(rows, audio.frame_lengths(lengths).tolist())):
+            dataset.segments[i]["cnn"] = feats[r, :, :n].clone()
+    return len(todo)
 
 
 # ---- frozen mode: pooled embeddings cached on disk ------------------------------------------

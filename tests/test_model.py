@@ -246,3 +246,24 @@ def test_other_groupnorm_shapes_fall_back_to_per_sample_cnn(tiny_models):
         together = audio(batch, torch.tensor([2000, 5000]))
         alone = audio(a[None], torch.tensor([2000]))
     assert torch.allclose(together[0], alone[0], atol=1e-5)
+
+
+def test_cached_cnn_features_give_the_live_embedding(parts, tmp_path):
+    """A frozen CNN's features, computed once per segment (cache_cnn_features) and batched by the
+    Collator, give the same audio embedding as running the CNN on the padded audio."""
+    model, tok = parts
+    seg = [{"id": f"Ses01F_impro01-{i:04d}", "start": float(i), "end": i + 1.0, "speaker": "A", "text": "hi there",
+            "label": i % 4, "audio": torch.randn(n, generator=torch.Generator().manual_seed(i))}
+           for i, n in enumerate((3000, 9000, 16000, 5000))]
+    utils.atomic_torch_save({"dialog": "Ses01F_impro01", "session": 1, "sample_rate": 16000, "segments": seg},
+                            tmp_path / "Ses01F_impro01.pt")
+    live = utils.SegmentDataset([tmp_path / "Ses01F_impro01.pt"], labelled_only=True)
+    cached = utils.SegmentDataset([tmp_path / "Ses01F_impro01.pt"], labelled_only=True)
+    assert utils.cache_cnn_features(model.audio, cached, batch_size=3, device="cpu") == 4
+    assert utils.cache_cnn_features(model.audio, cached, batch_size=3, device="cpu") == 0  # kept
+    collate = utils.Collator(tok)
+    a, b = collate([live[i] for i in range(4)]), collate([cached[i] for i in range(4)])
+    assert "input_values" not in b and b["cnn"].shape[:2] == (4, 16)
+    with torch.no_grad():
+        assert torch.allclose(model.embed(a)[1], model.embed(b)[1], atol=1e-5)
+        assert torch.allclose(model(a), model(b), atol=1e-5)

@@ -380,3 +380,280 @@ def test_download_models_refuses_offline(check_work, tmp_path, monkeypatch):
     with pytest.raises(utils.PipelineError, match="HF_HUB_OFFLINE"):
         preprocess.main(["--work", str(check_work), "--download-models", str(tmp_path / "m")])
     assert not (tmp_path / "m").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# train.py --check / --download-models, step 1 --check, reproduce.py --check
+# ---------------------------------------------------------------------------------------------
+
+import http.server  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+
+import torch  # noqa: E402
+
+import iemo_lab_with_timestamps as step1  # noqa: E402
+import reproduce  # noqa: E402
+import train  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+GATED = "org/gated-wav2vec2"
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    """reproduce.py's tiny demo (corpus and tiny models), built once as `reproduce.py --demo-size tiny` builds it."""
+    demo_dir = tmp_path_factory.mktemp("demo_dir")
+    cfg = reproduce.setup(reproduce.parse_args(["--demo-dir", str(demo_dir), "--demo-size", "tiny"]))
+    return demo_dir, cfg
+
+
+def write_cache(work: Path) -> None:
+    """labels.json and a step-3 cache WORK/simulated/aligned-p1.5/cache for sessions 1, 2 and 5, three
+    dialogs each, every dialog 3 labelled segments of 1 s ('i am so happy') and one unlabelled."""
+    dialogs = {}
+    for ses in (1, 2, 5):
+        for name, kind, script in ((f"Ses0{ses}F_impro01", "impro", None), (f"Ses0{ses}M_impro02", "impro", None),
+                                   (f"Ses0{ses}F_script01_1", "script", "script01")):
+            dialogs[name] = {"session": ses, "kind": kind, "script": script, "utterances": []}
+            segs = [{"id": f"{name}-{i:04d}", "start": float(i), "end": i + 1.0, "speaker": "SPEAKER_00",
+                     "text": "i am so happy", "label": i - 1, "audio": torch.zeros(16000)} for i in range(4)]
+            utils.atomic_torch_save({"dialog": name, "session": ses, "sample_rate": 16000, "segments": segs},
+                                    work / "simulated" / "aligned-p1.5" / "cache" / f"{name}.pt")
+    utils.atomic_write_json(work / "labels.json", {"corpus": "synthetic", "labels": list(utils.LABELS), "dialogs": dialogs})
+
+
+def train_args(work, demo_cfg, *extra):
+    return train.parse_args(["--check", "--work", str(work), "--pipe", "simulated", "--device", "cpu",
+                             "--text-model", demo_cfg["text_model"], "--audio-model", demo_cfg["audio_model"], *extra])
+
+
+def test_extractor_sizes_and_cnn_flops_known_answers(tiny_demo):
+    _, cfg = tiny_demo
+    from transformers import Wav2Vec2Config
+
+    # what training builds (utils.TextEmbedder / AudioEmbedder), read from the weights' headers only
+    for name, embedder in ((cfg["text_model"], utils.TextEmbedder), (cfg["audio_model"], utils.AudioEmbedder)):
+        assert train.extractor_facts(name)["params"] == sum(p.numel() for p in embedder(name).parameters())
+    facts = train.extractor_facts(cfg["audio_model"])
+    assert facts["frames_per_s"] == 50 and facts["source"] == cfg["audio_model"]
+    # wav2vec2-base's CNN: 1->512 k10 s5 to 3200 frames/s, then 512->512 k3,3,3,3,2,2 s2 down to 50 frames/s
+    per_second = 2 * 512 * 10 * 3200 + 2 * 512 * 512 * (3 * 1600 + 3 * 800 + 3 * 400 + 3 * 200 + 2 * 100 + 2 * 50)
+    assert train.cnn_flops_per_second(Wav2Vec2Config().to_dict()) == per_second == 4_908_646_400
+    assert train.extractor_facts("/nonexistent")["source"].startswith("base size assumed")
+
+
+def test_train_check_counts_the_splits_estimates_and_writes_nothing(tiny_demo, tmp_path, monkeypatch, capsys):
+    _, cfg = tiny_demo
+    work = tmp_path / "work"
+    write_cache(work)
+    estimated = []
+    real_estimate = utils.estimate_time
+    monkeypatch.setattr(utils, "estimate_time", lambda name, flops, **kw: estimated.append(flops) or
+                        real_estimate(name, flops, **kw))
+    before = tree(tmp_path)
+    items = train.preflight(train_args(work, cfg, "--epochs", "3", "--check-runs", "2"))
+    assert [i.name for i in items] == ["labels", "step-3 cache", "text extractor", "audio extractor", "CUDA",
+                                       "disk (checkpoints)", "time (estimate)"]
+    assert all(i.ok for i in items), [i.line() for i in items]
+    # val_fraction 0.15 of 3 dialogs per training session rounds to 0, at least 1 is held out: 2 val, 4 train
+    assert ("split main (test session 5): train 4 dialogs / 12 labelled segments, val 2 dialogs / 6 labelled "
+            "segments, test 3 dialogs / 9 labelled segments") in items[1].message
+    assert tree(tmp_path) == before
+
+    # The documented formula, by hand: every segment 1 s (50 frames), 'i am so happy' = 4 words -> 7.2 tokens.
+    t, a = train.extractor_facts(cfg["text_model"]), train.extractor_facts(cfg["audio_model"])
+    dim = t["hidden"]
+    head = 2 * (4 * dim * dim + 2 * dim * 2048) + 12 * dim * dim
+
+    def seg(f, positions, trained, cnn=0.0):
+        k = 3 if trained else 1
+        return (6 if trained else 2) * f["dense"] * positions + k * 4 * f["layers"] * f["hidden"] * positions ** 2 + k * cnn
+
+    per_epoch = (12 * (seg(t, 7.2, True) + seg(a, 50, True, a["cnn_flops_per_s"]))
+                 + 6 * (seg(t, 7.2, False) + seg(a, 50, False, a["cnn_flops_per_s"])) + 6 * head * 2 * 12)
+    assert estimated == [pytest.approx(2 * 3 * per_epoch, rel=1e-9)]
+
+    # frozen: the embeddings once, then only the head; the feature cache enters the disk estimate
+    estimated.clear()
+    items = train.preflight(train_args(work, cfg, "--epochs", "3", "--check-runs", "2", "--mode", "frozen"))
+    assert items[5].name == "disk (checkpoints and feature cache)"
+    assert estimated == [pytest.approx(18 * (seg(t, 7.2, False) + seg(a, 50, False, a["cnn_flops_per_s"]))
+                                       + 2 * 3 * 6 * head * 2 * 12, rel=1e-9)]
+
+    # no cache: step 3 is named; with --planned the reference utterances stand in
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--check", "--work", str(work), "--pipe", "whisperx", "--text-model", cfg["text_model"],
+                    "--audio-model", cfg["audio_model"]])
+    assert exit_info.value.code == 1
+    out = capsys.readouterr().out
+    assert f"FAIL step-3 cache: {work / 'whisperx'}" in out and "python align.py" in out
+    assert tree(tmp_path) == before
+
+
+def test_train_download_models_fetches_what_loads(tiny_demo, tmp_path, monkeypatch, capsys):
+    """snapshot_download replaced by a recorder that copies the tiny models where the hub's files would
+    land (no network); then the printed folders pass the check offline."""
+    import huggingface_hub
+
+    _, cfg = tiny_demo
+    spm = tmp_path / "spm_source"  # a SentencePiece text model (DeBERTa v3's files): no tokenizer.json
+    spm.mkdir()
+    for f in ("config.json", "spm.model", "tokenizer_config.json", "pytorch_model.bin", "tf_model.h5"):
+        (spm / f).write_text("{}")
+    sources = {"org/text": Path(cfg["text_model"]), "org/audio": Path(cfg["audio_model"]), "org/spm": spm}
+    calls = []
+
+    def snapshot_download(repo_id, *, local_dir, allow_patterns, token=None, **kwargs):
+        import fnmatch
+        calls.append((repo_id, list(allow_patterns)))
+        for f in sources[repo_id].iterdir():
+            if any(fnmatch.fnmatch(f.name, pat) for pat in allow_patterns):
+                Path(local_dir).mkdir(parents=True, exist_ok=True)
+                shutil.copy(f, Path(local_dir) / f.name)
+        return local_dir
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    dest = tmp_path / "models"
+    dest.mkdir()
+    (dest / "models.json").write_text(json.dumps({"written_by": "preprocess.py --download-models", "repositories": {
+        PIPE_31: {"path": "x"}}, "flags": ["--model-dir", str(dest)]}))
+    manifest = train.main(["--download-models", str(dest), "--text-model", "org/text", "--audio-model", "org/audio"])
+    files = list(utils.TRANSFORMERS_FILES)
+    assert calls == [("org/text", files + ["model.safetensors"]), ("org/audio", files + ["model.safetensors"])]
+    assert manifest["train_flags"] == ["--text-model", str(dest / "org/text"), "--audio-model", str(dest / "org/audio")]
+    saved = json.loads((dest / "models.json").read_text())
+    assert saved == manifest and PIPE_31 in saved["repositories"] and saved["flags"] == ["--model-dir", str(dest)]
+    assert saved["written_by"] == "preprocess.py --download-models; train.py --download-models"
+    assert " ".join(manifest["train_flags"]) in capsys.readouterr().out
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    items = train.preflight(train.parse_args(["--check", "--work", str(tmp_path / "w"), "--planned",
+                                              *manifest["train_flags"]]))
+    assert [i.ok for i in items if "extractor" in i.name] == [True, True]
+
+    calls.clear()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    train.main(["--download-models", str(tmp_path / "m2"), "--text-model", "org/spm", "--audio-model", cfg["audio_model"]])
+    assert calls == [("org/spm", files + ["model.safetensors"]), ("org/spm", ["pytorch_model.bin"]),
+                     ("org/spm", list(train.SENTENCEPIECE_FILES))]
+    assert sorted(p.name for p in (tmp_path / "m2" / "org" / "spm").iterdir()) == [
+        "config.json", "pytorch_model.bin", "spm.model", "tokenizer_config.json"]  # no TF weights
+
+
+def test_step1_check_demo_passes_missing_or_incomplete_corpus_fails(tiny_demo, tmp_path, capsys):
+    _, cfg = tiny_demo
+    work = tmp_path / "work"
+    with pytest.raises(SystemExit) as exit_info:
+        step1.main(["--check", "--iemocap", cfg["iemocap"], "--work", str(work)])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0, out
+    assert "OK   corpus:" in out and "4 dialogs in sessions 1,5" in out and "comparison does not apply" in out
+    assert "all 4 checks OK" in out
+
+    with pytest.raises(SystemExit) as exit_info:
+        step1.main(["--check", "--iemocap", str(tmp_path / "nowhere"), "--work", str(work)])
+    assert exit_info.value.code == 1 and "FAIL corpus:" in capsys.readouterr().out
+
+    partial = tmp_path / "partial"  # a corpus that claims to be the full release (--expect-standard yes)
+    shutil.copytree(cfg["iemocap"], partial)
+    shutil.rmtree(partial / "Session5")
+    (partial / "Session1" / "dialog" / "wav" / "Ses01F_impro01.wav").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        step1.main(["--check", "--iemocap", str(partial), "--work", str(work), "--expect-standard", "yes"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 1
+    assert "FAIL dialog wavs: 1 missing (Ses01F_impro01)" in out
+    assert "FAIL standard counts: 23 differ (forced by --expect-standard yes): dialogs expected 151, got 2" in out
+    assert not work.exists()
+
+
+def run_reproduce_check(cwd: Path, *argv, env=None):
+    return subprocess.run([sys.executable, str(ROOT / "reproduce.py"), "--check", *argv], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_reproduce_check_demo_every_item_ok_and_nothing_written(tiny_demo, tmp_path):
+    demo_dir, _ = tiny_demo
+    before, before_demo = tree(tmp_path), tree(demo_dir)
+    r = run_reproduce_check(tmp_path, "--demo-dir", str(demo_dir), "--demo-size", "tiny")
+    assert r.returncode == 0, r.stdout + r.stderr
+    summary = r.stdout.split("reproduce.py --check (demo")[1].splitlines()[1:]
+    assert [line.split(":")[0] for line in summary] == [
+        "OK   step 1 labels", "OK   step 2 oracle", "OK   step 2 simulated", "OK   step 3 align (disk)",
+        "OK   step 4 train (finetune)", "OK   step 4 train (frozen)", "reproduce preflight"]
+    assert "reproduce preflight: all 6 checks OK" in r.stdout and "FAIL" not in r.stdout
+    # the train checks count every run of the plan: 14 fine-tuned, 9 frozen (demo: 3 headline seeds, 1 ablation)
+    assert "--check-runs 14" in r.stdout and "--check-runs 9" in r.stdout
+    assert tree(tmp_path) == before and tree(demo_dir) == before_demo
+
+    # a demo not built yet: said so, nothing built
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce.main(["--check", "--demo-dir", str(tmp_path / "fresh"), "--results", str(tmp_path / "res")])
+    assert exit_info.value.code == 0
+    assert not (tmp_path / "fresh").exists() and not (tmp_path / "res").exists()
+
+
+class GatedHub(http.server.BaseHTTPRequestHandler):
+    """The hub's auth-check endpoint: GATED answers as a gated repository does without a token."""
+    seen = []
+
+    def do_GET(self):  # noqa: N802
+        GatedHub.seen.append(self.path)
+        gated = self.path.startswith(f"/api/models/{GATED}/")
+        self.send_response(401 if gated else 200)
+        if gated:
+            self.send_header("X-Error-Code", "GatedRepo")
+            self.send_header("X-Error-Message", "Access to this model is restricted.")
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args):
+        pass
+
+
+def test_reproduce_check_names_a_missing_folder_and_a_gated_model(tiny_demo, tmp_path):
+    demo_dir, _ = tiny_demo
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), GatedHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
+    env.update(HF_HUB_OFFLINE="0", HF_ENDPOINT=f"http://127.0.0.1:{server.server_port}", NO_PROXY="127.0.0.1,localhost",
+               no_proxy="127.0.0.1,localhost")
+    before, before_demo = tree(tmp_path), tree(demo_dir)
+    try:
+        r = run_reproduce_check(tmp_path, "--demo-dir", str(demo_dir), "--demo-size", "tiny", "--only", "main",
+                                "--text-model", "/nonexistent", "--audio-model", GATED, env=env)
+    finally:
+        server.shutdown()
+    out = r.stdout
+    assert r.returncode == 1, out + r.stderr
+    assert "FAIL text extractor: /nonexistent: no such folder" in out
+    assert (f"FAIL audio extractor: {GATED}: gated repository and HF_TOKEN is not set: accept its conditions at "
+            f"https://huggingface.co/{GATED}") in out
+    assert GatedHub.seen == [f"/api/models/{GATED}/auth-check"]  # one train check (fine-tuned only), one request
+    assert "FAIL step 4 train (finetune): 2 of 7 checks failed (text extractor, audio extractor)" in out
+    assert "OK   step 1 labels" in out and "OK   step 2 simulated" in out
+    assert tree(tmp_path) == before and tree(demo_dir) == before_demo
+
+
+def test_reproduce_check_names_a_corpus_with_wrong_counts(tiny_demo, tmp_path):
+    """Real-data mode claims the full release: a copy of the tiny demo minus Session 5 fails step 1's
+    comparison (and the paper's split, which tests on Session 5)."""
+    demo_dir, cfg = tiny_demo
+    corpus = tmp_path / "IEMOCAP_full_release"
+    shutil.copytree(cfg["iemocap"], corpus)
+    shutil.rmtree(corpus / "Session5")
+    before = tree(tmp_path)
+    r = run_reproduce_check(tmp_path, "--iemocap", str(corpus), "--only", "main", "--text-model", cfg["text_model"],
+                            "--audio-model", cfg["audio_model"])
+    out = r.stdout
+    assert r.returncode == 1, out + r.stderr
+    assert "--expect-standard yes" in out
+    assert "FAIL standard counts: 23 differ (forced by --expect-standard yes): dialogs expected 151, got 2" in out
+    assert "FAIL step 1 labels: 1 of 4 checks failed (standard counts)" in out
+    assert "FAIL step-3 cache: fold testing session 5: 0 test and 2 training dialogs" in out
+    assert "OK   text extractor" in out and "OK   audio extractor" in out
+    assert tree(tmp_path) == before
