@@ -31,7 +31,8 @@ def synthetic(n_dialogs: int, per_dialog: int, seed: int):
         for i, u in enumerate(utts):
             pred = u["label"] if (u["label"] and rng.random() < 0.8) else str(rng.choice(LABELS))
             segments.append({"id": f"{dialog}-{i:04d}", "dialog": dialog, "start": u["start"] + rng.normal(0, 0.3),
-                             "end": u["end"] + rng.normal(0, 0.3), "speaker": f"SPEAKER_0{(i + d) % 2}", "pred": pred})
+                             "end": u["end"] + rng.normal(0, 0.3), "speaker": f"SPEAKER_0{(i + d) % 2}",
+                             "label": u["label"], "pred": pred})
     return labels, {"segments": segments}
 
 
@@ -47,9 +48,9 @@ def main(argv=None):
     n_ref = sum(len(v["utterances"]) for v in labels["dialogs"].values())
     print(f"synthetic test set: {len(dialogs)} dialogs, {n_ref} reference utterances, "
           f"{len(predictions['segments'])} system segments")
-    presets = {"default (Wu et al.)": dict(collar=0.25, uem="extent", nontarget="exclude", mapping="identity",
-                                           speaker_mapping="overlap"),
-               "--authors": dict(collar=0.0, uem="union", nontarget="drop", mapping="optimal", speaker_mapping="none")}
+    flags = argparse.Namespace(collar=0.25, uem="extent", nontarget="exclude", empty_dialogs="missed", authors=False)
+    presets = {"default (Wu et al.)": tc.settings_from_args(flags),
+               "--authors": tc.settings_from_args(argparse.Namespace(**{**vars(flags), "authors": True}))}
     for name, settings in presets.items():
         times = []
         for _ in range(args.repeats):
