@@ -77,7 +77,7 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, default=3, help="seeds per configuration of the headline groups")
     p.add_argument("--ablation-seeds", type=int, default=None,
                    help="seeds per configuration of the ablation groups (default: --seeds; the demo: 1)")
-    p.add_argument("--epochs", type=int, default=None, help="default 20 (the authors'), demo 10")
+    p.add_argument("--epochs", type=int, default=None, help="default 20 (the authors'), demo 8")
     p.add_argument("--ablation-mode", choices=["frozen", "finetune"], default="finetune",
                    help="extractors of the ablation groups modality and pause (default: fine-tuned, as the headline runs)")
     p.add_argument("--fusion-mode", choices=["frozen", "finetune"], default=None,
@@ -193,7 +193,7 @@ def setup(args, build: bool = True):
         cfg.update(iemocap=str(corpus), work=args.work or str(work),
                    text_model=args.text_model or str(models / "roberta-tiny"),
                    audio_model=args.audio_model or str(models / "wav2vec2-tiny"),
-                   epochs=args.epochs or 10, standard_pipe="simulated", oracle_pipe="oracle",
+                   epochs=args.epochs or 8, standard_pipe="simulated", oracle_pipe="oracle",
                    ablation_seeds=args.ablation_seeds or 1, ablation_mode=args.ablation_mode,
                    fusion_mode=args.fusion_mode or "frozen",
                    # Tiny random-init extractors need larger steps than pretrained ones (2e-5 barely moves them; with
