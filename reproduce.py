@@ -133,8 +133,8 @@ class Runner:
 
     def step(self, name: str, script: str, items: list[tuple[str, list, tuple]], argv_for, sources=(),
              redo_flag: str | None = None) -> dict:
-        """items: [(item id, the item's own argv, upstream keys)]; argv_for(stale item ids) -> the
-        invocation's argv. Returns {item id: key}."""
+        """items: [(item id, unique per script; the item's own argv; upstream keys)]; argv_for(stale
+        item ids) -> the invocation's argv. Returns {item id: key}."""
         code = file_digest(HERE / script, HERE / "utils.py", *[HERE / s for s in sources])
         keys, stale, redo = {}, [], self.force
         for item, item_argv, upstream in items:
@@ -276,13 +276,15 @@ def run_pipeline(cfg, args, runner: Runner, configs: list[dict]):
     for pipe in sorted({c["pipe"] for c in configs}):
         variants = sorted({c["variant"] for c in configs if c["pipe"] == pipe})
 
-        def align_argv(todo, pipe=pipe):
+        def align_argv(todo, pipe=pipe):  # todo: item ids "<pipe>/<variant>"
+            todo = [t.split("/", 1)[1] for t in todo]
             pauses = [v.split("-p")[1] for v in todo if v != "baseline"]
             kind = "both" if pauses and "baseline" in todo else ("aligned" if pauses else "baseline")
             return ["--work", work, "--pipe", pipe, "--variant", kind] + (["--max-pause", *pauses] if pauses else [])
-        keys = runner.step(f"step 3 {pipe}", "align.py", [(v, align_argv([v]), (k2[pipe],)) for v in variants],
+        keys = runner.step(f"step 3 {pipe}", "align.py",
+                           [(f"{pipe}/{v}", align_argv([f"{pipe}/{v}"]), (k2[pipe],)) for v in variants],
                            align_argv, redo_flag="--overwrite")
-        k3.update({(pipe, v): k for v, k in keys.items()})
+        k3.update({(pipe, v): keys[f"{pipe}/{v}"] for v in variants})
 
     # Step 4: one invocation per configuration, for its seeds that are out of date (data read once).
     k4 = {}

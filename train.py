@@ -617,17 +617,21 @@ def preflight(args) -> list[utils.CheckItem]:
         elif not args.iemocap:
             items.append(CheckItem("labels", True, f"{labels_path} will be made by step 1 (no --iemocap: no estimates)"))
         else:
-            import contextlib
-            import io
+            import subprocess
+            import sys
+            import tempfile
 
-            from iemo_lab_with_timestamps import build_labels  # step 1's reader, in memory: nothing is written
-            try:
-                with contextlib.redirect_stdout(io.StringIO()):  # its progress bar
-                    labels = build_labels(args.iemocap)
-                items.append(CheckItem("labels", True, f"{labels_path} will be made by step 1; read {args.iemocap} "
-                                       f"for the estimates: {len(labels['dialogs'])} dialogs"))
-            except PipelineError as e2:
-                items.append(CheckItem("labels", False, f"{labels_path} is to be made by step 1 from --iemocap: {e2}"))
+            # step 1 itself, into a temporary folder: nothing is written under --work (and no step imports another)
+            with tempfile.TemporaryDirectory() as tmp:
+                step1 = subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "iemo_lab_with_timestamps.py"),
+                                        "--iemocap", str(args.iemocap), "--work", tmp], capture_output=True, text=True)
+                if step1.returncode == 0:
+                    labels = utils.load_labels(tmp)
+                    items.append(CheckItem("labels", True, f"{labels_path} will be made by step 1; read {args.iemocap} "
+                                           f"for the estimates: {len(labels['dialogs'])} dialogs"))
+                else:
+                    why = (step1.stderr.strip() or step1.stdout.strip()).splitlines()[-1:] or ["no message"]
+                    items.append(CheckItem("labels", False, f"{labels_path} is to be made by step 1 from --iemocap: {why[0]}"))
 
     # segments[dialog] = [(seconds, words)] of its labelled segments (what training and validation read)
     folds, segments = [], {}

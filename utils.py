@@ -1,10 +1,14 @@
 """Shared definitions for the SER-with-alignment pipeline.
 
-Two parts, read in order:
+Three parts, read in order:
   1. Small shared helpers: the label map, atomic file writing, the loaders for labels.json,
-     RTTM files, audio and .pt files. Every step uses these; none redefines them.
+     IEMOCAP's text formats, RTTM files, audio and .pt files, the interval helpers, the run-directory
+     helpers, the confusion-matrix bootstrap and the paper's printed numbers. Every step uses these;
+     none redefines them.
   2. The model of the paper (Section III-B, Fig. 1): text and audio embedders, bidirectional
-     cross-attention with forget gates, the Transformer fusion layer and the linear classifier.
+     cross-attention with forget gates, the Transformer fusion layer and the linear classifier, as
+     the authors implemented them; the fusion ablations; the dataset, batching and feature caches.
+  3. Preflight checks and offline model copies (--check, --download-models of the steps).
 
 Paper: Wang, Lee, Chen, "Enhancing Speech Emotion Recognition Leveraging Aligning Timestamps
 of ASR Transcripts and Speaker Diarization", IALP 2025 (arXiv 2507.19356).
