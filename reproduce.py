@@ -198,10 +198,9 @@ def setup(args, build: bool = True):
                    fusion_mode=args.fusion_mode or "frozen",
                    # Tiny random-init extractors need larger steps than pretrained ones (2e-5 barely moves them; with
                    # a head step of 1e-3 the authors' post-norm fusion encoder collapses to the majority class);
-                   # the tiny batches need no loader processes (on 2 cores they only compete with training). The CNN
-                   # is fine-tuned, as the authors do: kept fixed (--freeze-feature-encoder) the random CNN left the
-                   # audio-only model at the majority class on the demo.
-                   train_flags=["--lr-extractor", "1e-3", "--lr-head", "3e-4", "--num-workers", "0"])
+                   # the tiny batches need no loader processes (on 2 cores they only compete with training); the
+                   # random-init CNN stays fixed, so its features are computed once (train.py --freeze-feature-encoder).
+                   train_flags=["--lr-extractor", "1e-3", "--lr-head", "3e-4", "--num-workers", "0", "--freeze-feature-encoder"])
     else:
         cfg.update(iemocap=args.iemocap, work=args.work or "preprocessed_iemocap",
                    text_model=args.text_model or "roberta-base",
