@@ -3,6 +3,7 @@ open, with several seeds, and write the tables to results/.
 
     python reproduce.py                      # the embedded demo (synthetic corpus, tiny random models)
     python reproduce.py --iemocap /data/IEMOCAP_full_release --work preprocessed_iemocap   # the real thing
+    python reproduce.py --check [--iemocap ...]   # preflight in seconds, writing nothing (preflight())
 
 Experiment groups (--only; paper tables in brackets):
   main       standard pipeline, with vs without alignment, fine-tuned extractors     [Tables I, II]
