@@ -22,8 +22,10 @@ $(STAMP): requirements.txt
 demo: $(STAMP)
 	$(PY) reproduce.py $(ARGS)
 
+# -n auto: one pytest worker per CPU core (pytest-xdist); --dist loadfile keeps a file's tests, and
+# its module fixtures, on one worker.
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n auto --dist loadfile $(PYTEST_ARGS) tests
 
 clean-demo:
 	rm -rf demo_data preprocessed_iemocap results

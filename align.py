@@ -31,6 +31,13 @@ Where this differs from the authors' public code (the paper's text is followed, 
   * Ties (a word lying equally inside two speakers' turns): the ASR segment's speaker here,
     the alphabetically first label in whisperX 3.2.0 (--tie-break whisperx); see attribute_speakers.
   * Audio: the mean of the two stereo channels here, channel 0 in the authors' code (--channel 0).
+  * Long words: a word longer than 3 s counts as 3 s long when the pause after it is measured
+    (--max-word-seconds; 0 = the paper's and the authors' rule): WhisperX can stretch a word over
+    seconds of silence, which hides the pause the grouping relies on. Such words are counted.
+
+Bad input (docs/FORMATS.md, "What every reader checks"): times outside the dialog audio, an RTTM of
+another recording, non-finite numbers ... fail the dialog with an error naming the file; the other
+dialogs are written, and the run exits with status 1 listing the failed ones (as step 2 does).
 """
 from __future__ import annotations
 
@@ -55,21 +62,61 @@ EPS = 1e-7
 # 1. Reading step 2's output
 # ---------------------------------------------------------------------------------------------
 
-def _time(value):
-    """A timestamp from WhisperX JSON, or None when absent/unusable (None, NaN, not a number)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+# A word longer than this (seconds) is clamped to it when the pause after it is measured
+# (--max-word-seconds; 0 = never, as the paper and the authors): WhisperX's alignment sometimes
+# stretches a word over many seconds of silence (22 s seen in public outputs), which would hide
+# the pauses the grouping relies on. The segment keeps the word's real times.
+MAX_WORD_SECONDS = 3.0
+# A dialog where more than this share of the words got the nearest turn's speaker (no diarization
+# turn overlaps them) is reported as a warning: the RTTM hardly covers the speech (another
+# recording's RTTM, a failed diarization).
+NEAREST_WARN_SHARE = 0.5
+
+
+def _time(value, where):
+    """A timestamp from WhisperX JSON -> float, or None when absent (missing, null, or NaN: WhisperX
+    leaves words it could not align untimed, and NaN from its pandas tables means the same). Any
+    other value that is not a finite number (infinity, a string, a bool) is an error."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
-    return float(value) if math.isfinite(value) else None
+    if not utils.is_finite_number(value):
+        raise PipelineError(f"{where}: expected a finite number of seconds (or null), got {value!r:.40}")
+    return float(value)
 
 
-def read_asr(path) -> list[dict]:
+def _in_audio(t, duration, where, counts, what):
+    """A time (`what`: "start" or "end") checked against the audio: negative or beyond duration +
+    TIME_TOLERANCE_S is an error; within the tolerance past the end it is clamped to the end
+    (counted in counts["times_clamped"])."""
+    if t is None:
+        return None
+    if t < 0:
+        raise PipelineError(f"{where}: negative {what} {t}; expected seconds from the start of the dialog wav")
+    if duration is None or t <= duration:
+        return t
+    if t > duration + utils.TIME_TOLERANCE_S:
+        at = f"{t:.3f}" if t < 1e9 else f"{t:.4g}"
+        raise PipelineError(f"{where}: {what} {at} s is after the end of the audio ({duration:.3f} s; tolerance "
+                            f"{utils.TIME_TOLERANCE_S:g} s): times must lie inside the dialog wav")
+    counts["times_clamped"] = counts.get("times_clamped", 0) + 1
+    return duration
+
+
+def read_asr(path, duration: float | None = None, counts: dict | None = None) -> list[dict]:
     """Read asr/<dialog>.json (WhisperX's result shape) -> its segments, validated.
 
     Returns [{"start", "end", "text", "words": [{"word", "start", "end"}]}] in file order, where a
     word's start/end are None when WhisperX left it untimed. A segment whose "words" list is missing
     or empty but whose text is not gets its words from the text (all untimed), so no text is lost.
+    Every time is a finite number >= 0 (or absent), start <= end; with the dialog's duration (s),
+    every time lies inside the audio (utils.TIME_TOLERANCE_S past the end is clamped to the end and
+    counted in counts["times_clamped"]). Whitespace-only words carry nothing: dropped and counted in
+    counts["blank_words"].
     """
     path = Path(path)
+    counts = {} if counts is None else counts
+    counts.setdefault("times_clamped", 0)
+    counts.setdefault("blank_words", 0)
     data = utils.read_json(path, "ASR result (step 2)")
     if not isinstance(data, dict) or not isinstance(data.get("segments"), list):
         raise PipelineError(f"{path}: expected a WhisperX result {{'segments': [...]}}, got {type(data).__name__}")
@@ -77,7 +124,9 @@ def read_asr(path) -> list[dict]:
     for i, seg in enumerate(data["segments"]):
         if not isinstance(seg, dict):
             raise PipelineError(f"{path}: segment {i}: expected an object, got {seg!r:.80}")
-        start, end = _time(seg.get("start")), _time(seg.get("end"))
+        where = f"{path}: segment {i}"
+        start = _in_audio(_time(seg.get("start"), where), duration, where, counts, "start")
+        end = _in_audio(_time(seg.get("end"), where), duration, where, counts, "end")
         if start is not None and end is not None and end < start:
             raise PipelineError(f"{path}: segment {i}: end {end} before start {start}")
         text = seg.get("text") or ""
@@ -90,12 +139,15 @@ def read_asr(path) -> list[dict]:
         for j, w in enumerate(raw_words):
             if not isinstance(w, dict) or not isinstance(w.get("word"), str):
                 raise PipelineError(f"{path}: segment {i} word {j}: expected {{'word': str, 'start', 'end'}}, got {w!r:.80}")
-            ws, we = _time(w.get("start")), _time(w.get("end"))
+            at = f"{path}: segment {i} word {j} {w['word']!r:.40}"
+            ws, we = _time(w.get("start"), at), _time(w.get("end"), at)
             if ws is None or we is None:
                 ws = we = None  # half-timed words are re-timed like untimed ones
             elif we < ws or ws < 0:
-                raise PipelineError(f"{path}: segment {i} word {j} {w['word']!r}: bad times start={ws} end={we}")
-            words.append({"word": w["word"].strip(), "start": ws, "end": we})
+                raise PipelineError(f"{at}: bad times start={ws} end={we}")
+            words.append({"word": w["word"].strip(), "start": _in_audio(ws, duration, at, counts, "start"),
+                          "end": _in_audio(we, duration, at, counts, "end")})
+        counts["blank_words"] += sum(1 for w in words if not w["word"])
         words = [w for w in words if w["word"]]  # whitespace-only "words" carry nothing
         if not words and text.strip():
             words = [{"word": t, "start": None, "end": None} for t in text.split()]
@@ -307,24 +359,43 @@ def attribute_words(asr_segments, turns, tie_break="asr-segment"):
 WORD_POLICIES = ("keep", "authors")  # align.py --word-policy
 
 
-def align_dialog(asr_segments, turns, max_pause, tie_break="asr-segment", word_policy="keep"):
+def pause_ends(start, end, max_word_seconds=MAX_WORD_SECONDS):
+    """Word ends for measuring pauses: a word longer than max_word_seconds ends max_word_seconds
+    after its start (0 or None: no clamp, the paper's rule)."""
+    start, end = np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64)
+    return np.minimum(end, start + max_word_seconds) if max_word_seconds else end
+
+
+def count_long_words(asr_segments, max_word_seconds=MAX_WORD_SECONDS) -> int:
+    """How many words (re-timed ones included) are longer than max_word_seconds (0: none counted)."""
+    if not max_word_seconds:
+        return 0
+    _, start, end, _, _ = flatten_words(asr_segments)
+    return int(np.sum(end - start > max_word_seconds))
+
+
+def align_dialog(asr_segments, turns, max_pause, tie_break="asr-segment", word_policy="keep",
+                 max_word_seconds=MAX_WORD_SECONDS):
     """The full alignment block (Fig. 2) for one dialog -> segments in time order.
 
     Each segment: start = its first word's start, end = the latest word end in it (the last word's
     end unless ASR words overlap), speaker, text = the words joined with spaces, n_words, flags
     (how many of its words were re-timed / got the nearest turn's speaker). tie_break: see
     attribute_words. word_policy "authors" replaces the grouping by the authors' (authors_turns).
+    max_word_seconds: longer words count as this long when the pause after them is measured
+    (pause_ends; 0 = the paper's rule); segments keep the real times.
     """
     words, start, end, speakers, retimed, nearest = attribute_words(asr_segments, turns, tie_break)
     if word_policy == "authors":
-        return authors_turns(words, start, end, speakers, retimed, nearest, max_pause)
+        return authors_turns(words, start, end, speakers, retimed, nearest, max_pause,
+                             pause_ends(start, end, max_word_seconds))
     if word_policy != "keep":
         raise ValueError(f"word_policy must be one of {WORD_POLICIES}, got {word_policy!r}")
-    bounds = group_words(speakers, start, end, max_pause)
+    bounds = group_words(speakers, start, pause_ends(start, end, max_word_seconds), max_pause)
     return construct_segments(words, start, end, speakers, retimed, nearest, bounds)
 
 
-def authors_turns(words, start, end, speakers, retimed, nearest, max_pause):
+def authors_turns(words, start, end, speakers, retimed, nearest, max_pause, pause_end=None):
     """The authors' grouping (TimestampAligner in their utils.py, after whisperX 3.2.0's
     assign_word_speakers), for --word-policy authors. whisperX gives no speaker to an untimed word
     (ours: re-timed) nor to one outside every turn (ours: nearest). Their loop compares each word
@@ -335,13 +406,14 @@ def authors_turns(words, start, end, speakers, retimed, nearest, max_pause):
     """
     if len(words) == 0:
         return []
+    pause_end = end if pause_end is None else pause_end  # word ends for the pause (align_dialog clamps long words)
     attributed = ~(retimed | nearest)
     groups, current = [], [0]
     for i in range(1, len(words)):
         prev = current[-1]
         if not (attributed[prev] and attributed[i]):
             continue  # dropped
-        if speakers[i] != speakers[prev] or start[i] - end[prev] > max_pause:
+        if speakers[i] != speakers[prev] or start[i] - pause_end[prev] > max_pause:
             groups.append(current)
             current = [i]
         else:
@@ -490,17 +562,19 @@ def segment_cache(dialog, session, segments, audio, sample_rate=utils.SAMPLE_RAT
 
     audio: the dialog as utils.load_audio(..., channel=channel) returned it; `channel` is recorded.
     Slices are copied so that each tensor owns only its own samples (torch.save would otherwise
-    store the whole dialog's buffer with every slice).
+    store the whole dialog's buffer with every slice). A zero-length segment (a word whose ASR
+    start equals its end) gets the one sample at its time, so no segment has empty audio; main
+    counts them (zero_length_segments).
     """
     import torch
 
     out = []
     for s in segments:
-        a = max(0, int(round(s["start"] * sample_rate)))
-        b = min(len(audio), int(round(s["end"] * sample_rate)))
+        a = min(max(0, int(round(s["start"] * sample_rate))), len(audio) - 1)
+        b = min(len(audio), max(a + 1, int(round(s["end"] * sample_rate))))  # at least one sample: never empty
         out.append({"id": s["id"], "start": float(s["start"]), "end": float(s["end"]), "speaker": s["speaker"],
                     "text": s["text"], "label": utils.LABEL_INDEX.get(s["label"], -1),
-                    "audio": torch.from_numpy(np.array(audio[a:max(a, b)], dtype=np.float32, copy=True))})
+                    "audio": torch.from_numpy(np.array(audio[a:b], dtype=np.float32, copy=True))})
     return {"dialog": dialog, "session": int(session), "sample_rate": int(sample_rate), "channel": str(channel),
             "segments": out}
 
@@ -579,16 +653,29 @@ REPORT_ROWS = [
 
 
 def alignment_report(pipe_dir, labels, min_label_overlap) -> dict:
-    """Compare every variant present under WORK/<pipe>/ on the dialogs they all have."""
-    variants = {}
+    """Compare every variant present under WORK/<pipe>/ on the dialogs they all have.
+
+    "adjusted" (only when something was): per variant, the SUMMARY_COUNTS over those dialogs;
+    "warnings" (only when any): {dialog: [what looks wrong in its inputs]} from the manifests.
+    """
+    variants, entries = {}, {}
     for manifest in sorted(Path(pipe_dir).glob("*/manifest.json")):
         m = utils.read_json(manifest, "alignment manifest")
         if m.get("step") == "align":
-            variants[m["variant"]] = {d for d, e in m["dialogs"].items() if e.get("status") == "ok"}
+            entries[m["variant"]] = m["dialogs"]
+            variants[m["variant"]] = {d for d, e in m["dialogs"].items() if e.get("status") in ("done", "ok")}
     common = sorted(set.intersection(*variants.values())) if variants else []
     stats = {v: variant_stats([Path(pipe_dir) / v / "segments" / f"{d}.json" for d in common], labels, min_label_overlap)
              for v in sorted(variants)}
-    return {"pipe": Path(pipe_dir).name, "dialogs": common, "min_label_overlap": min_label_overlap, "variants": stats}
+    report = {"pipe": Path(pipe_dir).name, "dialogs": common, "min_label_overlap": min_label_overlap, "variants": stats}
+    adjusted = {v: {f: n for f in SUMMARY_COUNTS if (n := sum(entries[v][d].get(f, 0) for d in common))}
+                for v in sorted(variants)}
+    if any(adjusted.values()):
+        report["adjusted"] = {v: a for v, a in adjusted.items() if a}
+    warnings = {d: sorted({w for v in sorted(variants) for w in entries[v][d].get("warnings", [])}) for d in common}
+    if any(warnings.values()):
+        report["warnings"] = {d: w for d, w in warnings.items() if w}
+    return report
 
 
 def report_markdown(report) -> str:
@@ -597,12 +684,26 @@ def report_markdown(report) -> str:
     lines = [f"Alignment report, pipeline `{report['pipe']}`, {len(report['dialogs'])} dialogs common to all variants.", "",
              "| measure | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     lines += [f"| {title} | " + " | ".join(fmt(report["variants"][v][key]) for v in names) + " |" for key, title in REPORT_ROWS]
+    for v, counts in report.get("adjusted", {}).items():
+        lines.append(f"\n{v}: " + "; ".join(f"{n} {SUMMARY_COUNTS[f]}" for f, n in counts.items()))
+    for d, messages in report.get("warnings", {}).items():
+        lines += [f"\nWARNING {d}: {m}" for m in messages]
     return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
 # main: which dialogs, skip what is done, run the variants, write everything
 # ---------------------------------------------------------------------------------------------
+
+# Manifest status words, the same as step 2's (preprocess.py): "done" or "failed" (with "error").
+OLD_STATUS = {"ok": "done", "error": "failed"}  # what manifests written before said
+# Per-dialog counts of what was adjusted or dropped in a variant's inputs, summed in the manifest summary.
+SUMMARY_COUNTS = {"long_words": "words longer than --max-word-seconds (clamped for the pause)",
+                  "zero_length_segments": "zero-length segments (one sample of audio)",
+                  "blank_words_dropped": "whitespace-only ASR words dropped",
+                  "times_clamped_to_audio_end": f"times clamped to the end of the audio (<= {utils.TIME_TOLERANCE_S:g} s past it)",
+                  "rttm_other_recording_lines": "RTTM lines of other recordings ignored"}
+
 
 def variant_name(kind, max_pause) -> str:
     return f"aligned-p{max_pause:g}" if kind == "aligned" else "baseline"
@@ -651,12 +752,20 @@ def main(argv=None):
                              "what the authors' whisperX used), exclusive = diarization_exclusive/ (one speaker at a "
                              "time, pyannote 4's exclusive diarization); exclusive variants are named <variant>-exclusive, "
                              "so the alignment report compares both")
+    parser.add_argument("--max-word-seconds", type=float, default=MAX_WORD_SECONDS,
+                        help="a word longer than this (s) counts as this long when the pause after it is measured "
+                             "(WhisperX can stretch a word over seconds of silence, hiding the pause); segments keep "
+                             "the real times; such words are counted. 0 = never, as the paper and the authors")
     args = parser.parse_args(argv)
-    if min(args.max_pause) < 0 or args.min_label_overlap < 0:
-        parser.error("--max-pause and --min-label-overlap must be >= 0")
+    if min(args.max_pause) < 0 or args.min_label_overlap < 0 or args.max_word_seconds < 0:
+        parser.error("--max-pause, --min-label-overlap and --max-word-seconds must be >= 0")
+    if not all(math.isfinite(x) for x in (*args.max_pause, args.min_label_overlap, args.max_word_seconds)):
+        parser.error("--max-pause, --min-label-overlap and --max-word-seconds must be finite numbers")
 
     work, t0 = Path(args.work), time.time()
-    labels = utils.load_labels(work)
+    labels = utils.load_labels(work, require=("wav",))
+    if not (args.iemocap or labels.get("corpus")):
+        raise PipelineError(f"{work / 'labels.json'}: no 'corpus' recorded; pass the corpus root with --iemocap DIR")
     corpus = Path(args.iemocap or labels["corpus"])
     pipe_dir = work / args.pipe
     if not (pipe_dir / "asr").is_dir():
@@ -670,6 +779,7 @@ def main(argv=None):
     # any of it (e.g. --channel) redoes the segments and the audio cache.
     configs = {k: {"kind": kind, "max_pause": p, "min_label_overlap": args.min_label_overlap,
                    "sample_rate": utils.SAMPLE_RATE, "tie_break": args.tie_break, "channel": args.channel,
+                   **({"max_word_seconds": args.max_word_seconds} if kind == "aligned" else {}),
                    **({"word_policy": args.word_policy} if kind == "aligned" and args.word_policy != "keep" else {}),
                    **({"label_rule": args.label_rule} if args.label_rule != "sum" else {})}
                for k, (kind, p) in zip(kinds, specs)}
@@ -695,12 +805,17 @@ def main(argv=None):
     for k, v in variants.items():
         path = pipe_dir / v / "manifest.json"
         old = utils.read_json(path, "alignment manifest") if path.is_file() else {}
+        old_dialogs = old.get("dialogs", {}) if isinstance(old, dict) and isinstance(old.get("dialogs"), dict) else {}
+        for e in old_dialogs.values():  # manifests written before step 3 used step 2's status words
+            if isinstance(e, dict) and e.get("status") in OLD_STATUS:
+                e["status"] = OLD_STATUS[e["status"]]
         manifests[k] = {"step": "align", "pipe": args.pipe, "variant": v, "config": configs[k],
-                        "corpus": str(corpus), "code": utils.code_version(), "dialogs": old.get("dialogs", {})}
+                        "corpus": str(corpus), "code": utils.code_version(), "dialogs": old_dialogs}
 
     from tqdm import tqdm
 
     errors, done_before, written = {}, {k: 0 for k in kinds}, {k: 0 for k in kinds}
+    warnings = {}  # dialog -> what looks wrong in its inputs (printed, in the manifests and the report)
     for d in tqdm(dialogs, desc="align", unit="dialog"):
         info = labels["dialogs"][d]
         rttm_dir = "diarization" if args.diarization == "overlap" else "diarization_exclusive"  # preprocess.DIARIZATION_DIRS
@@ -713,19 +828,30 @@ def main(argv=None):
                 key = _sha(configs[k], info, str(corpus), *inputs)
                 entry = manifests[k]["dialogs"].get(d, {})
                 out_ok = all((pipe_dir / v / sub / f"{d}{ext}").is_file() for sub, ext in (("segments", ".json"), ("cache", ".pt")))
-                if not args.overwrite and entry.get("status") == "ok" and entry.get("key") == key and out_ok:
+                if not args.overwrite and entry.get("status") == "done" and entry.get("key") == key and out_ok:
                     done_before[k] += 1
                 else:
                     todo[k] = key
             if not todo:
                 continue
-            asr = read_asr(asr_path)
-            turns = utils.read_rttm(rttm_path)
-            audio = utils.load_audio(corpus / info["wav"], channel=args.channel)  # decoded once, shared by the variants
+            wav = corpus / info["wav"]
+            audio = utils.load_audio(wav, channel=args.channel)  # decoded once, shared by the variants
+            duration = len(audio) / utils.SAMPLE_RATE
+            for u in info["utterances"]:
+                utils.check_in_audio(u["end"], duration, str(wav), f"utterance {u['id']} of labels.json "
+                                     f"({u['start']:.3f}-{u['end']:.3f} s)")
+            input_counts = {}
+            asr = read_asr(asr_path, duration, input_counts)
+            turns = utils.read_rttm(rttm_path, dialog=d, duration=duration, counts=input_counts)
             n_empty = sum(1 for s in asr if not s["words"])
+            try:
+                long_words = count_long_words(asr, args.max_word_seconds)
+            except PipelineError as e:
+                raise PipelineError(f"{asr_path}: {e}") from None
             for k, key in todo.items():
                 try:
-                    segs = (align_dialog(asr, turns, configs[k]["max_pause"], args.tie_break, args.word_policy)
+                    segs = (align_dialog(asr, turns, configs[k]["max_pause"], args.tie_break, args.word_policy,
+                                         args.max_word_seconds)
                             if configs[k]["kind"] == "aligned" else baseline_dialog(asr, turns, args.tie_break))
                 except PipelineError as e:
                     raise PipelineError(f"{asr_path} / {rttm_path}: {e}") from None
@@ -737,40 +863,59 @@ def main(argv=None):
                 utils.atomic_write_text(vdir / "segments" / f"{d}.txt", transcript_text(d, variants[k], segs))
                 utils.atomic_torch_save(segment_cache(d, info["session"], segs, audio, channel=args.channel),
                                         vdir / "cache" / f"{d}.pt")
+                n_words = sum(s["n_words"] for s in segs)
+                n_nearest = sum(s["flags"]["nearest_speaker_words"] for s in segs)
+                entry_warnings = []
+                if n_words and n_nearest / n_words > NEAREST_WARN_SHARE:
+                    entry_warnings.append(
+                        f"{100 * n_nearest / n_words:.0f} % of the words ({n_nearest} of {n_words}) overlap no turn "
+                        f"of {rttm_path} and got the nearest turn's speaker: does the RTTM belong to this audio?")
+                    warnings.setdefault(d, entry_warnings[-1])
                 manifests[k]["dialogs"][d] = {
-                    "status": "ok", "key": key, "segments": len(segs),
+                    "status": "done", "key": key, "segments": len(segs),
                     "labelled": sum(s["label"] is not None for s in segs),
                     "words": sum(s["n_words"] for s in segs),
                     "dropped_words": (sum(len(a["words"]) for a in asr) - sum(s["n_words"] for s in segs)
                                       if configs[k]["kind"] == "aligned" else 0),
                     "retimed_words": sum(s["flags"]["retimed_words"] for s in segs),
                     "nearest_speaker_words": sum(s["flags"]["nearest_speaker_words"] for s in segs),
-                    "empty_asr": not asr, "asr_segments_without_words_dropped": n_empty}
+                    "empty_asr": not asr, "asr_segments_without_words_dropped": n_empty,
+                    "long_words": long_words if configs[k]["kind"] == "aligned" else 0,
+                    "zero_length_segments": sum(1 for s in segs if s["end"] <= s["start"]),
+                    "blank_words_dropped": input_counts["blank_words"],
+                    "times_clamped_to_audio_end": input_counts["times_clamped"],
+                    "rttm_other_recording_lines": input_counts.get("other_recording_lines", 0),
+                    **({"warnings": entry_warnings} if entry_warnings else {})}
                 written[k] += 1
         except PipelineError as e:
-            errors[d] = str(e)
+            errors[d] = utils.one_line(str(e))
             for k in todo:
-                manifests[k]["dialogs"][d] = {"status": "error", "error": str(e)}
+                manifests[k]["dialogs"][d] = {"status": "failed", "error": errors[d]}
 
     # Per-variant manifest and summary.
     for k, m in manifests.items():
-        ok = {d: e for d, e in m["dialogs"].items() if e.get("status") == "ok"}
+        ok = {d: e for d, e in m["dialogs"].items() if e.get("status") == "done"}
         m["summary"] = {
-            "dialogs_ok": len(ok), "dialogs_error": sum(e.get("status") == "error" for e in m["dialogs"].values()),
+            "dialogs_done": len(ok), "dialogs_failed": sum(e.get("status") == "failed" for e in m["dialogs"].values()),
             "dialogs_without_asr": len(skipped), "dialogs_empty_asr": sum(e["empty_asr"] for e in ok.values()),
             **{f: sum(e[f] for e in ok.values()) for f in ("segments", "labelled", "words", "retimed_words",
                                                            "nearest_speaker_words", "asr_segments_without_words_dropped")},
-            "dropped_words": sum(e.get("dropped_words", 0) for e in ok.values())}
+            "dropped_words": sum(e.get("dropped_words", 0) for e in ok.values()),
+            **{f: sum(e.get(f, 0) for e in ok.values()) for f in SUMMARY_COUNTS},
+            "dialogs_with_warnings": sorted(d for d, e in ok.items() if e.get("warnings"))}
         m["skipped"] = skipped
         utils.atomic_write_json(pipe_dir / variants[k] / "manifest.json", m)
         s = m["summary"]
         print(f"[align] {variants[k]}: wrote {written[k]} dialogs, "
-              f"kept {done_before[k]} already done with the same config; totals over {s['dialogs_ok']} dialogs: "
+              f"kept {done_before[k]} already done with the same config; totals over {s['dialogs_done']} dialogs: "
               f"{s['segments']} segments ({s['labelled']} labelled, {s['segments'] - s['labelled']} without a 4-class label), "
               f"{s['words']} words ({s['dropped_words']} dropped), {s['retimed_words']} re-timed, "
               f"{s['nearest_speaker_words']} nearest-speaker, "
               f"{s['dialogs_empty_asr']} dialogs with empty ASR output, "
               f"{s['asr_segments_without_words_dropped']} empty ASR segments dropped -> {pipe_dir / variants[k]}")
+        noted = [f"{s[f]} {what}" for f, what in SUMMARY_COUNTS.items() if s[f]]
+        if noted:
+            print(f"[align] {variants[k]}: also " + ", ".join(noted))
 
     report = alignment_report(pipe_dir, labels, args.min_label_overlap)
     utils.atomic_write_json(pipe_dir / "alignment_report.json", report)
@@ -778,11 +923,15 @@ def main(argv=None):
     utils.atomic_write_text(pipe_dir / "alignment_report.md", md)
     print(md, end="")
     print(f"[align] wrote {pipe_dir / 'alignment_report.json'} and .md in {time.time() - t0:.1f} s")
+    for d, message in warnings.items():
+        print(f"[align] WARNING {d}: {message}")
     if errors:
-        listing = "\n".join(f"  {d}: {msg}" for d, msg in errors.items())
-        raise PipelineError(f"{len(errors)} of {len(dialogs)} dialogs failed (others were written):\n{listing}")
+        for d, message in errors.items():
+            print(f"FAILED {d}: {message}")
+        raise SystemExit(f"step 3: {len(errors)} of {len(dialogs)} dialogs failed (listed above and in "
+                         f"{pipe_dir}/<variant>/manifest.json; the others were written)")
     return report
 
 
 if __name__ == "__main__":
-    main()
+    utils.run_main(main)

@@ -360,14 +360,15 @@ def report(name: str, m: dict) -> None:
     _table(m)
 
 
-def evaluate_run(run_dir: Path, labels: dict, device, reuse: bool, n_samples: int = 1000, seed: int = 0) -> tuple[dict, dict]:
+def evaluate_run(run_dir: Path, labels: dict, device, reuse: bool, n_samples: int = 1000, seed: int = 0,
+                 datasets: dict | None = None) -> tuple[dict, dict]:
     """Predict (or reuse) and score one run dir; writes its predictions, metrics and plot."""
     pred_path = run_dir / "predictions.json"
     if reuse and pred_path.is_file():
         predictions = read_json(pred_path, "predictions file")
         print(f"  reused {pred_path} (--reuse-predictions)")
     else:
-        predictions = predict_split(run_dir, split="test", device=device)
+        predictions = predict_split(run_dir, split="test", device=device, datasets=datasets)
         check_predictions(predictions, f"predict_split({run_dir}) -> {pred_path}")
         atomic_write_json(pred_path, predictions)
         print(f"  wrote {pred_path}")
@@ -397,7 +398,9 @@ def main(argv=None) -> dict:
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resampling (default: %(default)s)")
     args = p.parse_args(argv)
     if args.bootstrap_samples < 0:
-        raise PipelineError(f"--bootstrap-samples {args.bootstrap_samples}: expected 0 or more")
+        p.error(f"--bootstrap-samples {args.bootstrap_samples}: expected 0 or more")
+    if args.bootstrap_seed < 0:
+        p.error(f"--bootstrap-seed {args.bootstrap_seed}: expected 0 or more (a numpy seed)")
     boot = {"n_samples": args.bootstrap_samples, "seed": args.bootstrap_seed}
 
     torch.set_flush_denormal(True)  # as train.py: subnormal floats are slow on CPUs
@@ -407,16 +410,17 @@ def main(argv=None) -> dict:
             raise PipelineError(f"{work / 'runs' / name}: run directory not found; train it first: python train.py --run {name}")
     labels = load_labels(work)
     print(f"read {work / 'labels.json'} ({len(labels['dialogs'])} dialogs)")
-    results = {name: evaluate_named_run(work, name, labels, args, boot) for name in args.run}
+    datasets = {}  # test segments read once per variant, for all the runs given
+    results = {name: evaluate_named_run(work, name, labels, args, boot, datasets) for name in args.run}
     return results[args.run[0]] if len(args.run) == 1 else results
 
 
-def evaluate_named_run(work: Path, name: str, labels: dict, args, boot: dict) -> dict:
+def evaluate_named_run(work: Path, name: str, labels: dict, args, boot: dict, datasets: dict | None = None) -> dict:
     """Evaluate WORK/runs/<name>/ (each fold of a fold run, then all folds pooled); metrics.json content."""
     run_dir = work / "runs" / name
     folds = fold_dirs(run_dir)
     if not folds:
-        _, metrics = evaluate_run(run_dir, labels, args.device, args.reuse_predictions, **boot)
+        _, metrics = evaluate_run(run_dir, labels, args.device, args.reuse_predictions, **boot, datasets=datasets)
         report(name, metrics)
         if "note" in metrics:
             print(metrics["note"])
@@ -425,7 +429,7 @@ def evaluate_named_run(work: Path, name: str, labels: dict, args, boot: dict) ->
     per_fold, pooled_segments, pooled_dialogs = {}, [], []
     for f in folds:
         print(f"fold {f.name}:")
-        predictions, per_fold[f.name] = evaluate_run(f, labels, args.device, args.reuse_predictions, **boot)
+        predictions, per_fold[f.name] = evaluate_run(f, labels, args.device, args.reuse_predictions, **boot, datasets=datasets)
         pooled_segments += predictions["segments"]
         pooled_dialogs += run_test_dialogs(f, predictions, labels)[0]
     note = utils.demo_note(labels)
@@ -490,10 +494,12 @@ def run_dataset(model: utils.SERModel, dataset: utils.SegmentDataset, collator: 
     return logits
 
 
-def predict_split(run_dir, split: str = "test", device=None) -> dict:
+def predict_split(run_dir, split: str = "test", device=None, datasets: dict | None = None) -> dict:
     """predictions.json content (docs/FORMATS.md) for every segment of the split's dialogs,
     labelled or not: id, dialog, start, end, speaker, text, label (str or None), pred, probs.
-    Frozen runs read (or fill) the same feature cache as training (utils.cached_embeddings)."""
+    Frozen runs read (or fill) the same feature cache as training (utils.cached_embeddings).
+    datasets: a dict kept across calls, so that runs of one variant (seeds, modalities, fusions)
+    read their test segments once."""
     from transformers import AutoFeatureExtractor, AutoTokenizer
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -502,8 +508,12 @@ def predict_split(run_dir, split: str = "test", device=None) -> dict:
     cache_dir = Path(config["work"]) / config["pipe"] / config["variant"] / "cache"
     paths = [cache_dir / f"{d}.pt" for d in dialogs]
     do_norm = getattr(AutoFeatureExtractor.from_pretrained(config["audio_model"]), "do_normalize", True)
-    dataset = utils.SegmentDataset(paths, labelled_only=False, max_audio_seconds=config["max_audio_seconds"],
-                                   do_normalize=do_norm)
+    key = (str(cache_dir), tuple(dialogs), config["max_audio_seconds"], do_norm)
+    datasets = {} if datasets is None else datasets
+    if key not in datasets:
+        datasets[key] = utils.SegmentDataset(paths, labelled_only=False, max_audio_seconds=config["max_audio_seconds"],
+                                             do_normalize=do_norm)
+    dataset = datasets[key]
     tokenizer = AutoTokenizer.from_pretrained(config["text_model"]) if model.modality != "audio" else None
     collator = utils.Collator(tokenizer, config["max_text_tokens"])
     bf16 = bool(config.get("bf16")) and device.type == "cuda"
@@ -527,4 +537,4 @@ def predict_split(run_dir, split: str = "test", device=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    utils.run_main(main)

@@ -13,7 +13,9 @@ of the segments (step 3 maps segments onto them) and the timelines of TEER/sTEER
 Decisions (documented here because later steps rely on them):
   * Step 1 never decodes audio. It records where each dialog wav should be
     (SessionN/dialog/wav/<dialog>.wav) and counts/lists dialogs whose wav is absent; step 2 fails
-    on them when it needs the audio.
+    on them when it needs the audio. So the times checked here are finite, with start < end
+    (EmoEvaluation) or start <= end (transcriptions); that they lie inside the audio (within
+    utils.TIME_TOLERANCE_S) is checked by steps 2 and 3, which read the wav.
   * .wdseg files are only located here (cheap); parse_wdseg validates one when step 2's oracle
     backend reads it.
   * The comparison with the standard IEMOCAP counts (IEMOCAP_STANDARD_COUNTS) runs when the
@@ -28,6 +30,7 @@ Usage: python iemo_lab_with_timestamps.py --iemocap IEMOCAP_full_release --work 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from collections import Counter
@@ -110,6 +113,8 @@ def parse_emo_evaluation(path, decode_log: Counter | None = None) -> list[dict]:
             raise PipelineError(f"{where}: expected a block header '[start - end]<TAB>id<TAB>code<TAB>[v, a, d]', "
                                 f"got {line!r}")
         start, end, utt_id, code, vad_text = float(m.group(1)), float(m.group(2)), m.group(3), m.group(4), m.group(5)
+        if not (math.isfinite(start) and math.isfinite(end)):
+            raise PipelineError(f"{where}: expected times in seconds, got [{m.group(1):.30} - {m.group(2):.30}]")
         if code not in IEMOCAP_CODES:
             raise PipelineError(f"{where}: expected an emotion code in {', '.join(IEMOCAP_CODES)}, got {code!r}")
         if not end > start:
@@ -121,7 +126,7 @@ def parse_emo_evaluation(path, decode_log: Counter | None = None) -> list[dict]:
             vad = [float(v) for v in vad_text.split(",")]
         except ValueError:
             vad = []
-        if len(vad) != 3:
+        if len(vad) != 3 or not all(math.isfinite(v) for v in vad):
             raise PipelineError(f"{where}: expected three numbers [v, a, d], got [{vad_text}]")
         if utt_id in seen:
             raise PipelineError(f"{where}: duplicate utterance {utt_id} (first at line {seen[utt_id]})")
@@ -155,10 +160,13 @@ def parse_transcriptions(path, decode_log: Counter | None = None) -> tuple[dict,
         m = TRANSCRIPT_RE.match(line.rstrip())
         if m is None:
             raise PipelineError(f"{where}: expected '<id> [start-end]: text', got {line!r}")
-        utt_id = m.group(1)
+        utt_id, start, end = m.group(1), float(m.group(2)), float(m.group(3))
+        if not (math.isfinite(start) and math.isfinite(end) and start <= end):
+            raise PipelineError(f"{where}: expected times in seconds with start <= end, got "
+                                f"[{m.group(2):.30}-{m.group(3):.30}]")
         if utt_id in utterances:
             raise PipelineError(f"{where}: duplicate utterance {utt_id}")
-        utterances[utt_id] = {"start": float(m.group(2)), "end": float(m.group(3)), "text": m.group(4).strip()}
+        utterances[utt_id] = {"start": start, "end": end, "text": m.group(4).strip()}
     return utterances, skipped
 
 
@@ -428,4 +436,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    import utils
+    utils.run_main(main)

@@ -94,6 +94,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import hashlib
 import json
@@ -161,7 +162,9 @@ def parse_args(argv=None):
     w.add_argument("--model-dir", default=None,
                    help="local mirror of hub repositories, DIR/<org>/<name> (what --download-models DIR writes): "
                         "every hub name, also those a pipeline config names, is read from there when present "
-                        "(and DIR/torchaudio, DIR/nltk_data are used for the default alignment model and NLTK)")
+                        "(and DIR/torchaudio, DIR/nltk_data are used for the default alignment model and NLTK). "
+                        "SECURITY: the pyannote models in DIR run code when loaded (see --diar-model): only a mirror "
+                        "you made yourself or trust")
     w.add_argument("--align-model-dir", default=None,
                    help="whisperx.load_align_model's model_dir: where the alignment model is cached or "
                         "downloaded (the torchaudio checkpoint of the default English model, or the hub cache "
@@ -195,13 +198,17 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     for name in SIM_DEFAULTS:
         value, is_rate = getattr(args, "sim_" + name), name in SIM_RATES
-        if value < 0 or (is_rate and value > 1):
+        if not 0 <= value < float("inf") or (is_rate and value > 1):  # NaN fails too
             p.error(f"--sim-{name.replace('_', '-')} must be " + ("in [0, 1]" if is_rate else ">= 0") + f", got {value}")
     if args.vad == "oracle" and args.backend != "whisperx":
         p.error("--vad oracle applies to the whisperx backend only (the oracle backend is oracle throughout)")
-    for flag in ("embedding_batch_size", "segmentation_batch_size"):
+    for flag in ("embedding_batch_size", "segmentation_batch_size", "batch_size", "beam_size", "num_speakers",
+                 "threads", "asr_max_length"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1")
+    for flag in ("vad_onset", "vad_offset"):
+        if not 0 < getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must lie between 0 and 1, got {getattr(args, flag)}")
     try:
         args.shard_index, args.shard_count = utils.parse_shard(args.shard)
     except PipelineError as e:
@@ -316,7 +323,8 @@ def dialog_utterances(corpus: Path, dialog: str, entry: dict) -> tuple[list[dict
             if not line.startswith("Ses") or line.split()[0].rstrip(":") in known:
                 continue
             m, speaker = TRANSCRIPT_RE.match(line.rstrip()), SPEAKER_RE.search(line.split()[0].rstrip(":"))
-            if m is None or speaker is None or float(m.group(3)) <= float(m.group(2)):
+            if (m is None or speaker is None or not np.isfinite(float(m.group(3)))
+                    or float(m.group(3)) <= float(m.group(2))):
                 counts["unparsed_transcript_lines"] += 1
                 continue
             utt_id = m.group(1)
@@ -330,21 +338,35 @@ def dialog_utterances(corpus: Path, dialog: str, entry: dict) -> tuple[list[dict
     return utterances, counts
 
 
-def reference_words(corpus: Path, utterances: list[dict]) -> tuple[list[dict], int]:
+def reference_words(corpus: Path, utterances: list[dict], duration: float | None = None,
+                    counts: dict | None = None) -> tuple[list[dict], int]:
     """Every utterance's words in dialog time -> ([{word, start, end, speaker, utterance}], utterances without .wdseg).
 
     A word spans frames SFrm..EFrm of 10 ms from the utterance start, so it starts at
     utt_start + SFrm/100 and ends at utt_start + (EFrm+1)/100. An utterance without a .wdseg file
-    gets its transcript words spread uniformly over [start, end].
+    gets its transcript words spread uniformly over [start, end]. duration (seconds of the dialog
+    audio): a word ending later than duration + utils.TIME_TOLERANCE_S is an error naming the .wdseg
+    file. A token that normalises to nothing (e.g. "(2)") is dropped and counted in
+    counts["empty_wdseg_tokens"]: an empty word would vanish in step 3 and break words in = words out.
     """
     words, no_wdseg = [], 0
     for utt in utterances:
         base = {"speaker": utt["speaker"], "utterance": utt["id"]}
         if utt.get("wdseg"):
-            for start_frame, end_frame, _, token in parse_wdseg(corpus / utt["wdseg"]):
-                if not is_special_token(token):
-                    words.append({"word": normalise_token(token), "start": round(utt["start"] + start_frame / 100, 6),
-                                  "end": round(utt["start"] + (end_frame + 1) / 100, 6), **base})
+            path = corpus / utt["wdseg"]
+            for row, (start_frame, end_frame, _, token) in enumerate(parse_wdseg(path), 1):
+                end = utt["start"] + (end_frame + 1) / 100
+                utils.check_in_audio(end, duration, f"{path}: word row {row}",
+                                     f"{token!r:.40} (frames {start_frame}-{end_frame} from the utterance start "
+                                     f"{utt['start']:.3f} s)")
+                if is_special_token(token):
+                    continue
+                if not normalise_token(token):
+                    if counts is not None:
+                        counts["empty_wdseg_tokens"] = counts.get("empty_wdseg_tokens", 0) + 1
+                    continue
+                words.append({"word": normalise_token(token), "start": round(utt["start"] + start_frame / 100, 6),
+                              "end": round(end, 6), **base})
         else:
             no_wdseg += 1
             tokens = transcript_words(utt.get("text") or "")
@@ -790,6 +812,19 @@ def load_diarization_pipeline(name: str, *, model_dir=None, token=None, cache_on
     return pipeline, loaded
 
 
+@contextlib.contextmanager
+def loading(what: str, name):
+    """A model loader's own errors (CTranslate2's RuntimeError for a folder without model.bin,
+    whisperx's ValueError for an unknown alignment model) -> a PipelineError naming the model. Hub
+    errors (not found, gated, offline) and other OSErrors pass on: utils.run_main explains them."""
+    try:
+        yield
+    except (RuntimeError, ValueError, KeyError) as e:
+        if isinstance(e, OSError):
+            raise
+        raise PipelineError(f"{name}: cannot load the {what}: {type(e).__name__}: {utils.one_line(str(e))[:300]}") from e
+
+
 def annotation_turns(annotation, duration: float) -> list[tuple[float, float, str]]:
     """pyannote Annotation -> [(start, end, label)], clipped to the audio: pyannote's last sliding
     window is padded, so a turn can end after the audio does."""
@@ -821,24 +856,27 @@ class WhisperX:
               + (" (cache only)" if args.cache_only else ""))
         device_type, _, index = self.device.partition(":")  # ctranslate2 takes the GPU index apart
         from whisperx.asr import load_model  # what whisperx.load_model calls
-        self.asr = load_model(
-            str(asr_path) if asr_path else args.asr_model, device_type, device_index=int(index or 0),
-            compute_type=self.compute_type, language="en", vad_method="pyannote",
-            vad_options={"vad_onset": args.vad_onset, "vad_offset": args.vad_offset},
-            asr_options={"beam_size": args.beam_size}, threads=args.threads, local_files_only=args.cache_only,
-            **token_kwargs(load_model, token))
+        with loading("ASR model (--asr-model)", asr_path or args.asr_model):
+            self.asr = load_model(
+                str(asr_path) if asr_path else args.asr_model, device_type, device_index=int(index or 0),
+                compute_type=self.compute_type, language="en", vad_method="pyannote",
+                vad_options={"vad_onset": args.vad_onset, "vad_offset": args.vad_offset},
+                asr_options={"beam_size": args.beam_size}, threads=args.threads, local_files_only=args.cache_only,
+                **token_kwargs(load_model, token))
         if args.asr_max_length:
             self.asr.model.max_length = args.asr_max_length
         if align["kind"] == "torchaudio" and args.cache_only and not align["file"].is_file():
             raise PipelineError(f"{align['file']}: the alignment model {align['name']} is not there and --cache-only "
                                 f"forbids downloading it; copy it with --download-models DIR and pass --model-dir DIR")
-        self.align_model, self.align_meta = whisperx.load_align_model(
-            language_code="en", device=self.device, model_name=align["name"], model_dir=align["model_dir"],
-            model_cache_only=args.cache_only)
-        self.diarizer, files = load_diarization_pipeline(
-            args.diar_model, model_dir=args.model_dir, token=token, cache_only=args.cache_only,
-            embedding_batch_size=args.embedding_batch_size, segmentation_batch_size=args.segmentation_batch_size,
-            device=self.device)
+        with loading("alignment model (--align-model)", align["name"]):
+            self.align_model, self.align_meta = whisperx.load_align_model(
+                language_code="en", device=self.device, model_name=align["name"], model_dir=align["model_dir"],
+                model_cache_only=args.cache_only)
+        with loading("diarization pipeline (--diar-model)", args.diar_model):
+            self.diarizer, files = load_diarization_pipeline(
+                args.diar_model, model_dir=args.model_dir, token=token, cache_only=args.cache_only,
+                embedding_batch_size=args.embedding_batch_size, segmentation_batch_size=args.segmentation_batch_size,
+                device=self.device)
         print(f"diarization pipeline read {len(files)} files: " + ", ".join(files))
 
     def transcribe(self, audio: np.ndarray, utterances: list[dict]) -> list[dict]:
@@ -972,6 +1010,7 @@ def audio_duration(path: Path) -> float:
 
     if not path.is_file():
         raise PipelineError(f"{path}: dialog audio file not found")
+    utils.check_wav_complete(path)
     try:
         info = sf.info(str(path))
     except Exception as e:
@@ -984,15 +1023,17 @@ def audio_duration(path: Path) -> float:
 def run_dialog(dialog: str, entry: dict, corpus: Path, out: Path, args, backend) -> dict:
     """Process one dialog: write asr/<dialog>.json and diarization/<dialog>.rttm -> statistics."""
     utterances, counts = dialog_utterances(corpus, dialog, entry)
-    ref_words, no_wdseg = reference_words(corpus, utterances)  # for the offline backends and for measuring
     wav = corpus / entry["wav"]
+    audio = load_audio(wav) if args.backend == "whisperx" else None  # the only decode of this dialog in this run
+    duration = len(audio) / SAMPLE_RATE if audio is not None else audio_duration(wav)
+    for u in utterances:  # labels.json's (and the transcription's unevaluated) utterances
+        utils.check_in_audio(u["end"], duration, str(wav), f"utterance {u['id']} ({u['start']:.3f}-{u['end']:.3f} s)")
+    counts["empty_wdseg_tokens"] = 0
+    ref_words, no_wdseg = reference_words(corpus, utterances, duration, counts)  # offline backends, measuring
     exclusive = None
     if args.backend == "whisperx":
-        audio = load_audio(wav)  # the only decode of this dialog in this run
-        duration = len(audio) / SAMPLE_RATE
         asr, turns, stats, exclusive = backend(dialog, utterances, audio)
     else:
-        duration = audio_duration(wav)
         if args.backend == "oracle":
             asr, turns, stats = oracle_backend(dialog, utterances, ref_words)
         else:
@@ -1037,7 +1078,8 @@ def summarise(manifest: dict, names: list[str]) -> dict:
                "audio_hours": round(total("duration") / 3600, 4), "speech_hours": round(total("speech") / 3600, 4),
                "utterances_without_wdseg": total("utterances_without_wdseg"),
                "unevaluated_utterances": total("unevaluated_utterances"),
-               "unparsed_transcript_lines": total("unparsed_transcript_lines")}
+               "unparsed_transcript_lines": total("unparsed_transcript_lines"),
+               "empty_wdseg_tokens": total("empty_wdseg_tokens")}
     if done:
         summary["wer"] = round(total("word_errors") / max(total("ref_words"), 1), 4)
         summary["untimed_rate"] = round(total("untimed_words") / max(total("hyp_words"), 1), 4)
@@ -1213,7 +1255,7 @@ def preflight(args) -> list[CheckItem]:
     """What step 2 needs, checked in seconds and writing nothing -> one CheckItem per item."""
     work, items, audio_seconds = Path(args.work), [], 0.0
     try:
-        labels = load_labels(work)
+        labels = load_labels(work, require=("wav",))
         names = select_dialogs(labels, args.dialogs, args.sessions)[args.shard_index::args.shard_count]
         shard = f", shard {args.shard_index}/{args.shard_count}" if args.shard_count > 1 else ""
         items.append(CheckItem("labels", True, f"{work / 'labels.json'}: {len(labels['dialogs'])} dialogs, "
@@ -1234,7 +1276,7 @@ def preflight(args) -> list[CheckItem]:
                                    f"{len(wavs)} dialog wavs in {args.iemocap}/Session*/dialog/wav stand in, "
                                    f"{len(names)} selected" + ("" if names else ": none; check --iemocap")))
     if labels is not None:
-        corpus, problems = Path(args.iemocap or labels["corpus"]), []
+        corpus, problems = Path(args.iemocap or labels.get("corpus") or "."), []
         for d in names:
             try:
                 audio_seconds += audio_duration(corpus / labels["dialogs"][d]["wav"])
@@ -1363,7 +1405,9 @@ def main(argv=None):
         return items
 
     work = Path(args.work)
-    labels = load_labels(work)
+    labels = load_labels(work, require=("wav",))
+    if not (args.iemocap or labels.get("corpus")):
+        raise PipelineError(f"{work / 'labels.json'}: no 'corpus' recorded; pass the corpus root with --iemocap DIR")
     corpus = Path(args.iemocap or labels["corpus"])
     all_names = select_dialogs(labels, args.dialogs, args.sessions)
     k, n = args.shard_index, args.shard_count
@@ -1429,6 +1473,8 @@ def main(argv=None):
     print(f"reference: {summary['unevaluated_utterances']} unevaluated (XX) utterances added from the transcriptions"
           + (f", {summary['unparsed_transcript_lines']} transcript lines not parsed (skipped)"
              if summary["unparsed_transcript_lines"] else ""))
+    if summary["empty_wdseg_tokens"]:
+        print(f"reference: {summary['empty_wdseg_tokens']} .wdseg tokens that normalise to nothing (e.g. '(2)') dropped")
     if summary["utterances_without_wdseg"]:
         print(f"reference: {summary['utterances_without_wdseg']} utterances have no .wdseg; their transcript "
               f"words were spread uniformly over the utterance")
@@ -1450,4 +1496,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    utils.run_main(main)

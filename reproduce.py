@@ -32,9 +32,12 @@ alignment of that threshold and what follows from it. A failed step stops the ru
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import hashlib
 import json
+import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -81,10 +84,13 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=None, help="default 20 (the authors'), demo 8")
     p.add_argument("--ablation-mode", choices=["frozen", "finetune"], default="finetune",
                    help="extractors of the ablation groups modality and pause (default: fine-tuned, as the headline runs)")
-    p.add_argument("--fusion-mode", choices=["frozen", "finetune"], default=None,
-                   help="extractors of the fusion group (default: finetune on real data; frozen on the demo, where it "
-                        "then trains on cached embeddings only)")
+    p.add_argument("--fusion-mode", choices=["frozen", "finetune"], default="finetune",
+                   help="extractors of the fusion group (default: fine-tuned, as the headline runs; frozen trains "
+                        "on cached embeddings only)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: auto)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="step invocations run at once (pipelines, train.py sweeps, evaluation shares; see Runner); "
+                        "default: the CPU cores up to 4 on the demo, 1 on real data (one GPU)")
     p.add_argument("--pauses", type=float, nargs="+", default=list(PAUSES),
                    help="maximum pauses (s) of the pause-threshold sweep; 1.5 (the paper's) is always run")
     p.add_argument("--only", nargs="*", default=None, choices=GROUPS, metavar="GROUP",
@@ -119,50 +125,109 @@ class Runner:
     A step is invoked for items (e.g. the runs to train): each item has a key, the hash of the
     script, the item's own argv (what a run of that item alone would be), the code of the script and
     utils.py (and `sources`) and the keys of the upstream items it reads. An item whose key has a
-    stamp is up to date. The items that are not are passed to ONE invocation of the script. Steps
-    keep their own caches (steps 2 and 3 skip finished dialogs, step 4 resumes its last checkpoint),
+    stamp is up to date. The items that are not are passed to as few invocations of the script as
+    `split` allows (default: one; e.g. one per pipeline, or one per train.py sweep). Steps keep
+    their own caches (steps 2 and 3 skip finished dialogs, step 4 resumes its last checkpoint),
     right after an interruption but wrong once the code or an upstream output changed: when an item
     succeeded before under another key (or with --force), redo_flag (--overwrite / --no-resume) is
-    added to the invocation.
+    added to its invocation.
+
+    The invocations of one step are independent; up to `jobs` of them run at once (longest first,
+    by `cost`), each with its share of the CPU cores (OMP_NUM_THREADS) and its output in
+    WORK/logs/, printed whole when it ends. With one at a time the output streams as it comes.
     """
 
-    def __init__(self, work: Path, force: bool):
+    def __init__(self, work: Path, force: bool, jobs: int = 1):
+        self.work = work
         self.path = work / "reproduce_stamps.json"
         self.stamps = utils.read_json(self.path, "stamp file") if self.path.is_file() else {}
         self.force = force
+        self.jobs = max(1, jobs)
         self.timings = []  # one entry per invocation, and one per up-to-date item
+        self.wall = {}  # step name -> wall-clock seconds of its invocations (run side by side)
 
     def step(self, name: str, script: str, items: list[tuple[str, list, tuple]], argv_for, sources=(),
-             redo_flag: str | None = None) -> dict:
-        """items: [(item id, unique per script; the item's own argv; upstream keys)]; argv_for(stale
-        item ids) -> the invocation's argv. Returns {item id: key}."""
+             redo_flag: str | None = None, split=None, cost=None) -> dict:
+        """items: [(item id, unique per script; the item's own argv; upstream keys)]; argv_for(item
+        ids) -> one invocation's argv; split(stale ids) -> [[ids of one invocation], ...]; cost(ids)
+        -> its relative duration. Returns {item id: key}."""
         code = file_digest(HERE / script, HERE / "utils.py", *[HERE / s for s in sources])
-        keys, stale, redo = {}, [], self.force
+        keys, stale = {}, []
         for item, item_argv, upstream in items:
             keys[item] = hashlib.sha256(json.dumps([script, item_argv, code, list(upstream)]).encode()).hexdigest()[:16]
             if keys[item] in self.stamps and not self.force:
                 self.timings.append({"step": name, "item": item, "argv": item_argv, "seconds": 0.0, "skipped": True,
                                      "first_run_seconds": self.stamps[keys[item]]["seconds"]})
-                continue
-            stale.append(item)
-            redo = redo or any(s["script"] == script and s["item"] == item for s in self.stamps.values())
+            else:
+                stale.append(item)
         if not stale:
             return keys
-        argv = argv_for(stale) + ([redo_flag] if redo and redo_flag else [])
-        print(f"\n=== {name}: python {script} {' '.join(argv)}", flush=True)
+        groups = split(stale) if split else [stale]
+        if cost:
+            groups = sorted(groups, key=cost, reverse=True)
+        calls = []
+        for i, ids in enumerate(groups):
+            redo = self.force or any(s["script"] == script and s["item"] in ids for s in self.stamps.values())
+            label = name if len(groups) == 1 else f"{name} [{i + 1}/{len(groups)}]"
+            calls.append((label, ids, argv_for(ids) + ([redo_flag] if redo and redo_flag else []), redo))
         t0 = time.time()
-        rc = subprocess.run([sys.executable, str(HERE / script), *argv]).returncode
-        seconds = round(time.time() - t0, 2)
-        if rc != 0:
-            raise PipelineError(f"{name} failed (exit status {rc}); its message is above. The command was:\n"
-                                f"  python {script} {' '.join(argv)}")
-        finished = time.strftime("%Y-%m-%d %H:%M:%S")
-        self.stamps = {k: v for k, v in self.stamps.items() if not (v["script"] == script and v["item"] in stale)}
-        for item in stale:
-            self.stamps[keys[item]] = {"step": name, "script": script, "item": item, "seconds": seconds, "finished": finished}
-        utils.atomic_write_json(self.path, self.stamps)
-        self.timings.append({"step": name, "items": stale, "argv": argv, "seconds": seconds, "skipped": False, "redone": redo})
+        self._execute(name, script, calls, keys)
+        self.wall[name] = round(time.time() - t0, 2)
         return keys
+
+    def _execute(self, name, script, calls, keys) -> None:
+        parallel = min(self.jobs, len(calls))
+        env = None
+        if parallel > 1:  # share the cores: torch and numpy start this many threads each
+            threads = str(max(1, (os.cpu_count() or 1) // parallel))
+            env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+            print(f"\n=== {name}: {len(calls)} invocations, {parallel} at a time ({threads} thread(s) each); "
+                  f"logs in {self.work / 'logs'}", flush=True)
+
+        def run(call):
+            label, ids, argv, redo = call
+            cmd = [sys.executable, str(HERE / script), *argv]
+            t0 = time.time()
+            if parallel == 1:
+                print(f"\n=== {label}: python {script} {' '.join(argv)}", flush=True)
+                rc, log = subprocess.run(cmd).returncode, None
+            else:
+                log = self.work / "logs" / (re.sub(r"[^\w.-]+", "_", label).strip("_") + ".log")
+                log.parent.mkdir(parents=True, exist_ok=True)
+                print(f"  started {label}: python {script} {' '.join(argv)}", flush=True)
+                with open(log, "w", encoding="utf-8") as f:
+                    rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+            return call, rc, round(time.time() - t0, 2), log
+
+        failed = []
+        with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
+            futures = [pool.submit(run, c) for c in calls]
+            for future in concurrent.futures.as_completed(futures):
+                (label, ids, argv, redo), rc, seconds, log = future.result()
+                if log is not None:
+                    print(f"\n=== {label}: python {script} {' '.join(argv)} ({seconds:.1f} s)\n{printable_log(log)}", flush=True)
+                if rc != 0:
+                    failed.append(f"{label} failed (exit status {rc}); its message is above. The command was:\n"
+                                  f"  python {script} {' '.join(argv)}")
+                    for f in futures:  # let the running ones finish, start no more
+                        f.cancel()
+                    continue
+                finished = time.strftime("%Y-%m-%d %H:%M:%S")
+                self.stamps = {k: v for k, v in self.stamps.items() if not (v["script"] == script and v["item"] in ids)}
+                for item in ids:
+                    self.stamps[keys[item]] = {"step": name, "script": script, "item": item, "seconds": seconds,
+                                               "finished": finished}
+                utils.atomic_write_json(self.path, self.stamps)
+                self.timings.append({"step": name, "items": ids, "argv": argv, "seconds": seconds, "skipped": False,
+                                     "redone": redo, "parallel": parallel})
+        if failed:
+            raise PipelineError("\n".join(failed))
+
+
+def printable_log(path: Path) -> str:
+    """A step's captured output without progress-bar redraws (what follows the last carriage return)."""
+    lines = [line.rsplit("\r", 1)[-1].rstrip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+    return "\n".join(line for line in lines if line)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,11 +261,11 @@ def setup(args, build: bool = True):
                    audio_model=args.audio_model or str(models / "wav2vec2-tiny"),
                    epochs=args.epochs or 8, standard_pipe="simulated", oracle_pipe="oracle",
                    ablation_seeds=args.ablation_seeds or 1, ablation_mode=args.ablation_mode,
-                   fusion_mode=args.fusion_mode or "frozen",
+                   fusion_mode=args.fusion_mode, jobs=args.jobs or min(4, os.cpu_count() or 1),
                    # Tiny random-init extractors need larger steps than pretrained ones (2e-5 barely moves them; with
                    # a head step of 1e-3 the authors' post-norm fusion encoder collapses to the majority class);
                    # the tiny batches need no loader processes (on 2 cores they only compete with training); the
-                   # random-init CNN stays fixed, so its features are computed once (train.py --freeze-feature-encoder).
+                   # filterbank CNN stays fixed, so its features are computed once (train.py --freeze-feature-encoder).
                    train_flags=["--lr-extractor", "1e-3", "--lr-head", "3e-4", "--num-workers", "0", "--freeze-feature-encoder"])
     else:
         cfg.update(iemocap=args.iemocap, work=args.work or "preprocessed_iemocap",
@@ -208,7 +273,7 @@ def setup(args, build: bool = True):
                    audio_model=args.audio_model or "facebook/wav2vec2-base",
                    epochs=args.epochs or 20, standard_pipe="whisperx", oracle_pipe="whisperx-vadoracle",
                    ablation_seeds=args.ablation_seeds or args.seeds, ablation_mode=args.ablation_mode,
-                   fusion_mode=args.fusion_mode or "finetune",
+                   fusion_mode=args.fusion_mode, jobs=args.jobs or 1,
                    train_flags=[])  # the authors' recipe: train.py's defaults
     return cfg
 
@@ -251,68 +316,117 @@ def run_names(c: dict) -> list[str]:
     return [c["name"].replace("{seed}", str(s)) for s in c["seeds"]]
 
 
+def config_runs(c: dict) -> list[dict]:
+    """The runs of a configuration, one per seed: {"name", "pipe", "variant", "mode", "modality", "fusion", "seed"}."""
+    return [{"name": name, "seed": seed, **{k: c[k] for k in ("pipe", "variant", "mode", "modality", "fusion")}}
+            for name, seed in zip(run_names(c), c["seeds"])]
+
+
+def sweep_argv(runs: list[dict]) -> dict:
+    """The train.py sweep flags that train exactly these runs ({"variant", "modality", "fusion", "seed",
+    "name"} each, one sweep's worth: see train_sweeps), with --run naming each in train.py's sweep order."""
+    variants = list(dict.fromkeys(r["variant"] for r in runs))
+    modalities = list(dict.fromkeys(r["modality"] for r in runs))
+    fusions = list(dict.fromkeys(r["fusion"] for r in runs))
+    seeds = sorted({r["seed"] for r in runs})
+    name = {(r["variant"], r["modality"], r["fusion"], r["seed"]): r["name"] for r in runs}
+    order = [(v, m, f, s) for v in variants for m in modalities for f in (fusions if m == "fusion" else fusions[:1])
+             for s in seeds]  # train.py's sweep order
+    return ["--variant", *variants, "--modality", *modalities, "--fusion", *fusions,
+            "--seed", *map(str, seeds), "--run", *[name[k] for k in order]]
+
+
+def train_sweeps(runs: list[dict]) -> list[list[dict]]:
+    """Partition runs of one pipeline and extractor mode into train.py sweeps, each a full product
+    variants x (modality, fusion) arms x seeds, so that each sweep trains exactly its runs: first the
+    arms each (variant, seed) needs (fused and single-modality arms apart), then the seeds that share
+    those arms for a variant, then the variants that share arms and seeds."""
+    arms = {}
+    for r in runs:
+        arms.setdefault((r["variant"], r["seed"], r["modality"] == "fusion"), set()).add((r["modality"], r["fusion"]))
+    seeds = {}
+    for (variant, seed, fused), a in arms.items():
+        seeds.setdefault((fused, frozenset(a), variant), []).append(seed)
+    variants = {}
+    for (fused, a, variant), ss in seeds.items():
+        variants.setdefault((a, tuple(sorted(ss))), []).append(variant)
+    by_key = {(r["variant"], r["modality"], r["fusion"], r["seed"]): r for r in runs}
+    return [[by_key[v, m, f, s] for v in vs for m, f in sorted(a) for s in ss] for (a, ss), vs in variants.items()]
+
+
 def run_pipeline(cfg, args, runner: Runner, configs: list[dict]):
     work, iemocap = cfg["work"], cfg["iemocap"]
     argv1 = ["--iemocap", iemocap, "--work", work]
     k1 = runner.step("step 1 labels", "iemo_lab_with_timestamps.py", [("labels", argv1, ())], lambda _: argv1)["labels"]
 
-    k2 = {}
-    for pipe in sorted({c["pipe"] for c in configs}):
+    # Step 2: one invocation per pipeline (they are independent).
+    pipes = sorted({c["pipe"] for c in configs})
+    argv2 = {}
+    for pipe in pipes:
         if cfg["demo"]:
-            argv = ["--work", work, "--backend", pipe, "--name", pipe, "--seed", str(args.seed)]
+            argv2[pipe] = ["--work", work, "--backend", pipe, "--name", pipe, "--seed", str(args.seed)]
         else:
-            argv = ["--work", work, "--backend", "whisperx", "--name", pipe, "--asr-model", args.asr_model,
-                    "--diar-model", args.diar_model]
+            argv2[pipe] = ["--work", work, "--backend", "whisperx", "--name", pipe, "--asr-model", args.asr_model,
+                           "--diar-model", args.diar_model]
             if args.align_model:
-                argv += ["--align-model", args.align_model]
+                argv2[pipe] += ["--align-model", args.align_model]
             if pipe.endswith("vadoracle"):
-                argv += ["--vad", "oracle"]
-            argv += (["--model-dir", args.model_dir] if args.model_dir else []) + (["--cache-only"] if args.cache_only else [])
-        k2[pipe] = runner.step(f"step 2 {pipe}", "preprocess.py", [(pipe, argv, (k1,))], lambda _, a=argv: a,
-                               redo_flag="--overwrite")[pipe]
+                argv2[pipe] += ["--vad", "oracle"]
+            argv2[pipe] += (["--model-dir", args.model_dir] if args.model_dir else []) + (["--cache-only"] if args.cache_only else [])
+    k2 = runner.step("step 2 ASR + diarization", "preprocess.py", [(pipe, argv2[pipe], (k1,)) for pipe in pipes],
+                     lambda todo: argv2[todo[0]], redo_flag="--overwrite", split=lambda stale: [[p] for p in stale])
 
-    # Step 3: one invocation per pipeline for the variants that are out of date (each dialog's audio is
+    # Step 3: one invocation per pipeline for its variants that are out of date (each dialog's audio is
     # read once for all of them).
-    k3 = {}
-    for pipe in sorted({c["pipe"] for c in configs}):
-        variants = sorted({c["variant"] for c in configs if c["pipe"] == pipe})
+    def align_argv(todo):  # todo: item ids "<pipe>/<variant>" of one pipeline
+        pipe = todo[0].split("/", 1)[0]
+        variants = [t.split("/", 1)[1] for t in todo]
+        pauses = [v.split("-p")[1] for v in variants if v != "baseline"]
+        kind = "both" if pauses and "baseline" in variants else ("aligned" if pauses else "baseline")
+        return ["--work", work, "--pipe", pipe, "--variant", kind] + (["--max-pause", *pauses] if pauses else [])
+    cached = sorted({(c["pipe"], c["variant"]) for c in configs})
+    keys = runner.step("step 3 align", "align.py",
+                       [(f"{pipe}/{v}", align_argv([f"{pipe}/{v}"]), (k2[pipe],)) for pipe, v in cached],
+                       align_argv, redo_flag="--overwrite",
+                       split=lambda stale: [[t for t in stale if t.startswith(p + "/")] for p in dict.fromkeys(t.split("/")[0] for t in stale)])
+    k3 = {(pipe, v): keys[f"{pipe}/{v}"] for pipe, v in cached}
 
-        def align_argv(todo, pipe=pipe):  # todo: item ids "<pipe>/<variant>"
-            todo = [t.split("/", 1)[1] for t in todo]
-            pauses = [v.split("-p")[1] for v in todo if v != "baseline"]
-            kind = "both" if pauses and "baseline" in todo else ("aligned" if pauses else "baseline")
-            return ["--work", work, "--pipe", pipe, "--variant", kind] + (["--max-pause", *pauses] if pauses else [])
-        keys = runner.step(f"step 3 {pipe}", "align.py",
-                           [(f"{pipe}/{v}", align_argv([f"{pipe}/{v}"]), (k2[pipe],)) for v in variants],
-                           align_argv, redo_flag="--overwrite")
-        k3.update({(pipe, v): keys[f"{pipe}/{v}"] for v in variants})
+    # Step 4: the runs out of date, as few train.py sweeps as train exactly them (train_sweeps: data
+    # read once per sweep), several at a time.
+    runs = {r["name"]: r for c in configs for r in config_runs(c)}
+    common = ["--work", work, "--text-model", cfg["text_model"], "--audio-model", cfg["audio_model"],
+              "--epochs", str(cfg["epochs"]), *cfg["train_flags"]]
+    common += (["--folds", args.folds] if args.folds != "none" else []) + (["--device", args.device] if args.device else [])
 
-    # Step 4: one invocation per configuration, for its seeds that are out of date (data read once).
-    k4 = {}
-    for c in configs:
-        base = ["--work", work, "--pipe", c["pipe"], "--variant", c["variant"], "--mode", c["mode"],
-                "--modality", c["modality"], "--text-model", cfg["text_model"], "--audio-model", cfg["audio_model"],
-                "--run", c["name"], "--epochs", str(cfg["epochs"]), *cfg["train_flags"]]
-        if c["fusion"] != DEFAULT_FUSION:
-            base += ["--fusion", c["fusion"]]
-        if args.folds != "none":
-            base += ["--folds", args.folds]
-        if args.device:
-            base += ["--device", args.device]
-        items = [(name, base + ["--seed", str(s)], (k3[c["pipe"], c["variant"]],)) for name, s in zip(run_names(c), c["seeds"])]
-        seed_of = dict(zip(run_names(c), c["seeds"]))
-        k4.update(runner.step(f"step 4 train {c['name']}", "train.py", items,
-                              lambda todo, base=base, seed_of=seed_of: base + ["--seed", *[str(seed_of[r]) for r in todo]],
-                              redo_flag="--no-resume"))
+    def train_argv(names):
+        first = runs[names[0]]
+        return ["--pipe", first["pipe"], "--mode", first["mode"]] + sweep_argv([runs[n] for n in names]) + common
 
-    # Steps 5 and 6: one invocation each, for every run that is out of date.
-    runs = [r for c in configs for r in run_names(c)]
+    def sweeps(stale):
+        groups = {}
+        for n in stale:
+            groups.setdefault((runs[n]["pipe"], runs[n]["mode"]), []).append(runs[n])
+        return [[r["name"] for r in sweep] for group in groups.values() for sweep in train_sweeps(group)]
+
+    def train_cost(names):  # relative: a fine-tuned fused run = 1
+        return 0.5 + sum((1.0 if runs[n]["mode"] == "finetune" else 0.3) * {"fusion": 1.0, "audio": 0.7, "text": 0.5}[runs[n]["modality"]]
+                         for n in names)  # 0.5: starting the process (imports, data)
+    k4 = runner.step("step 4 train", "train.py",
+                     [(n, train_argv([n]), (k3[r["pipe"], r["variant"]],)) for n, r in runs.items()],
+                     train_argv, redo_flag="--no-resume", split=sweeps, cost=train_cost)
+
+    # Steps 5 and 6: the runs out of date, split evenly over the jobs.
+    names = list(runs)
+
+    def chunks(stale):  # contiguous, so that the seeds of a configuration share one process (and its data)
+        size = -(-len(stale) // min(runner.jobs, len(stale)))
+        return [stale[i:i + size] for i in range(0, len(stale), size)]
     ev = ["--work", work, "--bootstrap-samples", str(args.bootstrap_samples), "--bootstrap-seed", str(args.bootstrap_seed)]
     ev += ["--device", args.device] if args.device else []
-    k5 = runner.step("step 5 evaluate", "evaluate.py", [(r, ev + ["--run", r], (k4[r],)) for r in runs],
-                     lambda todo: ev + ["--run", *todo])
-    runner.step("step 6 TEER", "teer_calculate.py", [(r, ["--work", work, "--also-authors", "--run", r], (k5[r],)) for r in runs],
-                lambda todo: ["--work", work, "--also-authors", "--run", *todo])
+    k5 = runner.step("step 5 evaluate", "evaluate.py", [(r, ev + ["--run", r], (k4[r],)) for r in names],
+                     lambda todo: ev + ["--run", *todo], split=chunks)
+    runner.step("step 6 TEER", "teer_calculate.py", [(r, ["--work", work, "--also-authors", "--run", r], (k5[r],)) for r in names],
+                lambda todo: ["--work", work, "--also-authors", "--run", *todo], split=chunks)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,6 +521,31 @@ class Tables:
         theirs = ["-" if paper_row is None or paper_row[k] is None else f"{paper_row[k]:.2f}"
                   for k in ("accuracy", "weighted_f1", "macro_f1")]
         return "| " + " | ".join([label, *ours, *theirs, f"`{res['source']}/metrics.json`"]) + " |"
+
+    def majority_row(self, res) -> str | None:
+        """The floor every model must clear: each test reference utterance gets the label most
+        frequent among the 4-class reference utterances of the run's training dialogs."""
+        run_dir = Path(self.cfg["work"]) / "runs" / res["runs"][0]["name"]
+        config = utils.read_json(run_dir / "config.json", "run config")
+        if "split" not in config:  # cross-validation: each fold has its own training dialogs
+            return None
+        labels = utils.load_labels(self.cfg["work"])
+        train = config["split"]["train"]
+        counts = {lab: sum(u["label"] == lab for d in train for u in labels["dialogs"][d]["utterances"]) for lab in LABELS}
+        majority = max(LABELS, key=lambda lab: counts[lab])
+        utts = flat(res["runs"][0]["metrics"])["utterance"]["utterances"]
+        dialogs = sorted({u["dialog"] for u in utts})
+        cms = utils.dialog_confusions([{**u, "pred": majority} for u in utts], dialogs)
+        m = utils.metrics_from_confusion(cms.sum(0))
+        cells = []
+        for key in utils.HEADLINE:
+            cell = f"{100 * float(m[key]):.2f}"
+            if self.args.bootstrap_samples:
+                lo, hi = utils.bootstrap_ci(cms, key, self.args.bootstrap_samples, self.args.bootstrap_seed)
+                cell += f" [{100 * lo:.1f}, {100 * hi:.1f}]"
+            cells.append(cell)
+        return (f"| majority class ({majority}: the most frequent training label) | " + " | ".join(cells)
+                + f" | - | - | - | `{run_dir}/config.json` (training dialogs), labels.json |")
 
     CLASSIFICATION_HEADER = [
         "| Setup | Acc | UA | WF1 | MF1 | utterances (missed) | Acc (seg.) | WF1 (seg.) | MF1 (seg.) | segments | cov % | n "
@@ -521,7 +660,7 @@ class Tables:
             L += [f"| {lbl} | " + " | ".join(self.projected(r, k) for k in utils.HEADLINE) + " | "
                   + " | ".join(self.segment(r, k) for k in ("accuracy", "macro_f1")) + f" | {self.n(r)} | `{r['source']}/metrics.json` |"
                   for lbl, r in extra]
-            L.append("")
+            L += [row for row in [self.majority_row(extra[0][1])] if row] + [""]
 
         fusion_rows = [(f, self.get(std, "aligned-p1.5", cfg["fusion_mode"], "fusion", f)) for f in utils.FUSIONS]
         fusion_rows = [(f, r) for f, r in fusion_rows if r]
@@ -621,26 +760,33 @@ def preflight(cfg, args) -> bool:
         def __init__(self):
             self.calls = []
 
-        def step(self, name, script, items, argv_for, sources=(), redo_flag=None):
+        jobs = 1
+
+        def step(self, name, script, items, argv_for, sources=(), redo_flag=None, split=None, cost=None):
             ids = [item for item, _, _ in items]
-            self.calls.append((name, script, argv_for(ids)))
+            groups = split(ids) if split else [ids]
+            for i, group in enumerate(groups):
+                self.calls.append((name if len(groups) == 1 else f"{name} [{i + 1}/{len(groups)}]", script,
+                                   argv_for(group), len(group)))
             return {item: name for item in ids}
 
     recorder = Recorder()
     run_pipeline(cfg, args, recorder, configs)
     checks = []  # (label, script, argv)
-    for name, script, argv in recorder.calls:
+    for name, script, argv, _ in recorder.calls:
         if script == "iemo_lab_with_timestamps.py" and corpus_ready:
             checks.append((name, script, argv + ["--check"] + ([] if cfg["demo"] else ["--expect-standard", "yes"])))
         elif script == "preprocess.py" and corpus_ready:
-            checks.append((name, script, argv + ["--check", "--planned", "--iemocap", str(corpus)]))
-    train_argv = {name: argv for name, script, argv in recorder.calls if script == "train.py"}
+            pipe = argv[argv.index("--name") + 1]
+            checks.append((f"step 2 {pipe}", script, argv + ["--check", "--planned", "--iemocap", str(corpus)]))
+    sweeps = [(argv, n) for _, script, argv, n in recorder.calls if script == "train.py"]
     for mode in dict.fromkeys(c["mode"] for c in configs):
         if not models_ready:
             break
-        of_mode = [c for c in configs if c["mode"] == mode]
-        argv = train_argv[f"step 4 train {of_mode[0]['name']}"] + [
-            "--check", "--planned", "--check-runs", str(sum(len(c["seeds"]) for c in of_mode))]
+        of_mode = [(argv, n) for argv, n in sweeps if argv[argv.index("--mode") + 1] == mode]
+        # the largest sweep of this mode stands for all: --check-runs = every run of the mode (extractors,
+        # CUDA, disk and time are the same kind of check for each sweep)
+        argv = max(of_mode, key=lambda a: a[1])[0] + ["--check", "--planned", "--check-runs", str(sum(n for _, n in of_mode))]
         checks.append((f"step 4 train ({mode})", "train.py", argv + (["--iemocap", str(corpus)] if corpus_ready else [])))
 
     procs = [(label, script, argv, subprocess.Popen([sys.executable, str(HERE / script), *argv], text=True,
@@ -673,13 +819,14 @@ def main(argv=None):
     args = parse_args(argv)
     t0 = time.time()
     cfg = setup(args, build=not args.check)
+    setup_seconds = time.time() - t0  # the demo corpus and models, when built now
     if args.check:
         sys.exit(0 if preflight(cfg, args) else 1)
     work, results_dir = Path(cfg["work"]), Path(args.results)
     work.mkdir(parents=True, exist_ok=True)
     results_dir.mkdir(parents=True, exist_ok=True)
     configs = plan_configs(cfg, args)
-    runner = Runner(work, args.force)
+    runner = Runner(work, args.force, cfg["jobs"])
     run_pipeline(cfg, args, runner, configs)
 
     results = {tuple(c[k] for k in ("pipe", "variant", "mode", "modality", "fusion")): load_results(work, c) for c in configs}
@@ -692,10 +839,13 @@ def main(argv=None):
                 shutil.copyfile(png, results_dir / "confusion_matrices" / f"{r['name']}.png")
 
     ran = [t for t in runner.timings if not t["skipped"]]
-    per_step = {}
+    per_step, busy = {}, {}  # wall clock; and the sum over invocations, which may overlap (--jobs)
+    for name, seconds in runner.wall.items():
+        kind = " ".join(name.split()[:2])
+        per_step[kind] = round(per_step.get(kind, 0.0) + seconds, 2)
     for t in ran:
         kind = " ".join(t["step"].split()[:2])
-        per_step[kind] = round(per_step.get(kind, 0.0) + t["seconds"], 2)
+        busy[kind] = round(busy.get(kind, 0.0) + t["seconds"], 2)
     labels = utils.load_labels(work)
     provenance = {
         "note": utils.DEMO_NOTE if cfg["demo"] else "real-data run",
@@ -704,7 +854,8 @@ def main(argv=None):
         "config": cfg, "seeds": {c["name"]: c["seeds"] for c in configs}, "folds": args.folds,
         "bootstrap": {"samples": args.bootstrap_samples, "seed": args.bootstrap_seed},
         "configurations": configs, "runs": {r: f"{cfg['work']}/runs/{r}" for c in configs for r in run_names(c)},
-        "steps": runner.timings, "seconds_per_step": per_step, "total_seconds": round(time.time() - t0, 2),
+        "jobs": cfg["jobs"], "steps": runner.timings, "seconds_per_step": per_step, "invocation_seconds_per_step": busy,
+        "setup_seconds": round(setup_seconds, 2), "total_seconds": round(time.time() - t0, 2),
         "corpus": {"path": labels["corpus"], "dialogs": len(labels["dialogs"]),
                    "utterances": sum(len(d["utterances"]) for d in labels["dialogs"].values()),
                    "labelled_4class": sum(u["label"] is not None for d in labels["dialogs"].values() for u in d["utterances"])},
@@ -723,8 +874,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    utils.run_main(main)

@@ -300,12 +300,25 @@ def score_predictions(predictions: dict, labels: dict, dialogs, settings: dict, 
     required = ("dialog", "start", "end", "speaker", "pred") + (("label",) if settings.get("unlabelled") == "unk" else ())
     by_dialog: dict[str, list] = {d: [] for d in dialogs}
     outside = 0
-    for n, seg in enumerate(predictions.get("segments", [])):
+    segments = predictions.get("segments", []) if isinstance(predictions, dict) else None
+    if not isinstance(segments, list):
+        raise PipelineError(f"{where}: expected {{'segments': [...]}} (predictions.json)")
+    for n, seg in enumerate(segments):
+        if not isinstance(seg, dict):
+            raise PipelineError(f"{where}: segment {n}: expected an object, got {type(seg).__name__}")
         missing = [k for k in required if k not in seg]
         if missing:
             raise PipelineError(f"{where}: segment {n} lacks {missing}; expected predictions.json segments")
         if seg["pred"] not in LABELS:
-            raise PipelineError(f"{where}: segment {n} ({seg.get('id')}) has pred {seg['pred']!r}, expected one of {LABELS}")
+            raise PipelineError(f"{where}: segment {n} ({seg.get('id')}) has pred {seg['pred']!r:.40}, expected one of {LABELS}")
+        if "label" in seg and seg["label"] is not None and seg["label"] not in LABELS:
+            raise PipelineError(f"{where}: segment {n} ({seg.get('id')}) has label {seg['label']!r:.40}, "
+                                f"expected one of {LABELS} or null")
+        if not (utils.is_finite_number(seg["start"]) and utils.is_finite_number(seg["end"]) and seg["start"] <= seg["end"]):
+            raise PipelineError(f"{where}: segment {n} ({seg.get('id')}): start {seg['start']!r:.40}, end "
+                                f"{seg['end']!r:.40}; expected finite seconds with start <= end")
+        if not isinstance(seg["dialog"], str) or not isinstance(seg["speaker"], str):
+            raise PipelineError(f"{where}: segment {n} ({seg.get('id')}): dialog and speaker must be strings")
         if seg["dialog"] in by_dialog:
             by_dialog[seg["dialog"]].append(seg)
         else:
@@ -314,7 +327,7 @@ def score_predictions(predictions: dict, labels: dict, dialogs, settings: dict, 
     per_dialog, skipped = {}, {}
     for d in dialogs:
         if d not in labels["dialogs"]:
-            raise PipelineError(f"labels.json has no dialog {d!r} named by the run's test split")
+            raise PipelineError(f"{where}: the test dialog {d!r} of this run is not in labels.json")
         utterances = labels["dialogs"][d]["utterances"]
         if not utterances:
             skipped[d] = "no reference utterances"
@@ -402,8 +415,8 @@ def main(argv=None) -> dict:
                    help="write both teer.json (the flags' settings) and teer_authors.json (--authors) in one go")
     p.add_argument("--out", default=None, help="output file name in the run dir (default teer.json, teer_authors.json with --authors)")
     args = p.parse_args(argv)
-    if args.collar < 0:
-        p.error("--collar must be >= 0")
+    if not args.collar >= 0 or args.collar == float("inf"):  # also NaN
+        p.error(f"--collar {args.collar}: expected a finite number of seconds >= 0")
     if args.out and (len(args.run) > 1 or args.also_authors):
         p.error("--out names one file: use it with one --run and without --also-authors")
 
@@ -452,4 +465,4 @@ def score_named_run(work: Path, name: str, labels: dict, args) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    utils.run_main(main)

@@ -37,6 +37,14 @@ Splits (--folds):
                   of the OTHER two families. Session k's dialogs of the other two families and the
                   other sessions' s_k dialogs are used by neither side ("unused" in config.json).
 
+Sweeps: --variant, --modality, --fusion and --seed take several values, and one invocation trains
+every combination: for each variant, the fused model with each --fusion and each single modality
+(a single-modality run has no fusion; it records the first --fusion), each with every seed. Each
+variant's data is read once (and a frozen CNN's features computed once) for all its runs. Name the
+runs with a --run template holding {variant} {modality} {fusion} {seed} wherever the sweep varies
+(or give one name per run, in that order: variant, then modality and fusion, then seed), e.g.
+    python train.py --variant aligned-p0.5 aligned-p1 aligned-p1.5 aligned-p2 --seed 0 1 2 --run 'pause-{variant}-s{seed}'
+
 Speed: batches of similar audio length (utils.LengthBucketSampler), audio normalised once when
 the cache is read, tokenising in DataLoader workers (--num-workers), bf16 autocast on CUDA,
 optionally --freeze-feature-encoder (wav2vec2's CNN) and --gradient-checkpointing. With
@@ -75,18 +83,22 @@ def parse_args(argv=None):
     p.add_argument("--iemocap", default=None, help="training reads the corpus recorded in labels.json; this is read only by --check --planned "
                         "(estimates before step 1 has run)")
     p.add_argument("--pipe", default="whisperx", help="step-2 run name (WORK/<pipe>/)")
-    p.add_argument("--variant", default="aligned-p1.5", help="step-3 variant: aligned-p1.5 or baseline")
+    p.add_argument("--variant", nargs="+", default=["aligned-p1.5"],
+                   help="step-3 variant(s): aligned-p<max pause>, e.g. aligned-p1.5, or baseline (a sweep: see Sweeps)")
     p.add_argument("--mode", choices=["finetune", "frozen"], default="finetune",
                    help="finetune: extractors train with --lr-extractor; frozen: cached embeddings, head only")
-    p.add_argument("--modality", choices=list(utils.MODALITIES), default="fusion")
-    p.add_argument("--fusion", choices=list(utils.FUSIONS), default="gated-xattn",
+    p.add_argument("--modality", nargs="+", choices=list(utils.MODALITIES), default=["fusion"],
+                   help="fusion (both extractors), text or audio only; several: a sweep")
+    p.add_argument("--fusion", nargs="+", choices=list(utils.FUSIONS), default=["gated-xattn"],
                    help="how the two embeddings are fused (utils.SERModel): the paper's gated cross-attention, "
-                        "or the ablations xattn (no forget gates), concat (MLP), late (mean of the single-modality heads' logits)")
+                        "or the ablations xattn (no forget gates), concat (MLP), late (mean of the single-modality "
+                        "heads' logits); applies to --modality fusion (a single-modality run records the first)")
     p.add_argument("--text-model", default="roberta-base", help="hub name or local dir (AutoModel/AutoTokenizer)")
     p.add_argument("--audio-model", default="facebook/wav2vec2-base", help="hub name or local dir (AutoModel/AutoFeatureExtractor)")
-    p.add_argument("--run", "--run-name", dest="run", default=None,
-                   help="run name under WORK/runs/ (default: <pipe>-<variant>-<mode>-<modality>); "
-                        "under torchrun spell it --run-name (torchrun takes --run for its own --run-path)")
+    p.add_argument("--run", "--run-name", dest="run", nargs="+", default=None,
+                   help="run name under WORK/runs/ (default: <pipe>-<variant>-<mode>-<modality>[-<fusion>][-s<seed>]); "
+                        "for a sweep, a template with {variant} {modality} {fusion} {seed} or one name per run in "
+                        "sweep order; under torchrun spell it --run-name (torchrun takes --run for its own --run-path)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr-extractor", type=float, default=2e-5)
@@ -111,8 +123,7 @@ def parse_args(argv=None):
     p.add_argument("--test-session", type=int, default=5, help="with --folds session")
     p.add_argument("--val-fraction", type=float, default=0.15, help="share of each training session's dialogs held out for validation")
     p.add_argument("--seed", type=int, nargs="+", default=[0],
-                   help="seed(s) of initialisation and data order; several seeds train one run each, "
-                        "reading the data once (--run must then contain {seed})")
+                   help="seed(s) of initialisation and data order; several seeds train one run each (a sweep)")
     p.add_argument("--split-seed", type=int, default=0,
                    help="seed of the validation-dialog draw, kept apart from --seed so that seeds share one split")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1")
@@ -323,8 +334,18 @@ def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple
         say(f"resuming {run_dir} after epoch {resume_state['epoch']}")
     if main_rank:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if resume_state is None and (run_dir / "log.jsonl").exists():
-            (run_dir / "log.jsonl").unlink()
+        stale_tmp = sorted(run_dir.glob(".*.tmp"))  # left by a write that a kill interrupted (utils.atomic_write_bytes)
+        for f in stale_tmp:
+            f.unlink()
+        if stale_tmp:
+            say(f"removed {len(stale_tmp)} unfinished temporary file(s) of an interrupted run from {run_dir}")
+        log_path = run_dir / "log.jsonl"
+        if resume_state is None and log_path.exists():
+            log_path.unlink()
+        elif resume_state is not None and log_path.exists():  # a kill after the log line but before the checkpoint
+            kept = [line for line in log_path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line)["epoch"] <= resume_state["epoch"]]
+            utils.atomic_write_text(log_path, "".join(line + "\n" for line in kept))
         utils.atomic_write_json(run_dir / "config.json", config)
 
     utils.seed_everything(args.seed)
@@ -353,7 +374,7 @@ def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple
     if args.mode == "frozen":
         for p in model.extractor_parameters():
             p.requires_grad_(False)
-        feats = shared.setdefault("feats", {})
+        feats = shared.setdefault(("feats", *sorted(feature_dirs)), {})  # per extractor set: a text-only run has no audio
         for part, ds in datasets.items():
             if part in feats:
                 continue
@@ -399,12 +420,19 @@ def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple
     if args.mode == "finetune":
         train_sampler = utils.LengthBucketSampler(datasets["train"].lengths, args.batch_size, shuffle=True,
                                                   seed=args.seed, rank=rank, world_size=world_size)
+        # The loaders draw their workers' base seed from their own generator, never from the global RNG:
+        # with persistent workers that draw happens once, at the first epoch of a process, so drawing it
+        # from the global RNG would shift every later dropout mask of a resumed run against an
+        # uninterrupted one. (The sampler is seeded by the run's seed and the epoch; the workers only
+        # tokenise, which draws nothing.)
         train_loader = torch.utils.data.DataLoader(datasets["train"], batch_sampler=train_sampler, collate_fn=collator,
                                                    num_workers=args.num_workers, pin_memory=device.type == "cuda",
-                                                   persistent_workers=args.num_workers > 0)
+                                                   persistent_workers=args.num_workers > 0,
+                                                   generator=torch.Generator().manual_seed(args.seed))
         val_loader = torch.utils.data.DataLoader(
             datasets["val"], collate_fn=collator, num_workers=args.num_workers,
-            batch_sampler=utils.LengthBucketSampler(datasets["val"].lengths, args.batch_size, shuffle=False))
+            batch_sampler=utils.LengthBucketSampler(datasets["val"].lengths, args.batch_size, shuffle=False),
+            generator=torch.Generator().manual_seed(args.seed))
 
     start_epoch, best, best_epoch, stale = 1, None, 0, 0
     if resume_state is not None:
@@ -572,6 +600,32 @@ def extractor_check(label: str, name: str, required) -> utils.CheckItem:
 
 
 def preflight(args) -> list[utils.CheckItem]:
+    """--check of a sweep: preflight_variant for each --variant (the runs shared out among them); a
+    line that is the same for every variant is printed once, the others once per variant."""
+    variants = list(dict.fromkeys(args.variant if isinstance(args.variant, list) else [args.variant]))
+    modalities = set(args.modality if isinstance(args.modality, list) else [args.modality])
+    fusions = args.fusion if isinstance(args.fusion, list) else [args.fusion]
+    n_runs = args.check_runs or len(sweep_runs(argparse.Namespace(**{**vars(args), "run": None, "variant": variants,
+                                                                       "modality": list(modalities), "fusion": fusions,
+                                                                       "seed": args.seed})))
+    per_variant, checked = [], {}  # checked: extractor checks, made once (a hub request each)
+    for variant in variants:
+        one = argparse.Namespace(**{**vars(args), "variant": variant, "fusion": fusions[0],
+                                    "modality": "fusion" if len(modalities) > 1 else next(iter(modalities)),
+                                    "check_runs": -(-n_runs // len(variants))})
+        per_variant.append(preflight_variant(one, checked))
+    items = []
+    for i, item in enumerate(per_variant[0]):
+        same = all(len(v) > i and (v[i].name, v[i].ok, v[i].message) == (item.name, item.ok, item.message) for v in per_variant)
+        if same:
+            items.append(item)
+        else:
+            items += [utils.CheckItem(f"{v[i].name} ({variant})", v[i].ok, v[i].message)
+                      for variant, v in zip(variants, per_variant) if len(v) > i]
+    return items
+
+
+def preflight_variant(args, checked: dict | None = None) -> list[utils.CheckItem]:
     """--check: what this training needs, checked in seconds, writing nothing -> one CheckItem per line.
 
     labels        WORK/labels.json (with --planned and none yet: "made by step 1", and the corpus
@@ -676,8 +730,12 @@ def preflight(args) -> list[utils.CheckItem]:
         if problem is not None:
             items.append(CheckItem("step-3 cache", False, problem))
 
+    checked = {} if checked is None else checked
     for kind in kinds:
-        items.append(extractor_check(f"{kind} extractor", names[kind], utils.TRANSFORMERS_REQUIRED + EXTRACTOR_FILES[kind]))
+        if (kind, names[kind]) not in checked:
+            checked[kind, names[kind]] = extractor_check(f"{kind} extractor", names[kind],
+                                                         utils.TRANSFORMERS_REQUIRED + EXTRACTOR_FILES[kind])
+        items.append(checked[kind, names[kind]])
 
     facts = {kind: extractor_facts(names[kind]) for kind in kinds}
     ext_params = sum(f["params"] for f in facts.values())
@@ -771,6 +829,52 @@ def download_models(args) -> dict:
     return manifest
 
 
+def sweep_runs(args) -> list[dict]:
+    """The runs of an invocation, in sweep order: [{"variant", "modality", "fusion", "seed", "name"}]."""
+    variants, seeds = list(dict.fromkeys(args.variant)), list(dict.fromkeys(args.seed))
+    modalities, fusions = list(dict.fromkeys(args.modality)), list(dict.fromkeys(args.fusion))
+    arms = [(m, f) for m in modalities for f in (fusions if m == "fusion" else fusions[:1])]
+    runs = [{"variant": v, "modality": m, "fusion": f, "seed": s} for v in variants for m, f in arms for s in seeds]
+    if args.run is not None and len(args.run) > 1:
+        if len(args.run) != len(runs):
+            raise PipelineError(f"--run: {len(args.run)} names for {len(runs)} runs (variants x modality/fusion x seeds); "
+                                "give one template or one name per run")
+        names = list(args.run)
+    else:
+        def default(r):
+            return (f"{args.pipe}-{r['variant']}-{args.mode}-{r['modality']}"
+                    + (f"-{r['fusion']}" if r["modality"] == "fusion" and r["fusion"] != "gated-xattn" else "")
+                    + (f"-s{r['seed']}" if len(seeds) > 1 else ""))
+        try:
+            names = [args.run[0].format_map({k: r[k] for k in ("variant", "modality", "fusion", "seed")}) if args.run
+                     else default(r) for r in runs]
+        except (KeyError, ValueError, IndexError) as e:
+            raise PipelineError(f"--run {args.run[0]!r}: not a run-name template ({type(e).__name__}: {e}); "
+                                "placeholders: {variant} {modality} {fusion} {seed}") from None
+    if len(set(names)) != len(names):
+        raise PipelineError(f"--run {' '.join(args.run or [])!r}: the {len(runs)} runs of this sweep would share names; "
+                            "the template needs {variant}, {modality}, {fusion} or {seed} wherever the sweep varies")
+    for r, name in zip(runs, names):
+        r["name"] = name
+    return runs
+
+
+def variant_folds(args, work: Path, labels: dict, variant: str, say) -> list[dict]:
+    """The splits of one variant's step-3 cache (every dialog of labels.json that has a cache)."""
+    cache_dir = work / args.pipe / variant / "cache"
+    if not cache_dir.is_dir():
+        raise PipelineError(f"{cache_dir}: no segment cache; run step 3 first: python align.py --work {work} --pipe {args.pipe}")
+    cached = {p.stem for p in cache_dir.glob("*.pt")}
+    meta = {d: {"session": info["session"], "kind": info.get("kind"), "script": info.get("script")}
+            for d, info in labels["dialogs"].items() if d in cached}
+    missing = sorted(set(labels["dialogs"]) - cached)
+    extra = sorted(cached - set(labels["dialogs"]))
+    say(f"read {work / 'labels.json'}: {len(labels['dialogs'])} dialogs; {len(meta)} have a segment cache in {cache_dir}"
+        f" (skipped {len(missing)} without one{': ' + ', '.join(missing[:5]) if missing else ''};"
+        f" ignored {len(extra)} caches not in labels.json)")
+    return make_folds(meta, args.folds, args.test_session, args.val_fraction, args.split_seed, args.validation)
+
+
 def setup_distributed(device_flag: str):
     """(rank, world_size, device); initialises torch.distributed when launched by torchrun."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -808,50 +912,33 @@ def main(argv=None) -> str:
     print = builtins.print if dist_info[0] == 0 else (lambda *a, **k: None)  # noqa: A001 (rank 0 speaks)
     work = Path(args.work)
     labels = utils.load_labels(work)
-    cache_dir = work / args.pipe / args.variant / "cache"
-    if not cache_dir.is_dir():
-        raise PipelineError(f"{cache_dir}: no segment cache; run step 3 first: python align.py --work {work} --pipe {args.pipe}")
-    cached = {p.stem for p in cache_dir.glob("*.pt")}
-    meta = {}
-    for d, info in labels["dialogs"].items():
-        if d in cached:
-            meta[d] = {"session": info["session"], "kind": info.get("kind"), "script": info.get("script")}
-    missing = sorted(set(labels["dialogs"]) - cached)
-    extra = sorted(cached - set(labels["dialogs"]))
-    print(f"read {work / 'labels.json'}: {len(labels['dialogs'])} dialogs; {len(meta)} have a segment cache in {cache_dir}"
-          f" (skipped {len(missing)} without one{': ' + ', '.join(missing[:5]) if missing else ''};"
-          f" ignored {len(extra)} caches not in labels.json)")
-    folds = make_folds(meta, args.folds, args.test_session, args.val_fraction, args.split_seed, args.validation)
-    seeds = list(dict.fromkeys(args.seed))
-    template = args.run or (f"{args.pipe}-{args.variant}-{args.mode}-{args.modality}"
-                            + (f"-{args.fusion}" if args.fusion != "gated-xattn" else "") + ("-s{seed}" if len(seeds) > 1 else ""))
-    if len(seeds) > 1 and "{seed}" not in template:
-        raise PipelineError(f"--run {template!r}: with several seeds the run name must contain {{seed}}")
+    runs = sweep_runs(args)
     info = {"corpus": labels.get("corpus")}
-    shared = {fold["name"]: {} for fold in folds}  # data read once per split, shared by the seeds
-    run_dirs = []
-    for seed in seeds:
-        run_name = template.replace("{seed}", str(seed))
-        run_dir = work / "runs" / run_name
-        seed_args = argparse.Namespace(**{**vars(args), "seed": seed})
-        for fold in folds:
-            fdir = run_dir if fold["name"] == "main" else run_dir / fold["name"]
-            print(f"{run_name} (seed {seed}) split {fold['name']}: train {len(fold['train'])} dialogs, val {len(fold['val'])}, "
-                  f"test {len(fold['test'])} (session {fold['test_session']}; "
-                  + ("never read here" if args.validation == "held-out" else "USED FOR VALIDATION AND SELECTION, --validation test")
-                  + f"), unused {len(fold['unused'])}")
-            run_fold(seed_args, fold, fdir, info, dist_info, shared[fold["name"]])
-        if len(folds) > 1 and dist_info[0] == 0:
-            utils.atomic_write_json(run_dir / "config.json", {
-                "folds": [f["name"] for f in folds], "folds_scheme": args.folds, "run": run_name,
-                "flags": vars(seed_args), "code_version": utils.code_version(),
-                "note": "each fold dir is a full run dir; evaluate each fold and aggregate mean and std"})
-            print(f"wrote {run_dir / 'config.json'} listing {len(folds)} folds")
-        run_dirs.append(str(run_dir))
+    shared, run_dirs = {}, []  # shared[(variant, split)]: data read once, for every run of that variant
+    folds_of = {v: variant_folds(args, work, labels, v, print) for v in dict.fromkeys(r["variant"] for r in runs)}
+    for variant, folds in folds_of.items():  # every variant's cache is checked before any training
+        for r in (r for r in runs if r["variant"] == variant):
+            run_dir = work / "runs" / r["name"]
+            run_args = argparse.Namespace(**{**vars(args), "variant": variant, "modality": r["modality"],
+                                             "fusion": r["fusion"], "seed": r["seed"]})
+            for fold in folds:
+                fdir = run_dir if fold["name"] == "main" else run_dir / fold["name"]
+                print(f"{r['name']} (seed {r['seed']}) split {fold['name']}: train {len(fold['train'])} dialogs, "
+                      f"val {len(fold['val'])}, test {len(fold['test'])} (session {fold['test_session']}; "
+                      + ("never read here" if args.validation == "held-out" else "USED FOR VALIDATION AND SELECTION, --validation test")
+                      + f"), unused {len(fold['unused'])}")
+                run_fold(run_args, fold, fdir, info, dist_info, shared.setdefault((variant, fold["name"]), {}))
+            if len(folds) > 1 and dist_info[0] == 0:
+                utils.atomic_write_json(run_dir / "config.json", {
+                    "folds": [f["name"] for f in folds], "folds_scheme": args.folds, "run": r["name"],
+                    "flags": vars(run_args), "code_version": utils.code_version(),
+                    "note": "each fold dir is a full run dir; evaluate each fold and aggregate mean and std"})
+                print(f"wrote {run_dir / 'config.json'} listing {len(folds)} folds")
+            run_dirs.append(str(run_dir))
     if dist_info[1] > 1:
         torch.distributed.destroy_process_group()
     return run_dirs[0] if len(run_dirs) == 1 else run_dirs
 
 
 if __name__ == "__main__":
-    main()
+    utils.run_main(main)

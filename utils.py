@@ -47,6 +47,129 @@ class PipelineError(Exception):
     """Bad input: the message names the file (and line) and what was expected."""
 
 
+# ---- the one top-level error path of every step script --------------------------------------
+#
+# Exit statuses: 0 done; 1 some dialogs failed (each listed, the others written) or a --check found
+# problems; 2 bad input, arguments, files or models (one line "error: <file>[:<line>]: <what>");
+# 3 an unexpected exception, i.e. a bug (one line; the traceback with --debug); 130 interrupted.
+
+class _UsageError(PipelineError):
+    """A command-line error reported by argparse, under run_main."""
+
+
+def one_line(text: str) -> str:
+    """A message on one line: its non-blank lines joined with single spaces."""
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def _os_error_line(error: OSError, script: str) -> str:
+    """An OSError -> '<path>: <what went wrong>; <what to do>'."""
+    import errno
+
+    path = error.filename
+    if path is not None:
+        p = Path(os.fsdecode(path))
+        if p.name.startswith(".") and p.name.endswith(".tmp"):  # a temp file of atomic_write_bytes
+            path = f"{p.parent} (writing a temporary file there)"
+        if error.filename2 is not None:
+            path = f"{path} -> {os.fsdecode(error.filename2)}"
+    what = error.strerror or one_line(str(error)) or type(error).__name__
+    hint = {errno.EACCES: "check its permissions (inputs must be readable, the --work folder writable)",
+            errno.EPERM: "check its permissions (inputs must be readable, the --work folder writable)",
+            errno.EROFS: "a read-only file system: point --work at a writable folder",
+            errno.ENOSPC: "no space left: free some space or point --work at another disk",
+            errno.EDQUOT: "disk quota exceeded: free some space or point --work at another disk",
+            errno.ENOENT: "expected an existing file or folder: check the path",
+            errno.EISDIR: "expected a file, found a folder",
+            errno.ENOTDIR: "a part of the path is a file, expected a folder"}.get(error.errno)
+    where = str(path) if path is not None else script
+    return f"{where}: {what}" + (f"; {hint}" if hint else "")
+
+
+def _hub_error_line(error: BaseException) -> str | None:
+    """A huggingface_hub error (model not found, gated, not cached offline, HTTP) -> one line, else None."""
+    import sys
+
+    if "huggingface_hub" not in sys.modules:
+        return None
+    from huggingface_hub import errors as hf
+
+    if not isinstance(error, (hf.HfHubHTTPError, hf.OfflineModeIsEnabled)):
+        return None
+    m = re.search(r"huggingface\.co/(?:api/models/)?([A-Za-z0-9][\w.-]*/[\w.-]+)", str(error))
+    repo = m.group(1) if m and not m.group(1).startswith(("settings/", "docs/")) else "hub model"
+    detail = one_line(str(error))
+    return f"{repo}: {hub_error_message(repo, error, hub_token())}" + (f" ({detail[:300]})" if detail else "")
+
+
+def describe_error(error: BaseException, script: str = "") -> tuple[str, int]:
+    """An exception that ended a step -> (one-line message without 'error: ', exit status).
+
+    Expected failures (status 2): PipelineError (its message names the file and line), bad
+    arguments, OSError (a path that cannot be read or written, a model folder that is not there),
+    hub errors (a model not found, gated, or not in the cache offline), a missing package, CUDA
+    out of memory. Anything else is a bug (status 3).
+    """
+    if isinstance(error, PipelineError):
+        message = one_line(str(error))
+        return (f"{script}: {message}" if message.startswith("-") else message), 2  # "--flag: ..." names no file
+    hub = _hub_error_line(error)
+    if hub is not None:
+        return hub, 2
+    if isinstance(error, OSError):
+        return _os_error_line(error, script), 2
+    if isinstance(error, ModuleNotFoundError):
+        return (f"{script}: the Python package {error.name!r} is not installed: install the pinned requirements "
+                f"(make install, or pip install -r requirements.txt)"), 2
+    if type(error).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA)
+        return f"{script}: out of GPU memory ({one_line(str(error))[:200]}): lower --batch-size", 2
+    return (f"{script}: unexpected {type(error).__name__}: {one_line(str(error))[:500]} (a bug: run the same "
+            f"command with --debug for the traceback, and please report it)"), 3
+
+
+def run_main(main) -> None:
+    """The entry point of every step script: `if __name__ == "__main__": utils.run_main(main)`.
+
+    Calls main(argv) with the command line. An expected failure (describe_error) prints ONE line
+    "error: <file>[:<line>]: <what was wrong and what was expected>" on stderr and exits with status
+    2, also for bad arguments (argparse's message, without its usage block: see --help); Ctrl-C
+    prints one line and exits 130; anything else is a bug: one line, status 3. A full traceback is
+    printed only with --debug anywhere on the command line (removed before argparse sees it; child
+    steps started by reproduce.py inherit it through the environment variable PIPELINE_DEBUG=1).
+    Exit statuses a step sets itself pass through (1: some dialogs failed, listed; a --check failed).
+    """
+    import argparse
+    import sys
+    import traceback
+
+    argv = [a for a in sys.argv[1:] if a != "--debug"]
+    debug = len(argv) < len(sys.argv) - 1 or os.environ.get("PIPELINE_DEBUG") == "1"
+    if debug:
+        os.environ["PIPELINE_DEBUG"] = "1"
+    script = Path(sys.argv[0]).name
+    parser_error = argparse.ArgumentParser.error
+
+    def usage_error(parser, message):
+        raise _UsageError(f"{parser.prog}: {message} (see {parser.prog} --help)")
+
+    argparse.ArgumentParser.error = usage_error
+    try:
+        main(argv)
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {script}: interrupted; run the same command again to resume", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - every failure ends here, as one line
+        if debug:
+            traceback.print_exc()
+        message, status = describe_error(e, script)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(status)
+    finally:
+        argparse.ArgumentParser.error = parser_error
+
+
 def session_of(dialog: str) -> int:
     """'Ses03M_impro05a' -> 3."""
     if not (dialog.startswith("Ses") and dialog[3:5].isdigit()):
@@ -85,10 +208,21 @@ def read_json(path, what: str = "JSON file"):
     if not path.is_file():
         raise PipelineError(f"{path}: {what} not found")
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PipelineError(f"{path}: corrupt {what}: {e}") from e
+        data = path.read_bytes()
+    except OSError as e:
+        raise PipelineError(f"{path}: cannot read {what}: {e.strerror or e}") from e
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise PipelineError(f"{path}:{line}: corrupt {what}: not UTF-8 text (byte 0x{data[e.start]:02X})") from None
+    try:
+        return json.loads(text)
+    except RecursionError:  # e.g. a list nested 100,000 deep
+        raise PipelineError(f"{path}: corrupt {what}: nested deeper than Python's recursion limit "
+                            f"({__import__('sys').getrecursionlimit()} levels)") from None
+    except ValueError as e:  # JSONDecodeError, or an integer of more than 4300 digits
+        raise PipelineError(f"{path}: corrupt {what}: {one_line(str(e))}") from e
 
 
 def atomic_torch_save(obj, path) -> None:
@@ -114,37 +248,167 @@ def load_pt(path, what: str = ".pt file"):
         raise PipelineError(f"{path}: corrupt or unreadable {what}: {type(e).__name__}: {e}") from e
 
 
-def load_labels(work) -> dict:
-    """Read WORK/labels.json (written by step 1, iemo_lab_with_timestamps.py)."""
+def load_labels(work, require=()) -> dict:
+    """Read WORK/labels.json (written by step 1, iemo_lab_with_timestamps.py), its shape checked
+    (check_labels) so that no step meets a missing key or a wrong type later. `require`: dialog
+    keys this step needs besides "utterances" (steps 2 and 3: "wav")."""
     path = Path(work) / "labels.json"
     if not path.is_file():
         raise PipelineError(f"{path}: not found; run step 1 first: python iemo_lab_with_timestamps.py --work {work}")
     data = read_json(path, "labels file")
-    if "dialogs" not in data:
+    if not isinstance(data, dict) or "dialogs" not in data:
         raise PipelineError(f"{path}: no 'dialogs' key; not a labels.json written by step 1")
+    check_labels(data, path, require)
     return data
 
 
-def read_rttm(path) -> list[tuple[float, float, str]]:
-    """Read an RTTM file -> [(start, end, speaker)] sorted by start. Errors name file:line."""
+def is_finite_number(x) -> bool:
+    """A real number (not a bool) that is finite: no NaN, no infinity, no integer too large for a float."""
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
+
+
+def check_labels(data: dict, path, require=()) -> None:
+    """The schema of labels.json (docs/FORMATS.md), checked once where it is read (load_labels).
+
+    Errors name labels.json, the dialog and the utterance. Required: "dialogs" an object of dialog
+    objects, each with an "utterances" list (and the keys in `require`); each utterance an object
+    with a non-empty string "id", unique in its dialog; "start" and "end" finite numbers with
+    0 <= start <= end; "speaker" "F" or "M" (IEMOCAP's actors; in an id '<dialog>_<F|M>...' the
+    letter must agree); "label" one of utils.LABELS or null. Checked when present: top-level
+    "labels" equal to utils.LABELS, "corpus" a string; a dialog's "session" an integer, "wav" a
+    string, "kind" impro or script, "script" a string or null; an utterance's "code" one of
+    IEMOCAP_CODES, "text" a string, "wdseg" a string (no two utterances share one) or null.
+    """
+    if "labels" in data and list(data["labels"]) != list(LABELS):
+        raise PipelineError(f"{path}: made for the classes {data['labels']!r}, this code uses {list(LABELS)}")
+    if "corpus" in data and not isinstance(data["corpus"], str):
+        raise PipelineError(f"{path}: 'corpus' must be a string (the corpus root), got {data['corpus']!r:.60}")
+    dialogs = data["dialogs"]
+    if not isinstance(dialogs, dict):
+        raise PipelineError(f"{path}: 'dialogs' must be an object {{dialog: {{...}}}}, got {type(dialogs).__name__}")
+    wdsegs = {}
+    for d, info in dialogs.items():
+        where = f"{path}: dialog {d}"
+        if not isinstance(info, dict):
+            raise PipelineError(f"{where}: expected an object, got {type(info).__name__}")
+        for key in ("utterances", *require):
+            if key not in info:
+                raise PipelineError(f"{where}: no {key!r} key; expected the dialog record step 1 writes")
+        checks = {"session": lambda v: isinstance(v, int) and not isinstance(v, bool),
+                  "wav": lambda v: isinstance(v, str) and v != "", "kind": lambda v: v in ("impro", "script"),
+                  "script": lambda v: v is None or isinstance(v, str), "scenario": lambda v: isinstance(v, str)}
+        for key, ok in checks.items():
+            if key in info and not ok(info[key]):
+                raise PipelineError(f"{where}: bad {key!r} {info[key]!r:.60}")
+        if not isinstance(info["utterances"], list):
+            raise PipelineError(f"{where}: 'utterances' must be a list, got {type(info['utterances']).__name__}")
+        ids = set()
+        for n, u in enumerate(info["utterances"]):
+            if not isinstance(u, dict):
+                raise PipelineError(f"{where}: utterance {n}: expected an object, got {type(u).__name__}")
+            missing = [k for k in ("id", "start", "end", "speaker", "label") if k not in u]
+            if missing:
+                raise PipelineError(f"{where}: utterance {n} lacks {missing}")
+            if not isinstance(u["id"], str) or not u["id"]:
+                raise PipelineError(f"{where}: utterance {n}: 'id' must be a non-empty string, got {u['id']!r:.60}")
+            at = f"{where}: utterance {u['id']}"
+            if u["id"] in ids:
+                raise PipelineError(f"{at}: listed twice (utterance ids must be unique in a dialog)")
+            ids.add(u["id"])
+            if not (is_finite_number(u["start"]) and is_finite_number(u["end"]) and 0 <= u["start"] <= u["end"]):
+                raise PipelineError(f"{at}: start {u['start']!r:.40}, end {u['end']!r:.40}; expected finite "
+                                    "seconds with 0 <= start <= end")
+            if u["speaker"] not in ("F", "M"):
+                raise PipelineError(f"{at}: speaker {u['speaker']!r:.40}, expected 'F' or 'M' (IEMOCAP's actors)")
+            suffix = u["id"][len(d) + 1:] if u["id"].startswith(f"{d}_") else ""
+            if suffix[:1] in ("F", "M") and suffix[:1] != u["speaker"]:
+                raise PipelineError(f"{at}: speaker {u['speaker']!r} but the id names speaker {suffix[0]!r}")
+            if u["label"] is not None and u["label"] not in LABELS:
+                raise PipelineError(f"{at}: label {u['label']!r:.40}, expected one of {list(LABELS)} or null "
+                                    "(other emotion codes have label null)")
+            if "code" in u and u["code"] not in IEMOCAP_CODES:
+                raise PipelineError(f"{at}: code {u['code']!r:.40}, expected one of {', '.join(IEMOCAP_CODES)}")
+            if "text" in u and not isinstance(u["text"], str):
+                raise PipelineError(f"{at}: 'text' must be a string, got {type(u['text']).__name__}")
+            wdseg = u.get("wdseg")
+            if wdseg is not None:
+                if not isinstance(wdseg, str) or not wdseg:
+                    raise PipelineError(f"{at}: 'wdseg' must be a path or null, got {wdseg!r:.60}")
+                if wdseg in wdsegs:
+                    raise PipelineError(f"{at}: wdseg {wdseg} is also the file of utterance {wdsegs[wdseg]}")
+                wdsegs[wdseg] = u["id"]
+
+
+# Times (of utterances, words, turns, segments) may pass the end of the dialog audio by this much:
+# rounding in the tools that wrote them (IEMOCAP's 4-decimal times, 10 ms frames, 3-decimal JSON).
+# Beyond it the time belongs to other audio, and the reader stops with an error naming the file,
+# the item and the audio length.
+TIME_TOLERANCE_S = 0.05
+
+
+def check_in_audio(end: float, duration: float | None, where: str, item: str) -> None:
+    """PipelineError unless `end` (seconds) is at most the audio's duration + TIME_TOLERANCE_S."""
+    if duration is not None and end > duration + TIME_TOLERANCE_S:
+        at = f"{end:.3f}" if end < 1e9 else f"{end:.4g}"
+        raise PipelineError(f"{where}: {item} ends at {at} s, after the end of the audio ({duration:.3f} s; "
+                            f"tolerance {TIME_TOLERANCE_S:g} s): times must lie inside the dialog wav")
+
+
+def read_rttm(path, dialog: str | None = None, duration: float | None = None,
+              counts: dict | None = None) -> list[tuple[float, float, str]]:
+    """Read an RTTM file -> [(start, end, speaker)] sorted by start. Errors name file:line.
+
+    Every line must be 'SPEAKER <file> <chan> <start> <dur> <NA> <NA> <label> ...' in UTF-8 with
+    finite start >= 0 and duration >= 0. dialog: keep only the lines whose <file> field is this
+    recording (a multi-recording RTTM); the others are counted in counts["other_recording_lines"]
+    (names in counts["other_recordings"]), and a file with lines but none of this recording is an
+    error. duration (seconds of the dialog audio): a turn ending later than duration +
+    TIME_TOLERANCE_S is an error.
+    """
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: RTTM file not found")
-    turns = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields or fields[0].startswith("#"):
-                continue
-            if fields[0] != "SPEAKER" or len(fields) < 8:
-                raise PipelineError(f"{path}:{n}: expected 'SPEAKER <file> <chan> <start> <dur> <NA> <NA> <label> ...', got {line.strip()!r}")
-            try:
-                start, dur = float(fields[3]), float(fields[4])
-            except ValueError:
-                raise PipelineError(f"{path}:{n}: start and duration must be numbers, got {fields[3]!r} {fields[4]!r}") from None
-            if not (start >= 0 and dur >= 0):
-                raise PipelineError(f"{path}:{n}: negative start or duration in {line.strip()!r}")
-            turns.append((start, start + dur, fields[7]))
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise PipelineError(f"{path}: cannot read RTTM file: {e.strerror or e}") from e
+    turns, others = [], Counter()
+    for n, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise PipelineError(f"{path}:{n}: not UTF-8 text (byte 0x{raw[e.start]:02X} at column {e.start + 1}); "
+                                "expected an RTTM file in UTF-8") from None
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        if fields[0] != "SPEAKER" or len(fields) < 8:
+            raise PipelineError(f"{path}:{n}: expected 'SPEAKER <file> <chan> <start> <dur> <NA> <NA> <label> ...', got {line.strip()!r:.120}")
+        try:
+            start, dur = float(fields[3]), float(fields[4])
+        except ValueError:
+            raise PipelineError(f"{path}:{n}: start and duration must be numbers, got {fields[3]!r:.40} {fields[4]!r:.40}") from None
+        if not (math.isfinite(start) and math.isfinite(dur) and math.isfinite(start + dur)):
+            raise PipelineError(f"{path}:{n}: start and duration must be finite numbers of seconds, got "
+                                f"{fields[3]!r:.40} {fields[4]!r:.40}")
+        if not (start >= 0 and dur >= 0):
+            raise PipelineError(f"{path}:{n}: negative start or duration in {line.strip()!r:.120}")
+        if dialog is not None and fields[1] != dialog:
+            others[fields[1]] += 1
+            continue
+        check_in_audio(start + dur, duration, f"{path}:{n}", f"the turn {start:.3f} + {dur:.3f} s")
+        turns.append((start, start + dur, fields[7]))
+    if dialog is not None and others and not turns:
+        raise PipelineError(f"{path}: no turn of the recording {dialog}; the file names "
+                            f"{', '.join(sorted(others)[:5])}{' ...' if len(others) > 5 else ''}")
+    if counts is not None:
+        counts["other_recording_lines"] = counts.get("other_recording_lines", 0) + sum(others.values())
+        counts["other_recordings"] = sorted(set(counts.get("other_recordings", [])) | set(others))
     turns.sort()
     return turns
 
@@ -157,6 +421,39 @@ def write_rttm(path, dialog: str, turns) -> None:
 
 
 AUDIO_CHANNELS = ("mean", "0", "1")  # the --channel choices of align.py
+
+
+def check_wav_complete(path) -> None:
+    """PipelineError if a RIFF/WAVE file is shorter than its header says (a truncated copy).
+
+    libsndfile reads such a file without complaint, returning fewer samples than were recorded.
+    The 'data' chunk's declared size is compared with the bytes the file holds; sizes 0 and
+    0xFFFFFFFF (streaming writers that never filled the header in) and other formats are not checked.
+    """
+    import struct
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            if f.read(12)[8:12] != b"WAVE":
+                return
+            pos = 12
+            for _ in range(64):  # a wav has a handful of chunks before 'data'
+                header = f.read(8)
+                if len(header) < 8:
+                    return
+                chunk, length = header[:4], struct.unpack("<I", header[4:])[0]
+                if chunk == b"data":
+                    held = size - (pos + 8)
+                    if length not in (0, 0xFFFFFFFF) and held < length:
+                        raise PipelineError(f"{path}: truncated: the header declares {length} bytes of audio, the "
+                                            f"file holds {held} ({100 * held / length:.1f} %); copy the file again")
+                    return
+                pos += 8 + length + (length & 1)
+                f.seek(pos)
+    except OSError as e:
+        raise PipelineError(f"{path}: cannot read audio file: {e.strerror or e}") from e
 
 
 def load_audio(path, sample_rate: int = SAMPLE_RATE, channel: str = "mean") -> np.ndarray:
@@ -176,6 +473,7 @@ def load_audio(path, sample_rate: int = SAMPLE_RATE, channel: str = "mean") -> n
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: audio file not found")
+    check_wav_complete(path)
     try:
         audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:
@@ -184,6 +482,11 @@ def load_audio(path, sample_rate: int = SAMPLE_RATE, channel: str = "mean") -> n
         raise PipelineError(f"{path}: sample rate {sr} Hz, expected {sample_rate} Hz")
     if audio.shape[0] == 0:
         raise PipelineError(f"{path}: audio file has no samples")
+    if not np.isfinite(audio).all():  # a float wav can hold NaN or infinity; every later step would spread it
+        bad = ~np.isfinite(audio).all(axis=1)
+        first = int(np.argmax(bad))
+        raise PipelineError(f"{path}: {int(bad.sum())} samples are NaN or infinite (the first at "
+                            f"{first / sr:.3f} s); expected finite samples")
     if audio.shape[1] == 1:
         return audio[:, 0]
     if channel == "mean":
@@ -222,6 +525,9 @@ def read_text_lines(path, decode_log: Counter | None = None) -> list[str]:
     return [line.rstrip("\r") for line in text.split("\n")]
 
 
+MAX_WDSEG_FRAME = 60_000  # 10 minutes at 100 frames/s: far above any utterance (IEMOCAP's are under 35 s)
+
+
 def parse_wdseg(path) -> list[tuple[int, int, int, str]]:
     """Parse one ForcedAlignment .wdseg (CMU Sphinx-3) -> [(start_frame, end_frame, score, token)].
 
@@ -248,10 +554,16 @@ def parse_wdseg(path) -> list[tuple[int, int, int, str]]:
             state = "done"
         elif state == "rows":
             if len(fields) != 4 or not all(re.fullmatch(r"-?\d+", f) for f in fields[:3]):
-                raise PipelineError(f"{where}: expected '<start frame> <end frame> <score> <word>', got {line!r}")
+                raise PipelineError(f"{where}: expected '<start frame> <end frame> <score> <word>', got {line!r:.120}")
+            if any(len(f.lstrip("-")) > 18 for f in fields[:3]):
+                raise PipelineError(f"{where}: a number of {max(len(f) for f in fields[:3])} digits; expected frame "
+                                    f"numbers up to {MAX_WDSEG_FRAME} and an integer score")
             start, end, score = int(fields[0]), int(fields[1]), int(fields[2])
             if not 0 <= start <= end:
                 raise PipelineError(f"{where}: expected 0 <= start frame <= end frame, got {start} {end}")
+            if end > MAX_WDSEG_FRAME:
+                raise PipelineError(f"{where}: end frame {end} is {end / 100:.0f} s into the utterance; expected at "
+                                    f"most {MAX_WDSEG_FRAME} (10 minutes at 100 frames per second)")
             rows.append((start, end, score, fields[3]))
         else:
             raise PipelineError(f"{where}: expected nothing after the 'Total score' line, got {line!r}")
@@ -666,6 +978,10 @@ class AudioEmbedder(nn.Module):
     3. feature_projection returns (hidden, normed features) in wav2vec2 / WavLM / data2vec-audio
        and the hidden states alone in HuBERT: both are accepted.
 
+    SpecAugment (training only, as configured by mask_time_prob / mask_time_length) is skipped for a
+    batch whose padded length is at most one time mask: Hugging Face raises on it, and length
+    bucketing puts the shortest segments (single words of ASR output) in one batch.
+
     WavLM's gated relative position bias depends on frame distance and each frame's own state,
     and its attention takes the frame mask as key padding mask: exact as it is. Adapters
     (config.add_adapter, a strided conv stack after the encoder) are refused. HuBERT has no
@@ -778,7 +1094,10 @@ class AudioEmbedder(nn.Module):
         hidden = self.model.feature_projection(feats)
         if isinstance(hidden, tuple):  # wav2vec2, WavLM, data2vec-audio: (hidden, normed CNN features)
             hidden = hidden[0]
-        hidden = self.model._mask_hidden_states(hidden, attention_mask=mask)
+        if hidden.shape[1] > getattr(self.model.config, "mask_time_length", 0):
+            hidden = self.model._mask_hidden_states(hidden, attention_mask=mask)
+        # else: a batch of clips shorter than one SpecAugment time mask (wav2vec2-base: 10 frames, 0.2 s;
+        # length bucketing puts the shortest segments together) gets no masking; HF would raise.
         self._frame_mask = mask
         try:
             hidden = self.model.encoder(hidden, attention_mask=mask).last_hidden_state
@@ -1018,6 +1337,58 @@ def zero_mean_unit_var(x: torch.Tensor) -> torch.Tensor:
     return (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-7)
 
 
+def check_cache(cache, path, sample_rate: int = SAMPLE_RATE) -> None:
+    """The top level of a step-3 cache (docs/FORMATS.md): dialog (the file's name), sample rate, segments."""
+    if not isinstance(cache, dict) or "segments" not in cache or "dialog" not in cache:
+        raise PipelineError(f"{path}: not a step-3 segment cache (expected keys dialog, segments)")
+    if cache["dialog"] != Path(path).stem:
+        raise PipelineError(f"{path}: holds dialog {cache['dialog']!r:.60}, expected {Path(path).stem!r} (the file's name)")
+    rate = cache.get("sample_rate", sample_rate)
+    if isinstance(rate, bool) or rate != sample_rate:
+        raise PipelineError(f"{path}: sample_rate {rate!r:.40}, expected {sample_rate}")
+    if not isinstance(cache["segments"], list):
+        raise PipelineError(f"{path}: 'segments' must be a list, got {type(cache['segments']).__name__}")
+
+
+def check_cache_segment(seg, where: str, sample_rate: int = SAMPLE_RATE) -> int:
+    """One segment of a step-3 cache -> its label index; PipelineError (prefixed `where`) otherwise.
+
+    id, speaker and text strings; start, end finite seconds with 0 <= start <= end; label an integer
+    in -1..3 (index into LABELS, -1 = none; not a bool, a float or a name); audio a 1-D floating
+    tensor of finite samples, no longer than the segment's times at sample_rate (+ 2 samples of
+    rounding). Audio shorter than its times (by more than TIME_TOLERANCE_S) is counted by SegmentDataset.
+    """
+    if not isinstance(seg, dict):
+        raise PipelineError(f"{where}: expected a segment record, got {type(seg).__name__}")
+    missing = {"id", "start", "end", "speaker", "text", "label", "audio"} - set(seg)
+    if missing:
+        raise PipelineError(f"{where} lacks {sorted(missing)}")
+    for key in ("id", "speaker", "text"):
+        if not isinstance(seg[key], str):
+            raise PipelineError(f"{where}: {key} must be a string, got {type(seg[key]).__name__} {seg[key]!r:.40}")
+    where = f"{where} ({seg['id']})"
+    start, end = seg["start"], seg["end"]
+    if not (is_finite_number(start) and is_finite_number(end) and 0 <= start <= end):
+        raise PipelineError(f"{where}: start {start!r:.40}, end {end!r:.40}; expected finite seconds, 0 <= start <= end")
+    label = seg["label"]
+    if isinstance(label, torch.Tensor) and label.ndim == 0 and not label.is_floating_point() and label.dtype != torch.bool:
+        label = int(label)
+    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)) or not -1 <= label < len(LABELS):
+        raise PipelineError(f"{where}: label {label!r:.40}, expected an integer in -1..{len(LABELS) - 1} "
+                            f"(the index into {list(LABELS)}, -1 = no label)")
+    audio = seg["audio"]
+    if not isinstance(audio, torch.Tensor) or audio.ndim != 1 or not audio.is_floating_point():
+        kind = (f"a {audio.ndim}-D {audio.dtype} tensor" if isinstance(audio, torch.Tensor) else type(audio).__name__)
+        raise PipelineError(f"{where}: audio is {kind}; expected a 1-D float tensor of mono samples")
+    if not bool(torch.isfinite(audio).all()):
+        raise PipelineError(f"{where}: audio holds {int((~torch.isfinite(audio)).sum())} NaN or infinite samples")
+    expected = (end - start) * sample_rate
+    if audio.numel() > expected + 2:
+        raise PipelineError(f"{where}: {audio.numel()} samples for {end - start:.3f} s; expected at most {expected:.0f} "
+                            f"at {sample_rate} Hz (audio of another segment, or another sample rate)")
+    return int(label)
+
+
 class SegmentDataset(torch.utils.data.Dataset):
     """All segments of the given step-3 caches (WORK/<pipe>/<variant>/cache/<dialog>.pt).
 
@@ -1032,26 +1403,26 @@ class SegmentDataset(torch.utils.data.Dataset):
     def __init__(self, cache_paths, labelled_only: bool, max_audio_seconds: float = 0.0,
                  do_normalize: bool = True, sample_rate: int = SAMPLE_RATE):
         self.segments = []
-        self.counts = {"dialogs": 0, "segments": 0, "unlabelled_skipped": 0, "cropped": 0, "padded_short": 0}
+        self.counts = {"dialogs": 0, "segments": 0, "unlabelled_skipped": 0, "cropped": 0, "padded_short": 0,
+                       "audio_shorter_than_times": 0}
         max_samples = int(max_audio_seconds * sample_rate) if max_audio_seconds else 0
+        seen = {}  # segment id -> the cache holding it
         for path in cache_paths:
             cache = load_pt(path, "segment cache")
-            if not isinstance(cache, dict) or "segments" not in cache or "dialog" not in cache:
-                raise PipelineError(f"{path}: not a step-3 segment cache (expected keys dialog, segments)")
-            if cache.get("sample_rate", sample_rate) != sample_rate:
-                raise PipelineError(f"{path}: sample_rate {cache.get('sample_rate')}, expected {sample_rate}")
+            check_cache(cache, path, sample_rate)
             self.counts["dialogs"] += 1
             for n, seg in enumerate(cache["segments"]):
-                missing = {"id", "start", "end", "speaker", "text", "label", "audio"} - set(seg)
-                if missing:
-                    raise PipelineError(f"{path}: segment {n} lacks {sorted(missing)}")
-                label = int(seg["label"])
-                if not -1 <= label < len(LABELS):
-                    raise PipelineError(f"{path}: segment {seg['id']}: label {label} is not in -1..{len(LABELS) - 1}")
+                label = check_cache_segment(seg, f"{path}: segment {n}", sample_rate)
+                if seg["id"] in seen:
+                    raise PipelineError(f"{path}: segment {n}: id {seg['id']!r} is also a segment of {seen[seg['id']]}; "
+                                        "expected unique segment ids")
+                seen[seg["id"]] = path
                 if labelled_only and label < 0:
                     self.counts["unlabelled_skipped"] += 1
                     continue
-                audio = torch.as_tensor(seg["audio"], dtype=torch.float32).flatten()
+                audio = seg["audio"].to(torch.float32)
+                if audio.numel() < (seg["end"] - seg["start"] - TIME_TOLERANCE_S) * sample_rate - 2:
+                    self.counts["audio_shorter_than_times"] += 1  # e.g. a cache made before step 3 checked times
                 if max_samples and audio.numel() > max_samples:
                     off = (audio.numel() - max_samples) // 2
                     audio = audio[off:off + max_samples]
@@ -1062,7 +1433,7 @@ class SegmentDataset(torch.utils.data.Dataset):
                     audio = F.pad(audio, (0, MIN_AUDIO_SAMPLES - audio.numel()))
                     self.counts["padded_short"] += 1
                 self.segments.append({"id": seg["id"], "dialog": cache["dialog"], "start": float(seg["start"]),
-                                      "end": float(seg["end"]), "speaker": seg["speaker"], "text": seg["text"] or "",
+                                      "end": float(seg["end"]), "speaker": seg["speaker"], "text": seg["text"],
                                       "label": label, "audio": audio.contiguous()})
         self.counts["segments"] = len(self.segments)
         self.lengths = [s["audio"].numel() for s in self.segments]
@@ -1314,6 +1685,9 @@ def hub_error_message(repo_id: str, error: BaseException, token: str | None) -> 
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
     url = f"https://huggingface.co/{repo_id}"
+    if type(error).__name__ in ("OfflineModeIsEnabled", "LocalEntryNotFoundError"):  # before HfHubHTTPError: a subclass
+        return ("not available offline (HF_HUB_OFFLINE=1 or no network, and not in the local cache): download it "
+                "with HF_HUB_OFFLINE=0 on a machine with internet (`python preprocess.py --download-models DIR`)")
     if isinstance(error, GatedRepoError):
         if token is None:
             return (f"gated repository and HF_TOKEN is not set: accept its conditions at {url}, create a read "

@@ -3,13 +3,16 @@
 Builds, offline, a tiny wav2vec 2.0 (Wav2Vec2Model + Wav2Vec2FeatureExtractor) and a tiny
 RoBERTa (RobertaModel + a byte-level BPE tokenizer), saved with save_pretrained so that the
 pipeline loads them through AutoModel / AutoTokenizer / AutoFeatureExtractor.from_pretrained
-exactly as it loads facebook/wav2vec2-base and roberta-base. The weights are random: the demo
-tests the plumbing and that the classifier head learns, not pretrained representations.
+exactly as it loads facebook/wav2vec2-base and roberta-base. The weights are random, except the
+wav2vec 2.0's single conv layer, which starts as a filterbank (filterbank_weights) so that its audio
+embedding carries the spectrum as a pretrained one does: the demo tests the plumbing and that the
+model learns, not pretrained representations.
 
     python demo/build_ser_models.py --out demo_data/models
 
-build_families() writes tiny random models of other encoder families the same way (HuBERT, WavLM,
-data2vec-audio, a layer-norm wav2vec 2.0, BERT, DeBERTa, DeBERTa-v2), each with its feature extractor
+build_families() writes tiny random models of other encoder layouts and families the same way
+(wav2vec2-base's group-norm layout, a layer-norm wav2vec 2.0, HuBERT, WavLM, data2vec-audio, BERT,
+DeBERTa, DeBERTa-v2), each with its feature extractor
 or an offline-built tokenizer, so that tests can run every family through the pipeline's code:
 
     python demo/build_ser_models.py --out /tmp/families --families all
@@ -139,6 +142,25 @@ def build_unigram_tokenizer(out_dir: Path, vocab_size: int = 200):
     return tok
 
 
+def filterbank_weights(channels: int, kernel: int, sample_rate: int = 16000, low_hz: float = 80.0,
+                       high_hz: float = 5000.0):
+    """[channels, 1, kernel] conv weights: Hann-windowed cosines at centre frequencies equally spaced
+    on the mel scale from low_hz to high_hz, each scaled to unit norm. Rectified (GELU) and averaged
+    over time, channel k measures the energy near its centre frequency: a coarse spectrum, from which
+    pitch, brightness and loudness contours (the demo corpus's audio cues) can be read."""
+    import numpy as np
+    import torch
+
+    def mel(f):
+        return 2595.0 * np.log10(1.0 + f / 700.0)
+
+    centres = 700.0 * (10.0 ** (np.linspace(mel(low_hz), mel(high_hz), channels) / 2595.0) - 1.0)
+    t = np.arange(kernel) / sample_rate
+    w = np.hanning(kernel)[None, :] * np.cos(2.0 * np.pi * centres[:, None] * t[None, :])
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    return torch.tensor(w, dtype=torch.float32)[:, None, :]
+
+
 def build(out_dir, seed: int = 0) -> dict:
     """Write <out_dir>/wav2vec2-tiny and <out_dir>/roberta-tiny; return their paths."""
     import torch
@@ -149,20 +171,32 @@ def build(out_dir, seed: int = 0) -> dict:
     paths = {"audio_model": str(out_dir / "wav2vec2-tiny"), "text_model": str(out_dir / "roberta-tiny")}
 
     torch.manual_seed(seed)
-    # wav2vec2-base's layout (group-norm CNN with 7 conv layers, post-norm encoder) at toy width. The
-    # CNN runs at the full 16 kHz rate and dominates the demo's training time: 16 channels per layer
-    # make a training step about 1.6 times as fast as 32 (measured on 2 CPU cores).
-    w2v_config = Wav2Vec2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                                conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
-                                feat_extract_norm="group", do_stable_layer_norm=False)
-    Wav2Vec2Model(w2v_config).save_pretrained(paths["audio_model"])
+    # A wav2vec 2.0 at toy width whose CNN is ONE conv layer (64 channels, 25 ms windows as
+    # wav2vec2-base's receptive field, so the shortest segment still gives a frame, every 40 ms:
+    # 25 frames/s) with per-frame LayerNorm (the large models' "layer" layout), initialised as a
+    # filterbank (filterbank_weights): random CNN weights followed by wav2vec2-base's GroupNorm left the
+    # audio branch at the majority class, because the GroupNorm over time removes each channel's energy,
+    # i.e. the spectrum. A real pretrained CNN carries it; so does this one, frozen or not. No attention
+    # dropout: on CPU, sampling the [B, heads, T, T] dropout mask took 44 % of a training step. One
+    # Transformer layer in each tiny extractor: a fused training epoch took 1.8 s instead of 2.6 s with two
+    # (1 CPU thread), with the learning the demo needs.
+    # SpecAugment's time mask spans 5 frames (0.2 s, as wav2vec2-base's 10 frames at 50/s).
+    w2v_config = Wav2Vec2Config(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=128,
+                                conv_dim=(64,), conv_kernel=(400,), conv_stride=(640,), conv_bias=False,
+                                feat_extract_norm="layer", do_stable_layer_norm=True, attention_dropout=0.0,
+                                mask_time_length=5, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+    w2v = Wav2Vec2Model(w2v_config)
+    first = w2v.feature_extractor.conv_layers[0].conv
+    with torch.no_grad():
+        first.weight.copy_(filterbank_weights(first.out_channels, first.kernel_size[0]))
+    w2v.save_pretrained(paths["audio_model"])
     # The same feature-extractor settings as facebook/wav2vec2-base.
     Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
                              return_attention_mask=False).save_pretrained(paths["audio_model"])
 
     tok = build_tokenizer(Path(paths["text_model"]))
     torch.manual_seed(seed + 1)
-    rob_config = RobertaConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+    rob_config = RobertaConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
                                intermediate_size=128, max_position_embeddings=514, type_vocab_size=1,
                                pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     RobertaModel(rob_config, add_pooling_layer=False).save_pretrained(paths["text_model"])
@@ -175,6 +209,8 @@ def build(out_dir, seed: int = 0) -> dict:
 # pre-norm "stable" encoder). data2vec-audio always has layer-norm convs and a 5-layer positional conv.
 TINY_AUDIO = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, conv_dim=(32,) * 7)
 AUDIO_FAMILIES = {
+    "wav2vec2-group": ("Wav2Vec2Config", dict(feat_extract_norm="group", do_stable_layer_norm=False,
+                                              num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)),
     "wav2vec2-layer": ("Wav2Vec2Config", dict(feat_extract_norm="layer", do_stable_layer_norm=True,
                                               num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)),
     "hubert": ("HubertConfig", dict(feat_extract_norm="group", do_stable_layer_norm=False,

@@ -45,8 +45,11 @@ Emotion cues (the learnable signal, each modality imperfect on purpose):
     xxx a blend of two emotions.
   text: a few emotion-leaning words per utterance among neutral and function words.
   With probability audio_noise (text_noise), independently per utterance, the audio (text) cues
-  come from a different emotion than the annotated code. For scripted dialogs the text is fixed by
-  the script, so "text noise" there means the performance's code differs from the line's.
+  come from the emotion that modality confuses the code with: text from its valence twin (ang <-> sad,
+  hap <-> neu), audio from its arousal twin (ang <-> hap, sad <-> neu); see VALENCE_TWIN. So each
+  modality alone is wrong on about that share of utterances, and the two together are not. For
+  scripted dialogs the text is fixed by the script, so "text noise" there means the performance's
+  code is the valence twin of the line's.
 
 Ground truth, <out>/demo_ground_truth.json:
   {"seed", "args", "dialogs": {dialog: {"session", "kind", "scenario", "script", "duration",
@@ -184,11 +187,22 @@ def next_code(rng, theme: str, lines: list[dict], speaker: str) -> str:
     return draw_code(rng, theme)
 
 
-def other_emotion(rng, code: str) -> str:
-    """A 4-class emotion different from the code's own label (for label noise)."""
+# What each modality cannot tell apart, as in real speech: the words carry valence (negative ang and
+# sad share a vocabulary's tone, non-negative hap and neu too) and the voice carries arousal (ang and
+# hap are both loud, high and fast; sad and neu both quiet and slow). A modality's noisy cue comes from
+# the emotion it confuses, so text alone mixes up ang/sad and hap/neu, audio alone ang/hap and sad/neu,
+# and only the two together pin the emotion down: the gain that fusion is meant to bring.
+VALENCE_TWIN = {"ang": "sad", "sad": "ang", "hap": "neu", "neu": "hap"}  # same valence, other arousal
+AROUSAL_TWIN = {"ang": "hap", "hap": "ang", "sad": "neu", "neu": "sad"}  # same arousal, other valence
+
+
+def confusable_emotion(rng, code: str, twin: dict) -> str:
+    """The cue a noisy modality gives for `code`: its twin (VALENCE_TWIN for text, AROUSAL_TWIN for
+    audio) for a 4-class code; any other 4-class emotion for the codes outside the four classes."""
     own = CODE_TO_LABEL.get(code)
-    choices = [e for e in LABELS if e != own]
-    return choices[rng.integers(len(choices))]
+    if own in twin:
+        return twin[own]
+    return LABELS[rng.integers(len(LABELS))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -467,17 +481,20 @@ def build_dialog(seed: int, d: dict, actors: dict, n_utts: int, audio_noise: flo
         spk = line["speaker"]
         if d["kind"] == "script":
             # The script fixes the words; the performed emotion differs from the line's with text_noise.
-            code = line["code"] if rng.random() >= text_noise else _pick(rng, {c: p for c, p in BASE_CODES.items() if c != line["code"]})
+            code = line["code"]
+            if rng.random() < text_noise:  # the performance's emotion is the line's valence twin (any other code outside the four)
+                twin = VALENCE_TWIN.get(CODE_TO_LABEL.get(code))
+                code = twin or _pick(rng, {c: p for c, p in BASE_CODES.items() if c != code})
             text_cue, words = line["text_cue"], line["words"]
         else:
             code = line["code"]
             text_cue = text_emotion_of(rng, code)
             if rng.random() < text_noise:
-                text_cue = other_emotion(rng, code)
+                text_cue = confusable_emotion(rng, code, VALENCE_TWIN)
             words = make_words(rng, text_cue, int(rng.integers(4, 13)))
         audio_cue = code if code != "xxx" else None
         if rng.random() < audio_noise:
-            audio_cue = other_emotion(rng, code)
+            audio_cue = confusable_emotion(rng, code, AROUSAL_TWIN)
         if audio_cue is None:  # xxx: annotators disagreed -> a blend of two emotions
             a, b = rng.choice(["neu", "ang", "hap", "sad", "fru"], size=2, replace=False)
             w = rng.uniform(0.3, 0.7)
@@ -644,7 +661,7 @@ def _prepare_out(out: Path) -> None:
 
 
 def generate(out, seed=0, sessions=5, impro_per_session=3, script_per_session=3,
-             utterances_per_dialog=14, audio_noise=0.2, text_noise=0.2) -> dict:
+             utterances_per_dialog=14, audio_noise=0.3, text_noise=0.3) -> dict:
     """Write the demo corpus under `out` and return its ground truth (also in demo_ground_truth.json)."""
     sessions = list(range(1, sessions + 1)) if isinstance(sessions, int) else sorted({int(s) for s in sessions})
     if not sessions or min(sessions) < 1 or max(sessions) > 99:
@@ -734,8 +751,8 @@ def main(argv=None):
     p.add_argument("--impro-per-session", type=int, default=3)
     p.add_argument("--script-per-session", type=int, default=3)
     p.add_argument("--utterances-per-dialog", type=int, default=14, help="transcribed utterances per dialog")
-    p.add_argument("--audio-noise", type=float, default=0.2, help="P(an utterance's audio cues come from another emotion)")
-    p.add_argument("--text-noise", type=float, default=0.2, help="P(an utterance's text cues come from another emotion)")
+    p.add_argument("--audio-noise", type=float, default=0.3, help="P(an utterance's audio cues come from its arousal twin)")
+    p.add_argument("--text-noise", type=float, default=0.3, help="P(an utterance's text cues come from its valence twin)")
     a = p.parse_args(argv)
     generate(a.out, seed=a.seed, sessions=a.sessions, impro_per_session=a.impro_per_session,
              script_per_session=a.script_per_session, utterances_per_dialog=a.utterances_per_dialog,

@@ -14,7 +14,8 @@ from demo.build_ser_models import AUDIO_FAMILIES, TEXT_FAMILIES
 
 # family -> (HF model class, how its CNN normalises: see AudioEmbedder.cnn_norm)
 AUDIO = {
-    "wav2vec2": ("Wav2Vec2Model", "group-first"),  # the demo's model: wav2vec2-base layout
+    "wav2vec2": ("Wav2Vec2Model", "per-frame"),  # the demo's model: a one-layer filterbank CNN, 25 frames/s
+    "wav2vec2-group": ("Wav2Vec2Model", "group-first"),  # wav2vec2-base's layout
     "wav2vec2-layer": ("Wav2Vec2Model", "per-frame"),
     "hubert": ("HubertModel", "group-first"),
     "hubert-layer": ("HubertModel", "per-frame"),
@@ -72,8 +73,9 @@ def test_audio_family_padding_exact(family_dirs, family):
     assert audio.hidden_size == 64
     together = assert_audio_padding_exact(audio)
     assert together.shape == (3, 64) and torch.isfinite(together).all()
-    # frame arithmetic is the same conv stack in every family: 20 ms hop, 25 ms window
-    assert audio.frame_lengths(torch.tensor([400, 3000, 16000])).tolist() == [1, 9, 49]
+    # frame arithmetic is the same conv stack in every family: 20 ms hop, 25 ms window (the demo's: 40 ms hop)
+    want = [1, 5, 25] if family == "wav2vec2" else [1, 9, 49]
+    assert audio.frame_lengths(torch.tensor([400, 3000, 16000])).tolist() == want
     # HF's own forward with an attention mask is NOT padding-exact where we fixed something:
     # the base models' GroupNorm CNN and data2vec-audio's 5-layer positional convolution.
     if norm == "group-first" or family == "data2vec-audio":

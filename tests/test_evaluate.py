@@ -71,7 +71,7 @@ def make_work(tmp_path, dialogs):
 
 
 def stub_predictions(by_run):
-    def predict_split(run_dir, split="test", device=None):
+    def predict_split(run_dir, split="test", device=None, datasets=None):
         assert split == "test"
         return {"run": run_dir.name, "split": split, "segments": by_run[run_dir.name]}
     return predict_split
@@ -379,3 +379,19 @@ def test_import_evaluate_does_not_import_other_steps():
     out = subprocess.run([sys.executable, "-c", code], cwd=utils.Path(utils.__file__).parent, capture_output=True,
                          text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_bad_arguments_and_labels_are_named_errors(tmp_path, capsys):
+    """Issue 12: argument errors exit 2 with argparse's message; labels outside the four classes are
+    an error naming labels.json, not silently "unlabelled"."""
+    work = make_work(tmp_path, ["Ses05F_impro01"])
+    (work / "runs" / "r").mkdir(parents=True)
+    with pytest.raises(SystemExit) as e:
+        ev.main(["--work", str(work), "--run", "r", "--bootstrap-samples", "-1"])
+    assert e.value.code == 2 and "--bootstrap-samples -1: expected 0 or more" in capsys.readouterr().err
+    labels = read_json(work / "labels.json")
+    labels["dialogs"]["Ses05F_impro01"]["utterances"][0]["label"] = "excited"
+    atomic_write_json(work / "labels.json", labels)
+    with pytest.raises(PipelineError, match=r"labels.json: dialog Ses05F_impro01: utterance Ses05F_impro01_F000: "
+                                            r"label 'excited'"):
+        ev.main(["--work", str(work), "--run", "r"])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import preprocess
-from utils import read_json, read_rttm
+from utils import PipelineError, read_json, read_rttm
 
 
 def fresh_work(demo_work, tmp_path, name="work") -> Path:
@@ -379,3 +379,58 @@ def test_shard_flag_is_validated(capsys):
     with pytest.raises(SystemExit):
         preprocess.parse_args(["--shard", "2/2"])
     assert "--shard: expected K/N with 0 <= K < N" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 12: hostile inputs (regression tests)
+# ---------------------------------------------------------------------------------------------
+
+def test_wdseg_token_normalising_to_nothing_is_dropped_and_counted(tmp_path):
+    """A token such as "(2)" normalised to "": step 2 counted 67 words and step 3 66."""
+    (tmp_path / "fa.wdseg").write_text("  SFrm  EFrm    SegAScr Word\n     0    14      -1000 <s>\n"
+                                       "    15    44     -90000 WHAT(2)\n    45    59      -5000 (2)\n"
+                                       "    61    99     -80000 IS\n Total score: -181000\n")
+    utt = {"id": "Ses01F_impro01_F000", "start": 1.0, "end": 2.2, "speaker": "F", "text": "x", "wdseg": "fa.wdseg"}
+    counts = {}
+    words, _ = preprocess.reference_words(tmp_path, [utt], 10.0, counts)
+    assert [w["word"] for w in words] == ["what", "is"] and counts == {"empty_wdseg_tokens": 1}
+    # a word past the end of the dialog audio (beyond the 50 ms tolerance) names the .wdseg file and its row
+    with pytest.raises(PipelineError, match=r"fa.wdseg: word row 4: 'IS' \(frames 61-99 from the utterance start 1.000 s\) "
+                                            r"ends at 2.000 s, after the end of the audio \(1.900 s"):
+        preprocess.reference_words(tmp_path, [utt], 1.9)
+
+
+def test_times_past_the_audio_and_a_truncated_wav_fail_the_dialog(demo_corpus, demo_work, tmp_path, capsys):
+    """Utterance times past the end of the audio went through steps 1-3 with exit status 0."""
+    root, _ = demo_corpus
+    work = fresh_work(demo_work, tmp_path)
+    labels = json.loads((work / "labels.json").read_text())
+    late, cut = sorted(labels["dialogs"])[:2]
+    seconds = preprocess.audio_duration(root / labels["dialogs"][late]["wav"])
+    labels["dialogs"][late]["utterances"][-1]["end"] = seconds + 1.0
+    data = (root / labels["dialogs"][cut]["wav"]).read_bytes()
+    (tmp_path / "cut.wav").write_bytes(data[:len(data) // 3])  # a truncated copy
+    labels["dialogs"][cut]["wav"] = str(tmp_path / "cut.wav")
+    (work / "labels.json").write_text(json.dumps(labels))
+    with pytest.raises(SystemExit, match="2 of 4 dialogs failed"):
+        preprocess.main(["--work", str(work), "--backend", "oracle"])
+    manifest = read_json(work / "oracle" / "manifest.json")
+    u = labels["dialogs"][late]["utterances"][-1]
+    assert f"utterance {u['id']} ({u['start']:.3f}-{u['end']:.3f} s) ends at {u['end']:.3f} s, after the end of the " \
+           f"audio ({seconds:.3f} s; tolerance 0.05 s)" in manifest["dialogs"][late]["error"]
+    assert "cut.wav: truncated: the header declares" in manifest["dialogs"][cut]["error"]
+    assert manifest["summary"]["dialogs_done"] == 2 and manifest["summary"]["empty_wdseg_tokens"] == 0
+
+
+def test_model_loader_errors_name_the_model(tmp_path):
+    """A model folder that does not load ended in a raw CTranslate2 RuntimeError; hub errors (not
+    found, gated) pass on to utils.run_main, which explains them in one line."""
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    with pytest.raises(PipelineError, match=rf"{tmp_path}: cannot load the ASR model \(--asr-model\): RuntimeError: "):
+        with preprocess.loading("ASR model (--asr-model)", tmp_path):
+            ctranslate2.models.Whisper(str(tmp_path))  # an empty folder: no model.bin
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    with pytest.raises(RepositoryNotFoundError):
+        with preprocess.loading("diarization pipeline (--diar-model)", "org/nope"):
+            raise RepositoryNotFoundError("404 Client Error. Repository Not Found for url https://huggingface.co/org/nope")

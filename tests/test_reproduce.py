@@ -3,6 +3,7 @@ tables traceable to metrics files with intervals and paired tests, a re-run that
 a pause-only change that re-runs only what follows it, and a failing step that stops the run."""
 import ast
 import json
+import os
 import re
 from pathlib import Path
 
@@ -114,35 +115,98 @@ def test_changing_only_the_pause_reruns_only_that_alignment_and_what_follows(tin
     assert (base / "results" / "pause_sweep.png").is_file()
 
 
-def test_force_redoes_steps_their_own_caches_would_skip(tiny_run):
-    """A stale stamp (here: --force) must not be satisfied by the steps' own caches: step 2 and 3
-    get --overwrite and training --no-resume, so the checkpoint is trained again."""
-    base, args = tiny_run
-    args = list(args)
-    args[args.index("--only") + 1:] = ["main"]
-    run = base / "demo" / "preprocessed_iemocap_tiny" / "runs" / "simulated__aligned-p1.5__finetune__fusion__s0"
-    before = (run / "checkpoint_best.pt").stat().st_mtime_ns
-    reproduce.main(args + ["--force"])
-    steps = provenance(base)["steps"]
-    assert steps and not any(s["skipped"] for s in steps)
-    for s in steps:
-        kind = s["step"].split()[1]
-        if kind in ("2", "3"):
-            assert s["argv"][-1] == "--overwrite"
-        if kind == "4":
-            assert s["argv"][-1] == "--no-resume"
-    assert (run / "checkpoint_best.pt").stat().st_mtime_ns > before
+def test_force_and_changed_items_get_the_redo_flag_and_invocations_run_side_by_side(tmp_path):
+    """A stale stamp must not be satisfied by a step's own cache: an item that succeeded before under
+    another key (changed argv, code or upstream), or any item under --force, gets the step's redo flag
+    (--overwrite / --no-resume); up-to-date items are not run; split invocations run side by side, each
+    with its share of the cores, and a failing one is named after the others finish."""
+    script = tmp_path / "step.py"
+    script.write_text("import json, os, sys, time\n"
+                      "time.sleep(0.3)\n"
+                      "out = os.path.join(os.path.dirname(sys.argv[0]), 'calls.jsonl')\n"
+                      "open(out, 'a').write(json.dumps({'argv': sys.argv[1:], 'threads': os.environ.get('OMP_NUM_THREADS'),"
+                      " 'start': time.time()}) + '\\n')\n"
+                      "sys.exit(3 if 'bad' in sys.argv else 0)\n")
+
+    def calls():
+        lines = (tmp_path / "calls.jsonl").read_text().splitlines() if (tmp_path / "calls.jsonl").exists() else []
+        (tmp_path / "calls.jsonl").unlink(missing_ok=True)
+        return [json.loads(line) for line in lines]
+
+    def step(runner, items, up=("u",)):
+        return runner.step("step 9 demo", str(script), [(i, [i], up) for i in items], lambda ids: list(ids),
+                           redo_flag="--redo", split=lambda stale: [[i] for i in stale])
+    work = tmp_path / "work"
+    work.mkdir()
+    step(reproduce.Runner(work, force=False, jobs=2), ["a", "b"])
+    first = calls()
+    assert sorted(c["argv"][0] for c in first) == ["a", "b"] and all(c["argv"] == c["argv"][:1] for c in first)
+    assert all(c["threads"] == str(max(1, (os.cpu_count() or 1) // 2)) for c in first)
+    assert abs(first[0]["start"] - first[1]["start"]) < 0.3  # side by side
+    step(reproduce.Runner(work, force=False, jobs=2), ["a", "b"])
+    assert calls() == []  # up to date
+    step(reproduce.Runner(work, force=False, jobs=1), ["a", "b"], up=("changed",))
+    assert sorted(c["argv"] for c in calls()) == [["a", "--redo"], ["b", "--redo"]]
+    step(reproduce.Runner(work, force=True, jobs=1), ["a", "c"], up=("changed",))
+    assert sorted(c["argv"] for c in calls()) == [["a", "--redo"], ["c", "--redo"]]
+    with pytest.raises(utils.PipelineError, match=r"step 9 demo \[1/2\] failed \(exit status 3\)"):
+        step(reproduce.Runner(work, force=False, jobs=2), ["bad", "d"])
+    assert sorted(c["argv"][0] for c in calls()) == ["bad", "d"]  # the other one ran to its end
+    assert "d" in {v["item"] for v in json.loads((work / "reproduce_stamps.json").read_text()).values()}
+
+
+def test_each_step_gets_its_own_redo_flag_and_train_sweeps_cover_the_plan_exactly(tmp_path):
+    """run_pipeline wiring, recorded without running: steps 2 and 3 redo with --overwrite, step 4 with
+    --no-resume; the train.py sweeps train every run of the plan exactly once, named as planned."""
+    args = reproduce.parse_args(["--demo-dir", str(tmp_path / "demo"), "--results", str(tmp_path / "r")])
+    cfg = reproduce.setup(args, build=False)
+    configs = reproduce.plan_configs(cfg, args)
+
+    class Recorder:
+        jobs = 2
+
+        def __init__(self):
+            self.calls = []
+
+        def step(self, name, script, items, argv_for, sources=(), redo_flag=None, split=None, cost=None):
+            ids = [i for i, _, _ in items]
+            for group in (split(ids) if split else [ids]):
+                self.calls.append((script, redo_flag, argv_for(group), group))
+            return {i: i for i in ids}
+    rec = Recorder()
+    reproduce.run_pipeline(cfg, args, rec, configs)
+    flags = {script: flag for script, flag, _, _ in rec.calls}
+    assert flags == {"iemo_lab_with_timestamps.py": None, "preprocess.py": "--overwrite", "align.py": "--overwrite",
+                     "train.py": "--no-resume", "evaluate.py": None, "teer_calculate.py": None}
+    planned = {r["name"]: r for c in configs for r in reproduce.config_runs(c)}
+    trained = []
+    for script, _, argv, group in rec.calls:
+        if script != "train.py":
+            continue
+        pick = lambda flag: argv[argv.index(flag) + 1:next((i for i in range(argv.index(flag) + 1, len(argv))  # noqa: E731
+                                                            if argv[i].startswith("--")), len(argv))]
+        variants, modalities, fusions, seeds, names = (pick(f) for f in ("--variant", "--modality", "--fusion", "--seed", "--run"))
+        # train.py's sweep order: variant, then modality (each fusion for the fused model), then seed
+        combos = [(v, m, f, int(s)) for v in variants for m in modalities for f in (fusions if m == "fusion" else fusions[:1])
+                  for s in seeds]
+        assert len(combos) == len(names) == len(group)
+        for (v, m, f, s), name in zip(combos, names):
+            r = planned[name]
+            assert (r["variant"], r["modality"], r["seed"]) == (v, m, s) and (m != "fusion" or r["fusion"] == f)
+            assert argv[argv.index("--pipe") + 1] == r["pipe"] and argv[argv.index("--mode") + 1] == r["mode"]
+        trained += names
+    assert sorted(trained) == sorted(planned)  # every planned run, once
 
 
 def test_a_failing_step_stops_the_run_with_its_message(tiny_run, capfd):
     base, args = tiny_run
     args = list(args)
     args[args.index("--only") + 1:] = ["main"]
-    with pytest.raises(utils.PipelineError, match=r"step 4 train .* failed \(exit status \d\)"):
+    with pytest.raises(utils.PipelineError, match=r"step 4 train.* failed \(exit status \d\)"):
         reproduce.main(args + ["--audio-model", str(base / "no-such-model")])
     out = capfd.readouterr()
     assert "=== step 4 train" in out.out and "python train.py" in out.out  # the command, printed before it ran
-    assert "no-such-model" in out.err  # the step's own message
+    assert "no-such-model" in out.out + out.err  # the step's own message (its log, printed whole, when steps run side by side)
 
 
 def test_no_step_script_imports_another():

@@ -379,3 +379,38 @@ def test_demo_corpus_matches_its_ground_truth(demo_corpus, demo_work):
     assert counts["skipped"][step1.SKIP_XX] == sum(u["code"] is None for u in truth_utts) > 0
     assert counts["missing"] == {"wdseg": 0, "dialog_wav": 0}
     assert counts["standard"]["applies"] is False
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 12: numbers a reader must not trust (regression tests)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rel, old, new, message", [
+    ("EMO", "[19.2900 - 22.0000]", "[19.2900 - " + "9" * 400 + ".0]", "expected times in seconds, got [19.2900 - 9999"),
+    ("EMO", "[4.0000, 3.5000, 3.0000]", "[4.0000, 3.5000, " + "9" * 400 + "]", "expected three numbers"),
+    ("TRANS", "[019.2900-022.0000]", "[019.2900-" + "9" * 400 + "]", "expected times in seconds with start <= end"),
+    ("TRANS", "[019.2900-022.0000]", "[022.0000-019.2900]", "expected times in seconds with start <= end, got "
+                                                             "[022.0000-019.2900]"),
+])
+def test_huge_or_reversed_times_are_named_errors(tmp_path, rel, old, new, message):
+    """A 400-digit number parses as float infinity: it must not reach labels.json."""
+    root = corpus_copy(tmp_path)
+    path = root / {"EMO": EMO, "TRANS": TRANS}[rel]
+    line = edit(path, old, new)
+    with pytest.raises(PipelineError) as e:
+        step1.build_labels(root)
+    assert f"{path}:{line}: " in str(e.value) and message in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("    11    45", "    11    " + "4" * 400, "a number of 400 digits; expected frame numbers up to 60000"),
+    ("    11    45", "    11    60001", "end frame 60001 is 600 s into the utterance; expected at most 60000"),
+])
+def test_wdseg_frame_numbers_are_bounded(tmp_path, old, new, message):
+    """A .wdseg frame number of 400 digits crashed step 2 (OverflowError converting it to seconds)."""
+    path = tmp_path / "Ses01F_impro01_F000.wdseg"
+    path.write_text(WDSEG)
+    edit(path, old, new)
+    with pytest.raises(PipelineError) as e:
+        utils.parse_wdseg(path)
+    assert f"{path}:3: " in str(e.value) and message in str(e.value), str(e.value)

@@ -347,3 +347,23 @@ def test_nontarget_other_equals_w_wu_scorer():
     # The default (exclude) scores less reference time: non-target speech is cut out of the region.
     default = tc.teer_dialog(utterances, segments, **DEFAULT)
     assert default["total"] < ours["total"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"start": float("nan")}, r"start nan, end 2; expected finite seconds with start <= end"),
+    ({"end": -1.0}, r"start 0, end -1.0; expected finite seconds"),
+    ({"label": "happy"}, r"has label 'happy', expected one of"),
+    ({"speaker": None}, r"dialog and speaker must be strings"),
+])
+def test_bad_prediction_times_and_fields_name_the_file(tmp_path, change, message):
+    """Issue 12: a NaN or reversed time in predictions.json crashed the scorer or scored garbage."""
+    work = make_run(tmp_path, [utt(0, 2, "F", "neu")], [{**seg(0, 2, "SPEAKER_00", "neu"), **change}])
+    with pytest.raises(PipelineError, match="predictions.json: segment 0 .*" + message):
+        tc.main(["--work", str(work), "--run", "r"])
+
+
+def test_labels_outside_the_four_classes_are_a_named_error(tmp_path):
+    """Issue 12: labels.json labels outside the four classes silently became "unlabelled"."""
+    work = make_run(tmp_path, [utt(0, 2, "F", "happy")], [seg(0, 2, "SPEAKER_00", "neu")])
+    with pytest.raises(PipelineError, match=r"labels.json: dialog Ses05F_impro01: utterance u0: label 'happy'"):
+        tc.main(["--work", str(work), "--run", "r"])

@@ -273,3 +273,92 @@ def test_several_seeds_share_the_split_and_equal_single_seed_runs(work, tiny_mod
     assert not all(torch.equal(a["model"][k], c["model"][k]) for k in a["model"])
     with pytest.raises(utils.PipelineError, match="seed"):
         train.main(args_for(work, tiny_models, "no-template", "--seed", "1", "2"))
+
+
+def test_sweep_trains_every_combination_each_equal_to_its_run_alone(tmp_path, tiny_models):
+    """--variant/--modality/--fusion/--seed with several values: one run per combination (fusion
+    variants only for the fused model), named by the template, each equal to the same run trained alone."""
+    import shutil
+
+    w = write_work(tmp_path / "w")
+    shutil.copytree(w / "simulated" / "aligned-p1.5", w / "simulated" / "aligned-p1")
+    dirs = train.main(args_for(w, tiny_models, "sw-{variant}-{modality}-{fusion}-s{seed}", "--epochs", "1",
+                               "--variant", "aligned-p1.5", "aligned-p1", "--modality", "fusion", "text",
+                               "--fusion", "gated-xattn", "concat", "--seed", "0", "1"))
+    expected = [f"sw-{v}-{m}-{f}-s{s}" for v in ("aligned-p1.5", "aligned-p1")
+                for m, f in (("fusion", "gated-xattn"), ("fusion", "concat"), ("text", "gated-xattn")) for s in (0, 1)]
+    assert [Path(d).name for d in dirs] == expected
+    for d in dirs:
+        c = json.load(open(Path(d) / "config.json"))
+        assert f"sw-{c['variant']}-{c['modality']}-{c['fusion']}-s{c['seed']}" == Path(d).name
+    alone = Path(train.main(args_for(w, tiny_models, "alone", "--epochs", "1", "--variant", "aligned-p1",
+                                     "--fusion", "concat", "--seed", "1")))
+    a, b = utils.load_pt(w / "runs" / "sw-aligned-p1-fusion-concat-s1" / "checkpoint_best.pt"), utils.load_pt(alone / "checkpoint_best.pt")
+    assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    # one name per run, in sweep order; a wrong count or colliding names are named errors
+    named = train.main(args_for(w, tiny_models, "x", "--epochs", "1", "--modality", "text", "audio", "--run", "n1", "n2"))
+    assert [json.load(open(Path(d) / "config.json"))["modality"] for d in named] == ["text", "audio"]
+    with pytest.raises(utils.PipelineError, match="3 names for 2 runs"):
+        train.main(args_for(w, tiny_models, "x", "--modality", "text", "audio", "--run", "a", "b", "c"))
+    with pytest.raises(utils.PipelineError, match="share names"):
+        train.main(args_for(w, tiny_models, "same-{seed}", "--variant", "aligned-p1.5", "aligned-p1"))
+
+
+def test_a_kill_between_log_and_checkpoint_leaves_each_epoch_logged_once(tmp_path, tiny_models, monkeypatch):
+    w = write_work(tmp_path / "w")
+    full = Path(train.main(args_for(w, tiny_models, "full", "--epochs", "3")))
+    real_save, saves = utils.atomic_torch_save, []
+
+    def killed_at_second_last_checkpoint(obj, path):
+        if Path(path).name == "checkpoint_last.pt":
+            saves.append(path)
+            if len(saves) == 2:  # epoch 2 is logged, its checkpoint is not written
+                Path(path).with_name(".checkpoint_last.pt.x1y2.tmp").write_bytes(b"partial")
+                raise KeyboardInterrupt("killed while saving epoch 2")
+        return real_save(obj, path)
+    monkeypatch.setattr(utils, "atomic_torch_save", killed_at_second_last_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(args_for(w, tiny_models, "cut", "--epochs", "3"))
+    cut = w / "runs" / "cut"
+    assert [r["epoch"] for r in read_log(cut)] == [1, 2] and list(cut.glob(".*.tmp"))
+    monkeypatch.setattr(utils, "atomic_torch_save", real_save)
+    train.main(args_for(w, tiny_models, "cut", "--epochs", "3"))
+    assert read_log(cut) == read_log(full)  # epoch 2 once, as trained after the resume
+    assert not list(cut.glob(".*.tmp"))
+    a, b = utils.load_pt(full / "checkpoint_best.pt"), utils.load_pt(cut / "checkpoint_best.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_kill_9_and_rerun_with_loader_workers_equals_an_uninterrupted_run(tmp_path, tiny_models):
+    """train.py as a process with --num-workers 2 (persistent workers), killed with SIGKILL once its
+    first epoch is logged, then run again with the same command: the same log and weights as a run
+    that was never interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    w = write_work(tmp_path / "w")
+    script = Path(train.__file__)
+
+    def command(run):
+        argv = args_for(w, tiny_models, run, "--epochs", "3")
+        argv[argv.index("--num-workers") + 1] = "2"
+        return [sys.executable, str(script), *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(command("full"), check=True, capture_output=True, env=env)
+    proc = subprocess.Popen(command("cut"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    log = w / "runs" / "cut" / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (log.is_file() and log.read_text().count("\n") >= 1):
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    subprocess.run(command("cut"), check=True, capture_output=True, env=env)
+    full, cut = w / "runs" / "full", w / "runs" / "cut"
+    assert read_log(cut) == read_log(full)
+    for name in ("checkpoint_best.pt", "checkpoint_last.pt"):
+        a, b = utils.load_pt(full / name), utils.load_pt(cut / name)
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

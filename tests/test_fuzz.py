@@ -1,0 +1,458 @@
+"""Seeded fuzz tests: every mutated input ends in a named error, a counted skip, or a valid output.
+
+One test per input format (EmoEvaluation, transcriptions, .wdseg, ASR JSON, RTTM, labels.json,
+step-3 .pt caches, dialog wavs). Each case mutates a valid input (a number replaced by NaN, inf,
+1e308, 400 digits or a negative; a byte 0xE9 or NUL inserted; a line dropped, doubled or cut; a
+JSON value replaced by another type; a list nested 100,000 deep; audio samples set to NaN; a wav
+cut short ...) and runs the reader, or the step, on it. Allowed outcomes:
+  * utils.PipelineError (or step 3's "dialogs failed" exit) whose message names the file;
+  * success, and then the output's invariants hold: words in = words out, every segment inside the
+    audio with at least one sample, no NaN anywhere, labels in the 4 classes.
+Anything else (KeyError, TypeError, OverflowError, RecursionError, UnicodeDecodeError ...) fails.
+The seeds are fixed, so a failure reproduces; the case's mutation is in the assertion message.
+"""
+import copy
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import align
+import iemo_lab_with_timestamps as step1
+import preprocess
+import utils
+from utils import LABELS, PipelineError
+
+MINI = Path(__file__).resolve().parent / "fixtures" / "iemocap_mini"
+EMO = "Session1/dialog/EmoEvaluation/Ses01F_impro01.txt"
+TRANS = "Session1/dialog/transcriptions/Ses01F_impro01.txt"
+WDSEG = "Session1/sentences/ForcedAlignment/Ses01F_impro01/Ses01F_impro01_F001.wdseg"
+
+# Replacements for a number in a text file, and for a value in a JSON file.
+NUMBERS = ["nan", "NaN", "inf", "-inf", "1e308", "-1", "9" * 400, "1e-400", "0", "99999", "-0.0", "1.5.5", "", "x",
+           "0x10", "1_000", "٣"]
+VALUES = [float("nan"), float("inf"), -float("inf"), 1e308, -1.0, 10 ** 400, "1.5", "", None, True, False, [], {},
+          [[[]]], 0, 7, 1.7, 25.0, 20.03, "hap", "F", "\u0000", "é" * 3, -1e-9]
+BYTES = [b"\xe9", b"\x00", b"\xff\xfe", b"\x85", b"\t", b"[", b"]", b":", b"-", b"%", b"\r", b" ", b"\xef\xbb\xbf"]
+NUM_RE = re.compile(rb"-?\d+(?:\.\d+)?")
+
+
+def mutate_text(rng, data: bytes) -> tuple[bytes, str]:
+    """One random edit of a text file -> (new bytes, what was done)."""
+    lines = data.split(b"\n")
+    i = int(rng.integers(len(lines)))
+    op = int(rng.integers(9))
+    if op in (0, 1):  # a number replaced (twice as likely: numbers are what readers trust most)
+        spots = [(k, m) for k, line in enumerate(lines) for m in NUM_RE.finditer(line)]
+        if spots:
+            k, m = spots[int(rng.integers(len(spots)))]
+            new = NUMBERS[int(rng.integers(len(NUMBERS)))].encode()
+            lines[k] = lines[k][:m.start()] + new + lines[k][m.end():]
+            return b"\n".join(lines), f"line {k + 1}: number {m.group().decode()} -> {new[:20]!r}"
+    if op == 2:
+        b = BYTES[int(rng.integers(len(BYTES)))]
+        pos = int(rng.integers(len(data) + 1))
+        return data[:pos] + b + data[pos:], f"byte {b!r} inserted at {pos}"
+    if op == 3:
+        del lines[i]
+        return b"\n".join(lines), f"line {i + 1} deleted"
+    if op == 4:
+        lines.insert(i, lines[i])
+        return b"\n".join(lines), f"line {i + 1} doubled"
+    if op == 5:
+        pos = int(rng.integers(len(data) + 1))
+        return data[:pos], f"cut at byte {pos}"
+    if op == 6:  # two numbers of a line swapped (start and end reversed)
+        nums = list(NUM_RE.finditer(lines[i]))
+        if len(nums) >= 2:
+            a, b = nums[0], nums[1]
+            line = lines[i]
+            lines[i] = line[:a.start()] + b.group() + line[a.end():b.start()] + a.group() + line[b.end():]
+            return b"\n".join(lines), f"line {i + 1}: first two numbers swapped"
+    if op == 7:  # a field replaced by another line's field
+        fields, other = lines[i].split(), lines[int(rng.integers(len(lines)))].split()
+        if fields and other:
+            k = int(rng.integers(len(fields)))
+            fields[k] = other[int(rng.integers(len(other)))]
+            lines[i] = b" ".join(fields)
+            return b"\n".join(lines), f"line {i + 1}: field {k} replaced"
+    j = int(rng.integers(len(lines)))
+    lines[i], lines[j] = lines[j], lines[i]
+    return b"\n".join(lines), f"lines {i + 1} and {j + 1} swapped"
+
+
+def json_slots(obj, out=None):
+    """Every (container, key) of a JSON value, for mutate_json."""
+    out = [] if out is None else out
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else []
+    for k, v in list(items):
+        out.append((obj, k))
+        json_slots(v, out)
+    return out
+
+
+def mutate_json(rng, obj) -> tuple[bytes, str]:
+    """One random edit of a JSON document -> (file bytes, what was done)."""
+    obj = copy.deepcopy(obj)
+    op = int(rng.integers(12))
+    if op == 0:
+        text = json.dumps(obj).encode()
+        pos = int(rng.integers(len(text) + 1))
+        return text[:pos], f"cut at byte {pos}"
+    if op == 1:
+        text = json.dumps(obj).encode()
+        pos = int(rng.integers(len(text) + 1))
+        return text[:pos] + b"\xe9" + text[pos:], f"byte 0xE9 at {pos}"
+    slots = json_slots(obj)
+    if not slots:
+        return json.dumps(obj).encode(), "no change"
+    container, key = slots[int(rng.integers(len(slots)))]
+    if op == 2:
+        if isinstance(container, dict):
+            del container[key]
+        else:
+            container.pop(key)
+        what = f"{key!r} deleted"
+    elif op == 3 and isinstance(container, list):
+        container.insert(key, copy.deepcopy(container[key]))
+        what = f"item {key} doubled"
+    elif op == 4:
+        container[key] = "[" * 100_000  # replaced below by a 100,000-deep list
+        text = json.dumps(obj).replace('"' + "[" * 100_000 + '"', "[" * 100_000 + "]" * 100_000)
+        return text.encode(), f"{key!r} -> a list nested 100,000 deep"
+    else:
+        value = VALUES[int(rng.integers(len(VALUES)))]
+        container[key] = value
+        what = f"{key!r} -> {value!r:.30}"
+    return json.dumps(obj, allow_nan=True).encode(), what
+
+
+def names_file(message: str, *paths) -> bool:
+    return any(str(p) in message for p in paths)
+
+
+def no_nan(obj) -> bool:
+    if isinstance(obj, float):
+        return math.isfinite(obj)
+    if isinstance(obj, dict):
+        return all(no_nan(v) for v in obj.values())
+    if isinstance(obj, list):
+        return all(no_nan(v) for v in obj)
+    return True
+
+
+# --------------------------------------------------------------------------- step 1: the corpus text files
+
+@pytest.mark.parametrize("rel, seed", [(EMO, 11), (TRANS, 12)])
+def test_fuzz_emo_evaluation_and_transcriptions(tmp_path, rel, seed):
+    """Step 1 on 60 mutations of one EmoEvaluation / transcription file of the fixture corpus."""
+    root = tmp_path / "IEMOCAP_full_release"
+    shutil.copytree(MINI, root)
+    target, original = root / rel, (root / rel).read_bytes()
+    rng = np.random.default_rng(seed)
+    outcomes = {"error": 0, "ok": 0}
+    for case in range(60):
+        data, what = mutate_text(rng, original)
+        target.write_bytes(data)
+        try:
+            out = step1.build_labels(root)
+        except PipelineError as e:
+            assert names_file(str(e), root), (case, what, str(e))
+            outcomes["error"] += 1
+            continue
+        utils.check_labels(out, "labels.json")  # a valid labels.json ...
+        for info in out["dialogs"].values():  # ... with real intervals
+            assert all(0 <= u["start"] < u["end"] < 1e6 for u in info["utterances"]), (case, what)
+        outcomes["ok"] += 1
+    target.write_bytes(original)
+    assert outcomes["error"] >= 15 and outcomes["ok"] >= 5, outcomes  # both outcomes exercised
+
+
+# --------------------------------------------------------------------------- .wdseg (steps 1-2)
+
+def test_fuzz_wdseg(tmp_path):
+    """parse_wdseg and step 2's reference words on 60 mutations of a .wdseg file: a named error, or
+    words with non-empty text and finite times inside the dialog audio."""
+    root = tmp_path / "IEMOCAP_full_release"
+    shutil.copytree(MINI, root)
+    target, original = root / WDSEG, (root / WDSEG).read_bytes()
+    utt = {"id": "Ses01F_impro01_F001", "start": 14.8872, "end": 18.0175, "speaker": "F", "wdseg": WDSEG, "text": "x"}
+    duration = 25.0
+    rng = np.random.default_rng(3)
+    outcomes = {"error": 0, "ok": 0}
+    for case in range(60):
+        data, what = mutate_text(rng, original)
+        target.write_bytes(data)
+        counts = {}
+        try:
+            words, _ = preprocess.reference_words(root, [utt], duration, counts)
+        except PipelineError as e:
+            assert names_file(str(e), target), (case, what, str(e))
+            outcomes["error"] += 1
+            continue
+        for w in words:
+            assert w["word"] and w["word"] == w["word"].strip(), (case, what, w)
+            assert 0 <= w["start"] <= w["end"] <= duration + utils.TIME_TOLERANCE_S, (case, what, w)
+        outcomes["ok"] += 1
+    assert outcomes["error"] >= 15 and outcomes["ok"] >= 5, outcomes
+
+
+# --------------------------------------------------------------------------- step 3: ASR JSON and RTTM
+
+DIALOG, SECONDS = "Ses01F_impro01", 20.0
+TURNS = [(0.5, 6.0, "SPEAKER_00"), (6.2, 11.0, "SPEAKER_01"), (11.5, 19.0, "SPEAKER_00")]
+UTTS = [{"id": f"{DIALOG}_F000", "start": 0.5, "end": 6.0, "speaker": "F", "code": "neu", "label": "neu", "text": "x",
+         "wdseg": None},
+        {"id": f"{DIALOG}_M000", "start": 6.2, "end": 11.0, "speaker": "M", "code": "ang", "label": "ang", "text": "x",
+         "wdseg": None},
+        {"id": f"{DIALOG}_F001", "start": 11.5, "end": 19.0, "speaker": "F", "code": "fru", "label": None, "text": "x",
+         "wdseg": None}]
+
+
+def valid_asr():
+    segments = []
+    for k, (s, e) in enumerate([(0.6, 5.5), (6.3, 10.8), (11.6, 18.9)]):
+        times = np.linspace(s, e, 6)
+        words = [{"word": f"w{k}{i}", "start": round(float(a), 3), "end": round(float(a + 0.5), 3), "score": 0.9}
+                 for i, a in enumerate(times[:-1])]
+        words.append({"word": f"n{k}"})  # untimed, as WhisperX leaves numerals
+        segments.append({"start": s, "end": e, "text": " ".join(w["word"] for w in words), "words": words})
+    return {"segments": segments, "language": "en"}
+
+
+@pytest.fixture(scope="module")
+def step3_work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fuzz3")
+    corpus, work = root / "corpus", root / "work"
+    wav = f"Session1/dialog/wav/{DIALOG}.wav"
+    (corpus / wav).parent.mkdir(parents=True)
+    audio = np.random.default_rng(0).uniform(-0.5, 0.5, (int(SECONDS * 16000), 2)).astype(np.float32)
+    sf.write(corpus / wav, audio, 16000, subtype="FLOAT")
+    utils.atomic_write_json(work / "labels.json", {"corpus": str(corpus), "labels": list(LABELS), "dialogs": {
+        DIALOG: {"session": 1, "kind": "impro", "scenario": "impro01", "script": None, "wav": wav, "utterances": UTTS}}})
+    return work
+
+
+def expected_words(path) -> int | None:
+    """Words step 3 must keep from an ASR file it accepted: non-blank words, else the text's words."""
+    data = json.loads(Path(path).read_text())
+    n = 0
+    for seg in data["segments"]:
+        words = [w for w in seg.get("words") or [] if w["word"].strip()]
+        n += len(words) if words else len((seg.get("text") or "").split())
+    return n
+
+
+def run_align(work, monkeypatch, capsys, variant="both"):
+    """align.main on the one dialog -> "ok" or the error recorded in its manifest."""
+    monkeypatch.setattr(utils, "code_version", lambda: {"commit": "fuzz", "dirty": False})  # no git calls
+    monkeypatch.setattr(utils.os, "fsync", lambda fd: None)  # atomic writes without waiting for the disk
+    try:
+        align.main(["--work", str(work), "--pipe", "p", "--variant", variant, "--overwrite"])
+    except SystemExit as e:
+        assert "step 3: 1 of 1 dialogs failed" in str(e.code), e.code
+        capsys.readouterr()
+        m = utils.read_json(work / "p" / "aligned-p1.5" / "manifest.json")
+        assert m["dialogs"][DIALOG]["status"] == "failed"
+        return m["dialogs"][DIALOG]["error"]
+    capsys.readouterr()
+    return "ok"
+
+
+def check_step3_outputs(work, n_words, where):
+    for variant in ("aligned-p1.5", "baseline"):
+        raw = (work / "p" / variant / "segments" / f"{DIALOG}.json").read_text()
+        segs = json.loads(raw, parse_constant=lambda c: pytest.fail(f"{where}: {c} in {variant} segments"))["segments"]
+        assert no_nan(segs), where
+        if variant == "aligned-p1.5":
+            assert sum(s["n_words"] for s in segs) == n_words, where  # words in = words out
+        for s in segs:
+            assert 0 <= s["start"] <= s["end"] <= SECONDS + 1e-4, (where, variant, s)  # inside the audio
+            assert s["text"].strip() and s["n_words"] > 0, (where, s)
+            assert s["label"] in LABELS or s["label"] is None
+        cache = utils.load_pt(work / "p" / variant / "cache" / f"{DIALOG}.pt")
+        assert len(utils.SegmentDataset([work / "p" / variant / "cache" / f"{DIALOG}.pt"], labelled_only=False)) == len(segs)
+        for c in cache["segments"]:
+            assert c["audio"].ndim == 1 and c["audio"].numel() >= 1 and bool(torch.isfinite(c["audio"]).all()), where
+
+
+def test_fuzz_asr_json(step3_work, monkeypatch, capsys):
+    """Step 3 on 45 mutations of a WhisperX result."""
+    work = step3_work
+    utils.write_rttm(work / "p" / "diarization" / f"{DIALOG}.rttm", DIALOG, TURNS)
+    asr_path = work / "p" / "asr" / f"{DIALOG}.json"
+    rng = np.random.default_rng(5)
+    outcomes = {"error": 0, "ok": 0}
+    for case in range(45):
+        data, what = mutate_json(rng, valid_asr())
+        asr_path.parent.mkdir(parents=True, exist_ok=True)
+        asr_path.write_bytes(data)
+        result = run_align(work, monkeypatch, capsys)
+        if result != "ok":
+            assert names_file(result, asr_path), (case, what, result)
+            outcomes["error"] += 1
+            continue
+        check_step3_outputs(work, expected_words(asr_path), (case, what))
+        outcomes["ok"] += 1
+    assert outcomes["error"] >= 5 and outcomes["ok"] >= 5, outcomes
+
+
+def test_fuzz_rttm(step3_work, monkeypatch, capsys):
+    """Step 3 on 45 mutations of the RTTM (other recordings' lines among them)."""
+    work = step3_work
+    asr_path = work / "p" / "asr" / f"{DIALOG}.json"
+    utils.atomic_write_json(asr_path, valid_asr())
+    n_words = expected_words(asr_path)
+    rttm = work / "p" / "diarization" / f"{DIALOG}.rttm"
+    utils.write_rttm(rttm, DIALOG, TURNS)
+    original = rttm.read_bytes()
+    other = original.replace(DIALOG.encode(), b"Ses01F_impro02").replace(b"SPEAKER_0", b"SPEAKER_1")
+    rng = np.random.default_rng(6)
+    outcomes = {"error": 0, "ok": 0}
+    for case in range(45):
+        base = original + other if case % 5 == 0 else original  # a multi-recording RTTM now and then
+        data, what = mutate_text(rng, base)
+        rttm.write_bytes(data)
+        result = run_align(work, monkeypatch, capsys)
+        if result != "ok":
+            assert names_file(result, rttm), (case, what, result)
+            outcomes["error"] += 1
+            continue
+        check_step3_outputs(work, n_words, (case, what))
+        outcomes["ok"] += 1
+    assert outcomes["error"] >= 5 and outcomes["ok"] >= 5, outcomes
+
+
+# --------------------------------------------------------------------------- labels.json
+
+def test_fuzz_labels_json(tmp_path):
+    """load_labels (every step's reader) on 60 mutations of a labels.json written by step 1."""
+    work = tmp_path / "work"
+    step1.main(["--iemocap", str(MINI), "--work", str(work)])
+    valid = json.loads((work / "labels.json").read_text())
+    rng = np.random.default_rng(7)
+    outcomes = {"error": 0, "ok": 0}
+    for case in range(60):
+        data, what = mutate_json(rng, valid)
+        (work / "labels.json").write_bytes(data)
+        try:
+            labels = utils.load_labels(work, require=("wav",))
+        except PipelineError as e:
+            assert names_file(str(e), work / "labels.json"), (case, what, str(e))
+            outcomes["error"] += 1
+            continue
+        for d, info in labels["dialogs"].items():  # what steps 2-6 take for granted
+            ids = [u["id"] for u in info["utterances"]]
+            assert len(ids) == len(set(ids)) and isinstance(info["wav"], str), (case, what)
+            for u in info["utterances"]:
+                assert math.isfinite(u["start"]) and 0 <= u["start"] <= u["end"] < math.inf, (case, what)
+                assert u["label"] in LABELS or u["label"] is None, (case, what)
+                assert u["speaker"] in ("F", "M"), (case, what)
+        outcomes["ok"] += 1
+    assert outcomes["error"] >= 25 and outcomes["ok"] >= 5, outcomes
+
+
+# --------------------------------------------------------------------------- step-3 .pt caches
+
+def valid_cache():
+    g = torch.Generator().manual_seed(0)
+    return {"dialog": DIALOG, "session": 1, "sample_rate": 16000, "channel": "mean", "segments": [
+        {"id": f"{DIALOG}-{i:04d}", "start": float(i), "end": i + 0.5, "speaker": "SPEAKER_00", "text": "hello there",
+         "label": i - 1, "audio": torch.randn(8000, generator=g)} for i in range(5)]}
+
+
+BAD_AUDIO = [lambda a: a.clone().fill_(float("nan")), lambda a: torch.cat([a[:-1], torch.tensor([float("inf")])]),
+             lambda a: a.reshape(2, -1), lambda a: a > 0, lambda a: (a * 100).to(torch.int16), lambda a: a[:0],
+             lambda a: a.double(), lambda a: a.half(), lambda a: a[0], lambda a: torch.cat([a, a]), lambda a: a.numpy()]
+
+
+def test_fuzz_pt_cache(tmp_path):
+    """SegmentDataset (steps 4 and 5 read caches only through it) on 80 mutated caches."""
+    path = tmp_path / f"{DIALOG}.pt"
+    rng = np.random.default_rng(8)
+    outcomes = {"error": 0, "ok": 0}
+    for case in range(80):
+        cache = valid_cache()
+        op = int(rng.integers(5))
+        seg = cache["segments"][int(rng.integers(5))]
+        if op == 0:
+            k = int(rng.integers(len(BAD_AUDIO)))
+            seg["audio"] = BAD_AUDIO[k](seg["audio"])
+            what = f"audio mutation {k}"
+        elif op == 1:
+            key = str(rng.choice(["id", "start", "end", "speaker", "text", "label"]))
+            value = [float("nan"), float("inf"), -1.0, 1.7, "hap", b"bytes", None, True, 7, -2, torch.tensor(2),
+                     torch.tensor(1.5), 10 ** 30, [1]][int(rng.integers(14))]
+            seg[key] = value
+            what = f"{key} -> {value!r:.30}"
+        elif op == 2:
+            key = str(rng.choice(["dialog", "sample_rate", "segments", "channel"]))
+            cache[key] = [None, 8000, "x", [], {}, 16000.0, True][int(rng.integers(7))]
+            what = f"cache {key} -> {cache[key]!r}"
+        elif op == 3:
+            cache["segments"][1]["id"] = cache["segments"][0]["id"]
+            what = "duplicate id"
+        else:
+            del seg[str(rng.choice(list(seg)))]
+            what = "a key deleted"
+        utils.atomic_torch_save(cache, path)
+        if case % 10 == 9:  # and now and then a damaged file
+            data = path.read_bytes()
+            path.write_bytes(data[:int(rng.integers(len(data)))])
+            what += ", file cut"
+        try:
+            ds = utils.SegmentDataset([path], labelled_only=False)
+        except PipelineError as e:
+            assert names_file(str(e), path), (case, what, str(e))
+            outcomes["error"] += 1
+            continue
+        for s in ds.segments:
+            a = s["audio"]
+            assert a.ndim == 1 and a.dtype == torch.float32 and a.numel() >= 400 and bool(torch.isfinite(a).all()), (case, what)
+            assert -1 <= s["label"] < len(LABELS) and isinstance(s["label"], int) and isinstance(s["text"], str), (case, what)
+        assert len({s["id"] for s in ds.segments}) == len(ds.segments)
+        outcomes["ok"] += 1
+    assert outcomes["error"] >= 40 and outcomes["ok"] >= 5, outcomes
+
+
+# --------------------------------------------------------------------------- dialog wavs
+
+def test_fuzz_dialog_wav(tmp_path):
+    """load_audio (steps 2-3) and step 2's header reader on 50 mutated wavs."""
+    rng = np.random.default_rng(9)
+    path = tmp_path / f"{DIALOG}.wav"
+    outcomes = {"error": 0, "ok": 0}
+    for case in range(50):
+        subtype = ["FLOAT", "PCM_16", "DOUBLE"][case % 3]
+        audio = rng.uniform(-0.5, 0.5, (16000, 2))
+        op = int(rng.integers(6))
+        what = f"{subtype}, op {op}"
+        if op == 0 and subtype != "PCM_16":
+            audio[int(rng.integers(16000)), int(rng.integers(2))] = [np.nan, np.inf, -np.inf][case % 3]
+        sf.write(path, audio, [16000, 16000, 8000][case % 3] if op == 1 else 16000, subtype=subtype)
+        data = path.read_bytes()
+        if op == 2:
+            data = data[:int(rng.integers(len(data)))]  # a truncated copy
+        elif op == 3:
+            pos = int(rng.integers(len(data)))
+            data = data[:pos] + bytes(rng.integers(0, 256, 8, dtype=np.uint8)) + data[pos + 8:]  # bytes overwritten
+        elif op == 4:
+            data = data[:44]  # a header without samples
+        path.write_bytes(data)
+        try:
+            x = utils.load_audio(path)
+            seconds = preprocess.audio_duration(path)
+        except PipelineError as e:
+            assert names_file(str(e), path), (case, what, str(e))
+            outcomes["error"] += 1
+            continue
+        assert x.ndim == 1 and x.dtype == np.float32 and len(x) > 0 and np.isfinite(x).all(), (case, what)
+        assert seconds == len(x) / 16000, (case, what)  # the header and the samples agree
+        outcomes["ok"] += 1
+    assert outcomes["error"] >= 15 and outcomes["ok"] >= 10, outcomes
