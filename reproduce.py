@@ -25,9 +25,11 @@ bootstrap of the difference on the reference-projected utterances (evaluate.py's
 Every step runs as its own process, `python <step>.py ...`, printed before it runs: the command a
 researcher would type. A step item (a pipeline, a variant, a run) whose arguments, code and upstream
 outputs are unchanged since it last succeeded is not run again (stamps in WORK/reproduce_stamps.json);
-items that are out of date are passed together to one invocation of their step. So a re-run with
-nothing changed only rebuilds the tables, and changing only the pause threshold re-runs only the
-alignment of that threshold and what follows from it. A failed step stops the run with its own message.
+items that are out of date are passed together to as few invocations of their step as possible (one
+per pipeline; train.py sweeps that train exactly the runs due), and invocations of one step that do not
+depend on each other run side by side (--jobs; Runner). So a re-run with nothing changed only rebuilds
+the tables, and changing only the pause threshold re-runs only the alignment of that threshold and what
+follows from it. A failed step stops the run with its own message.
 """
 from __future__ import annotations
 

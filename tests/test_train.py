@@ -340,15 +340,15 @@ def test_kill_9_and_rerun_with_loader_workers_equals_an_uninterrupted_run(tmp_pa
     import time
 
     w = write_work(tmp_path / "w")
-    script = Path(train.__file__)
 
-    def command(run):
-        argv = args_for(w, tiny_models, run, "--epochs", "3")
-        argv[argv.index("--num-workers") + 1] = "2"
-        return [sys.executable, str(script), *argv]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(command("full"), check=True, capture_output=True, env=env)
-    proc = subprocess.Popen(command("cut"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    def argv(run):
+        a = args_for(w, tiny_models, run, "--epochs", "3")
+        a[a.index("--num-workers") + 1] = "2"
+        return a
+    train.main(argv("full"))  # in this process: the same code, without a second interpreter start
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen([sys.executable, str(Path(train.__file__)), *argv("cut")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     log = w / "runs" / "cut" / "log.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and not (log.is_file() and log.read_text().count("\n") >= 1):
@@ -356,7 +356,7 @@ def test_kill_9_and_rerun_with_loader_workers_equals_an_uninterrupted_run(tmp_pa
     assert proc.poll() is None, "the run ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    subprocess.run(command("cut"), check=True, capture_output=True, env=env)
+    train.main(argv("cut"))  # the same command again
     full, cut = w / "runs" / "full", w / "runs" / "cut"
     assert read_log(cut) == read_log(full)
     for name in ("checkpoint_best.pt", "checkpoint_last.pt"):
