@@ -69,7 +69,7 @@ import torch
 from sklearn import metrics as skm
 
 import utils
-from utils import fold_dirs, merge_intervals, run_test_dialogs
+from utils import fold_dirs, load_run, merge_intervals, run_dataset, run_test_dialogs
 from utils import LABELS, PipelineError, atomic_write_json, load_labels, read_json
 
 # ---------------------------------------------------------------------------------------------
@@ -457,41 +457,7 @@ def evaluate_named_run(work: Path, name: str, labels: dict, args, boot: dict, da
 # ---------------------------------------------------------------------------------------------
 
 
-def load_run(run_dir, device=None, load_extractors: bool = True) -> tuple[utils.SERModel, dict]:
-    """(model with the best-validation weights, config) of a train.py run dir."""
-    run_dir = Path(run_dir)
-    config = read_json(run_dir / "config.json", "run config")
-    if "folds" in config:
-        raise PipelineError(f"{run_dir}: a cross-validation run; load one of its fold dirs {config['folds']}")
-    for kind, ident in config["extractors"].items():
-        # a frozen run keeps no extractor weights: they must still be the ones it was trained on
-        if ident is not None and utils.extractor_identity(ident["name"]) != ident:
-            raise PipelineError(f"{run_dir / 'config.json'}: the {kind} extractor {ident['name']} has changed since "
-                                f"this run was trained (config or weights hash differs)")
-    model = utils.build_model(config, load_extractors=load_extractors)
-    state = utils.load_pt(run_dir / "checkpoint_best.pt", "best checkpoint")
-    missing, unexpected = model.load_state_dict(state["model"], strict=False)
-    if unexpected or (missing and config["mode"] == "finetune") or \
-            any(not k.startswith(("text.", "audio.")) for k in missing):
-        raise PipelineError(f"{run_dir / 'checkpoint_best.pt'}: does not match the model of config.json "
-                            f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
-    model.to(device or "cpu").eval()
-    return model, config
-
-
-def run_dataset(model: utils.SERModel, dataset: utils.SegmentDataset, collator: utils.Collator, batch_size: int,
-                device, bf16: bool, num_workers: int = 0) -> torch.Tensor:
-    """Logits [N, 4] of every segment of dataset, in dataset order (model in eval mode)."""
-    logits = torch.zeros(len(dataset), len(LABELS))
-    sampler = utils.LengthBucketSampler(dataset.lengths, batch_size, shuffle=False)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collator, num_workers=num_workers)
-    model.eval()
-    with torch.no_grad():
-        for batch in loader:
-            batch = utils.to_device(batch, device)
-            with utils.autocast(device, bf16):
-                logits[batch["index"].cpu()] = model(batch).float().cpu()
-    return logits
+# load_run and run_dataset live in utils (predict.py uses them too).
 
 
 def predict_split(run_dir, split: str = "test", device=None, datasets: dict | None = None) -> dict:

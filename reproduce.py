@@ -13,7 +13,8 @@ Experiment groups (--only; paper tables in brackets):
   pause      maximum pause 0.5 / 1.0 / 1.5 / 2.0 s, per-emotion F1                     [open question]
   fusion     gated cross-attention vs no gate, concatenation MLP, late fusion          [the paper's future work]
 On the demo the standard pipeline is step 2's `simulated` backend and the VAD-oracle pipeline its
-`oracle` backend; on real data they are `whisperx` and `whisperx --vad oracle`.
+`oracle` backend; on real data they are `whisperx` and `whisperx --vad oracle`. The demo ends with
+step 7, predict.py on a held-out test dialog (predict_demo): results/predict/.
 
 Seeds: the headline groups (main, vadoracle, frozen) train every configuration with --seeds seeds
 (default 3), the ablation groups with --ablation-seeds (default: --seeds on real data, 1 on the demo).
@@ -62,6 +63,12 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--iemocap", default=None,
                    help="IEMOCAP_full_release root. Omitted: the embedded demo (generated on first use).")
+    p.add_argument("--corpus-csv", default=None, metavar="CSV",
+                   help="any corpus: step 1 is corpus_from_csv.py on this CSV instead of iemo_lab_with_timestamps.py "
+                        "(docs/FORMATS.md); the audio is under --audio-root (default: the CSV's folder). With "
+                        "--iemocap absent the demo's backends and tiny models are used, as for the demo corpus")
+    p.add_argument("--audio-root", default=None, help="with --corpus-csv: the folder the CSV's audio paths start from")
+    p.add_argument("--emotion-map", default=None, help="with --corpus-csv: its labels -> the four classes (corpus_from_csv.py)")
     p.add_argument("--work", default=None, help="work directory (default: preprocessed_iemocap, "
                    "or demo_data/preprocessed_iemocap for the demo)")
     p.add_argument("--results", default="results", help="where tables, plots and provenance go")
@@ -91,8 +98,9 @@ def parse_args(argv=None):
                         "on cached embeddings only)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: auto)")
     p.add_argument("--jobs", type=int, default=None,
-                   help="step invocations run at once (pipelines, train.py sweeps, evaluation shares; see Runner); "
-                        "default: the CPU cores up to 4 on the demo, 1 on real data (one GPU)")
+                   help="step invocations run at once (pipelines, train.py sweeps, evaluation shares; see Runner), "
+                        "each with cores/jobs threads; default: the CPU cores on the demo (one thread each, so its "
+                        "numbers do not depend on the machine's core count), 1 on real data (one GPU)")
     p.add_argument("--pauses", type=float, nargs="+", default=list(PAUSES),
                    help="maximum pauses (s) of the pause-threshold sweep; 1.5 (the paper's) is always run")
     p.add_argument("--only", nargs="*", default=None, choices=GROUPS, metavar="GROUP",
@@ -180,9 +188,13 @@ class Runner:
     def _execute(self, name, script, calls, keys) -> None:
         parallel = min(self.jobs, len(calls))
         env = None
-        if parallel > 1:  # share the cores: torch and numpy start this many threads each
-            threads = str(max(1, (os.cpu_count() or 1) // parallel))
+        if self.jobs > 1:
+            # Share the cores: each invocation gets cores // jobs threads (torch, numpy), however many run at
+            # once, so that a run's numbers do not depend on which other runs were due (float sums over a
+            # different number of threads round differently).
+            threads = str(max(1, (os.cpu_count() or 1) // self.jobs))
             env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        if parallel > 1:
             print(f"\n=== {name}: {len(calls)} invocations, {parallel} at a time ({threads} thread(s) each); "
                   f"logs in {self.work / 'logs'}", flush=True)
 
@@ -192,7 +204,7 @@ class Runner:
             t0 = time.time()
             if parallel == 1:
                 print(f"\n=== {label}: python {script} {' '.join(argv)}", flush=True)
-                rc, log = subprocess.run(cmd).returncode, None
+                rc, log = subprocess.run(cmd, env=env).returncode, None
             else:
                 log = self.work / "logs" / (re.sub(r"[^\w.-]+", "_", label).strip("_") + ".log")
                 log.parent.mkdir(parents=True, exist_ok=True)
@@ -244,7 +256,9 @@ def setup(args, build: bool = True):
     if demo:
         demo_dir = Path(args.demo_dir)
         corpus = demo_dir / ("IEMOCAP_full_release" if args.demo_size == "default" else "IEMOCAP_tiny")
-        if build and not (corpus / "demo_ground_truth.json").is_file():
+        if args.corpus_csv:  # the corpus is the CSV's audio; nothing is generated
+            corpus = Path(args.audio_root or Path(args.corpus_csv).resolve().parent)
+        elif build and not (corpus / "demo_ground_truth.json").is_file():
             from demo.make_corpus import generate
 
             size = {} if args.demo_size == "default" else dict(sessions=[1, 5], impro_per_session=1,
@@ -263,14 +277,15 @@ def setup(args, build: bool = True):
                    audio_model=args.audio_model or str(models / "wav2vec2-tiny"),
                    epochs=args.epochs or 8, standard_pipe="simulated", oracle_pipe="oracle",
                    ablation_seeds=args.ablation_seeds or 1, ablation_mode=args.ablation_mode,
-                   fusion_mode=args.fusion_mode, jobs=args.jobs or min(4, os.cpu_count() or 1),
+                   fusion_mode=args.fusion_mode, jobs=args.jobs or os.cpu_count() or 1,
                    # Tiny random-init extractors need larger steps than pretrained ones (2e-5 barely moves them; with
                    # a head step of 1e-3 the authors' post-norm fusion encoder collapses to the majority class);
                    # the tiny batches need no loader processes (on 2 cores they only compete with training); the
                    # filterbank CNN stays fixed, so its features are computed once (train.py --freeze-feature-encoder).
                    train_flags=["--lr-extractor", "1e-3", "--lr-head", "3e-4", "--num-workers", "0", "--freeze-feature-encoder"])
     else:
-        cfg.update(iemocap=args.iemocap, work=args.work or "preprocessed_iemocap",
+        cfg.update(iemocap=(args.audio_root or args.iemocap) if args.corpus_csv else args.iemocap,
+                   work=args.work or "preprocessed_iemocap",
                    text_model=args.text_model or "roberta-base",
                    audio_model=args.audio_model or "facebook/wav2vec2-base",
                    epochs=args.epochs or 20, standard_pipe="whisperx", oracle_pipe="whisperx-vadoracle",
@@ -358,8 +373,14 @@ def train_sweeps(runs: list[dict]) -> list[list[dict]]:
 
 def run_pipeline(cfg, args, runner: Runner, configs: list[dict]):
     work, iemocap = cfg["work"], cfg["iemocap"]
-    argv1 = ["--iemocap", iemocap, "--work", work]
-    k1 = runner.step("step 1 labels", "iemo_lab_with_timestamps.py", [("labels", argv1, ())], lambda _: argv1)["labels"]
+    if args.corpus_csv:  # any corpus: labels.json from a CSV (its own step 1)
+        argv1 = [args.corpus_csv, "--work", work, "--audio-root", iemocap]
+        argv1 += ["--emotion-map", args.emotion_map] if args.emotion_map else []
+        step1, sources = "corpus_from_csv.py", ()
+    else:
+        argv1, step1, sources = ["--iemocap", iemocap, "--work", work], "iemo_lab_with_timestamps.py", ()
+    k1 = runner.step("step 1 labels", step1, [("labels", argv1, (file_digest(args.corpus_csv) if args.corpus_csv else "",))],
+                     lambda _: argv1, sources=sources)["labels"]
 
     # Step 2: one invocation per pipeline (they are independent).
     pipes = sorted({c["pipe"] for c in configs})
@@ -749,7 +770,7 @@ def preflight(cfg, args) -> bool:
     corpus_ready = models_ready = True
     if cfg["demo"]:
         models = Path(args.demo_dir) / "models"
-        corpus_ready = (corpus / "demo_ground_truth.json").is_file()
+        corpus_ready = Path(args.corpus_csv).is_file() if args.corpus_csv else (corpus / "demo_ground_truth.json").is_file()
         models_ready = (args.text_model and args.audio_model) or all((models / m).is_dir() for m in ("roberta-tiny", "wav2vec2-tiny"))
         if not corpus_ready:
             summary.append(utils.CheckItem("demo corpus", True, f"{corpus} will be built by the first run "
@@ -817,6 +838,26 @@ def preflight(cfg, args) -> bool:
     return utils.report_checks(sorted(summary, key=step_number), "reproduce preflight")
 
 
+def predict_demo(cfg, runner: Runner, configs: list[dict], results_dir: Path) -> None:
+    """Step 7 on the demo: predict.py on one held-out test dialog with the first seed of the standard
+    aligned fine-tuned model and the pipeline's own step-2 outputs -> results/predict/ (an
+    emotion-annotated transcript, RTTM, WebVTT and timeline of a recording, as for any audio)."""
+    std = cfg["standard_pipe"]
+    c = next((c for c in configs if (c["pipe"], c["variant"], c["mode"], c["modality"], c["fusion"])
+              == (std, "aligned-p1.5", "finetune", "fusion", DEFAULT_FUSION)), None)
+    if c is None:  # not in this plan (--only)
+        return
+    work = Path(cfg["work"])
+    run_dir = work / "runs" / run_names(c)[0]
+    dialog = utils.read_json(run_dir / "config.json", "run config")["split"]["test"][0]
+    labels = utils.load_labels(work, require=("wav",))
+    wav = Path(labels["corpus"]) / labels["dialogs"][dialog]["wav"]
+    argv = [str(wav), "--run", str(run_dir), "--asr-json", str(work / std / "asr" / f"{dialog}.json"),
+            "--rttm", str(work / std / "diarization" / f"{dialog}.rttm"), "--out", str(results_dir / "predict")]
+    runner.step("step 7 predict", "predict.py", [(f"predict/{dialog}", argv, (file_digest(run_dir / "checkpoint_best.pt"),))],
+                lambda _: argv)
+
+
 def main(argv=None):
     args = parse_args(argv)
     t0 = time.time()
@@ -830,6 +871,9 @@ def main(argv=None):
     configs = plan_configs(cfg, args)
     runner = Runner(work, args.force, cfg["jobs"])
     run_pipeline(cfg, args, runner, configs)
+
+    if cfg["demo"] and not args.corpus_csv:
+        predict_demo(cfg, runner, configs, results_dir)
 
     results = {tuple(c[k] for k in ("pipe", "variant", "mode", "modality", "fusion")): load_results(work, c) for c in configs}
     utils.atomic_write_text(results_dir / "tables.md", Tables(cfg, args, results).write(results_dir, work))
@@ -862,7 +906,9 @@ def main(argv=None):
                    "utterances": sum(len(d["utterances"]) for d in labels["dialogs"].values()),
                    "labelled_4class": sum(u["label"] is not None for d in labels["dialogs"].values() for u in d["utterances"])},
     }
-    if cfg["demo"]:
+    if args.corpus_csv:
+        provenance["corpus"].update(kind="csv", csv=str(args.corpus_csv), csv_sha256=file_digest(args.corpus_csv))
+    elif cfg["demo"]:
         truth = utils.read_json(Path(cfg["iemocap"]) / "demo_ground_truth.json", "demo ground truth")
         provenance["corpus"].update(kind="demo", seed=truth.get("seed"), generator_args=truth.get("args"))
     provenance["models"] = {"text": utils.extractor_identity(cfg["text_model"]),

@@ -160,12 +160,14 @@ def parse_args(argv=None):
 
 # ---- splits -----------------------------------------------------------------------------------
 
-def split_val(train_dialogs: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Hold out a seeded share of each training session's dialogs (at least one) for validation."""
+def split_val(train_dialogs: list[str], fraction: float, seed: int, session_of=None) -> tuple[list[str], list[str]]:
+    """Hold out a seeded share of each training session's dialogs (at least one) for validation.
+    session_of(dialog) -> its session (default: from an IEMOCAP name; make_folds passes labels.json's)."""
+    session_of = session_of or utils.session_of
     rng = random.Random(seed)
     train, val = [], []
-    for ses in sorted({utils.session_of(d) for d in train_dialogs}):
-        ds = sorted(d for d in train_dialogs if utils.session_of(d) == ses)
+    for ses in sorted({session_of(d) for d in train_dialogs}):
+        ds = sorted(d for d in train_dialogs if session_of(d) == ses)
         rng.shuffle(ds)
         k = min(len(ds) - 1, max(1, round(fraction * len(ds)))) if fraction > 0 else 0
         val += ds[:k]
@@ -197,7 +199,8 @@ def make_folds(meta: dict, scheme: str, test_session: int, val_fraction: float, 
         if not test or not train_pool:
             raise PipelineError(f"fold testing session {k}: {len(test)} test and {len(train_pool)} training dialogs; "
                                 f"sessions with caches: {sessions}")
-        train, val = split_val(train_pool, val_fraction, seed) if validation == "held-out" else (sorted(train_pool), sorted(test))
+        train, val = (split_val(train_pool, val_fraction, seed, lambda d: meta[d]["session"]) if validation == "held-out"
+                      else (sorted(train_pool), sorted(test)))
         name = "main" if scheme == "session" else f"fold{k}"
         folds.append({"name": name, "test_session": k, "train": train, "val": val, "test": sorted(test),
                       "unused": sorted(unused), **({"held_script": held_script} if scheme == "speaker-script" else {})})

@@ -187,6 +187,9 @@ def atomic_write_bytes(path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private (0600); the output gets an ordinary file's mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -1614,6 +1617,45 @@ def cached_embeddings(model: SERModel, dataset: SegmentDataset, collator: Collat
                 atomic_torch_save(store[d], Path(folder) / f"{d}.pt")
         out[kind] = torch.stack([store[s["dialog"]]["emb"][s["id"]] for s in dataset.segments])
     return out
+
+
+# ---- inference: load a trained run, predict a dataset (evaluate.py, predict.py) ----------------
+
+def load_run(run_dir, device=None, load_extractors: bool = True) -> tuple[SERModel, dict]:
+    """(model with the best-validation weights, config) of a train.py run dir."""
+    run_dir = Path(run_dir)
+    config = read_json(run_dir / "config.json", "run config")
+    if "folds" in config:
+        raise PipelineError(f"{run_dir}: a cross-validation run; load one of its fold dirs {config['folds']}")
+    for kind, ident in config["extractors"].items():
+        # a frozen run keeps no extractor weights: they must still be the ones it was trained on
+        if ident is not None and extractor_identity(ident["name"]) != ident:
+            raise PipelineError(f"{run_dir / 'config.json'}: the {kind} extractor {ident['name']} has changed since "
+                                f"this run was trained (config or weights hash differs)")
+    model = build_model(config, load_extractors=load_extractors)
+    state = load_pt(run_dir / "checkpoint_best.pt", "best checkpoint")
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    if unexpected or (missing and config["mode"] == "finetune") or \
+            any(not k.startswith(("text.", "audio.")) for k in missing):
+        raise PipelineError(f"{run_dir / 'checkpoint_best.pt'}: does not match the model of config.json "
+                            f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    model.to(device or "cpu").eval()
+    return model, config
+
+
+def run_dataset(model: SERModel, dataset: SegmentDataset, collator: Collator, batch_size: int,
+                device, bf16: bool, num_workers: int = 0) -> torch.Tensor:
+    """Logits [N, 4] of every segment of dataset, in dataset order (model in eval mode)."""
+    logits = torch.zeros(len(dataset), len(LABELS))
+    sampler = LengthBucketSampler(dataset.lengths, batch_size, shuffle=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collator, num_workers=num_workers)
+    model.eval()
+    with torch.no_grad():
+        for batch in loader:
+            batch = to_device(batch, device)
+            with autocast(device, bf16):
+                logits[batch["index"].cpu()] = model(batch).float().cpu()
+    return logits
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 import reproduce
 import utils
 
-STEPS = ("iemo_lab_with_timestamps", "preprocess", "align", "train", "evaluate", "teer_calculate")
+STEPS = ("iemo_lab_with_timestamps", "preprocess", "align", "train", "evaluate", "teer_calculate", "predict", "corpus_from_csv")
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,9 @@ def test_first_run_writes_every_table_from_metrics_files(tiny_run):
     assert len(p["models"]["text"]["weights_sha256"]) == 64 and "config_sha256" in p["models"]["audio"]
     assert {s["step"].split()[1] for s in p["steps"]} >= {"1", "2", "3", "4", "5", "6"}
     assert not any(s["skipped"] for s in p["steps"])
-    assert set(p["seconds_per_step"]) == {f"step {k}" for k in range(1, 7)}
+    assert set(p["seconds_per_step"]) == {f"step {k}" for k in range(1, 8)}  # 7: predict.py on a test dialog
+    assert sorted(f.name.split(".", 1)[1] for f in (base / "results" / "predict").iterdir()) == [
+        "emotions.json", "emotions.rttm", "timeline.png", "vtt"]
     assert all(v == [0, 1] for v in p["seeds"].values())
 
 
@@ -216,3 +218,36 @@ def test_no_step_script_imports_another():
         imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         assert not imported & (set(STEPS) - {step}), (step, imported & set(STEPS))
+
+
+def test_a_csv_corpus_replaces_step_1_and_its_content_is_stamped(tmp_path):
+    """--corpus-csv: step 1 is corpus_from_csv.py on the CSV and --audio-root; the CSV's bytes are part
+    of the item's key, so an edited CSV re-runs step 1 (and what follows)."""
+    csv_path = tmp_path / "c.csv"
+    csv_path.write_text("audio,id,start,end,speaker,emotion\n")
+    args = reproduce.parse_args(["--corpus-csv", str(csv_path), "--audio-root", str(tmp_path / "audio"),
+                                 "--emotion-map", "happy=hap", "--demo-dir", str(tmp_path / "demo")])
+    cfg = reproduce.setup(args, build=False)
+    assert cfg["iemocap"] == str(tmp_path / "audio")
+
+    class Recorder:
+        jobs = 1
+
+        def __init__(self):
+            self.calls = []
+
+        def step(self, name, script, items, argv_for, sources=(), redo_flag=None, split=None, cost=None):
+            ids = [i for i, _, _ in items]
+            for group in (split(ids) if split else [ids]):
+                self.calls.append((script, argv_for(group), [u for i, _, u in items if i in group]))
+            return {i: i for i in ids}
+
+    def step1():
+        rec = Recorder()
+        reproduce.run_pipeline(cfg, args, rec, reproduce.plan_configs(cfg, args))
+        return rec.calls[0]
+    script, argv, upstream = step1()
+    assert script == "corpus_from_csv.py"
+    assert argv == [str(csv_path), "--work", cfg["work"], "--audio-root", str(tmp_path / "audio"), "--emotion-map", "happy=hap"]
+    csv_path.write_text("audio,id,start,end,speaker,emotion,text\n")
+    assert step1()[2] != upstream

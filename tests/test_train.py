@@ -362,3 +362,12 @@ def test_kill_9_and_rerun_with_loader_workers_equals_an_uninterrupted_run(tmp_pa
     for name in ("checkpoint_best.pt", "checkpoint_last.pt"):
         a, b = utils.load_pt(full / name), utils.load_pt(cut / name)
         assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_folds_of_a_corpus_with_any_dialog_names_use_labels_sessions():
+    """A corpus from corpus_from_csv.py may name dialogs anything: splits follow labels.json's sessions."""
+    meta = {f"call-{s}-{i}": {"session": s, "kind": "impro", "script": None} for s in (1, 2, 3) for i in range(4)}
+    (fold,) = train.make_folds(meta, "session", 3, 0.25, 0)
+    assert fold["test"] == [f"call-3-{i}" for i in range(4)]
+    assert sorted(fold["train"] + fold["val"]) == sorted(d for d in meta if meta[d]["session"] != 3)
+    assert [meta[d]["session"] for d in fold["val"]].count(1) == 1 and [meta[d]["session"] for d in fold["val"]].count(2) == 1

@@ -1,0 +1,302 @@
+"""Any corpus -> WORK/labels.json: a CSV of labelled utterances in place of step 1.
+
+labels.json is the corpus interface of the pipeline (docs/FORMATS.md, "labels.json"): steps 2-6
+read nothing else about the corpus except the dialog audio it names. Step 1
+(iemo_lab_with_timestamps.py) writes it from IEMOCAP's folders; this script writes the same
+schema from a CSV, one row per labelled utterance, so steps 2-6 and reproduce.py run unchanged
+(see "What steps 2-6 still assume" below). The result passes utils.check_labels before it is
+written.
+
+CSV (UTF-8, comma-separated, a header row; column order free, unknown columns ignored):
+  audio     dialog audio file: relative to --audio-root (default: the CSV's folder) or absolute;
+            16 kHz wav (what step 2 reads). One file per dialog.
+  id        utterance id, unique over the whole CSV
+  start     seconds from the start of the dialog audio
+  end       seconds; start < end, and end at most the audio's length + utils.TIME_TOLERANCE_S
+  speaker   any name; at most two per dialog (see Speakers)
+  emotion   the corpus's own label; mapped by --emotion-map
+  text      (optional) the transcript; "" when absent
+  session   (optional; or "fold") a positive integer: the cross-validation group of the dialog
+            (train.py --test-session / --folds loso); default --default-session (1)
+  dialog    (optional) the dialog name; default the audio file's stem
+  wdseg     (optional) an IEMOCAP-format .wdseg word alignment (relative to --audio-root or
+            absolute); the oracle/simulated backends of step 2 use it, else they spread the
+            transcript's words evenly over the utterance
+
+Every bad row is a utils.PipelineError naming "<csv>:<line>": a missing column (line 1), an empty
+required field, a time that is not a finite number or start >= end, an emotion not covered by the
+map, an id listed before, a missing or unreadable audio file, audio not at 16 kHz, an end past the
+audio's end, a dialog with two audio files or two sessions, a third speaker in a dialog.
+
+Design decisions:
+  * Emotions: --emotion-map "happy=hap,excited=hap,angry=ang,sad=sad,neutral=neu,frustrated=none"
+    maps each CSV label (matched case-insensitively, spaces trimmed) to one of utils.LABELS or to
+    "none" (kept as speech, no 4-class label: label null, as step 1 does for fru, sur, ...). The
+    default is IEMOCAP's own codes: hap, exc -> hap; ang, sad, neu -> themselves; fru, sur, fea,
+    dis, oth, xxx -> none. A label outside the map is an error, never silently dropped. The CSV's
+    label is kept in each utterance's "emotion"; "code" (which the schema restricts to IEMOCAP's
+    codes) is the CSV label when it is one of them, else the class it maps to, or "oth" for none.
+  * Speakers: the schema has IEMOCAP's two actors per dialog, "F" and "M" (utils.check_labels),
+    and steps 2-3 (oracle turns, TEER speaker mapping) compare speakers within a dialog only. A
+    CSV whose speakers are already F/M keeps them (so an IEMOCAP CSV round-trips); otherwise each
+    dialog's speakers become "F" (the first to speak) and "M" (the second) in time order, and the
+    CSV's name is kept in "speaker_name". A dialog with three or more speakers is an error, as F/M
+    cannot hold them. An id of the IEMOCAP form '<dialog>_F...' must agree with its speaker.
+  * Sessions: from the "session" (or "fold") column, else every dialog is in --default-session.
+    train.py's single split tests one session (--test-session) and trains on the others, so a
+    corpus for training needs at least two sessions.
+  * Dialog metadata: a dialog named like IEMOCAP's (Ses01F_impro01, Ses01F_script01_1) gets
+    step 1's kind/scenario/script; any other gets kind "impro", script null, scenario = its name
+    (train.py --folds speaker-script only treats "script" dialogs specially).
+  * "corpus" is the --audio-root (absolute): steps 2-3 resolve each dialog's "wav" against it.
+
+What steps 2-6 still assume: step 2 adds unevaluated IEMOCAP transcript lines when the audio root
+has IEMOCAP's folders (absent for other corpora: nothing is added). train.py groups dialogs by the
+"session" of labels.json, so any dialog names work.
+
+Usage: python corpus_from_csv.py corpus.csv --work WORK [--audio-root DIR] [--emotion-map SPEC]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import re
+from collections import Counter
+from pathlib import Path
+
+import utils
+from utils import CODE_TO_LABEL, IEMOCAP_CODES, LABELS, PipelineError
+
+REQUIRED = ("audio", "id", "start", "end", "speaker", "emotion")
+SESSION_COLUMNS = ("session", "fold")
+NONE = "none"  # map target: speech without one of the four classes (label null)
+# IEMOCAP's codes: exc merged into hap (utils.CODE_TO_LABEL), the rest without a 4-class label.
+DEFAULT_EMOTION_MAP = {code: CODE_TO_LABEL.get(code, NONE) for code in IEMOCAP_CODES}
+# Step 1's dialog names: "Ses01F_impro01", "Ses03M_impro05a", "Ses01F_script01_1", "Ses05M_script01_1b"
+IEMOCAP_DIALOG_RE = re.compile(r"^Ses(\d\d)[FM]_(?:(impro)\d\d[a-z]?|(script)(\d\d)_\d[a-z]?)$")
+
+
+def parse_emotion_map(spec: str | None) -> dict:
+    """'happy=hap,frustrated=none' -> {'happy': 'hap', 'frustrated': 'none'}; None -> the IEMOCAP default."""
+    if spec is None:
+        return dict(DEFAULT_EMOTION_MAP)
+    mapping = {}
+    for item in spec.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        key, value = key.strip().lower(), value.strip()
+        if not sep or not key or value not in (*LABELS, NONE):
+            raise PipelineError(f"--emotion-map: bad item {item.strip()!r}; expected LABEL=CLASS with CLASS one of "
+                                f"{', '.join(LABELS)} or {NONE}")
+        mapping[key] = value
+    if not mapping:
+        raise PipelineError("--emotion-map: empty; expected e.g. 'happy=hap,angry=ang,sad=sad,neutral=neu,other=none'")
+    return mapping
+
+
+def dialog_meta(dialog: str) -> dict:
+    """Step 1's kind/scenario/script for IEMOCAP-style names; impro/name/null for any other."""
+    m = IEMOCAP_DIALOG_RE.match(dialog)
+    if m is None:
+        return {"kind": "impro", "scenario": dialog, "script": None}
+    kind = m.group(2) or m.group(3)
+    return {"kind": kind, "scenario": dialog.split("_", 1)[1], "script": f"script{m.group(4)}" if kind == "script" else None}
+
+
+def audio_seconds(path: Path, where: str) -> float:
+    """Length of a dialog audio file from its header; it must exist, decode and be 16 kHz (step 2 reads it)."""
+    import soundfile as sf
+
+    if not path.is_file():
+        raise PipelineError(f"{where}: audio file {path} not found")
+    utils.check_wav_complete(path)
+    try:
+        info = sf.info(str(path))
+    except Exception as e:
+        raise PipelineError(f"{where}: cannot decode audio file {path}: {utils.one_line(str(e))}") from e
+    if info.samplerate != utils.SAMPLE_RATE or info.frames == 0:
+        raise PipelineError(f"{where}: {path}: {info.samplerate} Hz, {info.frames} frames; the pipeline reads "
+                            f"{utils.SAMPLE_RATE} Hz audio with samples (resample it first)")
+    return info.frames / info.samplerate
+
+
+def _number(text: str, name: str, where: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        x = math.nan
+    if not math.isfinite(x):
+        raise PipelineError(f"{where}: {name} {text!r:.40}; expected a finite number of seconds")
+    return x
+
+
+def read_rows(csv_path: Path) -> tuple[list[tuple[int, dict]], list[str]]:
+    """-> ([(line number, row)], header); the required columns checked (line 1)."""
+    if not csv_path.is_file():
+        raise PipelineError(f"{csv_path}: CSV file not found")
+    try:
+        text = csv_path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise PipelineError(f"{csv_path}: not UTF-8 text (byte {e.start})") from None
+    reader = csv.DictReader(text.splitlines(keepends=True))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    reader.fieldnames = header
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        raise PipelineError(f"{csv_path}:1: missing column(s) {', '.join(missing)}; the header must name "
+                            f"{', '.join(REQUIRED)} (optional: text, session or fold, dialog, wdseg), got {header}")
+    rows = []
+    for row in reader:  # reader.line_num: the row's (last) line; a quoted multi-line text ends there
+        if not any((v or "").strip() for k, v in row.items() if k is not None):
+            continue  # a row of empty cells
+        rows.append((reader.line_num, {k: (v or "").strip() for k, v in row.items() if k is not None}))
+    return rows, header
+
+
+def build_labels(csv_path, audio_root=None, emotion_map: dict | None = None, default_session: int = 1) -> dict:
+    """Read the CSV -> the content of labels.json (docs/FORMATS.md), checked by utils.check_labels."""
+    csv_path = Path(csv_path).resolve()
+    root = Path(audio_root).resolve() if audio_root is not None else csv_path.parent
+    emotion_map = DEFAULT_EMOTION_MAP if emotion_map is None else emotion_map
+    rows, header = read_rows(csv_path)
+    session_col = next((c for c in SESSION_COLUMNS if c in header), None)
+    if not rows:
+        raise PipelineError(f"{csv_path}: no utterance rows after the header")
+    dialogs, first_line, durations, wdsegs = {}, {}, {}, {}
+    for line, row in rows:
+        where = f"{csv_path}:{line}"
+        empty = [c for c in REQUIRED if not row.get(c)]
+        if empty:
+            raise PipelineError(f"{where}: empty {', '.join(empty)}")
+        utt_id = row["id"]
+        if utt_id in first_line:
+            raise PipelineError(f"{where}: duplicate utterance id {utt_id!r} (first at line {first_line[utt_id]})")
+        first_line[utt_id] = line
+        start, end = _number(row["start"], "start", where), _number(row["end"], "end", where)
+        if not 0 <= start < end:
+            raise PipelineError(f"{where}: start {row['start']}, end {row['end']}; expected 0 <= start < end")
+        emotion = row["emotion"]
+        if emotion.lower() not in emotion_map:
+            raise PipelineError(f"{where}: emotion {emotion!r:.40} is not in the emotion map ({', '.join(emotion_map)}); "
+                                f"add it with --emotion-map {emotion.lower()}=<{'|'.join(LABELS)}|{NONE}>")
+        target = emotion_map[emotion.lower()]
+        audio_rel = row["audio"]
+        audio = root / audio_rel
+        dialog = row.get("dialog") or Path(audio_rel).stem
+        if session_col and row.get(session_col):
+            if not re.fullmatch(r"\d+", row[session_col]) or int(row[session_col]) < 1:
+                raise PipelineError(f"{where}: {session_col} {row[session_col]!r:.40}; expected a positive integer")
+            session = int(row[session_col])
+        else:
+            session = default_session
+        d = dialogs.get(dialog)
+        if d is None:
+            if audio_rel not in durations:
+                durations[audio_rel] = audio_seconds(audio, where)
+            d = dialogs[dialog] = {"session": session, **dialog_meta(dialog), "wav": Path(audio_rel).as_posix(),
+                                   "utterances": [], "_line": line}
+        elif d["wav"] != Path(audio_rel).as_posix():
+            raise PipelineError(f"{where}: dialog {dialog} has audio {audio_rel!r} here but {d['wav']!r} at line "
+                                f"{d['_line']}; one audio file per dialog")
+        elif d["session"] != session:
+            raise PipelineError(f"{where}: dialog {dialog} is in {session_col or 'session'} {session} here but "
+                                f"{d['session']} at line {d['_line']}")
+        utils.check_in_audio(end, durations[audio_rel], where, f"utterance {utt_id} ({start:.3f}-{end:.3f} s)")
+        wdseg = row.get("wdseg") or None
+        if wdseg is not None:
+            if not (root / wdseg).is_file():
+                raise PipelineError(f"{where}: wdseg file {root / wdseg} not found")
+            if wdseg in wdsegs:
+                raise PipelineError(f"{where}: wdseg {wdseg} is also the file of line {wdsegs[wdseg]}")
+            wdsegs[wdseg] = line
+        code = emotion.lower() if emotion.lower() in IEMOCAP_CODES else (target if target != NONE else "oth")
+        d["utterances"].append({"id": utt_id, "start": start, "end": end, "speaker": row["speaker"],
+                                "code": code, "label": None if target == NONE else target,
+                                "text": row.get("text", ""), "wdseg": wdseg, "emotion": emotion, "_line": line})
+
+    for dialog, d in dialogs.items():
+        d["utterances"].sort(key=lambda u: (u["start"], u["id"]))
+        assign_speakers(csv_path, dialog, d["utterances"])
+        del d["_line"]
+    dialogs = {d: dialogs[d] for d in sorted(dialogs)}
+    data = {"corpus": str(root), "labels": list(LABELS), "dialogs": dialogs,
+            "source": {"csv": str(csv_path), "emotion_map": dict(emotion_map),
+                       "session_column": session_col, "default_session": default_session},
+            "counts": count_utterances(dialogs)}
+    utils.check_labels(data, csv_path)
+    return data
+
+
+def assign_speakers(csv_path: Path, dialog: str, utterances: list[dict]) -> None:
+    """CSV speaker names -> F/M in place (see the module docstring); the name kept in "speaker_name"."""
+    names = list(dict.fromkeys(u["speaker"] for u in utterances))  # order of first speech
+    if len(names) > 2:
+        u = next(u for u in utterances if u["speaker"] == names[2])
+        raise PipelineError(f"{csv_path}:{u['_line']}: dialog {dialog} has a third speaker {names[2]!r} (after "
+                            f"{names[0]!r}, {names[1]!r}); labels.json holds two speakers per dialog (F, M)")
+    letters = ({n: n for n in names} if set(names) <= {"F", "M"}
+               else {n: letter for n, letter in zip(names, ("F", "M"))})
+    for u in utterances:
+        name, line = u["speaker"], u.pop("_line")
+        u["speaker"], u["speaker_name"] = letters[name], name
+        suffix = u["id"][len(dialog) + 1:] if u["id"].startswith(f"{dialog}_") else ""
+        if suffix[:1] in ("F", "M") and suffix[:1] != u["speaker"]:
+            raise PipelineError(f"{csv_path}:{line}: utterance {u['id']} names speaker {suffix[0]!r} in its id, but "
+                                f"speaker {name!r} became {u['speaker']!r} (first speaker F, second M); use F/M "
+                                "speakers or ids without the IEMOCAP '<dialog>_<F|M>' form")
+
+
+def count_utterances(dialogs: dict) -> dict:
+    """Counts per class, per CSV emotion and per session (string session keys: JSON round-trips)."""
+    per_label, per_emotion, per_session, dialogs_per_session = Counter(), Counter(), {}, Counter()
+    for d in dialogs.values():
+        s = str(d["session"])
+        dialogs_per_session[s] += 1
+        row = per_session.setdefault(s, {"utterances": 0, "target": 0, **{lab: 0 for lab in LABELS}})
+        for u in d["utterances"]:
+            per_emotion[u["emotion"]] += 1
+            row["utterances"] += 1
+            if u["label"] is not None:
+                per_label[u["label"]] += 1
+                row["target"] += 1
+                row[u["label"]] += 1
+    return {"dialogs": len(dialogs), "dialogs_per_session": dict(sorted(dialogs_per_session.items())),
+            "utterances": sum(per_emotion.values()), "target": sum(per_label.values()),
+            "per_label": {lab: per_label[lab] for lab in LABELS}, "per_emotion": dict(sorted(per_emotion.items())),
+            "target_per_session": {s: r["target"] for s, r in sorted(per_session.items())},
+            "per_session": dict(sorted(per_session.items())),
+            "missing": {"wdseg": sum(u["wdseg"] is None for d in dialogs.values() for u in d["utterances"]),
+                        "dialog_wav": 0}}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("csv", help="the corpus CSV (columns: see the module docstring or docs/FORMATS.md)")
+    parser.add_argument("--work", default="preprocessed_iemocap", help="work directory; writes WORK/labels.json")
+    parser.add_argument("--audio-root", default=None,
+                        help="folder that relative audio/wdseg paths start from (default: the CSV's folder); "
+                             "recorded as labels.json 'corpus'")
+    parser.add_argument("--emotion-map", default=None, metavar="LABEL=CLASS,...",
+                        help="CSV emotion -> one of hap, ang, sad, neu or none (default: IEMOCAP's codes, "
+                             "exc merged into hap, fru/sur/fea/dis/oth/xxx none)")
+    parser.add_argument("--default-session", type=int, default=1,
+                        help="session of every dialog when the CSV has no session/fold column (or the cell is empty)")
+    args = parser.parse_args(argv)
+    if args.default_session < 1:
+        raise PipelineError(f"--default-session {args.default_session}: expected a positive integer")
+    data = build_labels(args.csv, args.audio_root, parse_emotion_map(args.emotion_map), args.default_session)
+    out_path = Path(args.work) / "labels.json"
+    utils.atomic_write_json(out_path, data)
+    c = data["counts"]
+    print(f"read {args.csv}: {c['dialogs']} dialogs in sessions {','.join(c['dialogs_per_session'])}, "
+          f"{c['utterances']} utterances ({c['target']} in the 4 classes: "
+          + ", ".join(f"{lab} {c['per_label'][lab]}" for lab in LABELS) + ")")
+    print(f"wrote {out_path}")
+    return data
+
+
+if __name__ == "__main__":
+    utils.run_main(main)

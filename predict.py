@@ -1,0 +1,522 @@
+"""Emotion-annotated transcript of any recording: steps 2 and 3 of the pipeline, then a trained run.
+
+    python predict.py call.wav [more.flac ...] --run WORK/runs/<run> [--out predictions]
+    python predict.py call.wav --run R --asr-json call.json --rttm call.rttm     # bring your own step 2
+
+For each audio file (wav, flac, ogg; mono or stereo; any sample rate) this writes, in --out:
+  <name>.emotions.json  segments in time order: start, end, speaker, text, emotion, probs {label: p},
+                        flags (re-timed words, nearest-speaker words: step 3's), and a summary
+  <name>.emotions.rttm  one SPEAKER line per segment, label "<speaker>_<emotion>" (SPEAKER_00_ang):
+                        reads with pyannote.database.util.load_rttm and NIST md-eval
+  <name>.vtt            WebVTT cues "SPEAKER_00 [angry] text" (--srt: <name>.srt instead)
+  <name>.timeline.png   one lane per speaker over time, segments coloured by emotion
+
+How (the pipeline's own code, run as the steps run, never a copy of it):
+  1. Audio: decoded with soundfile, channels averaged to mono, resampled ONCE to 16 kHz
+     (torchaudio.functional.resample) and written as a float 16 kHz wav of a one-session corpus in a
+     temporary work directory, whose labels.json lists each file as a dialog with no utterances
+     (there is no reference: every segment's label is null, and nothing is scored).
+  2. Step 2, `preprocess.py --backend whisperx` (WhisperX ASR + pyannote diarization, models loaded
+     once for all files), or, with --asr-json/--rttm, the given WhisperX-shaped JSON and RTTM
+     (from WhisperX, pyannote, NeMo or any tool) placed where step 2 would write them; the RTTM's
+     file field becomes the dialog name.
+  3. Step 3, `align.py`, with the variant and settings the run was trained on (config.json's
+     variant: aligned-p<x> -> --max-pause x, or baseline; tie break, long-word limit and word
+     policy from that variant's manifest when it can be read).
+  4. The run's model (utils.load_run, best checkpoint) classifies every segment of step 3's cache
+     (utils.run_dataset; frozen runs through utils.cached_embeddings, as evaluate.py), batched on
+     the GPU when there is one.
+
+Departures worth knowing: a stereo recording is averaged to mono whatever channel the run was
+trained on (align.py --channel concerns IEMOCAP's two-actor wavs); a recording has session 1 and
+kind "impro" in the temporary labels.json (neither is used by steps 2-3 nor by the model).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import utils
+from utils import LABELS, PipelineError
+
+HERE = Path(__file__).resolve().parent
+PIPE = "input"  # the step-2 folder of the temporary work directory
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+EMOTION_WORDS = {"hap": "happy", "ang": "angry", "sad": "sad", "neu": "neutral"}
+EMOTION_COLOURS = {"hap": "#f2b134", "ang": "#d1495b", "sad": "#3b6ea5", "neu": "#a0a0a0"}
+VARIANT_RE = re.compile(r"^(?:aligned-p(?P<pause>[0-9.]+)|(?P<baseline>baseline))(?P<exclusive>-exclusive)?$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: audio, the run, the optional step-2 files
+# ---------------------------------------------------------------------------------------------
+
+def read_audio(path) -> tuple[np.ndarray, dict]:
+    """Decode any soundfile format -> (float32 mono [samples] at 16 kHz, facts about the input).
+
+    Channels are averaged (mono stays as it is); a rate other than 16 kHz is resampled once with
+    torchaudio.functional.resample (its default windowed-sinc filter)."""
+    import soundfile as sf
+    import torchaudio
+
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: audio file not found")
+    try:
+        audio, sr = sf.read(str(path), dtype="float32", always_2d=True)  # [samples, channels]
+    except Exception as e:
+        raise PipelineError(f"{path}: cannot decode audio (expected wav, flac or ogg): {utils.one_line(str(e))}") from e
+    if audio.shape[0] == 0:
+        raise PipelineError(f"{path}: audio file has no samples")
+    if not np.isfinite(audio).all():
+        first = int(np.argmax(~np.isfinite(audio).all(axis=1)))
+        raise PipelineError(f"{path}: NaN or infinite samples (the first at {first / sr:.3f} s); expected finite samples")
+    info = {"sample_rate": int(sr), "channels": int(audio.shape[1]), "seconds": audio.shape[0] / sr}
+    mono = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
+    if sr != utils.SAMPLE_RATE:
+        mono = torchaudio.functional.resample(torch.from_numpy(np.ascontiguousarray(mono)), sr, utils.SAMPLE_RATE).numpy()
+    info["resampled"] = sr != utils.SAMPLE_RATE
+    return np.ascontiguousarray(mono, dtype=np.float32), info
+
+
+def check_run(run_dir) -> Path:
+    """The run directory holds config.json and checkpoint_best.pt (a single run, not a fold parent)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PipelineError(f"{run_dir}: run directory not found (expected WORK/runs/<run>/ written by train.py)")
+    for name in ("config.json", "checkpoint_best.pt"):
+        if not (run_dir / name).is_file():
+            raise PipelineError(f"{run_dir / name}: not found; expected a run trained by train.py (config.json and "
+                                "checkpoint_best.pt; for a cross-validation run pass one of its fold<k>/ dirs)")
+    return run_dir
+
+
+def step2_file(option: str, given, audio: Path, n_audio: int, suffix: str) -> Path:
+    """The --asr-json / --rttm file of one recording: the file itself (one recording only), or
+    DIR/<audio stem><suffix> when a folder is given."""
+    given = Path(given)
+    if given.is_dir():
+        path = given / f"{audio.stem}{suffix}"
+    elif n_audio > 1:
+        raise PipelineError(f"{given}: {option} must be a folder holding <audio name>{suffix} per recording "
+                            f"when {n_audio} recordings are given")
+    else:
+        path = given
+    if not path.is_file():
+        raise PipelineError(f"{path}: {option} file not found (for {audio})")
+    return path
+
+
+def dialog_names(paths) -> list[str]:
+    """A dialog name per recording: its file stem in [A-Za-z0-9_.-], unique (a suffix _2, _3 ...)."""
+    names, seen = [], set()
+    for p in paths:
+        base = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(p).stem).lstrip("-.") or "audio"
+        name, k = base, 1
+        while name in seen:
+            k += 1
+            name = f"{base}_{k}"
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+def relabel_rttm(src: Path, dest: Path, dialog: str, stem: str) -> None:
+    """Copy an RTTM as step 2 writes it, the file field set to the dialog: the lines of the
+    recording named like the audio file if there are such lines, else those of the file's only
+    recording; several other recordings are an error."""
+    lines = [ln.split() for ln in src.read_text(encoding="utf-8", errors="replace").splitlines()]
+    recordings = sorted({f[1] for f in lines if len(f) > 1 and f[0] == "SPEAKER"})
+    if stem in recordings:
+        turns = utils.read_rttm(src, dialog=stem)
+    elif len(recordings) <= 1:
+        turns = utils.read_rttm(src)
+    else:
+        raise PipelineError(f"{src}: holds the recordings {recordings[:5]}, none named {stem!r} (the audio file's "
+                            "name); expected one recording, or one named like the audio file")
+    if not turns:
+        raise PipelineError(f"{src}: no SPEAKER line; expected the speaker turns of {stem}")
+    utils.write_rttm(dest, dialog, turns)
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps 2 and 3 as the pipeline runs them
+# ---------------------------------------------------------------------------------------------
+
+def write_corpus(work: Path, recordings: list[dict]) -> None:
+    """WORK/labels.json and WORK/corpus/audio/<dialog>.wav (float 16 kHz mono): one dialog per
+    recording, session 1, no utterances; checked by utils.load_labels as steps 2 and 3 read it."""
+    import soundfile as sf
+
+    corpus = work / "corpus"
+    (corpus / "audio").mkdir(parents=True, exist_ok=True)
+    dialogs = {}
+    for r in recordings:
+        sf.write(str(corpus / "audio" / f"{r['dialog']}.wav"), r["audio"], utils.SAMPLE_RATE, subtype="FLOAT")
+        dialogs[r["dialog"]] = {"session": 1, "kind": "impro", "scenario": r["dialog"], "script": None,
+                                "wav": f"audio/{r['dialog']}.wav", "utterances": []}
+    labels = {"corpus": str(corpus.resolve()), "labels": list(LABELS), "dialogs": dialogs,
+              "counts": {}, "source": {"predict": [str(r["path"]) for r in recordings]}}
+    utils.atomic_write_json(work / "labels.json", labels)
+    utils.load_labels(work, require=("wav",))
+
+
+def step3_flags(config: dict, run_dir: Path) -> list[str]:
+    """align.py flags that reproduce the run's step-3 variant (config.json "variant"), with the tie
+    break, long-word limit and word policy of that variant's manifest when it can be read."""
+    m = VARIANT_RE.match(str(config.get("variant")))
+    if m is None:
+        raise PipelineError(f"{run_dir / 'config.json'}: variant {config.get('variant')!r}; expected aligned-p<pause> "
+                            "or baseline (optionally -exclusive), the names align.py gives")
+    flags = ["--variant", "baseline"] if m["baseline"] else ["--variant", "aligned", "--max-pause", m["pause"]]
+    if m["exclusive"]:
+        flags += ["--diarization", "exclusive"]
+    manifest = Path(str(config.get("work", ""))) / str(config.get("pipe")) / config["variant"] / "manifest.json"
+    step3 = {}
+    if manifest.is_file():
+        try:
+            step3 = utils.read_json(manifest, "alignment manifest").get("config", {})
+        except (PipelineError, AttributeError):
+            step3 = {}
+    if "tie_break" in step3:
+        flags += ["--tie-break", str(step3["tie_break"])]
+    if "max_word_seconds" in step3:
+        flags += ["--max-word-seconds", repr(float(step3["max_word_seconds"]))]
+    if "word_policy" in step3:
+        flags += ["--word-policy", str(step3["word_policy"])]
+    return flags
+
+
+def run_step(script: str, args: list[str]) -> int:
+    """Run a step script with this Python; its output goes to the terminal. Returns its exit status
+    (0 done, 1 some dialogs failed); anything else (bad input, a bug) stops here."""
+    cmd = [sys.executable, str(HERE / script), *args]
+    print(f"[predict] {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
+    rc = subprocess.run(cmd, cwd=str(HERE)).returncode
+    if rc not in (0, 1):
+        raise PipelineError(f"{HERE / script}: exited with status {rc} (its error is printed above)")
+    return rc
+
+
+def dialog_errors(manifest: Path) -> dict:
+    """{dialog: error} of the dialogs a step manifest lists as failed."""
+    if not manifest.is_file():
+        return {}
+    data = utils.read_json(manifest, "step manifest")
+    return {d: e.get("error", "failed") for d, e in data.get("dialogs", {}).items()
+            if isinstance(e, dict) and e.get("status") == "failed"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The model on step 3's segments
+# ---------------------------------------------------------------------------------------------
+
+def predict_segments(model, config: dict, cache_paths: list[Path], work: Path, device, batch_size: int) -> list[dict]:
+    """Every segment of the step-3 caches -> [{id, dialog, start, end, speaker, text, emotion, probs}].
+    The same data path as evaluate.predict_split: SegmentDataset (crop, normalisation), Collator
+    with the run's tokenizer, run_dataset (fine-tuned) or cached_embeddings + classify (frozen)."""
+    from transformers import AutoFeatureExtractor, AutoTokenizer
+
+    do_norm = config.get("do_normalize")
+    if do_norm is None:
+        do_norm = getattr(AutoFeatureExtractor.from_pretrained(config["audio_model"]), "do_normalize", True)
+    dataset = utils.SegmentDataset(cache_paths, labelled_only=False, max_audio_seconds=config["max_audio_seconds"],
+                                   do_normalize=do_norm)
+    if len(dataset) == 0:
+        return []
+    tokenizer = AutoTokenizer.from_pretrained(config["text_model"]) if model.modality != "audio" else None
+    collator = utils.Collator(tokenizer, config["max_text_tokens"])
+    bf16 = bool(config.get("bf16")) and torch.device(device).type == "cuda"
+    if config["mode"] == "frozen":  # the pooled embeddings as training computed them, in the temporary work dir
+        feature_dirs = {k: str(work / "features" / k) for k in config["feature_dirs"]}
+        feats = utils.cached_embeddings(model, dataset, collator, feature_dirs, cache_paths[0].parent,
+                                        batch_size, device, bf16)
+        with torch.no_grad():
+            z_t = feats["text"].to(device) if feats["text"] is not None else None
+            z_a = feats["audio"].to(device) if feats["audio"] is not None else None
+            logits = model.classify(z_t, z_a).float().cpu()
+    else:
+        logits = utils.run_dataset(model, dataset, collator, batch_size, device, bf16)
+    out = []
+    for seg, p in zip(dataset.segments, logits.softmax(-1)):
+        out.append({"id": seg["id"], "dialog": seg["dialog"], "start": seg["start"], "end": seg["end"],
+                    "speaker": seg["speaker"], "text": seg["text"], "emotion": LABELS[int(p.argmax())],
+                    "probs": {lab: float(v) for lab, v in zip(LABELS, p)}})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------
+
+def emotion_shares(segments: list[dict]) -> dict:
+    """{label: share of the segments' total duration} (segments of zero length count one sample)."""
+    time = {lab: 0.0 for lab in LABELS}
+    for s in segments:
+        time[s["emotion"]] += max(s["end"] - s["start"], 1.0 / utils.SAMPLE_RATE)
+    total = sum(time.values())
+    return {lab: (t / total if total else 0.0) for lab, t in time.items()}
+
+
+def rttm_text(name: str, segments: list[dict]) -> str:
+    """One SPEAKER line per segment, label <speaker>_<emotion>; zero-length segments are left out."""
+    return "".join(f"SPEAKER {name} 1 {s['start']:.3f} {s['end'] - s['start']:.3f} <NA> <NA> "
+                   f"{s['speaker']}_{s['emotion']} <NA> <NA>\n"
+                   for s in segments if round(s["end"] - s["start"], 3) > 0)
+
+
+def timestamp(t: float, sep: str = ".") -> str:
+    """Seconds -> HH:MM:SS.mmm (WebVTT) or HH:MM:SS,mmm (SRT, sep=",")."""
+    ms = int(round(t * 1000))
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
+
+
+def subtitles(segments: list[dict], srt: bool = False) -> str:
+    """WebVTT (or SRT) cues "SPEAKER_00 [angry] text", in time order; a cue lasts at least 1 ms."""
+    parts = [] if srt else ["WEBVTT\n\n"]
+    for n, s in enumerate(segments, 1):
+        start = round(s["start"], 3)
+        end = max(round(s["end"], 3), start + 0.001)
+        text = " ".join(s["text"].split())
+        if not srt:  # WebVTT cue text: &, < and > are markup
+            text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        sep = "," if srt else "."
+        parts.append(f"{n}\n{timestamp(start, sep)} --> {timestamp(end, sep)}\n"
+                     f"{s['speaker']} [{EMOTION_WORDS[s['emotion']]}] {text}".rstrip() + "\n\n")
+    return "".join(parts)
+
+
+def elide(text: str, max_chars: int) -> str:
+    """The words that fit in max_chars, then an ellipsis; "" when not even one short word fits."""
+    if len(text) <= max_chars:
+        return text
+    if max_chars < 4:
+        return ""
+    cut = text[:max_chars - 1]
+    cut = cut[:cut.rfind(" ")] if " " in cut else cut
+    return cut.rstrip() + "…"
+
+
+def plot_timeline(segments: list[dict], duration: float, path: Path, title: str) -> None:
+    """One row per minute of audio (at most 12 rows: longer recordings get longer rows), one lane
+    per speaker in each row, each segment a bar coloured by its emotion (opacity: its probability)
+    with as many of its words as fit; a legend of the emotions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    speakers = sorted({s["speaker"] for s in segments}) or ["(no speech)"]
+    row_s = 60.0 * max(1, math.ceil(duration / 60.0 / 12)) if duration > 60 else max(10.0, math.ceil(duration / 10) * 10)
+    n_rows = max(1, math.ceil(duration / row_s))
+    width_in, dpi = 16.0, 110
+    fig, axes = plt.subplots(n_rows, 1, figsize=(width_in, 0.95 + n_rows * (0.35 + 0.45 * len(speakers))),
+                             dpi=dpi, squeeze=False)
+    px_per_s = (width_in * 0.91 * dpi) / row_s
+    char_px = 7 * 0.5 * dpi / 72  # a 7-point character is about half an em wide
+    lane = {spk: i for i, spk in enumerate(speakers)}
+    for r, ax in enumerate(axes[:, 0]):
+        t0, t1 = r * row_s, (r + 1) * row_s
+        for s in segments:
+            if s["end"] < t0 or s["start"] > t1:
+                continue
+            a, b = max(s["start"], t0), min(max(s["end"], s["start"] + 0.02), t1)
+            y = len(speakers) - 1 - lane[s["speaker"]]
+            ax.barh(y, b - a, left=a, height=0.8, color=EMOTION_COLOURS[s["emotion"]],
+                    alpha=0.45 + 0.55 * s["probs"][s["emotion"]], edgecolor="white", linewidth=0.5)
+            label = elide(" ".join(s["text"].split()), int((b - a) * px_per_s / char_px) - 1)
+            if label:
+                ax.text(a + 0.1 * (b - a > 0.3), y, label, va="center", ha="left", fontsize=7, clip_on=True)
+        ax.set_xlim(t0, t1)
+        ax.set_ylim(-0.6, len(speakers) - 0.4)
+        ax.set_yticks(range(len(speakers)), list(reversed(speakers)), fontsize=8)
+        ticks = np.arange(t0, t1 + 1e-9, 10.0 if row_s <= 120 else row_s / 12)
+        ax.set_xticks(ticks, [f"{int(t // 60)}:{int(t % 60):02d}" for t in ticks], fontsize=7)
+        ax.grid(axis="x", alpha=0.3)
+        if t1 > duration:
+            ax.axvspan(duration, t1, color="#eeeeee", zorder=0)
+    handles = [Patch(color=EMOTION_COLOURS[lab], label=EMOTION_WORDS[lab]) for lab in LABELS]
+    fig.legend(handles=handles, loc="upper right", ncol=len(LABELS), fontsize=8, frameon=False)
+    fig.suptitle(title, x=0.01, ha="left", fontsize=9)
+    axes[-1, 0].set_xlabel("time (min:s); bar opacity = the class probability", fontsize=8)
+    height = fig.get_figheight()
+    fig.subplots_adjust(left=0.08, right=0.99, top=1 - 0.45 / height, bottom=0.5 / height,
+                        hspace=0.35 / (0.45 * len(speakers)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_outputs(rec: dict, segments: list[dict], out: Path, run_dir: Path, config: dict, srt: bool) -> dict:
+    """The four files of one recording; returns the JSON written."""
+    name, duration = rec["name"], rec["duration"]
+    shares = emotion_shares(segments)
+    speakers = sorted({s["speaker"] for s in segments})
+    result = {
+        "audio": str(rec["path"]), "name": name, "duration": round(duration, 3),
+        "input": rec["info"], "run": str(run_dir),
+        "model": {k: config.get(k) for k in ("mode", "modality", "fusion", "pipe", "variant", "seed")},
+        "step2": rec["step2"], "labels": list(LABELS), "speakers": speakers,
+        "summary": {"segments": len(segments), "speakers": len(speakers), "emotion_shares_by_time": shares,
+                    "retimed_words": sum(s["flags"].get("retimed_words", 0) for s in segments),
+                    "nearest_speaker_words": sum(s["flags"].get("nearest_speaker_words", 0) for s in segments)},
+        "segments": segments,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    utils.atomic_write_json(out / f"{name}.emotions.json", result)
+    utils.atomic_write_text(out / f"{name}.emotions.rttm", rttm_text(name, segments))
+    utils.atomic_write_text(out / f"{name}.{'srt' if srt else 'vtt'}", subtitles(segments, srt))
+    plot_timeline(segments, duration, out / f"{name}.timeline.png",
+                  f"{rec['path'].name}: {duration:.1f} s, {len(speakers)} speakers, {len(segments)} segments "
+                  f"(run {run_dir.name})")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("audio", nargs="+", help="recordings: wav, flac or ogg, mono or stereo, any sample rate")
+    p.add_argument("--run", required=True, help="a trained run: WORK/runs/<run>/ (config.json, checkpoint_best.pt)")
+    p.add_argument("--asr-json", default=None,
+                   help="WhisperX-shaped ASR result (docs/FORMATS.md) instead of running step 2: a file (one "
+                        "recording) or a folder of <audio name>.json; needs --rttm")
+    p.add_argument("--rttm", default=None, help="speaker turns (RTTM) to go with --asr-json: a file or a folder of "
+                                                "<audio name>.rttm")
+    p.add_argument("--out", default="predictions", help="output folder (default: %(default)s)")
+    p.add_argument("--srt", action="store_true", help="write <name>.srt instead of <name>.vtt")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cuda or cpu; for steps 2 and 4")
+    p.add_argument("--batch-size", type=int, default=None, help="segments per batch (default: the run's)")
+    p.add_argument("--keep-work", default=None, metavar="DIR",
+                   help="use DIR as the work directory and keep it (labels.json, step 2 and 3 outputs); "
+                        "default: a temporary one, removed")
+    w = p.add_argument_group("step 2 (preprocess.py --backend whisperx), when no --asr-json is given")
+    w.add_argument("--asr-model", default="large-v2", help="(default: %(default)s, the paper's)")
+    w.add_argument("--align-model", default=None, help="(default: WhisperX's for English)")
+    w.add_argument("--diar-model", default="pyannote/speaker-diarization-3.1", help="(default: %(default)s)")
+    w.add_argument("--model-dir", default=None, help="local mirror of hub models (preprocess.py --model-dir)")
+    w.add_argument("--num-speakers", type=int, default=2, help="speakers per recording (default: %(default)s)")
+    w.add_argument("--step2-args", default="", help="more preprocess.py flags, one quoted string "
+                                                    "(e.g. \"--cache-only --beam-size 1\")")
+    args = p.parse_args(argv)
+    if (args.asr_json is None) != (args.rttm is None):
+        p.error("--asr-json and --rttm go together (a step-2 output is both); give both or neither")
+    if args.batch_size is not None and args.batch_size < 1:
+        p.error(f"--batch-size {args.batch_size}: expected 1 or more")
+
+    # Everything that can be wrong with the inputs is found before any model is loaded.
+    run_dir = check_run(args.run)
+    config = utils.read_json(run_dir / "config.json", "run config")
+    if "folds" in config:
+        raise PipelineError(f"{run_dir}: a cross-validation run; pass one of its fold dirs {config['folds']}")
+    align_flags = step3_flags(config, run_dir)
+    paths = [Path(a) for a in args.audio]
+    recordings = []
+    for path, dialog in zip(paths, dialog_names(paths)):
+        rec = {"path": path, "dialog": dialog, "name": dialog}
+        if args.asr_json is not None:
+            rec["asr_json"] = step2_file("--asr-json", args.asr_json, path, len(paths), ".json")
+            rec["rttm"] = step2_file("--rttm", args.rttm, path, len(paths), ".rttm")
+            rec["step2"] = {"asr_json": str(rec["asr_json"]), "rttm": str(rec["rttm"])}
+        else:
+            rec["step2"] = {"backend": "whisperx", "asr_model": args.asr_model, "diar_model": args.diar_model}
+        recordings.append(rec)
+    for n, rec in enumerate(recordings, 1):
+        rec["audio"], rec["info"] = read_audio(rec["path"])
+        rec["duration"] = len(rec["audio"]) / utils.SAMPLE_RATE
+        i = rec["info"]
+        print(f"[predict] ({n}/{len(recordings)}) {rec['path']}: {i['seconds']:.1f} s, {i['channels']} channel(s), "
+              f"{i['sample_rate']} Hz" + (" -> mono 16 kHz" if i["resampled"] or i["channels"] > 1 else ""), flush=True)
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if args.device == "auto" else args.device))
+    torch.set_flush_denormal(True)
+    failed = {}
+    with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
+        work = Path(args.keep_work) if args.keep_work else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        write_corpus(work, recordings)
+        pipe_dir = work / PIPE
+        if args.asr_json is not None:
+            for rec in recordings:
+                dest = pipe_dir / "asr" / f"{rec['dialog']}.json"
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                utils.atomic_write_bytes(dest, rec["asr_json"].read_bytes())
+                rttm_dir = "diarization_exclusive" if "exclusive" in align_flags else "diarization"
+                relabel_rttm(rec["rttm"], pipe_dir / rttm_dir / f"{rec['dialog']}.rttm", rec["dialog"], rec["path"].stem)
+        else:
+            step2 = ["--work", str(work), "--backend", "whisperx", "--name", PIPE, "--device", args.device,
+                     "--asr-model", args.asr_model, "--diar-model", args.diar_model,
+                     "--num-speakers", str(args.num_speakers)]
+            step2 += (["--align-model", args.align_model] if args.align_model else []) + \
+                (["--model-dir", args.model_dir] if args.model_dir else []) + shlex.split(args.step2_args)
+            if run_step("preprocess.py", step2):
+                failed |= dialog_errors(pipe_dir / "manifest.json")
+        todo = [r for r in recordings if r["dialog"] not in failed]
+        if todo:
+            if run_step("align.py", ["--work", str(work), "--pipe", PIPE, *align_flags,
+                                     "--dialogs", *[r["dialog"] for r in todo]]):
+                variant_dir = pipe_dir / config["variant"]
+                failed |= dialog_errors(variant_dir / "manifest.json")
+        todo = [r for r in todo if r["dialog"] not in failed]
+        for rec in recordings:  # errors name the user's files, not their copies in the work dir
+            if rec["dialog"] in failed and "asr_json" in rec:
+                for copy, given in ((pipe_dir / "asr" / f"{rec['dialog']}.json", rec["asr_json"]),
+                                    (pipe_dir / "diarization" / f"{rec['dialog']}.rttm", rec["rttm"]),
+                                    (pipe_dir / "diarization_exclusive" / f"{rec['dialog']}.rttm", rec["rttm"])):
+                    failed[rec["dialog"]] = failed[rec["dialog"]].replace(str(copy), f"{given} (as {rec['dialog']})")
+
+        results = {}
+        if todo:
+            print(f"[predict] loading the run {run_dir} on {device}", flush=True)
+            model, config = utils.load_run(run_dir, device)
+            variant_dir = pipe_dir / config["variant"]
+            for rec in todo:
+                d = rec["dialog"]
+                # one recording at a time: its batches (and so its numbers) do not depend on the other files
+                predicted = predict_segments(model, config, [variant_dir / "cache" / f"{d}.pt"], work, device,
+                                             args.batch_size or config["batch_size"])
+                step3 = utils.read_json(variant_dir / "segments" / f"{d}.json", "step-3 segments")
+                by_id = {s["id"]: s for s in step3["segments"]}
+                segments = []
+                for s in predicted:
+                    ref = by_id.get(s["id"], {})
+                    segments.append({"id": s["id"], "start": s["start"], "end": s["end"], "speaker": s["speaker"],
+                                     "text": s["text"], "n_words": ref.get("n_words"), "emotion": s["emotion"],
+                                     "probs": s["probs"], "flags": ref.get("flags", {})})
+                segments.sort(key=lambda s: (s["start"], s["end"], s["speaker"], s["id"]))
+                result = write_outputs(rec, segments, Path(args.out), run_dir, config, args.srt)
+                results[rec["name"]] = result
+                shares = result["summary"]["emotion_shares_by_time"]
+                print(f"[predict] {rec['name']}: {rec['duration']:.1f} s, {result['summary']['speakers']} speakers, "
+                      f"{len(segments)} segments; emotions by speech time: "
+                      + " ".join(f"{lab} {100 * shares[lab]:.0f}%" for lab in LABELS)
+                      + f" -> {Path(args.out) / rec['name']}.{{emotions.json,emotions.rttm,{'srt' if args.srt else 'vtt'},"
+                        f"timeline.png}}", flush=True)
+    if failed:
+        by_dialog = {r["dialog"]: r["path"] for r in recordings}
+        for d, message in failed.items():
+            print(f"FAILED {by_dialog.get(d, d)}: {message}")
+        raise SystemExit(f"predict: {len(failed)} of {len(recordings)} recordings failed (listed above); "
+                         "the others were written")
+    return results
+
+
+if __name__ == "__main__":
+    utils.run_main(main)

@@ -1,0 +1,156 @@
+"""corpus_from_csv.py: a CSV corpus -> labels.json equal to step 1's, read by steps 2-3, bad rows named.
+
+The CSV is written from step 1's labels.json of the tiny demo corpus (conftest.demo_work), so the
+expected answer is known: the same utterances (ids, times, labels, sessions, wav paths, text,
+.wdseg paths), and step 2 (oracle and simulated backends) gives byte-identical outputs on both.
+"""
+import csv
+import json
+
+import pytest
+
+import corpus_from_csv
+import utils
+from utils import PipelineError
+
+COLUMNS = ["audio", "id", "start", "end", "speaker", "emotion", "text", "session", "wdseg"]
+UTT_KEYS = ("id", "start", "end", "speaker", "code", "label", "text", "wdseg")
+
+
+def csv_rows(labels: dict) -> list[dict]:
+    """step 1's labels.json -> one CSV row per utterance (times written with repr: exact round trip)."""
+    return [{"audio": d["wav"], "id": u["id"], "start": repr(u["start"]), "end": repr(u["end"]),
+             "speaker": u["speaker"], "emotion": u["code"], "text": u["text"], "session": d["session"],
+             "wdseg": u["wdseg"] or ""}
+            for d in labels["dialogs"].values() for u in d["utterances"]]
+
+
+def write_csv(path, rows, columns=COLUMNS):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def step1(demo_work):
+    return json.loads((demo_work / "labels.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def csv_work(demo_corpus, step1, tmp_path_factory):
+    """A work dir whose labels.json comes from the CSV made of step 1's labels."""
+    root, _ = demo_corpus
+    work = tmp_path_factory.mktemp("csvwork")
+    path = write_csv(work / "corpus.csv", csv_rows(step1))
+    corpus_from_csv.main([str(path), "--work", str(work), "--audio-root", str(root)])
+    return work
+
+
+def test_same_utterances_as_step1(csv_work, step1):
+    got = utils.load_labels(csv_work, require=("wav",))  # the schema check every step runs
+    assert got["corpus"] == step1["corpus"]
+    assert list(got["dialogs"]) == list(step1["dialogs"])
+    assert len(got["dialogs"]) == 4
+    for name, ref in step1["dialogs"].items():
+        d = got["dialogs"][name]
+        assert {k: d[k] for k in ("session", "kind", "scenario", "script", "wav")} == \
+               {k: ref[k] for k in ("session", "kind", "scenario", "script", "wav")}
+        assert [{k: u[k] for k in UTT_KEYS} for u in d["utterances"]] == \
+               [{k: u[k] for k in UTT_KEYS} for u in ref["utterances"]]
+        assert [u["emotion"] for u in d["utterances"]] == [u["code"] for u in ref["utterances"]]
+    for key in ("dialogs", "dialogs_per_session", "utterances", "target", "per_label", "target_per_session"):
+        assert got["counts"][key] == step1["counts"][key]
+
+
+@pytest.mark.parametrize("backend", ["oracle", "simulated"])
+def test_steps_2_and_3_read_it(csv_work, demo_work, backend, tmp_path):
+    """Step 2 on the CSV's labels.json writes the same ASR JSON and RTTMs as on step 1's; step 3 aligns them."""
+    import shutil
+
+    import align
+    import preprocess
+
+    outputs = {}
+    for name, src in (("step1", demo_work), ("csv", csv_work)):
+        work = tmp_path / name
+        work.mkdir()
+        shutil.copy(src / "labels.json", work / "labels.json")
+        preprocess.main(["--work", str(work), "--backend", backend])
+        outputs[name] = {p.relative_to(work / backend).as_posix(): p.read_bytes()
+                         for p in sorted((work / backend).glob("*/*")) if p.suffix in (".json", ".rttm")}
+    assert len(outputs["csv"]) == 4 * 3  # asr + two RTTMs per dialog
+    assert outputs["csv"] == outputs["step1"]
+    if backend == "simulated":
+        align.main(["--work", str(tmp_path / "csv"), "--pipe", backend, "--variant", "aligned"])
+        segs = json.loads((tmp_path / "csv" / backend / "aligned-p1.5" / "segments" / "Ses01F_impro01.json").read_text())
+        assert segs["session"] == 1 and segs["segments"]
+        assert {s["label"] for s in segs["segments"]} <= {*utils.LABELS, None}
+
+
+def test_other_corpus_speakers_sessions_and_map(demo_corpus, step1, tmp_path):
+    """Speaker names -> F/M in order of first speech; words mapped by --emotion-map; default session 1."""
+    root, _ = demo_corpus
+    rows = csv_rows(step1)
+    names = {"F": "alice", "M": "bob"}
+    words = {"neu": "Neutral", "hap": "happy", "exc": "excited", "ang": "angry", "sad": "sad"}
+    for r in rows:
+        r["id"] = "u" + r["id"]  # no IEMOCAP '<dialog>_<F|M>' form
+        r["speaker"] = names[r["speaker"]]
+        r["emotion"] = words.get(r["emotion"], "frustrated")
+    path = write_csv(tmp_path / "c.csv", rows, [c for c in COLUMNS if c not in ("session", "wdseg")])
+    data = corpus_from_csv.main([str(path), "--work", str(tmp_path), "--audio-root", str(root), "--emotion-map",
+                                 "happy=hap,excited=hap,angry=ang,sad=sad,neutral=neu,frustrated=none"])
+    assert {d["session"] for d in data["dialogs"].values()} == {1}
+    for name, ref in step1["dialogs"].items():
+        got = data["dialogs"][name]["utterances"]
+        assert [u["label"] for u in got] == [u["label"] for u in ref["utterances"]]
+        first = ref["utterances"][0]["speaker"]
+        letter = {first: "F", ({"F", "M"} - {first}).pop(): "M"}
+        assert [u["speaker"] for u in got] == [letter[u["speaker"]] for u in ref["utterances"]]
+        assert [u["speaker_name"] for u in got] == [names[u["speaker"]] for u in ref["utterances"]]
+        assert all(u["code"] in utils.IEMOCAP_CODES for u in got)
+    utils.load_labels(tmp_path)
+
+
+# ---- bad input: one named error per class ------------------------------------------------------
+
+BAD_CASES = {
+    "missing column": (lambda rows: rows, {"drop": "emotion"}, r"c\.csv:1: missing column\(s\) emotion"),
+    "non-finite time": (lambda rows: [dict(r, start="nan") if i == 2 else r for i, r in enumerate(rows)], {},
+                        r"c\.csv:4: start 'nan'; expected a finite number"),
+    "reversed times": (lambda rows: [dict(r, start=r["end"], end=r["start"]) if i == 2 else r
+                                     for i, r in enumerate(rows)], {}, r"c\.csv:4: .*expected 0 <= start < end"),
+    "unknown label": (lambda rows: [dict(r, emotion="bored") if i == 3 else r for i, r in enumerate(rows)], {},
+                      r"c\.csv:5: emotion 'bored' is not in the emotion map"),
+    "duplicate id": (lambda rows: rows[:4] + [dict(rows[5], id=rows[1]["id"])] + rows[6:], {},
+                     r"c\.csv:6: duplicate utterance id .*first at line 3"),
+    "missing audio": (lambda rows: [dict(r, audio="Session1/dialog/wav/nope.wav") if i == 0 else r
+                                    for i, r in enumerate(rows)], {}, r"c\.csv:2: audio file .*nope\.wav not found"),
+    "past the audio end": (lambda rows: [dict(r, end="1000.0") if i == 1 else r for i, r in enumerate(rows)], {},
+                           r"c\.csv:3: utterance .* ends at 1000\.000 s, after the end of the audio"),
+    "third speaker": (lambda rows: [dict(r, speaker="X") if i == 4 else r for i, r in enumerate(rows)], {},
+                      r"c\.csv:6: dialog \S+ has a third speaker 'X'"),
+    "bad session": (lambda rows: [dict(r, session="two") if i == 0 else r for i, r in enumerate(rows)], {},
+                    r"c\.csv:2: session 'two'; expected a positive integer"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_bad_rows_are_named(case, demo_corpus, step1, tmp_path):
+    root, _ = demo_corpus
+    edit, opts, message = BAD_CASES[case]
+    columns = [c for c in COLUMNS if c != opts.get("drop")]
+    path = write_csv(tmp_path / "c.csv", edit(csv_rows(step1)), columns)
+    with pytest.raises(PipelineError, match=message):
+        corpus_from_csv.main([str(path), "--work", str(tmp_path), "--audio-root", str(root)])
+    assert not (tmp_path / "labels.json").exists()
+
+
+def test_bad_emotion_map():
+    with pytest.raises(PipelineError, match=r"--emotion-map: bad item 'happy=joy'"):
+        corpus_from_csv.parse_emotion_map("happy=joy")
+    assert corpus_from_csv.parse_emotion_map(None)["exc"] == "hap"
+    assert corpus_from_csv.parse_emotion_map(None)["fru"] == "none"
+    assert corpus_from_csv.parse_emotion_map(" Happy = hap ,other=none") == {"happy": "hap", "other": "none"}
