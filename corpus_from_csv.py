@@ -73,8 +73,6 @@ SESSION_COLUMNS = ("session", "fold")
 NONE = "none"  # map target: speech without one of the four classes (label null)
 # IEMOCAP's codes: exc merged into hap (utils.CODE_TO_LABEL), the rest without a 4-class label.
 DEFAULT_EMOTION_MAP = {code: CODE_TO_LABEL.get(code, NONE) for code in IEMOCAP_CODES}
-# Step 1's dialog names: "Ses01F_impro01", "Ses03M_impro05a", "Ses01F_script01_1", "Ses05M_script01_1b"
-IEMOCAP_DIALOG_RE = re.compile(r"^Ses(\d\d)[FM]_(?:(impro)\d\d[a-z]?|(script)(\d\d)_\d[a-z]?)$")
 
 
 def parse_emotion_map(spec: str | None) -> dict:
@@ -98,28 +96,7 @@ def parse_emotion_map(spec: str | None) -> dict:
 
 def dialog_meta(dialog: str) -> dict:
     """Step 1's kind/scenario/script for IEMOCAP-style names; impro/name/null for any other."""
-    m = IEMOCAP_DIALOG_RE.match(dialog)
-    if m is None:
-        return {"kind": "impro", "scenario": dialog, "script": None}
-    kind = m.group(2) or m.group(3)
-    return {"kind": kind, "scenario": dialog.split("_", 1)[1], "script": f"script{m.group(4)}" if kind == "script" else None}
-
-
-def audio_seconds(path: Path, where: str) -> float:
-    """Length of a dialog audio file from its header; it must exist, decode and be 16 kHz (step 2 reads it)."""
-    import soundfile as sf
-
-    if not path.is_file():
-        raise PipelineError(f"{where}: audio file {path} not found")
-    utils.check_wav_complete(path)
-    try:
-        info = sf.info(str(path))
-    except Exception as e:
-        raise PipelineError(f"{where}: cannot decode audio file {path}: {utils.one_line(str(e))}") from e
-    if info.samplerate != utils.SAMPLE_RATE or info.frames == 0:
-        raise PipelineError(f"{where}: {path}: {info.samplerate} Hz, {info.frames} frames; the pipeline reads "
-                            f"{utils.SAMPLE_RATE} Hz audio with samples (resample it first)")
-    return info.frames / info.samplerate
+    return utils.iemocap_dialog_meta(dialog) or {"kind": "impro", "scenario": dialog, "script": None}
 
 
 def _number(text: str, name: str, where: str) -> float:
@@ -194,7 +171,7 @@ def build_labels(csv_path, audio_root=None, emotion_map: dict | None = None, def
         d = dialogs.get(dialog)
         if d is None:
             if audio_rel not in durations:
-                durations[audio_rel] = audio_seconds(audio, where)
+                durations[audio_rel] = utils.wav_seconds(audio, where)
             d = dialogs[dialog] = {"session": session, **dialog_meta(dialog), "wav": Path(audio_rel).as_posix(),
                                    "utterances": [], "_line": line}
         elif d["wav"] != Path(audio_rel).as_posix():

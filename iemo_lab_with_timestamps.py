@@ -39,7 +39,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from utils import (CODE_TO_LABEL, IEMOCAP_CODES, LABELS, TRANSCRIPT_RE, PipelineError, atomic_write_json,
-                   read_text_lines, session_of)
+                   iemocap_dialog_meta, read_text_lines, session_of)
 
 # Facts of the real corpus (IEMOCAP_full_release, as used by the standard 4-class protocol): the subset
 # (5,531 utterances, exc merged into hap), all labelled utterances (any code), the dialogs per
@@ -64,7 +64,6 @@ SKIP_HIDDEN = "hidden file (name starts with '.')"
 SKIP_TRANSCRIPT_ONLY = "transcription file without an EmoEvaluation file"
 
 # "Ses01F_impro01", "Ses03M_impro05a", "Ses01F_script01_1", "Ses05M_script01_1b"
-DIALOG_RE = re.compile(r"^Ses(\d\d)[FM]_(?:(impro)\d\d[a-z]?|(script)(\d\d)_\d[a-z]?)$")
 # Utterance suffix after "<dialog>_": speaker letter then index ("F000") or an XX id ("FXX0").
 UTT_SUFFIX_RE = re.compile(r"^([FM])(\d+|XX\d*)$")
 NUM = r"(\d+(?:\.\d*)?)"
@@ -176,13 +175,10 @@ def parse_transcriptions(path, decode_log: Counter | None = None) -> tuple[dict,
 
 def dialog_info(dialog: str, where: str) -> dict:
     """'Ses05M_script01_1b' -> {session 5, kind script, scenario script01_1b, script script01}."""
-    m = DIALOG_RE.match(dialog)
-    if m is None:
+    meta = iemocap_dialog_meta(dialog)
+    if meta is None:
         raise PipelineError(f"{where}: expected a dialog name like Ses01F_impro01 or Ses01F_script01_1, got {dialog!r}")
-    kind = m.group(2) or m.group(3)
-    scenario = dialog.split("_", 1)[1]
-    return {"session": session_of(dialog), "kind": kind, "scenario": scenario,
-            "script": f"script{m.group(4)}" if kind == "script" else None}
+    return {"session": session_of(dialog), **meta}
 
 
 def find_dialogs(root: Path, skipped: Counter) -> list[tuple[int, str, Path]]:

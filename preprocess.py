@@ -1004,28 +1004,12 @@ def der_parts(turns, ref_turns) -> dict:
 # One dialog, and the run over all dialogs with its manifest
 # ---------------------------------------------------------------------------------------------
 
-def audio_duration(path: Path) -> float:
-    """Duration of a wav from its header (validates that it decodes)."""
-    import soundfile as sf
-
-    if not path.is_file():
-        raise PipelineError(f"{path}: dialog audio file not found")
-    utils.check_wav_complete(path)
-    try:
-        info = sf.info(str(path))
-    except Exception as e:
-        raise PipelineError(f"{path}: cannot decode audio: {e}") from e
-    if info.samplerate != SAMPLE_RATE or info.frames == 0:
-        raise PipelineError(f"{path}: expected 16 kHz audio with samples, got {info.samplerate} Hz, {info.frames} frames")
-    return info.frames / info.samplerate
-
-
 def run_dialog(dialog: str, entry: dict, corpus: Path, out: Path, args, backend) -> dict:
     """Process one dialog: write asr/<dialog>.json and diarization/<dialog>.rttm -> statistics."""
     utterances, counts = dialog_utterances(corpus, dialog, entry)
     wav = corpus / entry["wav"]
     audio = load_audio(wav) if args.backend == "whisperx" else None  # the only decode of this dialog in this run
-    duration = len(audio) / SAMPLE_RATE if audio is not None else audio_duration(wav)
+    duration = len(audio) / SAMPLE_RATE if audio is not None else utils.wav_seconds(wav)
     for u in utterances:  # labels.json's (and the transcription's unevaluated) utterances
         utils.check_in_audio(u["end"], duration, str(wav), f"utterance {u['id']} ({u['start']:.3f}-{u['end']:.3f} s)")
     counts["empty_wdseg_tokens"] = 0
@@ -1279,7 +1263,7 @@ def preflight(args) -> list[CheckItem]:
         corpus, problems = Path(args.iemocap or labels.get("corpus") or "."), []
         for d in names:
             try:
-                audio_seconds += audio_duration(corpus / labels["dialogs"][d]["wav"])
+                audio_seconds += utils.wav_seconds(corpus / labels["dialogs"][d]["wav"])
             except PipelineError as e:
                 problems.append(str(e))
         items.append(CheckItem("corpus audio", not problems, (

@@ -177,6 +177,40 @@ def session_of(dialog: str) -> int:
     return int(dialog[3:5])
 
 
+# IEMOCAP's dialog names: "Ses01F_impro01", "Ses03M_impro05a", "Ses01F_script01_1", "Ses05M_script01_1b".
+IEMOCAP_DIALOG_RE = re.compile(r"^Ses(\d\d)[FM]_(?:(impro)\d\d[a-z]?|(script)(\d\d)_\d[a-z]?)$")
+
+
+def iemocap_dialog_meta(dialog: str) -> dict | None:
+    """'Ses05M_script01_1b' -> {"kind": "script", "scenario": "script01_1b", "script": "script01"};
+    None for a name that is not IEMOCAP's."""
+    m = IEMOCAP_DIALOG_RE.match(dialog)
+    if m is None:
+        return None
+    kind = m.group(2) or m.group(3)
+    return {"kind": kind, "scenario": dialog.split("_", 1)[1], "script": f"script{m.group(4)}" if kind == "script" else None}
+
+
+def wav_seconds(path, where: str | None = None) -> float:
+    """Length of a dialog wav from its header; it must exist, be complete, decode and be 16 kHz with
+    samples (what steps 2-3 read). Errors name `where` (default: the file)."""
+    import soundfile as sf
+
+    path = Path(path)
+    where = where or str(path)
+    if not path.is_file():
+        raise PipelineError(f"{where}: audio file {path} not found")
+    check_wav_complete(path)
+    try:
+        info = sf.info(str(path))
+    except Exception as e:
+        raise PipelineError(f"{where}: cannot decode audio file {path}: {one_line(str(e))}") from e
+    if info.samplerate != SAMPLE_RATE or info.frames == 0:
+        raise PipelineError(f"{where}: {path}: {info.samplerate} Hz, {info.frames} frames; expected {SAMPLE_RATE} Hz "
+                            "audio with samples (resample it first)")
+    return info.frames / info.samplerate
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write data to path via a temp file in the same folder and a rename: never half-written."""
     path = Path(path)

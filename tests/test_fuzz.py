@@ -447,7 +447,7 @@ def test_fuzz_dialog_wav(tmp_path):
         path.write_bytes(data)
         try:
             x = utils.load_audio(path)
-            seconds = preprocess.audio_duration(path)
+            seconds = utils.wav_seconds(path)
         except PipelineError as e:
             assert names_file(str(e), path), (case, what, str(e))
             outcomes["error"] += 1

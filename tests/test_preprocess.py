@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import preprocess
+import utils
 from utils import PipelineError, read_json, read_rttm
 
 
@@ -406,7 +407,7 @@ def test_times_past_the_audio_and_a_truncated_wav_fail_the_dialog(demo_corpus, d
     work = fresh_work(demo_work, tmp_path)
     labels = json.loads((work / "labels.json").read_text())
     late, cut = sorted(labels["dialogs"])[:2]
-    seconds = preprocess.audio_duration(root / labels["dialogs"][late]["wav"])
+    seconds = utils.wav_seconds(root / labels["dialogs"][late]["wav"])
     labels["dialogs"][late]["utterances"][-1]["end"] = seconds + 1.0
     data = (root / labels["dialogs"][cut]["wav"]).read_bytes()
     (tmp_path / "cut.wav").write_bytes(data[:len(data) // 3])  # a truncated copy

@@ -157,6 +157,21 @@ def test_force_and_changed_items_get_the_redo_flag_and_invocations_run_side_by_s
     assert "d" in {v["item"] for v in json.loads((work / "reproduce_stamps.json").read_text()).values()}
 
 
+class Recorder:
+    """Stands in for reproduce.Runner: records each invocation (script, redo flag, argv, item ids,
+    the items' upstream keys) instead of running it, splitting the items as the Runner does."""
+    jobs = 2
+
+    def __init__(self):
+        self.calls = []
+
+    def step(self, name, script, items, argv_for, sources=(), redo_flag=None, split=None, cost=None):
+        ids = [i for i, _, _ in items]
+        for group in (split(ids) if split else [ids]):
+            self.calls.append((script, redo_flag, argv_for(group), group, [u for i, _, u in items if i in group]))
+        return {i: i for i in ids}
+
+
 def test_each_step_gets_its_own_redo_flag_and_train_sweeps_cover_the_plan_exactly(tmp_path):
     """run_pipeline wiring, recorded without running: steps 2 and 3 redo with --overwrite, step 4 with
     --no-resume; the train.py sweeps train every run of the plan exactly once, named as planned."""
@@ -164,25 +179,14 @@ def test_each_step_gets_its_own_redo_flag_and_train_sweeps_cover_the_plan_exactl
     cfg = reproduce.setup(args, build=False)
     configs = reproduce.plan_configs(cfg, args)
 
-    class Recorder:
-        jobs = 2
-
-        def __init__(self):
-            self.calls = []
-
-        def step(self, name, script, items, argv_for, sources=(), redo_flag=None, split=None, cost=None):
-            ids = [i for i, _, _ in items]
-            for group in (split(ids) if split else [ids]):
-                self.calls.append((script, redo_flag, argv_for(group), group))
-            return {i: i for i in ids}
     rec = Recorder()
     reproduce.run_pipeline(cfg, args, rec, configs)
-    flags = {script: flag for script, flag, _, _ in rec.calls}
+    flags = {script: flag for script, flag, _, _, _ in rec.calls}
     assert flags == {"iemo_lab_with_timestamps.py": None, "preprocess.py": "--overwrite", "align.py": "--overwrite",
                      "train.py": "--no-resume", "evaluate.py": None, "teer_calculate.py": None}
     planned = {r["name"]: r for c in configs for r in reproduce.config_runs(c)}
     trained = []
-    for script, _, argv, group in rec.calls:
+    for script, _, argv, group, _ in rec.calls:
         if script != "train.py":
             continue
         pick = lambda flag: argv[argv.index(flag) + 1:next((i for i in range(argv.index(flag) + 1, len(argv))  # noqa: E731
@@ -230,22 +234,11 @@ def test_a_csv_corpus_replaces_step_1_and_its_content_is_stamped(tmp_path):
     cfg = reproduce.setup(args, build=False)
     assert cfg["iemocap"] == str(tmp_path / "audio")
 
-    class Recorder:
-        jobs = 1
-
-        def __init__(self):
-            self.calls = []
-
-        def step(self, name, script, items, argv_for, sources=(), redo_flag=None, split=None, cost=None):
-            ids = [i for i, _, _ in items]
-            for group in (split(ids) if split else [ids]):
-                self.calls.append((script, argv_for(group), [u for i, _, u in items if i in group]))
-            return {i: i for i in ids}
-
     def step1():
         rec = Recorder()
         reproduce.run_pipeline(cfg, args, rec, reproduce.plan_configs(cfg, args))
-        return rec.calls[0]
+        script, _, argv, _, upstream = rec.calls[0]
+        return script, argv, upstream
     script, argv, upstream = step1()
     assert script == "corpus_from_csv.py"
     assert argv == [str(csv_path), "--work", cfg["work"], "--audio-root", str(tmp_path / "audio"), "--emotion-map", "happy=hap"]
