@@ -37,8 +37,6 @@ import argparse
 import math
 import re
 import shlex
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -199,9 +197,8 @@ def step3_flags(config: dict, run_dir: Path) -> list[str]:
 def run_step(script: str, args: list[str]) -> int:
     """Run a step script with this Python; its output goes to the terminal. Returns its exit status
     (0 done, 1 some dialogs failed); anything else (bad input, a bug) stops here."""
-    cmd = [sys.executable, str(HERE / script), *args]
-    print(f"[predict] {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
-    rc = subprocess.run(cmd, cwd=str(HERE)).returncode
+    print(f"[predict] {' '.join(shlex.quote(c) for c in ['python', script, *args])}", flush=True)
+    rc = utils.start_step(script, args).wait()
     if rc not in (0, 1):
         raise PipelineError(f"{HERE / script}: exited with status {rc} (its error is printed above)")
     return rc

@@ -115,6 +115,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.seeds < 1 or (args.ablation_seeds is not None and args.ablation_seeds < 1):
         p.error("--seeds and --ablation-seeds must be at least 1")
+    if args.epochs is not None and args.epochs < 1:  # not "0 means the default"
+        p.error(f"--epochs must be at least 1, got {args.epochs}")
+    if min(args.pauses) < 0:
+        p.error(f"--pauses must be >= 0 s, got {min(args.pauses):g}")
     return args
 
 
@@ -200,17 +204,16 @@ class Runner:
 
         def run(call):
             label, ids, argv, redo = call
-            cmd = [sys.executable, str(HERE / script), *argv]
             t0 = time.time()
             if parallel == 1:
                 print(f"\n=== {label}: python {script} {' '.join(argv)}", flush=True)
-                rc, log = subprocess.run(cmd, env=env).returncode, None
+                rc, log = utils.start_step(script, argv, env).wait(), None
             else:
                 log = self.work / "logs" / (re.sub(r"[^\w.-]+", "_", label).strip("_") + ".log")
                 log.parent.mkdir(parents=True, exist_ok=True)
                 print(f"  started {label}: python {script} {' '.join(argv)}", flush=True)
                 with open(log, "w", encoding="utf-8") as f:
-                    rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+                    rc = utils.start_step(script, argv, env, f).wait()
             return call, rc, round(time.time() - t0, 2), log
 
         failed = []
@@ -812,9 +815,7 @@ def preflight(cfg, args) -> bool:
         argv = max(of_mode, key=lambda a: a[1])[0] + ["--check", "--planned", "--check-runs", str(sum(n for _, n in of_mode))]
         checks.append((f"step 4 train ({mode})", "train.py", argv + (["--iemocap", str(corpus)] if corpus_ready else [])))
 
-    procs = [(label, script, argv, subprocess.Popen([sys.executable, str(HERE / script), *argv], text=True,
-                                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-             for label, script, argv in checks]
+    procs = [(label, script, argv, utils.start_step(script, argv, stdout=subprocess.PIPE)) for label, script, argv in checks]
     if corpus_ready:  # step 3's caches, while the checks run
         import soundfile as sf
 

@@ -675,19 +675,20 @@ def preflight_variant(args, checked: dict | None = None) -> list[utils.CheckItem
             items.append(CheckItem("labels", True, f"{labels_path} will be made by step 1 (no --iemocap: no estimates)"))
         else:
             import subprocess
-            import sys
             import tempfile
 
             # step 1 itself, into a temporary folder: nothing is written under --work (and no step imports another)
             with tempfile.TemporaryDirectory() as tmp:
-                step1 = subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "iemo_lab_with_timestamps.py"),
-                                        "--iemocap", str(args.iemocap), "--work", tmp], capture_output=True, text=True)
+                step1 = utils.start_step("iemo_lab_with_timestamps.py", ["--iemocap", str(args.iemocap), "--work", tmp],
+                                         stdout=subprocess.PIPE)
+                output = step1.communicate()[0]
                 if step1.returncode == 0:
                     labels = utils.load_labels(tmp)
                     items.append(CheckItem("labels", True, f"{labels_path} will be made by step 1; read {args.iemocap} "
                                            f"for the estimates: {len(labels['dialogs'])} dialogs"))
                 else:
-                    why = (step1.stderr.strip() or step1.stdout.strip()).splitlines()[-1:] or ["no message"]
+                    why = [line for line in output.splitlines() if line.startswith("error: ")][-1:] or \
+                        output.strip().splitlines()[-1:] or ["no message"]
                     items.append(CheckItem("labels", False, f"{labels_path} is to be made by step 1 from --iemocap: {why[0]}"))
 
     # segments[dialog] = [(seconds, words)] of its labelled segments (what training and validation read)

@@ -170,6 +170,17 @@ def run_main(main) -> None:
         argparse.ArgumentParser.error = parser_error
 
 
+def start_step(script: str, argv: list[str], env: dict | None = None, stdout=None) -> subprocess.Popen:
+    """`python <script> argv` for a script of this folder, as its own process (the command a
+    researcher would type); its output to `stdout` (None: this terminal; a file; subprocess.PIPE),
+    stderr with it. Every script that runs another goes through here (reproduce.py its steps and
+    their --check, predict.py steps 2 and 3, train.py --check step 1), so no step imports another."""
+    import sys
+
+    return subprocess.Popen([sys.executable, str(Path(__file__).resolve().parent / script), *argv], env=env,
+                            stdout=stdout, stderr=None if stdout is None else subprocess.STDOUT, text=True)
+
+
 def session_of(dialog: str) -> int:
     """'Ses03M_impro05a' -> 3."""
     if not (dialog.startswith("Ses") and dialog[3:5].isdigit()):
@@ -907,6 +918,7 @@ PAPER = {
 # authors' implementation (M4RC034/SER-Align) where the paper is silent: at D = 768 it has
 # 19,300,868 parameters (tests/test_model.py checks it).
 # torch and transformers are imported here, not at the top, only so that this file reads in order.
+import functools  # noqa: E402
 import hashlib  # noqa: E402
 
 import torch  # noqa: E402
@@ -1587,9 +1599,10 @@ def cache_cnn_features(audio: AudioEmbedder, dataset: SegmentDataset, batch_size
 
 # ---- frozen mode: pooled embeddings cached on disk ------------------------------------------
 
+@functools.lru_cache(maxsize=None)
 def embedding_code_digest() -> str:
     """Hash of the source code that turns a segment into a pooled embedding: cached features
-    computed by other code are not reused."""
+    computed by other code are not reused. (Once per process: inspect parses utils.py for it.)"""
     import inspect
 
     parts = (masked_mean, zero_mean_unit_var, TextEmbedder, AudioEmbedder, SegmentDataset, Collator)

@@ -25,6 +25,7 @@ import torch
 import torchaudio
 
 import predict
+from conftest import steps_in_process
 from utils import LABELS, PipelineError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,8 +82,9 @@ def predicted(trained, tmp_path_factory):
         shutil.copy(work / "simulated" / "asr" / f"{dialog}.json", step2_dir / f"{path.stem}.json")
         shutil.copy(work / "simulated" / "diarization" / f"{dialog}.rttm", step2_dir / f"{path.stem}.rttm")
     out = tmp_path_factory.mktemp("predictions")
-    results = predict.main([*map(str, files.values()), "--run", str(run_dir), "--asr-json", str(step2_dir),
-                            "--rttm", str(step2_dir), "--out", str(out), "--device", "cpu"])
+    with steps_in_process():  # step 3 in this process, as `python align.py ...` would run it
+        results = predict.main([*map(str, files.values()), "--run", str(run_dir), "--asr-json", str(step2_dir),
+                                "--rttm", str(step2_dir), "--out", str(out), "--device", "cpu"])
     names = {k: p.stem for k, p in files.items()}
     return {k: results[names[k]] for k in files}, names, out
 
@@ -243,7 +245,7 @@ def test_a_failing_recording_is_listed_and_the_others_written(trained, tmp_path,
     shutil.copy(work / "simulated" / "asr" / f"{dialog}.json", step2 / "good.json")
     (step2 / "late.json").write_text(json.dumps({"segments": [{"start": 1.0, "end": 999.0, "text": "hi", "words": [
         {"word": "hi", "start": 1.0, "end": 999.0}]}]}))  # past the end of the audio: step 3 fails this dialog
-    with pytest.raises(SystemExit, match="1 of 2 recordings failed"):
+    with steps_in_process(), pytest.raises(SystemExit, match="1 of 2 recordings failed"):
         predict.main([str(tmp_path / "good.wav"), str(tmp_path / "late.wav"), "--run", str(run_dir), "--asr-json",
                       str(step2), "--rttm", str(step2), "--out", str(tmp_path / "out"), "--device", "cpu"])
     printed = capsys.readouterr().out

@@ -6,8 +6,8 @@ recorded; the network itself is closed (requests.Session.send raises), so a test
 fails.
 """
 import json
-import re
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -388,8 +388,6 @@ def test_download_models_refuses_offline(check_work, tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 
 import http.server  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 import threading  # noqa: E402
 
 import torch  # noqa: E402
@@ -397,8 +395,8 @@ import torch  # noqa: E402
 import iemo_lab_with_timestamps as step1  # noqa: E402
 import reproduce  # noqa: E402
 import train  # noqa: E402
+from conftest import steps_in_process  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 GATED = "org/gated-wav2vec2"
 
 
@@ -571,23 +569,27 @@ def test_step1_check_demo_passes_missing_or_incomplete_corpus_fails(tiny_demo, t
     assert not work.exists()
 
 
-def run_reproduce_check(cwd: Path, *argv, env=None):
-    return subprocess.run([sys.executable, str(ROOT / "reproduce.py"), "--check", *argv], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+def reproduce_check_in_process(cwd: Path, capsys, monkeypatch, *argv):
+    """reproduce.py --check with its step checks run in this process (conftest.steps_in_process), from
+    cwd -> (exit status, output)."""
+    monkeypatch.chdir(cwd)
+    with steps_in_process(), pytest.raises(SystemExit) as exit_info:
+        reproduce.main(["--check", *argv])
+    return exit_info.value.code, capsys.readouterr().out
 
 
-def test_reproduce_check_demo_every_item_ok_and_nothing_written(tiny_demo, tmp_path):
+def test_reproduce_check_demo_every_item_ok_and_nothing_written(tiny_demo, tmp_path, capsys, monkeypatch, no_network):
     demo_dir, _ = tiny_demo
     before, before_demo = tree(tmp_path), tree(demo_dir)
-    r = run_reproduce_check(tmp_path, "--demo-dir", str(demo_dir), "--demo-size", "tiny")
-    assert r.returncode == 0, r.stdout + r.stderr
-    summary = r.stdout.split("reproduce.py --check (demo")[1].splitlines()[1:]
+    status, out = reproduce_check_in_process(tmp_path, capsys, monkeypatch, "--demo-dir", str(demo_dir), "--demo-size", "tiny")
+    assert status == 0, out
+    summary = out.split("reproduce.py --check (demo")[1].splitlines()[1:]
     assert [line.split(":")[0] for line in summary] == [
         "OK   step 1 labels", "OK   step 2 oracle", "OK   step 2 simulated", "OK   step 3 align (disk)",
         "OK   step 4 train (finetune)", "OK   step 4 train (frozen)", "reproduce preflight"]
-    assert "reproduce preflight: all 6 checks OK" in r.stdout and "FAIL" not in r.stdout
+    assert "reproduce preflight: all 6 checks OK" in out and "FAIL" not in out
     # the train checks count every run of the plan: 17 fine-tuned, 6 frozen (demo: 3 headline seeds, 1 ablation)
-    assert "--check-runs 17" in r.stdout and "--check-runs 6" in r.stdout
+    assert "--check-runs 17" in out and "--check-runs 6" in out
     assert tree(tmp_path) == before and tree(demo_dir) == before_demo
 
     # a demo not built yet: said so, nothing built
@@ -616,21 +618,29 @@ class GatedHub(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_reproduce_check_names_a_missing_folder_and_a_gated_model(tiny_demo, tmp_path):
+def test_reproduce_check_names_a_missing_folder_and_a_gated_model(tiny_demo, tmp_path, capsys, monkeypatch):
+    """Online (HF_HUB_OFFLINE=0) against a local server that answers as the hub does for a gated
+    repository; the checks run in this process, so huggingface_hub's import-time settings are patched."""
+    import huggingface_hub.constants
+    from huggingface_hub.utils import reset_sessions
+
     demo_dir, _ = tiny_demo
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), GatedHub)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
-    env.update(HF_HUB_OFFLINE="0", HF_ENDPOINT=f"http://127.0.0.1:{server.server_port}", NO_PROXY="127.0.0.1,localhost",
-               no_proxy="127.0.0.1,localhost")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    for key, value in dict(HF_HUB_OFFLINE="0", NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{server.server_port}")
     before, before_demo = tree(tmp_path), tree(demo_dir)
+    reset_sessions()  # sessions made offline before this test would refuse the request
     try:
-        r = run_reproduce_check(tmp_path, "--demo-dir", str(demo_dir), "--demo-size", "tiny", "--only", "main",
-                                "--text-model", "/nonexistent", "--audio-model", GATED, env=env)
+        status, out = reproduce_check_in_process(tmp_path, capsys, monkeypatch, "--demo-dir", str(demo_dir), "--demo-size",
+                                                 "tiny", "--only", "main", "--text-model", "/nonexistent", "--audio-model", GATED)
     finally:
         server.shutdown()
-    out = r.stdout
-    assert r.returncode == 1, out + r.stderr
+        reset_sessions()
+    assert status == 1, out
     assert "FAIL text extractor: /nonexistent: no such folder" in out
     assert (f"FAIL audio extractor: {GATED}: gated repository and HF_TOKEN is not set: accept its conditions at "
             f"https://huggingface.co/{GATED}") in out
@@ -640,7 +650,7 @@ def test_reproduce_check_names_a_missing_folder_and_a_gated_model(tiny_demo, tmp
     assert tree(tmp_path) == before and tree(demo_dir) == before_demo
 
 
-def test_reproduce_check_names_a_corpus_with_wrong_counts(tiny_demo, tmp_path):
+def test_reproduce_check_names_a_corpus_with_wrong_counts(tiny_demo, tmp_path, capsys, monkeypatch, no_network):
     """Real-data mode claims the full release: a copy of the tiny demo minus Session 5 fails step 1's
     comparison (and the paper's split, which tests on Session 5)."""
     demo_dir, cfg = tiny_demo
@@ -648,10 +658,9 @@ def test_reproduce_check_names_a_corpus_with_wrong_counts(tiny_demo, tmp_path):
     shutil.copytree(cfg["iemocap"], corpus)
     shutil.rmtree(corpus / "Session5")
     before = tree(tmp_path)
-    r = run_reproduce_check(tmp_path, "--iemocap", str(corpus), "--only", "main", "--text-model", cfg["text_model"],
-                            "--audio-model", cfg["audio_model"])
-    out = r.stdout
-    assert r.returncode == 1, out + r.stderr
+    status, out = reproduce_check_in_process(tmp_path, capsys, monkeypatch, "--iemocap", str(corpus), "--only", "main",
+                                             "--text-model", cfg["text_model"], "--audio-model", cfg["audio_model"])
+    assert status == 1, out
     assert "--expect-standard yes" in out
     assert "FAIL standard counts: 23 differ (forced by --expect-standard yes): dialogs expected 151, got 2" in out
     assert "FAIL step 1 labels: 1 of 4 checks failed (standard counts)" in out

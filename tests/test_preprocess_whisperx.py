@@ -49,12 +49,23 @@ def whisperx_args(work, models, *extra, diar="3.1"):
 
 
 @pytest.fixture(scope="module")
-def runs(demo_work, tiny_models, tmp_path_factory):
-    """The standard and the VAD-oracle pipeline on one demo dialog, in a private work directory."""
-    import shutil
+def short_corpus(tmp_path_factory):
+    """(work dir with step 1's labels.json, ground truth) of a one-dialog demo corpus of 3 utterances
+    (about 20 s of audio: the diarization's embeddings, the bulk of the time, scale with it)."""
+    from demo.make_corpus import generate
+    from iemo_lab_with_timestamps import main as step1
 
+    root = tmp_path_factory.mktemp("demo_whisperx") / "IEMOCAP_full_release"
+    truth = generate(root, seed=0, sessions=[1], impro_per_session=1, script_per_session=0, utterances_per_dialog=3)
     work = tmp_path_factory.mktemp("work_whisperx")
-    shutil.copy(demo_work / "labels.json", work / "labels.json")
+    step1(["--iemocap", str(root), "--work", str(work)])
+    return work, truth
+
+
+@pytest.fixture(scope="module")
+def runs(short_corpus, tiny_models):
+    """The standard and the VAD-oracle pipeline on the dialog, in a private work directory."""
+    work, _ = short_corpus
     standard = preprocess.main(whisperx_args(work, tiny_models, *BATCH_FLAGS))
     oracle = preprocess.main(whisperx_args(work, tiny_models, "--vad", "oracle", diar="community-1"))
     return work, standard, oracle
@@ -91,9 +102,9 @@ def check_outputs(folder, manifest, duration):
     return asr
 
 
-def test_standard_pipeline_end_to_end(runs, demo_corpus):
+def test_standard_pipeline_end_to_end(runs, short_corpus):
     work, manifest, _ = runs
-    _, truth = demo_corpus
+    _, truth = short_corpus
     duration = truth["dialogs"][DIALOG]["duration"]
     check_outputs(work / "whisperx", manifest, duration)
     config = manifest["config"]
@@ -102,9 +113,9 @@ def test_standard_pipeline_end_to_end(runs, demo_corpus):
     assert "wer" in manifest["summary"] and "der" in manifest["summary"]  # measured, even if it is noise
 
 
-def test_vad_oracle_transcribes_each_reference_utterance(runs, demo_corpus):
+def test_vad_oracle_transcribes_each_reference_utterance(runs, short_corpus):
     work, _, manifest = runs
-    _, truth = demo_corpus
+    _, truth = short_corpus
     gt = truth["dialogs"][DIALOG]
     asr = check_outputs(work / "whisperx-vadoracle", manifest, gt["duration"])
     utterances = gt["utterances"]  # XX utterances included: they are reference speech too

@@ -1,6 +1,7 @@
-"""The one command (reproduce.py) end to end on a tiny demo: steps 1-6 as separate processes, seeds,
-tables traceable to metrics files with intervals and paired tests, a re-run that recomputes nothing,
-a pause-only change that re-runs only what follows it, and a failing step that stops the run."""
+"""The one command (reproduce.py) end to end on a tiny demo: seeds, tables traceable to metrics files
+with intervals and paired tests, a re-run that recomputes nothing, a pause-only change that re-runs
+only what follows it (the steps run in this process: conftest.steps_in_process), and, with real
+processes, invocations side by side and a failing step that stops the run."""
 import ast
 import json
 import os
@@ -12,8 +13,14 @@ import pytest
 
 import reproduce
 import utils
+from conftest import steps_in_process
 
 STEPS = ("iemo_lab_with_timestamps", "preprocess", "align", "train", "evaluate", "teer_calculate", "predict", "corpus_from_csv")
+
+
+def reproduce_in_process(args):
+    with steps_in_process():
+        reproduce.main(args)
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +28,8 @@ def tiny_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("repro")
     args = ["--demo-dir", str(base / "demo"), "--demo-size", "tiny", "--results", str(base / "results"),
             "--epochs", "2", "--seeds", "2", "--pauses", "1.5", "--bootstrap-samples", "200",
-            "--only", "main", "frozen", "vadoracle"]
-    reproduce.main(args)
+            "--only", "main", "frozen", "vadoracle", "--jobs", "1"]
+    reproduce_in_process(args)
     return base, args
 
 
@@ -97,7 +104,7 @@ def test_first_run_writes_every_table_from_metrics_files(tiny_run):
 def test_rerun_with_nothing_changed_recomputes_nothing(tiny_run):
     base, args = tiny_run
     before = (base / "results" / "tables.md").read_text()
-    reproduce.main(args)
+    reproduce_in_process(args)
     steps = provenance(base)["steps"]
     assert steps and all(s["skipped"] for s in steps)
     assert (base / "results" / "tables.md").read_text() == before  # the bootstraps are seeded
@@ -107,8 +114,8 @@ def test_changing_only_the_pause_reruns_only_that_alignment_and_what_follows(tin
     base, args = tiny_run
     args = list(args)
     args[args.index("--pauses") + 1] = "1.0"
-    args[args.index("--only") + 1:] = ["main", "frozen", "vadoracle", "pause"]
-    reproduce.main(args)
+    args[args.index("--only") + 1:args.index("--jobs")] = ["main", "frozen", "vadoracle", "pause"]
+    reproduce_in_process(args)
     ran = [s for s in provenance(base)["steps"] if not s["skipped"]]
     assert ran, "the new pause threshold must run"
     assert sorted({s["step"].split()[1] for s in ran}) == ["3", "4", "5", "6"]  # steps 1 and 2 were up to date
@@ -117,18 +124,19 @@ def test_changing_only_the_pause_reruns_only_that_alignment_and_what_follows(tin
     assert (base / "results" / "pause_sweep.png").is_file()
 
 
-def test_force_and_changed_items_get_the_redo_flag_and_invocations_run_side_by_side(tmp_path):
+def test_force_and_changed_items_get_the_redo_flag_and_invocations_run_side_by_side(tmp_path, capfd):
     """A stale stamp must not be satisfied by a step's own cache: an item that succeeded before under
     another key (changed argv, code or upstream), or any item under --force, gets the step's redo flag
     (--overwrite / --no-resume); up-to-date items are not run; split invocations run side by side, each
-    with its share of the cores, and a failing one is named after the others finish."""
+    with its share of the cores, and a failing one is named, its log printed whole, after the others finish."""
     script = tmp_path / "step.py"
     script.write_text("import json, os, sys, time\n"
                       "time.sleep(0.3)\n"
                       "out = os.path.join(os.path.dirname(sys.argv[0]), 'calls.jsonl')\n"
                       "open(out, 'a').write(json.dumps({'argv': sys.argv[1:], 'threads': os.environ.get('OMP_NUM_THREADS'),"
                       " 'start': time.time()}) + '\\n')\n"
-                      "sys.exit(3 if 'bad' in sys.argv else 0)\n")
+                      "if 'bad' in sys.argv:\n"
+                      "    sys.exit('error: ' + out + ': a bad item')\n")
 
     def calls():
         lines = (tmp_path / "calls.jsonl").read_text().splitlines() if (tmp_path / "calls.jsonl").exists() else []
@@ -151,9 +159,11 @@ def test_force_and_changed_items_get_the_redo_flag_and_invocations_run_side_by_s
     assert sorted(c["argv"] for c in calls()) == [["a", "--redo"], ["b", "--redo"]]
     step(reproduce.Runner(work, force=True, jobs=1), ["a", "c"], up=("changed",))
     assert sorted(c["argv"] for c in calls()) == [["a", "--redo"], ["c", "--redo"]]
-    with pytest.raises(utils.PipelineError, match=r"step 9 demo \[1/2\] failed \(exit status 3\)"):
+    capfd.readouterr()
+    with pytest.raises(utils.PipelineError, match=r"step 9 demo \[1/2\] failed \(exit status 1\)"):
         step(reproduce.Runner(work, force=False, jobs=2), ["bad", "d"])
     assert sorted(c["argv"][0] for c in calls()) == ["bad", "d"]  # the other one ran to its end
+    assert f"error: {tmp_path / 'calls.jsonl'}: a bad item" in capfd.readouterr().out  # its log, printed whole
     assert "d" in {v["item"] for v in json.loads((work / "reproduce_stamps.json").read_text()).values()}
 
 
@@ -205,14 +215,24 @@ def test_each_step_gets_its_own_redo_flag_and_train_sweeps_cover_the_plan_exactl
 
 
 def test_a_failing_step_stops_the_run_with_its_message(tiny_run, capfd):
+    """Real processes (--jobs as the default): a new pause threshold runs step 3, which fails on a
+    corrupt step-2 file; the run stops there, naming the step and printing the step's own message."""
     base, args = tiny_run
     args = list(args)
-    args[args.index("--only") + 1:] = ["main"]
-    with pytest.raises(utils.PipelineError, match=r"step 4 train.* failed \(exit status \d\)"):
-        reproduce.main(args + ["--audio-model", str(base / "no-such-model")])
+    args[args.index("--pauses") + 1] = "0.5"
+    args[args.index("--only") + 1:] = ["pause"]
+    asr = base / "demo" / "preprocessed_iemocap_tiny" / "simulated" / "asr" / "Ses01F_impro01.json"
+    good = asr.read_bytes()
+    asr.write_text("{not json")
+    try:
+        with pytest.raises(utils.PipelineError, match=r"step 3 align.* failed \(exit status 1\)"):
+            reproduce.main(args)
+    finally:
+        asr.write_bytes(good)
     out = capfd.readouterr()
-    assert "=== step 4 train" in out.out and "python train.py" in out.out  # the command, printed before it ran
-    assert "no-such-model" in out.out + out.err  # the step's own message (its log, printed whole, when steps run side by side)
+    assert "=== step 3 align" in out.out and "python align.py" in out.out  # the command, printed before it ran
+    assert f"FAILED Ses01F_impro01: {asr}: corrupt ASR result (step 2)" in out.out + out.err  # the step's own message
+    assert "=== step 4" not in out.out
 
 
 def test_no_step_script_imports_another():
@@ -244,3 +264,14 @@ def test_a_csv_corpus_replaces_step_1_and_its_content_is_stamped(tmp_path):
     assert argv == [str(csv_path), "--work", cfg["work"], "--audio-root", str(tmp_path / "audio"), "--emotion-map", "happy=hap"]
     csv_path.write_text("audio,id,start,end,speaker,emotion,text\n")
     assert step1()[2] != upstream
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "0"], "--epochs must be at least 1, got 0"),  # not silently the default
+    (["--pauses", "1.5", "-1"], "--pauses must be >= 0 s, got -1"),
+    (["--seeds", "0"], "--seeds and --ablation-seeds must be at least 1"),
+])
+def test_bad_arguments_are_refused_before_anything_runs(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce.parse_args(flags)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

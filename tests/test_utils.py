@@ -287,25 +287,33 @@ def test_run_main_turns_argparse_errors_into_one_line(monkeypatch, capsys):
         argparse.ArgumentParser(prog="p").parse_args(["--nope"])  # argparse's own behaviour again
 
 
-def test_scripts_as_subprocesses_print_one_error_line_and_exit_2(tmp_path):
-    """The reported symptom: a named error printed under a full traceback. Now one line, status 2."""
+def test_scripts_as_subprocesses_print_one_error_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    """The reported symptom: a named error printed under a full traceback. Now one line, status 2:
+    align.py as a process of its own, then step 1 through the same entry point in this process."""
     import os
     import subprocess
     import sys
+
+    import iemo_lab_with_timestamps
 
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("PIPELINE_DEBUG", None)
     (tmp_path / "labels.json").write_text('{"dialogs": {"Ses01F_impro01": {"utterances": [{"id": "u", "start": 0, '
                                           '"end": 1, "speaker": "F", "label": "happy"}]}}}')
-    runs = [([str(root / "align.py"), "--work", str(tmp_path)], f"error: {tmp_path / 'labels.json'}: dialog Ses01F_impro01: "),
-            ([str(root / "iemo_lab_with_timestamps.py"), "--iemocap", str(tmp_path / "nope")],
-             f"error: {tmp_path / 'nope'}: IEMOCAP root not found")]
-    for argv, start in runs:
-        proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
-        lines = proc.stderr.splitlines()
-        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(start), (argv, proc.returncode, proc.stderr)
-        assert "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, str(root / "align.py"), "--work", str(tmp_path)], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=120)
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, (proc.returncode, proc.stderr)
+    assert lines[0].startswith(f"error: {tmp_path / 'labels.json'}: dialog Ses01F_impro01: ") and "Traceback" not in proc.stderr
+
+    monkeypatch.delenv("PIPELINE_DEBUG", raising=False)
+    monkeypatch.setattr(sys, "argv", ["iemo_lab_with_timestamps.py", "--iemocap", str(tmp_path / "nope")])
+    with pytest.raises(SystemExit) as exit_info:
+        utils.run_main(iemo_lab_with_timestamps.main)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: {tmp_path / 'nope'}: IEMOCAP root not found") and "Traceback" not in err
 
 
 def test_read_json_nested_100000_deep_and_bad_bytes_are_named_errors(tmp_path):
