@@ -198,7 +198,12 @@ def run_step(script: str, args: list[str]) -> int:
     """Run a step script with this Python; its output goes to the terminal. Returns its exit status
     (0 done, 1 some dialogs failed); anything else (bad input, a bug) stops here."""
     print(f"[predict] {' '.join(shlex.quote(c) for c in ['python', script, *args])}", flush=True)
-    rc = utils.start_step(script, args).wait()
+    proc = utils.start_step(script, args)
+    try:
+        rc = proc.wait()
+    except BaseException:  # Ctrl-C: do not leave the step running
+        proc.kill()
+        raise
     if rc not in (0, 1):
         raise PipelineError(f"{HERE / script}: exited with status {rc} (its error is printed above)")
     return rc
