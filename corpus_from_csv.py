@@ -62,7 +62,6 @@ import argparse
 import csv
 import math
 import re
-from collections import Counter
 from pathlib import Path
 
 import utils
@@ -226,26 +225,13 @@ def assign_speakers(csv_path: Path, dialog: str, utterances: list[dict]) -> None
 
 
 def count_utterances(dialogs: dict) -> dict:
-    """Counts per class, per CSV emotion and per session (string session keys: JSON round-trips)."""
-    per_label, per_emotion, per_session, dialogs_per_session = Counter(), Counter(), {}, Counter()
-    for d in dialogs.values():
-        s = str(d["session"])
-        dialogs_per_session[s] += 1
-        row = per_session.setdefault(s, {"utterances": 0, "target": 0, **{lab: 0 for lab in LABELS}})
-        for u in d["utterances"]:
-            per_emotion[u["emotion"]] += 1
-            row["utterances"] += 1
-            if u["label"] is not None:
-                per_label[u["label"]] += 1
-                row["target"] += 1
-                row[u["label"]] += 1
-    return {"dialogs": len(dialogs), "dialogs_per_session": dict(sorted(dialogs_per_session.items())),
-            "utterances": sum(per_emotion.values()), "target": sum(per_label.values()),
-            "per_label": {lab: per_label[lab] for lab in LABELS}, "per_emotion": dict(sorted(per_emotion.items())),
-            "target_per_session": {s: r["target"] for s, r in sorted(per_session.items())},
-            "per_session": dict(sorted(per_session.items())),
-            "missing": {"wdseg": sum(u["wdseg"] is None for d in dialogs.values() for u in d["utterances"]),
-                        "dialog_wav": 0}}
+    """Counts per class, per CSV emotion and per session (utils.count_labels)."""
+    c = utils.count_labels(dialogs, "emotion")
+    per_emotion = c.pop("per_raw")
+    c.pop("target_per_raw")
+    c["per_emotion"] = dict(sorted(per_emotion.items()))
+    c["missing"] = {"wdseg": sum(u["wdseg"] is None for d in dialogs.values() for u in d["utterances"]), "dialog_wav": 0}
+    return c
 
 
 def main(argv=None):

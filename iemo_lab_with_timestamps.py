@@ -39,7 +39,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from utils import (CODE_TO_LABEL, IEMOCAP_CODES, LABELS, TRANSCRIPT_RE, PipelineError, atomic_write_json,
-                   iemocap_dialog_meta, read_text_lines, session_of)
+                   count_labels, iemocap_dialog_meta, read_text_lines, session_of)
 
 # Facts of the real corpus (IEMOCAP_full_release, as used by the standard 4-class protocol): the subset
 # (5,531 utterances, exc merged into hap), all labelled utterances (any code), the dialogs per
@@ -273,32 +273,12 @@ def build_labels(iemocap_root, expect_standard: bool | None = None) -> dict:
 
 
 def count_utterances(dialogs: dict) -> dict:
-    """Counts per class, per raw code and per session (strings as session keys: JSON round-trips)."""
-    per_code, per_label, target_per_code = Counter(), Counter(), Counter()
-    per_session, dialogs_per_session = {}, Counter()
-    for d in dialogs.values():
-        s = str(d["session"])
-        dialogs_per_session[s] += 1
-        row = per_session.setdefault(s, {"utterances": 0, "target": 0, **{lab: 0 for lab in LABELS}})
-        for u in d["utterances"]:
-            per_code[u["code"]] += 1
-            row["utterances"] += 1
-            if u["label"] is not None:
-                per_label[u["label"]] += 1
-                target_per_code[u["code"]] += 1
-                row["target"] += 1
-                row[u["label"]] += 1
-    return {
-        "dialogs": len(dialogs),
-        "dialogs_per_session": dict(sorted(dialogs_per_session.items())),
-        "utterances": sum(per_code.values()),
-        "target": sum(per_label.values()),
-        "per_label": {lab: per_label[lab] for lab in LABELS},
-        "per_code": {c: per_code[c] for c in IEMOCAP_CODES if per_code[c]},
-        "target_per_code": {c: target_per_code[c] for c in IEMOCAP_CODES if c in CODE_TO_LABEL},
-        "target_per_session": {s: row["target"] for s, row in sorted(per_session.items())},
-        "per_session": dict(sorted(per_session.items())),
-    }
+    """Counts per class, per raw code and per session (utils.count_labels, keyed by IEMOCAP's codes)."""
+    c = count_labels(dialogs, "code")
+    per_code, target_per_code = c.pop("per_raw"), c.pop("target_per_raw")
+    c["per_code"] = {code: per_code[code] for code in IEMOCAP_CODES if per_code[code]}
+    c["target_per_code"] = {code: target_per_code[code] for code in IEMOCAP_CODES if code in CODE_TO_LABEL}
+    return c
 
 
 def compare_with_standard(counts: dict, expect_standard: bool | None) -> dict:

@@ -310,6 +310,32 @@ def load_labels(work, require=()) -> dict:
     return data
 
 
+def count_labels(dialogs: dict, raw_key: str) -> dict:
+    """The counts of a labels.json (step 1 and corpus_from_csv.py): dialogs (per session), utterances,
+    4-class targets per label and per session, and per raw annotation u[raw_key] (IEMOCAP's code,
+    a CSV's emotion) as Counters "per_raw" and "target_per_raw" that the caller names. Session keys
+    are strings (JSON round-trips)."""
+    per_raw, target_per_raw, per_label = Counter(), Counter(), Counter()
+    per_session, dialogs_per_session = {}, Counter()
+    for d in dialogs.values():
+        s = str(d["session"])
+        dialogs_per_session[s] += 1
+        row = per_session.setdefault(s, {"utterances": 0, "target": 0, **{lab: 0 for lab in LABELS}})
+        for u in d["utterances"]:
+            per_raw[u[raw_key]] += 1
+            row["utterances"] += 1
+            if u["label"] is not None:
+                per_label[u["label"]] += 1
+                target_per_raw[u[raw_key]] += 1
+                row["target"] += 1
+                row[u["label"]] += 1
+    return {"dialogs": len(dialogs), "dialogs_per_session": dict(sorted(dialogs_per_session.items())),
+            "utterances": sum(per_raw.values()), "target": sum(per_label.values()),
+            "per_label": {lab: per_label[lab] for lab in LABELS}, "per_raw": per_raw, "target_per_raw": target_per_raw,
+            "target_per_session": {s: r["target"] for s, r in sorted(per_session.items())},
+            "per_session": dict(sorted(per_session.items()))}
+
+
 def is_finite_number(x) -> bool:
     """A real number (not a bool) that is finite: no NaN, no infinity, no integer too large for a float."""
     if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
