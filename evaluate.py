@@ -53,9 +53,17 @@ with replacement (numpy default_rng(--bootstrap-seed)); its confusion matrix is 
 drawn dialogs' matrices; the interval is the 2.5th and 97.5th percentile of the metric over the
 resamples (utils.bootstrap_ci). Seeded: the same inputs give the same numbers.
 
+Test dialogs: those of the run's split (config.json) and every labels.json dialog its rule puts in
+the test set (utils.run_test_dialogs), whether or not step 2 or 3 produced segments for it. A test
+dialog without any segment in predictions.json (a step failed on it, its step-3 cache is gone, or it
+has no system speech) stays in the test set: its labelled utterances are misses. metrics.json lists
+these dialogs ("missing_dialogs"); predictions.json lists the test dialogs whose cache was absent.
+
 A run with folds (fold<k>/ subfolders, listed in the top-level config.json) is evaluated fold by
-fold; the top-level metrics.json holds the mean and std over folds (population std, ddof=0) and
-the metrics of all folds' predictions pooled (both with their "utterance" part).
+fold. One rule for its numbers: a value printed with an interval is the pooled one, all folds'
+predictions scored together ("pooled", with its "utterance" part), and its interval is the
+bootstrap interval of that same pooled value; the spread over folds is reported apart, as the
+mean ± sample standard deviation (ddof=1) of the per-fold values ("mean_std"; std null for one fold).
 
     python evaluate.py --work preprocessed_iemocap --run NAME [--device cuda]
 """
@@ -252,19 +260,22 @@ def score_predictions(predictions: dict, labels: dict, dialogs, where: str = "pr
     scored = [s for s in segments if s["label"] is not None]
     metrics = classification_metrics([s["label"] for s in scored], [s["pred"] for s in scored])
     seg_dialogs = list(utterances) + sorted({s["dialog"] for s in scored} - set(utterances))
+    with_segments = {s["dialog"] for s in segments}
     return {"n_segments": len(segments), "n_scored": len(scored), "n_unlabelled": len(segments) - len(scored),
-            "n_dialogs": len(dialogs), "coverage": coverage(scored, utterances), **metrics,
+            "n_dialogs": len(dialogs), "missing_dialogs": [d for d in utterances if d not in with_segments],
+            "coverage": coverage(scored, utterances), **metrics,
             "ci95": dialog_intervals(utils.dialog_confusions(scored, seg_dialogs, miss_column=False), n_samples, seed),
             "bootstrap": {"unit": "dialog", "method": "percentile", "level": 0.95, "samples": n_samples, "seed": seed},
             "utterance": score_utterances(segments, utterances, n_samples, seed)}
 
 
 def aggregate(per_fold: dict) -> dict:
-    """Mean and population std over folds of the headline metrics, per-class F1 and coverage,
-    segment-level and (under "utterance") reference-projected."""
+    """Mean and sample std (ddof=1; null for one fold) over folds of the headline metrics, per-class
+    F1 and coverage, segment-level and (under "utterance") reference-projected; n = folds."""
     def stats(values):
         values = [v for v in values if v is not None]
-        return {"mean": float(np.mean(values)), "std": float(np.std(values))} if values else None
+        std = float(np.std(values, ddof=1)) if len(values) > 1 else None
+        return {"mean": float(np.mean(values)), "std": std, "n": len(values)} if values else None
 
     def summary(folds):
         out = {k: stats([m[k] for m in folds]) for k in HEADLINE}
@@ -351,6 +362,10 @@ def report(name: str, m: dict) -> None:
     print(f"  reference-projected: {u['n']} labelled reference utterances in {u['n_dialogs']} test dialogs, "
           f"{u['n_missed']} missed (no system speech); system speech covers {share(cu)} of "
           f"{cu['labelled_reference_s']:.1f} s labelled reference speech")
+    if m.get("missing_dialogs"):
+        print(f"  {len(m['missing_dialogs'])} test dialogs have no segment (step 2 or 3 failed on them, or no system "
+              f"speech): {', '.join(m['missing_dialogs'][:5])}{' ...' if len(m['missing_dialogs']) > 5 else ''}; "
+              "their utterances are misses")
     print("    " + _headline(u))
     _table(u)
     print(f"  segment-level: scored {m['n_scored']} labelled of {m['n_segments']} segments "
@@ -439,13 +454,15 @@ def evaluate_named_run(work: Path, name: str, labels: dict, args, boot: dict, da
     atomic_write_json(run_dir / "metrics.json", metrics)
     plot_confusion(metrics["pooled"], run_dir / "confusion_matrix.png",
                    title=f"{name} (all folds pooled)" + (" (DEMO data)" if note else ""))
-    for name, m in per_fold.items():
-        report(name, m)
+    for fold_name, fold_metrics in per_fold.items():
+        report(fold_name, fold_metrics)
     report(f"{name} pooled", metrics["pooled"])
     agg = metrics["mean_std"]
     for what, a in (("reference-projected", agg["utterance"]), ("segment-level", agg)):
-        print(f"{name} over {len(folds)} folds (mean ± std), {what}: "
-              + "  ".join(f"{k} {100 * a[k]['mean']:.2f} ± {100 * a[k]['std']:.2f}%" for k in HEADLINE))
+        print(f"{name} spread over {len(folds)} folds (mean ± sample std of the per-fold values; the pooled "
+              f"values above carry the intervals), {what}: "
+              + "  ".join(f"{k} {100 * a[k]['mean']:.2f}"
+                          + ("" if a[k]["std"] is None else f" ± {100 * a[k]['std']:.2f}") + "%" for k in HEADLINE))
     print(f"wrote {run_dir / 'metrics.json'}, {run_dir / 'confusion_matrix.png'}")
     if note:
         print(note)
@@ -470,8 +487,10 @@ def predict_split(run_dir, split: str = "test", device=None, datasets: dict | No
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, config = load_run(run_dir, device)
-    dialogs = config["split"][split]
     cache_dir = Path(config["work"]) / config["pipe"] / config["variant"] / "cache"
+    # A dialog whose cache is absent (step 2 or 3 failed on it) is listed, not read; its utterances are misses.
+    absent = [d for d in config["split"][split] if not (cache_dir / f"{d}.pt").is_file()]
+    dialogs = [d for d in config["split"][split] if d not in absent]
     paths = [cache_dir / f"{d}.pt" for d in dialogs]
     do_norm = getattr(AutoFeatureExtractor.from_pretrained(config["audio_model"]), "do_normalize", True)
     key = (str(cache_dir), tuple(dialogs), config["max_audio_seconds"], do_norm)
@@ -499,7 +518,7 @@ def predict_split(run_dir, split: str = "test", device=None, datasets: dict | No
                          "speaker": seg["speaker"], "text": seg["text"],
                          "label": LABELS[seg["label"]] if seg["label"] >= 0 else None,
                          "pred": LABELS[int(p.argmax())], "probs": {lab: float(v) for lab, v in zip(LABELS, p)}})
-    return {"run": Path(run_dir).name, "split": split, "segments": segments}
+    return {"run": Path(run_dir).name, "split": split, "missing_dialogs": absent, "segments": segments}
 
 
 if __name__ == "__main__":

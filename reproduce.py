@@ -19,7 +19,8 @@ step 7, predict.py on a held-out test dialog (predict_demo): results/predict/.
 Seeds: the headline groups (main, vadoracle, frozen) train every configuration with --seeds seeds
 (default 3), the ablation groups with --ablation-seeds (default: --seeds on real data, 1 on the demo).
 Seeds change initialisation and data order only (train.py --seed; the validation split has its own
---split-seed). Every table cell is the mean ± std over seeds (and folds), with n; the headline
+--split-seed). Every table cell is the mean ± sample std over seeds (of each seed's run scored on all
+its test dialogs, folds pooled), with n; the spread over folds is a table of its own; the headline
 metrics carry a 95 % bootstrap interval over test dialogs, and the headline comparisons a paired
 bootstrap of the difference on the reference-projected utterances (evaluate.py's docstring).
 
@@ -482,7 +483,13 @@ def flat(m: dict) -> dict:
 
 
 def values(res: dict, get) -> list[float]:
-    """get(metrics of one run or fold) for every seed (and fold) of a configuration."""
+    """get(metrics of one run over its whole test set, folds pooled) for every seed of a configuration:
+    the values of a table cell, whose interval is that of the same pooled quantity (Tables.projected)."""
+    return [get(flat(r["metrics"])) for r in res["runs"]]
+
+
+def fold_values(res: dict, get) -> list[float]:
+    """get(metrics of one fold) for every seed and fold of a configuration (the spread over folds)."""
     return [get(p) for r in res["runs"] for p in parts(r["metrics"])]
 
 
@@ -495,33 +502,69 @@ def metric_getter(key: str, level: str):
 
 
 def mean_std(vals, scale=100.0, nd=2) -> str:
+    """"mean ± sample std (ddof=1)" of the values that are not None; one value alone, without ±."""
     vals = [v for v in vals if v is not None]
     if not vals:
         return "-"
     if len(vals) == 1:
         return f"{scale * vals[0]:.{nd}f}"
-    return f"{scale * np.mean(vals):.{nd}f} ± {scale * np.std(vals):.{nd}f}"
+    return f"{scale * np.mean(vals):.{nd}f} ± {scale * np.std(vals, ddof=1):.{nd}f}"
 
 
-def seed_confusions(res: dict, dialogs=None) -> tuple[np.ndarray, list]:
-    """[n_seeds, n_dialogs, 4, 5] confusion matrices of the reference-projected utterances."""
+def scored_dialogs(res: dict) -> set:
+    """The dialogs of the reference-projected utterances of any seed of a configuration."""
+    return {u["dialog"] for r in res["runs"] for u in flat(r["metrics"])["utterance"]["utterances"]}
+
+
+def missed_records(records: list, dialogs, labels: dict | None) -> list:
+    """Miss records (pred None) of the labelled utterances of the `dialogs` that `records` lack: a test
+    dialog a pipeline has no utterance of (another pipeline's test set, an older metrics.json).
+    labels: labels.json's content, or a function returning it (called only when a dialog lacks records)."""
+    have = {r["dialog"] for r in records}
+    absent = [d for d in dialogs if d not in have]
+    if absent and labels is None:
+        raise ValueError(f"dialogs {absent[:5]} have no utterance record and no labels.json was given")
+    labels = labels() if absent and callable(labels) else labels
+    return [{"id": u["id"], "dialog": d, "label": u["label"], "pred": None}
+            for d in absent for u in labels["dialogs"][d]["utterances"] if u.get("label") is not None]
+
+
+def seed_confusions(res: dict, dialogs=None, labels=None) -> tuple[np.ndarray, list]:
+    """[n_seeds, n_dialogs, 4, 5] confusion matrices of the reference-projected utterances (each seed's
+    run over its whole test set, folds pooled). dialogs: the dialog axis (default: every dialog a seed
+    scored); a dialog a seed has no record of counts its labelled utterances (labels.json) as misses."""
     per_seed = [flat(r["metrics"])["utterance"]["utterances"] for r in res["runs"]]
-    dialogs = dialogs or sorted({u["dialog"] for utts in per_seed for u in utts})
+    dialogs = dialogs or sorted(scored_dialogs(res))
+    per_seed = [utts + missed_records(utts, dialogs, labels) for utts in per_seed]
     return np.stack([utils.dialog_confusions(utts, dialogs) for utts in per_seed]), dialogs
+
+
+def table_head(cells: list[str]) -> list[str]:
+    """A Markdown table's header row and its delimiter row, with as many cells."""
+    return ["| " + " | ".join(cells) + " |", "|---" * len(cells) + "|"]
 
 
 class Tables:
     def __init__(self, cfg, args, results: dict):
         self.cfg, self.args, self.R = cfg, args, results
+        self._labels = None
+
+    def labels(self) -> dict:
+        """WORK/labels.json, read on first use (misses of dialogs a pipeline has no record of)."""
+        if self._labels is None:
+            self._labels = utils.load_labels(self.cfg["work"])
+        return self._labels
 
     def get(self, pipe, variant, mode="finetune", modality="fusion", fusion=DEFAULT_FUSION):
         return self.R.get((pipe, variant, mode, modality, fusion))
 
     def projected(self, res, key) -> str:
-        """mean ± std over seeds [95 % bootstrap interval of the seed mean, over test dialogs]."""
+        """mean ± sample std over seeds [95 % bootstrap interval of the seed mean, over test dialogs];
+        each seed's value and the interval are of the same quantity: the run's pooled test utterances."""
         text = mean_std(values(res, metric_getter(key, "utterance")))
         if self.args.bootstrap_samples:
-            lo, hi = utils.bootstrap_ci(seed_confusions(res)[0], key, self.args.bootstrap_samples, self.args.bootstrap_seed)
+            cms = seed_confusions(res, labels=self.labels)[0]
+            lo, hi = utils.bootstrap_ci(cms, key, self.args.bootstrap_samples, self.args.bootstrap_seed)
             text += f" [{100 * lo:.1f}, {100 * hi:.1f}]"
         return text
 
@@ -530,7 +573,20 @@ class Tables:
 
     @staticmethod
     def n(res) -> int:
-        return sum(len(parts(r["metrics"])) for r in res["runs"])
+        """How many values a cell's mean ± std is over: the seeds."""
+        return len(res["runs"])
+
+    @staticmethod
+    def dialogs(res) -> str:
+        """"test dialogs (failed)": failed = test dialogs without any system segment (step 2 or 3 failed on
+        them): their utterances are misses. Seeds that disagree are joined with '/'."""
+        cells = []
+        for r in res["runs"]:
+            m = flat(r["metrics"])
+            missing = m.get("missing_dialogs")
+            cell = f"{m['utterance']['n_dialogs']} ({'?' if missing is None else len(missing)})"
+            cells += [] if cell in cells else [cell]
+        return "/".join(cells)
 
     @staticmethod
     def counts(res) -> tuple[str, str, str]:
@@ -542,7 +598,7 @@ class Tables:
 
     def classification_row(self, label, res, paper_row=None) -> str:
         utt, seg, cov = self.counts(res)
-        ours = [self.projected(res, k) for k in utils.HEADLINE] + [utt] + \
+        ours = [self.projected(res, k) for k in utils.HEADLINE] + [utt, self.dialogs(res)] + \
                [self.segment(res, k) for k in ("accuracy", "weighted_f1", "macro_f1")] + [seg, cov, str(self.n(res))]
         theirs = ["-" if paper_row is None or paper_row[k] is None else f"{paper_row[k]:.2f}"
                   for k in ("accuracy", "weighted_f1", "macro_f1")]
@@ -571,19 +627,19 @@ class Tables:
                 cell += f" [{100 * lo:.1f}, {100 * hi:.1f}]"
             cells.append(cell)
         return (f"| majority class ({majority}: the most frequent training label) | " + " | ".join(cells)
-                + f" | - | - | - | `{run_dir}/config.json` (training dialogs), labels.json |")
+                + f" | - | - | - | - | `{run_dir}/config.json` (training dialogs), labels.json |")
 
-    CLASSIFICATION_HEADER = [
-        "| Setup | Acc | UA | WF1 | MF1 | utterances (missed) | Acc (seg.) | WF1 (seg.) | MF1 (seg.) | segments | cov % | n "
-        "| Acc paper | WF1 paper | MF1 paper | source |",
-        "|---" * 16 + "|"]
+    CLASSIFICATION_HEADER = table_head(
+        ["Setup", "Acc", "UA", "WF1", "MF1", "utterances (missed)", "dialogs (failed)", "Acc (seg.)", "WF1 (seg.)",
+         "MF1 (seg.)", "segments", "cov %", "n", "Acc paper", "WF1 paper", "MF1 paper", "source"])
 
     def paired(self, label, a, b) -> list[str]:
         """Rows of the paired bootstrap of A - B on the same reference-projected utterances."""
         if not self.args.bootstrap_samples:
             return []
-        cms_b, dialogs = seed_confusions(b)
-        cms_a, _ = seed_confusions(a, dialogs)
+        dialogs = sorted(scored_dialogs(a) | scored_dialogs(b))  # a dialog one of them lacks: misses for it
+        cms_a, _ = seed_confusions(a, dialogs, self.labels)
+        cms_b, _ = seed_confusions(b, dialogs, self.labels)
         rows = []
         for key in utils.HEADLINE:
             r = utils.paired_bootstrap(cms_a, cms_b, key, self.args.bootstrap_samples, self.args.bootstrap_seed)
@@ -597,6 +653,22 @@ class Tables:
         tag = "teer_authors" if authors else "teer"
         return mean_std([r[tag][key] if r[tag] else None for r in res["runs"]])
 
+    def fold_spread(self) -> list[str]:
+        """Fold runs: the spread over folds of the reference-projected headline metrics, apart from the
+        cells (which are of the pooled folds): mean ± sample std over every fold of every seed."""
+        if self.args.folds == "none" or not self.R:
+            return []
+        L = [f"## Spread over folds ({self.args.folds}; reference-projected)", "",
+             "Each fold's own metrics, mean ± sample standard deviation (ddof = 1) over every fold of every seed "
+             "(`values` = folds × seeds). These are not the cells of the tables above, which score all folds' "
+             "predictions pooled.", "", *table_head(["Configuration", "Acc", "UA", "WF1", "MF1", "values", "source"])]
+        for res in sorted(self.R.values(), key=lambda r: r["name"]):
+            L.append(f"| {res['name'].replace('__s{seed}', '')} | "
+                     + " | ".join(mean_std(fold_values(res, metric_getter(k, "utterance"))) for k in utils.HEADLINE)
+                     + f" | {len(fold_values(res, metric_getter('accuracy', 'utterance')))} | "
+                     f"`{res['source']}/metrics.json` |")
+        return L + [""]
+
     def write(self, results_dir: Path, work: Path) -> str:
         cfg, args = self.cfg, self.args
         std, orc = cfg["standard_pipe"], cfg["oracle_pipe"]
@@ -604,12 +676,18 @@ class Tables:
         if cfg["demo"]:
             L += [f"> **{utils.DEMO_NOTE}**", ""]
         L += ["How to read these tables. Every number is computed by this repository's runs; each row names the "
-              "metrics files it comes from (`{0,1,2}` = the seeds). A cell is the mean ± std over seeds"
-              + (" and folds" if args.folds != "none" else "") + " (`n` = how many values); a single value has no ± . "
+              "metrics files it comes from (`{0,1,2}` = the seeds). A cell is the mean ± sample standard deviation "
+              "(ddof = 1) over seeds of the metric of each seed's run on all its test dialogs"
+              + (" (all folds' predictions pooled: the value, its ± and its interval are of that pooled quantity; "
+                 "the spread over folds is the last table)" if args.folds != "none" else "")
+              + " (`n` = how many seeds); a single value has no ± . "
+              "**dialogs (failed)**: the test dialogs of the split, and how many of them have no system segment "
+              "(step 2 or 3 failed on them): they stay in the test set, their utterances counted as misses. "
               "**Acc, UA, WF1, MF1** are reference-projected: every 4-class reference utterance of the test dialogs "
               "takes the emotion predicted for the system speech covering most of it (an utterance no system speech "
               "covers is a miss, counted wrong), so every pipeline is scored on the same utterances; the brackets are "
-              f"the 95 % bootstrap interval of the seed mean over test dialogs ({args.bootstrap_samples} resamples, seed "
+              "the 95 % bootstrap interval of that same seed mean over test dialogs "
+              f"({args.bootstrap_samples} resamples, seed "
               f"{args.bootstrap_seed}). **(seg.)** columns score the pipeline's own labelled segments, as the paper "
               f"does: their number differs per pipeline (the paper's with- and without-alignment accuracies were "
               f"computed on {PAPER['test_segments']['aligned']} and {PAPER['test_segments']['without-alignment']} test "
@@ -621,8 +699,8 @@ class Tables:
         ora = self.get(orc, "aligned-p1.5")
         if al and bl:
             L += ["## Table I: overall results (standard pipeline, fine-tuned extractors)", "", *self.CLASSIFICATION_HEADER,
-                  f"| Wu et al. (6 classes) | - | - | - | - | - | - | - | - | - | - | - | "
-                  f"{PAPER['table1']['wu2023']['accuracy']:.2f} | - | - | paper |",
+                  "| Wu et al. (6 classes) | " + "- | " * (len(self.CLASSIFICATION_HEADER[0].split(" | ")) - 5)
+                  + f"{PAPER['table1']['wu2023']['accuracy']:.2f} | - | - | paper |",
                   self.classification_row("Without alignment", bl, PAPER["table1"]["without-alignment"]),
                   self.classification_row("Proposed (with alignment)", al, PAPER["table1"]["aligned"]), ""]
             L += ["## Table II: per-emotion F1 without vs with alignment", "",
@@ -642,8 +720,9 @@ class Tables:
             L += ["## Paired differences of the headline comparisons (reference-projected, percentage points)", "",
                   "Both systems are scored on the same reference utterances, so their difference is paired: each of "
                   f"{args.bootstrap_samples} resamples draws test dialogs with replacement and applies the same draw to "
-                  "both (each system's value is its mean over seeds). `other sign` = share of resamples whose "
-                  "difference is zero or has the opposite sign.", "",
+                  "both (each system's value is its mean over seeds). Over the union of both systems' test "
+                  "dialogs: a dialog one system has no utterance of counts as missed for it. `other sign` = share of "
+                  "resamples whose difference is zero or has the opposite sign.", "",
                   "| comparison (A − B) | metric | A | B | A − B [95 % CI] | other sign | dialogs | seeds A/B |",
                   "|---|---|---|---|---|---|---|---|"]
             for lbl, a, b in comparisons:
@@ -655,13 +734,15 @@ class Tables:
                   "Default scoring follows the original definition (emotions compared by identity, collar 0.25 s, "
                   "reference extent, non-target reference time excluded); the authors' scoring maps labels optimally "
                   "(DiarizationErrorRate), collar 0, union of extents, unlabelled segments as UNK (teer_calculate.py).", "",
-                  "| Pipeline | TEER % | sTEER % | TEER % (authors' scoring) | sTEER % (authors' scoring) | n | TEER paper | sTEER paper | source |",
-                  "|---|---|---|---|---|---|---|---|---|",
-                  f"| Wu et al. (6 classes) | - | - | - | - | - | {PAPER['table3']['wu2023']['TEER']:.2f} | "
+                  *table_head(["Pipeline", "TEER %", "sTEER %", "TEER % (authors' scoring)",
+                               "sTEER % (authors' scoring)", "n", "dialogs (failed)", "TEER paper", "sTEER paper",
+                               "source"]),
+                  f"| Wu et al. (6 classes) | - | - | - | - | - | - | {PAPER['table3']['wu2023']['TEER']:.2f} | "
                   f"{PAPER['table3']['wu2023']['sTEER']:.2f} | paper |"]
             for label, res, pk in (("Standard", al, "standard"), ("VAD-oracle", ora, "vad-oracle")):
                 L.append(f"| {label} ({res['pipe']}) | {self.teer(res, 'TEER')} | {self.teer(res, 'sTEER')} | "
                          f"{self.teer(res, 'TEER', True)} | {self.teer(res, 'sTEER', True)} | {len(res['runs'])} | "
+                         f"{self.dialogs(res)} | "
                          f"{PAPER['table3'][pk]['TEER']:.2f} | {PAPER['table3'][pk]['sTEER']:.2f} | `{res['source']}/teer*.json` |")
             L.append("")
 
@@ -682,10 +763,10 @@ class Tables:
         extra = [(lbl, r) for lbl, r in extra if r]
         if len(extra) > 1:
             L += [f"## Ablation: single-modality baselines ({mode} extractors; not in the paper)", "",
-                  "| Configuration | Acc | UA | WF1 | MF1 | Acc (seg.) | MF1 (seg.) | n | source |", "|---" * 9 + "|"]
+                  *table_head(["Configuration", *ABLATION_COLUMNS])]
             L += [f"| {lbl} | " + " | ".join(self.projected(r, k) for k in utils.HEADLINE) + " | "
-                  + " | ".join(self.segment(r, k) for k in ("accuracy", "macro_f1")) + f" | {self.n(r)} | `{r['source']}/metrics.json` |"
-                  for lbl, r in extra]
+                  + " | ".join(self.segment(r, k) for k in ("accuracy", "macro_f1"))
+                  + f" | {self.n(r)} | {self.dialogs(r)} | `{r['source']}/metrics.json` |" for lbl, r in extra]
             L += [row for row in [self.majority_row(extra[0][1])] if row] + [""]
 
         fusion_rows = [(f, self.get(std, "aligned-p1.5", cfg["fusion_mode"], "fusion", f)) for f in utils.FUSIONS]
@@ -696,10 +777,10 @@ class Tables:
                   "gated-xattn = the paper's model; xattn = cross-attention without the forget gates (h = a); "
                   "concat = an MLP on [z_t ; z_a]; late = the mean of the two single-modality heads' logits "
                   "(utils.SERModel). Everything else is equal.", "",
-                  "| Fusion | Acc | UA | WF1 | MF1 | Acc (seg.) | MF1 (seg.) | n | source |", "|---" * 9 + "|"]
+                  *table_head(["Fusion", *ABLATION_COLUMNS])]
             L += [f"| {f} | " + " | ".join(self.projected(r, k) for k in utils.HEADLINE) + " | "
-                  + " | ".join(self.segment(r, k) for k in ("accuracy", "macro_f1")) + f" | {self.n(r)} | `{r['source']}/metrics.json` |"
-                  for f, r in fusion_rows]
+                  + " | ".join(self.segment(r, k) for k in ("accuracy", "macro_f1"))
+                  + f" | {self.n(r)} | {self.dialogs(r)} | `{r['source']}/metrics.json` |" for f, r in fusion_rows]
             L.append("")
 
         sweep = [(p, self.get(std, f"aligned-p{p:g}", mode)) for p in sorted({1.5, *args.pauses})]
@@ -707,20 +788,25 @@ class Tables:
         if len(sweep) > 1:
             L += [f"## Ablation: maximum pause of the alignment ({mode} extractors; not in the paper; the paper uses "
                   "1.5 s, the authors' code 1.0 s)", "",
-                  "| max pause (s) | Acc | MF1 | " + " | ".join(f"F1 {lab}" for lab in LABELS)
-                  + " | Acc (seg.) | segments | cov % | TEER % | n | source |", "|---" * (11 + len(LABELS) - 4) + "|"]
+                  *table_head(["max pause (s)", "Acc", "MF1", *(f"F1 {lab}" for lab in LABELS), "Acc (seg.)",
+                               "segments", "cov %", "TEER %", "n", "dialogs (failed)", "source"])]
             for p, r in sweep:
                 _, seg, cov = self.counts(r)
                 L.append(f"| {p:g} | {self.projected(r, 'accuracy')} | {self.projected(r, 'macro_f1')} | "
                          + " | ".join(mean_std(values(r, metric_getter(f"f1:{lab}", "utterance")), 1.0) for lab in LABELS)
-                         + f" | {self.segment(r, 'accuracy')} | {seg} | {cov} | {self.teer(r, 'TEER')} | {self.n(r)} | `{r['source']}/metrics.json` |")
+                         + f" | {self.segment(r, 'accuracy')} | {seg} | {cov} | {self.teer(r, 'TEER')} | {self.n(r)} | "
+                         f"{self.dialogs(r)} | `{r['source']}/metrics.json` |")
             L += ["", "![per-emotion F1 vs maximum pause](pause_sweep.png)", ""]
             plot_sweep(sweep, results_dir / "pause_sweep.png", cfg["demo"])
 
+        L += self.fold_spread()
         report = work / std / "alignment_report.md"
         if report.is_file():
             L += ["## Alignment report (standard pipeline)", "", f"From `{report}`:", "", report.read_text(), ""]
         return "\n".join(L) + "\n"
+
+
+ABLATION_COLUMNS = ["Acc", "UA", "WF1", "MF1", "Acc (seg.)", "MF1 (seg.)", "n", "dialogs (failed)", "source"]
 
 
 def plot_sweep(sweep, path: Path, demo: bool):

@@ -32,7 +32,10 @@ there is a false alarm (what the authors' script does).
 
 Dialogs of the test split with no system segment at all are scored as entirely missed
 (--empty-dialogs missed); --empty-dialogs skip leaves them out, as W-Wu's scorer does (it loops
-over the dialogs of the system output only).
+over the dialogs of the system output only). The test dialogs are those of the run's split and
+every labels.json dialog its rule puts in the test set (utils.run_test_dialogs), so a dialog that
+step 2 or 3 failed on (no cache, no segment) is scored too; teer.json lists such dialogs under
+"missing_dialogs" either way.
 
 How the default differs from W-Wu's scorer (scoring/score_TEER.py of W-Wu/sTEER): that scorer
 keeps non-target reference speech in the reference under its own emotion label, where it counts
@@ -343,7 +346,8 @@ def score_predictions(predictions: dict, labels: dict, dialogs, settings: dict, 
         for k in COMPONENTS:
             sums[k] += comp[k]
     return {"totals": sums, **rates(sums), "n_dialogs": len(per_dialog), "n_segments": sum(len(v) for v in by_dialog.values()),
-            "segments_outside_test_dialogs": outside, "skipped_dialogs": skipped, "dialogs": per_dialog}
+            "segments_outside_test_dialogs": outside, "skipped_dialogs": skipped,
+            "missing_dialogs": [d for d in dialogs if not by_dialog[d]], "dialogs": per_dialog}
 
 
 def settings_from_args(args) -> dict:
@@ -368,13 +372,18 @@ def score_run(run_dir: Path, labels: dict, settings: dict) -> dict:
              if result["segments_outside_test_dialogs"] else ""))
     for d, why in result["skipped_dialogs"].items():
         print(f"    skipped {d}: {why}")
+    missed = [d for d in result["missing_dialogs"] if d not in result["skipped_dialogs"]]
+    if missed:
+        print(f"    {len(missed)} test dialogs without any system segment scored as all missed: {', '.join(missed[:5])}"
+              + (" ..." if len(missed) > 5 else ""))
     return result
 
 
 def pool(results: list[dict]) -> dict:
     """Sum the components of several folds and divide once."""
     sums = {k: sum(r["totals"][k] for r in results) for k in COMPONENTS}
-    return {"totals": sums, **rates(sums), "n_dialogs": sum(r["n_dialogs"] for r in results)}
+    return {"totals": sums, **rates(sums), "n_dialogs": sum(r["n_dialogs"] for r in results),
+            "missing_dialogs": sorted({d for r in results for d in r.get("missing_dialogs", [])})}
 
 
 def report(name: str, r: dict) -> None:

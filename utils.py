@@ -756,8 +756,25 @@ def fold_dirs(run_dir) -> list[Path]:
     return sorted(subs, key=fold_number)
 
 
+def split_rule_test_dialogs(split: dict, labels: dict) -> list[str] | None:
+    """Every labels.json dialog that a run's split puts in its test set, whether or not step 2 or 3
+    produced its segments (train.py splits only the dialogs that have a step-3 cache, so the
+    recorded split["test"] lacks the dialogs a step failed on). The rule is train.make_folds': the
+    dialogs of split["test_session"]; with a "held_script" (--folds speaker-script) only its
+    improvisations and the sessions' dialogs of that script. None when the split records no
+    test_session (a split written by hand or by an older train.py)."""
+    session, held = split.get("test_session"), split.get("held_script")
+    if not isinstance(session, int) or isinstance(session, bool):
+        return None
+    return sorted(d for d, info in labels["dialogs"].items() if info.get("session") == session
+                  and (held is None or info.get("kind") != "script" or info.get("script") == held))
+
+
 def run_test_dialogs(run_dir, predictions: dict, labels: dict) -> tuple[list[str], str]:
     """The run's test dialogs from its config.json split, else the dialogs in predictions.json.
+    With the split's test_session recorded, the test dialogs are the recorded list and every
+    labels.json dialog the split's rule puts in the test set (split_rule_test_dialogs): a dialog
+    step 2 or 3 failed on stays in the test set, its utterances scored as missed.
 
     Accepted: config["split"]["test"] (or "test_dialogs") as dialog names or session numbers,
     or a dict {"dialogs": [...]} / {"sessions": [...]}. Returns (dialogs, where they came from)."""
@@ -770,6 +787,9 @@ def run_test_dialogs(run_dir, predictions: dict, labels: dict) -> tuple[list[str
     if isinstance(test, list) and test:
         if all(isinstance(t, int) for t in test):
             return sorted(d for d, v in labels["dialogs"].items() if v.get("session") in test), f"{config_path} (sessions {test})"
+        by_rule = split_rule_test_dialogs(split, labels)
+        if by_rule is not None:  # the dialogs step 2 or 3 failed on are not in the recorded list: put them back
+            return sorted({str(t) for t in test} | set(by_rule)), f"{config_path} (its split's rule over labels.json)"
         return sorted(str(t) for t in test), str(config_path)
     dialogs = sorted({s["dialog"] for s in predictions.get("segments", []) if "dialog" in s})
     return dialogs, "predictions.json (no test split in config.json)"

@@ -1,5 +1,7 @@
 """Step 5, evaluate.py: classification metrics against scikit-learn, coverage known answer, the run
 outputs (with evaluate.predict_split replaced by a stub) and multi-fold aggregation."""
+import re
+
 import numpy as np
 import pytest
 from sklearn import metrics as skm
@@ -102,7 +104,7 @@ def test_single_run_writes_predictions_metrics_and_plot(tmp_path, monkeypatch):
     assert ev.main(["--work", str(work), "--run", "r", "--reuse-predictions"])["accuracy"] == pytest.approx(2 / 3)
 
 
-def test_multifold_mean_std_and_pooled_known_answer(tmp_path, monkeypatch):
+def test_multifold_mean_std_and_pooled_known_answer(tmp_path, monkeypatch, capsys):
     d1, d2 = "Ses01F_impro01", "Ses02F_impro01"
     work = make_work(tmp_path, [d1, d2])
     atomic_write_json(work / "runs/cv/config.json", {"folds": ["fold1", "fold2"]})
@@ -114,16 +116,63 @@ def test_multifold_mean_std_and_pooled_known_answer(tmp_path, monkeypatch):
     m = ev.main(["--work", str(work), "--run", "cv"])
     assert m["folds"]["fold1"]["accuracy"] == pytest.approx(1.0)
     assert m["folds"]["fold2"]["accuracy"] == pytest.approx(0.5)
-    assert m["mean_std"]["accuracy"] == pytest.approx({"mean": 0.75, "std": 0.25})
+    # the spread over folds: sample std (ddof=1) of 1.0 and 0.5
+    assert m["mean_std"]["accuracy"] == pytest.approx({"mean": 0.75, "std": np.sqrt(0.125), "n": 2})
     assert m["pooled"]["accuracy"] == pytest.approx(6 / 8) and m["pooled"]["n_scored"] == 8
     assert m["mean_std"]["n_scored"] == 8
     # projected: every reference utterance is "neu"; fold2 predicts ang, ang, sad, sad; fold1 hap
     assert m["pooled"]["utterance"]["n"] == m["mean_std"]["utterance"]["n"] == 8
-    assert m["mean_std"]["utterance"]["accuracy"] == {"mean": 0.0, "std": 0.0}
+    assert m["mean_std"]["utterance"]["accuracy"] == {"mean": 0.0, "std": 0.0, "n": 2}
     assert m["pooled"]["utterance"]["confusion_matrix"][3] == [4, 2, 2, 0, 0]
     assert m["folds"]["fold2"]["utterance"]["n_dialogs"] == 1 and m["pooled"]["utterance"]["n_dialogs"] == 2
     assert read_json(work / "runs/cv/metrics.json")["mean_std"]["accuracy"]["mean"] == pytest.approx(0.75)
     assert (work / "runs/cv/fold2/metrics.json").is_file()
+    # The one rule of fold runs: a value printed with an interval is the pooled one, with the pooled interval.
+    out = capsys.readouterr().out
+    pooled = out[out.index("cv pooled:"):]
+    seg_line = pooled[pooled.index("segment-level"):].splitlines()[1]
+    value, lo, hi = map(float, re.search(r"accuracy \(WA\) ([\d.]+)% \[([\d.]+), ([\d.]+)\]", seg_line).groups())
+    assert value == pytest.approx(100 * m["pooled"]["accuracy"], abs=0.005) and lo <= value <= hi
+    assert [lo, hi] == pytest.approx([100 * x for x in m["pooled"]["ci95"]["accuracy"]], abs=0.005)
+    assert "spread over 2 folds (mean ± sample std" in out and "accuracy 75.00 ± 35.36%" in out
+
+
+def test_a_test_dialog_without_segments_stays_in_the_denominator(tmp_path, monkeypatch):
+    """train.py records only the test dialogs that had a step-3 cache; the split's rule over labels.json
+    puts back those a step failed on, and their labelled utterances are misses."""
+    d1, failed, other_script, train = "Ses05F_impro01", "Ses05M_impro02", "Ses05F_script02_1", "Ses01F_impro01"
+    work = make_work(tmp_path, [d1, failed, other_script, train])
+    labels = read_json(work / "labels.json")
+    for d, kind, script in ((d1, "impro", None), (failed, "impro", None), (other_script, "script", "script02"),
+                            (train, "impro", None)):
+        labels["dialogs"][d].update(kind=kind, script=script)
+    atomic_write_json(work / "labels.json", labels)
+    split = {"test": [d1], "test_session": 5, "held_script": "script01"}  # speaker-script: script02 is not tested
+    atomic_write_json(work / "runs/r/config.json", {"split": split})
+    monkeypatch.setattr(ev, "predict_split", stub_predictions({"r": [segment(i, d1, "neu", "neu") for i in range(4)]}))
+    m = ev.main(["--work", str(work), "--run", "r", "--bootstrap-samples", "50"])
+    u = m["utterance"]
+    assert m["missing_dialogs"] == [failed] and (u["n_dialogs"], u["n"], u["n_missed"]) == (2, 8, 4)
+    assert u["accuracy"] == pytest.approx(0.5) and u["confusion_matrix"][3] == [0, 0, 0, 4, 4]
+    assert read_json(work / "runs/r/metrics.json")["missing_dialogs"] == [failed]
+    del split["held_script"]  # --folds none / loso: every session-5 dialog is a test dialog
+    atomic_write_json(work / "runs/r/config.json", {"split": split})
+    m = ev.main(["--work", str(work), "--run", "r", "--reuse-predictions"])
+    assert m["missing_dialogs"] == sorted([failed, other_script]) and m["utterance"]["n"] == 12
+
+
+@pytest.mark.parametrize("scheme", ["session", "loso", "speaker-script"])
+def test_split_rule_gives_the_test_dialogs_of_train_make_folds(demo_work, scheme):
+    """utils.split_rule_test_dialogs repeats train.make_folds' test rule: the same dialogs when every
+    dialog has a cache."""
+    import train
+
+    labels = utils.load_labels(demo_work)
+    meta = {d: {"session": i["session"], "kind": i.get("kind"), "script": i.get("script")}
+            for d, i in labels["dialogs"].items()}
+    folds = train.make_folds(meta, scheme, 5, 0.2, 0)
+    assert folds and all(utils.split_rule_test_dialogs(f, labels) == f["test"] for f in folds)
+    assert sum(len(f["test"]) for f in folds) >= 2
 
 
 def test_bad_predictions_raise_naming_the_file(tmp_path, monkeypatch):

@@ -44,7 +44,50 @@ def seed_files(pattern: str, name: str) -> list[Path]:
 
 
 def pm(values, scale=100.0):
-    return f"{scale * np.mean(values):.2f} ± {scale * np.std(values):.2f}"
+    return f"{scale * np.mean(values):.2f} ± {scale * np.std(values, ddof=1):.2f}"
+
+
+def table_cells(line: str) -> list[str]:
+    """The cells of a Markdown table row; an escaped pipe (\\|) stays inside its cell."""
+    assert line.startswith("|") and line.rstrip().endswith("|") and not line.rstrip().endswith("\\|"), line
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+
+
+def assert_tables_render(text: str) -> int:
+    """Every Markdown table of text: a header, a delimiter row of as many cells, and body rows of as many
+    cells. Returns how many tables there are."""
+    lines, n_tables, i = text.splitlines(), 0, 0
+    while i < len(lines):
+        if not lines[i].startswith("|"):
+            i += 1
+            continue
+        block = []
+        while i < len(lines) and lines[i].startswith("|"):
+            block.append(lines[i])
+            i += 1
+        assert len(block) >= 2, f"a table without a delimiter row: {block[0]}"
+        header, delimiter = table_cells(block[0]), table_cells(block[1])
+        assert all(re.fullmatch(r":?-{3,}:?", c) for c in delimiter), f"not a delimiter row: {block[1]}"
+        assert len(delimiter) == len(header), \
+            f"{len(header)} header cells, {len(delimiter)} delimiter cells: {block[0]}"
+        for row in block[2:]:
+            assert len(table_cells(row)) == len(header), f"{len(header)} header cells: {block[0]}\nrow: {row}"
+        n_tables += 1
+    return n_tables
+
+
+def test_the_table_check_catches_a_short_delimiter_and_reads_escaped_pipes():
+    good = "text\n\n| a | b \\| c |\n|---|---|\n| 1 | 2 |\n"
+    assert assert_tables_render(good) == 1
+    with pytest.raises(AssertionError, match="3 header cells, 2 delimiter cells"):
+        assert_tables_render("| a | b | c |\n|---|---|\n| 1 | 2 | 3 |\n")
+    with pytest.raises(AssertionError, match="row"):
+        assert_tables_render("| a | b |\n|---|---|\n| 1 | 2 | 3 |\n")
+
+
+def test_mean_std_is_the_sample_std():
+    assert reproduce.mean_std([0.60, 0.62, 0.64]) == "62.00 ± 2.00"  # ddof=1; the population std would be 1.63
+    assert reproduce.mean_std([0.60, None]) == "60.00" and reproduce.mean_std([None]) == "-"  # one value: no ±
 
 
 def test_first_run_writes_every_table_from_metrics_files(tiny_run):
@@ -55,7 +98,7 @@ def test_first_run_writes_every_table_from_metrics_files(tiny_run):
         assert title in tables
     # Every row names its metrics files (one per seed); its cells are the mean ± std over those files.
     rows = [[c.strip() for c in line.split("|")[1:-1]] for line in tables.splitlines() if "metrics.json`" in line]
-    rows = [cells for cells in rows if len(cells) == 16]  # Tables I and IV (the ablation tables have fewer columns)
+    rows = [cells for cells in rows if len(cells) == 17]  # Tables I and IV (the ablation tables have fewer columns)
     assert len(rows) == 4
     for cells in rows:
         row = " | ".join(cells)
@@ -65,8 +108,9 @@ def test_first_run_writes_every_table_from_metrics_files(tiny_run):
         for col, key in zip(range(1, 5), utils.HEADLINE):  # reference-projected, with the interval of the seed mean
             assert cells[col].startswith(pm([m["utterance"][key] for m in ms]) + " ["), (row, key)
         assert cells[5] == f"{ms[0]['utterance']['n']} ({ms[0]['utterance']['n_missed']})"
-        assert cells[6] == pm([m["accuracy"] for m in ms])  # segment-level
-        assert cells[9] == str(ms[0]["n_scored"]) and cells[11] == "2"
+        assert cells[6] == f"{ms[0]['utterance']['n_dialogs']} ({len(ms[0]['missing_dialogs'])})" == "2 (0)"
+        assert cells[7] == pm([m["accuracy"] for m in ms])  # segment-level
+        assert cells[10] == str(ms[0]["n_scored"]) and cells[12] == "2"
     # Table III cells come from the runs' teer.json and teer_authors.json.
     teer_rows = [line for line in tables.splitlines() if "teer*.json`" in line]
     assert len(teer_rows) == 2
@@ -99,6 +143,7 @@ def test_first_run_writes_every_table_from_metrics_files(tiny_run):
     assert sorted(f.name.split(".", 1)[1] for f in (base / "results" / "predict").iterdir()) == [
         "emotions.json", "emotions.rttm", "timeline.png", "vtt"]
     assert all(v == [0, 1] for v in p["seeds"].values())
+    assert assert_tables_render(tables) >= 5 and "sample standard deviation" in tables
 
 
 def test_rerun_with_nothing_changed_recomputes_nothing(tiny_run):
@@ -120,7 +165,8 @@ def test_changing_only_the_pause_reruns_only_that_alignment_and_what_follows(tin
     assert ran, "the new pause threshold must run"
     assert sorted({s["step"].split()[1] for s in ran}) == ["3", "4", "5", "6"]  # steps 1 and 2 were up to date
     assert all("p1.5" not in " ".join(s["argv"]) and "baseline" not in " ".join(s["argv"]) for s in ran)
-    assert "maximum pause" in (base / "results" / "tables.md").read_text()
+    tables = (base / "results" / "tables.md").read_text()
+    assert "maximum pause" in tables and assert_tables_render(tables) >= 6
     assert (base / "results" / "pause_sweep.png").is_file()
 
 
@@ -275,3 +321,122 @@ def test_bad_arguments_are_refused_before_anything_runs(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         reproduce.parse_args(flags)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+# ---- issue 19: statistics as labelled, failed dialogs, tables that render -----------------------
+
+def tiny_cfg(base, args, **changes):
+    parsed = reproduce.parse_args(args)
+    for k, v in changes.items():
+        setattr(parsed, k, v)
+    return reproduce.setup(parsed, build=False), parsed
+
+
+def test_every_table_of_every_group_renders(tiny_run, tmp_path):
+    """Tables.write with a result in every configuration of every group (the tiny run's aligned
+    fine-tuned result standing in for the ablations it did not train) and fold runs' spread table."""
+    base, args = tiny_run
+    cfg, parsed = tiny_cfg(base, args, only=None, pauses=[1.0, 1.5], folds="loso")
+    work = Path(cfg["work"])
+    main = next(c for c in reproduce.plan_configs(cfg, reproduce.parse_args(args))
+                if (c["variant"], c["mode"]) == ("aligned-p1.5", "finetune"))
+    loaded = reproduce.load_results(work, main)
+    results = {tuple(c[k] for k in ("pipe", "variant", "mode", "modality", "fusion")): loaded
+               for c in reproduce.plan_configs(cfg, parsed)}
+    text = reproduce.Tables(cfg, parsed, results).write(tmp_path, work)
+    for title in ("Table I", "Table III", "single-modality", "fusion of the two", "maximum pause", "Spread over folds"):
+        assert title in text
+    assert assert_tables_render(text) >= 9
+
+
+def fold_run(accuracies_by_fold: dict) -> dict:
+    """One seed's metrics.json of a fold run: fold -> {dialog: [True/False per utterance]}; every
+    utterance is "neu", predicted "neu" when True, "sad" when False."""
+    def scored(recs):
+        dialogs = sorted({r["dialog"] for r in recs})
+        m = utils.metrics_from_confusion(utils.dialog_confusions(recs, dialogs).sum(0))
+        return {**{k: float(m[k]) for k in utils.HEADLINE}, "utterances": recs, "n_dialogs": len(dialogs)}
+
+    folds, records = {}, []
+    for fold, dialogs in accuracies_by_fold.items():
+        recs = [{"id": f"{d}_{i}", "dialog": d, "label": "neu", "pred": "neu" if ok else "sad"}
+                for d, oks in dialogs.items() for i, ok in enumerate(oks)]
+        folds[fold] = {"utterance": scored(recs)}
+        records += recs
+    pooled = scored(records)
+    return {"folds": folds, "pooled": {"utterance": pooled, "missing_dialogs": []}}
+
+
+def test_a_fold_cell_prints_the_pooled_value_inside_its_own_interval(tmp_path):
+    # fold 1: one dialog, 1 utterance right (1.0); fold 2: two dialogs, 6 utterances wrong (0.0).
+    # Pooled: 1/7 = 14.29 %; the mean of the folds would be 50 %, outside nothing, but not the cell's quantity.
+    seeds = [{"metrics": fold_run({"fold1": {"a": [True]}, "fold2": {"b": [False] * 3, "c": [False] * 3}})}
+             for _ in range(2)]
+    res = {"runs": seeds, "name": "x__s{seed}__loso", "source": "runs/x"}
+    args = reproduce.parse_args(["--bootstrap-samples", "500", "--folds", "loso"])
+    tables = reproduce.Tables({"work": str(tmp_path)}, args, {("p",): res})
+    cell = tables.projected(res, "accuracy")
+    value, _, lo, hi = re.fullmatch(r"([\d.]+) ± ([\d.]+) \[([\d.]+), ([\d.]+)\]", cell).groups()
+    assert value == "14.29" and float(lo) <= float(value) <= float(hi)
+    cms = reproduce.seed_confusions(res)[0]
+    interval = utils.bootstrap_ci(cms, "accuracy", 500, 0)
+    assert [float(lo), float(hi)] == pytest.approx([round(100 * x, 1) for x in interval])
+    pooled = utils.metrics_from_confusion(cms.sum(1))["accuracy"]
+    assert pooled == pytest.approx([1 / 7, 1 / 7])  # the value and the interval: the same pooled quantity
+    assert tables.n(res) == 2  # the ± is over the 2 seeds
+    spread = tables.fold_spread()  # the folds' own spread, apart: 1, 0, 1, 0 -> 50.00 ± 57.74 over 4 values
+    row = next(line for line in spread if line.startswith("| x__loso |"))
+    assert table_cells(row)[1] == "50.00 ± 57.74" and table_cells(row)[5] == "4"
+    assert assert_tables_render("\n".join(spread)) == 1
+
+
+def test_paired_differences_over_different_dialog_sets_count_the_missing_dialog_as_missed(tmp_path):
+    def res(records):
+        return {"runs": [{"metrics": {"utterance": {"utterances": records}}}]}
+    # A has no record of dialog d2 (failed there); B has both. Every utterance is "neu", 2 per dialog.
+    a = res([{"id": f"d1_{i}", "dialog": "d1", "label": "neu", "pred": "neu"} for i in range(2)])
+    b = res([{"id": f"{d}_{i}", "dialog": d, "label": "neu", "pred": p}
+             for d, p in (("d1", "sad"), ("d2", "neu")) for i in range(2)])
+    args = reproduce.parse_args(["--bootstrap-samples", "200"])
+    tables = reproduce.Tables({"work": str(tmp_path)}, args, {})
+    tables._labels = {"dialogs": {d: {"utterances": [{"id": f"{d}_{i}", "label": "neu"} for i in range(2)]
+                                      + [{"id": f"{d}_x", "label": None}]} for d in ("d1", "d2")}}
+    rows = tables.paired("A − B", a, b)
+    assert len(rows) == 4
+    cells = table_cells(rows[0])  # accuracy: A 2/4 (d2's two utterances missed), B 2/4
+    assert cells[1:4] == ["accuracy", "50.00", "50.00"] and cells[6] == "2"
+    both = tables.paired("B − A", b, a)
+    assert table_cells(both[0])[6] == "2"
+
+
+def test_a_test_dialog_without_its_cache_stays_in_the_denominator(tiny_run, tmp_path):
+    """The tiny run's aligned fine-tuned seed-0 run, copied, with one test dialog's step-3 cache
+    removed: the same reference utterances are scored (that dialog's as misses), TEER counts all of
+    its labelled speech as missed, and both files list it."""
+    import shutil
+
+    import evaluate
+    import teer_calculate
+
+    base, _ = tiny_run
+    work, copy = base / "demo" / "preprocessed_iemocap_tiny", tmp_path / "work"
+    name = "simulated__aligned-p1.5__finetune__fusion__s0"
+    shutil.copyfile(work / "labels.json", (copy / "runs").mkdir(parents=True) or copy / "labels.json")
+    shutil.copytree(work / "simulated" / "aligned-p1.5" / "cache", copy / "simulated" / "aligned-p1.5" / "cache")
+    shutil.copytree(work / "runs" / name, copy / "runs" / name)
+    config = utils.read_json(copy / "runs" / name / "config.json")
+    utils.atomic_write_json(copy / "runs" / name / "config.json", {**config, "work": str(copy)})
+    failed = config["split"]["test"][0]
+    (copy / "simulated" / "aligned-p1.5" / "cache" / f"{failed}.pt").unlink()
+    before = utils.read_json(work / "runs" / name / "metrics.json")["utterance"]
+    m = evaluate.main(["--work", str(copy), "--run", name, "--bootstrap-samples", "50"])
+    u = m["utterance"]
+    assert m["missing_dialogs"] == [failed] and u["n"] == before["n"] and u["n_dialogs"] == before["n_dialogs"]
+    mine = [r for r in u["utterances"] if r["dialog"] == failed]
+    assert mine and all(r["pred"] is None for r in mine) and u["n_missed"] >= len(mine)
+    assert sum(u["confusion_matrix"][i][4] for i in range(4)) == u["n_missed"]
+    assert utils.read_json(copy / "runs" / name / "predictions.json")["missing_dialogs"] == [failed]
+    t = teer_calculate.main(["--work", str(copy), "--run", name])
+    assert t["missing_dialogs"] == [failed]
+    d = t["dialogs"][failed]
+    assert d["total"] > 0 and d["missed"] == pytest.approx(d["total"]) and d["TEER"] == pytest.approx(1.0)

@@ -318,6 +318,26 @@ def test_empty_dialogs_missed_or_skipped(tmp_path):
     assert tc.main(["--work", str(work), "--run", "r", "--authors"])["n_dialogs"] == 1
 
 
+def test_a_test_dialog_step_3_failed_on_is_scored_as_missed(tmp_path):
+    """train.py's recorded test list holds only the dialogs with a step-3 cache; the split's rule
+    (test session 5) puts back the one a step failed on: all its labelled speech is missed."""
+    make_run(tmp_path, [utt(0, 6, "M", "ang"), utt(6, 9, "M", None)], [], dialog="Ses05M_impro02")
+    make_run(tmp_path, [utt(0, 1, "F", "hap")], [], dialog="Ses01F_impro01")  # another session: not a test dialog
+    work = make_run(tmp_path, [utt(0, 2, "F", "neu")], [seg(0, 2, "SPEAKER_00", "neu")])
+    labels = read_json(work / "labels.json")
+    labels["dialogs"]["Ses01F_impro01"]["session"] = 1
+    atomic_write_json(work / "labels.json", labels)
+    atomic_write_json(work / "runs/r/config.json", {"split": {"test": ["Ses05F_impro01"], "test_session": 5}})
+    r = tc.main(["--work", str(work), "--run", "r", "--collar", "0"])
+    assert r["missing_dialogs"] == ["Ses05M_impro02"] and r["n_dialogs"] == 2
+    failed = r["dialogs"]["Ses05M_impro02"]
+    assert failed["missed"] == pytest.approx(6.0) == failed["total"] and failed["TEER"] == pytest.approx(1.0)
+    assert r["TEER"] == pytest.approx(6 / 8)
+    assert read_json(work / "runs/r/teer.json")["missing_dialogs"] == ["Ses05M_impro02"]
+    authors = tc.main(["--work", str(work), "--run", "r", "--authors"])  # their pipeline skips it, and it is listed
+    assert authors["n_dialogs"] == 1 and authors["missing_dialogs"] == ["Ses05M_impro02"]
+
+
 def test_nontarget_other_equals_w_wu_scorer():
     """W-Wu's score_TEER: IdentificationErrorRate, pyannote collar 2 x 0.25 s, uem = reference extent,
     non-target utterances kept under their own emotion code. Equal to --nontarget other (whose
