@@ -34,6 +34,8 @@ Where this differs from the authors' public code (the paper's text is followed, 
   * Long words: a word longer than 3 s counts as 3 s long when the pause after it is measured
     (--max-word-seconds; 0 = the paper's and the authors' rule): WhisperX can stretch a word over
     seconds of silence, which hides the pause the grouping relies on. Such words are counted.
+  * Labels (--label-rule authors) and the authors' per-dialog peak scaling (--peak-normalize
+    authors): docs/DEPARTURES.md, which lists every departure.
 
 Bad input (docs/FORMATS.md, "What every reader checks"): times outside the dialog audio, an RTTM of
 another recording, non-finite numbers ... fail the dialog with an error naming the file; the other
@@ -486,6 +488,15 @@ def baseline_dialog(asr_segments, turns, tie_break="asr-segment"):
 LABEL_RULES = ("sum", "authors")  # align.py --label-rule
 
 
+def authors_candidate(utterance) -> bool:
+    """Whether the authors' labels file would hold this utterance: a 4-class code (hap, exc, sad, ang,
+    neu) and a transcript line with text (their step 1 drops an utterance whose transcript line has
+    none; ours refuses an utterance with no line at all, so labels.json's text is then ""). An
+    utterance without a "text" key (a hand-made list) counts as transcribed."""
+    text = utterance.get("text")
+    return utterance["label"] is not None and (text is None or bool(str(text).strip()))
+
+
 def label_segments(segments, utterances, dialog, min_label_overlap=0.1, rule="sum"):
     """Attach the reference to each segment (in place) and give it an id "<dialog>-<NNNN>".
 
@@ -493,9 +504,11 @@ def label_segments(segments, utterances, dialog, min_label_overlap=0.1, rule="su
       * utterances: every reference utterance the segment overlaps (any emotion code);
       * label (rule "sum"): the 4-class label with the largest total overlap, if that overlap
         exceeds min_label_overlap seconds, else None; ties go to the first in utils.LABELS;
-        (rule "authors", their preprocess.py): the label of the ONE utterance (any emotion code) that
-        overlaps the segment most (the earliest on a tie), if that overlap exceeds min_label_overlap
-        and the utterance has a 4-class label, else None;
+        (rule "authors", their preprocess.py get_label_for_segment over the labels file of their
+        iemo_lab_with_timestamps.py, which holds only 4-class utterances with transcript text): the
+        label of the ONE utterance that overlaps the segment most among the authors_candidates (on a
+        tie the earliest, i.e. the first in labels.json's time order, as the first in their file
+        wins), if that overlap exceeds min_label_overlap, else None;
       * purity: the share of the segment's duration covered by reference speech carrying that
         label (0.0 without a label or for a zero-length segment);
       * ref_speaker: the reference speaker (F/M) with the most overlap, None if it overlaps nothing.
@@ -515,8 +528,8 @@ def label_segments(segments, utterances, dialog, min_label_overlap=0.1, rule="su
             label = max((lab for lab in LABELS if lab in by_label), key=lambda lab: by_label[lab], default=None)
             if label is not None and by_label[label] <= min_label_overlap:
                 label = None
-        elif rule == "authors":
-            top = max(hits, key=lambda h: h[1], default=None)  # hits are in time order: the earliest wins a tie
+        elif rule == "authors":  # the largest overlap; on a tie the earliest start, then the first listed
+            top = min((h for h in hits if authors_candidate(h[0])), key=lambda h: (-h[1], h[0]["start"]), default=None)
             label = top[0]["label"] if top is not None and top[1] > min_label_overlap else None
         else:
             raise ValueError(f"rule must be one of {LABEL_RULES}, got {rule!r}")
@@ -555,6 +568,22 @@ def transcript_text(dialog, variant, segments) -> str:
         ref = f"ref={s['label'] or '-'} purity={s['purity']:.2f} ref_speaker={s['ref_speaker'] or '-'}"
         lines.append(f"[{s['start']:.2f}s -> {s['end']:.2f}s] {s['speaker']}: {s['text']}    ({ref})")
     return "\n".join(lines) + "\n"
+
+
+PEAK_NORMALIZE = ("none", "authors")  # align.py --peak-normalize
+AUTHORS_PEAK, AUTHORS_PEAK_FLOOR = 0.95, 0.01  # their preprocess.py: scale to this peak if the peak exceeds the floor
+
+
+def peak_normalize(audio, rule="none"):
+    """The dialog's audio before segments are cut from it. "none": unchanged. "authors" (their
+    preprocess.py): divided by its peak |sample| and multiplied by 0.95 when that peak exceeds 0.01,
+    in float32 as they compute it; one factor for the whole dialog."""
+    if rule not in PEAK_NORMALIZE:
+        raise ValueError(f"rule must be one of {PEAK_NORMALIZE}, got {rule!r}")
+    peak = np.float32(np.max(np.abs(audio))) if len(audio) else np.float32(0)
+    if rule == "none" or not peak > np.float32(AUTHORS_PEAK_FLOOR):  # compared in float32, as torch does
+        return audio
+    return (audio / peak * np.float32(AUTHORS_PEAK)).astype(np.float32)
 
 
 def segment_cache(dialog, session, segments, audio, sample_rate=utils.SAMPLE_RATE, channel="mean") -> dict:
@@ -739,11 +768,15 @@ def main(argv=None):
                              "words, and every later word of the dialog when its first word has no speaker")
     parser.add_argument("--label-rule", choices=LABEL_RULES, default="sum",
                         help="a segment's label: sum (default) = the 4-class label with the largest summed overlap; "
-                             "authors = the label of the single most-overlapping utterance of any code")
+                             "authors = the label of the single most-overlapping 4-class utterance with transcript "
+                             "text (the first on a tie), as the authors' code")
     parser.add_argument("--channel", choices=utils.AUDIO_CHANNELS, default="mean",
                         help="the audio the classifier sees, cut into cache/<dialog>.pt: mean = the average of the "
                              "stereo channels, both actors (default); 0 or 1 = that channel only (the authors: 0); "
                              "mono wavs ignore it")
+    parser.add_argument("--peak-normalize", choices=PEAK_NORMALIZE, default="none",
+                        help="none (default): the dialog's samples as decoded; authors: each dialog scaled to a peak "
+                             "of 0.95 when its peak exceeds 0.01 before segments are cut, as the authors' code")
     parser.add_argument("--iemocap", default=None, help="corpus root for the dialog wavs (default: the one in labels.json)")
     parser.add_argument("--dialogs", nargs="+", default=None, help="only these dialogs (default: all with ASR output)")
     parser.add_argument("--overwrite", action="store_true", help="redo dialogs already aligned with the same config")
@@ -781,7 +814,8 @@ def main(argv=None):
                    "sample_rate": utils.SAMPLE_RATE, "tie_break": args.tie_break, "channel": args.channel,
                    **({"max_word_seconds": args.max_word_seconds} if kind == "aligned" else {}),
                    **({"word_policy": args.word_policy} if kind == "aligned" and args.word_policy != "keep" else {}),
-                   **({"label_rule": args.label_rule} if args.label_rule != "sum" else {})}
+                   **({"label_rule": args.label_rule} if args.label_rule != "sum" else {}),
+                   **({"peak_normalize": args.peak_normalize} if args.peak_normalize != "none" else {})}
                for k, (kind, p) in zip(kinds, specs)}
 
     # Which dialogs: asked for explicitly (each must exist), or every labelled dialog step 2 transcribed.
@@ -836,6 +870,7 @@ def main(argv=None):
                 continue
             wav = corpus / info["wav"]
             audio = utils.load_audio(wav, channel=args.channel)  # decoded once, shared by the variants
+            audio = peak_normalize(audio, args.peak_normalize)
             duration = len(audio) / utils.SAMPLE_RATE
             for u in info["utterances"]:
                 utils.check_in_audio(u["end"], duration, str(wav), f"utterance {u['id']} of labels.json "

@@ -493,14 +493,15 @@ def predict_split(run_dir, split: str = "test", device=None, datasets: dict | No
     dialogs = [d for d in config["split"][split] if d not in absent]
     paths = [cache_dir / f"{d}.pt" for d in dialogs]
     do_norm = getattr(AutoFeatureExtractor.from_pretrained(config["audio_model"]), "do_normalize", True)
-    key = (str(cache_dir), tuple(dialogs), config["max_audio_seconds"], do_norm)
+    norm_segment, norm_row = utils.normalisation_places(config.get("audio_padding", "exact"), do_norm)
+    key = (str(cache_dir), tuple(dialogs), config["max_audio_seconds"], norm_segment)
     datasets = {} if datasets is None else datasets
     if key not in datasets:
         datasets[key] = utils.SegmentDataset(paths, labelled_only=False, max_audio_seconds=config["max_audio_seconds"],
-                                             do_normalize=do_norm)
+                                             do_normalize=norm_segment)
     dataset = datasets[key]
     tokenizer = AutoTokenizer.from_pretrained(config["text_model"]) if model.modality != "audio" else None
-    collator = utils.Collator(tokenizer, config["max_text_tokens"])
+    collator = utils.Collator(tokenizer, config["max_text_tokens"], normalize_rows=norm_row)
     bf16 = bool(config.get("bf16")) and device.type == "cuda"
     if config["mode"] == "frozen":
         feats = utils.cached_embeddings(model, dataset, collator, config["feature_dirs"], cache_dir,

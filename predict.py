@@ -231,12 +231,13 @@ def predict_segments(model, config: dict, cache_paths: list[Path], work: Path, d
     do_norm = config.get("do_normalize")
     if do_norm is None:
         do_norm = getattr(AutoFeatureExtractor.from_pretrained(config["audio_model"]), "do_normalize", True)
+    norm_segment, norm_row = utils.normalisation_places(config.get("audio_padding", "exact"), do_norm)
     dataset = utils.SegmentDataset(cache_paths, labelled_only=False, max_audio_seconds=config["max_audio_seconds"],
-                                   do_normalize=do_norm)
+                                   do_normalize=norm_segment)
     if len(dataset) == 0:
         return []
     tokenizer = AutoTokenizer.from_pretrained(config["text_model"]) if model.modality != "audio" else None
-    collator = utils.Collator(tokenizer, config["max_text_tokens"])
+    collator = utils.Collator(tokenizer, config["max_text_tokens"], normalize_rows=norm_row)
     bf16 = bool(config.get("bf16")) and torch.device(device).type == "cuda"
     if config["mode"] == "frozen":  # the pooled embeddings as training computed them, in the temporary work dir
         feature_dirs = {k: str(work / "features" / k) for k in config["feature_dirs"]}

@@ -63,10 +63,10 @@ predictions, overriding --collar/--uem/--nontarget/--empty-dialogs:
     segments still count as system speech (false alarm where no labelled reference lies under
     them); under optimal mapping "UNK" is one more hypothesis label, wrong where it overlaps
     labelled speech unless the Hungarian mapping pairs it with a reference emotion that no
-    real prediction took. Which segments have no 4-class reference follows this project's
-    step 3 rule (align.label_segments); the authors' rule (the one utterance overlapping the
-    segment most, if by more than 0.1 s and if its emotion is one of the 4 classes) can
-    differ on segments that span several utterances;
+    real prediction took. Which segments have no 4-class reference follows the step-3 rule of
+    the run's variant (align.label_segments): align.py --label-rule authors gives exactly their
+    set (a segment some single 4-class utterance overlaps by more than 0.1 s); the default rule
+    labels, in addition, a segment where only several utterances of one label together do;
   * segments with identical start and end collapse to the last one (their pyannote Annotation is
     keyed by the time interval), in the reference (labelled utterances) and in the system output;
   * a dialog with no system segment is not scored (their aligner wrote no file for it).

@@ -13,15 +13,16 @@ wins ties); RoBERTa input truncated at 512 tokens; no audio crop (segments padde
 the batch, which length bucketing keeps cheap; --max-audio-seconds crops for small GPUs and the
 number cropped is reported).
 
-Departures from the authors' code (README, "Departures"), each a flag with their value reachable:
+Departures from the authors' code (docs/DEPARTURES.md), each a flag with their value reachable:
   --validation held-out   the validation set is drawn from the TRAINING sessions (--val-fraction of
                           each session's dialogs, seeded; their speakers also occur in training, as
                           IEMOCAP has two per session), so the test split is never loaded here.
                           The authors validated, selected and early-stopped on the test session:
                           --validation test.
   --audio-padding exact   a segment's audio embedding does not depend on the other segments of its
-                          batch (utils.AudioEmbedder). The authors' wav2vec2-base gets the zero-padded
-                          batch without an attention mask and its mean counts the padded frames:
+                          batch (utils.AudioEmbedder). The authors' processor pads the batch with
+                          zeros, then normalises each row over its padded length; wav2vec2-base gets
+                          it without an attention mask and its mean counts the padded frames:
                           --audio-padding authors.
   step 3's --channel      stereo dialog channels averaged (align.py --channel mean); theirs: channel 0.
 
@@ -131,7 +132,8 @@ def parse_args(argv=None):
                    help="centre-crop longer segments to this many seconds, for small GPUs (default 0 = no crop, as the authors)")
     p.add_argument("--audio-padding", choices=["exact", "authors"], default="exact",
                    help="exact: padding in a batch does not change a segment's audio embedding (ours); "
-                        "authors: no attention mask, mean over every frame of the padded batch")
+                        "authors: each padded row normalised over its padded length, no attention mask, "
+                        "mean over every frame of the padded batch")
     p.add_argument("--max-text-tokens", type=int, default=512)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (default: on with CUDA)")
     p.add_argument("--num-workers", type=int, default=2)
@@ -358,14 +360,15 @@ def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple
         f"{sum(p.numel() for p in model.extractor_parameters()) / 1e6:.2f} M extractor + "
         f"{sum(p.numel() for p in model.head_parameters()) / 1e6:.2f} M head parameters")
     tokenizer = AutoTokenizer.from_pretrained(args.text_model) if use_text else None
-    collator = utils.Collator(tokenizer, args.max_text_tokens)
+    norm_segment, norm_row = utils.normalisation_places(args.audio_padding, do_norm)
+    collator = utils.Collator(tokenizer, args.max_text_tokens, normalize_rows=norm_row)
 
     datasets = shared.setdefault("datasets", {})
     for part in ("train", "val"):
         if part in datasets:
             continue
         datasets[part] = utils.SegmentDataset([cache_dir / f"{d}.pt" for d in split[part]], labelled_only=True,
-                                              max_audio_seconds=args.max_audio_seconds, do_normalize=do_norm)
+                                              max_audio_seconds=args.max_audio_seconds, do_normalize=norm_segment)
         c = datasets[part].counts
         say(f"read {part}: {c['dialogs']} dialogs, {c['segments']} labelled segments "
             f"(skipped {c['unlabelled_skipped']} without a 4-class label; "

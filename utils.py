@@ -1329,8 +1329,9 @@ class SERModel(nn.Module):
     Sizes come from the extractors' configs (D = the text model's hidden size, as the authors).
     load_extractors=False builds only the head (for training on cached frozen embeddings).
     audio_padding "exact" (ours) makes z_a independent of the padding in the batch (AudioEmbedder);
-    "authors" runs the audio model on the zero-padded batch without an attention mask and averages
-    every frame, padding included, as the authors' code does for wav2vec2-base.
+    "authors" runs the audio model on the padded batch (each row normalised over its padded length,
+    normalisation_places) without an attention mask and averages every frame, padding included, as
+    the authors' code does for wav2vec2-base.
     """
 
     def __init__(self, text_model: str | None, audio_model: str | None, modality: str = "fusion",
@@ -1430,6 +1431,19 @@ MIN_AUDIO_SAMPLES = 400  # 25 ms: wav2vec 2.0's CNN receptive field, the shortes
 def zero_mean_unit_var(x: torch.Tensor) -> torch.Tensor:
     """Per-utterance normalisation, as Wav2Vec2FeatureExtractor does when do_normalize is set."""
     return (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-7)
+
+
+def normalisation_places(audio_padding: str, do_normalize: bool) -> tuple[bool, bool]:
+    """Where zero-mean unit-variance normalisation happens (when the feature extractor's config says
+    do_normalize): (each segment over its own samples, in SegmentDataset; each row of the padded
+    batch over its padded length, in Collator). "exact" normalises each segment alone, then pads
+    with zeros. "authors" pads first and normalises each row as Wav2Vec2FeatureExtractor does
+    without an attention mask (the authors' Wav2Vec2Processor with padding="longest"): the zeros
+    enter the row's mean and variance, and the padding becomes non-zero."""
+    if audio_padding not in ("exact", "authors"):
+        raise PipelineError(f"audio_padding must be 'exact' or 'authors', got {audio_padding!r}")
+    per_row = bool(do_normalize) and audio_padding == "authors"
+    return bool(do_normalize) and not per_row, per_row
 
 
 def check_cache(cache, path, sample_rate: int = SAMPLE_RATE) -> None:
@@ -1542,11 +1556,16 @@ class SegmentDataset(torch.utils.data.Dataset):
 
 class Collator:
     """List of dataset items -> one batch: audio zero-padded [B, S] with lengths [B], text
-    tokenised with the extractor's own tokenizer (padded, truncated to max_tokens), labels [B]."""
+    tokenised with the extractor's own tokenizer (padded, truncated to max_tokens), labels [B].
+    normalize_rows (normalisation_places, --audio-padding authors): each padded row is then
+    normalised zero-mean unit-variance over all S samples, as the authors' processor does; the
+    dataset must then hold un-normalised audio (its zero-padding of segments under 25 ms only
+    matters for a batch with no longer segment, which wav2vec2's CNN could not take at all)."""
 
-    def __init__(self, tokenizer, max_tokens: int = 512):
+    def __init__(self, tokenizer, max_tokens: int = 512, normalize_rows: bool = False):
         self.tokenizer = tokenizer
         self.max_tokens = min(max_tokens, getattr(tokenizer, "model_max_length", max_tokens))
+        self.normalize_rows = normalize_rows
 
     def __call__(self, items: list[dict]) -> dict:
         lengths = torch.tensor([it["audio"].numel() for it in items])
@@ -1559,6 +1578,8 @@ class Collator:
             audio = torch.zeros(len(items), int(lengths.max()))
             for i, it in enumerate(items):
                 audio[i, :lengths[i]] = it["audio"]
+            if self.normalize_rows:
+                audio = torch.stack([zero_mean_unit_var(row) for row in audio])
             batch = {"input_values": audio}
         batch |= {"lengths": lengths,
                  "labels": torch.tensor([it["label"] for it in items]),
