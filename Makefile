@@ -1,5 +1,6 @@
 # Two commands: `make demo` runs the whole pipeline on the embedded demo corpus,
-# `make test` runs the test suite. Both create or reuse the local virtual environment .venv.
+# `make test` runs the test suite (`make lint`: ruff, configured in pyproject.toml).
+# All create or reuse the local virtual environment .venv.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -9,7 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 export PYANNOTE_METRICS_ENABLED ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test install clean-demo
+.PHONY: demo test lint install clean-demo
 
 install: $(STAMP)
 
@@ -26,6 +27,9 @@ demo: $(STAMP)
 # its module fixtures, on one worker.
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto --dist loadfile $(PYTEST_ARGS) tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
 clean-demo:
 	rm -rf demo_data preprocessed_iemocap results
