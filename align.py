@@ -11,7 +11,9 @@ This is the paper's contribution (Section III-A, Fig. 2 and Fig. 3). Read top to
      with the largest overlap at segment level.
   5. Ground truth: each segment gets the reference utterances it overlaps and a 4-class label.
   6. Outputs: segments/<dialog>.json and .txt, cache/<dialog>.pt (audio slices for step 4),
-     manifest.json per variant, and alignment_report.{json,md} comparing the variants.
+     manifest.json per variant, and alignment_report.{json,md} comparing the variants. A variant's
+     directory is named by every setting that changes it (STEP3_SETTINGS, docs/FORMATS.md): the
+     paper's defaults give aligned-p1.5 and baseline, e.g. --word-policy authors aligned-p1.5-words_authors.
 
     python align.py --work preprocessed_iemocap --pipe whisperx                 # both variants
     python align.py --work W --pipe simulated --variant aligned --max-pause 1.0
@@ -738,6 +740,50 @@ def variant_name(kind, max_pause) -> str:
     return f"aligned-p{max_pause:g}" if kind == "aligned" else "baseline"
 
 
+# Every setting besides --variant, --max-pause and --diarization that changes step 3's outputs:
+# {argparse dest: (default, tag, the kinds it applies to)}. The defaults are the paper's and the
+# argparse defaults read them from here. A variant keeps the paper's name (aligned-p1.5, baseline)
+# while every setting that applies to it is at its default; each other value appends -<tag>_<value>
+# in this table's order (e.g. aligned-p1.5-words_authors-ch_0), before the -exclusive suffix, so
+# no setting overwrites another's variant (docs/FORMATS.md). Adding a setting is one line here.
+BOTH = ("aligned", "baseline")
+STEP3_SETTINGS = {
+    "word_policy": ("keep", "words", ("aligned",)),
+    "tie_break": ("asr-segment", "tie", BOTH),
+    "label_rule": ("sum", "label", BOTH),
+    "channel": ("mean", "ch", BOTH),
+    "max_word_seconds": (MAX_WORD_SECONDS, "maxword", ("aligned",)),
+    "min_label_overlap": (0.1, "overlap", BOTH),
+    "peak_normalize": ("none", "peak", BOTH),
+}
+# Settings that every config records (they were there before the table): the others enter a variant's
+# config only when not at their default, so the default variants' keys, and their outputs, stay as they were.
+ALWAYS_IN_CONFIG = ("min_label_overlap", "tie_break", "channel", "max_word_seconds")
+
+
+def _departures(kind, settings: dict) -> dict:
+    """{setting: value} of the table's settings that apply to `kind` and differ from their default."""
+    return {name: settings[name] for name, (default, _, kinds) in STEP3_SETTINGS.items()
+            if kind in kinds and settings[name] != default}
+
+
+def variant_dir_name(kind, max_pause, settings: dict, diarization: str = "overlap") -> str:
+    """The directory of a variant under WORK/<pipe>/: variant_name, then -<tag>_<value> per departure
+    from STEP3_SETTINGS' defaults, then -exclusive for --diarization exclusive."""
+    tags = "".join(f"-{STEP3_SETTINGS[name][1]}_{value:g}" if isinstance(value, float)
+                   else f"-{STEP3_SETTINGS[name][1]}_{value}" for name, value in _departures(kind, settings).items())
+    return variant_name(kind, max_pause) + tags + ("-exclusive" if diarization == "exclusive" else "")
+
+
+def variant_config(kind, max_pause, settings: dict, diarization: str = "overlap") -> dict:
+    """Everything that changes a variant's outputs (manifest.json "config"; hashed into each dialog's
+    key and, whole, into the variant's config key utils.step3_config_key, which trained runs record)."""
+    config = {"kind": kind, "max_pause": max_pause, "sample_rate": utils.SAMPLE_RATE}
+    config.update({name: settings[name] for name in ALWAYS_IN_CONFIG if kind in STEP3_SETTINGS[name][2]})
+    config.update(_departures(kind, settings))
+    return config | ({"diarization": diarization} if diarization != "overlap" else {})
+
+
 def _sha(*parts) -> str:
     h = hashlib.sha256()
     for p in parts:
@@ -755,26 +801,26 @@ def main(argv=None):
     parser.add_argument("--max-pause", type=float, nargs="+", default=[1.5],
                         help="longest pause (s) inside a turn; paper: 1.5, the authors' code: 1.0. Several values "
                              "make one aligned variant each (aligned-p<value>) from one reading of each dialog's audio")
-    parser.add_argument("--min-label-overlap", type=float, default=0.1,
+    parser.add_argument("--min-label-overlap", type=float, default=STEP3_SETTINGS["min_label_overlap"][0],
                         help="a segment's label needs more than this overlap (s) with reference speech of that label")
-    parser.add_argument("--tie-break", choices=TIE_BREAKS, default="asr-segment",
+    parser.add_argument("--tie-break", choices=TIE_BREAKS, default=STEP3_SETTINGS["tie_break"][0],
                         help="a word (or baseline segment) lying equally inside two speakers' turns goes to: "
                              "asr-segment (default) = its ASR segment's speaker, else the earliest-starting turn; "
                              "whisperx = the alphabetically first speaker label, as whisperX 3.2.0 (the authors' "
                              "version) does (3.8.6 takes the earliest-starting turn)")
-    parser.add_argument("--word-policy", choices=WORD_POLICIES, default="keep",
+    parser.add_argument("--word-policy", choices=WORD_POLICIES, default=STEP3_SETTINGS["word_policy"][0],
                         help="keep (default): no word is lost, untimed words are re-timed and words outside every "
                              "turn get the nearest speaker (both flagged); authors: their grouping, which drops such "
                              "words, and every later word of the dialog when its first word has no speaker")
-    parser.add_argument("--label-rule", choices=LABEL_RULES, default="sum",
+    parser.add_argument("--label-rule", choices=LABEL_RULES, default=STEP3_SETTINGS["label_rule"][0],
                         help="a segment's label: sum (default) = the 4-class label with the largest summed overlap; "
                              "authors = the label of the single most-overlapping 4-class utterance with transcript "
                              "text (the first on a tie), as the authors' code")
-    parser.add_argument("--channel", choices=utils.AUDIO_CHANNELS, default="mean",
+    parser.add_argument("--channel", choices=utils.AUDIO_CHANNELS, default=STEP3_SETTINGS["channel"][0],
                         help="the audio the classifier sees, cut into cache/<dialog>.pt: mean = the average of the "
                              "stereo channels, both actors (default); 0 or 1 = that channel only (the authors: 0); "
                              "mono wavs ignore it")
-    parser.add_argument("--peak-normalize", choices=PEAK_NORMALIZE, default="none",
+    parser.add_argument("--peak-normalize", choices=PEAK_NORMALIZE, default=STEP3_SETTINGS["peak_normalize"][0],
                         help="none (default): the dialog's samples as decoded; authors: each dialog scaled to a peak "
                              "of 0.95 when its peak exceeds 0.01 before segments are cut, as the authors' code")
     parser.add_argument("--iemocap", default=None, help="corpus root for the dialog wavs (default: the one in labels.json)")
@@ -785,7 +831,7 @@ def main(argv=None):
                              "what the authors' whisperX used), exclusive = diarization_exclusive/ (one speaker at a "
                              "time, pyannote 4's exclusive diarization); exclusive variants are named <variant>-exclusive, "
                              "so the alignment report compares both")
-    parser.add_argument("--max-word-seconds", type=float, default=MAX_WORD_SECONDS,
+    parser.add_argument("--max-word-seconds", type=float, default=STEP3_SETTINGS["max_word_seconds"][0],
                         help="a word longer than this (s) counts as this long when the pause after it is measured "
                              "(WhisperX can stretch a word over seconds of silence, hiding the pause); segments keep "
                              "the real times; such words are counted. 0 = never, as the paper and the authors")
@@ -807,16 +853,12 @@ def main(argv=None):
     specs = ([("aligned", p) for p in dict.fromkeys(args.max_pause)] if args.variant in ("aligned", "both") else []) \
         + ([("baseline", None)] if args.variant in ("baseline", "both") else [])
     kinds = [variant_name(kind, p) for kind, p in specs]
-    variants = {k: k + ("-exclusive" if args.diarization == "exclusive" else "") for k in kinds}
-    # Everything that changes a variant's outputs; it is hashed into each dialog's key, so changing
-    # any of it (e.g. --channel) redoes the segments and the audio cache.
-    configs = {k: {"kind": kind, "max_pause": p, "min_label_overlap": args.min_label_overlap,
-                   "sample_rate": utils.SAMPLE_RATE, "tie_break": args.tie_break, "channel": args.channel,
-                   **({"max_word_seconds": args.max_word_seconds} if kind == "aligned" else {}),
-                   **({"word_policy": args.word_policy} if kind == "aligned" and args.word_policy != "keep" else {}),
-                   **({"label_rule": args.label_rule} if args.label_rule != "sum" else {}),
-                   **({"peak_normalize": args.peak_normalize} if args.peak_normalize != "none" else {})}
-               for k, (kind, p) in zip(kinds, specs)}
+    settings = {name: getattr(args, name) for name in STEP3_SETTINGS}
+    # Each variant's directory is named by every setting that changes its outputs (variant_dir_name), and
+    # its config, hashed into each dialog's key, holds them all: changing any of them (e.g. --channel)
+    # writes another variant and never rewrites this one.
+    variants = {k: variant_dir_name(kind, p, settings, args.diarization) for k, (kind, p) in zip(kinds, specs)}
+    configs = {k: variant_config(kind, p, settings, args.diarization) for k, (kind, p) in zip(kinds, specs)}
 
     # Which dialogs: asked for explicitly (each must exist), or every labelled dialog step 2 transcribed.
     skipped = {}
@@ -844,6 +886,7 @@ def main(argv=None):
             if isinstance(e, dict) and e.get("status") in OLD_STATUS:
                 e["status"] = OLD_STATUS[e["status"]]
         manifests[k] = {"step": "align", "pipe": args.pipe, "variant": v, "config": configs[k],
+                        "config_key": utils.step3_config_key(configs[k]),
                         "corpus": str(corpus), "code": utils.code_version(), "dialogs": old_dialogs}
 
     from tqdm import tqdm

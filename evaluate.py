@@ -65,6 +65,10 @@ predictions scored together ("pooled", with its "utterance" part), and its inter
 bootstrap interval of that same pooled value; the spread over folds is reported apart, as the
 mean ± sample standard deviation (ddof=1) of the per-fold values ("mean_std"; std null for one fold).
 
+Before scoring, each run's data is checked against what it was trained on (config.json "data":
+labels.json, the step-3 config, the cache files; utils.check_run_data): a change is refused in one
+line naming it, unless --allow-changed-data, which metrics.json "data_check" records.
+
     python evaluate.py --work preprocessed_iemocap --run NAME [--device cuda]
 """
 from __future__ import annotations
@@ -376,8 +380,9 @@ def report(name: str, m: dict) -> None:
 
 
 def evaluate_run(run_dir: Path, labels: dict, device, reuse: bool, n_samples: int = 1000, seed: int = 0,
-                 datasets: dict | None = None) -> tuple[dict, dict]:
-    """Predict (or reuse) and score one run dir; writes its predictions, metrics and plot."""
+                 datasets: dict | None = None, data_check: dict | None = None) -> tuple[dict, dict]:
+    """Predict (or reuse) and score one run dir; writes its predictions, metrics and plot. data_check:
+    the run's utils.check_run_data record, kept in metrics.json "data_check"."""
     pred_path = run_dir / "predictions.json"
     if reuse and pred_path.is_file():
         predictions = read_json(pred_path, "predictions file")
@@ -390,7 +395,7 @@ def evaluate_run(run_dir: Path, labels: dict, device, reuse: bool, n_samples: in
     dialogs, source = run_test_dialogs(run_dir, predictions, labels)
     note = utils.demo_note(labels)
     metrics = {"run": str(run_dir.name), "split": predictions.get("split", "test"), "test_dialogs_from": source,
-               **({"note": note} if note else {}),
+               **({"note": note} if note else {}), **({"data_check": data_check} if data_check else {}),
                **score_predictions(predictions, labels, dialogs, where=str(pred_path), n_samples=n_samples, seed=seed)}
     atomic_write_json(run_dir / "metrics.json", metrics)
     title = str(run_dir.relative_to(run_dir.parent.parent)) + (" (DEMO data)" if note else "")
@@ -411,6 +416,9 @@ def main(argv=None) -> dict:
     p.add_argument("--bootstrap-samples", type=int, default=1000,
                    help="resamples of the test dialogs for the 95%% intervals; 0 = no intervals (default: %(default)s)")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resampling (default: %(default)s)")
+    p.add_argument(utils.ALLOW_CHANGED_DATA, action="store_true",
+                   help="score a run even when labels.json, its step-3 config or cache files changed since it was "
+                        "trained (refused otherwise); metrics.json data_check records it")
     args = p.parse_args(argv)
     if args.bootstrap_samples < 0:
         p.error(f"--bootstrap-samples {args.bootstrap_samples}: expected 0 or more")
@@ -425,17 +433,26 @@ def main(argv=None) -> dict:
             raise PipelineError(f"{work / 'runs' / name}: run directory not found; train it first: python train.py --run {name}")
     labels = load_labels(work)
     print(f"read {work / 'labels.json'} ({len(labels['dialogs'])} dialogs)")
+    # every run is bound to the data it was trained on: checked for all of them before any is scored
+    checks = {name: utils.check_run_data(work / "runs" / name, work / "labels.json", args.allow_changed_data)
+              for name in args.run}
+    for name, check in checks.items():
+        if check["changed"]:
+            print(f"WARNING {name}: scored on changed data ({utils.ALLOW_CHANGED_DATA}): {'; '.join(check['changed'])}")
     datasets = {}  # test segments read once per variant, for all the runs given
-    results = {name: evaluate_named_run(work, name, labels, args, boot, datasets) for name in args.run}
+    results = {name: evaluate_named_run(work, name, labels, args, boot, datasets, checks[name]) for name in args.run}
     return results[args.run[0]] if len(args.run) == 1 else results
 
 
-def evaluate_named_run(work: Path, name: str, labels: dict, args, boot: dict, datasets: dict | None = None) -> dict:
-    """Evaluate WORK/runs/<name>/ (each fold of a fold run, then all folds pooled); metrics.json content."""
+def evaluate_named_run(work: Path, name: str, labels: dict, args, boot: dict, datasets: dict | None = None,
+                       data_check: dict | None = None) -> dict:
+    """Evaluate WORK/runs/<name>/ (each fold of a fold run, then all folds pooled); metrics.json content.
+    data_check: utils.check_run_data's record, in each metrics.json (a fold's: its own part)."""
     run_dir = work / "runs" / name
     folds = fold_dirs(run_dir)
     if not folds:
-        _, metrics = evaluate_run(run_dir, labels, args.device, args.reuse_predictions, **boot, datasets=datasets)
+        _, metrics = evaluate_run(run_dir, labels, args.device, args.reuse_predictions, **boot, datasets=datasets,
+                                  data_check=data_check)
         report(name, metrics)
         if "note" in metrics:
             print(metrics["note"])
@@ -444,11 +461,15 @@ def evaluate_named_run(work: Path, name: str, labels: dict, args, boot: dict, da
     per_fold, pooled_segments, pooled_dialogs = {}, [], []
     for f in folds:
         print(f"fold {f.name}:")
-        predictions, per_fold[f.name] = evaluate_run(f, labels, args.device, args.reuse_predictions, **boot, datasets=datasets)
+        fold_check = data_check and {**data_check["folds"][f.name],
+                                     "allow_changed_data": data_check["allow_changed_data"]}
+        predictions, per_fold[f.name] = evaluate_run(f, labels, args.device, args.reuse_predictions, **boot,
+                                                     datasets=datasets, data_check=fold_check)
         pooled_segments += predictions["segments"]
         pooled_dialogs += run_test_dialogs(f, predictions, labels)[0]
     note = utils.demo_note(labels)
-    metrics = {"run": name, "split": "test", **({"note": note} if note else {}), "folds": per_fold,
+    metrics = {"run": name, "split": "test", **({"note": note} if note else {}),
+               **({"data_check": data_check} if data_check else {}), "folds": per_fold,
                "mean_std": aggregate(per_fold),
                "pooled": score_predictions({"segments": pooled_segments}, labels, sorted(set(pooled_dialogs)), **boot)}
     atomic_write_json(run_dir / "metrics.json", metrics)

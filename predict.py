@@ -21,8 +21,9 @@ How (the pipeline's own code, run as the steps run, never a copy of it):
      (from WhisperX, pyannote, NeMo or any tool) placed where step 2 would write them; the RTTM's
      file field becomes the dialog name.
   3. Step 3, `align.py`, with the variant and settings the run was trained on (config.json's
-     variant: aligned-p<x> -> --max-pause x, or baseline; tie break, long-word limit and word
-     policy from that variant's manifest when it can be read).
+     data.step3_config; runs trained before it was recorded: the variant name and its manifest).
+     The run's training data is checked first (utils.check_run_data: refused in one line when it
+     changed since training, unless --allow-changed-data, which emotions.json records).
   4. The run's model (utils.load_run, best checkpoint) classifies every segment of step 3's cache
      (utils.run_dataset; frozen runs through utils.cached_embeddings, as evaluate.py), batched on
      the GPU when there is one.
@@ -169,8 +170,19 @@ def write_corpus(work: Path, recordings: list[dict]) -> None:
 
 
 def step3_flags(config: dict, run_dir: Path) -> list[str]:
-    """align.py flags that reproduce the run's step-3 variant (config.json "variant"), with the tie
-    break, long-word limit and word policy of that variant's manifest when it can be read."""
+    """align.py flags that reproduce the run's step-3 variant: every setting of the step-3 config the run
+    recorded (config.json data.step3_config, align.variant_config; each key but kind, max_pause,
+    sample_rate and diarization is the align.py flag of that name). Runs trained before they recorded it:
+    config.json "variant", with the tie break, long-word limit and word policy of that variant's manifest."""
+    recorded = (config.get("data") or {}).get("step3_config")
+    if isinstance(recorded, dict) and recorded.get("kind") in ("aligned", "baseline"):
+        flags = ["--variant", recorded["kind"]]
+        flags += ["--max-pause", repr(float(recorded["max_pause"]))] if recorded["kind"] == "aligned" else []
+        flags += ["--diarization", str(recorded["diarization"])] if "diarization" in recorded else []
+        for key, value in recorded.items():
+            if key not in ("kind", "max_pause", "sample_rate", "diarization"):
+                flags += ["--" + key.replace("_", "-"), repr(float(value)) if isinstance(value, float) else str(value)]
+        return flags
     m = VARIANT_RE.match(str(config.get("variant")))
     if m is None:
         raise PipelineError(f"{run_dir / 'config.json'}: variant {config.get('variant')!r}; expected aligned-p<pause> "
@@ -192,6 +204,21 @@ def step3_flags(config: dict, run_dir: Path) -> list[str]:
     if "word_policy" in step3:
         flags += ["--word-policy", str(step3["word_policy"])]
     return flags
+
+
+def check_run_data(run_dir: Path, config: dict, allow: bool) -> dict | None:
+    """The run's data as it was trained on (utils.check_run_data: refused in one line when it changed, unless
+    allow), when its work directory is on this machine; None (said) when not: a run copied elsewhere."""
+    work = Path(str((config.get("data") or {}).get("work", "")))
+    if config.get("data") and not (work / "labels.json").is_file():
+        print(f"[predict] the run's training data ({work}) is not on this machine: its step-3 settings are "
+              f"taken from {run_dir / 'config.json'} unchecked", flush=True)
+        return None
+    check = utils.check_run_data(run_dir, allow=allow)
+    if check["changed"]:
+        print(f"[predict] WARNING {run_dir}: its data changed since training ({utils.ALLOW_CHANGED_DATA}): "
+              + "; ".join(check["changed"]), flush=True)
+    return check
 
 
 def run_step(script: str, args: list[str]) -> int:
@@ -371,6 +398,7 @@ def write_outputs(rec: dict, segments: list[dict], out: Path, run_dir: Path, con
     result = {
         "audio": str(rec["path"]), "name": name, "duration": round(duration, 3),
         "input": rec["info"], "run": str(run_dir),
+        **({"data_check": rec["data_check"]} if rec.get("data_check") else {}),
         "model": {k: config.get(k) for k in ("mode", "modality", "fusion", "pipe", "variant", "seed")},
         "step2": rec["step2"], "labels": list(LABELS), "speakers": speakers,
         "summary": {"segments": len(segments), "speakers": len(speakers), "emotion_shares_by_time": shares,
@@ -404,6 +432,9 @@ def main(argv=None) -> dict:
                                                 "<audio name>.rttm")
     p.add_argument("--out", default="predictions", help="output folder (default: %(default)s)")
     p.add_argument("--srt", action="store_true", help="write <name>.srt instead of <name>.vtt")
+    p.add_argument(utils.ALLOW_CHANGED_DATA, action="store_true",
+                   help="use the run even when its training data (labels.json, step-3 config or cache files) changed "
+                        "since it was trained (refused otherwise); recorded in <name>.emotions.json")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cuda or cpu; for steps 2 and 4")
     p.add_argument("--batch-size", type=int, default=None, help="segments per batch (default: the run's)")
     p.add_argument("--keep-work", default=None, metavar="DIR",
@@ -428,11 +459,12 @@ def main(argv=None) -> dict:
     config = utils.read_json(run_dir / "config.json", "run config")
     if "folds" in config:
         raise PipelineError(f"{run_dir}: a cross-validation run; pass one of its fold dirs {config['folds']}")
+    data_check = check_run_data(run_dir, config, args.allow_changed_data)
     align_flags = step3_flags(config, run_dir)
     paths = [Path(a) for a in args.audio]
     recordings = []
     for path, dialog in zip(paths, dialog_names(paths)):
-        rec = {"path": path, "dialog": dialog, "name": dialog}
+        rec = {"path": path, "dialog": dialog, "name": dialog, "data_check": data_check}
         if args.asr_json is not None:
             rec["asr_json"] = step2_file("--asr-json", args.asr_json, path, len(paths), ".json")
             rec["rttm"] = step2_file("--rttm", args.rttm, path, len(paths), ".rttm")

@@ -134,6 +134,21 @@ def file_digest(*paths) -> str:
     return h.hexdigest()[:16]
 
 
+def variant_data(work, pipe: str, variant: str) -> str:
+    """What step 3 last wrote for a variant, cheaply: labels.json's digest, the manifest's config and
+    each dialog's key (align.py gives a dialog a new key whenever it rewrites it from other inputs or
+    settings). A train item's upstream, so a step-1 or step-3 re-run outside this command that changes a
+    run's data retrains the run (--no-resume) instead of leaving evaluate.py to refuse it
+    (utils.check_run_data); unchanged data keeps the stamps."""
+    work = Path(work)
+    manifest = work / pipe / variant / "manifest.json"
+    m = utils.read_json(manifest, "alignment manifest") if manifest.is_file() else {}
+    m = m if isinstance(m, dict) else {}
+    keys = {d: e.get("key") for d, e in (m.get("dialogs") or {}).items() if isinstance(e, dict)}
+    labels = file_digest(work / "labels.json") if (work / "labels.json").is_file() else ""
+    return hashlib.sha256(json.dumps([labels, m.get("config"), keys], sort_keys=True).encode()).hexdigest()[:16]
+
+
 class Runner:
     """Runs step scripts as subprocesses and remembers what already succeeded.
 
@@ -412,8 +427,9 @@ def run_pipeline(cfg, args, runner: Runner, configs: list[dict]):
         kind = "both" if pauses and "baseline" in variants else ("aligned" if pauses else "baseline")
         return ["--work", work, "--pipe", pipe, "--variant", kind] + (["--max-pause", *pauses] if pauses else [])
     cached = sorted({(c["pipe"], c["variant"]) for c in configs})
+    labels_digest = file_digest(Path(work) / "labels.json") if (Path(work) / "labels.json").is_file() else ""
     keys = runner.step("step 3 align", "align.py",
-                       [(f"{pipe}/{v}", align_argv([f"{pipe}/{v}"]), (k2[pipe],)) for pipe, v in cached],
+                       [(f"{pipe}/{v}", align_argv([f"{pipe}/{v}"]), (k2[pipe], labels_digest)) for pipe, v in cached],
                        align_argv, redo_flag="--overwrite",
                        split=lambda stale: [[t for t in stale if t.startswith(p + "/")] for p in dict.fromkeys(t.split("/")[0] for t in stale)])
     k3 = {(pipe, v): keys[f"{pipe}/{v}"] for pipe, v in cached}
@@ -439,7 +455,8 @@ def run_pipeline(cfg, args, runner: Runner, configs: list[dict]):
         return 0.5 + sum((1.0 if runs[n]["mode"] == "finetune" else 0.3) * {"fusion": 1.0, "audio": 0.7, "text": 0.5}[runs[n]["modality"]]
                          for n in names)  # 0.5: starting the process (imports, data)
     k4 = runner.step("step 4 train", "train.py",
-                     [(n, train_argv([n]), (k3[r["pipe"], r["variant"]],)) for n, r in runs.items()],
+                     [(n, train_argv([n]), (k3[r["pipe"], r["variant"]], variant_data(work, r["pipe"], r["variant"])))
+                      for n, r in runs.items()],
                      train_argv, redo_flag="--no-resume", split=sweeps, cost=train_cost)
 
     # Steps 5 and 6: the runs out of date, split evenly over the jobs.

@@ -423,6 +423,9 @@ def main(argv=None) -> dict:
     p.add_argument("--also-authors", action="store_true",
                    help="write both teer.json (the flags' settings) and teer_authors.json (--authors) in one go")
     p.add_argument("--out", default=None, help="output file name in the run dir (default teer.json, teer_authors.json with --authors)")
+    p.add_argument(utils.ALLOW_CHANGED_DATA, action="store_true",
+                   help="score a run even when labels.json, its step-3 config or cache files changed since it was "
+                        "trained (refused otherwise); teer.json data_check records it")
     args = p.parse_args(argv)
     if not args.collar >= 0 or args.collar == float("inf"):  # also NaN
         p.error(f"--collar {args.collar}: expected a finite number of seconds >= 0")
@@ -435,16 +438,23 @@ def main(argv=None) -> dict:
             raise PipelineError(f"{work / 'runs' / name}: run directory not found")
     labels = load_labels(work)
     print(f"read {work / 'labels.json'} ({len(labels['dialogs'])} dialogs)")
+    checks = {name: utils.check_run_data(work / "runs" / name, work / "labels.json", args.allow_changed_data)
+              for name in args.run}  # every run bound to its data: all checked before any is scored
+    for name, check in checks.items():
+        if check["changed"]:
+            print(f"WARNING {name}: scored on changed data ({utils.ALLOW_CHANGED_DATA}): {'; '.join(check['changed'])}")
     semantics = [args.authors] + ([True] if args.also_authors and not args.authors else [])
     results = {}
     for name in args.run:
         for authors in semantics:
-            results[name, authors] = score_named_run(work, name, labels, argparse.Namespace(**{**vars(args), "authors": authors}))
+            results[name, authors] = score_named_run(
+                work, name, labels, argparse.Namespace(**{**vars(args), "authors": authors}), checks[name])
     return results[args.run[0], semantics[0]] if len(results) == 1 else results
 
 
-def score_named_run(work: Path, name: str, labels: dict, args) -> dict:
-    """Score WORK/runs/<name>/ (each fold, then all folds pooled) and write its teer*.json."""
+def score_named_run(work: Path, name: str, labels: dict, args, data_check: dict | None = None) -> dict:
+    """Score WORK/runs/<name>/ (each fold, then all folds pooled) and write its teer*.json (with
+    data_check, utils.check_run_data's record)."""
     settings = settings_from_args(args)
     run_dir = work / "runs" / name
     print(f"{name}: settings {settings}")
@@ -461,7 +471,9 @@ def score_named_run(work: Path, name: str, labels: dict, args) -> dict:
 
     note = utils.demo_note(labels)
     result = {"run": name, **({"note": note} if note else {}), "settings": settings,
-              "semantics": "authors" if args.authors else "wu2023", **result, "seconds": elapsed}
+              "semantics": "authors" if args.authors else "wu2023",
+              **({"data_check": data_check} if data_check else {}),
+              **result, "seconds": elapsed}
     out = run_dir / (args.out or ("teer_authors.json" if args.authors else "teer.json"))
     atomic_write_json(out, result)
     for name, r in result.get("folds", {}).items():

@@ -76,6 +76,8 @@ from utils import LABELS, PipelineError
 
 # Flags that may change between an interrupted run and its resumption without changing results.
 RESUME_FREE_KEYS = ("code_version", "device", "num_workers", "resume", "run_dir")
+# What the run read, checked on its own when resuming (resume_data_check).
+DATA_KEYS = ("data", "data_changed_on_resume", "allow_changed_data")
 
 
 def parse_args(argv=None):
@@ -85,7 +87,8 @@ def parse_args(argv=None):
                         "(estimates before step 1 has run)")
     p.add_argument("--pipe", default="whisperx", help="step-2 run name (WORK/<pipe>/)")
     p.add_argument("--variant", nargs="+", default=["aligned-p1.5"],
-                   help="step-3 variant(s): aligned-p<max pause>, e.g. aligned-p1.5, or baseline (a sweep: see Sweeps)")
+                   help="step-3 variant(s): aligned-p<max pause>, e.g. aligned-p1.5, or baseline, with a suffix per "
+                        "other step-3 setting (docs/FORMATS.md, Variant names) (a sweep: see Sweeps)")
     p.add_argument("--mode", choices=["finetune", "frozen"], default="finetune",
                    help="finetune: extractors train with --lr-extractor; frozen: cached embeddings, head only")
     p.add_argument("--modality", nargs="+", choices=list(utils.MODALITIES), default=["fusion"],
@@ -141,6 +144,9 @@ def parse_args(argv=None):
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="resume from checkpoint_last.pt when the run dir has one with the same config")
+    p.add_argument(utils.ALLOW_CHANGED_DATA, action="store_true",
+                   help="resume even when labels.json, the step-3 config or cache files changed since the checkpoint "
+                        "(refused otherwise); what changed is recorded in config.json data_changed_on_resume")
     c = p.add_argument_group("preflight and offline models (see preflight() and download_models())")
     c.add_argument("--check", action="store_true",
                    help="preflight only: labels and step-3 cache (splits and segment counts), extractors resolvable "
@@ -298,6 +304,17 @@ def trained_state(model, mode: str) -> dict:
 
 # ---- one run --------------------------------------------------------------------------------
 
+def resume_data_check(old: dict, config: dict, run_dir: Path, allow: bool) -> None:
+    """Resume only on the data the checkpoint was trained on (config "data", utils.run_data_identity):
+    else a one-line refusal, or with --allow-changed-data config["data_changed_on_resume"] lists it."""
+    changes = utils.data_changes(old["data"], config["data"]) if isinstance(old.get("data"), dict) else []
+    if changes and not allow:
+        raise utils.changed_data_error(run_dir, changes, "start over with --no-resume (or another --run)")
+    earlier = old.get("data_changed_on_resume") or []
+    if earlier or changes:
+        config["data_changed_on_resume"] = earlier + changes
+
+
 def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple, shared: dict) -> Path:
     """Train one seed on one split. `shared` carries what does not depend on the seed (the datasets,
     frozen embeddings) from one seed of the same split to the next, so it is read once."""
@@ -325,13 +342,18 @@ def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple
                    "do_normalize": do_norm, "extractors": extractors, "feature_dirs": feature_dirs,
                    "split": split, "labels": list(LABELS), "corpus": meta_info["corpus"],
                    "code_version": utils.code_version(), "world_size": world_size})
+    if "data" not in shared:  # what the run reads: hashed once per split for all its seeds
+        shared["data"] = utils.run_data_identity(work, args.pipe, args.variant,
+                                                 [d for part in ("train", "val", "test") for d in split[part]])
+    config["data"] = shared["data"]
 
     ckpt_last = run_dir / "checkpoint_last.pt"
     resume_state = None
     if ckpt_last.is_file() and args.resume:
         old = utils.read_json(run_dir / "config.json", "run config")
-        differ = sorted(k for k in set(old) | set(config)
-                        if k not in RESUME_FREE_KEYS and old.get(k) != json.loads(json.dumps(config.get(k))))
+        resume_data_check(old, config, run_dir, args.allow_changed_data)
+        differ = sorted(k for k in set(old) | set(config) if k not in RESUME_FREE_KEYS + DATA_KEYS
+                        and old.get(k) != json.loads(json.dumps(config.get(k))))
         if differ:
             raise PipelineError(f"{run_dir}: has a checkpoint from a different configuration (differs in {differ}); "
                                 f"use another --run or --no-resume to start over")

@@ -15,6 +15,7 @@ of ASR Transcripts and Speaker Diarization", IALP 2025 (arXiv 2507.19356).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -795,6 +796,129 @@ def run_test_dialogs(run_dir, predictions: dict, labels: dict) -> tuple[list[str
     return dialogs, "predictions.json (no test split in config.json)"
 
 
+# ---- what a run was trained on (train.py records it; evaluate.py, teer_calculate.py, predict.py and
+# train.py --resume check it and refuse, one line, when it changed: --allow-changed-data) ----------
+
+ALLOW_CHANGED_DATA = "--allow-changed-data"  # the override flag of every step that checks a run's data
+
+
+def file_sha256(path, chunk: int = 1 << 22) -> str:
+    """The sha256 of a file's bytes (hex), read in 4 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+_SHA256_SEEN: dict = {}  # (path, inode, size, mtime, ctime) -> sha256: one process (evaluate.py of many runs)
+                        # hashes a cache file once; any rewrite (atomic: a new inode) is hashed again
+
+
+def _cache_file_sha256(path: Path) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _SHA256_SEEN:
+        _SHA256_SEEN[key] = file_sha256(path)
+    return _SHA256_SEEN[key]
+
+
+def step3_config_key(config: dict) -> str:
+    """The key of a step-3 variant's config (align.py's manifest.json "config" and "config_key")."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_data_identity(work, pipe: str, variant: str, dialogs) -> dict:
+    """config.json "data" of a run: what it was trained (and is tested) on. "labels_sha256": labels.json;
+    "step3_config" and "step3_config_key": the variant's manifest.json config (None without a manifest);
+    "cache_sha256": over the cache files of `dialogs` in sorted order, each its name and its sha256, which
+    "cache_files" lists ({file name: sha256, or None when missing})."""
+    work = Path(work)
+    variant_dir = work / pipe / variant
+    manifest = variant_dir / "manifest.json"
+    config = read_json(manifest, "alignment manifest").get("config") if manifest.is_file() else None
+    files = {}
+    for name in sorted(f"{d}.pt" for d in set(dialogs)):
+        path = variant_dir / "cache" / name
+        files[name] = _cache_file_sha256(path) if path.is_file() else None
+    overall = hashlib.sha256("".join(f"{n}\0{h}\n" for n, h in files.items()).encode()).hexdigest()
+    labels = work / "labels.json"
+    return {"work": str(work), "pipe": pipe, "variant": variant,
+            "labels_sha256": file_sha256(labels) if labels.is_file() else None,
+            "step3_config": config, "step3_config_key": None if config is None else step3_config_key(config),
+            "cache_sha256": overall, "cache_files": files}
+
+
+def data_changes(recorded: dict, current: dict) -> list[str]:
+    """What differs between two run_data_identity results, each as a short phrase naming it."""
+    changes = []
+    if recorded.get("labels_sha256") != current.get("labels_sha256"):
+        changes.append(f"labels.json (sha256 {str(recorded.get('labels_sha256'))[:12]} -> "
+                       f"{str(current.get('labels_sha256'))[:12]})")
+    if recorded.get("step3_config_key") != current.get("step3_config_key"):
+        old, new = recorded.get("step3_config") or {}, current.get("step3_config") or {}
+        keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        changes.append(f"step-3 config of {current.get('pipe')}/{current.get('variant')} ("
+                       + (", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys) or "no manifest") + ")")
+    if recorded.get("cache_sha256") != current.get("cache_sha256"):
+        old, new = recorded.get("cache_files") or {}, current.get("cache_files") or {}
+        names = sorted(n for n in set(old) | set(new) if old.get(n) != new.get(n))
+        what = [f"{n} ({'missing' if new.get(n) is None else 'changed'})" for n in names[:5]]
+        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+        changes.append(f"step-3 cache files {', '.join(what)}{more}")
+    return changes
+
+
+def changed_data_error(run_dir, changes: list[str], instead: str) -> PipelineError:
+    """The one-line refusal of a run whose data changed: what changed, what to do, the override flag."""
+    return PipelineError(f"{run_dir}: its data changed since it was trained: {'; '.join(changes)}; {instead} "
+                         f"or pass {ALLOW_CHANGED_DATA} to use it anyway (recorded)")
+
+
+def check_one_run_data(run_dir, labels_path=None) -> dict:
+    """{"status": "same" | "changed" | "not recorded", "changed": [...]} of one run dir (not a fold
+    parent): its config.json "data" against the data as it is now. labels_path: the labels.json the
+    caller scores with (default: the one the run was trained with)."""
+    path = Path(run_dir) / "config.json"
+    config = read_json(path, "run config") if path.is_file() else {}
+    recorded = config.get("data") if isinstance(config, dict) else None
+    if not isinstance(recorded, dict):
+        return {"status": "not recorded", "changed": []}
+    if not all(isinstance(recorded.get(k), str) for k in ("work", "pipe", "variant")) \
+            or not isinstance(recorded.get("cache_files"), dict):
+        raise PipelineError(f"{path}: 'data' must record the work dir, pipe, variant and cache_files train.py "
+                            f"wrote, got {json.dumps(recorded)[:120]}")
+    current = run_data_identity(recorded["work"], recorded["pipe"], recorded["variant"],
+                                [Path(n).stem for n in recorded.get("cache_files", {})])
+    if labels_path is not None:
+        current["labels_sha256"] = file_sha256(labels_path) if Path(labels_path).is_file() else None
+    changes = data_changes(recorded, current)
+    earlier = config.get("data_changed_on_resume") or []
+    return {"status": "changed" if changes else "same", "changed": changes,
+            **({"changed_on_resume": earlier} if earlier else {})}
+
+
+def check_run_data(run_dir, labels_path=None, allow: bool = False) -> dict:
+    """The "data_check" record (metrics.json, teer.json) of a run dir, a fold run's over its folds:
+    {"status", "changed", "allow_changed_data"} (+ "folds": each fold's check_one_run_data). When the
+    data changed and not `allow`: a one-line PipelineError naming what changed and the override flag."""
+    run_dir = Path(run_dir)
+    folds = fold_dirs(run_dir)
+    checks = ({f.name: check_one_run_data(f, labels_path) for f in folds} if folds
+              else {"": check_one_run_data(run_dir, labels_path)})
+    changed = [f"{name}: {c}" if name else c for name, r in checks.items() for c in r["changed"]]
+    statuses = {r["status"] for r in checks.values()}
+    status = "changed" if changed else ("not recorded" if "not recorded" in statuses else "same")
+    if changed and not allow:
+        raise changed_data_error(run_dir, changed, "retrain it (train.py --no-resume)")
+    record = {"status": status, "changed": changed, "allow_changed_data": bool(allow)}
+    if folds:
+        record["folds"] = checks
+    elif checks[""].get("changed_on_resume"):
+        record["changed_on_resume"] = checks[""]["changed_on_resume"]
+    return record
+
+
 # ---- confusion matrices and the dialog bootstrap (evaluate.py, reproduce.py) ----------------
 #
 # Every headline metric is a function of a confusion matrix, so resampling test dialogs needs only
@@ -965,7 +1089,6 @@ PAPER = {
 # 19,300,868 parameters (tests/test_model.py checks it).
 # torch and transformers are imported here, not at the top, only so that this file reads in order.
 import functools  # noqa: E402
-import hashlib  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402

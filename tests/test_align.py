@@ -470,27 +470,46 @@ def test_several_pauses_in_one_run_decode_the_audio_once(tmp_path, monkeypatch):
 
 def test_channel_and_tie_break_are_part_of_the_config(tmp_path, capsys):
     """--channel picks the samples cut into the cache, is recorded there and in the manifest, and
-    changing it (or --tie-break) redoes the dialog."""
+    another channel (or --tie-break) is another variant, in its own directory."""
     d = "Ses01F_impro01"
     corpus, work = make_work(tmp_path, {d: fig3_asr()}, {d: FIG3_TURNS}, {d: FIG3_UTTS})
     wav = corpus / "Session1/dialog/wav" / f"{d}.wav"
     stereo, _ = sf.read(wav, dtype="float32", always_2d=True)
-    cache_path = work / "simulated" / "aligned-p1.5" / "cache" / f"{d}.pt"
     a, b = round(6.92 * 16000), round(9.6 * 16000)  # the first aligned segment
     for channel, expected in (("0", stereo[:, 0]), ("1", stereo[:, 1]), ("mean", stereo.mean(axis=1))):
+        variant = "aligned-p1.5" + ("" if channel == "mean" else f"-ch_{channel}")
         align.main(["--work", str(work), "--pipe", "simulated", "--variant", "aligned", "--channel", channel])
-        assert "aligned-p1.5: wrote 1 dialogs" in capsys.readouterr().out  # redone for each channel
-        cache = utils.load_pt(cache_path)
+        assert f"{variant}: wrote 1 dialogs" in capsys.readouterr().out
+        cache = utils.load_pt(work / "simulated" / variant / "cache" / f"{d}.pt")
         assert cache["channel"] == channel
         np.testing.assert_array_equal(cache["segments"][0]["audio"].numpy(), expected[a:b])
-        config = utils.read_json(work / "simulated" / "aligned-p1.5" / "manifest.json")["config"]
+        config = utils.read_json(work / "simulated" / variant / "manifest.json")["config"]
         assert config["channel"] == channel and config["tie_break"] == "asr-segment"
     assert not np.array_equal(stereo[a:b, 0], stereo[a:b, 1])  # the three runs saw different audio
     align.main(["--work", str(work), "--pipe", "simulated", "--variant", "aligned"])
-    assert "wrote 0 dialogs, kept 1 already done" in capsys.readouterr().out  # mean is the default
+    assert "aligned-p1.5: wrote 0 dialogs, kept 1 already done" in capsys.readouterr().out  # mean is the default
     align.main(["--work", str(work), "--pipe", "simulated", "--variant", "aligned", "--tie-break", "whisperx"])
-    assert "aligned-p1.5: wrote 1 dialogs" in capsys.readouterr().out
-    assert utils.read_json(work / "simulated" / "aligned-p1.5" / "manifest.json")["config"]["tie_break"] == "whisperx"
+    assert "aligned-p1.5-tie_whisperx: wrote 1 dialogs" in capsys.readouterr().out
+    for variant, tie_break in (("aligned-p1.5-tie_whisperx", "whisperx"), ("aligned-p1.5", "asr-segment")):
+        assert utils.read_json(work / "simulated" / variant / "manifest.json")["config"]["tie_break"] == tie_break
+
+
+def test_every_departure_gets_its_own_readable_variant_name():
+    """The paper's defaults keep the paper's names; each other setting is named, in the table's order;
+    a setting that does not apply to the kind is not; the config holds the departures."""
+    defaults = {name: default for name, (default, _, _) in align.STEP3_SETTINGS.items()}
+    assert align.variant_dir_name("aligned", 1.5, defaults) == "aligned-p1.5"
+    assert align.variant_dir_name("baseline", None, defaults, "exclusive") == "baseline-exclusive"
+    off = {**defaults, "word_policy": "authors", "label_rule": "authors", "channel": "0", "max_word_seconds": 0.0,
+           "min_label_overlap": 0.25, "tie_break": "whisperx"}
+    assert (align.variant_dir_name("aligned", 1.0, off, "exclusive")
+            == "aligned-p1-words_authors-tie_whisperx-label_authors-ch_0-maxword_0-overlap_0.25-exclusive")
+    assert align.variant_dir_name("baseline", None, off) == "baseline-tie_whisperx-label_authors-ch_0-overlap_0.25"
+    assert align.variant_config("aligned", 1.5, defaults) == {
+        "kind": "aligned", "max_pause": 1.5, "sample_rate": 16000, "min_label_overlap": 0.1,
+        "tie_break": "asr-segment", "channel": "mean", "max_word_seconds": 3.0}  # the config (and keys) as before
+    assert align.variant_config("baseline", None, off)["label_rule"] == "authors"
+    assert "word_policy" not in align.variant_config("baseline", None, off)
 
 
 def torch_float32():

@@ -170,6 +170,38 @@ def test_changing_only_the_pause_reruns_only_that_alignment_and_what_follows(tin
     assert (base / "results" / "pause_sweep.png").is_file()
 
 
+def test_a_step3_rerun_by_hand_retrains_what_it_changed_under_the_same_names(tiny_run):
+    """Step 3 re-run outside reproduce.py: with a departures switch it writes another variant, so
+    nothing here is stale; on changed step-2 output it rewrites the trained variant, and the next
+    reproduce.py retrains (--no-resume), evaluates and scores that variant's runs under the paper's
+    names instead of stopping at evaluate.py's data check (utils.check_run_data)."""
+    import align
+
+    base, args = tiny_run
+    work = base / "demo" / "preprocessed_iemocap_tiny"
+    align.main(["--work", str(work), "--pipe", "simulated", "--variant", "aligned", "--word-policy", "authors"])
+    assert (work / "simulated" / "aligned-p1.5-words_authors" / "manifest.json").is_file()
+    reproduce_in_process(args)
+    assert all(s["skipped"] for s in provenance(base)["steps"])
+    asr = work / "simulated" / "asr" / "Ses05F_impro01.json"
+    result = json.loads(asr.read_text())
+    seg = next(s for s in result["segments"] if len(s["words"]) > 1)
+    seg["words"] = seg["words"][1:]
+    utils.atomic_write_json(asr, result)
+    align.main(["--work", str(work), "--pipe", "simulated", "--variant", "aligned"])
+    reproduce_in_process(args)
+    ran = [s for s in provenance(base)["steps"] if not s["skipped"]]
+    assert sorted({s["step"].split()[1] for s in ran}) == ["4", "5", "6"]
+    trained = [a for s in ran if s["step"].startswith("step 4") for a in [" ".join(s["argv"])]]
+    assert trained and all("--variant aligned-p1.5 " in a and "--no-resume" in a and "--pipe simulated" in a
+                           for a in trained)
+    for name in ("simulated__aligned-p1.5__finetune__fusion__s0", "simulated__aligned-p1.5__frozen__fusion__s1"):
+        metrics = utils.read_json(work / "runs" / name / "metrics.json")
+        assert metrics["data_check"]["status"] == "same"
+        assert utils.read_json(work / "runs" / name / "config.json")["data"]["cache_files"]["Ses05F_impro01.pt"] \
+            == utils.file_sha256(work / "simulated" / "aligned-p1.5" / "cache" / "Ses05F_impro01.pt")
+
+
 def test_force_and_changed_items_get_the_redo_flag_and_invocations_run_side_by_side(tmp_path, capfd):
     """A stale stamp must not be satisfied by a step's own cache: an item that succeeded before under
     another key (changed argv, code or upstream), or any item under --force, gets the step's redo flag
