@@ -453,6 +453,8 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
         work = Path(args.keep_work) if args.keep_work else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
+        # temporary files of a killed run (in --keep-work, and in --out where it writes, not below)
+        utils.remove_stale_temp(work) + utils.remove_stale_temp(Path(args.out), recursive=False)
         write_corpus(work, recordings)
         pipe_dir = work / PIPE
         if args.asr_json is not None:

@@ -438,6 +438,7 @@ def score_named_run(work: Path, name: str, labels: dict, args) -> dict:
     """Score WORK/runs/<name>/ (each fold, then all folds pooled) and write its teer*.json."""
     settings = settings_from_args(args)
     run_dir = work / "runs" / name
+    utils.remove_stale_temp(run_dir)  # temporary files of a killed run (its folds' too)
     print(f"{name}: settings {settings}")
     t0 = time.perf_counter()
     folds = fold_dirs(run_dir)
