@@ -104,7 +104,8 @@ def test_other_corpus_speakers_sessions_and_map(demo_corpus, step1, tmp_path):
              "happy=hap,excited=hap,angry=ang,sad=sad,neutral=neu,frustrated=none"]
     path = write_csv(tmp_path / "c.csv", rows, [c for c in COLUMNS if c not in ("session", "wdseg")])
     # dialogs named by their IEMOCAP wavs keep their names' sessions: the default session 1 is refused
-    with pytest.raises(utils.PipelineError, match=r"c\.csv: dialog Ses05\w+: 'session' 1 but the IEMOCAP name says session 5"):
+    refused = r"c\.csv: dialog Ses05\w+: 'session' 1 but the IEMOCAP name says session 5"
+    with pytest.raises(utils.PipelineError, match=refused):
         corpus_from_csv.main([str(path), *flags])
     for r in rows:  # any other names take the default session
         r["dialog"] = "call_" + Path(r["audio"]).stem

@@ -399,12 +399,14 @@ def test_modality_sweep_arms_equal_their_runs_alone(tmp_path, tiny_models, mode)
         w = write_work(tmp_path / f"alone-{arm}")
         alone = Path(train.main(args_for(w, models, f"sw-{arm}", "--mode", mode, "--epochs", "1", "--modality", arm)))
         c_sweep, c_alone = (json.load(open(Path(p) / "config.json")) for p in (d, alone))
-        assert {k: v for k, v in c_sweep.items() if k not in skip} == {k: v for k, v in c_alone.items() if k not in skip}
+        assert ({k: v for k, v in c_sweep.items() if k not in skip}
+                == {k: v for k, v in c_alone.items() if k not in skip}), arm
         assert c_sweep["do_normalize"] is (arm == "text"), arm  # the audio arms follow their extractor's config
         keys = {k: Path(v).relative_to(tmp_path / "sweep").parts for k, v in c_sweep["feature_dirs"].items()}
         assert keys == {k: Path(v).relative_to(w).parts for k, v in c_alone["feature_dirs"].items()}, arm
         a, b = utils.load_pt(Path(d) / "checkpoint_best.pt"), utils.load_pt(alone / "checkpoint_best.pt")
-        assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), arm
+        assert a["model"].keys() == b["model"].keys(), arm
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), arm
     if mode == "frozen":  # a feature cache's key changes with what changes its content
         dirs = {arm: json.load(open(Path(d) / "config.json"))["feature_dirs"] for arm, d in zip(arms, swept)}
         assert dirs["audio"]["audio"] == dirs["fusion"]["audio"] and dirs["text"]["text"] == dirs["fusion"]["text"]
@@ -428,7 +430,8 @@ def test_a_corrupt_feature_cache_is_a_named_error_and_an_unfinished_one_is_recom
     assert str(e.value).startswith(f"{files[0]}: corrupt feature cache") and "step 4" in str(e.value), str(e.value)
     utils.checksum_path(files[0]).unlink()
     capsys.readouterr()
-    again = Path(train.main(args_for(w, tiny_models, "fz2", "--mode", "frozen", "--epochs", "1", "--modality", "audio")))
+    again = Path(train.main(args_for(w, tiny_models, "fz2", "--mode", "frozen", "--epochs", "1",
+                                     "--modality", "audio")))
     import re
 
     computed = [int(n) for n in re.findall(r"(\d+) computed", capsys.readouterr().out)]
