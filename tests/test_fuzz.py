@@ -624,6 +624,11 @@ def test_no_tmp_survives_a_kill_9_and_a_rerun(step3_work, tmp_path, monkeypatch,
     stale[1].write_bytes(stale[0].read_bytes())
     assert run_align(work, monkeypatch, capsys) == "ok"
     assert not any(p.exists() for p in stale) and not list(work.rglob("*.tmp"))
+    # a kill between a cache and its checksum file: a plain re-run (no --overwrite) redoes that dialog
+    cache = work / "p" / "aligned-p1.5" / "cache" / f"{DIALOG}.pt"
+    utils.checksum_path(cache).unlink()
+    align.main(["--work", str(work), "--pipe", "p", "--variant", "aligned"])
+    assert "wrote 1 dialogs" in capsys.readouterr().out and utils.verified_sha256(cache)
     # step 1 on its WORK; a temporary file of a live process (ours: a parent's) stays
     w1 = tmp_path / "w1"
     dead = killed_write(w1 / "labels.json")
