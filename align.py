@@ -874,6 +874,9 @@ def main(argv=None):
                 dialogs.append(d)
             else:
                 skipped[d] = "no ASR output from step 2"
+    stale = utils.remove_stale_temp(pipe_dir)  # left under it by a killed run (of this step or step 2)
+    if stale:
+        print(f"[align] removed {stale} unfinished temporary file(s) of an interrupted run under {pipe_dir}")
     print(f"[align] read {work / 'labels.json'} ({len(labels['dialogs'])} dialogs); pipe {args.pipe}: "
           f"{len(dialogs)} dialogs to consider, {len(skipped)} without ASR output (skipped)")
 
@@ -905,6 +908,7 @@ def main(argv=None):
                 key = _sha(configs[k], info, str(corpus), *inputs)
                 entry = manifests[k]["dialogs"].get(d, {})
                 out_ok = all((pipe_dir / v / sub / f"{d}{ext}").is_file() for sub, ext in (("segments", ".json"), ("cache", ".pt")))
+                out_ok = out_ok and utils.checksum_path(pipe_dir / v / "cache" / f"{d}.pt").is_file()  # write finished
                 if not args.overwrite and entry.get("status") == "done" and entry.get("key") == key and out_ok:
                     done_before[k] += 1
                 else:

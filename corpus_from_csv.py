@@ -85,7 +85,8 @@ def parse_emotion_map(spec: str | None) -> dict:
         key, sep, value = item.partition("=")
         key, value = key.strip().lower(), value.strip()
         if not sep or not key or value not in (*LABELS, NONE):
-            raise PipelineError(f"--emotion-map: bad item {item.strip()!r}; expected LABEL=CLASS with CLASS one of "
+            raise PipelineError(f"--emotion-map: bad item {utils.quote(item.strip())}; "
+                                "expected LABEL=CLASS with CLASS one of "
                                 f"{', '.join(LABELS)} or {NONE}")
         mapping[key] = value
     if not mapping:
@@ -148,7 +149,8 @@ def build_labels(csv_path, audio_root=None, emotion_map: dict | None = None, def
             raise PipelineError(f"{where}: empty {', '.join(empty)}")
         utt_id = row["id"]
         if utt_id in first_line:
-            raise PipelineError(f"{where}: duplicate utterance id {utt_id!r} (first at line {first_line[utt_id]})")
+            raise PipelineError(f"{where}: duplicate utterance id {utils.quote(utt_id)} "
+                                f"(first at line {first_line[utt_id]})")
         first_line[utt_id] = line
         start, end = _number(row["start"], "start", where), _number(row["end"], "end", where)
         if not 0 <= start < end:
@@ -174,7 +176,8 @@ def build_labels(csv_path, audio_root=None, emotion_map: dict | None = None, def
             d = dialogs[dialog] = {"session": session, **dialog_meta(dialog), "wav": Path(audio_rel).as_posix(),
                                    "utterances": [], "_line": line}
         elif d["wav"] != Path(audio_rel).as_posix():
-            raise PipelineError(f"{where}: dialog {dialog} has audio {audio_rel!r} here but {d['wav']!r} at line "
+            raise PipelineError(f"{where}: dialog {dialog} has audio {utils.quote(audio_rel)} here but "
+                                f"{utils.quote(d['wav'])} at line "
                                 f"{d['_line']}; one audio file per dialog")
         elif d["session"] != session:
             raise PipelineError(f"{where}: dialog {dialog} is in {session_col or 'session'} {session} here but "
@@ -210,8 +213,9 @@ def assign_speakers(csv_path: Path, dialog: str, utterances: list[dict]) -> None
     names = list(dict.fromkeys(u["speaker"] for u in utterances))  # order of first speech
     if len(names) > 2:
         u = next(u for u in utterances if u["speaker"] == names[2])
-        raise PipelineError(f"{csv_path}:{u['_line']}: dialog {dialog} has a third speaker {names[2]!r} (after "
-                            f"{names[0]!r}, {names[1]!r}); labels.json holds two speakers per dialog (F, M)")
+        raise PipelineError(f"{csv_path}:{u['_line']}: dialog {dialog} has a third speaker {utils.quote(names[2])} "
+                            f"(after {utils.quote(names[0])}, {utils.quote(names[1])}); labels.json holds two "
+                            "speakers per dialog (F, M)")
     letters = ({n: n for n in names} if set(names) <= {"F", "M"}
                else {n: letter for n, letter in zip(names, ("F", "M"))})
     for u in utterances:
@@ -220,7 +224,8 @@ def assign_speakers(csv_path: Path, dialog: str, utterances: list[dict]) -> None
         suffix = u["id"][len(dialog) + 1:] if u["id"].startswith(f"{dialog}_") else ""
         if suffix[:1] in ("F", "M") and suffix[:1] != u["speaker"]:
             raise PipelineError(f"{csv_path}:{line}: utterance {u['id']} names speaker {suffix[0]!r} in its id, but "
-                                f"speaker {name!r} became {u['speaker']!r} (first speaker F, second M); use F/M "
+                                f"speaker {utils.quote(name)} became {u['speaker']!r} (first speaker F, second M); "
+                                "use F/M "
                                 "speakers or ids without the IEMOCAP '<dialog>_<F|M>' form")
 
 
@@ -252,6 +257,7 @@ def main(argv=None):
         raise PipelineError(f"--default-session {args.default_session}: expected a positive integer")
     data = build_labels(args.csv, args.audio_root, parse_emotion_map(args.emotion_map), args.default_session)
     out_path = Path(args.work) / "labels.json"
+    utils.remove_stale_temp(out_path.parent, recursive=False)  # a killed write's leftover temporary file
     utils.atomic_write_json(out_path, data)
     c = data["counts"]
     print(f"read {args.csv}: {c['dialogs']} dialogs in sessions {','.join(c['dialogs_per_session'])}, "

@@ -384,6 +384,7 @@ def evaluate_run(run_dir: Path, labels: dict, device, reuse: bool, n_samples: in
     """Predict (or reuse) and score one run dir; writes its predictions, metrics and plot. data_check:
     the run's utils.check_run_data record, kept in metrics.json "data_check"."""
     pred_path = run_dir / "predictions.json"
+    utils.remove_stale_temp(run_dir, recursive=False)  # temporary files of a killed run
     if reuse and pred_path.is_file():
         predictions = read_json(pred_path, "predictions file")
         print(f"  reused {pred_path} (--reuse-predictions)")

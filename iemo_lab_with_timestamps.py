@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from utils import (CODE_TO_LABEL, IEMOCAP_CODES, LABELS, TRANSCRIPT_RE, PipelineError, atomic_write_json,
                    count_labels, iemocap_dialog_meta, read_text_lines, session_of)
+from utils import quote, remove_stale_temp
 
 # Facts of the real corpus (IEMOCAP_full_release, as used by the standard 4-class protocol): the subset
 # (5,531 utterances, exc merged into hap), all labelled utterances (any code), the dialogs per
@@ -81,7 +82,7 @@ def _split_utterance_id(utt_id: str, dialog: str, where: str) -> tuple[str, bool
     m = UTT_SUFFIX_RE.match(suffix) if suffix is not None else None
     if m is None:
         raise PipelineError(f"{where}: expected an utterance id '{dialog}_<F|M><index>' (dialog prefix "
-                            f"from the file name), got {utt_id!r}")
+                            f"from the file name), got {quote(utt_id)}")
     return m.group(1), m.group(2).startswith("XX")
 
 
@@ -110,17 +111,17 @@ def parse_emo_evaluation(path, decode_log: Counter | None = None) -> list[dict]:
         m = EMO_HEADER_RE.match(line.strip())
         if m is None:
             raise PipelineError(f"{where}: expected a block header '[start - end]<TAB>id<TAB>code<TAB>[v, a, d]', "
-                                f"got {line!r}")
+                                f"got {quote(line)}")
         start, end, utt_id, code, vad_text = float(m.group(1)), float(m.group(2)), m.group(3), m.group(4), m.group(5)
         if not (math.isfinite(start) and math.isfinite(end)):
             raise PipelineError(f"{where}: expected times in seconds, got [{m.group(1):.30} - {m.group(2):.30}]")
         if code not in IEMOCAP_CODES:
-            raise PipelineError(f"{where}: expected an emotion code in {', '.join(IEMOCAP_CODES)}, got {code!r}")
+            raise PipelineError(f"{where}: expected an emotion code in {', '.join(IEMOCAP_CODES)}, got {quote(code)}")
         if not end > start:
             raise PipelineError(f"{where}: expected end > start, got [{m.group(1)} - {m.group(2)}]")
         _, is_xx = _split_utterance_id(utt_id, dialog, where)
         if is_xx:
-            raise PipelineError(f"{where}: expected a labelled utterance id, got the XX id {utt_id!r}")
+            raise PipelineError(f"{where}: expected a labelled utterance id, got the XX id {quote(utt_id)}")
         try:
             vad = [float(v) for v in vad_text.split(",")]
         except ValueError:
@@ -158,7 +159,7 @@ def parse_transcriptions(path, decode_log: Counter | None = None) -> tuple[dict,
             continue
         m = TRANSCRIPT_RE.match(line.rstrip())
         if m is None:
-            raise PipelineError(f"{where}: expected '<id> [start-end]: text', got {line!r}")
+            raise PipelineError(f"{where}: expected '<id> [start-end]: text', got {quote(line)}")
         utt_id, start, end = m.group(1), float(m.group(2)), float(m.group(3))
         if not (math.isfinite(start) and math.isfinite(end) and start <= end):
             raise PipelineError(f"{where}: expected times in seconds with start <= end, got "
@@ -177,7 +178,8 @@ def dialog_info(dialog: str, where: str) -> dict:
     """'Ses05M_script01_1b' -> {session 5, kind script, scenario script01_1b, script script01}."""
     meta = iemocap_dialog_meta(dialog)
     if meta is None:
-        raise PipelineError(f"{where}: expected a dialog name like Ses01F_impro01 or Ses01F_script01_1, got {dialog!r}")
+        raise PipelineError(f"{where}: expected a dialog name like Ses01F_impro01 or Ses01F_script01_1, "
+                            f"got {quote(dialog)}")
     return {"session": session_of(dialog), **meta}
 
 
@@ -406,6 +408,7 @@ def main(argv=None):
         sys.exit(0 if report_checks(preflight(args.iemocap, args.work, expect), "step 1 preflight") else 1)
     data = build_labels(args.iemocap, expect_standard=expect)
     out_path = Path(args.work) / "labels.json"
+    remove_stale_temp(out_path.parent, recursive=False)  # a killed write's leftover temporary file
     atomic_write_json(out_path, data)
     print_report(data, out_path)
     return data

@@ -153,7 +153,8 @@ def relabel_rttm(src: Path, dest: Path, dialog: str, stem: str) -> None:
 
 def write_corpus(work: Path, recordings: list[dict]) -> None:
     """WORK/labels.json and WORK/corpus/audio/<dialog>.wav (float 16 kHz mono): one dialog per
-    recording, session 1, no utterances; checked by utils.load_labels as steps 2 and 3 read it."""
+    recording, session 1 (a file named like an IEMOCAP dialog: its name's session, as labels.json
+    requires), no utterances; checked by utils.load_labels as steps 2 and 3 read it."""
     import soundfile as sf
 
     corpus = work / "corpus"
@@ -161,7 +162,8 @@ def write_corpus(work: Path, recordings: list[dict]) -> None:
     dialogs = {}
     for r in recordings:
         sf.write(str(corpus / "audio" / f"{r['dialog']}.wav"), r["audio"], utils.SAMPLE_RATE, subtype="FLOAT")
-        dialogs[r["dialog"]] = {"session": 1, "kind": "impro", "scenario": r["dialog"], "script": None,
+        session = utils.session_of(r["dialog"]) if utils.iemocap_dialog_meta(r["dialog"]) else 1
+        dialogs[r["dialog"]] = {"session": session, "kind": "impro", "scenario": r["dialog"], "script": None,
                                 "wav": f"audio/{r['dialog']}.wav", "utterances": []}
     labels = {"corpus": str(corpus.resolve()), "labels": list(LABELS), "dialogs": dialogs,
               "counts": {}, "source": {"predict": [str(r["path"]) for r in recordings]}}
@@ -486,6 +488,8 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
         work = Path(args.keep_work) if args.keep_work else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
+        # temporary files of a killed run (in --keep-work, and in --out where it writes, not below)
+        utils.remove_stale_temp(work) + utils.remove_stale_temp(Path(args.out), recursive=False)
         write_corpus(work, recordings)
         pipe_dir = work / PIPE
         if args.asr_json is not None:

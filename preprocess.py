@@ -354,7 +354,7 @@ def reference_words(corpus: Path, utterances: list[dict], duration: float | None
         base = {"speaker": utt["speaker"], "utterance": utt["id"]}
         if utt.get("wdseg"):
             path = corpus / utt["wdseg"]
-            for row, (start_frame, end_frame, _, token) in enumerate(parse_wdseg(path), 1):
+            for row, (start_frame, end_frame, _, token) in enumerate(parse_wdseg(path, utt["end"] - utt["start"]), 1):
                 end = utt["start"] + (end_frame + 1) / 100
                 utils.check_in_audio(end, duration, f"{path}: word row {row}",
                                      f"{token!r:.40} (frames {start_frame}-{end_frame} from the utterance start "
@@ -737,7 +737,7 @@ def _model_reference(params: dict, key: str, pipeline: str, config_path) -> tupl
         raise PipelineError(f"{config_path}: pipeline.params.{key} is missing")
     if not isinstance(ref, str):
         raise PipelineError(f"{config_path}: pipeline.params.{key}: expected a name, a path or $model/<subfolder>, "
-                            f"got {ref!r}")
+                            f"got {utils.quote(ref)}")
     if ref.startswith("$model/"):
         sub = ref[len("$model/"):]
         if "@" in sub:
@@ -1398,6 +1398,7 @@ def main(argv=None):
     names = all_names[k::n]
     pipe = pipe_name(args)
     out = work / pipe
+    utils.remove_stale_temp(out)  # temporary files of a killed run
     config = run_config(args)
     key = config_key(config)
     manifest_path = out / "manifest.json"

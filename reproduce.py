@@ -972,6 +972,7 @@ def main(argv=None):
     work, results_dir = Path(cfg["work"]), Path(args.results)
     work.mkdir(parents=True, exist_ok=True)
     results_dir.mkdir(parents=True, exist_ok=True)
+    utils.remove_stale_temp(results_dir)  # temporary files of a killed run
     configs = plan_configs(cfg, args)
     runner = Runner(work, args.force, cfg["jobs"])
     run_pipeline(cfg, args, runner, configs)

@@ -457,6 +457,7 @@ def score_named_run(work: Path, name: str, labels: dict, args, data_check: dict 
     data_check, utils.check_run_data's record)."""
     settings = settings_from_args(args)
     run_dir = work / "runs" / name
+    utils.remove_stale_temp(run_dir)  # temporary files of a killed run (its folds' too)
     print(f"{name}: settings {settings}")
     t0 = time.perf_counter()
     folds = fold_dirs(run_dir)

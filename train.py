@@ -41,8 +41,10 @@ Splits (--folds):
 Sweeps: --variant, --modality, --fusion and --seed take several values, and one invocation trains
 every combination: for each variant, the fused model with each --fusion and each single modality
 (a single-modality run has no fusion; it records the first --fusion), each with every seed. Each
-variant's data is read once (and a frozen CNN's features computed once) for all its runs. Name the
-runs with a --run template holding {variant} {modality} {fusion} {seed} wherever the sweep varies
+variant's data is read once (and a frozen CNN's features computed once) for all the runs that
+prepare it alike: each arm prepares its audio as its own model's config says (do_normalize), and
+shares only data prepared the same way; every run equals that run trained alone. Name the runs
+with a --run template holding {variant} {modality} {fusion} {seed} wherever the sweep varies
 (or give one name per run, in that order: variant, then modality and fusion, then seed), e.g.
     python train.py --variant aligned-p0.5 aligned-p1 aligned-p1.5 aligned-p2 --seed 0 1 2 --run 'pause-{variant}-s{seed}'
 
@@ -333,8 +335,10 @@ def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple
     do_norm = bool(getattr(AutoFeatureExtractor.from_pretrained(args.audio_model), "do_normalize", True)) if use_audio else True
     feature_dirs = {}
     if args.mode == "frozen":
-        settings = {"text": {"max_text_tokens": args.max_text_tokens},
-                    "audio": {"max_audio_seconds": args.max_audio_seconds, "do_normalize": do_norm}}
+        # everything that changes an embedding besides the extractor and the code (utils.feature_key)
+        settings = {"text": {"max_text_tokens": args.max_text_tokens, "bf16": bf16,
+                             "tokenizer_sha256": utils.tokenizer_digest(args.text_model) if use_text else None},
+                    "audio": {"max_audio_seconds": args.max_audio_seconds, "do_normalize": do_norm, "bf16": bf16}}
         feature_dirs = {k: str(work / "features" / utils.feature_key(k, extractors[k], settings[k]) / args.pipe / args.variant)
                         for k in ("text", "audio") if extractors[k] is not None}
     config = {k: v for k, v in vars(args).items() if k not in ("run", "folds")}
@@ -361,11 +365,11 @@ def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple
         say(f"resuming {run_dir} after epoch {resume_state['epoch']}")
     if main_rank:
         run_dir.mkdir(parents=True, exist_ok=True)
-        stale_tmp = sorted(run_dir.glob(".*.tmp"))  # left by a write that a kill interrupted (utils.atomic_write_bytes)
-        for f in stale_tmp:
-            f.unlink()
+        # left by a write that a kill interrupted (utils.atomic_write_bytes), in the run dir and its feature caches
+        stale_tmp = utils.remove_stale_temp(run_dir, recursive=False) + utils.remove_stale_temp(*feature_dirs.values())
         if stale_tmp:
-            say(f"removed {len(stale_tmp)} unfinished temporary file(s) of an interrupted run from {run_dir}")
+            say(f"removed {stale_tmp} unfinished temporary file(s) of an interrupted run from {run_dir}"
+                + (" and its feature caches" if feature_dirs else ""))
         log_path = run_dir / "log.jsonl"
         if resume_state is None and log_path.exists():
             log_path.unlink()
@@ -385,7 +389,12 @@ def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple
     norm_segment, norm_row = utils.normalisation_places(args.audio_padding, do_norm)
     collator = utils.Collator(tokenizer, args.max_text_tokens, normalize_rows=norm_row)
 
-    datasets = shared.setdefault("datasets", {})
+    # Keyed by what changes their audio (each arm of a modality sweep prepares it as its own model's config
+    # says); a text-only model reads no audio, so any arm's datasets serve it.
+    dkey = ("datasets", args.max_audio_seconds, do_norm if use_audio else None)
+    if not use_audio:
+        dkey = next((k for k in shared if isinstance(k, tuple) and k[0] == "datasets"), dkey)
+    datasets = shared.setdefault(dkey, {})
     for part in ("train", "val"):
         if part in datasets:
             continue
@@ -402,7 +411,7 @@ def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple
     if args.mode == "frozen":
         for p in model.extractor_parameters():
             p.requires_grad_(False)
-        feats = shared.setdefault(("feats", *sorted(feature_dirs)), {})  # per extractor set: a text-only run has no audio
+        feats = shared.setdefault(("feats", *sorted(feature_dirs.items())), {})  # per feature cache (utils.feature_key)
         for part, ds in datasets.items():
             if part in feats:
                 continue

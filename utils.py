@@ -58,6 +58,19 @@ class _UsageError(PipelineError):
     """A command-line error reported by argparse, under run_main."""
 
 
+QUOTE_CHARS = 120  # the most characters of a bad input line an error message quotes
+
+
+def quote(text, limit: int = QUOTE_CHARS) -> str:
+    """repr(text) of at most about `limit` characters: a longer one keeps its start and end, elides the
+    middle and says how long it was (a 1 MB line must not make a 1 MB message)."""
+    r = repr(text)
+    if len(r) <= limit:
+        return r
+    head, tail = limit * 2 // 3, limit // 4
+    return f"{r[:head]}...{r[-tail:]} ({len(text)} characters)"
+
+
 def one_line(text: str) -> str:
     """A message on one line: its non-blank lines joined with single spaces."""
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
@@ -227,7 +240,8 @@ def atomic_write_bytes(path, data: bytes) -> None:
     """Write data to path via a temp file in the same folder and a rename: never half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # The writer's pid in the name lets a later run tell a killed write's leftover from a live one (remove_stale_temp).
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -241,6 +255,44 @@ def atomic_write_bytes(path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+# ".<name>.<pid>.<random>.tmp" (atomic_write_bytes); ".<name>.<random>.tmp" from code before the pid was added.
+TEMP_NAME_RE = re.compile(r"^\..+?(?:\.(\d+))?\.[A-Za-z0-9_]+\.tmp$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: the process exists (another user's)
+        return True
+    return True
+
+
+def remove_stale_temp(*dirs, recursive: bool = True) -> int:
+    """Remove the temporary files that atomic_write_bytes left in dirs (and, recursive, below them)
+    when its process was killed mid-write: a name of its pattern whose writer pid is no longer
+    alive, or this process's own (none of its writes is in flight when a step starts). Returns
+    how many were removed; a step calls it on its output folders when it starts."""
+    removed = 0
+    for d in dirs:
+        d = Path(d)
+        if not d.is_dir():
+            continue
+        for f in (d.rglob(".*.tmp") if recursive else d.glob(".*.tmp")):
+            m = TEMP_NAME_RE.match(f.name)
+            if m is None or not f.is_file():
+                continue
+            pid = int(m.group(1)) if m.group(1) else None
+            if pid is None or pid == os.getpid() or not _pid_alive(pid):
+                try:
+                    f.unlink()
+                    removed += 1
+                except FileNotFoundError:  # removed meanwhile by its writer or another cleaner
+                    pass
+    return removed
 
 
 def atomic_write_text(path, text: str) -> None:
@@ -274,14 +326,72 @@ def read_json(path, what: str = "JSON file"):
         raise PipelineError(f"{path}: corrupt {what}: {one_line(str(e))}") from e
 
 
-def atomic_torch_save(obj, path) -> None:
+def atomic_torch_save(obj, path, checksum: bool = True) -> str:
+    """torch.save to path atomically -> the sha256 of the bytes written. checksum (default) also
+    records that sha256 in the sidecar <path>.sha256 (checksum_path), removed before the write and
+    written after it, so that a kill in between leaves a file without a sidecar (unfinished) and
+    never a sidecar that belongs to other bytes. load_checked_pt verifies it (step-3 and feature
+    caches); checkpoints get one too, unverified by load_pt."""
     import io
 
     import torch
 
     buf = io.BytesIO()
     torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    data = buf.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    if checksum:
+        checksum_path(path).unlink(missing_ok=True)
+    atomic_write_bytes(path, data)
+    if checksum:
+        atomic_write_text(checksum_path(path), f"{digest}  {Path(path).name}\n")
+    return digest
+
+
+def checksum_path(path) -> Path:
+    """The sidecar holding a file's sha256 (as sha256sum writes it): <file>.sha256."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def read_verified(path, what: str, rerun: str) -> tuple[bytes, str]:
+    """(bytes, sha256) of a file whose sha256 must equal the one in its sidecar (checksum_path), the
+    file read once. PipelineError naming the file, ending with `rerun` (how to rewrite it), when the
+    file or its sidecar is missing or the digests differ (flipped, swapped or truncated bytes)."""
+    path, side = Path(path), checksum_path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: {what} not found; {rerun}")
+    if not side.is_file():
+        raise PipelineError(f"{path}: {what} without its checksum file {side.name} (its write did not finish, "
+                            f"or an older version wrote it); {rerun}")
+    try:
+        data, recorded = path.read_bytes(), side.read_text(encoding="utf-8", errors="replace").split()
+    except OSError as e:
+        raise PipelineError(f"{path}: cannot read {what}: {e.strerror or e}") from e
+    digest = hashlib.sha256(data).hexdigest()
+    if not recorded or recorded[0] != digest:
+        raise PipelineError(f"{path}: corrupt {what}: its sha256 {digest[:16]}... differs from the one recorded in "
+                            f"{side.name} when it was written; {rerun}")
+    return data, digest
+
+
+def verified_sha256(path, what: str = "file", rerun: str = "re-run the step that writes it") -> str:
+    """A file's sha256, checked against its sidecar (read_verified): a digest of what a run read."""
+    return read_verified(path, what, rerun)[1]
+
+
+def load_checked_pt(path, what: str, rerun: str):
+    """(object, sha256) of a .pt written by atomic_torch_save(checksum=True): the bytes read once and
+    verified (read_verified), then loaded from memory with weights_only=True."""
+    import io
+
+    import torch
+
+    data, digest = read_verified(path, what, rerun)
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), digest
+    except Exception as e:  # verified bytes that do not load: written by other code
+        raise PipelineError(f"{path}: unreadable {what}: {type(e).__name__}: {one_line(str(e))[:200]}; {rerun}") from e
 
 
 def load_pt(path, what: str = ".pt file"):
@@ -347,6 +457,14 @@ def is_finite_number(x) -> bool:
         return False
 
 
+def check_session_name(dialog: str, session, where: str) -> None:
+    """An IEMOCAP-named dialog (Ses02F_...) must be in the session its name gives (the fold follows the
+    session); other names (a CSV corpus) may have any session."""
+    if session is not None and iemocap_dialog_meta(dialog) is not None and session != session_of(dialog):
+        raise PipelineError(f"{where}: 'session' {session} but the IEMOCAP name says session {session_of(dialog)}; "
+                            "a dialog's session decides its fold, so they must agree")
+
+
 def check_labels(data: dict, path, require=()) -> None:
     """The schema of labels.json (docs/FORMATS.md), checked once where it is read (load_labels).
 
@@ -380,6 +498,7 @@ def check_labels(data: dict, path, require=()) -> None:
         for key, ok in checks.items():
             if key in info and not ok(info[key]):
                 raise PipelineError(f"{where}: bad {key!r} {info[key]!r:.60}")
+        check_session_name(d, info.get("session"), where)
         if not isinstance(info["utterances"], list):
             raise PipelineError(f"{where}: 'utterances' must be a list, got {type(info['utterances']).__name__}")
         ids = set()
@@ -463,7 +582,8 @@ def read_rttm(path, dialog: str | None = None, duration: float | None = None,
         if not fields or fields[0].startswith("#"):
             continue
         if fields[0] != "SPEAKER" or len(fields) < 8:
-            raise PipelineError(f"{path}:{n}: expected 'SPEAKER <file> <chan> <start> <dur> <NA> <NA> <label> ...', got {line.strip()!r:.120}")
+            raise PipelineError(f"{path}:{n}: expected 'SPEAKER <file> <chan> <start> <dur> <NA> <NA> <label> ...', "
+                                f"got {quote(line.strip())}")
         try:
             start, dur = float(fields[3]), float(fields[4])
         except ValueError:
@@ -472,7 +592,7 @@ def read_rttm(path, dialog: str | None = None, duration: float | None = None,
             raise PipelineError(f"{path}:{n}: start and duration must be finite numbers of seconds, got "
                                 f"{fields[3]!r:.40} {fields[4]!r:.40}")
         if not (start >= 0 and dur >= 0):
-            raise PipelineError(f"{path}:{n}: negative start or duration in {line.strip()!r:.120}")
+            raise PipelineError(f"{path}:{n}: negative start or duration in {quote(line.strip())}")
         if dialog is not None and fields[1] != dialog:
             others[fields[1]] += 1
             continue
@@ -603,12 +723,14 @@ def read_text_lines(path, decode_log: Counter | None = None) -> list[str]:
 MAX_WDSEG_FRAME = 60_000  # 10 minutes at 100 frames/s: far above any utterance (IEMOCAP's are under 35 s)
 
 
-def parse_wdseg(path) -> list[tuple[int, int, int, str]]:
+def parse_wdseg(path, seconds: float | None = None) -> list[tuple[int, int, int, str]]:
     """Parse one ForcedAlignment .wdseg (CMU Sphinx-3) -> [(start_frame, end_frame, score, token)].
 
     Tokens are returned as written (<s>, <sil>, ++BREATHING++, WHAT(2) ...); frames are 10 ms from
     the start of the utterance wav. Validates the "SFrm EFrm SegAScr Word" header, every row and the
-    "Total score: N" trailer.
+    "Total score: N" trailer. seconds: the utterance's length; a row ending later (frame EFrm ends
+    at (EFrm + 1) / 100 s) than seconds + TIME_TOLERANCE_S is an error naming the row: its times
+    belong to audio outside the utterance (docs/FORMATS.md).
     """
     path = Path(path)
     lines = read_text_lines(path)
@@ -621,15 +743,15 @@ def parse_wdseg(path) -> list[tuple[int, int, int, str]]:
         where = f"{path}:{n}"
         if state == "header":
             if fields != ["SFrm", "EFrm", "SegAScr", "Word"]:
-                raise PipelineError(f"{where}: expected the header 'SFrm EFrm SegAScr Word', got {line!r}")
+                raise PipelineError(f"{where}: expected the header 'SFrm EFrm SegAScr Word', got {quote(line)}")
             state = "rows"
         elif state == "rows" and fields[:2] == ["Total", "score:"]:
             if len(fields) != 3 or not re.fullmatch(r"-?\d+", fields[2]):
-                raise PipelineError(f"{where}: expected 'Total score: <integer>', got {line!r}")
+                raise PipelineError(f"{where}: expected 'Total score: <integer>', got {quote(line)}")
             state = "done"
         elif state == "rows":
             if len(fields) != 4 or not all(re.fullmatch(r"-?\d+", f) for f in fields[:3]):
-                raise PipelineError(f"{where}: expected '<start frame> <end frame> <score> <word>', got {line!r:.120}")
+                raise PipelineError(f"{where}: expected '<start frame> <end frame> <score> <word>', got {quote(line)}")
             if any(len(f.lstrip("-")) > 18 for f in fields[:3]):
                 raise PipelineError(f"{where}: a number of {max(len(f) for f in fields[:3])} digits; expected frame "
                                     f"numbers up to {MAX_WDSEG_FRAME} and an integer score")
@@ -639,9 +761,14 @@ def parse_wdseg(path) -> list[tuple[int, int, int, str]]:
             if end > MAX_WDSEG_FRAME:
                 raise PipelineError(f"{where}: end frame {end} is {end / 100:.0f} s into the utterance; expected at "
                                     f"most {MAX_WDSEG_FRAME} (10 minutes at 100 frames per second)")
+            if seconds is not None and (end + 1) / 100 > seconds + TIME_TOLERANCE_S:
+                raise PipelineError(f"{where}: word {quote(fields[3], 60)} ends at frame {end} "
+                                    f"({(end + 1) / 100:.2f} s), "
+                                    f"past the end of its utterance ({seconds:.2f} s long); expected frames inside "
+                                    "the utterance's audio")
             rows.append((start, end, score, fields[3]))
         else:
-            raise PipelineError(f"{where}: expected nothing after the 'Total score' line, got {line!r}")
+            raise PipelineError(f"{where}: expected nothing after the 'Total score' line, got {quote(line)}")
     if state == "header":
         raise PipelineError(f"{path}: expected the header 'SFrm EFrm SegAScr Word', got an empty file")
     if state != "done":
@@ -1113,6 +1240,24 @@ def extractor_identity(name_or_dir: str) -> dict:
             h.update(f.read_bytes())
         ident["weights_sha256"] = h.hexdigest()
     return ident
+
+
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.json", "vocab.txt", "merges.txt",
+                   "special_tokens_map.json", "added_tokens.json", "spm.model", "sentencepiece.bpe.model")
+
+
+def tokenizer_digest(name_or_dir: str) -> str | None:
+    """sha256 over the tokenizer files of a local model dir (they change the token ids, so the text
+    embeddings: utils.feature_key); None for a hub name (its config and name identify it)."""
+    path = Path(name_or_dir)
+    if not path.is_dir():
+        return None
+    h = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        if (path / name).is_file():
+            h.update(name.encode())
+            h.update((path / name).read_bytes())
+    return h.hexdigest()
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -1621,6 +1766,16 @@ def check_cache_segment(seg, where: str, sample_rate: int = SAMPLE_RATE) -> int:
     return int(label)
 
 
+def step3_rerun(path) -> str:
+    """How to rewrite the step-3 cache WORK/<pipe>/<variant>/cache/<dialog>.pt (for error messages)."""
+    path = Path(path)
+    if len(path.parents) < 4:
+        return "re-run step 3 (align.py --overwrite) to rewrite it"
+    work, pipe, variant = path.parents[3], path.parents[2].name, path.parents[1].name
+    return (f"re-run step 3 to rewrite it: python align.py --work {work} --pipe {pipe} --overwrite "
+            f"--dialogs {path.stem} (with the switches that made {variant})")
+
+
 class SegmentDataset(torch.utils.data.Dataset):
     """All segments of the given step-3 caches (WORK/<pipe>/<variant>/cache/<dialog>.pt).
 
@@ -1639,8 +1794,9 @@ class SegmentDataset(torch.utils.data.Dataset):
                        "audio_shorter_than_times": 0}
         max_samples = int(max_audio_seconds * sample_rate) if max_audio_seconds else 0
         seen = {}  # segment id -> the cache holding it
+        self.sha256 = {}  # dialog -> the verified sha256 of its cache file (what was read)
         for path in cache_paths:
-            cache = load_pt(path, "segment cache")
+            cache, self.sha256[Path(path).stem] = load_checked_pt(path, "segment cache", step3_rerun(path))
             check_cache(cache, path, sample_rate)
             self.counts["dialogs"] += 1
             for n, seg in enumerate(cache["segments"]):
@@ -1826,9 +1982,13 @@ def cached_embeddings(model: SERModel, dataset: SegmentDataset, collator: Collat
         embedder = model.text if kind == "text" else model.audio
         store = {}
         for d in dialogs:
-            source = hashlib.sha256((Path(cache_dir) / f"{d}.pt").read_bytes()).hexdigest()
+            source_path = Path(cache_dir) / f"{d}.pt"
+            source = (getattr(dataset, "sha256", {}).get(d)  # verified when the dataset read it
+                      or verified_sha256(source_path, "segment cache", step3_rerun(source_path)))
             path = Path(folder) / f"{d}.pt"
-            old = load_pt(path, "feature cache") if path.is_file() else None
+            # Without its sidecar a feature cache is unfinished (killed mid-write) or older: computed anew.
+            old = (load_checked_pt(path, "feature cache", f"delete it (and {checksum_path(path).name}); step 4 then "
+                                   "recomputes it")[0] if path.is_file() and checksum_path(path).is_file() else None)
             store[d] = {"source_sha256": source, "emb": dict(old["emb"]) if old and old.get("source_sha256") == source else {}}
         missing = [i for i, s in enumerate(dataset.segments) if s["id"] not in store[s["dialog"]]["emb"]]
         out["reused"] += len(dataset) - len(missing)
@@ -1839,6 +1999,9 @@ def cached_embeddings(model: SERModel, dataset: SegmentDataset, collator: Collat
             sampler = LengthBucketSampler([dataset.lengths[i] for i in missing], batch_size, shuffle=False)
             subset = torch.utils.data.Subset(dataset, missing)
             loader = torch.utils.data.DataLoader(subset, batch_sampler=sampler, collate_fn=collator, num_workers=num_workers)
+            # the loader draws from the global RNG: restored below, so that training (dropout, order) is the
+            # same whether the embeddings are computed now or read from the cache
+            rng_state = torch.get_rng_state()
             from tqdm import tqdm
 
             for batch in tqdm(loader, desc=f"frozen {kind} embeddings", leave=False):
@@ -1850,6 +2013,7 @@ def cached_embeddings(model: SERModel, dataset: SegmentDataset, collator: Collat
                     seg = dataset.segments[i]
                     store[seg["dialog"]]["emb"][seg["id"]] = e.clone()
             embedder.train(was_training)
+            torch.set_rng_state(rng_state)
             for d in sorted({dataset.segments[i]["dialog"] for i in missing}):
                 atomic_torch_save(store[d], Path(folder) / f"{d}.pt")
         out[kind] = torch.stack([store[s["dialog"]]["emb"][s["id"]] for s in dataset.segments])

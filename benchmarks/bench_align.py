@@ -2,6 +2,7 @@
 
     python benchmarks/bench_align.py                 # 1,000,000 words
     python benchmarks/bench_align.py --words 200000 --speakers 4
+    python benchmarks/bench_align.py --small         # 2,000 words: a smoke test in a second
 
 The synthetic dialog: speakers take turns of 1-30 words; words last 0.1-0.6 s with pauses of
 0-2 s; diarization turns cover each speaker's run of words with +-0.2 s of jitter (so turns
@@ -56,7 +57,10 @@ def main(argv=None):
     p.add_argument("--speakers", type=int, default=2)
     p.add_argument("--max-pause", type=float, default=1.5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--small", action="store_true", help="2,000 words (a smoke test that runs in a second)")
     args = p.parse_args(argv)
+    if args.small:
+        args.words = 2000
 
     t = time.perf_counter()
     asr, turns = synthetic_dialog(args.words, args.speakers, args.seed)

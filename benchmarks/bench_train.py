@@ -18,6 +18,8 @@ the ratio ours / authors.
 
     python benchmarks/bench_train.py                   # GPU, base-sized models
     python benchmarks/bench_train.py --tiny --device cpu --utterances 32
+    python benchmarks/bench_train.py --small           # = --tiny --device cpu --utterances 8 --warmup 1
+                                                       #   --num-workers 0 (a smoke test in seconds)
 """
 from __future__ import annotations
 
@@ -157,7 +159,11 @@ def main(argv=None) -> dict:
     p.add_argument("--no-bf16", action="store_true", help="ours without bf16 autocast (isolates bucketing)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="also write the figures as JSON here")
+    p.add_argument("--small", action="store_true", help="a smoke test in seconds: --tiny --device cpu --utterances 8 "
+                                                        "--warmup 1 --num-workers 0")
     args = p.parse_args(argv)
+    if args.small:
+        args.tiny, args.device, args.utterances, args.warmup, args.num_workers = True, "cpu", 8, 1, 0
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     with tempfile.TemporaryDirectory() as tmp:
         paths = build(Path(tmp), args.seed) if args.tiny else build_base_sized(Path(tmp), args.seed)

@@ -6,6 +6,7 @@ expected answer is known: the same utterances (ids, times, labels, sessions, wav
 """
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -99,12 +100,20 @@ def test_other_corpus_speakers_sessions_and_map(demo_corpus, step1, tmp_path):
         r["id"] = "u" + r["id"]  # no IEMOCAP '<dialog>_<F|M>' form
         r["speaker"] = names[r["speaker"]]
         r["emotion"] = words.get(r["emotion"], "frustrated")
+    flags = ["--work", str(tmp_path), "--audio-root", str(root), "--emotion-map",
+             "happy=hap,excited=hap,angry=ang,sad=sad,neutral=neu,frustrated=none"]
     path = write_csv(tmp_path / "c.csv", rows, [c for c in COLUMNS if c not in ("session", "wdseg")])
-    data = corpus_from_csv.main([str(path), "--work", str(tmp_path), "--audio-root", str(root), "--emotion-map",
-                                 "happy=hap,excited=hap,angry=ang,sad=sad,neutral=neu,frustrated=none"])
+    # dialogs named by their IEMOCAP wavs keep their names' sessions: the default session 1 is refused
+    refused = r"c\.csv: dialog Ses05\w+: 'session' 1 but the IEMOCAP name says session 5"
+    with pytest.raises(utils.PipelineError, match=refused):
+        corpus_from_csv.main([str(path), *flags])
+    for r in rows:  # any other names take the default session
+        r["dialog"] = "call_" + Path(r["audio"]).stem
+    path = write_csv(tmp_path / "c.csv", rows, [c for c in COLUMNS if c not in ("session", "wdseg")] + ["dialog"])
+    data = corpus_from_csv.main([str(path), *flags])
     assert {d["session"] for d in data["dialogs"].values()} == {1}
     for name, ref in step1["dialogs"].items():
-        got = data["dialogs"][name]["utterances"]
+        got = data["dialogs"]["call_" + name]["utterances"]
         assert [u["label"] for u in got] == [u["label"] for u in ref["utterances"]]
         first = ref["utterances"][0]["speaker"]
         letter = {first: "F", ({"F", "M"} - {first}).pop(): "M"}

@@ -456,3 +456,185 @@ def test_fuzz_dialog_wav(tmp_path):
         assert seconds == len(x) / 16000, (case, what)  # the header and the samples agree
         outcomes["ok"] += 1
     assert outcomes["error"] >= 15 and outcomes["ok"] >= 10, outcomes
+
+
+# --------------------------------------------------------------------------- checksums of step-3 caches
+
+def test_fuzz_pt_cache_checksum(tmp_path):
+    """A step-3 cache with flipped, swapped, cut or appended bytes, or without its checksum file, is a
+    one-line error naming the file and step 3; never data that differs from what step 3 wrote."""
+    path = tmp_path / "w" / "p" / "aligned-p1.5" / "cache" / f"{DIALOG}.pt"
+    digest = utils.atomic_torch_save(valid_cache(), path)
+    original = path.read_bytes()
+    assert digest == __import__("hashlib").sha256(original).hexdigest() == utils.verified_sha256(path)
+    assert utils.SegmentDataset([path], labelled_only=False).sha256 == {DIALOG: digest}
+    rng = np.random.default_rng(13)
+    for case in range(40):
+        data = bytearray(original)
+        op = case % 4
+        if op == 0:  # one bit flipped
+            pos = int(rng.integers(len(data)))
+            data[pos] ^= 1 << int(rng.integers(8))
+        elif op == 1:  # two different bytes swapped
+            i, j = (int(x) for x in rng.choice(len(data), 2, replace=False))
+            while data[i] == data[j]:
+                j = int(rng.integers(len(data)))
+            data[i], data[j] = data[j], data[i]
+        elif op == 2:
+            data = data[:int(rng.integers(len(data)))]
+        else:
+            data += bytes(rng.integers(0, 256, int(rng.integers(1, 64)), dtype=np.uint8))
+        path.write_bytes(bytes(data))
+        with pytest.raises(PipelineError) as e:
+            utils.SegmentDataset([path], labelled_only=False)
+        message = str(e.value)
+        assert message.startswith(f"{path}: corrupt segment cache") and "re-run step 3" in message, (case, message)
+        assert "\n" not in message and len(message) < 600, (case, message)
+    path.write_bytes(original)
+    utils.checksum_path(path).unlink()  # e.g. a kill between the cache and its sidecar
+    with pytest.raises(PipelineError, match="without its checksum file .* re-run step 3"):
+        utils.SegmentDataset([path], labelled_only=False)
+
+
+# --------------------------------------------------------------------------- .wdseg frames past the utterance
+
+def test_fuzz_wdseg_frames_past_the_utterance(tmp_path):
+    """A .wdseg row ending past its utterance's audio (+ TIME_TOLERANCE_S) is an error naming the row;
+    up to the tolerance it is accepted unchanged."""
+    root = tmp_path / "IEMOCAP_full_release"
+    shutil.copytree(MINI, root)
+    target = root / WDSEG
+    lines = target.read_text().split("\n")
+    utt = {"id": "Ses01F_impro01_F001", "start": 14.8872, "end": 18.0175, "speaker": "F", "wdseg": WDSEG, "text": "x"}
+    seconds = utt["end"] - utt["start"]
+    rows = [k for k, line in enumerate(lines) if len(line.split()) == 4 and line.split()[0].isdigit()]
+    rng = np.random.default_rng(14)
+    outcomes = {"error": 0, "ok": 0}
+    for case in range(30):
+        k = rows[int(rng.integers(len(rows)))]
+        fields = lines[k].split()
+        end = int(seconds * 100) + int(rng.integers(-3, 6) if case % 3 == 0 else rng.integers(6, 300))
+        start = min(int(fields[0]), end)
+        mutated = lines.copy()
+        mutated[k] = f"{start} {end} {fields[2]} {fields[3]}"
+        target.write_text("\n".join(mutated))
+        past = (end + 1) / 100 > seconds + utils.TIME_TOLERANCE_S
+        try:
+            words, _ = preprocess.reference_words(root, [utt], 25.0)
+        except PipelineError as e:
+            assert past, (case, end, str(e))
+            assert str(e).startswith(f"{target}:{k + 1}:") and "past the end of its utterance" in str(e), str(e)
+            outcomes["error"] += 1
+            continue
+        assert not past, (case, end)
+        assert all(w["end"] <= utt["end"] + utils.TIME_TOLERANCE_S + 1e-9 for w in words), case
+        outcomes["ok"] += 1
+    assert outcomes["error"] >= 15 and outcomes["ok"] >= 5, outcomes
+
+
+# --------------------------------------------------------------------------- labels.json sessions
+
+def test_fuzz_labels_json_session_must_match_an_iemocap_name(tmp_path):
+    """An IEMOCAP-named dialog given another session than its name's is refused (it would change
+    fold); a dialog with any other name (a CSV corpus) may have any session."""
+    work = tmp_path / "work"
+    step1.main(["--iemocap", str(MINI), "--work", str(work)])
+    valid = json.loads((work / "labels.json").read_text())
+    rng = np.random.default_rng(15)
+    for case in range(10):
+        data = copy.deepcopy(valid)
+        d = sorted(data["dialogs"])[int(rng.integers(len(data["dialogs"])))]
+        own = utils.session_of(d)
+        data["dialogs"][d]["session"] = int(rng.choice([s for s in range(1, 7) if s != own]))
+        (work / "labels.json").write_text(json.dumps(data))
+        with pytest.raises(PipelineError) as e:
+            utils.load_labels(work)
+        assert str(e.value).startswith(f"{work / 'labels.json'}: dialog {d}: 'session'"), str(e.value)
+        # the same dialog under a non-IEMOCAP name keeps whatever session it is given
+        data["dialogs"][f"call_{case}"] = data["dialogs"].pop(d)
+        for u in data["dialogs"][f"call_{case}"]["utterances"]:
+            u["id"] = u["id"].replace(d, f"call_{case}")
+        (work / "labels.json").write_text(json.dumps(data))
+        assert utils.load_labels(work)["dialogs"][f"call_{case}"]["session"] != own
+
+
+# --------------------------------------------------------------------------- long lines in error messages
+
+def test_a_megabyte_line_is_quoted_in_at_most_about_120_characters(tmp_path):
+    """Every reader that quotes a bad line quotes at most about 120 characters of it."""
+    huge = "Ses01F_impro01_F000 " + "x" * 1_000_000
+    cases = []
+    for name, rel in (("wdseg", WDSEG), ("trans", TRANS), ("emo", EMO)):
+        root = tmp_path / name / "IEMOCAP_full_release"
+        shutil.copytree(MINI, root)
+        text = (root / rel).read_text(encoding="latin-1")  # the fixture has cp1252 bytes, as IEMOCAP
+        if rel == WDSEG:
+            (root / rel).write_text(text.replace("SFrm", huge, 1), encoding="latin-1")
+            cases.append((lambda path=root / rel: utils.parse_wdseg(path), root / rel))
+        else:
+            (root / rel).write_text(text + "\n[1.0 - 2.0]\t" + huge + "\n" if rel == EMO else huge + "\n" + text,
+                                    encoding="latin-1")
+            cases.append((lambda r=root: step1.build_labels(r), root / rel))
+    rttm = tmp_path / "a.rttm"
+    rttm.write_text("SPEAKER x 1 0.0 1.0 <NA> <NA> A <NA> <NA>\n" + huge + "\n")
+    cases.append((lambda: utils.read_rttm(rttm), rttm))
+    for run, path in cases:
+        with pytest.raises(PipelineError) as e:
+            run()
+        message = str(e.value)
+        assert str(path) in message and "\n" not in message, message[:300]
+        assert len(message) < len(str(path)) + 400, (path, len(message))
+    assert utils.quote("y" * 10) == repr("y" * 10) and len(utils.quote("y" * 10 ** 6)) < 160
+
+
+# --------------------------------------------------------------------------- temporary files of a killed step
+
+def killed_write(path) -> Path:
+    """Start a process that writes `path` with utils.atomic_write_bytes, kill -9 it mid-write (after
+    its temporary file exists, before the rename) -> that temporary file."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("import os, sys, time; sys.path.insert(0, sys.argv[2]); import utils; "
+            "os.replace = lambda *a: time.sleep(600); utils.atomic_write_bytes(sys.argv[1], b'x' * 1000)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path), str(Path(utils.__file__).parent)])
+    for _ in range(600):
+        tmp = list(Path(path).parent.glob(f".{Path(path).name}.*.tmp"))
+        if tmp and tmp[0].stat().st_size == 1000:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(tmp) == 1 and f".{proc.pid}." in tmp[0].name, tmp
+    return tmp[0]
+
+
+def test_no_tmp_survives_a_kill_9_and_a_rerun(step3_work, tmp_path, monkeypatch, capsys):
+    """A write killed with kill -9 leaves its temporary file; the next run of the step removes it
+    (align.py, step 1, and the shared helper); a live writer's temporary file is left alone."""
+    work = step3_work
+    utils.atomic_write_json(work / "p" / "asr" / f"{DIALOG}.json", valid_asr())
+    utils.write_rttm(work / "p" / "diarization" / f"{DIALOG}.rttm", DIALOG, TURNS)
+    stale = [killed_write(work / "p" / "aligned-p1.5" / "cache" / f"{DIALOG}.pt")]
+    stale.append(stale[0].with_name(f".{DIALOG}.json.{stale[0].name.split('.')[-3]}.k2ll3d00.tmp"))
+    stale[1].parent.mkdir(parents=True, exist_ok=True)
+    stale[1].write_bytes(stale[0].read_bytes())
+    assert run_align(work, monkeypatch, capsys) == "ok"
+    assert not any(p.exists() for p in stale) and not list(work.rglob("*.tmp"))
+    # a kill between a cache and its checksum file: a plain re-run (no --overwrite) redoes that dialog
+    cache = work / "p" / "aligned-p1.5" / "cache" / f"{DIALOG}.pt"
+    utils.checksum_path(cache).unlink()
+    align.main(["--work", str(work), "--pipe", "p", "--variant", "aligned"])
+    assert "wrote 1 dialogs" in capsys.readouterr().out and utils.verified_sha256(cache)
+    # step 1 on its WORK; a temporary file of a live process (ours: a parent's) stays
+    w1 = tmp_path / "w1"
+    dead = killed_write(w1 / "labels.json")
+    import os
+    live = w1 / f".labels.json.{os.getppid()}.abcdefgh.tmp"
+    live.write_bytes(b"in flight")
+    step1.main(["--iemocap", str(MINI), "--work", str(w1)])
+    assert not dead.exists() and live.exists() and (w1 / "labels.json").is_file()
+    assert utils.remove_stale_temp(w1) == 0 and live.exists()

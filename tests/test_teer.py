@@ -8,6 +8,7 @@ from pyannote.metrics.diarization import DiarizationErrorRate
 from pyannote.metrics.identification import IdentificationErrorRate
 
 import teer_calculate as tc
+import utils
 from utils import PipelineError, atomic_write_json, read_json
 
 DEFAULT = dict(collar=0.25, uem="extent", nontarget="exclude", mapping="identity", speaker_mapping="overlap")
@@ -103,7 +104,7 @@ def make_run(tmp_path, utterances, segments, dialog="Ses05F_impro01", run="r", f
     work = tmp_path / "work"
     labels_path = work / "labels.json"
     labels = read_json(labels_path) if labels_path.is_file() else {"labels": ["hap", "ang", "sad", "neu"], "dialogs": {}}
-    labels["dialogs"][dialog] = {"session": 5, "utterances": utterances}
+    labels["dialogs"][dialog] = {"session": utils.session_of(dialog), "utterances": utterances}
     atomic_write_json(labels_path, labels)
     run_dir = work / "runs" / run / (fold or "")
     atomic_write_json(run_dir / "config.json", {"split": {"test": [dialog]}})

@@ -376,3 +376,65 @@ def test_folds_of_a_corpus_with_any_dialog_names_use_labels_sessions():
     assert fold["test"] == [f"call-3-{i}" for i in range(4)]
     assert sorted(fold["train"] + fold["val"]) == sorted(d for d in meta if meta[d]["session"] != 3)
     assert [meta[d]["session"] for d in fold["val"]].count(1) == 1 and [meta[d]["session"] for d in fold["val"]].count(2) == 1
+
+
+@pytest.mark.parametrize("mode", ["finetune", "frozen"])
+def test_modality_sweep_arms_equal_their_runs_alone(tmp_path, tiny_models, mode):
+    """A --modality sweep prepares each arm's data as that arm alone would: with an audio extractor
+    whose config says do_normalize false, the text arm (first) must not hand its normalised audio to
+    the audio and fusion arms. Each arm's config.json (do_normalize, feature caches) and trained
+    weights equal those of the arm run alone in a fresh work dir."""
+    import shutil
+
+    audio_dir = tmp_path / "audio-raw"
+    shutil.copytree(tiny_models["audio_model"], audio_dir)
+    pre = json.loads((audio_dir / "preprocessor_config.json").read_text())
+    (audio_dir / "preprocessor_config.json").write_text(json.dumps({**pre, "do_normalize": False}))
+    models = {**tiny_models, "audio_model": str(audio_dir)}
+    arms = ("text", "audio", "fusion")
+    swept = train.main(args_for(write_work(tmp_path / "sweep"), models, "sw-{modality}", "--mode", mode,
+                                "--epochs", "1", "--modality", *arms))
+    skip = ("run", "work", "code_version", "feature_dirs")
+    for arm, d in zip(arms, swept):
+        w = write_work(tmp_path / f"alone-{arm}")
+        alone = Path(train.main(args_for(w, models, f"sw-{arm}", "--mode", mode, "--epochs", "1", "--modality", arm)))
+        c_sweep, c_alone = (json.load(open(Path(p) / "config.json")) for p in (d, alone))
+        assert ({k: v for k, v in c_sweep.items() if k not in skip}
+                == {k: v for k, v in c_alone.items() if k not in skip}), arm
+        assert c_sweep["do_normalize"] is (arm == "text"), arm  # the audio arms follow their extractor's config
+        keys = {k: Path(v).relative_to(tmp_path / "sweep").parts for k, v in c_sweep["feature_dirs"].items()}
+        assert keys == {k: Path(v).relative_to(w).parts for k, v in c_alone["feature_dirs"].items()}, arm
+        a, b = utils.load_pt(Path(d) / "checkpoint_best.pt"), utils.load_pt(alone / "checkpoint_best.pt")
+        assert a["model"].keys() == b["model"].keys(), arm
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), arm
+    if mode == "frozen":  # a feature cache's key changes with what changes its content
+        dirs = {arm: json.load(open(Path(d) / "config.json"))["feature_dirs"] for arm, d in zip(arms, swept)}
+        assert dirs["audio"]["audio"] == dirs["fusion"]["audio"] and dirs["text"]["text"] == dirs["fusion"]["text"]
+        ident = utils.extractor_identity(str(audio_dir))
+        assert (utils.feature_key("audio", ident, {"max_audio_seconds": 0, "do_normalize": False, "bf16": False})
+                != utils.feature_key("audio", ident, {"max_audio_seconds": 0, "do_normalize": True, "bf16": False}))
+
+
+def test_a_corrupt_feature_cache_is_a_named_error_and_an_unfinished_one_is_recomputed(tmp_path, tiny_models, capsys):
+    """Frozen mode's feature caches carry a checksum: flipped bytes are a one-line error naming the
+    file and step 4; a cache without its checksum file (a killed write) is computed anew."""
+    w = write_work(tmp_path / "w")
+    run = Path(train.main(args_for(w, tiny_models, "fz", "--mode", "frozen", "--epochs", "1", "--modality", "audio")))
+    files = sorted(Path(json.load(open(run / "config.json"))["feature_dirs"]["audio"]).glob("*.pt"))
+    assert files and all(utils.checksum_path(f).is_file() for f in files)
+    data = bytearray(files[0].read_bytes())
+    data[len(data) // 2] ^= 0x10
+    files[0].write_bytes(bytes(data))
+    with pytest.raises(utils.PipelineError) as e:
+        train.main(args_for(w, tiny_models, "fz2", "--mode", "frozen", "--epochs", "1", "--modality", "audio"))
+    assert str(e.value).startswith(f"{files[0]}: corrupt feature cache") and "step 4" in str(e.value), str(e.value)
+    utils.checksum_path(files[0]).unlink()
+    capsys.readouterr()
+    again = Path(train.main(args_for(w, tiny_models, "fz2", "--mode", "frozen", "--epochs", "1",
+                                     "--modality", "audio")))
+    import re
+
+    computed = [int(n) for n in re.findall(r"(\d+) computed", capsys.readouterr().out)]
+    assert sum(computed) > 0 and utils.checksum_path(files[0]).is_file(), computed
+    a, b = utils.load_pt(run / "checkpoint_best.pt"), utils.load_pt(again / "checkpoint_best.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # the same features again
