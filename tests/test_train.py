@@ -394,13 +394,15 @@ def test_modality_sweep_arms_equal_their_runs_alone(tmp_path, tiny_models, mode)
     arms = ("text", "audio", "fusion")
     swept = train.main(args_for(write_work(tmp_path / "sweep"), models, "sw-{modality}", "--mode", mode,
                                 "--epochs", "1", "--modality", *arms))
-    skip = ("run", "work", "code_version", "feature_dirs")
+    skip = ("run", "work", "code_version", "feature_dirs", "data")
     for arm, d in zip(arms, swept):
         w = write_work(tmp_path / f"alone-{arm}")
         alone = Path(train.main(args_for(w, models, f"sw-{arm}", "--mode", mode, "--epochs", "1", "--modality", arm)))
         c_sweep, c_alone = (json.load(open(Path(p) / "config.json")) for p in (d, alone))
         assert ({k: v for k, v in c_sweep.items() if k not in skip}
                 == {k: v for k, v in c_alone.items() if k not in skip}), arm
+        assert {k: v for k, v in c_sweep["data"].items() if k != "work"} == \
+            {k: v for k, v in c_alone["data"].items() if k != "work"}, arm  # the same data, in another folder
         assert c_sweep["do_normalize"] is (arm == "text"), arm  # the audio arms follow their extractor's config
         keys = {k: Path(v).relative_to(tmp_path / "sweep").parts for k, v in c_sweep["feature_dirs"].items()}
         assert keys == {k: Path(v).relative_to(w).parts for k, v in c_alone["feature_dirs"].items()}, arm
