@@ -235,7 +235,7 @@ def build_diarization(out: Path, seed: int = 0) -> Path:
     """A pipeline folder shaped like pyannote/speaker-diarization-community-1 -> OUT/diarization.
 
     config.yaml names its models as subfolders ($model/segmentation, $model/embedding, $model/plda),
-    so Pipeline.from_pretrained(<dir>) and preprocess.load_diarization_pipeline load it offline. The
+    so Pipeline.from_pretrained(<dir>) and common.step2_whisperx.load_diarization_pipeline load it offline. The
     PLDA files are required by the VBx clustering.
     """
     out = Path(out) / "diarization"

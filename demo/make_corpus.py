@@ -465,47 +465,70 @@ def synth_breath(rng, n: int, energy: float) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 def build_dialog(seed: int, d: dict, actors: dict, n_utts: int, audio_noise: float, text_noise: float):
+    """One dialog -> (utterances, int16 stereo samples, seconds): its lines, the utterances placed in
+    time with their cues, their ids and transcripts, then the audio. One random generator per dialog,
+    drawn from in this order, so a dialog does not depend on the others."""
     rng = np.random.default_rng([seed, d["session"], 0 if d["kind"] == "impro" else 1, d["index"]])
-    if d["kind"] == "script":
-        lines = script_lines(seed, d["lines_key"], n_utts)
-    else:
-        theme = IMPRO_THEMES[(d["session"] + d["index"]) % len(IMPRO_THEMES)]
-        speaker, lines = "FM"[rng.integers(2)], []
-        for _ in range(n_utts):
-            lines.append(dict(speaker=speaker, code=next_code(rng, theme, lines, speaker)))
-            speaker = speaker if rng.random() < 0.2 else {"F": "M", "M": "F"}[speaker]
+    lines = dialog_lines(seed, rng, d, n_utts)
     xx_at = int(rng.integers(n_utts)) if d["kind"] == "impro" else -1
+    utts = place_utterances(rng, d, lines, xx_at, actors, audio_noise, text_noise)
+    name_utterances(rng, d, utts)
+    pcm, seconds = render_dialog(rng, utts, actors)
+    return utts, pcm, seconds
 
+
+def dialog_lines(seed: int, rng, d: dict, n_utts: int) -> list[dict]:
+    """The dialog's lines [{speaker, code, ...}]: a script's, or an improvisation on a theme."""
+    if d["kind"] == "script":
+        return script_lines(seed, d["lines_key"], n_utts)
+    theme = IMPRO_THEMES[(d["session"] + d["index"]) % len(IMPRO_THEMES)]
+    speaker, lines = "FM"[rng.integers(2)], []
+    for _ in range(n_utts):
+        lines.append(dict(speaker=speaker, code=next_code(rng, theme, lines, speaker)))
+        speaker = speaker if rng.random() < 0.2 else {"F": "M", "M": "F"}[speaker]
+    return lines
+
+
+def utterance_cues(rng, kind: str, line: dict, actors: dict, audio_noise: float, text_noise: float):
+    """One line performed -> (code, audio cue, text cue, words, prosody)."""
+    code = line["code"]
+    if kind == "script":
+        # The script fixes the words; the performed emotion differs from the line's with text_noise.
+        # the performance's emotion is the line's valence twin (any other code outside the four)
+        if rng.random() < text_noise:
+            twin = VALENCE_TWIN.get(CODE_TO_LABEL.get(code))
+            code = twin or _pick(rng, {c: p for c, p in BASE_CODES.items() if c != code})
+        text_cue, words = line["text_cue"], line["words"]
+    else:
+        text_cue = text_emotion_of(rng, code)
+        if rng.random() < text_noise:
+            text_cue = confusable_emotion(rng, code, VALENCE_TWIN)
+        words = make_words(rng, text_cue, int(rng.integers(4, 13)))
+    audio_cue = code if code != "xxx" else None
+    if rng.random() < audio_noise:
+        audio_cue = confusable_emotion(rng, code, AROUSAL_TWIN)
+    if audio_cue is None:  # xxx: annotators disagreed -> a blend of two emotions
+        a, b = rng.choice(["neu", "ang", "hap", "sad", "fru"], size=2, replace=False)
+        w = rng.uniform(0.3, 0.7)
+        prosody = {k: (w * PROSODY[a][k] + (1 - w) * PROSODY[b][k]) if isinstance(PROSODY[a][k], float)
+                   else PROSODY[a][k] for k in PROSODY[a]}
+        audio_cue = "xxx"
+    else:
+        prosody = dict(PROSODY[audio_cue])
+    # per-utterance variation so no single cue is a perfect separator
+    prosody["pitch"] *= float(np.exp(rng.normal(0, 0.06)))
+    prosody["energy"] *= float(np.exp(rng.normal(0, 0.2))) * actors[line["speaker"]]["loudness"]
+    return code, audio_cue, text_cue, words, prosody
+
+
+def place_utterances(rng, d: dict, lines: list[dict], xx_at: int, actors: dict, audio_noise: float,
+                     text_noise: float) -> list[dict]:
+    """Each line performed and laid out in time after the previous one (utterance xx_at is never evaluated)."""
     utts, prev = [], None
     for i, line in enumerate(lines):
         spk = line["speaker"]
-        if d["kind"] == "script":
-            # The script fixes the words; the performed emotion differs from the line's with text_noise.
-            code = line["code"]
-            if rng.random() < text_noise:  # the performance's emotion is the line's valence twin (any other code outside the four)
-                twin = VALENCE_TWIN.get(CODE_TO_LABEL.get(code))
-                code = twin or _pick(rng, {c: p for c, p in BASE_CODES.items() if c != code})
-            text_cue, words = line["text_cue"], line["words"]
-        else:
-            code = line["code"]
-            text_cue = text_emotion_of(rng, code)
-            if rng.random() < text_noise:
-                text_cue = confusable_emotion(rng, code, VALENCE_TWIN)
-            words = make_words(rng, text_cue, int(rng.integers(4, 13)))
-        audio_cue = code if code != "xxx" else None
-        if rng.random() < audio_noise:
-            audio_cue = confusable_emotion(rng, code, AROUSAL_TWIN)
-        if audio_cue is None:  # xxx: annotators disagreed -> a blend of two emotions
-            a, b = rng.choice(["neu", "ang", "hap", "sad", "fru"], size=2, replace=False)
-            w = rng.uniform(0.3, 0.7)
-            prosody = {k: (w * PROSODY[a][k] + (1 - w) * PROSODY[b][k]) if isinstance(PROSODY[a][k], float) else PROSODY[a][k]
-                       for k in PROSODY[a]}
-            audio_cue = "xxx"
-        else:
-            prosody = dict(PROSODY[audio_cue])
-        # per-utterance variation so no single cue is a perfect separator
-        prosody["pitch"] *= float(np.exp(rng.normal(0, 0.06)))
-        prosody["energy"] *= float(np.exp(rng.normal(0, 0.2))) * actors[spk]["loudness"]
+        code, audio_cue, text_cue, words, prosody = utterance_cues(rng, d["kind"], line, actors, audio_noise,
+                                                                   text_noise)
         lay = plan_utterance(rng, words, prosody, audio_cue)
         first_dur = (lay["first_word"]["efrm"] + 1 - lay["first_word"]["sfrm"]) / FRAME_RATE
         if prev is None:
@@ -521,12 +544,17 @@ def build_dialog(seed: int, d: dict, actors: dict, n_utts: int, audio_noise: flo
                    last_word_end=word_time(u_start, lay["last_word"]["efrm"] + 1))
         utts.append(utt)
         prev = utt
+    return utts
 
-    # ids: per speaker in time order (F000, F001, ...; M000, ...), XX ids counted apart
+
+def name_utterances(rng, d: dict, utts: list[dict]):
+    """Ids per speaker in time order (F000, F001, ...; M000, ...; XX ids counted apart), transcript
+    text and the words spelled as variants (WHAT(2)) in the .wdseg, in place."""
     counters = Counter()
     for u in utts:
         key = (u["speaker"], u["evaluated"])
-        u["id"] = f"{d['name']}_{u['speaker']}{counters[key]:03d}" if u["evaluated"] else f"{d['name']}_{u['speaker']}XX{counters[key]}"
+        u["id"] = (f"{d['name']}_{u['speaker']}{counters[key]:03d}" if u["evaluated"]
+                   else f"{d['name']}_{u['speaker']}XX{counters[key]}")
         counters[key] += 1
         items, wi = [], 0
         for r in u["layout"]["rows"]:
@@ -538,6 +566,9 @@ def build_dialog(seed: int, d: dict, actors: dict, n_utts: int, audio_noise: flo
         u["text"] = transcript_text(items, u["code"])
         u["variants"] = {j: 2 for j, w in enumerate(u["words"]) if w in VARIANT_WORDS and rng.random() < 0.3}
 
+
+def render_dialog(rng, utts: list[dict], actors: dict) -> tuple[np.ndarray, float]:
+    """The utterances' words, laughter and breaths on each actor's track -> (int16 stereo samples, seconds)."""
     duration = max(u["end"] for u in utts) + rng.uniform(1.0, 2.0)
     n_samples = int(np.ceil(duration * SR))
     tracks = {"F": np.zeros(n_samples), "M": np.zeros(n_samples)}
@@ -560,7 +591,7 @@ def build_dialog(seed: int, d: dict, actors: dict, n_utts: int, audio_noise: flo
     noise = rng.normal(0, 0.0015, (2, n_samples))
     stereo = np.stack([tracks["F"] + 0.3 * tracks["M"], tracks["M"] + 0.3 * tracks["F"]], axis=1) + noise.T
     pcm = np.clip(np.round(stereo * 32767), -32768, 32767).astype(np.int16)
-    return utts, pcm, round(n_samples / SR, 6)
+    return pcm, round(n_samples / SR, 6)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import torch
 
 import align
 import iemo_lab_with_timestamps as step1
-import preprocess
+from common import step2_oracle
 import utils
 from utils import LABELS, PipelineError
 
@@ -191,7 +191,7 @@ def test_fuzz_wdseg(tmp_path):
         target.write_bytes(data)
         counts = {}
         try:
-            words, _ = preprocess.reference_words(root, [utt], duration, counts)
+            words, _ = step2_oracle.reference_words(root, [utt], duration, counts)
         except PipelineError as e:
             assert names_file(str(e), target), (case, what, str(e))
             outcomes["error"] += 1
@@ -520,7 +520,7 @@ def test_fuzz_wdseg_frames_past_the_utterance(tmp_path):
         target.write_text("\n".join(mutated))
         past = (end + 1) / 100 > seconds + utils.TIME_TOLERANCE_S
         try:
-            words, _ = preprocess.reference_words(root, [utt], 25.0)
+            words, _ = step2_oracle.reference_words(root, [utt], 25.0)
         except PipelineError as e:
             assert past, (case, end, str(e))
             assert str(e).startswith(f"{target}:{k + 1}:") and "past the end of its utterance" in str(e), str(e)

@@ -15,6 +15,7 @@ import pytest
 import requests
 
 import preprocess
+from common import step2_whisperx
 import utils
 
 PIPE_31 = "pyannote/speaker-diarization-3.1"
@@ -101,7 +102,7 @@ def hub_cache(pipelines, tmp_path, monkeypatch):
 def test_local_31_and_community1_folders_load_without_the_hub(pipelines, hub_calls):
     from pyannote.audio.core.plda import PLDA
 
-    pipe, files = preprocess.load_diarization_pipeline(PIPE_31, model_dir=pipelines["hub"],
+    pipe, files = step2_whisperx.load_diarization_pipeline(PIPE_31, model_dir=pipelines["hub"],
                                                        embedding_batch_size=4, segmentation_batch_size=2)
     hub = pipelines["hub"]
     assert files == [str(hub / PIPE_31 / "config.yaml"), str(hub / SEG_30 / "pytorch_model.bin"),
@@ -111,7 +112,7 @@ def test_local_31_and_community1_folders_load_without_the_hub(pipelines, hub_cal
     assert pipe.clustering.threshold == pytest.approx(0.7045654963945799)  # the config's params applied
 
     c1 = pipelines["community1"]
-    pipe, files = preprocess.load_diarization_pipeline(str(c1))
+    pipe, files = step2_whisperx.load_diarization_pipeline(str(c1))
     assert files == [str(c1 / rel) for rel in C1_FILES]
     assert pipe.klustering == "VBxClustering" and type(pipe._plda) is PLDA
     assert pipe.embedding_batch_size == 32  # the config's own value when the flag is not given
@@ -119,7 +120,7 @@ def test_local_31_and_community1_folders_load_without_the_hub(pipelines, hub_cal
 
 
 def test_31_from_the_hub_requests_only_its_three_files(pipelines, hub_cache, hub_calls):
-    pipe, files = preprocess.load_diarization_pipeline(PIPE_31, cache_only=True)
+    pipe, files = step2_whisperx.load_diarization_pipeline(PIPE_31, cache_only=True)
     expected = [(PIPE_31, "config.yaml"), (SEG_30, "pytorch_model.bin"), (EMB_31, "pytorch_model.bin")]
     assert hub_calls == expected
     assert files == [f"{r}/{f}" for r, f in expected]
@@ -128,7 +129,7 @@ def test_31_from_the_hub_requests_only_its_three_files(pipelines, hub_cache, hub
 
 
 def test_community1_from_the_hub_requests_only_its_own_files(pipelines, hub_cache, hub_calls):
-    pipe, _ = preprocess.load_diarization_pipeline(PIPE_C1)
+    pipe, _ = step2_whisperx.load_diarization_pipeline(PIPE_C1)
     assert hub_calls == [(PIPE_C1, rel) for rel in C1_FILES]
     assert pipe.klustering == "VBxClustering"
 
@@ -151,13 +152,13 @@ def test_pipeline_config_errors_name_the_file(pipelines, tmp_path, hub_calls):
     shutil.copytree(pipelines["community1"], folder)
     (folder / "plda" / "plda.npz").unlink()
     with pytest.raises(utils.PipelineError, match=r"plda\.npz: not found"):
-        preprocess.load_diarization_pipeline(str(folder))
+        step2_whisperx.load_diarization_pipeline(str(folder))
     config = (folder / "config.yaml").read_text()
     (folder / "config.yaml").write_text(config.replace("    segmentation: $model/segmentation\n", ""))
     with pytest.raises(utils.PipelineError, match=r"config\.yaml: pipeline\.params\.segmentation is missing"):
-        preprocess.load_diarization_pipeline(str(folder))
+        step2_whisperx.load_diarization_pipeline(str(folder))
     with pytest.raises(utils.PipelineError, match="no such folder"):
-        preprocess.load_diarization_pipeline(str(tmp_path / "missing" / "pipeline"))
+        step2_whisperx.load_diarization_pipeline(str(tmp_path / "missing" / "pipeline"))
     assert hub_calls == []
 
 
@@ -168,7 +169,7 @@ def test_pipeline_config_errors_name_the_file(pipelines, tmp_path, hub_calls):
 def fake_model_folders(root: Path) -> dict:
     """Folders holding (empty) the files the ASR and alignment loaders open: enough for a check."""
     asr, align = root / "whisper-ct2", root / "align-w2v2"
-    for folder, files in ((asr, preprocess.WHISPER_REQUIRED),
+    for folder, files in ((asr, step2_whisperx.WHISPER_REQUIRED),
                           (align, ("config.json", "preprocessor_config.json", "vocab.json", "model.safetensors"))):
         folder.mkdir(parents=True)
         for f in files:
@@ -342,7 +343,7 @@ def test_download_models_fetches_exactly_what_loads_then_runs_offline(pipelines,
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     dest = tmp_path / "offline_models"
     manifest = preprocess.main(["--work", str(check_work), "--download-models", str(dest)])
-    assert calls == [("Systran/faster-whisper-large-v2", list(preprocess.WHISPER_FILES)),
+    assert calls == [("Systran/faster-whisper-large-v2", list(step2_whisperx.WHISPER_FILES)),
                      (PIPE_31, ["config.yaml"]), (SEG_30, ["pytorch_model.bin"]), (EMB_31, ["pytorch_model.bin"])]
     assert urls == ["https://download.pytorch.org/torchaudio/models/wav2vec2_fairseq_base_ls960_asr_ls960.pth"]
     assert manifest["flags"] == ["--model-dir", str(dest)]
@@ -355,7 +356,7 @@ def test_download_models_fetches_exactly_what_loads_then_runs_offline(pipelines,
                              "--cache-only"])
     assert all(i.ok for i in items), [i.line() for i in items]
     assert str(dest / "torchaudio") in next(i for i in items if i.name == "alignment model").message
-    _, files = preprocess.load_diarization_pipeline(PIPE_31, model_dir=dest, cache_only=True)
+    _, files = step2_whisperx.load_diarization_pipeline(PIPE_31, model_dir=dest, cache_only=True)
     assert files[0] == str(dest / PIPE_31 / "config.yaml")
 
     # community-1: its config first, then only the subfolder files it names

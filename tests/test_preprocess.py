@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import preprocess
+from common import step2_oracle, step2_simulated, step2_whisperx
 import utils
 from utils import PipelineError, read_json, read_rttm
 
@@ -58,7 +59,7 @@ def test_reference_words_time_convention_tokens_and_missing_wdseg(tmp_path):
         {"id": "Ses01F_impro01_M001", "start": 8.0, "end": 9.0, "speaker": "M",
          "text": "Yeah, [LAUGHTER] okay well.", "wdseg": None},
     ]
-    words, no_wdseg = preprocess.reference_words(tmp_path, utterances)
+    words, no_wdseg = step2_oracle.reference_words(tmp_path, utterances)
     assert no_wdseg == 1
     assert [w["word"] for w in words] == ["what", "is", "yeah", "okay", "well"]
     # start = utt start + SFrm/100, end = utt start + (EFrm+1)/100
@@ -72,7 +73,7 @@ def test_reference_words_time_convention_tokens_and_missing_wdseg(tmp_path):
 
 
 def test_anonymise_numbers_speakers_in_order_of_first_speech():
-    turns = preprocess.anonymise([(5.0, 6.0, "F"), (1.0, 2.0, "M"), (3.0, 4.0, "F")])
+    turns = step2_oracle.anonymise([(5.0, 6.0, "F"), (1.0, 2.0, "M"), (3.0, 4.0, "F")])
     assert turns == [(1.0, 2.0, "SPEAKER_00"), (3.0, 4.0, "SPEAKER_01"), (5.0, 6.0, "SPEAKER_01")]
 
 
@@ -83,12 +84,12 @@ def test_cut_segments_cuts_at_pauses_and_length_not_at_speaker_changes():
              word("c", 1.3, 1.8, "M"),                      # speaker change after a 0.3 s pause: same segment
              word("d", 3.0, 3.4, "M", ), word("e", 3.5, 3.9, "M")]  # 1.2 s pause: new segment
     words[3]["untimed"] = True
-    segments, straddling = preprocess.cut_segments(words, {"seg_pause": 0.7, "seg_max": 15.0})
+    segments, straddling = step2_simulated.cut_segments(words, {"seg_pause": 0.7, "seg_max": 15.0})
     assert [s["text"] for s in segments] == ["a b c", "d e"]
     assert straddling == 1
     assert segments[1]["words"][0] == {"word": "d"}            # untimed: no start/end in the output
     assert (segments[1]["start"], segments[1]["end"]) == (3.0, 3.9)
-    segments, _ = preprocess.cut_segments(words, {"seg_pause": 0.7, "seg_max": 1.5})
+    segments, _ = step2_simulated.cut_segments(words, {"seg_pause": 0.7, "seg_max": 1.5})
     assert [s["text"] for s in segments] == ["a b", "c", "d e"]
 
 
@@ -302,7 +303,7 @@ def union_length(turns) -> float:
 
 
 def test_exclusive_turns_known_answers():
-    ex = preprocess.exclusive_turns
+    ex = step2_oracle.exclusive_turns
     # no overlap: unchanged (touching turns of one speaker stay two turns)
     plain = [(0.0, 1.0, "A"), (1.0, 2.0, "A"), (2.5, 3.0, "B")]
     assert ex(plain) == plain
@@ -393,12 +394,12 @@ def test_wdseg_token_normalising_to_nothing_is_dropped_and_counted(tmp_path):
                                        "    61    99     -80000 IS\n Total score: -181000\n")
     utt = {"id": "Ses01F_impro01_F000", "start": 1.0, "end": 2.2, "speaker": "F", "text": "x", "wdseg": "fa.wdseg"}
     counts = {}
-    words, _ = preprocess.reference_words(tmp_path, [utt], 10.0, counts)
+    words, _ = step2_oracle.reference_words(tmp_path, [utt], 10.0, counts)
     assert [w["word"] for w in words] == ["what", "is"] and counts == {"empty_wdseg_tokens": 1}
     # a word past the end of the dialog audio (beyond the 50 ms tolerance) names the .wdseg file and its row
     with pytest.raises(PipelineError, match=r"fa.wdseg: word row 4: 'IS' \(frames 61-99 from the utterance start 1.000 s\) "
                                             r"ends at 2.000 s, after the end of the audio \(1.900 s"):
-        preprocess.reference_words(tmp_path, [utt], 1.9)
+        step2_oracle.reference_words(tmp_path, [utt], 1.9)
 
 
 def test_times_past_the_audio_and_a_truncated_wav_fail_the_dialog(demo_corpus, demo_work, tmp_path, capsys):
@@ -428,10 +429,10 @@ def test_model_loader_errors_name_the_model(tmp_path):
     found, gated) pass on to utils.run_main, which explains them in one line."""
     ctranslate2 = pytest.importorskip("ctranslate2")
     with pytest.raises(PipelineError, match=rf"{tmp_path}: cannot load the ASR model \(--asr-model\): RuntimeError: "):
-        with preprocess.loading("ASR model (--asr-model)", tmp_path):
+        with step2_whisperx.loading("ASR model (--asr-model)", tmp_path):
             ctranslate2.models.Whisper(str(tmp_path))  # an empty folder: no model.bin
     from huggingface_hub.errors import RepositoryNotFoundError
 
     with pytest.raises(RepositoryNotFoundError):
-        with preprocess.loading("diarization pipeline (--diar-model)", "org/nope"):
+        with step2_whisperx.loading("diarization pipeline (--diar-model)", "org/nope"):
             raise RepositoryNotFoundError("404 Client Error. Repository Not Found for url https://huggingface.co/org/nope")

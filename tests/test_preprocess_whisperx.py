@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import preprocess
+from common import step2_whisperx
 from utils import read_json, read_rttm
 
 DIALOG = "Ses01F_impro01"
@@ -132,7 +133,7 @@ def test_resume_skips_without_loading_models(runs, tiny_models, monkeypatch, cap
     def no_models(args):
         raise AssertionError("models loaded although every dialog is done")
 
-    monkeypatch.setattr(preprocess, "WhisperX", no_models)
+    monkeypatch.setattr(step2_whisperx, "WhisperX", no_models)
     capsys.readouterr()
     manifest = preprocess.main(whisperx_args(work, tiny_models, *BATCH_FLAGS))
     assert "skipping 1 dialogs already done" in capsys.readouterr().out
@@ -161,8 +162,8 @@ def test_whisperx_api_names_match_the_installed_whisperx():
     from whisperx.alignment import DEFAULT_ALIGN_MODELS_TORCH
     from whisperx.diarize import DiarizationPipeline
 
-    assert preprocess.token_kwargs(whisperx.asr.load_model, "t") == {"use_auth_token": "t"}
-    assert preprocess.token_kwargs(DiarizationPipeline.__init__, "t") == {"token": "t"}
-    assert preprocess.DEFAULT_ALIGN_MODEL == DEFAULT_ALIGN_MODELS_TORCH["en"]
-    assert preprocess.whisper_repo("large-v2") == "Systran/faster-whisper-large-v2"
-    assert preprocess.torchaudio_checkpoint(preprocess.DEFAULT_ALIGN_MODEL)[0] == "wav2vec2_fairseq_base_ls960_asr_ls960.pth"
+    assert step2_whisperx.token_kwargs(whisperx.asr.load_model, "t") == {"use_auth_token": "t"}
+    assert step2_whisperx.token_kwargs(DiarizationPipeline.__init__, "t") == {"token": "t"}
+    assert step2_whisperx.DEFAULT_ALIGN_MODEL == DEFAULT_ALIGN_MODELS_TORCH["en"]
+    assert step2_whisperx.whisper_repo("large-v2") == "Systran/faster-whisper-large-v2"
+    assert step2_whisperx.torchaudio_checkpoint(step2_whisperx.DEFAULT_ALIGN_MODEL)[0] == "wav2vec2_fairseq_base_ls960_asr_ls960.pth"
