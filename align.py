@@ -54,8 +54,9 @@ from pathlib import Path
 
 import numpy as np
 
-import utils
-from utils import LABELS, PipelineError
+from common import cli, fileio, formats, intervals, rundirs
+from common.cli import PipelineError
+from common.formats import LABELS
 
 # Overlaps shorter than this (seconds) count as no overlap: they are floating-point noise of the
 # interval arithmetic below, far below anything audible (one sample at 16 kHz is 62.5 us).
@@ -83,7 +84,7 @@ def _time(value, where):
     other value that is not a finite number (infinity, a string, a bool) is an error."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
-    if not utils.is_finite_number(value):
+    if not formats.is_finite_number(value):
         raise PipelineError(f"{where}: expected a finite number of seconds (or null), got {value!r:.40}")
     return float(value)
 
@@ -98,10 +99,10 @@ def _in_audio(t, duration, where, counts, what):
         raise PipelineError(f"{where}: negative {what} {t}; expected seconds from the start of the dialog wav")
     if duration is None or t <= duration:
         return t
-    if t > duration + utils.TIME_TOLERANCE_S:
+    if t > duration + formats.TIME_TOLERANCE_S:
         at = f"{t:.3f}" if t < 1e9 else f"{t:.4g}"
         raise PipelineError(f"{where}: {what} {at} s is after the end of the audio ({duration:.3f} s; tolerance "
-                            f"{utils.TIME_TOLERANCE_S:g} s): times must lie inside the dialog wav")
+                            f"{formats.TIME_TOLERANCE_S:g} s): times must lie inside the dialog wav")
     counts["times_clamped"] = counts.get("times_clamped", 0) + 1
     return duration
 
@@ -113,7 +114,7 @@ def read_asr(path, duration: float | None = None, counts: dict | None = None) ->
     word's start/end are None when WhisperX left it untimed. A segment whose "words" list is missing
     or empty but whose text is not gets its words from the text (all untimed), so no text is lost.
     Every time is a finite number >= 0 (or absent), start <= end; with the dialog's duration (s),
-    every time lies inside the audio (utils.TIME_TOLERANCE_S past the end is clamped to the end and
+    every time lies inside the audio (common.formats.TIME_TOLERANCE_S past the end is clamped to the end and
     counted in counts["times_clamped"]). Whitespace-only words carry nothing: dropped and counted in
     counts["blank_words"].
     """
@@ -121,7 +122,7 @@ def read_asr(path, duration: float | None = None, counts: dict | None = None) ->
     counts = {} if counts is None else counts
     counts.setdefault("times_clamped", 0)
     counts.setdefault("blank_words", 0)
-    data = utils.read_json(path, "ASR result (step 2)")
+    data = fileio.read_json(path, "ASR result (step 2)")
     if not isinstance(data, dict) or not isinstance(data.get("segments"), list):
         raise PipelineError(f"{path}: expected a WhisperX result {{'segments': [...]}}, got {type(data).__name__}")
     segments = []
@@ -215,7 +216,7 @@ def attribute_speakers(start, end, turns, prefer=None, ties="earliest-turn"):
     overlap = np.zeros((len(names), len(start)))
     began = np.full((len(names), len(start)), np.inf)  # when the speaker's overlapping turn began
     for k, name in enumerate(names):
-        merged = utils.merge_intervals([(a, b) for a, b, spk in turns if spk == name])
+        merged = intervals.merge_intervals([(a, b) for a, b, spk in turns if spk == name])
         if len(merged) == 0:  # only zero-length turns: no speech to overlap
             continue
         s, e = merged[:, 0], merged[:, 1]
@@ -505,7 +506,7 @@ def label_segments(segments, utterances, dialog, min_label_overlap=0.1, rule="su
     utterances: labels.json's utterances of the dialog. Rule (documented in the README):
       * utterances: every reference utterance the segment overlaps (any emotion code);
       * label (rule "sum"): the 4-class label with the largest total overlap, if that overlap
-        exceeds min_label_overlap seconds, else None; ties go to the first in utils.LABELS;
+        exceeds min_label_overlap seconds, else None; ties go to the first in common.formats.LABELS;
         (rule "authors", their preprocess.py get_label_for_segment over the labels file of their
         iemo_lab_with_timestamps.py, which holds only 4-class utterances with transcript text): the
         label of the ONE utterance that overlaps the segment most among the authors_candidates (on a
@@ -525,7 +526,7 @@ def label_segments(segments, utterances, dialog, min_label_overlap=0.1, rule="su
             if u["label"] is not None:
                 by_label[u["label"]] = by_label.get(u["label"], 0.0) + o
             by_speaker[u["speaker"]] = by_speaker.get(u["speaker"], 0.0) + o
-        # max over LABELS order makes ties deterministic (first in utils.LABELS wins)
+        # max over LABELS order makes ties deterministic (first in common.formats.LABELS wins)
         if rule == "sum":
             label = max((lab for lab in LABELS if lab in by_label), key=lambda lab: by_label[lab], default=None)
             if label is not None and by_label[label] <= min_label_overlap:
@@ -538,7 +539,7 @@ def label_segments(segments, utterances, dialog, min_label_overlap=0.1, rule="su
         duration = seg["end"] - seg["start"]
         purity = 0.0
         if label is not None and duration > 0:
-            covered = utils.union_length([(max(u["start"], seg["start"]), min(u["end"], seg["end"]))
+            covered = intervals.union_length([(max(u["start"], seg["start"]), min(u["end"], seg["end"]))
                                           for u, _ in hits if u["label"] == label])
             purity = covered / duration
         seg.update({
@@ -588,10 +589,10 @@ def peak_normalize(audio, rule="none"):
     return (audio / peak * np.float32(AUTHORS_PEAK)).astype(np.float32)
 
 
-def segment_cache(dialog, session, segments, audio, sample_rate=utils.SAMPLE_RATE, channel="mean") -> dict:
+def segment_cache(dialog, session, segments, audio, sample_rate=formats.SAMPLE_RATE, channel="mean") -> dict:
     """The cache step 4 reads: per segment its audio slice of the (decoded once) dialog, and its text/label.
 
-    audio: the dialog as utils.load_audio(..., channel=channel) returned it; `channel` is recorded.
+    audio: the dialog as common.formats.load_audio(..., channel=channel) returned it; `channel` is recorded.
     Slices are copied so that each tensor owns only its own samples (torch.save would otherwise
     store the whole dialog's buffer with every slice). A zero-length segment (a word whose ASR
     start equals its end) gets the one sample at its time, so no segment has empty audio; main
@@ -604,7 +605,7 @@ def segment_cache(dialog, session, segments, audio, sample_rate=utils.SAMPLE_RAT
         a = min(max(0, int(round(s["start"] * sample_rate))), len(audio) - 1)
         b = min(len(audio), max(a + 1, int(round(s["end"] * sample_rate))))  # at least one sample: never empty
         out.append({"id": s["id"], "start": float(s["start"]), "end": float(s["end"]), "speaker": s["speaker"],
-                    "text": s["text"], "label": utils.LABEL_INDEX.get(s["label"], -1),
+                    "text": s["text"], "label": formats.LABEL_INDEX.get(s["label"], -1),
                     "audio": torch.from_numpy(np.array(audio[a:b], dtype=np.float32, copy=True))})
     return {"dialog": dialog, "session": int(session), "sample_rate": int(sample_rate), "channel": str(channel),
             "segments": out}
@@ -623,16 +624,16 @@ def variant_stats(segment_files, labels, min_label_overlap) -> dict:
     segs = []
     pieces, covered, covered_same, ref_total = [], 0.0, 0.0, 0.0
     for path in segment_files:
-        data = utils.read_json(path, "segments file")
+        data = fileio.read_json(path, "segments file")
         segs += data["segments"]
         labelled = [s for s in data["segments"] if s["label"] is not None]
         for u in labels["dialogs"][data["dialog"]]["utterances"]:
             if u["label"] is None:
                 continue
-            pieces.append(sum(utils.overlap(u["start"], u["end"], s["start"], s["end"]) > min_label_overlap
+            pieces.append(sum(intervals.overlap(u["start"], u["end"], s["start"], s["end"]) > min_label_overlap
                               for s in data["segments"]))
-            inside = lambda ss: utils.union_length([(max(s["start"], u["start"]), min(s["end"], u["end"]))
-                                                    for s in ss if utils.overlap(u["start"], u["end"], s["start"], s["end"]) > 0])
+            inside = lambda ss: intervals.union_length([(max(s["start"], u["start"]), min(s["end"], u["end"]))
+                                                    for s in ss if intervals.overlap(u["start"], u["end"], s["start"], s["end"]) > 0])
             covered += inside(labelled)
             covered_same += inside([s for s in labelled if s["label"] == u["label"]])
             ref_total += u["end"] - u["start"]
@@ -691,7 +692,7 @@ def alignment_report(pipe_dir, labels, min_label_overlap) -> dict:
     """
     variants, entries = {}, {}
     for manifest in sorted(Path(pipe_dir).glob("*/manifest.json")):
-        m = utils.read_json(manifest, "alignment manifest")
+        m = fileio.read_json(manifest, "alignment manifest")
         if m.get("step") == "align":
             entries[m["variant"]] = m["dialogs"]
             variants[m["variant"]] = {d for d, e in m["dialogs"].items() if e.get("status") in ("done", "ok")}
@@ -732,7 +733,7 @@ OLD_STATUS = {"ok": "done", "error": "failed"}  # what manifests written before 
 SUMMARY_COUNTS = {"long_words": "words longer than --max-word-seconds (clamped for the pause)",
                   "zero_length_segments": "zero-length segments (one sample of audio)",
                   "blank_words_dropped": "whitespace-only ASR words dropped",
-                  "times_clamped_to_audio_end": f"times clamped to the end of the audio (<= {utils.TIME_TOLERANCE_S:g} s past it)",
+                  "times_clamped_to_audio_end": f"times clamped to the end of the audio (<= {formats.TIME_TOLERANCE_S:g} s past it)",
                   "rttm_other_recording_lines": "RTTM lines of other recordings ignored"}
 
 
@@ -777,8 +778,8 @@ def variant_dir_name(kind, max_pause, settings: dict, diarization: str = "overla
 
 def variant_config(kind, max_pause, settings: dict, diarization: str = "overlap") -> dict:
     """Everything that changes a variant's outputs (manifest.json "config"; hashed into each dialog's
-    key and, whole, into the variant's config key utils.step3_config_key, which trained runs record)."""
-    config = {"kind": kind, "max_pause": max_pause, "sample_rate": utils.SAMPLE_RATE}
+    key and, whole, into the variant's config key common.rundirs.step3_config_key, which trained runs record)."""
+    config = {"kind": kind, "max_pause": max_pause, "sample_rate": formats.SAMPLE_RATE}
     config.update({name: settings[name] for name in ALWAYS_IN_CONFIG if kind in STEP3_SETTINGS[name][2]})
     config.update(_departures(kind, settings))
     return config | ({"diarization": diarization} if diarization != "overlap" else {})
@@ -816,7 +817,7 @@ def main(argv=None):
                         help="a segment's label: sum (default) = the 4-class label with the largest summed overlap; "
                              "authors = the label of the single most-overlapping 4-class utterance with transcript "
                              "text (the first on a tie), as the authors' code")
-    parser.add_argument("--channel", choices=utils.AUDIO_CHANNELS, default=STEP3_SETTINGS["channel"][0],
+    parser.add_argument("--channel", choices=formats.AUDIO_CHANNELS, default=STEP3_SETTINGS["channel"][0],
                         help="the audio the classifier sees, cut into cache/<dialog>.pt: mean = the average of the "
                              "stereo channels, both actors (default); 0 or 1 = that channel only (the authors: 0); "
                              "mono wavs ignore it")
@@ -842,7 +843,7 @@ def main(argv=None):
         parser.error("--max-pause, --min-label-overlap and --max-word-seconds must be finite numbers")
 
     work, t0 = Path(args.work), time.time()
-    labels = utils.load_labels(work, require=("wav",))
+    labels = formats.load_labels(work, require=("wav",))
     if not (args.iemocap or labels.get("corpus")):
         raise PipelineError(f"{work / 'labels.json'}: no 'corpus' recorded; pass the corpus root with --iemocap DIR")
     corpus = Path(args.iemocap or labels["corpus"])
@@ -874,7 +875,7 @@ def main(argv=None):
                 dialogs.append(d)
             else:
                 skipped[d] = "no ASR output from step 2"
-    stale = utils.remove_stale_temp(pipe_dir)  # left under it by a killed run (of this step or step 2)
+    stale = fileio.remove_stale_temp(pipe_dir)  # left under it by a killed run (of this step or step 2)
     if stale:
         print(f"[align] removed {stale} unfinished temporary file(s) of an interrupted run under {pipe_dir}")
     print(f"[align] read {work / 'labels.json'} ({len(labels['dialogs'])} dialogs); pipe {args.pipe}: "
@@ -883,14 +884,14 @@ def main(argv=None):
     manifests = {}
     for k, v in variants.items():
         path = pipe_dir / v / "manifest.json"
-        old = utils.read_json(path, "alignment manifest") if path.is_file() else {}
+        old = fileio.read_json(path, "alignment manifest") if path.is_file() else {}
         old_dialogs = old.get("dialogs", {}) if isinstance(old, dict) and isinstance(old.get("dialogs"), dict) else {}
         for e in old_dialogs.values():  # manifests written before step 3 used step 2's status words
             if isinstance(e, dict) and e.get("status") in OLD_STATUS:
                 e["status"] = OLD_STATUS[e["status"]]
         manifests[k] = {"step": "align", "pipe": args.pipe, "variant": v, "config": configs[k],
-                        "config_key": utils.step3_config_key(configs[k]),
-                        "corpus": str(corpus), "code": utils.code_version(), "dialogs": old_dialogs}
+                        "config_key": rundirs.step3_config_key(configs[k]),
+                        "corpus": str(corpus), "code": rundirs.code_version(), "dialogs": old_dialogs}
 
     from tqdm import tqdm
 
@@ -908,7 +909,7 @@ def main(argv=None):
                 key = _sha(configs[k], info, str(corpus), *inputs)
                 entry = manifests[k]["dialogs"].get(d, {})
                 out_ok = all((pipe_dir / v / sub / f"{d}{ext}").is_file() for sub, ext in (("segments", ".json"), ("cache", ".pt")))
-                out_ok = out_ok and utils.checksum_path(pipe_dir / v / "cache" / f"{d}.pt").is_file()  # write finished
+                out_ok = out_ok and fileio.checksum_path(pipe_dir / v / "cache" / f"{d}.pt").is_file()  # write finished
                 if not args.overwrite and entry.get("status") == "done" and entry.get("key") == key and out_ok:
                     done_before[k] += 1
                 else:
@@ -916,15 +917,15 @@ def main(argv=None):
             if not todo:
                 continue
             wav = corpus / info["wav"]
-            audio = utils.load_audio(wav, channel=args.channel)  # decoded once, shared by the variants
+            audio = formats.load_audio(wav, channel=args.channel)  # decoded once, shared by the variants
             audio = peak_normalize(audio, args.peak_normalize)
-            duration = len(audio) / utils.SAMPLE_RATE
+            duration = len(audio) / formats.SAMPLE_RATE
             for u in info["utterances"]:
-                utils.check_in_audio(u["end"], duration, str(wav), f"utterance {u['id']} of labels.json "
+                formats.check_in_audio(u["end"], duration, str(wav), f"utterance {u['id']} of labels.json "
                                      f"({u['start']:.3f}-{u['end']:.3f} s)")
             input_counts = {}
             asr = read_asr(asr_path, duration, input_counts)
-            turns = utils.read_rttm(rttm_path, dialog=d, duration=duration, counts=input_counts)
+            turns = formats.read_rttm(rttm_path, dialog=d, duration=duration, counts=input_counts)
             n_empty = sum(1 for s in asr if not s["words"])
             try:
                 long_words = count_long_words(asr, args.max_word_seconds)
@@ -939,11 +940,11 @@ def main(argv=None):
                     raise PipelineError(f"{asr_path} / {rttm_path}: {e}") from None
                 label_segments(segs, info["utterances"], d, args.min_label_overlap, args.label_rule)
                 vdir = pipe_dir / variants[k]
-                utils.atomic_write_json(vdir / "segments" / f"{d}.json",
+                fileio.atomic_write_json(vdir / "segments" / f"{d}.json",
                                         {"dialog": d, "session": info["session"], "pipe": args.pipe,
                                          "variant": variants[k], "segments": [record(s) for s in segs]})
-                utils.atomic_write_text(vdir / "segments" / f"{d}.txt", transcript_text(d, variants[k], segs))
-                utils.atomic_torch_save(segment_cache(d, info["session"], segs, audio, channel=args.channel),
+                fileio.atomic_write_text(vdir / "segments" / f"{d}.txt", transcript_text(d, variants[k], segs))
+                fileio.atomic_torch_save(segment_cache(d, info["session"], segs, audio, channel=args.channel),
                                         vdir / "cache" / f"{d}.pt")
                 n_words = sum(s["n_words"] for s in segs)
                 n_nearest = sum(s["flags"]["nearest_speaker_words"] for s in segs)
@@ -970,7 +971,7 @@ def main(argv=None):
                     **({"warnings": entry_warnings} if entry_warnings else {})}
                 written[k] += 1
         except PipelineError as e:
-            errors[d] = utils.one_line(str(e))
+            errors[d] = cli.one_line(str(e))
             for k in todo:
                 manifests[k]["dialogs"][d] = {"status": "failed", "error": errors[d]}
 
@@ -986,7 +987,7 @@ def main(argv=None):
             **{f: sum(e.get(f, 0) for e in ok.values()) for f in SUMMARY_COUNTS},
             "dialogs_with_warnings": sorted(d for d, e in ok.items() if e.get("warnings"))}
         m["skipped"] = skipped
-        utils.atomic_write_json(pipe_dir / variants[k] / "manifest.json", m)
+        fileio.atomic_write_json(pipe_dir / variants[k] / "manifest.json", m)
         s = m["summary"]
         print(f"[align] {variants[k]}: wrote {written[k]} dialogs, "
               f"kept {done_before[k]} already done with the same config; totals over {s['dialogs_done']} dialogs: "
@@ -1000,9 +1001,9 @@ def main(argv=None):
             print(f"[align] {variants[k]}: also " + ", ".join(noted))
 
     report = alignment_report(pipe_dir, labels, args.min_label_overlap)
-    utils.atomic_write_json(pipe_dir / "alignment_report.json", report)
+    fileio.atomic_write_json(pipe_dir / "alignment_report.json", report)
     md = report_markdown(report)
-    utils.atomic_write_text(pipe_dir / "alignment_report.md", md)
+    fileio.atomic_write_text(pipe_dir / "alignment_report.md", md)
     print(md, end="")
     print(f"[align] wrote {pipe_dir / 'alignment_report.json'} and .md in {time.time() - t0:.1f} s")
     for d, message in warnings.items():
@@ -1016,4 +1017,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    utils.run_main(main)
+    cli.run_main(main)

@@ -4,7 +4,7 @@ labels.json is the corpus interface of the pipeline (docs/FORMATS.md, "labels.js
 read nothing else about the corpus except the dialog audio it names. Step 1
 (iemo_lab_with_timestamps.py) writes it from IEMOCAP's folders; this script writes the same
 schema from a CSV, one row per labelled utterance, so steps 2-6 and reproduce.py run unchanged
-(see "What steps 2-6 still assume" below). The result passes utils.check_labels before it is
+(see "What steps 2-6 still assume" below). The result passes common.formats.check_labels before it is
 written.
 
 CSV (UTF-8, comma-separated, a header row; column order free, unknown columns ignored):
@@ -12,7 +12,7 @@ CSV (UTF-8, comma-separated, a header row; column order free, unknown columns ig
             16 kHz wav (what step 2 reads). One file per dialog.
   id        utterance id, unique over the whole CSV
   start     seconds from the start of the dialog audio
-  end       seconds; start < end, and end at most the audio's length + utils.TIME_TOLERANCE_S
+  end       seconds; start < end, and end at most the audio's length + common.formats.TIME_TOLERANCE_S
   speaker   any name; at most two per dialog (see Speakers)
   emotion   the corpus's own label; mapped by --emotion-map
   text      (optional) the transcript; "" when absent
@@ -23,20 +23,20 @@ CSV (UTF-8, comma-separated, a header row; column order free, unknown columns ig
             absolute); the oracle/simulated backends of step 2 use it, else they spread the
             transcript's words evenly over the utterance
 
-Every bad row is a utils.PipelineError naming "<csv>:<line>": a missing column (line 1), an empty
+Every bad row is a common.cli.PipelineError naming "<csv>:<line>": a missing column (line 1), an empty
 required field, a time that is not a finite number or start >= end, an emotion not covered by the
 map, an id listed before, a missing or unreadable audio file, audio not at 16 kHz, an end past the
 audio's end, a dialog with two audio files or two sessions, a third speaker in a dialog.
 
 Design decisions:
   * Emotions: --emotion-map "happy=hap,excited=hap,angry=ang,sad=sad,neutral=neu,frustrated=none"
-    maps each CSV label (matched case-insensitively, spaces trimmed) to one of utils.LABELS or to
+    maps each CSV label (matched case-insensitively, spaces trimmed) to one of common.formats.LABELS or to
     "none" (kept as speech, no 4-class label: label null, as step 1 does for fru, sur, ...). The
     default is IEMOCAP's own codes: hap, exc -> hap; ang, sad, neu -> themselves; fru, sur, fea,
     dis, oth, xxx -> none. A label outside the map is an error, never silently dropped. The CSV's
     label is kept in each utterance's "emotion"; "code" (which the schema restricts to IEMOCAP's
     codes) is the CSV label when it is one of them, else the class it maps to, or "oth" for none.
-  * Speakers: the schema has IEMOCAP's two actors per dialog, "F" and "M" (utils.check_labels),
+  * Speakers: the schema has IEMOCAP's two actors per dialog, "F" and "M" (common.formats.check_labels),
     and steps 2-3 (oracle turns, TEER speaker mapping) compare speakers within a dialog only. A
     CSV whose speakers are already F/M keeps them (so an IEMOCAP CSV round-trips); otherwise each
     dialog's speakers become "F" (the first to speak) and "M" (the second) in time order, and the
@@ -64,13 +64,14 @@ import math
 import re
 from pathlib import Path
 
-import utils
-from utils import CODE_TO_LABEL, IEMOCAP_CODES, LABELS, PipelineError
+from common import cli, fileio, formats
+from common.cli import PipelineError
+from common.formats import CODE_TO_LABEL, IEMOCAP_CODES, LABELS
 
 REQUIRED = ("audio", "id", "start", "end", "speaker", "emotion")
 SESSION_COLUMNS = ("session", "fold")
 NONE = "none"  # map target: speech without one of the four classes (label null)
-# IEMOCAP's codes: exc merged into hap (utils.CODE_TO_LABEL), the rest without a 4-class label.
+# IEMOCAP's codes: exc merged into hap (common.formats.CODE_TO_LABEL), the rest without a 4-class label.
 DEFAULT_EMOTION_MAP = {code: CODE_TO_LABEL.get(code, NONE) for code in IEMOCAP_CODES}
 
 
@@ -85,7 +86,7 @@ def parse_emotion_map(spec: str | None) -> dict:
         key, sep, value = item.partition("=")
         key, value = key.strip().lower(), value.strip()
         if not sep or not key or value not in (*LABELS, NONE):
-            raise PipelineError(f"--emotion-map: bad item {utils.quote(item.strip())}; "
+            raise PipelineError(f"--emotion-map: bad item {cli.quote(item.strip())}; "
                                 "expected LABEL=CLASS with CLASS one of "
                                 f"{', '.join(LABELS)} or {NONE}")
         mapping[key] = value
@@ -96,7 +97,7 @@ def parse_emotion_map(spec: str | None) -> dict:
 
 def dialog_meta(dialog: str) -> dict:
     """Step 1's kind/scenario/script for IEMOCAP-style names; impro/name/null for any other."""
-    return utils.iemocap_dialog_meta(dialog) or {"kind": "impro", "scenario": dialog, "script": None}
+    return formats.iemocap_dialog_meta(dialog) or {"kind": "impro", "scenario": dialog, "script": None}
 
 
 def _number(text: str, name: str, where: str) -> float:
@@ -133,7 +134,7 @@ def read_rows(csv_path: Path) -> tuple[list[tuple[int, dict]], list[str]]:
 
 
 def build_labels(csv_path, audio_root=None, emotion_map: dict | None = None, default_session: int = 1) -> dict:
-    """Read the CSV -> the content of labels.json (docs/FORMATS.md), checked by utils.check_labels."""
+    """Read the CSV -> the content of labels.json (docs/FORMATS.md), checked by common.formats.check_labels."""
     csv_path = Path(csv_path).resolve()
     root = Path(audio_root).resolve() if audio_root is not None else csv_path.parent
     emotion_map = DEFAULT_EMOTION_MAP if emotion_map is None else emotion_map
@@ -149,7 +150,7 @@ def build_labels(csv_path, audio_root=None, emotion_map: dict | None = None, def
             raise PipelineError(f"{where}: empty {', '.join(empty)}")
         utt_id = row["id"]
         if utt_id in first_line:
-            raise PipelineError(f"{where}: duplicate utterance id {utils.quote(utt_id)} "
+            raise PipelineError(f"{where}: duplicate utterance id {cli.quote(utt_id)} "
                                 f"(first at line {first_line[utt_id]})")
         first_line[utt_id] = line
         start, end = _number(row["start"], "start", where), _number(row["end"], "end", where)
@@ -172,17 +173,17 @@ def build_labels(csv_path, audio_root=None, emotion_map: dict | None = None, def
         d = dialogs.get(dialog)
         if d is None:
             if audio_rel not in durations:
-                durations[audio_rel] = utils.wav_seconds(audio, where)
+                durations[audio_rel] = formats.wav_seconds(audio, where)
             d = dialogs[dialog] = {"session": session, **dialog_meta(dialog), "wav": Path(audio_rel).as_posix(),
                                    "utterances": [], "_line": line}
         elif d["wav"] != Path(audio_rel).as_posix():
-            raise PipelineError(f"{where}: dialog {dialog} has audio {utils.quote(audio_rel)} here but "
-                                f"{utils.quote(d['wav'])} at line "
+            raise PipelineError(f"{where}: dialog {dialog} has audio {cli.quote(audio_rel)} here but "
+                                f"{cli.quote(d['wav'])} at line "
                                 f"{d['_line']}; one audio file per dialog")
         elif d["session"] != session:
             raise PipelineError(f"{where}: dialog {dialog} is in {session_col or 'session'} {session} here but "
                                 f"{d['session']} at line {d['_line']}")
-        utils.check_in_audio(end, durations[audio_rel], where, f"utterance {utt_id} ({start:.3f}-{end:.3f} s)")
+        formats.check_in_audio(end, durations[audio_rel], where, f"utterance {utt_id} ({start:.3f}-{end:.3f} s)")
         wdseg = row.get("wdseg") or None
         if wdseg is not None:
             if not (root / wdseg).is_file():
@@ -204,7 +205,7 @@ def build_labels(csv_path, audio_root=None, emotion_map: dict | None = None, def
             "source": {"csv": str(csv_path), "emotion_map": dict(emotion_map),
                        "session_column": session_col, "default_session": default_session},
             "counts": count_utterances(dialogs)}
-    utils.check_labels(data, csv_path)
+    formats.check_labels(data, csv_path)
     return data
 
 
@@ -213,8 +214,8 @@ def assign_speakers(csv_path: Path, dialog: str, utterances: list[dict]) -> None
     names = list(dict.fromkeys(u["speaker"] for u in utterances))  # order of first speech
     if len(names) > 2:
         u = next(u for u in utterances if u["speaker"] == names[2])
-        raise PipelineError(f"{csv_path}:{u['_line']}: dialog {dialog} has a third speaker {utils.quote(names[2])} "
-                            f"(after {utils.quote(names[0])}, {utils.quote(names[1])}); labels.json holds two "
+        raise PipelineError(f"{csv_path}:{u['_line']}: dialog {dialog} has a third speaker {cli.quote(names[2])} "
+                            f"(after {cli.quote(names[0])}, {cli.quote(names[1])}); labels.json holds two "
                             "speakers per dialog (F, M)")
     letters = ({n: n for n in names} if set(names) <= {"F", "M"}
                else {n: letter for n, letter in zip(names, ("F", "M"))})
@@ -224,14 +225,14 @@ def assign_speakers(csv_path: Path, dialog: str, utterances: list[dict]) -> None
         suffix = u["id"][len(dialog) + 1:] if u["id"].startswith(f"{dialog}_") else ""
         if suffix[:1] in ("F", "M") and suffix[:1] != u["speaker"]:
             raise PipelineError(f"{csv_path}:{line}: utterance {u['id']} names speaker {suffix[0]!r} in its id, but "
-                                f"speaker {utils.quote(name)} became {u['speaker']!r} (first speaker F, second M); "
+                                f"speaker {cli.quote(name)} became {u['speaker']!r} (first speaker F, second M); "
                                 "use F/M "
                                 "speakers or ids without the IEMOCAP '<dialog>_<F|M>' form")
 
 
 def count_utterances(dialogs: dict) -> dict:
-    """Counts per class, per CSV emotion and per session (utils.count_labels)."""
-    c = utils.count_labels(dialogs, "emotion")
+    """Counts per class, per CSV emotion and per session (common.formats.count_labels)."""
+    c = formats.count_labels(dialogs, "emotion")
     per_emotion = c.pop("per_raw")
     c.pop("target_per_raw")
     c["per_emotion"] = dict(sorted(per_emotion.items()))
@@ -257,8 +258,8 @@ def main(argv=None):
         raise PipelineError(f"--default-session {args.default_session}: expected a positive integer")
     data = build_labels(args.csv, args.audio_root, parse_emotion_map(args.emotion_map), args.default_session)
     out_path = Path(args.work) / "labels.json"
-    utils.remove_stale_temp(out_path.parent, recursive=False)  # a killed write's leftover temporary file
-    utils.atomic_write_json(out_path, data)
+    fileio.remove_stale_temp(out_path.parent, recursive=False)  # a killed write's leftover temporary file
+    fileio.atomic_write_json(out_path, data)
     c = data["counts"]
     print(f"read {args.csv}: {c['dialogs']} dialogs in sessions {','.join(c['dialogs_per_session'])}, "
           f"{c['utterances']} utterances ({c['target']} in the 4 classes: "
@@ -268,4 +269,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    utils.run_main(main)
+    cli.run_main(main)

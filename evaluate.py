@@ -31,7 +31,7 @@ Reference-projected utterance metrics (metrics.json "utterance")
      wrong, and it is its own column "miss" of the confusion matrix.
   5. Otherwise pred is the label with the largest vote. Tie rule: among the tied labels, the one
      owning the single segment with the largest overlap; if that ties too, the first in the order
-     hap, ang, sad, neu (utils.LABELS).
+     hap, ang, sad, neu (common.formats.LABELS).
   Reference utterances may overlap each other; each is scored on its own (one segment can vote on
   several). Over the n scored utterances: confusion matrix [4, 5] (rows true hap ang sad neu;
   columns predicted hap ang sad neu miss); accuracy = correct / n; per class, recall = correct /
@@ -41,7 +41,7 @@ Reference-projected utterance metrics (metrics.json "utterance")
   (scikit-learn's zero_division=0). Also n, n_missed, coverage (per dialog, the union of the
   labelled utterances intersected with the union of all system segments, summed over dialogs,
   over the duration of the former) and the list of utterances {id, dialog, label, pred} (for
-  paired tests between runs: utils.dialog_confusions, utils.paired_bootstrap).
+  paired tests between runs: common.scoring.dialog_confusions, common.scoring.paired_bootstrap).
 
 Segment-level metrics (top level): the same metrics (no miss column, [4, 4]) over the segments that
 carry a 4-class label (step 3 labels each segment from the reference utterances it overlaps), with
@@ -51,10 +51,10 @@ Confidence intervals ("ci95"): a percentile bootstrap over test dialogs (utteran
 are not independent). Each of --bootstrap-samples resamples draws as many dialogs as were tested,
 with replacement (numpy default_rng(--bootstrap-seed)); its confusion matrix is the sum of the
 drawn dialogs' matrices; the interval is the 2.5th and 97.5th percentile of the metric over the
-resamples (utils.bootstrap_ci). Seeded: the same inputs give the same numbers.
+resamples (common.scoring.bootstrap_ci). Seeded: the same inputs give the same numbers.
 
 Test dialogs: those of the run's split (config.json) and every labels.json dialog its rule puts in
-the test set (utils.run_test_dialogs), whether or not step 2 or 3 produced segments for it. A test
+the test set (common.rundirs.run_test_dialogs), whether or not step 2 or 3 produced segments for it. A test
 dialog without any segment in predictions.json (a step failed on it, its step-3 cache is gone, or it
 has no system speech) stays in the test set: its labelled utterances are misses. metrics.json lists
 these dialogs ("missing_dialogs"); predictions.json lists the test dialogs whose cache was absent.
@@ -66,7 +66,7 @@ bootstrap interval of that same pooled value; the spread over folds is reported 
 mean ± sample standard deviation (ddof=1) of the per-fold values ("mean_std"; std null for one fold).
 
 Before scoring, each run's data is checked against what it was trained on (config.json "data":
-labels.json, the step-3 config, the cache files; utils.check_run_data): a change is refused in one
+labels.json, the step-3 config, the cache files; common.rundirs.check_run_data): a change is refused in one
 line naming it, unless --allow-changed-data, which metrics.json "data_check" records.
 
     python evaluate.py --work preprocessed_iemocap --run NAME [--device cuda]
@@ -80,16 +80,21 @@ import numpy as np
 import torch
 from sklearn import metrics as skm
 
+from common import cli, fileio, formats, rundirs, scoring
 import utils
-from utils import fold_dirs, load_run, merge_intervals, run_dataset, run_test_dialogs
-from utils import LABELS, PipelineError, atomic_write_json, load_labels, read_json
+from utils import load_run, run_dataset
+from common.intervals import merge_intervals
+from common.rundirs import fold_dirs, run_test_dialogs
+from common.cli import PipelineError
+from common.fileio import atomic_write_json, read_json
+from common.formats import LABELS, load_labels
 
 # ---------------------------------------------------------------------------------------------
 # Metrics
 # ---------------------------------------------------------------------------------------------
 
-HEADLINE = utils.HEADLINE  # accuracy, ua, weighted_f1, macro_f1
-MISS = utils.MISS
+HEADLINE = scoring.HEADLINE  # accuracy, ua, weighted_f1, macro_f1
+MISS = scoring.MISS
 
 
 def classification_metrics(y_true, y_pred, labels=LABELS, miss_column: bool = False) -> dict:
@@ -139,11 +144,11 @@ def classification_metrics(y_true, y_pred, labels=LABELS, miss_column: bool = Fa
 
 
 def dialog_intervals(per_dialog_cms, n_samples: int, seed: int) -> dict | None:
-    """{"accuracy": [lo, hi], ...}: 95 % bootstrap intervals over dialogs (utils.bootstrap_ci), or
+    """{"accuracy": [lo, hi], ...}: 95 % bootstrap intervals over dialogs (common.scoring.bootstrap_ci), or
     None when n_samples is 0 or there is no dialog."""
     if n_samples <= 0 or len(per_dialog_cms) == 0:
         return None
-    return {k: utils.bootstrap_ci(per_dialog_cms, k, n_samples, seed) for k in HEADLINE}
+    return {k: scoring.bootstrap_ci(per_dialog_cms, k, n_samples, seed) for k in HEADLINE}
 
 
 def project_dialog(segments: list[dict], utterances: list[dict]) -> list:
@@ -158,7 +163,7 @@ def project_dialog(segments: list[dict], utterances: list[dict]) -> list:
     utt = np.array([[u["start"], u["end"]] for u in utterances], dtype=np.float64)  # [U, 2]
     seconds = np.minimum(utt[:, None, 1], seg[None, :, 1]) - np.maximum(utt[:, None, 0], seg[None, :, 0])
     overlap = np.rint(np.clip(seconds, 0.0, None) * 1e6).astype(np.int64)  # [U, S] microseconds
-    onehot = np.array([utils.LABEL_INDEX[s["pred"]] for s in segments])[:, None] == np.arange(len(LABELS))  # [S, 4]
+    onehot = np.array([formats.LABEL_INDEX[s["pred"]] for s in segments])[:, None] == np.arange(len(LABELS))  # [S, 4]
     votes = overlap @ onehot.astype(np.int64)  # [U, 4]
     longest = (overlap[:, :, None] * onehot[None]).max(axis=1)  # [U, 4]: the largest single overlap per label
     preds = []
@@ -251,7 +256,7 @@ def score_utterances(segments: list, utterances: dict, n_samples: int = 1000, se
     test_segments = [s for d in dialogs for s in by_dialog.get(d, [])]
     return {"n_dialogs": len(dialogs), "n_missed": sum(r["pred"] is None for r in records),
             "coverage": coverage(test_segments, utterances), **m,
-            "ci95": dialog_intervals(utils.dialog_confusions(records, dialogs, miss_column=True), n_samples, seed),
+            "ci95": dialog_intervals(scoring.dialog_confusions(records, dialogs, miss_column=True), n_samples, seed),
             "utterances": records}
 
 
@@ -268,7 +273,7 @@ def score_predictions(predictions: dict, labels: dict, dialogs, where: str = "pr
     return {"n_segments": len(segments), "n_scored": len(scored), "n_unlabelled": len(segments) - len(scored),
             "n_dialogs": len(dialogs), "missing_dialogs": [d for d in utterances if d not in with_segments],
             "coverage": coverage(scored, utterances), **metrics,
-            "ci95": dialog_intervals(utils.dialog_confusions(scored, seg_dialogs, miss_column=False), n_samples, seed),
+            "ci95": dialog_intervals(scoring.dialog_confusions(scored, seg_dialogs, miss_column=False), n_samples, seed),
             "bootstrap": {"unit": "dialog", "method": "percentile", "level": 0.95, "samples": n_samples, "seed": seed},
             "utterance": score_utterances(segments, utterances, n_samples, seed)}
 
@@ -382,9 +387,9 @@ def report(name: str, m: dict) -> None:
 def evaluate_run(run_dir: Path, labels: dict, device, reuse: bool, n_samples: int = 1000, seed: int = 0,
                  datasets: dict | None = None, data_check: dict | None = None) -> tuple[dict, dict]:
     """Predict (or reuse) and score one run dir; writes its predictions, metrics and plot. data_check:
-    the run's utils.check_run_data record, kept in metrics.json "data_check"."""
+    the run's common.rundirs.check_run_data record, kept in metrics.json "data_check"."""
     pred_path = run_dir / "predictions.json"
-    utils.remove_stale_temp(run_dir, recursive=False)  # temporary files of a killed run
+    fileio.remove_stale_temp(run_dir, recursive=False)  # temporary files of a killed run
     if reuse and pred_path.is_file():
         predictions = read_json(pred_path, "predictions file")
         print(f"  reused {pred_path} (--reuse-predictions)")
@@ -394,7 +399,7 @@ def evaluate_run(run_dir: Path, labels: dict, device, reuse: bool, n_samples: in
         atomic_write_json(pred_path, predictions)
         print(f"  wrote {pred_path}")
     dialogs, source = run_test_dialogs(run_dir, predictions, labels)
-    note = utils.demo_note(labels)
+    note = formats.demo_note(labels)
     metrics = {"run": str(run_dir.name), "split": predictions.get("split", "test"), "test_dialogs_from": source,
                **({"note": note} if note else {}), **({"data_check": data_check} if data_check else {}),
                **score_predictions(predictions, labels, dialogs, where=str(pred_path), n_samples=n_samples, seed=seed)}
@@ -417,7 +422,7 @@ def main(argv=None) -> dict:
     p.add_argument("--bootstrap-samples", type=int, default=1000,
                    help="resamples of the test dialogs for the 95%% intervals; 0 = no intervals (default: %(default)s)")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resampling (default: %(default)s)")
-    p.add_argument(utils.ALLOW_CHANGED_DATA, action="store_true",
+    p.add_argument(rundirs.ALLOW_CHANGED_DATA, action="store_true",
                    help="score a run even when labels.json, its step-3 config or cache files changed since it was "
                         "trained (refused otherwise); metrics.json data_check records it")
     args = p.parse_args(argv)
@@ -435,11 +440,11 @@ def main(argv=None) -> dict:
     labels = load_labels(work)
     print(f"read {work / 'labels.json'} ({len(labels['dialogs'])} dialogs)")
     # every run is bound to the data it was trained on: checked for all of them before any is scored
-    checks = {name: utils.check_run_data(work / "runs" / name, work / "labels.json", args.allow_changed_data)
+    checks = {name: rundirs.check_run_data(work / "runs" / name, work / "labels.json", args.allow_changed_data)
               for name in args.run}
     for name, check in checks.items():
         if check["changed"]:
-            print(f"WARNING {name}: scored on changed data ({utils.ALLOW_CHANGED_DATA}): {'; '.join(check['changed'])}")
+            print(f"WARNING {name}: scored on changed data ({rundirs.ALLOW_CHANGED_DATA}): {'; '.join(check['changed'])}")
     datasets = {}  # test segments read once per variant, for all the runs given
     results = {name: evaluate_named_run(work, name, labels, args, boot, datasets, checks[name]) for name in args.run}
     return results[args.run[0]] if len(args.run) == 1 else results
@@ -448,7 +453,7 @@ def main(argv=None) -> dict:
 def evaluate_named_run(work: Path, name: str, labels: dict, args, boot: dict, datasets: dict | None = None,
                        data_check: dict | None = None) -> dict:
     """Evaluate WORK/runs/<name>/ (each fold of a fold run, then all folds pooled); metrics.json content.
-    data_check: utils.check_run_data's record, in each metrics.json (a fold's: its own part)."""
+    data_check: common.rundirs.check_run_data's record, in each metrics.json (a fold's: its own part)."""
     run_dir = work / "runs" / name
     folds = fold_dirs(run_dir)
     if not folds:
@@ -468,7 +473,7 @@ def evaluate_named_run(work: Path, name: str, labels: dict, args, boot: dict, da
                                                      datasets=datasets, data_check=fold_check)
         pooled_segments += predictions["segments"]
         pooled_dialogs += run_test_dialogs(f, predictions, labels)[0]
-    note = utils.demo_note(labels)
+    note = formats.demo_note(labels)
     metrics = {"run": name, "split": "test", **({"note": note} if note else {}),
                **({"data_check": data_check} if data_check else {}), "folds": per_fold,
                "mean_std": aggregate(per_fold),
@@ -545,4 +550,4 @@ def predict_split(run_dir, split: str = "test", device=None, datasets: dict | No
 
 
 if __name__ == "__main__":
-    utils.run_main(main)
+    cli.run_main(main)

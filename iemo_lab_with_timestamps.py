@@ -3,7 +3,7 @@
 Reads an IEMOCAP root (the real IEMOCAP_full_release, or the embedded demo corpus, which has the
 same on-disk layout) and writes, for every dialog, its reference utterances in time order: id,
 start/end in the dialog wav (from EmoEvaluation), speaker (the letter before the utterance index),
-raw emotion code, 4-class label (utils.CODE_TO_LABEL: exc merged into hap, other codes null),
+raw emotion code, 4-class label (common.formats.CODE_TO_LABEL: exc merged into hap, other codes null),
 transcript text (inline markers such as [LAUGHTER] kept), and the relative path of the word forced
 alignment (.wdseg) or null where the corpus has none. docs/FORMATS.md fixes the output shape.
 
@@ -15,7 +15,7 @@ Decisions (documented here because later steps rely on them):
     (SessionN/dialog/wav/<dialog>.wav) and counts/lists dialogs whose wav is absent; step 2 fails
     on them when it needs the audio. So the times checked here are finite, with start < end
     (EmoEvaluation) or start <= end (transcriptions); that they lie inside the audio (within
-    utils.TIME_TOLERANCE_S) is checked by steps 2 and 3, which read the wav.
+    common.formats.TIME_TOLERANCE_S) is checked by steps 2 and 3, which read the wav.
   * .wdseg files are only located here (cheap); parse_wdseg validates one when step 2's oracle
     backend reads it.
   * The comparison with the standard IEMOCAP counts (IEMOCAP_STANDARD_COUNTS) runs when the
@@ -38,9 +38,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from utils import (CODE_TO_LABEL, IEMOCAP_CODES, LABELS, TRANSCRIPT_RE, PipelineError, atomic_write_json,
-                   count_labels, iemocap_dialog_meta, read_text_lines, session_of)
-from utils import quote, remove_stale_temp
+from common import cli
+from common.cli import PipelineError
+from common.fileio import atomic_write_json
+from common.formats import CODE_TO_LABEL, IEMOCAP_CODES, LABELS, TRANSCRIPT_RE, count_labels, iemocap_dialog_meta, read_text_lines, session_of
+from common.cli import quote
+from common.fileio import remove_stale_temp
 
 # Facts of the real corpus (IEMOCAP_full_release, as used by the standard 4-class protocol): the subset
 # (5,531 utterances, exc merged into hap), all labelled utterances (any code), the dialogs per
@@ -275,7 +278,7 @@ def build_labels(iemocap_root, expect_standard: bool | None = None) -> dict:
 
 
 def count_utterances(dialogs: dict) -> dict:
-    """Counts per class, per raw code and per session (utils.count_labels, keyed by IEMOCAP's codes)."""
+    """Counts per class, per raw code and per session (common.formats.count_labels, keyed by IEMOCAP's codes)."""
     c = count_labels(dialogs, "code")
     per_code, target_per_code = c.pop("per_raw"), c.pop("target_per_raw")
     c["per_code"] = {code: per_code[code] for code in IEMOCAP_CODES if per_code[code]}
@@ -353,13 +356,13 @@ def print_report(data: dict, out_path: Path) -> None:
 
 def preflight(iemocap, work, expect_standard: bool | None = None) -> list:
     """--check: the corpus read exactly as a run reads it (build_labels, in memory), writing nothing
-    -> utils.CheckItem lines: the corpus and its counts; its dialog wavs (step 2 decodes them); the
+    -> common.checklist.CheckItem lines: the corpus and its counts; its dialog wavs (step 2 decodes them); the
     standard IEMOCAP counts, a FAIL on any difference when the comparison applies (the corpus looks
     like the full release, or --expect-standard yes; a run only reports them); the work folder."""
     import contextlib
     import io
 
-    from utils import CheckItem, check_disk
+    from common.checklist import CheckItem, check_disk
 
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the progress bar
@@ -404,7 +407,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     expect = {"auto": None, "yes": True, "no": False}[args.expect_standard]
     if args.check:
-        from utils import report_checks
+        from common.checklist import report_checks
         sys.exit(0 if report_checks(preflight(args.iemocap, args.work, expect), "step 1 preflight") else 1)
     data = build_labels(args.iemocap, expect_standard=expect)
     out_path = Path(args.work) / "labels.json"
@@ -415,5 +418,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    import utils
-    utils.run_main(main)
+    cli.run_main(main)

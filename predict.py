@@ -22,7 +22,7 @@ How (the pipeline's own code, run as the steps run, never a copy of it):
      file field becomes the dialog name.
   3. Step 3, `align.py`, with the variant and settings the run was trained on (config.json's
      data.step3_config; runs trained before it was recorded: the variant name and its manifest).
-     The run's training data is checked first (utils.check_run_data: refused in one line when it
+     The run's training data is checked first (common.rundirs.check_run_data: refused in one line when it
      changed since training, unless --allow-changed-data, which emotions.json records).
   4. The run's model (utils.load_run, best checkpoint) classifies every segment of step 3's cache
      (utils.run_dataset; frozen runs through utils.cached_embeddings, as evaluate.py), batched on
@@ -44,8 +44,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import cli, fileio, formats, rundirs
 import utils
-from utils import LABELS, PipelineError
+from common.cli import PipelineError
+from common.formats import LABELS
 
 HERE = Path(__file__).resolve().parent
 PIPE = "input"  # the step-2 folder of the temporary work directory
@@ -73,7 +75,7 @@ def read_audio(path) -> tuple[np.ndarray, dict]:
     try:
         audio, sr = sf.read(str(path), dtype="float32", always_2d=True)  # [samples, channels]
     except Exception as e:
-        raise PipelineError(f"{path}: cannot decode audio (expected wav, flac or ogg): {utils.one_line(str(e))}") from e
+        raise PipelineError(f"{path}: cannot decode audio (expected wav, flac or ogg): {cli.one_line(str(e))}") from e
     if audio.shape[0] == 0:
         raise PipelineError(f"{path}: audio file has no samples")
     if not np.isfinite(audio).all():
@@ -81,9 +83,9 @@ def read_audio(path) -> tuple[np.ndarray, dict]:
         raise PipelineError(f"{path}: NaN or infinite samples (the first at {first / sr:.3f} s); expected finite samples")
     info = {"sample_rate": int(sr), "channels": int(audio.shape[1]), "seconds": audio.shape[0] / sr}
     mono = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
-    if sr != utils.SAMPLE_RATE:
-        mono = torchaudio.functional.resample(torch.from_numpy(np.ascontiguousarray(mono)), sr, utils.SAMPLE_RATE).numpy()
-    info["resampled"] = sr != utils.SAMPLE_RATE
+    if sr != formats.SAMPLE_RATE:
+        mono = torchaudio.functional.resample(torch.from_numpy(np.ascontiguousarray(mono)), sr, formats.SAMPLE_RATE).numpy()
+    info["resampled"] = sr != formats.SAMPLE_RATE
     return np.ascontiguousarray(mono, dtype=np.float32), info
 
 
@@ -136,15 +138,15 @@ def relabel_rttm(src: Path, dest: Path, dialog: str, stem: str) -> None:
     lines = [ln.split() for ln in src.read_text(encoding="utf-8", errors="replace").splitlines()]
     recordings = sorted({f[1] for f in lines if len(f) > 1 and f[0] == "SPEAKER"})
     if stem in recordings:
-        turns = utils.read_rttm(src, dialog=stem)
+        turns = formats.read_rttm(src, dialog=stem)
     elif len(recordings) <= 1:
-        turns = utils.read_rttm(src)
+        turns = formats.read_rttm(src)
     else:
         raise PipelineError(f"{src}: holds the recordings {recordings[:5]}, none named {stem!r} (the audio file's "
                             "name); expected one recording, or one named like the audio file")
     if not turns:
         raise PipelineError(f"{src}: no SPEAKER line; expected the speaker turns of {stem}")
-    utils.write_rttm(dest, dialog, turns)
+    formats.write_rttm(dest, dialog, turns)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,21 +156,21 @@ def relabel_rttm(src: Path, dest: Path, dialog: str, stem: str) -> None:
 def write_corpus(work: Path, recordings: list[dict]) -> None:
     """WORK/labels.json and WORK/corpus/audio/<dialog>.wav (float 16 kHz mono): one dialog per
     recording, session 1 (a file named like an IEMOCAP dialog: its name's session, as labels.json
-    requires), no utterances; checked by utils.load_labels as steps 2 and 3 read it."""
+    requires), no utterances; checked by common.formats.load_labels as steps 2 and 3 read it."""
     import soundfile as sf
 
     corpus = work / "corpus"
     (corpus / "audio").mkdir(parents=True, exist_ok=True)
     dialogs = {}
     for r in recordings:
-        sf.write(str(corpus / "audio" / f"{r['dialog']}.wav"), r["audio"], utils.SAMPLE_RATE, subtype="FLOAT")
-        session = utils.session_of(r["dialog"]) if utils.iemocap_dialog_meta(r["dialog"]) else 1
+        sf.write(str(corpus / "audio" / f"{r['dialog']}.wav"), r["audio"], formats.SAMPLE_RATE, subtype="FLOAT")
+        session = formats.session_of(r["dialog"]) if formats.iemocap_dialog_meta(r["dialog"]) else 1
         dialogs[r["dialog"]] = {"session": session, "kind": "impro", "scenario": r["dialog"], "script": None,
                                 "wav": f"audio/{r['dialog']}.wav", "utterances": []}
     labels = {"corpus": str(corpus.resolve()), "labels": list(LABELS), "dialogs": dialogs,
               "counts": {}, "source": {"predict": [str(r["path"]) for r in recordings]}}
-    utils.atomic_write_json(work / "labels.json", labels)
-    utils.load_labels(work, require=("wav",))
+    fileio.atomic_write_json(work / "labels.json", labels)
+    formats.load_labels(work, require=("wav",))
 
 
 def step3_flags(config: dict, run_dir: Path) -> list[str]:
@@ -196,7 +198,7 @@ def step3_flags(config: dict, run_dir: Path) -> list[str]:
     step3 = {}
     if manifest.is_file():
         try:
-            step3 = utils.read_json(manifest, "alignment manifest").get("config", {})
+            step3 = fileio.read_json(manifest, "alignment manifest").get("config", {})
         except (PipelineError, AttributeError):
             step3 = {}
     if "tie_break" in step3:
@@ -209,16 +211,16 @@ def step3_flags(config: dict, run_dir: Path) -> list[str]:
 
 
 def check_run_data(run_dir: Path, config: dict, allow: bool) -> dict | None:
-    """The run's data as it was trained on (utils.check_run_data: refused in one line when it changed, unless
+    """The run's data as it was trained on (common.rundirs.check_run_data: refused in one line when it changed, unless
     allow), when its work directory is on this machine; None (said) when not: a run copied elsewhere."""
     work = Path(str((config.get("data") or {}).get("work", "")))
     if config.get("data") and not (work / "labels.json").is_file():
         print(f"[predict] the run's training data ({work}) is not on this machine: its step-3 settings are "
               f"taken from {run_dir / 'config.json'} unchecked", flush=True)
         return None
-    check = utils.check_run_data(run_dir, allow=allow)
+    check = rundirs.check_run_data(run_dir, allow=allow)
     if check["changed"]:
-        print(f"[predict] WARNING {run_dir}: its data changed since training ({utils.ALLOW_CHANGED_DATA}): "
+        print(f"[predict] WARNING {run_dir}: its data changed since training ({rundirs.ALLOW_CHANGED_DATA}): "
               + "; ".join(check["changed"]), flush=True)
     return check
 
@@ -227,7 +229,7 @@ def run_step(script: str, args: list[str]) -> int:
     """Run a step script with this Python; its output goes to the terminal. Returns its exit status
     (0 done, 1 some dialogs failed); anything else (bad input, a bug) stops here."""
     print(f"[predict] {' '.join(shlex.quote(c) for c in ['python', script, *args])}", flush=True)
-    proc = utils.start_step(script, args)
+    proc = cli.start_step(script, args)
     try:
         rc = proc.wait()
     except BaseException:  # Ctrl-C: do not leave the step running
@@ -242,7 +244,7 @@ def dialog_errors(manifest: Path) -> dict:
     """{dialog: error} of the dialogs a step manifest lists as failed."""
     if not manifest.is_file():
         return {}
-    data = utils.read_json(manifest, "step manifest")
+    data = fileio.read_json(manifest, "step manifest")
     return {d: e.get("error", "failed") for d, e in data.get("dialogs", {}).items()
             if isinstance(e, dict) and e.get("status") == "failed"}
 
@@ -294,7 +296,7 @@ def emotion_shares(segments: list[dict]) -> dict:
     """{label: share of the segments' total duration} (segments of zero length count one sample)."""
     time = {lab: 0.0 for lab in LABELS}
     for s in segments:
-        time[s["emotion"]] += max(s["end"] - s["start"], 1.0 / utils.SAMPLE_RATE)
+        time[s["emotion"]] += max(s["end"] - s["start"], 1.0 / formats.SAMPLE_RATE)
     total = sum(time.values())
     return {lab: (t / total if total else 0.0) for lab, t in time.items()}
 
@@ -409,9 +411,9 @@ def write_outputs(rec: dict, segments: list[dict], out: Path, run_dir: Path, con
         "segments": segments,
     }
     out.mkdir(parents=True, exist_ok=True)
-    utils.atomic_write_json(out / f"{name}.emotions.json", result)
-    utils.atomic_write_text(out / f"{name}.emotions.rttm", rttm_text(name, segments))
-    utils.atomic_write_text(out / f"{name}.{'srt' if srt else 'vtt'}", subtitles(segments, srt))
+    fileio.atomic_write_json(out / f"{name}.emotions.json", result)
+    fileio.atomic_write_text(out / f"{name}.emotions.rttm", rttm_text(name, segments))
+    fileio.atomic_write_text(out / f"{name}.{'srt' if srt else 'vtt'}", subtitles(segments, srt))
     plot_timeline(segments, duration, out / f"{name}.timeline.png",
                   f"{rec['path'].name}: {duration:.1f} s, {len(speakers)} speakers, {len(segments)} segments "
                   f"(run {run_dir.name})")
@@ -434,7 +436,7 @@ def main(argv=None) -> dict:
                                                 "<audio name>.rttm")
     p.add_argument("--out", default="predictions", help="output folder (default: %(default)s)")
     p.add_argument("--srt", action="store_true", help="write <name>.srt instead of <name>.vtt")
-    p.add_argument(utils.ALLOW_CHANGED_DATA, action="store_true",
+    p.add_argument(rundirs.ALLOW_CHANGED_DATA, action="store_true",
                    help="use the run even when its training data (labels.json, step-3 config or cache files) changed "
                         "since it was trained (refused otherwise); recorded in <name>.emotions.json")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cuda or cpu; for steps 2 and 4")
@@ -458,7 +460,7 @@ def main(argv=None) -> dict:
 
     # Everything that can be wrong with the inputs is found before any model is loaded.
     run_dir = check_run(args.run)
-    config = utils.read_json(run_dir / "config.json", "run config")
+    config = fileio.read_json(run_dir / "config.json", "run config")
     if "folds" in config:
         raise PipelineError(f"{run_dir}: a cross-validation run; pass one of its fold dirs {config['folds']}")
     data_check = check_run_data(run_dir, config, args.allow_changed_data)
@@ -476,7 +478,7 @@ def main(argv=None) -> dict:
         recordings.append(rec)
     for n, rec in enumerate(recordings, 1):
         rec["audio"], rec["info"] = read_audio(rec["path"])
-        rec["duration"] = len(rec["audio"]) / utils.SAMPLE_RATE
+        rec["duration"] = len(rec["audio"]) / formats.SAMPLE_RATE
         i = rec["info"]
         print(f"[predict] ({n}/{len(recordings)}) {rec['path']}: {i['seconds']:.1f} s, {i['channels']} channel(s), "
               f"{i['sample_rate']} Hz" + (" -> mono 16 kHz" if i["resampled"] or i["channels"] > 1 else ""), flush=True)
@@ -489,14 +491,14 @@ def main(argv=None) -> dict:
         work = Path(args.keep_work) if args.keep_work else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         # temporary files of a killed run (in --keep-work, and in --out where it writes, not below)
-        utils.remove_stale_temp(work) + utils.remove_stale_temp(Path(args.out), recursive=False)
+        fileio.remove_stale_temp(work) + fileio.remove_stale_temp(Path(args.out), recursive=False)
         write_corpus(work, recordings)
         pipe_dir = work / PIPE
         if args.asr_json is not None:
             for rec in recordings:
                 dest = pipe_dir / "asr" / f"{rec['dialog']}.json"
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                utils.atomic_write_bytes(dest, rec["asr_json"].read_bytes())
+                fileio.atomic_write_bytes(dest, rec["asr_json"].read_bytes())
                 rttm_dir = "diarization_exclusive" if "exclusive" in align_flags else "diarization"
                 relabel_rttm(rec["rttm"], pipe_dir / rttm_dir / f"{rec['dialog']}.rttm", rec["dialog"], rec["path"].stem)
         else:
@@ -531,7 +533,7 @@ def main(argv=None) -> dict:
                 # one recording at a time: its batches (and so its numbers) do not depend on the other files
                 predicted = predict_segments(model, config, [variant_dir / "cache" / f"{d}.pt"], work, device,
                                              args.batch_size or config["batch_size"])
-                step3 = utils.read_json(variant_dir / "segments" / f"{d}.json", "step-3 segments")
+                step3 = fileio.read_json(variant_dir / "segments" / f"{d}.json", "step-3 segments")
                 by_id = {s["id"]: s for s in step3["segments"]}
                 segments = []
                 for s in predicted:
@@ -558,4 +560,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    utils.run_main(main)
+    cli.run_main(main)

@@ -49,10 +49,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-import utils
+from common import checklist, cli, fileio, formats
 from common import step2_oracle, step2_simulated, step2_whisperx
-from utils import (CheckItem, PipelineError, SAMPLE_RATE, atomic_write_json, code_version, load_audio, load_labels,
-                   read_json, write_rttm)
+from common.checklist import CheckItem
+from common.cli import PipelineError
+from common.fileio import atomic_write_json, read_json
+from common.formats import SAMPLE_RATE, load_audio, load_labels, write_rttm
+from common.rundirs import code_version
 
 BACKENDS = ("whisperx", "oracle", "simulated")
 DIARIZATION_DIRS = {"overlap": "diarization", "exclusive": "diarization_exclusive"}  # the two RTTM folders
@@ -168,7 +171,7 @@ def check_args(p, args):
         if not 0 < getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must lie between 0 and 1, got {getattr(args, flag)}")
     try:
-        args.shard_index, args.shard_count = utils.parse_shard(args.shard)
+        args.shard_index, args.shard_count = checklist.parse_shard(args.shard)
     except PipelineError as e:
         p.error(str(e))
 
@@ -274,9 +277,9 @@ def run_dialog(dialog: str, entry: dict, corpus: Path, out: Path, args, backend)
     utterances, counts = step2_oracle.dialog_utterances(corpus, dialog, entry)
     wav = corpus / entry["wav"]
     audio = load_audio(wav) if args.backend == "whisperx" else None  # the only decode of this dialog in this run
-    duration = len(audio) / SAMPLE_RATE if audio is not None else utils.wav_seconds(wav)
+    duration = len(audio) / SAMPLE_RATE if audio is not None else formats.wav_seconds(wav)
     for u in utterances:  # labels.json's (and the transcription's unevaluated) utterances
-        utils.check_in_audio(u["end"], duration, str(wav), f"utterance {u['id']} ({u['start']:.3f}-{u['end']:.3f} s)")
+        formats.check_in_audio(u["end"], duration, str(wav), f"utterance {u['id']} ({u['start']:.3f}-{u['end']:.3f} s)")
     counts["empty_wdseg_tokens"] = 0
     # the reference: the offline backends' input, and what every result is measured against
     ref_words, no_wdseg = step2_oracle.reference_words(corpus, utterances, duration, counts)
@@ -385,7 +388,7 @@ def preflight(args) -> list[CheckItem]:
         else:  # --planned (reproduce.py --check before a first run): the corpus's dialog wavs stand in
             wavs = sorted(p for p in Path(args.iemocap).glob("Session*/dialog/wav/Ses*.wav") if p.stem[3:5].isdigit())
             labels = {"corpus": args.iemocap, "dialogs": {
-                p.stem: {"session": utils.session_of(p.stem), "wav": str(p.relative_to(args.iemocap))} for p in wavs}}
+                p.stem: {"session": formats.session_of(p.stem), "wav": str(p.relative_to(args.iemocap))} for p in wavs}}
             names = select_dialogs(labels, args.dialogs, args.sessions)[args.shard_index::args.shard_count]
             items.append(CheckItem("labels", bool(names), f"{work / 'labels.json'} will be made by step 1; "
                                    f"{len(wavs)} dialog wavs in {args.iemocap}/Session*/dialog/wav stand in, "
@@ -394,7 +397,7 @@ def preflight(args) -> list[CheckItem]:
         corpus, problems = Path(args.iemocap or labels.get("corpus") or "."), []
         for d in names:
             try:
-                audio_seconds += utils.wav_seconds(corpus / labels["dialogs"][d]["wav"])
+                audio_seconds += formats.wav_seconds(corpus / labels["dialogs"][d]["wav"])
             except PipelineError as e:
                 problems.append(str(e))
         items.append(CheckItem("corpus audio", not problems, (
@@ -402,15 +405,15 @@ def preflight(args) -> list[CheckItem]:
             f"{len(problems)} of {len(names)} dialog wavs unusable, e.g. {problems[0]}; check --iemocap")))
     if args.backend == "whisperx":
         items += step2_whisperx.model_checks(args)
-        items.append(utils.check_cuda(required=args.device.startswith("cuda"), min_free_gib=GPU_GIB_NEEDED,
+        items.append(checklist.check_cuda(required=args.device.startswith("cuda"), min_free_gib=GPU_GIB_NEEDED,
                                       purpose="WhisperX large-v2, beam 5, and pyannote"))
     downloads = step2_whisperx.planned_download_bytes(args)
-    items.append(utils.check_disk(work, audio_seconds * OUTPUT_BYTES_PER_AUDIO_SECOND + downloads,
+    items.append(checklist.check_disk(work, audio_seconds * OUTPUT_BYTES_PER_AUDIO_SECOND + downloads,
                                   "step-2 outputs" + (" and model downloads" if downloads else "")))
     if args.backend == "whisperx":
         flops = audio_seconds * sum(STEP2_FLOPS_PER_AUDIO_SECOND.values())
         paper = args.asr_model == "large-v2" and args.align_model is None and "3.1" in args.diar_model
-        items.append(utils.estimate_time("time (estimate)", flops, device=args.device, detail=(
+        items.append(checklist.estimate_time("time (estimate)", flops, device=args.device, detail=(
             f"{audio_seconds / 3600:.2f} h of audio x {sum(STEP2_FLOPS_PER_AUDIO_SECOND.values()):.2g} FLOP per s "
             "of the paper's large-v2 + wav2vec2-base + pyannote 3.1, preprocess.STEP2_FLOPS_PER_AUDIO_SECOND"
             + ("" if paper else "; other models than the paper's: scale by their size"))))
@@ -435,7 +438,7 @@ def read_manifest(out: Path) -> dict:
 
 def check(argv=None) -> list[CheckItem]:
     """The step-2 preflight for the run these arguments describe (same flags as a run) -> its
-    items, printing nothing (reproduce.py --check and train.py print them with utils.report_checks)."""
+    items, printing nothing (reproduce.py --check and train.py print them with common.checklist.report_checks)."""
     return preflight(parse_args(argv))
 
 
@@ -470,7 +473,7 @@ def plan_run(args) -> Run:
     k, n = args.shard_index, args.shard_count
     pipe = pipe_name(args)
     out = work / pipe
-    utils.remove_stale_temp(out)  # temporary files of a killed run
+    fileio.remove_stale_temp(out)  # temporary files of a killed run
     config = run_config(args)
     key = config_key(config)
     manifest = read_manifest(out)
@@ -524,7 +527,7 @@ def run_dialogs(run: Run, todo: list[str], args, backend):
 def merge_manifest(run: Run) -> dict:
     """Merge under a lock (the last shard to finish sees every other shard's final part) -> the summary."""
     out = run.out
-    with utils.file_lock(out / "manifest.lock"):
+    with fileio.file_lock(out / "manifest.lock"):
         if run.part_path is not None:
             run.manifest = read_manifest(out)
             run.manifest.update(run.meta)
@@ -575,7 +578,7 @@ def main(argv=None):
         return step2_whisperx.download_models(args)
     if args.check:
         items = preflight(args)
-        if not utils.report_checks(items, "step 2 preflight"):
+        if not checklist.report_checks(items, "step 2 preflight"):
             raise SystemExit(1)
         return items
 
@@ -597,4 +600,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    utils.run_main(main)
+    cli.run_main(main)

@@ -50,8 +50,11 @@ from pathlib import Path
 
 import numpy as np
 
+from common import checklist, cli, fileio, formats, rundirs, scoring
 import utils
-from utils import LABELS, PAPER, PipelineError
+from common.cli import PipelineError
+from common.formats import LABELS
+from common.scoring import PAPER
 
 HERE = Path(__file__).resolve().parent
 PAUSES = (0.5, 1.0, 1.5, 2.0)
@@ -139,10 +142,10 @@ def variant_data(work, pipe: str, variant: str) -> str:
     each dialog's key (align.py gives a dialog a new key whenever it rewrites it from other inputs or
     settings). A train item's upstream, so a step-1 or step-3 re-run outside this command that changes a
     run's data retrains the run (--no-resume) instead of leaving evaluate.py to refuse it
-    (utils.check_run_data); unchanged data keeps the stamps."""
+    (common.rundirs.check_run_data); unchanged data keeps the stamps."""
     work = Path(work)
     manifest = work / pipe / variant / "manifest.json"
-    m = utils.read_json(manifest, "alignment manifest") if manifest.is_file() else {}
+    m = fileio.read_json(manifest, "alignment manifest") if manifest.is_file() else {}
     m = m if isinstance(m, dict) else {}
     keys = {d: e.get("key") for d, e in (m.get("dialogs") or {}).items() if isinstance(e, dict)}
     labels = file_digest(work / "labels.json") if (work / "labels.json").is_file() else ""
@@ -170,7 +173,7 @@ class Runner:
     def __init__(self, work: Path, force: bool, jobs: int = 1):
         self.work = work
         self.path = work / "reproduce_stamps.json"
-        self.stamps = utils.read_json(self.path, "stamp file") if self.path.is_file() else {}
+        self.stamps = fileio.read_json(self.path, "stamp file") if self.path.is_file() else {}
         self.force = force
         self.jobs = max(1, jobs)
         self.timings = []  # one entry per invocation, and one per up-to-date item
@@ -223,13 +226,13 @@ class Runner:
             t0 = time.time()
             if parallel == 1:
                 print(f"\n=== {label}: python {script} {' '.join(argv)}", flush=True)
-                rc, log = utils.start_step(script, argv, env).wait(), None
+                rc, log = cli.start_step(script, argv, env).wait(), None
             else:
                 log = self.work / "logs" / (re.sub(r"[^\w.-]+", "_", label).strip("_") + ".log")
                 log.parent.mkdir(parents=True, exist_ok=True)
                 print(f"  started {label}: python {script} {' '.join(argv)}", flush=True)
                 with open(log, "w", encoding="utf-8") as f:
-                    rc = utils.start_step(script, argv, env, f).wait()
+                    rc = cli.start_step(script, argv, env, f).wait()
             return call, rc, round(time.time() - t0, 2), log
 
         failed = []
@@ -250,7 +253,7 @@ class Runner:
                 for item in ids:
                     self.stamps[keys[item]] = {"step": name, "script": script, "item": item, "seconds": seconds,
                                                "finished": finished}
-                utils.atomic_write_json(self.path, self.stamps)
+                fileio.atomic_write_json(self.path, self.stamps)
                 self.timings.append({"step": name, "items": ids, "argv": argv, "seconds": seconds, "skipped": False,
                                      "redone": redo, "parallel": parallel})
         if failed:
@@ -481,8 +484,8 @@ def load_results(work: Path, c: dict) -> dict:
     runs = []
     for name in run_names(c):
         d = work / "runs" / name
-        runs.append({"name": name, "metrics": utils.read_json(d / "metrics.json", "metrics file"),
-                     **{tag: utils.read_json(d / f, "TEER file") if (d / f).is_file() else None
+        runs.append({"name": name, "metrics": fileio.read_json(d / "metrics.json", "metrics file"),
+                     **{tag: fileio.read_json(d / f, "TEER file") if (d / f).is_file() else None
                         for tag, f in (("teer", "teer.json"), ("teer_authors", "teer_authors.json"))}})
     seeds = ",".join(str(s) for s in c["seeds"])
     source = str(work / "runs" / c["name"].replace("{seed}", f"{{{seeds}}}" if len(c["seeds"]) > 1 else seeds))
@@ -553,7 +556,7 @@ def seed_confusions(res: dict, dialogs=None, labels=None) -> tuple[np.ndarray, l
     per_seed = [flat(r["metrics"])["utterance"]["utterances"] for r in res["runs"]]
     dialogs = dialogs or sorted(scored_dialogs(res))
     per_seed = [utts + missed_records(utts, dialogs, labels) for utts in per_seed]
-    return np.stack([utils.dialog_confusions(utts, dialogs) for utts in per_seed]), dialogs
+    return np.stack([scoring.dialog_confusions(utts, dialogs) for utts in per_seed]), dialogs
 
 
 def table_head(cells: list[str]) -> list[str]:
@@ -569,7 +572,7 @@ class Tables:
     def labels(self) -> dict:
         """WORK/labels.json, read on first use (misses of dialogs a pipeline has no record of)."""
         if self._labels is None:
-            self._labels = utils.load_labels(self.cfg["work"])
+            self._labels = formats.load_labels(self.cfg["work"])
         return self._labels
 
     def get(self, pipe, variant, mode="finetune", modality="fusion", fusion=DEFAULT_FUSION):
@@ -581,7 +584,7 @@ class Tables:
         text = mean_std(values(res, metric_getter(key, "utterance")))
         if self.args.bootstrap_samples:
             cms = seed_confusions(res, labels=self.labels)[0]
-            lo, hi = utils.bootstrap_ci(cms, key, self.args.bootstrap_samples, self.args.bootstrap_seed)
+            lo, hi = scoring.bootstrap_ci(cms, key, self.args.bootstrap_samples, self.args.bootstrap_seed)
             text += f" [{100 * lo:.1f}, {100 * hi:.1f}]"
         return text
 
@@ -615,7 +618,7 @@ class Tables:
 
     def classification_row(self, label, res, paper_row=None) -> str:
         utt, seg, cov = self.counts(res)
-        ours = [self.projected(res, k) for k in utils.HEADLINE] + [utt, self.dialogs(res)] + \
+        ours = [self.projected(res, k) for k in scoring.HEADLINE] + [utt, self.dialogs(res)] + \
                [self.segment(res, k) for k in ("accuracy", "weighted_f1", "macro_f1")] + [seg, cov, str(self.n(res))]
         theirs = ["-" if paper_row is None or paper_row[k] is None else f"{paper_row[k]:.2f}"
                   for k in ("accuracy", "weighted_f1", "macro_f1")]
@@ -625,22 +628,22 @@ class Tables:
         """The floor every model must clear: each test reference utterance gets the label most
         frequent among the 4-class reference utterances of the run's training dialogs."""
         run_dir = Path(self.cfg["work"]) / "runs" / res["runs"][0]["name"]
-        config = utils.read_json(run_dir / "config.json", "run config")
+        config = fileio.read_json(run_dir / "config.json", "run config")
         if "split" not in config:  # cross-validation: each fold has its own training dialogs
             return None
-        labels = utils.load_labels(self.cfg["work"])
+        labels = formats.load_labels(self.cfg["work"])
         train = config["split"]["train"]
         counts = {lab: sum(u["label"] == lab for d in train for u in labels["dialogs"][d]["utterances"]) for lab in LABELS}
         majority = max(LABELS, key=lambda lab: counts[lab])
         utts = flat(res["runs"][0]["metrics"])["utterance"]["utterances"]
         dialogs = sorted({u["dialog"] for u in utts})
-        cms = utils.dialog_confusions([{**u, "pred": majority} for u in utts], dialogs)
-        m = utils.metrics_from_confusion(cms.sum(0))
+        cms = scoring.dialog_confusions([{**u, "pred": majority} for u in utts], dialogs)
+        m = scoring.metrics_from_confusion(cms.sum(0))
         cells = []
-        for key in utils.HEADLINE:
+        for key in scoring.HEADLINE:
             cell = f"{100 * float(m[key]):.2f}"
             if self.args.bootstrap_samples:
-                lo, hi = utils.bootstrap_ci(cms, key, self.args.bootstrap_samples, self.args.bootstrap_seed)
+                lo, hi = scoring.bootstrap_ci(cms, key, self.args.bootstrap_samples, self.args.bootstrap_seed)
                 cell += f" [{100 * lo:.1f}, {100 * hi:.1f}]"
             cells.append(cell)
         return (f"| majority class ({majority}: the most frequent training label) | " + " | ".join(cells)
@@ -658,8 +661,8 @@ class Tables:
         cms_a, _ = seed_confusions(a, dialogs, self.labels)
         cms_b, _ = seed_confusions(b, dialogs, self.labels)
         rows = []
-        for key in utils.HEADLINE:
-            r = utils.paired_bootstrap(cms_a, cms_b, key, self.args.bootstrap_samples, self.args.bootstrap_seed)
+        for key in scoring.HEADLINE:
+            r = scoring.paired_bootstrap(cms_a, cms_b, key, self.args.bootstrap_samples, self.args.bootstrap_seed)
             lo, hi = r["ci95"]
             rows.append(f"| {label} | {key} | {100 * r['a']:.2f} | {100 * r['b']:.2f} | "
                         f"{100 * r['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {r['sign_flip_share']:.3f} | "
@@ -681,7 +684,7 @@ class Tables:
              "predictions pooled.", "", *table_head(["Configuration", "Acc", "UA", "WF1", "MF1", "values", "source"])]
         for res in sorted(self.R.values(), key=lambda r: r["name"]):
             L.append(f"| {res['name'].replace('__s{seed}', '')} | "
-                     + " | ".join(mean_std(fold_values(res, metric_getter(k, "utterance"))) for k in utils.HEADLINE)
+                     + " | ".join(mean_std(fold_values(res, metric_getter(k, "utterance"))) for k in scoring.HEADLINE)
                      + f" | {len(fold_values(res, metric_getter('accuracy', 'utterance')))} | "
                      f"`{res['source']}/metrics.json` |")
         return L + [""]
@@ -691,7 +694,7 @@ class Tables:
         std, orc = cfg["standard_pipe"], cfg["oracle_pipe"]
         L = ["# Reproduction of Wang, Lee, Chen (IALP 2025), Tables I-IV and ablations", ""]
         if cfg["demo"]:
-            L += [f"> **{utils.DEMO_NOTE}**", ""]
+            L += [f"> **{formats.DEMO_NOTE}**", ""]
         L += ["How to read these tables. Every number is computed by this repository's runs; each row names the "
               "metrics files it comes from (`{0,1,2}` = the seeds). A cell is the mean ± sample standard deviation "
               "(ddof = 1) over seeds of the metric of each seed's run on all its test dialogs"
@@ -724,7 +727,7 @@ class Tables:
                   "| Emotion | without | with | without (seg.) | with (seg.) | without (paper) | with (paper) |",
                   "|---|---|---|---|---|---|---|"]
             for lab in LABELS:
-                L.append(f"| {utils.LABEL_NAMES[lab]} | "
+                L.append(f"| {formats.LABEL_NAMES[lab]} | "
                          + " | ".join(mean_std(values(r, metric_getter(f"f1:{lab}", level)), 1.0)
                                       for level in ("utterance", "segment") for r in (bl, al))
                          + f" | {PAPER['table2']['without-alignment'][lab]:.2f} | {PAPER['table2']['aligned'][lab]:.2f} |")
@@ -781,7 +784,7 @@ class Tables:
         if len(extra) > 1:
             L += [f"## Ablation: single-modality baselines ({mode} extractors; not in the paper)", "",
                   *table_head(["Configuration", *ABLATION_COLUMNS])]
-            L += [f"| {lbl} | " + " | ".join(self.projected(r, k) for k in utils.HEADLINE) + " | "
+            L += [f"| {lbl} | " + " | ".join(self.projected(r, k) for k in scoring.HEADLINE) + " | "
                   + " | ".join(self.segment(r, k) for k in ("accuracy", "macro_f1"))
                   + f" | {self.n(r)} | {self.dialogs(r)} | `{r['source']}/metrics.json` |" for lbl, r in extra]
             L += [row for row in [self.majority_row(extra[0][1])] if row] + [""]
@@ -795,7 +798,7 @@ class Tables:
                   "concat = an MLP on [z_t ; z_a]; late = the mean of the two single-modality heads' logits "
                   "(utils.SERModel). Everything else is equal.", "",
                   *table_head(["Fusion", *ABLATION_COLUMNS])]
-            L += [f"| {f} | " + " | ".join(self.projected(r, k) for k in utils.HEADLINE) + " | "
+            L += [f"| {f} | " + " | ".join(self.projected(r, k) for k in scoring.HEADLINE) + " | "
                   + " | ".join(self.segment(r, k) for k in ("accuracy", "macro_f1"))
                   + f" | {self.n(r)} | {self.dialogs(r)} | `{r['source']}/metrics.json` |" for f, r in fusion_rows]
             L.append("")
@@ -836,7 +839,7 @@ def plot_sweep(sweep, path: Path, demo: bool):
     xs = [p for p, _ in sweep]
     for lab in LABELS:
         ax.plot(xs, [np.mean(values(r, metric_getter(f"f1:{lab}", "utterance"))) for _, r in sweep], marker="o",
-                label=utils.LABEL_NAMES[lab])
+                label=formats.LABEL_NAMES[lab])
     ax.set_xlabel("maximum pause inside a turn (s)")
     ax.set_ylabel("F1 (test, reference-projected)")
     ax.set_title("Per-emotion F1 vs pause threshold" + (" (DEMO data)" if demo else ""))
@@ -879,10 +882,10 @@ def preflight(cfg, args) -> bool:
         corpus_ready = Path(args.corpus_csv).is_file() if args.corpus_csv else (corpus / "demo_ground_truth.json").is_file()
         models_ready = (args.text_model and args.audio_model) or all((models / m).is_dir() for m in ("roberta-tiny", "wav2vec2-tiny"))
         if not corpus_ready:
-            summary.append(utils.CheckItem("demo corpus", True, f"{corpus} will be built by the first run "
+            summary.append(checklist.CheckItem("demo corpus", True, f"{corpus} will be built by the first run "
                                            "(demo/make_corpus.py); steps 1-3 are checked once it exists"))
         if not models_ready:
-            summary.append(utils.CheckItem("demo models", True, f"{models} will be built by the first run "
+            summary.append(checklist.CheckItem("demo models", True, f"{models} will be built by the first run "
                                            "(demo/build_ser_models.py); train.py is checked once they exist"))
 
     class Recorder:  # stands in for the Runner: records each step's command instead of running it
@@ -918,14 +921,14 @@ def preflight(cfg, args) -> bool:
         argv = max(of_mode, key=lambda a: a[1])[0] + ["--check", "--planned", "--check-runs", str(sum(n for _, n in of_mode))]
         checks.append((f"step 4 train ({mode})", "train.py", argv + (["--iemocap", str(corpus)] if corpus_ready else [])))
 
-    procs = [(label, script, argv, utils.start_step(script, argv, stdout=subprocess.PIPE)) for label, script, argv in checks]
+    procs = [(label, script, argv, cli.start_step(script, argv, stdout=subprocess.PIPE)) for label, script, argv in checks]
     if corpus_ready:  # step 3's caches, while the checks run
         import soundfile as sf
 
         caches = {(c["pipe"], c["variant"]) for c in configs}
         seconds = sum(sf.info(str(p)).duration for p in corpus.glob("Session*/dialog/wav/Ses*.wav"))
-        item = utils.check_disk(cfg["work"], seconds * utils.SAMPLE_RATE * 4 * len(caches), "step-3 segment caches")
-        summary.append(utils.CheckItem("step 3 align (disk)", item.ok, f"{len(caches)} pipeline/variant caches of "
+        item = checklist.check_disk(cfg["work"], seconds * formats.SAMPLE_RATE * 4 * len(caches), "step-3 segment caches")
+        summary.append(checklist.CheckItem("step 3 align (disk)", item.ok, f"{len(caches)} pipeline/variant caches of "
                                        f"{seconds / 3600:.2f} h of dialog audio: {item.message}"))
     for label, script, argv, proc in procs:
         out = proc.communicate()[0].rstrip()
@@ -935,11 +938,11 @@ def preflight(cfg, args) -> bool:
             last = last.split(" preflight: ", 1)[-1]  # "step 2 preflight: all 5 checks OK" -> "all 5 checks OK"
         else:
             last = f"exit status {proc.returncode}: {last}"
-        summary.append(utils.CheckItem(label, proc.returncode == 0, last))
+        summary.append(checklist.CheckItem(label, proc.returncode == 0, last))
     print(f"\nreproduce.py --check ({'demo' if cfg['demo'] else 'real data'}, work {cfg['work']}), "
           f"{time.time() - t0:.1f} s:")
     step_number = lambda item: int(item.name.split()[1]) if item.name.startswith("step ") else 0  # noqa: E731
-    return utils.report_checks(sorted(summary, key=step_number), "reproduce preflight")
+    return checklist.report_checks(sorted(summary, key=step_number), "reproduce preflight")
 
 
 def predict_demo(cfg, runner: Runner, configs: list[dict], results_dir: Path) -> None:
@@ -953,8 +956,8 @@ def predict_demo(cfg, runner: Runner, configs: list[dict], results_dir: Path) ->
         return
     work = Path(cfg["work"])
     run_dir = work / "runs" / run_names(c)[0]
-    dialog = utils.read_json(run_dir / "config.json", "run config")["split"]["test"][0]
-    labels = utils.load_labels(work, require=("wav",))
+    dialog = fileio.read_json(run_dir / "config.json", "run config")["split"]["test"][0]
+    labels = formats.load_labels(work, require=("wav",))
     wav = Path(labels["corpus"]) / labels["dialogs"][dialog]["wav"]
     argv = [str(wav), "--run", str(run_dir), "--asr-json", str(work / std / "asr" / f"{dialog}.json"),
             "--rttm", str(work / std / "diarization" / f"{dialog}.rttm"), "--out", str(results_dir / "predict")]
@@ -972,7 +975,7 @@ def main(argv=None):
     work, results_dir = Path(cfg["work"]), Path(args.results)
     work.mkdir(parents=True, exist_ok=True)
     results_dir.mkdir(parents=True, exist_ok=True)
-    utils.remove_stale_temp(results_dir)  # temporary files of a killed run
+    fileio.remove_stale_temp(results_dir)  # temporary files of a killed run
     configs = plan_configs(cfg, args)
     runner = Runner(work, args.force, cfg["jobs"])
     run_pipeline(cfg, args, runner, configs)
@@ -981,7 +984,7 @@ def main(argv=None):
         predict_demo(cfg, runner, configs, results_dir)
 
     results = {tuple(c[k] for k in ("pipe", "variant", "mode", "modality", "fusion")): load_results(work, c) for c in configs}
-    utils.atomic_write_text(results_dir / "tables.md", Tables(cfg, args, results).write(results_dir, work))
+    fileio.atomic_write_text(results_dir / "tables.md", Tables(cfg, args, results).write(results_dir, work))
     for res in results.values():
         for r in res["runs"]:
             png = work / "runs" / r["name"] / "confusion_matrix.png"
@@ -997,10 +1000,10 @@ def main(argv=None):
     for t in ran:
         kind = " ".join(t["step"].split()[:2])
         busy[kind] = round(busy.get(kind, 0.0) + t["seconds"], 2)
-    labels = utils.load_labels(work)
+    labels = formats.load_labels(work)
     provenance = {
-        "note": utils.DEMO_NOTE if cfg["demo"] else "real-data run",
-        "code": utils.code_version(), "command": [sys.executable, *sys.argv],
+        "note": formats.DEMO_NOTE if cfg["demo"] else "real-data run",
+        "code": rundirs.code_version(), "command": [sys.executable, *sys.argv],
         "python": platform.python_version(), "platform": platform.platform(),
         "config": cfg, "seeds": {c["name"]: c["seeds"] for c in configs}, "folds": args.folds,
         "bootstrap": {"samples": args.bootstrap_samples, "seed": args.bootstrap_seed},
@@ -1014,17 +1017,17 @@ def main(argv=None):
     if args.corpus_csv:
         provenance["corpus"].update(kind="csv", csv=str(args.corpus_csv), csv_sha256=file_digest(args.corpus_csv))
     elif cfg["demo"]:
-        truth = utils.read_json(Path(cfg["iemocap"]) / "demo_ground_truth.json", "demo ground truth")
+        truth = fileio.read_json(Path(cfg["iemocap"]) / "demo_ground_truth.json", "demo ground truth")
         provenance["corpus"].update(kind="demo", seed=truth.get("seed"), generator_args=truth.get("args"))
     provenance["models"] = {"text": utils.extractor_identity(cfg["text_model"]),
                             "audio": utils.extractor_identity(cfg["audio_model"])}
-    utils.atomic_write_json(results_dir / "provenance.json", provenance)
+    fileio.atomic_write_json(results_dir / "provenance.json", provenance)
     print(f"\n{len(ran)} step invocations ran ({', '.join(f'{k} {v:.1f} s' for k, v in per_step.items()) or 'none'}), "
           f"{len(runner.timings) - len(ran)} items were up to date; {time.time() - t0:.1f} s in all")
     print(f"tables: {results_dir / 'tables.md'}   provenance: {results_dir / 'provenance.json'}")
     if cfg["demo"]:
-        print(utils.DEMO_NOTE)
+        print(formats.DEMO_NOTE)
 
 
 if __name__ == "__main__":
-    utils.run_main(main)
+    cli.run_main(main)

@@ -33,7 +33,7 @@ there is a false alarm (what the authors' script does).
 Dialogs of the test split with no system segment at all are scored as entirely missed
 (--empty-dialogs missed); --empty-dialogs skip leaves them out, as W-Wu's scorer does (it loops
 over the dialogs of the system output only). The test dialogs are those of the run's split and
-every labels.json dialog its rule puts in the test set (utils.run_test_dialogs), so a dialog that
+every labels.json dialog its rule puts in the test set (common.rundirs.run_test_dialogs), so a dialog that
 step 2 or 3 failed on (no cache, no segment) is scored too; teer.json lists such dialogs under
 "missing_dialogs" either way.
 
@@ -90,9 +90,12 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-import utils
-from utils import (LABELS, PipelineError, atomic_write_json, cover_counts, fold_dirs, load_labels, merge_intervals,
-                   read_json, run_test_dialogs, subtract_intervals)
+from common import cli, fileio, formats, rundirs
+from common.cli import PipelineError
+from common.fileio import atomic_write_json, read_json
+from common.formats import LABELS, load_labels
+from common.intervals import cover_counts, merge_intervals, subtract_intervals
+from common.rundirs import fold_dirs, run_test_dialogs
 
 OTHER = "other"  # reference label of non-target time under --nontarget other
 UNK = "UNK"  # hypothesis label of segments without a 4-class reference under --authors (their script's name)
@@ -101,8 +104,8 @@ UNK = "UNK"  # hypothesis label of segments without a 4-class reference under --
 # Interval sweep
 # ---------------------------------------------------------------------------------------------
 
-# Unions and differences of intervals (scoring regions, collars) are utils.merge_intervals and
-# utils.subtract_intervals; the label counts per elementary piece below are the scorer's own.
+# Unions and differences of intervals (scoring regions, collars) are common.intervals.merge_intervals and
+# common.intervals.subtract_intervals; the label counts per elementary piece below are the scorer's own.
 
 def _label_counts(points, segments, labels):
     """[n_labels, n_pieces] counts of each label's segments over the elementary pieces."""
@@ -317,7 +320,7 @@ def score_predictions(predictions: dict, labels: dict, dialogs, settings: dict, 
         if "label" in seg and seg["label"] is not None and seg["label"] not in LABELS:
             raise PipelineError(f"{where}: segment {n} ({seg.get('id')}) has label {seg['label']!r:.40}, "
                                 f"expected one of {LABELS} or null")
-        if not (utils.is_finite_number(seg["start"]) and utils.is_finite_number(seg["end"]) and seg["start"] <= seg["end"]):
+        if not (formats.is_finite_number(seg["start"]) and formats.is_finite_number(seg["end"]) and seg["start"] <= seg["end"]):
             raise PipelineError(f"{where}: segment {n} ({seg.get('id')}): start {seg['start']!r:.40}, end "
                                 f"{seg['end']!r:.40}; expected finite seconds with start <= end")
         if not isinstance(seg["dialog"], str) or not isinstance(seg["speaker"], str):
@@ -423,7 +426,7 @@ def main(argv=None) -> dict:
     p.add_argument("--also-authors", action="store_true",
                    help="write both teer.json (the flags' settings) and teer_authors.json (--authors) in one go")
     p.add_argument("--out", default=None, help="output file name in the run dir (default teer.json, teer_authors.json with --authors)")
-    p.add_argument(utils.ALLOW_CHANGED_DATA, action="store_true",
+    p.add_argument(rundirs.ALLOW_CHANGED_DATA, action="store_true",
                    help="score a run even when labels.json, its step-3 config or cache files changed since it was "
                         "trained (refused otherwise); teer.json data_check records it")
     args = p.parse_args(argv)
@@ -438,11 +441,11 @@ def main(argv=None) -> dict:
             raise PipelineError(f"{work / 'runs' / name}: run directory not found")
     labels = load_labels(work)
     print(f"read {work / 'labels.json'} ({len(labels['dialogs'])} dialogs)")
-    checks = {name: utils.check_run_data(work / "runs" / name, work / "labels.json", args.allow_changed_data)
+    checks = {name: rundirs.check_run_data(work / "runs" / name, work / "labels.json", args.allow_changed_data)
               for name in args.run}  # every run bound to its data: all checked before any is scored
     for name, check in checks.items():
         if check["changed"]:
-            print(f"WARNING {name}: scored on changed data ({utils.ALLOW_CHANGED_DATA}): {'; '.join(check['changed'])}")
+            print(f"WARNING {name}: scored on changed data ({rundirs.ALLOW_CHANGED_DATA}): {'; '.join(check['changed'])}")
     semantics = [args.authors] + ([True] if args.also_authors and not args.authors else [])
     results = {}
     for name in args.run:
@@ -454,10 +457,10 @@ def main(argv=None) -> dict:
 
 def score_named_run(work: Path, name: str, labels: dict, args, data_check: dict | None = None) -> dict:
     """Score WORK/runs/<name>/ (each fold, then all folds pooled) and write its teer*.json (with
-    data_check, utils.check_run_data's record)."""
+    data_check, common.rundirs.check_run_data's record)."""
     settings = settings_from_args(args)
     run_dir = work / "runs" / name
-    utils.remove_stale_temp(run_dir)  # temporary files of a killed run (its folds' too)
+    fileio.remove_stale_temp(run_dir)  # temporary files of a killed run (its folds' too)
     print(f"{name}: settings {settings}")
     t0 = time.perf_counter()
     folds = fold_dirs(run_dir)
@@ -470,7 +473,7 @@ def score_named_run(work: Path, name: str, labels: dict, args, data_check: dict 
         result = score_run(run_dir, labels, settings)
     elapsed = time.perf_counter() - t0
 
-    note = utils.demo_note(labels)
+    note = formats.demo_note(labels)
     result = {"run": name, **({"note": note} if note else {}), "settings": settings,
               "semantics": "authors" if args.authors else "wu2023",
               **({"data_check": data_check} if data_check else {}),
@@ -487,4 +490,4 @@ def score_named_run(work: Path, name: str, labels: dict, args, data_check: dict 
 
 
 if __name__ == "__main__":
-    utils.run_main(main)
+    cli.run_main(main)

@@ -73,8 +73,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common import checklist, cli, fileio, formats, modelhub, rundirs
 import utils
-from utils import LABELS, PipelineError
+from common.cli import PipelineError
+from common.formats import LABELS
 
 # Flags that may change between an interrupted run and its resumption without changing results.
 RESUME_FREE_KEYS = ("code_version", "device", "num_workers", "resume", "run_dir")
@@ -146,7 +148,7 @@ def parse_args(argv=None):
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="resume from checkpoint_last.pt when the run dir has one with the same config")
-    p.add_argument(utils.ALLOW_CHANGED_DATA, action="store_true",
+    p.add_argument(rundirs.ALLOW_CHANGED_DATA, action="store_true",
                    help="resume even when labels.json, the step-3 config or cache files changed since the checkpoint "
                         "(refused otherwise); what changed is recorded in config.json data_changed_on_resume")
     c = p.add_argument_group("preflight and offline models (see preflight() and download_models())")
@@ -173,7 +175,7 @@ def parse_args(argv=None):
 def split_val(train_dialogs: list[str], fraction: float, seed: int, session_of=None) -> tuple[list[str], list[str]]:
     """Hold out a seeded share of each training session's dialogs (at least one) for validation.
     session_of(dialog) -> its session (default: from an IEMOCAP name; make_folds passes labels.json's)."""
-    session_of = session_of or utils.session_of
+    session_of = session_of or formats.session_of
     rng = random.Random(seed)
     train, val = [], []
     for ses in sorted({session_of(d) for d in train_dialogs}):
@@ -236,7 +238,7 @@ def train_one_epoch(model, batches, optimizer, device, bf16: bool) -> dict:
         correct += int((logits.argmax(-1) == batch["labels"]).sum())
         n += b
         if "lengths" in batch:
-            audio_s += float(batch["lengths"].sum()) / utils.SAMPLE_RATE
+            audio_s += float(batch["lengths"].sum()) / formats.SAMPLE_RATE
     return {"loss": total_loss / max(n, 1), "acc": correct / max(n, 1), "samples": n, "audio_seconds": audio_s}
 
 
@@ -307,11 +309,11 @@ def trained_state(model, mode: str) -> dict:
 # ---- one run --------------------------------------------------------------------------------
 
 def resume_data_check(old: dict, config: dict, run_dir: Path, allow: bool) -> None:
-    """Resume only on the data the checkpoint was trained on (config "data", utils.run_data_identity):
+    """Resume only on the data the checkpoint was trained on (config "data", common.rundirs.run_data_identity):
     else a one-line refusal, or with --allow-changed-data config["data_changed_on_resume"] lists it."""
-    changes = utils.data_changes(old["data"], config["data"]) if isinstance(old.get("data"), dict) else []
+    changes = rundirs.data_changes(old["data"], config["data"]) if isinstance(old.get("data"), dict) else []
     if changes and not allow:
-        raise utils.changed_data_error(run_dir, changes, "start over with --no-resume (or another --run)")
+        raise rundirs.changed_data_error(run_dir, changes, "start over with --no-resume (or another --run)")
     earlier = old.get("data_changed_on_resume") or []
     if earlier or changes:
         config["data_changed_on_resume"] = earlier + changes
@@ -345,28 +347,28 @@ def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple
     config.update({"work": str(work), "run": run_dir.name, "folds_scheme": args.folds, "bf16": bf16,
                    "do_normalize": do_norm, "extractors": extractors, "feature_dirs": feature_dirs,
                    "split": split, "labels": list(LABELS), "corpus": meta_info["corpus"],
-                   "code_version": utils.code_version(), "world_size": world_size})
+                   "code_version": rundirs.code_version(), "world_size": world_size})
     if "data" not in shared:  # what the run reads: hashed once per split for all its seeds
-        shared["data"] = utils.run_data_identity(work, args.pipe, args.variant,
+        shared["data"] = rundirs.run_data_identity(work, args.pipe, args.variant,
                                                  [d for part in ("train", "val", "test") for d in split[part]])
     config["data"] = shared["data"]
 
     ckpt_last = run_dir / "checkpoint_last.pt"
     resume_state = None
     if ckpt_last.is_file() and args.resume:
-        old = utils.read_json(run_dir / "config.json", "run config")
+        old = fileio.read_json(run_dir / "config.json", "run config")
         resume_data_check(old, config, run_dir, args.allow_changed_data)
         differ = sorted(k for k in set(old) | set(config) if k not in RESUME_FREE_KEYS + DATA_KEYS
                         and old.get(k) != json.loads(json.dumps(config.get(k))))
         if differ:
             raise PipelineError(f"{run_dir}: has a checkpoint from a different configuration (differs in {differ}); "
                                 f"use another --run or --no-resume to start over")
-        resume_state = utils.load_pt(ckpt_last, "last checkpoint")
+        resume_state = fileio.load_pt(ckpt_last, "last checkpoint")
         say(f"resuming {run_dir} after epoch {resume_state['epoch']}")
     if main_rank:
         run_dir.mkdir(parents=True, exist_ok=True)
-        # left by a write that a kill interrupted (utils.atomic_write_bytes), in the run dir and its feature caches
-        stale_tmp = utils.remove_stale_temp(run_dir, recursive=False) + utils.remove_stale_temp(*feature_dirs.values())
+        # left by a write that a kill interrupted (common.fileio.atomic_write_bytes), in the run dir and its feature caches
+        stale_tmp = fileio.remove_stale_temp(run_dir, recursive=False) + fileio.remove_stale_temp(*feature_dirs.values())
         if stale_tmp:
             say(f"removed {stale_tmp} unfinished temporary file(s) of an interrupted run from {run_dir}"
                 + (" and its feature caches" if feature_dirs else ""))
@@ -376,10 +378,10 @@ def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple
         elif resume_state is not None and log_path.exists():  # a kill after the log line but before the checkpoint
             kept = [line for line in log_path.read_text(encoding="utf-8").splitlines()
                     if line.strip() and json.loads(line)["epoch"] <= resume_state["epoch"]]
-            utils.atomic_write_text(log_path, "".join(line + "\n" for line in kept))
-        utils.atomic_write_json(run_dir / "config.json", config)
+            fileio.atomic_write_text(log_path, "".join(line + "\n" for line in kept))
+        fileio.atomic_write_json(run_dir / "config.json", config)
 
-    utils.seed_everything(args.seed)
+    rundirs.seed_everything(args.seed)
     model = utils.build_model(config).to(device)
     say(f"model: {args.modality}" + (f" ({args.fusion} fusion)" if args.modality == "fusion" else "")
         + f", mode {args.mode}, hidden {model.dim}, "
@@ -511,11 +513,11 @@ def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple
             f"lr {' '.join(f'{x:.2e}' for x in lrs)}  {seconds:.1f} s{'  *best' if improved else ''}")
         if main_rank:
             if improved:
-                utils.atomic_torch_save({"model": trained_state(model, args.mode), "epoch": epoch, "val": va},
+                fileio.atomic_torch_save({"model": trained_state(model, args.mode), "epoch": epoch, "val": va},
                                         run_dir / "checkpoint_best.pt")
             with open(run_dir / "log.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
-            utils.atomic_torch_save({"model": trained_state(model, args.mode), "optimizer": optimizer.state_dict(),
+            fileio.atomic_torch_save({"model": trained_state(model, args.mode), "optimizer": optimizer.state_dict(),
                                      "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best,
                                      "best_epoch": best_epoch, "stale": stale, "rng": rng_state()}, ckpt_last)
     if stale >= args.early_stop:
@@ -529,7 +531,7 @@ def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple
 
 # Constants of the preflight's ESTIMATES (see preflight()).
 TOKENS_PER_WORD = 1.3   # byte-level BPE tokens per transcript word of English speech, punctuation included (rough)
-TRAIN_EFFICIENCY = 0.3  # share of the GPU's dense bf16 peak a training step sustains (utils.estimate_time)
+TRAIN_EFFICIENCY = 0.3  # share of the GPU's dense bf16 peak a training step sustains (common.checklist.estimate_time)
 ACTIVATION_GIB = {"finetune": 4.0, "frozen": 1.0}  # GPU memory beyond weights and optimizer state, batch 8 (rough)
 BASE_SIZE = dict(params=1.24e8, dense=0.9e8, hidden=768, layers=12, cnn_flops_per_s=4.9e9, frames_per_s=50.0)
 # Extractors by hub name, for when neither a local folder nor the hub cache holds their files: all
@@ -559,7 +561,7 @@ def hub_like(name: str) -> bool:
 def cnn_flops_per_second(config: dict) -> float:
     """FLOPs of the wav2vec 2.0-family convolutional front end per second of 16 kHz audio (forward):
     each layer costs 2 x C_in x C_out x kernel per output sample (4.9e9 for wav2vec2-base)."""
-    rate, c_in, flops = float(utils.SAMPLE_RATE), 1, 0.0
+    rate, c_in, flops = float(formats.SAMPLE_RATE), 1, 0.0
     for c_out, k, s in zip(config.get("conv_dim", ()), config.get("conv_kernel", ()), config.get("conv_stride", ())):
         rate /= s
         flops += 2.0 * c_in * c_out * k * rate
@@ -593,7 +595,7 @@ def extractor_facts(name: str) -> dict:
     config = json.loads(config_path.read_text(encoding="utf-8"))
     facts.update(hidden=config.get("hidden_size", facts["hidden"]), layers=config.get("num_hidden_layers", facts["layers"]),
                  cnn_flops_per_s=cnn_flops_per_second(config) if "conv_dim" in config else 0.0,
-                 frames_per_s=utils.SAMPLE_RATE / float(np.prod(config.get("conv_stride", [320]))))
+                 frames_per_s=formats.SAMPLE_RATE / float(np.prod(config.get("conv_stride", [320]))))
     shapes = None
     try:
         if (weights := find("model.safetensors")) is not None:
@@ -612,13 +614,13 @@ def extractor_facts(name: str) -> dict:
     return facts
 
 
-def extractor_check(label: str, name: str, required) -> utils.CheckItem:
+def extractor_check(label: str, name: str, required) -> checklist.CheckItem:
     """A local folder with the files that load, or a hub repository: access with the token in HF_TOKEN
     (online), or its files in the hub cache (HF_HUB_OFFLINE=1)."""
     if Path(name).expanduser().exists():
-        return utils.check_local_model(label, Path(name).expanduser(), required)
+        return modelhub.check_local_model(label, Path(name).expanduser(), required)
     if not hub_like(name):
-        return utils.CheckItem(label, False, f"{name}: no such folder; copy the model there, or give its hub name "
+        return checklist.CheckItem(label, False, f"{name}: no such folder; copy the model there, or give its hub name "
                                "(e.g. roberta-base, facebook/wav2vec2-base)")
     from huggingface_hub import try_to_load_from_cache
 
@@ -626,17 +628,17 @@ def extractor_check(label: str, name: str, required) -> utils.CheckItem:
         alts = alternatives.split("|")
         return next((a for a in alts if isinstance(try_to_load_from_cache(name, a), str)), alts[0])
 
-    item = utils.check_hub_model(label, name, [cached(r) for r in required], utils.hub_token())
-    if not item.ok and utils.hub_offline():  # say how to copy an extractor (train.py's command, not step 2's)
-        item = utils.CheckItem(label, False, item.message.split(": copy it")[0] + ": copy it with `python train.py "
+    item = modelhub.check_hub_model(label, name, [cached(r) for r in required], modelhub.hub_token())
+    if not item.ok and modelhub.hub_offline():  # say how to copy an extractor (train.py's command, not step 2's)
+        item = checklist.CheckItem(label, False, item.message.split(": copy it")[0] + ": copy it with `python train.py "
                                f"--download-models DIR --{label.split()[0]}-model {name}` on a machine with internet "
                                "and pass the folder it prints, or unset HF_HUB_OFFLINE")
     if not item.ok and Path(name).parent.name and Path(name).parent.is_dir():
-        item = utils.CheckItem(label, False, item.message + f" (or, as a local folder: {name} does not exist)")
+        item = checklist.CheckItem(label, False, item.message + f" (or, as a local folder: {name} does not exist)")
     return item
 
 
-def preflight(args) -> list[utils.CheckItem]:
+def preflight(args) -> list[checklist.CheckItem]:
     """--check of a sweep: preflight_variant for each --variant (the runs shared out among them); a
     line that is the same for every variant is printed once, the others once per variant."""
     variants = list(dict.fromkeys(args.variant if isinstance(args.variant, list) else [args.variant]))
@@ -657,12 +659,12 @@ def preflight(args) -> list[utils.CheckItem]:
         if same:
             items.append(item)
         else:
-            items += [utils.CheckItem(f"{v[i].name} ({variant})", v[i].ok, v[i].message)
+            items += [checklist.CheckItem(f"{v[i].name} ({variant})", v[i].ok, v[i].message)
                       for variant, v in zip(variants, per_variant) if len(v) > i]
     return items
 
 
-def preflight_variant(args, checked: dict | None = None) -> list[utils.CheckItem]:
+def preflight_variant(args, checked: dict | None = None) -> list[checklist.CheckItem]:
     """--check: what this training needs, checked in seconds, writing nothing -> one CheckItem per line.
 
     labels        WORK/labels.json (with --planned and none yet: "made by step 1", and the corpus
@@ -682,15 +684,15 @@ def preflight_variant(args, checked: dict | None = None) -> list[utils.CheckItem
                   segment and extractor).
     time          an ESTIMATE from FLOPs. Per epoch, for each extractor with N dense parameters
                   (extractor_facts): 6 N per position of the training segments and 2 N per position
-                  of the validation segments (utils.transformer_flops; frozen: 2 N, once), positions =
+                  of the validation segments (common.checklist.transformer_flops; frozen: 2 N, once), positions =
                   audio frames (50 per s) or text tokens (TOKENS_PER_WORD per word + 2, capped at
                   --max-text-tokens); plus self-attention, 4 x layers x hidden x T^2 per segment
                   forward (x3 trained), and the wav2vec2 CNN (cnn_flops_per_second, x3 trained unless
                   --freeze-feature-encoder); times epochs (early stopping only shortens it), folds and
-                  runs; at TRAIN_EFFICIENCY of the GPU's peak, or the CPU rate (utils.estimate_time).
+                  runs; at TRAIN_EFFICIENCY of the GPU's peak, or the CPU rate (common.checklist.estimate_time).
                   Data loading is not modelled: read it as an order of magnitude.
     """
-    CheckItem = utils.CheckItem
+    CheckItem = checklist.CheckItem
     work, items = Path(args.work), []
     kinds = [k for k, used in (("text", args.modality in ("fusion", "text")),
                                ("audio", args.modality in ("fusion", "audio"))) if used]
@@ -700,7 +702,7 @@ def preflight_variant(args, checked: dict | None = None) -> list[utils.CheckItem
 
     labels = None
     try:
-        labels = utils.load_labels(work)
+        labels = formats.load_labels(work)
         items.append(CheckItem("labels", True, f"{labels_path}: {len(labels['dialogs'])} dialogs"))
     except PipelineError as e:
         if not (args.planned and not labels_path.exists()):
@@ -713,11 +715,11 @@ def preflight_variant(args, checked: dict | None = None) -> list[utils.CheckItem
 
             # step 1 itself, into a temporary folder: nothing is written under --work (and no step imports another)
             with tempfile.TemporaryDirectory() as tmp:
-                step1 = utils.start_step("iemo_lab_with_timestamps.py", ["--iemocap", str(args.iemocap), "--work", tmp],
+                step1 = cli.start_step("iemo_lab_with_timestamps.py", ["--iemocap", str(args.iemocap), "--work", tmp],
                                          stdout=subprocess.PIPE)
                 output = step1.communicate()[0]
                 if step1.returncode == 0:
-                    labels = utils.load_labels(tmp)
+                    labels = formats.load_labels(tmp)
                     items.append(CheckItem("labels", True, f"{labels_path} will be made by step 1; read {args.iemocap} "
                                            f"for the estimates: {len(labels['dialogs'])} dialogs"))
                 else:
@@ -734,7 +736,7 @@ def preflight_variant(args, checked: dict | None = None) -> list[utils.CheckItem
             for path in cached:
                 try:
                     cache = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-                    segments[path.stem] = [(min(s["audio"].numel() / utils.SAMPLE_RATE, args.max_audio_seconds or np.inf),
+                    segments[path.stem] = [(min(s["audio"].numel() / formats.SAMPLE_RATE, args.max_audio_seconds or np.inf),
                                             len((s["text"] or "").split())) for s in cache["segments"] if int(s["label"]) >= 0]
                 except Exception as e:
                     problem = f"{path}: unreadable segment cache ({type(e).__name__}: {e}); rerun step 3 with --overwrite"
@@ -772,7 +774,7 @@ def preflight_variant(args, checked: dict | None = None) -> list[utils.CheckItem
     for kind in kinds:
         if (kind, names[kind]) not in checked:
             checked[kind, names[kind]] = extractor_check(f"{kind} extractor", names[kind],
-                                                         utils.TRANSFORMERS_REQUIRED + EXTRACTOR_FILES[kind])
+                                                         modelhub.TRANSFORMERS_REQUIRED + EXTRACTOR_FILES[kind])
         items.append(checked[kind, names[kind]])
 
     facts = {kind: extractor_facts(names[kind]) for kind in kinds}
@@ -781,7 +783,7 @@ def preflight_variant(args, checked: dict | None = None) -> list[utils.CheckItem
     head_params = args.fusion_layers * (4 * dim * dim + 2 * dim * args.ffn_dim) + 12 * dim * dim  # approximately
     trained = ext_params + head_params if args.mode == "finetune" else head_params
     need_gib = ((16 * trained + (4 * ext_params if args.mode == "frozen" else 0)) / 2**30 + ACTIVATION_GIB[args.mode])
-    items.append(utils.check_cuda(required=args.device.startswith("cuda"), min_free_gib=round(need_gib, 1),
+    items.append(checklist.check_cuda(required=args.device.startswith("cuda"), min_free_gib=round(need_gib, 1),
                                   purpose=f"{args.mode}, estimate"))
 
     runs = args.check_runs or len(set(args.seed))  # each trains every fold
@@ -789,7 +791,7 @@ def preflight_variant(args, checked: dict | None = None) -> list[utils.CheckItem
     disk = 16 * trained * runs * max(len(folds), 1)
     if args.mode == "frozen":
         disk += 4 * n_all * sum(f["hidden"] for f in facts.values())
-    items.append(utils.check_disk(work, disk, "checkpoints" + (" and feature cache" if args.mode == "frozen" else "")))
+    items.append(checklist.check_disk(work, disk, "checkpoints" + (" and feature cache" if args.mode == "frozen" else "")))
 
     if not folds:
         items.append(CheckItem("time (estimate)", True, "no segments to estimate from yet"))
@@ -801,7 +803,7 @@ def preflight_variant(args, checked: dict | None = None) -> list[utils.CheckItem
         for seconds, words in segs:
             positions = (seconds * f["frames_per_s"] if kind == "audio"
                          else min(words * TOKENS_PER_WORD + 2, args.max_text_tokens))
-            total += (utils.transformer_flops(f["dense"], positions, training)
+            total += (checklist.transformer_flops(f["dense"], positions, training)
                       + (3 if training else 1) * 4 * f["layers"] * f["hidden"] * positions ** 2)
             if kind == "audio":
                 cnn_trained = training and not args.freeze_feature_encoder
@@ -812,7 +814,7 @@ def preflight_variant(args, checked: dict | None = None) -> list[utils.CheckItem
     for fold in folds:
         train_segs = [s for d in fold["train"] for s in segments[d]]
         val_segs = [s for d in fold["val"] for s in segments[d]]
-        head = utils.transformer_flops(head_params, 2 * len(train_segs), training=True)  # two fused positions
+        head = checklist.transformer_flops(head_params, 2 * len(train_segs), training=True)  # two fused positions
         if args.mode == "finetune":
             per_epoch = sum(flops(k, train_segs, True) + flops(k, val_segs, False) for k in kinds) + head
             total += runs * args.epochs * per_epoch
@@ -826,18 +828,18 @@ def preflight_variant(args, checked: dict | None = None) -> list[utils.CheckItem
               f"~{sum(min(w * TOKENS_PER_WORD + 2, args.max_text_tokens) for _, w in train_segs):.0f} tokens; "
               + "; ".join(f"{k} {facts[k]['dense'] / 1e6:.1f} M dense parameters ({facts[k]['source']})" for k in kinds)
               + "; see train.preflight; early stopping only shortens it")
-    items.append(utils.estimate_time("time (estimate)", total, device=args.device, efficiency=TRAIN_EFFICIENCY,
+    items.append(checklist.estimate_time("time (estimate)", total, device=args.device, efficiency=TRAIN_EFFICIENCY,
                                      detail=detail))
     return items
 
 
 def download_models(args) -> dict:
     """--download-models DIR: --text-model and --audio-model from the hub into DIR/<org>/<name>
-    (utils.snapshot_transformers_model: config, tokenizer or feature-extractor files, one weights
+    (common.modelhub.snapshot_transformers_model: config, tokenizer or feature-extractor files, one weights
     file; no TF/Flax/ONNX copies), for a machine without internet. Writes DIR/models.json (merged
     with what preprocess.py --download-models wrote there) -> the manifest."""
-    dest, token = Path(args.download_models), utils.hub_token()
-    if utils.hub_offline():
+    dest, token = Path(args.download_models), modelhub.hub_token()
+    if modelhub.hub_offline():
         raise PipelineError("--download-models needs the hub, but HF_HUB_OFFLINE is set: run it with HF_HUB_OFFLINE=0 "
                             "on a machine with internet")
     repos, flags = {}, []
@@ -849,19 +851,19 @@ def download_models(args) -> dict:
         if not hub_like(name):
             raise PipelineError(f"{flag} {name}: no such folder, and not a hub name")
         print(f"downloading {name}: config, tokenizer / feature extractor and weights")
-        path = utils.snapshot_transformers_model(name, dest, token)
-        patterns = [*utils.TRANSFORMERS_FILES, "model.safetensors (else pytorch_model.bin)"]
+        path = modelhub.snapshot_transformers_model(name, dest, token)
+        patterns = [*modelhub.TRANSFORMERS_FILES, "model.safetensors (else pytorch_model.bin)"]
         if flag == "--text-model" and not any((path / f).is_file() for f in ("tokenizer.json", "vocab.json", "vocab.txt")):
-            utils.snapshot_repo(name, dest, SENTENCEPIECE_FILES, token)  # a SentencePiece tokenizer (DeBERTa v2/v3)
+            modelhub.snapshot_repo(name, dest, SENTENCEPIECE_FILES, token)  # a SentencePiece tokenizer (DeBERTa v2/v3)
             patterns += list(SENTENCEPIECE_FILES)
         repos[name] = {"path": str(path), "allow_patterns": patterns}
         flags += [flag, str(path)]
     manifest_path = dest / "models.json"
-    manifest = utils.read_json(manifest_path, "models manifest") if manifest_path.is_file() else {}
+    manifest = fileio.read_json(manifest_path, "models manifest") if manifest_path.is_file() else {}
     writers = [w for w in str(manifest.get("written_by", "")).split("; ") if w]
     manifest.update(written_by="; ".join(dict.fromkeys(writers + ["train.py --download-models"])),
                     repositories={**manifest.get("repositories", {}), **repos}, train_flags=flags)
-    utils.atomic_write_json(manifest_path, manifest)
+    fileio.atomic_write_json(manifest_path, manifest)
     print(f"wrote {manifest_path}; on the machine without internet pass:\n  {' '.join(flags)}\n"
           f"e.g. HF_HUB_OFFLINE=1 python train.py {' '.join(flags)} ...   (reproduce.py takes the same two flags)")
     return manifest
@@ -935,7 +937,7 @@ def main(argv=None) -> str:
     if args.download_models:
         return download_models(args)
     if args.check:
-        raise SystemExit(0 if utils.report_checks(preflight(args), "step 4 preflight") else 1)
+        raise SystemExit(0 if checklist.report_checks(preflight(args), "step 4 preflight") else 1)
     for flag in ("check", "planned", "check_runs", "download_models"):  # not part of a run's config
         delattr(args, flag)
     if args.mode == "frozen" and args.audio_padding == "authors":
@@ -949,7 +951,7 @@ def main(argv=None) -> str:
     dist_info = setup_distributed(args.device)
     print = builtins.print if dist_info[0] == 0 else (lambda *a, **k: None)  # noqa: A001 (rank 0 speaks)
     work = Path(args.work)
-    labels = utils.load_labels(work)
+    labels = formats.load_labels(work)
     runs = sweep_runs(args)
     info = {"corpus": labels.get("corpus")}
     shared, run_dirs = {}, []  # shared[(variant, split)]: data read once, for every run of that variant
@@ -967,9 +969,9 @@ def main(argv=None) -> str:
                       + f"), unused {len(fold['unused'])}")
                 run_fold(run_args, fold, fdir, info, dist_info, shared.setdefault((variant, fold["name"]), {}))
             if len(folds) > 1 and dist_info[0] == 0:
-                utils.atomic_write_json(run_dir / "config.json", {
+                fileio.atomic_write_json(run_dir / "config.json", {
                     "folds": [f["name"] for f in folds], "folds_scheme": args.folds, "run": r["name"],
-                    "flags": vars(run_args), "code_version": utils.code_version(),
+                    "flags": vars(run_args), "code_version": rundirs.code_version(),
                     "note": "each fold dir is a full run dir; evaluate each fold and aggregate mean and std"})
                 print(f"wrote {run_dir / 'config.json'} listing {len(folds)} folds")
             run_dirs.append(str(run_dir))
@@ -979,4 +981,4 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    utils.run_main(main)
+    cli.run_main(main)

@@ -13,7 +13,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import teer_calculate as tc  # noqa: E402
-from utils import LABELS  # noqa: E402
+from common.formats import LABELS  # noqa: E402
 
 
 def synthetic(n_dialogs: int, per_dialog: int, seed: int):

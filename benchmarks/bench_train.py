@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import fileio, formats  # noqa: E402
 import utils  # noqa: E402
 from demo.build_ser_models import WORDS, build, build_tokenizer  # noqa: E402
 
@@ -56,7 +57,7 @@ def make_utterances(n: int, seed: int) -> list[dict]:
     """IEMOCAP-like utterances: log-normal durations (median 4.5 s) clipped to 1-20 s, ~2.5 words/s."""
     rng = np.random.default_rng(seed)
     secs = np.clip(rng.lognormal(np.log(4.5), 0.6, n), 1.0, 20.0)
-    return [{"audio": (rng.standard_normal(int(s * utils.SAMPLE_RATE)) * 0.1).astype(np.float32),
+    return [{"audio": (rng.standard_normal(int(s * formats.SAMPLE_RATE)) * 0.1).astype(np.float32),
              "text": " ".join(rng.choice(WORDS, max(1, int(2.5 * s)))), "label": int(rng.integers(4))} for s in secs]
 
 
@@ -114,7 +115,7 @@ def ours(paths, utts, args, device):
                 logits = model(batch)
             step(model, opt, logits, batch["labels"])
             n += len(batch["labels"])
-            sec += float(batch["lengths"].sum()) / utils.SAMPLE_RATE
+            sec += float(batch["lengths"].sum()) / formats.SAMPLE_RATE
         return n, sec
 
     run(loader(list(range(args.warmup * args.batch_size))))
@@ -140,7 +141,7 @@ def authors(paths, utts, args, device):
             labels = torch.tensor([u["label"] for u in chosen], device=device)
             step(model, opt, model.classify(z_t, z_a), labels)
             n += len(chosen)
-            sec += sum(len(u["audio"]) for u in chosen) / utils.SAMPLE_RATE
+            sec += sum(len(u["audio"]) for u in chosen) / formats.SAMPLE_RATE
         return n, sec
 
     rng = np.random.default_rng(1)
@@ -181,7 +182,7 @@ def main(argv=None) -> dict:
               f"({r['samples']} samples in {r['seconds']:.1f} s)")
     print(f"ratio ours/authors: {results['ratio_audio_s_per_s']:.2f}x  on {results['device']}")
     if args.out:
-        utils.atomic_write_json(args.out, results)
+        fileio.atomic_write_json(args.out, results)
         print(f"wrote {args.out}")
     return results
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-import utils
-from utils import TRANSCRIPT_RE, parse_wdseg, read_text_lines  # IEMOCAP text readers, shared with step 1
+from common import formats
+from common.formats import TRANSCRIPT_RE, parse_wdseg, read_text_lines
 
 VARIANT_RE = re.compile(r"\(\d+\)$")          # WHAT(2) -> WHAT
 MARKER_RE = re.compile(r"\[[^\]]*\]")         # [LAUGHTER], [BREATHING] in transcripts
@@ -91,7 +91,7 @@ def reference_words(corpus: Path, utterances: list[dict], duration: float | None
     A word spans frames SFrm..EFrm of 10 ms from the utterance start, so it starts at
     utt_start + SFrm/100 and ends at utt_start + (EFrm+1)/100. An utterance without a .wdseg file
     gets its transcript words spread uniformly over [start, end]. duration (seconds of the dialog
-    audio): a word ending later than duration + utils.TIME_TOLERANCE_S is an error naming the .wdseg
+    audio): a word ending later than duration + common.formats.TIME_TOLERANCE_S is an error naming the .wdseg
     file. A token that normalises to nothing (e.g. "(2)") is dropped and counted in
     counts["empty_wdseg_tokens"]: an empty word would vanish in step 3 and break words in = words out.
     """
@@ -102,7 +102,7 @@ def reference_words(corpus: Path, utterances: list[dict], duration: float | None
             path = corpus / utt["wdseg"]
             for row, (start_frame, end_frame, _, token) in enumerate(parse_wdseg(path, utt["end"] - utt["start"]), 1):
                 end = utt["start"] + (end_frame + 1) / 100
-                utils.check_in_audio(end, duration, f"{path}: word row {row}",
+                formats.check_in_audio(end, duration, f"{path}: word row {row}",
                                      f"{token!r:.40} (frames {start_frame}-{end_frame} from the utterance start "
                                      f"{utt['start']:.3f} s)")
                 if is_special_token(token):

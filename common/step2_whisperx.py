@@ -5,7 +5,7 @@ The paper's pipeline: WhisperX ASR (faster-whisper; paper: large-v2, English, th
 float16 on GPU) with the pyannote VAD bundled in WhisperX, word timestamps from WhisperX's forced alignment
 (whisperx.load_align_model + whisperx.align), and pyannote speaker diarization (paper: pyannote 3.1, two speakers
 per dialog), called as whisperx.diarize.DiarizationPipeline calls it, keeping also the exclusive diarization
-pyannote 4 returns. Each dialog wav is decoded once with soundfile (utils.load_audio mixes IEMOCAP's two stereo
+pyannote 4 returns. Each dialog wav is decoded once with soundfile (common.formats.load_audio mixes IEMOCAP's two stereo
 channels down to mono, so both actors are heard) and handed to WhisperX and pyannote as an array: no ffmpeg
 program is needed. The pyannote pipeline is built from its config.yaml by load_diarization_pipeline, which loads
 exactly the models the config names and a PLDA only for VBx clustering (pyannote.audio 4's own loader also
@@ -29,9 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-import utils
+from common import cli, modelhub
 from common.step2_oracle import anonymise, asr_result
-from utils import CheckItem, PipelineError, SAMPLE_RATE, atomic_write_json
+from common.checklist import CheckItem
+from common.cli import PipelineError
+from common.fileio import atomic_write_json
+from common.formats import SAMPLE_RATE
 
 MAX_CHUNK_S = 30.0  # Whisper's input window: longer reference utterances are cut into pieces
 
@@ -43,7 +46,7 @@ DEFAULT_ALIGN_MODEL = "WAV2VEC2_ASR_BASE_960H"
 WHISPER_REPOS = {"large-v2": "Systran/faster-whisper-large-v2"}  # used when faster_whisper is absent
 WHISPER_FILES = ("config.json", "preprocessor_config.json", "model.bin", "tokenizer.json", "vocabulary.*")
 WHISPER_REQUIRED = ("model.bin", "config.json", "tokenizer.json")  # without tokenizer.json faster-whisper goes online
-ALIGN_REQUIRED = ("config.json", "preprocessor_config.json", "vocab.json", "|".join(utils.TRANSFORMERS_WEIGHTS))
+ALIGN_REQUIRED = ("config.json", "preprocessor_config.json", "vocab.json", "|".join(modelhub.TRANSFORMERS_WEIGHTS))
 PLDA_FILES = ("xvec_transform.npz", "plda.npz")
 # The models a hub pipeline's config names, for the preflight, which does not download the config.
 KNOWN_PIPELINE_MODELS = {
@@ -73,19 +76,19 @@ def whisper_repo(name: str) -> str | None:
         from faster_whisper.utils import _MODELS
     except ImportError:
         _MODELS = WHISPER_REPOS
-    return _MODELS.get(name) or (name if utils.HUB_NAME_RE.fullmatch(name) else None)
+    return _MODELS.get(name) or (name if modelhub.HUB_NAME_RE.fullmatch(name) else None)
 
 
 def asr_source(args) -> tuple[Path | None, str | None]:
     """--asr-model -> (local folder, None) or (None, hub repository). A name that is neither an
     existing folder, a mirrored repository nor a hub name comes back as a (missing) folder."""
-    local = utils.local_model_path(args.asr_model, args.model_dir)
+    local = modelhub.local_model_path(args.asr_model, args.model_dir)
     if local is not None:
         return local, None
     repo = whisper_repo(args.asr_model)
     if repo is None:
         return Path(args.asr_model), None
-    mirrored = utils.local_model_path(repo, args.model_dir)
+    mirrored = modelhub.local_model_path(repo, args.model_dir)
     return (mirrored, None) if mirrored is not None else (None, repo)
 
 
@@ -117,8 +120,8 @@ def align_source(args) -> dict:
             folder = Path(model_dir)
         return {"kind": "torchaudio", "name": name, "model_dir": model_dir, "file": folder / checkpoint[0],
                 "url": checkpoint[1]}
-    local = utils.local_model_path(name, args.model_dir)
-    if local is not None or not utils.is_hub_name(name):
+    local = modelhub.local_model_path(name, args.model_dir)
+    if local is not None or not modelhub.is_hub_name(name):
         return {"kind": "local", "name": str(local or name), "model_dir": None}
     return {"kind": "hub", "name": name, "model_dir": args.align_model_dir}
 
@@ -137,14 +140,14 @@ def _pipeline_file(ref: str, filename: str, subfolder, *, model_dir, token, cach
     """One file a diarization pipeline needs: from a local folder (or the --model-dir mirror) when
     `ref` is one, else from the hub (or its local cache) with huggingface_hub.hf_hub_download."""
     rel = f"{subfolder}/{filename}" if subfolder else filename
-    local = utils.local_model_path(ref, model_dir)
+    local = modelhub.local_model_path(ref, model_dir)
     if local is not None:
         path = local / rel if local.is_dir() else local
         if not path.is_file():
             raise PipelineError(f"{path}: not found (the diarization pipeline needs {rel} of {ref})")
         loaded.append(str(path))
         return path
-    if not utils.is_hub_name(ref):
+    if not modelhub.is_hub_name(ref):
         raise PipelineError(f"{ref}: no such folder (diarization pipeline), and not a hub name org/name")
     import huggingface_hub
 
@@ -153,7 +156,7 @@ def _pipeline_file(ref: str, filename: str, subfolder, *, model_dir, token, cach
                                                local_files_only=cache_only, cache_dir=cache_dir,
                                                library_name="pyannote")
     except Exception as e:
-        raise PipelineError(f"{ref}: {rel}: {utils.hub_error_message(ref, e, token)}") from e
+        raise PipelineError(f"{ref}: {rel}: {modelhub.hub_error_message(ref, e, token)}") from e
     loaded.append(f"{ref}/{rel}")
     return Path(path)
 
@@ -165,7 +168,7 @@ def _model_reference(params: dict, key: str, pipeline: str, config_path) -> tupl
         raise PipelineError(f"{config_path}: pipeline.params.{key} is missing")
     if not isinstance(ref, str):
         raise PipelineError(f"{config_path}: pipeline.params.{key}: expected a name, a path or $model/<subfolder>, "
-                            f"got {utils.quote(ref)}")
+                            f"got {cli.quote(ref)}")
     if ref.startswith("$model/"):
         sub = ref[len("$model/"):]
         if "@" in sub:
@@ -244,14 +247,14 @@ def load_diarization_pipeline(name: str, *, model_dir=None, token=None, cache_on
 def loading(what: str, name):
     """A model loader's own errors (CTranslate2's RuntimeError for a folder without model.bin,
     whisperx's ValueError for an unknown alignment model) -> a PipelineError naming the model. Hub
-    errors (not found, gated, offline) and other OSErrors pass on: utils.run_main explains them."""
+    errors (not found, gated, offline) and other OSErrors pass on: common.cli.run_main explains them."""
     try:
         yield
     except (RuntimeError, ValueError, KeyError) as e:
         if isinstance(e, OSError):
             raise
         raise PipelineError(f"{name}: cannot load the {what}: {type(e).__name__}: "
-                            f"{utils.one_line(str(e))[:300]}") from e
+                            f"{cli.one_line(str(e))[:300]}") from e
 
 
 def annotation_turns(annotation, duration: float) -> list[tuple[float, float, str]]:
@@ -277,7 +280,7 @@ class WhisperX:
         self.whisperx = whisperx
         self.device, self.compute_type = device_and_compute_type(args)
         self.vad, self.batch_size, self.num_speakers = args.vad, args.batch_size, args.num_speakers
-        token = utils.hub_token()  # never printed
+        token = modelhub.hub_token()  # never printed
         asr_path, asr_repo = asr_source(args)
         align = align_source(args)
         print(f"loading models on {self.device} ({self.compute_type}): ASR {asr_path or asr_repo}, "
@@ -413,16 +416,16 @@ def pipeline_model_refs(config: dict, name: str, config_path) -> dict:
 def diarization_checks(args, token, offline: bool) -> list[CheckItem]:
     """The pipeline (config.yaml) and every model its config names, local or on the hub."""
     name, items = args.diar_model, []
-    local = utils.local_model_path(name, args.model_dir)
-    if local is None and not utils.is_hub_name(name):
+    local = modelhub.local_model_path(name, args.model_dir)
+    if local is None and not modelhub.is_hub_name(name):
         return [CheckItem("diarization pipeline", False, f"{name}: not found; copy the pipeline folder there, "
                           "or give its hub name (pyannote/speaker-diarization-3.1)")]
     config = config_path = None
     if local is not None:
-        items.append(utils.check_local_model("diarization pipeline", local, ["config.yaml"]))
+        items.append(modelhub.check_local_model("diarization pipeline", local, ["config.yaml"]))
         config_path = local / "config.yaml"
     else:
-        items.append(utils.check_hub_model("diarization pipeline", name, ["config.yaml"], token, offline=offline))
+        items.append(modelhub.check_hub_model("diarization pipeline", name, ["config.yaml"], token, offline=offline))
         if offline:
             from huggingface_hub import try_to_load_from_cache
             cached = try_to_load_from_cache(name, "config.yaml")
@@ -445,15 +448,15 @@ def diarization_checks(args, token, offline: bool) -> list[CheckItem]:
         label = f"diarization {key}"
         if ref == name and sub is not None:  # a subfolder of the pipeline itself
             if local is not None:
-                items.append(utils.check_local_model(label, local / sub, files))
+                items.append(modelhub.check_local_model(label, local / sub, files))
             elif offline:
-                items.append(utils.check_hub_model(label, name, [f"{sub}/{f}" for f in files], token, offline=True))
+                items.append(modelhub.check_hub_model(label, name, [f"{sub}/{f}" for f in files], token, offline=True))
             continue  # online: the pipeline's own access covers it
-        where = utils.local_model_path(ref, args.model_dir)
+        where = modelhub.local_model_path(ref, args.model_dir)
         if where is not None:
-            items.append(utils.check_local_model(label, where, files if where.is_dir() else ()))
-        elif utils.is_hub_name(ref):
-            items.append(utils.check_hub_model(label, ref, files, token, offline=offline))
+            items.append(modelhub.check_local_model(label, where, files if where.is_dir() else ()))
+        elif modelhub.is_hub_name(ref):
+            items.append(modelhub.check_hub_model(label, ref, files, token, offline=offline))
         else:
             items.append(CheckItem(label, False, f"{ref}: not found (named by the diarization pipeline's config)"))
     return items
@@ -480,10 +483,10 @@ def nltk_check(args, offline: bool) -> CheckItem:
 
 def model_checks(args) -> list[CheckItem]:
     """Each model of the whisperx backend: local folder complete, or hub access (gated: token)."""
-    token, offline = utils.hub_token(), utils.hub_offline() or args.cache_only
+    token, offline = modelhub.hub_token(), modelhub.hub_offline() or args.cache_only
     path, repo = asr_source(args)
-    items = [utils.check_local_model("ASR model", path, WHISPER_REQUIRED) if path is not None
-             else utils.check_hub_model("ASR model", repo, ["model.bin"], token, offline=offline)]
+    items = [modelhub.check_local_model("ASR model", path, WHISPER_REQUIRED) if path is not None
+             else modelhub.check_hub_model("ASR model", repo, ["model.bin"], token, offline=offline)]
     align = align_source(args)
     if align["kind"] == "torchaudio":
         if align["file"].is_file():
@@ -495,9 +498,9 @@ def model_checks(args) -> list[CheckItem]:
             items.append(CheckItem("alignment model", True, f"{align['name']} not cached; torchaudio downloads it "
                                    f"at first use from {align['url']} into {align['file'].parent}"))
     elif align["kind"] == "local":
-        items.append(utils.check_local_model("alignment model", align["name"], ALIGN_REQUIRED))
+        items.append(modelhub.check_local_model("alignment model", align["name"], ALIGN_REQUIRED))
     else:
-        items.append(utils.check_hub_model("alignment model", align["name"], ["config.json"], token,
+        items.append(modelhub.check_hub_model("alignment model", align["name"], ["config.json"], token,
                                            cache_dir=align["model_dir"], offline=offline))
     items += diarization_checks(args, token, offline)
     items.append(nltk_check(args, offline))
@@ -506,7 +509,7 @@ def model_checks(args) -> list[CheckItem]:
 
 def planned_download_bytes(args) -> float:
     """Approximate bytes the whisperx backend downloads at first use (models not on disk)."""
-    if args.backend != "whisperx" or utils.hub_offline() or args.cache_only:
+    if args.backend != "whisperx" or modelhub.hub_offline() or args.cache_only:
         return 0.0
     total = 0.0
     _, repo = asr_source(args)
@@ -514,7 +517,7 @@ def planned_download_bytes(args) -> float:
     align = align_source(args)
     if align["kind"] == "torchaudio" and not align["file"].is_file():
         total += MODEL_BYTES.get(align["name"], 0.0)
-    if utils.local_model_path(args.diar_model, args.model_dir) is None:
+    if modelhub.local_model_path(args.diar_model, args.model_dir) is None:
         total += MODEL_BYTES.get(args.diar_model, 0.0) + sum(
             MODEL_BYTES.get(r, 0.0) for r in KNOWN_PIPELINE_MODELS.get(args.diar_model, {}).values())
     return total
@@ -527,18 +530,18 @@ def download_models(args) -> dict:
     config, vocabulary and weights), the pipeline's config.yaml and then only the files it names
     (3.1: pytorch_model.bin of segmentation-3.0 and wespeaker-voxceleb-resnet34-LM; community-1:
     its segmentation/, embedding/ and plda/ files), and NLTK's punkt_tab."""
-    dest, token = Path(args.download_models), utils.hub_token()
+    dest, token = Path(args.download_models), modelhub.hub_token()
     if args.backend != "whisperx":
         print(f"--download-models: the {args.backend} backend uses no model; nothing to download")
         return {}
-    if utils.hub_offline():
+    if modelhub.hub_offline():
         raise PipelineError("--download-models needs the hub, but HF_HUB_OFFLINE is set: run it with HF_HUB_OFFLINE=0 "
                             "on a machine with internet")
     repos, files = {}, {}
 
     def fetch(repo, patterns) -> Path:
         print(f"downloading {repo}: {', '.join(patterns)}")
-        path = utils.snapshot_repo(repo, dest, patterns, token)
+        path = modelhub.snapshot_repo(repo, dest, patterns, token)
         entry = repos.setdefault(repo, {"path": str(path), "allow_patterns": []})
         entry["allow_patterns"] += list(patterns)
         return path
@@ -559,19 +562,19 @@ def download_models(args) -> dict:
         files["align"] = str(target)
     elif align["kind"] == "hub":
         print(f"downloading {align['name']}: config, vocabulary and weights")
-        local = utils.snapshot_transformers_model(align["name"], dest, token)
-        repos[align["name"]] = {"path": str(local), "allow_patterns": "utils.TRANSFORMERS_FILES and weights"}
+        local = modelhub.snapshot_transformers_model(align["name"], dest, token)
+        repos[align["name"]] = {"path": str(local), "allow_patterns": "common.modelhub.TRANSFORMERS_FILES and weights"}
         files["align"] = str(local)
     name = args.diar_model
-    local = utils.local_model_path(name, args.model_dir)
-    if local is None and not utils.is_hub_name(name):
+    local = modelhub.local_model_path(name, args.model_dir)
+    if local is None and not modelhub.is_hub_name(name):
         raise PipelineError(f"--diar-model {name}: no such folder, and not a hub name")
     config_path = (local or fetch(name, ["config.yaml"])) / "config.yaml"
     own = []
     for key, (ref, sub, needed) in pipeline_model_refs(read_pipeline_config(config_path), name, config_path).items():
         if ref == name and sub is not None:
             own += [f"{sub}/{f}" for f in needed]
-        elif utils.local_model_path(ref, args.model_dir) is None and utils.is_hub_name(ref):
+        elif modelhub.local_model_path(ref, args.model_dir) is None and modelhub.is_hub_name(ref):
             fetch(ref, list(needed))
     if own and local is None:
         fetch(name, own)

@@ -58,7 +58,7 @@ Ground truth, <out>/demo_ground_truth.json:
      "words": [{"word", "start", "end", "speaker", "utterance"}],
      "turns": [{"speaker", "start", "end", "utterances", "n_words"}]}}}
   - utterances: every transcribed utterance in time order; XX ones have "evaluated": false and
-    code/label null; "label" is utils.CODE_TO_LABEL[code] or null; "text" is the transcript text.
+    code/label null; "label" is common.formats.CODE_TO_LABEL[code] or null; "text" is the transcript text.
   - words: every spoken word (lower case, no punctuation, no markers or variants), in time order.
   - turns: the maximal runs of one speaker's words (in time order) with no pause > 1.5 s, i.e. what
     the paper's alignment (Section III-A, max pause 1.5 s) yields from perfect words and speakers.
@@ -85,7 +85,9 @@ from scipy.signal import lfilter, sosfilt
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: find utils.py
-from utils import CODE_TO_LABEL, LABELS, SAMPLE_RATE, PipelineError, atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
+from common.cli import PipelineError  # noqa: E402
+from common.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
+from common.formats import CODE_TO_LABEL, LABELS, SAMPLE_RATE  # noqa: E402
 
 SR = SAMPLE_RATE
 FRAME_RATE = 100  # .wdseg frames per second (Sphinx-3, 10 ms hop)

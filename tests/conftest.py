@@ -23,6 +23,7 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     os.environ.setdefault("MKL_NUM_THREADS", _share)
 
 import pytest
+from common import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -54,9 +55,9 @@ def demo_work(demo_corpus, tmp_path_factory):
 
 
 class FinishedStep:
-    """What utils.start_step gives for `python <script> argv`, run to its end in THIS process (runpy
+    """What common.cli.start_step gives for `python <script> argv`, run to its end in THIS process (runpy
     of the same script with the same argv; the same exit status; its output where the process's
-    would go). Patched over utils.start_step by steps_in_process(): tests of what the steps compute,
+    would go). Patched over common.cli.start_step by steps_in_process(): tests of what the steps compute,
     run by reproduce.py or predict.py, skip a Python start-up (torch, transformers: 3-8 s) per
     invocation. Real processes are tested on their own (test_reproduce: side by side, logs, a
     failing step; test_preflight: a gated model through reproduce.py --check; test_predict and
@@ -90,9 +91,8 @@ class FinishedStep:
 
 @contextlib.contextmanager
 def steps_in_process():
-    """Scripts started by other scripts (utils.start_step) run in this process (FinishedStep)."""
-    import utils
+    """Scripts started by other scripts (common.cli.start_step) run in this process (FinishedStep)."""
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(utils, "start_step", FinishedStep)
+        mp.setattr(cli, "start_step", FinishedStep)
         yield

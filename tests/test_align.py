@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import align
-import utils
-from utils import PipelineError
+from common import fileio, formats, intervals
+from common.cli import PipelineError
 
 A, B = "SPEAKER_00", "SPEAKER_01"
 
@@ -156,7 +156,7 @@ def test_attribution_matches_whisperx(fill_nearest):
         for i, w in enumerate(theirs):
             ov = {}
             for a, b, spk in turns:
-                ov[spk] = ov.get(spk, 0.0) + utils.overlap(ws[i], we[i], a, b)
+                ov[spk] = ov.get(spk, 0.0) + intervals.overlap(ws[i], we[i], a, b)
             top = sorted(ov.values(), reverse=True)
             if top[0] > 1e-6 and top[0] - top[1] > 1e-6:  # a unique largest overlap: must agree
                 assert not nearest[i] and w["speaker"] == ours[i], (trial, i)
@@ -380,11 +380,11 @@ def make_work(tmp_path, asr_by_dialog, turns_by_dialog, utts_by_dialog, seconds=
         sf.write(corpus / wav, rng.uniform(-0.5, 0.5, (int(seconds * 16000), 2)).astype(np.float32), 16000, subtype="FLOAT")
         dialogs[d] = {"session": 1, "kind": "impro", "scenario": d.split("_")[1], "script": None, "wav": wav,
                       "utterances": [dict(u, text="x", wdseg=None) for u in utts]}
-    utils.atomic_write_json(work / "labels.json", {"corpus": str(corpus), "labels": list(utils.LABELS), "dialogs": dialogs})
+    fileio.atomic_write_json(work / "labels.json", {"corpus": str(corpus), "labels": list(formats.LABELS), "dialogs": dialogs})
     for d, segments in asr_by_dialog.items():
-        utils.atomic_write_json(work / "simulated" / "asr" / f"{d}.json", {"segments": segments, "language": "en"})
+        fileio.atomic_write_json(work / "simulated" / "asr" / f"{d}.json", {"segments": segments, "language": "en"})
     for d, turns in turns_by_dialog.items():
-        utils.write_rttm(work / "simulated" / "diarization" / f"{d}.rttm", d, turns)
+        formats.write_rttm(work / "simulated" / "diarization" / f"{d}.rttm", d, turns)
     return corpus, work
 
 
@@ -403,7 +403,7 @@ def test_main_writes_segments_cache_manifest_and_report(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "1 without ASR output (skipped)" in out and "label purity" in out
     pipe = work / "simulated"
-    seg_file = utils.read_json(pipe / "aligned-p1.5" / "segments" / f"{d}.json")
+    seg_file = fileio.read_json(pipe / "aligned-p1.5" / "segments" / f"{d}.json")
     assert seg_file["variant"] == "aligned-p1.5" and seg_file["session"] == 1
     segs = seg_file["segments"]
     assert [(s["text"], s["label"], s["ref_speaker"]) for s in segs] == [
@@ -415,11 +415,11 @@ def test_main_writes_segments_cache_manifest_and_report(tmp_path, capsys):
     txt = (pipe / "aligned-p1.5" / "segments" / f"{d}.txt").read_text()
     assert "[6.92s -> 9.60s] SPEAKER_00: Excuse me. Do you have your forms?" in txt
     # the cache: loads with weights_only=True, audio slices are the dialog's mixed-down samples
-    cache = utils.load_pt(pipe / "baseline" / "cache" / f"{d}.pt")
-    audio = utils.load_audio(corpus / "Session1/dialog/wav" / f"{d}.wav")
+    cache = fileio.load_pt(pipe / "baseline" / "cache" / f"{d}.pt")
+    audio = formats.load_audio(corpus / "Session1/dialog/wav" / f"{d}.wav")
     assert cache["dialog"] == d and cache["session"] == 1 and cache["sample_rate"] == 16000
     s2 = cache["segments"][2]
-    assert (s2["id"], s2["text"], s2["speaker"], s2["label"]) == (f"{d}-0002", "your forms? Sure.", A, utils.LABELS.index("neu"))
+    assert (s2["id"], s2["text"], s2["speaker"], s2["label"]) == (f"{d}-0002", "your forms? Sure.", A, formats.LABELS.index("neu"))
     np.testing.assert_array_equal(s2["audio"].numpy(), audio[round(9.0 * 16000):round(10.3 * 16000)])
     assert s2["audio"].dtype == torch_float32()
     assert s2["audio"].untyped_storage().nbytes() == s2["audio"].numel() * 4  # slices own their samples
@@ -432,7 +432,7 @@ def test_main_writes_segments_cache_manifest_and_report(tmp_path, capsys):
     assert al["words"] == bl["words"] == 16
     assert al["speaker_purity"] == 1.0 and bl["speaker_purity"] < 1.0
     assert json.loads((pipe / "alignment_report.json").read_text()) == report
-    m = utils.read_json(pipe / "baseline" / "manifest.json")
+    m = fileio.read_json(pipe / "baseline" / "manifest.json")
     assert m["summary"]["segments"] == 7 and m["skipped"] == {"Ses01F_impro02": "no ASR output from step 2"}
 
     # re-run: nothing to do; changing only the pause re-runs only that variant
@@ -443,7 +443,7 @@ def test_main_writes_segments_cache_manifest_and_report(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "aligned-p1: wrote 1 dialogs" in out and "baseline" in out  # the report covers all three
     assert (pipe / "baseline" / "cache" / f"{d}.pt").stat().st_mtime_ns == mtime
-    assert set(utils.read_json(pipe / "alignment_report.json")["variants"]) == {"aligned-p1", "aligned-p1.5", "baseline"}
+    assert set(fileio.read_json(pipe / "alignment_report.json")["variants"]) == {"aligned-p1", "aligned-p1.5", "baseline"}
 
 
 def test_several_pauses_in_one_run_decode_the_audio_once(tmp_path, monkeypatch):
@@ -453,8 +453,8 @@ def test_several_pauses_in_one_run_decode_the_audio_once(tmp_path, monkeypatch):
     corpus, work = make_work(tmp_path / "a", {d: fig3_asr()}, {d: FIG3_TURNS}, {d: FIG3_UTTS})
     _, alone = make_work(tmp_path / "b", {d: fig3_asr()}, {d: FIG3_TURNS}, {d: FIG3_UTTS})
     loads = []
-    real_load = utils.load_audio
-    monkeypatch.setattr(utils, "load_audio", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
+    real_load = formats.load_audio
+    monkeypatch.setattr(formats, "load_audio", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
     align.main(["--work", str(work), "--pipe", "simulated", "--max-pause", "0.5", "1.5", "2"])
     assert len(loads) == 1
     for p in ("0.5", "1.5", "2"):
@@ -463,7 +463,7 @@ def test_several_pauses_in_one_run_decode_the_audio_once(tmp_path, monkeypatch):
             a = (work / "simulated" / f"aligned-p{p}" / sub / f"{d}{ext}").read_bytes()
             assert a == (alone / "simulated" / f"aligned-p{p}" / sub / f"{d}{ext}").read_bytes(), (p, sub, ext)
     assert (work / "simulated" / "baseline" / "cache" / f"{d}.pt").is_file()
-    n_segments = {p: len(utils.read_json(work / "simulated" / f"aligned-p{p}" / "segments" / f"{d}.json")["segments"])
+    n_segments = {p: len(fileio.read_json(work / "simulated" / f"aligned-p{p}" / "segments" / f"{d}.json")["segments"])
                   for p in ("0.5", "2")}
     assert n_segments["0.5"] > n_segments["2"]  # a shorter maximum pause cuts more turns
 
@@ -480,10 +480,10 @@ def test_channel_and_tie_break_are_part_of_the_config(tmp_path, capsys):
         variant = "aligned-p1.5" + ("" if channel == "mean" else f"-ch_{channel}")
         align.main(["--work", str(work), "--pipe", "simulated", "--variant", "aligned", "--channel", channel])
         assert f"{variant}: wrote 1 dialogs" in capsys.readouterr().out
-        cache = utils.load_pt(work / "simulated" / variant / "cache" / f"{d}.pt")
+        cache = fileio.load_pt(work / "simulated" / variant / "cache" / f"{d}.pt")
         assert cache["channel"] == channel
         np.testing.assert_array_equal(cache["segments"][0]["audio"].numpy(), expected[a:b])
-        config = utils.read_json(work / "simulated" / variant / "manifest.json")["config"]
+        config = fileio.read_json(work / "simulated" / variant / "manifest.json")["config"]
         assert config["channel"] == channel and config["tie_break"] == "asr-segment"
     assert not np.array_equal(stereo[a:b, 0], stereo[a:b, 1])  # the three runs saw different audio
     align.main(["--work", str(work), "--pipe", "simulated", "--variant", "aligned"])
@@ -491,7 +491,7 @@ def test_channel_and_tie_break_are_part_of_the_config(tmp_path, capsys):
     align.main(["--work", str(work), "--pipe", "simulated", "--variant", "aligned", "--tie-break", "whisperx"])
     assert "aligned-p1.5-tie_whisperx: wrote 1 dialogs" in capsys.readouterr().out
     for variant, tie_break in (("aligned-p1.5-tie_whisperx", "whisperx"), ("aligned-p1.5", "asr-segment")):
-        assert utils.read_json(work / "simulated" / variant / "manifest.json")["config"]["tie_break"] == tie_break
+        assert fileio.read_json(work / "simulated" / variant / "manifest.json")["config"]["tie_break"] == tie_break
 
 
 def test_every_departure_gets_its_own_readable_variant_name():
@@ -524,7 +524,7 @@ def test_bad_inputs_name_the_file(tmp_path, capsys):
     with pytest.raises(SystemExit, match=r"step 3: 1 of 2 dialogs failed"):
         align.main(["--work", str(work), "--pipe", "simulated"])
     assert "FAILED Ses01F_impro02: " in capsys.readouterr().out
-    m = utils.read_json(work / "simulated" / "aligned-p1.5" / "manifest.json")
+    m = fileio.read_json(work / "simulated" / "aligned-p1.5" / "manifest.json")
     assert m["dialogs"][d]["status"] == "done" and m["dialogs"][d2]["status"] == "failed"  # step 2's words
     assert "Ses01F_impro02.rttm: RTTM file not found" in m["dialogs"][d2]["error"]
     assert (m["summary"]["dialogs_done"], m["summary"]["dialogs_failed"]) == (1, 1)
@@ -575,7 +575,7 @@ def test_demo_oracle_alignment_recovers_reference_turns(demo_step2):
     align.main(["--work", str(work), "--pipe", "oracle", "--variant", "aligned"])
     for d, info in truth["dialogs"].items():
         want = info["turns"]
-        segs = utils.read_json(work / "oracle" / "aligned-p1.5" / "segments" / f"{d}.json")["segments"]
+        segs = fileio.read_json(work / "oracle" / "aligned-p1.5" / "segments" / f"{d}.json")["segments"]
         assert len(segs) == len(want) > 1, d
         for s, t in zip(segs, want):
             assert (s["start"], s["end"], s["n_words"]) == pytest.approx((t["start"], t["end"], t["n_words"]), abs=1e-3)
@@ -672,7 +672,7 @@ def test_step3_fails_a_dialog_whose_times_pass_the_end_of_its_audio(tmp_path, ca
     assert f"FAILED {d}: {work / 'simulated' / 'asr' / (d + '.json')}: segment 7: start 24.000 s is after the " \
            "end of the audio (20.000 s" in out
     for variant in ("aligned-p1.5", "baseline"):  # the same status words as step 2
-        assert utils.read_json(work / "simulated" / variant / "manifest.json")["dialogs"][d]["status"] == "failed"
+        assert fileio.read_json(work / "simulated" / variant / "manifest.json")["dialogs"][d]["status"] == "failed"
     assert not (work / "simulated" / "baseline" / "cache" / f"{d}.pt").exists()
     # an utterance of labels.json past the end of the audio names the wav
     corpus, work = make_work(tmp_path / "u", {d: fig3_asr()}, {d: FIG3_TURNS}, {d: FIG3_UTTS[:3] + [dict(FIG3_UTTS[3], end=30.0)]})
@@ -696,7 +696,7 @@ def test_a_word_stretched_over_silence_is_clamped_for_the_pause_and_counted(tmp_
     _, work = make_work(tmp_path, {d: asr}, {d: turns}, {d: utts}, seconds=30.0)
     report = align.main(["--work", str(work), "--pipe", "simulated"])
     assert "aligned-p1.5: also 1 words longer than --max-word-seconds (clamped for the pause)" in capsys.readouterr().out
-    m = utils.read_json(work / "simulated" / "aligned-p1.5" / "manifest.json")
+    m = fileio.read_json(work / "simulated" / "aligned-p1.5" / "manifest.json")
     assert m["dialogs"][d]["long_words"] == 1 and m["summary"]["long_words"] == 1 and m["config"]["max_word_seconds"] == 3.0
     assert report["adjusted"] == {"aligned-p1.5": {"long_words": 1}}
     assert "aligned-p1.5: 1 words longer than --max-word-seconds" in (work / "simulated" / "alignment_report.md").read_text()
@@ -711,7 +711,7 @@ def test_rttm_covering_almost_none_of_the_words_is_a_warning(tmp_path, capsys):
     report = align.main(["--work", str(work), "--pipe", "simulated", "--variant", "aligned"])
     out = capsys.readouterr().out
     assert f"[align] WARNING {d}: 100 % of the words (10 of 10) overlap no turn of " in out
-    entry = utils.read_json(work / "simulated" / "aligned-p1.5" / "manifest.json")["dialogs"][d]
+    entry = fileio.read_json(work / "simulated" / "aligned-p1.5" / "manifest.json")["dialogs"][d]
     assert entry["status"] == "done" and entry["warnings"][0].startswith("100 % of the words (10 of 10)")
     assert list(report["warnings"]) == [d]
     assert f"WARNING {d}: 100 % of the words" in (work / "simulated" / "alignment_report.md").read_text()
@@ -730,7 +730,7 @@ def test_a_multi_recording_rttm_gives_only_the_dialogs_own_turns(tmp_path):
     rttm.write_text(other + rttm.read_text())
     align.main(["--work", str(work), "--pipe", "simulated", "--variant", "aligned"])
     assert seg_file.read_bytes() == clean  # the other recording's turns changed nothing
-    entry = utils.read_json(work / "simulated" / "aligned-p1.5" / "manifest.json")["dialogs"][d]
+    entry = fileio.read_json(work / "simulated" / "aligned-p1.5" / "manifest.json")["dialogs"][d]
     assert entry["rttm_other_recording_lines"] == 2
 
 
@@ -739,10 +739,10 @@ def test_a_zero_length_segment_keeps_one_sample_and_is_counted(tmp_path):
     asr = fig3_asr() + [seg([word("hm", 19.0, 19.0)])]  # WhisperX can give a word start == end
     corpus, work = make_work(tmp_path, {d: asr}, {d: FIG3_TURNS}, {d: FIG3_UTTS})
     align.main(["--work", str(work), "--pipe", "simulated", "--variant", "aligned"])
-    cache = utils.load_pt(work / "simulated" / "aligned-p1.5" / "cache" / f"{d}.pt")
+    cache = fileio.load_pt(work / "simulated" / "aligned-p1.5" / "cache" / f"{d}.pt")
     last = cache["segments"][-1]
     assert (last["text"], last["start"], last["end"], last["audio"].numel()) == ("hm", 19.0, 19.0, 1)
-    audio = utils.load_audio(corpus / "Session1/dialog/wav" / f"{d}.wav")
+    audio = formats.load_audio(corpus / "Session1/dialog/wav" / f"{d}.wav")
     assert float(last["audio"][0]) == float(audio[19 * 16000])
-    m = utils.read_json(work / "simulated" / "aligned-p1.5" / "manifest.json")
+    m = fileio.read_json(work / "simulated" / "aligned-p1.5" / "manifest.json")
     assert m["dialogs"][d]["zero_length_segments"] == 1 and m["summary"]["zero_length_segments"] == 1

@@ -6,6 +6,7 @@ import soundfile as sf
 import torch
 
 import align
+from common import cli, fileio
 import utils
 
 D = "Ses01F_impro01"
@@ -129,9 +130,9 @@ def test_peak_normalize_scales_the_cached_audio_and_is_part_of_the_config(tmp_pa
         align.main(["--work", str(work), "--pipe", "simulated", "--variant", "aligned", "--peak-normalize", rule])
         assert "wrote 1 dialogs" in capsys.readouterr().out  # a changed setting redoes the dialog
         for manifest in (work / "simulated").glob("*/manifest.json"):  # the variant that holds this setting
-            config = utils.read_json(manifest)["config"]
+            config = fileio.read_json(manifest)["config"]
             if config.get("peak_normalize", "none") == rule:
-                caches[rule] = utils.load_pt(manifest.parent / "cache" / f"{D}.pt")
+                caches[rule] = fileio.load_pt(manifest.parent / "cache" / f"{D}.pt")
                 assert ("peak_normalize" in config) == (rule != "none")  # the default keeps earlier config keys
     plain, scaled = caches["none"]["segments"], caches["authors"]["segments"]
     assert len(plain) == len(scaled) > 0
@@ -148,7 +149,7 @@ def cache_of(tmp_path, arrays):
                      "text": "x", "label": n % 4, "audio": torch.from_numpy(a)})
         t += len(a) / 16000
     path = tmp_path / f"{D}.pt"
-    utils.atomic_torch_save({"dialog": D, "session": 1, "sample_rate": 16000, "segments": segs}, path)
+    fileio.atomic_torch_save({"dialog": D, "session": 1, "sample_rate": 16000, "segments": segs}, path)
     return path
 
 
@@ -184,5 +185,5 @@ def test_authors_padding_equals_their_feature_extractor(tmp_path):
     raw = collated(cache_of(tmp_path, arrays), "authors", do_normalize=False).numpy()
     np.testing.assert_array_equal(raw, collated(cache_of(tmp_path, arrays), "exact", do_normalize=False).numpy())
     np.testing.assert_array_equal(raw[3, :640], arrays[3])
-    with pytest.raises(utils.PipelineError):
+    with pytest.raises(cli.PipelineError):
         utils.normalisation_places("longest", True)

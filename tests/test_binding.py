@@ -23,9 +23,9 @@ import evaluate
 import predict
 import teer_calculate
 import train
-import utils
+from common import fileio, rundirs
 from conftest import steps_in_process
-from utils import PipelineError
+from common.cli import PipelineError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,7 +58,7 @@ def restored(*paths):
         yield
     finally:
         for p, data in saved.items():
-            utils.atomic_write_bytes(p, data)
+            fileio.atomic_write_bytes(p, data)
 
 
 def tree_bytes(folder: Path) -> dict:
@@ -72,13 +72,13 @@ def test_the_run_records_what_it_was_trained_on(bound):
     split = config["split"]
     assert sorted(data["cache_files"]) == sorted(f"{d}.pt" for part in ("train", "val", "test") for d in split[part])
     cache = work / "simulated" / "aligned-p1.5" / "cache"
-    assert data["cache_files"][f"{dialog}.pt"] == utils.file_sha256(cache / f"{dialog}.pt")
+    assert data["cache_files"][f"{dialog}.pt"] == fileio.file_sha256(cache / f"{dialog}.pt")
     assert data["cache_sha256"] == hashlib.sha256("".join(
-        f"{n}\0{utils.file_sha256(cache / n)}\n" for n in sorted(data["cache_files"])).encode()).hexdigest()
+        f"{n}\0{fileio.file_sha256(cache / n)}\n" for n in sorted(data["cache_files"])).encode()).hexdigest()
     assert data["labels_sha256"] == hashlib.sha256((work / "labels.json").read_bytes()).hexdigest()
-    manifest = utils.read_json(work / "simulated" / "aligned-p1.5" / "manifest.json")
+    manifest = fileio.read_json(work / "simulated" / "aligned-p1.5" / "manifest.json")
     assert data["step3_config"] == manifest["config"] and data["step3_config_key"] == manifest["config_key"]
-    metrics = utils.read_json(work / "runs" / name / "metrics.json")
+    metrics = fileio.read_json(work / "runs" / name / "metrics.json")
     assert metrics["data_check"] == {"status": "same", "changed": [], "allow_changed_data": False}
 
 
@@ -90,11 +90,11 @@ def test_a_departures_switch_writes_its_own_variant_and_leaves_the_default_untou
                 "--label-rule", "authors", "--channel", "0"])
     new = work / "simulated" / "aligned-p1.5-words_authors-label_authors-ch_0"
     assert tree_bytes(default) == before
-    config = utils.read_json(new / "manifest.json")["config"]
+    config = fileio.read_json(new / "manifest.json")["config"]
     assert (config["word_policy"], config["label_rule"], config["channel"]) == ("authors", "authors", "0")
     assert sorted(p.name for p in (new / "cache").iterdir()) == sorted(p.name for p in (default / "cache").iterdir())
     # the run is still scored on what it was trained on
-    assert utils.check_run_data(work / "runs" / name, work / "labels.json")["status"] == "same"
+    assert rundirs.check_run_data(work / "runs" / name, work / "labels.json")["status"] == "same"
 
 
 def refused(work, name, argv_train, dialog, expected: str):
@@ -116,31 +116,31 @@ def refused(work, name, argv_train, dialog, expected: str):
 
 def test_changed_labels_are_refused_and_the_override_is_recorded(bound, capsys):
     work, name, argv, dialog = bound
-    labels = utils.read_json(work / "labels.json")
+    labels = fileio.read_json(work / "labels.json")
     utt = labels["dialogs"][dialog]["utterances"][0]
     with restored(work / "labels.json", work / "runs" / name / "metrics.json"):
         utt["label"] = "ang" if utt.get("label") != "ang" else "sad"
-        utils.atomic_write_json(work / "labels.json", labels)
+        fileio.atomic_write_json(work / "labels.json", labels)
         refused(work, name, argv, dialog, "labels.json (sha256 ")
         metrics = evaluate.main(["--work", str(work), "--run", name, "--bootstrap-samples", "0",
                                  "--allow-changed-data"])
         assert metrics["data_check"]["status"] == "changed" and metrics["data_check"]["allow_changed_data"] is True
         assert metrics["data_check"]["changed"][0].startswith("labels.json (sha256 ")
-        assert utils.read_json(work / "runs" / name / "metrics.json")["data_check"] == metrics["data_check"]
+        assert fileio.read_json(work / "runs" / name / "metrics.json")["data_check"] == metrics["data_check"]
         assert "WARNING r: scored on changed data" in capsys.readouterr().out
         teer = teer_calculate.main(["--work", str(work), "--run", name, "--allow-changed-data", "--out", "t.json"])
         assert teer["data_check"]["status"] == "changed"
         (work / "runs" / name / "t.json").unlink()
-    assert utils.check_run_data(work / "runs" / name)["status"] == "same"
+    assert rundirs.check_run_data(work / "runs" / name)["status"] == "same"
 
 
 def test_a_changed_cache_file_is_refused_naming_it(bound):
     work, name, argv, dialog = bound
     path = work / "simulated" / "aligned-p1.5" / "cache" / f"{dialog}.pt"
     with restored(path):
-        cache = utils.load_pt(path)
+        cache = fileio.load_pt(path)
         cache["segments"][0]["audio"] = cache["segments"][0]["audio"] * 0.5
-        utils.atomic_torch_save(cache, path)
+        fileio.atomic_torch_save(cache, path)
         refused(work, name, argv, dialog, f"step-3 cache files {dialog}.pt (changed)")
     with restored(path):
         path.unlink()
@@ -157,35 +157,35 @@ def test_realigning_the_variant_on_other_inputs_is_refused(bound):
     files = [asr, variant / "manifest.json", *(variant / sub / f"{dialog}{ext}" for sub, ext in
                                                (("cache", ".pt"), ("segments", ".json"), ("segments", ".txt")))]
     with restored(*files):
-        result = utils.read_json(asr)
+        result = fileio.read_json(asr)
         seg = next(s for s in result["segments"] if len(s.get("words", [])) > 1)
         seg["words"] = seg["words"][1:]
-        utils.atomic_write_json(asr, result)
+        fileio.atomic_write_json(asr, result)
         align.main(["--work", str(work), "--pipe", "simulated", "--variant", "aligned"])
         refused(work, name, argv, dialog, f"step-3 cache files {dialog}.pt (changed)")
     with restored(variant / "manifest.json"):
-        manifest = utils.read_json(variant / "manifest.json")
+        manifest = fileio.read_json(variant / "manifest.json")
         manifest["config"]["word_policy"] = "authors"
-        utils.atomic_write_json(variant / "manifest.json", manifest)
+        fileio.atomic_write_json(variant / "manifest.json", manifest)
         refused(work, name, argv, dialog, "step-3 config of simulated/aligned-p1.5 (word_policy None -> 'authors')")
-    assert utils.check_run_data(work / "runs" / name)["status"] == "same"
+    assert rundirs.check_run_data(work / "runs" / name)["status"] == "same"
 
 
 def test_resume_on_changed_data_with_the_override_records_it(bound):
     work, name, argv, dialog = bound
     copy = work / "runs" / "r_copy"
     shutil.copytree(work / "runs" / name, copy)
-    config = utils.read_json(copy / "config.json")
-    utils.atomic_write_json(copy / "config.json", {**config, "run": "r_copy"})
+    config = fileio.read_json(copy / "config.json")
+    fileio.atomic_write_json(copy / "config.json", {**config, "run": "r_copy"})
     argv = [*argv[:argv.index("--run") + 1], "r_copy", *argv[argv.index("--run") + 2:]]
     with restored(work / "labels.json"):
-        labels = utils.read_json(work / "labels.json")
+        labels = fileio.read_json(work / "labels.json")
         labels["note"] = "edited"
-        utils.atomic_write_json(work / "labels.json", labels)
+        fileio.atomic_write_json(work / "labels.json", labels)
         with pytest.raises(PipelineError, match="start over with --no-resume"):
             train.main(argv)
         train.main([*argv, "--allow-changed-data"])  # resumes after its last epoch: nothing left to train
-        changed = utils.read_json(copy / "config.json")["data_changed_on_resume"]
+        changed = fileio.read_json(copy / "config.json")["data_changed_on_resume"]
         assert len(changed) == 1 and changed[0].startswith("labels.json")
     shutil.rmtree(copy)
 
@@ -196,7 +196,7 @@ def test_fold_runs_check_each_fold(bound):
     cv = work / "runs" / "cv"
     for fold in ("fold1", "fold2"):
         shutil.copytree(work / "runs" / name, cv / fold)
-    utils.atomic_write_json(cv / "config.json", {"folds": ["fold1", "fold2"], "run": "cv"})
+    fileio.atomic_write_json(cv / "config.json", {"folds": ["fold1", "fold2"], "run": "cv"})
     path = work / "simulated" / "aligned-p1.5" / "cache" / f"{dialog}.pt"
     try:
         teer = teer_calculate.main(["--work", str(work), "--run", "cv"])
@@ -217,7 +217,7 @@ def test_fold_runs_check_each_fold(bound):
 def test_predict_uses_the_recorded_step3_settings_and_records_the_check(bound, tmp_path):
     work, name, _, dialog = bound
     run_dir = work / "runs" / name
-    config = utils.read_json(run_dir / "config.json")
+    config = fileio.read_json(run_dir / "config.json")
     assert predict.step3_flags(config, run_dir) == [
         "--variant", "aligned", "--max-pause", "1.5", "--min-label-overlap", "0.1", "--tie-break", "asr-segment",
         "--channel", "mean", "--max-word-seconds", "3.0"]
@@ -225,16 +225,16 @@ def test_predict_uses_the_recorded_step3_settings_and_records_the_check(bound, t
     other = {**config, "data": {**config["data"], "step3_config": {**config["data"]["step3_config"],
                                                                      "word_policy": "authors"}}}
     assert predict.step3_flags(other, run_dir)[-2:] == ["--word-policy", "authors"]
-    labels = utils.read_json(work / "labels.json")
+    labels = fileio.read_json(work / "labels.json")
     wav = Path(labels["corpus"]) / labels["dialogs"][dialog]["wav"]
     asr, rttm = work / "simulated" / "asr" / f"{dialog}.json", work / "simulated" / "diarization" / f"{dialog}.rttm"
     with restored(work / "labels.json"), steps_in_process():
-        utils.atomic_write_json(work / "labels.json", {**labels, "note": "edited"})
+        fileio.atomic_write_json(work / "labels.json", {**labels, "note": "edited"})
         results = predict.main([str(wav), "--run", str(run_dir), "--asr-json", str(asr), "--rttm", str(rttm),
                                 "--out", str(tmp_path), "--device", "cpu", "--allow-changed-data"])
     check = results[dialog]["data_check"]
     assert check["status"] == "changed" and check["allow_changed_data"] is True
-    assert utils.read_json(tmp_path / f"{dialog}.emotions.json")["data_check"] == check
+    assert fileio.read_json(tmp_path / f"{dialog}.emotions.json")["data_check"] == check
 
 
 def test_the_refusal_from_the_command_line_is_one_line_with_exit_status_2(bound):

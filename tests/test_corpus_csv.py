@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import corpus_from_csv
-import utils
-from utils import PipelineError
+from common import cli, formats
+from common.cli import PipelineError
 
 COLUMNS = ["audio", "id", "start", "end", "speaker", "emotion", "text", "session", "wdseg"]
 UTT_KEYS = ("id", "start", "end", "speaker", "code", "label", "text", "wdseg")
@@ -50,7 +50,7 @@ def csv_work(demo_corpus, step1, tmp_path_factory):
 
 
 def test_same_utterances_as_step1(csv_work, step1):
-    got = utils.load_labels(csv_work, require=("wav",))  # the schema check every step runs
+    got = formats.load_labels(csv_work, require=("wav",))  # the schema check every step runs
     assert got["corpus"] == step1["corpus"]
     assert list(got["dialogs"]) == list(step1["dialogs"])
     assert len(got["dialogs"]) == 4
@@ -87,7 +87,7 @@ def test_steps_2_and_3_read_it(csv_work, demo_work, backend, tmp_path):
         align.main(["--work", str(tmp_path / "csv"), "--pipe", backend, "--variant", "aligned"])
         segs = json.loads((tmp_path / "csv" / backend / "aligned-p1.5" / "segments" / "Ses01F_impro01.json").read_text())
         assert segs["session"] == 1 and segs["segments"]
-        assert {s["label"] for s in segs["segments"]} <= {*utils.LABELS, None}
+        assert {s["label"] for s in segs["segments"]} <= {*formats.LABELS, None}
 
 
 def test_other_corpus_speakers_sessions_and_map(demo_corpus, step1, tmp_path):
@@ -105,7 +105,7 @@ def test_other_corpus_speakers_sessions_and_map(demo_corpus, step1, tmp_path):
     path = write_csv(tmp_path / "c.csv", rows, [c for c in COLUMNS if c not in ("session", "wdseg")])
     # dialogs named by their IEMOCAP wavs keep their names' sessions: the default session 1 is refused
     refused = r"c\.csv: dialog Ses05\w+: 'session' 1 but the IEMOCAP name says session 5"
-    with pytest.raises(utils.PipelineError, match=refused):
+    with pytest.raises(cli.PipelineError, match=refused):
         corpus_from_csv.main([str(path), *flags])
     for r in rows:  # any other names take the default session
         r["dialog"] = "call_" + Path(r["audio"]).stem
@@ -119,8 +119,8 @@ def test_other_corpus_speakers_sessions_and_map(demo_corpus, step1, tmp_path):
         letter = {first: "F", ({"F", "M"} - {first}).pop(): "M"}
         assert [u["speaker"] for u in got] == [letter[u["speaker"]] for u in ref["utterances"]]
         assert [u["speaker_name"] for u in got] == [names[u["speaker"]] for u in ref["utterances"]]
-        assert all(u["code"] in utils.IEMOCAP_CODES for u in got)
-    utils.load_labels(tmp_path)
+        assert all(u["code"] in formats.IEMOCAP_CODES for u in got)
+    formats.load_labels(tmp_path)
 
 
 # ---- bad input: one named error per class ------------------------------------------------------

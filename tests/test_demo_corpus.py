@@ -14,7 +14,9 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from demo import make_corpus as mc  # noqa: E402
-from utils import CODE_TO_LABEL, IEMOCAP_CODES, PipelineError, read_json  # noqa: E402
+from common.cli import PipelineError  # noqa: E402
+from common.fileio import read_json  # noqa: E402
+from common.formats import CODE_TO_LABEL, IEMOCAP_CODES  # noqa: E402
 
 TINY = dict(seed=0, sessions=[1, 5], impro_per_session=1, script_per_session=1, utterances_per_dialog=6)
 DIALOG_RE = re.compile(r"^Ses(\d\d)([FM])_(impro\d\d[a-z]?|script0[123]_\d[a-z]?)$")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from common import cli, formats
 import utils
 from demo.build_ser_models import AUDIO_FAMILIES, TEXT_FAMILIES
 
@@ -205,7 +206,7 @@ def test_fused_model_runs_for_family_pairs(family_dirs, text_family, audio_famil
         logits = model(batch)
         z_t, z_a = model.embed(batch)
         first_alone = model(utils.Collator(tok)(items[:1]))
-    assert logits.shape == (3, len(utils.LABELS)) and torch.isfinite(logits).all()
+    assert logits.shape == (3, len(formats.LABELS)) and torch.isfinite(logits).all()
     assert z_t.shape == (3, model.text.hidden_size) and z_a.shape == (3, 64)
     assert model.dim == model.text.hidden_size  # D = the text model's width (BERT's tiny one is 32: audio projected)
     assert torch.allclose(logits[0], first_alone[0], atol=1e-5)
@@ -214,12 +215,12 @@ def test_fused_model_runs_for_family_pairs(family_dirs, text_family, audio_famil
 def test_unsupported_models_are_refused(family_dirs, tmp_path):
     from transformers import BartConfig, Wav2Vec2Config
 
-    with pytest.raises(utils.PipelineError, match="not supported"):
+    with pytest.raises(cli.PipelineError, match="not supported"):
         utils.AudioEmbedder(family_dirs["bert"])  # a text model as --audio-model
     Wav2Vec2Config(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
                    add_adapter=True).save_pretrained(tmp_path / "adapter")
-    with pytest.raises(utils.PipelineError, match="adapter"):
+    with pytest.raises(cli.PipelineError, match="adapter"):
         utils.AudioEmbedder(str(tmp_path / "adapter"))
     BartConfig(d_model=32, encoder_layers=1, decoder_layers=1).save_pretrained(tmp_path / "bart")
-    with pytest.raises(utils.PipelineError, match="encoder-decoder"):
+    with pytest.raises(cli.PipelineError, match="encoder-decoder"):
         utils.TextEmbedder(str(tmp_path / "bart"))

@@ -7,8 +7,11 @@ import pytest
 from sklearn import metrics as skm
 
 import evaluate as ev
+from common import formats, rundirs, scoring
 import utils
-from utils import LABELS, PipelineError, atomic_write_json, read_json
+from common.cli import PipelineError
+from common.fileio import atomic_write_json, read_json
+from common.formats import LABELS
 
 
 @pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
@@ -66,7 +69,7 @@ def make_work(tmp_path, dialogs):
     """labels.json with one labelled 2 s utterance per predicted segment slot (4 per dialog)."""
     work = tmp_path / "work"
     atomic_write_json(work / "labels.json", {"labels": list(LABELS), "dialogs": {
-        d: {"session": utils.session_of(d), "utterances": [
+        d: {"session": formats.session_of(d), "utterances": [
             {"id": f"{d}_F00{i}", "start": 2.0 * i, "end": 2.0 * i + 2.0, "speaker": "F", "label": "neu"}
             for i in range(4)]} for d in dialogs}})
     return work
@@ -163,15 +166,15 @@ def test_a_test_dialog_without_segments_stays_in_the_denominator(tmp_path, monke
 
 @pytest.mark.parametrize("scheme", ["session", "loso", "speaker-script"])
 def test_split_rule_gives_the_test_dialogs_of_train_make_folds(demo_work, scheme):
-    """utils.split_rule_test_dialogs repeats train.make_folds' test rule: the same dialogs when every
+    """common.rundirs.split_rule_test_dialogs repeats train.make_folds' test rule: the same dialogs when every
     dialog has a cache."""
     import train
 
-    labels = utils.load_labels(demo_work)
+    labels = formats.load_labels(demo_work)
     meta = {d: {"session": i["session"], "kind": i.get("kind"), "script": i.get("script")}
             for d, i in labels["dialogs"].items()}
     folds = train.make_folds(meta, scheme, 5, 0.2, 0)
-    assert folds and all(utils.split_rule_test_dialogs(f, labels) == f["test"] for f in folds)
+    assert folds and all(rundirs.split_rule_test_dialogs(f, labels) == f["test"] for f in folds)
     assert sum(len(f["test"]) for f in folds) >= 2
 
 
@@ -202,12 +205,12 @@ def expand(cm):
 @pytest.mark.parametrize("setup", ["aligned", "without-alignment"])
 def test_authors_table1_known_answer(setup):
     m = ev.classification_metrics(*expand(AUTHORS_CM[setup]))
-    paper = utils.PAPER["table1"][setup]
-    assert m["n"] == utils.PAPER["test_segments"][setup]
+    paper = scoring.PAPER["table1"][setup]
+    assert m["n"] == scoring.PAPER["test_segments"][setup]
     for k in ("accuracy", "weighted_f1", "macro_f1"):
         assert round(100 * m[k], 2) == paper[k], k
-    assert {lab: round(c["f1"], 2) for lab, c in m["per_class"].items()} == utils.PAPER["table2"][setup]
-    fast = utils.metrics_from_confusion(AUTHORS_CM[setup])  # the numpy path the bootstrap uses
+    assert {lab: round(c["f1"], 2) for lab, c in m["per_class"].items()} == scoring.PAPER["table2"][setup]
+    fast = scoring.metrics_from_confusion(AUTHORS_CM[setup])  # the numpy path the bootstrap uses
     for k in ev.HEADLINE:
         assert float(fast[k]) == pytest.approx(m[k], abs=1e-12), k
 
@@ -226,7 +229,7 @@ def test_metrics_from_confusion_agree_with_sklearn_with_misses(seed):
     # sklearn on the same predictions, a miss being the extra label "miss" (wrong for every class)
     yp = ["miss" if p is None else p for p in y_pred]
     kw = dict(labels=list(LABELS), zero_division=0)
-    fast = utils.metrics_from_confusion(cm)
+    fast = scoring.metrics_from_confusion(cm)
     for got in (m, {k: float(fast[k]) for k in ev.HEADLINE}):
         assert got["accuracy"] == pytest.approx(skm.accuracy_score(y_true, yp))
         assert got["ua"] == pytest.approx(skm.balanced_accuracy_score(y_true, yp))
@@ -236,7 +239,7 @@ def test_metrics_from_confusion_agree_with_sklearn_with_misses(seed):
     assert np.allclose(fast["precision"], p) and np.allclose(fast["recall"], r) and np.allclose(fast["f1"], f)
     assert fast["support"].tolist() == s.tolist()
     # batched: a stack of matrices gives the stack of metrics
-    stack = utils.metrics_from_confusion(np.stack([cm, np.pad(AUTHORS_CM["aligned"], ((0, 0), (0, 1)))]))
+    stack = scoring.metrics_from_confusion(np.stack([cm, np.pad(AUTHORS_CM["aligned"], ((0, 0), (0, 1)))]))
     assert stack["accuracy"].shape == (2,) and stack["accuracy"][0] == pytest.approx(m["accuracy"])
     assert stack["accuracy"][1] == pytest.approx(0.6681, abs=5e-5)
 
@@ -264,7 +267,7 @@ def test_projection_longest_speech_wins_over_more_segments():
 def test_projection_tie_rules():
     # hap 1 + 1 s vs neu 2 s: tied votes, neu owns the largest single segment
     assert ev.project_dialog([seg(0, 1, "hap"), seg(1, 2, "hap"), seg(2, 4, "neu")], [utt(0, 4)]) == ["neu"]
-    # sad 2 s vs ang 2 s, one segment each: the order of utils.LABELS (hap, ang, sad, neu) -> ang
+    # sad 2 s vs ang 2 s, one segment each: the order of common.formats.LABELS (hap, ang, sad, neu) -> ang
     assert ev.project_dialog([seg(0, 2, "sad"), seg(2, 4, "ang")], [utt(0, 4)]) == ["ang"]
     # float sums: 0.1 + 0.2 != 0.3 in binary, but whole microseconds tie exactly -> neu (largest single)
     assert 0.1 + 0.2 != 0.6 - 0.3
@@ -319,7 +322,7 @@ def test_reference_utterances_bad_times_name_the_utterance():
 # ---- bootstrap over dialogs -------------------------------------------------------------------
 
 def cms_of(records, dialogs):
-    return utils.dialog_confusions(records, dialogs, miss_column=True)
+    return scoring.dialog_confusions(records, dialogs, miss_column=True)
 
 
 def test_percentile_bootstrap_hand_checked():
@@ -328,13 +331,13 @@ def test_percentile_bootstrap_hand_checked():
     records = [{"dialog": "a", "label": "hap", "pred": "hap"}] + [{"dialog": "b", "label": "sad", "pred": None}] * 3
     cms = cms_of(records, ["a", "b"])
     assert cms.shape == (2, 4, 5) and cms.sum(0)[2, 4] == 3
-    assert utils.bootstrap_ci(cms, "accuracy", 4000, seed=0) == [0.0, 1.0]
-    assert utils.bootstrap_ci(cms, "accuracy", 4000, seed=0, level=0.4) == [0.25, 0.25]
-    draws = utils.dialog_draws(2, 4000, seed=0)
+    assert scoring.bootstrap_ci(cms, "accuracy", 4000, seed=0) == [0.0, 1.0]
+    assert scoring.bootstrap_ci(cms, "accuracy", 4000, seed=0, level=0.4) == [0.25, 0.25]
+    draws = scoring.dialog_draws(2, 4000, seed=0)
     assert (draws.sum(1) == 2).all() and abs((draws[:, 0] == 1).mean() - 0.5) < 0.03
     # seeded: same seed, same numbers; a metric given as a function works the same
-    assert utils.bootstrap_ci(cms, "ua", 300, seed=3) == utils.bootstrap_ci(cms, "ua", 300, seed=3)
-    acc = utils.bootstrap_ci(cms, lambda cm: utils.metrics_from_confusion(cm)["accuracy"], 4000, seed=0)
+    assert scoring.bootstrap_ci(cms, "ua", 300, seed=3) == scoring.bootstrap_ci(cms, "ua", 300, seed=3)
+    acc = scoring.bootstrap_ci(cms, lambda cm: scoring.metrics_from_confusion(cm)["accuracy"], 4000, seed=0)
     assert acc == [0.0, 1.0]
 
 
@@ -348,17 +351,17 @@ def runs_on(dialogs, correct):
 def test_paired_bootstrap_known_answers():
     dialogs = [f"d{i}" for i in range(7)]
     same = runs_on(dialogs, 2)
-    r = utils.paired_bootstrap(same, same.copy(), "accuracy", 500, seed=0)
+    r = scoring.paired_bootstrap(same, same.copy(), "accuracy", 500, seed=0)
     assert (r["diff"], r["ci95"], r["sign_flip_share"]) == (0.0, [0.0, 0.0], 1.0)
     assert (r["n_dialogs"], r["n_samples"], r["n_seeds"]) == (7, 500, [1, 1])
     right, wrong = runs_on(dialogs, 4), runs_on(dialogs, 0)
-    r = utils.paired_bootstrap(right[None], wrong[None], "macro_f1", 500, seed=0)
+    r = scoring.paired_bootstrap(right[None], wrong[None], "macro_f1", 500, seed=0)
     assert (r["diff"], r["ci95"], r["sign_flip_share"]) == (1.0, [1.0, 1.0], 0.0)
-    r = utils.paired_bootstrap(wrong, right, "accuracy", 500, seed=0)
+    r = scoring.paired_bootstrap(wrong, right, "accuracy", 500, seed=0)
     assert (r["diff"], r["ci95"], r["sign_flip_share"]) == (-1.0, [-1.0, -1.0], 0.0)
     # seeds: A = mean of a perfect seed and a 50 % seed (0.75), B one 50 % seed -> +0.25, exactly on every resample
     a, b = np.stack([runs_on(dialogs, 4), runs_on(dialogs, 2)]), runs_on(dialogs, 2)[None]
-    r = utils.paired_bootstrap(a, b, "accuracy", 500, seed=1)
+    r = scoring.paired_bootstrap(a, b, "accuracy", 500, seed=1)
     assert r["diff"] == pytest.approx(0.25) and r["ci95"] == pytest.approx([0.25, 0.25]) and r["n_seeds"] == [2, 1]
     # seeded and reproducible; a mixed case has a proper interval around the observed difference
     rng = np.random.default_rng(0)
@@ -366,13 +369,13 @@ def test_paired_bootstrap_known_answers():
                       for d in dialogs for _ in range(5)], dialogs)
     mixed_b = cms_of([{"dialog": d, "label": "neu", "pred": "neu" if rng.random() < 0.5 else None}
                       for d in dialogs for _ in range(5)], dialogs)
-    r1, r2 = (utils.paired_bootstrap(mixed_a, mixed_b, "accuracy", 1000, seed=5) for _ in range(2))
+    r1, r2 = (scoring.paired_bootstrap(mixed_a, mixed_b, "accuracy", 1000, seed=5) for _ in range(2))
     assert r1 == r2
     assert r1["ci95"][0] <= r1["diff"] <= r1["ci95"][1] and 0 <= r1["sign_flip_share"] <= 1
     with pytest.raises(ValueError, match="same dialogs"):
-        utils.paired_bootstrap(mixed_a, mixed_b[:3], "accuracy", 10, seed=0)
+        scoring.paired_bootstrap(mixed_a, mixed_b[:3], "accuracy", 10, seed=0)
     with pytest.raises(ValueError, match="unknown metric"):
-        utils.bootstrap_ci(mixed_a, "wa", 10, seed=0)
+        scoring.bootstrap_ci(mixed_a, "wa", 10, seed=0)
 
 
 def test_dialog_confusions_sum_to_the_overall_matrix():
@@ -387,7 +390,7 @@ def test_dialog_confusions_sum_to_the_overall_matrix():
     with pytest.raises(ValueError, match="None for a miss"):
         cms_of([{"dialog": "a", "label": "neu", "pred": "neutral"}], ["a"])
     with pytest.raises(ValueError):
-        utils.dialog_confusions([{"dialog": "a", "label": "neu", "pred": None}], ["a"], miss_column=False)
+        scoring.dialog_confusions([{"dialog": "a", "label": "neu", "pred": None}], ["a"], miss_column=False)
 
 
 # ---- the run outputs: both sets of metrics, intervals, printout order ---------------------------

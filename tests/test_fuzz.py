@@ -5,7 +5,7 @@ step-3 .pt caches, dialog wavs). Each case mutates a valid input (a number repla
 1e308, 400 digits or a negative; a byte 0xE9 or NUL inserted; a line dropped, doubled or cut; a
 JSON value replaced by another type; a list nested 100,000 deep; audio samples set to NaN; a wav
 cut short ...) and runs the reader, or the step, on it. Allowed outcomes:
-  * utils.PipelineError (or step 3's "dialogs failed" exit) whose message names the file;
+  * common.cli.PipelineError (or step 3's "dialogs failed" exit) whose message names the file;
   * success, and then the output's invariants hold: words in = words out, every segment inside the
     audio with at least one sample, no NaN anywhere, labels in the 4 classes.
 Anything else (KeyError, TypeError, OverflowError, RecursionError, UnicodeDecodeError ...) fails.
@@ -26,8 +26,10 @@ import torch
 import align
 import iemo_lab_with_timestamps as step1
 from common import step2_oracle
+from common import cli, fileio, formats, rundirs
 import utils
-from utils import LABELS, PipelineError
+from common.cli import PipelineError
+from common.formats import LABELS
 
 MINI = Path(__file__).resolve().parent / "fixtures" / "iemocap_mini"
 EMO = "Session1/dialog/EmoEvaluation/Ses01F_impro01.txt"
@@ -166,7 +168,7 @@ def test_fuzz_emo_evaluation_and_transcriptions(tmp_path, rel, seed):
             assert names_file(str(e), root), (case, what, str(e))
             outcomes["error"] += 1
             continue
-        utils.check_labels(out, "labels.json")  # a valid labels.json ...
+        formats.check_labels(out, "labels.json")  # a valid labels.json ...
         for info in out["dialogs"].values():  # ... with real intervals
             assert all(0 <= u["start"] < u["end"] < 1e6 for u in info["utterances"]), (case, what)
         outcomes["ok"] += 1
@@ -198,7 +200,7 @@ def test_fuzz_wdseg(tmp_path):
             continue
         for w in words:
             assert w["word"] and w["word"] == w["word"].strip(), (case, what, w)
-            assert 0 <= w["start"] <= w["end"] <= duration + utils.TIME_TOLERANCE_S, (case, what, w)
+            assert 0 <= w["start"] <= w["end"] <= duration + formats.TIME_TOLERANCE_S, (case, what, w)
         outcomes["ok"] += 1
     assert outcomes["error"] >= 15 and outcomes["ok"] >= 5, outcomes
 
@@ -234,7 +236,7 @@ def step3_work(tmp_path_factory):
     (corpus / wav).parent.mkdir(parents=True)
     audio = np.random.default_rng(0).uniform(-0.5, 0.5, (int(SECONDS * 16000), 2)).astype(np.float32)
     sf.write(corpus / wav, audio, 16000, subtype="FLOAT")
-    utils.atomic_write_json(work / "labels.json", {"corpus": str(corpus), "labels": list(LABELS), "dialogs": {
+    fileio.atomic_write_json(work / "labels.json", {"corpus": str(corpus), "labels": list(LABELS), "dialogs": {
         DIALOG: {"session": 1, "kind": "impro", "scenario": "impro01", "script": None, "wav": wav, "utterances": UTTS}}})
     return work
 
@@ -251,14 +253,14 @@ def expected_words(path) -> int | None:
 
 def run_align(work, monkeypatch, capsys, variant="both"):
     """align.main on the one dialog -> "ok" or the error recorded in its manifest."""
-    monkeypatch.setattr(utils, "code_version", lambda: {"commit": "fuzz", "dirty": False})  # no git calls
-    monkeypatch.setattr(utils.os, "fsync", lambda fd: None)  # atomic writes without waiting for the disk
+    monkeypatch.setattr(rundirs, "code_version", lambda: {"commit": "fuzz", "dirty": False})  # no git calls
+    monkeypatch.setattr(fileio.os, "fsync", lambda fd: None)  # atomic writes without waiting for the disk
     try:
         align.main(["--work", str(work), "--pipe", "p", "--variant", variant, "--overwrite"])
     except SystemExit as e:
         assert "step 3: 1 of 1 dialogs failed" in str(e.code), e.code
         capsys.readouterr()
-        m = utils.read_json(work / "p" / "aligned-p1.5" / "manifest.json")
+        m = fileio.read_json(work / "p" / "aligned-p1.5" / "manifest.json")
         assert m["dialogs"][DIALOG]["status"] == "failed"
         return m["dialogs"][DIALOG]["error"]
     capsys.readouterr()
@@ -276,7 +278,7 @@ def check_step3_outputs(work, n_words, where):
             assert 0 <= s["start"] <= s["end"] <= SECONDS + 1e-4, (where, variant, s)  # inside the audio
             assert s["text"].strip() and s["n_words"] > 0, (where, s)
             assert s["label"] in LABELS or s["label"] is None
-        cache = utils.load_pt(work / "p" / variant / "cache" / f"{DIALOG}.pt")
+        cache = fileio.load_pt(work / "p" / variant / "cache" / f"{DIALOG}.pt")
         assert len(utils.SegmentDataset([work / "p" / variant / "cache" / f"{DIALOG}.pt"], labelled_only=False)) == len(segs)
         for c in cache["segments"]:
             assert c["audio"].ndim == 1 and c["audio"].numel() >= 1 and bool(torch.isfinite(c["audio"]).all()), where
@@ -285,7 +287,7 @@ def check_step3_outputs(work, n_words, where):
 def test_fuzz_asr_json(step3_work, monkeypatch, capsys):
     """Step 3 on 45 mutations of a WhisperX result."""
     work = step3_work
-    utils.write_rttm(work / "p" / "diarization" / f"{DIALOG}.rttm", DIALOG, TURNS)
+    formats.write_rttm(work / "p" / "diarization" / f"{DIALOG}.rttm", DIALOG, TURNS)
     asr_path = work / "p" / "asr" / f"{DIALOG}.json"
     rng = np.random.default_rng(5)
     outcomes = {"error": 0, "ok": 0}
@@ -307,10 +309,10 @@ def test_fuzz_rttm(step3_work, monkeypatch, capsys):
     """Step 3 on 45 mutations of the RTTM (other recordings' lines among them)."""
     work = step3_work
     asr_path = work / "p" / "asr" / f"{DIALOG}.json"
-    utils.atomic_write_json(asr_path, valid_asr())
+    fileio.atomic_write_json(asr_path, valid_asr())
     n_words = expected_words(asr_path)
     rttm = work / "p" / "diarization" / f"{DIALOG}.rttm"
-    utils.write_rttm(rttm, DIALOG, TURNS)
+    formats.write_rttm(rttm, DIALOG, TURNS)
     original = rttm.read_bytes()
     other = original.replace(DIALOG.encode(), b"Ses01F_impro02").replace(b"SPEAKER_0", b"SPEAKER_1")
     rng = np.random.default_rng(6)
@@ -342,7 +344,7 @@ def test_fuzz_labels_json(tmp_path):
         data, what = mutate_json(rng, valid)
         (work / "labels.json").write_bytes(data)
         try:
-            labels = utils.load_labels(work, require=("wav",))
+            labels = formats.load_labels(work, require=("wav",))
         except PipelineError as e:
             assert names_file(str(e), work / "labels.json"), (case, what, str(e))
             outcomes["error"] += 1
@@ -401,7 +403,7 @@ def test_fuzz_pt_cache(tmp_path):
         else:
             del seg[str(rng.choice(list(seg)))]
             what = "a key deleted"
-        utils.atomic_torch_save(cache, path)
+        fileio.atomic_torch_save(cache, path)
         if case % 10 == 9:  # and now and then a damaged file
             data = path.read_bytes()
             path.write_bytes(data[:int(rng.integers(len(data)))])
@@ -446,8 +448,8 @@ def test_fuzz_dialog_wav(tmp_path):
             data = data[:44]  # a header without samples
         path.write_bytes(data)
         try:
-            x = utils.load_audio(path)
-            seconds = utils.wav_seconds(path)
+            x = formats.load_audio(path)
+            seconds = formats.wav_seconds(path)
         except PipelineError as e:
             assert names_file(str(e), path), (case, what, str(e))
             outcomes["error"] += 1
@@ -464,9 +466,9 @@ def test_fuzz_pt_cache_checksum(tmp_path):
     """A step-3 cache with flipped, swapped, cut or appended bytes, or without its checksum file, is a
     one-line error naming the file and step 3; never data that differs from what step 3 wrote."""
     path = tmp_path / "w" / "p" / "aligned-p1.5" / "cache" / f"{DIALOG}.pt"
-    digest = utils.atomic_torch_save(valid_cache(), path)
+    digest = fileio.atomic_torch_save(valid_cache(), path)
     original = path.read_bytes()
-    assert digest == __import__("hashlib").sha256(original).hexdigest() == utils.verified_sha256(path)
+    assert digest == __import__("hashlib").sha256(original).hexdigest() == fileio.verified_sha256(path)
     assert utils.SegmentDataset([path], labelled_only=False).sha256 == {DIALOG: digest}
     rng = np.random.default_rng(13)
     for case in range(40):
@@ -491,7 +493,7 @@ def test_fuzz_pt_cache_checksum(tmp_path):
         assert message.startswith(f"{path}: corrupt segment cache") and "re-run step 3" in message, (case, message)
         assert "\n" not in message and len(message) < 600, (case, message)
     path.write_bytes(original)
-    utils.checksum_path(path).unlink()  # e.g. a kill between the cache and its sidecar
+    fileio.checksum_path(path).unlink()  # e.g. a kill between the cache and its sidecar
     with pytest.raises(PipelineError, match="without its checksum file .* re-run step 3"):
         utils.SegmentDataset([path], labelled_only=False)
 
@@ -518,7 +520,7 @@ def test_fuzz_wdseg_frames_past_the_utterance(tmp_path):
         mutated = lines.copy()
         mutated[k] = f"{start} {end} {fields[2]} {fields[3]}"
         target.write_text("\n".join(mutated))
-        past = (end + 1) / 100 > seconds + utils.TIME_TOLERANCE_S
+        past = (end + 1) / 100 > seconds + formats.TIME_TOLERANCE_S
         try:
             words, _ = step2_oracle.reference_words(root, [utt], 25.0)
         except PipelineError as e:
@@ -527,7 +529,7 @@ def test_fuzz_wdseg_frames_past_the_utterance(tmp_path):
             outcomes["error"] += 1
             continue
         assert not past, (case, end)
-        assert all(w["end"] <= utt["end"] + utils.TIME_TOLERANCE_S + 1e-9 for w in words), case
+        assert all(w["end"] <= utt["end"] + formats.TIME_TOLERANCE_S + 1e-9 for w in words), case
         outcomes["ok"] += 1
     assert outcomes["error"] >= 15 and outcomes["ok"] >= 5, outcomes
 
@@ -544,18 +546,18 @@ def test_fuzz_labels_json_session_must_match_an_iemocap_name(tmp_path):
     for case in range(10):
         data = copy.deepcopy(valid)
         d = sorted(data["dialogs"])[int(rng.integers(len(data["dialogs"])))]
-        own = utils.session_of(d)
+        own = formats.session_of(d)
         data["dialogs"][d]["session"] = int(rng.choice([s for s in range(1, 7) if s != own]))
         (work / "labels.json").write_text(json.dumps(data))
         with pytest.raises(PipelineError) as e:
-            utils.load_labels(work)
+            formats.load_labels(work)
         assert str(e.value).startswith(f"{work / 'labels.json'}: dialog {d}: 'session'"), str(e.value)
         # the same dialog under a non-IEMOCAP name keeps whatever session it is given
         data["dialogs"][f"call_{case}"] = data["dialogs"].pop(d)
         for u in data["dialogs"][f"call_{case}"]["utterances"]:
             u["id"] = u["id"].replace(d, f"call_{case}")
         (work / "labels.json").write_text(json.dumps(data))
-        assert utils.load_labels(work)["dialogs"][f"call_{case}"]["session"] != own
+        assert formats.load_labels(work)["dialogs"][f"call_{case}"]["session"] != own
 
 
 # --------------------------------------------------------------------------- long lines in error messages
@@ -570,27 +572,27 @@ def test_a_megabyte_line_is_quoted_in_at_most_about_120_characters(tmp_path):
         text = (root / rel).read_text(encoding="latin-1")  # the fixture has cp1252 bytes, as IEMOCAP
         if rel == WDSEG:
             (root / rel).write_text(text.replace("SFrm", huge, 1), encoding="latin-1")
-            cases.append((lambda path=root / rel: utils.parse_wdseg(path), root / rel))
+            cases.append((lambda path=root / rel: formats.parse_wdseg(path), root / rel))
         else:
             (root / rel).write_text(text + "\n[1.0 - 2.0]\t" + huge + "\n" if rel == EMO else huge + "\n" + text,
                                     encoding="latin-1")
             cases.append((lambda r=root: step1.build_labels(r), root / rel))
     rttm = tmp_path / "a.rttm"
     rttm.write_text("SPEAKER x 1 0.0 1.0 <NA> <NA> A <NA> <NA>\n" + huge + "\n")
-    cases.append((lambda: utils.read_rttm(rttm), rttm))
+    cases.append((lambda: formats.read_rttm(rttm), rttm))
     for run, path in cases:
         with pytest.raises(PipelineError) as e:
             run()
         message = str(e.value)
         assert str(path) in message and "\n" not in message, message[:300]
         assert len(message) < len(str(path)) + 400, (path, len(message))
-    assert utils.quote("y" * 10) == repr("y" * 10) and len(utils.quote("y" * 10 ** 6)) < 160
+    assert cli.quote("y" * 10) == repr("y" * 10) and len(cli.quote("y" * 10 ** 6)) < 160
 
 
 # --------------------------------------------------------------------------- temporary files of a killed step
 
 def killed_write(path) -> Path:
-    """Start a process that writes `path` with utils.atomic_write_bytes, kill -9 it mid-write (after
+    """Start a process that writes `path` with common.fileio.atomic_write_bytes, kill -9 it mid-write (after
     its temporary file exists, before the rename) -> that temporary file."""
     import os
     import signal
@@ -598,8 +600,8 @@ def killed_write(path) -> Path:
     import sys
     import time
 
-    code = ("import os, sys, time; sys.path.insert(0, sys.argv[2]); import utils; "
-            "os.replace = lambda *a: time.sleep(600); utils.atomic_write_bytes(sys.argv[1], b'x' * 1000)")
+    code = ("import os, sys, time; sys.path.insert(0, sys.argv[2]); import common.fileio; "
+            "os.replace = lambda *a: time.sleep(600); common.fileio.atomic_write_bytes(sys.argv[1], b'x' * 1000)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(path), str(Path(utils.__file__).parent)])
     for _ in range(600):
         tmp = list(Path(path).parent.glob(f".{Path(path).name}.*.tmp"))
@@ -616,8 +618,8 @@ def test_no_tmp_survives_a_kill_9_and_a_rerun(step3_work, tmp_path, monkeypatch,
     """A write killed with kill -9 leaves its temporary file; the next run of the step removes it
     (align.py, step 1, and the shared helper); a live writer's temporary file is left alone."""
     work = step3_work
-    utils.atomic_write_json(work / "p" / "asr" / f"{DIALOG}.json", valid_asr())
-    utils.write_rttm(work / "p" / "diarization" / f"{DIALOG}.rttm", DIALOG, TURNS)
+    fileio.atomic_write_json(work / "p" / "asr" / f"{DIALOG}.json", valid_asr())
+    formats.write_rttm(work / "p" / "diarization" / f"{DIALOG}.rttm", DIALOG, TURNS)
     stale = [killed_write(work / "p" / "aligned-p1.5" / "cache" / f"{DIALOG}.pt")]
     stale.append(stale[0].with_name(f".{DIALOG}.json.{stale[0].name.split('.')[-3]}.k2ll3d00.tmp"))
     stale[1].parent.mkdir(parents=True, exist_ok=True)
@@ -626,9 +628,9 @@ def test_no_tmp_survives_a_kill_9_and_a_rerun(step3_work, tmp_path, monkeypatch,
     assert not any(p.exists() for p in stale) and not list(work.rglob("*.tmp"))
     # a kill between a cache and its checksum file: a plain re-run (no --overwrite) redoes that dialog
     cache = work / "p" / "aligned-p1.5" / "cache" / f"{DIALOG}.pt"
-    utils.checksum_path(cache).unlink()
+    fileio.checksum_path(cache).unlink()
     align.main(["--work", str(work), "--pipe", "p", "--variant", "aligned"])
-    assert "wrote 1 dialogs" in capsys.readouterr().out and utils.verified_sha256(cache)
+    assert "wrote 1 dialogs" in capsys.readouterr().out and fileio.verified_sha256(cache)
     # step 1 on its WORK; a temporary file of a live process (ours: a parent's) stays
     w1 = tmp_path / "w1"
     dead = killed_write(w1 / "labels.json")
@@ -637,4 +639,4 @@ def test_no_tmp_survives_a_kill_9_and_a_rerun(step3_work, tmp_path, monkeypatch,
     live.write_bytes(b"in flight")
     step1.main(["--iemocap", str(MINI), "--work", str(w1)])
     assert not dead.exists() and live.exists() and (w1 / "labels.json").is_file()
-    assert utils.remove_stale_temp(w1) == 0 and live.exists()
+    assert fileio.remove_stale_temp(w1) == 0 and live.exists()

@@ -2,8 +2,9 @@
 import pytest
 import torch
 
+from common import cli, fileio
 import utils
-from utils import LABELS
+from common.formats import LABELS
 
 
 @pytest.fixture(scope="session")
@@ -135,7 +136,7 @@ def test_fusion_variants_train_step_and_differ(parts, tiny_models):
             if fusion == "xattn":  # no gates: the fusion layer sees [a(t,a); a(a,t)]
                 a_ta, a_at = m.cross(z_t[:, None], z_a[:, None])
                 assert torch.allclose(m.classify(z_t, z_a), m.head(torch.cat([a_ta, a_at], 1)), atol=1e-6)
-    with pytest.raises(utils.PipelineError, match="fusion"):
+    with pytest.raises(cli.PipelineError, match="fusion"):
         utils.SERModel(tiny_models["text_model"], tiny_models["audio_model"], "fusion", fusion="sum")
 
 
@@ -186,9 +187,9 @@ def test_single_modality_models_and_projection(tiny_models):
         assert m.classify(z if modality == "text" else None, z if modality == "audio" else None).shape == (5, 4)
     head_only = utils.SERModel(tiny_models["text_model"], tiny_models["audio_model"], "fusion", load_extractors=False)
     assert head_only.extractors() == [] and len(head_only.head_parameters()) > 0
-    with pytest.raises(utils.PipelineError):
+    with pytest.raises(cli.PipelineError):
         utils.SERModel(tiny_models["text_model"], tiny_models["audio_model"], "video")
-    with pytest.raises(utils.PipelineError, match="divisible"):
+    with pytest.raises(cli.PipelineError, match="divisible"):
         utils.SERModel(tiny_models["text_model"], tiny_models["audio_model"], "fusion", heads=6)
 
 
@@ -219,7 +220,7 @@ def test_dataset_crops_normalises_and_rejects_bad_caches(tmp_path):
     seg = {"id": "Ses01F_impro01-0000", "start": 0.0, "end": 3.0, "speaker": "SPEAKER_00", "text": "hi", "label": 2,
            "audio": torch.randn(48000) * 3 + 1}
     unl = dict(seg, id="Ses01F_impro01-0001", label=-1, audio=torch.randn(100))
-    utils.atomic_torch_save({"dialog": "Ses01F_impro01", "session": 1, "sample_rate": 16000, "segments": [seg, unl]},
+    fileio.atomic_torch_save({"dialog": "Ses01F_impro01", "session": 1, "sample_rate": 16000, "segments": [seg, unl]},
                             tmp_path / "Ses01F_impro01.pt")
     ds = utils.SegmentDataset([tmp_path / "Ses01F_impro01.pt"], labelled_only=True, max_audio_seconds=2.0)
     assert len(ds) == 1 and ds.counts["unlabelled_skipped"] == 1 and ds.counts["cropped"] == 1
@@ -227,11 +228,11 @@ def test_dataset_crops_normalises_and_rejects_bad_caches(tmp_path):
     assert a.numel() == 32000 and abs(float(a.mean())) < 1e-4 and abs(float(a.std(unbiased=False)) - 1) < 1e-3
     ds_all = utils.SegmentDataset([tmp_path / "Ses01F_impro01.pt"], labelled_only=False)
     assert len(ds_all) == 2 and ds_all.counts["padded_short"] == 1 and ds_all[1]["audio"].numel() == 400
-    utils.atomic_torch_save({"dialog": "x", "segments": [dict(seg, label=7)]}, tmp_path / "bad.pt")
-    with pytest.raises(utils.PipelineError, match="bad.pt"):
+    fileio.atomic_torch_save({"dialog": "x", "segments": [dict(seg, label=7)]}, tmp_path / "bad.pt")
+    with pytest.raises(cli.PipelineError, match="bad.pt"):
         utils.SegmentDataset([tmp_path / "bad.pt"], labelled_only=True)
     (tmp_path / "corrupt.pt").write_bytes(b"not a zip")
-    with pytest.raises(utils.PipelineError, match="corrupt.pt"):
+    with pytest.raises(cli.PipelineError, match="corrupt.pt"):
         utils.SegmentDataset([tmp_path / "corrupt.pt"], labelled_only=True)
 
 
@@ -255,7 +256,7 @@ def test_cached_cnn_features_give_the_live_embedding(parts, tmp_path):
     seg = [{"id": f"Ses01F_impro01-{i:04d}", "start": float(i), "end": i + 1.0, "speaker": "A", "text": "hi there",
             "label": i % 4, "audio": torch.randn(n, generator=torch.Generator().manual_seed(i))}
            for i, n in enumerate((3000, 9000, 16000, 5000))]
-    utils.atomic_torch_save({"dialog": "Ses01F_impro01", "session": 1, "sample_rate": 16000, "segments": seg},
+    fileio.atomic_torch_save({"dialog": "Ses01F_impro01", "session": 1, "sample_rate": 16000, "segments": seg},
                             tmp_path / "Ses01F_impro01.pt")
     live = utils.SegmentDataset([tmp_path / "Ses01F_impro01.pt"], labelled_only=True)
     cached = utils.SegmentDataset([tmp_path / "Ses01F_impro01.pt"], labelled_only=True)

@@ -26,7 +26,8 @@ import torchaudio
 
 import predict
 from conftest import steps_in_process
-from utils import LABELS, PipelineError
+from common.cli import PipelineError
+from common.formats import LABELS
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUTS = (".emotions.json", ".emotions.rttm", ".vtt", ".timeline.png")

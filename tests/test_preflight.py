@@ -16,6 +16,7 @@ import requests
 
 import preprocess
 from common import step2_whisperx
+from common import checklist, cli, fileio, formats, modelhub
 import utils
 
 PIPE_31 = "pyannote/speaker-diarization-3.1"
@@ -151,13 +152,13 @@ def test_pipeline_config_errors_name_the_file(pipelines, tmp_path, hub_calls):
     folder = tmp_path / "broken"
     shutil.copytree(pipelines["community1"], folder)
     (folder / "plda" / "plda.npz").unlink()
-    with pytest.raises(utils.PipelineError, match=r"plda\.npz: not found"):
+    with pytest.raises(cli.PipelineError, match=r"plda\.npz: not found"):
         step2_whisperx.load_diarization_pipeline(str(folder))
     config = (folder / "config.yaml").read_text()
     (folder / "config.yaml").write_text(config.replace("    segmentation: $model/segmentation\n", ""))
-    with pytest.raises(utils.PipelineError, match=r"config\.yaml: pipeline\.params\.segmentation is missing"):
+    with pytest.raises(cli.PipelineError, match=r"config\.yaml: pipeline\.params\.segmentation is missing"):
         step2_whisperx.load_diarization_pipeline(str(folder))
-    with pytest.raises(utils.PipelineError, match="no such folder"):
+    with pytest.raises(cli.PipelineError, match="no such folder"):
         step2_whisperx.load_diarization_pipeline(str(tmp_path / "missing" / "pipeline"))
     assert hub_calls == []
 
@@ -291,21 +292,21 @@ def test_check_missing_labels_names_step_1(tmp_path, capsys):
 
 
 def test_generic_checks_known_answers(tmp_path, monkeypatch):
-    assert utils.check_disk(tmp_path / "not" / "yet", 1.0).ok
-    assert not utils.check_disk(tmp_path, 1e18).ok
-    item = utils.check_cuda(required=True)
+    assert checklist.check_disk(tmp_path / "not" / "yet", 1.0).ok
+    assert not checklist.check_disk(tmp_path, 1e18).ok
+    item = checklist.check_cuda(required=True)
     import torch
     assert item.ok == torch.cuda.is_available()
     # 4e10 FLOP on 2 CPU cores at 2e10 FLOP/s each: 1 s
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    item = utils.estimate_time("t", 4e10, device="cpu")
+    item = checklist.estimate_time("t", 4e10, device="cpu")
     assert item.ok and item.message.startswith("estimate 1 s on CPU, 2 cores")
-    assert utils.transformer_flops(1e6, 10) == 2e7 and utils.transformer_flops(1e6, 10, training=True) == 6e7
-    assert utils.parse_shard("1/3") == (1, 3) and utils.parse_shard(None, {}) == (0, 1)
-    assert utils.parse_shard(None, {"RANK": "2", "WORLD_SIZE": "4"}) == (2, 4)
+    assert checklist.transformer_flops(1e6, 10) == 2e7 and checklist.transformer_flops(1e6, 10, training=True) == 6e7
+    assert checklist.parse_shard("1/3") == (1, 3) and checklist.parse_shard(None, {}) == (0, 1)
+    assert checklist.parse_shard(None, {"RANK": "2", "WORLD_SIZE": "4"}) == (2, 4)
     for bad in ("3/3", "1", "-1/2", "a/b"):
-        with pytest.raises(utils.PipelineError, match="K/N"):
-            utils.parse_shard(bad)
+        with pytest.raises(cli.PipelineError, match="K/N"):
+            checklist.parse_shard(bad)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,7 +372,7 @@ def test_download_models_fetches_exactly_what_loads_then_runs_offline(pipelines,
     sources["org/w2v"] = w2v
     preprocess.main(["--work", str(check_work), "--download-models", str(tmp_path / "c1"), "--diar-model", PIPE_C1,
                      "--asr-model", tiny["asr"], "--align-model", "org/w2v"])
-    assert calls == [("org/w2v", list(utils.TRANSFORMERS_FILES) + ["model.safetensors"]),
+    assert calls == [("org/w2v", list(modelhub.TRANSFORMERS_FILES) + ["model.safetensors"]),
                      ("org/w2v", ["pytorch_model.bin"]), (PIPE_C1, ["config.yaml"]), (PIPE_C1, C1_FILES[1:])]
     assert sorted(p.name for p in (tmp_path / "c1" / "org" / "w2v").iterdir()) == [
         "config.json", "preprocessor_config.json", "pytorch_model.bin", "vocab.json"]  # no TF weights
@@ -379,7 +380,7 @@ def test_download_models_fetches_exactly_what_loads_then_runs_offline(pipelines,
 
 def test_download_models_refuses_offline(check_work, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(utils.PipelineError, match="HF_HUB_OFFLINE"):
+    with pytest.raises(cli.PipelineError, match="HF_HUB_OFFLINE"):
         preprocess.main(["--work", str(check_work), "--download-models", str(tmp_path / "m")])
     assert not (tmp_path / "m").exists()
 
@@ -419,9 +420,9 @@ def write_cache(work: Path) -> None:
             dialogs[name] = {"session": ses, "kind": kind, "script": script, "utterances": []}
             segs = [{"id": f"{name}-{i:04d}", "start": float(i), "end": i + 1.0, "speaker": "SPEAKER_00",
                      "text": "i am so happy", "label": i - 1, "audio": torch.zeros(16000)} for i in range(4)]
-            utils.atomic_torch_save({"dialog": name, "session": ses, "sample_rate": 16000, "segments": segs},
+            fileio.atomic_torch_save({"dialog": name, "session": ses, "sample_rate": 16000, "segments": segs},
                                     work / "simulated" / "aligned-p1.5" / "cache" / f"{name}.pt")
-    utils.atomic_write_json(work / "labels.json", {"corpus": "synthetic", "labels": list(utils.LABELS), "dialogs": dialogs})
+    fileio.atomic_write_json(work / "labels.json", {"corpus": "synthetic", "labels": list(formats.LABELS), "dialogs": dialogs})
 
 
 def train_args(work, demo_cfg, *extra):
@@ -449,8 +450,8 @@ def test_train_check_counts_the_splits_estimates_and_writes_nothing(tiny_demo, t
     work = tmp_path / "work"
     write_cache(work)
     estimated = []
-    real_estimate = utils.estimate_time
-    monkeypatch.setattr(utils, "estimate_time", lambda name, flops, **kw: estimated.append(flops) or
+    real_estimate = checklist.estimate_time
+    monkeypatch.setattr(checklist, "estimate_time", lambda name, flops, **kw: estimated.append(flops) or
                         real_estimate(name, flops, **kw))
     before = tree(tmp_path)
     items = train.preflight(train_args(work, cfg, "--epochs", "3", "--check-runs", "2"))
@@ -521,7 +522,7 @@ def test_train_download_models_fetches_what_loads(tiny_demo, tmp_path, monkeypat
     (dest / "models.json").write_text(json.dumps({"written_by": "preprocess.py --download-models", "repositories": {
         PIPE_31: {"path": "x"}}, "flags": ["--model-dir", str(dest)]}))
     manifest = train.main(["--download-models", str(dest), "--text-model", "org/text", "--audio-model", "org/audio"])
-    files = list(utils.TRANSFORMERS_FILES)
+    files = list(modelhub.TRANSFORMERS_FILES)
     assert calls == [("org/text", files + ["model.safetensors"]), ("org/audio", files + ["model.safetensors"])]
     assert manifest["train_flags"] == ["--text-model", str(dest / "org/text"), "--audio-model", str(dest / "org/audio")]
     saved = json.loads((dest / "models.json").read_text())

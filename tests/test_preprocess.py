@@ -11,8 +11,10 @@ import pytest
 
 import preprocess
 from common import step2_oracle, step2_simulated, step2_whisperx
-import utils
-from utils import PipelineError, read_json, read_rttm
+from common import formats
+from common.cli import PipelineError
+from common.fileio import read_json
+from common.formats import read_rttm
 
 
 def fresh_work(demo_work, tmp_path, name="work") -> Path:
@@ -408,7 +410,7 @@ def test_times_past_the_audio_and_a_truncated_wav_fail_the_dialog(demo_corpus, d
     work = fresh_work(demo_work, tmp_path)
     labels = json.loads((work / "labels.json").read_text())
     late, cut = sorted(labels["dialogs"])[:2]
-    seconds = utils.wav_seconds(root / labels["dialogs"][late]["wav"])
+    seconds = formats.wav_seconds(root / labels["dialogs"][late]["wav"])
     labels["dialogs"][late]["utterances"][-1]["end"] = seconds + 1.0
     data = (root / labels["dialogs"][cut]["wav"]).read_bytes()
     (tmp_path / "cut.wav").write_bytes(data[:len(data) // 3])  # a truncated copy
@@ -426,7 +428,7 @@ def test_times_past_the_audio_and_a_truncated_wav_fail_the_dialog(demo_corpus, d
 
 def test_model_loader_errors_name_the_model(tmp_path):
     """A model folder that does not load ended in a raw CTranslate2 RuntimeError; hub errors (not
-    found, gated) pass on to utils.run_main, which explains them in one line."""
+    found, gated) pass on to common.cli.run_main, which explains them in one line."""
     ctranslate2 = pytest.importorskip("ctranslate2")
     with pytest.raises(PipelineError, match=rf"{tmp_path}: cannot load the ASR model \(--asr-model\): RuntimeError: "):
         with step2_whisperx.loading("ASR model (--asr-model)", tmp_path):

@@ -16,7 +16,8 @@ import pytest
 
 import preprocess
 from common import step2_whisperx
-from utils import read_json, read_rttm
+from common.fileio import read_json
+from common.formats import read_rttm
 
 DIALOG = "Ses01F_impro01"
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import reproduce
-import utils
+from common import cli, fileio, formats, scoring
 from conftest import steps_in_process
 
 STEPS = ("iemo_lab_with_timestamps", "preprocess", "align", "train", "evaluate", "teer_calculate", "predict", "corpus_from_csv")
@@ -93,7 +93,7 @@ def test_mean_std_is_the_sample_std():
 def test_first_run_writes_every_table_from_metrics_files(tiny_run):
     base, _ = tiny_run
     tables = (base / "results" / "tables.md").read_text()
-    assert utils.DEMO_NOTE in tables
+    assert formats.DEMO_NOTE in tables
     for title in ("Table I", "Table II", "Table III", "Table IV", "Paired differences"):
         assert title in tables
     # Every row names its metrics files (one per seed); its cells are the mean ± std over those files.
@@ -104,8 +104,8 @@ def test_first_run_writes_every_table_from_metrics_files(tiny_run):
         row = " | ".join(cells)
         files = seed_files(re.search(r"`(.*)/metrics\.json`", row).group(1), "metrics.json")
         ms = [json.loads(f.read_text()) for f in files]
-        assert len(ms) == 2 and all(m["note"] == utils.DEMO_NOTE for m in ms)
-        for col, key in zip(range(1, 5), utils.HEADLINE):  # reference-projected, with the interval of the seed mean
+        assert len(ms) == 2 and all(m["note"] == formats.DEMO_NOTE for m in ms)
+        for col, key in zip(range(1, 5), scoring.HEADLINE):  # reference-projected, with the interval of the seed mean
             assert cells[col].startswith(pm([m["utterance"][key] for m in ms]) + " ["), (row, key)
         assert cells[5] == f"{ms[0]['utterance']['n']} ({ms[0]['utterance']['n_missed']})"
         assert cells[6] == f"{ms[0]['utterance']['n_dialogs']} ({len(ms[0]['missing_dialogs'])})" == "2 (0)"
@@ -129,8 +129,8 @@ def test_first_run_writes_every_table_from_metrics_files(tiny_run):
     def cms(name):
         utts = [json.loads((work / f"{name}__s{s}" / "metrics.json").read_text())["utterance"]["utterances"] for s in (0, 1)]
         dialogs = sorted({u["dialog"] for u in utts[0]})
-        return np.stack([utils.dialog_confusions(u, dialogs) for u in utts])
-    r = utils.paired_bootstrap(cms("simulated__aligned-p1.5__finetune__fusion"), cms("simulated__baseline__finetune__fusion"),
+        return np.stack([scoring.dialog_confusions(u, dialogs) for u in utts])
+    r = scoring.paired_bootstrap(cms("simulated__aligned-p1.5__finetune__fusion"), cms("simulated__baseline__finetune__fusion"),
                                "accuracy", 200, 0)
     assert f"{100 * r['diff']:+.1f} [{100 * r['ci95'][0]:+.1f}, {100 * r['ci95'][1]:+.1f}]" in pr[0]
     p = provenance(base)
@@ -174,7 +174,7 @@ def test_a_step3_rerun_by_hand_retrains_what_it_changed_under_the_same_names(tin
     """Step 3 re-run outside reproduce.py: with a departures switch it writes another variant, so
     nothing here is stale; on changed step-2 output it rewrites the trained variant, and the next
     reproduce.py retrains (--no-resume), evaluates and scores that variant's runs under the paper's
-    names instead of stopping at evaluate.py's data check (utils.check_run_data)."""
+    names instead of stopping at evaluate.py's data check (common.rundirs.check_run_data)."""
     import align
 
     base, args = tiny_run
@@ -187,7 +187,7 @@ def test_a_step3_rerun_by_hand_retrains_what_it_changed_under_the_same_names(tin
     result = json.loads(asr.read_text())
     seg = next(s for s in result["segments"] if len(s["words"]) > 1)
     seg["words"] = seg["words"][1:]
-    utils.atomic_write_json(asr, result)
+    fileio.atomic_write_json(asr, result)
     align.main(["--work", str(work), "--pipe", "simulated", "--variant", "aligned"])
     reproduce_in_process(args)
     ran = [s for s in provenance(base)["steps"] if not s["skipped"]]
@@ -196,10 +196,10 @@ def test_a_step3_rerun_by_hand_retrains_what_it_changed_under_the_same_names(tin
     assert trained and all("--variant aligned-p1.5 " in a and "--no-resume" in a and "--pipe simulated" in a
                            for a in trained)
     for name in ("simulated__aligned-p1.5__finetune__fusion__s0", "simulated__aligned-p1.5__frozen__fusion__s1"):
-        metrics = utils.read_json(work / "runs" / name / "metrics.json")
+        metrics = fileio.read_json(work / "runs" / name / "metrics.json")
         assert metrics["data_check"]["status"] == "same"
-        assert utils.read_json(work / "runs" / name / "config.json")["data"]["cache_files"]["Ses05F_impro01.pt"] \
-            == utils.file_sha256(work / "simulated" / "aligned-p1.5" / "cache" / "Ses05F_impro01.pt")
+        assert fileio.read_json(work / "runs" / name / "config.json")["data"]["cache_files"]["Ses05F_impro01.pt"] \
+            == fileio.file_sha256(work / "simulated" / "aligned-p1.5" / "cache" / "Ses05F_impro01.pt")
 
 
 def test_force_and_changed_items_get_the_redo_flag_and_invocations_run_side_by_side(tmp_path, capfd):
@@ -238,7 +238,7 @@ def test_force_and_changed_items_get_the_redo_flag_and_invocations_run_side_by_s
     step(reproduce.Runner(work, force=True, jobs=1), ["a", "c"], up=("changed",))
     assert sorted(c["argv"] for c in calls()) == [["a", "--redo"], ["c", "--redo"]]
     capfd.readouterr()
-    with pytest.raises(utils.PipelineError, match=r"step 9 demo \[1/2\] failed \(exit status 1\)"):
+    with pytest.raises(cli.PipelineError, match=r"step 9 demo \[1/2\] failed \(exit status 1\)"):
         step(reproduce.Runner(work, force=False, jobs=2), ["bad", "d"])
     assert sorted(c["argv"][0] for c in calls()) == ["bad", "d"]  # the other one ran to its end
     assert f"error: {tmp_path / 'calls.jsonl'}: a bad item" in capfd.readouterr().out  # its log, printed whole
@@ -303,7 +303,7 @@ def test_a_failing_step_stops_the_run_with_its_message(tiny_run, capfd):
     good = asr.read_bytes()
     asr.write_text("{not json")
     try:
-        with pytest.raises(utils.PipelineError, match=r"step 3 align.* failed \(exit status 1\)"):
+        with pytest.raises(cli.PipelineError, match=r"step 3 align.* failed \(exit status 1\)"):
             reproduce.main(args)
     finally:
         asr.write_bytes(good)
@@ -386,8 +386,8 @@ def fold_run(accuracies_by_fold: dict) -> dict:
     utterance is "neu", predicted "neu" when True, "sad" when False."""
     def scored(recs):
         dialogs = sorted({r["dialog"] for r in recs})
-        m = utils.metrics_from_confusion(utils.dialog_confusions(recs, dialogs).sum(0))
-        return {**{k: float(m[k]) for k in utils.HEADLINE}, "utterances": recs, "n_dialogs": len(dialogs)}
+        m = scoring.metrics_from_confusion(scoring.dialog_confusions(recs, dialogs).sum(0))
+        return {**{k: float(m[k]) for k in scoring.HEADLINE}, "utterances": recs, "n_dialogs": len(dialogs)}
 
     folds, records = {}, []
     for fold, dialogs in accuracies_by_fold.items():
@@ -411,9 +411,9 @@ def test_a_fold_cell_prints_the_pooled_value_inside_its_own_interval(tmp_path):
     value, _, lo, hi = re.fullmatch(r"([\d.]+) ± ([\d.]+) \[([\d.]+), ([\d.]+)\]", cell).groups()
     assert value == "14.29" and float(lo) <= float(value) <= float(hi)
     cms = reproduce.seed_confusions(res)[0]
-    interval = utils.bootstrap_ci(cms, "accuracy", 500, 0)
+    interval = scoring.bootstrap_ci(cms, "accuracy", 500, 0)
     assert [float(lo), float(hi)] == pytest.approx([round(100 * x, 1) for x in interval])
-    pooled = utils.metrics_from_confusion(cms.sum(1))["accuracy"]
+    pooled = scoring.metrics_from_confusion(cms.sum(1))["accuracy"]
     assert pooled == pytest.approx([1 / 7, 1 / 7])  # the value and the interval: the same pooled quantity
     assert tables.n(res) == 2  # the ± is over the 2 seeds
     spread = tables.fold_spread()  # the folds' own spread, apart: 1, 0, 1, 0 -> 50.00 ± 57.74 over 4 values
@@ -456,18 +456,18 @@ def test_a_test_dialog_without_its_cache_stays_in_the_denominator(tiny_run, tmp_
     shutil.copyfile(work / "labels.json", (copy / "runs").mkdir(parents=True) or copy / "labels.json")
     shutil.copytree(work / "simulated" / "aligned-p1.5" / "cache", copy / "simulated" / "aligned-p1.5" / "cache")
     shutil.copytree(work / "runs" / name, copy / "runs" / name)
-    config = utils.read_json(copy / "runs" / name / "config.json")
-    utils.atomic_write_json(copy / "runs" / name / "config.json", {**config, "work": str(copy)})
+    config = fileio.read_json(copy / "runs" / name / "config.json")
+    fileio.atomic_write_json(copy / "runs" / name / "config.json", {**config, "work": str(copy)})
     failed = config["split"]["test"][0]
     (copy / "simulated" / "aligned-p1.5" / "cache" / f"{failed}.pt").unlink()
-    before = utils.read_json(work / "runs" / name / "metrics.json")["utterance"]
+    before = fileio.read_json(work / "runs" / name / "metrics.json")["utterance"]
     m = evaluate.main(["--work", str(copy), "--run", name, "--bootstrap-samples", "50"])
     u = m["utterance"]
     assert m["missing_dialogs"] == [failed] and u["n"] == before["n"] and u["n_dialogs"] == before["n_dialogs"]
     mine = [r for r in u["utterances"] if r["dialog"] == failed]
     assert mine and all(r["pred"] is None for r in mine) and u["n_missed"] >= len(mine)
     assert sum(u["confusion_matrix"][i][4] for i in range(4)) == u["n_missed"]
-    assert utils.read_json(copy / "runs" / name / "predictions.json")["missing_dialogs"] == [failed]
+    assert fileio.read_json(copy / "runs" / name / "predictions.json")["missing_dialogs"] == [failed]
     t = teer_calculate.main(["--work", str(copy), "--run", name])
     assert t["missing_dialogs"] == [failed]
     d = t["dialogs"][failed]

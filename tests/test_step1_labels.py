@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 import iemo_lab_with_timestamps as step1
-import utils
-from utils import PipelineError, load_labels
+from common import formats
+from common.cli import PipelineError
+from common.formats import load_labels
 
 MINI = Path(__file__).resolve().parent / "fixtures" / "iemocap_mini"
 FA1 = "Session1/sentences/ForcedAlignment/Ses01F_impro01"
@@ -62,7 +63,7 @@ EXPECTED_DIALOGS = {
 
 @pytest.fixture(scope="module")
 def mini_run(tmp_path_factory):
-    """Run step 1's CLI once on the fixture corpus -> labels.json as read back by utils.load_labels."""
+    """Run step 1's CLI once on the fixture corpus -> labels.json as read back by common.formats.load_labels."""
     work = tmp_path_factory.mktemp("work")
     step1.main(["--iemocap", str(MINI), "--work", str(work)])
     return load_labels(work)
@@ -151,7 +152,7 @@ def test_parse_transcriptions_skips_with_line_numbers():
 
 
 def test_parse_wdseg_raw_rows():
-    rows = utils.parse_wdseg(MINI / FA1 / "Ses01F_impro01_F000.wdseg")
+    rows = formats.parse_wdseg(MINI / FA1 / "Ses01F_impro01_F000.wdseg")
     assert rows == [(0, 10, -52010, "<s>"), (11, 45, -194425, "EXCUSE"), (46, 60, -88315, "<sil>"),
                     (61, 95, -160114, "++BREATHING++"), (96, 120, -101232, "WHAT(2)"), (121, 150, -70712, "ME"),
                     (151, 194, -40000, "</s>")]
@@ -283,10 +284,10 @@ WDSEG = (" SFrm  EFrm    SegAScr Word\n     0    10     -52010 <s>\n    11    45
 def test_malformed_wdseg(tmp_path, old, new, line, message):
     path = tmp_path / "Ses01F_impro01_F000.wdseg"
     path.write_text(WDSEG)
-    assert utils.parse_wdseg(path)[1] == (11, 45, -194425, "WHAT(2)")
+    assert formats.parse_wdseg(path)[1] == (11, 45, -194425, "WHAT(2)")
     edit(path, old, new)
     with pytest.raises(PipelineError) as e:
-        utils.parse_wdseg(path)
+        formats.parse_wdseg(path)
     assert f"{path}:{line}: " in str(e.value) and message in str(e.value)
 
 
@@ -294,10 +295,10 @@ def test_wdseg_without_rows_or_empty(tmp_path):
     path = tmp_path / "x.wdseg"
     path.write_text(" SFrm  EFrm    SegAScr Word\n Total score: 0\n")
     with pytest.raises(PipelineError, match="no word rows"):
-        utils.parse_wdseg(path)
+        formats.parse_wdseg(path)
     path.write_text("\n")
     with pytest.raises(PipelineError, match="x.wdseg: expected the header .* got an empty file"):
-        utils.parse_wdseg(path)
+        formats.parse_wdseg(path)
 
 
 def test_xx_line_is_skipped_whatever_follows_its_id(tmp_path):
@@ -412,5 +413,5 @@ def test_wdseg_frame_numbers_are_bounded(tmp_path, old, new, message):
     path.write_text(WDSEG)
     edit(path, old, new)
     with pytest.raises(PipelineError) as e:
-        utils.parse_wdseg(path)
+        formats.parse_wdseg(path)
     assert f"{path}:3: " in str(e.value) and message in str(e.value), str(e.value)

@@ -8,8 +8,9 @@ from pyannote.metrics.diarization import DiarizationErrorRate
 from pyannote.metrics.identification import IdentificationErrorRate
 
 import teer_calculate as tc
-import utils
-from utils import PipelineError, atomic_write_json, read_json
+from common import formats
+from common.cli import PipelineError
+from common.fileio import atomic_write_json, read_json
 
 DEFAULT = dict(collar=0.25, uem="extent", nontarget="exclude", mapping="identity", speaker_mapping="overlap")
 AUTHORS = dict(collar=0.0, uem="union", nontarget="drop", mapping="optimal", speaker_mapping="none",
@@ -104,7 +105,7 @@ def make_run(tmp_path, utterances, segments, dialog="Ses05F_impro01", run="r", f
     work = tmp_path / "work"
     labels_path = work / "labels.json"
     labels = read_json(labels_path) if labels_path.is_file() else {"labels": ["hap", "ang", "sad", "neu"], "dialogs": {}}
-    labels["dialogs"][dialog] = {"session": utils.session_of(dialog), "utterances": utterances}
+    labels["dialogs"][dialog] = {"session": formats.session_of(dialog), "utterances": utterances}
     atomic_write_json(labels_path, labels)
     run_dir = work / "runs" / run / (fold or "")
     atomic_write_json(run_dir / "config.json", {"split": {"test": [dialog]}})

@@ -11,8 +11,9 @@ import torch
 
 import evaluate
 import train
+from common import cli, fileio, formats
 import utils
-from utils import LABELS
+from common.formats import LABELS
 
 
 @pytest.fixture(scope="session")
@@ -42,9 +43,9 @@ def write_work(work, poison_test=False, seed=0):
                 n = int(4000 + 8000 * torch.rand(1, generator=g))
                 segs.append({"id": f"{name}-{i:04d}", "start": float(i), "end": i + n / 16000, "speaker": f"SPEAKER_0{i % 2}",
                              "text": text, "label": label, "audio": torch.randn(n, generator=g) * (0.1 + 0.2 * max(label, 0))})
-            utils.atomic_torch_save({"dialog": name, "session": ses, "sample_rate": 16000, "segments": segs},
+            fileio.atomic_torch_save({"dialog": name, "session": ses, "sample_rate": 16000, "segments": segs},
                                     cache_dir / f"{name}.pt")
-    utils.atomic_write_json(work / "labels.json", {"corpus": "synthetic", "labels": list(LABELS), "dialogs": dialogs})
+    fileio.atomic_write_json(work / "labels.json", {"corpus": "synthetic", "labels": list(LABELS), "dialogs": dialogs})
     return work
 
 
@@ -84,7 +85,7 @@ def test_finetune_run_config_optimizer_and_changed_extractors(work, tiny_models,
     split = config["split"]
     assert split["test"] == ["Ses05F_impro01", "Ses05F_script03_1", "Ses05M_impro02"]
     assert not set(split["train"]) & set(split["val"]) and not (set(split["train"]) | set(split["val"])) & set(split["test"])
-    assert {utils.session_of(d) for d in split["val"]} == {1, 2}  # one held-out dialog per training session
+    assert {formats.session_of(d) for d in split["val"]} == {1, 2}  # one held-out dialog per training session
     assert len(split["train"]) == 4 and len(split["val"]) == 2
     for key in ("lr_extractor", "lr_head", "weight_decay", "dropout", "epochs", "batch_size", "seed", "mode", "modality",
                 "pipe", "variant", "code_version", "extractors", "max_audio_seconds", "schedule_on", "select_on",
@@ -98,7 +99,7 @@ def test_finetune_run_config_optimizer_and_changed_extractors(work, tiny_models,
             config["max_text_tokens"], config["audio_padding"], config["validation"]) == \
         (0.0, "loss", "acc", "gated-xattn", 512, "exact", "held-out")
 
-    last = utils.load_pt(f"{run_dir}/checkpoint_last.pt")
+    last = fileio.load_pt(f"{run_dir}/checkpoint_last.pt")
     groups = last["optimizer"]["param_groups"]
     assert [g["lr"] for g in groups] == [2e-5, 1e-4] and all(g["weight_decay"] == 0.01 for g in groups)
     assert len(groups[0]["params"]) == len(model.extractor_parameters())
@@ -138,7 +139,7 @@ def test_frozen_mode_caches_embeddings_and_never_touches_extractors(work, tiny_m
     fresh = utils.SERModel(tiny_models["text_model"], tiny_models["audio_model"])
     before, after = extractor_state(fresh), extractor_state(built[0])
     assert all(torch.equal(before[k], after[k]) for k in before)  # bit-identical
-    best = utils.load_pt(f"{run_dir}/checkpoint_best.pt")
+    best = fileio.load_pt(f"{run_dir}/checkpoint_best.pt")
     assert best["model"] and not any(k.startswith(("text.", "audio.")) for k in best["model"])
     config = json.load(open(f"{run_dir}/config.json"))
     assert set(config["feature_dirs"]) == {"text", "audio"}
@@ -161,7 +162,7 @@ def test_selection_never_depends_on_the_test_split(tmp_path, tiny_models):
         w = write_work(tmp_path / f"w{int(poison)}", poison_test=poison)
         runs.append(Path(train.main(args_for(w, tiny_models, "r", "--epochs", "3"))))
     assert read_log(runs[0]) == read_log(runs[1])
-    b0, b1 = (utils.load_pt(r / "checkpoint_best.pt") for r in runs)
+    b0, b1 = (fileio.load_pt(r / "checkpoint_best.pt") for r in runs)
     assert b0["epoch"] == b1["epoch"] and all(torch.equal(b0["model"][k], b1["model"][k]) for k in b0["model"])
 
 
@@ -186,10 +187,10 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path, tiny
     train.main(args_for(w, tiny_models, "cut", "--epochs", "3"))
     assert len(epochs_run) == 2  # resumed after epoch 1, did not start over
     assert read_log(cut) == read_log(full)
-    a, b = utils.load_pt(full / "checkpoint_best.pt"), utils.load_pt(cut / "checkpoint_best.pt")
+    a, b = fileio.load_pt(full / "checkpoint_best.pt"), fileio.load_pt(cut / "checkpoint_best.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     # a changed configuration refuses to resume silently
-    with pytest.raises(utils.PipelineError, match="lr_head"):
+    with pytest.raises(cli.PipelineError, match="lr_head"):
         train.main(args_for(w, tiny_models, "cut", "--epochs", "3", "--lr-head", "1e-3"))
 
 
@@ -203,17 +204,17 @@ def test_folds_are_speaker_and_script_disjoint():
     loso = train.make_folds(meta, "loso", 5, 0.15, 0)
     assert [f["test_session"] for f in loso] == [1, 2, 3, 4, 5]
     for f in loso:
-        assert {utils.session_of(d) for d in f["test"]} == {f["test_session"]} and not f["unused"]
-        assert f["test_session"] not in {utils.session_of(d) for d in f["train"] + f["val"]}
+        assert {formats.session_of(d) for d in f["test"]} == {f["test_session"]} and not f["unused"]
+        assert f["test_session"] not in {formats.session_of(d) for d in f["train"] + f["val"]}
         assert len(f["train"] + f["val"] + f["test"]) == len(meta)
     for f in train.make_folds(meta, "speaker-script", 5, 0.15, 0):
         test_scripts = {meta[d]["script"] for d in f["test"]} - {None}
         train_scripts = {meta[d]["script"] for d in f["train"] + f["val"]} - {None}
         assert test_scripts == {f["held_script"]} and not test_scripts & train_scripts
-        assert f["test_session"] not in {utils.session_of(d) for d in f["train"] + f["val"]}
+        assert f["test_session"] not in {formats.session_of(d) for d in f["train"] + f["val"]}
         assert len(f["test"]) == 4 and len(f["train"] + f["val"]) == 4 * 2 * 3  # impro + 2 other scripts x 4 sessions
     single = train.make_folds(meta, "session", 5, 0.15, 0)
-    assert len(single) == 1 and {utils.session_of(d) for d in single[0]["test"]} == {5}
+    assert len(single) == 1 and {formats.session_of(d) for d in single[0]["test"]} == {5}
 
 
 def scripted_validation(monkeypatch, losses, accs):
@@ -239,7 +240,7 @@ def test_schedule_follows_loss_and_selection_follows_accuracy(work, tiny_models,
     head_lrs = [r["lr"][0] for r in log]
     dropped = [r["epoch"] for r, lr in zip(log, head_lrs) if lr < 1e-4]
     assert (dropped[0] if dropped else None) == lr_drop_epoch
-    assert utils.load_pt(run_dir / "checkpoint_best.pt")["epoch"] == best_epoch
+    assert fileio.load_pt(run_dir / "checkpoint_best.pt")["epoch"] == best_epoch
 
 
 def test_validation_on_test_reproduces_the_authors_selection(work, tiny_models):
@@ -251,9 +252,9 @@ def test_validation_on_test_reproduces_the_authors_selection(work, tiny_models):
 
 
 def test_bad_training_arguments_are_named(work, tiny_models):
-    with pytest.raises(utils.PipelineError, match="--epochs 0"):
+    with pytest.raises(cli.PipelineError, match="--epochs 0"):
         train.main(args_for(work, tiny_models, "bad", "--epochs", "0"))
-    with pytest.raises(utils.PipelineError, match="audio-padding"):
+    with pytest.raises(cli.PipelineError, match="audio-padding"):
         train.main(args_for(work, tiny_models, "bad", "--mode", "frozen", "--audio-padding", "authors"))
 
 
@@ -267,11 +268,11 @@ def test_several_seeds_share_the_split_and_equal_single_seed_runs(work, tiny_mod
     configs = [json.load(open(Path(d) / "config.json")) for d in (*dirs, alone)]
     assert configs[0]["split"] == configs[1]["split"] == configs[2]["split"]
     assert [c["seed"] for c in configs] == [3, 4, 4]
-    a, b = utils.load_pt(Path(dirs[1]) / "checkpoint_best.pt"), utils.load_pt(alone / "checkpoint_best.pt")
+    a, b = fileio.load_pt(Path(dirs[1]) / "checkpoint_best.pt"), fileio.load_pt(alone / "checkpoint_best.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    c = utils.load_pt(Path(dirs[0]) / "checkpoint_best.pt")
+    c = fileio.load_pt(Path(dirs[0]) / "checkpoint_best.pt")
     assert not all(torch.equal(a["model"][k], c["model"][k]) for k in a["model"])
-    with pytest.raises(utils.PipelineError, match="seed"):
+    with pytest.raises(cli.PipelineError, match="seed"):
         train.main(args_for(work, tiny_models, "no-template", "--seed", "1", "2"))
 
 
@@ -293,21 +294,21 @@ def test_sweep_trains_every_combination_each_equal_to_its_run_alone(tmp_path, ti
         assert f"sw-{c['variant']}-{c['modality']}-{c['fusion']}-s{c['seed']}" == Path(d).name
     alone = Path(train.main(args_for(w, tiny_models, "alone", "--epochs", "1", "--variant", "aligned-p1",
                                      "--fusion", "concat", "--seed", "1")))
-    a, b = utils.load_pt(w / "runs" / "sw-aligned-p1-fusion-concat-s1" / "checkpoint_best.pt"), utils.load_pt(alone / "checkpoint_best.pt")
+    a, b = fileio.load_pt(w / "runs" / "sw-aligned-p1-fusion-concat-s1" / "checkpoint_best.pt"), fileio.load_pt(alone / "checkpoint_best.pt")
     assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     # one name per run, in sweep order; a wrong count or colliding names are named errors
     named = train.main(args_for(w, tiny_models, "x", "--epochs", "1", "--modality", "text", "audio", "--run", "n1", "n2"))
     assert [json.load(open(Path(d) / "config.json"))["modality"] for d in named] == ["text", "audio"]
-    with pytest.raises(utils.PipelineError, match="3 names for 2 runs"):
+    with pytest.raises(cli.PipelineError, match="3 names for 2 runs"):
         train.main(args_for(w, tiny_models, "x", "--modality", "text", "audio", "--run", "a", "b", "c"))
-    with pytest.raises(utils.PipelineError, match="share names"):
+    with pytest.raises(cli.PipelineError, match="share names"):
         train.main(args_for(w, tiny_models, "same-{seed}", "--variant", "aligned-p1.5", "aligned-p1"))
 
 
 def test_a_kill_between_log_and_checkpoint_leaves_each_epoch_logged_once(tmp_path, tiny_models, monkeypatch):
     w = write_work(tmp_path / "w")
     full = Path(train.main(args_for(w, tiny_models, "full", "--epochs", "3")))
-    real_save, saves = utils.atomic_torch_save, []
+    real_save, saves = fileio.atomic_torch_save, []
 
     def killed_at_second_last_checkpoint(obj, path):
         if Path(path).name == "checkpoint_last.pt":
@@ -316,16 +317,16 @@ def test_a_kill_between_log_and_checkpoint_leaves_each_epoch_logged_once(tmp_pat
                 Path(path).with_name(".checkpoint_last.pt.x1y2.tmp").write_bytes(b"partial")
                 raise KeyboardInterrupt("killed while saving epoch 2")
         return real_save(obj, path)
-    monkeypatch.setattr(utils, "atomic_torch_save", killed_at_second_last_checkpoint)
+    monkeypatch.setattr(fileio, "atomic_torch_save", killed_at_second_last_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         train.main(args_for(w, tiny_models, "cut", "--epochs", "3"))
     cut = w / "runs" / "cut"
     assert [r["epoch"] for r in read_log(cut)] == [1, 2] and list(cut.glob(".*.tmp"))
-    monkeypatch.setattr(utils, "atomic_torch_save", real_save)
+    monkeypatch.setattr(fileio, "atomic_torch_save", real_save)
     train.main(args_for(w, tiny_models, "cut", "--epochs", "3"))
     assert read_log(cut) == read_log(full)  # epoch 2 once, as trained after the resume
     assert not list(cut.glob(".*.tmp"))
-    a, b = utils.load_pt(full / "checkpoint_best.pt"), utils.load_pt(cut / "checkpoint_best.pt")
+    a, b = fileio.load_pt(full / "checkpoint_best.pt"), fileio.load_pt(cut / "checkpoint_best.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
@@ -365,7 +366,7 @@ def test_kill_9_and_rerun_with_loader_workers_equals_an_uninterrupted_run(tmp_pa
     full, cut = w / "runs" / "full", w / "runs" / "cut"
     assert read_log(cut) == read_log(full)
     for name in ("checkpoint_best.pt", "checkpoint_last.pt"):
-        a, b = utils.load_pt(full / name), utils.load_pt(cut / name)
+        a, b = fileio.load_pt(full / name), fileio.load_pt(cut / name)
         assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
@@ -406,7 +407,7 @@ def test_modality_sweep_arms_equal_their_runs_alone(tmp_path, tiny_models, mode)
         assert c_sweep["do_normalize"] is (arm == "text"), arm  # the audio arms follow their extractor's config
         keys = {k: Path(v).relative_to(tmp_path / "sweep").parts for k, v in c_sweep["feature_dirs"].items()}
         assert keys == {k: Path(v).relative_to(w).parts for k, v in c_alone["feature_dirs"].items()}, arm
-        a, b = utils.load_pt(Path(d) / "checkpoint_best.pt"), utils.load_pt(alone / "checkpoint_best.pt")
+        a, b = fileio.load_pt(Path(d) / "checkpoint_best.pt"), fileio.load_pt(alone / "checkpoint_best.pt")
         assert a["model"].keys() == b["model"].keys(), arm
         assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), arm
     if mode == "frozen":  # a feature cache's key changes with what changes its content
@@ -423,20 +424,20 @@ def test_a_corrupt_feature_cache_is_a_named_error_and_an_unfinished_one_is_recom
     w = write_work(tmp_path / "w")
     run = Path(train.main(args_for(w, tiny_models, "fz", "--mode", "frozen", "--epochs", "1", "--modality", "audio")))
     files = sorted(Path(json.load(open(run / "config.json"))["feature_dirs"]["audio"]).glob("*.pt"))
-    assert files and all(utils.checksum_path(f).is_file() for f in files)
+    assert files and all(fileio.checksum_path(f).is_file() for f in files)
     data = bytearray(files[0].read_bytes())
     data[len(data) // 2] ^= 0x10
     files[0].write_bytes(bytes(data))
-    with pytest.raises(utils.PipelineError) as e:
+    with pytest.raises(cli.PipelineError) as e:
         train.main(args_for(w, tiny_models, "fz2", "--mode", "frozen", "--epochs", "1", "--modality", "audio"))
     assert str(e.value).startswith(f"{files[0]}: corrupt feature cache") and "step 4" in str(e.value), str(e.value)
-    utils.checksum_path(files[0]).unlink()
+    fileio.checksum_path(files[0]).unlink()
     capsys.readouterr()
     again = Path(train.main(args_for(w, tiny_models, "fz2", "--mode", "frozen", "--epochs", "1",
                                      "--modality", "audio")))
     import re
 
     computed = [int(n) for n in re.findall(r"(\d+) computed", capsys.readouterr().out)]
-    assert sum(computed) > 0 and utils.checksum_path(files[0]).is_file(), computed
-    a, b = utils.load_pt(run / "checkpoint_best.pt"), utils.load_pt(again / "checkpoint_best.pt")
+    assert sum(computed) > 0 and fileio.checksum_path(files[0]).is_file(), computed
+    a, b = fileio.load_pt(run / "checkpoint_best.pt"), fileio.load_pt(again / "checkpoint_best.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # the same features again

@@ -8,66 +8,67 @@ import pytest
 import soundfile as sf
 import torch
 
+from common import cli, fileio, formats, intervals, rundirs
 import utils
-from utils import PipelineError
+from common.cli import PipelineError
 
 
 def test_label_map_merges_exc_and_drops_other_codes():
-    assert utils.LABELS == ("hap", "ang", "sad", "neu")
-    assert utils.CODE_TO_LABEL["exc"] == "hap" and utils.CODE_TO_LABEL["hap"] == "hap"
+    assert formats.LABELS == ("hap", "ang", "sad", "neu")
+    assert formats.CODE_TO_LABEL["exc"] == "hap" and formats.CODE_TO_LABEL["hap"] == "hap"
     for code in ("fru", "sur", "fea", "dis", "oth", "xxx"):
-        assert code in utils.IEMOCAP_CODES and code not in utils.CODE_TO_LABEL
-    assert [utils.LABEL_INDEX[x] for x in utils.LABELS] == [0, 1, 2, 3]
+        assert code in formats.IEMOCAP_CODES and code not in formats.CODE_TO_LABEL
+    assert [formats.LABEL_INDEX[x] for x in formats.LABELS] == [0, 1, 2, 3]
 
 
 def test_session_of():
-    assert utils.session_of("Ses03M_impro05a") == 3
-    assert utils.session_of("Ses05M_script01_1b_F012") == 5
+    assert formats.session_of("Ses03M_impro05a") == 3
+    assert formats.session_of("Ses05M_script01_1b_F012") == 5
     with pytest.raises(PipelineError, match="not an IEMOCAP"):
-        utils.session_of("Session1")
+        formats.session_of("Session1")
 
 
 def test_atomic_json_roundtrip_and_no_temp_left(tmp_path):
     path = tmp_path / "a" / "b.json"
-    utils.atomic_write_json(path, {"x": [1, 2.5, "é"]})
-    assert utils.read_json(path) == {"x": [1, 2.5, "é"]}
+    fileio.atomic_write_json(path, {"x": [1, 2.5, "é"]})
+    assert fileio.read_json(path) == {"x": [1, 2.5, "é"]}
     assert [p.name for p in path.parent.iterdir()] == ["b.json"]
 
 
 def test_atomic_write_keeps_old_file_when_serialisation_fails(tmp_path):
     path = tmp_path / "c.json"
-    utils.atomic_write_json(path, {"ok": 1})
+    fileio.atomic_write_json(path, {"ok": 1})
     with pytest.raises(TypeError):
-        utils.atomic_write_json(path, {"bad": object()})
-    assert utils.read_json(path) == {"ok": 1}
+        fileio.atomic_write_json(path, {"bad": object()})
+    assert fileio.read_json(path) == {"ok": 1}
     assert len(list(tmp_path.iterdir())) == 1
 
 
 def test_read_json_errors_name_the_file(tmp_path):
     with pytest.raises(PipelineError, match="missing.json: labels file not found"):
-        utils.read_json(tmp_path / "missing.json", "labels file")
+        fileio.read_json(tmp_path / "missing.json", "labels file")
     bad = tmp_path / "bad.json"
     bad.write_text('{"a": ')
     with pytest.raises(PipelineError, match="bad.json: corrupt"):
-        utils.read_json(bad)
+        fileio.read_json(bad)
 
 
 def test_load_labels_requires_step1(tmp_path):
     with pytest.raises(PipelineError, match="run step 1 first"):
-        utils.load_labels(tmp_path)
+        formats.load_labels(tmp_path)
     (tmp_path / "labels.json").write_text(json.dumps({"x": 1}))
     with pytest.raises(PipelineError, match="no 'dialogs' key"):
-        utils.load_labels(tmp_path)
+        formats.load_labels(tmp_path)
 
 
 def test_pt_roundtrip_weights_only_and_corrupt_file(tmp_path):
     obj = {"segments": [{"id": "a", "audio": torch.arange(5, dtype=torch.float32), "label": -1}]}
-    utils.atomic_torch_save(obj, tmp_path / "x.pt")
-    back = utils.load_pt(tmp_path / "x.pt")
+    fileio.atomic_torch_save(obj, tmp_path / "x.pt")
+    back = fileio.load_pt(tmp_path / "x.pt")
     assert torch.equal(back["segments"][0]["audio"], obj["segments"][0]["audio"])
     (tmp_path / "y.pt").write_bytes(b"not a zip file")
     with pytest.raises(PipelineError, match="y.pt: corrupt or unreadable"):
-        utils.load_pt(tmp_path / "y.pt")
+        fileio.load_pt(tmp_path / "y.pt")
 
 
 def test_load_pt_refuses_pickled_objects(tmp_path):
@@ -75,16 +76,16 @@ def test_load_pt_refuses_pickled_objects(tmp_path):
 
     torch.save({"obj": Fraction(1, 3)}, tmp_path / "z.pt")
     with pytest.raises(PipelineError, match="z.pt"):
-        utils.load_pt(tmp_path / "z.pt")
+        fileio.load_pt(tmp_path / "z.pt")
 
 
 def test_rttm_roundtrip_sorted(tmp_path):
     turns = [(3.0, 4.5, "SPEAKER_01"), (0.5, 2.25, "SPEAKER_00"), (5.0, 5.0, "SPEAKER_00")]
-    utils.write_rttm(tmp_path / "d.rttm", "Ses01F_impro01", turns)
+    formats.write_rttm(tmp_path / "d.rttm", "Ses01F_impro01", turns)
     lines = (tmp_path / "d.rttm").read_text().splitlines()
     assert lines[0] == "SPEAKER Ses01F_impro01 1 0.500 1.750 <NA> <NA> SPEAKER_00 <NA> <NA>"
     assert len(lines) == 2  # the zero-length turn is not written
-    assert utils.read_rttm(tmp_path / "d.rttm") == [(0.5, 2.25, "SPEAKER_00"), (3.0, 4.5, "SPEAKER_01")]
+    assert formats.read_rttm(tmp_path / "d.rttm") == [(0.5, 2.25, "SPEAKER_00"), (3.0, 4.5, "SPEAKER_01")]
 
 
 @pytest.mark.parametrize("line,msg", [
@@ -96,24 +97,24 @@ def test_rttm_malformed_lines_name_file_and_line(tmp_path, line, msg):
     path = tmp_path / "bad.rttm"
     path.write_text(line + "\n")
     with pytest.raises(PipelineError, match="bad.rttm" + msg):
-        utils.read_rttm(path)
+        formats.read_rttm(path)
 
 
 def test_load_audio_mixes_stereo_and_checks_rate(tmp_path):
     left = np.linspace(-0.5, 0.5, 1600, dtype=np.float32)
     right = np.zeros(1600, dtype=np.float32)
     sf.write(tmp_path / "s.wav", np.stack([left, right], axis=1), 16000, subtype="FLOAT")
-    mono = utils.load_audio(tmp_path / "s.wav")
+    mono = formats.load_audio(tmp_path / "s.wav")
     assert mono.shape == (1600,) and mono.dtype == np.float32
     np.testing.assert_allclose(mono, left / 2, atol=1e-7)
     sf.write(tmp_path / "r.wav", left, 8000)
     with pytest.raises(PipelineError, match="r.wav: sample rate 8000 Hz"):
-        utils.load_audio(tmp_path / "r.wav")
+        formats.load_audio(tmp_path / "r.wav")
     (tmp_path / "c.wav").write_bytes(b"RIFF....garbage")
     with pytest.raises(PipelineError, match="c.wav: cannot decode audio"):
-        utils.load_audio(tmp_path / "c.wav")
+        formats.load_audio(tmp_path / "c.wav")
     with pytest.raises(PipelineError, match="nope.wav: audio file not found"):
-        utils.load_audio(tmp_path / "nope.wav")
+        formats.load_audio(tmp_path / "nope.wav")
 
 
 def test_load_audio_channel_choice(tmp_path):
@@ -121,28 +122,28 @@ def test_load_audio_channel_choice(tmp_path):
     left = (np.arange(800, dtype=np.float32) % 8) / 10
     right = np.full(800, -0.3, dtype=np.float32)
     sf.write(tmp_path / "s.wav", np.stack([left, right], axis=1), 16000, subtype="FLOAT")
-    np.testing.assert_array_equal(utils.load_audio(tmp_path / "s.wav", channel="0"), left)
-    np.testing.assert_array_equal(utils.load_audio(tmp_path / "s.wav", channel=1), right)
-    np.testing.assert_allclose(utils.load_audio(tmp_path / "s.wav", channel="mean"), (left + right) / 2, atol=1e-7)
-    np.testing.assert_array_equal(utils.load_audio(tmp_path / "s.wav"), utils.load_audio(tmp_path / "s.wav", channel="mean"))
+    np.testing.assert_array_equal(formats.load_audio(tmp_path / "s.wav", channel="0"), left)
+    np.testing.assert_array_equal(formats.load_audio(tmp_path / "s.wav", channel=1), right)
+    np.testing.assert_allclose(formats.load_audio(tmp_path / "s.wav", channel="mean"), (left + right) / 2, atol=1e-7)
+    np.testing.assert_array_equal(formats.load_audio(tmp_path / "s.wav"), formats.load_audio(tmp_path / "s.wav", channel="mean"))
     # A mono file ignores the choice.
     sf.write(tmp_path / "m.wav", left, 16000, subtype="FLOAT")
-    for ch in utils.AUDIO_CHANNELS:
-        np.testing.assert_array_equal(utils.load_audio(tmp_path / "m.wav", channel=ch), left)
+    for ch in formats.AUDIO_CHANNELS:
+        np.testing.assert_array_equal(formats.load_audio(tmp_path / "m.wav", channel=ch), left)
     with pytest.raises(ValueError, match="channel must be one of"):
-        utils.load_audio(tmp_path / "s.wav", channel="2")
+        formats.load_audio(tmp_path / "s.wav", channel="2")
 
 
 def test_merge_intervals_known_answers():
-    assert utils.merge_intervals([(3, 4), (0, 1), (0.5, 2), (5, 5)]).tolist() == [[0, 2], [3, 4]]
-    assert utils.merge_intervals([(0, 1), (1, 2), (2.5, 3), (2.6, 2.7)]).tolist() == [[0, 2], [2.5, 3]]  # touching join
-    assert utils.merge_intervals([(2, 1), (4, 4)]).shape == (0, 2)  # reversed and empty intervals dropped
-    assert utils.merge_intervals([]).shape == (0, 2)
-    assert utils.subtract_intervals([(0, 10)], [(2, 3), (2.5, 4), (9, 12)]).tolist() == [[0, 2], [4, 9]]
-    assert utils.subtract_intervals([(0, 1), (2, 3)], []).tolist() == [[0, 1], [2, 3]]
-    assert utils.subtract_intervals([(0, 1)], [(-1, 5)]).shape == (0, 2)
-    assert utils.union_length([(0, 2), (1, 3), (5, 6), (7, 7)]) == pytest.approx(4.0)
-    assert utils.union_length([]) == 0.0
+    assert intervals.merge_intervals([(3, 4), (0, 1), (0.5, 2), (5, 5)]).tolist() == [[0, 2], [3, 4]]
+    assert intervals.merge_intervals([(0, 1), (1, 2), (2.5, 3), (2.6, 2.7)]).tolist() == [[0, 2], [2.5, 3]]  # touching join
+    assert intervals.merge_intervals([(2, 1), (4, 4)]).shape == (0, 2)  # reversed and empty intervals dropped
+    assert intervals.merge_intervals([]).shape == (0, 2)
+    assert intervals.subtract_intervals([(0, 10)], [(2, 3), (2.5, 4), (9, 12)]).tolist() == [[0, 2], [4, 9]]
+    assert intervals.subtract_intervals([(0, 1), (2, 3)], []).tolist() == [[0, 1], [2, 3]]
+    assert intervals.subtract_intervals([(0, 1)], [(-1, 5)]).shape == (0, 2)
+    assert intervals.union_length([(0, 2), (1, 3), (5, 6), (7, 7)]) == pytest.approx(4.0)
+    assert intervals.union_length([]) == 0.0
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -156,45 +157,45 @@ def test_interval_helpers_match_a_fine_grid(seed):
     def member(iv):
         return np.any((grid[:, None] > iv[:, 0]) & (grid[:, None] < iv[:, 1]), axis=1)
 
-    m = utils.merge_intervals(a)
+    m = intervals.merge_intervals(a)
     assert np.all(np.diff(m[:, 0]) > 0) and np.all(m[1:, 0] > m[:-1, 1])  # sorted, disjoint, not touching
     np.testing.assert_array_equal(member(m), member(a))
-    np.testing.assert_array_equal(member(utils.subtract_intervals(a, b)), member(a) & ~member(b))
-    assert utils.union_length(a) == pytest.approx(member(a).sum() / 1000)
+    np.testing.assert_array_equal(member(intervals.subtract_intervals(a, b)), member(a) & ~member(b))
+    assert intervals.union_length(a) == pytest.approx(member(a).sum() / 1000)
 
 
 def test_run_directory_helpers(tmp_path):
     run = tmp_path / "run"
     for name in ("fold10", "fold2", "fold1", "foldx", "other"):
-        utils.atomic_write_json(run / name / "config.json", {})
+        fileio.atomic_write_json(run / name / "config.json", {})
     (run / "fold3").mkdir()  # no config.json: not a fold
-    assert [p.name for p in utils.fold_dirs(run)] == ["fold1", "fold2", "fold10"]
-    utils.atomic_write_json(run / "config.json", {"folds": ["fold2", {"name": "fold1"}]})
-    assert [p.name for p in utils.fold_dirs(run)] == ["fold2", "fold1"]
+    assert [p.name for p in rundirs.fold_dirs(run)] == ["fold1", "fold2", "fold10"]
+    fileio.atomic_write_json(run / "config.json", {"folds": ["fold2", {"name": "fold1"}]})
+    assert [p.name for p in rundirs.fold_dirs(run)] == ["fold2", "fold1"]
 
     labels = {"dialogs": {"Ses01F_impro01": {"session": 1}, "Ses05F_impro01": {"session": 5},
                           "Ses05M_script01_1b": {"session": 5}}}
     predictions = {"segments": [{"dialog": "Ses01F_impro01"}]}
     single = tmp_path / "single"
     single.mkdir()
-    assert utils.run_test_dialogs(single, predictions, labels)[0] == ["Ses01F_impro01"]  # no config: predictions
-    utils.atomic_write_json(single / "config.json", {"split": {"test": [5]}})
-    assert utils.run_test_dialogs(single, predictions, labels)[0] == ["Ses05F_impro01", "Ses05M_script01_1b"]
-    utils.atomic_write_json(single / "config.json", {"split": {"test": {"dialogs": ["Ses05F_impro01"]}}})
-    assert utils.run_test_dialogs(single, predictions, labels)[0] == ["Ses05F_impro01"]
+    assert rundirs.run_test_dialogs(single, predictions, labels)[0] == ["Ses01F_impro01"]  # no config: predictions
+    fileio.atomic_write_json(single / "config.json", {"split": {"test": [5]}})
+    assert rundirs.run_test_dialogs(single, predictions, labels)[0] == ["Ses05F_impro01", "Ses05M_script01_1b"]
+    fileio.atomic_write_json(single / "config.json", {"split": {"test": {"dialogs": ["Ses05F_impro01"]}}})
+    assert rundirs.run_test_dialogs(single, predictions, labels)[0] == ["Ses05F_impro01"]
 
 
 def test_overlap():
-    assert utils.overlap(0, 2, 1, 3) == 1
-    assert utils.overlap(0, 1, 2, 3) == 0
-    assert utils.overlap(0, 5, 1, 2) == 1
+    assert intervals.overlap(0, 2, 1, 3) == 1
+    assert intervals.overlap(0, 1, 2, 3) == 0
+    assert intervals.overlap(0, 5, 1, 2) == 1
 
 
 def test_demo_note_only_for_the_generated_corpus(tmp_path):
-    assert utils.demo_note({"corpus": str(tmp_path)}) is None
+    assert formats.demo_note({"corpus": str(tmp_path)}) is None
     (tmp_path / "demo_ground_truth.json").write_text("{}")
-    assert utils.demo_note({"corpus": str(tmp_path)}) == utils.DEMO_NOTE
-    assert "say nothing about IEMOCAP" in utils.DEMO_NOTE
+    assert formats.demo_note({"corpus": str(tmp_path)}) == formats.DEMO_NOTE
+    assert "say nothing about IEMOCAP" in formats.DEMO_NOTE
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,7 +203,7 @@ def test_demo_note_only_for_the_generated_corpus(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 def run_main_with(monkeypatch, capsys, error=None, argv=("--x", "1")):
-    """utils.run_main on a main() that raises `error` -> (exit status, stderr lines, argv main saw)."""
+    """common.cli.run_main on a main() that raises `error` -> (exit status, stderr lines, argv main saw)."""
     import sys
 
     seen = []
@@ -216,7 +217,7 @@ def run_main_with(monkeypatch, capsys, error=None, argv=("--x", "1")):
     monkeypatch.setenv("PIPELINE_DEBUG", "")  # run_main may set it; restored after the test
     code = "returned"
     try:
-        utils.run_main(main)
+        cli.run_main(main)
     except SystemExit as e:
         code = e.code
     return code, capsys.readouterr().err.splitlines(), seen[0] if seen else None
@@ -278,7 +279,7 @@ def test_run_main_turns_argparse_errors_into_one_line(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["align.py", "--max-pause", "x"])
     monkeypatch.setenv("PIPELINE_DEBUG", "")
     with pytest.raises(SystemExit) as e:
-        utils.run_main(main)
+        cli.run_main(main)
     err = capsys.readouterr().err.splitlines()
     assert e.value.code == 2 and err == ["error: align.py: argument --max-pause: invalid float value: 'x' "
                                          "(see align.py --help)"]
@@ -310,7 +311,7 @@ def test_scripts_as_subprocesses_print_one_error_line_and_exit_2(tmp_path, capsy
     monkeypatch.delenv("PIPELINE_DEBUG", raising=False)
     monkeypatch.setattr(sys, "argv", ["iemo_lab_with_timestamps.py", "--iemocap", str(tmp_path / "nope")])
     with pytest.raises(SystemExit) as exit_info:
-        utils.run_main(iemo_lab_with_timestamps.main)
+        cli.run_main(iemo_lab_with_timestamps.main)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1, err
     assert err.startswith(f"error: {tmp_path / 'nope'}: IEMOCAP root not found") and "Traceback" not in err
@@ -320,13 +321,13 @@ def test_read_json_nested_100000_deep_and_bad_bytes_are_named_errors(tmp_path):
     path = tmp_path / "deep.json"
     path.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(PipelineError, match="deep.json: corrupt ASR result: nested deeper than"):
-        utils.read_json(path, "ASR result")
+        fileio.read_json(path, "ASR result")
     path.write_bytes(b'{"a": 1,\n "b": "caf\xe9"}')
     with pytest.raises(PipelineError, match=r"deep.json:2: corrupt JSON file: not UTF-8 text \(byte 0xE9\)"):
-        utils.read_json(path)
+        fileio.read_json(path)
     path.write_text('{"a": ' + "9" * 5000 + "}")  # beyond Python's 4300-digit integer limit
     with pytest.raises(PipelineError, match="deep.json: corrupt JSON file"):
-        utils.read_json(path)
+        fileio.read_json(path)
 
 
 RTTM_LINE = "SPEAKER {f} 1 {s} {d} <NA> <NA> {spk} <NA> <NA>\n"
@@ -337,16 +338,16 @@ def test_read_rttm_rejects_bad_bytes_and_non_finite_times(tmp_path):
     path.write_bytes(RTTM_LINE.format(f="d", s="0.0", d="1.0", spk="A").encode()
                      + RTTM_LINE.format(f="d", s="1.0", d="1.0", spk="caf\xe9").encode("latin-1"))
     with pytest.raises(PipelineError, match=r"d.rttm:2: not UTF-8 text \(byte 0xE9 at column 34\)"):
-        utils.read_rttm(path)
+        formats.read_rttm(path)
     for start, dur in (("0.0", "inf"), ("nan", "1.0"), ("1e308", "1e308"), ("9" * 400, "1.0")):
         path.write_text(RTTM_LINE.format(f="d", s=start, d=dur, spk="A"))
         with pytest.raises(PipelineError, match="d.rttm:1: start and duration must be finite"):
-            utils.read_rttm(path)
+            formats.read_rttm(path)
     path.write_text(RTTM_LINE.format(f="d", s="1e300", d="1.0", spk="A"))  # finite, but far past the audio
     with pytest.raises(PipelineError, match=r"d.rttm:1: the turn .* ends at .* after the end of the audio \(20.000 s"):
-        utils.read_rttm(path, duration=20.0)
+        formats.read_rttm(path, duration=20.0)
     path.write_text(RTTM_LINE.format(f="d", s="19.0", d="1.04", spk="A"))  # 40 ms past the end: within the tolerance
-    assert utils.read_rttm(path, duration=20.0) == [(19.0, 20.04, "A")]
+    assert formats.read_rttm(path, duration=20.0) == [(19.0, 20.04, "A")]
 
 
 def test_read_rttm_picks_the_dialogs_lines_from_a_multi_recording_file(tmp_path):
@@ -357,12 +358,12 @@ def test_read_rttm_picks_the_dialogs_lines_from_a_multi_recording_file(tmp_path)
                     + RTTM_LINE.format(f="Ses01F_impro02", s="7.0", d="1.0", spk="SPEAKER_01")
                     + RTTM_LINE.format(f="Ses01F_impro01", s="3.0", d="1.0", spk="SPEAKER_01"))
     counts = {}
-    assert utils.read_rttm(path, dialog="Ses01F_impro01", counts=counts) == [(0.0, 2.0, "SPEAKER_00"), (3.0, 4.0, "SPEAKER_01")]
+    assert formats.read_rttm(path, dialog="Ses01F_impro01", counts=counts) == [(0.0, 2.0, "SPEAKER_00"), (3.0, 4.0, "SPEAKER_01")]
     assert counts == {"other_recording_lines": 2, "other_recordings": ["Ses01F_impro02"]}
-    assert len(utils.read_rttm(path)) == 4  # without a dialog: every line, as before
+    assert len(formats.read_rttm(path)) == 4  # without a dialog: every line, as before
     with pytest.raises(PipelineError, match="all.rttm: no turn of the recording Ses02F_impro01; the file names "
                                             "Ses01F_impro01, Ses01F_impro02"):
-        utils.read_rttm(path, dialog="Ses02F_impro01")
+        formats.read_rttm(path, dialog="Ses02F_impro01")
 
 
 def test_load_audio_rejects_nan_samples_and_truncated_wavs(tmp_path):
@@ -370,20 +371,20 @@ def test_load_audio_rejects_nan_samples_and_truncated_wavs(tmp_path):
     audio[8000, 1] = np.nan
     sf.write(tmp_path / "nan.wav", audio, 16000, subtype="FLOAT")
     with pytest.raises(PipelineError, match=r"nan.wav: 1 samples are NaN or infinite \(the first at 0.500 s\)"):
-        utils.load_audio(tmp_path / "nan.wav")
+        formats.load_audio(tmp_path / "nan.wav")
     audio[8000, 1] = 0.0
     sf.write(tmp_path / "ok.wav", audio, 16000, subtype="PCM_16")
     data = (tmp_path / "ok.wav").read_bytes()
-    assert len(utils.load_audio(tmp_path / "ok.wav")) == 16000
+    assert len(formats.load_audio(tmp_path / "ok.wav")) == 16000
     (tmp_path / "cut.wav").write_bytes(data[:len(data) // 2])  # libsndfile reads this without complaint
     with pytest.raises(PipelineError, match=r"cut.wav: truncated: the header declares 64000 bytes of audio, the file "
                                             r"holds 31978 \(50.0 %\)"):
-        utils.load_audio(tmp_path / "cut.wav")
+        formats.load_audio(tmp_path / "cut.wav")
 
 
 def labels_file(tmp_path, utterances, **dialog):
     info = {"session": 1, "wav": "Session1/dialog/wav/Ses01F_impro01.wav", "utterances": utterances, **dialog}
-    (tmp_path / "labels.json").write_text(json.dumps({"corpus": "c", "labels": list(utils.LABELS),
+    (tmp_path / "labels.json").write_text(json.dumps({"corpus": "c", "labels": list(formats.LABELS),
                                                       "dialogs": {"Ses01F_impro01": info}}))
 
 
@@ -417,24 +418,24 @@ def test_load_labels_checks_the_schema(tmp_path, utterances, dialog, message):
     outside the four classes silently became "unlabelled"; a duplicated utterance had its words written twice."""
     labels_file(tmp_path, utterances, **dialog)
     with pytest.raises(PipelineError) as e:
-        utils.load_labels(tmp_path)
+        formats.load_labels(tmp_path)
     assert str(e.value).startswith(f"{tmp_path / 'labels.json'}: dialog Ses01F_impro01"), str(e.value)
     assert re.search(message, str(e.value)), str(e.value)
 
 
 def test_load_labels_accepts_a_valid_file_and_requires_what_a_step_needs(tmp_path):
     labels_file(tmp_path, [good_utt(0), good_utt(1, label=None, code="fru", wdseg=None)])
-    assert len(utils.load_labels(tmp_path, require=("wav",))["dialogs"]["Ses01F_impro01"]["utterances"]) == 2
+    assert len(formats.load_labels(tmp_path, require=("wav",))["dialogs"]["Ses01F_impro01"]["utterances"]) == 2
     (tmp_path / "labels.json").write_text(json.dumps({"dialogs": {"Ses01F_impro01": {"utterances": []}}}))
-    assert utils.load_labels(tmp_path)["dialogs"]["Ses01F_impro01"]["utterances"] == []
+    assert formats.load_labels(tmp_path)["dialogs"]["Ses01F_impro01"]["utterances"] == []
     with pytest.raises(PipelineError, match="dialog Ses01F_impro01: no 'wav' key"):
-        utils.load_labels(tmp_path, require=("wav",))
+        formats.load_labels(tmp_path, require=("wav",))
     (tmp_path / "labels.json").write_text(json.dumps({"labels": ["a", "b"], "dialogs": {}}))
     with pytest.raises(PipelineError, match=r"made for the classes \['a', 'b'\]"):
-        utils.load_labels(tmp_path)
+        formats.load_labels(tmp_path)
     (tmp_path / "labels.json").write_text(json.dumps({"dialogs": [1, 2]}))
     with pytest.raises(PipelineError, match="'dialogs' must be an object"):
-        utils.load_labels(tmp_path)
+        formats.load_labels(tmp_path)
 
 
 def cache_segment(i=0, **kw):
@@ -459,7 +460,7 @@ def cache_segment(i=0, **kw):
 ])
 def test_segment_dataset_rejects_bad_cache_contents(tmp_path, change, message):
     path = tmp_path / "Ses01F_impro01.pt"
-    utils.atomic_torch_save({"dialog": "Ses01F_impro01", "session": 1, "sample_rate": 16000,
+    fileio.atomic_torch_save({"dialog": "Ses01F_impro01", "session": 1, "sample_rate": 16000,
                              "segments": [cache_segment(0), cache_segment(1, **change)]}, path)
     with pytest.raises(PipelineError) as e:
         utils.SegmentDataset([path], labelled_only=False)
@@ -468,17 +469,17 @@ def test_segment_dataset_rejects_bad_cache_contents(tmp_path, change, message):
 
 def test_segment_dataset_rejects_duplicate_ids_wrong_dialog_and_rate(tmp_path):
     a, b = tmp_path / "Ses01F_impro01.pt", tmp_path / "Ses01F_impro02.pt"
-    utils.atomic_torch_save({"dialog": "Ses01F_impro01", "sample_rate": 16000, "segments": [cache_segment(0)]}, a)
-    utils.atomic_torch_save({"dialog": "Ses01F_impro02", "sample_rate": 16000, "segments": [cache_segment(0)]}, b)
+    fileio.atomic_torch_save({"dialog": "Ses01F_impro01", "sample_rate": 16000, "segments": [cache_segment(0)]}, a)
+    fileio.atomic_torch_save({"dialog": "Ses01F_impro02", "sample_rate": 16000, "segments": [cache_segment(0)]}, b)
     with pytest.raises(PipelineError, match="Ses01F_impro02.pt: segment 0: id 'Ses01F_impro01-0000' is also a segment of"):
         utils.SegmentDataset([a, b], labelled_only=False)
-    utils.atomic_torch_save({"dialog": "Ses01F_impro01", "sample_rate": 16000, "segments": [cache_segment(0)]}, b)
+    fileio.atomic_torch_save({"dialog": "Ses01F_impro01", "sample_rate": 16000, "segments": [cache_segment(0)]}, b)
     with pytest.raises(PipelineError, match="Ses01F_impro02.pt: holds dialog 'Ses01F_impro01', expected 'Ses01F_impro02'"):
         utils.SegmentDataset([b], labelled_only=False)
-    utils.atomic_torch_save({"dialog": "Ses01F_impro01", "sample_rate": 8000, "segments": [cache_segment(0)]}, a)
+    fileio.atomic_torch_save({"dialog": "Ses01F_impro01", "sample_rate": 8000, "segments": [cache_segment(0)]}, a)
     with pytest.raises(PipelineError, match="Ses01F_impro01.pt: sample_rate 8000, expected 16000"):
         utils.SegmentDataset([a], labelled_only=False)
-    utils.atomic_torch_save({"dialog": "Ses01F_impro01", "sample_rate": 16000,
+    fileio.atomic_torch_save({"dialog": "Ses01F_impro01", "sample_rate": 16000,
                              "segments": [cache_segment(0, audio=torch.zeros(0), label=torch.tensor(2))]}, a)
     ds = utils.SegmentDataset([a], labelled_only=False)  # an integer tensor label is an integer; no audio is counted
     assert ds.segments[0]["label"] == 2 and ds.counts["audio_shorter_than_times"] == 1 and ds.counts["padded_short"] == 1

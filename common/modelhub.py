@@ -1,0 +1,132 @@
+"""Models by hub name or local folder: offline mode, tokens, gated-access messages, checks of a
+folder or hub repository, and offline copies (--download-models)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+import os
+import re as _re
+
+from common import checklist
+from common import cli
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE set to a true value (read now, not at import, so tests and callers can change it)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_token() -> str | None:
+    """The Hugging Face token, from the HF_TOKEN environment variable only. Never print or store it."""
+    return os.environ.get("HF_TOKEN") or None
+
+
+HUB_NAME_RE = _re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name; a local path has more parts or a ./ ~ /
+
+
+def is_hub_name(name: str) -> bool:
+    """True for 'org/name' that is not an existing local path (a hub repository id)."""
+    return bool(HUB_NAME_RE.fullmatch(str(name))) and not Path(name).exists()
+
+
+def local_model_path(name, model_dir=None) -> Path | None:
+    """Where a model is on disk: `name` itself when it exists, or the hub name mirrored under
+    model_dir/<org>/<name> (what `preprocess.py --download-models DIR` writes) -> path, else None."""
+    path = Path(str(name)).expanduser()
+    if path.exists():
+        return path
+    if model_dir and HUB_NAME_RE.fullmatch(str(name)) and (Path(model_dir) / str(name)).exists():
+        return Path(model_dir) / str(name)
+    return None
+
+
+def hub_error_message(repo_id: str, error: BaseException, token: str | None) -> str:
+    """A hub error -> what it means and what to do (the token itself never appears)."""
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    url = f"https://huggingface.co/{repo_id}"
+    if type(error).__name__ in ("OfflineModeIsEnabled", "LocalEntryNotFoundError"):  # before HfHubHTTPError: a subclass
+        return ("not available offline (HF_HUB_OFFLINE=1 or no network, and not in the local cache): download it "
+                "with HF_HUB_OFFLINE=0 on a machine with internet (`python preprocess.py --download-models DIR`)")
+    if isinstance(error, GatedRepoError):
+        if token is None:
+            return (f"gated repository and HF_TOKEN is not set: accept its conditions at {url}, create a read "
+                    f"token at https://huggingface.co/settings/tokens and export HF_TOKEN")
+        return (f"gated repository and the token in HF_TOKEN has no access: accept its conditions at {url} "
+                f"with the account that owns the token")
+    if isinstance(error, RepositoryNotFoundError):
+        return "no such repository on the hub (or a private one HF_TOKEN cannot see): check the name"
+    if isinstance(error, HfHubHTTPError):
+        status = getattr(getattr(error, "response", None), "status_code", "?")
+        return f"the hub answered HTTP {status} for {url}: {str(error).splitlines()[0]}"
+    if hub_offline() or type(error).__name__ in ("OfflineModeIsEnabled", "LocalEntryNotFoundError"):
+        return ("not available offline (HF_HUB_OFFLINE=1 or no network, and not in the local cache): download it "
+                "with HF_HUB_OFFLINE=0 on a machine with internet (`python preprocess.py --download-models DIR`)")
+    return (f"cannot reach huggingface.co ({type(error).__name__}): check the network or proxy, or copy the "
+            f"models with `python preprocess.py --download-models DIR` elsewhere and pass --model-dir DIR")
+
+
+def check_local_model(name: str, path, required=()) -> checklist.CheckItem:
+    """A model folder: it exists and holds the files its loader opens. An entry of `required` may
+    list alternatives separated by '|' (e.g. 'model.safetensors|pytorch_model.bin')."""
+    path = Path(path)
+    if not path.exists():
+        return checklist.CheckItem(name, False, f"{path}: not found; copy the model there, or give its hub name")
+    missing = [r for r in required if not any((path / alt).exists() for alt in r.split("|"))]
+    if missing:
+        return checklist.CheckItem(name, False, f"{path}: incomplete, missing {', '.join(missing)}")
+    return checklist.CheckItem(name, True, f"{path} (local)")
+
+
+def check_hub_model(name: str, repo_id: str, files=(), token: str | None = None, cache_dir=None,
+                    offline: bool | None = None) -> checklist.CheckItem:
+    """A hub repository. Offline (HF_HUB_OFFLINE=1, or offline=True for a cache-only run): are
+    `files` in the local hub cache? Online: does the hub grant access with the token in HF_TOKEN
+    (HfApi.auth_check: one small request, nothing downloaded)? Gated without access, unknown, or
+    unreachable each give a FAIL line saying what to do."""
+    from huggingface_hub import HfApi, try_to_load_from_cache
+
+    if hub_offline() if offline is None else offline:
+        missing = [f for f in files if not isinstance(try_to_load_from_cache(repo_id, f, cache_dir=cache_dir), str)]
+        if files and not missing:
+            return checklist.CheckItem(name, True, f"{repo_id} in the local hub cache (HF_HUB_OFFLINE=1)")
+        return checklist.CheckItem(name, False, f"offline and {repo_id} is not in the local hub cache"
+                         + (f" ({', '.join(missing)} missing)" if missing else "")
+                         + ": copy it with `python preprocess.py --download-models DIR` on a machine with "
+                           "internet and pass --model-dir DIR, or unset HF_HUB_OFFLINE")
+    try:
+        HfApi().auth_check(repo_id, token=token)
+    except Exception as e:  # gated, not found, HTTP error, no network: all become a line, not a crash
+        return checklist.CheckItem(name, False, f"{repo_id}: {hub_error_message(repo_id, e, token)}")
+    return checklist.CheckItem(name, True, f"{repo_id} on the hub, access granted" + (" with HF_TOKEN" if token else ""))
+
+
+def snapshot_repo(repo_id: str, dest_root, allow_patterns, token: str | None = None) -> Path:
+    """Download the files of a hub repository that match `allow_patterns` into dest_root/<repo_id>
+    (huggingface_hub.snapshot_download) -> that folder. Hub errors become a PipelineError saying
+    what to do (gated: accept the conditions; offline: no network)."""
+    from huggingface_hub import snapshot_download
+
+    local = Path(dest_root) / repo_id
+    try:
+        snapshot_download(repo_id=repo_id, local_dir=str(local), allow_patterns=list(allow_patterns), token=token)
+    except Exception as e:
+        raise cli.PipelineError(f"downloading {repo_id} ({', '.join(allow_patterns)}): {hub_error_message(repo_id, e, token)}") from e
+    return local
+
+
+# What a transformers model loads from its folder: config, tokenizer or feature-extractor files, and
+# one weights file (model.safetensors when the repository has it, else pytorch_model.bin).
+TRANSFORMERS_FILES = ("config.json", "preprocessor_config.json", "tokenizer_config.json", "tokenizer.json",
+                      "vocab.json", "vocab.txt", "merges.txt", "special_tokens_map.json", "added_tokens.json")
+TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+TRANSFORMERS_REQUIRED = ("config.json", "|".join(TRANSFORMERS_WEIGHTS))  # for check_local_model
+
+
+def snapshot_transformers_model(repo_id: str, dest_root, token: str | None = None) -> Path:
+    """A transformers model (RoBERTa, wav2vec 2.0, ...) into dest_root/<repo_id>, without the TF, Flax
+    or ONNX copies a repository may also hold -> that folder (pass it as the model name)."""
+    local = snapshot_repo(repo_id, dest_root, TRANSFORMERS_FILES + TRANSFORMERS_WEIGHTS[:1], token)
+    if not (local / TRANSFORMERS_WEIGHTS[0]).is_file():  # an older repository: PyTorch weights only
+        snapshot_repo(repo_id, dest_root, TRANSFORMERS_WEIGHTS[1:], token)
+    return local
