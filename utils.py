@@ -1,14 +1,15 @@
-"""Shared definitions for the SER-with-alignment pipeline.
+"""The model of the paper (Section III-B, Fig. 1) and its data: what a student reads.
 
-Three parts, read in order:
-  1. Small shared helpers: the label map, atomic file writing, the loaders for labels.json,
-     IEMOCAP's text formats, RTTM files, audio and .pt files, the interval helpers, the run-directory
-     helpers, the confusion-matrix bootstrap and the paper's printed numbers. Every step uses these;
-     none redefines them.
-  2. The model of the paper (Section III-B, Fig. 1): text and audio embedders, bidirectional
-     cross-attention with forget gates, the Transformer fusion layer and the linear classifier, as
-     the authors implemented them; the fusion ablations; the dataset, batching and feature caches.
-  3. Preflight checks and offline model copies (--check, --download-models of the steps).
+Read in the order data flows through Fig. 1: the two embedders (TextEmbedder -> z_t, AudioEmbedder
+-> z_a, each mean-pooled), the Cross-Attention Fusion Block (CrossModalAttention -> a(t,a), a(a,t);
+ForgetGate -> h(t,a), h(a,t)), the Fusion Layer and Linear Classifier (PositionalEncoding,
+FusionClassifier), the whole model (SERModel, with the fusion ablations, built by build_model);
+then the data side (SegmentDataset over the step-3 caches, Collator, LengthBucketSampler), the
+frozen-feature cache, and how a trained run is loaded (load_run). Where the paper is silent the head
+follows the authors' implementation (M4RC034/SER-Align): at D = 768 it has 19,300,868 parameters
+(tests/test_model.py checks it). Each class names its part of the paper, its equations and shapes.
+
+The plumbing the steps share (errors, files, formats, statistics, preflight) is in common/.
 
 Paper: Wang, Lee, Chen, "Enhancing Speech Emotion Recognition Leveraging Aligning Timestamps
 of ASR Transcripts and Speaker Diarization", IALP 2025 (arXiv 2507.19356).
