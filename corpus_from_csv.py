@@ -56,6 +56,7 @@ has IEMOCAP's folders (absent for other corpora: nothing is added). train.py gro
 
 Usage: python corpus_from_csv.py corpus.csv --work WORK [--audio-root DIR] [--emotion-map SPEC]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,9 +87,11 @@ def parse_emotion_map(spec: str | None) -> dict:
         key, sep, value = item.partition("=")
         key, value = key.strip().lower(), value.strip()
         if not sep or not key or value not in (*LABELS, NONE):
-            raise PipelineError(f"--emotion-map: bad item {cli.quote(item.strip())}; "
-                                "expected LABEL=CLASS with CLASS one of "
-                                f"{', '.join(LABELS)} or {NONE}")
+            raise PipelineError(
+                f"--emotion-map: bad item {cli.quote(item.strip())}; "
+                "expected LABEL=CLASS with CLASS one of "
+                f"{', '.join(LABELS)} or {NONE}"
+            )
         mapping[key] = value
     if not mapping:
         raise PipelineError("--emotion-map: empty; expected e.g. 'happy=hap,angry=ang,sad=sad,neutral=neu,other=none'")
@@ -123,8 +126,10 @@ def read_rows(csv_path: Path) -> tuple[list[tuple[int, dict]], list[str]]:
     reader.fieldnames = header
     missing = [c for c in REQUIRED if c not in header]
     if missing:
-        raise PipelineError(f"{csv_path}:1: missing column(s) {', '.join(missing)}; the header must name "
-                            f"{', '.join(REQUIRED)} (optional: text, session or fold, dialog, wdseg), got {header}")
+        raise PipelineError(
+            f"{csv_path}:1: missing column(s) {', '.join(missing)}; the header must name "
+            f"{', '.join(REQUIRED)} (optional: text, session or fold, dialog, wdseg), got {header}"
+        )
     rows = []
     for row in reader:  # reader.line_num: the row's (last) line; a quoted multi-line text ends there
         if not any((v or "").strip() for k, v in row.items() if k is not None):
@@ -150,16 +155,19 @@ def build_labels(csv_path, audio_root=None, emotion_map: dict | None = None, def
             raise PipelineError(f"{where}: empty {', '.join(empty)}")
         utt_id = row["id"]
         if utt_id in first_line:
-            raise PipelineError(f"{where}: duplicate utterance id {cli.quote(utt_id)} "
-                                f"(first at line {first_line[utt_id]})")
+            raise PipelineError(
+                f"{where}: duplicate utterance id {cli.quote(utt_id)} (first at line {first_line[utt_id]})"
+            )
         first_line[utt_id] = line
         start, end = _number(row["start"], "start", where), _number(row["end"], "end", where)
         if not 0 <= start < end:
             raise PipelineError(f"{where}: start {row['start']}, end {row['end']}; expected 0 <= start < end")
         emotion = row["emotion"]
         if emotion.lower() not in emotion_map:
-            raise PipelineError(f"{where}: emotion {emotion!r:.40} is not in the emotion map ({', '.join(emotion_map)}); "
-                                f"add it with --emotion-map {emotion.lower()}=<{'|'.join(LABELS)}|{NONE}>")
+            raise PipelineError(
+                f"{where}: emotion {emotion!r:.40} is not in the emotion map ({', '.join(emotion_map)}); "
+                f"add it with --emotion-map {emotion.lower()}=<{'|'.join(LABELS)}|{NONE}>"
+            )
         target = emotion_map[emotion.lower()]
         audio_rel = row["audio"]
         audio = root / audio_rel
@@ -174,15 +182,24 @@ def build_labels(csv_path, audio_root=None, emotion_map: dict | None = None, def
         if d is None:
             if audio_rel not in durations:
                 durations[audio_rel] = formats.wav_seconds(audio, where)
-            d = dialogs[dialog] = {"session": session, **dialog_meta(dialog), "wav": Path(audio_rel).as_posix(),
-                                   "utterances": [], "_line": line}
+            d = dialogs[dialog] = {
+                "session": session,
+                **dialog_meta(dialog),
+                "wav": Path(audio_rel).as_posix(),
+                "utterances": [],
+                "_line": line,
+            }
         elif d["wav"] != Path(audio_rel).as_posix():
-            raise PipelineError(f"{where}: dialog {dialog} has audio {cli.quote(audio_rel)} here but "
-                                f"{cli.quote(d['wav'])} at line "
-                                f"{d['_line']}; one audio file per dialog")
+            raise PipelineError(
+                f"{where}: dialog {dialog} has audio {cli.quote(audio_rel)} here but "
+                f"{cli.quote(d['wav'])} at line "
+                f"{d['_line']}; one audio file per dialog"
+            )
         elif d["session"] != session:
-            raise PipelineError(f"{where}: dialog {dialog} is in {session_col or 'session'} {session} here but "
-                                f"{d['session']} at line {d['_line']}")
+            raise PipelineError(
+                f"{where}: dialog {dialog} is in {session_col or 'session'} {session} here but "
+                f"{d['session']} at line {d['_line']}"
+            )
         formats.check_in_audio(end, durations[audio_rel], where, f"utterance {utt_id} ({start:.3f}-{end:.3f} s)")
         wdseg = row.get("wdseg") or None
         if wdseg is not None:
@@ -192,19 +209,38 @@ def build_labels(csv_path, audio_root=None, emotion_map: dict | None = None, def
                 raise PipelineError(f"{where}: wdseg {wdseg} is also the file of line {wdsegs[wdseg]}")
             wdsegs[wdseg] = line
         code = emotion.lower() if emotion.lower() in IEMOCAP_CODES else (target if target != NONE else "oth")
-        d["utterances"].append({"id": utt_id, "start": start, "end": end, "speaker": row["speaker"],
-                                "code": code, "label": None if target == NONE else target,
-                                "text": row.get("text", ""), "wdseg": wdseg, "emotion": emotion, "_line": line})
+        d["utterances"].append(
+            {
+                "id": utt_id,
+                "start": start,
+                "end": end,
+                "speaker": row["speaker"],
+                "code": code,
+                "label": None if target == NONE else target,
+                "text": row.get("text", ""),
+                "wdseg": wdseg,
+                "emotion": emotion,
+                "_line": line,
+            }
+        )
 
     for dialog, d in dialogs.items():
         d["utterances"].sort(key=lambda u: (u["start"], u["id"]))
         assign_speakers(csv_path, dialog, d["utterances"])
         del d["_line"]
     dialogs = {d: dialogs[d] for d in sorted(dialogs)}
-    data = {"corpus": str(root), "labels": list(LABELS), "dialogs": dialogs,
-            "source": {"csv": str(csv_path), "emotion_map": dict(emotion_map),
-                       "session_column": session_col, "default_session": default_session},
-            "counts": count_utterances(dialogs)}
+    data = {
+        "corpus": str(root),
+        "labels": list(LABELS),
+        "dialogs": dialogs,
+        "source": {
+            "csv": str(csv_path),
+            "emotion_map": dict(emotion_map),
+            "session_column": session_col,
+            "default_session": default_session,
+        },
+        "counts": count_utterances(dialogs),
+    }
     formats.check_labels(data, csv_path)
     return data
 
@@ -214,20 +250,23 @@ def assign_speakers(csv_path: Path, dialog: str, utterances: list[dict]) -> None
     names = list(dict.fromkeys(u["speaker"] for u in utterances))  # order of first speech
     if len(names) > 2:
         u = next(u for u in utterances if u["speaker"] == names[2])
-        raise PipelineError(f"{csv_path}:{u['_line']}: dialog {dialog} has a third speaker {cli.quote(names[2])} "
-                            f"(after {cli.quote(names[0])}, {cli.quote(names[1])}); labels.json holds two "
-                            "speakers per dialog (F, M)")
-    letters = ({n: n for n in names} if set(names) <= {"F", "M"}
-               else {n: letter for n, letter in zip(names, ("F", "M"))})
+        raise PipelineError(
+            f"{csv_path}:{u['_line']}: dialog {dialog} has a third speaker {cli.quote(names[2])} "
+            f"(after {cli.quote(names[0])}, {cli.quote(names[1])}); labels.json holds two "
+            "speakers per dialog (F, M)"
+        )
+    letters = {n: n for n in names} if set(names) <= {"F", "M"} else {n: letter for n, letter in zip(names, ("F", "M"))}
     for u in utterances:
         name, line = u["speaker"], u.pop("_line")
         u["speaker"], u["speaker_name"] = letters[name], name
-        suffix = u["id"][len(dialog) + 1:] if u["id"].startswith(f"{dialog}_") else ""
+        suffix = u["id"][len(dialog) + 1 :] if u["id"].startswith(f"{dialog}_") else ""
         if suffix[:1] in ("F", "M") and suffix[:1] != u["speaker"]:
-            raise PipelineError(f"{csv_path}:{line}: utterance {u['id']} names speaker {suffix[0]!r} in its id, but "
-                                f"speaker {cli.quote(name)} became {u['speaker']!r} (first speaker F, second M); "
-                                "use F/M "
-                                "speakers or ids without the IEMOCAP '<dialog>_<F|M>' form")
+            raise PipelineError(
+                f"{csv_path}:{line}: utterance {u['id']} names speaker {suffix[0]!r} in its id, but "
+                f"speaker {cli.quote(name)} became {u['speaker']!r} (first speaker F, second M); "
+                "use F/M "
+                "speakers or ids without the IEMOCAP '<dialog>_<F|M>' form"
+            )
 
 
 def count_utterances(dialogs: dict) -> dict:
@@ -236,23 +275,38 @@ def count_utterances(dialogs: dict) -> dict:
     per_emotion = c.pop("per_raw")
     c.pop("target_per_raw")
     c["per_emotion"] = dict(sorted(per_emotion.items()))
-    c["missing"] = {"wdseg": sum(u["wdseg"] is None for d in dialogs.values() for u in d["utterances"]), "dialog_wav": 0}
+    c["missing"] = {
+        "wdseg": sum(u["wdseg"] is None for d in dialogs.values() for u in d["utterances"]),
+        "dialog_wav": 0,
+    }
     return c
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("csv", help="the corpus CSV (columns: see the module docstring or docs/FORMATS.md)")
     parser.add_argument("--work", default="preprocessed_iemocap", help="work directory; writes WORK/labels.json")
-    parser.add_argument("--audio-root", default=None,
-                        help="folder that relative audio/wdseg paths start from (default: the CSV's folder); "
-                             "recorded as labels.json 'corpus'")
-    parser.add_argument("--emotion-map", default=None, metavar="LABEL=CLASS,...",
-                        help="CSV emotion -> one of hap, ang, sad, neu or none (default: IEMOCAP's codes, "
-                             "exc merged into hap, fru/sur/fea/dis/oth/xxx none)")
-    parser.add_argument("--default-session", type=int, default=1,
-                        help="session of every dialog when the CSV has no session/fold column (or the cell is empty)")
+    parser.add_argument(
+        "--audio-root",
+        default=None,
+        help="folder that relative audio/wdseg paths start from (default: the CSV's folder); "
+        "recorded as labels.json 'corpus'",
+    )
+    parser.add_argument(
+        "--emotion-map",
+        default=None,
+        metavar="LABEL=CLASS,...",
+        help="CSV emotion -> one of hap, ang, sad, neu or none (default: IEMOCAP's codes, "
+        "exc merged into hap, fru/sur/fea/dis/oth/xxx none)",
+    )
+    parser.add_argument(
+        "--default-session",
+        type=int,
+        default=1,
+        help="session of every dialog when the CSV has no session/fold column (or the cell is empty)",
+    )
     args = parser.parse_args(argv)
     if args.default_session < 1:
         raise PipelineError(f"--default-session {args.default_session}: expected a positive integer")
@@ -261,9 +315,12 @@ def main(argv=None):
     fileio.remove_stale_temp(out_path.parent, recursive=False)  # a killed write's leftover temporary file
     fileio.atomic_write_json(out_path, data)
     c = data["counts"]
-    print(f"read {args.csv}: {c['dialogs']} dialogs in sessions {','.join(c['dialogs_per_session'])}, "
-          f"{c['utterances']} utterances ({c['target']} in the 4 classes: "
-          + ", ".join(f"{lab} {c['per_label'][lab]}" for lab in LABELS) + ")")
+    print(
+        f"read {args.csv}: {c['dialogs']} dialogs in sessions {','.join(c['dialogs_per_session'])}, "
+        f"{c['utterances']} utterances ({c['target']} in the 4 classes: "
+        + ", ".join(f"{lab} {c['per_label'][lab]}" for lab in LABELS)
+        + ")"
+    )
     print(f"wrote {out_path}")
     return data
 

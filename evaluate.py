@@ -71,6 +71,7 @@ line naming it, unless --allow-changed-data, which metrics.json "data_check" rec
 
     python evaluate.py --work preprocessed_iemocap --run NAME [--device cuda]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,14 +81,14 @@ import numpy as np
 import torch
 from sklearn import metrics as skm
 
-from common import cli, fileio, formats, rundirs, scoring
 import utils
-from utils import load_run, run_dataset
-from common.intervals import merge_intervals
-from common.rundirs import fold_dirs, run_test_dialogs
+from common import cli, fileio, formats, rundirs, scoring
 from common.cli import PipelineError
 from common.fileio import atomic_write_json, read_json
 from common.formats import LABELS, load_labels
+from common.intervals import merge_intervals
+from common.rundirs import fold_dirs, run_test_dialogs
+from utils import load_run, run_dataset
 
 # ---------------------------------------------------------------------------------------------
 # Metrics
@@ -114,29 +115,42 @@ def classification_metrics(y_true, y_pred, labels=LABELS, miss_column: bool = Fa
     labels = list(labels)
     for t, p in zip(y_true, y_pred):
         if t not in labels or not (p in labels or (p is None and miss_column)):
-            raise PipelineError(f"label {t!r} or prediction {p!r} is not one of {tuple(labels)}"
-                                + (" (or None for a miss)" if miss_column else ""))
+            raise PipelineError(
+                f"label {t!r} or prediction {p!r} is not one of {tuple(labels)}"
+                + (" (or None for a miss)" if miss_column else "")
+            )
     columns = labels + ([MISS] if miss_column else [])
     y_pred = [MISS if p is None else p for p in y_pred]
     n = len(y_true)
     if n:
-        cm = skm.confusion_matrix(y_true, y_pred, labels=columns)[:len(labels)]  # rows of the true classes
+        cm = skm.confusion_matrix(y_true, y_pred, labels=columns)[: len(labels)]  # rows of the true classes
         precision, recall, f1, support = skm.precision_recall_fscore_support(
-            y_true, y_pred, labels=labels, zero_division=0)
+            y_true, y_pred, labels=labels, zero_division=0
+        )
         present = support > 0
-        head = {"accuracy": float(skm.accuracy_score(y_true, y_pred)),
-                "ua": float(recall[present].mean()),
-                "weighted_f1": float(skm.f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
-                "macro_f1": float(skm.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))}
+        head = {
+            "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+            "ua": float(recall[present].mean()),
+            "weighted_f1": float(skm.f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
+            "macro_f1": float(skm.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        }
     else:  # scikit-learn refuses empty inputs; every ratio is 0 by convention
         cm = np.zeros((len(labels), len(columns)), dtype=np.int64)
         precision = recall = f1 = np.zeros(len(labels))
         support = np.zeros(len(labels), dtype=np.int64)
         head = {k: 0.0 for k in HEADLINE}
     return {
-        "n": n, **head,
-        "per_class": {lab: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                            "support": int(support[i])} for i, lab in enumerate(labels)},
+        "n": n,
+        **head,
+        "per_class": {
+            lab: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, lab in enumerate(labels)
+        },
         "labels": labels,
         **({"columns": columns} if miss_column else {}),
         "confusion_matrix": cm.tolist(),
@@ -197,8 +211,11 @@ def coverage(segments, utterances_by_dialog: dict) -> dict:
                 lo, hi = np.searchsorted(hyp[:, 1], s, "right"), np.searchsorted(hyp[:, 0], e, "left")
                 part = hyp[lo:hi]
                 covered += float((np.minimum(part[:, 1], e) - np.maximum(part[:, 0], s)).clip(min=0).sum())
-    return {"labelled_reference_s": reference, "covered_s": covered,
-            "share": covered / reference if reference > 0 else None}
+    return {
+        "labelled_reference_s": reference,
+        "covered_s": covered,
+        "share": covered / reference if reference > 0 else None,
+    }
 
 
 def check_predictions(predictions: dict, where: str) -> list:
@@ -211,11 +228,15 @@ def check_predictions(predictions: dict, where: str) -> list:
         if missing:
             raise PipelineError(f"{where}: segment {n} lacks {missing}")
         if s["pred"] not in LABELS or (s["label"] is not None and s["label"] not in LABELS):
-            raise PipelineError(f"{where}: segment {n} ({s['id']}): label {s['label']!r} / pred {s['pred']!r}, "
-                                f"expected one of {LABELS} (label may be null)")
+            raise PipelineError(
+                f"{where}: segment {n} ({s['id']}): label {s['label']!r} / pred {s['pred']!r}, "
+                f"expected one of {LABELS} (label may be null)"
+            )
         if not (isinstance(s["start"], (int, float)) and isinstance(s["end"], (int, float)) and s["end"] >= s["start"]):
-            raise PipelineError(f"{where}: segment {n} ({s['id']}): start {s['start']!r}, end {s['end']!r}; "
-                                f"expected numbers with end >= start")
+            raise PipelineError(
+                f"{where}: segment {n} ({s['id']}): start {s['start']!r}, end {s['end']!r}; "
+                f"expected numbers with end >= start"
+            )
     return segments
 
 
@@ -229,12 +250,19 @@ def reference_utterances(labels: dict, dialogs) -> dict:
         utterances = labels["dialogs"][d].get("utterances", [])
         for u in utterances:
             if u.get("label") is not None and u["label"] not in LABELS:
-                raise PipelineError(f"labels.json: utterance {u.get('id')} of {d}: label {u['label']!r}, "
-                                    f"expected one of {LABELS} or null")
-            if not (isinstance(u.get("start"), (int, float)) and isinstance(u.get("end"), (int, float))
-                    and u["end"] >= u["start"]):
-                raise PipelineError(f"labels.json: utterance {u.get('id')} of {d}: start {u.get('start')!r}, "
-                                    f"end {u.get('end')!r}; expected numbers with end >= start")
+                raise PipelineError(
+                    f"labels.json: utterance {u.get('id')} of {d}: label {u['label']!r}, "
+                    f"expected one of {LABELS} or null"
+                )
+            if not (
+                isinstance(u.get("start"), (int, float))
+                and isinstance(u.get("end"), (int, float))
+                and u["end"] >= u["start"]
+            ):
+                raise PipelineError(
+                    f"labels.json: utterance {u.get('id')} of {d}: start {u.get('start')!r}, "
+                    f"end {u.get('end')!r}; expected numbers with end >= start"
+                )
         out[d] = utterances
     return out
 
@@ -254,14 +282,19 @@ def score_utterances(segments: list, utterances: dict, n_samples: int = 1000, se
     m = classification_metrics([r["label"] for r in records], [r["pred"] for r in records], miss_column=True)
     dialogs = list(utterances)
     test_segments = [s for d in dialogs for s in by_dialog.get(d, [])]
-    return {"n_dialogs": len(dialogs), "n_missed": sum(r["pred"] is None for r in records),
-            "coverage": coverage(test_segments, utterances), **m,
-            "ci95": dialog_intervals(scoring.dialog_confusions(records, dialogs, miss_column=True), n_samples, seed),
-            "utterances": records}
+    return {
+        "n_dialogs": len(dialogs),
+        "n_missed": sum(r["pred"] is None for r in records),
+        "coverage": coverage(test_segments, utterances),
+        **m,
+        "ci95": dialog_intervals(scoring.dialog_confusions(records, dialogs, miss_column=True), n_samples, seed),
+        "utterances": records,
+    }
 
 
-def score_predictions(predictions: dict, labels: dict, dialogs, where: str = "predictions",
-                      n_samples: int = 1000, seed: int = 0) -> dict:
+def score_predictions(
+    predictions: dict, labels: dict, dialogs, where: str = "predictions", n_samples: int = 1000, seed: int = 0
+) -> dict:
     """metrics.json content for one predictions dict over the test `dialogs`: the segment-level
     metrics at top level, the reference-projected ones under "utterance", intervals in "ci95"."""
     segments = check_predictions(predictions, where)
@@ -270,17 +303,24 @@ def score_predictions(predictions: dict, labels: dict, dialogs, where: str = "pr
     metrics = classification_metrics([s["label"] for s in scored], [s["pred"] for s in scored])
     seg_dialogs = list(utterances) + sorted({s["dialog"] for s in scored} - set(utterances))
     with_segments = {s["dialog"] for s in segments}
-    return {"n_segments": len(segments), "n_scored": len(scored), "n_unlabelled": len(segments) - len(scored),
-            "n_dialogs": len(dialogs), "missing_dialogs": [d for d in utterances if d not in with_segments],
-            "coverage": coverage(scored, utterances), **metrics,
-            "ci95": dialog_intervals(scoring.dialog_confusions(scored, seg_dialogs, miss_column=False), n_samples, seed),
-            "bootstrap": {"unit": "dialog", "method": "percentile", "level": 0.95, "samples": n_samples, "seed": seed},
-            "utterance": score_utterances(segments, utterances, n_samples, seed)}
+    return {
+        "n_segments": len(segments),
+        "n_scored": len(scored),
+        "n_unlabelled": len(segments) - len(scored),
+        "n_dialogs": len(dialogs),
+        "missing_dialogs": [d for d in utterances if d not in with_segments],
+        "coverage": coverage(scored, utterances),
+        **metrics,
+        "ci95": dialog_intervals(scoring.dialog_confusions(scored, seg_dialogs, miss_column=False), n_samples, seed),
+        "bootstrap": {"unit": "dialog", "method": "percentile", "level": 0.95, "samples": n_samples, "seed": seed},
+        "utterance": score_utterances(segments, utterances, n_samples, seed),
+    }
 
 
 def aggregate(per_fold: dict) -> dict:
     """Mean and sample std (ddof=1; null for one fold) over folds of the headline metrics, per-class
     F1 and coverage, segment-level and (under "utterance") reference-projected; n = folds."""
+
     def stats(values):
         values = [v for v in values if v is not None]
         std = float(np.std(values, ddof=1)) if len(values) > 1 else None
@@ -301,8 +341,6 @@ def aggregate(per_fold: dict) -> dict:
     return out
 
 
-
-
 # ---------------------------------------------------------------------------------------------
 # Outputs
 # ---------------------------------------------------------------------------------------------
@@ -316,8 +354,10 @@ def plot_confusion(metrics: dict, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("reference utterances", metrics["utterance"], list(LABELS) + [MISS]),
-              ("labelled segments", metrics, list(LABELS))]
+    panels = [
+        ("reference utterances", metrics["utterance"], list(LABELS) + [MISS]),
+        ("labelled segments", metrics, list(LABELS)),
+    ]
     fig, axes = plt.subplots(1, 2, figsize=(9.6, 4.2), gridspec_kw={"width_ratios": [5, 4]})
     for ax, (what, m, columns) in zip(axes, panels):
         cm = np.array(m["confusion_matrix"])
@@ -326,8 +366,15 @@ def plot_confusion(metrics: dict, path: Path, title: str) -> None:
         ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
         for i in range(cm.shape[0]):
             for j in range(cm.shape[1]):
-                ax.text(j, i, f"{cm[i, j]}\n{100 * share[i, j]:.0f}%", ha="center", va="center", fontsize=8,
-                        color="white" if share[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{cm[i, j]}\n{100 * share[i, j]:.0f}%",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if share[i, j] > 0.5 else "black",
+                )
         ax.set_xticks(range(len(columns)), columns)
         ax.set_yticks(range(len(LABELS)), LABELS)
         ax.set_xlabel("predicted")
@@ -348,6 +395,7 @@ def _headline(m: dict) -> str:
     def one(k, name):
         interval = f" [{100 * ci[k][0]:.2f}, {100 * ci[k][1]:.2f}]" if k in ci else ""
         return f"{name} {100 * m[k]:.2f}%{interval}"
+
     return "  ".join(one(k, name) for k, name in zip(HEADLINE, ("accuracy (WA)", "UA", "weighted F1", "macro F1")))
 
 
@@ -367,25 +415,40 @@ def report(name: str, m: dict) -> None:
 
     def share(c):
         return "n/a" if c["share"] is None else f"{100 * c['share']:.1f}%"
+
     print(f"{name}:")
-    print(f"  reference-projected: {u['n']} labelled reference utterances in {u['n_dialogs']} test dialogs, "
-          f"{u['n_missed']} missed (no system speech); system speech covers {share(cu)} of "
-          f"{cu['labelled_reference_s']:.1f} s labelled reference speech")
+    print(
+        f"  reference-projected: {u['n']} labelled reference utterances in {u['n_dialogs']} test dialogs, "
+        f"{u['n_missed']} missed (no system speech); system speech covers {share(cu)} of "
+        f"{cu['labelled_reference_s']:.1f} s labelled reference speech"
+    )
     if m.get("missing_dialogs"):
-        print(f"  {len(m['missing_dialogs'])} test dialogs have no segment (step 2 or 3 failed on them, or no system "
-              f"speech): {', '.join(m['missing_dialogs'][:5])}{' ...' if len(m['missing_dialogs']) > 5 else ''}; "
-              "their utterances are misses")
+        print(
+            f"  {len(m['missing_dialogs'])} test dialogs have no segment (step 2 or 3 failed on them, or no system "
+            f"speech): {', '.join(m['missing_dialogs'][:5])}{' ...' if len(m['missing_dialogs']) > 5 else ''}; "
+            "their utterances are misses"
+        )
     print("    " + _headline(u))
     _table(u)
-    print(f"  segment-level: scored {m['n_scored']} labelled of {m['n_segments']} segments "
-          f"({m['n_unlabelled']} without a 4-class label not scored); they cover {share(cov)} of the labelled "
-          f"reference speech")
+    print(
+        f"  segment-level: scored {m['n_scored']} labelled of {m['n_segments']} segments "
+        f"({m['n_unlabelled']} without a 4-class label not scored); they cover {share(cov)} of the labelled "
+        f"reference speech"
+    )
     print("    " + _headline(m))
     _table(m)
 
 
-def evaluate_run(run_dir: Path, labels: dict, device, reuse: bool, n_samples: int = 1000, seed: int = 0,
-                 datasets: dict | None = None, data_check: dict | None = None) -> tuple[dict, dict]:
+def evaluate_run(
+    run_dir: Path,
+    labels: dict,
+    device,
+    reuse: bool,
+    n_samples: int = 1000,
+    seed: int = 0,
+    datasets: dict | None = None,
+    data_check: dict | None = None,
+) -> tuple[dict, dict]:
     """Predict (or reuse) and score one run dir; writes its predictions, metrics and plot. data_check:
     the run's common.rundirs.check_run_data record, kept in metrics.json "data_check"."""
     pred_path = run_dir / "predictions.json"
@@ -400,9 +463,14 @@ def evaluate_run(run_dir: Path, labels: dict, device, reuse: bool, n_samples: in
         print(f"  wrote {pred_path}")
     dialogs, source = run_test_dialogs(run_dir, predictions, labels)
     note = formats.demo_note(labels)
-    metrics = {"run": str(run_dir.name), "split": predictions.get("split", "test"), "test_dialogs_from": source,
-               **({"note": note} if note else {}), **({"data_check": data_check} if data_check else {}),
-               **score_predictions(predictions, labels, dialogs, where=str(pred_path), n_samples=n_samples, seed=seed)}
+    metrics = {
+        "run": str(run_dir.name),
+        "split": predictions.get("split", "test"),
+        "test_dialogs_from": source,
+        **({"note": note} if note else {}),
+        **({"data_check": data_check} if data_check else {}),
+        **score_predictions(predictions, labels, dialogs, where=str(pred_path), n_samples=n_samples, seed=seed),
+    }
     atomic_write_json(run_dir / "metrics.json", metrics)
     title = str(run_dir.relative_to(run_dir.parent.parent)) + (" (DEMO data)" if note else "")
     plot_confusion(metrics, run_dir / "confusion_matrix.png", title=title)
@@ -411,20 +479,37 @@ def evaluate_run(run_dir: Path, labels: dict, device, reuse: bool, n_samples: in
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     p.add_argument("--work", default="preprocessed_iemocap", help="work directory (default: %(default)s)")
-    p.add_argument("--run", required=True, nargs="+",
-                   help="run name(s): WORK/runs/<run>/ written by train.py; several runs are evaluated in turn")
+    p.add_argument(
+        "--run",
+        required=True,
+        nargs="+",
+        help="run name(s): WORK/runs/<run>/ written by train.py; several runs are evaluated in turn",
+    )
     p.add_argument("--device", default=None, help="torch device for prediction (default: cuda if available, else cpu)")
-    p.add_argument("--reuse-predictions", action="store_true",
-                   help="score an existing predictions.json instead of running the model again")
-    p.add_argument("--bootstrap-samples", type=int, default=1000,
-                   help="resamples of the test dialogs for the 95%% intervals; 0 = no intervals (default: %(default)s)")
-    p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resampling (default: %(default)s)")
-    p.add_argument(rundirs.ALLOW_CHANGED_DATA, action="store_true",
-                   help="score a run even when labels.json, its step-3 config or cache files changed since it was "
-                        "trained (refused otherwise); metrics.json data_check records it")
+    p.add_argument(
+        "--reuse-predictions",
+        action="store_true",
+        help="score an existing predictions.json instead of running the model again",
+    )
+    p.add_argument(
+        "--bootstrap-samples",
+        type=int,
+        default=1000,
+        help="resamples of the test dialogs for the 95%% intervals; 0 = no intervals (default: %(default)s)",
+    )
+    p.add_argument(
+        "--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resampling (default: %(default)s)"
+    )
+    p.add_argument(
+        rundirs.ALLOW_CHANGED_DATA,
+        action="store_true",
+        help="score a run even when labels.json, its step-3 config or cache files changed since it was "
+        "trained (refused otherwise); metrics.json data_check records it",
+    )
     args = p.parse_args(argv)
     if args.bootstrap_samples < 0:
         p.error(f"--bootstrap-samples {args.bootstrap_samples}: expected 0 or more")
@@ -436,29 +521,37 @@ def main(argv=None) -> dict:
     work = Path(args.work)
     for name in args.run:
         if not (work / "runs" / name).is_dir():
-            raise PipelineError(f"{work / 'runs' / name}: run directory not found; train it first: python train.py --run {name}")
+            raise PipelineError(
+                f"{work / 'runs' / name}: run directory not found; train it first: python train.py --run {name}"
+            )
     labels = load_labels(work)
     print(f"read {work / 'labels.json'} ({len(labels['dialogs'])} dialogs)")
     # every run is bound to the data it was trained on: checked for all of them before any is scored
-    checks = {name: rundirs.check_run_data(work / "runs" / name, work / "labels.json", args.allow_changed_data)
-              for name in args.run}
+    checks = {
+        name: rundirs.check_run_data(work / "runs" / name, work / "labels.json", args.allow_changed_data)
+        for name in args.run
+    }
     for name, check in checks.items():
         if check["changed"]:
-            print(f"WARNING {name}: scored on changed data ({rundirs.ALLOW_CHANGED_DATA}): {'; '.join(check['changed'])}")
+            print(
+                f"WARNING {name}: scored on changed data ({rundirs.ALLOW_CHANGED_DATA}): {'; '.join(check['changed'])}"
+            )
     datasets = {}  # test segments read once per variant, for all the runs given
     results = {name: evaluate_named_run(work, name, labels, args, boot, datasets, checks[name]) for name in args.run}
     return results[args.run[0]] if len(args.run) == 1 else results
 
 
-def evaluate_named_run(work: Path, name: str, labels: dict, args, boot: dict, datasets: dict | None = None,
-                       data_check: dict | None = None) -> dict:
+def evaluate_named_run(
+    work: Path, name: str, labels: dict, args, boot: dict, datasets: dict | None = None, data_check: dict | None = None
+) -> dict:
     """Evaluate WORK/runs/<name>/ (each fold of a fold run, then all folds pooled); metrics.json content.
     data_check: common.rundirs.check_run_data's record, in each metrics.json (a fold's: its own part)."""
     run_dir = work / "runs" / name
     folds = fold_dirs(run_dir)
     if not folds:
-        _, metrics = evaluate_run(run_dir, labels, args.device, args.reuse_predictions, **boot, datasets=datasets,
-                                  data_check=data_check)
+        _, metrics = evaluate_run(
+            run_dir, labels, args.device, args.reuse_predictions, **boot, datasets=datasets, data_check=data_check
+        )
         report(name, metrics)
         if "note" in metrics:
             print(metrics["note"])
@@ -467,29 +560,44 @@ def evaluate_named_run(work: Path, name: str, labels: dict, args, boot: dict, da
     per_fold, pooled_segments, pooled_dialogs = {}, [], []
     for f in folds:
         print(f"fold {f.name}:")
-        fold_check = data_check and {**data_check["folds"][f.name],
-                                     "allow_changed_data": data_check["allow_changed_data"]}
-        predictions, per_fold[f.name] = evaluate_run(f, labels, args.device, args.reuse_predictions, **boot,
-                                                     datasets=datasets, data_check=fold_check)
+        fold_check = data_check and {
+            **data_check["folds"][f.name],
+            "allow_changed_data": data_check["allow_changed_data"],
+        }
+        predictions, per_fold[f.name] = evaluate_run(
+            f, labels, args.device, args.reuse_predictions, **boot, datasets=datasets, data_check=fold_check
+        )
         pooled_segments += predictions["segments"]
         pooled_dialogs += run_test_dialogs(f, predictions, labels)[0]
     note = formats.demo_note(labels)
-    metrics = {"run": name, "split": "test", **({"note": note} if note else {}),
-               **({"data_check": data_check} if data_check else {}), "folds": per_fold,
-               "mean_std": aggregate(per_fold),
-               "pooled": score_predictions({"segments": pooled_segments}, labels, sorted(set(pooled_dialogs)), **boot)}
+    metrics = {
+        "run": name,
+        "split": "test",
+        **({"note": note} if note else {}),
+        **({"data_check": data_check} if data_check else {}),
+        "folds": per_fold,
+        "mean_std": aggregate(per_fold),
+        "pooled": score_predictions({"segments": pooled_segments}, labels, sorted(set(pooled_dialogs)), **boot),
+    }
     atomic_write_json(run_dir / "metrics.json", metrics)
-    plot_confusion(metrics["pooled"], run_dir / "confusion_matrix.png",
-                   title=f"{name} (all folds pooled)" + (" (DEMO data)" if note else ""))
+    plot_confusion(
+        metrics["pooled"],
+        run_dir / "confusion_matrix.png",
+        title=f"{name} (all folds pooled)" + (" (DEMO data)" if note else ""),
+    )
     for fold_name, fold_metrics in per_fold.items():
         report(fold_name, fold_metrics)
     report(f"{name} pooled", metrics["pooled"])
     agg = metrics["mean_std"]
     for what, a in (("reference-projected", agg["utterance"]), ("segment-level", agg)):
-        print(f"{name} spread over {len(folds)} folds (mean ± sample std of the per-fold values; the pooled "
-              f"values above carry the intervals), {what}: "
-              + "  ".join(f"{k} {100 * a[k]['mean']:.2f}"
-                          + ("" if a[k]["std"] is None else f" ± {100 * a[k]['std']:.2f}") + "%" for k in HEADLINE))
+        print(
+            f"{name} spread over {len(folds)} folds (mean ± sample std of the per-fold values; the pooled "
+            f"values above carry the intervals), {what}: "
+            + "  ".join(
+                f"{k} {100 * a[k]['mean']:.2f}" + ("" if a[k]["std"] is None else f" ± {100 * a[k]['std']:.2f}") + "%"
+                for k in HEADLINE
+            )
+        )
     print(f"wrote {run_dir / 'metrics.json'}, {run_dir / 'confusion_matrix.png'}")
     if note:
         print(note)
@@ -524,15 +632,17 @@ def predict_split(run_dir, split: str = "test", device=None, datasets: dict | No
     key = (str(cache_dir), tuple(dialogs), config["max_audio_seconds"], norm_segment)
     datasets = {} if datasets is None else datasets
     if key not in datasets:
-        datasets[key] = utils.SegmentDataset(paths, labelled_only=False, max_audio_seconds=config["max_audio_seconds"],
-                                             do_normalize=norm_segment)
+        datasets[key] = utils.SegmentDataset(
+            paths, labelled_only=False, max_audio_seconds=config["max_audio_seconds"], do_normalize=norm_segment
+        )
     dataset = datasets[key]
     tokenizer = AutoTokenizer.from_pretrained(config["text_model"]) if model.modality != "audio" else None
     collator = utils.Collator(tokenizer, config["max_text_tokens"], normalize_rows=norm_row)
     bf16 = bool(config.get("bf16")) and device.type == "cuda"
     if config["mode"] == "frozen":
-        feats = utils.cached_embeddings(model, dataset, collator, config["feature_dirs"], cache_dir,
-                                        config["batch_size"], device, bf16)
+        feats = utils.cached_embeddings(
+            model, dataset, collator, config["feature_dirs"], cache_dir, config["batch_size"], device, bf16
+        )
         with torch.no_grad():
             z_t = feats["text"].to(device) if feats["text"] is not None else None
             z_a = feats["audio"].to(device) if feats["audio"] is not None else None
@@ -542,10 +652,19 @@ def predict_split(run_dir, split: str = "test", device=None, datasets: dict | No
     probs = logits.softmax(-1)
     segments = []
     for seg, p in zip(dataset.segments, probs):
-        segments.append({"id": seg["id"], "dialog": seg["dialog"], "start": seg["start"], "end": seg["end"],
-                         "speaker": seg["speaker"], "text": seg["text"],
-                         "label": LABELS[seg["label"]] if seg["label"] >= 0 else None,
-                         "pred": LABELS[int(p.argmax())], "probs": {lab: float(v) for lab, v in zip(LABELS, p)}})
+        segments.append(
+            {
+                "id": seg["id"],
+                "dialog": seg["dialog"],
+                "start": seg["start"],
+                "end": seg["end"],
+                "speaker": seg["speaker"],
+                "text": seg["text"],
+                "label": LABELS[seg["label"]] if seg["label"] >= 0 else None,
+                "pred": LABELS[int(p.argmax())],
+                "probs": {lab: float(v) for lab, v in zip(LABELS, p)},
+            }
+        )
     return {"run": Path(run_dir).name, "split": split, "missing_dialogs": absent, "segments": segments}
 
 

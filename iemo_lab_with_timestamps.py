@@ -27,6 +27,7 @@ Decisions (documented here because later steps rely on them):
 
 Usage: python iemo_lab_with_timestamps.py --iemocap IEMOCAP_full_release --work preprocessed_iemocap
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,11 +40,18 @@ from pathlib import Path
 from tqdm import tqdm
 
 from common import cli
-from common.cli import PipelineError
-from common.fileio import atomic_write_json
-from common.formats import CODE_TO_LABEL, IEMOCAP_CODES, LABELS, TRANSCRIPT_RE, count_labels, iemocap_dialog_meta, read_text_lines, session_of
-from common.cli import quote
-from common.fileio import remove_stale_temp
+from common.cli import PipelineError, quote
+from common.fileio import atomic_write_json, remove_stale_temp
+from common.formats import (
+    CODE_TO_LABEL,
+    IEMOCAP_CODES,
+    LABELS,
+    TRANSCRIPT_RE,
+    count_labels,
+    iemocap_dialog_meta,
+    read_text_lines,
+    session_of,
+)
 
 # Facts of the real corpus (IEMOCAP_full_release, as used by the standard 4-class protocol): the subset
 # (5,531 utterances, exc merged into hap), all labelled utterances (any code), the dialogs per
@@ -79,13 +87,16 @@ EMO_HEADER_RE = re.compile(r"^\[" + NUM + r" - " + NUM + r"\]\t(\S+)\t(\S+)\t\[(
 # Reading files
 # ---------------------------------------------------------------------------------------------
 
+
 def _split_utterance_id(utt_id: str, dialog: str, where: str) -> tuple[str, bool]:
     """-> (speaker letter, is_xx). The id must be '<dialog>_<F|M><index>'."""
-    suffix = utt_id[len(dialog) + 1:] if utt_id.startswith(dialog + "_") else None
+    suffix = utt_id[len(dialog) + 1 :] if utt_id.startswith(dialog + "_") else None
     m = UTT_SUFFIX_RE.match(suffix) if suffix is not None else None
     if m is None:
-        raise PipelineError(f"{where}: expected an utterance id '{dialog}_<F|M><index>' (dialog prefix "
-                            f"from the file name), got {quote(utt_id)}")
+        raise PipelineError(
+            f"{where}: expected an utterance id '{dialog}_<F|M><index>' (dialog prefix "
+            f"from the file name), got {quote(utt_id)}"
+        )
     return m.group(1), m.group(2).startswith("XX")
 
 
@@ -113,8 +124,9 @@ def parse_emo_evaluation(path, decode_log: Counter | None = None) -> list[dict]:
         where = f"{path}:{n}"
         m = EMO_HEADER_RE.match(line.strip())
         if m is None:
-            raise PipelineError(f"{where}: expected a block header '[start - end]<TAB>id<TAB>code<TAB>[v, a, d]', "
-                                f"got {quote(line)}")
+            raise PipelineError(
+                f"{where}: expected a block header '[start - end]<TAB>id<TAB>code<TAB>[v, a, d]', got {quote(line)}"
+            )
         start, end, utt_id, code, vad_text = float(m.group(1)), float(m.group(2)), m.group(3), m.group(4), m.group(5)
         if not (math.isfinite(start) and math.isfinite(end)):
             raise PipelineError(f"{where}: expected times in seconds, got [{m.group(1):.30} - {m.group(2):.30}]")
@@ -165,8 +177,9 @@ def parse_transcriptions(path, decode_log: Counter | None = None) -> tuple[dict,
             raise PipelineError(f"{where}: expected '<id> [start-end]: text', got {quote(line)}")
         utt_id, start, end = m.group(1), float(m.group(2)), float(m.group(3))
         if not (math.isfinite(start) and math.isfinite(end) and start <= end):
-            raise PipelineError(f"{where}: expected times in seconds with start <= end, got "
-                                f"[{m.group(2):.30}-{m.group(3):.30}]")
+            raise PipelineError(
+                f"{where}: expected times in seconds with start <= end, got [{m.group(2):.30}-{m.group(3):.30}]"
+            )
         if utt_id in utterances:
             raise PipelineError(f"{where}: duplicate utterance {utt_id}")
         utterances[utt_id] = {"start": start, "end": end, "text": m.group(4).strip()}
@@ -177,12 +190,14 @@ def parse_transcriptions(path, decode_log: Counter | None = None) -> tuple[dict,
 # Building labels.json
 # ---------------------------------------------------------------------------------------------
 
+
 def dialog_info(dialog: str, where: str) -> dict:
     """'Ses05M_script01_1b' -> {session 5, kind script, scenario script01_1b, script script01}."""
     meta = iemocap_dialog_meta(dialog)
     if meta is None:
-        raise PipelineError(f"{where}: expected a dialog name like Ses01F_impro01 or Ses01F_script01_1, "
-                            f"got {quote(dialog)}")
+        raise PipelineError(
+            f"{where}: expected a dialog name like Ses01F_impro01 or Ses01F_script01_1, got {quote(dialog)}"
+        )
     return {"session": session_of(dialog), **meta}
 
 
@@ -192,8 +207,10 @@ def find_dialogs(root: Path, skipped: Counter) -> list[tuple[int, str, Path]]:
         raise PipelineError(f"{root}: IEMOCAP root not found (expected a folder with Session1..Session5)")
     sessions = sorted(int(p.name[7:]) for p in root.glob("Session*") if p.is_dir() and p.name[7:].isdigit())
     if not sessions:
-        raise PipelineError(f"{root}: no Session<N> folders; expected the IEMOCAP layout "
-                            "Session1..Session5/dialog/{EmoEvaluation,transcriptions,wav}")
+        raise PipelineError(
+            f"{root}: no Session<N> folders; expected the IEMOCAP layout "
+            "Session1..Session5/dialog/{EmoEvaluation,transcriptions,wav}"
+        )
     dialogs = []
     for s in sessions:
         emo_dir = root / f"Session{s}" / "dialog" / "EmoEvaluation"
@@ -215,8 +232,10 @@ def find_dialogs(root: Path, skipped: Counter) -> list[tuple[int, str, Path]]:
             elif path.stem not in known:
                 skipped[SKIP_TRANSCRIPT_ONLY] += 1
     if not dialogs:
-        raise PipelineError(f"{root}: no dialogs found (no EmoEvaluation/*.txt in Session{sessions[0]}"
-                            f"..Session{sessions[-1]}); empty corpus?")
+        raise PipelineError(
+            f"{root}: no dialogs found (no EmoEvaluation/*.txt in Session{sessions[0]}"
+            f"..Session{sessions[-1]}); empty corpus?"
+        )
     return sorted(dialogs, key=lambda t: t[1])
 
 
@@ -231,7 +250,9 @@ def build_labels(iemocap_root, expect_standard: bool | None = None) -> dict:
     transcript_times_differ = 0
     missing_wdseg, missing_wav = [], []
     dialogs = {}
-    for s, dialog, emo_path in tqdm(find_dialogs(root, skipped), desc="step 1: dialogs", unit="dialog", file=sys.stdout):
+    for s, dialog, emo_path in tqdm(
+        find_dialogs(root, skipped), desc="step 1: dialogs", unit="dialog", file=sys.stdout
+    ):
         info = dialog_info(dialog, str(emo_path))
         entries = parse_emo_evaluation(emo_path, decode_log)
         trans_path = root / f"Session{s}" / "dialog" / "transcriptions" / f"{dialog}.txt"
@@ -257,9 +278,18 @@ def build_labels(iemocap_root, expect_standard: bool | None = None) -> dict:
                 transcript_times_differ += 1  # EmoEvaluation's times are used; counted for the record
             wdseg = f"{fa_rel}/{e['id']}.wdseg" if f"{e['id']}.wdseg" in wdseg_files else None
             speaker, _ = _split_utterance_id(e["id"], dialog, str(emo_path))
-            utterances.append({"id": e["id"], "start": e["start"], "end": e["end"], "speaker": speaker,
-                               "code": e["code"], "label": CODE_TO_LABEL.get(e["code"]), "text": t["text"],
-                               "wdseg": wdseg})
+            utterances.append(
+                {
+                    "id": e["id"],
+                    "start": e["start"],
+                    "end": e["end"],
+                    "speaker": speaker,
+                    "code": e["code"],
+                    "label": CODE_TO_LABEL.get(e["code"]),
+                    "text": t["text"],
+                    "wdseg": wdseg,
+                }
+            )
         labelled = {e["id"] for e in entries}
         skipped[SKIP_NO_EMO] += sum(1 for utt_id in transcript if utt_id not in labelled)
         utterances.sort(key=lambda u: (u["start"], u["id"]))
@@ -288,12 +318,15 @@ def count_utterances(dialogs: dict) -> dict:
 
 def compare_with_standard(counts: dict, expect_standard: bool | None) -> dict:
     """Every difference between this corpus's counts and IEMOCAP_STANDARD_COUNTS."""
-    looks_real = (counts["dialogs"] == IEMOCAP_STANDARD_COUNTS["dialogs"]
-                  and sorted(int(s) for s in counts["dialogs_per_session"]) == list(IEMOCAP_SESSIONS))
+    looks_real = counts["dialogs"] == IEMOCAP_STANDARD_COUNTS["dialogs"] and sorted(
+        int(s) for s in counts["dialogs_per_session"]
+    ) == list(IEMOCAP_SESSIONS)
     applies = looks_real if expect_standard is None else expect_standard
     if expect_standard is None:
-        why = (f"corpus has {counts['dialogs']} dialogs in sessions {','.join(counts['dialogs_per_session'])}; "
-               f"the full release has {IEMOCAP_STANDARD_COUNTS['dialogs']} in 1-5")
+        why = (
+            f"corpus has {counts['dialogs']} dialogs in sessions {','.join(counts['dialogs_per_session'])}; "
+            f"the full release has {IEMOCAP_STANDARD_COUNTS['dialogs']} in 1-5"
+        )
     else:
         why = "forced by --expect-standard " + ("yes" if expect_standard else "no")
     result = {"applies": applies, "why": why, "expected": IEMOCAP_STANDARD_COUNTS, "differences": []}
@@ -316,29 +349,50 @@ def compare_with_standard(counts: dict, expect_standard: bool | None) -> dict:
 # Report and entry point
 # ---------------------------------------------------------------------------------------------
 
+
 def print_report(data: dict, out_path: Path) -> None:
     c = data["counts"]
-    print(f"read {data['corpus']}: {c['dialogs']} dialogs, {c['utterances']} labelled utterances "
-          f"({c['target']} with a 4-class label)")
+    print(
+        f"read {data['corpus']}: {c['dialogs']} dialogs, {c['utterances']} labelled utterances "
+        f"({c['target']} with a 4-class label)"
+    )
     header = f"{'session':>8} {'dialogs':>8} {'utts':>7} {'target':>7} " + " ".join(f"{lab:>6}" for lab in LABELS)
     print(header)
     for s, row in c["per_session"].items():
-        print(f"{s:>8} {c['dialogs_per_session'][s]:>8} {row['utterances']:>7} {row['target']:>7} "
-              + " ".join(f"{row[lab]:>6}" for lab in LABELS))
-    print(f"{'all':>8} {c['dialogs']:>8} {c['utterances']:>7} {c['target']:>7} "
-          + " ".join(f"{c['per_label'][lab]:>6}" for lab in LABELS))
-    print("raw codes: " + ", ".join(f"{code} {n}" for code, n in c["per_code"].items())
-          + "  (exc -> hap; " + ", ".join(code for code in c["per_code"] if code not in CODE_TO_LABEL)
-          + " -> no label)")
+        print(
+            f"{s:>8} {c['dialogs_per_session'][s]:>8} {row['utterances']:>7} {row['target']:>7} "
+            + " ".join(f"{row[lab]:>6}" for lab in LABELS)
+        )
+    print(
+        f"{'all':>8} {c['dialogs']:>8} {c['utterances']:>7} {c['target']:>7} "
+        + " ".join(f"{c['per_label'][lab]:>6}" for lab in LABELS)
+    )
+    print(
+        "raw codes: "
+        + ", ".join(f"{code} {n}" for code, n in c["per_code"].items())
+        + "  (exc -> hap; "
+        + ", ".join(code for code in c["per_code"] if code not in CODE_TO_LABEL)
+        + " -> no label)"
+    )
     print(f"skipped: {sum(c['skipped'].values())}")
     for reason, n in c["skipped"].items():
         print(f"  {n:>6}  {reason}")
-    print(f"missing .wdseg (wdseg null): {c['missing']['wdseg']}"
-          + (f" ({', '.join(c['missing_wdseg_ids'][:5])}{' ...' if c['missing']['wdseg'] > 5 else ''})"
-             if c["missing"]["wdseg"] else ""))
-    print(f"missing dialog wavs (step 2 will need them): {c['missing']['dialog_wav']}"
-          + (f" ({', '.join(c['missing_wav_dialogs'][:5])}{' ...' if c['missing']['dialog_wav'] > 5 else ''})"
-             if c["missing"]["dialog_wav"] else ""))
+    print(
+        f"missing .wdseg (wdseg null): {c['missing']['wdseg']}"
+        + (
+            f" ({', '.join(c['missing_wdseg_ids'][:5])}{' ...' if c['missing']['wdseg'] > 5 else ''})"
+            if c["missing"]["wdseg"]
+            else ""
+        )
+    )
+    print(
+        f"missing dialog wavs (step 2 will need them): {c['missing']['dialog_wav']}"
+        + (
+            f" ({', '.join(c['missing_wav_dialogs'][:5])}{' ...' if c['missing']['dialog_wav'] > 5 else ''})"
+            if c["missing"]["dialog_wav"]
+            else ""
+        )
+    )
     print(f"utterances whose transcript times differ from EmoEvaluation by > 0.01 s: {c['transcript_times_differ']}")
     print("text encodings: " + ", ".join(f"{enc} {n} files" for enc, n in c["text_encodings"].items()))
     std = c["standard"]
@@ -370,13 +424,26 @@ def preflight(iemocap, work, expect_standard: bool | None = None) -> list:
     except PipelineError as e:
         return [CheckItem("corpus", False, f"{e} (--iemocap)")]
     c = data["counts"]
-    items = [CheckItem("corpus", True, f"{data['corpus']}: {c['dialogs']} dialogs in sessions "
-                       f"{','.join(c['dialogs_per_session'])}, {c['utterances']} labelled utterances, {c['target']} "
-                       "in the 4 classes (" + ", ".join(f"{lab} {c['per_label'][lab]}" for lab in LABELS) + ")")]
+    items = [
+        CheckItem(
+            "corpus",
+            True,
+            f"{data['corpus']}: {c['dialogs']} dialogs in sessions "
+            f"{','.join(c['dialogs_per_session'])}, {c['utterances']} labelled utterances, {c['target']} "
+            "in the 4 classes (" + ", ".join(f"{lab} {c['per_label'][lab]}" for lab in LABELS) + ")",
+        )
+    ]
     missing = c["missing_wav_dialogs"]
-    items.append(CheckItem("dialog wavs", not missing, f"all {c['dialogs']} present" if not missing else
-                           f"{len(missing)} missing ({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}): "
-                           "step 2 needs Session<N>/dialog/wav/<dialog>.wav; complete the corpus copy"))
+    items.append(
+        CheckItem(
+            "dialog wavs",
+            not missing,
+            f"all {c['dialogs']} present"
+            if not missing
+            else f"{len(missing)} missing ({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}): "
+            "step 2 needs Session<N>/dialog/wav/<dialog>.wav; complete the corpus copy",
+        )
+    )
     std = c["standard"]
     if not std["applies"]:
         items.append(CheckItem("standard counts", True, f"comparison does not apply ({std['why']})"))
@@ -385,29 +452,45 @@ def preflight(iemocap, work, expect_standard: bool | None = None) -> list:
         items.append(CheckItem("standard counts", True, f"all {n} match ({std['why']})"))
     else:
         diffs = std["differences"]
-        items.append(CheckItem("standard counts", False, f"{len(diffs)} differ ({std['why']}): " + "; ".join(
-            f"{d['count']} expected {d['expected']}, got {d['got']}" for d in diffs[:6]) + (" ..." if len(diffs) > 6 else "")
-            + ": is the corpus copy complete? (--expect-standard no skips the comparison)"))
+        items.append(
+            CheckItem(
+                "standard counts",
+                False,
+                f"{len(diffs)} differ ({std['why']}): "
+                + "; ".join(f"{d['count']} expected {d['expected']}, got {d['got']}" for d in diffs[:6])
+                + (" ..." if len(diffs) > 6 else "")
+                + ": is the corpus copy complete? (--expect-standard no skips the comparison)",
+            )
+        )
     items.append(check_disk(work, 600 * c["utterances"], "labels.json"))  # ~0.4 KB per utterance record, rounded up
     return items
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--iemocap", default="IEMOCAP_full_release", help="IEMOCAP root (real or demo corpus)")
     parser.add_argument("--work", default="preprocessed_iemocap", help="work directory; writes WORK/labels.json")
-    parser.add_argument("--expect-standard", choices=("auto", "yes", "no"), default="auto",
-                        help="compare with the standard IEMOCAP counts: auto = when the corpus has the full "
-                             "release's 151 dialogs in Sessions 1-5")
-    parser.add_argument("--check", action="store_true",
-                        help="preflight only: read the corpus, report its counts against the standard ones and "
-                             "the dialog wavs; write nothing; exit status 1 when the corpus is missing or unreadable, "
-                             "wavs are missing, or the comparison applies and a count differs")
+    parser.add_argument(
+        "--expect-standard",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="compare with the standard IEMOCAP counts: auto = when the corpus has the full "
+        "release's 151 dialogs in Sessions 1-5",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="preflight only: read the corpus, report its counts against the standard ones and "
+        "the dialog wavs; write nothing; exit status 1 when the corpus is missing or unreadable, "
+        "wavs are missing, or the comparison applies and a count differs",
+    )
     args = parser.parse_args(argv)
     expect = {"auto": None, "yes": True, "no": False}[args.expect_standard]
     if args.check:
         from common.checklist import report_checks
+
         sys.exit(0 if report_checks(preflight(args.iemocap, args.work, expect), "step 1 preflight") else 1)
     data = build_labels(args.iemocap, expect_standard=expect)
     out_path = Path(args.work) / "labels.json"

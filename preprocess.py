@@ -35,6 +35,7 @@ Usage:
   python preprocess.py --download-models models/          # then: --model-dir models/ on the offline node
   torchrun --nproc_per_node 4 preprocess.py --backend whisperx   # 4 GPUs, one shard each
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from common import checklist, cli, fileio, formats
-from common import step2_oracle, step2_simulated, step2_whisperx
+from common import checklist, cli, fileio, formats, step2_oracle, step2_simulated, step2_whisperx
 from common.checklist import CheckItem
 from common.cli import PipelineError
 from common.fileio import atomic_write_json, read_json
@@ -66,9 +66,11 @@ PARTS_DIR = "manifest.parts"  # per-shard manifest parts
 # Arguments
 # ---------------------------------------------------------------------------------------------
 
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__ + step2_simulated.SIMULATION_DOC,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__ + step2_simulated.SIMULATION_DOC, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_run_flags(p)
     add_whisperx_flags(p.add_argument_group("whisperx backend"))
     add_simulated_flags(p.add_argument_group("simulated backend (see SIMULATION above)"))
@@ -82,56 +84,100 @@ def add_run_flags(p):
     p.add_argument("--iemocap", default=None, help="corpus root (default: the corpus recorded in labels.json)")
     p.add_argument("--work", default="preprocessed_iemocap", help="work directory (default: %(default)s)")
     p.add_argument("--backend", choices=BACKENDS, default="whisperx", help="(default: %(default)s)")
-    p.add_argument("--vad", choices=("auto", "oracle"), default="auto",
-                   help="whisperx only: 'auto' runs WhisperX's VAD; 'oracle' transcribes the reference "
-                        "utterances instead (the paper's VAD-oracle pipeline; see above)")
-    p.add_argument("--name", default=None, help="output folder WORK/<name> (default: whisperx, "
-                   "whisperx-vadoracle, oracle or simulated)")
+    p.add_argument(
+        "--vad",
+        choices=("auto", "oracle"),
+        default="auto",
+        help="whisperx only: 'auto' runs WhisperX's VAD; 'oracle' transcribes the reference "
+        "utterances instead (the paper's VAD-oracle pipeline; see above)",
+    )
+    p.add_argument(
+        "--name",
+        default=None,
+        help="output folder WORK/<name> (default: whisperx, whisperx-vadoracle, oracle or simulated)",
+    )
     p.add_argument("--dialogs", nargs="+", default=None, help="only these dialogs (names or globs)")
     p.add_argument("--sessions", nargs="+", type=int, default=None, help="only these sessions")
     p.add_argument("--overwrite", action="store_true", help="redo dialogs already done")
-    p.add_argument("--shard", default=None, metavar="K/N",
-                   help="process every N-th dialog from the K-th (0 <= K < N); default: RANK/WORLD_SIZE "
-                        "when torchrun sets them, else all dialogs (see Sharding above)")
-    p.add_argument("--check", action="store_true",
-                   help="preflight only: check labels, audio, models (hub access), CUDA and disk, estimate "
-                        "the time; write nothing; exit status 1 on any problem")
-    p.add_argument("--planned", action="store_true",
-                   help="with --check: a labels.json step 1 has not made yet is not a problem; the dialog wavs "
-                        "of --iemocap stand in for it (what reproduce.py --check passes before a first run)")
-    p.add_argument("--download-models", metavar="DIR", default=None,
-                   help="copy the models of this run (--asr-model, --align-model, --diar-model and the models "
-                        "the pipeline names) from the hub into DIR/<org>/<name>, write DIR/models.json, and stop")
+    p.add_argument(
+        "--shard",
+        default=None,
+        metavar="K/N",
+        help="process every N-th dialog from the K-th (0 <= K < N); default: RANK/WORLD_SIZE "
+        "when torchrun sets them, else all dialogs (see Sharding above)",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="preflight only: check labels, audio, models (hub access), CUDA and disk, estimate "
+        "the time; write nothing; exit status 1 on any problem",
+    )
+    p.add_argument(
+        "--planned",
+        action="store_true",
+        help="with --check: a labels.json step 1 has not made yet is not a problem; the dialog wavs "
+        "of --iemocap stand in for it (what reproduce.py --check passes before a first run)",
+    )
+    p.add_argument(
+        "--download-models",
+        metavar="DIR",
+        default=None,
+        help="copy the models of this run (--asr-model, --align-model, --diar-model and the models "
+        "the pipeline names) from the hub into DIR/<org>/<name>, write DIR/models.json, and stop",
+    )
 
 
 def add_whisperx_flags(w):
     """The models of the whisperx backend, where they are read from, and how they run."""
     w.add_argument("--asr-model", default="large-v2", help="Whisper name or CTranslate2 folder (default: %(default)s)")
-    w.add_argument("--align-model", default=None,
-                   help="wav2vec2 CTC alignment model, name or folder (default: WhisperX's English default)")
-    w.add_argument("--diar-model", default="pyannote/speaker-diarization-3.1",
-                   help="pyannote pipeline, hub name or folder (default: %(default)s, the paper's; "
-                        "pyannote/speaker-diarization-community-1 is pyannote 4's). SECURITY: pyannote loads "
-                        "checkpoints with torch.load(weights_only=False), which can run code: use only "
-                        "folders from a source you trust")
-    w.add_argument("--model-dir", default=None,
-                   help="local mirror of hub repositories, DIR/<org>/<name> (what --download-models DIR writes): "
-                        "every hub name, also those a pipeline config names, is read from there when present "
-                        "(and DIR/torchaudio, DIR/nltk_data are used for the default alignment model and NLTK). "
-                        "SECURITY: the pyannote models in DIR run code when loaded (see --diar-model): only a mirror "
-                        "you made yourself or trust")
-    w.add_argument("--align-model-dir", default=None,
-                   help="whisperx.load_align_model's model_dir: where the alignment model is cached or "
-                        "downloaded (the torchaudio checkpoint of the default English model, or the hub cache "
-                        "of a named one; default: torch's and huggingface's own caches)")
-    w.add_argument("--cache-only", action="store_true",
-                   help="never download: whisperx.load_model(local_files_only=True), "
-                        "load_align_model(model_cache_only=True), hub files of the pipeline from the local "
-                        "cache only; a missing model is an error naming it")
-    w.add_argument("--embedding-batch-size", type=int, default=None,
-                   help="pyannote speaker-embedding batch size (default: the pipeline config's, 32 for 3.1)")
-    w.add_argument("--segmentation-batch-size", type=int, default=None,
-                   help="pyannote segmentation batch size (default: the pipeline config's, 32 for 3.1)")
+    w.add_argument(
+        "--align-model",
+        default=None,
+        help="wav2vec2 CTC alignment model, name or folder (default: WhisperX's English default)",
+    )
+    w.add_argument(
+        "--diar-model",
+        default="pyannote/speaker-diarization-3.1",
+        help="pyannote pipeline, hub name or folder (default: %(default)s, the paper's; "
+        "pyannote/speaker-diarization-community-1 is pyannote 4's). SECURITY: pyannote loads "
+        "checkpoints with torch.load(weights_only=False), which can run code: use only "
+        "folders from a source you trust",
+    )
+    w.add_argument(
+        "--model-dir",
+        default=None,
+        help="local mirror of hub repositories, DIR/<org>/<name> (what --download-models DIR writes): "
+        "every hub name, also those a pipeline config names, is read from there when present "
+        "(and DIR/torchaudio, DIR/nltk_data are used for the default alignment model and NLTK). "
+        "SECURITY: the pyannote models in DIR run code when loaded (see --diar-model): only a mirror "
+        "you made yourself or trust",
+    )
+    w.add_argument(
+        "--align-model-dir",
+        default=None,
+        help="whisperx.load_align_model's model_dir: where the alignment model is cached or "
+        "downloaded (the torchaudio checkpoint of the default English model, or the hub cache "
+        "of a named one; default: torch's and huggingface's own caches)",
+    )
+    w.add_argument(
+        "--cache-only",
+        action="store_true",
+        help="never download: whisperx.load_model(local_files_only=True), "
+        "load_align_model(model_cache_only=True), hub files of the pipeline from the local "
+        "cache only; a missing model is an error naming it",
+    )
+    w.add_argument(
+        "--embedding-batch-size",
+        type=int,
+        default=None,
+        help="pyannote speaker-embedding batch size (default: the pipeline config's, 32 for 3.1)",
+    )
+    w.add_argument(
+        "--segmentation-batch-size",
+        type=int,
+        default=None,
+        help="pyannote segmentation batch size (default: the pipeline config's, 32 for 3.1)",
+    )
     w.add_argument("--device", default="auto", help="auto (cuda if available), cuda or cpu")
     w.add_argument("--compute-type", default="auto", help="auto: float16 on GPU, float32 on CPU")
     w.add_argument("--batch-size", type=int, default=8, help="ASR batch size (default: %(default)s, as the authors)")
@@ -139,19 +185,31 @@ def add_whisperx_flags(w):
     w.add_argument("--vad-onset", type=float, default=0.4, help="(default: %(default)s, the authors' value)")
     w.add_argument("--vad-offset", type=float, default=0.363, help="(default: %(default)s, WhisperX's default)")
     w.add_argument("--num-speakers", type=int, default=2, help="speakers per dialog (default: %(default)s)")
-    w.add_argument("--asr-max-length", type=int, default=None,
-                   help="cap on decoded tokens per chunk (default: the model's, 448; small for random test models)")
+    w.add_argument(
+        "--asr-max-length",
+        type=int,
+        default=None,
+        help="cap on decoded tokens per chunk (default: the model's, 448; small for random test models)",
+    )
     w.add_argument("--threads", type=int, default=4, help="CPU threads for CTranslate2 (default: %(default)s)")
-    w.add_argument("--nltk-data", default=None,
-                   help="extra NLTK data folder holding punkt_tab (whisperx.align downloads it when missing)")
+    w.add_argument(
+        "--nltk-data",
+        default=None,
+        help="extra NLTK data folder holding punkt_tab (whisperx.align downloads it when missing)",
+    )
 
 
 def add_simulated_flags(s):
     """The seed and one flag per error process of the simulated backend (step2_simulated.SIM_DEFAULTS)."""
     s.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     for flag, (default, help_text) in step2_simulated.SIM_DEFAULTS.items():
-        s.add_argument("--sim-" + flag.replace("_", "-"), dest="sim_" + flag, type=float, default=default,
-                       help=f"{help_text} (default: %(default)s)")
+        s.add_argument(
+            "--sim-" + flag.replace("_", "-"),
+            dest="sim_" + flag,
+            type=float,
+            default=default,
+            help=f"{help_text} (default: %(default)s)",
+        )
 
 
 def check_args(p, args):
@@ -159,12 +217,20 @@ def check_args(p, args):
     for name in step2_simulated.SIM_DEFAULTS:
         value, is_rate = getattr(args, "sim_" + name), name in step2_simulated.SIM_RATES
         if not 0 <= value < float("inf") or (is_rate and value > 1):  # NaN fails too
-            p.error(f"--sim-{name.replace('_', '-')} must be " + ("in [0, 1]" if is_rate else ">= 0")
-                    + f", got {value}")
+            p.error(
+                f"--sim-{name.replace('_', '-')} must be " + ("in [0, 1]" if is_rate else ">= 0") + f", got {value}"
+            )
     if args.vad == "oracle" and args.backend != "whisperx":
         p.error("--vad oracle applies to the whisperx backend only (the oracle backend is oracle throughout)")
-    for flag in ("embedding_batch_size", "segmentation_batch_size", "batch_size", "beam_size", "num_speakers",
-                 "threads", "asr_max_length"):
+    for flag in (
+        "embedding_batch_size",
+        "segmentation_batch_size",
+        "batch_size",
+        "beam_size",
+        "num_speakers",
+        "threads",
+        "asr_max_length",
+    ):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1")
     for flag in ("vad_onset", "vad_offset"):
@@ -187,10 +253,18 @@ def run_config(args) -> dict:
     config = {"backend": args.backend}
     if args.backend == "whisperx":
         device, compute_type = step2_whisperx.device_and_compute_type(args)
-        config.update(vad=args.vad, asr_model=args.asr_model, align_model=args.align_model,
-                      diar_model=args.diar_model, device=device.split(":")[0], compute_type=compute_type,
-                      batch_size=args.batch_size,
-                      beam_size=args.beam_size, num_speakers=args.num_speakers, asr_max_length=args.asr_max_length)
+        config.update(
+            vad=args.vad,
+            asr_model=args.asr_model,
+            align_model=args.align_model,
+            diar_model=args.diar_model,
+            device=device.split(":")[0],
+            compute_type=compute_type,
+            batch_size=args.batch_size,
+            beam_size=args.beam_size,
+            num_speakers=args.num_speakers,
+            asr_max_length=args.asr_max_length,
+        )
         if args.vad == "auto":
             config.update(vad_onset=args.vad_onset, vad_offset=args.vad_offset)
         for flag in ("embedding_batch_size", "segmentation_batch_size"):  # recorded only when changed
@@ -217,9 +291,11 @@ def select_dialogs(labels: dict, patterns, sessions) -> list[str]:
         names = [d for d in names if any(fnmatch.fnmatchcase(d, pat) for pat in patterns)]
     return names
 
+
 # ---------------------------------------------------------------------------------------------
 # Measuring a result against the reference
 # ---------------------------------------------------------------------------------------------
+
 
 def edit_distance(ref: list[str], hyp: list[str]) -> int:
     """Word-level Levenshtein distance (substitutions + deletions + insertions), one numpy row at a time."""
@@ -245,8 +321,12 @@ def measure(asr: dict, turns, ref_words: list[dict], ref_turns) -> dict:
     hyp_words = [w for seg in sorted(asr["segments"], key=lambda seg: seg["start"]) for w in seg["words"]]
     ref = [t for t in (step2_oracle.normalise_for_wer(w["word"]) for w in ref_words) if t]
     hyp = [t for t in (step2_oracle.normalise_for_wer(w["word"]) for w in hyp_words) if t]
-    stats = {"ref_words": len(ref), "hyp_words": len(hyp_words), "word_errors": edit_distance(ref, hyp),
-             "untimed_words": sum(1 for w in hyp_words if "start" not in w or "end" not in w)}
+    stats = {
+        "ref_words": len(ref),
+        "hyp_words": len(hyp_words),
+        "word_errors": edit_distance(ref, hyp),
+        "untimed_words": sum(1 for w in hyp_words if "start" not in w or "end" not in w),
+    }
     if ref_turns:
         stats["der"] = der_parts(turns, ref_turns)
     return stats
@@ -272,6 +352,7 @@ def der_parts(turns, ref_turns) -> dict:
 # One dialog, and the run over all dialogs with its manifest
 # ---------------------------------------------------------------------------------------------
 
+
 def run_dialog(dialog: str, entry: dict, corpus: Path, out: Path, args, backend) -> dict:
     """Process one dialog: write asr/<dialog>.json and diarization/<dialog>.rttm -> statistics."""
     utterances, counts = step2_oracle.dialog_utterances(corpus, dialog, entry)
@@ -291,8 +372,9 @@ def run_dialog(dialog: str, entry: dict, corpus: Path, out: Path, args, backend)
             asr, turns, stats = step2_oracle.oracle_backend(dialog, utterances, ref_words)
         else:
             sim = {k: getattr(args, "sim_" + k) for k in step2_simulated.SIM_DEFAULTS}
-            asr, turns, stats = step2_simulated.simulated_backend(dialog, utterances, ref_words, sim, args.seed,
-                                                                  duration)
+            asr, turns, stats = step2_simulated.simulated_backend(
+                dialog, utterances, ref_words, sim, args.seed, duration
+            )
     stats["exclusive_from"] = "pyannote" if exclusive is not None else "derived"
     if exclusive is None:  # the offline backends (and legacy pyannote pipelines): derived, see exclusive_turns
         exclusive = step2_oracle.exclusive_turns(turns)
@@ -301,9 +383,14 @@ def run_dialog(dialog: str, entry: dict, corpus: Path, out: Path, args, backend)
     stats.update(measure(asr, turns, ref_words, ref_turns))
     if ref_turns:
         stats["der_exclusive"] = der_parts(exclusive, ref_turns)
-    stats.update(duration=round(duration, 3), segments=len(asr["segments"]), turns=len(turns),
-                 exclusive_turns=len(exclusive), speakers=len({t[2] for t in turns}),
-                 speech=round(sum(e - s for s, e, _ in turns), 3))
+    stats.update(
+        duration=round(duration, 3),
+        segments=len(asr["segments"]),
+        turns=len(turns),
+        exclusive_turns=len(exclusive),
+        speakers=len({t[2] for t in turns}),
+        speech=round(sum(e - s for s, e, _ in turns), 3),
+    )
     atomic_write_json(out / "asr" / f"{dialog}.json", asr)
     write_rttm(out / DIARIZATION_DIRS["overlap"] / f"{dialog}.rttm", dialog, turns)
     write_rttm(out / DIARIZATION_DIRS["exclusive"] / f"{dialog}.rttm", dialog, exclusive)
@@ -317,23 +404,31 @@ def output_paths(out: Path, dialog: str) -> list[Path]:
 
 def is_done(manifest: dict, dialog: str, key: str, out: Path) -> bool:
     entry = manifest["dialogs"].get(dialog, {})
-    return (entry.get("status") == "done" and entry.get("config") == key
-            and all(p.is_file() for p in output_paths(out, dialog)))
+    return (
+        entry.get("status") == "done"
+        and entry.get("config") == key
+        and all(p.is_file() for p in output_paths(out, dialog))
+    )
 
 
 def summarise(manifest: dict, names: list[str]) -> dict:
     """Corpus totals over the selected dialogs that are done (rates are totals divided once)."""
     done = [manifest["dialogs"][d]["stats"] for d in names if manifest["dialogs"].get(d, {}).get("status") == "done"]
     total = lambda key: sum(s.get(key, 0) for s in done)  # noqa: E731
-    summary = {"dialogs_done": len(done),
-               "dialogs_failed": sum(1 for d in names if manifest["dialogs"].get(d, {}).get("status") == "failed"),
-               "words": total("hyp_words"), "segments": total("segments"), "turns": total("turns"),
-               "speakers_per_dialog": sorted({s["speakers"] for s in done}),
-               "audio_hours": round(total("duration") / 3600, 4), "speech_hours": round(total("speech") / 3600, 4),
-               "utterances_without_wdseg": total("utterances_without_wdseg"),
-               "unevaluated_utterances": total("unevaluated_utterances"),
-               "unparsed_transcript_lines": total("unparsed_transcript_lines"),
-               "empty_wdseg_tokens": total("empty_wdseg_tokens")}
+    summary = {
+        "dialogs_done": len(done),
+        "dialogs_failed": sum(1 for d in names if manifest["dialogs"].get(d, {}).get("status") == "failed"),
+        "words": total("hyp_words"),
+        "segments": total("segments"),
+        "turns": total("turns"),
+        "speakers_per_dialog": sorted({s["speakers"] for s in done}),
+        "audio_hours": round(total("duration") / 3600, 4),
+        "speech_hours": round(total("speech") / 3600, 4),
+        "utterances_without_wdseg": total("utterances_without_wdseg"),
+        "unevaluated_utterances": total("unevaluated_utterances"),
+        "unparsed_transcript_lines": total("unparsed_transcript_lines"),
+        "empty_wdseg_tokens": total("empty_wdseg_tokens"),
+    }
     if done:
         summary["wer"] = round(total("word_errors") / max(total("ref_words"), 1), 4)
         summary["untimed_rate"] = round(total("untimed_words") / max(total("hyp_words"), 1), 4)
@@ -344,7 +439,8 @@ def summarise(manifest: dict, names: list[str]) -> dict:
                 summary[name] = round(errors / max(sum(d["total"] for d in ders), 1e-9), 4)
                 summary[name + "_parts"] = {
                     k: round(sum(d[k] for d in ders) / max(sum(d["total"] for d in ders), 1e-9), 4)
-                    for k in ("missed detection", "false alarm", "confusion")}
+                    for k in ("missed detection", "false alarm", "confusion")
+                }
     sims = [s["simulated"] for s in done if "simulated" in s]
     if sims:
         summary["simulated"] = {k: sum(s[k] for s in sims) for k in sims[0]}
@@ -363,8 +459,13 @@ def summarise(manifest: dict, names: list[str]) -> dict:
 #   pyannote segmentation-3.0: SincNet front end and LSTMs over 10 s windows at a 1 s step -> ~7e9.
 #   pyannote WeSpeaker ResNet34 embeddings: ~4.7e9 per embedded second (80 fbank bins, 100 frames
 #     per s), every second embedded 10 times (windows) for each of 3 local speakers -> ~1.4e11.
-STEP2_FLOPS_PER_AUDIO_SECOND = {"whisper encoder": 9e10, "whisper decoder": 3e10, "alignment": 1.4e10,
-                                "segmentation": 7e9, "embedding": 1.4e11}
+STEP2_FLOPS_PER_AUDIO_SECOND = {
+    "whisper encoder": 9e10,
+    "whisper decoder": 3e10,
+    "alignment": 1.4e10,
+    "segmentation": 7e9,
+    "embedding": 1.4e11,
+}
 OUTPUT_BYTES_PER_AUDIO_SECOND = 1000  # asr json + two RTTMs; measured ~330 B/s on the demo (simulated)
 GPU_GIB_NEEDED = 8  # WhisperX README: large-v2 with beam 5 needs under 8 GB of GPU memory; pyannote adds ~1 GB
 
@@ -374,25 +475,44 @@ def preflight(args) -> list[CheckItem]:
     work, items, audio_seconds = Path(args.work), [], 0.0
     try:
         labels = load_labels(work, require=("wav",))
-        names = select_dialogs(labels, args.dialogs, args.sessions)[args.shard_index::args.shard_count]
+        names = select_dialogs(labels, args.dialogs, args.sessions)[args.shard_index :: args.shard_count]
         shard = f", shard {args.shard_index}/{args.shard_count}" if args.shard_count > 1 else ""
-        items.append(CheckItem("labels", True, f"{work / 'labels.json'}: {len(labels['dialogs'])} dialogs, "
-                               f"{len(names)} selected{shard}"))
+        items.append(
+            CheckItem(
+                "labels",
+                True,
+                f"{work / 'labels.json'}: {len(labels['dialogs'])} dialogs, {len(names)} selected{shard}",
+            )
+        )
     except PipelineError as e:
         labels = None
         if not (args.planned and not (work / "labels.json").exists()):
             items.append(CheckItem("labels", False, str(e)))
         elif not args.iemocap:
-            items.append(CheckItem("labels", True, f"{work / 'labels.json'} will be made by step 1 (no --iemocap: "
-                                   "audio not checked)"))
+            items.append(
+                CheckItem(
+                    "labels", True, f"{work / 'labels.json'} will be made by step 1 (no --iemocap: audio not checked)"
+                )
+            )
         else:  # --planned (reproduce.py --check before a first run): the corpus's dialog wavs stand in
             wavs = sorted(p for p in Path(args.iemocap).glob("Session*/dialog/wav/Ses*.wav") if p.stem[3:5].isdigit())
-            labels = {"corpus": args.iemocap, "dialogs": {
-                p.stem: {"session": formats.session_of(p.stem), "wav": str(p.relative_to(args.iemocap))} for p in wavs}}
-            names = select_dialogs(labels, args.dialogs, args.sessions)[args.shard_index::args.shard_count]
-            items.append(CheckItem("labels", bool(names), f"{work / 'labels.json'} will be made by step 1; "
-                                   f"{len(wavs)} dialog wavs in {args.iemocap}/Session*/dialog/wav stand in, "
-                                   f"{len(names)} selected" + ("" if names else ": none; check --iemocap")))
+            labels = {
+                "corpus": args.iemocap,
+                "dialogs": {
+                    p.stem: {"session": formats.session_of(p.stem), "wav": str(p.relative_to(args.iemocap))}
+                    for p in wavs
+                },
+            }
+            names = select_dialogs(labels, args.dialogs, args.sessions)[args.shard_index :: args.shard_count]
+            items.append(
+                CheckItem(
+                    "labels",
+                    bool(names),
+                    f"{work / 'labels.json'} will be made by step 1; "
+                    f"{len(wavs)} dialog wavs in {args.iemocap}/Session*/dialog/wav stand in, "
+                    f"{len(names)} selected" + ("" if names else ": none; check --iemocap"),
+                )
+            )
     if labels is not None:
         corpus, problems = Path(args.iemocap or labels.get("corpus") or "."), []
         for d in names:
@@ -400,30 +520,59 @@ def preflight(args) -> list[CheckItem]:
                 audio_seconds += formats.wav_seconds(corpus / labels["dialogs"][d]["wav"])
             except PipelineError as e:
                 problems.append(str(e))
-        items.append(CheckItem("corpus audio", not problems, (
-            f"{len(names)} dialog wavs under {corpus}, {audio_seconds / 3600:.2f} h" if not problems else
-            f"{len(problems)} of {len(names)} dialog wavs unusable, e.g. {problems[0]}; check --iemocap")))
+        items.append(
+            CheckItem(
+                "corpus audio",
+                not problems,
+                (
+                    f"{len(names)} dialog wavs under {corpus}, {audio_seconds / 3600:.2f} h"
+                    if not problems
+                    else f"{len(problems)} of {len(names)} dialog wavs unusable, e.g. {problems[0]}; check --iemocap"
+                ),
+            )
+        )
     if args.backend == "whisperx":
         items += step2_whisperx.model_checks(args)
-        items.append(checklist.check_cuda(required=args.device.startswith("cuda"), min_free_gib=GPU_GIB_NEEDED,
-                                      purpose="WhisperX large-v2, beam 5, and pyannote"))
+        items.append(
+            checklist.check_cuda(
+                required=args.device.startswith("cuda"),
+                min_free_gib=GPU_GIB_NEEDED,
+                purpose="WhisperX large-v2, beam 5, and pyannote",
+            )
+        )
     downloads = step2_whisperx.planned_download_bytes(args)
-    items.append(checklist.check_disk(work, audio_seconds * OUTPUT_BYTES_PER_AUDIO_SECOND + downloads,
-                                  "step-2 outputs" + (" and model downloads" if downloads else "")))
+    items.append(
+        checklist.check_disk(
+            work,
+            audio_seconds * OUTPUT_BYTES_PER_AUDIO_SECOND + downloads,
+            "step-2 outputs" + (" and model downloads" if downloads else ""),
+        )
+    )
     if args.backend == "whisperx":
         flops = audio_seconds * sum(STEP2_FLOPS_PER_AUDIO_SECOND.values())
         paper = args.asr_model == "large-v2" and args.align_model is None and "3.1" in args.diar_model
-        items.append(checklist.estimate_time("time (estimate)", flops, device=args.device, detail=(
-            f"{audio_seconds / 3600:.2f} h of audio x {sum(STEP2_FLOPS_PER_AUDIO_SECOND.values()):.2g} FLOP per s "
-            "of the paper's large-v2 + wav2vec2-base + pyannote 3.1, preprocess.STEP2_FLOPS_PER_AUDIO_SECOND"
-            + ("" if paper else "; other models than the paper's: scale by their size"))))
+        items.append(
+            checklist.estimate_time(
+                "time (estimate)",
+                flops,
+                device=args.device,
+                detail=(
+                    f"{audio_seconds / 3600:.2f} h of audio x "
+                    f"{sum(STEP2_FLOPS_PER_AUDIO_SECOND.values()):.2g} FLOP per s "
+                    "of the paper's large-v2 + wav2vec2-base + pyannote 3.1, preprocess.STEP2_FLOPS_PER_AUDIO_SECOND"
+                    + ("" if paper else "; other models than the paper's: scale by their size")
+                ),
+            )
+        )
     else:
         items.append(CheckItem("time (estimate)", True, f"seconds: the {args.backend} backend runs no neural model"))
     return items
 
+
 # ---------------------------------------------------------------------------------------------
 # main: select (and shard) the dialogs, skip what is done, run, merge the manifest
 # ---------------------------------------------------------------------------------------------
+
 
 def read_manifest(out: Path) -> dict:
     """WORK/<pipe>/manifest.json with the shard parts merged in, oldest part first, so the entry a
@@ -445,6 +594,7 @@ def check(argv=None) -> list[CheckItem]:
 @dataclass
 class Run:
     """One run of step 2 (one shard of it): what it reads, which dialogs, where it writes, under which config."""
+
     labels: dict
     corpus: Path
     all_names: list  # every selected dialog; this shard's are names
@@ -479,12 +629,25 @@ def plan_run(args) -> Run:
     manifest = read_manifest(out)
     meta = dict(step="preprocess", pipe=pipe, config=config, config_key=key, code=code_version())
     manifest.update(meta)
-    run = Run(labels=labels, corpus=corpus, all_names=all_names, names=all_names[k::n], shard=(k, n), out=out,
-              pipe=pipe, key=key, meta=meta, manifest=manifest,
-              part_path=out / PARTS_DIR / f"shard-{k}-of-{n}.json" if n > 1 else None)
-    print(f"step 2: {len(run.names)} dialogs of {work / 'labels.json'} (corpus {corpus}), backend {args.backend}"
-          + (f", VAD {args.vad}" if args.backend == "whisperx" else "")
-          + (f", shard {k}/{n} of {len(all_names)} dialogs" if n > 1 else "") + f" -> {out}")
+    run = Run(
+        labels=labels,
+        corpus=corpus,
+        all_names=all_names,
+        names=all_names[k::n],
+        shard=(k, n),
+        out=out,
+        pipe=pipe,
+        key=key,
+        meta=meta,
+        manifest=manifest,
+        part_path=out / PARTS_DIR / f"shard-{k}-of-{n}.json" if n > 1 else None,
+    )
+    print(
+        f"step 2: {len(run.names)} dialogs of {work / 'labels.json'} (corpus {corpus}), backend {args.backend}"
+        + (f", VAD {args.vad}" if args.backend == "whisperx" else "")
+        + (f", shard {k}/{n} of {len(all_names)} dialogs" if n > 1 else "")
+        + f" -> {out}"
+    )
     return run
 
 
@@ -492,11 +655,16 @@ def dialogs_to_do(run: Run, overwrite: bool) -> list[str]:
     """This shard's dialogs not done under this config (all with --overwrite), saying how many are skipped."""
     manifest, key = run.manifest, run.key
     todo = [d for d in run.names if overwrite or not is_done(manifest, d, key, run.out)]
-    stale = sum(1 for d in todo if manifest["dialogs"].get(d, {}).get("status") == "done"
-                and manifest["dialogs"][d].get("config") != key)
-    print(f"skipping {len(run.names) - len(todo)} dialogs already done with this config"
-          + (f"; redoing {stale} done with another config" if stale else "")
-          + (" (--overwrite)" if overwrite else ""))
+    stale = sum(
+        1
+        for d in todo
+        if manifest["dialogs"].get(d, {}).get("status") == "done" and manifest["dialogs"][d].get("config") != key
+    )
+    print(
+        f"skipping {len(run.names) - len(todo)} dialogs already done with this config"
+        + (f"; redoing {stale} done with another config" if stale else "")
+        + (" (--overwrite)" if overwrite else "")
+    )
     return todo
 
 
@@ -506,8 +674,14 @@ def save_manifest(run: Run):
         atomic_write_json(run.manifest_path, run.manifest)
     else:
         k, n = run.shard
-        atomic_write_json(run.part_path, {"shard": f"{k}/{n}", "config_key": run.key, "dialogs": {
-            d: run.manifest["dialogs"][d] for d in run.names if d in run.manifest["dialogs"]}})
+        atomic_write_json(
+            run.part_path,
+            {
+                "shard": f"{k}/{n}",
+                "config_key": run.key,
+                "dialogs": {d: run.manifest["dialogs"][d] for d in run.names if d in run.manifest["dialogs"]},
+            },
+        )
 
 
 def run_dialogs(run: Run, todo: list[str], args, backend):
@@ -517,8 +691,11 @@ def run_dialogs(run: Run, todo: list[str], args, backend):
             stats = run_dialog(dialog, run.labels["dialogs"][dialog], run.corpus, run.out, args, backend)
             run.manifest["dialogs"][dialog] = {"status": "done", "config": run.key, "stats": stats}
         except Exception as e:  # recorded and reported; KeyboardInterrupt still stops the run
-            run.manifest["dialogs"][dialog] = {"status": "failed", "config": run.key,
-                                               "error": f"{type(e).__name__}: {e}"}
+            run.manifest["dialogs"][dialog] = {
+                "status": "failed",
+                "config": run.key,
+                "error": f"{type(e).__name__}: {e}",
+            }
             tqdm.write(f"FAILED {dialog}: {type(e).__name__}: {e}")
         save_manifest(run)
     save_manifest(run)
@@ -544,30 +721,47 @@ def merge_manifest(run: Run) -> dict:
 def print_summary(run: Run, summary: dict, processed: int, seconds: float):
     """What was written, the corpus totals, the reference's gaps and the error rates measured against it."""
     out, n = run.out, run.shard[1]
-    print(f"wrote {out / 'asr'}/*.json, {out}/{{{','.join(DIARIZATION_DIRS.values())}}}/*.rttm and "
-          f"{run.manifest_path} ({processed} dialogs processed in {seconds:.1f} s"
-          + (f"; summary over the {summary['dialogs_done']} dialogs all shards have done so far)" if n > 1 else ")"))
-    print(f"dialogs: {summary['dialogs_done']} done, {summary['dialogs_failed']} failed; words {summary['words']}, "
-          f"segments {summary['segments']}, turns {summary['turns']}, speakers per dialog "
-          f"{summary['speakers_per_dialog']}, audio {summary['audio_hours'] * 60:.1f} min, "
-          f"speech {summary['speech_hours'] * 60:.1f} min")
-    print(f"reference: {summary['unevaluated_utterances']} unevaluated (XX) utterances added from the transcriptions"
-          + (f", {summary['unparsed_transcript_lines']} transcript lines not parsed (skipped)"
-             if summary["unparsed_transcript_lines"] else ""))
+    print(
+        f"wrote {out / 'asr'}/*.json, {out}/{{{','.join(DIARIZATION_DIRS.values())}}}/*.rttm and "
+        f"{run.manifest_path} ({processed} dialogs processed in {seconds:.1f} s"
+        + (f"; summary over the {summary['dialogs_done']} dialogs all shards have done so far)" if n > 1 else ")")
+    )
+    print(
+        f"dialogs: {summary['dialogs_done']} done, {summary['dialogs_failed']} failed; words {summary['words']}, "
+        f"segments {summary['segments']}, turns {summary['turns']}, speakers per dialog "
+        f"{summary['speakers_per_dialog']}, audio {summary['audio_hours'] * 60:.1f} min, "
+        f"speech {summary['speech_hours'] * 60:.1f} min"
+    )
+    print(
+        f"reference: {summary['unevaluated_utterances']} unevaluated (XX) utterances added from the transcriptions"
+        + (
+            f", {summary['unparsed_transcript_lines']} transcript lines not parsed (skipped)"
+            if summary["unparsed_transcript_lines"]
+            else ""
+        )
+    )
     if summary["empty_wdseg_tokens"]:
-        print(f"reference: {summary['empty_wdseg_tokens']} .wdseg tokens that normalise to nothing (e.g. '(2)') "
-              "dropped")
+        print(
+            f"reference: {summary['empty_wdseg_tokens']} .wdseg tokens that normalise to nothing (e.g. '(2)') dropped"
+        )
     if summary["utterances_without_wdseg"]:
-        print(f"reference: {summary['utterances_without_wdseg']} utterances have no .wdseg; their transcript "
-              f"words were spread uniformly over the utterance")
+        print(
+            f"reference: {summary['utterances_without_wdseg']} utterances have no .wdseg; their transcript "
+            f"words were spread uniformly over the utterance"
+        )
     if "wer" in summary:
-        print(f"measured against the reference: WER {100 * summary['wer']:.2f} %, words without timestamps "
-              f"{100 * summary['untimed_rate']:.2f} %"
-              + (f", DER {100 * summary['der']:.2f} % (missed {100 * summary['der_parts']['missed detection']:.2f}, "
-                 f"false alarm {100 * summary['der_parts']['false alarm']:.2f}, confusion "
-                 f"{100 * summary['der_parts']['confusion']:.2f})" if "der" in summary else "")
-              + (f"; exclusive turns: DER {100 * summary['der_exclusive']:.2f} %"
-                 if "der_exclusive" in summary else ""))
+        print(
+            f"measured against the reference: WER {100 * summary['wer']:.2f} %, words without timestamps "
+            f"{100 * summary['untimed_rate']:.2f} %"
+            + (
+                f", DER {100 * summary['der']:.2f} % (missed {100 * summary['der_parts']['missed detection']:.2f}, "
+                f"false alarm {100 * summary['der_parts']['false alarm']:.2f}, confusion "
+                f"{100 * summary['der_parts']['confusion']:.2f})"
+                if "der" in summary
+                else ""
+            )
+            + (f"; exclusive turns: DER {100 * summary['der_exclusive']:.2f} %" if "der_exclusive" in summary else "")
+        )
     if "simulated" in summary:
         print("simulated errors (counts): " + ", ".join(f"{name} {v}" for name, v in summary["simulated"].items()))
 
@@ -589,13 +783,17 @@ def main(argv=None):
     run_dialogs(run, todo, args, backend)
     summary = merge_manifest(run)
     print_summary(run, summary, len(todo), time.time() - started)
-    failed = {d: run.manifest["dialogs"][d]["error"] for d in run.names
-              if run.manifest["dialogs"].get(d, {}).get("status") == "failed"}
+    failed = {
+        d: run.manifest["dialogs"][d]["error"]
+        for d in run.names
+        if run.manifest["dialogs"].get(d, {}).get("status") == "failed"
+    }
     if failed:
         for d, error in failed.items():
             print(f"FAILED {d}: {error}")
-        raise SystemExit(f"step 2: {len(failed)} of {len(run.names)} dialogs failed (listed above and in "
-                         f"{run.manifest_path})")
+        raise SystemExit(
+            f"step 2: {len(failed)} of {len(run.names)} dialogs failed (listed above and in {run.manifest_path})"
+        )
     return run.manifest
 
 

@@ -81,6 +81,7 @@ pyannote.metrics to 1e-9.
     python teer_calculate.py --work preprocessed_iemocap --run NAME [--collar 0.25] [--authors]
     python teer_calculate.py --work W --run NAME --nontarget other --empty-dialogs skip   # W-Wu's scorer
 """
+
 from __future__ import annotations
 
 import argparse
@@ -106,6 +107,7 @@ UNK = "UNK"  # hypothesis label of segments without a 4-class reference under --
 
 # Unions and differences of intervals (scoring regions, collars) are common.intervals.merge_intervals and
 # common.intervals.subtract_intervals; the label counts per elementary piece below are the scorer's own.
+
 
 def _label_counts(points, segments, labels):
     """[n_labels, n_pieces] counts of each label's segments over the elementary pieces."""
@@ -140,8 +142,15 @@ def score_dialog(ref, hyp, uem, collar: float = 0.0, mapping: str = "identity") 
     if collar > 0 and ref:
         bounds = np.array([t for s, e, _ in ref for t in (s, e)])
         region = subtract_intervals(region, np.stack([bounds - collar, bounds + collar], axis=1))
-    result = {"total": 0.0, "missed": 0.0, "false_alarm": 0.0, "confusion": 0.0, "correct": 0.0,
-              "scored": float((region[:, 1] - region[:, 0]).sum()) if len(region) else 0.0, "mapping": {}}
+    result = {
+        "total": 0.0,
+        "missed": 0.0,
+        "false_alarm": 0.0,
+        "confusion": 0.0,
+        "correct": 0.0,
+        "scored": float((region[:, 1] - region[:, 0]).sum()) if len(region) else 0.0,
+        "mapping": {},
+    }
     if len(region) == 0:
         return result
 
@@ -201,8 +210,17 @@ def map_speakers(ref, hyp) -> dict:
 COMPONENTS = ("total", "missed", "false_alarm", "confusion_emo", "correct_emo", "confusion_emo_spk", "correct_emo_spk")
 
 
-def teer_dialog(utterances, segments, collar=0.25, uem="extent", nontarget="exclude", mapping="identity",
-                speaker_mapping="overlap", unlabelled="pred", same_times="all") -> dict:
+def teer_dialog(
+    utterances,
+    segments,
+    collar=0.25,
+    uem="extent",
+    nontarget="exclude",
+    mapping="identity",
+    speaker_mapping="overlap",
+    unlabelled="pred",
+    same_times="all",
+) -> dict:
     """TEER components of one dialog.
 
     utterances: labels.json reference utterances ({"start","end","speaker","label"});
@@ -251,8 +269,10 @@ def teer_dialog(utterances, segments, collar=0.25, uem="extent", nontarget="excl
 
     spk_map = {}
     if speaker_mapping == "overlap":
-        spk_map = map_speakers([(u["start"], u["end"], u["speaker"]) for u in utterances],
-                               [(s["start"], s["end"], s["speaker"]) for s in segments])
+        spk_map = map_speakers(
+            [(u["start"], u["end"], u["speaker"]) for u in utterances],
+            [(s["start"], s["end"], s["speaker"]) for s in segments],
+        )
     elif speaker_mapping != "none":
         raise ValueError(f"speaker_mapping must be 'overlap' or 'none', got {speaker_mapping!r}")
     said = [UNK if unlabelled == "unk" and s["label"] is None else s["pred"] for s in segments]
@@ -263,12 +283,21 @@ def teer_dialog(utterances, segments, collar=0.25, uem="extent", nontarget="excl
 
     emo = score_dialog(ref_emo, hyp_emo, region, collar=collar, mapping=mapping)
     spk = score_dialog(ref_spk, hyp_spk, region, collar=collar, mapping=mapping)
-    return {"total": emo["total"], "missed": emo["missed"], "false_alarm": emo["false_alarm"],
-            "confusion_emo": emo["confusion"], "correct_emo": emo["correct"],
-            "confusion_emo_spk": spk["confusion"], "correct_emo_spk": spk["correct"],
-            "scored_region": emo["scored"], "speaker_map": spk_map,
-            "label_map_emo": emo["mapping"], "label_map_emo_spk": spk["mapping"],
-            "n_reference": len(utterances), "n_system": len(segments)}
+    return {
+        "total": emo["total"],
+        "missed": emo["missed"],
+        "false_alarm": emo["false_alarm"],
+        "confusion_emo": emo["confusion"],
+        "correct_emo": emo["correct"],
+        "confusion_emo_spk": spk["confusion"],
+        "correct_emo_spk": spk["correct"],
+        "scored_region": emo["scored"],
+        "speaker_map": spk_map,
+        "label_map_emo": emo["mapping"],
+        "label_map_emo_spk": spk["mapping"],
+        "n_reference": len(utterances),
+        "n_system": len(segments),
+    }
 
 
 def _last_of_same_times(items):
@@ -283,13 +312,16 @@ def rates(c: dict) -> dict:
     The agreement time of EERa is the time where reference and system both have speech, counted
     per speaker pair in overlapped speech: correct + confusion = sum of min(n_ref, n_hyp) x dur.
     """
+
     def ratio(num, den):
         return num / den if den > 0 else None
 
-    return {"TEER": ratio(c["missed"] + c["false_alarm"] + c["confusion_emo"], c["total"]),
-            "sTEER": ratio(c["missed"] + c["false_alarm"] + c["confusion_emo_spk"], c["total"]),
-            "EERa": ratio(c["confusion_emo"], c["confusion_emo"] + c["correct_emo"]),
-            "sEERa": ratio(c["confusion_emo_spk"], c["confusion_emo_spk"] + c["correct_emo_spk"])}
+    return {
+        "TEER": ratio(c["missed"] + c["false_alarm"] + c["confusion_emo"], c["total"]),
+        "sTEER": ratio(c["missed"] + c["false_alarm"] + c["confusion_emo_spk"], c["total"]),
+        "EERa": ratio(c["confusion_emo"], c["confusion_emo"] + c["correct_emo"]),
+        "sEERa": ratio(c["confusion_emo_spk"], c["confusion_emo_spk"] + c["correct_emo_spk"]),
+    }
 
 
 def score_predictions(predictions: dict, labels: dict, dialogs, settings: dict, where: str = "predictions") -> dict:
@@ -303,7 +335,9 @@ def score_predictions(predictions: dict, labels: dict, dialogs, settings: dict, 
     if empty_dialogs not in ("missed", "skip"):
         raise ValueError(f"empty_dialogs must be 'missed' or 'skip', got {empty_dialogs!r}")
     dialog_settings = {k: v for k, v in settings.items() if k != "empty_dialogs"}
-    required = ("dialog", "start", "end", "speaker", "pred") + (("label",) if settings.get("unlabelled") == "unk" else ())
+    required = ("dialog", "start", "end", "speaker", "pred") + (
+        ("label",) if settings.get("unlabelled") == "unk" else ()
+    )
     by_dialog: dict[str, list] = {d: [] for d in dialogs}
     outside = 0
     segments = predictions.get("segments", []) if isinstance(predictions, dict) else None
@@ -316,13 +350,23 @@ def score_predictions(predictions: dict, labels: dict, dialogs, settings: dict, 
         if missing:
             raise PipelineError(f"{where}: segment {n} lacks {missing}; expected predictions.json segments")
         if seg["pred"] not in LABELS:
-            raise PipelineError(f"{where}: segment {n} ({seg.get('id')}) has pred {seg['pred']!r:.40}, expected one of {LABELS}")
+            raise PipelineError(
+                f"{where}: segment {n} ({seg.get('id')}) has pred {seg['pred']!r:.40}, expected one of {LABELS}"
+            )
         if "label" in seg and seg["label"] is not None and seg["label"] not in LABELS:
-            raise PipelineError(f"{where}: segment {n} ({seg.get('id')}) has label {seg['label']!r:.40}, "
-                                f"expected one of {LABELS} or null")
-        if not (formats.is_finite_number(seg["start"]) and formats.is_finite_number(seg["end"]) and seg["start"] <= seg["end"]):
-            raise PipelineError(f"{where}: segment {n} ({seg.get('id')}): start {seg['start']!r:.40}, end "
-                                f"{seg['end']!r:.40}; expected finite seconds with start <= end")
+            raise PipelineError(
+                f"{where}: segment {n} ({seg.get('id')}) has label {seg['label']!r:.40}, "
+                f"expected one of {LABELS} or null"
+            )
+        if not (
+            formats.is_finite_number(seg["start"])
+            and formats.is_finite_number(seg["end"])
+            and seg["start"] <= seg["end"]
+        ):
+            raise PipelineError(
+                f"{where}: segment {n} ({seg.get('id')}): start {seg['start']!r:.40}, end "
+                f"{seg['end']!r:.40}; expected finite seconds with start <= end"
+            )
         if not isinstance(seg["dialog"], str) or not isinstance(seg["speaker"], str):
             raise PipelineError(f"{where}: segment {n} ({seg.get('id')}): dialog and speaker must be strings")
         if seg["dialog"] in by_dialog:
@@ -348,18 +392,41 @@ def score_predictions(predictions: dict, labels: dict, dialogs, settings: dict, 
         per_dialog[d] = {**comp, **rates(comp)}
         for k in COMPONENTS:
             sums[k] += comp[k]
-    return {"totals": sums, **rates(sums), "n_dialogs": len(per_dialog), "n_segments": sum(len(v) for v in by_dialog.values()),
-            "segments_outside_test_dialogs": outside, "skipped_dialogs": skipped,
-            "missing_dialogs": [d for d in dialogs if not by_dialog[d]], "dialogs": per_dialog}
+    return {
+        "totals": sums,
+        **rates(sums),
+        "n_dialogs": len(per_dialog),
+        "n_segments": sum(len(v) for v in by_dialog.values()),
+        "segments_outside_test_dialogs": outside,
+        "skipped_dialogs": skipped,
+        "missing_dialogs": [d for d in dialogs if not by_dialog[d]],
+        "dialogs": per_dialog,
+    }
 
 
 def settings_from_args(args) -> dict:
     """The scorer's settings: ours from the flags, or the authors' script's (--authors overrides them)."""
     if args.authors:
-        return {"collar": 0.0, "uem": "union", "nontarget": "drop", "mapping": "optimal", "speaker_mapping": "none",
-                "unlabelled": "unk", "same_times": "last", "empty_dialogs": "skip"}
-    return {"collar": args.collar, "uem": args.uem, "nontarget": args.nontarget, "mapping": "identity",
-            "speaker_mapping": "overlap", "unlabelled": "pred", "same_times": "all", "empty_dialogs": args.empty_dialogs}
+        return {
+            "collar": 0.0,
+            "uem": "union",
+            "nontarget": "drop",
+            "mapping": "optimal",
+            "speaker_mapping": "none",
+            "unlabelled": "unk",
+            "same_times": "last",
+            "empty_dialogs": "skip",
+        }
+    return {
+        "collar": args.collar,
+        "uem": args.uem,
+        "nontarget": args.nontarget,
+        "mapping": "identity",
+        "speaker_mapping": "overlap",
+        "unlabelled": "pred",
+        "same_times": "all",
+        "empty_dialogs": args.empty_dialogs,
+    }
 
 
 def score_run(run_dir: Path, labels: dict, settings: dict) -> dict:
@@ -369,24 +436,35 @@ def score_run(run_dir: Path, labels: dict, settings: dict) -> dict:
     predictions = read_json(pred_path, "predictions file")
     dialogs, source = run_test_dialogs(run_dir, predictions, labels)
     result = score_predictions(predictions, labels, dialogs, settings, where=str(pred_path))
-    print(f"  read {pred_path} ({result['n_segments']} segments in {len(dialogs)} test dialogs from {source}); "
-          f"scored {result['n_dialogs']} dialogs, skipped {len(result['skipped_dialogs'])}"
-          + (f", ignored {result['segments_outside_test_dialogs']} segments outside the test dialogs"
-             if result["segments_outside_test_dialogs"] else ""))
+    print(
+        f"  read {pred_path} ({result['n_segments']} segments in {len(dialogs)} test dialogs from {source}); "
+        f"scored {result['n_dialogs']} dialogs, skipped {len(result['skipped_dialogs'])}"
+        + (
+            f", ignored {result['segments_outside_test_dialogs']} segments outside the test dialogs"
+            if result["segments_outside_test_dialogs"]
+            else ""
+        )
+    )
     for d, why in result["skipped_dialogs"].items():
         print(f"    skipped {d}: {why}")
     missed = [d for d in result["missing_dialogs"] if d not in result["skipped_dialogs"]]
     if missed:
-        print(f"    {len(missed)} test dialogs without any system segment scored as all missed: {', '.join(missed[:5])}"
-              + (" ..." if len(missed) > 5 else ""))
+        print(
+            f"    {len(missed)} test dialogs without any system segment scored as all missed: {', '.join(missed[:5])}"
+            + (" ..." if len(missed) > 5 else "")
+        )
     return result
 
 
 def pool(results: list[dict]) -> dict:
     """Sum the components of several folds and divide once."""
     sums = {k: sum(r["totals"][k] for r in results) for k in COMPONENTS}
-    return {"totals": sums, **rates(sums), "n_dialogs": sum(r["n_dialogs"] for r in results),
-            "missing_dialogs": sorted({d for r in results for d in r.get("missing_dialogs", [])})}
+    return {
+        "totals": sums,
+        **rates(sums),
+        "n_dialogs": sum(r["n_dialogs"] for r in results),
+        "missing_dialogs": sorted({d for r in results for d in r.get("missing_dialogs", [])}),
+    }
 
 
 def report(name: str, r: dict) -> None:
@@ -396,39 +474,75 @@ def report(name: str, r: dict) -> None:
         return "n/a" if x is None else f"{100 * x:6.2f}%"
 
     print(f"{name}: {r['n_dialogs']} dialogs, reference speech scored {t['total']:.2f} s")
-    print(f"  MS {t['missed']:.2f} s  FA {t['false_alarm']:.2f} s  CONF_emo {t['confusion_emo']:.2f} s  "
-          f"CONF_emo+spk {t['confusion_emo_spk']:.2f} s")
+    print(
+        f"  MS {t['missed']:.2f} s  FA {t['false_alarm']:.2f} s  CONF_emo {t['confusion_emo']:.2f} s  "
+        f"CONF_emo+spk {t['confusion_emo_spk']:.2f} s"
+    )
     print(f"  TEER {pct(r['TEER'])}  sTEER {pct(r['sTEER'])}  EERa {pct(r['EERa'])}  sEERa {pct(r['sEERa'])}")
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     p.add_argument("--work", default="preprocessed_iemocap", help="work directory (default: %(default)s)")
-    p.add_argument("--run", required=True, nargs="+",
-                   help="run name(s): WORK/runs/<run>/ holds predictions.json (step 5); several runs are scored in turn")
-    p.add_argument("--collar", type=float, default=0.25,
-                   help="seconds not scored either side of each reference boundary (default: %(default)s, Wu et al.)")
-    p.add_argument("--uem", choices=("extent", "union"), default="extent",
-                   help="scoring region per dialog: the reference's extent, or the union of reference and system extents")
-    p.add_argument("--nontarget", choices=("exclude", "other", "drop"), default="exclude",
-                   help="reference time without a 4-class label: cut from the scoring region (default), "
-                        "kept as label 'other' that no prediction matches, or dropped from the reference only (FA there)")
-    p.add_argument("--empty-dialogs", choices=("missed", "skip"), default="missed",
-                   help="test dialogs without any system segment: scored as all missed (default), or left out "
-                        "as W-Wu's scorer does (it scores only the dialogs in the system output)")
-    p.add_argument("--authors", action="store_true",
-                   help="reproduce the authors' script: optimal label mapping (DiarizationErrorRate), collar 0, "
-                        "union UEM, non-target dropped, dialogs without system segments skipped, and segments "
-                        "without a 4-class reference labelled UNK instead of their prediction (this uses reference "
-                        "information: which segments overlap labelled speech); overrides "
-                        "--collar/--uem/--nontarget/--empty-dialogs; writes teer_authors.json")
-    p.add_argument("--also-authors", action="store_true",
-                   help="write both teer.json (the flags' settings) and teer_authors.json (--authors) in one go")
-    p.add_argument("--out", default=None, help="output file name in the run dir (default teer.json, teer_authors.json with --authors)")
-    p.add_argument(rundirs.ALLOW_CHANGED_DATA, action="store_true",
-                   help="score a run even when labels.json, its step-3 config or cache files changed since it was "
-                        "trained (refused otherwise); teer.json data_check records it")
+    p.add_argument(
+        "--run",
+        required=True,
+        nargs="+",
+        help="run name(s): WORK/runs/<run>/ holds predictions.json (step 5); several runs are scored in turn",
+    )
+    p.add_argument(
+        "--collar",
+        type=float,
+        default=0.25,
+        help="seconds not scored either side of each reference boundary (default: %(default)s, Wu et al.)",
+    )
+    p.add_argument(
+        "--uem",
+        choices=("extent", "union"),
+        default="extent",
+        help="scoring region per dialog: the reference's extent, or the union of reference and system extents",
+    )
+    p.add_argument(
+        "--nontarget",
+        choices=("exclude", "other", "drop"),
+        default="exclude",
+        help="reference time without a 4-class label: cut from the scoring region (default), "
+        "kept as label 'other' that no prediction matches, or dropped from the reference only (FA there)",
+    )
+    p.add_argument(
+        "--empty-dialogs",
+        choices=("missed", "skip"),
+        default="missed",
+        help="test dialogs without any system segment: scored as all missed (default), or left out "
+        "as W-Wu's scorer does (it scores only the dialogs in the system output)",
+    )
+    p.add_argument(
+        "--authors",
+        action="store_true",
+        help="reproduce the authors' script: optimal label mapping (DiarizationErrorRate), collar 0, "
+        "union UEM, non-target dropped, dialogs without system segments skipped, and segments "
+        "without a 4-class reference labelled UNK instead of their prediction (this uses reference "
+        "information: which segments overlap labelled speech); overrides "
+        "--collar/--uem/--nontarget/--empty-dialogs; writes teer_authors.json",
+    )
+    p.add_argument(
+        "--also-authors",
+        action="store_true",
+        help="write both teer.json (the flags' settings) and teer_authors.json (--authors) in one go",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output file name in the run dir (default teer.json, teer_authors.json with --authors)",
+    )
+    p.add_argument(
+        rundirs.ALLOW_CHANGED_DATA,
+        action="store_true",
+        help="score a run even when labels.json, its step-3 config or cache files changed since it was "
+        "trained (refused otherwise); teer.json data_check records it",
+    )
     args = p.parse_args(argv)
     if not args.collar >= 0 or args.collar == float("inf"):  # also NaN
         p.error(f"--collar {args.collar}: expected a finite number of seconds >= 0")
@@ -441,17 +555,22 @@ def main(argv=None) -> dict:
             raise PipelineError(f"{work / 'runs' / name}: run directory not found")
     labels = load_labels(work)
     print(f"read {work / 'labels.json'} ({len(labels['dialogs'])} dialogs)")
-    checks = {name: rundirs.check_run_data(work / "runs" / name, work / "labels.json", args.allow_changed_data)
-              for name in args.run}  # every run bound to its data: all checked before any is scored
+    checks = {
+        name: rundirs.check_run_data(work / "runs" / name, work / "labels.json", args.allow_changed_data)
+        for name in args.run
+    }  # every run bound to its data: all checked before any is scored
     for name, check in checks.items():
         if check["changed"]:
-            print(f"WARNING {name}: scored on changed data ({rundirs.ALLOW_CHANGED_DATA}): {'; '.join(check['changed'])}")
+            print(
+                f"WARNING {name}: scored on changed data ({rundirs.ALLOW_CHANGED_DATA}): {'; '.join(check['changed'])}"
+            )
     semantics = [args.authors] + ([True] if args.also_authors and not args.authors else [])
     results = {}
     for name in args.run:
         for authors in semantics:
             results[name, authors] = score_named_run(
-                work, name, labels, argparse.Namespace(**{**vars(args), "authors": authors}), checks[name])
+                work, name, labels, argparse.Namespace(**{**vars(args), "authors": authors}), checks[name]
+            )
     return results[args.run[0], semantics[0]] if len(results) == 1 else results
 
 
@@ -474,10 +593,15 @@ def score_named_run(work: Path, name: str, labels: dict, args, data_check: dict 
     elapsed = time.perf_counter() - t0
 
     note = formats.demo_note(labels)
-    result = {"run": name, **({"note": note} if note else {}), "settings": settings,
-              "semantics": "authors" if args.authors else "wu2023",
-              **({"data_check": data_check} if data_check else {}),
-              **result, "seconds": elapsed}
+    result = {
+        "run": name,
+        **({"note": note} if note else {}),
+        "settings": settings,
+        "semantics": "authors" if args.authors else "wu2023",
+        **({"data_check": data_check} if data_check else {}),
+        **result,
+        "seconds": elapsed,
+    }
     out = run_dir / (args.out or ("teer_authors.json" if args.authors else "teer.json"))
     atomic_write_json(out, result)
     for name, r in result.get("folds", {}).items():

@@ -11,6 +11,7 @@ overlap and some words fall in gaps); ASR segments of 1-25 words cut across spea
 word-to-speaker attribution (alone, and with flattening and the ASR-segment tie-breaker),
 grouping, constructing the segments, and align.align_dialog end to end.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,15 +39,23 @@ def synthetic_dialog(n_words: int, n_speakers: int, seed: int):
     bounds = np.flatnonzero(np.diff(run_of_word)) + 1
     firsts, lasts = np.concatenate([[0], bounds]), np.concatenate([bounds, [n_words]]) - 1
     jitter = rng.uniform(-0.2, 0.2, (len(firsts), 2))
-    turns = [(max(0.0, float(start[a] + j0)), float(end[b] + j1), f"SPEAKER_{speaker[a]:02d}")
-             for a, b, (j0, j1) in zip(firsts, lasts, jitter)]
+    turns = [
+        (max(0.0, float(start[a] + j0)), float(end[b] + j1), f"SPEAKER_{speaker[a]:02d}")
+        for a, b, (j0, j1) in zip(firsts, lasts, jitter)
+    ]
     untimed = rng.random(n_words) < 0.01
     cuts = np.cumsum(rng.integers(1, 26, n_words))
     cuts = np.concatenate([[0], cuts[cuts < n_words], [n_words]])
     segments = []
     for a, b in zip(cuts[:-1], cuts[1:]):
-        words = [{"word": f"w{i}", "start": None if untimed[i] else float(start[i]),
-                  "end": None if untimed[i] else float(end[i])} for i in range(a, b)]
+        words = [
+            {
+                "word": f"w{i}",
+                "start": None if untimed[i] else float(start[i]),
+                "end": None if untimed[i] else float(end[i]),
+            }
+            for i in range(a, b)
+        ]
         segments.append({"start": float(start[a]), "end": float(end[b - 1]), "text": "", "words": words})
     return segments, turns
 
@@ -64,8 +73,10 @@ def main(argv=None):
 
     t = time.perf_counter()
     asr, turns = synthetic_dialog(args.words, args.speakers, args.seed)
-    print(f"synthetic dialog: {args.words} words in {len(asr)} ASR segments, {len(turns)} speaker turns, "
-          f"{args.speakers} speakers (built in {time.perf_counter() - t:.1f} s)")
+    print(
+        f"synthetic dialog: {args.words} words in {len(asr)} ASR segments, {len(turns)} speaker turns, "
+        f"{args.speakers} speakers (built in {time.perf_counter() - t:.1f} s)"
+    )
 
     times = {}
     t = time.perf_counter()
@@ -89,8 +100,10 @@ def main(argv=None):
 
     for name, sec in times.items():
         print(f"  {name:<48s} {sec:7.2f} s")
-    print(f"result: {len(segs)} segments, {int(retimed.sum())} words re-timed, "
-          f"{int(nearest.sum())} words given the nearest turn's speaker")
+    print(
+        f"result: {len(segs)} segments, {int(retimed.sum())} words re-timed, "
+        f"{int(nearest.sum())} words given the nearest turn's speaker"
+    )
     return times
 
 

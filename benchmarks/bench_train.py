@@ -21,6 +21,7 @@ the ratio ours / authors.
     python benchmarks/bench_train.py --small           # = --tiny --device cpu --utterances 8 --warmup 1
                                                        #   --num-workers 0 (a smoke test in seconds)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import fileio, formats  # noqa: E402
 import utils  # noqa: E402
+from common import fileio, formats  # noqa: E402
 from demo.build_ser_models import WORDS, build, build_tokenizer  # noqa: E402
 
 
@@ -57,15 +58,23 @@ def make_utterances(n: int, seed: int) -> list[dict]:
     """IEMOCAP-like utterances: log-normal durations (median 4.5 s) clipped to 1-20 s, ~2.5 words/s."""
     rng = np.random.default_rng(seed)
     secs = np.clip(rng.lognormal(np.log(4.5), 0.6, n), 1.0, 20.0)
-    return [{"audio": (rng.standard_normal(int(s * formats.SAMPLE_RATE)) * 0.1).astype(np.float32),
-             "text": " ".join(rng.choice(WORDS, max(1, int(2.5 * s)))), "label": int(rng.integers(4))} for s in secs]
+    return [
+        {
+            "audio": (rng.standard_normal(int(s * formats.SAMPLE_RATE)) * 0.1).astype(np.float32),
+            "text": " ".join(rng.choice(WORDS, max(1, int(2.5 * s)))),
+            "label": int(rng.integers(4)),
+        }
+        for s in secs
+    ]
 
 
 def make_model(paths, device, lrs=(2e-5, 1e-4)):
     torch.manual_seed(0)
     model = utils.SERModel(paths["text_model"], paths["audio_model"], "fusion").to(device)
-    opt = torch.optim.AdamW([{"params": model.extractor_parameters(), "lr": lrs[0]},
-                             {"params": model.head_parameters(), "lr": lrs[1]}], weight_decay=0.01)
+    opt = torch.optim.AdamW(
+        [{"params": model.extractor_parameters(), "lr": lrs[0]}, {"params": model.head_parameters(), "lr": lrs[1]}],
+        weight_decay=0.01,
+    )
     return model, opt
 
 
@@ -86,8 +95,14 @@ def timed(device, fn):
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    return {"seconds": dt, "samples": n_samples, "audio_seconds": audio_s, "samples_per_s": n_samples / dt,
-            "audio_s_per_s": audio_s / dt, "peak_gpu_gib": peak}
+    return {
+        "seconds": dt,
+        "samples": n_samples,
+        "audio_seconds": audio_s,
+        "samples_per_s": n_samples / dt,
+        "audio_s_per_s": audio_s / dt,
+        "peak_gpu_gib": peak,
+    }
 
 
 def ours(paths, utts, args, device):
@@ -95,17 +110,28 @@ def ours(paths, utts, args, device):
 
     model, opt = make_model(paths, device)
     model.train()
-    items = [{"index": i, "audio": utils.zero_mean_unit_var(torch.from_numpy(u["audio"])), "text": u["text"],
-              "label": u["label"]} for i, u in enumerate(utts)]  # normalised once, as SegmentDataset does
+    items = [
+        {
+            "index": i,
+            "audio": utils.zero_mean_unit_var(torch.from_numpy(u["audio"])),
+            "text": u["text"],
+            "label": u["label"],
+        }
+        for i, u in enumerate(utts)
+    ]  # normalised once, as SegmentDataset does
     lengths = [it["audio"].numel() for it in items]
     collate = utils.Collator(AutoTokenizer.from_pretrained(paths["text_model"]))
     bf16 = device.type == "cuda" and not args.no_bf16
 
     def loader(subset):
         sampler = utils.LengthBucketSampler([lengths[i] for i in subset], args.batch_size, shuffle=True, seed=0)
-        return torch.utils.data.DataLoader(torch.utils.data.Subset(items, subset), batch_sampler=sampler,
-                                           collate_fn=collate, num_workers=args.num_workers,
-                                           pin_memory=device.type == "cuda")
+        return torch.utils.data.DataLoader(
+            torch.utils.data.Subset(items, subset),
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=args.num_workers,
+            pin_memory=device.type == "cuda",
+        )
 
     def run(batches):
         n, sec = 0, 0.0
@@ -133,8 +159,10 @@ def authors(paths, utts, args, device):
     def run(order):
         n, sec = 0, 0.0
         for b in range(0, len(order), args.batch_size):
-            chosen = [utts[i] for i in order[b:b + args.batch_size]]
-            t = tok([u["text"] for u in chosen], padding=True, truncation=True, max_length=512, return_tensors="pt").to(device)
+            chosen = [utts[i] for i in order[b : b + args.batch_size]]
+            t = tok([u["text"] for u in chosen], padding=True, truncation=True, max_length=512, return_tensors="pt").to(
+                device
+            )
             a = fe([u["audio"] for u in chosen], sampling_rate=16000, padding=True, return_tensors="pt").to(device)
             z_t = model.text.model(**t).last_hidden_state.mean(1)
             z_a = model.audio.model(a["input_values"]).last_hidden_state.mean(1)
@@ -160,8 +188,11 @@ def main(argv=None) -> dict:
     p.add_argument("--no-bf16", action="store_true", help="ours without bf16 autocast (isolates bucketing)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="also write the figures as JSON here")
-    p.add_argument("--small", action="store_true", help="a smoke test in seconds: --tiny --device cpu --utterances 8 "
-                                                        "--warmup 1 --num-workers 0")
+    p.add_argument(
+        "--small",
+        action="store_true",
+        help="a smoke test in seconds: --tiny --device cpu --utterances 8 --warmup 1 --num-workers 0",
+    )
     args = p.parse_args(argv)
     if args.small:
         args.tiny, args.device, args.utterances, args.warmup, args.num_workers = True, "cpu", 8, 1, 0
@@ -169,8 +200,10 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         paths = build(Path(tmp), args.seed) if args.tiny else build_base_sized(Path(tmp), args.seed)
         utts = make_utterances(args.utterances, args.seed)
-        print(f"{len(utts)} utterances, {sum(len(u['audio']) for u in utts) / 16000 / 60:.1f} min of audio; "
-              f"models {'tiny' if args.tiny else 'base-sized'}; device {device}")
+        print(
+            f"{len(utts)} utterances, {sum(len(u['audio']) for u in utts) / 16000 / 60:.1f} min of audio; "
+            f"models {'tiny' if args.tiny else 'base-sized'}; device {device}"
+        )
         results = {"authors": authors(paths, utts, args, device), "ours": ours(paths, utts, args, device)}
     results["ratio_audio_s_per_s"] = results["ours"]["audio_s_per_s"] / results["authors"]["audio_s_per_s"]
     results["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
@@ -178,8 +211,10 @@ def main(argv=None) -> dict:
     for name in ("authors", "ours"):
         r = results[name]
         mem = f"{r['peak_gpu_gib']:.2f} GiB" if r["peak_gpu_gib"] is not None else "n/a (CPU)"
-        print(f"{name:8s} {r['audio_s_per_s']:8.1f} audio s/s  {r['samples_per_s']:7.2f} samples/s  peak memory {mem}  "
-              f"({r['samples']} samples in {r['seconds']:.1f} s)")
+        print(
+            f"{name:8s} {r['audio_s_per_s']:8.1f} audio s/s  {r['samples_per_s']:7.2f} samples/s  peak memory {mem}  "
+            f"({r['samples']} samples in {r['seconds']:.1f} s)"
+        )
     print(f"ratio ours/authors: {results['ratio_audio_s_per_s']:.2f}x  on {results['device']}")
     if args.out:
         fileio.atomic_write_json(args.out, results)

@@ -3,11 +3,11 @@ estimates."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass as _dataclass
-from pathlib import Path
 import os
 import re as _re
 import shutil as _shutil
+from dataclasses import dataclass as _dataclass
+from pathlib import Path
 
 from common import cli
 
@@ -15,6 +15,7 @@ from common import cli
 @_dataclass(frozen=True)
 class CheckItem:
     """One preflight line: what was checked, whether it is fine, what was found or what to do."""
+
     name: str
     ok: bool
     message: str
@@ -29,8 +30,10 @@ def report_checks(items, title: str = "preflight") -> bool:
     for item in items:
         print(item.line())
     bad = [i.name for i in items if not i.ok]
-    print(f"{title}: " + (f"{len(bad)} of {len(items)} checks failed ({', '.join(bad)})" if bad
-                          else f"all {len(items)} checks OK"))
+    print(
+        f"{title}: "
+        + (f"{len(bad)} of {len(items)} checks failed ({', '.join(bad)})" if bad else f"all {len(items)} checks OK")
+    )
     return not bad
 
 
@@ -39,14 +42,26 @@ def check_cuda(required: bool = False, min_free_gib: float = 0.0, purpose: str =
     import torch
 
     if not torch.cuda.is_available():
-        return CheckItem("CUDA", not required, "no CUDA device" + (
-            ": a GPU is required here (--device cuda)" if required else "; this run uses the CPU (see the time estimate)"))
+        return CheckItem(
+            "CUDA",
+            not required,
+            "no CUDA device"
+            + (
+                ": a GPU is required here (--device cuda)"
+                if required
+                else "; this run uses the CPU (see the time estimate)"
+            ),
+        )
     parts, ok = [], True
     for i in range(torch.cuda.device_count()):
         free, total = torch.cuda.mem_get_info(i)
         parts.append(f"cuda:{i} {torch.cuda.get_device_name(i)}, {free / 2**30:.1f} of {total / 2**30:.1f} GiB free")
         ok = ok and free >= min_free_gib * 2**30
-    need = f"; needs about {min_free_gib:g} GiB free per device" + (f" ({purpose})" if purpose else "") if min_free_gib else ""
+    need = (
+        f"; needs about {min_free_gib:g} GiB free per device" + (f" ({purpose})" if purpose else "")
+        if min_free_gib
+        else ""
+    )
     return CheckItem("CUDA", ok, "; ".join(parts) + need + ("" if ok else ": free GPU memory or lower the batch size"))
 
 
@@ -68,16 +83,31 @@ def check_disk(path, need_bytes: float, what: str = "outputs") -> CheckItem:
         p = p.parent
     free = _shutil.disk_usage(p).free
     ok = free >= need_bytes
-    return CheckItem(f"disk ({what})", ok, f"{format_bytes(free)} free at {p}, estimate needed {format_bytes(need_bytes)}"
-                     + ("" if ok else ": free some space or point the run elsewhere"))
+    return CheckItem(
+        f"disk ({what})",
+        ok,
+        f"{format_bytes(free)} free at {p}, estimate needed {format_bytes(need_bytes)}"
+        + ("" if ok else ": free some space or point the run elsewhere"),
+    )
 
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) from the vendors' datasheets, matched against the CUDA
 # device name; anything else counts as 100 TFLOP/s.
-GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "L4": 121e12,
-                  "V100": 125e12, "T4": 65e12, "4090": 165e12, "3090": 71e12, "A6000": 155e12}
+GPU_PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10": 125e12,
+    "L4": 121e12,
+    "V100": 125e12,
+    "T4": 65e12,
+    "4090": 165e12,
+    "3090": 71e12,
+    "A6000": 155e12,
+}
 GPU_INFERENCE_EFFICIENCY = 0.03  # share of the peak that batched inference sustains (see estimate_time)
-CPU_FLOPS_PER_CORE = 2e10         # sustained fp32 FLOP/s per core (AVX2/AVX-512 FMA in PyTorch/CTranslate2)
+CPU_FLOPS_PER_CORE = 2e10  # sustained fp32 FLOP/s per core (AVX2/AVX-512 FMA in PyTorch/CTranslate2)
 
 
 def transformer_flops(params: float, tokens: float, training: bool = False) -> float:
@@ -87,8 +117,9 @@ def transformer_flops(params: float, tokens: float, training: bool = False) -> f
     return (6.0 if training else 2.0) * params * tokens
 
 
-def estimate_time(name: str, flops: float, device: str = "auto", efficiency: float = GPU_INFERENCE_EFFICIENCY,
-                  detail: str = "") -> CheckItem:
+def estimate_time(
+    name: str, flops: float, device: str = "auto", efficiency: float = GPU_INFERENCE_EFFICIENCY, detail: str = ""
+) -> CheckItem:
     """An ESTIMATE of wall time: a FLOP count divided by an assumed sustained throughput.
 
     GPU: the device's dense bf16/fp16 peak (GPU_PEAK_FLOPS) times `efficiency`. The default 0.03
@@ -108,9 +139,15 @@ def estimate_time(name: str, flops: float, device: str = "auto", efficiency: flo
         rate, where = peak * efficiency, f"{gpu} ({efficiency:.0%} of {peak / 1e12:.0f} TFLOP/s assumed sustained)"
     else:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        rate, where = cores * CPU_FLOPS_PER_CORE, f"CPU, {cores} cores ({CPU_FLOPS_PER_CORE / 1e9:.0f} GFLOP/s per core assumed)"
-    return CheckItem(name, True, f"estimate {format_seconds(flops / rate)} on {where}: {flops:.2g} FLOP"
-                     + (f" ({detail})" if detail else ""))
+        rate, where = (
+            cores * CPU_FLOPS_PER_CORE,
+            f"CPU, {cores} cores ({CPU_FLOPS_PER_CORE / 1e9:.0f} GFLOP/s per core assumed)",
+        )
+    return CheckItem(
+        name,
+        True,
+        f"estimate {format_seconds(flops / rate)} on {where}: {flops:.2g} FLOP" + (f" ({detail})" if detail else ""),
+    )
 
 
 def parse_shard(spec: str | None, environ=None) -> tuple[int, int]:

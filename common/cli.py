@@ -3,10 +3,10 @@ process. Exit statuses and the error format: docs/TESTING.md."""
 
 from __future__ import annotations
 
-from pathlib import Path
 import os
 import re
 import subprocess
+from pathlib import Path
 
 from common import modelhub
 
@@ -49,14 +49,16 @@ def _os_error_line(error: OSError, script: str) -> str:
         if error.filename2 is not None:
             path = f"{path} -> {os.fsdecode(error.filename2)}"
     what = error.strerror or one_line(str(error)) or type(error).__name__
-    hint = {errno.EACCES: "check its permissions (inputs must be readable, the --work folder writable)",
-            errno.EPERM: "check its permissions (inputs must be readable, the --work folder writable)",
-            errno.EROFS: "a read-only file system: point --work at a writable folder",
-            errno.ENOSPC: "no space left: free some space or point --work at another disk",
-            errno.EDQUOT: "disk quota exceeded: free some space or point --work at another disk",
-            errno.ENOENT: "expected an existing file or folder: check the path",
-            errno.EISDIR: "expected a file, found a folder",
-            errno.ENOTDIR: "a part of the path is a file, expected a folder"}.get(error.errno)
+    hint = {
+        errno.EACCES: "check its permissions (inputs must be readable, the --work folder writable)",
+        errno.EPERM: "check its permissions (inputs must be readable, the --work folder writable)",
+        errno.EROFS: "a read-only file system: point --work at a writable folder",
+        errno.ENOSPC: "no space left: free some space or point --work at another disk",
+        errno.EDQUOT: "disk quota exceeded: free some space or point --work at another disk",
+        errno.ENOENT: "expected an existing file or folder: check the path",
+        errno.EISDIR: "expected a file, found a folder",
+        errno.ENOTDIR: "a part of the path is a file, expected a folder",
+    }.get(error.errno)
     where = str(path) if path is not None else script
     return f"{where}: {what}" + (f"; {hint}" if hint else "")
 
@@ -74,7 +76,9 @@ def _hub_error_line(error: BaseException) -> str | None:
     m = re.search(r"huggingface\.co/(?:api/models/)?([A-Za-z0-9][\w.-]*/[\w.-]+)", str(error))
     repo = m.group(1) if m and not m.group(1).startswith(("settings/", "docs/")) else "hub model"
     detail = one_line(str(error))
-    return f"{repo}: {modelhub.hub_error_message(repo, error, modelhub.hub_token())}" + (f" ({detail[:300]})" if detail else "")
+    return f"{repo}: {modelhub.hub_error_message(repo, error, modelhub.hub_token())}" + (
+        f" ({detail[:300]})" if detail else ""
+    )
 
 
 def describe_error(error: BaseException, script: str = "") -> tuple[str, int]:
@@ -94,12 +98,16 @@ def describe_error(error: BaseException, script: str = "") -> tuple[str, int]:
     if isinstance(error, OSError):
         return _os_error_line(error, script), 2
     if isinstance(error, ModuleNotFoundError):
-        return (f"{script}: the Python package {error.name!r} is not installed: install the pinned requirements "
-                f"(make install, or pip install -r requirements.txt)"), 2
+        return (
+            f"{script}: the Python package {error.name!r} is not installed: install the pinned requirements "
+            f"(make install, or pip install -r requirements.txt)"
+        ), 2
     if type(error).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA)
         return f"{script}: out of GPU memory ({one_line(str(error))[:200]}): lower --batch-size", 2
-    return (f"{script}: unexpected {type(error).__name__}: {one_line(str(error))[:500]} (a bug: run the same "
-            f"command with --debug for the traceback, and please report it)"), 3
+    return (
+        f"{script}: unexpected {type(error).__name__}: {one_line(str(error))[:500]} (a bug: run the same "
+        f"command with --debug for the traceback, and please report it)"
+    ), 3
 
 
 def run_main(main) -> None:
@@ -152,5 +160,10 @@ def start_step(script: str, argv: list[str], env: dict | None = None, stdout=Non
     their --check, predict.py steps 2 and 3, train.py --check step 1), so no step imports another."""
     import sys
 
-    return subprocess.Popen([sys.executable, str(Path(__file__).resolve().parent.parent / script), *argv], env=env,
-                            stdout=stdout, stderr=None if stdout is None else subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve().parent.parent / script), *argv],
+        env=env,
+        stdout=stdout,
+        stderr=None if stdout is None else subprocess.STDOUT,
+        text=True,
+    )

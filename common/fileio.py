@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 import hashlib
 import json
 import os
 import re
 import tempfile
+from pathlib import Path
 
 from common import cli
 
@@ -57,7 +57,7 @@ def remove_stale_temp(*dirs, recursive: bool = True) -> int:
         d = Path(d)
         if not d.is_dir():
             continue
-        for f in (d.rglob(".*.tmp") if recursive else d.glob(".*.tmp")):
+        for f in d.rglob(".*.tmp") if recursive else d.glob(".*.tmp"):
             m = TEMP_NAME_RE.match(f.name)
             if m is None or not f.is_file():
                 continue
@@ -91,13 +91,15 @@ def read_json(path, what: str = "JSON file"):
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
+        line = data[: e.start].count(b"\n") + 1
         raise cli.PipelineError(f"{path}:{line}: corrupt {what}: not UTF-8 text (byte 0x{data[e.start]:02X})") from None
     try:
         return json.loads(text)
     except RecursionError:  # e.g. a list nested 100,000 deep
-        raise cli.PipelineError(f"{path}: corrupt {what}: nested deeper than Python's recursion limit "
-                            f"({__import__('sys').getrecursionlimit()} levels)") from None
+        raise cli.PipelineError(
+            f"{path}: corrupt {what}: nested deeper than Python's recursion limit "
+            f"({__import__('sys').getrecursionlimit()} levels)"
+        ) from None
     except ValueError as e:  # JSONDecodeError, or an integer of more than 4300 digits
         raise cli.PipelineError(f"{path}: corrupt {what}: {cli.one_line(str(e))}") from e
 
@@ -138,16 +140,20 @@ def read_verified(path, what: str, rerun: str) -> tuple[bytes, str]:
     if not path.is_file():
         raise cli.PipelineError(f"{path}: {what} not found; {rerun}")
     if not side.is_file():
-        raise cli.PipelineError(f"{path}: {what} without its checksum file {side.name} (its write did not finish, "
-                            f"or an older version wrote it); {rerun}")
+        raise cli.PipelineError(
+            f"{path}: {what} without its checksum file {side.name} (its write did not finish, "
+            f"or an older version wrote it); {rerun}"
+        )
     try:
         data, recorded = path.read_bytes(), side.read_text(encoding="utf-8", errors="replace").split()
     except OSError as e:
         raise cli.PipelineError(f"{path}: cannot read {what}: {e.strerror or e}") from e
     digest = hashlib.sha256(data).hexdigest()
     if not recorded or recorded[0] != digest:
-        raise cli.PipelineError(f"{path}: corrupt {what}: its sha256 {digest[:16]}... differs from the one recorded in "
-                            f"{side.name} when it was written; {rerun}")
+        raise cli.PipelineError(
+            f"{path}: corrupt {what}: its sha256 {digest[:16]}... differs from the one recorded in "
+            f"{side.name} when it was written; {rerun}"
+        )
     return data, digest
 
 
@@ -167,7 +173,9 @@ def load_checked_pt(path, what: str, rerun: str):
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), digest
     except Exception as e:  # verified bytes that do not load: written by other code
-        raise cli.PipelineError(f"{path}: unreadable {what}: {type(e).__name__}: {cli.one_line(str(e))[:200]}; {rerun}") from e
+        raise cli.PipelineError(
+            f"{path}: unreadable {what}: {type(e).__name__}: {cli.one_line(str(e))[:200]}; {rerun}"
+        ) from e
 
 
 def load_pt(path, what: str = ".pt file"):
@@ -205,6 +213,7 @@ class file_lock:
         self.handle = open(self.path, "a")
         try:
             import fcntl
+
             fcntl.flock(self.handle, fcntl.LOCK_EX)
         except ImportError:
             pass

@@ -4,16 +4,15 @@ caches. A reader raises cli.PipelineError naming the file (and line) and what wa
 
 from __future__ import annotations
 
+import math
+import re
 from collections import Counter
 from pathlib import Path
-import math
+
 import numpy as np
-import re
 import torch
 
-from common import cli
-from common import fileio
-
+from common import cli, fileio
 
 SAMPLE_RATE = 16000  # IEMOCAP audio, wav2vec 2.0 and WhisperX all use 16 kHz
 
@@ -45,7 +44,11 @@ def iemocap_dialog_meta(dialog: str) -> dict | None:
     if m is None:
         return None
     kind = m.group(2) or m.group(3)
-    return {"kind": kind, "scenario": dialog.split("_", 1)[1], "script": f"script{m.group(4)}" if kind == "script" else None}
+    return {
+        "kind": kind,
+        "scenario": dialog.split("_", 1)[1],
+        "script": f"script{m.group(4)}" if kind == "script" else None,
+    }
 
 
 def wav_seconds(path, where: str | None = None) -> float:
@@ -63,8 +66,10 @@ def wav_seconds(path, where: str | None = None) -> float:
     except Exception as e:
         raise cli.PipelineError(f"{where}: cannot decode audio file {path}: {cli.one_line(str(e))}") from e
     if info.samplerate != SAMPLE_RATE or info.frames == 0:
-        raise cli.PipelineError(f"{where}: {path}: {info.samplerate} Hz, {info.frames} frames; expected {SAMPLE_RATE} Hz "
-                            "audio with samples (resample it first)")
+        raise cli.PipelineError(
+            f"{where}: {path}: {info.samplerate} Hz, {info.frames} frames; expected {SAMPLE_RATE} Hz "
+            "audio with samples (resample it first)"
+        )
     return info.frames / info.samplerate
 
 
@@ -74,7 +79,9 @@ def load_labels(work, require=()) -> dict:
     keys this step needs besides "utterances" (steps 2 and 3: "wav")."""
     path = Path(work) / "labels.json"
     if not path.is_file():
-        raise cli.PipelineError(f"{path}: not found; run step 1 first: python iemo_lab_with_timestamps.py --work {work}")
+        raise cli.PipelineError(
+            f"{path}: not found; run step 1 first: python iemo_lab_with_timestamps.py --work {work}"
+        )
     data = fileio.read_json(path, "labels file")
     if not isinstance(data, dict) or "dialogs" not in data:
         raise cli.PipelineError(f"{path}: no 'dialogs' key; not a labels.json written by step 1")
@@ -101,11 +108,17 @@ def count_labels(dialogs: dict, raw_key: str) -> dict:
                 target_per_raw[u[raw_key]] += 1
                 row["target"] += 1
                 row[u["label"]] += 1
-    return {"dialogs": len(dialogs), "dialogs_per_session": dict(sorted(dialogs_per_session.items())),
-            "utterances": sum(per_raw.values()), "target": sum(per_label.values()),
-            "per_label": {lab: per_label[lab] for lab in LABELS}, "per_raw": per_raw, "target_per_raw": target_per_raw,
-            "target_per_session": {s: r["target"] for s, r in sorted(per_session.items())},
-            "per_session": dict(sorted(per_session.items()))}
+    return {
+        "dialogs": len(dialogs),
+        "dialogs_per_session": dict(sorted(dialogs_per_session.items())),
+        "utterances": sum(per_raw.values()),
+        "target": sum(per_label.values()),
+        "per_label": {lab: per_label[lab] for lab in LABELS},
+        "per_raw": per_raw,
+        "target_per_raw": target_per_raw,
+        "target_per_session": {s: r["target"] for s, r in sorted(per_session.items())},
+        "per_session": dict(sorted(per_session.items())),
+    }
 
 
 def is_finite_number(x) -> bool:
@@ -122,8 +135,10 @@ def check_session_name(dialog: str, session, where: str) -> None:
     """An IEMOCAP-named dialog (Ses02F_...) must be in the session its name gives (the fold follows the
     session); other names (a CSV corpus) may have any session."""
     if session is not None and iemocap_dialog_meta(dialog) is not None and session != session_of(dialog):
-        raise cli.PipelineError(f"{where}: 'session' {session} but the IEMOCAP name says session {session_of(dialog)}; "
-                            "a dialog's session decides its fold, so they must agree")
+        raise cli.PipelineError(
+            f"{where}: 'session' {session} but the IEMOCAP name says session {session_of(dialog)}; "
+            "a dialog's session decides its fold, so they must agree"
+        )
 
 
 def check_labels(data: dict, path, require=()) -> None:
@@ -144,7 +159,9 @@ def check_labels(data: dict, path, require=()) -> None:
         raise cli.PipelineError(f"{path}: 'corpus' must be a string (the corpus root), got {data['corpus']!r:.60}")
     dialogs = data["dialogs"]
     if not isinstance(dialogs, dict):
-        raise cli.PipelineError(f"{path}: 'dialogs' must be an object {{dialog: {{...}}}}, got {type(dialogs).__name__}")
+        raise cli.PipelineError(
+            f"{path}: 'dialogs' must be an object {{dialog: {{...}}}}, got {type(dialogs).__name__}"
+        )
     wdsegs = {}
     for d, info in dialogs.items():
         where = f"{path}: dialog {d}"
@@ -153,9 +170,13 @@ def check_labels(data: dict, path, require=()) -> None:
         for key in ("utterances", *require):
             if key not in info:
                 raise cli.PipelineError(f"{where}: no {key!r} key; expected the dialog record step 1 writes")
-        checks = {"session": lambda v: isinstance(v, int) and not isinstance(v, bool),
-                  "wav": lambda v: isinstance(v, str) and v != "", "kind": lambda v: v in ("impro", "script"),
-                  "script": lambda v: v is None or isinstance(v, str), "scenario": lambda v: isinstance(v, str)}
+        checks = {
+            "session": lambda v: isinstance(v, int) and not isinstance(v, bool),
+            "wav": lambda v: isinstance(v, str) and v != "",
+            "kind": lambda v: v in ("impro", "script"),
+            "script": lambda v: v is None or isinstance(v, str),
+            "scenario": lambda v: isinstance(v, str),
+        }
         for key, ok in checks.items():
             if key in info and not ok(info[key]):
                 raise cli.PipelineError(f"{where}: bad {key!r} {info[key]!r:.60}")
@@ -176,16 +197,20 @@ def check_labels(data: dict, path, require=()) -> None:
                 raise cli.PipelineError(f"{at}: listed twice (utterance ids must be unique in a dialog)")
             ids.add(u["id"])
             if not (is_finite_number(u["start"]) and is_finite_number(u["end"]) and 0 <= u["start"] <= u["end"]):
-                raise cli.PipelineError(f"{at}: start {u['start']!r:.40}, end {u['end']!r:.40}; expected finite "
-                                    "seconds with 0 <= start <= end")
+                raise cli.PipelineError(
+                    f"{at}: start {u['start']!r:.40}, end {u['end']!r:.40}; expected finite "
+                    "seconds with 0 <= start <= end"
+                )
             if u["speaker"] not in ("F", "M"):
                 raise cli.PipelineError(f"{at}: speaker {u['speaker']!r:.40}, expected 'F' or 'M' (IEMOCAP's actors)")
-            suffix = u["id"][len(d) + 1:] if u["id"].startswith(f"{d}_") else ""
+            suffix = u["id"][len(d) + 1 :] if u["id"].startswith(f"{d}_") else ""
             if suffix[:1] in ("F", "M") and suffix[:1] != u["speaker"]:
                 raise cli.PipelineError(f"{at}: speaker {u['speaker']!r} but the id names speaker {suffix[0]!r}")
             if u["label"] is not None and u["label"] not in LABELS:
-                raise cli.PipelineError(f"{at}: label {u['label']!r:.40}, expected one of {list(LABELS)} or null "
-                                    "(other emotion codes have label null)")
+                raise cli.PipelineError(
+                    f"{at}: label {u['label']!r:.40}, expected one of {list(LABELS)} or null "
+                    "(other emotion codes have label null)"
+                )
             if "code" in u and u["code"] not in IEMOCAP_CODES:
                 raise cli.PipelineError(f"{at}: code {u['code']!r:.40}, expected one of {', '.join(IEMOCAP_CODES)}")
             if "text" in u and not isinstance(u["text"], str):
@@ -210,12 +235,15 @@ def check_in_audio(end: float, duration: float | None, where: str, item: str) ->
     """PipelineError unless `end` (seconds) is at most the audio's duration + TIME_TOLERANCE_S."""
     if duration is not None and end > duration + TIME_TOLERANCE_S:
         at = f"{end:.3f}" if end < 1e9 else f"{end:.4g}"
-        raise cli.PipelineError(f"{where}: {item} ends at {at} s, after the end of the audio ({duration:.3f} s; "
-                            f"tolerance {TIME_TOLERANCE_S:g} s): times must lie inside the dialog wav")
+        raise cli.PipelineError(
+            f"{where}: {item} ends at {at} s, after the end of the audio ({duration:.3f} s; "
+            f"tolerance {TIME_TOLERANCE_S:g} s): times must lie inside the dialog wav"
+        )
 
 
-def read_rttm(path, dialog: str | None = None, duration: float | None = None,
-              counts: dict | None = None) -> list[tuple[float, float, str]]:
+def read_rttm(
+    path, dialog: str | None = None, duration: float | None = None, counts: dict | None = None
+) -> list[tuple[float, float, str]]:
     """Read an RTTM file -> [(start, end, speaker)] sorted by start. Errors name file:line.
 
     Every line must be 'SPEAKER <file> <chan> <start> <dur> <NA> <NA> <label> ...' in UTF-8 with
@@ -237,21 +265,29 @@ def read_rttm(path, dialog: str | None = None, duration: float | None = None,
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise cli.PipelineError(f"{path}:{n}: not UTF-8 text (byte 0x{raw[e.start]:02X} at column {e.start + 1}); "
-                                "expected an RTTM file in UTF-8") from None
+            raise cli.PipelineError(
+                f"{path}:{n}: not UTF-8 text (byte 0x{raw[e.start]:02X} at column {e.start + 1}); "
+                "expected an RTTM file in UTF-8"
+            ) from None
         fields = line.split()
         if not fields or fields[0].startswith("#"):
             continue
         if fields[0] != "SPEAKER" or len(fields) < 8:
-            raise cli.PipelineError(f"{path}:{n}: expected 'SPEAKER <file> <chan> <start> <dur> <NA> <NA> <label> ...', "
-                                f"got {cli.quote(line.strip())}")
+            raise cli.PipelineError(
+                f"{path}:{n}: expected 'SPEAKER <file> <chan> <start> <dur> <NA> <NA> <label> ...', "
+                f"got {cli.quote(line.strip())}"
+            )
         try:
             start, dur = float(fields[3]), float(fields[4])
         except ValueError:
-            raise cli.PipelineError(f"{path}:{n}: start and duration must be numbers, got {fields[3]!r:.40} {fields[4]!r:.40}") from None
+            raise cli.PipelineError(
+                f"{path}:{n}: start and duration must be numbers, got {fields[3]!r:.40} {fields[4]!r:.40}"
+            ) from None
         if not (math.isfinite(start) and math.isfinite(dur) and math.isfinite(start + dur)):
-            raise cli.PipelineError(f"{path}:{n}: start and duration must be finite numbers of seconds, got "
-                                f"{fields[3]!r:.40} {fields[4]!r:.40}")
+            raise cli.PipelineError(
+                f"{path}:{n}: start and duration must be finite numbers of seconds, got "
+                f"{fields[3]!r:.40} {fields[4]!r:.40}"
+            )
         if not (start >= 0 and dur >= 0):
             raise cli.PipelineError(f"{path}:{n}: negative start or duration in {cli.quote(line.strip())}")
         if dialog is not None and fields[1] != dialog:
@@ -260,8 +296,10 @@ def read_rttm(path, dialog: str | None = None, duration: float | None = None,
         check_in_audio(start + dur, duration, f"{path}:{n}", f"the turn {start:.3f} + {dur:.3f} s")
         turns.append((start, start + dur, fields[7]))
     if dialog is not None and others and not turns:
-        raise cli.PipelineError(f"{path}: no turn of the recording {dialog}; the file names "
-                            f"{', '.join(sorted(others)[:5])}{' ...' if len(others) > 5 else ''}")
+        raise cli.PipelineError(
+            f"{path}: no turn of the recording {dialog}; the file names "
+            f"{', '.join(sorted(others)[:5])}{' ...' if len(others) > 5 else ''}"
+        )
     if counts is not None:
         counts["other_recording_lines"] = counts.get("other_recording_lines", 0) + sum(others.values())
         counts["other_recordings"] = sorted(set(counts.get("other_recordings", [])) | set(others))
@@ -271,8 +309,9 @@ def read_rttm(path, dialog: str | None = None, duration: float | None = None,
 
 def write_rttm(path, dialog: str, turns) -> None:
     """Write [(start, end, speaker)] as RTTM, atomically."""
-    lines = [f"SPEAKER {dialog} 1 {s:.3f} {e - s:.3f} <NA> <NA> {spk} <NA> <NA>\n"
-             for s, e, spk in sorted(turns) if e > s]
+    lines = [
+        f"SPEAKER {dialog} 1 {s:.3f} {e - s:.3f} <NA> <NA> {spk} <NA> <NA>\n" for s, e, spk in sorted(turns) if e > s
+    ]
     fileio.atomic_write_text(path, "".join(lines))
 
 
@@ -303,8 +342,10 @@ def check_wav_complete(path) -> None:
                 if chunk == b"data":
                     held = size - (pos + 8)
                     if length not in (0, 0xFFFFFFFF) and held < length:
-                        raise cli.PipelineError(f"{path}: truncated: the header declares {length} bytes of audio, the "
-                                            f"file holds {held} ({100 * held / length:.1f} %); copy the file again")
+                        raise cli.PipelineError(
+                            f"{path}: truncated: the header declares {length} bytes of audio, the "
+                            f"file holds {held} ({100 * held / length:.1f} %); copy the file again"
+                        )
                     return
                 pos += 8 + length + (length & 1)
                 f.seek(pos)
@@ -341,8 +382,10 @@ def load_audio(path, sample_rate: int = SAMPLE_RATE, channel: str = "mean") -> n
     if not np.isfinite(audio).all():  # a float wav can hold NaN or infinity; every later step would spread it
         bad = ~np.isfinite(audio).all(axis=1)
         first = int(np.argmax(bad))
-        raise cli.PipelineError(f"{path}: {int(bad.sum())} samples are NaN or infinite (the first at "
-                            f"{first / sr:.3f} s); expected finite samples")
+        raise cli.PipelineError(
+            f"{path}: {int(bad.sum())} samples are NaN or infinite (the first at "
+            f"{first / sr:.3f} s); expected finite samples"
+        )
     if audio.shape[1] == 1:
         return audio[:, 0]
     if channel == "mean":
@@ -412,21 +455,29 @@ def parse_wdseg(path, seconds: float | None = None) -> list[tuple[int, int, int,
             state = "done"
         elif state == "rows":
             if len(fields) != 4 or not all(re.fullmatch(r"-?\d+", f) for f in fields[:3]):
-                raise cli.PipelineError(f"{where}: expected '<start frame> <end frame> <score> <word>', got {cli.quote(line)}")
+                raise cli.PipelineError(
+                    f"{where}: expected '<start frame> <end frame> <score> <word>', got {cli.quote(line)}"
+                )
             if any(len(f.lstrip("-")) > 18 for f in fields[:3]):
-                raise cli.PipelineError(f"{where}: a number of {max(len(f) for f in fields[:3])} digits; expected frame "
-                                    f"numbers up to {MAX_WDSEG_FRAME} and an integer score")
+                raise cli.PipelineError(
+                    f"{where}: a number of {max(len(f) for f in fields[:3])} digits; expected frame "
+                    f"numbers up to {MAX_WDSEG_FRAME} and an integer score"
+                )
             start, end, score = int(fields[0]), int(fields[1]), int(fields[2])
             if not 0 <= start <= end:
                 raise cli.PipelineError(f"{where}: expected 0 <= start frame <= end frame, got {start} {end}")
             if end > MAX_WDSEG_FRAME:
-                raise cli.PipelineError(f"{where}: end frame {end} is {end / 100:.0f} s into the utterance; expected at "
-                                    f"most {MAX_WDSEG_FRAME} (10 minutes at 100 frames per second)")
+                raise cli.PipelineError(
+                    f"{where}: end frame {end} is {end / 100:.0f} s into the utterance; expected at "
+                    f"most {MAX_WDSEG_FRAME} (10 minutes at 100 frames per second)"
+                )
             if seconds is not None and (end + 1) / 100 > seconds + TIME_TOLERANCE_S:
-                raise cli.PipelineError(f"{where}: word {cli.quote(fields[3], 60)} ends at frame {end} "
-                                    f"({(end + 1) / 100:.2f} s), "
-                                    f"past the end of its utterance ({seconds:.2f} s long); expected frames inside "
-                                    "the utterance's audio")
+                raise cli.PipelineError(
+                    f"{where}: word {cli.quote(fields[3], 60)} ends at frame {end} "
+                    f"({(end + 1) / 100:.2f} s), "
+                    f"past the end of its utterance ({seconds:.2f} s long); expected frames inside "
+                    "the utterance's audio"
+                )
             rows.append((start, end, score, fields[3]))
         else:
             raise cli.PipelineError(f"{where}: expected nothing after the 'Total score' line, got {cli.quote(line)}")
@@ -439,8 +490,10 @@ def parse_wdseg(path, seconds: float | None = None) -> list[tuple[int, int, int,
     return rows
 
 
-DEMO_NOTE = ("DEMO: these numbers come from the synthetic demo corpus (and, in the default demo setup, tiny "
-             "randomly initialised models); they say nothing about IEMOCAP or about the paper's claims.")
+DEMO_NOTE = (
+    "DEMO: these numbers come from the synthetic demo corpus (and, in the default demo setup, tiny "
+    "randomly initialised models); they say nothing about IEMOCAP or about the paper's claims."
+)
 
 
 def demo_note(labels: dict) -> str | None:
@@ -458,7 +511,9 @@ def check_cache(cache, path, sample_rate: int = SAMPLE_RATE) -> None:
     if not isinstance(cache, dict) or "segments" not in cache or "dialog" not in cache:
         raise cli.PipelineError(f"{path}: not a step-3 segment cache (expected keys dialog, segments)")
     if cache["dialog"] != Path(path).stem:
-        raise cli.PipelineError(f"{path}: holds dialog {cache['dialog']!r:.60}, expected {Path(path).stem!r} (the file's name)")
+        raise cli.PipelineError(
+            f"{path}: holds dialog {cache['dialog']!r:.60}, expected {Path(path).stem!r} (the file's name)"
+        )
     rate = cache.get("sample_rate", sample_rate)
     if isinstance(rate, bool) or rate != sample_rate:
         raise cli.PipelineError(f"{path}: sample_rate {rate!r:.40}, expected {sample_rate}")
@@ -485,23 +540,34 @@ def check_cache_segment(seg, where: str, sample_rate: int = SAMPLE_RATE) -> int:
     where = f"{where} ({seg['id']})"
     start, end = seg["start"], seg["end"]
     if not (is_finite_number(start) and is_finite_number(end) and 0 <= start <= end):
-        raise cli.PipelineError(f"{where}: start {start!r:.40}, end {end!r:.40}; expected finite seconds, 0 <= start <= end")
+        raise cli.PipelineError(
+            f"{where}: start {start!r:.40}, end {end!r:.40}; expected finite seconds, 0 <= start <= end"
+        )
     label = seg["label"]
-    if isinstance(label, torch.Tensor) and label.ndim == 0 and not label.is_floating_point() and label.dtype != torch.bool:
+    if (
+        isinstance(label, torch.Tensor)
+        and label.ndim == 0
+        and not label.is_floating_point()
+        and label.dtype != torch.bool
+    ):
         label = int(label)
     if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)) or not -1 <= label < len(LABELS):
-        raise cli.PipelineError(f"{where}: label {label!r:.40}, expected an integer in -1..{len(LABELS) - 1} "
-                            f"(the index into {list(LABELS)}, -1 = no label)")
+        raise cli.PipelineError(
+            f"{where}: label {label!r:.40}, expected an integer in -1..{len(LABELS) - 1} "
+            f"(the index into {list(LABELS)}, -1 = no label)"
+        )
     audio = seg["audio"]
     if not isinstance(audio, torch.Tensor) or audio.ndim != 1 or not audio.is_floating_point():
-        kind = (f"a {audio.ndim}-D {audio.dtype} tensor" if isinstance(audio, torch.Tensor) else type(audio).__name__)
+        kind = f"a {audio.ndim}-D {audio.dtype} tensor" if isinstance(audio, torch.Tensor) else type(audio).__name__
         raise cli.PipelineError(f"{where}: audio is {kind}; expected a 1-D float tensor of mono samples")
     if not bool(torch.isfinite(audio).all()):
         raise cli.PipelineError(f"{where}: audio holds {int((~torch.isfinite(audio)).sum())} NaN or infinite samples")
     expected = (end - start) * sample_rate
     if audio.numel() > expected + 2:
-        raise cli.PipelineError(f"{where}: {audio.numel()} samples for {end - start:.3f} s; expected at most {expected:.0f} "
-                            f"at {sample_rate} Hz (audio of another segment, or another sample rate)")
+        raise cli.PipelineError(
+            f"{where}: {audio.numel()} samples for {end - start:.3f} s; expected at most {expected:.0f} "
+            f"at {sample_rate} Hz (audio of another segment, or another sample rate)"
+        )
     return int(label)
 
 
@@ -511,5 +577,7 @@ def step3_rerun(path) -> str:
     if len(path.parents) < 4:
         return "re-run step 3 (align.py --overwrite) to rewrite it"
     work, pipe, variant = path.parents[3], path.parents[2].name, path.parents[1].name
-    return (f"re-run step 3 to rewrite it: python align.py --work {work} --pipe {pipe} --overwrite "
-            f"--dialogs {path.stem} (with the switches that made {variant})")
+    return (
+        f"re-run step 3 to rewrite it: python align.py --work {work} --pipe {pipe} --overwrite "
+        f"--dialogs {path.stem} (with the switches that made {variant})"
+    )

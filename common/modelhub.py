@@ -3,12 +3,11 @@ folder or hub repository, and offline copies (--download-models)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 import os
 import re as _re
+from pathlib import Path
 
-from common import checklist
-from common import cli
+from common import checklist, cli
 
 
 def hub_offline() -> bool:
@@ -46,24 +45,34 @@ def hub_error_message(repo_id: str, error: BaseException, token: str | None) -> 
 
     url = f"https://huggingface.co/{repo_id}"
     if type(error).__name__ in ("OfflineModeIsEnabled", "LocalEntryNotFoundError"):  # before HfHubHTTPError: a subclass
-        return ("not available offline (HF_HUB_OFFLINE=1 or no network, and not in the local cache): download it "
-                "with HF_HUB_OFFLINE=0 on a machine with internet (`python preprocess.py --download-models DIR`)")
+        return (
+            "not available offline (HF_HUB_OFFLINE=1 or no network, and not in the local cache): download it "
+            "with HF_HUB_OFFLINE=0 on a machine with internet (`python preprocess.py --download-models DIR`)"
+        )
     if isinstance(error, GatedRepoError):
         if token is None:
-            return (f"gated repository and HF_TOKEN is not set: accept its conditions at {url}, create a read "
-                    f"token at https://huggingface.co/settings/tokens and export HF_TOKEN")
-        return (f"gated repository and the token in HF_TOKEN has no access: accept its conditions at {url} "
-                f"with the account that owns the token")
+            return (
+                f"gated repository and HF_TOKEN is not set: accept its conditions at {url}, create a read "
+                f"token at https://huggingface.co/settings/tokens and export HF_TOKEN"
+            )
+        return (
+            f"gated repository and the token in HF_TOKEN has no access: accept its conditions at {url} "
+            f"with the account that owns the token"
+        )
     if isinstance(error, RepositoryNotFoundError):
         return "no such repository on the hub (or a private one HF_TOKEN cannot see): check the name"
     if isinstance(error, HfHubHTTPError):
         status = getattr(getattr(error, "response", None), "status_code", "?")
         return f"the hub answered HTTP {status} for {url}: {str(error).splitlines()[0]}"
     if hub_offline() or type(error).__name__ in ("OfflineModeIsEnabled", "LocalEntryNotFoundError"):
-        return ("not available offline (HF_HUB_OFFLINE=1 or no network, and not in the local cache): download it "
-                "with HF_HUB_OFFLINE=0 on a machine with internet (`python preprocess.py --download-models DIR`)")
-    return (f"cannot reach huggingface.co ({type(error).__name__}): check the network or proxy, or copy the "
-            f"models with `python preprocess.py --download-models DIR` elsewhere and pass --model-dir DIR")
+        return (
+            "not available offline (HF_HUB_OFFLINE=1 or no network, and not in the local cache): download it "
+            "with HF_HUB_OFFLINE=0 on a machine with internet (`python preprocess.py --download-models DIR`)"
+        )
+    return (
+        f"cannot reach huggingface.co ({type(error).__name__}): check the network or proxy, or copy the "
+        f"models with `python preprocess.py --download-models DIR` elsewhere and pass --model-dir DIR"
+    )
 
 
 def check_local_model(name: str, path, required=()) -> checklist.CheckItem:
@@ -78,8 +87,9 @@ def check_local_model(name: str, path, required=()) -> checklist.CheckItem:
     return checklist.CheckItem(name, True, f"{path} (local)")
 
 
-def check_hub_model(name: str, repo_id: str, files=(), token: str | None = None, cache_dir=None,
-                    offline: bool | None = None) -> checklist.CheckItem:
+def check_hub_model(
+    name: str, repo_id: str, files=(), token: str | None = None, cache_dir=None, offline: bool | None = None
+) -> checklist.CheckItem:
     """A hub repository. Offline (HF_HUB_OFFLINE=1, or offline=True for a cache-only run): are
     `files` in the local hub cache? Online: does the hub grant access with the token in HF_TOKEN
     (HfApi.auth_check: one small request, nothing downloaded)? Gated without access, unknown, or
@@ -90,15 +100,21 @@ def check_hub_model(name: str, repo_id: str, files=(), token: str | None = None,
         missing = [f for f in files if not isinstance(try_to_load_from_cache(repo_id, f, cache_dir=cache_dir), str)]
         if files and not missing:
             return checklist.CheckItem(name, True, f"{repo_id} in the local hub cache (HF_HUB_OFFLINE=1)")
-        return checklist.CheckItem(name, False, f"offline and {repo_id} is not in the local hub cache"
-                         + (f" ({', '.join(missing)} missing)" if missing else "")
-                         + ": copy it with `python preprocess.py --download-models DIR` on a machine with "
-                           "internet and pass --model-dir DIR, or unset HF_HUB_OFFLINE")
+        return checklist.CheckItem(
+            name,
+            False,
+            f"offline and {repo_id} is not in the local hub cache"
+            + (f" ({', '.join(missing)} missing)" if missing else "")
+            + ": copy it with `python preprocess.py --download-models DIR` on a machine with "
+            "internet and pass --model-dir DIR, or unset HF_HUB_OFFLINE",
+        )
     try:
         HfApi().auth_check(repo_id, token=token)
     except Exception as e:  # gated, not found, HTTP error, no network: all become a line, not a crash
         return checklist.CheckItem(name, False, f"{repo_id}: {hub_error_message(repo_id, e, token)}")
-    return checklist.CheckItem(name, True, f"{repo_id} on the hub, access granted" + (" with HF_TOKEN" if token else ""))
+    return checklist.CheckItem(
+        name, True, f"{repo_id} on the hub, access granted" + (" with HF_TOKEN" if token else "")
+    )
 
 
 def snapshot_repo(repo_id: str, dest_root, allow_patterns, token: str | None = None) -> Path:
@@ -111,14 +127,25 @@ def snapshot_repo(repo_id: str, dest_root, allow_patterns, token: str | None = N
     try:
         snapshot_download(repo_id=repo_id, local_dir=str(local), allow_patterns=list(allow_patterns), token=token)
     except Exception as e:
-        raise cli.PipelineError(f"downloading {repo_id} ({', '.join(allow_patterns)}): {hub_error_message(repo_id, e, token)}") from e
+        raise cli.PipelineError(
+            f"downloading {repo_id} ({', '.join(allow_patterns)}): {hub_error_message(repo_id, e, token)}"
+        ) from e
     return local
 
 
 # What a transformers model loads from its folder: config, tokenizer or feature-extractor files, and
 # one weights file (model.safetensors when the repository has it, else pytorch_model.bin).
-TRANSFORMERS_FILES = ("config.json", "preprocessor_config.json", "tokenizer_config.json", "tokenizer.json",
-                      "vocab.json", "vocab.txt", "merges.txt", "special_tokens_map.json", "added_tokens.json")
+TRANSFORMERS_FILES = (
+    "config.json",
+    "preprocessor_config.json",
+    "tokenizer_config.json",
+    "tokenizer.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
 TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 TRANSFORMERS_REQUIRED = ("config.json", "|".join(TRANSFORMERS_WEIGHTS))  # for check_local_model
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 import hashlib
 import json
-import numpy as np
 import random
 import subprocess
+from pathlib import Path
 
-from common import cli
-from common import fileio
+import numpy as np
+
+from common import cli, fileio
 
 
 def seed_everything(seed: int) -> None:
@@ -25,9 +25,18 @@ def code_version() -> dict:
     """The git commit of this code and whether the tree has uncommitted changes."""
     here = Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=here,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+        )
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "", False
     return {"commit": commit or "unknown", "dirty": dirty}
@@ -62,8 +71,12 @@ def split_rule_test_dialogs(split: dict, labels: dict) -> list[str] | None:
     session, held = split.get("test_session"), split.get("held_script")
     if not isinstance(session, int) or isinstance(session, bool):
         return None
-    return sorted(d for d, info in labels["dialogs"].items() if info.get("session") == session
-                  and (held is None or info.get("kind") != "script" or info.get("script") == held))
+    return sorted(
+        d
+        for d, info in labels["dialogs"].items()
+        if info.get("session") == session
+        and (held is None or info.get("kind") != "script" or info.get("script") == held)
+    )
 
 
 def run_test_dialogs(run_dir, predictions: dict, labels: dict) -> tuple[list[str], str]:
@@ -82,7 +95,9 @@ def run_test_dialogs(run_dir, predictions: dict, labels: dict) -> tuple[list[str
         test = test.get("dialogs") or test.get("sessions")
     if isinstance(test, list) and test:
         if all(isinstance(t, int) for t in test):
-            return sorted(d for d, v in labels["dialogs"].items() if v.get("session") in test), f"{config_path} (sessions {test})"
+            return sorted(
+                d for d, v in labels["dialogs"].items() if v.get("session") in test
+            ), f"{config_path} (sessions {test})"
         by_rule = split_rule_test_dialogs(split, labels)
         if by_rule is not None:  # the dialogs step 2 or 3 failed on are not in the recorded list: put them back
             return sorted({str(t) for t in test} | set(by_rule)), f"{config_path} (its split's rule over labels.json)"
@@ -125,23 +140,34 @@ def run_data_identity(work, pipe: str, variant: str, dialogs) -> dict:
         files[name] = _cache_file_sha256(path) if path.is_file() else None
     overall = hashlib.sha256("".join(f"{n}\0{h}\n" for n, h in files.items()).encode()).hexdigest()
     labels = work / "labels.json"
-    return {"work": str(work), "pipe": pipe, "variant": variant,
-            "labels_sha256": fileio.file_sha256(labels) if labels.is_file() else None,
-            "step3_config": config, "step3_config_key": None if config is None else step3_config_key(config),
-            "cache_sha256": overall, "cache_files": files}
+    return {
+        "work": str(work),
+        "pipe": pipe,
+        "variant": variant,
+        "labels_sha256": fileio.file_sha256(labels) if labels.is_file() else None,
+        "step3_config": config,
+        "step3_config_key": None if config is None else step3_config_key(config),
+        "cache_sha256": overall,
+        "cache_files": files,
+    }
 
 
 def data_changes(recorded: dict, current: dict) -> list[str]:
     """What differs between two run_data_identity results, each as a short phrase naming it."""
     changes = []
     if recorded.get("labels_sha256") != current.get("labels_sha256"):
-        changes.append(f"labels.json (sha256 {str(recorded.get('labels_sha256'))[:12]} -> "
-                       f"{str(current.get('labels_sha256'))[:12]})")
+        changes.append(
+            f"labels.json (sha256 {str(recorded.get('labels_sha256'))[:12]} -> "
+            f"{str(current.get('labels_sha256'))[:12]})"
+        )
     if recorded.get("step3_config_key") != current.get("step3_config_key"):
         old, new = recorded.get("step3_config") or {}, current.get("step3_config") or {}
         keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        changes.append(f"step-3 config of {current.get('pipe')}/{current.get('variant')} ("
-                       + (", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys) or "no manifest") + ")")
+        changes.append(
+            f"step-3 config of {current.get('pipe')}/{current.get('variant')} ("
+            + (", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys) or "no manifest")
+            + ")"
+        )
     if recorded.get("cache_sha256") != current.get("cache_sha256"):
         old, new = recorded.get("cache_files") or {}, current.get("cache_files") or {}
         names = sorted(n for n in set(old) | set(new) if old.get(n) != new.get(n))
@@ -153,8 +179,10 @@ def data_changes(recorded: dict, current: dict) -> list[str]:
 
 def changed_data_error(run_dir, changes: list[str], instead: str) -> cli.PipelineError:
     """The one-line refusal of a run whose data changed: what changed, what to do, the override flag."""
-    return cli.PipelineError(f"{run_dir}: its data changed since it was trained: {'; '.join(changes)}; {instead} "
-                         f"or pass {ALLOW_CHANGED_DATA} to use it anyway (recorded)")
+    return cli.PipelineError(
+        f"{run_dir}: its data changed since it was trained: {'; '.join(changes)}; {instead} "
+        f"or pass {ALLOW_CHANGED_DATA} to use it anyway (recorded)"
+    )
 
 
 def check_one_run_data(run_dir, labels_path=None) -> dict:
@@ -166,18 +194,25 @@ def check_one_run_data(run_dir, labels_path=None) -> dict:
     recorded = config.get("data") if isinstance(config, dict) else None
     if not isinstance(recorded, dict):
         return {"status": "not recorded", "changed": []}
-    if not all(isinstance(recorded.get(k), str) for k in ("work", "pipe", "variant")) \
-            or not isinstance(recorded.get("cache_files"), dict):
-        raise cli.PipelineError(f"{path}: 'data' must record the work dir, pipe, variant and cache_files train.py "
-                            f"wrote, got {json.dumps(recorded)[:120]}")
-    current = run_data_identity(recorded["work"], recorded["pipe"], recorded["variant"],
-                                [Path(n).stem for n in recorded.get("cache_files", {})])
+    if not all(isinstance(recorded.get(k), str) for k in ("work", "pipe", "variant")) or not isinstance(
+        recorded.get("cache_files"), dict
+    ):
+        raise cli.PipelineError(
+            f"{path}: 'data' must record the work dir, pipe, variant and cache_files train.py "
+            f"wrote, got {json.dumps(recorded)[:120]}"
+        )
+    current = run_data_identity(
+        recorded["work"], recorded["pipe"], recorded["variant"], [Path(n).stem for n in recorded.get("cache_files", {})]
+    )
     if labels_path is not None:
         current["labels_sha256"] = fileio.file_sha256(labels_path) if Path(labels_path).is_file() else None
     changes = data_changes(recorded, current)
     earlier = config.get("data_changed_on_resume") or []
-    return {"status": "changed" if changes else "same", "changed": changes,
-            **({"changed_on_resume": earlier} if earlier else {})}
+    return {
+        "status": "changed" if changes else "same",
+        "changed": changes,
+        **({"changed_on_resume": earlier} if earlier else {}),
+    }
 
 
 def check_run_data(run_dir, labels_path=None, allow: bool = False) -> dict:
@@ -186,8 +221,11 @@ def check_run_data(run_dir, labels_path=None, allow: bool = False) -> dict:
     data changed and not `allow`: a one-line PipelineError naming what changed and the override flag."""
     run_dir = Path(run_dir)
     folds = fold_dirs(run_dir)
-    checks = ({f.name: check_one_run_data(f, labels_path) for f in folds} if folds
-              else {"": check_one_run_data(run_dir, labels_path)})
+    checks = (
+        {f.name: check_one_run_data(f, labels_path) for f in folds}
+        if folds
+        else {"": check_one_run_data(run_dir, labels_path)}
+    )
     changed = [f"{name}: {c}" if name else c for name, r in checks.items() for c in r["changed"]]
     statuses = {r["status"] for r in checks.values()}
     status = "changed" if changed else ("not recorded" if "not recorded" in statuses else "same")

@@ -7,7 +7,6 @@ import numpy as np
 
 from common import formats
 
-
 MISS = "miss"  # confusion column of a reference utterance that no system speech overlaps
 HEADLINE = ("accuracy", "ua", "weighted_f1", "macro_f1")
 
@@ -26,8 +25,10 @@ def dialog_confusions(records, dialogs, miss_column: bool = True) -> np.ndarray:
             raise ValueError(f"record {r.get('id', r)} is in dialog {r['dialog']!r}, not one of the dialogs given")
         pred = len(formats.LABELS) if r["pred"] is None and miss_column else formats.LABEL_INDEX.get(r["pred"])
         if r["label"] not in formats.LABEL_INDEX or pred is None:
-            raise ValueError(f"record {r.get('id', r)}: label {r['label']!r} / pred {r['pred']!r} not in {formats.LABELS}"
-                             + (" (or None for a miss)" if miss_column else ""))
+            raise ValueError(
+                f"record {r.get('id', r)}: label {r['label']!r} / pred {r['pred']!r} not in {formats.LABELS}"
+                + (" (or None for a miss)" if miss_column else "")
+            )
         cms[row[r["dialog"]], formats.LABEL_INDEX[r["label"]], pred] += 1
     return cms
 
@@ -59,9 +60,17 @@ def metrics_from_confusion(cm) -> dict:
     n = support.sum(-1)
     recall, f1 = ratio(tp, support), ratio(2 * tp, support + predicted)
     present = support > 0
-    return {"n": n, "accuracy": ratio(tp.sum(-1), n), "ua": ratio((recall * present).sum(-1), present.sum(-1)),
-            "weighted_f1": ratio((f1 * support).sum(-1), n), "macro_f1": f1.mean(-1),
-            "precision": ratio(tp, predicted), "recall": recall, "f1": f1, "support": support}
+    return {
+        "n": n,
+        "accuracy": ratio(tp.sum(-1), n),
+        "ua": ratio((recall * present).sum(-1), present.sum(-1)),
+        "weighted_f1": ratio((f1 * support).sum(-1), n),
+        "macro_f1": f1.mean(-1),
+        "precision": ratio(tp, predicted),
+        "recall": recall,
+        "f1": f1,
+        "support": support,
+    }
 
 
 def _metric_function(metric):
@@ -103,7 +112,9 @@ def bootstrap_ci(per_dialog_cms, metric, n_samples: int = 1000, seed: int = 0, l
         draws = dialog_draws(cms.shape[1], n_samples, seed)
         return percentile_interval(_metric_function(metric)(np.einsum("bd,sdij->bsij", draws, cms)).mean(-1), level)
     if cms.ndim != 3:
-        raise ValueError(f"per_dialog_cms of shape {cms.shape}: expected [n_dialogs, 4, K] or [n_seeds, n_dialogs, 4, K]")
+        raise ValueError(
+            f"per_dialog_cms of shape {cms.shape}: expected [n_dialogs, 4, K] or [n_seeds, n_dialogs, 4, K]"
+        )
     draws = dialog_draws(len(cms), n_samples, seed)
     values = _metric_function(metric)(np.tensordot(draws, cms, axes=1))  # [n_samples]
     return percentile_interval(values, level)
@@ -126,34 +137,54 @@ def paired_bootstrap(cms_a, cms_b, metric, n_samples: int = 1000, seed: int = 0)
     a, b = (np.asarray(x, dtype=np.float64) for x in (cms_a, cms_b))
     a, b = (x[None] if x.ndim == 3 else x for x in (a, b))
     if a.ndim != 4 or b.ndim != 4 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"paired bootstrap needs [n_seeds, n_dialogs, 4, K] arrays over the same dialogs, "
-                         f"got {a.shape} and {b.shape}")
+        raise ValueError(
+            f"paired bootstrap needs [n_seeds, n_dialogs, 4, K] arrays over the same dialogs, "
+            f"got {a.shape} and {b.shape}"
+        )
     fn = _metric_function(metric)
     obs_a, obs_b = float(fn(a.sum(1)).mean()), float(fn(b.sum(1)).mean())
     diff = obs_a - obs_b
     draws = dialog_draws(a.shape[1], n_samples, seed)
-    diffs = (fn(np.einsum("bd,sdij->bsij", draws, a)).mean(-1)
-             - fn(np.einsum("bd,sdij->bsij", draws, b)).mean(-1))  # [n_samples]
+    diffs = fn(np.einsum("bd,sdij->bsij", draws, a)).mean(-1) - fn(np.einsum("bd,sdij->bsij", draws, b)).mean(
+        -1
+    )  # [n_samples]
     flips = 1.0 if diff == 0 else float(np.mean(np.sign(diffs) != np.sign(diff)))
-    return {"metric": metric if isinstance(metric, str) else getattr(metric, "__name__", "custom"),
-            "diff": diff, "a": obs_a, "b": obs_b, "ci95": percentile_interval(diffs, 0.95),
-            "sign_flip_share": flips, "n_dialogs": int(a.shape[1]), "n_seeds": [int(a.shape[0]), int(b.shape[0])],
-            "n_samples": int(n_samples), "seed": int(seed)}
+    return {
+        "metric": metric if isinstance(metric, str) else getattr(metric, "__name__", "custom"),
+        "diff": diff,
+        "a": obs_a,
+        "b": obs_b,
+        "ci95": percentile_interval(diffs, 0.95),
+        "sign_flip_share": flips,
+        "n_dialogs": int(a.shape[1]),
+        "n_seeds": [int(a.shape[0]), int(b.shape[0])],
+        "n_samples": int(n_samples),
+        "seed": int(seed),
+    }
 
 
 # The paper's reported numbers (Wang, Lee, Chen, IALP 2025, Tables I-IV), quoted for comparison only:
 # reproduce.py prints them beside ours where the configuration matches. Percentages, F1 in Table II as
 # fractions, as printed in the paper.
 PAPER = {
-    "table1": {"wu2023": {"accuracy": 49.49, "weighted_f1": None, "macro_f1": None},
-               "without-alignment": {"accuracy": 56.82, "weighted_f1": 53.87, "macro_f1": 47.10},
-               "aligned": {"accuracy": 66.81, "weighted_f1": 66.88, "macro_f1": 66.48}},
-    "table2": {"without-alignment": {"hap": 0.64, "ang": 0.38, "sad": 0.26, "neu": 0.61},
-               "aligned": {"hap": 0.73, "ang": 0.64, "sad": 0.67, "neu": 0.62}},
-    "table3": {"wu2023": {"TEER": 66.03, "sTEER": 65.17}, "standard": {"TEER": 89.35, "sTEER": 90.96},
-               "vad-oracle": {"TEER": 53.90, "sTEER": 62.54}},
-    "table4": {"frozen": {"accuracy": 56.82, "weighted_f1": 53.87, "macro_f1": 47.10},
-               "finetune": {"accuracy": 66.81, "weighted_f1": 66.81, "macro_f1": 66.48}},
+    "table1": {
+        "wu2023": {"accuracy": 49.49, "weighted_f1": None, "macro_f1": None},
+        "without-alignment": {"accuracy": 56.82, "weighted_f1": 53.87, "macro_f1": 47.10},
+        "aligned": {"accuracy": 66.81, "weighted_f1": 66.88, "macro_f1": 66.48},
+    },
+    "table2": {
+        "without-alignment": {"hap": 0.64, "ang": 0.38, "sad": 0.26, "neu": 0.61},
+        "aligned": {"hap": 0.73, "ang": 0.64, "sad": 0.67, "neu": 0.62},
+    },
+    "table3": {
+        "wu2023": {"TEER": 66.03, "sTEER": 65.17},
+        "standard": {"TEER": 89.35, "sTEER": 90.96},
+        "vad-oracle": {"TEER": 53.90, "sTEER": 62.54},
+    },
+    "table4": {
+        "frozen": {"accuracy": 56.82, "weighted_f1": 53.87, "macro_f1": 47.10},
+        "finetune": {"accuracy": 66.81, "weighted_f1": 66.81, "macro_f1": 66.48},
+    },
     # Test-set sizes behind the authors' Table I accuracies (their evaluation outputs).
     "test_segments": {"aligned": 1618, "without-alignment": 308},
 }

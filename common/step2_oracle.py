@@ -12,6 +12,7 @@ Also here, the shape of a step-2 result every backend shares: WhisperX's ASR seg
 and turns under anonymous labels (anonymise), with their exclusive version (exclusive_turns). Formats:
 docs/FORMATS.md.
 """
+
 from __future__ import annotations
 
 import re
@@ -22,9 +23,9 @@ import numpy as np
 from common import formats
 from common.formats import TRANSCRIPT_RE, parse_wdseg, read_text_lines
 
-VARIANT_RE = re.compile(r"\(\d+\)$")          # WHAT(2) -> WHAT
-MARKER_RE = re.compile(r"\[[^\]]*\]")         # [LAUGHTER], [BREATHING] in transcripts
-NON_WORD_RE = re.compile(r"[^\w']+")          # punctuation, for comparing words
+VARIANT_RE = re.compile(r"\(\d+\)$")  # WHAT(2) -> WHAT
+MARKER_RE = re.compile(r"\[[^\]]*\]")  # [LAUGHTER], [BREATHING] in transcripts
+NON_WORD_RE = re.compile(r"[^\w']+")  # punctuation, for comparing words
 
 
 def is_special_token(token: str) -> bool:
@@ -69,23 +70,35 @@ def dialog_utterances(corpus: Path, dialog: str, entry: dict) -> tuple[list[dict
             if not line.startswith("Ses") or line.split()[0].rstrip(":") in known:
                 continue
             m, speaker = TRANSCRIPT_RE.match(line.rstrip()), SPEAKER_RE.search(line.split()[0].rstrip(":"))
-            if (m is None or speaker is None or not np.isfinite(float(m.group(3)))
-                    or float(m.group(3)) <= float(m.group(2))):
+            if (
+                m is None
+                or speaker is None
+                or not np.isfinite(float(m.group(3)))
+                or float(m.group(3)) <= float(m.group(2))
+            ):
                 counts["unparsed_transcript_lines"] += 1
                 continue
             utt_id = m.group(1)
             wdseg = f"{session_dir}/sentences/ForcedAlignment/{dialog}/{utt_id}.wdseg"
-            utterances.append({"id": utt_id, "start": float(m.group(2)), "end": float(m.group(3)),
-                               "speaker": speaker.group(1), "text": m.group(4).strip(),
-                               "wdseg": wdseg if (corpus / wdseg).is_file() else None})
+            utterances.append(
+                {
+                    "id": utt_id,
+                    "start": float(m.group(2)),
+                    "end": float(m.group(3)),
+                    "speaker": speaker.group(1),
+                    "text": m.group(4).strip(),
+                    "wdseg": wdseg if (corpus / wdseg).is_file() else None,
+                }
+            )
             known.add(utt_id)
             counts["unevaluated_utterances"] += 1
     utterances.sort(key=lambda u: (u["start"], u["id"]))
     return utterances, counts
 
 
-def reference_words(corpus: Path, utterances: list[dict], duration: float | None = None,
-                    counts: dict | None = None) -> tuple[list[dict], int]:
+def reference_words(
+    corpus: Path, utterances: list[dict], duration: float | None = None, counts: dict | None = None
+) -> tuple[list[dict], int]:
     """Every utterance's words in dialog time -> ([{word, start, end, speaker, utterance}], utterances without .wdseg).
 
     A word spans frames SFrm..EFrm of 10 ms from the utterance start, so it starts at
@@ -102,24 +115,39 @@ def reference_words(corpus: Path, utterances: list[dict], duration: float | None
             path = corpus / utt["wdseg"]
             for row, (start_frame, end_frame, _, token) in enumerate(parse_wdseg(path, utt["end"] - utt["start"]), 1):
                 end = utt["start"] + (end_frame + 1) / 100
-                formats.check_in_audio(end, duration, f"{path}: word row {row}",
-                                     f"{token!r:.40} (frames {start_frame}-{end_frame} from the utterance start "
-                                     f"{utt['start']:.3f} s)")
+                formats.check_in_audio(
+                    end,
+                    duration,
+                    f"{path}: word row {row}",
+                    f"{token!r:.40} (frames {start_frame}-{end_frame} from the utterance start {utt['start']:.3f} s)",
+                )
                 if is_special_token(token):
                     continue
                 if not normalise_token(token):
                     if counts is not None:
                         counts["empty_wdseg_tokens"] = counts.get("empty_wdseg_tokens", 0) + 1
                     continue
-                words.append({"word": normalise_token(token), "start": round(utt["start"] + start_frame / 100, 6),
-                              "end": round(end, 6), **base})
+                words.append(
+                    {
+                        "word": normalise_token(token),
+                        "start": round(utt["start"] + start_frame / 100, 6),
+                        "end": round(end, 6),
+                        **base,
+                    }
+                )
         else:
             no_wdseg += 1
             tokens = transcript_words(utt.get("text") or "")
             step = (utt["end"] - utt["start"]) / max(len(tokens), 1)
             for i, token in enumerate(tokens):
-                words.append({"word": token, "start": round(utt["start"] + i * step, 6),
-                              "end": round(utt["start"] + (i + 1) * step, 6), **base})
+                words.append(
+                    {
+                        "word": token,
+                        "start": round(utt["start"] + i * step, 6),
+                        "end": round(utt["start"] + (i + 1) * step, 6),
+                        **base,
+                    }
+                )
     return words, no_wdseg
 
 
@@ -173,9 +201,12 @@ def segment_of(words: list[dict], start=None, end=None) -> dict:
     """An ASR segment in WhisperX's shape from words (bounds default to the timed words' extent)."""
     timed = [w for w in words if "start" in w]
     out_words = [{k: w[k] for k in ("word", "start", "end", "score") if k in w} for w in words]
-    return {"start": start if start is not None else timed[0]["start"],
-            "end": end if end is not None else max(w["end"] for w in timed),
-            "text": " ".join(w["word"] for w in words), "words": out_words}
+    return {
+        "start": start if start is not None else timed[0]["start"],
+        "end": end if end is not None else max(w["end"] for w in timed),
+        "text": " ".join(w["word"] for w in words),
+        "words": out_words,
+    }
 
 
 def oracle_backend(dialog, utterances, ref_words):

@@ -2,6 +2,7 @@
 error processes whose rates are flags (SIMULATION_DOC, shown by preprocess.py --help). The demo's stand-in for
 the standard pipeline, and a tool for the paper's open question of how VAD and ASR errors limit the alignment.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -81,10 +82,13 @@ def simulate_words(words: list[dict], sim: dict, rng, duration: float) -> tuple[
     """Oracle words (time order) -> degraded words, with the counts of each error."""
     n = len(words)
     # 1. VAD misses of short isolated words.
-    short = [i for i, w in enumerate(words)
-             if w["end"] - w["start"] < sim["short_word"]
-             and (i == 0 or w["start"] - words[i - 1]["end"] >= 0.2)
-             and (i == n - 1 or words[i + 1]["start"] - w["end"] >= 0.2)]
+    short = [
+        i
+        for i, w in enumerate(words)
+        if w["end"] - w["start"] < sim["short_word"]
+        and (i == 0 or w["start"] - words[i - 1]["end"] >= 0.2)
+        and (i == n - 1 or words[i + 1]["start"] - w["end"] >= 0.2)
+    ]
     missed = draw(rng, short, sim["vad_miss"], len(short))
     # 2. ASR errors among the remaining words: deletions and substitutions.
     kept = [i for i in range(n) if i not in missed]
@@ -111,8 +115,13 @@ def simulate_words(words: list[dict], sim: dict, rng, duration: float) -> tuple[
     untimed = draw(rng, list(range(len(out))), sim["untimed"], len(out))
     for i in untimed:
         out[i]["untimed"] = True
-    counts = {"oracle_words": n, "vad_missed": len(missed), "deleted": len(deleted),
-              "substituted": len(substituted), "untimed": len(untimed)}
+    counts = {
+        "oracle_words": n,
+        "vad_missed": len(missed),
+        "deleted": len(deleted),
+        "substituted": len(substituted),
+        "untimed": len(untimed),
+    }
     return out, counts
 
 
@@ -120,8 +129,9 @@ def cut_segments(words: list[dict], sim: dict) -> tuple[list[dict], int]:
     """Cut the word stream at pauses and length limits (not at speaker changes) -> (segments, straddling)."""
     groups, current = [], []
     for w in words:
-        if current and (w["start"] - current[-1]["end"] >= sim["seg_pause"]
-                        or w["end"] - current[0]["start"] > sim["seg_max"]):
+        if current and (
+            w["start"] - current[-1]["end"] >= sim["seg_pause"] or w["end"] - current[0]["start"] > sim["seg_max"]
+        ):
             groups.append(current)
             current = []
         current.append(w)
@@ -130,8 +140,12 @@ def cut_segments(words: list[dict], sim: dict) -> tuple[list[dict], int]:
     segments, straddling = [], 0
     for group in groups:
         straddling += len({w["speaker"] for w in group}) > 1
-        timed = [{k: v for k, v in w.items() if k in ("word", "start", "end")} if not w.get("untimed")
-                 else {"word": w["word"]} for w in group]
+        timed = [
+            {k: v for k, v in w.items() if k in ("word", "start", "end")}
+            if not w.get("untimed")
+            else {"word": w["word"]}
+            for w in group
+        ]
         segments.append(segment_of(timed, group[0]["start"], max(w["end"] for w in group)))
     return segments, straddling
 
@@ -166,8 +180,13 @@ def simulate_turns(turns, sim: dict, rng, duration: float) -> tuple[list, dict]:
         start = turns[i][0]
         out.append((start, min(start + rng.uniform(0.2, 0.6), duration), turns[i - 1][2]))
     out = [(round(s, 3), round(e, 3), spk) for s, e, spk in out if e - s >= 0.05]
-    counts = {"reference_turns": len(turns), "speaker_changes": len(changes), "missed_turns": len(missed),
-              "confused_turns": len(confused), "spurious_turns": len(spurious)}
+    counts = {
+        "reference_turns": len(turns),
+        "speaker_changes": len(changes),
+        "missed_turns": len(missed),
+        "confused_turns": len(confused),
+        "spurious_turns": len(spurious),
+    }
     return out, counts
 
 

@@ -20,6 +20,7 @@ model; in this mode it is loaded but never called.
 SECURITY: pyannote loads its checkpoints with torch.load(weights_only=False), which can run code stored in the
 file: a local --diar-model folder (and a --model-dir mirror) must come from a source you trust.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,11 +31,11 @@ from pathlib import Path
 import numpy as np
 
 from common import cli, modelhub
-from common.step2_oracle import anonymise, asr_result
 from common.checklist import CheckItem
 from common.cli import PipelineError
 from common.fileio import atomic_write_json
 from common.formats import SAMPLE_RATE
+from common.step2_oracle import anonymise, asr_result
 
 MAX_CHUNK_S = 30.0  # Whisper's input window: longer reference utterances are cut into pieces
 
@@ -50,8 +51,10 @@ ALIGN_REQUIRED = ("config.json", "preprocessor_config.json", "vocab.json", "|".j
 PLDA_FILES = ("xvec_transform.npz", "plda.npz")
 # The models a hub pipeline's config names, for the preflight, which does not download the config.
 KNOWN_PIPELINE_MODELS = {
-    "pyannote/speaker-diarization-3.1": {"segmentation": "pyannote/segmentation-3.0",
-                                         "embedding": "pyannote/wespeaker-voxceleb-resnet34-LM"},
+    "pyannote/speaker-diarization-3.1": {
+        "segmentation": "pyannote/segmentation-3.0",
+        "embedding": "pyannote/wespeaker-voxceleb-resnet34-LM",
+    },
     "pyannote/speaker-diarization-community-1": {},  # segmentation, embedding, plda are its own subfolders
 }
 
@@ -61,6 +64,7 @@ def device_and_compute_type(args) -> tuple[str, str]:
     device = args.device
     if device == "auto":
         import torch
+
         device = "cpu"
         if torch.cuda.is_available():  # under torchrun, one GPU per process
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
@@ -100,7 +104,9 @@ def torchaudio_checkpoint(bundle: str) -> tuple[str, str] | None:
     path = getattr(obj, "_path", None)
     if not path:
         return None
-    return Path(path).name, path if path.startswith("https") else f"https://download.pytorch.org/torchaudio/models/{path}"
+    return Path(path).name, path if path.startswith(
+        "https"
+    ) else f"https://download.pytorch.org/torchaudio/models/{path}"
 
 
 def align_source(args) -> dict:
@@ -115,11 +121,17 @@ def align_source(args) -> dict:
             model_dir = str(Path(args.model_dir) / "torchaudio")
         if model_dir is None:
             import torch
+
             folder = Path(torch.hub.get_dir()) / "checkpoints"
         else:
             folder = Path(model_dir)
-        return {"kind": "torchaudio", "name": name, "model_dir": model_dir, "file": folder / checkpoint[0],
-                "url": checkpoint[1]}
+        return {
+            "kind": "torchaudio",
+            "name": name,
+            "model_dir": model_dir,
+            "file": folder / checkpoint[0],
+            "url": checkpoint[1],
+        }
     local = modelhub.local_model_path(name, args.model_dir)
     if local is not None or not modelhub.is_hub_name(name):
         return {"kind": "local", "name": str(local or name), "model_dir": None}
@@ -152,9 +164,15 @@ def _pipeline_file(ref: str, filename: str, subfolder, *, model_dir, token, cach
     import huggingface_hub
 
     try:
-        path = huggingface_hub.hf_hub_download(ref, filename, subfolder=subfolder or None, token=token,
-                                               local_files_only=cache_only, cache_dir=cache_dir,
-                                               library_name="pyannote")
+        path = huggingface_hub.hf_hub_download(
+            ref,
+            filename,
+            subfolder=subfolder or None,
+            token=token,
+            local_files_only=cache_only,
+            cache_dir=cache_dir,
+            library_name="pyannote",
+        )
     except Exception as e:
         raise PipelineError(f"{ref}: {rel}: {modelhub.hub_error_message(ref, e, token)}") from e
     loaded.append(f"{ref}/{rel}")
@@ -167,18 +185,28 @@ def _model_reference(params: dict, key: str, pipeline: str, config_path) -> tupl
     if ref is None:  # pyannote would silently fall back on community-1's model
         raise PipelineError(f"{config_path}: pipeline.params.{key} is missing")
     if not isinstance(ref, str):
-        raise PipelineError(f"{config_path}: pipeline.params.{key}: expected a name, a path or $model/<subfolder>, "
-                            f"got {cli.quote(ref)}")
+        raise PipelineError(
+            f"{config_path}: pipeline.params.{key}: expected a name, a path or $model/<subfolder>, got {cli.quote(ref)}"
+        )
     if ref.startswith("$model/"):
-        sub = ref[len("$model/"):]
+        sub = ref[len("$model/") :]
         if "@" in sub:
             raise PipelineError(f"{config_path}: pipeline.params.{key}: revisions ({ref}) are not supported")
         return pipeline, sub
     return ref, None
 
 
-def load_diarization_pipeline(name: str, *, model_dir=None, token=None, cache_only: bool = False, cache_dir=None,
-                              embedding_batch_size=None, segmentation_batch_size=None, device=None):
+def load_diarization_pipeline(
+    name: str,
+    *,
+    model_dir=None,
+    token=None,
+    cache_only: bool = False,
+    cache_dir=None,
+    embedding_batch_size=None,
+    segmentation_batch_size=None,
+    device=None,
+):
     """A pyannote SpeakerDiarization pipeline, loading exactly the files its config names -> (pipeline, files).
 
     name: a hub pipeline (pyannote/speaker-diarization-3.1, ...-community-1) or a local folder with
@@ -234,11 +262,14 @@ def load_diarization_pipeline(name: str, *, model_dir=None, token=None, cache_on
     params["token"], params["cache_dir"] = None, None  # every file is local by now
     left = [k for k, v in params.items() if isinstance(v, str) and v.startswith("$model/")]
     if left:
-        raise PipelineError(f"{config_path}: pipeline.params {left}: $model/ references are supported for "
-                            "segmentation, embedding and plda only")
+        raise PipelineError(
+            f"{config_path}: pipeline.params {left}: $model/ references are supported for "
+            "segmentation, embedding and plda only"
+        )
     pipeline = Pipeline.from_pretrained(config)
     if device is not None:
         import torch
+
         pipeline.to(torch.device(device))
     return pipeline, loaded
 
@@ -253,15 +284,16 @@ def loading(what: str, name):
     except (RuntimeError, ValueError, KeyError) as e:
         if isinstance(e, OSError):
             raise
-        raise PipelineError(f"{name}: cannot load the {what}: {type(e).__name__}: "
-                            f"{cli.one_line(str(e))[:300]}") from e
+        raise PipelineError(f"{name}: cannot load the {what}: {type(e).__name__}: {cli.one_line(str(e))[:300]}") from e
 
 
 def annotation_turns(annotation, duration: float) -> list[tuple[float, float, str]]:
     """pyannote Annotation -> [(start, end, label)], clipped to the audio: pyannote's last sliding
     window is padded, so a turn can end after the audio does."""
-    turns = [(max(float(seg.start), 0.0), min(float(seg.end), duration), str(label))
-             for seg, _, label in annotation.itertracks(yield_label=True)]
+    turns = [
+        (max(float(seg.start), 0.0), min(float(seg.end), duration), str(label))
+        for seg, _, label in annotation.itertracks(yield_label=True)
+    ]
     return [t for t in turns if t[1] > t[0]]
 
 
@@ -276,6 +308,7 @@ class WhisperX:
             nltk_data = Path(args.model_dir) / "nltk_data"
         if nltk_data:  # whisperx.align loads NLTK's punkt_tab; a local copy avoids the download
             import nltk
+
             nltk.data.path.insert(0, str(Path(nltk_data).resolve()))
         self.whisperx = whisperx
         self.device, self.compute_type = device_and_compute_type(args)
@@ -283,32 +316,52 @@ class WhisperX:
         token = modelhub.hub_token()  # never printed
         asr_path, asr_repo = asr_source(args)
         align = align_source(args)
-        print(f"loading models on {self.device} ({self.compute_type}): ASR {asr_path or asr_repo}, "
-              f"alignment {align['name']}, diarization {args.diar_model}"
-              + (" (cache only)" if args.cache_only else ""))
+        print(
+            f"loading models on {self.device} ({self.compute_type}): ASR {asr_path or asr_repo}, "
+            f"alignment {align['name']}, diarization {args.diar_model}" + (" (cache only)" if args.cache_only else "")
+        )
         device_type, _, index = self.device.partition(":")  # ctranslate2 takes the GPU index apart
         from whisperx.asr import load_model  # what whisperx.load_model calls
+
         with loading("ASR model (--asr-model)", asr_path or args.asr_model):
             self.asr = load_model(
-                str(asr_path) if asr_path else args.asr_model, device_type, device_index=int(index or 0),
-                compute_type=self.compute_type, language="en", vad_method="pyannote",
+                str(asr_path) if asr_path else args.asr_model,
+                device_type,
+                device_index=int(index or 0),
+                compute_type=self.compute_type,
+                language="en",
+                vad_method="pyannote",
                 vad_options={"vad_onset": args.vad_onset, "vad_offset": args.vad_offset},
-                asr_options={"beam_size": args.beam_size}, threads=args.threads, local_files_only=args.cache_only,
-                **token_kwargs(load_model, token))
+                asr_options={"beam_size": args.beam_size},
+                threads=args.threads,
+                local_files_only=args.cache_only,
+                **token_kwargs(load_model, token),
+            )
         if args.asr_max_length:
             self.asr.model.max_length = args.asr_max_length
         if align["kind"] == "torchaudio" and args.cache_only and not align["file"].is_file():
-            raise PipelineError(f"{align['file']}: the alignment model {align['name']} is not there and --cache-only "
-                                f"forbids downloading it; copy it with --download-models DIR and pass --model-dir DIR")
+            raise PipelineError(
+                f"{align['file']}: the alignment model {align['name']} is not there and --cache-only "
+                f"forbids downloading it; copy it with --download-models DIR and pass --model-dir DIR"
+            )
         with loading("alignment model (--align-model)", align["name"]):
             self.align_model, self.align_meta = whisperx.load_align_model(
-                language_code="en", device=self.device, model_name=align["name"], model_dir=align["model_dir"],
-                model_cache_only=args.cache_only)
+                language_code="en",
+                device=self.device,
+                model_name=align["name"],
+                model_dir=align["model_dir"],
+                model_cache_only=args.cache_only,
+            )
         with loading("diarization pipeline (--diar-model)", args.diar_model):
             self.diarizer, files = load_diarization_pipeline(
-                args.diar_model, model_dir=args.model_dir, token=token, cache_only=args.cache_only,
-                embedding_batch_size=args.embedding_batch_size, segmentation_batch_size=args.segmentation_batch_size,
-                device=self.device)
+                args.diar_model,
+                model_dir=args.model_dir,
+                token=token,
+                cache_only=args.cache_only,
+                embedding_batch_size=args.embedding_batch_size,
+                segmentation_batch_size=args.segmentation_batch_size,
+                device=self.device,
+            )
         print(f"diarization pipeline read {len(files)} files: " + ", ".join(files))
 
     def transcribe(self, audio: np.ndarray, utterances: list[dict]) -> list[dict]:
@@ -326,7 +379,7 @@ class WhisperX:
             while end - start > 0.01:
                 chunks.append((start, min(end, start + MAX_CHUNK_S)))
                 start += MAX_CHUNK_S
-        inputs = ({"inputs": audio[int(s * SAMPLE_RATE):int(e * SAMPLE_RATE)]} for s, e in chunks)
+        inputs = ({"inputs": audio[int(s * SAMPLE_RATE) : int(e * SAMPLE_RATE)]} for s, e in chunks)
         segments = []
         for (start, end), out in zip(chunks, self.asr(inputs, batch_size=self.batch_size, num_workers=0)):
             text = out["text"][0] if isinstance(out["text"], list) else out["text"]
@@ -337,11 +390,13 @@ class WhisperX:
         import torch
 
         segments = self.transcribe(audio, utterances)
-        aligned = self.whisperx.align(segments, self.align_model, self.align_meta, audio, self.device,
-                                      return_char_alignments=False)
+        aligned = self.whisperx.align(
+            segments, self.align_model, self.align_meta, audio, self.device, return_char_alignments=False
+        )
         # The pipeline is called as whisperx.diarize.DiarizationPipeline calls it, keeping both outputs.
-        output = self.diarizer({"waveform": torch.from_numpy(audio[None, :]), "sample_rate": SAMPLE_RATE},
-                               num_speakers=self.num_speakers)
+        output = self.diarizer(
+            {"waveform": torch.from_numpy(audio[None, :]), "sample_rate": SAMPLE_RATE}, num_speakers=self.num_speakers
+        )
         duration = len(audio) / SAMPLE_RATE
         names = {}  # one anonymous labelling for both versions
         turns = anonymise(annotation_turns(getattr(output, "speaker_diarization", output), duration), names)
@@ -351,11 +406,18 @@ class WhisperX:
         # A segment with no time at all (nothing aligned, no timed word) cannot be placed: dropped, counted.
         untimed = [s for s in out if s["start"] is None]
         out = [s for s in out if s["start"] is not None]
-        stats = {"unaligned_segments": len(segments), "empty_segments": sum(1 for s in out if not s["words"]),
-                 "dropped_untimed_segments": len(untimed),
-                 "dropped_untimed_words": sum(len(s["words"]) for s in untimed)}
-        return asr_result(dialog, "whisperx" if self.vad == "auto" else "whisperx-vadoracle", out), \
-            turns, stats, exclusive
+        stats = {
+            "unaligned_segments": len(segments),
+            "empty_segments": sum(1 for s in out if not s["words"]),
+            "dropped_untimed_segments": len(untimed),
+            "dropped_untimed_words": sum(len(s["words"]) for s in untimed),
+        }
+        return (
+            asr_result(dialog, "whisperx" if self.vad == "auto" else "whisperx-vadoracle", out),
+            turns,
+            stats,
+            exclusive,
+        )
 
 
 def _number(x):
@@ -386,8 +448,12 @@ def clean_segment(seg: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 MODEL_BYTES = {  # download sizes, approximate, for the disk check
-    "Systran/faster-whisper-large-v2": 3.1e9, DEFAULT_ALIGN_MODEL: 3.8e8, "pyannote/segmentation-3.0": 6e6,
-    "pyannote/wespeaker-voxceleb-resnet34-LM": 2.7e7, "pyannote/speaker-diarization-community-1": 3.5e7}
+    "Systran/faster-whisper-large-v2": 3.1e9,
+    DEFAULT_ALIGN_MODEL: 3.8e8,
+    "pyannote/segmentation-3.0": 6e6,
+    "pyannote/wespeaker-voxceleb-resnet34-LM": 2.7e7,
+    "pyannote/speaker-diarization-community-1": 3.5e7,
+}
 
 
 def read_pipeline_config(path) -> dict:
@@ -406,8 +472,10 @@ def pipeline_model_refs(config: dict, name: str, config_path) -> dict:
     """{"segmentation" | "embedding" | "plda": (repository or folder, subfolder or None, files)} of a
     pipeline config: what load_diarization_pipeline will read (plda only for VBx clustering)."""
     params = config["pipeline"]["params"]
-    refs = {key: (*_model_reference(params, key, name, config_path), ("pytorch_model.bin",))
-            for key in ("segmentation", "embedding")}
+    refs = {
+        key: (*_model_reference(params, key, name, config_path), ("pytorch_model.bin",))
+        for key in ("segmentation", "embedding")
+    }
     if params.get("clustering", "VBxClustering") == "VBxClustering":
         refs["plda"] = (*_model_reference(params, "plda", name, config_path), PLDA_FILES)
     return refs
@@ -418,8 +486,14 @@ def diarization_checks(args, token, offline: bool) -> list[CheckItem]:
     name, items = args.diar_model, []
     local = modelhub.local_model_path(name, args.model_dir)
     if local is None and not modelhub.is_hub_name(name):
-        return [CheckItem("diarization pipeline", False, f"{name}: not found; copy the pipeline folder there, "
-                          "or give its hub name (pyannote/speaker-diarization-3.1)")]
+        return [
+            CheckItem(
+                "diarization pipeline",
+                False,
+                f"{name}: not found; copy the pipeline folder there, "
+                "or give its hub name (pyannote/speaker-diarization-3.1)",
+            )
+        ]
     config = config_path = None
     if local is not None:
         items.append(modelhub.check_local_model("diarization pipeline", local, ["config.yaml"]))
@@ -428,6 +502,7 @@ def diarization_checks(args, token, offline: bool) -> list[CheckItem]:
         items.append(modelhub.check_hub_model("diarization pipeline", name, ["config.yaml"], token, offline=offline))
         if offline:
             from huggingface_hub import try_to_load_from_cache
+
             cached = try_to_load_from_cache(name, "config.yaml")
             config_path = Path(cached) if isinstance(cached, str) else None
     if config_path is not None and config_path.is_file():
@@ -439,8 +514,13 @@ def diarization_checks(args, token, offline: bool) -> list[CheckItem]:
     elif local is None:  # online: the config is not downloaded by a check; the known pipelines' models
         known = KNOWN_PIPELINE_MODELS.get(name)
         if known is None:
-            return items + [CheckItem("diarization models", True, f"{name} is not a pipeline this check knows: "
-                                      "the models its config names are checked when it loads")]
+            return items + [
+                CheckItem(
+                    "diarization models",
+                    True,
+                    f"{name} is not a pipeline this check knows: the models its config names are checked when it loads",
+                )
+            ]
         refs = {key: (repo, None, ("pytorch_model.bin",)) for key, repo in known.items()}
     else:
         return items
@@ -468,16 +548,27 @@ def nltk_check(args, offline: bool) -> CheckItem:
     importing nltk (seconds of scipy imports)."""
     folders = [d for d in (args.nltk_data, args.model_dir and Path(args.model_dir) / "nltk_data") if d]
     folders += [d for d in os.environ.get("NLTK_DATA", "").split(os.pathsep) if d]
-    folders += [Path.home() / "nltk_data"] + [Path(sys.prefix) / d for d in ("nltk_data", "share/nltk_data",
-                                                                           "lib/nltk_data")]
+    folders += [Path.home() / "nltk_data"] + [
+        Path(sys.prefix) / d for d in ("nltk_data", "share/nltk_data", "lib/nltk_data")
+    ]
     folders += ["/usr/share/nltk_data", "/usr/local/share/nltk_data", "/usr/lib/nltk_data", "/usr/local/lib/nltk_data"]
-    found = next((Path(d) / "tokenizers" / "punkt_tab" / "english" for d in folders
-                  if (Path(d) / "tokenizers" / "punkt_tab" / "english").is_dir()), None)
+    found = next(
+        (
+            Path(d) / "tokenizers" / "punkt_tab" / "english"
+            for d in folders
+            if (Path(d) / "tokenizers" / "punkt_tab" / "english").is_dir()
+        ),
+        None,
+    )
     if found is not None:
         return CheckItem("NLTK punkt_tab", True, str(found))
     if offline:
-        return CheckItem("NLTK punkt_tab", False, "not found and offline: whisperx.align needs it; pass "
-                         "--nltk-data DIR (--download-models DIR writes DIR/nltk_data)")
+        return CheckItem(
+            "NLTK punkt_tab",
+            False,
+            "not found and offline: whisperx.align needs it; pass "
+            "--nltk-data DIR (--download-models DIR writes DIR/nltk_data)",
+        )
     return CheckItem("NLTK punkt_tab", True, "not found; whisperx downloads it at first use (~40 MB)")
 
 
@@ -485,23 +576,41 @@ def model_checks(args) -> list[CheckItem]:
     """Each model of the whisperx backend: local folder complete, or hub access (gated: token)."""
     token, offline = modelhub.hub_token(), modelhub.hub_offline() or args.cache_only
     path, repo = asr_source(args)
-    items = [modelhub.check_local_model("ASR model", path, WHISPER_REQUIRED) if path is not None
-             else modelhub.check_hub_model("ASR model", repo, ["model.bin"], token, offline=offline)]
+    items = [
+        modelhub.check_local_model("ASR model", path, WHISPER_REQUIRED)
+        if path is not None
+        else modelhub.check_hub_model("ASR model", repo, ["model.bin"], token, offline=offline)
+    ]
     align = align_source(args)
     if align["kind"] == "torchaudio":
         if align["file"].is_file():
             items.append(CheckItem("alignment model", True, f"{align['file']} ({align['name']}, local)"))
         elif offline:
-            items.append(CheckItem("alignment model", False, f"{align['file']}: not found and offline; copy it with "
-                                   "--download-models DIR and pass --model-dir DIR (or --align-model-dir)"))
+            items.append(
+                CheckItem(
+                    "alignment model",
+                    False,
+                    f"{align['file']}: not found and offline; copy it with "
+                    "--download-models DIR and pass --model-dir DIR (or --align-model-dir)",
+                )
+            )
         else:
-            items.append(CheckItem("alignment model", True, f"{align['name']} not cached; torchaudio downloads it "
-                                   f"at first use from {align['url']} into {align['file'].parent}"))
+            items.append(
+                CheckItem(
+                    "alignment model",
+                    True,
+                    f"{align['name']} not cached; torchaudio downloads it "
+                    f"at first use from {align['url']} into {align['file'].parent}",
+                )
+            )
     elif align["kind"] == "local":
         items.append(modelhub.check_local_model("alignment model", align["name"], ALIGN_REQUIRED))
     else:
-        items.append(modelhub.check_hub_model("alignment model", align["name"], ["config.json"], token,
-                                           cache_dir=align["model_dir"], offline=offline))
+        items.append(
+            modelhub.check_hub_model(
+                "alignment model", align["name"], ["config.json"], token, cache_dir=align["model_dir"], offline=offline
+            )
+        )
     items += diarization_checks(args, token, offline)
     items.append(nltk_check(args, offline))
     return items
@@ -519,7 +628,8 @@ def planned_download_bytes(args) -> float:
         total += MODEL_BYTES.get(align["name"], 0.0)
     if modelhub.local_model_path(args.diar_model, args.model_dir) is None:
         total += MODEL_BYTES.get(args.diar_model, 0.0) + sum(
-            MODEL_BYTES.get(r, 0.0) for r in KNOWN_PIPELINE_MODELS.get(args.diar_model, {}).values())
+            MODEL_BYTES.get(r, 0.0) for r in KNOWN_PIPELINE_MODELS.get(args.diar_model, {}).values()
+        )
     return total
 
 
@@ -535,8 +645,10 @@ def download_models(args) -> dict:
         print(f"--download-models: the {args.backend} backend uses no model; nothing to download")
         return {}
     if modelhub.hub_offline():
-        raise PipelineError("--download-models needs the hub, but HF_HUB_OFFLINE is set: run it with HF_HUB_OFFLINE=0 "
-                            "on a machine with internet")
+        raise PipelineError(
+            "--download-models needs the hub, but HF_HUB_OFFLINE is set: run it with HF_HUB_OFFLINE=0 "
+            "on a machine with internet"
+        )
     repos, files = {}, {}
 
     def fetch(repo, patterns) -> Path:
@@ -556,6 +668,7 @@ def download_models(args) -> dict:
         target = dest / "torchaudio" / align["file"].name
         if not target.is_file():
             import torch
+
             print(f"downloading {align['url']}")
             target.parent.mkdir(parents=True, exist_ok=True)
             torch.hub.download_url_to_file(align["url"], str(target))
@@ -571,7 +684,7 @@ def download_models(args) -> dict:
         raise PipelineError(f"--diar-model {name}: no such folder, and not a hub name")
     config_path = (local or fetch(name, ["config.yaml"])) / "config.yaml"
     own = []
-    for key, (ref, sub, needed) in pipeline_model_refs(read_pipeline_config(config_path), name, config_path).items():
+    for ref, sub, needed in pipeline_model_refs(read_pipeline_config(config_path), name, config_path).values():
         if ref == name and sub is not None:
             own += [f"{sub}/{f}" for f in needed]
         elif modelhub.local_model_path(ref, args.model_dir) is None and modelhub.is_hub_name(ref):
@@ -580,13 +693,20 @@ def download_models(args) -> dict:
         fetch(name, own)
     files["diarization"] = str(local or dest / name)
     import nltk
+
     if not nltk.download("punkt_tab", download_dir=str(dest / "nltk_data"), quiet=True, raise_on_error=True):
         raise PipelineError("NLTK punkt_tab: download failed")
     files["nltk_data"] = str(dest / "nltk_data")
-    manifest = {"written_by": "preprocess.py --download-models", "repositories": repos, "files": files,
-                "flags": ["--model-dir", str(dest)]}
+    manifest = {
+        "written_by": "preprocess.py --download-models",
+        "repositories": repos,
+        "files": files,
+        "flags": ["--model-dir", str(dest)],
+    }
     atomic_write_json(dest / "models.json", manifest)
-    print(f"wrote {dest / 'models.json'}; on the machine without internet run:\n"
-          f"  HF_HUB_OFFLINE=1 python preprocess.py --backend whisperx --model-dir {dest} --cache-only"
-          + (f" --diar-model {name}" if name != "pyannote/speaker-diarization-3.1" else ""))
+    print(
+        f"wrote {dest / 'models.json'}; on the machine without internet run:\n"
+        f"  HF_HUB_OFFLINE=1 python preprocess.py --backend whisperx --model-dir {dest} --cache-only"
+        + (f" --diar-model {name}" if name != "pyannote/speaker-diarization-3.1" else "")
+    )
     return manifest

@@ -27,6 +27,7 @@ Both pipelines use the same tiny random PyanNet segmentation (powerset) and XVec
 embedding (about ten times faster on CPU than the real WeSpeakerResNet34; the layout, not the
 architecture, is what the loaders see).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,16 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 # Whisper's special tokens, in the order OpenAI's English-only vocabularies list them. Without a
 # language token in the vocabulary, ctranslate2 treats the model as English-only, which is what
 # language="en" needs.
-WHISPER_SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|translate|>", "<|transcribe|>",
-                    "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
+WHISPER_SPECIALS = [
+    "<|endoftext|>",
+    "<|startoftranscript|>",
+    "<|translate|>",
+    "<|transcribe|>",
+    "<|startoflm|>",
+    "<|startofprev|>",
+    "<|nocaptions|>",
+    "<|notimestamps|>",
+]
 TEXT_TOKEN_GAIN = 50.0  # see build_whisper
 N_TIMESTAMP_TOKENS = 1501  # <|0.00|> ... <|30.00|>, appended after the text vocabulary
 # Character vocabulary laid out like facebook/wav2vec2-base-960h: <pad> is the CTC blank, "|" the
@@ -56,8 +65,14 @@ def build_whisper(out: Path, seed: int = 0) -> Path:
     """A tiny random WhisperForConditionalGeneration converted to CTranslate2 -> folder for whisperx.load_model."""
     import ctranslate2
     import torch
-    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
-                              WhisperForConditionalGeneration, WhisperTokenizer, WhisperTokenizerFast)
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperTokenizer,
+        WhisperTokenizerFast,
+    )
     from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
 
     hf_dir, ct2_dir = out / "whisper-hf", out / "whisper-ct2"
@@ -69,19 +84,40 @@ def build_whisper(out: Path, seed: int = 0) -> Path:
     (hf_dir / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     (hf_dir / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
     eot = WHISPER_SPECIALS[0]
-    slow = WhisperTokenizer(str(hf_dir / "vocab.json"), str(hf_dir / "merges.txt"), unk_token=eot, bos_token=eot,
-                            eos_token=eot, pad_token=eot, additional_special_tokens=WHISPER_SPECIALS[1:])
+    slow = WhisperTokenizer(
+        str(hf_dir / "vocab.json"),
+        str(hf_dir / "merges.txt"),
+        unk_token=eot,
+        bos_token=eot,
+        eos_token=eot,
+        pad_token=eot,
+        additional_special_tokens=WHISPER_SPECIALS[1:],
+    )
     slow.save_pretrained(hf_dir)
     tokenizer = WhisperTokenizerFast.from_pretrained(hf_dir)
     tokenizer.save_pretrained(hf_dir)  # writes tokenizer.json, which faster-whisper reads
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in WHISPER_SPECIALS}
 
     config = WhisperConfig(
-        vocab_size=len(tokenizer) + N_TIMESTAMP_TOKENS, num_mel_bins=80, d_model=64,
-        encoder_layers=1, encoder_attention_heads=2, decoder_layers=1, decoder_attention_heads=2,
-        encoder_ffn_dim=128, decoder_ffn_dim=128, max_source_positions=1500, max_target_positions=448,
-        pad_token_id=ids[eot], bos_token_id=ids[eot], eos_token_id=ids[eot],
-        decoder_start_token_id=ids["<|startoftranscript|>"], suppress_tokens=[], begin_suppress_tokens=[ids[eot]], tie_word_embeddings=False)
+        vocab_size=len(tokenizer) + N_TIMESTAMP_TOKENS,
+        num_mel_bins=80,
+        d_model=64,
+        encoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_layers=1,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_source_positions=1500,
+        max_target_positions=448,
+        pad_token_id=ids[eot],
+        bos_token_id=ids[eot],
+        eos_token_id=ids[eot],
+        decoder_start_token_id=ids["<|startoftranscript|>"],
+        suppress_tokens=[],
+        begin_suppress_tokens=[ids[eot]],
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(seed)
     model = WhisperForConditionalGeneration(config).eval()
     # A random decoder mostly picks special or timestamp tokens, which decode to no text, so the
@@ -93,14 +129,20 @@ def build_whisper(out: Path, seed: int = 0) -> Path:
         for char in "abcdefghijklmnopqrstuvwxyz ":
             model.proj_out.weight[vocab[byte_to_symbol[ord(char)]]] *= TEXT_TOKEN_GAIN * (1.6 if char == " " else 1.0)
     model.generation_config = GenerationConfig(
-        decoder_start_token_id=config.decoder_start_token_id, eos_token_id=ids[eot], pad_token_id=ids[eot],
-        suppress_tokens=[], begin_suppress_tokens=[ids[eot]], no_timestamps_token_id=ids["<|notimestamps|>"],
-        max_length=448)
+        decoder_start_token_id=config.decoder_start_token_id,
+        eos_token_id=ids[eot],
+        pad_token_id=ids[eot],
+        suppress_tokens=[],
+        begin_suppress_tokens=[ids[eot]],
+        no_timestamps_token_id=ids["<|notimestamps|>"],
+        max_length=448,
+    )
     model.save_pretrained(hf_dir)
     WhisperFeatureExtractor(feature_size=80).save_pretrained(hf_dir)
     # tokenizer.json must sit next to model.bin, or faster-whisper fetches a tokenizer from the hub.
     converter = ctranslate2.converters.TransformersConverter(
-        str(hf_dir), copy_files=["tokenizer.json", "preprocessor_config.json"])
+        str(hf_dir), copy_files=["tokenizer.json", "preprocessor_config.json"]
+    )
     converter.convert(str(ct2_dir), quantization="float32", force=True)
     shutil.rmtree(hf_dir)
     return ct2_dir
@@ -109,26 +151,43 @@ def build_whisper(out: Path, seed: int = 0) -> Path:
 def build_align_model(out: Path, seed: int = 0) -> Path:
     """A tiny random Wav2Vec2ForCTC with a character vocabulary -> folder for whisperx.load_align_model."""
     import torch
-    from transformers import (Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC,
-                              Wav2Vec2Processor)
+    from transformers import (
+        Wav2Vec2Config,
+        Wav2Vec2CTCTokenizer,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2ForCTC,
+        Wav2Vec2Processor,
+    )
 
     out = out / "align-w2v2"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     vocab = {c: i for i, c in enumerate(ALIGN_CHARS)}
     (out / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    tokenizer = Wav2Vec2CTCTokenizer(str(out / "vocab.json"), unk_token="<unk>", pad_token="<pad>",
-                                     word_delimiter_token="|", do_lower_case=False)
-    features = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
-                                        do_normalize=True, return_attention_mask=False)
+    tokenizer = Wav2Vec2CTCTokenizer(
+        str(out / "vocab.json"), unk_token="<unk>", pad_token="<pad>", word_delimiter_token="|", do_lower_case=False
+    )
+    features = Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=False
+    )
     Wav2Vec2Processor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(out)
     # The convolutional front end keeps wav2vec2's 320-sample (20 ms) frame stride, so the alignment
     # has the real model's time resolution.
     config = Wav2Vec2Config(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-        conv_dim=(32,) * 7, conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_kernel=(10, 3, 3, 3, 3, 2, 2),
-        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, pad_token_id=vocab["<pad>"],
-        do_stable_layer_norm=False, feat_extract_norm="group")
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(32,) * 7,
+        conv_stride=(5, 2, 2, 2, 2, 2, 2),
+        conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        pad_token_id=vocab["<pad>"],
+        do_stable_layer_norm=False,
+        feat_extract_norm="group",
+    )
     torch.manual_seed(seed)
     Wav2Vec2ForCTC(config).eval().save_pretrained(out)
     return out
@@ -178,8 +237,11 @@ params:
   segmentation:
     min_duration_off: 0.0
 """
-DIARIZATION_31_REPOS = {"pipeline": "pyannote/speaker-diarization-3.1", "segmentation": "pyannote/segmentation-3.0",
-                        "embedding": "pyannote/wespeaker-voxceleb-resnet34-LM"}
+DIARIZATION_31_REPOS = {
+    "pipeline": "pyannote/speaker-diarization-3.1",
+    "segmentation": "pyannote/segmentation-3.0",
+    "embedding": "pyannote/wespeaker-voxceleb-resnet34-LM",
+}
 
 
 def diarization_models(seed: int = 0):
@@ -194,17 +256,22 @@ def diarization_models(seed: int = 0):
     from pyannote.audio.models.segmentation import PyanNet
 
     torch.manual_seed(seed)
-    segmentation = PyanNet(sincnet={"stride": 10},
-                           lstm={"hidden_size": 32, "num_layers": 1, "bidirectional": True, "monolithic": True,
-                                 "dropout": 0.0},
-                           linear={"hidden_size": 32, "num_layers": 1})
+    segmentation = PyanNet(
+        sincnet={"stride": 10},
+        lstm={"hidden_size": 32, "num_layers": 1, "bidirectional": True, "monolithic": True, "dropout": 0.0},
+        linear={"hidden_size": 32, "num_layers": 1},
+    )
     segmentation.specifications = Specifications(
-        problem=Problem.MONO_LABEL_CLASSIFICATION, resolution=Resolution.FRAME, duration=10.0,
-        classes=["speaker#1", "speaker#2", "speaker#3"], powerset_max_classes=2, permutation_invariant=True)
+        problem=Problem.MONO_LABEL_CLASSIFICATION,
+        resolution=Resolution.FRAME,
+        duration=10.0,
+        classes=["speaker#1", "speaker#2", "speaker#3"],
+        powerset_max_classes=2,
+        permutation_invariant=True,
+    )
     segmentation.build()
     embedding = XVectorSincNet(dimension=64)
-    embedding.specifications = Specifications(problem=Problem.REPRESENTATION, resolution=Resolution.CHUNK,
-                                              duration=5.0)
+    embedding.specifications = Specifications(problem=Problem.REPRESENTATION, resolution=Resolution.CHUNK, duration=5.0)
     return segmentation.eval(), embedding.eval()
 
 
@@ -213,8 +280,11 @@ def save_pyannote_checkpoint(model, path: Path) -> None:
     import lightning
     import torch
 
-    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-                  "pytorch-lightning_version": lightning.__version__}
+    checkpoint = {
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        "pytorch-lightning_version": lightning.__version__,
+    }
     model.on_save_checkpoint(checkpoint)  # records pyannote's architecture and specifications
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint, path)
@@ -285,6 +355,7 @@ def prepare_nltk_data(folder) -> Path:
         os.environ["NLTK_DATA"] = os.pathsep.join([str(folder)] + [p for p in paths if p])
     try:  # nltk reads NLTK_DATA when imported; update its search path too if it is already loaded
         import nltk
+
         if str(folder) not in nltk.data.path:
             nltk.data.path.insert(0, str(folder))
     except ImportError:
@@ -300,10 +371,14 @@ def build_all(out, seed: int = 0) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     hub = build_diarization_31(out, seed)
-    return {"asr": str(build_whisper(out, seed)), "align": str(build_align_model(out, seed)),
-            "diarization": str(build_diarization(out, seed)),
-            "diarization31": str(hub / DIARIZATION_31_REPOS["pipeline"]), "hub": str(hub),
-            "nltk_data": str(prepare_nltk_data(out / "nltk_data"))}
+    return {
+        "asr": str(build_whisper(out, seed)),
+        "align": str(build_align_model(out, seed)),
+        "diarization": str(build_diarization(out, seed)),
+        "diarization31": str(hub / DIARIZATION_31_REPOS["pipeline"]),
+        "hub": str(hub),
+        "nltk_data": str(prepare_nltk_data(out / "nltk_data")),
+    }
 
 
 def main(argv=None) -> dict:
@@ -315,10 +390,12 @@ def main(argv=None) -> dict:
     for what, path in paths.items():
         n_bytes = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
         print(f"wrote {what:12s} {path} ({n_bytes / 1e6:.2f} MB)")
-    print("use with: python preprocess.py --backend whisperx --asr-model {asr} --align-model {align} "
-          "--diar-model {diarization} --nltk-data {nltk_data}\n"
-          "or, with the 3.1-shaped pipeline: ... --diar-model pyannote/speaker-diarization-3.1 "
-          "--model-dir {hub}".format(**paths))
+    print(
+        "use with: python preprocess.py --backend whisperx --asr-model {asr} --align-model {align} "
+        "--diar-model {diarization} --nltk-data {nltk_data}\n"
+        "or, with the 3.1-shaped pipeline: ... --diar-model pyannote/speaker-diarization-3.1 "
+        "--model-dir {hub}".format(**paths)
+    )
     return paths
 
 

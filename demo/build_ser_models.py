@@ -17,6 +17,7 @@ or an offline-built tokenizer, so that tests can run every family through the pi
 
     python demo/build_ser_models.py --out /tmp/families --families all
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,8 +74,9 @@ def learn_merges(words, n_merges: int) -> list[tuple[str, str]]:
     return merges
 
 
-def build_byte_bpe_tokenizer(out_dir: Path, tokenizer_cls, head: list[str], tail: list[str], n_merges: int = 300,
-                             **kwargs):
+def build_byte_bpe_tokenizer(
+    out_dir: Path, tokenizer_cls, head: list[str], tail: list[str], n_merges: int = 300, **kwargs
+):
     """Byte-level BPE tokenizer (GPT-2 style, as RoBERTa and DeBERTa v1 use): the special tokens
     `head` first, the 256 byte symbols, the learned merges, the special tokens `tail` last; built
     by tokenizer_cls from vocab.json + merges.txt and saved as a fast tokenizer (tokenizer.json)."""
@@ -90,9 +92,15 @@ def build_byte_bpe_tokenizer(out_dir: Path, tokenizer_cls, head: list[str], tail
         vocab[t] = len(vocab)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
-        tok = tokenizer_cls(vocab_file=str(Path(tmp) / "vocab.json"), merges_file=str(Path(tmp) / "merges.txt"),
-                            model_max_length=512, **kwargs)
+        (Path(tmp) / "merges.txt").write_text(
+            "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
+        )
+        tok = tokenizer_cls(
+            vocab_file=str(Path(tmp) / "vocab.json"),
+            merges_file=str(Path(tmp) / "merges.txt"),
+            model_max_length=512,
+            **kwargs,
+        )
     tok.save_pretrained(out_dir)
     return tok
 
@@ -101,7 +109,9 @@ def build_tokenizer(out_dir: Path, n_merges: int = 300):
     """RoBERTa's byte-level BPE tokenizer: <s> <pad> </s> <unk>, bytes, merges, <mask> last (RoBERTa's order)."""
     from transformers import RobertaTokenizerFast
 
-    return build_byte_bpe_tokenizer(out_dir, RobertaTokenizerFast, ["<s>", "<pad>", "</s>", "<unk>"], ["<mask>"], n_merges)
+    return build_byte_bpe_tokenizer(
+        out_dir, RobertaTokenizerFast, ["<s>", "<pad>", "</s>", "<unk>"], ["<mask>"], n_merges
+    )
 
 
 def build_wordpiece_tokenizer(out_dir: Path):
@@ -131,19 +141,26 @@ def build_unigram_tokenizer(out_dir: Path, vocab_size: int = 200):
     backend = Tokenizer(models.Unigram())
     backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
     backend.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="[UNK]",
-                                      initial_alphabet=list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?'-"))
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        unk_token="[UNK]",
+        initial_alphabet=list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?'-"),
+    )
     backend.train_from_iterator([" ".join(WORDS)] * 4, trainer)
     backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
-        special_tokens=[("[CLS]", backend.token_to_id("[CLS]")), ("[SEP]", backend.token_to_id("[SEP]"))])
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", backend.token_to_id("[CLS]")), ("[SEP]", backend.token_to_id("[SEP]"))],
+    )
     tok = DebertaV2TokenizerFast(tokenizer_object=backend, model_max_length=512)
     tok.save_pretrained(out_dir)
     return tok
 
 
-def filterbank_weights(channels: int, kernel: int, sample_rate: int = 16000, low_hz: float = 80.0,
-                       high_hz: float = 5000.0):
+def filterbank_weights(
+    channels: int, kernel: int, sample_rate: int = 16000, low_hz: float = 80.0, high_hz: float = 5000.0
+):
     """[channels, 1, kernel] conv weights: Hann-windowed cosines at centre frequencies equally spaced
     on the mel scale from low_hz to high_hz, each scaled to unit norm. Rectified (GELU) and averaged
     over time, channel k measures the energy near its centre frequency: a coarse spectrum, from which
@@ -164,8 +181,7 @@ def filterbank_weights(channels: int, kernel: int, sample_rate: int = 16000, low
 def build(out_dir, seed: int = 0) -> dict:
     """Write <out_dir>/wav2vec2-tiny and <out_dir>/roberta-tiny; return their paths."""
     import torch
-    from transformers import (RobertaConfig, RobertaModel, Wav2Vec2Config, Wav2Vec2FeatureExtractor,
-                              Wav2Vec2Model)
+    from transformers import RobertaConfig, RobertaModel, Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
     out_dir = Path(out_dir)
     paths = {"audio_model": str(out_dir / "wav2vec2-tiny"), "text_model": str(out_dir / "roberta-tiny")}
@@ -181,24 +197,46 @@ def build(out_dir, seed: int = 0) -> dict:
     # Transformer layer in each tiny extractor: a fused training epoch took 1.8 s instead of 2.6 s with two
     # (1 CPU thread), with the learning the demo needs.
     # SpecAugment's time mask spans 5 frames (0.2 s, as wav2vec2-base's 10 frames at 50/s).
-    w2v_config = Wav2Vec2Config(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=128,
-                                conv_dim=(64,), conv_kernel=(400,), conv_stride=(640,), conv_bias=False,
-                                feat_extract_norm="layer", do_stable_layer_norm=True, attention_dropout=0.0,
-                                mask_time_length=5, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+    w2v_config = Wav2Vec2Config(
+        hidden_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=128,
+        conv_dim=(64,),
+        conv_kernel=(400,),
+        conv_stride=(640,),
+        conv_bias=False,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+        attention_dropout=0.0,
+        mask_time_length=5,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+    )
     w2v = Wav2Vec2Model(w2v_config)
     first = w2v.feature_extractor.conv_layers[0].conv
     with torch.no_grad():
         first.weight.copy_(filterbank_weights(first.out_channels, first.kernel_size[0]))
     w2v.save_pretrained(paths["audio_model"])
     # The same feature-extractor settings as facebook/wav2vec2-base.
-    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
-                             return_attention_mask=False).save_pretrained(paths["audio_model"])
+    Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=False
+    ).save_pretrained(paths["audio_model"])
 
     tok = build_tokenizer(Path(paths["text_model"]))
     torch.manual_seed(seed + 1)
-    rob_config = RobertaConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
-                               intermediate_size=128, max_position_embeddings=514, type_vocab_size=1,
-                               pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    rob_config = RobertaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     RobertaModel(rob_config, add_pooling_layer=False).save_pretrained(paths["text_model"])
     return paths
 
@@ -209,31 +247,95 @@ def build(out_dir, seed: int = 0) -> dict:
 # pre-norm "stable" encoder). data2vec-audio always has layer-norm convs and a 5-layer positional conv.
 TINY_AUDIO = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, conv_dim=(32,) * 7)
 AUDIO_FAMILIES = {
-    "wav2vec2-group": ("Wav2Vec2Config", dict(feat_extract_norm="group", do_stable_layer_norm=False,
-                                              num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)),
-    "wav2vec2-layer": ("Wav2Vec2Config", dict(feat_extract_norm="layer", do_stable_layer_norm=True,
-                                              num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)),
-    "hubert": ("HubertConfig", dict(feat_extract_norm="group", do_stable_layer_norm=False,
-                                    num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)),
-    "hubert-layer": ("HubertConfig", dict(feat_extract_norm="layer", do_stable_layer_norm=True,
-                                          num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)),
-    "wavlm": ("WavLMConfig", dict(feat_extract_norm="group", do_stable_layer_norm=False,
-                                  num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)),
-    "wavlm-layer": ("WavLMConfig", dict(feat_extract_norm="layer", do_stable_layer_norm=True,
-                                        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)),
-    "data2vec-audio": ("Data2VecAudioConfig", dict(num_conv_pos_embeddings=5, conv_pos_kernel_size=19,
-                                                   num_conv_pos_embedding_groups=16)),
+    "wav2vec2-group": (
+        "Wav2Vec2Config",
+        dict(
+            feat_extract_norm="group",
+            do_stable_layer_norm=False,
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=4,
+        ),
+    ),
+    "wav2vec2-layer": (
+        "Wav2Vec2Config",
+        dict(
+            feat_extract_norm="layer",
+            do_stable_layer_norm=True,
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=4,
+        ),
+    ),
+    "hubert": (
+        "HubertConfig",
+        dict(
+            feat_extract_norm="group",
+            do_stable_layer_norm=False,
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=4,
+        ),
+    ),
+    "hubert-layer": (
+        "HubertConfig",
+        dict(
+            feat_extract_norm="layer",
+            do_stable_layer_norm=True,
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=4,
+        ),
+    ),
+    "wavlm": (
+        "WavLMConfig",
+        dict(
+            feat_extract_norm="group",
+            do_stable_layer_norm=False,
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=4,
+        ),
+    ),
+    "wavlm-layer": (
+        "WavLMConfig",
+        dict(
+            feat_extract_norm="layer",
+            do_stable_layer_norm=True,
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=4,
+        ),
+    ),
+    "data2vec-audio": (
+        "Data2VecAudioConfig",
+        dict(num_conv_pos_embeddings=5, conv_pos_kernel_size=19, num_conv_pos_embedding_groups=16),
+    ),
 }
 # Text: (config class, overrides, tokenizer builder). DeBERTa's as deberta-base / deberta-v3-base
 # (relative attention, no absolute positions); BERT at a different width (32) than the audio models,
 # so that the fused model's audio projection is exercised.
 TEXT_FAMILIES = {
     "bert": ("BertConfig", dict(hidden_size=32, intermediate_size=64, type_vocab_size=2), "wordpiece"),
-    "deberta": ("DebertaConfig", dict(relative_attention=True, pos_att_type=["c2p", "p2c"], position_biased_input=False,
-                                      max_relative_positions=-1, type_vocab_size=0), "byte-bpe"),
-    "deberta-v2": ("DebertaV2Config", dict(relative_attention=True, pos_att_type=["p2c", "c2p"], position_biased_input=False,
-                                           max_relative_positions=-1, position_buckets=256, norm_rel_ebd="layer_norm",
-                                           share_att_key=True, type_vocab_size=0), "unigram"),
+    "deberta": (
+        "DebertaConfig",
+        dict(
+            relative_attention=True,
+            pos_att_type=["c2p", "p2c"],
+            position_biased_input=False,
+            max_relative_positions=-1,
+            type_vocab_size=0,
+        ),
+        "byte-bpe",
+    ),
+    "deberta-v2": (
+        "DebertaV2Config",
+        dict(
+            relative_attention=True,
+            pos_att_type=["p2c", "c2p"],
+            position_biased_input=False,
+            max_relative_positions=-1,
+            position_buckets=256,
+            norm_rel_ebd="layer_norm",
+            share_att_key=True,
+            type_vocab_size=0,
+        ),
+        "unigram",
+    ),
 }
 FAMILIES = tuple(AUDIO_FAMILIES) + tuple(TEXT_FAMILIES)
 
@@ -257,18 +359,32 @@ def build_families(out_dir, families=FAMILIES, seed: int = 0) -> dict:
             config = getattr(transformers, config_cls)(**TINY_AUDIO, **overrides)
             AutoModel.from_config(config).save_pretrained(path)
             layer_norm_cnn = getattr(config, "feat_extract_norm", "layer") == "layer"
-            Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
-                                     return_attention_mask=layer_norm_cnn).save_pretrained(path)
+            Wav2Vec2FeatureExtractor(
+                feature_size=1,
+                sampling_rate=16000,
+                padding_value=0.0,
+                do_normalize=True,
+                return_attention_mask=layer_norm_cnn,
+            ).save_pretrained(path)
         elif family in TEXT_FAMILIES:
             config_cls, overrides, kind = TEXT_FAMILIES[family]
             if kind == "wordpiece":
                 tok = build_wordpiece_tokenizer(path)
             elif kind == "byte-bpe":  # DeBERTa v1: GPT-2's byte-level BPE with BERT-style special tokens
-                tok = build_byte_bpe_tokenizer(path, DebertaTokenizerFast, ["[PAD]", "[CLS]", "[SEP]", "[UNK]"], ["[MASK]"])
+                tok = build_byte_bpe_tokenizer(
+                    path, DebertaTokenizerFast, ["[PAD]", "[CLS]", "[SEP]", "[UNK]"], ["[MASK]"]
+                )
             else:
                 tok = build_unigram_tokenizer(path)
-            base = dict(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=128, max_position_embeddings=512, pad_token_id=tok.pad_token_id)
+            base = dict(
+                vocab_size=len(tok),
+                hidden_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=128,
+                max_position_embeddings=512,
+                pad_token_id=tok.pad_token_id,
+            )
             config = getattr(transformers, config_cls)(**{**base, **overrides})
             AutoModel.from_config(config).save_pretrained(path)
         else:
@@ -281,8 +397,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_data/models", help="folder for wav2vec2-tiny/ and roberta-tiny/")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--families", default="", help="also build tiny models of these families, comma-separated, "
-                        f"or 'all' ({', '.join(FAMILIES)}); default: none, only the demo's two models")
+    parser.add_argument(
+        "--families",
+        default="",
+        help="also build tiny models of these families, comma-separated, "
+        f"or 'all' ({', '.join(FAMILIES)}); default: none, only the demo's two models",
+    )
     args = parser.parse_args(argv)
     paths = build(args.out, args.seed)
     if args.families:

@@ -69,6 +69,7 @@ still give one speaker's turn, then the other's. No pause between words lies wit
 Deterministic: the same arguments give bit-identical files. Each dialog has its own random stream
 (seeded by seed, session, kind and index), so Session 5 is the same whether generated alone or with 1-4.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -100,28 +101,50 @@ MARKER_FILE = ".demo_corpus"  # written first; lets a re-run clean a previous (p
 
 # Utterance code mix outside any theme; non-target codes ~30% overall, like the target order of
 # IEMOCAP (neu > hap+exc > ang ~ sad).
-BASE_CODES = {"neu": .26, "exc": .10, "hap": .07, "ang": .14, "sad": .12,
-              "fru": .12, "xxx": .10, "sur": .04, "fea": .03, "dis": .01, "oth": .01}
+BASE_CODES = {
+    "neu": 0.26,
+    "exc": 0.10,
+    "hap": 0.07,
+    "ang": 0.14,
+    "sad": 0.12,
+    "fru": 0.12,
+    "xxx": 0.10,
+    "sur": 0.04,
+    "fea": 0.03,
+    "dis": 0.01,
+    "oth": 0.01,
+}
 # Each dialog (scripted scenario) has a mood; 35% of its utterances are drawn from it.
-THEMES = {"ang": {"ang": .6, "fru": .3, "xxx": .1},
-          "sad": {"sad": .6, "neu": .3, "xxx": .1},
-          "hap": {"exc": .45, "hap": .35, "sur": .1, "xxx": .1},
-          "neu": {"neu": .75, "fru": .1, "xxx": .15}}
+THEMES = {
+    "ang": {"ang": 0.6, "fru": 0.3, "xxx": 0.1},
+    "sad": {"sad": 0.6, "neu": 0.3, "xxx": 0.1},
+    "hap": {"exc": 0.45, "hap": 0.35, "sur": 0.1, "xxx": 0.1},
+    "neu": {"neu": 0.75, "fru": 0.1, "xxx": 0.15},
+}
 THEME_WEIGHT = 0.35
 # Moods are dealt in turn (not drawn) so that small corpora keep the intended class mix.
 IMPRO_THEMES = ("ang", "sad", "hap", "neu")
 SCRIPT_THEMES = {"script01": "neu", "script02": "hap", "script03": "ang"}
 
-FUNCTION_WORDS = ("the a to and you i it we that is was have just know what about going there this "
-                  "here with for on at then so well right yeah now of in my your be do not if but "
-                  "they he she me can would could all out up back one some").split()
-CONTENT_WORDS = ("time thing way day place people home work car morning tonight week house friend "
-                 "year phone door street money dinner family night mother brother sister city road "
-                 "job letter name table water coffee window morning").split()
+FUNCTION_WORDS = (
+    "the a to and you i it we that is was have just know what about going there this "
+    "here with for on at then so well right yeah now of in my your be do not if but "
+    "they he she me can would could all out up back one some"
+).split()
+CONTENT_WORDS = (
+    "time thing way day place people home work car morning tonight week house friend "
+    "year phone door street money dinner family night mother brother sister city road "
+    "job letter name table water coffee window morning"
+).split()
 EMOTION_WORDS = {
     "neu": "okay fine sure maybe office form number schedule meeting paper line address ticket probably usual".split(),
-    "ang": "ridiculous stop hate stupid enough unacceptable furious liar never shut sick nonsense idiot fault yelling".split(),
-    "hap": "great wonderful love amazing happy excited fantastic beautiful fun perfect glad congratulations celebrate awesome laugh".split(),
+    "ang": (
+        "ridiculous stop hate stupid enough unacceptable furious liar never shut sick nonsense idiot fault yelling"
+    ).split(),
+    "hap": (
+        "great wonderful love amazing happy excited fantastic beautiful fun perfect glad congratulations celebrate "
+        "awesome laugh"
+    ).split(),
     "sad": "miss alone sorry lost cry gone hurt lonely died funeral empty tears goodbye sad hopeless".split(),
     "fru": "again whatever annoying still supposed problem waiting seriously".split(),
     "sur": "really wow believe suddenly unexpected incredible".split(),
@@ -129,41 +152,116 @@ EMOTION_WORDS = {
     "dis": "gross disgusting awful".split(),
 }
 # Which vocabularies an emotion's text draws its emotion-leaning words from.
-TEXT_SOURCES = {"neu": ("neu",), "ang": ("ang",), "hap": ("hap",), "exc": ("hap",), "sad": ("sad",),
-                "fru": ("fru", "ang", "neu"), "sur": ("sur", "hap"), "fea": ("fea", "sad"),
-                "dis": ("dis", "ang"), "oth": ("neu",)}
+TEXT_SOURCES = {
+    "neu": ("neu",),
+    "ang": ("ang",),
+    "hap": ("hap",),
+    "exc": ("hap",),
+    "sad": ("sad",),
+    "fru": ("fru", "ang", "neu"),
+    "sur": ("sur", "hap"),
+    "fea": ("fea", "sad"),
+    "dis": ("dis", "ang"),
+    "oth": ("neu",),
+}
 VARIANT_WORDS = {"the", "a", "to", "what", "you", "that", "for", "and", "read", "live"}  # get WORD(2) sometimes
 
 # Prosody relative to the actor: pitch x base f0, contour excursion, contour shape, RMS energy,
 # syllables per second, attack time (s), spectral tilt (one-pole low-pass coefficient; higher =
 # darker), tremor depth.
 PROSODY = {
-    "neu": dict(pitch=1.00, excursion=0.08, contour="decline", energy=0.065, rate=4.4, attack=0.030, tilt=0.45, tremor=0.0),
-    "ang": dict(pitch=1.32, excursion=0.14, contour="fall", energy=0.150, rate=5.6, attack=0.004, tilt=0.05, tremor=0.0),
-    "hap": dict(pitch=1.22, excursion=0.30, contour="risefall", energy=0.100, rate=5.0, attack=0.015, tilt=0.30, tremor=0.0),
-    "exc": dict(pitch=1.27, excursion=0.32, contour="risefall", energy=0.115, rate=5.3, attack=0.012, tilt=0.25, tremor=0.0),
-    "sad": dict(pitch=0.85, excursion=0.02, contour="flat", energy=0.035, rate=3.0, attack=0.050, tilt=0.75, tremor=0.0),
-    "fru": dict(pitch=1.15, excursion=0.10, contour="fall", energy=0.110, rate=5.0, attack=0.010, tilt=0.20, tremor=0.0),
-    "sur": dict(pitch=1.25, excursion=0.30, contour="rise", energy=0.100, rate=4.8, attack=0.015, tilt=0.30, tremor=0.0),
-    "fea": dict(pitch=1.25, excursion=0.06, contour="decline", energy=0.070, rate=5.4, attack=0.020, tilt=0.40, tremor=0.04),
-    "dis": dict(pitch=0.95, excursion=0.08, contour="fall", energy=0.070, rate=3.8, attack=0.020, tilt=0.45, tremor=0.0),
-    "oth": dict(pitch=1.00, excursion=0.10, contour="decline", energy=0.070, rate=4.4, attack=0.030, tilt=0.45, tremor=0.0),
+    "neu": dict(
+        pitch=1.00, excursion=0.08, contour="decline", energy=0.065, rate=4.4, attack=0.030, tilt=0.45, tremor=0.0
+    ),
+    "ang": dict(
+        pitch=1.32, excursion=0.14, contour="fall", energy=0.150, rate=5.6, attack=0.004, tilt=0.05, tremor=0.0
+    ),
+    "hap": dict(
+        pitch=1.22, excursion=0.30, contour="risefall", energy=0.100, rate=5.0, attack=0.015, tilt=0.30, tremor=0.0
+    ),
+    "exc": dict(
+        pitch=1.27, excursion=0.32, contour="risefall", energy=0.115, rate=5.3, attack=0.012, tilt=0.25, tremor=0.0
+    ),
+    "sad": dict(
+        pitch=0.85, excursion=0.02, contour="flat", energy=0.035, rate=3.0, attack=0.050, tilt=0.75, tremor=0.0
+    ),
+    "fru": dict(
+        pitch=1.15, excursion=0.10, contour="fall", energy=0.110, rate=5.0, attack=0.010, tilt=0.20, tremor=0.0
+    ),
+    "sur": dict(
+        pitch=1.25, excursion=0.30, contour="rise", energy=0.100, rate=4.8, attack=0.015, tilt=0.30, tremor=0.0
+    ),
+    "fea": dict(
+        pitch=1.25, excursion=0.06, contour="decline", energy=0.070, rate=5.4, attack=0.020, tilt=0.40, tremor=0.04
+    ),
+    "dis": dict(
+        pitch=0.95, excursion=0.08, contour="fall", energy=0.070, rate=3.8, attack=0.020, tilt=0.45, tremor=0.0
+    ),
+    "oth": dict(
+        pitch=1.00, excursion=0.10, contour="decline", energy=0.070, rate=4.4, attack=0.030, tilt=0.45, tremor=0.0
+    ),
 }
 
 # Peterson & Barney average male vowel formants (Hz); actors scale them.
-VOWELS = {"i": (270, 2290, 3010), "I": (390, 1990, 2550), "E": (530, 1840, 2480), "ae": (660, 1720, 2410),
-          "A": (730, 1090, 2440), "O": (570, 840, 2410), "U": (440, 1020, 2240), "u": (300, 870, 2240),
-          "V": (640, 1190, 2390), "R": (490, 1350, 1690)}
-LETTER_VOWEL = {"a": "ae", "e": "E", "i": "I", "o": "O", "u": "V", "y": "i", "ee": "i", "ea": "i", "oo": "u",
-                "ou": "A", "ai": "E", "ay": "E", "oa": "O", "ie": "i", "io": "V", "er": "R", "ue": "u"}
+VOWELS = {
+    "i": (270, 2290, 3010),
+    "I": (390, 1990, 2550),
+    "E": (530, 1840, 2480),
+    "ae": (660, 1720, 2410),
+    "A": (730, 1090, 2440),
+    "O": (570, 840, 2410),
+    "U": (440, 1020, 2240),
+    "u": (300, 870, 2240),
+    "V": (640, 1190, 2390),
+    "R": (490, 1350, 1690),
+}
+LETTER_VOWEL = {
+    "a": "ae",
+    "e": "E",
+    "i": "I",
+    "o": "O",
+    "u": "V",
+    "y": "i",
+    "ee": "i",
+    "ea": "i",
+    "oo": "u",
+    "ou": "A",
+    "ai": "E",
+    "ay": "E",
+    "oa": "O",
+    "ie": "i",
+    "io": "V",
+    "er": "R",
+    "ue": "u",
+}
 FORMANT_BANDWIDTHS = (90.0, 110.0, 160.0)
 
 # IEMOCAP's evaluator vocabulary and typical (valence, activation, dominance) per code.
-CATEGORY_NAMES = {"neu": "Neutral", "hap": "Happiness", "exc": "Excited", "sad": "Sadness", "ang": "Anger",
-                  "fru": "Frustration", "sur": "Surprise", "fea": "Fear", "dis": "Disgust", "oth": "Other"}
-VAD_MEANS = {"neu": (3, 2.5, 3), "hap": (4, 3, 3), "exc": (4, 4, 3.5), "sad": (2, 2, 2), "ang": (1.5, 4, 4),
-             "fru": (2, 3.5, 3.5), "sur": (3.5, 4, 3), "fea": (2, 3.5, 2), "dis": (2, 3, 3.5), "oth": (3, 3, 3),
-             "xxx": (2.5, 3, 3)}
+CATEGORY_NAMES = {
+    "neu": "Neutral",
+    "hap": "Happiness",
+    "exc": "Excited",
+    "sad": "Sadness",
+    "ang": "Anger",
+    "fru": "Frustration",
+    "sur": "Surprise",
+    "fea": "Fear",
+    "dis": "Disgust",
+    "oth": "Other",
+}
+VAD_MEANS = {
+    "neu": (3, 2.5, 3),
+    "hap": (4, 3, 3),
+    "exc": (4, 4, 3.5),
+    "sad": (2, 2, 2),
+    "ang": (1.5, 4, 4),
+    "fru": (2, 3.5, 3.5),
+    "sur": (3.5, 4, 3),
+    "fea": (2, 3.5, 2),
+    "dis": (2, 3, 3.5),
+    "oth": (3, 3, 3),
+    "xxx": (2.5, 3, 3),
+}
 
 
 def _pick(rng, table: dict):
@@ -211,6 +309,7 @@ def confusable_emotion(rng, code: str, twin: dict) -> str:
 # Corpus plan: which dialogs exist
 # ---------------------------------------------------------------------------------------------
 
+
 def plan_dialogs(sessions: list[int], impro_per_session: int, script_per_session: int) -> list[dict]:
     """Dialog names per session, IEMOCAP style, with the two irregular names where possible."""
     dialogs = []
@@ -219,8 +318,16 @@ def plan_dialogs(sessions: list[int], impro_per_session: int, script_per_session
             scenario = f"impro{i // 2 + 1:02d}"
             if k == 3 and i == impro_per_session - 1:
                 scenario += "a"  # like Ses03M_impro05a
-            dialogs.append(dict(session=k, kind="impro", index=i, scenario=scenario, script=None,
-                                name=f"Ses{k:02d}{'FM'[i % 2]}_{scenario}"))
+            dialogs.append(
+                dict(
+                    session=k,
+                    kind="impro",
+                    index=i,
+                    scenario=scenario,
+                    script=None,
+                    name=f"Ses{k:02d}{'FM'[i % 2]}_{scenario}",
+                )
+            )
         first_script01 = True
         for i in range(script_per_session):
             family, part = i % 3 + 1, i // 3 % 3 + 1
@@ -229,21 +336,33 @@ def plan_dialogs(sessions: list[int], impro_per_session: int, script_per_session
             if k == 5 and family == 1 and first_script01:
                 scenario += "b"  # like Ses05M_script01_1b; same lines as script01_1
             first_script01 = first_script01 and family != 1
-            dialogs.append(dict(session=k, kind="script", index=i, scenario=scenario, script=f"script{family:02d}",
-                                lines_key=lines_key, name=f"Ses{k:02d}{'FM'[i % 2]}_{scenario}"))
+            dialogs.append(
+                dict(
+                    session=k,
+                    kind="script",
+                    index=i,
+                    scenario=scenario,
+                    script=f"script{family:02d}",
+                    lines_key=lines_key,
+                    name=f"Ses{k:02d}{'FM'[i % 2]}_{scenario}",
+                )
+            )
     return dialogs
 
 
 def make_actors(seed: int, session: int) -> dict:
     """The session's two actors: clearly different voices (base pitch, formant scale, loudness)."""
     rng = np.random.default_rng([seed, session, 7])
-    return {"F": dict(f0=rng.uniform(190, 235), formant_scale=rng.uniform(1.12, 1.2), loudness=rng.uniform(0.85, 1.15)),
-            "M": dict(f0=rng.uniform(100, 130), formant_scale=rng.uniform(0.95, 1.02), loudness=rng.uniform(0.85, 1.15))}
+    return {
+        "F": dict(f0=rng.uniform(190, 235), formant_scale=rng.uniform(1.12, 1.2), loudness=rng.uniform(0.85, 1.15)),
+        "M": dict(f0=rng.uniform(100, 130), formant_scale=rng.uniform(0.95, 1.02), loudness=rng.uniform(0.85, 1.15)),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 # Text
 # ---------------------------------------------------------------------------------------------
+
 
 def make_words(rng, emotion: str, n_words: int) -> list[str]:
     """n_words lower-case words: 1-3 emotion-leaning words among function and content words."""
@@ -274,8 +393,14 @@ def script_lines(seed: int, lines_key: str, n: int) -> list[dict]:
     for _ in range(n):
         code = next_code(rng, theme, lines, speaker)
         text_emotion = text_emotion_of(rng, code)
-        lines.append(dict(speaker=speaker, code=code, text_cue=text_emotion,
-                          words=make_words(rng, text_emotion, int(rng.integers(4, 13)))))
+        lines.append(
+            dict(
+                speaker=speaker,
+                code=code,
+                text_cue=text_emotion,
+                words=make_words(rng, text_emotion, int(rng.integers(4, 13))),
+            )
+        )
         speaker = speaker if rng.random() < 0.2 else {"F": "M", "M": "F"}[speaker]
     return lines
 
@@ -299,6 +424,7 @@ def transcript_text(items: list[tuple[str, str]], code: str | None) -> str:
 # ---------------------------------------------------------------------------------------------
 # Timing: utterances -> frames (.wdseg rows) -> dialog times
 # ---------------------------------------------------------------------------------------------
+
 
 def syllables(word: str) -> list[str]:
     """Vowel letter groups of a word (a crude syllable split), at least one."""
@@ -354,7 +480,11 @@ def plan_utterance(rng, words: list[str], prosody: dict, audio_code: str) -> dic
                 if g < marker_frames + 4:
                     g = marker_frames + int(rng.integers(4, 20))
                 a = int(rng.integers(2, g - marker_frames - 1))
-                rows += [("<sil>", a, "sil"), (marker, marker_frames, "marker"), ("<sil>", g - marker_frames - a, "sil")]
+                rows += [
+                    ("<sil>", a, "sil"),
+                    (marker, marker_frames, "marker"),
+                    ("<sil>", g - marker_frames - a, "sil"),
+                ]
             elif g > 0:
                 rows.append(("<sil>", g, "sil"))
         n_syl = len(syllables(w))
@@ -367,8 +497,15 @@ def plan_utterance(rng, words: list[str], prosody: dict, audio_code: str) -> dic
         out.append(dict(token=tok, sfrm=f, efrm=f + nf - 1, kind=kind))
         f += nf
     words_rows = [r for r in out if r["kind"] == "word"]
-    return dict(rows=out, n_frames=f, marker=marker, marker_at=marker_at,
-                first_word=words_rows[0], last_word=words_rows[-1], rate=rate)
+    return dict(
+        rows=out,
+        n_frames=f,
+        marker=marker,
+        marker_at=marker_at,
+        first_word=words_rows[0],
+        last_word=words_rows[-1],
+        rate=rate,
+    )
 
 
 def word_time(u_start: float, frame: int) -> float:
@@ -401,6 +538,7 @@ def next_first_word_start(rng, prev: dict, same_speaker: bool, first_dur: float)
 # Audio synthesis
 # ---------------------------------------------------------------------------------------------
 
+
 def formant_sos(vowel: str, scale: float) -> np.ndarray:
     """Three cascaded 2-pole resonators (second-order sections) at the vowel's formants."""
     sos = []
@@ -427,8 +565,9 @@ def pitch_contour(rng, x: np.ndarray, prosody: dict) -> np.ndarray:
     return c
 
 
-def synth_voiced(rng, n: int, word: str, voice: dict, prosody: dict, f0_scale: float, energy: float,
-                 breath: float = 0.04) -> np.ndarray:
+def synth_voiced(
+    rng, n: int, word: str, voice: dict, prosody: dict, f0_scale: float, energy: float, breath: float = 0.04
+) -> np.ndarray:
     """One word (or a laugh): voiced source + formants per syllable + syllable AM + envelopes."""
     x = np.arange(n) / n
     f0 = voice["f0"] * f0_scale * pitch_contour(rng, x, prosody)
@@ -441,14 +580,14 @@ def synth_voiced(rng, n: int, word: str, voice: dict, prosody: dict, f0_scale: f
     out = np.zeros(n)
     for g, a, b in zip(groups, edges[:-1], edges[1:]):
         seg = sosfilt(formant_sos(vowel_of(g), voice["formant_scale"]), source[a:b])
-        seg /= np.sqrt(np.mean(seg ** 2)) + 1e-9
+        seg /= np.sqrt(np.mean(seg**2)) + 1e-9
         t = np.arange(b - a) / max(b - a, 1)
         out[a:b] = seg * (0.2 + 0.8 * np.sin(np.pi * t) ** 0.7)  # syllable-rate amplitude modulation
     attack = min(n, max(1, int(prosody["attack"] * SR)))
     release = min(n // 2, int(0.025 * SR))
     env = np.ones(n)
     env[:attack] = np.linspace(0, 1, attack)
-    env[n - release:] *= np.linspace(1, 0, release)
+    env[n - release :] *= np.linspace(1, 0, release)
     out *= env * energy
     if rng.random() < 0.6:  # unvoiced consonant burst at the onset (high-passed noise)
         nb = min(n // 3, int(rng.uniform(0.03, 0.07) * SR))
@@ -465,6 +604,7 @@ def synth_breath(rng, n: int, energy: float) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # One dialog: plan utterances, place them in time, render the audio
 # ---------------------------------------------------------------------------------------------
+
 
 def build_dialog(seed: int, d: dict, actors: dict, n_utts: int, audio_noise: float, text_noise: float):
     """One dialog -> (utterances, int16 stereo samples, seconds): its lines, the utterances placed in
@@ -512,8 +652,10 @@ def utterance_cues(rng, kind: str, line: dict, actors: dict, audio_noise: float,
     if audio_cue is None:  # xxx: annotators disagreed -> a blend of two emotions
         a, b = rng.choice(["neu", "ang", "hap", "sad", "fru"], size=2, replace=False)
         w = rng.uniform(0.3, 0.7)
-        prosody = {k: (w * PROSODY[a][k] + (1 - w) * PROSODY[b][k]) if isinstance(PROSODY[a][k], float)
-                   else PROSODY[a][k] for k in PROSODY[a]}
+        prosody = {
+            k: (w * PROSODY[a][k] + (1 - w) * PROSODY[b][k]) if isinstance(PROSODY[a][k], float) else PROSODY[a][k]
+            for k in PROSODY[a]
+        }
         audio_cue = "xxx"
     else:
         prosody = dict(PROSODY[audio_cue])
@@ -523,14 +665,16 @@ def utterance_cues(rng, kind: str, line: dict, actors: dict, audio_noise: float,
     return code, audio_cue, text_cue, words, prosody
 
 
-def place_utterances(rng, d: dict, lines: list[dict], xx_at: int, actors: dict, audio_noise: float,
-                     text_noise: float) -> list[dict]:
+def place_utterances(
+    rng, d: dict, lines: list[dict], xx_at: int, actors: dict, audio_noise: float, text_noise: float
+) -> list[dict]:
     """Each line performed and laid out in time after the previous one (utterance xx_at is never evaluated)."""
     utts, prev = [], None
     for i, line in enumerate(lines):
         spk = line["speaker"]
-        code, audio_cue, text_cue, words, prosody = utterance_cues(rng, d["kind"], line, actors, audio_noise,
-                                                                   text_noise)
+        code, audio_cue, text_cue, words, prosody = utterance_cues(
+            rng, d["kind"], line, actors, audio_noise, text_noise
+        )
         lay = plan_utterance(rng, words, prosody, audio_cue)
         first_dur = (lay["first_word"]["efrm"] + 1 - lay["first_word"]["sfrm"]) / FRAME_RATE
         if prev is None:
@@ -539,11 +683,21 @@ def place_utterances(rng, d: dict, lines: list[dict], xx_at: int, actors: dict, 
             w0 = next_first_word_start(rng, prev, prev["speaker"] == spk, first_dur)
         u_start = round(w0 - lay["first_word"]["sfrm"] / FRAME_RATE, 4)
         u_end = word_time(u_start, lay["n_frames"])
-        utt = dict(index=i, speaker=spk, code=None if i == xx_at else code, evaluated=i != xx_at,
-                   audio_cue=audio_cue, text_cue=text_cue, words=words, prosody=prosody, layout=lay,
-                   start=u_start, end=u_end,
-                   last_word_start=word_time(u_start, lay["last_word"]["sfrm"]),
-                   last_word_end=word_time(u_start, lay["last_word"]["efrm"] + 1))
+        utt = dict(
+            index=i,
+            speaker=spk,
+            code=None if i == xx_at else code,
+            evaluated=i != xx_at,
+            audio_cue=audio_cue,
+            text_cue=text_cue,
+            words=words,
+            prosody=prosody,
+            layout=lay,
+            start=u_start,
+            end=u_end,
+            last_word_start=word_time(u_start, lay["last_word"]["sfrm"]),
+            last_word_end=word_time(u_start, lay["last_word"]["efrm"] + 1),
+        )
         utts.append(utt)
         prev = utt
     return utts
@@ -555,8 +709,11 @@ def name_utterances(rng, d: dict, utts: list[dict]):
     counters = Counter()
     for u in utts:
         key = (u["speaker"], u["evaluated"])
-        u["id"] = (f"{d['name']}_{u['speaker']}{counters[key]:03d}" if u["evaluated"]
-                   else f"{d['name']}_{u['speaker']}XX{counters[key]}")
+        u["id"] = (
+            f"{d['name']}_{u['speaker']}{counters[key]:03d}"
+            if u["evaluated"]
+            else f"{d['name']}_{u['speaker']}XX{counters[key]}"
+        )
         counters[key] += 1
         items, wi = [], 0
         for r in u["layout"]["rows"]:
@@ -600,6 +757,7 @@ def render_dialog(rng, utts: list[dict], actors: dict) -> tuple[np.ndarray, floa
 # Writers: the IEMOCAP text formats
 # ---------------------------------------------------------------------------------------------
 
+
 def format_emo_evaluation(rng, utts: list[dict]) -> str:
     lines = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]", ""]
     for u in utts:
@@ -615,7 +773,9 @@ def format_emo_evaluation(rng, utts: list[dict]) -> str:
         evaluators = sorted(rng.choice(["E1", "E2", "E3", "E4"], 3, replace=False))
         vad = [[int(np.clip(round(m + rng.normal(0, 0.6)), 1, 5)) for m in VAD_MEANS[code]] for _ in range(2)]
         mean = np.mean(vad, axis=0)
-        lines.append(f"[{u['start']:.4f} - {u['end']:.4f}]\t{u['id']}\t{code}\t[{mean[0]:.4f}, {mean[1]:.4f}, {mean[2]:.4f}]")
+        lines.append(
+            f"[{u['start']:.4f} - {u['end']:.4f}]\t{u['id']}\t{code}\t[{mean[0]:.4f}, {mean[1]:.4f}, {mean[2]:.4f}]"
+        )
         for ev, cat in zip(evaluators, picks):
             extra = f" {names[rng.integers(len(names))]};" if rng.random() < 0.2 else ""
             lines.append(f"C-{ev}:\t{cat};{extra}\t()")
@@ -679,12 +839,14 @@ def ground_truth_turns(words: list[dict], max_pause: float = MAX_PAUSE) -> list[
 # The generator
 # ---------------------------------------------------------------------------------------------
 
+
 def _prepare_out(out: Path) -> None:
     """Create out, or clean a previous demo corpus there; never touch anything else."""
     if out.exists() and any(out.iterdir()):
         if not (out / MARKER_FILE).is_file():
-            raise PipelineError(f"{out}: exists, is not empty and is not a demo corpus (no {MARKER_FILE}); "
-                                f"refusing to write into it")
+            raise PipelineError(
+                f"{out}: exists, is not empty and is not a demo corpus (no {MARKER_FILE}); refusing to write into it"
+            )
         for p in out.iterdir():
             if p.is_dir() and p.name.startswith("Session") and p.name[7:].isdigit():
                 shutil.rmtree(p)
@@ -693,8 +855,16 @@ def _prepare_out(out: Path) -> None:
     atomic_write_text(out / MARKER_FILE, "synthetic IEMOCAP-layout corpus written by demo/make_corpus.py\n")
 
 
-def generate(out, seed=0, sessions=5, impro_per_session=3, script_per_session=3,
-             utterances_per_dialog=14, audio_noise=0.3, text_noise=0.3) -> dict:
+def generate(
+    out,
+    seed=0,
+    sessions=5,
+    impro_per_session=3,
+    script_per_session=3,
+    utterances_per_dialog=14,
+    audio_noise=0.3,
+    text_noise=0.3,
+) -> dict:
     """Write the demo corpus under `out` and return its ground truth (also in demo_ground_truth.json)."""
     sessions = list(range(1, sessions + 1)) if isinstance(sessions, int) else sorted({int(s) for s in sessions})
     if not sessions or min(sessions) < 1 or max(sessions) > 99:
@@ -708,8 +878,14 @@ def generate(out, seed=0, sessions=5, impro_per_session=3, script_per_session=3,
     out = Path(out)
     t0 = time.time()
     _prepare_out(out)
-    args = dict(sessions=sessions, impro_per_session=impro_per_session, script_per_session=script_per_session,
-                utterances_per_dialog=utterances_per_dialog, audio_noise=audio_noise, text_noise=text_noise)
+    args = dict(
+        sessions=sessions,
+        impro_per_session=impro_per_session,
+        script_per_session=script_per_session,
+        utterances_per_dialog=utterances_per_dialog,
+        audio_noise=audio_noise,
+        text_noise=text_noise,
+    )
     truth = {"seed": seed, "args": args, "dialogs": {}}
     n_files = 0
     plan = plan_dialogs(sessions, impro_per_session, script_per_session)
@@ -732,17 +908,42 @@ def generate(out, seed=0, sessions=5, impro_per_session=3, script_per_session=3,
             wi = 0
             for r in u["layout"]["rows"]:
                 if r["kind"] == "word":
-                    words.append(dict(word=u["words"][wi], start=word_time(u["start"], r["sfrm"]),
-                                      end=word_time(u["start"], r["efrm"] + 1), speaker=u["speaker"], utterance=u["id"]))
+                    words.append(
+                        dict(
+                            word=u["words"][wi],
+                            start=word_time(u["start"], r["sfrm"]),
+                            end=word_time(u["start"], r["efrm"] + 1),
+                            speaker=u["speaker"],
+                            utterance=u["id"],
+                        )
+                    )
                     wi += 1
         n_files += 3
         words.sort(key=lambda w: w["start"])
         truth["dialogs"][name] = dict(
-            session=d["session"], kind=d["kind"], scenario=d["scenario"], script=d["script"], duration=duration,
-            utterances=[dict(id=u["id"], start=u["start"], end=u["end"], speaker=u["speaker"], code=u["code"],
-                             label=CODE_TO_LABEL.get(u["code"]), text=u["text"], evaluated=u["evaluated"],
-                             audio_cue=u["audio_cue"], text_cue=u["text_cue"]) for u in utts],
-            words=words, turns=ground_truth_turns(words))
+            session=d["session"],
+            kind=d["kind"],
+            scenario=d["scenario"],
+            script=d["script"],
+            duration=duration,
+            utterances=[
+                dict(
+                    id=u["id"],
+                    start=u["start"],
+                    end=u["end"],
+                    speaker=u["speaker"],
+                    code=u["code"],
+                    label=CODE_TO_LABEL.get(u["code"]),
+                    text=u["text"],
+                    evaluated=u["evaluated"],
+                    audio_cue=u["audio_cue"],
+                    text_cue=u["text_cue"],
+                )
+                for u in utts
+            ],
+            words=words,
+            turns=ground_truth_turns(words),
+        )
     atomic_write_json(out / "demo_ground_truth.json", truth)
     print_summary(truth, out, n_files + 1, time.time() - t0)
     return truth
@@ -756,16 +957,28 @@ def print_summary(truth: dict, out: Path, n_files: int, seconds: float) -> None:
     labels = Counter(u["label"] for u in evaluated if u["label"])
     duration = sum(d["duration"] for d in dialogs.values())
     kinds = Counter(d["kind"] for d in dialogs.values())
-    print(f"wrote {out}: {len(dialogs)} dialogs ({kinds['impro']} improvised, {kinds['script']} scripted) in "
-          f"{len(truth['args']['sessions'])} sessions, {n_files} files, {duration / 60:.1f} min of audio, {seconds:.1f} s")
-    print(f"  utterances: {len(utts)} transcribed, {len(evaluated)} evaluated, {len(utts) - len(evaluated)} XX (not evaluated)")
+    print(
+        f"wrote {out}: {len(dialogs)} dialogs ({kinds['impro']} improvised, {kinds['script']} scripted) in "
+        f"{len(truth['args']['sessions'])} sessions, {n_files} files, {duration / 60:.1f} min of audio, {seconds:.1f} s"
+    )
+    print(
+        f"  utterances: {len(utts)} transcribed, {len(evaluated)} evaluated, "
+        f"{len(utts) - len(evaluated)} XX (not evaluated)"
+    )
     print("  per code:  " + ", ".join(f"{c} {n}" for c, n in codes.most_common()))
     n_target = sum(labels.values())
-    print(f"  4-class:   " + ", ".join(f"{lab} {labels[lab]}" for lab in LABELS)
-          + f" ({n_target} labelled, {len(evaluated) - n_target} non-target codes = {(len(evaluated) - n_target) / max(len(evaluated), 1):.0%})")
+    print(
+        "  4-class:   "
+        + ", ".join(f"{lab} {labels[lab]}" for lab in LABELS)
+        + f" ({n_target} labelled, {len(evaluated) - n_target} non-target codes = "
+        f"{(len(evaluated) - n_target) / max(len(evaluated), 1):.0%})"
+    )
     n_words = sum(len(d["words"]) for d in dialogs.values())
     n_turns = sum(len(d["turns"]) for d in dialogs.values())
-    print(f"  words: {n_words}, ground-truth turns (max pause {MAX_PAUSE} s): {n_turns}; ground truth in {out / 'demo_ground_truth.json'}")
+    print(
+        f"  words: {n_words}, ground-truth turns (max pause {MAX_PAUSE} s): {n_turns}; "
+        f"ground truth in {out / 'demo_ground_truth.json'}"
+    )
 
 
 def _sessions_arg(text: str):
@@ -773,7 +986,9 @@ def _sessions_arg(text: str):
     try:
         return int(text) if "," not in text else [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or a comma-separated list of session numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected N or a comma-separated list of session numbers, got {text!r}"
+        ) from None
 
 
 def main(argv=None):
@@ -784,12 +999,23 @@ def main(argv=None):
     p.add_argument("--impro-per-session", type=int, default=3)
     p.add_argument("--script-per-session", type=int, default=3)
     p.add_argument("--utterances-per-dialog", type=int, default=14, help="transcribed utterances per dialog")
-    p.add_argument("--audio-noise", type=float, default=0.3, help="P(an utterance's audio cues come from its arousal twin)")
-    p.add_argument("--text-noise", type=float, default=0.3, help="P(an utterance's text cues come from its valence twin)")
+    p.add_argument(
+        "--audio-noise", type=float, default=0.3, help="P(an utterance's audio cues come from its arousal twin)"
+    )
+    p.add_argument(
+        "--text-noise", type=float, default=0.3, help="P(an utterance's text cues come from its valence twin)"
+    )
     a = p.parse_args(argv)
-    generate(a.out, seed=a.seed, sessions=a.sessions, impro_per_session=a.impro_per_session,
-             script_per_session=a.script_per_session, utterances_per_dialog=a.utterances_per_dialog,
-             audio_noise=a.audio_noise, text_noise=a.text_noise)
+    generate(
+        a.out,
+        seed=a.seed,
+        sessions=a.sessions,
+        impro_per_session=a.impro_per_session,
+        script_per_session=a.script_per_session,
+        utterances_per_dialog=a.utterances_per_dialog,
+        audio_noise=a.audio_noise,
+        text_noise=a.text_noise,
+    )
 
 
 if __name__ == "__main__":

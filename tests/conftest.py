@@ -3,6 +3,7 @@
 Heavy objects are session-scoped so the suite fits CI's 2 cores. Tests never touch the network:
 HF_HUB_OFFLINE is forced on before anything imports huggingface_hub.
 """
+
 import contextlib
 import io
 import os
@@ -23,6 +24,7 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     os.environ.setdefault("MKL_NUM_THREADS", _share)
 
 import pytest
+
 from common import cli
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,20 +1,28 @@
 """The switches that reproduce the authors' code (M4RC034/SER-Align), each on known answers:
 align.py --label-rule authors, --peak-normalize authors; train.py --audio-padding authors."""
+
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
 import align
-from common import cli, fileio
 import utils
+from common import cli, fileio
 
 D = "Ses01F_impro01"
 
 
 def utt(uid, start, end, label, code=None, text="words"):
-    return {"id": uid, "start": start, "end": end, "speaker": uid[-4], "code": code or label, "label": label,
-            "text": text}
+    return {
+        "id": uid,
+        "start": start,
+        "end": end,
+        "speaker": uid[-4],
+        "code": code or label,
+        "label": label,
+        "text": text,
+    }
 
 
 def label(utts, start, end, rule="authors", min_label_overlap=0.1):
@@ -23,6 +31,7 @@ def label(utts, start, end, rule="authors", min_label_overlap=0.1):
 
 # --------------------------------------------------------------------------- --label-rule authors
 
+
 def test_authors_rule_takes_the_largest_4class_utterance():
     """The issue's layout: [0, 5] over fru [0, 3.5] and ang [3.5, 5]. Their labels file holds no fru,
     so ang (1.5 s) is the largest candidate; the largest utterance of any code (fru) does not count."""
@@ -30,8 +39,11 @@ def test_authors_rule_takes_the_largest_4class_utterance():
     assert label(utts, 0.0, 5.0) == "ang"
     assert label(utts, 0.0, 5.0, rule="sum") == "ang"
     # the single largest, not the largest sum: two neutral utterances (2 s together) lose to one ang of 1.5 s
-    utts = [utt("Ses01F_impro01_F000", 0.0, 1.0, "neu"), utt("Ses01F_impro01_F001", 1.0, 2.0, "neu"),
-            utt("Ses01F_impro01_M000", 2.0, 3.5, "ang", "ang")]
+    utts = [
+        utt("Ses01F_impro01_F000", 0.0, 1.0, "neu"),
+        utt("Ses01F_impro01_F001", 1.0, 2.0, "neu"),
+        utt("Ses01F_impro01_M000", 2.0, 3.5, "ang", "ang"),
+    ]
     assert label(utts, 0.0, 3.5) == "ang" and label(utts, 0.0, 3.5, rule="sum") == "neu"
     # exc is hap in their map, as in ours
     assert label([utt("Ses01F_impro01_F000", 0.0, 2.0, "hap", "exc")], 0.5, 1.5) == "hap"
@@ -85,15 +97,32 @@ def their_rule(utts, start, end, threshold):
 def test_authors_rule_equals_their_loop_on_random_layouts():
     """Random dialogs on a 0.05 s grid (many exact ties, overlapping speakers, blank transcripts)."""
     rng = np.random.default_rng(19)
-    codes = {"neu": "neu", "hap": "hap", "exc": "hap", "sad": "sad", "ang": "ang", "fru": None, "sur": None, "xxx": None}
+    codes = {
+        "neu": "neu",
+        "hap": "hap",
+        "exc": "hap",
+        "sad": "sad",
+        "ang": "ang",
+        "fru": None,
+        "sur": None,
+        "xxx": None,
+    }
     n_labelled = 0
     for _ in range(300):
         utts = []
         for i in range(rng.integers(1, 7)):
             start = float(rng.integers(0, 100)) * 0.05
             code = str(rng.choice(list(codes)))
-            utts.append(utt(f"Ses01F_impro01_{'FM'[i % 2]}{i:03d}", start, start + float(rng.integers(1, 40)) * 0.05,
-                            codes[code], code, text="" if rng.random() < 0.1 else "x"))
+            utts.append(
+                utt(
+                    f"Ses01F_impro01_{'FM'[i % 2]}{i:03d}",
+                    start,
+                    start + float(rng.integers(1, 40)) * 0.05,
+                    codes[code],
+                    code,
+                    text="" if rng.random() < 0.1 else "x",
+                )
+            )
         utts.sort(key=lambda u: (u["start"], u["id"]))  # labels.json's order
         start = float(rng.integers(0, 100)) * 0.05
         end = start + float(rng.integers(0, 60)) * 0.05
@@ -104,6 +133,7 @@ def test_authors_rule_equals_their_loop_on_random_layouts():
 
 
 # --------------------------------------------------------------------------- --peak-normalize authors
+
 
 def test_peak_normalize_known_answers():
     x = np.array([0.1, -0.5, 0.25], dtype=np.float32)
@@ -142,11 +172,21 @@ def test_peak_normalize_scales_the_cached_audio_and_is_part_of_the_config(tmp_pa
 
 # --------------------------------------------------------------------------- --audio-padding authors
 
+
 def cache_of(tmp_path, arrays):
     segs, t = [], 0.0
     for n, a in enumerate(arrays):
-        segs.append({"id": f"{D}-{n:04d}", "start": t, "end": t + len(a) / 16000, "speaker": "SPEAKER_00",
-                     "text": "x", "label": n % 4, "audio": torch.from_numpy(a)})
+        segs.append(
+            {
+                "id": f"{D}-{n:04d}",
+                "start": t,
+                "end": t + len(a) / 16000,
+                "speaker": "SPEAKER_00",
+                "text": "x",
+                "label": n % 4,
+                "audio": torch.from_numpy(a),
+            }
+        )
         t += len(a) / 16000
     path = tmp_path / f"{D}.pt"
     fileio.atomic_torch_save({"dialog": D, "session": 1, "sample_rate": 16000, "segments": segs}, path)
@@ -165,10 +205,13 @@ def test_authors_padding_equals_their_feature_extractor(tmp_path):
     from transformers import Wav2Vec2FeatureExtractor
 
     rng = np.random.default_rng(0)
-    arrays = [(rng.standard_normal(n) * s + o).astype(np.float32)
-              for n, s, o in ((4000, 0.1, 0.02), (6400, 0.3, -0.01), (12000, 0.05, 0.0), (640, 0.5, 0.1))]
-    fe = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
-                                  return_attention_mask=False)
+    arrays = [
+        (rng.standard_normal(n) * s + o).astype(np.float32)
+        for n, s, o in ((4000, 0.1, 0.02), (6400, 0.3, -0.01), (12000, 0.05, 0.0), (640, 0.5, 0.1))
+    ]
+    fe = Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=False
+    )
     theirs = fe(arrays, sampling_rate=16000, padding="longest", return_tensors="np")["input_values"]
     assert "attention_mask" not in fe(arrays, sampling_rate=16000, padding="longest")
     ours = collated(cache_of(tmp_path, arrays), "authors").numpy()
@@ -178,8 +221,8 @@ def test_authors_padding_equals_their_feature_extractor(tmp_path):
     # the default (exact): each segment normalised alone, then zero padding
     exact = collated(cache_of(tmp_path, arrays), "exact").numpy()
     for row, a in zip(exact, arrays):
-        np.testing.assert_allclose(row[:len(a)], utils.zero_mean_unit_var(torch.from_numpy(a)).numpy(), atol=1e-6)
-        assert not row[len(a):].any()
+        np.testing.assert_allclose(row[: len(a)], utils.zero_mean_unit_var(torch.from_numpy(a)).numpy(), atol=1e-6)
+        assert not row[len(a) :].any()
     assert np.abs(exact - theirs).max() > 0.1
     # an extractor without do_normalize: raw samples, zero-padded, in both modes
     raw = collated(cache_of(tmp_path, arrays), "authors", do_normalize=False).numpy()

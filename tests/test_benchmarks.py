@@ -1,5 +1,6 @@
 """Every benchmark in benchmarks/ runs at its small setting (--small): a smoke test of its code path,
 not a timing. Each runs in this process (runpy) as `python benchmarks/<name>.py --small` would."""
+
 import runpy
 import sys
 from pathlib import Path
@@ -8,9 +9,11 @@ import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 # what each prints once its figures are computed
-FIGURES = {"bench_align.py": ["align_dialog end to end", "result:"],
-           "bench_teer.py": ["default (Wu et al.)", "--authors", "TEER"],
-           "bench_train.py": ["audio s/s", "ratio ours/authors:"]}
+FIGURES = {
+    "bench_align.py": ["align_dialog end to end", "result:"],
+    "bench_teer.py": ["default (Wu et al.)", "--authors", "TEER"],
+    "bench_train.py": ["audio s/s", "ratio ours/authors:"],
+}
 
 
 def test_every_benchmark_is_covered():

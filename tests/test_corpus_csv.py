@@ -4,6 +4,7 @@ The CSV is written from step 1's labels.json of the tiny demo corpus (conftest.d
 expected answer is known: the same utterances (ids, times, labels, sessions, wav paths, text,
 .wdseg paths), and step 2 (oracle and simulated backends) gives byte-identical outputs on both.
 """
+
 import csv
 import json
 from pathlib import Path
@@ -20,10 +21,21 @@ UTT_KEYS = ("id", "start", "end", "speaker", "code", "label", "text", "wdseg")
 
 def csv_rows(labels: dict) -> list[dict]:
     """step 1's labels.json -> one CSV row per utterance (times written with repr: exact round trip)."""
-    return [{"audio": d["wav"], "id": u["id"], "start": repr(u["start"]), "end": repr(u["end"]),
-             "speaker": u["speaker"], "emotion": u["code"], "text": u["text"], "session": d["session"],
-             "wdseg": u["wdseg"] or ""}
-            for d in labels["dialogs"].values() for u in d["utterances"]]
+    return [
+        {
+            "audio": d["wav"],
+            "id": u["id"],
+            "start": repr(u["start"]),
+            "end": repr(u["end"]),
+            "speaker": u["speaker"],
+            "emotion": u["code"],
+            "text": u["text"],
+            "session": d["session"],
+            "wdseg": u["wdseg"] or "",
+        }
+        for d in labels["dialogs"].values()
+        for u in d["utterances"]
+    ]
 
 
 def write_csv(path, rows, columns=COLUMNS):
@@ -56,10 +68,12 @@ def test_same_utterances_as_step1(csv_work, step1):
     assert len(got["dialogs"]) == 4
     for name, ref in step1["dialogs"].items():
         d = got["dialogs"][name]
-        assert {k: d[k] for k in ("session", "kind", "scenario", "script", "wav")} == \
-               {k: ref[k] for k in ("session", "kind", "scenario", "script", "wav")}
-        assert [{k: u[k] for k in UTT_KEYS} for u in d["utterances"]] == \
-               [{k: u[k] for k in UTT_KEYS} for u in ref["utterances"]]
+        assert {k: d[k] for k in ("session", "kind", "scenario", "script", "wav")} == {
+            k: ref[k] for k in ("session", "kind", "scenario", "script", "wav")
+        }
+        assert [{k: u[k] for k in UTT_KEYS} for u in d["utterances"]] == [
+            {k: u[k] for k in UTT_KEYS} for u in ref["utterances"]
+        ]
         assert [u["emotion"] for u in d["utterances"]] == [u["code"] for u in ref["utterances"]]
     for key in ("dialogs", "dialogs_per_session", "utterances", "target", "per_label", "target_per_session"):
         assert got["counts"][key] == step1["counts"][key]
@@ -79,13 +93,18 @@ def test_steps_2_and_3_read_it(csv_work, demo_work, backend, tmp_path):
         work.mkdir()
         shutil.copy(src / "labels.json", work / "labels.json")
         preprocess.main(["--work", str(work), "--backend", backend])
-        outputs[name] = {p.relative_to(work / backend).as_posix(): p.read_bytes()
-                         for p in sorted((work / backend).glob("*/*")) if p.suffix in (".json", ".rttm")}
+        outputs[name] = {
+            p.relative_to(work / backend).as_posix(): p.read_bytes()
+            for p in sorted((work / backend).glob("*/*"))
+            if p.suffix in (".json", ".rttm")
+        }
     assert len(outputs["csv"]) == 4 * 3  # asr + two RTTMs per dialog
     assert outputs["csv"] == outputs["step1"]
     if backend == "simulated":
         align.main(["--work", str(tmp_path / "csv"), "--pipe", backend, "--variant", "aligned"])
-        segs = json.loads((tmp_path / "csv" / backend / "aligned-p1.5" / "segments" / "Ses01F_impro01.json").read_text())
+        segs = json.loads(
+            (tmp_path / "csv" / backend / "aligned-p1.5" / "segments" / "Ses01F_impro01.json").read_text()
+        )
         assert segs["session"] == 1 and segs["segments"]
         assert {s["label"] for s in segs["segments"]} <= {*formats.LABELS, None}
 
@@ -100,8 +119,14 @@ def test_other_corpus_speakers_sessions_and_map(demo_corpus, step1, tmp_path):
         r["id"] = "u" + r["id"]  # no IEMOCAP '<dialog>_<F|M>' form
         r["speaker"] = names[r["speaker"]]
         r["emotion"] = words.get(r["emotion"], "frustrated")
-    flags = ["--work", str(tmp_path), "--audio-root", str(root), "--emotion-map",
-             "happy=hap,excited=hap,angry=ang,sad=sad,neutral=neu,frustrated=none"]
+    flags = [
+        "--work",
+        str(tmp_path),
+        "--audio-root",
+        str(root),
+        "--emotion-map",
+        "happy=hap,excited=hap,angry=ang,sad=sad,neutral=neu,frustrated=none",
+    ]
     path = write_csv(tmp_path / "c.csv", rows, [c for c in COLUMNS if c not in ("session", "wdseg")])
     # dialogs named by their IEMOCAP wavs keep their names' sessions: the default session 1 is refused
     refused = r"c\.csv: dialog Ses05\w+: 'session' 1 but the IEMOCAP name says session 5"
@@ -127,22 +152,46 @@ def test_other_corpus_speakers_sessions_and_map(demo_corpus, step1, tmp_path):
 
 BAD_CASES = {
     "missing column": (lambda rows: rows, {"drop": "emotion"}, r"c\.csv:1: missing column\(s\) emotion"),
-    "non-finite time": (lambda rows: [dict(r, start="nan") if i == 2 else r for i, r in enumerate(rows)], {},
-                        r"c\.csv:4: start 'nan'; expected a finite number"),
-    "reversed times": (lambda rows: [dict(r, start=r["end"], end=r["start"]) if i == 2 else r
-                                     for i, r in enumerate(rows)], {}, r"c\.csv:4: .*expected 0 <= start < end"),
-    "unknown label": (lambda rows: [dict(r, emotion="bored") if i == 3 else r for i, r in enumerate(rows)], {},
-                      r"c\.csv:5: emotion 'bored' is not in the emotion map"),
-    "duplicate id": (lambda rows: rows[:4] + [dict(rows[5], id=rows[1]["id"])] + rows[6:], {},
-                     r"c\.csv:6: duplicate utterance id .*first at line 3"),
-    "missing audio": (lambda rows: [dict(r, audio="Session1/dialog/wav/nope.wav") if i == 0 else r
-                                    for i, r in enumerate(rows)], {}, r"c\.csv:2: audio file .*nope\.wav not found"),
-    "past the audio end": (lambda rows: [dict(r, end="1000.0") if i == 1 else r for i, r in enumerate(rows)], {},
-                           r"c\.csv:3: utterance .* ends at 1000\.000 s, after the end of the audio"),
-    "third speaker": (lambda rows: [dict(r, speaker="X") if i == 4 else r for i, r in enumerate(rows)], {},
-                      r"c\.csv:6: dialog \S+ has a third speaker 'X'"),
-    "bad session": (lambda rows: [dict(r, session="two") if i == 0 else r for i, r in enumerate(rows)], {},
-                    r"c\.csv:2: session 'two'; expected a positive integer"),
+    "non-finite time": (
+        lambda rows: [dict(r, start="nan") if i == 2 else r for i, r in enumerate(rows)],
+        {},
+        r"c\.csv:4: start 'nan'; expected a finite number",
+    ),
+    "reversed times": (
+        lambda rows: [dict(r, start=r["end"], end=r["start"]) if i == 2 else r for i, r in enumerate(rows)],
+        {},
+        r"c\.csv:4: .*expected 0 <= start < end",
+    ),
+    "unknown label": (
+        lambda rows: [dict(r, emotion="bored") if i == 3 else r for i, r in enumerate(rows)],
+        {},
+        r"c\.csv:5: emotion 'bored' is not in the emotion map",
+    ),
+    "duplicate id": (
+        lambda rows: rows[:4] + [dict(rows[5], id=rows[1]["id"])] + rows[6:],
+        {},
+        r"c\.csv:6: duplicate utterance id .*first at line 3",
+    ),
+    "missing audio": (
+        lambda rows: [dict(r, audio="Session1/dialog/wav/nope.wav") if i == 0 else r for i, r in enumerate(rows)],
+        {},
+        r"c\.csv:2: audio file .*nope\.wav not found",
+    ),
+    "past the audio end": (
+        lambda rows: [dict(r, end="1000.0") if i == 1 else r for i, r in enumerate(rows)],
+        {},
+        r"c\.csv:3: utterance .* ends at 1000\.000 s, after the end of the audio",
+    ),
+    "third speaker": (
+        lambda rows: [dict(r, speaker="X") if i == 4 else r for i, r in enumerate(rows)],
+        {},
+        r"c\.csv:6: dialog \S+ has a third speaker 'X'",
+    ),
+    "bad session": (
+        lambda rows: [dict(r, session="two") if i == 0 else r for i, r in enumerate(rows)],
+        {},
+        r"c\.csv:2: session 'two'; expected a positive integer",
+    ),
 }
 
 

@@ -4,6 +4,7 @@ The corpus is tiny (Sessions 1 and 5, one improvised + one scripted dialog each,
 the file runs in a few seconds. The corpus files are parsed here with simple regexes on purpose:
 step 1's parser is tested elsewhere, and these tests pin the format independently of it.
 """
+
 import re
 import sys
 from pathlib import Path
@@ -13,14 +14,16 @@ import pytest
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from demo import make_corpus as mc  # noqa: E402
 from common.cli import PipelineError  # noqa: E402
 from common.fileio import read_json  # noqa: E402
 from common.formats import CODE_TO_LABEL, IEMOCAP_CODES  # noqa: E402
+from demo import make_corpus as mc  # noqa: E402
 
 TINY = dict(seed=0, sessions=[1, 5], impro_per_session=1, script_per_session=1, utterances_per_dialog=6)
 DIALOG_RE = re.compile(r"^Ses(\d\d)([FM])_(impro\d\d[a-z]?|script0[123]_\d[a-z]?)$")
-EMO_FIRST_RE = re.compile(r"^\[(\d+\.\d{4}) - (\d+\.\d{4})\]\t(\S+)\t([a-z]{3})\t\[(\d\.\d{4}), (\d\.\d{4}), (\d\.\d{4})\]$")
+EMO_FIRST_RE = re.compile(
+    r"^\[(\d+\.\d{4}) - (\d+\.\d{4})\]\t(\S+)\t([a-z]{3})\t\[(\d\.\d{4}), (\d\.\d{4}), (\d\.\d{4})\]$"
+)
 EMO_CAT_RE = re.compile(r"^C-(E[1-4]|[FM]1):\t(?:[A-Z][a-z]+; ?)+\t\(\)$")
 EMO_DIM_RE = re.compile(r"^A-(E[1-4]|[FM]1):\tval ([1-5]); act ([1-5]); dom  ([1-5]);\t\(\)$")
 TRANS_RE = re.compile(r"^(Ses\S+) \[(\d{3}\.\d{4})-(\d{3}\.\d{4})\]: (.+)$")
@@ -56,8 +59,22 @@ def read_wdseg(path):
 def test_deterministic_and_cli(corpus, tmp_path):
     out, truth = corpus
     again = tmp_path / "again"
-    mc.main(["--out", str(again), "--seed", "0", "--sessions", "1,5", "--impro-per-session", "1",
-             "--script-per-session", "1", "--utterances-per-dialog", "6"])
+    mc.main(
+        [
+            "--out",
+            str(again),
+            "--seed",
+            "0",
+            "--sessions",
+            "1,5",
+            "--impro-per-session",
+            "1",
+            "--script-per-session",
+            "1",
+            "--utterances-per-dialog",
+            "6",
+        ]
+    )
     files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     assert len(files) == 1 + 1 + 4 * 3 + 2 * 24  # marker, ground truth, 3 per dialog, wav+wdseg per utterance
@@ -87,8 +104,13 @@ def test_rerun_cleans_previous_demo_and_refuses_foreign_dirs(tmp_path):
     with pytest.raises(PipelineError, match="not a demo corpus"):
         mc.generate(foreign, **TINY)
     assert (foreign / "Session1").is_dir()
-    for bad in (dict(sessions=0), dict(sessions=[]), dict(utterances_per_dialog=1), dict(audio_noise=1.5),
-                dict(impro_per_session=0, script_per_session=0)):
+    for bad in (
+        dict(sessions=0),
+        dict(sessions=[]),
+        dict(utterances_per_dialog=1),
+        dict(audio_noise=1.5),
+        dict(impro_per_session=0, script_per_session=0),
+    ):
         with pytest.raises(PipelineError):
             mc.generate(tmp_path / "bad", **{**TINY, **bad})
 
@@ -181,7 +203,9 @@ def test_wdseg_matches_ground_truth_words(corpus):
                 assert abs(u["start"] + r[0] / 100 - w["start"]) < 1e-6
                 assert abs(u["start"] + (r[1] + 1) / 100 - w["end"]) < 1e-6
             # the transcript shows the same words
-            assert [t.strip(".!?").lower() for t in u["text"].split() if not t.startswith("[")] == [w["word"] for w in expected]
+            assert [t.strip(".!?").lower() for t in u["text"].split() if not t.startswith("[")] == [
+                w["word"] for w in expected
+            ]
     assert n_variants > 0
 
 
@@ -202,10 +226,14 @@ def test_wav_properties_and_sentence_slices(corpus):
             a, b = round(u["start"] * 16000), round(u["end"] * 16000)
             assert np.array_equal(sent, pcm[a:b, 0 if u["speaker"] == "F" else 1])
         # each channel favours its actor: inside the F-only words, ch0 is louder than ch1
-        f_only = [w for w in d["words"] if w["speaker"] == "F" and not any(
-            v["speaker"] == "M" and v["start"] < w["end"] and w["start"] < v["end"] for v in d["words"])]
-        seg = np.concatenate([pcm[round(w["start"] * 16000):round(w["end"] * 16000)].astype(float) for w in f_only])
-        rms = np.sqrt((seg ** 2).mean(axis=0))
+        f_only = [
+            w
+            for w in d["words"]
+            if w["speaker"] == "F"
+            and not any(v["speaker"] == "M" and v["start"] < w["end"] and w["start"] < v["end"] for v in d["words"])
+        ]
+        seg = np.concatenate([pcm[round(w["start"] * 16000) : round(w["end"] * 16000)].astype(float) for w in f_only])
+        rms = np.sqrt((seg**2).mean(axis=0))
         assert rms[0] > 2.5 * rms[1]
 
 
@@ -223,7 +251,7 @@ def paper_turns(words, max_pause=1.5):
 def test_ground_truth_consistency(corpus):
     out, truth = corpus
     n_long_inside = n_overlaps = n_same_speaker_next = 0
-    for name, d in truth["dialogs"].items():
+    for d in truth["dialogs"].values():
         utts = {u["id"]: u for u in d["utterances"]}
         words = d["words"]
         assert [u["start"] for u in d["utterances"]] == sorted(u["start"] for u in d["utterances"])
@@ -243,9 +271,16 @@ def test_ground_truth_consistency(corpus):
             assert not 1.4 < pause < 1.6  # no pause ambiguous at the 1.5 s threshold
             n_long_inside += a["utterance"] == b["utterance"] and pause > 1.5
         n_same_speaker_next += sum(a["speaker"] == b["speaker"] for a, b in zip(d["utterances"], d["utterances"][1:]))
-        expected = [dict(speaker=t[0]["speaker"], start=t[0]["start"], end=max(w["end"] for w in t),
-                         utterances=list(dict.fromkeys(w["utterance"] for w in t)), n_words=len(t))
-                    for t in paper_turns(words)]
+        expected = [
+            dict(
+                speaker=t[0]["speaker"],
+                start=t[0]["start"],
+                end=max(w["end"] for w in t),
+                utterances=list(dict.fromkeys(w["utterance"] for w in t)),
+                n_words=len(t),
+            )
+            for t in paper_turns(words)
+        ]
         assert d["turns"] == expected
     # this seed's tiny corpus shows every case: long pauses inside utterances, overlaps, same-speaker runs
     assert n_long_inside >= 2 and n_overlaps >= 2 and n_same_speaker_next >= 2
@@ -255,7 +290,7 @@ def estimate_pitch(x, sr=16000):
     """Median autocorrelation pitch over 64 ms frames (70-400 Hz)."""
     out = []
     for i in range(0, len(x) - 1024, 512):
-        f = x[i:i + 1024] - x[i:i + 1024].mean()
+        f = x[i : i + 1024] - x[i : i + 1024].mean()
         ac = np.correlate(f, f, "full")[1023:]
         lo, hi = sr // 400, sr // 70
         out.append(sr / (lo + np.argmax(ac[lo:hi])))
@@ -264,11 +299,15 @@ def estimate_pitch(x, sr=16000):
 
 def test_synthesised_voice_has_the_intended_pitch_and_cues():
     voice = dict(f0=120.0, formant_scale=1.0, loudness=1.0)
-    words = {e: mc.synth_voiced(np.random.default_rng(0), 12000, "ah", voice, mc.PROSODY[e], mc.PROSODY[e]["pitch"],
-                                mc.PROSODY[e]["energy"]) for e in ("neu", "ang", "sad")}
+    words = {
+        e: mc.synth_voiced(
+            np.random.default_rng(0), 12000, "ah", voice, mc.PROSODY[e], mc.PROSODY[e]["pitch"], mc.PROSODY[e]["energy"]
+        )
+        for e in ("neu", "ang", "sad")
+    }
     assert abs(estimate_pitch(words["neu"]) - 120) < 12
     assert estimate_pitch(words["ang"]) > 1.3 * estimate_pitch(words["sad"])
-    rms = {e: np.sqrt(np.mean(x ** 2)) for e, x in words.items()}
+    rms = {e: np.sqrt(np.mean(x**2)) for e, x in words.items()}
     assert rms["sad"] < rms["neu"] < rms["ang"]
 
 
@@ -280,7 +319,7 @@ def test_corpus_cues_are_learnable(corpus):
         for u in d["utterances"]:
             x, _ = sf.read(ses / "sentences" / "wav" / name / f"{u['id']}.wav")
             frames = x[: len(x) // 400 * 400].reshape(-1, 400)
-            e = np.sqrt((frames ** 2).mean(axis=1))
+            e = np.sqrt((frames**2).mean(axis=1))
             energy.setdefault(u["audio_cue"], []).append(np.log(e[e > 0.01]).mean())
             # text cues: a word of the cue emotion's vocabulary is in the utterance
             if u["text_cue"] in mc.TEXT_SOURCES:

@@ -5,12 +5,13 @@ feature extractor or tokenizer. The property under test is the one the pooled em
 a sample padded inside a batch gets the embedding it gets alone (to 1e-5), and alone it is the
 Hugging Face model's own output, mean-pooled.
 """
+
 import numpy as np
 import pytest
 import torch
 
-from common import cli, formats
 import utils
+from common import cli, formats
 from demo.build_ser_models import AUDIO_FAMILIES, TEXT_FAMILIES
 
 # family -> (HF model class, how its CNN normalises: see AudioEmbedder.cnn_norm)
@@ -48,7 +49,7 @@ def waves(lengths=LENGTHS, seed=1):
     xs = [utils.zero_mean_unit_var(torch.randn(n, generator=g)) for n in lengths]
     batch = torch.zeros(len(xs), max(lengths))
     for i, x in enumerate(xs):
-        batch[i, :len(x)] = x
+        batch[i, : len(x)] = x
     return xs, batch, torch.tensor(lengths)
 
 
@@ -184,20 +185,24 @@ def test_text_family_trains_with_checkpointing(family_dirs, family):
     text.gradient_checkpointing_enable()
     text.train()
     batch = utils.Collator(AutoTokenizer.from_pretrained(family_dirs[family]))(
-        [{"index": i, "audio": torch.zeros(400), "text": t, "label": 0} for i, t in enumerate(TEXTS)])
+        [{"index": i, "audio": torch.zeros(400), "text": t, "label": 0} for i, t in enumerate(TEXTS)]
+    )
     text(batch["input_ids"], batch["attention_mask"]).pow(2).sum().backward()
     assert text.model.is_gradient_checkpointing
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in text.named_parameters() if "layer" in n)
 
 
-@pytest.mark.parametrize("text_family,audio_family", [("bert", "hubert"), ("deberta-v2", "wavlm"),
-                                                      ("deberta", "data2vec-audio"), ("roberta", "hubert-layer")])
+@pytest.mark.parametrize(
+    "text_family,audio_family",
+    [("bert", "hubert"), ("deberta-v2", "wavlm"), ("deberta", "data2vec-audio"), ("roberta", "hubert-layer")],
+)
 def test_fused_model_runs_for_family_pairs(family_dirs, text_family, audio_family):
     from transformers import AutoTokenizer
 
     torch.manual_seed(0)
-    model = utils.SERModel(text_model=family_dirs[text_family], audio_model=family_dirs[audio_family],
-                           modality="fusion").eval()
+    model = utils.SERModel(
+        text_model=family_dirs[text_family], audio_model=family_dirs[audio_family], modality="fusion"
+    ).eval()
     tok = AutoTokenizer.from_pretrained(family_dirs[text_family])
     xs, _, _ = waves()
     items = [{"index": i, "audio": x, "text": t, "label": i} for i, (x, t) in enumerate(zip(xs, TEXTS))]
@@ -217,8 +222,9 @@ def test_unsupported_models_are_refused(family_dirs, tmp_path):
 
     with pytest.raises(cli.PipelineError, match="not supported"):
         utils.AudioEmbedder(family_dirs["bert"])  # a text model as --audio-model
-    Wav2Vec2Config(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
-                   add_adapter=True).save_pretrained(tmp_path / "adapter")
+    Wav2Vec2Config(
+        hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, add_adapter=True
+    ).save_pretrained(tmp_path / "adapter")
     with pytest.raises(cli.PipelineError, match="adapter"):
         utils.AudioEmbedder(str(tmp_path / "adapter"))
     BartConfig(d_model=32, encoder_layers=1, decoder_layers=1).save_pretrained(tmp_path / "bart")

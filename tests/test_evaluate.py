@@ -1,5 +1,6 @@
 """Step 5, evaluate.py: classification metrics against scikit-learn, coverage known answer, the run
 outputs (with evaluate.predict_split replaced by a stub) and multi-fold aggregation."""
+
 import re
 
 import numpy as np
@@ -7,8 +8,8 @@ import pytest
 from sklearn import metrics as skm
 
 import evaluate as ev
-from common import formats, rundirs, scoring
 import utils
+from common import formats, rundirs, scoring
 from common.cli import PipelineError
 from common.fileio import atomic_write_json, read_json
 from common.formats import LABELS
@@ -47,12 +48,20 @@ def test_confusion_matrix_orientation_known_answer():
 
 def test_coverage_known_answer():
     # Labelled reference: [0,4] and [3,6] (union 6 s) + an unlabelled [6,9]; in d2 [0,2] (2 s).
-    utterances = {"d1": [{"start": 0, "end": 4, "label": "neu"}, {"start": 3, "end": 6, "label": "sad"},
-                         {"start": 6, "end": 9, "label": None}],
-                  "d2": [{"start": 0, "end": 2, "label": "ang"}]}
+    utterances = {
+        "d1": [
+            {"start": 0, "end": 4, "label": "neu"},
+            {"start": 3, "end": 6, "label": "sad"},
+            {"start": 6, "end": 9, "label": None},
+        ],
+        "d2": [{"start": 0, "end": 2, "label": "ang"}],
+    }
     # Scored segments: [1,2] and [1.5,5] (union [1,5], 4 s labelled) + [7,8] unlabelled time; none in d2.
-    segments = [{"dialog": "d1", "start": 1, "end": 2}, {"dialog": "d1", "start": 1.5, "end": 5},
-                {"dialog": "d1", "start": 7, "end": 8}]
+    segments = [
+        {"dialog": "d1", "start": 1, "end": 2},
+        {"dialog": "d1", "start": 1.5, "end": 5},
+        {"dialog": "d1", "start": 7, "end": 8},
+    ]
     c = ev.coverage(segments, utterances)
     assert c["labelled_reference_s"] == pytest.approx(8.0)
     assert c["covered_s"] == pytest.approx(4.0)
@@ -61,17 +70,38 @@ def test_coverage_known_answer():
 
 def segment(i, dialog, label, pred, start=None):
     start = 2.0 * i if start is None else start
-    return {"id": f"{dialog}-{i:04d}", "dialog": dialog, "start": start, "end": start + 1.5, "speaker": "SPEAKER_00",
-            "text": "x", "label": label, "pred": pred, "probs": {lab: float(lab == pred) for lab in LABELS}}
+    return {
+        "id": f"{dialog}-{i:04d}",
+        "dialog": dialog,
+        "start": start,
+        "end": start + 1.5,
+        "speaker": "SPEAKER_00",
+        "text": "x",
+        "label": label,
+        "pred": pred,
+        "probs": {lab: float(lab == pred) for lab in LABELS},
+    }
 
 
 def make_work(tmp_path, dialogs):
     """labels.json with one labelled 2 s utterance per predicted segment slot (4 per dialog)."""
     work = tmp_path / "work"
-    atomic_write_json(work / "labels.json", {"labels": list(LABELS), "dialogs": {
-        d: {"session": formats.session_of(d), "utterances": [
-            {"id": f"{d}_F00{i}", "start": 2.0 * i, "end": 2.0 * i + 2.0, "speaker": "F", "label": "neu"}
-            for i in range(4)]} for d in dialogs}})
+    atomic_write_json(
+        work / "labels.json",
+        {
+            "labels": list(LABELS),
+            "dialogs": {
+                d: {
+                    "session": formats.session_of(d),
+                    "utterances": [
+                        {"id": f"{d}_F00{i}", "start": 2.0 * i, "end": 2.0 * i + 2.0, "speaker": "F", "label": "neu"}
+                        for i in range(4)
+                    ],
+                }
+                for d in dialogs
+            },
+        },
+    )
     return work
 
 
@@ -79,6 +109,7 @@ def stub_predictions(by_run):
     def predict_split(run_dir, split="test", device=None, datasets=None):
         assert split == "test"
         return {"run": run_dir.name, "split": split, "segments": by_run[run_dir.name]}
+
     return predict_split
 
 
@@ -86,8 +117,12 @@ def test_single_run_writes_predictions_metrics_and_plot(tmp_path, monkeypatch):
     d = "Ses05F_impro01"
     work = make_work(tmp_path, [d])
     atomic_write_json(work / "runs/r/config.json", {"split": {"test": [d]}})
-    segs = [segment(0, d, "neu", "neu"), segment(1, d, "sad", "sad"), segment(2, d, "sad", "hap"),
-            segment(3, d, None, "ang")]  # unlabelled: predicted, not scored
+    segs = [
+        segment(0, d, "neu", "neu"),
+        segment(1, d, "sad", "sad"),
+        segment(2, d, "sad", "hap"),
+        segment(3, d, None, "ang"),
+    ]  # unlabelled: predicted, not scored
     monkeypatch.setattr(ev, "predict_split", stub_predictions({"r": segs}))
     m = ev.main(["--work", str(work), "--run", "r"])
     assert (m["n_segments"], m["n_scored"], m["n_unlabelled"]) == (4, 3, 1)
@@ -113,8 +148,10 @@ def test_multifold_mean_std_and_pooled_known_answer(tmp_path, monkeypatch, capsy
     atomic_write_json(work / "runs/cv/config.json", {"folds": ["fold1", "fold2"]})
     atomic_write_json(work / "runs/cv/fold1/config.json", {"split": {"test": [1]}})  # sessions form
     atomic_write_json(work / "runs/cv/fold2/config.json", {"split": {"test": [d2]}})
-    folds = {"fold1": [segment(i, d1, "hap", "hap") for i in range(4)],  # accuracy 1
-             "fold2": [segment(i, d2, "ang", "ang" if i < 2 else "sad") for i in range(4)]}  # accuracy 0.5
+    folds = {
+        "fold1": [segment(i, d1, "hap", "hap") for i in range(4)],  # accuracy 1
+        "fold2": [segment(i, d2, "ang", "ang" if i < 2 else "sad") for i in range(4)],
+    }  # accuracy 0.5
     monkeypatch.setattr(ev, "predict_split", stub_predictions(folds))
     m = ev.main(["--work", str(work), "--run", "cv"])
     assert m["folds"]["fold1"]["accuracy"] == pytest.approx(1.0)
@@ -132,8 +169,8 @@ def test_multifold_mean_std_and_pooled_known_answer(tmp_path, monkeypatch, capsy
     assert (work / "runs/cv/fold2/metrics.json").is_file()
     # The one rule of fold runs: a value printed with an interval is the pooled one, with the pooled interval.
     out = capsys.readouterr().out
-    pooled = out[out.index("cv pooled:"):]
-    seg_line = pooled[pooled.index("segment-level"):].splitlines()[1]
+    pooled = out[out.index("cv pooled:") :]
+    seg_line = pooled[pooled.index("segment-level") :].splitlines()[1]
     value, lo, hi = map(float, re.search(r"accuracy \(WA\) ([\d.]+)% \[([\d.]+), ([\d.]+)\]", seg_line).groups())
     assert value == pytest.approx(100 * m["pooled"]["accuracy"], abs=0.005) and lo <= value <= hi
     assert [lo, hi] == pytest.approx([100 * x for x in m["pooled"]["ci95"]["accuracy"]], abs=0.005)
@@ -146,8 +183,12 @@ def test_a_test_dialog_without_segments_stays_in_the_denominator(tmp_path, monke
     d1, failed, other_script, train = "Ses05F_impro01", "Ses05M_impro02", "Ses05F_script02_1", "Ses01F_impro01"
     work = make_work(tmp_path, [d1, failed, other_script, train])
     labels = read_json(work / "labels.json")
-    for d, kind, script in ((d1, "impro", None), (failed, "impro", None), (other_script, "script", "script02"),
-                            (train, "impro", None)):
+    for d, kind, script in (
+        (d1, "impro", None),
+        (failed, "impro", None),
+        (other_script, "script", "script02"),
+        (train, "impro", None),
+    ):
         labels["dialogs"][d].update(kind=kind, script=script)
     atomic_write_json(work / "labels.json", labels)
     split = {"test": [d1], "test_session": 5, "held_script": "script01"}  # speaker-script: script02 is not tested
@@ -171,8 +212,10 @@ def test_split_rule_gives_the_test_dialogs_of_train_make_folds(demo_work, scheme
     import train
 
     labels = formats.load_labels(demo_work)
-    meta = {d: {"session": i["session"], "kind": i.get("kind"), "script": i.get("script")}
-            for d, i in labels["dialogs"].items()}
+    meta = {
+        d: {"session": i["session"], "kind": i.get("kind"), "script": i.get("script")}
+        for d, i in labels["dialogs"].items()
+    }
     folds = train.make_folds(meta, scheme, 5, 0.2, 0)
     assert folds and all(rundirs.split_rule_test_dialogs(f, labels) == f["test"] for f in folds)
     assert sum(len(f["test"]) for f in folds) >= 2
@@ -246,9 +289,17 @@ def test_metrics_from_confusion_agree_with_sklearn_with_misses(seed):
 
 # ---- reference-projected utterances: the time-weighted vote ---------------------------------
 
+
 def seg(start, end, pred, speaker="SPEAKER_00", dialog="d", label=None):
-    return {"id": f"{dialog}-{start}-{end}-{pred}", "dialog": dialog, "start": start, "end": end,
-            "speaker": speaker, "label": label, "pred": pred}
+    return {
+        "id": f"{dialog}-{start}-{end}-{pred}",
+        "dialog": dialog,
+        "start": start,
+        "end": end,
+        "speaker": speaker,
+        "label": label,
+        "pred": pred,
+    }
 
 
 def utt(start, end, label="neu", i=0, speaker="F"):
@@ -291,16 +342,35 @@ def test_projection_ignores_speakers_and_counts_overlapping_speech_twice():
 
 
 def test_score_utterances_known_answer():
-    labels = {"dialogs": {
-        "d": {"utterances": [utt(0, 4, "hap", 0), utt(4, 6, "sad", 1), utt(6, 8, None, 2), utt(10, 12, "neu", 3),
-                             utt(12, 14, "neu", 4)]},
-        "e": {"utterances": [utt(0, 2, "ang", 5)]}}}
-    segments = [seg(0, 3, "hap", label="hap"), seg(3, 6, "neu"), seg(6, 8, "sad"),  # u1: neu 2 s -> wrong
-                seg(12.5, 14, "neu", label="neu"),  # u3 [10, 12] missed, u4 right
-                seg(0, 2, "ang", dialog="x")]  # another dialog: no vote for e's utterance, which is missed
+    labels = {
+        "dialogs": {
+            "d": {
+                "utterances": [
+                    utt(0, 4, "hap", 0),
+                    utt(4, 6, "sad", 1),
+                    utt(6, 8, None, 2),
+                    utt(10, 12, "neu", 3),
+                    utt(12, 14, "neu", 4),
+                ]
+            },
+            "e": {"utterances": [utt(0, 2, "ang", 5)]},
+        }
+    }
+    segments = [
+        seg(0, 3, "hap", label="hap"),
+        seg(3, 6, "neu"),
+        seg(6, 8, "sad"),  # u1: neu 2 s -> wrong
+        seg(12.5, 14, "neu", label="neu"),  # u3 [10, 12] missed, u4 right
+        seg(0, 2, "ang", dialog="x"),
+    ]  # another dialog: no vote for e's utterance, which is missed
     u = ev.score_utterances(segments, ev.reference_utterances(labels, ["d", "e"]), n_samples=200, seed=0)
-    assert [(r["id"], r["pred"]) for r in u["utterances"]] == [("u0", "hap"), ("u1", "neu"), ("u3", None),
-                                                                 ("u4", "neu"), ("u5", None)]
+    assert [(r["id"], r["pred"]) for r in u["utterances"]] == [
+        ("u0", "hap"),
+        ("u1", "neu"),
+        ("u3", None),
+        ("u4", "neu"),
+        ("u5", None),
+    ]
     assert (u["n"], u["n_missed"], u["n_dialogs"]) == (5, 2, 2)  # u2 has no 4-class label: not scored
     assert u["accuracy"] == pytest.approx(2 / 5)
     assert u["confusion_matrix"] == [[1, 0, 0, 0, 0], [0, 0, 0, 0, 1], [0, 0, 0, 1, 0], [0, 0, 0, 1, 1]]
@@ -320,6 +390,7 @@ def test_reference_utterances_bad_times_name_the_utterance():
 
 
 # ---- bootstrap over dialogs -------------------------------------------------------------------
+
 
 def cms_of(records, dialogs):
     return scoring.dialog_confusions(records, dialogs, miss_column=True)
@@ -343,8 +414,11 @@ def test_percentile_bootstrap_hand_checked():
 
 def runs_on(dialogs, correct):
     """Per-dialog confusion matrices of a run that is right on the first `correct` of 4 utterances per dialog."""
-    records = [{"dialog": d, "label": LABELS[i], "pred": LABELS[i] if i < correct else LABELS[(i + 1) % 4]}
-               for d in dialogs for i in range(4)]
+    records = [
+        {"dialog": d, "label": LABELS[i], "pred": LABELS[i] if i < correct else LABELS[(i + 1) % 4]}
+        for d in dialogs
+        for i in range(4)
+    ]
     return cms_of(records, dialogs)
 
 
@@ -365,10 +439,22 @@ def test_paired_bootstrap_known_answers():
     assert r["diff"] == pytest.approx(0.25) and r["ci95"] == pytest.approx([0.25, 0.25]) and r["n_seeds"] == [2, 1]
     # seeded and reproducible; a mixed case has a proper interval around the observed difference
     rng = np.random.default_rng(0)
-    mixed_a = cms_of([{"dialog": d, "label": "neu", "pred": "neu" if rng.random() < 0.7 else "sad"}
-                      for d in dialogs for _ in range(5)], dialogs)
-    mixed_b = cms_of([{"dialog": d, "label": "neu", "pred": "neu" if rng.random() < 0.5 else None}
-                      for d in dialogs for _ in range(5)], dialogs)
+    mixed_a = cms_of(
+        [
+            {"dialog": d, "label": "neu", "pred": "neu" if rng.random() < 0.7 else "sad"}
+            for d in dialogs
+            for _ in range(5)
+        ],
+        dialogs,
+    )
+    mixed_b = cms_of(
+        [
+            {"dialog": d, "label": "neu", "pred": "neu" if rng.random() < 0.5 else None}
+            for d in dialogs
+            for _ in range(5)
+        ],
+        dialogs,
+    )
     r1, r2 = (scoring.paired_bootstrap(mixed_a, mixed_b, "accuracy", 1000, seed=5) for _ in range(2))
     assert r1 == r2
     assert r1["ci95"][0] <= r1["diff"] <= r1["ci95"][1] and 0 <= r1["sign_flip_share"] <= 1
@@ -379,8 +465,11 @@ def test_paired_bootstrap_known_answers():
 
 
 def test_dialog_confusions_sum_to_the_overall_matrix():
-    records = [{"dialog": "b", "label": "hap", "pred": "sad"}, {"dialog": "a", "label": "neu", "pred": None},
-               {"dialog": "b", "label": "neu", "pred": "neu"}]
+    records = [
+        {"dialog": "b", "label": "hap", "pred": "sad"},
+        {"dialog": "a", "label": "neu", "pred": None},
+        {"dialog": "b", "label": "neu", "pred": "neu"},
+    ]
     cms = cms_of(records, ["a", "b"])
     overall = ev.classification_metrics([r["label"] for r in records], [r["pred"] for r in records], miss_column=True)
     assert cms.sum(0).tolist() == overall["confusion_matrix"]
@@ -395,12 +484,15 @@ def test_dialog_confusions_sum_to_the_overall_matrix():
 
 # ---- the run outputs: both sets of metrics, intervals, printout order ---------------------------
 
+
 def test_run_metrics_have_projected_utterances_and_seeded_intervals(tmp_path, monkeypatch, capsys):
     d1, d2 = "Ses05F_impro01", "Ses05M_impro01"
     work = make_work(tmp_path, [d1, d2])  # 4 labelled "neu" utterances [2i, 2i + 2] per dialog
     atomic_write_json(work / "runs/r/config.json", {"split": {"test": [d1, d2]}})
-    segs = ([segment(i, d1, "neu", ["neu", "neu", "sad", "ang"][i]) for i in range(4)]
-            + [segment(0, d2, "neu", "neu"), segment(1, d2, None, "hap", start=2.2)])  # d2: utterances 2, 3 missed
+    segs = [segment(i, d1, "neu", ["neu", "neu", "sad", "ang"][i]) for i in range(4)] + [
+        segment(0, d2, "neu", "neu"),
+        segment(1, d2, None, "hap", start=2.2),
+    ]  # d2: utterances 2, 3 missed
     monkeypatch.setattr(ev, "predict_split", stub_predictions({"r": segs}))
     m = ev.main(["--work", str(work), "--run", "r", "--bootstrap-samples", "300"])
     u = m["utterance"]
@@ -417,19 +509,36 @@ def test_run_metrics_have_projected_utterances_and_seeded_intervals(tmp_path, mo
     assert out.index("reference-projected") < out.index("segment-level")
     ev.main(["--work", str(work), "--run", "r", "--bootstrap-samples", "300", "--reuse-predictions"])
     assert (work / "runs/r/metrics.json").read_text() == first  # seeded: identical file
-    other = ev.main(["--work", str(work), "--run", "r", "--bootstrap-samples", "300", "--bootstrap-seed", "1",
-                     "--reuse-predictions"])
+    other = ev.main(
+        [
+            "--work",
+            str(work),
+            "--run",
+            "r",
+            "--bootstrap-samples",
+            "300",
+            "--bootstrap-seed",
+            "1",
+            "--reuse-predictions",
+        ]
+    )
     assert other["utterance"]["accuracy"] == u["accuracy"]
-    assert ev.main(["--work", str(work), "--run", "r", "--bootstrap-samples", "0", "--reuse-predictions"])["ci95"] is None
+    assert (
+        ev.main(["--work", str(work), "--run", "r", "--bootstrap-samples", "0", "--reuse-predictions"])["ci95"] is None
+    )
 
 
 def test_import_evaluate_does_not_import_other_steps():
     import subprocess
     import sys
 
-    code = "import sys, evaluate; print(sorted(m for m in ('teer_calculate', 'align', 'train', 'preprocess') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=utils.Path(utils.__file__).parent, capture_output=True,
-                         text=True, check=True).stdout
+    code = (
+        "import sys, evaluate; "
+        "print(sorted(m for m in ('teer_calculate', 'align', 'train', 'preprocess') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=utils.Path(utils.__file__).parent, capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "[]"
 
 
@@ -444,6 +553,9 @@ def test_bad_arguments_and_labels_are_named_errors(tmp_path, capsys):
     labels = read_json(work / "labels.json")
     labels["dialogs"]["Ses05F_impro01"]["utterances"][0]["label"] = "excited"
     atomic_write_json(work / "labels.json", labels)
-    with pytest.raises(PipelineError, match=r"labels.json: dialog Ses05F_impro01: utterance Ses05F_impro01_F000: "
-                                            r"label 'excited'"):
+    with pytest.raises(
+        PipelineError,
+        match=r"labels.json: dialog Ses05F_impro01: utterance Ses05F_impro01_F000: "
+        r"label 'excited'",
+    ):
         ev.main(["--work", str(work), "--run", "r"])

@@ -11,6 +11,7 @@ cut short ...) and runs the reader, or the step, on it. Allowed outcomes:
 Anything else (KeyError, TypeError, OverflowError, RecursionError, UnicodeDecodeError ...) fails.
 The seeds are fixed, so a failure reproduces; the case's mutation is in the assertion message.
 """
+
 import copy
 import json
 import math
@@ -25,9 +26,8 @@ import torch
 
 import align
 import iemo_lab_with_timestamps as step1
-from common import step2_oracle
-from common import cli, fileio, formats, rundirs
 import utils
+from common import cli, fileio, formats, rundirs, step2_oracle
 from common.cli import PipelineError
 from common.formats import LABELS
 
@@ -37,10 +37,51 @@ TRANS = "Session1/dialog/transcriptions/Ses01F_impro01.txt"
 WDSEG = "Session1/sentences/ForcedAlignment/Ses01F_impro01/Ses01F_impro01_F001.wdseg"
 
 # Replacements for a number in a text file, and for a value in a JSON file.
-NUMBERS = ["nan", "NaN", "inf", "-inf", "1e308", "-1", "9" * 400, "1e-400", "0", "99999", "-0.0", "1.5.5", "", "x",
-           "0x10", "1_000", "٣"]
-VALUES = [float("nan"), float("inf"), -float("inf"), 1e308, -1.0, 10 ** 400, "1.5", "", None, True, False, [], {},
-          [[[]]], 0, 7, 1.7, 25.0, 20.03, "hap", "F", "\u0000", "é" * 3, -1e-9]
+NUMBERS = [
+    "nan",
+    "NaN",
+    "inf",
+    "-inf",
+    "1e308",
+    "-1",
+    "9" * 400,
+    "1e-400",
+    "0",
+    "99999",
+    "-0.0",
+    "1.5.5",
+    "",
+    "x",
+    "0x10",
+    "1_000",
+    "٣",
+]
+VALUES = [
+    float("nan"),
+    float("inf"),
+    -float("inf"),
+    1e308,
+    -1.0,
+    10**400,
+    "1.5",
+    "",
+    None,
+    True,
+    False,
+    [],
+    {},
+    [[[]]],
+    0,
+    7,
+    1.7,
+    25.0,
+    20.03,
+    "hap",
+    "F",
+    "\u0000",
+    "é" * 3,
+    -1e-9,
+]
 BYTES = [b"\xe9", b"\x00", b"\xff\xfe", b"\x85", b"\t", b"[", b"]", b":", b"-", b"%", b"\r", b" ", b"\xef\xbb\xbf"]
 NUM_RE = re.compile(rb"-?\d+(?:\.\d+)?")
 
@@ -55,7 +96,7 @@ def mutate_text(rng, data: bytes) -> tuple[bytes, str]:
         if spots:
             k, m = spots[int(rng.integers(len(spots)))]
             new = NUMBERS[int(rng.integers(len(NUMBERS)))].encode()
-            lines[k] = lines[k][:m.start()] + new + lines[k][m.end():]
+            lines[k] = lines[k][: m.start()] + new + lines[k][m.end() :]
             return b"\n".join(lines), f"line {k + 1}: number {m.group().decode()} -> {new[:20]!r}"
     if op == 2:
         b = BYTES[int(rng.integers(len(BYTES)))]
@@ -75,7 +116,7 @@ def mutate_text(rng, data: bytes) -> tuple[bytes, str]:
         if len(nums) >= 2:
             a, b = nums[0], nums[1]
             line = lines[i]
-            lines[i] = line[:a.start()] + b.group() + line[a.end():b.start()] + a.group() + line[b.end():]
+            lines[i] = line[: a.start()] + b.group() + line[a.end() : b.start()] + a.group() + line[b.end() :]
             return b"\n".join(lines), f"line {i + 1}: first two numbers swapped"
     if op == 7:  # a field replaced by another line's field
         fields, other = lines[i].split(), lines[int(rng.integers(len(lines)))].split()
@@ -151,6 +192,7 @@ def no_nan(obj) -> bool:
 
 # --------------------------------------------------------------------------- step 1: the corpus text files
 
+
 @pytest.mark.parametrize("rel, seed", [(EMO, 11), (TRANS, 12)])
 def test_fuzz_emo_evaluation_and_transcriptions(tmp_path, rel, seed):
     """Step 1 on 60 mutations of one EmoEvaluation / transcription file of the fixture corpus."""
@@ -177,6 +219,7 @@ def test_fuzz_emo_evaluation_and_transcriptions(tmp_path, rel, seed):
 
 
 # --------------------------------------------------------------------------- .wdseg (steps 1-2)
+
 
 def test_fuzz_wdseg(tmp_path):
     """parse_wdseg and step 2's reference words on 60 mutations of a .wdseg file: a named error, or
@@ -209,20 +252,48 @@ def test_fuzz_wdseg(tmp_path):
 
 DIALOG, SECONDS = "Ses01F_impro01", 20.0
 TURNS = [(0.5, 6.0, "SPEAKER_00"), (6.2, 11.0, "SPEAKER_01"), (11.5, 19.0, "SPEAKER_00")]
-UTTS = [{"id": f"{DIALOG}_F000", "start": 0.5, "end": 6.0, "speaker": "F", "code": "neu", "label": "neu", "text": "x",
-         "wdseg": None},
-        {"id": f"{DIALOG}_M000", "start": 6.2, "end": 11.0, "speaker": "M", "code": "ang", "label": "ang", "text": "x",
-         "wdseg": None},
-        {"id": f"{DIALOG}_F001", "start": 11.5, "end": 19.0, "speaker": "F", "code": "fru", "label": None, "text": "x",
-         "wdseg": None}]
+UTTS = [
+    {
+        "id": f"{DIALOG}_F000",
+        "start": 0.5,
+        "end": 6.0,
+        "speaker": "F",
+        "code": "neu",
+        "label": "neu",
+        "text": "x",
+        "wdseg": None,
+    },
+    {
+        "id": f"{DIALOG}_M000",
+        "start": 6.2,
+        "end": 11.0,
+        "speaker": "M",
+        "code": "ang",
+        "label": "ang",
+        "text": "x",
+        "wdseg": None,
+    },
+    {
+        "id": f"{DIALOG}_F001",
+        "start": 11.5,
+        "end": 19.0,
+        "speaker": "F",
+        "code": "fru",
+        "label": None,
+        "text": "x",
+        "wdseg": None,
+    },
+]
 
 
 def valid_asr():
     segments = []
     for k, (s, e) in enumerate([(0.6, 5.5), (6.3, 10.8), (11.6, 18.9)]):
         times = np.linspace(s, e, 6)
-        words = [{"word": f"w{k}{i}", "start": round(float(a), 3), "end": round(float(a + 0.5), 3), "score": 0.9}
-                 for i, a in enumerate(times[:-1])]
+        words = [
+            {"word": f"w{k}{i}", "start": round(float(a), 3), "end": round(float(a + 0.5), 3), "score": 0.9}
+            for i, a in enumerate(times[:-1])
+        ]
         words.append({"word": f"n{k}"})  # untimed, as WhisperX leaves numerals
         segments.append({"start": s, "end": e, "text": " ".join(w["word"] for w in words), "words": words})
     return {"segments": segments, "language": "en"}
@@ -236,8 +307,23 @@ def step3_work(tmp_path_factory):
     (corpus / wav).parent.mkdir(parents=True)
     audio = np.random.default_rng(0).uniform(-0.5, 0.5, (int(SECONDS * 16000), 2)).astype(np.float32)
     sf.write(corpus / wav, audio, 16000, subtype="FLOAT")
-    fileio.atomic_write_json(work / "labels.json", {"corpus": str(corpus), "labels": list(LABELS), "dialogs": {
-        DIALOG: {"session": 1, "kind": "impro", "scenario": "impro01", "script": None, "wav": wav, "utterances": UTTS}}})
+    fileio.atomic_write_json(
+        work / "labels.json",
+        {
+            "corpus": str(corpus),
+            "labels": list(LABELS),
+            "dialogs": {
+                DIALOG: {
+                    "session": 1,
+                    "kind": "impro",
+                    "scenario": "impro01",
+                    "script": None,
+                    "wav": wav,
+                    "utterances": UTTS,
+                }
+            },
+        },
+    )
     return work
 
 
@@ -270,7 +356,8 @@ def run_align(work, monkeypatch, capsys, variant="both"):
 def check_step3_outputs(work, n_words, where):
     for variant in ("aligned-p1.5", "baseline"):
         raw = (work / "p" / variant / "segments" / f"{DIALOG}.json").read_text()
-        segs = json.loads(raw, parse_constant=lambda c: pytest.fail(f"{where}: {c} in {variant} segments"))["segments"]
+        segs = json.loads(raw, parse_constant=lambda c, v=variant: pytest.fail(f"{where}: {c} in {v} segments"))
+        segs = segs["segments"]
         assert no_nan(segs), where
         if variant == "aligned-p1.5":
             assert sum(s["n_words"] for s in segs) == n_words, where  # words in = words out
@@ -279,7 +366,9 @@ def check_step3_outputs(work, n_words, where):
             assert s["text"].strip() and s["n_words"] > 0, (where, s)
             assert s["label"] in LABELS or s["label"] is None
         cache = fileio.load_pt(work / "p" / variant / "cache" / f"{DIALOG}.pt")
-        assert len(utils.SegmentDataset([work / "p" / variant / "cache" / f"{DIALOG}.pt"], labelled_only=False)) == len(segs)
+        assert len(utils.SegmentDataset([work / "p" / variant / "cache" / f"{DIALOG}.pt"], labelled_only=False)) == len(
+            segs
+        )
         for c in cache["segments"]:
             assert c["audio"].ndim == 1 and c["audio"].numel() >= 1 and bool(torch.isfinite(c["audio"]).all()), where
 
@@ -333,6 +422,7 @@ def test_fuzz_rttm(step3_work, monkeypatch, capsys):
 
 # --------------------------------------------------------------------------- labels.json
 
+
 def test_fuzz_labels_json(tmp_path):
     """load_labels (every step's reader) on 60 mutations of a labels.json written by step 1."""
     work = tmp_path / "work"
@@ -349,7 +439,7 @@ def test_fuzz_labels_json(tmp_path):
             assert names_file(str(e), work / "labels.json"), (case, what, str(e))
             outcomes["error"] += 1
             continue
-        for d, info in labels["dialogs"].items():  # what steps 2-6 take for granted
+        for info in labels["dialogs"].values():  # what steps 2-6 take for granted
             ids = [u["id"] for u in info["utterances"]]
             assert len(ids) == len(set(ids)) and isinstance(info["wav"], str), (case, what)
             for u in info["utterances"]:
@@ -362,16 +452,42 @@ def test_fuzz_labels_json(tmp_path):
 
 # --------------------------------------------------------------------------- step-3 .pt caches
 
+
 def valid_cache():
     g = torch.Generator().manual_seed(0)
-    return {"dialog": DIALOG, "session": 1, "sample_rate": 16000, "channel": "mean", "segments": [
-        {"id": f"{DIALOG}-{i:04d}", "start": float(i), "end": i + 0.5, "speaker": "SPEAKER_00", "text": "hello there",
-         "label": i - 1, "audio": torch.randn(8000, generator=g)} for i in range(5)]}
+    return {
+        "dialog": DIALOG,
+        "session": 1,
+        "sample_rate": 16000,
+        "channel": "mean",
+        "segments": [
+            {
+                "id": f"{DIALOG}-{i:04d}",
+                "start": float(i),
+                "end": i + 0.5,
+                "speaker": "SPEAKER_00",
+                "text": "hello there",
+                "label": i - 1,
+                "audio": torch.randn(8000, generator=g),
+            }
+            for i in range(5)
+        ],
+    }
 
 
-BAD_AUDIO = [lambda a: a.clone().fill_(float("nan")), lambda a: torch.cat([a[:-1], torch.tensor([float("inf")])]),
-             lambda a: a.reshape(2, -1), lambda a: a > 0, lambda a: (a * 100).to(torch.int16), lambda a: a[:0],
-             lambda a: a.double(), lambda a: a.half(), lambda a: a[0], lambda a: torch.cat([a, a]), lambda a: a.numpy()]
+BAD_AUDIO = [
+    lambda a: a.clone().fill_(float("nan")),
+    lambda a: torch.cat([a[:-1], torch.tensor([float("inf")])]),
+    lambda a: a.reshape(2, -1),
+    lambda a: a > 0,
+    lambda a: (a * 100).to(torch.int16),
+    lambda a: a[:0],
+    lambda a: a.double(),
+    lambda a: a.half(),
+    lambda a: a[0],
+    lambda a: torch.cat([a, a]),
+    lambda a: a.numpy(),
+]
 
 
 def test_fuzz_pt_cache(tmp_path):
@@ -389,8 +505,22 @@ def test_fuzz_pt_cache(tmp_path):
             what = f"audio mutation {k}"
         elif op == 1:
             key = str(rng.choice(["id", "start", "end", "speaker", "text", "label"]))
-            value = [float("nan"), float("inf"), -1.0, 1.7, "hap", b"bytes", None, True, 7, -2, torch.tensor(2),
-                     torch.tensor(1.5), 10 ** 30, [1]][int(rng.integers(14))]
+            value = [
+                float("nan"),
+                float("inf"),
+                -1.0,
+                1.7,
+                "hap",
+                b"bytes",
+                None,
+                True,
+                7,
+                -2,
+                torch.tensor(2),
+                torch.tensor(1.5),
+                10**30,
+                [1],
+            ][int(rng.integers(14))]
             seg[key] = value
             what = f"{key} -> {value!r:.30}"
         elif op == 2:
@@ -406,7 +536,7 @@ def test_fuzz_pt_cache(tmp_path):
         fileio.atomic_torch_save(cache, path)
         if case % 10 == 9:  # and now and then a damaged file
             data = path.read_bytes()
-            path.write_bytes(data[:int(rng.integers(len(data)))])
+            path.write_bytes(data[: int(rng.integers(len(data)))])
             what += ", file cut"
         try:
             ds = utils.SegmentDataset([path], labelled_only=False)
@@ -416,14 +546,21 @@ def test_fuzz_pt_cache(tmp_path):
             continue
         for s in ds.segments:
             a = s["audio"]
-            assert a.ndim == 1 and a.dtype == torch.float32 and a.numel() >= 400 and bool(torch.isfinite(a).all()), (case, what)
-            assert -1 <= s["label"] < len(LABELS) and isinstance(s["label"], int) and isinstance(s["text"], str), (case, what)
+            assert a.ndim == 1 and a.dtype == torch.float32 and a.numel() >= 400 and bool(torch.isfinite(a).all()), (
+                case,
+                what,
+            )
+            assert -1 <= s["label"] < len(LABELS) and isinstance(s["label"], int) and isinstance(s["text"], str), (
+                case,
+                what,
+            )
         assert len({s["id"] for s in ds.segments}) == len(ds.segments)
         outcomes["ok"] += 1
     assert outcomes["error"] >= 40 and outcomes["ok"] >= 5, outcomes
 
 
 # --------------------------------------------------------------------------- dialog wavs
+
 
 def test_fuzz_dialog_wav(tmp_path):
     """load_audio (steps 2-3) and step 2's header reader on 50 mutated wavs."""
@@ -440,10 +577,10 @@ def test_fuzz_dialog_wav(tmp_path):
         sf.write(path, audio, [16000, 16000, 8000][case % 3] if op == 1 else 16000, subtype=subtype)
         data = path.read_bytes()
         if op == 2:
-            data = data[:int(rng.integers(len(data)))]  # a truncated copy
+            data = data[: int(rng.integers(len(data)))]  # a truncated copy
         elif op == 3:
             pos = int(rng.integers(len(data)))
-            data = data[:pos] + bytes(rng.integers(0, 256, 8, dtype=np.uint8)) + data[pos + 8:]  # bytes overwritten
+            data = data[:pos] + bytes(rng.integers(0, 256, 8, dtype=np.uint8)) + data[pos + 8 :]  # bytes overwritten
         elif op == 4:
             data = data[:44]  # a header without samples
         path.write_bytes(data)
@@ -461,6 +598,7 @@ def test_fuzz_dialog_wav(tmp_path):
 
 
 # --------------------------------------------------------------------------- checksums of step-3 caches
+
 
 def test_fuzz_pt_cache_checksum(tmp_path):
     """A step-3 cache with flipped, swapped, cut or appended bytes, or without its checksum file, is a
@@ -483,7 +621,7 @@ def test_fuzz_pt_cache_checksum(tmp_path):
                 j = int(rng.integers(len(data)))
             data[i], data[j] = data[j], data[i]
         elif op == 2:
-            data = data[:int(rng.integers(len(data)))]
+            data = data[: int(rng.integers(len(data)))]
         else:
             data += bytes(rng.integers(0, 256, int(rng.integers(1, 64)), dtype=np.uint8))
         path.write_bytes(bytes(data))
@@ -499,6 +637,7 @@ def test_fuzz_pt_cache_checksum(tmp_path):
 
 
 # --------------------------------------------------------------------------- .wdseg frames past the utterance
+
 
 def test_fuzz_wdseg_frames_past_the_utterance(tmp_path):
     """A .wdseg row ending past its utterance's audio (+ TIME_TOLERANCE_S) is an error naming the row;
@@ -536,6 +675,7 @@ def test_fuzz_wdseg_frames_past_the_utterance(tmp_path):
 
 # --------------------------------------------------------------------------- labels.json sessions
 
+
 def test_fuzz_labels_json_session_must_match_an_iemocap_name(tmp_path):
     """An IEMOCAP-named dialog given another session than its name's is refused (it would change
     fold); a dialog with any other name (a CSV corpus) may have any session."""
@@ -562,6 +702,7 @@ def test_fuzz_labels_json_session_must_match_an_iemocap_name(tmp_path):
 
 # --------------------------------------------------------------------------- long lines in error messages
 
+
 def test_a_megabyte_line_is_quoted_in_at_most_about_120_characters(tmp_path):
     """Every reader that quotes a bad line quotes at most about 120 characters of it."""
     huge = "Ses01F_impro01_F000 " + "x" * 1_000_000
@@ -574,8 +715,9 @@ def test_a_megabyte_line_is_quoted_in_at_most_about_120_characters(tmp_path):
             (root / rel).write_text(text.replace("SFrm", huge, 1), encoding="latin-1")
             cases.append((lambda path=root / rel: formats.parse_wdseg(path), root / rel))
         else:
-            (root / rel).write_text(text + "\n[1.0 - 2.0]\t" + huge + "\n" if rel == EMO else huge + "\n" + text,
-                                    encoding="latin-1")
+            (root / rel).write_text(
+                text + "\n[1.0 - 2.0]\t" + huge + "\n" if rel == EMO else huge + "\n" + text, encoding="latin-1"
+            )
             cases.append((lambda r=root: step1.build_labels(r), root / rel))
     rttm = tmp_path / "a.rttm"
     rttm.write_text("SPEAKER x 1 0.0 1.0 <NA> <NA> A <NA> <NA>\n" + huge + "\n")
@@ -586,10 +728,11 @@ def test_a_megabyte_line_is_quoted_in_at_most_about_120_characters(tmp_path):
         message = str(e.value)
         assert str(path) in message and "\n" not in message, message[:300]
         assert len(message) < len(str(path)) + 400, (path, len(message))
-    assert cli.quote("y" * 10) == repr("y" * 10) and len(cli.quote("y" * 10 ** 6)) < 160
+    assert cli.quote("y" * 10) == repr("y" * 10) and len(cli.quote("y" * 10**6)) < 160
 
 
 # --------------------------------------------------------------------------- temporary files of a killed step
+
 
 def killed_write(path) -> Path:
     """Start a process that writes `path` with common.fileio.atomic_write_bytes, kill -9 it mid-write (after
@@ -600,8 +743,10 @@ def killed_write(path) -> Path:
     import sys
     import time
 
-    code = ("import os, sys, time; sys.path.insert(0, sys.argv[2]); import common.fileio; "
-            "os.replace = lambda *a: time.sleep(600); common.fileio.atomic_write_bytes(sys.argv[1], b'x' * 1000)")
+    code = (
+        "import os, sys, time; sys.path.insert(0, sys.argv[2]); import common.fileio; "
+        "os.replace = lambda *a: time.sleep(600); common.fileio.atomic_write_bytes(sys.argv[1], b'x' * 1000)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code, str(path), str(Path(utils.__file__).parent)])
     for _ in range(600):
         tmp = list(Path(path).parent.glob(f".{Path(path).name}.*.tmp"))
@@ -635,6 +780,7 @@ def test_no_tmp_survives_a_kill_9_and_a_rerun(step3_work, tmp_path, monkeypatch,
     w1 = tmp_path / "w1"
     dead = killed_write(w1 / "labels.json")
     import os
+
     live = w1 / f".labels.json.{os.getppid()}.abcdefgh.tmp"
     live.write_bytes(b"in flight")
     step1.main(["--iemocap", str(MINI), "--work", str(w1)])

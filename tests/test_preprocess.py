@@ -2,6 +2,7 @@
 
 The whisperx backend's end-to-end tests (tiny local models) are in test_preprocess_whisperx.py.
 """
+
 import json
 import re
 import shutil
@@ -10,8 +11,7 @@ from pathlib import Path
 import pytest
 
 import preprocess
-from common import step2_oracle, step2_simulated, step2_whisperx
-from common import formats
+from common import formats, step2_oracle, step2_simulated, step2_whisperx
 from common.cli import PipelineError
 from common.fileio import read_json
 from common.formats import read_rttm
@@ -26,40 +26,59 @@ def fresh_work(demo_work, tmp_path, name="work") -> Path:
 
 
 def output_files(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): p.read_bytes()
-            for sub in ("asr", "diarization") for p in sorted((folder / sub).glob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for sub in ("asr", "diarization")
+        for p in sorted((folder / sub).glob("*"))
+        if p.is_file()
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 # Building blocks, on known answers
 # ---------------------------------------------------------------------------------------------
 
+
 def test_edit_distance_known_answers():
     ed = preprocess.edit_distance
     assert ed("a b c".split(), "a b c".split()) == 0
-    assert ed("a b c".split(), "a x c".split()) == 1          # substitution
-    assert ed("a b c".split(), "a c".split()) == 1            # deletion
-    assert ed("a b c".split(), "a b b c".split()) == 1        # insertion
-    assert ed("a b c d".split(), "b c d a".split()) == 2      # a moved: one deletion + one insertion
+    assert ed("a b c".split(), "a x c".split()) == 1  # substitution
+    assert ed("a b c".split(), "a c".split()) == 1  # deletion
+    assert ed("a b c".split(), "a b b c".split()) == 1  # insertion
+    assert ed("a b c d".split(), "b c d a".split()) == 2  # a moved: one deletion + one insertion
     assert ed([], "a b".split()) == 2 and ed("a b".split(), []) == 2
     assert ed("kitten sitting on the mat".split(), "sitting kitten on mat".split()) == 3
 
 
 def test_reference_words_time_convention_tokens_and_missing_wdseg(tmp_path):
     fa = tmp_path / "fa.wdseg"
-    fa.write_text("  SFrm  EFrm    SegAScr Word\n"
-                  "     0    14      -1000 <s>\n"
-                  "    15    44     -90000 WHAT(2)\n"
-                  "    45    59      -5000 ++LAUGHTER++\n"
-                  "    60    60      -5000 <sil>\n"
-                  "    61    99     -80000 IS\n"
-                  "   100   110      -1000 </s>\n"
-                  " Total score: -181000\n")
+    fa.write_text(
+        "  SFrm  EFrm    SegAScr Word\n"
+        "     0    14      -1000 <s>\n"
+        "    15    44     -90000 WHAT(2)\n"
+        "    45    59      -5000 ++LAUGHTER++\n"
+        "    60    60      -5000 <sil>\n"
+        "    61    99     -80000 IS\n"
+        "   100   110      -1000 </s>\n"
+        " Total score: -181000\n"
+    )
     utterances = [
-        {"id": "Ses01F_impro01_F000", "start": 6.2901, "end": 7.4, "speaker": "F", "text": "What is?",
-         "wdseg": "fa.wdseg"},
-        {"id": "Ses01F_impro01_M001", "start": 8.0, "end": 9.0, "speaker": "M",
-         "text": "Yeah, [LAUGHTER] okay well.", "wdseg": None},
+        {
+            "id": "Ses01F_impro01_F000",
+            "start": 6.2901,
+            "end": 7.4,
+            "speaker": "F",
+            "text": "What is?",
+            "wdseg": "fa.wdseg",
+        },
+        {
+            "id": "Ses01F_impro01_M001",
+            "start": 8.0,
+            "end": 9.0,
+            "speaker": "M",
+            "text": "Yeah, [LAUGHTER] okay well.",
+            "wdseg": None,
+        },
     ]
     words, no_wdseg = step2_oracle.reference_words(tmp_path, utterances)
     assert no_wdseg == 1
@@ -70,7 +89,8 @@ def test_reference_words_time_convention_tokens_and_missing_wdseg(tmp_path):
     # no .wdseg: the transcript words (markers and punctuation removed) spread uniformly
     third = 1.0 / 3
     assert [t for w in words[2:] for t in (w["start"], w["end"])] == pytest.approx(
-        [8.0, 8.0 + third, 8.0 + third, 8.0 + 2 * third, 8.0 + 2 * third, 9.0], abs=1e-6)
+        [8.0, 8.0 + third, 8.0 + third, 8.0 + 2 * third, 8.0 + 2 * third, 9.0], abs=1e-6
+    )
     assert {w["speaker"] for w in words[2:]} == {"M"}
 
 
@@ -82,22 +102,37 @@ def test_anonymise_numbers_speakers_in_order_of_first_speech():
 def test_cut_segments_cuts_at_pauses_and_length_not_at_speaker_changes():
     def word(w, s, e, spk):
         return {"word": w, "start": s, "end": e, "speaker": spk}
-    words = [word("a", 0.0, 0.5, "F"), word("b", 0.6, 1.0, "F"),
-             word("c", 1.3, 1.8, "M"),                      # speaker change after a 0.3 s pause: same segment
-             word("d", 3.0, 3.4, "M", ), word("e", 3.5, 3.9, "M")]  # 1.2 s pause: new segment
+
+    words = [
+        word("a", 0.0, 0.5, "F"),
+        word("b", 0.6, 1.0, "F"),
+        word("c", 1.3, 1.8, "M"),  # speaker change after a 0.3 s pause: same segment
+        word(
+            "d",
+            3.0,
+            3.4,
+            "M",
+        ),
+        word("e", 3.5, 3.9, "M"),
+    ]  # 1.2 s pause: new segment
     words[3]["untimed"] = True
     segments, straddling = step2_simulated.cut_segments(words, {"seg_pause": 0.7, "seg_max": 15.0})
     assert [s["text"] for s in segments] == ["a b c", "d e"]
     assert straddling == 1
-    assert segments[1]["words"][0] == {"word": "d"}            # untimed: no start/end in the output
+    assert segments[1]["words"][0] == {"word": "d"}  # untimed: no start/end in the output
     assert (segments[1]["start"], segments[1]["end"]) == (3.0, 3.9)
     segments, _ = step2_simulated.cut_segments(words, {"seg_pause": 0.7, "seg_max": 1.5})
     assert [s["text"] for s in segments] == ["a b", "c", "d e"]
 
 
 def test_select_dialogs_lists_globs_sessions_and_unknown_names():
-    labels = {"dialogs": {"Ses01F_impro01": {"session": 1}, "Ses01F_script01_1": {"session": 1},
-                          "Ses05F_impro01": {"session": 5}}}
+    labels = {
+        "dialogs": {
+            "Ses01F_impro01": {"session": 1},
+            "Ses01F_script01_1": {"session": 1},
+            "Ses05F_impro01": {"session": 5},
+        }
+    }
     assert preprocess.select_dialogs(labels, ["Ses0?F_impro*"], None) == ["Ses01F_impro01", "Ses05F_impro01"]
     assert preprocess.select_dialogs(labels, None, [5]) == ["Ses05F_impro01"]
     with pytest.raises(preprocess.PipelineError, match="Ses09"):
@@ -113,6 +148,7 @@ def test_vad_oracle_only_with_whisperx(capsys):
 # ---------------------------------------------------------------------------------------------
 # oracle backend: reproduces the demo generator's ground truth exactly
 # ---------------------------------------------------------------------------------------------
+
 
 def test_oracle_reproduces_ground_truth(demo_corpus, demo_work, tmp_path):
     _, truth = demo_corpus
@@ -147,8 +183,20 @@ def test_oracle_reproduces_ground_truth(demo_corpus, demo_work, tmp_path):
 # simulated backend: realised rates, determinism
 # ---------------------------------------------------------------------------------------------
 
-SIM_FLAGS = ["--sim-wer", "0.2", "--sim-del-share", "0.5", "--sim-untimed", "0.1", "--sim-confusion", "0.34",
-             "--sim-vad-miss", "0.5", "--sim-spurious", "0.3"]
+SIM_FLAGS = [
+    "--sim-wer",
+    "0.2",
+    "--sim-del-share",
+    "0.5",
+    "--sim-untimed",
+    "0.1",
+    "--sim-confusion",
+    "0.34",
+    "--sim-vad-miss",
+    "0.5",
+    "--sim-spurious",
+    "0.3",
+]
 
 
 def test_simulated_rates_match_requested(demo_work, tmp_path):
@@ -175,10 +223,12 @@ def test_simulated_rates_match_requested(demo_work, tmp_path):
     assert abs(total["confused_turns"] / total["reference_turns"] - 0.34) <= 0.5 * n_dialogs / total["reference_turns"]
     drawn = (total["deleted"] + total["substituted"] + total["vad_missed"]) / n_words
     assert abs(manifest["summary"]["wer"] - drawn) <= 0.01
-    assert 0.05 < manifest["summary"]["der"] < 0.6      # confusion of a third of the turns shows in the DER
-    assert total["straddling_segments"] > 0            # segments cross speaker changes
+    assert 0.05 < manifest["summary"]["der"] < 0.6  # confusion of a third of the turns shows in the DER
+    assert total["straddling_segments"] > 0  # segments cross speaker changes
     # the measured rates are printed and stored
-    assert manifest["summary"]["untimed_rate"] == pytest.approx(total["untimed"] / manifest["summary"]["words"], abs=1e-4)
+    assert manifest["summary"]["untimed_rate"] == pytest.approx(
+        total["untimed"] / manifest["summary"]["words"], abs=1e-4
+    )
 
 
 def test_simulated_same_seed_same_output_other_seed_differs(demo_work, tmp_path):
@@ -206,6 +256,7 @@ def test_default_names_and_config_change_redoes(demo_work, tmp_path, capsys):
 # Resume and failures
 # ---------------------------------------------------------------------------------------------
 
+
 def test_interrupted_run_resumes_to_identical_outputs(demo_work, tmp_path, monkeypatch):
     args = ["--backend", "simulated", "--seed", "1"]
     whole = fresh_work(demo_work, tmp_path, "whole")
@@ -228,9 +279,11 @@ def test_interrupted_run_resumes_to_identical_outputs(demo_work, tmp_path, monke
     assert len(read_json(work / "simulated" / "manifest.json")["dialogs"]) == 2
 
     resumed = []
-    monkeypatch.setattr(preprocess, "run_dialog", lambda dialog, *a, **k: resumed.append(dialog) or real_run_dialog(dialog, *a, **k))
+    monkeypatch.setattr(
+        preprocess, "run_dialog", lambda dialog, *a, **k: resumed.append(dialog) or real_run_dialog(dialog, *a, **k)
+    )
     manifest = preprocess.main(["--work", str(work)] + args)
-    assert resumed and not set(resumed) & set(calls)            # only the dialogs not yet done
+    assert resumed and not set(resumed) & set(calls)  # only the dialogs not yet done
     assert output_files(work / "simulated") == output_files(whole / "simulated")
     assert manifest["dialogs"] == read_json(whole / "simulated" / "manifest.json")["dialogs"]
 
@@ -273,7 +326,9 @@ def test_rttm_and_asr_shapes(demo_work, tmp_path):
     preprocess.main(["--work", str(work), "--backend", "simulated", "--dialogs", "Ses05*"])
     for path in (work / "simulated" / "diarization").glob("*.rttm"):
         for line in path.read_text().splitlines():
-            assert re.fullmatch(rf"SPEAKER {path.stem} 1 \d+\.\d{{3}} \d+\.\d{{3}} <NA> <NA> SPEAKER_\d\d <NA> <NA>", line)
+            assert re.fullmatch(
+                rf"SPEAKER {path.stem} 1 \d+\.\d{{3}} \d+\.\d{{3}} <NA> <NA> SPEAKER_\d\d <NA> <NA>", line
+            )
     for path in (work / "simulated" / "asr").glob("*.json"):
         asr = read_json(path)
         assert asr["dialog"] == path.stem and asr["backend"] == "simulated"
@@ -295,6 +350,7 @@ def test_simulation_rates_are_validated(capsys):
 # ---------------------------------------------------------------------------------------------
 # Exclusive diarization: the derived version of the offline backends
 # ---------------------------------------------------------------------------------------------
+
 
 def union_length(turns) -> float:
     total, end = 0.0, float("-inf")
@@ -339,8 +395,9 @@ def test_align_reads_the_exclusive_rttm_and_reports_both(demo_work, tmp_path):
     work = fresh_work(demo_work, tmp_path)
     preprocess.main(["--work", str(work), "--backend", "simulated", "--dialogs", "Ses01F_impro01"])
     align.main(["--work", str(work), "--pipe", "simulated", "--variant", "aligned"])
-    report = align.main(["--work", str(work), "--pipe", "simulated", "--variant", "aligned",
-                         "--diarization", "exclusive"])
+    report = align.main(
+        ["--work", str(work), "--pipe", "simulated", "--variant", "aligned", "--diarization", "exclusive"]
+    )
     assert set(report["variants"]) == {"aligned-p1.5", "aligned-p1.5-exclusive"}
     assert "aligned-p1.5-exclusive" in (work / "simulated" / "alignment_report.md").read_text()
     segments = read_json(work / "simulated" / "aligned-p1.5-exclusive" / "segments" / "Ses01F_impro01.json")
@@ -350,6 +407,7 @@ def test_align_reads_the_exclusive_rttm_and_reports_both(demo_work, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Sharding: every N-th dialog from K; parts merge into one manifest
 # ---------------------------------------------------------------------------------------------
+
 
 def test_two_shards_equal_one_run_byte_for_byte(demo_work, tmp_path, monkeypatch):
     args = ["--backend", "simulated", "--seed", "2"]
@@ -389,18 +447,24 @@ def test_shard_flag_is_validated(capsys):
 # Issue 12: hostile inputs (regression tests)
 # ---------------------------------------------------------------------------------------------
 
+
 def test_wdseg_token_normalising_to_nothing_is_dropped_and_counted(tmp_path):
     """A token such as "(2)" normalised to "": step 2 counted 67 words and step 3 66."""
-    (tmp_path / "fa.wdseg").write_text("  SFrm  EFrm    SegAScr Word\n     0    14      -1000 <s>\n"
-                                       "    15    44     -90000 WHAT(2)\n    45    59      -5000 (2)\n"
-                                       "    61    99     -80000 IS\n Total score: -181000\n")
+    (tmp_path / "fa.wdseg").write_text(
+        "  SFrm  EFrm    SegAScr Word\n     0    14      -1000 <s>\n"
+        "    15    44     -90000 WHAT(2)\n    45    59      -5000 (2)\n"
+        "    61    99     -80000 IS\n Total score: -181000\n"
+    )
     utt = {"id": "Ses01F_impro01_F000", "start": 1.0, "end": 2.2, "speaker": "F", "text": "x", "wdseg": "fa.wdseg"}
     counts = {}
     words, _ = step2_oracle.reference_words(tmp_path, [utt], 10.0, counts)
     assert [w["word"] for w in words] == ["what", "is"] and counts == {"empty_wdseg_tokens": 1}
     # a word past the end of the dialog audio (beyond the 50 ms tolerance) names the .wdseg file and its row
-    with pytest.raises(PipelineError, match=r"fa.wdseg: word row 4: 'IS' \(frames 61-99 from the utterance start 1.000 s\) "
-                                            r"ends at 2.000 s, after the end of the audio \(1.900 s"):
+    with pytest.raises(
+        PipelineError,
+        match=r"fa.wdseg: word row 4: 'IS' \(frames 61-99 from the utterance start 1.000 s\) "
+        r"ends at 2.000 s, after the end of the audio \(1.900 s",
+    ):
         step2_oracle.reference_words(tmp_path, [utt], 1.9)
 
 
@@ -413,15 +477,17 @@ def test_times_past_the_audio_and_a_truncated_wav_fail_the_dialog(demo_corpus, d
     seconds = formats.wav_seconds(root / labels["dialogs"][late]["wav"])
     labels["dialogs"][late]["utterances"][-1]["end"] = seconds + 1.0
     data = (root / labels["dialogs"][cut]["wav"]).read_bytes()
-    (tmp_path / "cut.wav").write_bytes(data[:len(data) // 3])  # a truncated copy
+    (tmp_path / "cut.wav").write_bytes(data[: len(data) // 3])  # a truncated copy
     labels["dialogs"][cut]["wav"] = str(tmp_path / "cut.wav")
     (work / "labels.json").write_text(json.dumps(labels))
     with pytest.raises(SystemExit, match="2 of 4 dialogs failed"):
         preprocess.main(["--work", str(work), "--backend", "oracle"])
     manifest = read_json(work / "oracle" / "manifest.json")
     u = labels["dialogs"][late]["utterances"][-1]
-    assert f"utterance {u['id']} ({u['start']:.3f}-{u['end']:.3f} s) ends at {u['end']:.3f} s, after the end of the " \
-           f"audio ({seconds:.3f} s; tolerance 0.05 s)" in manifest["dialogs"][late]["error"]
+    assert (
+        f"utterance {u['id']} ({u['start']:.3f}-{u['end']:.3f} s) ends at {u['end']:.3f} s, after the end of the "
+        f"audio ({seconds:.3f} s; tolerance 0.05 s)" in manifest["dialogs"][late]["error"]
+    )
     assert "cut.wav: truncated: the header declares" in manifest["dialogs"][cut]["error"]
     assert manifest["summary"]["dialogs_done"] == 2 and manifest["summary"]["empty_wdseg_tokens"] == 0
 
@@ -437,4 +503,6 @@ def test_model_loader_errors_name_the_model(tmp_path):
 
     with pytest.raises(RepositoryNotFoundError):
         with step2_whisperx.loading("diarization pipeline (--diar-model)", "org/nope"):
-            raise RepositoryNotFoundError("404 Client Error. Repository Not Found for url https://huggingface.co/org/nope")
+            raise RepositoryNotFoundError(
+                "404 Client Error. Repository Not Found for url https://huggingface.co/org/nope"
+            )

@@ -8,6 +8,7 @@ piece per reference utterance, segments inside them), resume, and the preflight 
 standard run loads a pipeline shaped like pyannote/speaker-diarization-3.1 from a local hub mirror
 (--model-dir, --cache-only), the VAD-oracle run one shaped like community-1 from its folder.
 """
+
 import os
 import re
 from pathlib import Path
@@ -42,12 +43,35 @@ BATCH_FLAGS = ("--embedding-batch-size", "8", "--segmentation-batch-size", "8")
 
 
 def whisperx_args(work, models, *extra, diar="3.1"):
-    diar_flags = (["--diar-model", "pyannote/speaker-diarization-3.1", "--model-dir", models["hub"], "--cache-only"]
-                  if diar == "3.1" else ["--diar-model", models["diarization"]])
-    return ["--work", str(work), "--backend", "whisperx", "--dialogs", DIALOG, "--device", "cpu",
-            "--asr-model", models["asr"], "--align-model", models["align"], *diar_flags,
-            "--nltk-data", models["nltk_data"], "--asr-max-length", "24", "--beam-size", "1", "--threads", "1",
-            *extra]
+    diar_flags = (
+        ["--diar-model", "pyannote/speaker-diarization-3.1", "--model-dir", models["hub"], "--cache-only"]
+        if diar == "3.1"
+        else ["--diar-model", models["diarization"]]
+    )
+    return [
+        "--work",
+        str(work),
+        "--backend",
+        "whisperx",
+        "--dialogs",
+        DIALOG,
+        "--device",
+        "cpu",
+        "--asr-model",
+        models["asr"],
+        "--align-model",
+        models["align"],
+        *diar_flags,
+        "--nltk-data",
+        models["nltk_data"],
+        "--asr-max-length",
+        "24",
+        "--beam-size",
+        "1",
+        "--threads",
+        "1",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +174,16 @@ def test_check_on_the_demo_models_is_all_ok_and_writes_nothing(runs, tiny_models
         items = preprocess.main(whisperx_args(work, tiny_models, "--check", diar=diar))
         assert all(item.ok for item in items), [item.line() for item in items]
         names = [item.name for item in items]
-        assert {"ASR model", "alignment model", "diarization pipeline", "diarization segmentation",
-                "diarization embedding", "NLTK punkt_tab", "CUDA", "time (estimate)"} <= set(names)
+        assert {
+            "ASR model",
+            "alignment model",
+            "diarization pipeline",
+            "diarization segmentation",
+            "diarization embedding",
+            "NLTK punkt_tab",
+            "CUDA",
+            "time (estimate)",
+        } <= set(names)
         assert ("diarization plda" in names) == (diar == "community-1")  # VBx needs a PLDA, 3.1 none
     assert "all 12 checks OK" in capsys.readouterr().out
     assert before == {str(p): p.stat().st_mtime_ns for root in roots for p in Path(root).rglob("*")}
@@ -167,4 +199,7 @@ def test_whisperx_api_names_match_the_installed_whisperx():
     assert step2_whisperx.token_kwargs(DiarizationPipeline.__init__, "t") == {"token": "t"}
     assert step2_whisperx.DEFAULT_ALIGN_MODEL == DEFAULT_ALIGN_MODELS_TORCH["en"]
     assert step2_whisperx.whisper_repo("large-v2") == "Systran/faster-whisper-large-v2"
-    assert step2_whisperx.torchaudio_checkpoint(step2_whisperx.DEFAULT_ALIGN_MODEL)[0] == "wav2vec2_fairseq_base_ls960_asr_ls960.pth"
+    assert (
+        step2_whisperx.torchaudio_checkpoint(step2_whisperx.DEFAULT_ALIGN_MODEL)[0]
+        == "wav2vec2_fairseq_base_ls960_asr_ls960.pth"
+    )

@@ -7,6 +7,7 @@ Ses01F_script01_1 (CRLF line ends, no ForcedAlignment folder, no dialog wav, a t
 without an EmoEvaluation entry) and Session3 Ses03M_impro05a (irregular name, XX id). A hidden
 "._" file and a Categorical/ subfolder sit in EmoEvaluation/ as in the real release.
 """
+
 import importlib.util
 import json
 import shutil
@@ -25,39 +26,80 @@ FA3 = "Session3/sentences/ForcedAlignment/Ses03M_impro05a"
 
 
 def utt(id, start, end, code, label, text, wdseg):
-    return {"id": id, "start": start, "end": end, "speaker": id.rsplit("_", 1)[1][0], "code": code,
-            "label": label, "text": text, "wdseg": wdseg}
+    return {
+        "id": id,
+        "start": start,
+        "end": end,
+        "speaker": id.rsplit("_", 1)[1][0],
+        "code": code,
+        "label": label,
+        "text": text,
+        "wdseg": wdseg,
+    }
 
 
 EXPECTED_DIALOGS = {
     "Ses01F_impro01": {
-        "session": 1, "kind": "impro", "scenario": "impro01", "script": None,
+        "session": 1,
+        "kind": "impro",
+        "scenario": "impro01",
+        "script": None,
         "wav": "Session1/dialog/wav/Ses01F_impro01.wav",
         "utterances": [
             utt("Ses01F_impro01_F000", 6.2901, 8.2357, "neu", "neu", "Excuse me.", f"{FA1}/Ses01F_impro01_F000.wdseg"),
-            utt("Ses01F_impro01_M000", 10.01, 11.3925, "fru", None, "Do you have your forms?",
-                f"{FA1}/Ses01F_impro01_M000.wdseg"),
+            utt(
+                "Ses01F_impro01_M000",
+                10.01,
+                11.3925,
+                "fru",
+                None,
+                "Do you have your forms?",
+                f"{FA1}/Ses01F_impro01_M000.wdseg",
+            ),
             utt("Ses01F_impro01_M001", 12.1, 14.0, "xxx", None, "[BREATHING] I don\u2019t know.", None),
-            utt("Ses01F_impro01_F001", 14.8872, 18.0175, "exc", "hap", "Yes. [LAUGHTER] I have them right here.",
-                f"{FA1}/Ses01F_impro01_F001.wdseg"),
-            utt("Ses01F_impro01_M002", 19.29, 22.0, "ang", "ang", "You're in the wrong line.",
-                f"{FA1}/Ses01F_impro01_M002.wdseg"),
-        ]},
+            utt(
+                "Ses01F_impro01_F001",
+                14.8872,
+                18.0175,
+                "exc",
+                "hap",
+                "Yes. [LAUGHTER] I have them right here.",
+                f"{FA1}/Ses01F_impro01_F001.wdseg",
+            ),
+            utt(
+                "Ses01F_impro01_M002",
+                19.29,
+                22.0,
+                "ang",
+                "ang",
+                "You're in the wrong line.",
+                f"{FA1}/Ses01F_impro01_M002.wdseg",
+            ),
+        ],
+    },
     "Ses01F_script01_1": {
-        "session": 1, "kind": "script", "scenario": "script01_1", "script": "script01",
+        "session": 1,
+        "kind": "script",
+        "scenario": "script01_1",
+        "script": "script01",
         "wav": "Session1/dialog/wav/Ses01F_script01_1.wav",
         "utterances": [
             utt("Ses01F_script01_1_F000", 1.5, 3.25, "hap", "hap", "Oh, it's a beautiful day.", None),
             utt("Ses01F_script01_1_M000", 3.6, 5.1, "sad", "sad", "Is it?", None),
             utt("Ses01F_script01_1_F001", 5.5, 7.0, "sur", None, "What?", None),
-        ]},
+        ],
+    },
     "Ses03M_impro05a": {
-        "session": 3, "kind": "impro", "scenario": "impro05a", "script": None,
+        "session": 3,
+        "kind": "impro",
+        "scenario": "impro05a",
+        "script": None,
         "wav": "Session3/dialog/wav/Ses03M_impro05a.wav",
         "utterances": [
             utt("Ses03M_impro05a_M000", 2.0, 4.5, "neu", "neu", "Hi. [LAUGHTER]", f"{FA3}/Ses03M_impro05a_M000.wdseg"),
             utt("Ses03M_impro05a_F000", 5.0, 6.25, "hap", "hap", "Hello there.", f"{FA3}/Ses03M_impro05a_F000.wdseg"),
-        ]},
+        ],
+    },
 }
 
 
@@ -81,12 +123,13 @@ def edit(path, old, new):
     old_b, new_b = old.encode("latin-1"), new.encode("latin-1")
     assert data.count(old_b) == 1, f"{old!r} must occur once in {path}"
     path.write_bytes(data.replace(old_b, new_b))
-    return data[:data.index(old_b)].count(b"\n") + 1
+    return data[: data.index(old_b)].count(b"\n") + 1
 
 
 # ---------------------------------------------------------------------------------------------
 # Known answers on the fixture corpus
 # ---------------------------------------------------------------------------------------------
+
 
 def test_labels_json_dialogs_exact(mini_run):
     assert mini_run["corpus"] == str(MINI)
@@ -103,12 +146,18 @@ def test_labels_json_counts_exact(mini_run):
     assert c["per_code"] == {"neu": 2, "hap": 2, "exc": 1, "sad": 1, "ang": 1, "fru": 1, "sur": 1, "xxx": 1}
     assert c["target_per_code"] == {"neu": 2, "hap": 2, "exc": 1, "sad": 1, "ang": 1}
     assert c["target_per_session"] == {"1": 5, "3": 2}
-    assert c["per_session"] == {"1": {"utterances": 8, "target": 5, "hap": 2, "ang": 1, "sad": 1, "neu": 1},
-                                "3": {"utterances": 2, "target": 2, "hap": 1, "ang": 0, "sad": 0, "neu": 1}}
+    assert c["per_session"] == {
+        "1": {"utterances": 8, "target": 5, "hap": 2, "ang": 1, "sad": 1, "neu": 1},
+        "3": {"utterances": 2, "target": 2, "hap": 1, "ang": 0, "sad": 0, "neu": 1},
+    }
     assert c["skipped"] == {step1.SKIP_HIDDEN: 1, step1.SKIP_NOT_UTTERANCE: 1, step1.SKIP_XX: 2, step1.SKIP_NO_EMO: 1}
     assert c["missing"] == {"wdseg": 4, "dialog_wav": 1}
-    assert c["missing_wdseg_ids"] == ["Ses01F_impro01_M001", "Ses01F_script01_1_F000", "Ses01F_script01_1_M000",
-                                      "Ses01F_script01_1_F001"]
+    assert c["missing_wdseg_ids"] == [
+        "Ses01F_impro01_M001",
+        "Ses01F_script01_1_F000",
+        "Ses01F_script01_1_M000",
+        "Ses01F_script01_1_F001",
+    ]
     assert c["missing_wav_dialogs"] == ["Ses01F_script01_1"]
     assert c["transcript_times_differ"] == 0
     assert c["text_encodings"] == {"cp1252": 1, "utf-8": 5}
@@ -138,29 +187,46 @@ def test_help_exits_cleanly(capsys):
 def test_parse_emo_evaluation_file_order_and_vad():
     entries = step1.parse_emo_evaluation(MINI / "Session1/dialog/EmoEvaluation/Ses01F_impro01.txt")
     assert [e["id"][-4:] for e in entries] == ["F000", "M000", "F001", "M001", "M002"]  # as in the file
-    assert entries[0] == {"id": "Ses01F_impro01_F000", "start": 6.2901, "end": 8.2357, "code": "neu",
-                          "vad": [2.5, 2.5, 2.5]}
+    assert entries[0] == {
+        "id": "Ses01F_impro01_F000",
+        "start": 6.2901,
+        "end": 8.2357,
+        "code": "neu",
+        "vad": [2.5, 2.5, 2.5],
+    }
     assert entries[1]["vad"] == [2.0, 3.5, 3.0]
 
 
 def test_parse_transcriptions_skips_with_line_numbers():
     utts, skipped = step1.parse_transcriptions(MINI / "Session1/dialog/transcriptions/Ses01F_impro01.txt")
     assert skipped == [(3, step1.SKIP_XX), (6, step1.SKIP_NOT_UTTERANCE)]
-    assert list(utts) == ["Ses01F_impro01_F000", "Ses01F_impro01_M000", "Ses01F_impro01_M001",
-                          "Ses01F_impro01_F001", "Ses01F_impro01_M002"]
+    assert list(utts) == [
+        "Ses01F_impro01_F000",
+        "Ses01F_impro01_M000",
+        "Ses01F_impro01_M001",
+        "Ses01F_impro01_F001",
+        "Ses01F_impro01_M002",
+    ]
     assert utts["Ses01F_impro01_M001"] == {"start": 12.1, "end": 14.0, "text": "[BREATHING] I don\u2019t know."}
 
 
 def test_parse_wdseg_raw_rows():
     rows = formats.parse_wdseg(MINI / FA1 / "Ses01F_impro01_F000.wdseg")
-    assert rows == [(0, 10, -52010, "<s>"), (11, 45, -194425, "EXCUSE"), (46, 60, -88315, "<sil>"),
-                    (61, 95, -160114, "++BREATHING++"), (96, 120, -101232, "WHAT(2)"), (121, 150, -70712, "ME"),
-                    (151, 194, -40000, "</s>")]
+    assert rows == [
+        (0, 10, -52010, "<s>"),
+        (11, 45, -194425, "EXCUSE"),
+        (46, 60, -88315, "<sil>"),
+        (61, 95, -160114, "++BREATHING++"),
+        (96, 120, -101232, "WHAT(2)"),
+        (121, 150, -70712, "ME"),
+        (151, 194, -40000, "</s>"),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
 # The standard IEMOCAP counts
 # ---------------------------------------------------------------------------------------------
+
 
 def test_standard_counts_constant_is_consistent():
     s = step1.IEMOCAP_STANDARD_COUNTS
@@ -182,9 +248,11 @@ def test_standard_comparison_reports_each_difference():
     counts["target_per_session"]["5"] = 1240
     counts["missing"]["wdseg"] = 3
     diff = step1.compare_with_standard(counts, None)["differences"]
-    assert diff == [{"count": "per_label.sad", "expected": 1084, "got": 1083},
-                    {"count": "target_per_session.5", "expected": 1241, "got": 1240},
-                    {"count": "missing_wdseg", "expected": 2, "got": 3}]
+    assert diff == [
+        {"count": "per_label.sad", "expected": 1084, "got": 1083},
+        {"count": "target_per_session.5", "expected": 1241, "got": 1240},
+        {"count": "missing_wdseg", "expected": 2, "got": 3},
+    ]
     assert step1.compare_with_standard(counts, False)["applies"] is False
 
 
@@ -202,8 +270,10 @@ def test_full_release_shape_triggers_the_comparison(tmp_path, capsys):
     for s, n in step1.IEMOCAP_STANDARD_COUNTS["dialogs_per_session"].items():
         for j in range(n):
             dialog = f"Ses0{s}F_impro{j:02d}"
-            for sub, line in (("EmoEvaluation", f"[1.0000 - 2.0000]\t{dialog}_F000\tneu\t[2.5, 2.5, 2.5]\n"),
-                              ("transcriptions", f"{dialog}_F000 [001.0000-002.0000]: Hello.\n")):
+            for sub, line in (
+                ("EmoEvaluation", f"[1.0000 - 2.0000]\t{dialog}_F000\tneu\t[2.5, 2.5, 2.5]\n"),
+                ("transcriptions", f"{dialog}_F000 [001.0000-002.0000]: Hello.\n"),
+            ):
                 path = tmp_path / f"Session{s}/dialog/{sub}/{dialog}.txt"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(line)
@@ -225,17 +295,20 @@ EMO = "Session1/dialog/EmoEvaluation/Ses01F_impro01.txt"
 TRANS = "Session1/dialog/transcriptions/Ses01F_impro01.txt"
 
 
-@pytest.mark.parametrize("old, new, message", [
-    ("[6.2901 - 8.2357]\tSes01F_impro01_F000", "[6.2901 8.2357]\tSes01F_impro01_F000", "expected a block header"),
-    ("Ses01F_impro01_F000\tneu\t", "Ses01F_impro01_F000 neu\t", "expected a block header"),
-    ("Ses01F_impro01_M000\tfru", "Ses01F_impro01_M000\tfrustrated", "expected an emotion code"),
-    ("[19.2900 - 22.0000]", "[22.0000 - 22.0000]", "expected end > start"),
-    ("Ses01F_impro01_M002\tang", "Ses01F_impro02_M002\tang", "expected an utterance id 'Ses01F_impro01_"),
-    ("Ses01F_impro01_M002\tang", "Ses01F_impro01_MXX2\tang", "expected a labelled utterance id"),
-    ("[4.0000, 3.5000, 3.0000]", "[4.0000, 3.5000]", "expected three numbers"),
-    ("Ses01F_impro01_M002\tang", "Ses01F_impro01_F000\tang", "duplicate utterance Ses01F_impro01_F000"),
-    ("\n\n[10.0100", "\n\nC-E2:\tNeutral;\t()\n[10.0100", "expected a block header"),
-])
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ("[6.2901 - 8.2357]\tSes01F_impro01_F000", "[6.2901 8.2357]\tSes01F_impro01_F000", "expected a block header"),
+        ("Ses01F_impro01_F000\tneu\t", "Ses01F_impro01_F000 neu\t", "expected a block header"),
+        ("Ses01F_impro01_M000\tfru", "Ses01F_impro01_M000\tfrustrated", "expected an emotion code"),
+        ("[19.2900 - 22.0000]", "[22.0000 - 22.0000]", "expected end > start"),
+        ("Ses01F_impro01_M002\tang", "Ses01F_impro02_M002\tang", "expected an utterance id 'Ses01F_impro01_"),
+        ("Ses01F_impro01_M002\tang", "Ses01F_impro01_MXX2\tang", "expected a labelled utterance id"),
+        ("[4.0000, 3.5000, 3.0000]", "[4.0000, 3.5000]", "expected three numbers"),
+        ("Ses01F_impro01_M002\tang", "Ses01F_impro01_F000\tang", "duplicate utterance Ses01F_impro01_F000"),
+        ("\n\n[10.0100", "\n\nC-E2:\tNeutral;\t()\n[10.0100", "expected a block header"),
+    ],
+)
 def test_malformed_emo_evaluation(tmp_path, old, new, message):
     root = corpus_copy(tmp_path)
     line = edit(root / EMO, old, new)
@@ -246,12 +319,19 @@ def test_malformed_emo_evaluation(tmp_path, old, new, message):
     assert f"{root / EMO}:{line}: " in str(e.value) and message in str(e.value)
 
 
-@pytest.mark.parametrize("old, new, message", [
-    ("[006.2901-008.2357]: Excuse", "[006.2901-008.2357] Excuse", "expected '<id> [start-end]: text'"),
-    ("Ses01F_impro01_M000 [010.0100-011.3925]", "Ses01F_impro01_M000 [10.01 - 11.39]", "expected '<id> [start-end]"),
-    ("Ses01F_impro01_M002 [019", "Ses01F_impro01X_M002 [019", "expected an utterance id 'Ses01F_impro01_"),
-    ("Ses01F_impro01_M002 [019", "Ses01F_impro01_F000 [019", "duplicate utterance"),
-])
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ("[006.2901-008.2357]: Excuse", "[006.2901-008.2357] Excuse", "expected '<id> [start-end]: text'"),
+        (
+            "Ses01F_impro01_M000 [010.0100-011.3925]",
+            "Ses01F_impro01_M000 [10.01 - 11.39]",
+            "expected '<id> [start-end]",
+        ),
+        ("Ses01F_impro01_M002 [019", "Ses01F_impro01X_M002 [019", "expected an utterance id 'Ses01F_impro01_"),
+        ("Ses01F_impro01_M002 [019", "Ses01F_impro01_F000 [019", "duplicate utterance"),
+    ],
+)
 def test_malformed_transcriptions(tmp_path, old, new, message):
     root = corpus_copy(tmp_path)
     line = edit(root / TRANS, old, new)
@@ -268,19 +348,34 @@ def test_label_without_transcript_line_names_both_files(tmp_path):
     assert str(root / EMO) in str(e.value) and str(root / TRANS) in str(e.value)
 
 
-WDSEG = (" SFrm  EFrm    SegAScr Word\n     0    10     -52010 <s>\n    11    45    -194425 WHAT(2)\n"
-         " Total score:    -246435\n")
+WDSEG = (
+    " SFrm  EFrm    SegAScr Word\n     0    10     -52010 <s>\n    11    45    -194425 WHAT(2)\n"
+    " Total score:    -246435\n"
+)
 
 
-@pytest.mark.parametrize("old, new, line, message", [
-    (" SFrm  EFrm    SegAScr Word", "SFrm EFrm Word", 1, "expected the header"),
-    ("    11    45    -194425 WHAT(2)", "    11    45    WHAT(2)", 3, "expected '<start frame> <end frame> <score> <word>'"),
-    ("    11    45", "    11   4.5", 3, "expected '<start frame>"),
-    ("    11    45", "    46    45", 3, "expected 0 <= start frame <= end frame"),
-    (" Total score:    -246435\n", "", 3, "expected a 'Total score: N' line after this line, got end of file"),
-    (" Total score:    -246435\n", " Total score:    -246435\n     0    10     -52010 <s>\n", 5, "expected nothing after"),
-    (" Total score:    -246435", " Total score: unknown", 4, "expected 'Total score: <integer>'"),
-])
+@pytest.mark.parametrize(
+    "old, new, line, message",
+    [
+        (" SFrm  EFrm    SegAScr Word", "SFrm EFrm Word", 1, "expected the header"),
+        (
+            "    11    45    -194425 WHAT(2)",
+            "    11    45    WHAT(2)",
+            3,
+            "expected '<start frame> <end frame> <score> <word>'",
+        ),
+        ("    11    45", "    11   4.5", 3, "expected '<start frame>"),
+        ("    11    45", "    46    45", 3, "expected 0 <= start frame <= end frame"),
+        (" Total score:    -246435\n", "", 3, "expected a 'Total score: N' line after this line, got end of file"),
+        (
+            " Total score:    -246435\n",
+            " Total score:    -246435\n     0    10     -52010 <s>\n",
+            5,
+            "expected nothing after",
+        ),
+        (" Total score:    -246435", " Total score: unknown", 4, "expected 'Total score: <integer>'"),
+    ],
+)
 def test_malformed_wdseg(tmp_path, old, new, line, message):
     path = tmp_path / "Ses01F_impro01_F000.wdseg"
     path.write_text(WDSEG)
@@ -312,6 +407,7 @@ def test_xx_line_is_skipped_whatever_follows_its_id(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Missing or misplaced corpus parts -> clear errors
 # ---------------------------------------------------------------------------------------------
+
 
 def test_missing_root_and_empty_corpus(tmp_path):
     with pytest.raises(PipelineError, match="IEMOCAP root not found"):
@@ -345,8 +441,12 @@ def test_bad_dialog_name_and_wrong_session_folder(tmp_path):
 
 
 def test_dialog_info_irregular_names():
-    assert step1.dialog_info("Ses05M_script01_1b", "x") == {"session": 5, "kind": "script",
-                                                             "scenario": "script01_1b", "script": "script01"}
+    assert step1.dialog_info("Ses05M_script01_1b", "x") == {
+        "session": 5,
+        "kind": "script",
+        "scenario": "script01_1b",
+        "script": "script01",
+    }
     assert step1.dialog_info("Ses03M_impro08b", "x")["scenario"] == "impro08b"
     assert step1.dialog_info("Ses02F_script03_2", "x")["script"] == "script03"
 
@@ -367,11 +467,14 @@ def test_demo_corpus_matches_its_ground_truth(demo_corpus, demo_work):
     keys = ("id", "start", "end", "speaker", "code", "label", "text")
     for name, t in truth["dialogs"].items():
         d = labels["dialogs"][name]
-        assert {k: d[k] for k in ("session", "kind", "scenario", "script")} == \
-               {k: t[k] for k in ("session", "kind", "scenario", "script")}
+        assert {k: d[k] for k in ("session", "kind", "scenario", "script")} == {
+            k: t[k] for k in ("session", "kind", "scenario", "script")
+        }
         # XX utterances (code None in the ground truth) are spoken but never evaluated: not in labels.json
-        expected = sorted(({k: u[k] for k in keys} for u in t["utterances"] if u["code"] is not None),
-                          key=lambda u: (u["start"], u["id"]))
+        expected = sorted(
+            ({k: u[k] for k in keys} for u in t["utterances"] if u["code"] is not None),
+            key=lambda u: (u["start"], u["id"]),
+        )
         assert [{k: u[k] for k in keys} for u in d["utterances"]] == expected
         assert all(u["wdseg"] is not None for u in d["utterances"])
     counts = labels["counts"]
@@ -386,13 +489,26 @@ def test_demo_corpus_matches_its_ground_truth(demo_corpus, demo_work):
 # Issue 12: numbers a reader must not trust (regression tests)
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("rel, old, new, message", [
-    ("EMO", "[19.2900 - 22.0000]", "[19.2900 - " + "9" * 400 + ".0]", "expected times in seconds, got [19.2900 - 9999"),
-    ("EMO", "[4.0000, 3.5000, 3.0000]", "[4.0000, 3.5000, " + "9" * 400 + "]", "expected three numbers"),
-    ("TRANS", "[019.2900-022.0000]", "[019.2900-" + "9" * 400 + "]", "expected times in seconds with start <= end"),
-    ("TRANS", "[019.2900-022.0000]", "[022.0000-019.2900]", "expected times in seconds with start <= end, got "
-                                                             "[022.0000-019.2900]"),
-])
+
+@pytest.mark.parametrize(
+    "rel, old, new, message",
+    [
+        (
+            "EMO",
+            "[19.2900 - 22.0000]",
+            "[19.2900 - " + "9" * 400 + ".0]",
+            "expected times in seconds, got [19.2900 - 9999",
+        ),
+        ("EMO", "[4.0000, 3.5000, 3.0000]", "[4.0000, 3.5000, " + "9" * 400 + "]", "expected three numbers"),
+        ("TRANS", "[019.2900-022.0000]", "[019.2900-" + "9" * 400 + "]", "expected times in seconds with start <= end"),
+        (
+            "TRANS",
+            "[019.2900-022.0000]",
+            "[022.0000-019.2900]",
+            "expected times in seconds with start <= end, got [022.0000-019.2900]",
+        ),
+    ],
+)
 def test_huge_or_reversed_times_are_named_errors(tmp_path, rel, old, new, message):
     """A 400-digit number parses as float infinity: it must not reach labels.json."""
     root = corpus_copy(tmp_path)
@@ -403,10 +519,13 @@ def test_huge_or_reversed_times_are_named_errors(tmp_path, rel, old, new, messag
     assert f"{path}:{line}: " in str(e.value) and message in str(e.value), str(e.value)
 
 
-@pytest.mark.parametrize("old, new, message", [
-    ("    11    45", "    11    " + "4" * 400, "a number of 400 digits; expected frame numbers up to 60000"),
-    ("    11    45", "    11    60001", "end frame 60001 is 600 s into the utterance; expected at most 60000"),
-])
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ("    11    45", "    11    " + "4" * 400, "a number of 400 digits; expected frame numbers up to 60000"),
+        ("    11    45", "    11    60001", "end frame 60001 is 600 s into the utterance; expected at most 60000"),
+    ],
+)
 def test_wdseg_frame_numbers_are_bounded(tmp_path, old, new, message):
     """A .wdseg frame number of 400 digits crashed step 2 (OverflowError converting it to seconds)."""
     path = tmp_path / "Ses01F_impro01_F000.wdseg"

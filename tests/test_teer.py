@@ -13,8 +13,15 @@ from common.cli import PipelineError
 from common.fileio import atomic_write_json, read_json
 
 DEFAULT = dict(collar=0.25, uem="extent", nontarget="exclude", mapping="identity", speaker_mapping="overlap")
-AUTHORS = dict(collar=0.0, uem="union", nontarget="drop", mapping="optimal", speaker_mapping="none",
-               unlabelled="unk", same_times="last")
+AUTHORS = dict(
+    collar=0.0,
+    uem="union",
+    nontarget="drop",
+    mapping="optimal",
+    speaker_mapping="none",
+    unlabelled="unk",
+    same_times="last",
+)
 
 
 def utt(start, end, speaker, label):
@@ -23,8 +30,16 @@ def utt(start, end, speaker, label):
 
 def seg(start, end, speaker, pred, dialog="Ses05F_impro01", label=None):
     """A predictions.json segment; label = its 4-class reference from step 3 (None: none)."""
-    return {"id": f"s{start}", "dialog": dialog, "start": start, "end": end, "speaker": speaker, "pred": pred,
-            "label": label, "text": ""}
+    return {
+        "id": f"s{start}",
+        "dialog": dialog,
+        "start": start,
+        "end": end,
+        "speaker": speaker,
+        "pred": pred,
+        "label": label,
+        "text": "",
+    }
 
 
 # Reference: F neu [0, 4], M sad [3, 6] (overlapping in [3, 4]).
@@ -59,8 +74,17 @@ def test_known_answer_collar_is_per_side():
     assert c["missed"] == pytest.approx(0.75)
     assert c["confusion"] == pytest.approx(1.75)
     assert c["correct"] == pytest.approx(2.5)
-    r = tc.rates({"total": 5.0, "missed": 0.75, "false_alarm": 0.0, "confusion_emo": 1.75, "correct_emo": 2.5,
-                  "confusion_emo_spk": 1.75, "correct_emo_spk": 2.5})
+    r = tc.rates(
+        {
+            "total": 5.0,
+            "missed": 0.75,
+            "false_alarm": 0.0,
+            "confusion_emo": 1.75,
+            "correct_emo": 2.5,
+            "confusion_emo_spk": 1.75,
+            "correct_emo_spk": 2.5,
+        }
+    )
     assert r["TEER"] == pytest.approx(0.5) and r["EERa"] == pytest.approx(1.75 / 4.25)
 
 
@@ -78,8 +102,9 @@ def test_speaker_mapping_by_overlap_and_steer_known_answer():
     # SPEAKER_02 [4,4.5] overlaps no reference speaker -> unmapped.
     ref = [utt(0, 2, "F", "neu"), utt(2, 4, "M", "neu")]
     hyp = [seg(0, 3, "SPEAKER_01", "neu"), seg(3, 4, "SPEAKER_00", "neu"), seg(4, 4.5, "SPEAKER_02", "neu")]
-    spk = tc.map_speakers([(u["start"], u["end"], u["speaker"]) for u in ref],
-                          [(s["start"], s["end"], s["speaker"]) for s in hyp])
+    spk = tc.map_speakers(
+        [(u["start"], u["end"], u["speaker"]) for u in ref], [(s["start"], s["end"], s["speaker"]) for s in hyp]
+    )
     assert spk == {"SPEAKER_01": "F", "SPEAKER_00": "M"}
     d = tc.teer_dialog(ref, hyp, **{**DEFAULT, "collar": 0.0})
     # Emotions all right; in [2,3] SPEAKER_01 (= F) speaks where M does: speaker confusion 1 s.
@@ -104,7 +129,9 @@ def test_nontarget_reference_time_options():
 def make_run(tmp_path, utterances, segments, dialog="Ses05F_impro01", run="r", fold=None):
     work = tmp_path / "work"
     labels_path = work / "labels.json"
-    labels = read_json(labels_path) if labels_path.is_file() else {"labels": ["hap", "ang", "sad", "neu"], "dialogs": {}}
+    labels = (
+        read_json(labels_path) if labels_path.is_file() else {"labels": ["hap", "ang", "sad", "neu"], "dialogs": {}}
+    )
     labels["dialogs"][dialog] = {"session": formats.session_of(dialog), "utterances": utterances}
     atomic_write_json(labels_path, labels)
     run_dir = work / "runs" / run / (fold or "")
@@ -128,13 +155,21 @@ def test_optimal_mapping_forgives_consistently_swapped_emotions(tmp_path):
     assert ours["TEER"] == pytest.approx(5 / 6) and ours["sTEER"] == pytest.approx(5 / 6)
     assert theirs["TEER"] == pytest.approx(0.0) and theirs["sTEER"] == pytest.approx(0.0)
     assert (work / "runs/r/teer.json").is_file() and (work / "runs/r/teer_authors.json").is_file()
-    assert read_json(work / "runs/r/teer.json")["dialogs"]["Ses05F_impro01"]["speaker_map"] == {"SPEAKER_00": "F", "SPEAKER_01": "M"}
+    assert read_json(work / "runs/r/teer.json")["dialogs"]["Ses05F_impro01"]["speaker_map"] == {
+        "SPEAKER_00": "F",
+        "SPEAKER_01": "M",
+    }
 
 
 def test_multifold_components_pooled_then_divided_once(tmp_path):
     # fold1: 2 s reference all correct; fold2: 6 s reference all confused -> pooled TEER 6/8, not mean(0, 1).
-    make_run(tmp_path, [utt(0, 2, "F", "neu")], [seg(0, 2, "SPEAKER_00", "neu", "Ses01F_impro01")],
-             dialog="Ses01F_impro01", fold="fold1")
+    make_run(
+        tmp_path,
+        [utt(0, 2, "F", "neu")],
+        [seg(0, 2, "SPEAKER_00", "neu", "Ses01F_impro01")],
+        dialog="Ses01F_impro01",
+        fold="fold1",
+    )
     work = make_run(tmp_path, [utt(0, 6, "M", "ang")], [seg(0, 6, "SPEAKER_00", "sad")], fold="fold2")
     atomic_write_json(work / "runs/r/config.json", {"folds": ["fold1", "fold2"]})
     out = tc.main(["--work", str(work), "--run", "r", "--collar", "0"])
@@ -163,8 +198,13 @@ def random_segments(rng, n, labels, span=40.0):
     return [(s, s + rng.uniform(0.2, 6.0), str(rng.choice(labels))) for s in starts]
 
 
-COMPONENT_NAMES = {"total": "total", "missed": "missed detection", "false_alarm": "false alarm",
-                   "confusion": "confusion", "correct": "correct"}
+COMPONENT_NAMES = {
+    "total": "total",
+    "missed": "missed detection",
+    "false_alarm": "false alarm",
+    "confusion": "confusion",
+    "correct": "correct",
+}
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -179,7 +219,8 @@ def test_agrees_with_pyannote_identification_and_diarization_error_rate(seed):
         for mapping, metric in (("identity", IdentificationErrorRate), ("optimal", DiarizationErrorRate)):
             # pyannote's collar is the total width centred on a boundary: 2 x ours.
             expected = metric(collar=2 * collar).compute_components(
-                annotation(ref), annotation(hyp), uem=Timeline([Segment(*u) for u in uem], uri="d"))
+                annotation(ref), annotation(hyp), uem=Timeline([Segment(*u) for u in uem], uri="d")
+            )
             got = tc.score_dialog(ref, hyp, uem, collar=collar, mapping=mapping)
             for ours, theirs in COMPONENT_NAMES.items():
                 assert got[ours] == pytest.approx(expected[theirs], abs=1e-9), (mapping, ours)
@@ -211,9 +252,15 @@ def their_components(utterances, segments):
     speech = der.compute_components(ref_speech, hyp_speech, uem=uem)
     emo = der.compute_components(ref_emo, hyp_emo, uem=uem)
     spk = der.compute_components(ref_spk, hyp_spk, uem=uem)
-    return {"total": speech["total"], "missed": speech["missed detection"], "false_alarm": speech["false alarm"],
-            "confusion_emo": emo["confusion"], "correct_emo": emo["correct"],
-            "confusion_emo_spk": spk["confusion"], "correct_emo_spk": spk["correct"]}
+    return {
+        "total": speech["total"],
+        "missed": speech["missed detection"],
+        "false_alarm": speech["false alarm"],
+        "confusion_emo": emo["confusion"],
+        "correct_emo": emo["correct"],
+        "confusion_emo_spk": spk["confusion"],
+        "correct_emo_spk": spk["correct"],
+    }
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -222,11 +269,25 @@ def test_authors_option_equals_their_pyannote_computation(seed):
     hypothesis label for segments without a 4-class reference and Annotation keys that collapse
     items with identical times."""
     rng = np.random.default_rng(seed)
-    utterances = [utt(float(s), float(s + rng.uniform(0.5, 5)), str(rng.choice(["F", "M"])),
-                      rng.choice(["hap", "ang", "sad", "neu", None])) for s in np.sort(rng.uniform(0, 50, 14))]
-    segments = [seg(float(s), float(s + rng.uniform(0.5, 6)), f"SPEAKER_0{rng.integers(3)}",
-                    str(rng.choice(["hap", "ang", "sad", "neu"])), label=rng.choice(["hap", None]))
-                for s in rng.uniform(0, 55, 12)]
+    utterances = [
+        utt(
+            float(s),
+            float(s + rng.uniform(0.5, 5)),
+            str(rng.choice(["F", "M"])),
+            rng.choice(["hap", "ang", "sad", "neu", None]),
+        )
+        for s in np.sort(rng.uniform(0, 50, 14))
+    ]
+    segments = [
+        seg(
+            float(s),
+            float(s + rng.uniform(0.5, 6)),
+            f"SPEAKER_0{rng.integers(3)}",
+            str(rng.choice(["hap", "ang", "sad", "neu"])),
+            label=rng.choice(["hap", None]),
+        )
+        for s in rng.uniform(0, 55, 12)
+    ]
     # Identical times: a second utterance and a second segment on top of existing ones.
     first = next(u for u in utterances if u["label"] is not None)
     utterances.append({**utt(first["start"], first["end"], "M", "sad"), "id": "dup"})
@@ -244,16 +305,20 @@ def test_authors_option_equals_their_pyannote_computation(seed):
 
 def authors_case(with_taken_label):
     """A dialog scored by hand under --authors (times in s):
-      reference  F hap [0,4]   M sad [5,9]   M fru [10,12] (no 4-class label)   F ang [13,13.08]
-                 (+ F hap [20,20.08] if with_taken_label)
-      system     SPEAKER_00 hap [0,4] (label hap)     SPEAKER_01 sad [5,9] (label sad)
-                 SPEAKER_01 neu [10,12] (label null: only fru under it)
-                 SPEAKER_00 sad [12.9,13.08] (label null: 0.08 s of ang is not > 0.1 s)
-                 (+ SPEAKER_00 hap [19.95,20.08], label null)
+    reference  F hap [0,4]   M sad [5,9]   M fru [10,12] (no 4-class label)   F ang [13,13.08]
+               (+ F hap [20,20.08] if with_taken_label)
+    system     SPEAKER_00 hap [0,4] (label hap)     SPEAKER_01 sad [5,9] (label sad)
+               SPEAKER_01 neu [10,12] (label null: only fru under it)
+               SPEAKER_00 sad [12.9,13.08] (label null: 0.08 s of ang is not > 0.1 s)
+               (+ SPEAKER_00 hap [19.95,20.08], label null)
     """
     ref = [utt(0, 4, "F", "hap"), utt(5, 9, "M", "sad"), utt(10, 12, "M", None), utt(13, 13.08, "F", "ang")]
-    hyp = [seg(0, 4, "SPEAKER_00", "hap", label="hap"), seg(5, 9, "SPEAKER_01", "sad", label="sad"),
-           seg(10, 12, "SPEAKER_01", "neu"), seg(12.9, 13.08, "SPEAKER_00", "sad")]
+    hyp = [
+        seg(0, 4, "SPEAKER_00", "hap", label="hap"),
+        seg(5, 9, "SPEAKER_01", "sad", label="sad"),
+        seg(10, 12, "SPEAKER_01", "neu"),
+        seg(12.9, 13.08, "SPEAKER_00", "sad"),
+    ]
     if with_taken_label:
         ref.append(utt(20, 20.08, "F", "hap"))
         hyp.append(seg(19.95, 20.08, "SPEAKER_00", "hap"))
@@ -283,8 +348,20 @@ def test_authors_unk_known_answers(tmp_path):
     assert (unk["confusion_emo"], unk["correct_emo"]) == pytest.approx((0.08, 8.08))
     assert unk["confusion_emo_spk"] == pytest.approx(0.08)  # SPEAKER_00+UNK -> F+ang, F+hap [20,20.08] wrong
     assert their_components(ref, hyp) == pytest.approx(
-        {k: unk[k] for k in ("total", "missed", "false_alarm", "confusion_emo", "correct_emo",
-                             "confusion_emo_spk", "correct_emo_spk")}, abs=1e-9)
+        {
+            k: unk[k]
+            for k in (
+                "total",
+                "missed",
+                "false_alarm",
+                "confusion_emo",
+                "correct_emo",
+                "confusion_emo_spk",
+                "correct_emo_spk",
+            )
+        },
+        abs=1e-9,
+    )
 
     # Through the command line: --authors applies the UNK rule and writes teer_authors.json.
     work = make_run(tmp_path, ref, hyp)
@@ -347,17 +424,32 @@ def test_nontarget_other_equals_w_wu_scorer():
     rng = np.random.default_rng(11)
     codes = ["hap", "ang", "sad", "neu", "fru", "sur", "xxx"]
     raw = [str(rng.choice(codes)) for _ in range(16)]
-    utterances = [utt(float(s), float(s + rng.uniform(0.5, 5)), str(rng.choice(["F", "M"])),
-                      code if code in ("hap", "ang", "sad", "neu") else None)
-                  for s, code in zip(np.sort(rng.uniform(0, 60, 16)), raw)]
-    segments = [seg(float(s), float(s + rng.uniform(0.5, 6)), f"SPEAKER_0{rng.integers(2)}",
-                    str(rng.choice(["hap", "ang", "sad", "neu"]))) for s in rng.uniform(0, 62, 14)]
+    utterances = [
+        utt(
+            float(s),
+            float(s + rng.uniform(0.5, 5)),
+            str(rng.choice(["F", "M"])),
+            code if code in ("hap", "ang", "sad", "neu") else None,
+        )
+        for s, code in zip(np.sort(rng.uniform(0, 60, 16)), raw)
+    ]
+    segments = [
+        seg(
+            float(s),
+            float(s + rng.uniform(0.5, 6)),
+            f"SPEAKER_0{rng.integers(2)}",
+            str(rng.choice(["hap", "ang", "sad", "neu"])),
+        )
+        for s in rng.uniform(0, 62, 14)
+    ]
     ours = tc.teer_dialog(utterances, segments, **{**DEFAULT, "nontarget": "other"})
     spk = ours["speaker_map"]
     ref_emo = annotation([(u["start"], u["end"], code) for u, code in zip(utterances, raw)])
     ref_spk = annotation([(u["start"], u["end"], f"{u['speaker']}+{code}") for u, code in zip(utterances, raw)])
     hyp_emo = annotation([(s["start"], s["end"], s["pred"]) for s in segments])
-    hyp_spk = annotation([(s["start"], s["end"], f"{spk.get(s['speaker'], s['speaker'])}+{s['pred']}") for s in segments])
+    hyp_spk = annotation(
+        [(s["start"], s["end"], f"{spk.get(s['speaker'], s['speaker'])}+{s['pred']}") for s in segments]
+    )
     ier = IdentificationErrorRate(collar=2 * 0.25)
     emo = ier.compute_components(ref_emo, hyp_emo, uem=ref_emo.get_timeline().extent())
     both = ier.compute_components(ref_spk, hyp_spk, uem=ref_spk.get_timeline().extent())
@@ -371,12 +463,15 @@ def test_nontarget_other_equals_w_wu_scorer():
     assert default["total"] < ours["total"]
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"start": float("nan")}, r"start nan, end 2; expected finite seconds with start <= end"),
-    ({"end": -1.0}, r"start 0, end -1.0; expected finite seconds"),
-    ({"label": "happy"}, r"has label 'happy', expected one of"),
-    ({"speaker": None}, r"dialog and speaker must be strings"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"start": float("nan")}, r"start nan, end 2; expected finite seconds with start <= end"),
+        ({"end": -1.0}, r"start 0, end -1.0; expected finite seconds"),
+        ({"label": "happy"}, r"has label 'happy', expected one of"),
+        ({"speaker": None}, r"dialog and speaker must be strings"),
+    ],
+)
 def test_bad_prediction_times_and_fields_name_the_file(tmp_path, change, message):
     """Issue 12: a NaN or reversed time in predictions.json crashed the scorer or scored garbage."""
     work = make_run(tmp_path, [utt(0, 2, "F", "neu")], [{**seg(0, 2, "SPEAKER_00", "neu"), **change}])

@@ -1,4 +1,5 @@
 """The shared helpers of utils.py section 1: label map, atomic writes, loaders and their errors."""
+
 import json
 import re
 from pathlib import Path
@@ -8,8 +9,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from common import cli, fileio, formats, intervals, rundirs
 import utils
+from common import cli, fileio, formats, intervals, rundirs
 from common.cli import PipelineError
 
 
@@ -88,11 +89,14 @@ def test_rttm_roundtrip_sorted(tmp_path):
     assert formats.read_rttm(tmp_path / "d.rttm") == [(0.5, 2.25, "SPEAKER_00"), (3.0, 4.5, "SPEAKER_01")]
 
 
-@pytest.mark.parametrize("line,msg", [
-    ("SPKR x 1 0.0 1.0 <NA> <NA> A <NA> <NA>", ":1: expected 'SPEAKER"),
-    ("SPEAKER x 1 zero 1.0 <NA> <NA> A <NA> <NA>", ":1: start and duration must be numbers"),
-    ("SPEAKER x 1 1.0 -1.0 <NA> <NA> A <NA> <NA>", ":1: negative"),
-])
+@pytest.mark.parametrize(
+    "line,msg",
+    [
+        ("SPKR x 1 0.0 1.0 <NA> <NA> A <NA> <NA>", ":1: expected 'SPEAKER"),
+        ("SPEAKER x 1 zero 1.0 <NA> <NA> A <NA> <NA>", ":1: start and duration must be numbers"),
+        ("SPEAKER x 1 1.0 -1.0 <NA> <NA> A <NA> <NA>", ":1: negative"),
+    ],
+)
 def test_rttm_malformed_lines_name_file_and_line(tmp_path, line, msg):
     path = tmp_path / "bad.rttm"
     path.write_text(line + "\n")
@@ -125,7 +129,9 @@ def test_load_audio_channel_choice(tmp_path):
     np.testing.assert_array_equal(formats.load_audio(tmp_path / "s.wav", channel="0"), left)
     np.testing.assert_array_equal(formats.load_audio(tmp_path / "s.wav", channel=1), right)
     np.testing.assert_allclose(formats.load_audio(tmp_path / "s.wav", channel="mean"), (left + right) / 2, atol=1e-7)
-    np.testing.assert_array_equal(formats.load_audio(tmp_path / "s.wav"), formats.load_audio(tmp_path / "s.wav", channel="mean"))
+    np.testing.assert_array_equal(
+        formats.load_audio(tmp_path / "s.wav"), formats.load_audio(tmp_path / "s.wav", channel="mean")
+    )
     # A mono file ignores the choice.
     sf.write(tmp_path / "m.wav", left, 16000, subtype="FLOAT")
     for ch in formats.AUDIO_CHANNELS:
@@ -136,7 +142,10 @@ def test_load_audio_channel_choice(tmp_path):
 
 def test_merge_intervals_known_answers():
     assert intervals.merge_intervals([(3, 4), (0, 1), (0.5, 2), (5, 5)]).tolist() == [[0, 2], [3, 4]]
-    assert intervals.merge_intervals([(0, 1), (1, 2), (2.5, 3), (2.6, 2.7)]).tolist() == [[0, 2], [2.5, 3]]  # touching join
+    assert intervals.merge_intervals([(0, 1), (1, 2), (2.5, 3), (2.6, 2.7)]).tolist() == [
+        [0, 2],
+        [2.5, 3],
+    ]  # touching join
     assert intervals.merge_intervals([(2, 1), (4, 4)]).shape == (0, 2)  # reversed and empty intervals dropped
     assert intervals.merge_intervals([]).shape == (0, 2)
     assert intervals.subtract_intervals([(0, 10)], [(2, 3), (2.5, 4), (9, 12)]).tolist() == [[0, 2], [4, 9]]
@@ -173,8 +182,13 @@ def test_run_directory_helpers(tmp_path):
     fileio.atomic_write_json(run / "config.json", {"folds": ["fold2", {"name": "fold1"}]})
     assert [p.name for p in rundirs.fold_dirs(run)] == ["fold2", "fold1"]
 
-    labels = {"dialogs": {"Ses01F_impro01": {"session": 1}, "Ses05F_impro01": {"session": 5},
-                          "Ses05M_script01_1b": {"session": 5}}}
+    labels = {
+        "dialogs": {
+            "Ses01F_impro01": {"session": 1},
+            "Ses05F_impro01": {"session": 5},
+            "Ses05M_script01_1b": {"session": 5},
+        }
+    }
     predictions = {"segments": [{"dialog": "Ses01F_impro01"}]}
     single = tmp_path / "single"
     single.mkdir()
@@ -201,6 +215,7 @@ def test_demo_note_only_for_the_generated_corpus(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Issue 12: one error path for every script, and the readers' validation (regression tests)
 # ---------------------------------------------------------------------------------------------
+
 
 def run_main_with(monkeypatch, capsys, error=None, argv=("--x", "1")):
     """common.cli.run_main on a main() that raises `error` -> (exit status, stderr lines, argv main saw)."""
@@ -230,23 +245,57 @@ def test_run_main_prints_one_line_and_exit_status(monkeypatch, capsys):
         (PipelineError("/w/x.rttm:3: start and duration must be numbers"), 2, "error: /w/x.rttm:3: start and duration"),
         (PipelineError("--dialogs: no dialog of labels.json matches ['X']"), 2, "error: step.py: --dialogs: no dialog"),
         (PipelineError("3 of 5 dialogs failed:\n  a: x\n  b: y"), 2, "error: 3 of 5 dialogs failed: a: x b: y"),
-        (PermissionError(13, "Permission denied", "/ro/.labels.json.ab12.tmp"), 2,
-         "error: /ro (writing a temporary file there): Permission denied; check its permissions"),
-        (FileNotFoundError(2, "No such file or directory", "/models/roberta"), 2,
-         "error: /models/roberta: No such file or directory; expected an existing file"),
-        (OSError(28, "No space left on device", "/w/cache/a.pt"), 2, "error: /w/cache/a.pt: No space left on device; no space"),
-        (OSError("xyz is not a local folder and is not a valid model identifier listed on 'https://huggingface.co/models'"
-                 "\nIf this is a private repository, make sure to pass a token"), 2,
-         "error: step.py: xyz is not a local folder and is not a valid model identifier listed on "
-         "'https://huggingface.co/models' If this is"),
-        (GatedRepoError("401 Client Error. Cannot access gated repo for url "
-                        "https://huggingface.co/pyannote/speaker-diarization-3.1/resolve/main/config.yaml."), 2,
-         "error: pyannote/speaker-diarization-3.1: gated repository"),
-        (RepositoryNotFoundError("404 Client Error. Repository Not Found for url https://huggingface.co/api/models/org/nope"),
-         2, "error: org/nope: no such repository on the hub"),
-        (LocalEntryNotFoundError("Cannot find the requested files in the disk cache and outgoing traffic has been "
-                                 "disabled."), 2, "error: hub model: not available offline"),
-        (ModuleNotFoundError("No module named 'whisperx'", name="whisperx"), 2, "error: step.py: the Python package 'whisperx'"),
+        (
+            PermissionError(13, "Permission denied", "/ro/.labels.json.ab12.tmp"),
+            2,
+            "error: /ro (writing a temporary file there): Permission denied; check its permissions",
+        ),
+        (
+            FileNotFoundError(2, "No such file or directory", "/models/roberta"),
+            2,
+            "error: /models/roberta: No such file or directory; expected an existing file",
+        ),
+        (
+            OSError(28, "No space left on device", "/w/cache/a.pt"),
+            2,
+            "error: /w/cache/a.pt: No space left on device; no space",
+        ),
+        (
+            OSError(
+                "xyz is not a local folder and is not a valid model identifier listed on 'https://huggingface.co/models'"
+                "\nIf this is a private repository, make sure to pass a token"
+            ),
+            2,
+            "error: step.py: xyz is not a local folder and is not a valid model identifier listed on "
+            "'https://huggingface.co/models' If this is",
+        ),
+        (
+            GatedRepoError(
+                "401 Client Error. Cannot access gated repo for url "
+                "https://huggingface.co/pyannote/speaker-diarization-3.1/resolve/main/config.yaml."
+            ),
+            2,
+            "error: pyannote/speaker-diarization-3.1: gated repository",
+        ),
+        (
+            RepositoryNotFoundError(
+                "404 Client Error. Repository Not Found for url https://huggingface.co/api/models/org/nope"
+            ),
+            2,
+            "error: org/nope: no such repository on the hub",
+        ),
+        (
+            LocalEntryNotFoundError(
+                "Cannot find the requested files in the disk cache and outgoing traffic has been disabled."
+            ),
+            2,
+            "error: hub model: not available offline",
+        ),
+        (
+            ModuleNotFoundError("No module named 'whisperx'", name="whisperx"),
+            2,
+            "error: step.py: the Python package 'whisperx'",
+        ),
         (KeyboardInterrupt(), 130, "error: step.py: interrupted; run the same command again to resume"),
         (TypeError("unsupported operand"), 3, "error: step.py: unexpected TypeError: unsupported operand (a bug: run"),
     ]
@@ -276,13 +325,15 @@ def test_run_main_turns_argparse_errors_into_one_line(monkeypatch, capsys):
         p.parse_args(argv)
 
     import sys
+
     monkeypatch.setattr(sys, "argv", ["align.py", "--max-pause", "x"])
     monkeypatch.setenv("PIPELINE_DEBUG", "")
     with pytest.raises(SystemExit) as e:
         cli.run_main(main)
     err = capsys.readouterr().err.splitlines()
-    assert e.value.code == 2 and err == ["error: align.py: argument --max-pause: invalid float value: 'x' "
-                                         "(see align.py --help)"]
+    assert e.value.code == 2 and err == [
+        "error: align.py: argument --max-pause: invalid float value: 'x' (see align.py --help)"
+    ]
     assert argparse.ArgumentParser.error is not None  # restored afterwards
     with pytest.raises(SystemExit):
         argparse.ArgumentParser(prog="p").parse_args(["--nope"])  # argparse's own behaviour again
@@ -300,13 +351,24 @@ def test_scripts_as_subprocesses_print_one_error_line_and_exit_2(tmp_path, capsy
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("PIPELINE_DEBUG", None)
-    (tmp_path / "labels.json").write_text('{"dialogs": {"Ses01F_impro01": {"utterances": [{"id": "u", "start": 0, '
-                                          '"end": 1, "speaker": "F", "label": "happy"}]}}}')
-    proc = subprocess.run([sys.executable, str(root / "align.py"), "--work", str(tmp_path)], capture_output=True, text=True,
-                          env=env, cwd=tmp_path, timeout=120)
+    (tmp_path / "labels.json").write_text(
+        '{"dialogs": {"Ses01F_impro01": {"utterances": [{"id": "u", "start": 0, '
+        '"end": 1, "speaker": "F", "label": "happy"}]}}}'
+    )
+    proc = subprocess.run(
+        [sys.executable, str(root / "align.py"), "--work", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     lines = proc.stderr.splitlines()
     assert proc.returncode == 2 and len(lines) == 1, (proc.returncode, proc.stderr)
-    assert lines[0].startswith(f"error: {tmp_path / 'labels.json'}: dialog Ses01F_impro01: ") and "Traceback" not in proc.stderr
+    assert (
+        lines[0].startswith(f"error: {tmp_path / 'labels.json'}: dialog Ses01F_impro01: ")
+        and "Traceback" not in proc.stderr
+    )
 
     monkeypatch.delenv("PIPELINE_DEBUG", raising=False)
     monkeypatch.setattr(sys, "argv", ["iemo_lab_with_timestamps.py", "--iemocap", str(tmp_path / "nope")])
@@ -335,8 +397,10 @@ RTTM_LINE = "SPEAKER {f} 1 {s} {d} <NA> <NA> {spk} <NA> <NA>\n"
 
 def test_read_rttm_rejects_bad_bytes_and_non_finite_times(tmp_path):
     path = tmp_path / "d.rttm"
-    path.write_bytes(RTTM_LINE.format(f="d", s="0.0", d="1.0", spk="A").encode()
-                     + RTTM_LINE.format(f="d", s="1.0", d="1.0", spk="caf\xe9").encode("latin-1"))
+    path.write_bytes(
+        RTTM_LINE.format(f="d", s="0.0", d="1.0", spk="A").encode()
+        + RTTM_LINE.format(f="d", s="1.0", d="1.0", spk="caf\xe9").encode("latin-1")
+    )
     with pytest.raises(PipelineError, match=r"d.rttm:2: not UTF-8 text \(byte 0xE9 at column 34\)"):
         formats.read_rttm(path)
     for start, dur in (("0.0", "inf"), ("nan", "1.0"), ("1e308", "1e308"), ("9" * 400, "1.0")):
@@ -353,16 +417,23 @@ def test_read_rttm_rejects_bad_bytes_and_non_finite_times(tmp_path):
 def test_read_rttm_picks_the_dialogs_lines_from_a_multi_recording_file(tmp_path):
     """Same-named speakers of another recording were merged into this one; now they are counted apart."""
     path = tmp_path / "all.rttm"
-    path.write_text(RTTM_LINE.format(f="Ses01F_impro01", s="0.0", d="2.0", spk="SPEAKER_00")
-                    + RTTM_LINE.format(f="Ses01F_impro02", s="1.0", d="5.0", spk="SPEAKER_00")
-                    + RTTM_LINE.format(f="Ses01F_impro02", s="7.0", d="1.0", spk="SPEAKER_01")
-                    + RTTM_LINE.format(f="Ses01F_impro01", s="3.0", d="1.0", spk="SPEAKER_01"))
+    path.write_text(
+        RTTM_LINE.format(f="Ses01F_impro01", s="0.0", d="2.0", spk="SPEAKER_00")
+        + RTTM_LINE.format(f="Ses01F_impro02", s="1.0", d="5.0", spk="SPEAKER_00")
+        + RTTM_LINE.format(f="Ses01F_impro02", s="7.0", d="1.0", spk="SPEAKER_01")
+        + RTTM_LINE.format(f="Ses01F_impro01", s="3.0", d="1.0", spk="SPEAKER_01")
+    )
     counts = {}
-    assert formats.read_rttm(path, dialog="Ses01F_impro01", counts=counts) == [(0.0, 2.0, "SPEAKER_00"), (3.0, 4.0, "SPEAKER_01")]
+    assert formats.read_rttm(path, dialog="Ses01F_impro01", counts=counts) == [
+        (0.0, 2.0, "SPEAKER_00"),
+        (3.0, 4.0, "SPEAKER_01"),
+    ]
     assert counts == {"other_recording_lines": 2, "other_recordings": ["Ses01F_impro02"]}
     assert len(formats.read_rttm(path)) == 4  # without a dialog: every line, as before
-    with pytest.raises(PipelineError, match="all.rttm: no turn of the recording Ses02F_impro01; the file names "
-                                            "Ses01F_impro01, Ses01F_impro02"):
+    with pytest.raises(
+        PipelineError,
+        match="all.rttm: no turn of the recording Ses02F_impro01; the file names Ses01F_impro01, Ses01F_impro02",
+    ):
         formats.read_rttm(path, dialog="Ses02F_impro01")
 
 
@@ -376,43 +447,63 @@ def test_load_audio_rejects_nan_samples_and_truncated_wavs(tmp_path):
     sf.write(tmp_path / "ok.wav", audio, 16000, subtype="PCM_16")
     data = (tmp_path / "ok.wav").read_bytes()
     assert len(formats.load_audio(tmp_path / "ok.wav")) == 16000
-    (tmp_path / "cut.wav").write_bytes(data[:len(data) // 2])  # libsndfile reads this without complaint
-    with pytest.raises(PipelineError, match=r"cut.wav: truncated: the header declares 64000 bytes of audio, the file "
-                                            r"holds 31978 \(50.0 %\)"):
+    (tmp_path / "cut.wav").write_bytes(data[: len(data) // 2])  # libsndfile reads this without complaint
+    with pytest.raises(
+        PipelineError,
+        match=r"cut.wav: truncated: the header declares 64000 bytes of audio, the file "
+        r"holds 31978 \(50.0 %\)",
+    ):
         formats.load_audio(tmp_path / "cut.wav")
 
 
 def labels_file(tmp_path, utterances, **dialog):
     info = {"session": 1, "wav": "Session1/dialog/wav/Ses01F_impro01.wav", "utterances": utterances, **dialog}
-    (tmp_path / "labels.json").write_text(json.dumps({"corpus": "c", "labels": list(formats.LABELS),
-                                                      "dialogs": {"Ses01F_impro01": info}}))
+    (tmp_path / "labels.json").write_text(
+        json.dumps({"corpus": "c", "labels": list(formats.LABELS), "dialogs": {"Ses01F_impro01": info}})
+    )
 
 
 def good_utt(i=0, **kw):
-    return {"id": f"Ses01F_impro01_F00{i}", "start": 1.0 + 2 * i, "end": 2.5 + 2 * i, "speaker": "F", "code": "neu",
-            "label": "neu", "text": "hi", "wdseg": f"w/Ses01F_impro01_F00{i}.wdseg", **kw}
+    return {
+        "id": f"Ses01F_impro01_F00{i}",
+        "start": 1.0 + 2 * i,
+        "end": 2.5 + 2 * i,
+        "speaker": "F",
+        "code": "neu",
+        "label": "neu",
+        "text": "hi",
+        "wdseg": f"w/Ses01F_impro01_F00{i}.wdseg",
+        **kw,
+    }
 
 
-@pytest.mark.parametrize("utterances, dialog, message", [
-    ([{k: v for k, v in good_utt().items() if k != "end"}], {}, r"utterance 0 lacks \['end'\]"),
-    ([good_utt(start="1.0")], {}, "start '1.0', end 2.5; expected finite seconds"),
-    ([good_utt(start=float("nan"))], {}, "start nan"),
-    ([good_utt(end=10 ** 400)], {}, "expected finite seconds"),
-    ([good_utt(start=3.0, end=2.0)], {}, "0 <= start <= end"),
-    ([good_utt(label="happy")], {}, r"label 'happy', expected one of \['hap', 'ang', 'sad', 'neu'\] or null"),
-    ([good_utt(label=1)], {}, "label 1, expected one of"),
-    ([good_utt(speaker="X")], {}, "speaker 'X', expected 'F' or 'M'"),
-    ([good_utt(speaker="M")], {}, "speaker 'M' but the id names speaker 'F'"),
-    ([good_utt(), good_utt()], {}, "utterance Ses01F_impro01_F000: listed twice"),
-    ([good_utt(0), good_utt(1, wdseg="w/Ses01F_impro01_F000.wdseg")], {}, "is also the file of utterance Ses01F_impro01_F000"),
-    ([good_utt(code="happy")], {}, "code 'happy', expected one of neu"),
-    ([good_utt(text=None)], {}, "'text' must be a string"),
-    ([good_utt(id=7)], {}, "'id' must be a non-empty string"),
-    (["Ses01F_impro01_F000"], {}, "utterance 0: expected an object"),
-    ({"a": 1}, {}, "'utterances' must be a list"),
-    ([good_utt()], {"session": "1"}, "bad 'session' '1'"),
-    ([good_utt()], {"wav": None}, "bad 'wav' None"),
-])
+@pytest.mark.parametrize(
+    "utterances, dialog, message",
+    [
+        ([{k: v for k, v in good_utt().items() if k != "end"}], {}, r"utterance 0 lacks \['end'\]"),
+        ([good_utt(start="1.0")], {}, "start '1.0', end 2.5; expected finite seconds"),
+        ([good_utt(start=float("nan"))], {}, "start nan"),
+        ([good_utt(end=10**400)], {}, "expected finite seconds"),
+        ([good_utt(start=3.0, end=2.0)], {}, "0 <= start <= end"),
+        ([good_utt(label="happy")], {}, r"label 'happy', expected one of \['hap', 'ang', 'sad', 'neu'\] or null"),
+        ([good_utt(label=1)], {}, "label 1, expected one of"),
+        ([good_utt(speaker="X")], {}, "speaker 'X', expected 'F' or 'M'"),
+        ([good_utt(speaker="M")], {}, "speaker 'M' but the id names speaker 'F'"),
+        ([good_utt(), good_utt()], {}, "utterance Ses01F_impro01_F000: listed twice"),
+        (
+            [good_utt(0), good_utt(1, wdseg="w/Ses01F_impro01_F000.wdseg")],
+            {},
+            "is also the file of utterance Ses01F_impro01_F000",
+        ),
+        ([good_utt(code="happy")], {}, "code 'happy', expected one of neu"),
+        ([good_utt(text=None)], {}, "'text' must be a string"),
+        ([good_utt(id=7)], {}, "'id' must be a non-empty string"),
+        (["Ses01F_impro01_F000"], {}, "utterance 0: expected an object"),
+        ({"a": 1}, {}, "'utterances' must be a list"),
+        ([good_utt()], {"session": "1"}, "bad 'session' '1'"),
+        ([good_utt()], {"wav": None}, "bad 'wav' None"),
+    ],
+)
 def test_load_labels_checks_the_schema(tmp_path, utterances, dialog, message):
     """labels.json with missing keys or wrong types crashed steps 2-4 (KeyError, TypeError); labels
     outside the four classes silently became "unlabelled"; a duplicated utterance had its words written twice."""
@@ -439,29 +530,47 @@ def test_load_labels_accepts_a_valid_file_and_requires_what_a_step_needs(tmp_pat
 
 
 def cache_segment(i=0, **kw):
-    return {"id": f"Ses01F_impro01-{i:04d}", "start": float(i), "end": i + 0.5, "speaker": "SPEAKER_00", "text": "hi",
-            "label": 1, "audio": torch.linspace(-0.5, 0.5, 8000), **kw}
+    return {
+        "id": f"Ses01F_impro01-{i:04d}",
+        "start": float(i),
+        "end": i + 0.5,
+        "speaker": "SPEAKER_00",
+        "text": "hi",
+        "label": 1,
+        "audio": torch.linspace(-0.5, 0.5, 8000),
+        **kw,
+    }
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"text": b"hi"}, "text must be a string, got bytes"),
-    ({"label": "hap"}, "label 'hap', expected an integer in -1..3"),
-    ({"label": 1.7}, "label 1.7, expected an integer"),
-    ({"label": True}, "label True, expected an integer"),
-    ({"label": 4}, "label 4, expected an integer"),
-    ({"audio": torch.full((8000,), float("nan"))}, "audio holds 8000 NaN or infinite samples"),
-    ({"audio": torch.tensor([0.1, float("inf")])}, "audio holds 1 NaN or infinite samples"),
-    ({"audio": torch.zeros(2, 4000)}, "audio is a 2-D torch.float32 tensor; expected a 1-D float tensor"),
-    ({"audio": torch.zeros(8000, dtype=torch.bool)}, "audio is a 1-D torch.bool tensor"),
-    ({"audio": torch.zeros(8000, dtype=torch.int16)}, "audio is a 1-D torch.int16 tensor"),
-    ({"audio": torch.zeros(48000)}, "48000 samples for 0.500 s; expected at most 8000 at 16000 Hz"),
-    ({"start": float("nan")}, "start nan, end 1.5; expected finite seconds"),
-    ({"id": 3}, "id must be a string"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"text": b"hi"}, "text must be a string, got bytes"),
+        ({"label": "hap"}, "label 'hap', expected an integer in -1..3"),
+        ({"label": 1.7}, "label 1.7, expected an integer"),
+        ({"label": True}, "label True, expected an integer"),
+        ({"label": 4}, "label 4, expected an integer"),
+        ({"audio": torch.full((8000,), float("nan"))}, "audio holds 8000 NaN or infinite samples"),
+        ({"audio": torch.tensor([0.1, float("inf")])}, "audio holds 1 NaN or infinite samples"),
+        ({"audio": torch.zeros(2, 4000)}, "audio is a 2-D torch.float32 tensor; expected a 1-D float tensor"),
+        ({"audio": torch.zeros(8000, dtype=torch.bool)}, "audio is a 1-D torch.bool tensor"),
+        ({"audio": torch.zeros(8000, dtype=torch.int16)}, "audio is a 1-D torch.int16 tensor"),
+        ({"audio": torch.zeros(48000)}, "48000 samples for 0.500 s; expected at most 8000 at 16000 Hz"),
+        ({"start": float("nan")}, "start nan, end 1.5; expected finite seconds"),
+        ({"id": 3}, "id must be a string"),
+    ],
+)
 def test_segment_dataset_rejects_bad_cache_contents(tmp_path, change, message):
     path = tmp_path / "Ses01F_impro01.pt"
-    fileio.atomic_torch_save({"dialog": "Ses01F_impro01", "session": 1, "sample_rate": 16000,
-                             "segments": [cache_segment(0), cache_segment(1, **change)]}, path)
+    fileio.atomic_torch_save(
+        {
+            "dialog": "Ses01F_impro01",
+            "session": 1,
+            "sample_rate": 16000,
+            "segments": [cache_segment(0), cache_segment(1, **change)],
+        },
+        path,
+    )
     with pytest.raises(PipelineError) as e:
         utils.SegmentDataset([path], labelled_only=False)
     assert str(e.value).startswith(f"{path}: segment 1") and message in str(e.value), str(e.value)
@@ -471,15 +580,27 @@ def test_segment_dataset_rejects_duplicate_ids_wrong_dialog_and_rate(tmp_path):
     a, b = tmp_path / "Ses01F_impro01.pt", tmp_path / "Ses01F_impro02.pt"
     fileio.atomic_torch_save({"dialog": "Ses01F_impro01", "sample_rate": 16000, "segments": [cache_segment(0)]}, a)
     fileio.atomic_torch_save({"dialog": "Ses01F_impro02", "sample_rate": 16000, "segments": [cache_segment(0)]}, b)
-    with pytest.raises(PipelineError, match="Ses01F_impro02.pt: segment 0: id 'Ses01F_impro01-0000' is also a segment of"):
+    with pytest.raises(
+        PipelineError, match="Ses01F_impro02.pt: segment 0: id 'Ses01F_impro01-0000' is also a segment of"
+    ):
         utils.SegmentDataset([a, b], labelled_only=False)
     fileio.atomic_torch_save({"dialog": "Ses01F_impro01", "sample_rate": 16000, "segments": [cache_segment(0)]}, b)
-    with pytest.raises(PipelineError, match="Ses01F_impro02.pt: holds dialog 'Ses01F_impro01', expected 'Ses01F_impro02'"):
+    with pytest.raises(
+        PipelineError, match="Ses01F_impro02.pt: holds dialog 'Ses01F_impro01', expected 'Ses01F_impro02'"
+    ):
         utils.SegmentDataset([b], labelled_only=False)
     fileio.atomic_torch_save({"dialog": "Ses01F_impro01", "sample_rate": 8000, "segments": [cache_segment(0)]}, a)
     with pytest.raises(PipelineError, match="Ses01F_impro01.pt: sample_rate 8000, expected 16000"):
         utils.SegmentDataset([a], labelled_only=False)
-    fileio.atomic_torch_save({"dialog": "Ses01F_impro01", "sample_rate": 16000,
-                             "segments": [cache_segment(0, audio=torch.zeros(0), label=torch.tensor(2))]}, a)
+    fileio.atomic_torch_save(
+        {
+            "dialog": "Ses01F_impro01",
+            "sample_rate": 16000,
+            "segments": [cache_segment(0, audio=torch.zeros(0), label=torch.tensor(2))],
+        },
+        a,
+    )
     ds = utils.SegmentDataset([a], labelled_only=False)  # an integer tensor label is an integer; no audio is counted
-    assert ds.segments[0]["label"] == 2 and ds.counts["audio_shorter_than_times"] == 1 and ds.counts["padded_short"] == 1
+    assert (
+        ds.segments[0]["label"] == 2 and ds.counts["audio_shorter_than_times"] == 1 and ds.counts["padded_short"] == 1
+    )
