@@ -424,7 +424,7 @@ def write_outputs(rec: dict, segments: list[dict], out: Path, run_dir: Path, con
 # Main
 # ---------------------------------------------------------------------------------------------
 
-def main(argv=None) -> dict:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("audio", nargs="+", help="recordings: wav, flac or ogg, mono or stereo, any sample rate")
@@ -457,14 +457,11 @@ def main(argv=None) -> dict:
         p.error("--asr-json and --rttm go together (a step-2 output is both); give both or neither")
     if args.batch_size is not None and args.batch_size < 1:
         p.error(f"--batch-size {args.batch_size}: expected 1 or more")
+    return args
 
-    # Everything that can be wrong with the inputs is found before any model is loaded.
-    run_dir = check_run(args.run)
-    config = fileio.read_json(run_dir / "config.json", "run config")
-    if "folds" in config:
-        raise PipelineError(f"{run_dir}: a cross-validation run; pass one of its fold dirs {config['folds']}")
-    data_check = check_run_data(run_dir, config, args.allow_changed_data)
-    align_flags = step3_flags(config, run_dir)
+
+def plan_recordings(args, data_check: dict | None) -> list[dict]:
+    """One record per audio file: its path, dialog name and step-2 source (the given files, checked, or WhisperX)."""
     paths = [Path(a) for a in args.audio]
     recordings = []
     for path, dialog in zip(paths, dialog_names(paths)):
@@ -476,86 +473,150 @@ def main(argv=None) -> dict:
         else:
             rec["step2"] = {"backend": "whisperx", "asr_model": args.asr_model, "diar_model": args.diar_model}
         recordings.append(rec)
+    return recordings
+
+
+def load_recordings(recordings: list[dict]) -> None:
+    """Each recording's audio (read_audio: mono 16 kHz), duration and input facts, said one line each."""
     for n, rec in enumerate(recordings, 1):
         rec["audio"], rec["info"] = read_audio(rec["path"])
         rec["duration"] = len(rec["audio"]) / formats.SAMPLE_RATE
         i = rec["info"]
         print(f"[predict] ({n}/{len(recordings)}) {rec['path']}: {i['seconds']:.1f} s, {i['channels']} channel(s), "
-              f"{i['sample_rate']} Hz" + (" -> mono 16 kHz" if i["resampled"] or i["channels"] > 1 else ""), flush=True)
+              f"{i['sample_rate']} Hz" + (" -> mono 16 kHz" if i["resampled"] or i["channels"] > 1 else ""),
+              flush=True)
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
-    torch.set_flush_denormal(True)
-    failed = {}
-    with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
-        work = Path(args.keep_work) if args.keep_work else Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        # temporary files of a killed run (in --keep-work, and in --out where it writes, not below)
-        fileio.remove_stale_temp(work) + fileio.remove_stale_temp(Path(args.out), recursive=False)
-        write_corpus(work, recordings)
-        pipe_dir = work / PIPE
-        if args.asr_json is not None:
-            for rec in recordings:
-                dest = pipe_dir / "asr" / f"{rec['dialog']}.json"
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                fileio.atomic_write_bytes(dest, rec["asr_json"].read_bytes())
-                rttm_dir = "diarization_exclusive" if "exclusive" in align_flags else "diarization"
-                relabel_rttm(rec["rttm"], pipe_dir / rttm_dir / f"{rec['dialog']}.rttm", rec["dialog"], rec["path"].stem)
-        else:
-            step2 = ["--work", str(work), "--backend", "whisperx", "--name", PIPE, "--device", args.device,
-                     "--asr-model", args.asr_model, "--diar-model", args.diar_model,
-                     "--num-speakers", str(args.num_speakers)]
-            step2 += (["--align-model", args.align_model] if args.align_model else []) + \
-                (["--model-dir", args.model_dir] if args.model_dir else []) + shlex.split(args.step2_args)
-            if run_step("preprocess.py", step2):
-                failed |= dialog_errors(pipe_dir / "manifest.json")
-        todo = [r for r in recordings if r["dialog"] not in failed]
-        if todo:
-            if run_step("align.py", ["--work", str(work), "--pipe", PIPE, *align_flags,
-                                     "--dialogs", *[r["dialog"] for r in todo]]):
-                variant_dir = pipe_dir / config["variant"]
-                failed |= dialog_errors(variant_dir / "manifest.json")
-        todo = [r for r in todo if r["dialog"] not in failed]
-        for rec in recordings:  # errors name the user's files, not their copies in the work dir
-            if rec["dialog"] in failed and "asr_json" in rec:
-                for copy, given in ((pipe_dir / "asr" / f"{rec['dialog']}.json", rec["asr_json"]),
-                                    (pipe_dir / "diarization" / f"{rec['dialog']}.rttm", rec["rttm"]),
-                                    (pipe_dir / "diarization_exclusive" / f"{rec['dialog']}.rttm", rec["rttm"])):
-                    failed[rec["dialog"]] = failed[rec["dialog"]].replace(str(copy), f"{given} (as {rec['dialog']})")
 
-        results = {}
-        if todo:
-            print(f"[predict] loading the run {run_dir} on {device}", flush=True)
-            model, config = utils.load_run(run_dir, device)
-            variant_dir = pipe_dir / config["variant"]
-            for rec in todo:
-                d = rec["dialog"]
-                # one recording at a time: its batches (and so its numbers) do not depend on the other files
-                predicted = predict_segments(model, config, [variant_dir / "cache" / f"{d}.pt"], work, device,
-                                             args.batch_size or config["batch_size"])
-                step3 = fileio.read_json(variant_dir / "segments" / f"{d}.json", "step-3 segments")
-                by_id = {s["id"]: s for s in step3["segments"]}
-                segments = []
-                for s in predicted:
-                    ref = by_id.get(s["id"], {})
-                    segments.append({"id": s["id"], "start": s["start"], "end": s["end"], "speaker": s["speaker"],
-                                     "text": s["text"], "n_words": ref.get("n_words"), "emotion": s["emotion"],
-                                     "probs": s["probs"], "flags": ref.get("flags", {})})
-                segments.sort(key=lambda s: (s["start"], s["end"], s["speaker"], s["id"]))
-                result = write_outputs(rec, segments, Path(args.out), run_dir, config, args.srt)
-                results[rec["name"]] = result
-                shares = result["summary"]["emotion_shares_by_time"]
-                print(f"[predict] {rec['name']}: {rec['duration']:.1f} s, {result['summary']['speakers']} speakers, "
-                      f"{len(segments)} segments; emotions by speech time: "
-                      + " ".join(f"{lab} {100 * shares[lab]:.0f}%" for lab in LABELS)
-                      + f" -> {Path(args.out) / rec['name']}.{{emotions.json,emotions.rttm,{'srt' if args.srt else 'vtt'},"
-                        f"timeline.png}}", flush=True)
+def check_inputs(args) -> tuple[Path, dict, list[str], list[dict]]:
+    """Everything that can be wrong with the inputs, found before any model is loaded -> (run dir, its config,
+    the align.py flags of its step-3 variant, the recordings with their audio)."""
+    run_dir = check_run(args.run)
+    config = fileio.read_json(run_dir / "config.json", "run config")
+    if "folds" in config:
+        raise PipelineError(f"{run_dir}: a cross-validation run; pass one of its fold dirs {config['folds']}")
+    data_check = check_run_data(run_dir, config, args.allow_changed_data)
+    align_flags = step3_flags(config, run_dir)
+    recordings = plan_recordings(args, data_check)
+    load_recordings(recordings)
+    return run_dir, config, align_flags, recordings
+
+
+def open_work(args, tmp: str) -> Path:
+    """The work directory (--keep-work, or the temporary one), rid of the temporary files of a killed run
+    (in --keep-work, and in --out where it writes, not below)."""
+    work = Path(args.keep_work) if args.keep_work else Path(tmp)
+    work.mkdir(parents=True, exist_ok=True)
+    fileio.remove_stale_temp(work) + fileio.remove_stale_temp(Path(args.out), recursive=False)
+    return work
+
+
+def place_step2_files(pipe_dir: Path, recordings: list[dict], align_flags: list[str]) -> None:
+    """The given --asr-json / --rttm files where step 2 would write them (the RTTM's file field: the dialog)."""
+    for rec in recordings:
+        dest = pipe_dir / "asr" / f"{rec['dialog']}.json"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fileio.atomic_write_bytes(dest, rec["asr_json"].read_bytes())
+        rttm_dir = "diarization_exclusive" if "exclusive" in align_flags else "diarization"
+        relabel_rttm(rec["rttm"], pipe_dir / rttm_dir / f"{rec['dialog']}.rttm", rec["dialog"], rec["path"].stem)
+
+
+def step2(args, work: Path, recordings: list[dict], align_flags: list[str]) -> dict:
+    """Step 2's outputs in WORK/input: the given files placed, or preprocess.py --backend whisperx run
+    -> {dialog: error} of the dialogs it failed."""
+    pipe_dir = work / PIPE
+    if args.asr_json is not None:
+        place_step2_files(pipe_dir, recordings, align_flags)
+        return {}
+    argv = ["--work", str(work), "--backend", "whisperx", "--name", PIPE, "--device", args.device,
+            "--asr-model", args.asr_model, "--diar-model", args.diar_model, "--num-speakers", str(args.num_speakers)]
+    argv += (["--align-model", args.align_model] if args.align_model else []) + \
+        (["--model-dir", args.model_dir] if args.model_dir else []) + shlex.split(args.step2_args)
+    if run_step("preprocess.py", argv):
+        return dialog_errors(pipe_dir / "manifest.json")
+    return {}
+
+
+def step3(work: Path, todo: list[dict], align_flags: list[str], config: dict) -> dict:
+    """align.py on the recordings step 2 did not fail -> {dialog: error} of the dialogs it failed."""
+    if todo and run_step("align.py", ["--work", str(work), "--pipe", PIPE, *align_flags,
+                                      "--dialogs", *[r["dialog"] for r in todo]]):
+        return dialog_errors(work / PIPE / config["variant"] / "manifest.json")
+    return {}
+
+
+def name_given_files(pipe_dir: Path, recordings: list[dict], failed: dict) -> None:
+    """Errors name the user's files, not their copies in the work dir."""
+    for rec in recordings:
+        if rec["dialog"] in failed and "asr_json" in rec:
+            for copy, given in ((pipe_dir / "asr" / f"{rec['dialog']}.json", rec["asr_json"]),
+                                (pipe_dir / "diarization" / f"{rec['dialog']}.rttm", rec["rttm"]),
+                                (pipe_dir / "diarization_exclusive" / f"{rec['dialog']}.rttm", rec["rttm"])):
+                failed[rec["dialog"]] = failed[rec["dialog"]].replace(str(copy), f"{given} (as {rec['dialog']})")
+
+
+def recording_segments(model, config: dict, variant_dir: Path, dialog: str, work: Path, device,
+                       batch_size: int) -> list[dict]:
+    """One recording's segments, classified, with step 3's word counts and flags, in time order. One
+    recording at a time: its batches (and so its numbers) do not depend on the other files."""
+    predicted = predict_segments(model, config, [variant_dir / "cache" / f"{dialog}.pt"], work, device, batch_size)
+    step3 = fileio.read_json(variant_dir / "segments" / f"{dialog}.json", "step-3 segments")
+    by_id = {s["id"]: s for s in step3["segments"]}
+    segments = []
+    for s in predicted:
+        ref = by_id.get(s["id"], {})
+        segments.append({"id": s["id"], "start": s["start"], "end": s["end"], "speaker": s["speaker"],
+                         "text": s["text"], "n_words": ref.get("n_words"), "emotion": s["emotion"],
+                         "probs": s["probs"], "flags": ref.get("flags", {})})
+    segments.sort(key=lambda s: (s["start"], s["end"], s["speaker"], s["id"]))
+    return segments
+
+
+def predict_recordings(args, run_dir: Path, device, work: Path, todo: list[dict]) -> dict:
+    """The run's model on each recording's step-3 segments -> {name: emotions.json}, its four files written."""
+    print(f"[predict] loading the run {run_dir} on {device}", flush=True)
+    model, config = utils.load_run(run_dir, device)
+    variant_dir = work / PIPE / config["variant"]
+    results = {}
+    for rec in todo:
+        segments = recording_segments(model, config, variant_dir, rec["dialog"], work, device,
+                                      args.batch_size or config["batch_size"])
+        result = write_outputs(rec, segments, Path(args.out), run_dir, config, args.srt)
+        results[rec["name"]] = result
+        shares = result["summary"]["emotion_shares_by_time"]
+        print(f"[predict] {rec['name']}: {rec['duration']:.1f} s, {result['summary']['speakers']} speakers, "
+              f"{len(segments)} segments; emotions by speech time: "
+              + " ".join(f"{lab} {100 * shares[lab]:.0f}%" for lab in LABELS)
+              + f" -> {Path(args.out) / rec['name']}.{{emotions.json,emotions.rttm,{'srt' if args.srt else 'vtt'},"
+                f"timeline.png}}", flush=True)
+    return results
+
+
+def report_failures(failed: dict, recordings: list[dict]) -> None:
+    """One FAILED line per failed recording, then exit status 1 (the others were written)."""
     if failed:
         by_dialog = {r["dialog"]: r["path"] for r in recordings}
         for d, message in failed.items():
             print(f"FAILED {by_dialog.get(d, d)}: {message}")
         raise SystemExit(f"predict: {len(failed)} of {len(recordings)} recordings failed (listed above); "
                          "the others were written")
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    run_dir, config, align_flags, recordings = check_inputs(args)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if args.device == "auto" else args.device))
+    torch.set_flush_denormal(True)
+    with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
+        work = open_work(args, tmp)
+        write_corpus(work, recordings)
+        failed = step2(args, work, recordings, align_flags)
+        todo = [r for r in recordings if r["dialog"] not in failed]
+        failed |= step3(work, todo, align_flags, config)
+        todo = [r for r in todo if r["dialog"] not in failed]
+        name_given_files(work / PIPE, recordings, failed)
+        results = predict_recordings(args, run_dir, device, work, todo) if todo else {}
+    report_failures(failed, recordings)
     return results
 
 

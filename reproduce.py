@@ -393,7 +393,8 @@ def train_sweeps(runs: list[dict]) -> list[list[dict]]:
     return [[by_key[v, m, f, s] for v in vs for m, f in sorted(a) for s in ss] for (a, ss), vs in variants.items()]
 
 
-def run_pipeline(cfg, args, runner: Runner, configs: list[dict]):
+def step1_labels(cfg, args, runner: Runner) -> str:
+    """Step 1: labels.json from IEMOCAP, or from a CSV (any corpus: its own step 1) -> its stamp key."""
     work, iemocap = cfg["work"], cfg["iemocap"]
     if args.corpus_csv:  # any corpus: labels.json from a CSV (its own step 1)
         argv1 = [args.corpus_csv, "--work", work, "--audio-root", iemocap]
@@ -401,10 +402,14 @@ def run_pipeline(cfg, args, runner: Runner, configs: list[dict]):
         step1, sources = "corpus_from_csv.py", ()
     else:
         argv1, step1, sources = ["--iemocap", iemocap, "--work", work], "iemo_lab_with_timestamps.py", ()
-    k1 = runner.step("step 1 labels", step1, [("labels", argv1, (file_digest(args.corpus_csv) if args.corpus_csv else "",))],
-                     lambda _: argv1, sources=sources)["labels"]
+    csv_digest = file_digest(args.corpus_csv) if args.corpus_csv else ""
+    return runner.step("step 1 labels", step1, [("labels", argv1, (csv_digest,))], lambda _: argv1,
+                       sources=sources)["labels"]
 
-    # Step 2: one invocation per pipeline (they are independent).
+
+def step2_asr(cfg, args, runner: Runner, configs: list[dict], k1: str) -> dict:
+    """Step 2: one invocation per pipeline (they are independent) -> {pipe: stamp key}."""
+    work = cfg["work"]
     pipes = sorted({c["pipe"] for c in configs})
     argv2 = {}
     for pipe in pipes:
@@ -418,11 +423,15 @@ def run_pipeline(cfg, args, runner: Runner, configs: list[dict]):
             if pipe.endswith("vadoracle"):
                 argv2[pipe] += ["--vad", "oracle"]
             argv2[pipe] += (["--model-dir", args.model_dir] if args.model_dir else []) + (["--cache-only"] if args.cache_only else [])
-    k2 = runner.step("step 2 ASR + diarization", "preprocess.py", [(pipe, argv2[pipe], (k1,)) for pipe in pipes],
-                     lambda todo: argv2[todo[0]], redo_flag="--overwrite", split=lambda stale: [[p] for p in stale])
+    return runner.step("step 2 ASR + diarization", "preprocess.py", [(pipe, argv2[pipe], (k1,)) for pipe in pipes],
+                       lambda todo: argv2[todo[0]], redo_flag="--overwrite", split=lambda stale: [[p] for p in stale])
 
-    # Step 3: one invocation per pipeline for its variants that are out of date (each dialog's audio is
-    # read once for all of them).
+
+def step3_align(cfg, runner: Runner, configs: list[dict], k2: dict) -> dict:
+    """Step 3: one invocation per pipeline for its variants that are out of date (each dialog's audio is
+    read once for all of them) -> {(pipe, variant): stamp key}."""
+    work = cfg["work"]
+
     def align_argv(todo):  # todo: item ids "<pipe>/<variant>" of one pipeline
         pipe = todo[0].split("/", 1)[0]
         variants = [t.split("/", 1)[1] for t in todo]
@@ -435,11 +444,13 @@ def run_pipeline(cfg, args, runner: Runner, configs: list[dict]):
                        [(f"{pipe}/{v}", align_argv([f"{pipe}/{v}"]), (k2[pipe], labels_digest)) for pipe, v in cached],
                        align_argv, redo_flag="--overwrite",
                        split=lambda stale: [[t for t in stale if t.startswith(p + "/")] for p in dict.fromkeys(t.split("/")[0] for t in stale)])
-    k3 = {(pipe, v): keys[f"{pipe}/{v}"] for pipe, v in cached}
+    return {(pipe, v): keys[f"{pipe}/{v}"] for pipe, v in cached}
 
-    # Step 4: the runs out of date, as few train.py sweeps as train exactly them (train_sweeps: data
-    # read once per sweep), several at a time.
-    runs = {r["name"]: r for c in configs for r in config_runs(c)}
+
+def step4_train(cfg, args, runner: Runner, runs: dict, k3: dict) -> dict:
+    """Step 4: the runs out of date, as few train.py sweeps as train exactly them (train_sweeps: data
+    read once per sweep), several at a time -> {run name: stamp key}."""
+    work = cfg["work"]
     common = ["--work", work, "--text-model", cfg["text_model"], "--audio-model", cfg["audio_model"],
               "--epochs", str(cfg["epochs"]), *cfg["train_flags"]]
     common += (["--folds", args.folds] if args.folds != "none" else []) + (["--device", args.device] if args.device else [])
@@ -457,13 +468,15 @@ def run_pipeline(cfg, args, runner: Runner, configs: list[dict]):
     def train_cost(names):  # relative: a fine-tuned fused run = 1
         return 0.5 + sum((1.0 if runs[n]["mode"] == "finetune" else 0.3) * {"fusion": 1.0, "audio": 0.7, "text": 0.5}[runs[n]["modality"]]
                          for n in names)  # 0.5: starting the process (imports, data)
-    k4 = runner.step("step 4 train", "train.py",
-                     [(n, train_argv([n]), (k3[r["pipe"], r["variant"]], variant_data(work, r["pipe"], r["variant"])))
-                      for n, r in runs.items()],
-                     train_argv, redo_flag="--no-resume", split=sweeps, cost=train_cost)
+    return runner.step("step 4 train", "train.py",
+                       [(n, train_argv([n]), (k3[r["pipe"], r["variant"]], variant_data(work, r["pipe"], r["variant"])))
+                        for n, r in runs.items()],
+                       train_argv, redo_flag="--no-resume", split=sweeps, cost=train_cost)
 
-    # Steps 5 and 6: the runs out of date, split evenly over the jobs.
-    names = list(runs)
+
+def steps56_score(cfg, args, runner: Runner, names: list[str], k4: dict) -> None:
+    """Steps 5 and 6: the runs out of date, split evenly over the jobs."""
+    work = cfg["work"]
 
     def chunks(stale):  # contiguous, so that the seeds of a configuration share one process (and its data)
         size = -(-len(stale) // min(runner.jobs, len(stale)))
@@ -474,6 +487,16 @@ def run_pipeline(cfg, args, runner: Runner, configs: list[dict]):
                      lambda todo: ev + ["--run", *todo], split=chunks)
     runner.step("step 6 TEER", "teer_calculate.py", [(r, ["--work", work, "--also-authors", "--run", r], (k5[r],)) for r in names],
                 lambda todo: ["--work", work, "--also-authors", "--run", *todo], split=chunks)
+
+
+def run_pipeline(cfg, args, runner: Runner, configs: list[dict]):
+    """Steps 1-6 for every configuration, each step's items through the runner (or preflight's recorder)."""
+    k1 = step1_labels(cfg, args, runner)
+    k2 = step2_asr(cfg, args, runner, configs, k1)
+    k3 = step3_align(cfg, runner, configs, k2)
+    runs = {r["name"]: r for c in configs for r in config_runs(c)}
+    k4 = step4_train(cfg, args, runner, runs, k3)
+    steps56_score(cfg, args, runner, list(runs), k4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -690,8 +713,26 @@ class Tables:
         return L + [""]
 
     def write(self, results_dir: Path, work: Path) -> str:
+        """tables.md: the introduction, each table whose runs exist, the spread over folds, the alignment report."""
+        std, orc = self.cfg["standard_pipe"], self.cfg["oracle_pipe"]
+        al, bl = self.get(std, "aligned-p1.5"), self.get(std, "baseline")
+        fz, fzb = self.get(std, "aligned-p1.5", "frozen"), self.get(std, "baseline", "frozen")
+        ora = self.get(orc, "aligned-p1.5")
+        L = self.introduction()
+        if al and bl:
+            L += self.table_1(al, bl) + self.table_2(al, bl)
+        L += self.paired_differences(al, bl, ora, fz, fzb)
+        if al and ora:
+            L += self.table_3(al, ora)
+        if al and fz:
+            L += self.table_4(al, fz)
+        L += self.modality_ablation() + self.fusion_ablation() + self.pause_ablation(results_dir)
+        L += self.fold_spread() + self.alignment_report(work)
+        return "\n".join(L) + "\n"
+
+    def introduction(self) -> list[str]:
+        """The title, the demo note, and how to read the tables."""
         cfg, args = self.cfg, self.args
-        std, orc = cfg["standard_pipe"], cfg["oracle_pipe"]
         L = ["# Reproduction of Wang, Lee, Chen (IALP 2025), Tables I-IV and ablations", ""]
         if cfg["demo"]:
             L += [f"> **{formats.DEMO_NOTE}**", ""]
@@ -713,117 +754,143 @@ class Tables:
               f"computed on {PAPER['test_segments']['aligned']} and {PAPER['test_segments']['without-alignment']} test "
               "segments), `cov` = share (%) of the labelled reference speech those segments cover. Paper: the paper's "
               "printed numbers, for reference.", ""]
+        return L
 
-        al, bl = self.get(std, "aligned-p1.5"), self.get(std, "baseline")
-        fz, fzb = self.get(std, "aligned-p1.5", "frozen"), self.get(std, "baseline", "frozen")
-        ora = self.get(orc, "aligned-p1.5")
-        if al and bl:
-            L += ["## Table I: overall results (standard pipeline, fine-tuned extractors)", "", *self.CLASSIFICATION_HEADER,
-                  "| Wu et al. (6 classes) | " + "- | " * (len(self.CLASSIFICATION_HEADER[0].split(" | ")) - 5)
-                  + f"{PAPER['table1']['wu2023']['accuracy']:.2f} | - | - | paper |",
-                  self.classification_row("Without alignment", bl, PAPER["table1"]["without-alignment"]),
-                  self.classification_row("Proposed (with alignment)", al, PAPER["table1"]["aligned"]), ""]
-            L += ["## Table II: per-emotion F1 without vs with alignment", "",
-                  "| Emotion | without | with | without (seg.) | with (seg.) | without (paper) | with (paper) |",
-                  "|---|---|---|---|---|---|---|"]
-            for lab in LABELS:
-                L.append(f"| {formats.LABEL_NAMES[lab]} | "
-                         + " | ".join(mean_std(values(r, metric_getter(f"f1:{lab}", level)), 1.0)
-                                      for level in ("utterance", "segment") for r in (bl, al))
-                         + f" | {PAPER['table2']['without-alignment'][lab]:.2f} | {PAPER['table2']['aligned'][lab]:.2f} |")
-            L += ["", f"Sources: `{bl['source']}/metrics.json`, `{al['source']}/metrics.json`.", ""]
+    def table_1(self, al, bl) -> list[str]:
+        """Table I: overall results with and without alignment (standard pipeline, fine-tuned)."""
+        header = self.CLASSIFICATION_HEADER
+        return ["## Table I: overall results (standard pipeline, fine-tuned extractors)", "", *header,
+                "| Wu et al. (6 classes) | " + "- | " * (len(header[0].split(" | ")) - 5)
+                + f"{PAPER['table1']['wu2023']['accuracy']:.2f} | - | - | paper |",
+                self.classification_row("Without alignment", bl, PAPER["table1"]["without-alignment"]),
+                self.classification_row("Proposed (with alignment)", al, PAPER["table1"]["aligned"]), ""]
 
+    def table_2(self, al, bl) -> list[str]:
+        """Table II: per-emotion F1 without vs with alignment."""
+        L = ["## Table II: per-emotion F1 without vs with alignment", "",
+             "| Emotion | without | with | without (seg.) | with (seg.) | without (paper) | with (paper) |",
+             "|---|---|---|---|---|---|---|"]
+        for lab in LABELS:
+            L.append(f"| {formats.LABEL_NAMES[lab]} | "
+                     + " | ".join(mean_std(values(r, metric_getter(f"f1:{lab}", level)), 1.0)
+                                  for level in ("utterance", "segment") for r in (bl, al))
+                     + f" | {PAPER['table2']['without-alignment'][lab]:.2f} | {PAPER['table2']['aligned'][lab]:.2f} |")
+        return L + ["", f"Sources: `{bl['source']}/metrics.json`, `{al['source']}/metrics.json`.", ""]
+
+    def paired_differences(self, al, bl, ora, fz, fzb) -> list[str]:
+        """The paired bootstrap of each headline comparison whose two systems exist."""
+        args = self.args
         comparisons = [(lbl, a, b) for lbl, a, b in (
             ("with − without alignment (fine-tuned)", al, bl), ("VAD-oracle − standard pipeline", ora, al),
             ("fine-tuned − frozen extractors", al, fz), ("with − without alignment (frozen)", fz, fzb)) if a and b]
-        if comparisons and args.bootstrap_samples:
-            L += ["## Paired differences of the headline comparisons (reference-projected, percentage points)", "",
-                  "Both systems are scored on the same reference utterances, so their difference is paired: each of "
-                  f"{args.bootstrap_samples} resamples draws test dialogs with replacement and applies the same draw to "
-                  "both (each system's value is its mean over seeds). Over the union of both systems' test "
-                  "dialogs: a dialog one system has no utterance of counts as missed for it. `other sign` = share of "
-                  "resamples whose difference is zero or has the opposite sign.", "",
-                  "| comparison (A − B) | metric | A | B | A − B [95 % CI] | other sign | dialogs | seeds A/B |",
-                  "|---|---|---|---|---|---|---|---|"]
-            for lbl, a, b in comparisons:
-                L += self.paired(lbl, a, b)
-            L.append("")
+        if not (comparisons and args.bootstrap_samples):
+            return []
+        L = ["## Paired differences of the headline comparisons (reference-projected, percentage points)", "",
+             "Both systems are scored on the same reference utterances, so their difference is paired: each of "
+             f"{args.bootstrap_samples} resamples draws test dialogs with replacement and applies the same draw to "
+             "both (each system's value is its mean over seeds). Over the union of both systems' test "
+             "dialogs: a dialog one system has no utterance of counts as missed for it. `other sign` = share of "
+             "resamples whose difference is zero or has the opposite sign.", "",
+             "| comparison (A − B) | metric | A | B | A − B [95 % CI] | other sign | dialogs | seeds A/B |",
+             "|---|---|---|---|---|---|---|---|"]
+        for lbl, a, b in comparisons:
+            L += self.paired(lbl, a, b)
+        return L + [""]
 
-        if al and ora:
-            L += ["## Table III: TEER and sTEER across pipelines (with alignment, fine-tuned)", "",
-                  "Default scoring follows the original definition (emotions compared by identity, collar 0.25 s, "
-                  "reference extent, non-target reference time excluded); the authors' scoring maps labels optimally "
-                  "(DiarizationErrorRate), collar 0, union of extents, unlabelled segments as UNK (teer_calculate.py).", "",
-                  *table_head(["Pipeline", "TEER %", "sTEER %", "TEER % (authors' scoring)",
-                               "sTEER % (authors' scoring)", "n", "dialogs (failed)", "TEER paper", "sTEER paper",
-                               "source"]),
-                  f"| Wu et al. (6 classes) | - | - | - | - | - | - | {PAPER['table3']['wu2023']['TEER']:.2f} | "
-                  f"{PAPER['table3']['wu2023']['sTEER']:.2f} | paper |"]
-            for label, res, pk in (("Standard", al, "standard"), ("VAD-oracle", ora, "vad-oracle")):
-                L.append(f"| {label} ({res['pipe']}) | {self.teer(res, 'TEER')} | {self.teer(res, 'sTEER')} | "
-                         f"{self.teer(res, 'TEER', True)} | {self.teer(res, 'sTEER', True)} | {len(res['runs'])} | "
-                         f"{self.dialogs(res)} | "
-                         f"{PAPER['table3'][pk]['TEER']:.2f} | {PAPER['table3'][pk]['sTEER']:.2f} | `{res['source']}/teer*.json` |")
-            L.append("")
+    def table_3(self, al, ora) -> list[str]:
+        """Table III: TEER and sTEER of the standard and VAD-oracle pipelines (with alignment, fine-tuned)."""
+        L = ["## Table III: TEER and sTEER across pipelines (with alignment, fine-tuned)", "",
+             "Default scoring follows the original definition (emotions compared by identity, collar 0.25 s, "
+             "reference extent, non-target reference time excluded); the authors' scoring maps labels optimally "
+             "(DiarizationErrorRate), collar 0, union of extents, unlabelled segments as UNK (teer_calculate.py).", "",
+             *table_head(["Pipeline", "TEER %", "sTEER %", "TEER % (authors' scoring)",
+                          "sTEER % (authors' scoring)", "n", "dialogs (failed)", "TEER paper", "sTEER paper",
+                          "source"]),
+             f"| Wu et al. (6 classes) | - | - | - | - | - | - | {PAPER['table3']['wu2023']['TEER']:.2f} | "
+             f"{PAPER['table3']['wu2023']['sTEER']:.2f} | paper |"]
+        for label, res, pk in (("Standard", al, "standard"), ("VAD-oracle", ora, "vad-oracle")):
+            L.append(f"| {label} ({res['pipe']}) | {self.teer(res, 'TEER')} | {self.teer(res, 'sTEER')} | "
+                     f"{self.teer(res, 'TEER', True)} | {self.teer(res, 'sTEER', True)} | {len(res['runs'])} | "
+                     f"{self.dialogs(res)} | "
+                     f"{PAPER['table3'][pk]['TEER']:.2f} | {PAPER['table3'][pk]['sTEER']:.2f} | "
+                     f"`{res['source']}/teer*.json` |")
+        return L + [""]
 
-        if al and fz:
-            L += ["## Table IV: frozen vs fine-tuned extractors (with alignment)", "", *self.CLASSIFICATION_HEADER,
-                  self.classification_row("Frozen embeddings", fz, PAPER["table4"]["frozen"]),
-                  self.classification_row("Fine-tuned embeddings", al, PAPER["table4"]["finetune"])]
-            p1, p4 = PAPER["table1"], PAPER["table4"]
-            if p4["frozen"] == p1["without-alignment"]:
-                L += ["", "Note: the paper's frozen row repeats its Table I without-alignment row exactly."]
-            if p4["finetune"]["weighted_f1"] != p1["aligned"]["weighted_f1"]:
-                L += ["", f"Note: the paper's fine-tuned weighted F1 here ({p4['finetune']['weighted_f1']:.2f}) differs "
-                      f"from its Table I ({p1['aligned']['weighted_f1']:.2f})."]
-            L.append("")
+    def table_4(self, al, fz) -> list[str]:
+        """Table IV: frozen vs fine-tuned extractors (with alignment), with notes on the paper's own numbers."""
+        L = ["## Table IV: frozen vs fine-tuned extractors (with alignment)", "", *self.CLASSIFICATION_HEADER,
+             self.classification_row("Frozen embeddings", fz, PAPER["table4"]["frozen"]),
+             self.classification_row("Fine-tuned embeddings", al, PAPER["table4"]["finetune"])]
+        p1, p4 = PAPER["table1"], PAPER["table4"]
+        if p4["frozen"] == p1["without-alignment"]:
+            L += ["", "Note: the paper's frozen row repeats its Table I without-alignment row exactly."]
+        if p4["finetune"]["weighted_f1"] != p1["aligned"]["weighted_f1"]:
+            L += ["", f"Note: the paper's fine-tuned weighted F1 here ({p4['finetune']['weighted_f1']:.2f}) differs "
+                  f"from its Table I ({p1['aligned']['weighted_f1']:.2f})."]
+        return L + [""]
 
-        mode = cfg["ablation_mode"]
-        extra = [(f"{m}, {mode}, with alignment", self.get(std, "aligned-p1.5", mode, m)) for m in ("fusion", "text", "audio")]
+    def ablation_row(self, label, r) -> str:
+        """A row of the ablation tables (ABLATION_COLUMNS)."""
+        return (f"| {label} | " + " | ".join(self.projected(r, k) for k in scoring.HEADLINE) + " | "
+                + " | ".join(self.segment(r, k) for k in ("accuracy", "macro_f1"))
+                + f" | {self.n(r)} | {self.dialogs(r)} | `{r['source']}/metrics.json` |")
+
+    def modality_ablation(self) -> list[str]:
+        """Single-modality baselines against the fused model, and the majority class, when trained."""
+        std, mode = self.cfg["standard_pipe"], self.cfg["ablation_mode"]
+        extra = [(f"{m}, {mode}, with alignment", self.get(std, "aligned-p1.5", mode, m))
+                 for m in ("fusion", "text", "audio")]
         extra = [(lbl, r) for lbl, r in extra if r]
-        if len(extra) > 1:
-            L += [f"## Ablation: single-modality baselines ({mode} extractors; not in the paper)", "",
-                  *table_head(["Configuration", *ABLATION_COLUMNS])]
-            L += [f"| {lbl} | " + " | ".join(self.projected(r, k) for k in scoring.HEADLINE) + " | "
-                  + " | ".join(self.segment(r, k) for k in ("accuracy", "macro_f1"))
-                  + f" | {self.n(r)} | {self.dialogs(r)} | `{r['source']}/metrics.json` |" for lbl, r in extra]
-            L += [row for row in [self.majority_row(extra[0][1])] if row] + [""]
+        if len(extra) <= 1:
+            return []
+        L = [f"## Ablation: single-modality baselines ({mode} extractors; not in the paper)", "",
+             *table_head(["Configuration", *ABLATION_COLUMNS])]
+        L += [self.ablation_row(lbl, r) for lbl, r in extra]
+        return L + [row for row in [self.majority_row(extra[0][1])] if row] + [""]
 
-        fusion_rows = [(f, self.get(std, "aligned-p1.5", cfg["fusion_mode"], "fusion", f)) for f in utils.FUSIONS]
+    def fusion_ablation(self) -> list[str]:
+        """The fusions of the two embeddings (utils.FUSIONS), when more than one was trained."""
+        std, fusion_mode = self.cfg["standard_pipe"], self.cfg["fusion_mode"]
+        fusion_rows = [(f, self.get(std, "aligned-p1.5", fusion_mode, "fusion", f)) for f in utils.FUSIONS]
         fusion_rows = [(f, r) for f, r in fusion_rows if r]
-        if len(fusion_rows) > 1:
-            L += [f"## Ablation: fusion of the two embeddings ({cfg['fusion_mode']} extractors, with alignment; "
-                  "the paper's future work)", "",
-                  "gated-xattn = the paper's model; xattn = cross-attention without the forget gates (h = a); "
-                  "concat = an MLP on [z_t ; z_a]; late = the mean of the two single-modality heads' logits "
-                  "(utils.SERModel). Everything else is equal.", "",
-                  *table_head(["Fusion", *ABLATION_COLUMNS])]
-            L += [f"| {f} | " + " | ".join(self.projected(r, k) for k in scoring.HEADLINE) + " | "
-                  + " | ".join(self.segment(r, k) for k in ("accuracy", "macro_f1"))
-                  + f" | {self.n(r)} | {self.dialogs(r)} | `{r['source']}/metrics.json` |" for f, r in fusion_rows]
-            L.append("")
+        if len(fusion_rows) <= 1:
+            return []
+        L = [f"## Ablation: fusion of the two embeddings ({fusion_mode} extractors, with alignment; "
+             "the paper's future work)", "",
+             "gated-xattn = the paper's model; xattn = cross-attention without the forget gates (h = a); "
+             "concat = an MLP on [z_t ; z_a]; late = the mean of the two single-modality heads' logits "
+             "(utils.SERModel). Everything else is equal.", "",
+             *table_head(["Fusion", *ABLATION_COLUMNS])]
+        L += [self.ablation_row(f, r) for f, r in fusion_rows]
+        return L + [""]
 
-        sweep = [(p, self.get(std, f"aligned-p{p:g}", mode)) for p in sorted({1.5, *args.pauses})]
+    def pause_ablation(self, results_dir: Path) -> list[str]:
+        """The maximum-pause sweep, per-emotion F1, and its plot (results_dir/pause_sweep.png), when more than one
+        pause was trained."""
+        std, mode = self.cfg["standard_pipe"], self.cfg["ablation_mode"]
+        sweep = [(p, self.get(std, f"aligned-p{p:g}", mode)) for p in sorted({1.5, *self.args.pauses})]
         sweep = [(p, r) for p, r in sweep if r]
-        if len(sweep) > 1:
-            L += [f"## Ablation: maximum pause of the alignment ({mode} extractors; not in the paper; the paper uses "
-                  "1.5 s, the authors' code 1.0 s)", "",
-                  *table_head(["max pause (s)", "Acc", "MF1", *(f"F1 {lab}" for lab in LABELS), "Acc (seg.)",
-                               "segments", "cov %", "TEER %", "n", "dialogs (failed)", "source"])]
-            for p, r in sweep:
-                _, seg, cov = self.counts(r)
-                L.append(f"| {p:g} | {self.projected(r, 'accuracy')} | {self.projected(r, 'macro_f1')} | "
-                         + " | ".join(mean_std(values(r, metric_getter(f"f1:{lab}", "utterance")), 1.0) for lab in LABELS)
-                         + f" | {self.segment(r, 'accuracy')} | {seg} | {cov} | {self.teer(r, 'TEER')} | {self.n(r)} | "
-                         f"{self.dialogs(r)} | `{r['source']}/metrics.json` |")
-            L += ["", "![per-emotion F1 vs maximum pause](pause_sweep.png)", ""]
-            plot_sweep(sweep, results_dir / "pause_sweep.png", cfg["demo"])
+        if len(sweep) <= 1:
+            return []
+        L = [f"## Ablation: maximum pause of the alignment ({mode} extractors; not in the paper; the paper uses "
+             "1.5 s, the authors' code 1.0 s)", "",
+             *table_head(["max pause (s)", "Acc", "MF1", *(f"F1 {lab}" for lab in LABELS), "Acc (seg.)",
+                          "segments", "cov %", "TEER %", "n", "dialogs (failed)", "source"])]
+        for p, r in sweep:
+            _, seg, cov = self.counts(r)
+            L.append(f"| {p:g} | {self.projected(r, 'accuracy')} | {self.projected(r, 'macro_f1')} | "
+                     + " | ".join(mean_std(values(r, metric_getter(f"f1:{lab}", "utterance")), 1.0) for lab in LABELS)
+                     + f" | {self.segment(r, 'accuracy')} | {seg} | {cov} | {self.teer(r, 'TEER')} | {self.n(r)} | "
+                     f"{self.dialogs(r)} | `{r['source']}/metrics.json` |")
+        plot_sweep(sweep, results_dir / "pause_sweep.png", self.cfg["demo"])
+        return L + ["", "![per-emotion F1 vs maximum pause](pause_sweep.png)", ""]
 
-        L += self.fold_spread()
-        report = work / std / "alignment_report.md"
-        if report.is_file():
-            L += ["## Alignment report (standard pipeline)", "", f"From `{report}`:", "", report.read_text(), ""]
-        return "\n".join(L) + "\n"
+    def alignment_report(self, work: Path) -> list[str]:
+        """Step 3's alignment report of the standard pipeline, when there is one."""
+        report = work / self.cfg["standard_pipe"] / "alignment_report.md"
+        if not report.is_file():
+            return []
+        return ["## Alignment report (standard pipeline)", "", f"From `{report}`:", "", report.read_text(), ""]
 
 
 ABLATION_COLUMNS = ["Acc", "UA", "WF1", "MF1", "Acc (seg.)", "MF1 (seg.)", "n", "dialogs (failed)", "source"]
@@ -852,6 +919,84 @@ def plot_sweep(sweep, path: Path, demo: bool):
     tmp.replace(path)
 
 
+def demo_readiness(cfg, args, corpus: Path) -> tuple[bool, bool, list]:
+    """(corpus ready, models ready, summary items): on the demo, a corpus or tiny models not built yet are
+    reported as to be built by the first run (and the checks that need them wait for it)."""
+    summary = []
+    corpus_ready = models_ready = True
+    if cfg["demo"]:
+        models = Path(args.demo_dir) / "models"
+        corpus_ready = Path(args.corpus_csv).is_file() if args.corpus_csv else (corpus / "demo_ground_truth.json").is_file()
+        models_ready = (args.text_model and args.audio_model) or all((models / m).is_dir() for m in ("roberta-tiny", "wav2vec2-tiny"))
+        if not corpus_ready:
+            summary.append(checklist.CheckItem("demo corpus", True, f"{corpus} will be built by the first run "
+                                           "(demo/make_corpus.py); steps 1-3 are checked once it exists"))
+        if not models_ready:
+            summary.append(checklist.CheckItem("demo models", True, f"{models} will be built by the first run "
+                                           "(demo/build_ser_models.py); train.py is checked once they exist"))
+    return corpus_ready, models_ready, summary
+
+
+class Recorder:  # stands in for the Runner in preflight: records each step's command instead of running it
+    def __init__(self):
+        self.calls = []
+
+    jobs = 1
+
+    def step(self, name, script, items, argv_for, sources=(), redo_flag=None, split=None, cost=None):
+        ids = [item for item, _, _ in items]
+        groups = split(ids) if split else [ids]
+        for i, group in enumerate(groups):
+            self.calls.append((name if len(groups) == 1 else f"{name} [{i + 1}/{len(groups)}]", script,
+                               argv_for(group), len(group)))
+        return {item: name for item in ids}
+
+
+def preflight_checks(cfg, configs: list[dict], calls: list, corpus: Path, corpus_ready: bool,
+                     models_ready) -> list[tuple]:
+    """The --check commands of steps 1, 2 and 4 made from the recorded commands -> [(label, script, argv)]."""
+    checks = []  # (label, script, argv)
+    for name, script, argv, _ in calls:
+        if script == "iemo_lab_with_timestamps.py" and corpus_ready:
+            checks.append((name, script, argv + ["--check"] + ([] if cfg["demo"] else ["--expect-standard", "yes"])))
+        elif script == "preprocess.py" and corpus_ready:
+            pipe = argv[argv.index("--name") + 1]
+            checks.append((f"step 2 {pipe}", script, argv + ["--check", "--planned", "--iemocap", str(corpus)]))
+    sweeps = [(argv, n) for _, script, argv, n in calls if script == "train.py"]
+    for mode in dict.fromkeys(c["mode"] for c in configs):
+        if not models_ready:
+            break
+        of_mode = [(argv, n) for argv, n in sweeps if argv[argv.index("--mode") + 1] == mode]
+        # the largest sweep of this mode stands for all: --check-runs = every run of the mode (extractors,
+        # CUDA, disk and time are the same kind of check for each sweep)
+        argv = max(of_mode, key=lambda a: a[1])[0] + ["--check", "--planned", "--check-runs", str(sum(n for _, n in of_mode))]
+        checks.append((f"step 4 train ({mode})", "train.py", argv + (["--iemocap", str(corpus)] if corpus_ready else [])))
+    return checks
+
+
+def step3_disk_check(cfg, configs: list[dict], corpus: Path) -> checklist.CheckItem:
+    """Step 3's caches hold speech audio: at most the dialogs' audio as float32, once per pipeline and variant."""
+    import soundfile as sf
+
+    caches = {(c["pipe"], c["variant"]) for c in configs}
+    seconds = sum(sf.info(str(p)).duration for p in corpus.glob("Session*/dialog/wav/Ses*.wav"))
+    item = checklist.check_disk(cfg["work"], seconds * formats.SAMPLE_RATE * 4 * len(caches), "step-3 segment caches")
+    return checklist.CheckItem("step 3 align (disk)", item.ok, f"{len(caches)} pipeline/variant caches of "
+                               f"{seconds / 3600:.2f} h of dialog audio: {item.message}")
+
+
+def finish_check(label: str, script: str, argv: list, proc) -> checklist.CheckItem:
+    """A check's output printed whole -> its summary item (the last line of its output)."""
+    out = proc.communicate()[0].rstrip()
+    print(f"\n=== {label}: python {script} {' '.join(argv)}\n{out}", flush=True)
+    last = out.splitlines()[-1] if out else "(no output)"
+    if proc.returncode in (0, 1):
+        last = last.split(" preflight: ", 1)[-1]  # "step 2 preflight: all 5 checks OK" -> "all 5 checks OK"
+    else:
+        last = f"exit status {proc.returncode}: {last}"
+    return checklist.CheckItem(label, proc.returncode == 0, last)
+
+
 def preflight(cfg, args) -> bool:
     """--check: each step's own preflight, as this run would invoke the step, writing nothing -> True
     when every check passes. One summary line per step at the end; non-zero exit status otherwise.
@@ -875,70 +1020,15 @@ def preflight(cfg, args) -> bool:
     t0 = time.time()
     configs = plan_configs(cfg, args)
     corpus = Path(cfg["iemocap"])
-    summary = []
-    corpus_ready = models_ready = True
-    if cfg["demo"]:
-        models = Path(args.demo_dir) / "models"
-        corpus_ready = Path(args.corpus_csv).is_file() if args.corpus_csv else (corpus / "demo_ground_truth.json").is_file()
-        models_ready = (args.text_model and args.audio_model) or all((models / m).is_dir() for m in ("roberta-tiny", "wav2vec2-tiny"))
-        if not corpus_ready:
-            summary.append(checklist.CheckItem("demo corpus", True, f"{corpus} will be built by the first run "
-                                           "(demo/make_corpus.py); steps 1-3 are checked once it exists"))
-        if not models_ready:
-            summary.append(checklist.CheckItem("demo models", True, f"{models} will be built by the first run "
-                                           "(demo/build_ser_models.py); train.py is checked once they exist"))
-
-    class Recorder:  # stands in for the Runner: records each step's command instead of running it
-        def __init__(self):
-            self.calls = []
-
-        jobs = 1
-
-        def step(self, name, script, items, argv_for, sources=(), redo_flag=None, split=None, cost=None):
-            ids = [item for item, _, _ in items]
-            groups = split(ids) if split else [ids]
-            for i, group in enumerate(groups):
-                self.calls.append((name if len(groups) == 1 else f"{name} [{i + 1}/{len(groups)}]", script,
-                                   argv_for(group), len(group)))
-            return {item: name for item in ids}
-
+    corpus_ready, models_ready, summary = demo_readiness(cfg, args, corpus)
     recorder = Recorder()
     run_pipeline(cfg, args, recorder, configs)
-    checks = []  # (label, script, argv)
-    for name, script, argv, _ in recorder.calls:
-        if script == "iemo_lab_with_timestamps.py" and corpus_ready:
-            checks.append((name, script, argv + ["--check"] + ([] if cfg["demo"] else ["--expect-standard", "yes"])))
-        elif script == "preprocess.py" and corpus_ready:
-            pipe = argv[argv.index("--name") + 1]
-            checks.append((f"step 2 {pipe}", script, argv + ["--check", "--planned", "--iemocap", str(corpus)]))
-    sweeps = [(argv, n) for _, script, argv, n in recorder.calls if script == "train.py"]
-    for mode in dict.fromkeys(c["mode"] for c in configs):
-        if not models_ready:
-            break
-        of_mode = [(argv, n) for argv, n in sweeps if argv[argv.index("--mode") + 1] == mode]
-        # the largest sweep of this mode stands for all: --check-runs = every run of the mode (extractors,
-        # CUDA, disk and time are the same kind of check for each sweep)
-        argv = max(of_mode, key=lambda a: a[1])[0] + ["--check", "--planned", "--check-runs", str(sum(n for _, n in of_mode))]
-        checks.append((f"step 4 train ({mode})", "train.py", argv + (["--iemocap", str(corpus)] if corpus_ready else [])))
-
+    checks = preflight_checks(cfg, configs, recorder.calls, corpus, corpus_ready, models_ready)
     procs = [(label, script, argv, cli.start_step(script, argv, stdout=subprocess.PIPE)) for label, script, argv in checks]
     if corpus_ready:  # step 3's caches, while the checks run
-        import soundfile as sf
-
-        caches = {(c["pipe"], c["variant"]) for c in configs}
-        seconds = sum(sf.info(str(p)).duration for p in corpus.glob("Session*/dialog/wav/Ses*.wav"))
-        item = checklist.check_disk(cfg["work"], seconds * formats.SAMPLE_RATE * 4 * len(caches), "step-3 segment caches")
-        summary.append(checklist.CheckItem("step 3 align (disk)", item.ok, f"{len(caches)} pipeline/variant caches of "
-                                       f"{seconds / 3600:.2f} h of dialog audio: {item.message}"))
+        summary.append(step3_disk_check(cfg, configs, corpus))
     for label, script, argv, proc in procs:
-        out = proc.communicate()[0].rstrip()
-        print(f"\n=== {label}: python {script} {' '.join(argv)}\n{out}", flush=True)
-        last = out.splitlines()[-1] if out else "(no output)"
-        if proc.returncode in (0, 1):
-            last = last.split(" preflight: ", 1)[-1]  # "step 2 preflight: all 5 checks OK" -> "all 5 checks OK"
-        else:
-            last = f"exit status {proc.returncode}: {last}"
-        summary.append(checklist.CheckItem(label, proc.returncode == 0, last))
+        summary.append(finish_check(label, script, argv, proc))
     print(f"\nreproduce.py --check ({'demo' if cfg['demo'] else 'real data'}, work {cfg['work']}), "
           f"{time.time() - t0:.1f} s:")
     step_number = lambda item: int(item.name.split()[1]) if item.name.startswith("step ") else 0  # noqa: E731
