@@ -86,13 +86,26 @@ DATA_KEYS = ("data", "data_changed_on_resume", "allow_changed_data")
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for add_flags in (add_data_flags, add_model_flags, add_recipe_flags, add_split_flags, add_runtime_flags,
+                      add_resume_flags, add_preflight_flags):
+        add_flags(p)
+    return p.parse_args(argv)
+
+
+def add_data_flags(p: argparse.ArgumentParser) -> None:
+    """Where the run reads: the work directory, the corpus (--check --planned only), step 2's run, step 3's variants."""
     p.add_argument("--work", default="preprocessed_iemocap", help="work directory of the pipeline")
-    p.add_argument("--iemocap", default=None, help="training reads the corpus recorded in labels.json; this is read only by --check --planned "
+    p.add_argument("--iemocap", default=None,
+                   help="training reads the corpus recorded in labels.json; this is read only by --check --planned "
                         "(estimates before step 1 has run)")
     p.add_argument("--pipe", default="whisperx", help="step-2 run name (WORK/<pipe>/)")
     p.add_argument("--variant", nargs="+", default=["aligned-p1.5"],
                    help="step-3 variant(s): aligned-p<max pause>, e.g. aligned-p1.5, or baseline, with a suffix per "
                         "other step-3 setting (docs/FORMATS.md, Variant names) (a sweep: see Sweeps)")
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    """What is trained: mode, modality, fusion, the two extractors, and the run's name."""
     p.add_argument("--mode", choices=["finetune", "frozen"], default="finetune",
                    help="finetune: extractors train with --lr-extractor; frozen: cached embeddings, head only")
     p.add_argument("--modality", nargs="+", choices=list(utils.MODALITIES), default=["fusion"],
@@ -102,11 +115,16 @@ def parse_args(argv=None):
                         "or the ablations xattn (no forget gates), concat (MLP), late (mean of the single-modality "
                         "heads' logits); applies to --modality fusion (a single-modality run records the first)")
     p.add_argument("--text-model", default="roberta-base", help="hub name or local dir (AutoModel/AutoTokenizer)")
-    p.add_argument("--audio-model", default="facebook/wav2vec2-base", help="hub name or local dir (AutoModel/AutoFeatureExtractor)")
+    p.add_argument("--audio-model", default="facebook/wav2vec2-base",
+                   help="hub name or local dir (AutoModel/AutoFeatureExtractor)")
     p.add_argument("--run", "--run-name", dest="run", nargs="+", default=None,
                    help="run name under WORK/runs/ (default: <pipe>-<variant>-<mode>-<modality>[-<fusion>][-s<seed>]); "
                         "for a sweep, a template with {variant} {modality} {fusion} {seed} or one name per run in "
                         "sweep order; under torchrun spell it --run-name (torchrun takes --run for its own --run-path)")
+
+
+def add_recipe_flags(p: argparse.ArgumentParser) -> None:
+    """The training recipe (the authors' values by default): optimiser, head size, schedule, early stopping."""
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr-extractor", type=float, default=2e-5)
@@ -118,39 +136,60 @@ def parse_args(argv=None):
     p.add_argument("--ffn-dim", type=int, default=2048, help="feed-forward size of the fusion layer")
     p.add_argument("--plateau-factor", type=float, default=0.5)
     p.add_argument("--plateau-patience", type=int, default=2)
-    p.add_argument("--early-stop", type=int, default=5, help="stop after this many epochs without validation improvement")
+    p.add_argument("--early-stop", type=int, default=5,
+                   help="stop after this many epochs without validation improvement")
     p.add_argument("--schedule-on", choices=["loss", "acc"], default="loss",
                    help="validation quantity the ReduceLROnPlateau schedule follows (the authors': loss)")
     p.add_argument("--select-on", choices=["acc", "loss"], default="acc",
                    help="validation quantity for the kept checkpoint and early stopping (the authors': accuracy; "
                         "a strict improvement is needed, so the earliest epoch wins ties)")
+
+
+def add_split_flags(p: argparse.ArgumentParser) -> None:
+    """The splits (see Splits) and the seeds."""
     p.add_argument("--validation", choices=["held-out", "test"], default="held-out",
                    help="held-out: validation dialogs drawn from the training sessions (ours); "
                         "test: validate and select on the test split, as the authors did")
     p.add_argument("--folds", choices=["session", "loso", "speaker-script"], default="session")
     p.add_argument("--test-session", type=int, default=5, help="with --folds session")
-    p.add_argument("--val-fraction", type=float, default=0.15, help="share of each training session's dialogs held out for validation")
+    p.add_argument("--val-fraction", type=float, default=0.15,
+                   help="share of each training session's dialogs held out for validation")
     p.add_argument("--seed", type=int, nargs="+", default=[0],
                    help="seed(s) of initialisation and data order; several seeds train one run each (a sweep)")
     p.add_argument("--split-seed", type=int, default=0,
                    help="seed of the validation-dialog draw, kept apart from --seed so that seeds share one split")
+
+
+def add_runtime_flags(p: argparse.ArgumentParser) -> None:
+    """Device, the extractors' input (crop, padding, truncation) and speed."""
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1")
     p.add_argument("--max-audio-seconds", type=float, default=0.0,
-                   help="centre-crop longer segments to this many seconds, for small GPUs (default 0 = no crop, as the authors)")
+                   help="centre-crop longer segments to this many seconds, for small GPUs "
+                        "(default 0 = no crop, as the authors)")
     p.add_argument("--audio-padding", choices=["exact", "authors"], default="exact",
                    help="exact: padding in a batch does not change a segment's audio embedding (ours); "
                         "authors: each padded row normalised over its padded length, no attention mask, "
                         "mean over every frame of the padded batch")
     p.add_argument("--max-text-tokens", type=int, default=512)
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (default: on with CUDA)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: on with CUDA)")
     p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--freeze-feature-encoder", action="store_true", help="fine-tuned mode: keep the audio model's CNN fixed")
+    p.add_argument("--freeze-feature-encoder", action="store_true",
+                   help="fine-tuned mode: keep the audio model's CNN fixed")
     p.add_argument("--gradient-checkpointing", action="store_true")
+
+
+def add_resume_flags(p: argparse.ArgumentParser) -> None:
+    """Resuming an interrupted run."""
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="resume from checkpoint_last.pt when the run dir has one with the same config")
     p.add_argument(rundirs.ALLOW_CHANGED_DATA, action="store_true",
                    help="resume even when labels.json, the step-3 config or cache files changed since the checkpoint "
                         "(refused otherwise); what changed is recorded in config.json data_changed_on_resume")
+
+
+def add_preflight_flags(p: argparse.ArgumentParser) -> None:
+    """--check (preflight()) and --download-models (download_models()): neither trains."""
     c = p.add_argument_group("preflight and offline models (see preflight() and download_models())")
     c.add_argument("--check", action="store_true",
                    help="preflight only: labels and step-3 cache (splits and segment counts), extractors resolvable "
@@ -167,7 +206,6 @@ def parse_args(argv=None):
                    help="copy --text-model and --audio-model from the hub into DIR/<org>/<name> (the files that "
                         "load: config, tokenizer or feature extractor, one weights file), write DIR/models.json, "
                         "print the paths to pass back as --text-model/--audio-model, and stop")
-    return p.parse_args(argv)
 
 
 # ---- splits -----------------------------------------------------------------------------------
