@@ -360,26 +360,53 @@ def resume_data_check(old: dict, config: dict, run_dir: Path, allow: bool) -> No
 def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple, shared: dict) -> Path:
     """Train one seed on one split. `shared` carries what does not depend on the seed (the datasets,
     frozen embeddings) from one seed of the same split to the next, so it is read once."""
-    from transformers import AutoFeatureExtractor, AutoTokenizer
-
     rank, world_size, device = dist_info
-    main_rank = rank == 0
-    say = print if main_rank else (lambda *a, **k: None)
+    say = print if rank == 0 else (lambda *a, **k: None)
     bf16 = (device.type == "cuda") if args.bf16 is None else (args.bf16 and device.type == "cuda")
-    work = Path(args.work).resolve()
-    cache_dir = work / args.pipe / args.variant / "cache"
-    use_text, use_audio = args.modality in ("fusion", "text"), args.modality in ("fusion", "audio")
+    config = fold_config(args, split, run_dir, meta_info, world_size, bf16, shared)
+    resume_state = resume_checkpoint(args, config, run_dir, say)
+    if rank == 0:
+        prepare_run_dir(run_dir, config, resume_state, say)
 
+    rundirs.seed_everything(args.seed)
+    model, collator, norm_segment = fold_model(args, config, device, say)
+    datasets = fold_datasets(args, split, shared, config, norm_segment, say)
+    if args.mode == "frozen":
+        net, groups, batches_for = frozen_stage(args, model, datasets, collator, config, shared, dist_info, bf16, say)
+    else:
+        net, groups = finetune_stage(args, model, datasets, device, say)
+    net, optimizer, scheduler = fold_optimiser(args, net, groups, device, world_size)
+    if args.mode == "finetune":
+        batches_for = fold_loaders(args, datasets, collator, dist_info)
+    progress = restore_progress(args, resume_state, model, optimizer, scheduler)
+    fit(args, model, net, optimizer, scheduler, batches_for, progress, run_dir, dist_info, bf16, say)
+    return run_dir
+
+
+def uses(args) -> tuple[bool, bool]:
+    """(text used, audio used) by --modality."""
+    return args.modality in ("fusion", "text"), args.modality in ("fusion", "audio")
+
+
+def fold_config(args, split: dict, run_dir: Path, meta_info: dict, world_size: int, bf16: bool, shared: dict) -> dict:
+    """The run's config.json: the flags, the extractors' identity, the frozen feature caches, the split and
+    the identity of the data it reads (hashed once per split for all its seeds, in shared["data"])."""
+    from transformers import AutoFeatureExtractor
+
+    work = Path(args.work).resolve()
+    use_text, use_audio = uses(args)
     extractors = {"text": utils.extractor_identity(args.text_model) if use_text else None,
                   "audio": utils.extractor_identity(args.audio_model) if use_audio else None}
-    do_norm = bool(getattr(AutoFeatureExtractor.from_pretrained(args.audio_model), "do_normalize", True)) if use_audio else True
+    do_norm = (bool(getattr(AutoFeatureExtractor.from_pretrained(args.audio_model), "do_normalize", True))
+               if use_audio else True)
     feature_dirs = {}
     if args.mode == "frozen":
         # everything that changes an embedding besides the extractor and the code (utils.feature_key)
         settings = {"text": {"max_text_tokens": args.max_text_tokens, "bf16": bf16,
                              "tokenizer_sha256": utils.tokenizer_digest(args.text_model) if use_text else None},
                     "audio": {"max_audio_seconds": args.max_audio_seconds, "do_normalize": do_norm, "bf16": bf16}}
-        feature_dirs = {k: str(work / "features" / utils.feature_key(k, extractors[k], settings[k]) / args.pipe / args.variant)
+        feature_dirs = {k: str(work / "features" / utils.feature_key(k, extractors[k], settings[k]) / args.pipe
+                               / args.variant)
                         for k in ("text", "audio") if extractors[k] is not None}
     config = {k: v for k, v in vars(args).items() if k not in ("run", "folds")}
     config.update({"work": str(work), "run": run_dir.name, "folds_scheme": args.folds, "bf16": bf16,
@@ -390,48 +417,69 @@ def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple
         shared["data"] = rundirs.run_data_identity(work, args.pipe, args.variant,
                                                  [d for part in ("train", "val", "test") for d in split[part]])
     config["data"] = shared["data"]
+    return config
 
+
+def resume_checkpoint(args, config: dict, run_dir: Path, say) -> dict | None:
+    """The last checkpoint to resume from (None: start afresh); refused when the run dir's config differs
+    in a key that changes results, or its data changed (resume_data_check)."""
     ckpt_last = run_dir / "checkpoint_last.pt"
-    resume_state = None
-    if ckpt_last.is_file() and args.resume:
-        old = fileio.read_json(run_dir / "config.json", "run config")
-        resume_data_check(old, config, run_dir, args.allow_changed_data)
-        differ = sorted(k for k in set(old) | set(config) if k not in RESUME_FREE_KEYS + DATA_KEYS
-                        and old.get(k) != json.loads(json.dumps(config.get(k))))
-        if differ:
-            raise PipelineError(f"{run_dir}: has a checkpoint from a different configuration (differs in {differ}); "
-                                f"use another --run or --no-resume to start over")
-        resume_state = fileio.load_pt(ckpt_last, "last checkpoint")
-        say(f"resuming {run_dir} after epoch {resume_state['epoch']}")
-    if main_rank:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        # left by a write that a kill interrupted (common.fileio.atomic_write_bytes), in the run dir and its feature caches
-        stale_tmp = fileio.remove_stale_temp(run_dir, recursive=False) + fileio.remove_stale_temp(*feature_dirs.values())
-        if stale_tmp:
-            say(f"removed {stale_tmp} unfinished temporary file(s) of an interrupted run from {run_dir}"
-                + (" and its feature caches" if feature_dirs else ""))
-        log_path = run_dir / "log.jsonl"
-        if resume_state is None and log_path.exists():
-            log_path.unlink()
-        elif resume_state is not None and log_path.exists():  # a kill after the log line but before the checkpoint
-            kept = [line for line in log_path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line)["epoch"] <= resume_state["epoch"]]
-            fileio.atomic_write_text(log_path, "".join(line + "\n" for line in kept))
-        fileio.atomic_write_json(run_dir / "config.json", config)
+    if not (ckpt_last.is_file() and args.resume):
+        return None
+    old = fileio.read_json(run_dir / "config.json", "run config")
+    resume_data_check(old, config, run_dir, args.allow_changed_data)
+    differ = sorted(k for k in set(old) | set(config) if k not in RESUME_FREE_KEYS + DATA_KEYS
+                    and old.get(k) != json.loads(json.dumps(config.get(k))))
+    if differ:
+        raise PipelineError(f"{run_dir}: has a checkpoint from a different configuration (differs in {differ}); "
+                            f"use another --run or --no-resume to start over")
+    resume_state = fileio.load_pt(ckpt_last, "last checkpoint")
+    say(f"resuming {run_dir} after epoch {resume_state['epoch']}")
+    return resume_state
 
-    rundirs.seed_everything(args.seed)
+
+def prepare_run_dir(run_dir: Path, config: dict, resume_state: dict | None, say) -> None:
+    """Rank 0: the run dir made, temporary files of a killed write removed, the log started afresh or cut
+    back to the resumed epoch, config.json written."""
+    feature_dirs = config["feature_dirs"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # left by a write that a kill interrupted (common.fileio.atomic_write_bytes), in the run dir and its feature caches
+    stale_tmp = fileio.remove_stale_temp(run_dir, recursive=False) + fileio.remove_stale_temp(*feature_dirs.values())
+    if stale_tmp:
+        say(f"removed {stale_tmp} unfinished temporary file(s) of an interrupted run from {run_dir}"
+            + (" and its feature caches" if feature_dirs else ""))
+    log_path = run_dir / "log.jsonl"
+    if resume_state is None and log_path.exists():
+        log_path.unlink()
+    elif resume_state is not None and log_path.exists():  # a kill after the log line but before the checkpoint
+        kept = [line for line in log_path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line)["epoch"] <= resume_state["epoch"]]
+        fileio.atomic_write_text(log_path, "".join(line + "\n" for line in kept))
+    fileio.atomic_write_json(run_dir / "config.json", config)
+
+
+def fold_model(args, config: dict, device, say) -> tuple:
+    """(model on the device, collator, where a segment's audio is normalised) of the run config."""
+    from transformers import AutoTokenizer
+
     model = utils.build_model(config).to(device)
     say(f"model: {args.modality}" + (f" ({args.fusion} fusion)" if args.modality == "fusion" else "")
         + f", mode {args.mode}, hidden {model.dim}, "
         f"{sum(p.numel() for p in model.extractor_parameters()) / 1e6:.2f} M extractor + "
         f"{sum(p.numel() for p in model.head_parameters()) / 1e6:.2f} M head parameters")
-    tokenizer = AutoTokenizer.from_pretrained(args.text_model) if use_text else None
-    norm_segment, norm_row = utils.normalisation_places(args.audio_padding, do_norm)
+    tokenizer = AutoTokenizer.from_pretrained(args.text_model) if uses(args)[0] else None
+    norm_segment, norm_row = utils.normalisation_places(args.audio_padding, config["do_normalize"])
     collator = utils.Collator(tokenizer, args.max_text_tokens, normalize_rows=norm_row)
+    return model, collator, norm_segment
 
+
+def fold_datasets(args, split: dict, shared: dict, config: dict, norm_segment: bool, say) -> dict:
+    """{"train", "val"}: utils.SegmentDataset of the split's labelled segments, read once into `shared`."""
+    cache_dir = Path(config["work"]) / args.pipe / args.variant / "cache"
+    use_audio = uses(args)[1]
     # Keyed by what changes their audio (each arm of a modality sweep prepares it as its own model's config
     # says); a text-only model reads no audio, so any arm's datasets serve it.
-    dkey = ("datasets", args.max_audio_seconds, do_norm if use_audio else None)
+    dkey = ("datasets", args.max_audio_seconds, config["do_normalize"] if use_audio else None)
     if not use_audio:
         dkey = next((k for k in shared if isinstance(k, tuple) and k[0] == "datasets"), dkey)
     datasets = shared.setdefault(dkey, {})
@@ -447,92 +495,129 @@ def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple
             + f"padded {c['padded_short']} < 25 ms)")
         if not len(datasets[part]):
             raise PipelineError(f"{cache_dir}: no labelled segments in the {part} dialogs {split[part][:5]}...")
+    return datasets
 
-    if args.mode == "frozen":
-        for p in model.extractor_parameters():
-            p.requires_grad_(False)
-        feats = shared.setdefault(("feats", *sorted(feature_dirs.items())), {})  # per feature cache (utils.feature_key)
-        for part, ds in datasets.items():
-            if part in feats:
-                continue
-            # Distributed: rank 0 fills the on-disk cache alone; the other ranks then only read it.
-            if world_size > 1 and not main_rank:
-                torch.distributed.barrier()
-            feats[part] = utils.cached_embeddings(model, ds, collator, feature_dirs, cache_dir, args.batch_size,
-                                                  device, bf16, args.num_workers)
-            if world_size > 1 and main_rank:
-                torch.distributed.barrier()
-            say(f"frozen embeddings for {part} ({len(ds)} segments x {len(feature_dirs)} extractor(s)): "
-                f"{feats[part]['reused']} read from the feature cache, {feats[part]['computed']} computed "
-                f"(under {work / 'features'})")
-            feats[part] = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in feats[part].items()}
-        labels = {part: torch.tensor([s["label"] for s in ds.segments], device=device) for part, ds in datasets.items()}
-        net = HeadOnly(model)
-        groups = [{"params": model.head_parameters(), "lr": args.lr_head}]
-    else:
-        if args.freeze_feature_encoder and model.audio is not None:
-            model.audio.freeze_feature_encoder()
-            if args.audio_padding == "exact":  # a frozen CNN's features are computed once, for every epoch and seed
-                n = sum(utils.cache_cnn_features(model.audio, ds, args.batch_size, device) for ds in datasets.values())
-                say(f"frozen CNN: features of {n} segments computed once and kept in memory"
-                    + (" (the others were cached by an earlier seed)" if n < sum(len(ds) for ds in datasets.values()) else ""))
-        if args.gradient_checkpointing:
-            for m in model.extractors():
-                m.gradient_checkpointing_enable()
-        net = model
-        groups = [{"params": [p for p in model.extractor_parameters() if p.requires_grad], "lr": args.lr_extractor},
-                  {"params": model.head_parameters(), "lr": args.lr_head}]
+
+def frozen_stage(args, model, datasets: dict, collator, config: dict, shared: dict, dist_info: tuple, bf16: bool,
+                 say) -> tuple:
+    """Frozen mode: extractors fixed, each segment's embeddings read from (or computed into) the feature
+    cache once -> (the module trained, its parameter groups, epoch -> (train batches, val batches))."""
+    rank, world_size, device = dist_info
+    work, feature_dirs = Path(config["work"]), config["feature_dirs"]
+    cache_dir = work / args.pipe / args.variant / "cache"
+    for p in model.extractor_parameters():
+        p.requires_grad_(False)
+    feats = shared.setdefault(("feats", *sorted(feature_dirs.items())), {})  # per feature cache (utils.feature_key)
+    for part, ds in datasets.items():
+        if part in feats:
+            continue
+        # Distributed: rank 0 fills the on-disk cache alone; the other ranks then only read it.
+        if world_size > 1 and rank != 0:
+            torch.distributed.barrier()
+        feats[part] = utils.cached_embeddings(model, ds, collator, feature_dirs, cache_dir, args.batch_size,
+                                              device, bf16, args.num_workers)
+        if world_size > 1 and rank == 0:
+            torch.distributed.barrier()
+        say(f"frozen embeddings for {part} ({len(ds)} segments x {len(feature_dirs)} extractor(s)): "
+            f"{feats[part]['reused']} read from the feature cache, {feats[part]['computed']} computed "
+            f"(under {work / 'features'})")
+        feats[part] = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in feats[part].items()}
+    labels = {part: torch.tensor([s["label"] for s in ds.segments], device=device) for part, ds in datasets.items()}
+
+    def batches_for(epoch: int) -> tuple:
+        return (embedding_batches(feats["train"], labels["train"], args.batch_size, True, args.seed + epoch,
+                                  rank, world_size),
+                embedding_batches(feats["val"], labels["val"], args.batch_size, False, 0))
+
+    return HeadOnly(model), [{"params": model.head_parameters(), "lr": args.lr_head}], batches_for
+
+
+def finetune_stage(args, model, datasets: dict, device, say) -> tuple:
+    """Fine-tuned mode: optionally a frozen CNN (its features computed once) and gradient checkpointing
+    -> (the module trained, its parameter groups: extractors at --lr-extractor, the head at --lr-head)."""
+    if args.freeze_feature_encoder and model.audio is not None:
+        model.audio.freeze_feature_encoder()
+        if args.audio_padding == "exact":  # a frozen CNN's features are computed once, for every epoch and seed
+            n = sum(utils.cache_cnn_features(model.audio, ds, args.batch_size, device) for ds in datasets.values())
+            say(f"frozen CNN: features of {n} segments computed once and kept in memory"
+                + (" (the others were cached by an earlier seed)"
+                   if n < sum(len(ds) for ds in datasets.values()) else ""))
+    if args.gradient_checkpointing:
+        for m in model.extractors():
+            m.gradient_checkpointing_enable()
+    return model, [{"params": [p for p in model.extractor_parameters() if p.requires_grad], "lr": args.lr_extractor},
+                   {"params": model.head_parameters(), "lr": args.lr_head}]
+
+
+def fold_optimiser(args, net, groups: list, device, world_size: int) -> tuple:
+    """(net, wrapped in DistributedDataParallel under torchrun; AdamW; ReduceLROnPlateau)."""
     if world_size > 1:
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
-                                                        find_unused_parameters=True)
+        net = torch.nn.parallel.DistributedDataParallel(net, find_unused_parameters=True,
+                                                        device_ids=[device.index] if device.type == "cuda" else None)
     # fused: one kernel for all parameters instead of a loop over them (the same update; on CPU, where
     # the tiny demo models make the per-parameter loop a sizeable share of a step, and on CUDA)
     optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay, fused=device.type in ("cpu", "cuda"))
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=args.plateau_factor,
+                                                           patience=args.plateau_patience)
+    return net, optimizer, scheduler
+
+
+def fold_loaders(args, datasets: dict, collator, dist_info: tuple):
+    """Fine-tuned mode: the DataLoaders (length-bucketed batches) -> epoch -> (train batches, val batches)."""
+    from tqdm import tqdm
+
+    rank, world_size, device = dist_info
+    train_sampler = utils.LengthBucketSampler(datasets["train"].lengths, args.batch_size, shuffle=True,
+                                              seed=args.seed, rank=rank, world_size=world_size)
+    # The loaders draw their workers' base seed from their own generator, never from the global RNG:
+    # with persistent workers that draw happens once, at the first epoch of a process, so drawing it
+    # from the global RNG would shift every later dropout mask of a resumed run against an
+    # uninterrupted one. (The sampler is seeded by the run's seed and the epoch; the workers only
+    # tokenise, which draws nothing.)
+    train_loader = torch.utils.data.DataLoader(datasets["train"], batch_sampler=train_sampler, collate_fn=collator,
+                                               num_workers=args.num_workers, pin_memory=device.type == "cuda",
+                                               persistent_workers=args.num_workers > 0,
+                                               generator=torch.Generator().manual_seed(args.seed))
+    val_loader = torch.utils.data.DataLoader(
+        datasets["val"], collate_fn=collator, num_workers=args.num_workers,
+        batch_sampler=utils.LengthBucketSampler(datasets["val"].lengths, args.batch_size, shuffle=False),
+        generator=torch.Generator().manual_seed(args.seed))
+
+    def batches_for(epoch: int) -> tuple:
+        train_sampler.set_epoch(epoch)
+        return tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=rank != 0), val_loader
+
+    return batches_for
+
+
+def restore_progress(args, resume_state: dict | None, model, optimizer, scheduler) -> dict:
+    """{"epoch" (the next), "best", "best_epoch", "stale"}: afresh, or restored with the model, optimiser,
+    schedule and RNG states from the last checkpoint."""
+    if resume_state is None:
+        return {"epoch": 1, "best": None, "best_epoch": 0, "stale": 0}
+    model.load_state_dict(resume_state["model"], strict=args.mode == "finetune")
+    optimizer.load_state_dict(resume_state["optimizer"])
+    scheduler.load_state_dict(resume_state["scheduler"])
+    progress = {"epoch": resume_state["epoch"] + 1, "best": resume_state["best"],
+                "best_epoch": resume_state["best_epoch"], "stale": resume_state["stale"]}
+    set_rng_state(resume_state["rng"])
+    return progress
+
+
+def fit(args, model, net, optimizer, scheduler, batches_for, progress: dict, run_dir: Path, dist_info: tuple,
+        bf16: bool, say) -> None:
+    """The epochs: train, validate, step the schedule, keep the best checkpoint, stop early; rank 0 writes
+    log.jsonl and the checkpoints after each epoch (save_epoch)."""
+    rank, world_size, device = dist_info
     # Both quantities are turned into something to minimise: loss as is, accuracy negated.
     sched_sign = 1.0 if args.schedule_on == "loss" else -1.0
     sign = 1.0 if args.select_on == "loss" else -1.0
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=args.plateau_factor,
-                                                           patience=args.plateau_patience)
-
-    if args.mode == "finetune":
-        train_sampler = utils.LengthBucketSampler(datasets["train"].lengths, args.batch_size, shuffle=True,
-                                                  seed=args.seed, rank=rank, world_size=world_size)
-        # The loaders draw their workers' base seed from their own generator, never from the global RNG:
-        # with persistent workers that draw happens once, at the first epoch of a process, so drawing it
-        # from the global RNG would shift every later dropout mask of a resumed run against an
-        # uninterrupted one. (The sampler is seeded by the run's seed and the epoch; the workers only
-        # tokenise, which draws nothing.)
-        train_loader = torch.utils.data.DataLoader(datasets["train"], batch_sampler=train_sampler, collate_fn=collator,
-                                                   num_workers=args.num_workers, pin_memory=device.type == "cuda",
-                                                   persistent_workers=args.num_workers > 0,
-                                                   generator=torch.Generator().manual_seed(args.seed))
-        val_loader = torch.utils.data.DataLoader(
-            datasets["val"], collate_fn=collator, num_workers=args.num_workers,
-            batch_sampler=utils.LengthBucketSampler(datasets["val"].lengths, args.batch_size, shuffle=False),
-            generator=torch.Generator().manual_seed(args.seed))
-
-    start_epoch, best, best_epoch, stale = 1, None, 0, 0
-    if resume_state is not None:
-        model.load_state_dict(resume_state["model"], strict=args.mode == "finetune")
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        start_epoch, best, best_epoch, stale = (resume_state["epoch"] + 1, resume_state["best"],
-                                                resume_state["best_epoch"], resume_state["stale"])
-        set_rng_state(resume_state["rng"])
-
-    from tqdm import tqdm
-
-    for epoch in range(start_epoch, args.epochs + 1):
+    best, best_epoch, stale = progress["best"], progress["best_epoch"], progress["stale"]
+    for epoch in range(progress["epoch"], args.epochs + 1):
         if stale >= args.early_stop:
             break
         t0 = time.time()
-        if args.mode == "finetune":
-            train_sampler.set_epoch(epoch)
-            batches = tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=not main_rank)
-            val_batches = val_loader
-        else:
-            batches = embedding_batches(feats["train"], labels["train"], args.batch_size, True, args.seed + epoch, rank, world_size)
-            val_batches = embedding_batches(feats["val"], labels["val"], args.batch_size, False, 0)
+        batches, val_batches = batches_for(epoch)
         tr = train_one_epoch(net, batches, optimizer, device, bf16)
         va = validate(net, val_batches, device, bf16)
         scheduler.step(sched_sign * va[args.schedule_on])
@@ -544,25 +629,34 @@ def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple
             stale += 1
         seconds = time.time() - t0
         lrs = [g["lr"] for g in optimizer.param_groups]
-        record = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"], "val_acc": va["acc"],
-                  "lr": lrs, "best_epoch": best_epoch, "seconds": seconds,
-                  "samples_per_s": tr["samples"] * world_size / seconds, "audio_s_per_s": tr["audio_seconds"] * world_size / seconds}
-        say(f"epoch {epoch:2d}  train loss {tr['loss']:.4f} acc {tr['acc']:.3f}  val loss {va['loss']:.4f} acc {va['acc']:.3f}  "
+        record = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"],
+                  "val_acc": va["acc"], "lr": lrs, "best_epoch": best_epoch, "seconds": seconds,
+                  "samples_per_s": tr["samples"] * world_size / seconds,
+                  "audio_s_per_s": tr["audio_seconds"] * world_size / seconds}
+        say(f"epoch {epoch:2d}  train loss {tr['loss']:.4f} acc {tr['acc']:.3f}  "
+            f"val loss {va['loss']:.4f} acc {va['acc']:.3f}  "
             f"lr {' '.join(f'{x:.2e}' for x in lrs)}  {seconds:.1f} s{'  *best' if improved else ''}")
-        if main_rank:
-            if improved:
-                fileio.atomic_torch_save({"model": trained_state(model, args.mode), "epoch": epoch, "val": va},
-                                        run_dir / "checkpoint_best.pt")
-            with open(run_dir / "log.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-            fileio.atomic_torch_save({"model": trained_state(model, args.mode), "optimizer": optimizer.state_dict(),
-                                     "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best,
-                                     "best_epoch": best_epoch, "stale": stale, "rng": rng_state()}, ckpt_last)
+        if rank == 0:
+            save_epoch(args, model, optimizer, scheduler, run_dir, record, va, improved,
+                       {"epoch": epoch, "best": best, "best_epoch": best_epoch, "stale": stale})
     if stale >= args.early_stop:
         say(f"early stopping: no validation improvement for {stale} epochs")
-    say(f"best validation epoch {best_epoch} ({args.select_on} {sign * best:.4f}); wrote {run_dir}/config.json, log.jsonl, "
-        f"checkpoint_best.pt, checkpoint_last.pt")
-    return run_dir
+    say(f"best validation epoch {best_epoch} ({args.select_on} {sign * best:.4f}); wrote {run_dir}/config.json, "
+        f"log.jsonl, checkpoint_best.pt, checkpoint_last.pt")
+
+
+def save_epoch(args, model, optimizer, scheduler, run_dir: Path, record: dict, va: dict, improved: bool,
+               progress: dict) -> None:
+    """After an epoch: checkpoint_best.pt when it improved, its log.jsonl line, then checkpoint_last.pt
+    (progress: {"epoch", "best", "best_epoch", "stale"}, with the RNG states, for resuming)."""
+    if improved:
+        fileio.atomic_torch_save({"model": trained_state(model, args.mode), "epoch": progress["epoch"], "val": va},
+                                 run_dir / "checkpoint_best.pt")
+    with open(run_dir / "log.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    fileio.atomic_torch_save({"model": trained_state(model, args.mode), "optimizer": optimizer.state_dict(),
+                              "scheduler": scheduler.state_dict(), **progress, "rng": rng_state()},
+                             run_dir / "checkpoint_last.pt")
 
 
 # ---- preflight (--check) and offline copies of the extractors (--download-models) ------------------
