@@ -825,82 +825,18 @@ def preflight_variant(args, checked: dict | None = None) -> list[checklist.Check
                   Data loading is not modelled: read it as an order of magnitude.
     """
     CheckItem = checklist.CheckItem
-    work, items = Path(args.work), []
+    work = Path(args.work)
     kinds = [k for k, used in (("text", args.modality in ("fusion", "text")),
                                ("audio", args.modality in ("fusion", "audio"))) if used]
     names = {"text": args.text_model, "audio": args.audio_model}
-    cache_dir = work / args.pipe / args.variant / "cache"
-    labels_path = work / "labels.json"
 
-    labels = None
-    try:
-        labels = formats.load_labels(work)
-        items.append(CheckItem("labels", True, f"{labels_path}: {len(labels['dialogs'])} dialogs"))
-    except PipelineError as e:
-        if not (args.planned and not labels_path.exists()):
-            items.append(CheckItem("labels", False, str(e)))
-        elif not args.iemocap:
-            items.append(CheckItem("labels", True, f"{labels_path} will be made by step 1 (no --iemocap: no estimates)"))
-        else:
-            import subprocess
-            import tempfile
-
-            # step 1 itself, into a temporary folder: nothing is written under --work (and no step imports another)
-            with tempfile.TemporaryDirectory() as tmp:
-                step1 = cli.start_step("iemo_lab_with_timestamps.py", ["--iemocap", str(args.iemocap), "--work", tmp],
-                                         stdout=subprocess.PIPE)
-                output = step1.communicate()[0]
-                if step1.returncode == 0:
-                    labels = formats.load_labels(tmp)
-                    items.append(CheckItem("labels", True, f"{labels_path} will be made by step 1; read {args.iemocap} "
-                                           f"for the estimates: {len(labels['dialogs'])} dialogs"))
-                else:
-                    why = [line for line in output.splitlines() if line.startswith("error: ")][-1:] or \
-                        output.strip().splitlines()[-1:] or ["no message"]
-                    items.append(CheckItem("labels", False, f"{labels_path} is to be made by step 1 from --iemocap: {why[0]}"))
-
+    labels, item = preflight_labels(args, work)
+    items = [item]
     # segments[dialog] = [(seconds, words)] of its labelled segments (what training and validation read)
     folds, segments = [], {}
     if labels is not None:
-        cached = [p for p in sorted(cache_dir.glob("*.pt")) if p.stem in labels["dialogs"]] if cache_dir.is_dir() else []
-        problem = None
-        if cached:
-            for path in cached:
-                try:
-                    cache = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-                    segments[path.stem] = [(min(s["audio"].numel() / formats.SAMPLE_RATE, args.max_audio_seconds or np.inf),
-                                            len((s["text"] or "").split())) for s in cache["segments"] if int(s["label"]) >= 0]
-                except Exception as e:
-                    problem = f"{path}: unreadable segment cache ({type(e).__name__}: {e}); rerun step 3 with --overwrite"
-                    break
-            where = f"{cache_dir}: {len(cached)} of {len(labels['dialogs'])} dialogs cached"
-        elif args.planned:
-            segments = {d: [(min(u["end"] - u["start"], args.max_audio_seconds or np.inf), len(u["text"].split()))
-                            for u in info["utterances"] if u["label"] is not None] for d, info in labels["dialogs"].items()}
-            where = (f"{cache_dir} will be made by step 3; until then the 4-class reference utterances of "
-                     f"{len(segments)} dialogs stand in for its segments")
-        else:
-            problem = (f"{cache_dir}: no segment cache; run step 3 first: python align.py --work {work} --pipe {args.pipe}")
-        if problem is None:
-            meta = {d: {k: labels["dialogs"][d].get(k) for k in ("session", "kind", "script")} for d in segments}
-            try:
-                folds = make_folds(meta, args.folds, args.test_session, args.val_fraction, args.split_seed, args.validation)
-            except PipelineError as e:
-                problem = str(e)
-        if problem is None:
-            f0 = folds[0]
-            count = {part: sum(len(segments[d]) for d in f0[part]) for part in ("train", "val", "test")}
-            empty = [part for part in ("train", "val") if not count[part]]
-            message = (f"{where}; split {f0['name']} (test session {f0['test_session']}): "
-                       + ", ".join(f"{part} {len(f0[part])} dialogs / {count[part]} labelled segments"
-                                   for part in ("train", "val", "test"))
-                       + (f"; {len(folds)} folds ({args.folds})" if len(folds) > 1 else ""))
-            if empty:
-                problem = f"{message}: no labelled segments in {' and '.join(empty)}, train.py would stop"
-            else:
-                items.append(CheckItem("step-3 cache", True, message))
-        if problem is not None:
-            items.append(CheckItem("step-3 cache", False, problem))
+        folds, segments, item = preflight_cache(args, work, labels)
+        items.append(item)
 
     checked = {} if checked is None else checked
     for kind in kinds:
@@ -916,42 +852,141 @@ def preflight_variant(args, checked: dict | None = None) -> list[checklist.Check
     trained = ext_params + head_params if args.mode == "finetune" else head_params
     need_gib = ((16 * trained + (4 * ext_params if args.mode == "frozen" else 0)) / 2**30 + ACTIVATION_GIB[args.mode])
     items.append(checklist.check_cuda(required=args.device.startswith("cuda"), min_free_gib=round(need_gib, 1),
-                                  purpose=f"{args.mode}, estimate"))
+                                      purpose=f"{args.mode}, estimate"))
 
     runs = args.check_runs or len(set(args.seed))  # each trains every fold
     n_all = sum(len(v) for v in segments.values())
     disk = 16 * trained * runs * max(len(folds), 1)
     if args.mode == "frozen":
         disk += 4 * n_all * sum(f["hidden"] for f in facts.values())
-    items.append(checklist.check_disk(work, disk, "checkpoints" + (" and feature cache" if args.mode == "frozen" else "")))
-
+    items.append(checklist.check_disk(work, disk,
+                                      "checkpoints" + (" and feature cache" if args.mode == "frozen" else "")))
     if not folds:
         items.append(CheckItem("time (estimate)", True, "no segments to estimate from yet"))
         return items
+    items.append(preflight_time(args, kinds, facts, folds, segments, head_params, runs))
+    return items
 
-    def flops(kind: str, segs, training: bool) -> float:
-        """FLOPs of one pass of an extractor over segments [(seconds, words)]."""
-        f, total = facts[kind], 0.0
-        for seconds, words in segs:
-            positions = (seconds * f["frames_per_s"] if kind == "audio"
-                         else min(words * TOKENS_PER_WORD + 2, args.max_text_tokens))
-            total += (checklist.transformer_flops(f["dense"], positions, training)
-                      + (3 if training else 1) * 4 * f["layers"] * f["hidden"] * positions ** 2)
-            if kind == "audio":
-                cnn_trained = training and not args.freeze_feature_encoder
-                total += (3 if cnn_trained else 1) * f["cnn_flops_per_s"] * seconds
-        return total
 
+def preflight_labels(args, work: Path) -> tuple[dict | None, checklist.CheckItem]:
+    """(labels or None, the "labels" line): WORK/labels.json; with --planned and none yet, step 1's
+    output for --iemocap (planned_labels), or no estimates without --iemocap."""
+    CheckItem = checklist.CheckItem
+    labels_path = work / "labels.json"
+    try:
+        labels = formats.load_labels(work)
+        return labels, CheckItem("labels", True, f"{labels_path}: {len(labels['dialogs'])} dialogs")
+    except PipelineError as e:
+        if not (args.planned and not labels_path.exists()):
+            return None, CheckItem("labels", False, str(e))
+        if not args.iemocap:
+            return None, CheckItem("labels", True,
+                                   f"{labels_path} will be made by step 1 (no --iemocap: no estimates)")
+        return planned_labels(args, labels_path)
+
+
+def planned_labels(args, labels_path: Path) -> tuple[dict | None, checklist.CheckItem]:
+    """Step 1 itself on --iemocap, into a temporary folder: nothing is written under --work (and no step
+    imports another) -> (its labels or None, the "labels" line)."""
+    import subprocess
+    import tempfile
+
+    CheckItem = checklist.CheckItem
+    with tempfile.TemporaryDirectory() as tmp:
+        step1 = cli.start_step("iemo_lab_with_timestamps.py", ["--iemocap", str(args.iemocap), "--work", tmp],
+                               stdout=subprocess.PIPE)
+        output = step1.communicate()[0]
+        if step1.returncode == 0:
+            labels = formats.load_labels(tmp)
+            return labels, CheckItem("labels", True, f"{labels_path} will be made by step 1; read {args.iemocap} "
+                                     f"for the estimates: {len(labels['dialogs'])} dialogs")
+        why = [line for line in output.splitlines() if line.startswith("error: ")][-1:] or \
+            output.strip().splitlines()[-1:] or ["no message"]
+        return None, CheckItem("labels", False, f"{labels_path} is to be made by step 1 from --iemocap: {why[0]}")
+
+
+def preflight_segments(args, work: Path, labels: dict) -> tuple[dict, str | None, str | None]:
+    """(segments {dialog: [(seconds, words)]} of the labelled segments, where they come from, a problem or
+    None): the step-3 cache read memory-mapped (audio not loaded), or with --planned and no cache yet the
+    4-class reference utterances."""
+    cache_dir = work / args.pipe / args.variant / "cache"
+    cached = [p for p in sorted(cache_dir.glob("*.pt")) if p.stem in labels["dialogs"]] if cache_dir.is_dir() else []
+    segments = {}
+    if cached:
+        for path in cached:
+            try:
+                cache = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                segments[path.stem] = [(min(s["audio"].numel() / formats.SAMPLE_RATE,
+                                            args.max_audio_seconds or np.inf), len((s["text"] or "").split()))
+                                       for s in cache["segments"] if int(s["label"]) >= 0]
+            except Exception as e:
+                return segments, None, (f"{path}: unreadable segment cache ({type(e).__name__}: {e}); "
+                                        "rerun step 3 with --overwrite")
+        return segments, f"{cache_dir}: {len(cached)} of {len(labels['dialogs'])} dialogs cached", None
+    if args.planned:
+        segments = {d: [(min(u["end"] - u["start"], args.max_audio_seconds or np.inf), len(u["text"].split()))
+                        for u in info["utterances"] if u["label"] is not None] for d, info in labels["dialogs"].items()}
+        return segments, (f"{cache_dir} will be made by step 3; until then the 4-class reference utterances of "
+                          f"{len(segments)} dialogs stand in for its segments"), None
+    return segments, None, (f"{cache_dir}: no segment cache; run step 3 first: "
+                            f"python align.py --work {work} --pipe {args.pipe}")
+
+
+def preflight_cache(args, work: Path, labels: dict) -> tuple[list, dict, checklist.CheckItem]:
+    """(folds, segments, the "step-3 cache" line): the segments (preflight_segments), the splits make_folds
+    builds from them and each split's labelled segments; no folds when there is a problem."""
+    segments, where, problem = preflight_segments(args, work, labels)
+    folds = []
+    if problem is None:
+        meta = {d: {k: labels["dialogs"][d].get(k) for k in ("session", "kind", "script")} for d in segments}
+        try:
+            folds = make_folds(meta, args.folds, args.test_session, args.val_fraction, args.split_seed, args.validation)
+        except PipelineError as e:
+            problem = str(e)
+    if problem is not None:
+        return folds, segments, checklist.CheckItem("step-3 cache", False, problem)
+    f0 = folds[0]
+    count = {part: sum(len(segments[d]) for d in f0[part]) for part in ("train", "val", "test")}
+    empty = [part for part in ("train", "val") if not count[part]]
+    message = (f"{where}; split {f0['name']} (test session {f0['test_session']}): "
+               + ", ".join(f"{part} {len(f0[part])} dialogs / {count[part]} labelled segments"
+                           for part in ("train", "val", "test"))
+               + (f"; {len(folds)} folds ({args.folds})" if len(folds) > 1 else ""))
+    if empty:
+        problem = f"{message}: no labelled segments in {' and '.join(empty)}, train.py would stop"
+        return folds, segments, checklist.CheckItem("step-3 cache", False, problem)
+    return folds, segments, checklist.CheckItem("step-3 cache", True, message)
+
+
+def extractor_flops(args, facts: dict, kind: str, segs, training: bool) -> float:
+    """FLOPs of one pass of an extractor over segments [(seconds, words)]."""
+    f, total = facts[kind], 0.0
+    for seconds, words in segs:
+        positions = (seconds * f["frames_per_s"] if kind == "audio"
+                     else min(words * TOKENS_PER_WORD + 2, args.max_text_tokens))
+        total += (checklist.transformer_flops(f["dense"], positions, training)
+                  + (3 if training else 1) * 4 * f["layers"] * f["hidden"] * positions ** 2)
+        if kind == "audio":
+            cnn_trained = training and not args.freeze_feature_encoder
+            total += (3 if cnn_trained else 1) * f["cnn_flops_per_s"] * seconds
+    return total
+
+
+def preflight_time(args, kinds: list, facts: dict, folds: list, segments: dict, head_params: float,
+                   runs: int) -> checklist.CheckItem:
+    """The "time (estimate)" line: FLOPs of every fold and run (see preflight_variant)."""
     total = 0.0
     for fold in folds:
         train_segs = [s for d in fold["train"] for s in segments[d]]
         val_segs = [s for d in fold["val"] for s in segments[d]]
         head = checklist.transformer_flops(head_params, 2 * len(train_segs), training=True)  # two fused positions
         if args.mode == "finetune":
-            per_epoch = sum(flops(k, train_segs, True) + flops(k, val_segs, False) for k in kinds) + head
+            per_epoch = sum(extractor_flops(args, facts, k, train_segs, True)
+                            + extractor_flops(args, facts, k, val_segs, False) for k in kinds) + head
             total += runs * args.epochs * per_epoch
         else:  # embeddings once (the feature cache is shared by the runs), then the head
-            total += sum(flops(k, train_segs + val_segs, False) for k in kinds) + runs * args.epochs * head
+            total += (sum(extractor_flops(args, facts, k, train_segs + val_segs, False) for k in kinds)
+                      + runs * args.epochs * head)
     f0 = folds[0]
     train_segs = [s for d in f0["train"] for s in segments[d]]
     detail = (f"{runs} run(s)" + (f" ({len(folds)} folds each)" if len(folds) > 1 else "")
@@ -960,9 +995,8 @@ def preflight_variant(args, checked: dict | None = None) -> list[checklist.Check
               f"~{sum(min(w * TOKENS_PER_WORD + 2, args.max_text_tokens) for _, w in train_segs):.0f} tokens; "
               + "; ".join(f"{k} {facts[k]['dense'] / 1e6:.1f} M dense parameters ({facts[k]['source']})" for k in kinds)
               + "; see train.preflight; early stopping only shortens it")
-    items.append(checklist.estimate_time("time (estimate)", total, device=args.device, efficiency=TRAIN_EFFICIENCY,
-                                     detail=detail))
-    return items
+    return checklist.estimate_time("time (estimate)", total, device=args.device, efficiency=TRAIN_EFFICIENCY,
+                                   detail=detail)
 
 
 def download_models(args) -> dict:
