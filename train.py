@@ -82,6 +82,7 @@ from common.formats import LABELS
 RESUME_FREE_KEYS = ("code_version", "device", "num_workers", "resume", "run_dir")
 # What the run read, checked on its own when resuming (resume_data_check).
 DATA_KEYS = ("data", "data_changed_on_resume", "allow_changed_data")
+MODEL = utils.ModelConfig()  # the defaults of the model's flags (one place: utils.ModelConfig)
 
 
 def parse_args(argv=None):
@@ -108,14 +109,14 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     """What is trained: mode, modality, fusion, the two extractors, and the run's name."""
     p.add_argument("--mode", choices=["finetune", "frozen"], default="finetune",
                    help="finetune: extractors train with --lr-extractor; frozen: cached embeddings, head only")
-    p.add_argument("--modality", nargs="+", choices=list(utils.MODALITIES), default=["fusion"],
+    p.add_argument("--modality", nargs="+", choices=list(utils.MODALITIES), default=[MODEL.modality],
                    help="fusion (both extractors), text or audio only; several: a sweep")
-    p.add_argument("--fusion", nargs="+", choices=list(utils.FUSIONS), default=["gated-xattn"],
+    p.add_argument("--fusion", nargs="+", choices=list(utils.FUSIONS), default=[MODEL.fusion],
                    help="how the two embeddings are fused (utils.SERModel): the paper's gated cross-attention, "
                         "or the ablations xattn (no forget gates), concat (MLP), late (mean of the single-modality "
                         "heads' logits); applies to --modality fusion (a single-modality run records the first)")
-    p.add_argument("--text-model", default="roberta-base", help="hub name or local dir (AutoModel/AutoTokenizer)")
-    p.add_argument("--audio-model", default="facebook/wav2vec2-base",
+    p.add_argument("--text-model", default=MODEL.text_model, help="hub name or local dir (AutoModel/AutoTokenizer)")
+    p.add_argument("--audio-model", default=MODEL.audio_model,
                    help="hub name or local dir (AutoModel/AutoFeatureExtractor)")
     p.add_argument("--run", "--run-name", dest="run", nargs="+", default=None,
                    help="run name under WORK/runs/ (default: <pipe>-<variant>-<mode>-<modality>[-<fusion>][-s<seed>]); "
@@ -130,10 +131,11 @@ def add_recipe_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-extractor", type=float, default=2e-5)
     p.add_argument("--lr-head", type=float, default=1e-4)
     p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--dropout", type=float, default=0.2)
-    p.add_argument("--heads", type=int, default=8, help="attention heads of cross-attention and fusion layer")
-    p.add_argument("--fusion-layers", type=int, default=2, help="Transformer encoder layers of the fusion layer")
-    p.add_argument("--ffn-dim", type=int, default=2048, help="feed-forward size of the fusion layer")
+    p.add_argument("--dropout", type=float, default=MODEL.dropout)
+    p.add_argument("--heads", type=int, default=MODEL.heads, help="attention heads of cross-attention and fusion layer")
+    p.add_argument("--fusion-layers", type=int, default=MODEL.fusion_layers,
+                   help="Transformer encoder layers of the fusion layer")
+    p.add_argument("--ffn-dim", type=int, default=MODEL.ffn_dim, help="feed-forward size of the fusion layer")
     p.add_argument("--plateau-factor", type=float, default=0.5)
     p.add_argument("--plateau-patience", type=int, default=2)
     p.add_argument("--early-stop", type=int, default=5,
@@ -163,14 +165,14 @@ def add_split_flags(p: argparse.ArgumentParser) -> None:
 def add_runtime_flags(p: argparse.ArgumentParser) -> None:
     """Device, the extractors' input (crop, padding, truncation) and speed."""
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1")
-    p.add_argument("--max-audio-seconds", type=float, default=0.0,
+    p.add_argument("--max-audio-seconds", type=float, default=MODEL.max_audio_seconds,
                    help="centre-crop longer segments to this many seconds, for small GPUs "
                         "(default 0 = no crop, as the authors)")
-    p.add_argument("--audio-padding", choices=["exact", "authors"], default="exact",
+    p.add_argument("--audio-padding", choices=["exact", "authors"], default=MODEL.audio_padding,
                    help="exact: padding in a batch does not change a segment's audio embedding (ours); "
                         "authors: each padded row normalised over its padded length, no attention mask, "
                         "mean over every frame of the padded batch")
-    p.add_argument("--max-text-tokens", type=int, default=512)
+    p.add_argument("--max-text-tokens", type=int, default=MODEL.max_text_tokens)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: on with CUDA)")
     p.add_argument("--num-workers", type=int, default=2)
@@ -1049,7 +1051,7 @@ def sweep_runs(args) -> list[dict]:
     else:
         def default(r):
             return (f"{args.pipe}-{r['variant']}-{args.mode}-{r['modality']}"
-                    + (f"-{r['fusion']}" if r["modality"] == "fusion" and r["fusion"] != "gated-xattn" else "")
+                    + (f"-{r['fusion']}" if r["modality"] == "fusion" and r["fusion"] != MODEL.fusion else "")
                     + (f"-s{r['seed']}" if len(seeds) > 1 else ""))
         try:
             names = [args.run[0].format_map({k: r[k] for k in ("variant", "modality", "fusion", "seed")}) if args.run
