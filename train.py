@@ -82,75 +82,116 @@ from common.formats import LABELS
 RESUME_FREE_KEYS = ("code_version", "device", "num_workers", "resume", "run_dir")
 # What the run read, checked on its own when resuming (resume_data_check).
 DATA_KEYS = ("data", "data_changed_on_resume", "allow_changed_data")
+MODEL = utils.ModelConfig()  # the defaults of the model's flags (one place: utils.ModelConfig)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for add_flags in (add_data_flags, add_model_flags, add_recipe_flags, add_split_flags, add_runtime_flags,
+                      add_resume_flags, add_preflight_flags):
+        add_flags(p)
+    return p.parse_args(argv)
+
+
+def add_data_flags(p: argparse.ArgumentParser) -> None:
+    """Where the run reads: the work directory, the corpus (--check --planned only), step 2's run, step 3's variants."""
     p.add_argument("--work", default="preprocessed_iemocap", help="work directory of the pipeline")
-    p.add_argument("--iemocap", default=None, help="training reads the corpus recorded in labels.json; this is read only by --check --planned "
+    p.add_argument("--iemocap", default=None,
+                   help="training reads the corpus recorded in labels.json; this is read only by --check --planned "
                         "(estimates before step 1 has run)")
     p.add_argument("--pipe", default="whisperx", help="step-2 run name (WORK/<pipe>/)")
     p.add_argument("--variant", nargs="+", default=["aligned-p1.5"],
                    help="step-3 variant(s): aligned-p<max pause>, e.g. aligned-p1.5, or baseline, with a suffix per "
                         "other step-3 setting (docs/FORMATS.md, Variant names) (a sweep: see Sweeps)")
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    """What is trained: mode, modality, fusion, the two extractors, and the run's name."""
     p.add_argument("--mode", choices=["finetune", "frozen"], default="finetune",
                    help="finetune: extractors train with --lr-extractor; frozen: cached embeddings, head only")
-    p.add_argument("--modality", nargs="+", choices=list(utils.MODALITIES), default=["fusion"],
+    p.add_argument("--modality", nargs="+", choices=list(utils.MODALITIES), default=[MODEL.modality],
                    help="fusion (both extractors), text or audio only; several: a sweep")
-    p.add_argument("--fusion", nargs="+", choices=list(utils.FUSIONS), default=["gated-xattn"],
+    p.add_argument("--fusion", nargs="+", choices=list(utils.FUSIONS), default=[MODEL.fusion],
                    help="how the two embeddings are fused (utils.SERModel): the paper's gated cross-attention, "
                         "or the ablations xattn (no forget gates), concat (MLP), late (mean of the single-modality "
                         "heads' logits); applies to --modality fusion (a single-modality run records the first)")
-    p.add_argument("--text-model", default="roberta-base", help="hub name or local dir (AutoModel/AutoTokenizer)")
-    p.add_argument("--audio-model", default="facebook/wav2vec2-base", help="hub name or local dir (AutoModel/AutoFeatureExtractor)")
+    p.add_argument("--text-model", default=MODEL.text_model, help="hub name or local dir (AutoModel/AutoTokenizer)")
+    p.add_argument("--audio-model", default=MODEL.audio_model,
+                   help="hub name or local dir (AutoModel/AutoFeatureExtractor)")
     p.add_argument("--run", "--run-name", dest="run", nargs="+", default=None,
                    help="run name under WORK/runs/ (default: <pipe>-<variant>-<mode>-<modality>[-<fusion>][-s<seed>]); "
                         "for a sweep, a template with {variant} {modality} {fusion} {seed} or one name per run in "
                         "sweep order; under torchrun spell it --run-name (torchrun takes --run for its own --run-path)")
+
+
+def add_recipe_flags(p: argparse.ArgumentParser) -> None:
+    """The training recipe (the authors' values by default): optimiser, head size, schedule, early stopping."""
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr-extractor", type=float, default=2e-5)
     p.add_argument("--lr-head", type=float, default=1e-4)
     p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--dropout", type=float, default=0.2)
-    p.add_argument("--heads", type=int, default=8, help="attention heads of cross-attention and fusion layer")
-    p.add_argument("--fusion-layers", type=int, default=2, help="Transformer encoder layers of the fusion layer")
-    p.add_argument("--ffn-dim", type=int, default=2048, help="feed-forward size of the fusion layer")
+    p.add_argument("--dropout", type=float, default=MODEL.dropout)
+    p.add_argument("--heads", type=int, default=MODEL.heads, help="attention heads of cross-attention and fusion layer")
+    p.add_argument("--fusion-layers", type=int, default=MODEL.fusion_layers,
+                   help="Transformer encoder layers of the fusion layer")
+    p.add_argument("--ffn-dim", type=int, default=MODEL.ffn_dim, help="feed-forward size of the fusion layer")
     p.add_argument("--plateau-factor", type=float, default=0.5)
     p.add_argument("--plateau-patience", type=int, default=2)
-    p.add_argument("--early-stop", type=int, default=5, help="stop after this many epochs without validation improvement")
+    p.add_argument("--early-stop", type=int, default=5,
+                   help="stop after this many epochs without validation improvement")
     p.add_argument("--schedule-on", choices=["loss", "acc"], default="loss",
                    help="validation quantity the ReduceLROnPlateau schedule follows (the authors': loss)")
     p.add_argument("--select-on", choices=["acc", "loss"], default="acc",
                    help="validation quantity for the kept checkpoint and early stopping (the authors': accuracy; "
                         "a strict improvement is needed, so the earliest epoch wins ties)")
+
+
+def add_split_flags(p: argparse.ArgumentParser) -> None:
+    """The splits (see Splits) and the seeds."""
     p.add_argument("--validation", choices=["held-out", "test"], default="held-out",
                    help="held-out: validation dialogs drawn from the training sessions (ours); "
                         "test: validate and select on the test split, as the authors did")
     p.add_argument("--folds", choices=["session", "loso", "speaker-script"], default="session")
     p.add_argument("--test-session", type=int, default=5, help="with --folds session")
-    p.add_argument("--val-fraction", type=float, default=0.15, help="share of each training session's dialogs held out for validation")
+    p.add_argument("--val-fraction", type=float, default=0.15,
+                   help="share of each training session's dialogs held out for validation")
     p.add_argument("--seed", type=int, nargs="+", default=[0],
                    help="seed(s) of initialisation and data order; several seeds train one run each (a sweep)")
     p.add_argument("--split-seed", type=int, default=0,
                    help="seed of the validation-dialog draw, kept apart from --seed so that seeds share one split")
+
+
+def add_runtime_flags(p: argparse.ArgumentParser) -> None:
+    """Device, the extractors' input (crop, padding, truncation) and speed."""
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1")
-    p.add_argument("--max-audio-seconds", type=float, default=0.0,
-                   help="centre-crop longer segments to this many seconds, for small GPUs (default 0 = no crop, as the authors)")
-    p.add_argument("--audio-padding", choices=["exact", "authors"], default="exact",
+    p.add_argument("--max-audio-seconds", type=float, default=MODEL.max_audio_seconds,
+                   help="centre-crop longer segments to this many seconds, for small GPUs "
+                        "(default 0 = no crop, as the authors)")
+    p.add_argument("--audio-padding", choices=["exact", "authors"], default=MODEL.audio_padding,
                    help="exact: padding in a batch does not change a segment's audio embedding (ours); "
                         "authors: each padded row normalised over its padded length, no attention mask, "
                         "mean over every frame of the padded batch")
-    p.add_argument("--max-text-tokens", type=int, default=512)
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (default: on with CUDA)")
+    p.add_argument("--max-text-tokens", type=int, default=MODEL.max_text_tokens)
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: on with CUDA)")
     p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--freeze-feature-encoder", action="store_true", help="fine-tuned mode: keep the audio model's CNN fixed")
+    p.add_argument("--freeze-feature-encoder", action="store_true",
+                   help="fine-tuned mode: keep the audio model's CNN fixed")
     p.add_argument("--gradient-checkpointing", action="store_true")
+
+
+def add_resume_flags(p: argparse.ArgumentParser) -> None:
+    """Resuming an interrupted run."""
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="resume from checkpoint_last.pt when the run dir has one with the same config")
     p.add_argument(rundirs.ALLOW_CHANGED_DATA, action="store_true",
                    help="resume even when labels.json, the step-3 config or cache files changed since the checkpoint "
                         "(refused otherwise); what changed is recorded in config.json data_changed_on_resume")
+
+
+def add_preflight_flags(p: argparse.ArgumentParser) -> None:
+    """--check (preflight()) and --download-models (download_models()): neither trains."""
     c = p.add_argument_group("preflight and offline models (see preflight() and download_models())")
     c.add_argument("--check", action="store_true",
                    help="preflight only: labels and step-3 cache (splits and segment counts), extractors resolvable "
@@ -167,7 +208,6 @@ def parse_args(argv=None):
                    help="copy --text-model and --audio-model from the hub into DIR/<org>/<name> (the files that "
                         "load: config, tokenizer or feature extractor, one weights file), write DIR/models.json, "
                         "print the paths to pass back as --text-model/--audio-model, and stop")
-    return p.parse_args(argv)
 
 
 # ---- splits -----------------------------------------------------------------------------------
@@ -322,26 +362,53 @@ def resume_data_check(old: dict, config: dict, run_dir: Path, allow: bool) -> No
 def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple, shared: dict) -> Path:
     """Train one seed on one split. `shared` carries what does not depend on the seed (the datasets,
     frozen embeddings) from one seed of the same split to the next, so it is read once."""
-    from transformers import AutoFeatureExtractor, AutoTokenizer
-
     rank, world_size, device = dist_info
-    main_rank = rank == 0
-    say = print if main_rank else (lambda *a, **k: None)
+    say = print if rank == 0 else (lambda *a, **k: None)
     bf16 = (device.type == "cuda") if args.bf16 is None else (args.bf16 and device.type == "cuda")
-    work = Path(args.work).resolve()
-    cache_dir = work / args.pipe / args.variant / "cache"
-    use_text, use_audio = args.modality in ("fusion", "text"), args.modality in ("fusion", "audio")
+    config = fold_config(args, split, run_dir, meta_info, world_size, bf16, shared)
+    resume_state = resume_checkpoint(args, config, run_dir, say)
+    if rank == 0:
+        prepare_run_dir(run_dir, config, resume_state, say)
 
+    rundirs.seed_everything(args.seed)
+    model, collator, norm_segment = fold_model(args, config, device, say)
+    datasets = fold_datasets(args, split, shared, config, norm_segment, say)
+    if args.mode == "frozen":
+        net, groups, batches_for = frozen_stage(args, model, datasets, collator, config, shared, dist_info, bf16, say)
+    else:
+        net, groups = finetune_stage(args, model, datasets, device, say)
+    net, optimizer, scheduler = fold_optimiser(args, net, groups, device, world_size)
+    if args.mode == "finetune":
+        batches_for = fold_loaders(args, datasets, collator, dist_info)
+    progress = restore_progress(args, resume_state, model, optimizer, scheduler)
+    fit(args, model, net, optimizer, scheduler, batches_for, progress, run_dir, dist_info, bf16, say)
+    return run_dir
+
+
+def uses(args) -> tuple[bool, bool]:
+    """(text used, audio used) by --modality."""
+    return args.modality in ("fusion", "text"), args.modality in ("fusion", "audio")
+
+
+def fold_config(args, split: dict, run_dir: Path, meta_info: dict, world_size: int, bf16: bool, shared: dict) -> dict:
+    """The run's config.json: the flags, the extractors' identity, the frozen feature caches, the split and
+    the identity of the data it reads (hashed once per split for all its seeds, in shared["data"])."""
+    from transformers import AutoFeatureExtractor
+
+    work = Path(args.work).resolve()
+    use_text, use_audio = uses(args)
     extractors = {"text": utils.extractor_identity(args.text_model) if use_text else None,
                   "audio": utils.extractor_identity(args.audio_model) if use_audio else None}
-    do_norm = bool(getattr(AutoFeatureExtractor.from_pretrained(args.audio_model), "do_normalize", True)) if use_audio else True
+    do_norm = (bool(getattr(AutoFeatureExtractor.from_pretrained(args.audio_model), "do_normalize", True))
+               if use_audio else True)
     feature_dirs = {}
     if args.mode == "frozen":
         # everything that changes an embedding besides the extractor and the code (utils.feature_key)
         settings = {"text": {"max_text_tokens": args.max_text_tokens, "bf16": bf16,
                              "tokenizer_sha256": utils.tokenizer_digest(args.text_model) if use_text else None},
                     "audio": {"max_audio_seconds": args.max_audio_seconds, "do_normalize": do_norm, "bf16": bf16}}
-        feature_dirs = {k: str(work / "features" / utils.feature_key(k, extractors[k], settings[k]) / args.pipe / args.variant)
+        feature_dirs = {k: str(work / "features" / utils.feature_key(k, extractors[k], settings[k]) / args.pipe
+                               / args.variant)
                         for k in ("text", "audio") if extractors[k] is not None}
     config = {k: v for k, v in vars(args).items() if k not in ("run", "folds")}
     config.update({"work": str(work), "run": run_dir.name, "folds_scheme": args.folds, "bf16": bf16,
@@ -352,48 +419,69 @@ def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple
         shared["data"] = rundirs.run_data_identity(work, args.pipe, args.variant,
                                                  [d for part in ("train", "val", "test") for d in split[part]])
     config["data"] = shared["data"]
+    return config
 
+
+def resume_checkpoint(args, config: dict, run_dir: Path, say) -> dict | None:
+    """The last checkpoint to resume from (None: start afresh); refused when the run dir's config differs
+    in a key that changes results, or its data changed (resume_data_check)."""
     ckpt_last = run_dir / "checkpoint_last.pt"
-    resume_state = None
-    if ckpt_last.is_file() and args.resume:
-        old = fileio.read_json(run_dir / "config.json", "run config")
-        resume_data_check(old, config, run_dir, args.allow_changed_data)
-        differ = sorted(k for k in set(old) | set(config) if k not in RESUME_FREE_KEYS + DATA_KEYS
-                        and old.get(k) != json.loads(json.dumps(config.get(k))))
-        if differ:
-            raise PipelineError(f"{run_dir}: has a checkpoint from a different configuration (differs in {differ}); "
-                                f"use another --run or --no-resume to start over")
-        resume_state = fileio.load_pt(ckpt_last, "last checkpoint")
-        say(f"resuming {run_dir} after epoch {resume_state['epoch']}")
-    if main_rank:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        # left by a write that a kill interrupted (common.fileio.atomic_write_bytes), in the run dir and its feature caches
-        stale_tmp = fileio.remove_stale_temp(run_dir, recursive=False) + fileio.remove_stale_temp(*feature_dirs.values())
-        if stale_tmp:
-            say(f"removed {stale_tmp} unfinished temporary file(s) of an interrupted run from {run_dir}"
-                + (" and its feature caches" if feature_dirs else ""))
-        log_path = run_dir / "log.jsonl"
-        if resume_state is None and log_path.exists():
-            log_path.unlink()
-        elif resume_state is not None and log_path.exists():  # a kill after the log line but before the checkpoint
-            kept = [line for line in log_path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line)["epoch"] <= resume_state["epoch"]]
-            fileio.atomic_write_text(log_path, "".join(line + "\n" for line in kept))
-        fileio.atomic_write_json(run_dir / "config.json", config)
+    if not (ckpt_last.is_file() and args.resume):
+        return None
+    old = fileio.read_json(run_dir / "config.json", "run config")
+    resume_data_check(old, config, run_dir, args.allow_changed_data)
+    differ = sorted(k for k in set(old) | set(config) if k not in RESUME_FREE_KEYS + DATA_KEYS
+                    and old.get(k) != json.loads(json.dumps(config.get(k))))
+    if differ:
+        raise PipelineError(f"{run_dir}: has a checkpoint from a different configuration (differs in {differ}); "
+                            f"use another --run or --no-resume to start over")
+    resume_state = fileio.load_pt(ckpt_last, "last checkpoint")
+    say(f"resuming {run_dir} after epoch {resume_state['epoch']}")
+    return resume_state
 
-    rundirs.seed_everything(args.seed)
+
+def prepare_run_dir(run_dir: Path, config: dict, resume_state: dict | None, say) -> None:
+    """Rank 0: the run dir made, temporary files of a killed write removed, the log started afresh or cut
+    back to the resumed epoch, config.json written."""
+    feature_dirs = config["feature_dirs"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # left by a write that a kill interrupted (common.fileio.atomic_write_bytes), in the run dir and its feature caches
+    stale_tmp = fileio.remove_stale_temp(run_dir, recursive=False) + fileio.remove_stale_temp(*feature_dirs.values())
+    if stale_tmp:
+        say(f"removed {stale_tmp} unfinished temporary file(s) of an interrupted run from {run_dir}"
+            + (" and its feature caches" if feature_dirs else ""))
+    log_path = run_dir / "log.jsonl"
+    if resume_state is None and log_path.exists():
+        log_path.unlink()
+    elif resume_state is not None and log_path.exists():  # a kill after the log line but before the checkpoint
+        kept = [line for line in log_path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line)["epoch"] <= resume_state["epoch"]]
+        fileio.atomic_write_text(log_path, "".join(line + "\n" for line in kept))
+    fileio.atomic_write_json(run_dir / "config.json", config)
+
+
+def fold_model(args, config: dict, device, say) -> tuple:
+    """(model on the device, collator, where a segment's audio is normalised) of the run config."""
+    from transformers import AutoTokenizer
+
     model = utils.build_model(config).to(device)
     say(f"model: {args.modality}" + (f" ({args.fusion} fusion)" if args.modality == "fusion" else "")
         + f", mode {args.mode}, hidden {model.dim}, "
         f"{sum(p.numel() for p in model.extractor_parameters()) / 1e6:.2f} M extractor + "
         f"{sum(p.numel() for p in model.head_parameters()) / 1e6:.2f} M head parameters")
-    tokenizer = AutoTokenizer.from_pretrained(args.text_model) if use_text else None
-    norm_segment, norm_row = utils.normalisation_places(args.audio_padding, do_norm)
+    tokenizer = AutoTokenizer.from_pretrained(args.text_model) if uses(args)[0] else None
+    norm_segment, norm_row = utils.normalisation_places(args.audio_padding, config["do_normalize"])
     collator = utils.Collator(tokenizer, args.max_text_tokens, normalize_rows=norm_row)
+    return model, collator, norm_segment
 
+
+def fold_datasets(args, split: dict, shared: dict, config: dict, norm_segment: bool, say) -> dict:
+    """{"train", "val"}: utils.SegmentDataset of the split's labelled segments, read once into `shared`."""
+    cache_dir = Path(config["work"]) / args.pipe / args.variant / "cache"
+    use_audio = uses(args)[1]
     # Keyed by what changes their audio (each arm of a modality sweep prepares it as its own model's config
     # says); a text-only model reads no audio, so any arm's datasets serve it.
-    dkey = ("datasets", args.max_audio_seconds, do_norm if use_audio else None)
+    dkey = ("datasets", args.max_audio_seconds, config["do_normalize"] if use_audio else None)
     if not use_audio:
         dkey = next((k for k in shared if isinstance(k, tuple) and k[0] == "datasets"), dkey)
     datasets = shared.setdefault(dkey, {})
@@ -409,92 +497,129 @@ def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple
             + f"padded {c['padded_short']} < 25 ms)")
         if not len(datasets[part]):
             raise PipelineError(f"{cache_dir}: no labelled segments in the {part} dialogs {split[part][:5]}...")
+    return datasets
 
-    if args.mode == "frozen":
-        for p in model.extractor_parameters():
-            p.requires_grad_(False)
-        feats = shared.setdefault(("feats", *sorted(feature_dirs.items())), {})  # per feature cache (utils.feature_key)
-        for part, ds in datasets.items():
-            if part in feats:
-                continue
-            # Distributed: rank 0 fills the on-disk cache alone; the other ranks then only read it.
-            if world_size > 1 and not main_rank:
-                torch.distributed.barrier()
-            feats[part] = utils.cached_embeddings(model, ds, collator, feature_dirs, cache_dir, args.batch_size,
-                                                  device, bf16, args.num_workers)
-            if world_size > 1 and main_rank:
-                torch.distributed.barrier()
-            say(f"frozen embeddings for {part} ({len(ds)} segments x {len(feature_dirs)} extractor(s)): "
-                f"{feats[part]['reused']} read from the feature cache, {feats[part]['computed']} computed "
-                f"(under {work / 'features'})")
-            feats[part] = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in feats[part].items()}
-        labels = {part: torch.tensor([s["label"] for s in ds.segments], device=device) for part, ds in datasets.items()}
-        net = HeadOnly(model)
-        groups = [{"params": model.head_parameters(), "lr": args.lr_head}]
-    else:
-        if args.freeze_feature_encoder and model.audio is not None:
-            model.audio.freeze_feature_encoder()
-            if args.audio_padding == "exact":  # a frozen CNN's features are computed once, for every epoch and seed
-                n = sum(utils.cache_cnn_features(model.audio, ds, args.batch_size, device) for ds in datasets.values())
-                say(f"frozen CNN: features of {n} segments computed once and kept in memory"
-                    + (" (the others were cached by an earlier seed)" if n < sum(len(ds) for ds in datasets.values()) else ""))
-        if args.gradient_checkpointing:
-            for m in model.extractors():
-                m.gradient_checkpointing_enable()
-        net = model
-        groups = [{"params": [p for p in model.extractor_parameters() if p.requires_grad], "lr": args.lr_extractor},
-                  {"params": model.head_parameters(), "lr": args.lr_head}]
+
+def frozen_stage(args, model, datasets: dict, collator, config: dict, shared: dict, dist_info: tuple, bf16: bool,
+                 say) -> tuple:
+    """Frozen mode: extractors fixed, each segment's embeddings read from (or computed into) the feature
+    cache once -> (the module trained, its parameter groups, epoch -> (train batches, val batches))."""
+    rank, world_size, device = dist_info
+    work, feature_dirs = Path(config["work"]), config["feature_dirs"]
+    cache_dir = work / args.pipe / args.variant / "cache"
+    for p in model.extractor_parameters():
+        p.requires_grad_(False)
+    feats = shared.setdefault(("feats", *sorted(feature_dirs.items())), {})  # per feature cache (utils.feature_key)
+    for part, ds in datasets.items():
+        if part in feats:
+            continue
+        # Distributed: rank 0 fills the on-disk cache alone; the other ranks then only read it.
+        if world_size > 1 and rank != 0:
+            torch.distributed.barrier()
+        feats[part] = utils.cached_embeddings(model, ds, collator, feature_dirs, cache_dir, args.batch_size,
+                                              device, bf16, args.num_workers)
+        if world_size > 1 and rank == 0:
+            torch.distributed.barrier()
+        say(f"frozen embeddings for {part} ({len(ds)} segments x {len(feature_dirs)} extractor(s)): "
+            f"{feats[part]['reused']} read from the feature cache, {feats[part]['computed']} computed "
+            f"(under {work / 'features'})")
+        feats[part] = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in feats[part].items()}
+    labels = {part: torch.tensor([s["label"] for s in ds.segments], device=device) for part, ds in datasets.items()}
+
+    def batches_for(epoch: int) -> tuple:
+        return (embedding_batches(feats["train"], labels["train"], args.batch_size, True, args.seed + epoch,
+                                  rank, world_size),
+                embedding_batches(feats["val"], labels["val"], args.batch_size, False, 0))
+
+    return HeadOnly(model), [{"params": model.head_parameters(), "lr": args.lr_head}], batches_for
+
+
+def finetune_stage(args, model, datasets: dict, device, say) -> tuple:
+    """Fine-tuned mode: optionally a frozen CNN (its features computed once) and gradient checkpointing
+    -> (the module trained, its parameter groups: extractors at --lr-extractor, the head at --lr-head)."""
+    if args.freeze_feature_encoder and model.audio is not None:
+        model.audio.freeze_feature_encoder()
+        if args.audio_padding == "exact":  # a frozen CNN's features are computed once, for every epoch and seed
+            n = sum(utils.cache_cnn_features(model.audio, ds, args.batch_size, device) for ds in datasets.values())
+            say(f"frozen CNN: features of {n} segments computed once and kept in memory"
+                + (" (the others were cached by an earlier seed)"
+                   if n < sum(len(ds) for ds in datasets.values()) else ""))
+    if args.gradient_checkpointing:
+        for m in model.extractors():
+            m.gradient_checkpointing_enable()
+    return model, [{"params": [p for p in model.extractor_parameters() if p.requires_grad], "lr": args.lr_extractor},
+                   {"params": model.head_parameters(), "lr": args.lr_head}]
+
+
+def fold_optimiser(args, net, groups: list, device, world_size: int) -> tuple:
+    """(net, wrapped in DistributedDataParallel under torchrun; AdamW; ReduceLROnPlateau)."""
     if world_size > 1:
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
-                                                        find_unused_parameters=True)
+        net = torch.nn.parallel.DistributedDataParallel(net, find_unused_parameters=True,
+                                                        device_ids=[device.index] if device.type == "cuda" else None)
     # fused: one kernel for all parameters instead of a loop over them (the same update; on CPU, where
     # the tiny demo models make the per-parameter loop a sizeable share of a step, and on CUDA)
     optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay, fused=device.type in ("cpu", "cuda"))
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=args.plateau_factor,
+                                                           patience=args.plateau_patience)
+    return net, optimizer, scheduler
+
+
+def fold_loaders(args, datasets: dict, collator, dist_info: tuple):
+    """Fine-tuned mode: the DataLoaders (length-bucketed batches) -> epoch -> (train batches, val batches)."""
+    from tqdm import tqdm
+
+    rank, world_size, device = dist_info
+    train_sampler = utils.LengthBucketSampler(datasets["train"].lengths, args.batch_size, shuffle=True,
+                                              seed=args.seed, rank=rank, world_size=world_size)
+    # The loaders draw their workers' base seed from their own generator, never from the global RNG:
+    # with persistent workers that draw happens once, at the first epoch of a process, so drawing it
+    # from the global RNG would shift every later dropout mask of a resumed run against an
+    # uninterrupted one. (The sampler is seeded by the run's seed and the epoch; the workers only
+    # tokenise, which draws nothing.)
+    train_loader = torch.utils.data.DataLoader(datasets["train"], batch_sampler=train_sampler, collate_fn=collator,
+                                               num_workers=args.num_workers, pin_memory=device.type == "cuda",
+                                               persistent_workers=args.num_workers > 0,
+                                               generator=torch.Generator().manual_seed(args.seed))
+    val_loader = torch.utils.data.DataLoader(
+        datasets["val"], collate_fn=collator, num_workers=args.num_workers,
+        batch_sampler=utils.LengthBucketSampler(datasets["val"].lengths, args.batch_size, shuffle=False),
+        generator=torch.Generator().manual_seed(args.seed))
+
+    def batches_for(epoch: int) -> tuple:
+        train_sampler.set_epoch(epoch)
+        return tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=rank != 0), val_loader
+
+    return batches_for
+
+
+def restore_progress(args, resume_state: dict | None, model, optimizer, scheduler) -> dict:
+    """{"epoch" (the next), "best", "best_epoch", "stale"}: afresh, or restored with the model, optimiser,
+    schedule and RNG states from the last checkpoint."""
+    if resume_state is None:
+        return {"epoch": 1, "best": None, "best_epoch": 0, "stale": 0}
+    model.load_state_dict(resume_state["model"], strict=args.mode == "finetune")
+    optimizer.load_state_dict(resume_state["optimizer"])
+    scheduler.load_state_dict(resume_state["scheduler"])
+    progress = {"epoch": resume_state["epoch"] + 1, "best": resume_state["best"],
+                "best_epoch": resume_state["best_epoch"], "stale": resume_state["stale"]}
+    set_rng_state(resume_state["rng"])
+    return progress
+
+
+def fit(args, model, net, optimizer, scheduler, batches_for, progress: dict, run_dir: Path, dist_info: tuple,
+        bf16: bool, say) -> None:
+    """The epochs: train, validate, step the schedule, keep the best checkpoint, stop early; rank 0 writes
+    log.jsonl and the checkpoints after each epoch (save_epoch)."""
+    rank, world_size, device = dist_info
     # Both quantities are turned into something to minimise: loss as is, accuracy negated.
     sched_sign = 1.0 if args.schedule_on == "loss" else -1.0
     sign = 1.0 if args.select_on == "loss" else -1.0
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=args.plateau_factor,
-                                                           patience=args.plateau_patience)
-
-    if args.mode == "finetune":
-        train_sampler = utils.LengthBucketSampler(datasets["train"].lengths, args.batch_size, shuffle=True,
-                                                  seed=args.seed, rank=rank, world_size=world_size)
-        # The loaders draw their workers' base seed from their own generator, never from the global RNG:
-        # with persistent workers that draw happens once, at the first epoch of a process, so drawing it
-        # from the global RNG would shift every later dropout mask of a resumed run against an
-        # uninterrupted one. (The sampler is seeded by the run's seed and the epoch; the workers only
-        # tokenise, which draws nothing.)
-        train_loader = torch.utils.data.DataLoader(datasets["train"], batch_sampler=train_sampler, collate_fn=collator,
-                                                   num_workers=args.num_workers, pin_memory=device.type == "cuda",
-                                                   persistent_workers=args.num_workers > 0,
-                                                   generator=torch.Generator().manual_seed(args.seed))
-        val_loader = torch.utils.data.DataLoader(
-            datasets["val"], collate_fn=collator, num_workers=args.num_workers,
-            batch_sampler=utils.LengthBucketSampler(datasets["val"].lengths, args.batch_size, shuffle=False),
-            generator=torch.Generator().manual_seed(args.seed))
-
-    start_epoch, best, best_epoch, stale = 1, None, 0, 0
-    if resume_state is not None:
-        model.load_state_dict(resume_state["model"], strict=args.mode == "finetune")
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        start_epoch, best, best_epoch, stale = (resume_state["epoch"] + 1, resume_state["best"],
-                                                resume_state["best_epoch"], resume_state["stale"])
-        set_rng_state(resume_state["rng"])
-
-    from tqdm import tqdm
-
-    for epoch in range(start_epoch, args.epochs + 1):
+    best, best_epoch, stale = progress["best"], progress["best_epoch"], progress["stale"]
+    for epoch in range(progress["epoch"], args.epochs + 1):
         if stale >= args.early_stop:
             break
         t0 = time.time()
-        if args.mode == "finetune":
-            train_sampler.set_epoch(epoch)
-            batches = tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=not main_rank)
-            val_batches = val_loader
-        else:
-            batches = embedding_batches(feats["train"], labels["train"], args.batch_size, True, args.seed + epoch, rank, world_size)
-            val_batches = embedding_batches(feats["val"], labels["val"], args.batch_size, False, 0)
+        batches, val_batches = batches_for(epoch)
         tr = train_one_epoch(net, batches, optimizer, device, bf16)
         va = validate(net, val_batches, device, bf16)
         scheduler.step(sched_sign * va[args.schedule_on])
@@ -506,25 +631,34 @@ def run_fold(args, split: dict, run_dir: Path, meta_info: dict, dist_info: tuple
             stale += 1
         seconds = time.time() - t0
         lrs = [g["lr"] for g in optimizer.param_groups]
-        record = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"], "val_acc": va["acc"],
-                  "lr": lrs, "best_epoch": best_epoch, "seconds": seconds,
-                  "samples_per_s": tr["samples"] * world_size / seconds, "audio_s_per_s": tr["audio_seconds"] * world_size / seconds}
-        say(f"epoch {epoch:2d}  train loss {tr['loss']:.4f} acc {tr['acc']:.3f}  val loss {va['loss']:.4f} acc {va['acc']:.3f}  "
+        record = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"],
+                  "val_acc": va["acc"], "lr": lrs, "best_epoch": best_epoch, "seconds": seconds,
+                  "samples_per_s": tr["samples"] * world_size / seconds,
+                  "audio_s_per_s": tr["audio_seconds"] * world_size / seconds}
+        say(f"epoch {epoch:2d}  train loss {tr['loss']:.4f} acc {tr['acc']:.3f}  "
+            f"val loss {va['loss']:.4f} acc {va['acc']:.3f}  "
             f"lr {' '.join(f'{x:.2e}' for x in lrs)}  {seconds:.1f} s{'  *best' if improved else ''}")
-        if main_rank:
-            if improved:
-                fileio.atomic_torch_save({"model": trained_state(model, args.mode), "epoch": epoch, "val": va},
-                                        run_dir / "checkpoint_best.pt")
-            with open(run_dir / "log.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-            fileio.atomic_torch_save({"model": trained_state(model, args.mode), "optimizer": optimizer.state_dict(),
-                                     "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best,
-                                     "best_epoch": best_epoch, "stale": stale, "rng": rng_state()}, ckpt_last)
+        if rank == 0:
+            save_epoch(args, model, optimizer, scheduler, run_dir, record, va, improved,
+                       {"epoch": epoch, "best": best, "best_epoch": best_epoch, "stale": stale})
     if stale >= args.early_stop:
         say(f"early stopping: no validation improvement for {stale} epochs")
-    say(f"best validation epoch {best_epoch} ({args.select_on} {sign * best:.4f}); wrote {run_dir}/config.json, log.jsonl, "
-        f"checkpoint_best.pt, checkpoint_last.pt")
-    return run_dir
+    say(f"best validation epoch {best_epoch} ({args.select_on} {sign * best:.4f}); wrote {run_dir}/config.json, "
+        f"log.jsonl, checkpoint_best.pt, checkpoint_last.pt")
+
+
+def save_epoch(args, model, optimizer, scheduler, run_dir: Path, record: dict, va: dict, improved: bool,
+               progress: dict) -> None:
+    """After an epoch: checkpoint_best.pt when it improved, its log.jsonl line, then checkpoint_last.pt
+    (progress: {"epoch", "best", "best_epoch", "stale"}, with the RNG states, for resuming)."""
+    if improved:
+        fileio.atomic_torch_save({"model": trained_state(model, args.mode), "epoch": progress["epoch"], "val": va},
+                                 run_dir / "checkpoint_best.pt")
+    with open(run_dir / "log.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    fileio.atomic_torch_save({"model": trained_state(model, args.mode), "optimizer": optimizer.state_dict(),
+                              "scheduler": scheduler.state_dict(), **progress, "rng": rng_state()},
+                             run_dir / "checkpoint_last.pt")
 
 
 # ---- preflight (--check) and offline copies of the extractors (--download-models) ------------------
@@ -693,82 +827,18 @@ def preflight_variant(args, checked: dict | None = None) -> list[checklist.Check
                   Data loading is not modelled: read it as an order of magnitude.
     """
     CheckItem = checklist.CheckItem
-    work, items = Path(args.work), []
+    work = Path(args.work)
     kinds = [k for k, used in (("text", args.modality in ("fusion", "text")),
                                ("audio", args.modality in ("fusion", "audio"))) if used]
     names = {"text": args.text_model, "audio": args.audio_model}
-    cache_dir = work / args.pipe / args.variant / "cache"
-    labels_path = work / "labels.json"
 
-    labels = None
-    try:
-        labels = formats.load_labels(work)
-        items.append(CheckItem("labels", True, f"{labels_path}: {len(labels['dialogs'])} dialogs"))
-    except PipelineError as e:
-        if not (args.planned and not labels_path.exists()):
-            items.append(CheckItem("labels", False, str(e)))
-        elif not args.iemocap:
-            items.append(CheckItem("labels", True, f"{labels_path} will be made by step 1 (no --iemocap: no estimates)"))
-        else:
-            import subprocess
-            import tempfile
-
-            # step 1 itself, into a temporary folder: nothing is written under --work (and no step imports another)
-            with tempfile.TemporaryDirectory() as tmp:
-                step1 = cli.start_step("iemo_lab_with_timestamps.py", ["--iemocap", str(args.iemocap), "--work", tmp],
-                                         stdout=subprocess.PIPE)
-                output = step1.communicate()[0]
-                if step1.returncode == 0:
-                    labels = formats.load_labels(tmp)
-                    items.append(CheckItem("labels", True, f"{labels_path} will be made by step 1; read {args.iemocap} "
-                                           f"for the estimates: {len(labels['dialogs'])} dialogs"))
-                else:
-                    why = [line for line in output.splitlines() if line.startswith("error: ")][-1:] or \
-                        output.strip().splitlines()[-1:] or ["no message"]
-                    items.append(CheckItem("labels", False, f"{labels_path} is to be made by step 1 from --iemocap: {why[0]}"))
-
+    labels, item = preflight_labels(args, work)
+    items = [item]
     # segments[dialog] = [(seconds, words)] of its labelled segments (what training and validation read)
     folds, segments = [], {}
     if labels is not None:
-        cached = [p for p in sorted(cache_dir.glob("*.pt")) if p.stem in labels["dialogs"]] if cache_dir.is_dir() else []
-        problem = None
-        if cached:
-            for path in cached:
-                try:
-                    cache = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-                    segments[path.stem] = [(min(s["audio"].numel() / formats.SAMPLE_RATE, args.max_audio_seconds or np.inf),
-                                            len((s["text"] or "").split())) for s in cache["segments"] if int(s["label"]) >= 0]
-                except Exception as e:
-                    problem = f"{path}: unreadable segment cache ({type(e).__name__}: {e}); rerun step 3 with --overwrite"
-                    break
-            where = f"{cache_dir}: {len(cached)} of {len(labels['dialogs'])} dialogs cached"
-        elif args.planned:
-            segments = {d: [(min(u["end"] - u["start"], args.max_audio_seconds or np.inf), len(u["text"].split()))
-                            for u in info["utterances"] if u["label"] is not None] for d, info in labels["dialogs"].items()}
-            where = (f"{cache_dir} will be made by step 3; until then the 4-class reference utterances of "
-                     f"{len(segments)} dialogs stand in for its segments")
-        else:
-            problem = (f"{cache_dir}: no segment cache; run step 3 first: python align.py --work {work} --pipe {args.pipe}")
-        if problem is None:
-            meta = {d: {k: labels["dialogs"][d].get(k) for k in ("session", "kind", "script")} for d in segments}
-            try:
-                folds = make_folds(meta, args.folds, args.test_session, args.val_fraction, args.split_seed, args.validation)
-            except PipelineError as e:
-                problem = str(e)
-        if problem is None:
-            f0 = folds[0]
-            count = {part: sum(len(segments[d]) for d in f0[part]) for part in ("train", "val", "test")}
-            empty = [part for part in ("train", "val") if not count[part]]
-            message = (f"{where}; split {f0['name']} (test session {f0['test_session']}): "
-                       + ", ".join(f"{part} {len(f0[part])} dialogs / {count[part]} labelled segments"
-                                   for part in ("train", "val", "test"))
-                       + (f"; {len(folds)} folds ({args.folds})" if len(folds) > 1 else ""))
-            if empty:
-                problem = f"{message}: no labelled segments in {' and '.join(empty)}, train.py would stop"
-            else:
-                items.append(CheckItem("step-3 cache", True, message))
-        if problem is not None:
-            items.append(CheckItem("step-3 cache", False, problem))
+        folds, segments, item = preflight_cache(args, work, labels)
+        items.append(item)
 
     checked = {} if checked is None else checked
     for kind in kinds:
@@ -784,42 +854,141 @@ def preflight_variant(args, checked: dict | None = None) -> list[checklist.Check
     trained = ext_params + head_params if args.mode == "finetune" else head_params
     need_gib = ((16 * trained + (4 * ext_params if args.mode == "frozen" else 0)) / 2**30 + ACTIVATION_GIB[args.mode])
     items.append(checklist.check_cuda(required=args.device.startswith("cuda"), min_free_gib=round(need_gib, 1),
-                                  purpose=f"{args.mode}, estimate"))
+                                      purpose=f"{args.mode}, estimate"))
 
     runs = args.check_runs or len(set(args.seed))  # each trains every fold
     n_all = sum(len(v) for v in segments.values())
     disk = 16 * trained * runs * max(len(folds), 1)
     if args.mode == "frozen":
         disk += 4 * n_all * sum(f["hidden"] for f in facts.values())
-    items.append(checklist.check_disk(work, disk, "checkpoints" + (" and feature cache" if args.mode == "frozen" else "")))
-
+    items.append(checklist.check_disk(work, disk,
+                                      "checkpoints" + (" and feature cache" if args.mode == "frozen" else "")))
     if not folds:
         items.append(CheckItem("time (estimate)", True, "no segments to estimate from yet"))
         return items
+    items.append(preflight_time(args, kinds, facts, folds, segments, head_params, runs))
+    return items
 
-    def flops(kind: str, segs, training: bool) -> float:
-        """FLOPs of one pass of an extractor over segments [(seconds, words)]."""
-        f, total = facts[kind], 0.0
-        for seconds, words in segs:
-            positions = (seconds * f["frames_per_s"] if kind == "audio"
-                         else min(words * TOKENS_PER_WORD + 2, args.max_text_tokens))
-            total += (checklist.transformer_flops(f["dense"], positions, training)
-                      + (3 if training else 1) * 4 * f["layers"] * f["hidden"] * positions ** 2)
-            if kind == "audio":
-                cnn_trained = training and not args.freeze_feature_encoder
-                total += (3 if cnn_trained else 1) * f["cnn_flops_per_s"] * seconds
-        return total
 
+def preflight_labels(args, work: Path) -> tuple[dict | None, checklist.CheckItem]:
+    """(labels or None, the "labels" line): WORK/labels.json; with --planned and none yet, step 1's
+    output for --iemocap (planned_labels), or no estimates without --iemocap."""
+    CheckItem = checklist.CheckItem
+    labels_path = work / "labels.json"
+    try:
+        labels = formats.load_labels(work)
+        return labels, CheckItem("labels", True, f"{labels_path}: {len(labels['dialogs'])} dialogs")
+    except PipelineError as e:
+        if not (args.planned and not labels_path.exists()):
+            return None, CheckItem("labels", False, str(e))
+        if not args.iemocap:
+            return None, CheckItem("labels", True,
+                                   f"{labels_path} will be made by step 1 (no --iemocap: no estimates)")
+        return planned_labels(args, labels_path)
+
+
+def planned_labels(args, labels_path: Path) -> tuple[dict | None, checklist.CheckItem]:
+    """Step 1 itself on --iemocap, into a temporary folder: nothing is written under --work (and no step
+    imports another) -> (its labels or None, the "labels" line)."""
+    import subprocess
+    import tempfile
+
+    CheckItem = checklist.CheckItem
+    with tempfile.TemporaryDirectory() as tmp:
+        step1 = cli.start_step("iemo_lab_with_timestamps.py", ["--iemocap", str(args.iemocap), "--work", tmp],
+                               stdout=subprocess.PIPE)
+        output = step1.communicate()[0]
+        if step1.returncode == 0:
+            labels = formats.load_labels(tmp)
+            return labels, CheckItem("labels", True, f"{labels_path} will be made by step 1; read {args.iemocap} "
+                                     f"for the estimates: {len(labels['dialogs'])} dialogs")
+        why = [line for line in output.splitlines() if line.startswith("error: ")][-1:] or \
+            output.strip().splitlines()[-1:] or ["no message"]
+        return None, CheckItem("labels", False, f"{labels_path} is to be made by step 1 from --iemocap: {why[0]}")
+
+
+def preflight_segments(args, work: Path, labels: dict) -> tuple[dict, str | None, str | None]:
+    """(segments {dialog: [(seconds, words)]} of the labelled segments, where they come from, a problem or
+    None): the step-3 cache read memory-mapped (audio not loaded), or with --planned and no cache yet the
+    4-class reference utterances."""
+    cache_dir = work / args.pipe / args.variant / "cache"
+    cached = [p for p in sorted(cache_dir.glob("*.pt")) if p.stem in labels["dialogs"]] if cache_dir.is_dir() else []
+    segments = {}
+    if cached:
+        for path in cached:
+            try:
+                cache = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                segments[path.stem] = [(min(s["audio"].numel() / formats.SAMPLE_RATE,
+                                            args.max_audio_seconds or np.inf), len((s["text"] or "").split()))
+                                       for s in cache["segments"] if int(s["label"]) >= 0]
+            except Exception as e:
+                return segments, None, (f"{path}: unreadable segment cache ({type(e).__name__}: {e}); "
+                                        "rerun step 3 with --overwrite")
+        return segments, f"{cache_dir}: {len(cached)} of {len(labels['dialogs'])} dialogs cached", None
+    if args.planned:
+        segments = {d: [(min(u["end"] - u["start"], args.max_audio_seconds or np.inf), len(u["text"].split()))
+                        for u in info["utterances"] if u["label"] is not None] for d, info in labels["dialogs"].items()}
+        return segments, (f"{cache_dir} will be made by step 3; until then the 4-class reference utterances of "
+                          f"{len(segments)} dialogs stand in for its segments"), None
+    return segments, None, (f"{cache_dir}: no segment cache; run step 3 first: "
+                            f"python align.py --work {work} --pipe {args.pipe}")
+
+
+def preflight_cache(args, work: Path, labels: dict) -> tuple[list, dict, checklist.CheckItem]:
+    """(folds, segments, the "step-3 cache" line): the segments (preflight_segments), the splits make_folds
+    builds from them and each split's labelled segments; no folds when there is a problem."""
+    segments, where, problem = preflight_segments(args, work, labels)
+    folds = []
+    if problem is None:
+        meta = {d: {k: labels["dialogs"][d].get(k) for k in ("session", "kind", "script")} for d in segments}
+        try:
+            folds = make_folds(meta, args.folds, args.test_session, args.val_fraction, args.split_seed, args.validation)
+        except PipelineError as e:
+            problem = str(e)
+    if problem is not None:
+        return folds, segments, checklist.CheckItem("step-3 cache", False, problem)
+    f0 = folds[0]
+    count = {part: sum(len(segments[d]) for d in f0[part]) for part in ("train", "val", "test")}
+    empty = [part for part in ("train", "val") if not count[part]]
+    message = (f"{where}; split {f0['name']} (test session {f0['test_session']}): "
+               + ", ".join(f"{part} {len(f0[part])} dialogs / {count[part]} labelled segments"
+                           for part in ("train", "val", "test"))
+               + (f"; {len(folds)} folds ({args.folds})" if len(folds) > 1 else ""))
+    if empty:
+        problem = f"{message}: no labelled segments in {' and '.join(empty)}, train.py would stop"
+        return folds, segments, checklist.CheckItem("step-3 cache", False, problem)
+    return folds, segments, checklist.CheckItem("step-3 cache", True, message)
+
+
+def extractor_flops(args, facts: dict, kind: str, segs, training: bool) -> float:
+    """FLOPs of one pass of an extractor over segments [(seconds, words)]."""
+    f, total = facts[kind], 0.0
+    for seconds, words in segs:
+        positions = (seconds * f["frames_per_s"] if kind == "audio"
+                     else min(words * TOKENS_PER_WORD + 2, args.max_text_tokens))
+        total += (checklist.transformer_flops(f["dense"], positions, training)
+                  + (3 if training else 1) * 4 * f["layers"] * f["hidden"] * positions ** 2)
+        if kind == "audio":
+            cnn_trained = training and not args.freeze_feature_encoder
+            total += (3 if cnn_trained else 1) * f["cnn_flops_per_s"] * seconds
+    return total
+
+
+def preflight_time(args, kinds: list, facts: dict, folds: list, segments: dict, head_params: float,
+                   runs: int) -> checklist.CheckItem:
+    """The "time (estimate)" line: FLOPs of every fold and run (see preflight_variant)."""
     total = 0.0
     for fold in folds:
         train_segs = [s for d in fold["train"] for s in segments[d]]
         val_segs = [s for d in fold["val"] for s in segments[d]]
         head = checklist.transformer_flops(head_params, 2 * len(train_segs), training=True)  # two fused positions
         if args.mode == "finetune":
-            per_epoch = sum(flops(k, train_segs, True) + flops(k, val_segs, False) for k in kinds) + head
+            per_epoch = sum(extractor_flops(args, facts, k, train_segs, True)
+                            + extractor_flops(args, facts, k, val_segs, False) for k in kinds) + head
             total += runs * args.epochs * per_epoch
         else:  # embeddings once (the feature cache is shared by the runs), then the head
-            total += sum(flops(k, train_segs + val_segs, False) for k in kinds) + runs * args.epochs * head
+            total += (sum(extractor_flops(args, facts, k, train_segs + val_segs, False) for k in kinds)
+                      + runs * args.epochs * head)
     f0 = folds[0]
     train_segs = [s for d in f0["train"] for s in segments[d]]
     detail = (f"{runs} run(s)" + (f" ({len(folds)} folds each)" if len(folds) > 1 else "")
@@ -828,9 +997,8 @@ def preflight_variant(args, checked: dict | None = None) -> list[checklist.Check
               f"~{sum(min(w * TOKENS_PER_WORD + 2, args.max_text_tokens) for _, w in train_segs):.0f} tokens; "
               + "; ".join(f"{k} {facts[k]['dense'] / 1e6:.1f} M dense parameters ({facts[k]['source']})" for k in kinds)
               + "; see train.preflight; early stopping only shortens it")
-    items.append(checklist.estimate_time("time (estimate)", total, device=args.device, efficiency=TRAIN_EFFICIENCY,
-                                     detail=detail))
-    return items
+    return checklist.estimate_time("time (estimate)", total, device=args.device, efficiency=TRAIN_EFFICIENCY,
+                                   detail=detail)
 
 
 def download_models(args) -> dict:
@@ -883,7 +1051,7 @@ def sweep_runs(args) -> list[dict]:
     else:
         def default(r):
             return (f"{args.pipe}-{r['variant']}-{args.mode}-{r['modality']}"
-                    + (f"-{r['fusion']}" if r["modality"] == "fusion" and r["fusion"] != "gated-xattn" else "")
+                    + (f"-{r['fusion']}" if r["modality"] == "fusion" and r["fusion"] != MODEL.fusion else "")
                     + (f"-s{r['seed']}" if len(seeds) > 1 else ""))
         try:
             names = [args.run[0].format_map({k: r[k] for k in ("variant", "modality", "fusion", "seed")}) if args.run

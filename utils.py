@@ -17,6 +17,7 @@ of ASR Transcripts and Speaker Diarization", IALP 2025 (arXiv 2507.19356).
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from torch import nn
 import functools
@@ -29,6 +30,47 @@ import torch.nn.functional as F
 from common import cli
 from common import fileio
 from common import formats
+
+
+@dataclass
+class ModelConfig:
+    """Every hyperparameter of the extractors and the head (build_model, SERModel, Collator,
+    SegmentDataset), with the authors' values (M4RC034/SER-Align) as defaults. train.py's flags take
+    their defaults from here; config.json keeps them as flat keys of the run config (from_run_config)."""
+    text_model: str = "roberta-base"             # text extractor: hub name or local dir (AutoModel/AutoTokenizer)
+    audio_model: str = "facebook/wav2vec2-base"  # audio extractor: hub name or local dir (AutoFeatureExtractor)
+    modality: str = "fusion"                     # fusion (both extractors), text or audio only (MODALITIES)
+    fusion: str = "gated-xattn"                  # how the two embeddings are fused (FUSIONS): the paper's
+    dropout: float = 0.2                         # dropout of cross-attention, fusion layer and MLP
+    heads: int = 8                               # attention heads of cross-attention and fusion layer
+    fusion_layers: int = 2                       # Transformer encoder layers of the fusion layer
+    ffn_dim: int = 2048                          # feed-forward size of the fusion layer
+    audio_padding: str = "exact"                 # exact (ours) or authors: how a batch's padding reaches z_a
+    max_text_tokens: int = 512                   # transcript truncated to this many tokens (RoBERTa's limit)
+    max_audio_seconds: float = 0.0               # segments centre-cropped to this length; 0 = no crop (authors)
+
+    # keys every run config has had since the first; the others fall back to their defaults (older runs)
+    REQUIRED = ("text_model", "audio_model", "modality", "dropout", "heads")
+
+    @classmethod
+    def from_dict(cls, section: dict, where: str = "model config") -> ModelConfig:
+        """A model section {field: value}: an unknown key is an error naming it; a missing one takes its default."""
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(section) - set(names))
+        if unknown:
+            raise cli.PipelineError(f"{where}: unknown model setting(s) {unknown}; known: {names}")
+        return cls(**section)
+
+    @classmethod
+    def from_run_config(cls, config: dict, where: str = "run config") -> ModelConfig:
+        """The model's settings among the flat keys of a run config (train.py's config.json)."""
+        missing = [k for k in cls.REQUIRED if k not in config]
+        if missing:
+            raise cli.PipelineError(f"{where}: no {missing} (not a run config written by train.py)")
+        return cls.from_dict({f.name: config[f.name] for f in fields(cls) if f.name in config}, where)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 MODALITIES = ("fusion", "text", "audio")
@@ -360,8 +402,8 @@ class FusionClassifier(nn.Module):
     cross-entropy on the logits. No dropout before the classifier (as the authors).
     """
 
-    def __init__(self, dim: int, heads: int, dropout: float, layers: int = 2, ffn_dim: int = 2048,
-                 n_classes: int = len(formats.LABELS)):
+    def __init__(self, dim: int, heads: int, dropout: float, layers: int = ModelConfig.fusion_layers,
+                 ffn_dim: int = ModelConfig.ffn_dim, n_classes: int = len(formats.LABELS)):
         super().__init__()
         self.position = PositionalEncoding(dim, dropout)
         layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=ffn_dim, dropout=dropout,
@@ -412,9 +454,11 @@ class SERModel(nn.Module):
     the authors' code does for wav2vec2-base.
     """
 
-    def __init__(self, text_model: str | None, audio_model: str | None, modality: str = "fusion",
-                 dropout: float = 0.2, heads: int = 8, fusion: str = "gated-xattn", layers: int = 2,
-                 ffn_dim: int = 2048, audio_padding: str = "exact", load_extractors: bool = True):
+    def __init__(self, text_model: str | None, audio_model: str | None, modality: str = ModelConfig.modality,
+                 dropout: float = ModelConfig.dropout, heads: int = ModelConfig.heads,
+                 fusion: str = ModelConfig.fusion, layers: int = ModelConfig.fusion_layers,
+                 ffn_dim: int = ModelConfig.ffn_dim, audio_padding: str = ModelConfig.audio_padding,
+                 load_extractors: bool = True):
         super().__init__()
         if modality not in MODALITIES:
             raise cli.PipelineError(f"modality must be one of {MODALITIES}, got {modality!r}")
@@ -493,12 +537,12 @@ class SERModel(nn.Module):
         return self.classify(*self.embed(batch))
 
 
-def build_model(config: dict, load_extractors: bool = True) -> SERModel:
-    """SERModel from a run config (the keys train.py writes to config.json)."""
-    return SERModel(config["text_model"], config["audio_model"], config["modality"], config["dropout"],
-                    config["heads"], fusion=config.get("fusion", "gated-xattn"),
-                    layers=config.get("fusion_layers", 2), ffn_dim=config.get("ffn_dim", 2048),
-                    audio_padding=config.get("audio_padding", "exact"), load_extractors=load_extractors)
+def build_model(config: ModelConfig | dict, load_extractors: bool = True) -> SERModel:
+    """SERModel from a ModelConfig, or from a run config (the flat keys train.py writes to config.json)."""
+    mc = config if isinstance(config, ModelConfig) else ModelConfig.from_run_config(config)
+    return SERModel(mc.text_model, mc.audio_model, mc.modality, mc.dropout, mc.heads, fusion=mc.fusion,
+                    layers=mc.fusion_layers, ffn_dim=mc.ffn_dim, audio_padding=mc.audio_padding,
+                    load_extractors=load_extractors)
 
 
 def zero_mean_unit_var(x: torch.Tensor) -> torch.Tensor:
@@ -530,7 +574,7 @@ class SegmentDataset(torch.utils.data.Dataset):
     what was kept, cropped and padded are in .counts.
     """
 
-    def __init__(self, cache_paths, labelled_only: bool, max_audio_seconds: float = 0.0,
+    def __init__(self, cache_paths, labelled_only: bool, max_audio_seconds: float = ModelConfig.max_audio_seconds,
                  do_normalize: bool = True, sample_rate: int = formats.SAMPLE_RATE):
         self.segments = []
         self.counts = {"dialogs": 0, "segments": 0, "unlabelled_skipped": 0, "cropped": 0, "padded_short": 0,
@@ -584,7 +628,7 @@ class Collator:
     dataset must then hold un-normalised audio (its zero-padding of segments under 25 ms only
     matters for a batch with no longer segment, which wav2vec2's CNN could not take at all)."""
 
-    def __init__(self, tokenizer, max_tokens: int = 512, normalize_rows: bool = False):
+    def __init__(self, tokenizer, max_tokens: int = ModelConfig.max_text_tokens, normalize_rows: bool = False):
         self.tokenizer = tokenizer
         self.max_tokens = min(max_tokens, getattr(tokenizer, "model_max_length", max_tokens))
         self.normalize_rows = normalize_rows

@@ -3,6 +3,7 @@
 Runs on tiny random-init extractors and a small synthetic step-3 cache written in the exact
 shape of docs/FORMATS.md (sessions 1, 2 and 5; 3 dialogs each, one of them scripted).
 """
+import dataclasses
 import json
 from pathlib import Path
 
@@ -441,3 +442,36 @@ def test_a_corrupt_feature_cache_is_a_named_error_and_an_unfinished_one_is_recom
     assert sum(computed) > 0 and fileio.checksum_path(files[0]).is_file(), computed
     a, b = fileio.load_pt(run / "checkpoint_best.pt"), fileio.load_pt(again / "checkpoint_best.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # the same features again
+
+
+def test_model_config_round_trips_a_run_config_and_gives_the_flag_defaults(work, tiny_models):
+    """config.json keeps the model's settings as flat keys: utils.ModelConfig.from_run_config picks them
+    back, and the model built from either is the same; train.py's flags default to ModelConfig's values."""
+    defaults = vars(train.parse_args([]))
+    for f in dataclasses.fields(utils.ModelConfig):
+        value = defaults[f.name] if f.name not in ("modality", "fusion") else defaults[f.name][0]
+        assert value == f.default, f.name
+    assert (utils.ModelConfig.ffn_dim, utils.ModelConfig.dropout, utils.ModelConfig.heads) == (2048, 0.2, 8)
+
+    run_dir = Path(train.main(args_for(work, tiny_models, "mc", "--mode", "frozen", "--epochs", "1", "--modality",
+                                       "text", "--dropout", "0.1", "--heads", "2", "--fusion-layers", "1",
+                                       "--ffn-dim", "24", "--max-text-tokens", "16")))
+    config = json.loads((run_dir / "config.json").read_text())
+    mc = utils.ModelConfig.from_run_config(config)
+    assert (mc.modality, mc.dropout, mc.heads, mc.fusion_layers, mc.ffn_dim, mc.max_text_tokens) == \
+        ("text", 0.1, 2, 1, 24, 16)
+    assert {**config, **mc.to_dict()} == config  # every field is a config.json key with the same value
+    from_config, from_mc = utils.build_model(config, load_extractors=False), utils.build_model(mc, load_extractors=False)
+    assert [(k, v.shape) for k, v in from_config.state_dict().items()] == \
+        [(k, v.shape) for k, v in from_mc.state_dict().items()]
+    layers = from_mc.head.encoder.layers
+    assert len(layers) == 1 and layers[0].linear1.out_features == 24 and layers[0].self_attn.num_heads == 2
+    trained = fileio.load_pt(run_dir / "checkpoint_best.pt")["model"]
+    assert from_mc.load_state_dict(trained, strict=False).unexpected_keys == []
+
+    with pytest.raises(cli.PipelineError, match=r"unknown model setting\(s\) \['hidden'\]"):
+        utils.ModelConfig.from_dict({"ffn_dim": 24, "hidden": 32}, "model section")
+    with pytest.raises(cli.PipelineError, match=r"run\.json: no \['modality'\]"):
+        utils.ModelConfig.from_run_config({k: v for k, v in config.items() if k != "modality"}, "run.json")
+    old = {k: v for k, v in config.items() if k not in ("fusion", "fusion_layers", "ffn_dim", "audio_padding")}
+    assert utils.ModelConfig.from_run_config(old).ffn_dim == 2048  # a run config from before those flags
