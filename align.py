@@ -1100,6 +1100,8 @@ def report_failures(run: Run, dialogs: list) -> None:
 
 
 def main(argv=None):
+    """Step 3: plan the variants, align each dialog in those where it is not done yet, write the manifests
+    and the report; exits with status 1 listing the dialogs that failed."""
     args = parse_args(argv)
     t0 = time.time()
     work, labels, corpus, pipe_dir = read_work(args)
@@ -1116,6 +1118,7 @@ def main(argv=None):
     report = write_report(run, t0)
     report_failures(run, dialogs)
     return report
+
 
 if __name__ == "__main__":
     cli.run_main(main)
