@@ -50,6 +50,7 @@ import hashlib
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -793,7 +794,8 @@ def _sha(*parts) -> str:
     return h.hexdigest()[:16]
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
+    """Step 3's command line; a bad value is a usage error (exit status 2)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="preprocessed_iemocap", help="work directory (labels.json, step 2 output)")
     parser.add_argument("--pipe", default="whisperx", help="which step-2 run to align: WORK/<pipe>/")
@@ -801,7 +803,8 @@ def main(argv=None):
                         help="the alignment (Fig. 2), the without-alignment baseline, or both")
     parser.add_argument("--max-pause", type=float, nargs="+", default=[1.5],
                         help="longest pause (s) inside a turn; paper: 1.5, the authors' code: 1.0. Several values "
-                             "make one aligned variant each (aligned-p<value>) from one reading of each dialog's audio")
+                             "make one aligned variant each (aligned-p<value>) from one reading of each dialog's "
+                             "audio")
     parser.add_argument("--min-label-overlap", type=float, default=STEP3_SETTINGS["min_label_overlap"][0],
                         help="a segment's label needs more than this overlap (s) with reference speech of that label")
     parser.add_argument("--tie-break", choices=TIE_BREAKS, default=STEP3_SETTINGS["tie_break"][0],
@@ -824,14 +827,15 @@ def main(argv=None):
     parser.add_argument("--peak-normalize", choices=PEAK_NORMALIZE, default=STEP3_SETTINGS["peak_normalize"][0],
                         help="none (default): the dialog's samples as decoded; authors: each dialog scaled to a peak "
                              "of 0.95 when its peak exceeds 0.01 before segments are cut, as the authors' code")
-    parser.add_argument("--iemocap", default=None, help="corpus root for the dialog wavs (default: the one in labels.json)")
+    parser.add_argument("--iemocap", default=None,
+                        help="corpus root for the dialog wavs (default: the one in labels.json)")
     parser.add_argument("--dialogs", nargs="+", default=None, help="only these dialogs (default: all with ASR output)")
     parser.add_argument("--overwrite", action="store_true", help="redo dialogs already aligned with the same config")
     parser.add_argument("--diarization", choices=("overlap", "exclusive"), default="overlap",
                         help="which step-2 RTTM attributes words to speakers: overlap = diarization/ (default, "
                              "what the authors' whisperX used), exclusive = diarization_exclusive/ (one speaker at a "
-                             "time, pyannote 4's exclusive diarization); exclusive variants are named <variant>-exclusive, "
-                             "so the alignment report compares both")
+                             "time, pyannote 4's exclusive diarization); exclusive variants are named "
+                             "<variant>-exclusive, so the alignment report compares both")
     parser.add_argument("--max-word-seconds", type=float, default=STEP3_SETTINGS["max_word_seconds"][0],
                         help="a word longer than this (s) counts as this long when the pause after it is measured "
                              "(WhisperX can stretch a word over seconds of silence, hiding the pause); segments keep "
@@ -841,16 +845,42 @@ def main(argv=None):
         parser.error("--max-pause, --min-label-overlap and --max-word-seconds must be >= 0")
     if not all(math.isfinite(x) for x in (*args.max_pause, args.min_label_overlap, args.max_word_seconds)):
         parser.error("--max-pause, --min-label-overlap and --max-word-seconds must be finite numbers")
+    return args
 
-    work, t0 = Path(args.work), time.time()
+
+@dataclass
+class Run:
+    """One run of step 3: what its stages share (the plan) and what the dialogs did (filled in as they go)."""
+    args: argparse.Namespace
+    labels: dict  # labels.json
+    corpus: Path  # the corpus root the dialog wavs are read from
+    pipe_dir: Path  # WORK/<pipe>/
+    variants: dict  # variant key (e.g. "aligned-p1.5", "baseline") -> its directory under pipe_dir
+    configs: dict  # variant key -> its config (variant_config)
+    manifests: dict = field(default_factory=dict)  # variant key -> its manifest.json, earlier dialogs' entries kept
+    done_before: dict = field(default_factory=dict)  # variant key -> dialogs kept, done with the same config
+    written: dict = field(default_factory=dict)  # variant key -> dialogs written by this run
+    warnings: dict = field(default_factory=dict)  # dialog -> what looks wrong in its inputs
+    errors: dict = field(default_factory=dict)  # dialog -> its one-line error
+
+
+def read_work(args):
+    """(work dir, labels.json, corpus root, WORK/<pipe>/), each checked to be there."""
+    work = Path(args.work)
     labels = formats.load_labels(work, require=("wav",))
     if not (args.iemocap or labels.get("corpus")):
         raise PipelineError(f"{work / 'labels.json'}: no 'corpus' recorded; pass the corpus root with --iemocap DIR")
     corpus = Path(args.iemocap or labels["corpus"])
     pipe_dir = work / args.pipe
     if not (pipe_dir / "asr").is_dir():
-        raise PipelineError(f"{pipe_dir / 'asr'}: not found; run step 2 first: python preprocess.py --work {work} --name {args.pipe}")
-    # One variant per (kind, max pause); `kinds` are their keys, e.g. "aligned-p1.5", "baseline".
+        raise PipelineError(f"{pipe_dir / 'asr'}: not found; run step 2 first: "
+                            f"python preprocess.py --work {work} --name {args.pipe}")
+    return work, labels, corpus, pipe_dir
+
+
+def plan_variants(args):
+    """({variant key: directory name}, {variant key: config}), one variant per (kind, max pause); the
+    keys are their names, e.g. "aligned-p1.5", "baseline"."""
     specs = ([("aligned", p) for p in dict.fromkeys(args.max_pause)] if args.variant in ("aligned", "both") else []) \
         + ([("baseline", None)] if args.variant in ("baseline", "both") else [])
     kinds = [variant_name(kind, p) for kind, p in specs]
@@ -860,8 +890,12 @@ def main(argv=None):
     # writes another variant and never rewrites this one.
     variants = {k: variant_dir_name(kind, p, settings, args.diarization) for k, (kind, p) in zip(kinds, specs)}
     configs = {k: variant_config(kind, p, settings, args.diarization) for k, (kind, p) in zip(kinds, specs)}
+    return variants, configs
 
-    # Which dialogs: asked for explicitly (each must exist), or every labelled dialog step 2 transcribed.
+
+def choose_dialogs(args, work, labels, pipe_dir):
+    """(dialogs to consider, {dialog: why skipped}): those asked for explicitly (each must exist), or
+    every labelled dialog step 2 transcribed. Removes what a killed run left under pipe_dir."""
     skipped = {}
     if args.dialogs:
         unknown = [d for d in args.dialogs if d not in labels["dialogs"]]
@@ -880,139 +914,209 @@ def main(argv=None):
         print(f"[align] removed {stale} unfinished temporary file(s) of an interrupted run under {pipe_dir}")
     print(f"[align] read {work / 'labels.json'} ({len(labels['dialogs'])} dialogs); pipe {args.pipe}: "
           f"{len(dialogs)} dialogs to consider, {len(skipped)} without ASR output (skipped)")
+    return dialogs, skipped
 
-    manifests = {}
-    for k, v in variants.items():
-        path = pipe_dir / v / "manifest.json"
+
+def open_manifests(run: Run) -> None:
+    """Start each variant's manifest from the one on disk: its dialogs' entries are kept (and read
+    again to decide what is done), in step 2's status words."""
+    for k, v in run.variants.items():
+        path = run.pipe_dir / v / "manifest.json"
         old = fileio.read_json(path, "alignment manifest") if path.is_file() else {}
         old_dialogs = old.get("dialogs", {}) if isinstance(old, dict) and isinstance(old.get("dialogs"), dict) else {}
         for e in old_dialogs.values():  # manifests written before step 3 used step 2's status words
             if isinstance(e, dict) and e.get("status") in OLD_STATUS:
                 e["status"] = OLD_STATUS[e["status"]]
-        manifests[k] = {"step": "align", "pipe": args.pipe, "variant": v, "config": configs[k],
-                        "config_key": rundirs.step3_config_key(configs[k]),
-                        "corpus": str(corpus), "code": rundirs.code_version(), "dialogs": old_dialogs}
+        run.manifests[k] = {"step": "align", "pipe": run.args.pipe, "variant": v, "config": run.configs[k],
+                            "config_key": rundirs.step3_config_key(run.configs[k]),
+                            "corpus": str(run.corpus), "code": rundirs.code_version(), "dialogs": old_dialogs}
+        run.done_before[k] = run.written[k] = 0
+
+
+def variants_to_do(run: Run, d, info, asr_path, rttm_path) -> dict:
+    """{variant key: the key of its config and inputs} for the variants dialog d must be (re)done in.
+    A variant is done when its outputs exist and were made from the same config and inputs."""
+    todo = {}
+    inputs = [p.read_bytes() if p.is_file() else b"" for p in (asr_path, rttm_path)]
+    for k, v in run.variants.items():
+        key = _sha(run.configs[k], info, str(run.corpus), *inputs)
+        entry = run.manifests[k]["dialogs"].get(d, {})
+        out_ok = all((run.pipe_dir / v / sub / f"{d}{ext}").is_file()
+                     for sub, ext in (("segments", ".json"), ("cache", ".pt")))
+        out_ok = out_ok and fileio.checksum_path(run.pipe_dir / v / "cache" / f"{d}.pt").is_file()  # write finished
+        if not run.args.overwrite and entry.get("status") == "done" and entry.get("key") == key and out_ok:
+            run.done_before[k] += 1
+        else:
+            todo[k] = key
+    return todo
+
+
+def read_dialog(run: Run, d, info, asr_path, rttm_path) -> dict:
+    """A dialog's audio (decoded once, shared by its variants), ASR words and speaker turns, checked
+    against the audio's length, with the counts of what reading them adjusted."""
+    args, wav = run.args, run.corpus / info["wav"]
+    audio = formats.load_audio(wav, channel=args.channel)
+    audio = peak_normalize(audio, args.peak_normalize)
+    duration = len(audio) / formats.SAMPLE_RATE
+    for u in info["utterances"]:
+        formats.check_in_audio(u["end"], duration, str(wav), f"utterance {u['id']} of labels.json "
+                               f"({u['start']:.3f}-{u['end']:.3f} s)")
+    counts = {}
+    asr = read_asr(asr_path, duration, counts)
+    turns = formats.read_rttm(rttm_path, dialog=d, duration=duration, counts=counts)
+    try:
+        long_words = count_long_words(asr, args.max_word_seconds)
+    except PipelineError as e:
+        raise PipelineError(f"{asr_path}: {e}") from None
+    return {"audio": audio, "asr": asr, "turns": turns, "counts": counts, "long_words": long_words,
+            "asr_path": asr_path, "rttm_path": rttm_path}
+
+
+def align_variant(run: Run, k, key, d, info, inputs) -> None:
+    """Dialog d in variant k: its segments, labelled, written (segments .json and .txt, cache .pt) and
+    entered in the variant's manifest."""
+    args, kind, vdir = run.args, run.configs[k]["kind"], run.pipe_dir / run.variants[k]
+    asr, turns = inputs["asr"], inputs["turns"]
+    try:
+        segs = (align_dialog(asr, turns, run.configs[k]["max_pause"], args.tie_break, args.word_policy,
+                             args.max_word_seconds)
+                if kind == "aligned" else baseline_dialog(asr, turns, args.tie_break))
+    except PipelineError as e:
+        raise PipelineError(f"{inputs['asr_path']} / {inputs['rttm_path']}: {e}") from None
+    label_segments(segs, info["utterances"], d, args.min_label_overlap, args.label_rule)
+    fileio.atomic_write_json(vdir / "segments" / f"{d}.json",
+                             {"dialog": d, "session": info["session"], "pipe": args.pipe,
+                              "variant": run.variants[k], "segments": [record(s) for s in segs]})
+    fileio.atomic_write_text(vdir / "segments" / f"{d}.txt", transcript_text(d, run.variants[k], segs))
+    fileio.atomic_torch_save(segment_cache(d, info["session"], segs, inputs["audio"], channel=args.channel),
+                             vdir / "cache" / f"{d}.pt")
+    run.manifests[k]["dialogs"][d] = dialog_entry(run, d, kind, key, segs, inputs)
+    run.written[k] += 1
+
+
+def dialog_entry(run: Run, d, kind, key, segs, inputs) -> dict:
+    """A done dialog's manifest entry: what its segments hold and what its inputs had adjusted or
+    dropped; a warning (also kept for the run's output) when most words overlap no turn."""
+    asr, counts = inputs["asr"], inputs["counts"]
+    n_words = sum(s["n_words"] for s in segs)
+    n_nearest = sum(s["flags"]["nearest_speaker_words"] for s in segs)
+    entry_warnings = []
+    if n_words and n_nearest / n_words > NEAREST_WARN_SHARE:
+        entry_warnings.append(
+            f"{100 * n_nearest / n_words:.0f} % of the words ({n_nearest} of {n_words}) overlap no turn "
+            f"of {inputs['rttm_path']} and got the nearest turn's speaker: does the RTTM belong to this audio?")
+        run.warnings.setdefault(d, entry_warnings[-1])
+    return {
+        "status": "done", "key": key, "segments": len(segs),
+        "labelled": sum(s["label"] is not None for s in segs),
+        "words": sum(s["n_words"] for s in segs),
+        "dropped_words": (sum(len(a["words"]) for a in asr) - sum(s["n_words"] for s in segs)
+                          if kind == "aligned" else 0),
+        "retimed_words": sum(s["flags"]["retimed_words"] for s in segs),
+        "nearest_speaker_words": sum(s["flags"]["nearest_speaker_words"] for s in segs),
+        "empty_asr": not asr, "asr_segments_without_words_dropped": sum(1 for s in asr if not s["words"]),
+        "long_words": inputs["long_words"] if kind == "aligned" else 0,
+        "zero_length_segments": sum(1 for s in segs if s["end"] <= s["start"]),
+        "blank_words_dropped": counts["blank_words"],
+        "times_clamped_to_audio_end": counts["times_clamped"],
+        "rttm_other_recording_lines": counts.get("other_recording_lines", 0),
+        **({"warnings": entry_warnings} if entry_warnings else {})}
+
+
+def align_one_dialog(run: Run, d) -> None:
+    """Every variant of dialog d not already done, from one reading of its audio; a bad input fails
+    the dialog in those variants (run.errors) and the run goes on."""
+    info = run.labels["dialogs"][d]
+    # preprocess.DIARIZATION_DIRS
+    rttm_dir = "diarization" if run.args.diarization == "overlap" else "diarization_exclusive"
+    asr_path, rttm_path = run.pipe_dir / "asr" / f"{d}.json", run.pipe_dir / rttm_dir / f"{d}.rttm"
+    todo = {}  # variant key -> the key of its config and inputs, for the variants to (re)do
+    try:
+        todo = variants_to_do(run, d, info, asr_path, rttm_path)
+        if not todo:
+            return
+        inputs = read_dialog(run, d, info, asr_path, rttm_path)
+        for k, key in todo.items():
+            align_variant(run, k, key, d, info, inputs)
+    except PipelineError as e:
+        run.errors[d] = cli.one_line(str(e))
+        for k in todo:
+            run.manifests[k]["dialogs"][d] = {"status": "failed", "error": run.errors[d]}
+
+
+def manifest_summary(dialogs: dict, skipped: dict) -> dict:
+    """A variant manifest's "summary": its dialogs' entries counted and summed."""
+    ok = {d: e for d, e in dialogs.items() if e.get("status") == "done"}
+    return {
+        "dialogs_done": len(ok), "dialogs_failed": sum(e.get("status") == "failed" for e in dialogs.values()),
+        "dialogs_without_asr": len(skipped), "dialogs_empty_asr": sum(e["empty_asr"] for e in ok.values()),
+        **{f: sum(e[f] for e in ok.values()) for f in ("segments", "labelled", "words", "retimed_words",
+                                                       "nearest_speaker_words", "asr_segments_without_words_dropped")},
+        "dropped_words": sum(e.get("dropped_words", 0) for e in ok.values()),
+        **{f: sum(e.get(f, 0) for e in ok.values()) for f in SUMMARY_COUNTS},
+        "dialogs_with_warnings": sorted(d for d, e in ok.items() if e.get("warnings"))}
+
+
+def write_manifests(run: Run, skipped: dict) -> None:
+    """Each variant's manifest.json, with its summary, and a line of totals per variant."""
+    for k, m in run.manifests.items():
+        m["summary"] = manifest_summary(m["dialogs"], skipped)
+        m["skipped"] = skipped
+        fileio.atomic_write_json(run.pipe_dir / run.variants[k] / "manifest.json", m)
+        s = m["summary"]
+        print(f"[align] {run.variants[k]}: wrote {run.written[k]} dialogs, "
+              f"kept {run.done_before[k]} already done with the same config; totals over {s['dialogs_done']} "
+              f"dialogs: {s['segments']} segments ({s['labelled']} labelled, {s['segments'] - s['labelled']} "
+              f"without a 4-class label), {s['words']} words ({s['dropped_words']} dropped), "
+              f"{s['retimed_words']} re-timed, {s['nearest_speaker_words']} nearest-speaker, "
+              f"{s['dialogs_empty_asr']} dialogs with empty ASR output, "
+              f"{s['asr_segments_without_words_dropped']} empty ASR segments dropped -> "
+              f"{run.pipe_dir / run.variants[k]}")
+        noted = [f"{s[f]} {what}" for f, what in SUMMARY_COUNTS.items() if s[f]]
+        if noted:
+            print(f"[align] {run.variants[k]}: also " + ", ".join(noted))
+
+
+def write_report(run: Run, t0: float) -> dict:
+    """alignment_report.{json,md} over every variant under the pipe, printed, then the warnings."""
+    report = alignment_report(run.pipe_dir, run.labels, run.args.min_label_overlap)
+    fileio.atomic_write_json(run.pipe_dir / "alignment_report.json", report)
+    md = report_markdown(report)
+    fileio.atomic_write_text(run.pipe_dir / "alignment_report.md", md)
+    print(md, end="")
+    print(f"[align] wrote {run.pipe_dir / 'alignment_report.json'} and .md in {time.time() - t0:.1f} s")
+    for d, message in run.warnings.items():
+        print(f"[align] WARNING {d}: {message}")
+    return report
+
+
+def report_failures(run: Run, dialogs: list) -> None:
+    """List the failed dialogs and exit with status 1 if there are any."""
+    if run.errors:
+        for d, message in run.errors.items():
+            print(f"FAILED {d}: {message}")
+        raise SystemExit(f"step 3: {len(run.errors)} of {len(dialogs)} dialogs failed (listed above and in "
+                         f"{run.pipe_dir}/<variant>/manifest.json; the others were written)")
+
+
+def main(argv=None):
+    """Step 3: plan the variants, align each dialog in those where it is not done yet, write the manifests
+    and the report; exits with status 1 listing the dialogs that failed."""
+    args = parse_args(argv)
+    t0 = time.time()
+    work, labels, corpus, pipe_dir = read_work(args)
+    variants, configs = plan_variants(args)
+    run = Run(args, labels, corpus, pipe_dir, variants, configs)
+    dialogs, skipped = choose_dialogs(args, work, labels, pipe_dir)
+    open_manifests(run)
 
     from tqdm import tqdm
 
-    errors, done_before, written = {}, {k: 0 for k in kinds}, {k: 0 for k in kinds}
-    warnings = {}  # dialog -> what looks wrong in its inputs (printed, in the manifests and the report)
     for d in tqdm(dialogs, desc="align", unit="dialog"):
-        info = labels["dialogs"][d]
-        rttm_dir = "diarization" if args.diarization == "overlap" else "diarization_exclusive"  # preprocess.DIARIZATION_DIRS
-        asr_path, rttm_path = pipe_dir / "asr" / f"{d}.json", pipe_dir / rttm_dir / f"{d}.rttm"
-        todo = {}  # variant kind -> the key of its config and inputs, for the variants to (re)do
-        try:
-            # A variant is done when its outputs exist and were made from the same config and inputs.
-            inputs = [p.read_bytes() if p.is_file() else b"" for p in (asr_path, rttm_path)]
-            for k, v in variants.items():
-                key = _sha(configs[k], info, str(corpus), *inputs)
-                entry = manifests[k]["dialogs"].get(d, {})
-                out_ok = all((pipe_dir / v / sub / f"{d}{ext}").is_file() for sub, ext in (("segments", ".json"), ("cache", ".pt")))
-                out_ok = out_ok and fileio.checksum_path(pipe_dir / v / "cache" / f"{d}.pt").is_file()  # write finished
-                if not args.overwrite and entry.get("status") == "done" and entry.get("key") == key and out_ok:
-                    done_before[k] += 1
-                else:
-                    todo[k] = key
-            if not todo:
-                continue
-            wav = corpus / info["wav"]
-            audio = formats.load_audio(wav, channel=args.channel)  # decoded once, shared by the variants
-            audio = peak_normalize(audio, args.peak_normalize)
-            duration = len(audio) / formats.SAMPLE_RATE
-            for u in info["utterances"]:
-                formats.check_in_audio(u["end"], duration, str(wav), f"utterance {u['id']} of labels.json "
-                                     f"({u['start']:.3f}-{u['end']:.3f} s)")
-            input_counts = {}
-            asr = read_asr(asr_path, duration, input_counts)
-            turns = formats.read_rttm(rttm_path, dialog=d, duration=duration, counts=input_counts)
-            n_empty = sum(1 for s in asr if not s["words"])
-            try:
-                long_words = count_long_words(asr, args.max_word_seconds)
-            except PipelineError as e:
-                raise PipelineError(f"{asr_path}: {e}") from None
-            for k, key in todo.items():
-                try:
-                    segs = (align_dialog(asr, turns, configs[k]["max_pause"], args.tie_break, args.word_policy,
-                                         args.max_word_seconds)
-                            if configs[k]["kind"] == "aligned" else baseline_dialog(asr, turns, args.tie_break))
-                except PipelineError as e:
-                    raise PipelineError(f"{asr_path} / {rttm_path}: {e}") from None
-                label_segments(segs, info["utterances"], d, args.min_label_overlap, args.label_rule)
-                vdir = pipe_dir / variants[k]
-                fileio.atomic_write_json(vdir / "segments" / f"{d}.json",
-                                        {"dialog": d, "session": info["session"], "pipe": args.pipe,
-                                         "variant": variants[k], "segments": [record(s) for s in segs]})
-                fileio.atomic_write_text(vdir / "segments" / f"{d}.txt", transcript_text(d, variants[k], segs))
-                fileio.atomic_torch_save(segment_cache(d, info["session"], segs, audio, channel=args.channel),
-                                        vdir / "cache" / f"{d}.pt")
-                n_words = sum(s["n_words"] for s in segs)
-                n_nearest = sum(s["flags"]["nearest_speaker_words"] for s in segs)
-                entry_warnings = []
-                if n_words and n_nearest / n_words > NEAREST_WARN_SHARE:
-                    entry_warnings.append(
-                        f"{100 * n_nearest / n_words:.0f} % of the words ({n_nearest} of {n_words}) overlap no turn "
-                        f"of {rttm_path} and got the nearest turn's speaker: does the RTTM belong to this audio?")
-                    warnings.setdefault(d, entry_warnings[-1])
-                manifests[k]["dialogs"][d] = {
-                    "status": "done", "key": key, "segments": len(segs),
-                    "labelled": sum(s["label"] is not None for s in segs),
-                    "words": sum(s["n_words"] for s in segs),
-                    "dropped_words": (sum(len(a["words"]) for a in asr) - sum(s["n_words"] for s in segs)
-                                      if configs[k]["kind"] == "aligned" else 0),
-                    "retimed_words": sum(s["flags"]["retimed_words"] for s in segs),
-                    "nearest_speaker_words": sum(s["flags"]["nearest_speaker_words"] for s in segs),
-                    "empty_asr": not asr, "asr_segments_without_words_dropped": n_empty,
-                    "long_words": long_words if configs[k]["kind"] == "aligned" else 0,
-                    "zero_length_segments": sum(1 for s in segs if s["end"] <= s["start"]),
-                    "blank_words_dropped": input_counts["blank_words"],
-                    "times_clamped_to_audio_end": input_counts["times_clamped"],
-                    "rttm_other_recording_lines": input_counts.get("other_recording_lines", 0),
-                    **({"warnings": entry_warnings} if entry_warnings else {})}
-                written[k] += 1
-        except PipelineError as e:
-            errors[d] = cli.one_line(str(e))
-            for k in todo:
-                manifests[k]["dialogs"][d] = {"status": "failed", "error": errors[d]}
-
-    # Per-variant manifest and summary.
-    for k, m in manifests.items():
-        ok = {d: e for d, e in m["dialogs"].items() if e.get("status") == "done"}
-        m["summary"] = {
-            "dialogs_done": len(ok), "dialogs_failed": sum(e.get("status") == "failed" for e in m["dialogs"].values()),
-            "dialogs_without_asr": len(skipped), "dialogs_empty_asr": sum(e["empty_asr"] for e in ok.values()),
-            **{f: sum(e[f] for e in ok.values()) for f in ("segments", "labelled", "words", "retimed_words",
-                                                           "nearest_speaker_words", "asr_segments_without_words_dropped")},
-            "dropped_words": sum(e.get("dropped_words", 0) for e in ok.values()),
-            **{f: sum(e.get(f, 0) for e in ok.values()) for f in SUMMARY_COUNTS},
-            "dialogs_with_warnings": sorted(d for d, e in ok.items() if e.get("warnings"))}
-        m["skipped"] = skipped
-        fileio.atomic_write_json(pipe_dir / variants[k] / "manifest.json", m)
-        s = m["summary"]
-        print(f"[align] {variants[k]}: wrote {written[k]} dialogs, "
-              f"kept {done_before[k]} already done with the same config; totals over {s['dialogs_done']} dialogs: "
-              f"{s['segments']} segments ({s['labelled']} labelled, {s['segments'] - s['labelled']} without a 4-class label), "
-              f"{s['words']} words ({s['dropped_words']} dropped), {s['retimed_words']} re-timed, "
-              f"{s['nearest_speaker_words']} nearest-speaker, "
-              f"{s['dialogs_empty_asr']} dialogs with empty ASR output, "
-              f"{s['asr_segments_without_words_dropped']} empty ASR segments dropped -> {pipe_dir / variants[k]}")
-        noted = [f"{s[f]} {what}" for f, what in SUMMARY_COUNTS.items() if s[f]]
-        if noted:
-            print(f"[align] {variants[k]}: also " + ", ".join(noted))
-
-    report = alignment_report(pipe_dir, labels, args.min_label_overlap)
-    fileio.atomic_write_json(pipe_dir / "alignment_report.json", report)
-    md = report_markdown(report)
-    fileio.atomic_write_text(pipe_dir / "alignment_report.md", md)
-    print(md, end="")
-    print(f"[align] wrote {pipe_dir / 'alignment_report.json'} and .md in {time.time() - t0:.1f} s")
-    for d, message in warnings.items():
-        print(f"[align] WARNING {d}: {message}")
-    if errors:
-        for d, message in errors.items():
-            print(f"FAILED {d}: {message}")
-        raise SystemExit(f"step 3: {len(errors)} of {len(dialogs)} dialogs failed (listed above and in "
-                         f"{pipe_dir}/<variant>/manifest.json; the others were written)")
+        align_one_dialog(run, d)
+    write_manifests(run, skipped)
+    report = write_report(run, t0)
+    report_failures(run, dialogs)
     return report
 
 
