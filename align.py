@@ -43,6 +43,7 @@ Bad input (docs/FORMATS.md, "What every reader checks"): times outside the dialo
 another recording, non-finite numbers ... fail the dialog with an error naming the file; the other
 dialogs are written, and the run exits with status 1 listing the failed ones (as step 2 does).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -102,8 +103,10 @@ def _in_audio(t, duration, where, counts, what):
         return t
     if t > duration + formats.TIME_TOLERANCE_S:
         at = f"{t:.3f}" if t < 1e9 else f"{t:.4g}"
-        raise PipelineError(f"{where}: {what} {at} s is after the end of the audio ({duration:.3f} s; tolerance "
-                            f"{formats.TIME_TOLERANCE_S:g} s): times must lie inside the dialog wav")
+        raise PipelineError(
+            f"{where}: {what} {at} s is after the end of the audio ({duration:.3f} s; tolerance "
+            f"{formats.TIME_TOLERANCE_S:g} s): times must lie inside the dialog wav"
+        )
     counts["times_clamped"] = counts.get("times_clamped", 0) + 1
     return duration
 
@@ -144,15 +147,22 @@ def read_asr(path, duration: float | None = None, counts: dict | None = None) ->
         words = []
         for j, w in enumerate(raw_words):
             if not isinstance(w, dict) or not isinstance(w.get("word"), str):
-                raise PipelineError(f"{path}: segment {i} word {j}: expected {{'word': str, 'start', 'end'}}, got {w!r:.80}")
+                raise PipelineError(
+                    f"{path}: segment {i} word {j}: expected {{'word': str, 'start', 'end'}}, got {w!r:.80}"
+                )
             at = f"{path}: segment {i} word {j} {w['word']!r:.40}"
             ws, we = _time(w.get("start"), at), _time(w.get("end"), at)
             if ws is None or we is None:
                 ws = we = None  # half-timed words are re-timed like untimed ones
             elif we < ws or ws < 0:
                 raise PipelineError(f"{at}: bad times start={ws} end={we}")
-            words.append({"word": w["word"].strip(), "start": _in_audio(ws, duration, at, counts, "start"),
-                          "end": _in_audio(we, duration, at, counts, "end")})
+            words.append(
+                {
+                    "word": w["word"].strip(),
+                    "start": _in_audio(ws, duration, at, counts, "start"),
+                    "end": _in_audio(we, duration, at, counts, "end"),
+                }
+            )
         counts["blank_words"] += sum(1 for w in words if not w["word"])
         words = [w for w in words if w["word"]]  # whitespace-only "words" carry nothing
         if not words and text.strip():
@@ -165,6 +175,7 @@ def read_asr(path, duration: float | None = None, counts: dict | None = None) ->
 # ---------------------------------------------------------------------------------------------
 # 2. Word-to-speaker attribution
 # ---------------------------------------------------------------------------------------------
+
 
 def attribute_speakers(start, end, turns, prefer=None, ties="earliest-turn"):
     """Give each interval [start[i], end[i]] the diarization speaker that overlaps it most.
@@ -271,6 +282,7 @@ def _nearest_turn_speaker(start, end, turns):
 # 3. The alignment (paper Section III-A, Fig. 2): flatten, group, construct
 # ---------------------------------------------------------------------------------------------
 
+
 def flatten_words(asr_segments):
     """Stage 1 of Fig. 2: the words of all ASR segments as one time-ordered stream.
 
@@ -290,8 +302,13 @@ def flatten_words(asr_segments):
             segment.append(n)
     start, end = np.array(start, dtype=np.float64), np.array(end, dtype=np.float64)
     order = np.argsort(start, kind="stable")
-    return ([words[i] for i in order], start[order], end[order], np.array(retimed, dtype=bool)[order],
-            np.array(segment, dtype=np.int64)[order])
+    return (
+        [words[i] for i in order],
+        start[order],
+        end[order],
+        np.array(retimed, dtype=bool)[order],
+        np.array(segment, dtype=np.int64)[order],
+    )
 
 
 def _interpolate_untimed(words, seg_start, seg_end):
@@ -308,7 +325,9 @@ def _interpolate_untimed(words, seg_start, seg_end):
         left = times[i - 1][1] if i > 0 else seg_start  # end of the previous timed word
         right = times[j][0] if j < len(words) else seg_end  # start of the next timed word
         if left is None and right is None:
-            raise PipelineError(f"untimed words {[w['word'] for w in words[i:j]]} in an ASR segment without start/end times")
+            raise PipelineError(
+                f"untimed words {[w['word'] for w in words[i:j]]} in an ASR segment without start/end times"
+            )
         left = right if left is None else left
         right = left if right is None or right < left else right
         step = (right - left) / (j - i)
@@ -380,8 +399,9 @@ def count_long_words(asr_segments, max_word_seconds=MAX_WORD_SECONDS) -> int:
     return int(np.sum(end - start > max_word_seconds))
 
 
-def align_dialog(asr_segments, turns, max_pause, tie_break="asr-segment", word_policy="keep",
-                 max_word_seconds=MAX_WORD_SECONDS):
+def align_dialog(
+    asr_segments, turns, max_pause, tie_break="asr-segment", word_policy="keep", max_word_seconds=MAX_WORD_SECONDS
+):
     """The full alignment block (Fig. 2) for one dialog -> segments in time order.
 
     Each segment: start = its first word's start, end = the latest word end in it (the last word's
@@ -393,8 +413,9 @@ def align_dialog(asr_segments, turns, max_pause, tie_break="asr-segment", word_p
     """
     words, start, end, speakers, retimed, nearest = attribute_words(asr_segments, turns, tie_break)
     if word_policy == "authors":
-        return authors_turns(words, start, end, speakers, retimed, nearest, max_pause,
-                             pause_ends(start, end, max_word_seconds))
+        return authors_turns(
+            words, start, end, speakers, retimed, nearest, max_pause, pause_ends(start, end, max_word_seconds)
+        )
     if word_policy != "keep":
         raise ValueError(f"word_policy must be one of {WORD_POLICIES}, got {word_policy!r}")
     bounds = group_words(speakers, start, pause_ends(start, end, max_word_seconds), max_pause)
@@ -430,10 +451,16 @@ def authors_turns(words, start, end, speakers, retimed, nearest, max_pause, paus
         timed = [i for i in g if not retimed[i]]
         if not timed:
             continue
-        segments.append({"start": float(min(start[i] for i in timed)), "end": float(max(end[i] for i in timed)),
-                         "speaker": str(speakers[g[0]]) if attributed[g[0]] else "UNKNOWN",
-                         "text": " ".join(words[i] for i in g), "n_words": len(g),
-                         "flags": {"retimed_words": int(retimed[g].sum()), "nearest_speaker_words": int(nearest[g].sum())}})
+        segments.append(
+            {
+                "start": float(min(start[i] for i in timed)),
+                "end": float(max(end[i] for i in timed)),
+                "speaker": str(speakers[g[0]]) if attributed[g[0]] else "UNKNOWN",
+                "text": " ".join(words[i] for i in g),
+                "n_words": len(g),
+                "flags": {"retimed_words": int(retimed[g].sum()), "nearest_speaker_words": int(nearest[g].sum())},
+            }
+        )
     return segments
 
 
@@ -445,15 +472,23 @@ def construct_segments(words, start, end, speakers, retimed, nearest, bounds):
     seg_end = np.maximum.reduceat(end, bounds)
     n_retimed = np.add.reduceat(retimed.astype(np.int64), bounds)
     n_nearest = np.add.reduceat(nearest.astype(np.int64), bounds)
-    return [{"start": float(start[a]), "end": float(seg_end[g]), "speaker": str(speakers[a]),
-             "text": " ".join(words[a:b]), "n_words": int(b - a),
-             "flags": {"retimed_words": int(n_retimed[g]), "nearest_speaker_words": int(n_nearest[g])}}
-            for g, (a, b) in enumerate(zip(bounds.tolist(), stops.tolist()))]
+    return [
+        {
+            "start": float(start[a]),
+            "end": float(seg_end[g]),
+            "speaker": str(speakers[a]),
+            "text": " ".join(words[a:b]),
+            "n_words": int(b - a),
+            "flags": {"retimed_words": int(n_retimed[g]), "nearest_speaker_words": int(n_nearest[g])},
+        }
+        for g, (a, b) in enumerate(zip(bounds.tolist(), stops.tolist()))
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
 # 4. The without-alignment baseline (paper Section IV-B)
 # ---------------------------------------------------------------------------------------------
+
 
 def baseline_dialog(asr_segments, turns, tie_break="asr-segment"):
     """WhisperX's segments as they come, each given the speaker with the largest segment-level overlap.
@@ -477,12 +512,23 @@ def baseline_dialog(asr_segments, turns, tie_break="asr-segment"):
             s = dict(s, start=min(w["start"] for w in timed), end=max(w["end"] for w in timed))
         segs.append(s)
     segs.sort(key=lambda s: s["start"])
-    speakers, nearest = attribute_speakers([s["start"] for s in segs], [s["end"] for s in segs], turns,
-                                           ties="alphabetical" if tie_break == "whisperx" else "earliest-turn")
-    return [{"start": s["start"], "end": s["end"], "speaker": str(spk), "text": s["text"],
-             "n_words": len(s["words"]),
-             "flags": {"retimed_words": 0, "nearest_speaker_words": len(s["words"]) if near else 0}}
-            for s, spk, near in zip(segs, speakers, nearest)]
+    speakers, nearest = attribute_speakers(
+        [s["start"] for s in segs],
+        [s["end"] for s in segs],
+        turns,
+        ties="alphabetical" if tie_break == "whisperx" else "earliest-turn",
+    )
+    return [
+        {
+            "start": s["start"],
+            "end": s["end"],
+            "speaker": str(spk),
+            "text": s["text"],
+            "n_words": len(s["words"]),
+            "flags": {"retimed_words": 0, "nearest_speaker_words": len(s["words"]) if near else 0},
+        }
+        for s, spk, near in zip(segs, speakers, nearest)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -540,16 +586,22 @@ def label_segments(segments, utterances, dialog, min_label_overlap=0.1, rule="su
         duration = seg["end"] - seg["start"]
         purity = 0.0
         if label is not None and duration > 0:
-            covered = intervals.union_length([(max(u["start"], seg["start"]), min(u["end"], seg["end"]))
-                                          for u, _ in hits if u["label"] == label])
+            covered = intervals.union_length(
+                [(max(u["start"], seg["start"]), min(u["end"], seg["end"])) for u, _ in hits if u["label"] == label]
+            )
             purity = covered / duration
-        seg.update({
-            "id": f"{dialog}-{n:04d}",
-            "utterances": [{"id": u["id"], "overlap": round(o, 4), "label": u["label"], "speaker": u["speaker"]}
-                           for u, o in hits],
-            "label": label, "purity": round(purity, 4),
-            "ref_speaker": max(sorted(by_speaker), key=lambda s: by_speaker[s], default=None),
-        })
+        seg.update(
+            {
+                "id": f"{dialog}-{n:04d}",
+                "utterances": [
+                    {"id": u["id"], "overlap": round(o, 4), "label": u["label"], "speaker": u["speaker"]}
+                    for u, o in hits
+                ],
+                "label": label,
+                "purity": round(purity, 4),
+                "ref_speaker": max(sorted(by_speaker), key=lambda s: by_speaker[s], default=None),
+            }
+        )
     return segments
 
 
@@ -564,6 +616,7 @@ def record(seg) -> dict:
 # ---------------------------------------------------------------------------------------------
 # 6. Outputs: readable transcript, the segment cache, the alignment report
 # ---------------------------------------------------------------------------------------------
+
 
 def transcript_text(dialog, variant, segments) -> str:
     """A readable transcript in the style of the paper's Fig. 3, with the reference label."""
@@ -605,11 +658,24 @@ def segment_cache(dialog, session, segments, audio, sample_rate=formats.SAMPLE_R
     for s in segments:
         a = min(max(0, int(round(s["start"] * sample_rate))), len(audio) - 1)
         b = min(len(audio), max(a + 1, int(round(s["end"] * sample_rate))))  # at least one sample: never empty
-        out.append({"id": s["id"], "start": float(s["start"]), "end": float(s["end"]), "speaker": s["speaker"],
-                    "text": s["text"], "label": formats.LABEL_INDEX.get(s["label"], -1),
-                    "audio": torch.from_numpy(np.array(audio[a:b], dtype=np.float32, copy=True))})
-    return {"dialog": dialog, "session": int(session), "sample_rate": int(sample_rate), "channel": str(channel),
-            "segments": out}
+        out.append(
+            {
+                "id": s["id"],
+                "start": float(s["start"]),
+                "end": float(s["end"]),
+                "speaker": s["speaker"],
+                "text": s["text"],
+                "label": formats.LABEL_INDEX.get(s["label"], -1),
+                "audio": torch.from_numpy(np.array(audio[a:b], dtype=np.float32, copy=True)),
+            }
+        )
+    return {
+        "dialog": dialog,
+        "session": int(session),
+        "sample_rate": int(sample_rate),
+        "channel": str(channel),
+        "segments": out,
+    }
 
 
 def variant_stats(segment_files, labels, min_label_overlap) -> dict:
@@ -631,10 +697,19 @@ def variant_stats(segment_files, labels, min_label_overlap) -> dict:
         for u in labels["dialogs"][data["dialog"]]["utterances"]:
             if u["label"] is None:
                 continue
-            pieces.append(sum(intervals.overlap(u["start"], u["end"], s["start"], s["end"]) > min_label_overlap
-                              for s in data["segments"]))
-            inside = lambda ss: intervals.union_length([(max(s["start"], u["start"]), min(s["end"], u["end"]))
-                                                    for s in ss if intervals.overlap(u["start"], u["end"], s["start"], s["end"]) > 0])
+            pieces.append(
+                sum(
+                    intervals.overlap(u["start"], u["end"], s["start"], s["end"]) > min_label_overlap
+                    for s in data["segments"]
+                )
+            )
+            inside = lambda ss: intervals.union_length(
+                [
+                    (max(s["start"], u["start"]), min(s["end"], u["end"]))
+                    for s in ss
+                    if intervals.overlap(u["start"], u["end"], s["start"], s["end"]) > 0
+                ]
+            )
             covered += inside(labelled)
             covered_same += inside([s for s in labelled if s["label"] == u["label"]])
             ref_total += u["end"] - u["start"]
@@ -652,12 +727,18 @@ def variant_stats(segment_files, labels, min_label_overlap) -> dict:
         return r(np.percentile(dur, p), 3) if len(dur) else None
 
     return {
-        "dialogs": len(segment_files), "segments": len(segs), "labelled_segments": int(is_lab.sum()),
+        "dialogs": len(segment_files),
+        "segments": len(segs),
+        "labelled_segments": int(is_lab.sum()),
         "unlabelled_segments": int((~is_lab).sum()),
-        "duration_mean": r(dur.mean(), 3) if len(dur) else None, "duration_median": q(50),
-        "duration_p10": q(10), "duration_p90": q(90),
+        "duration_mean": r(dur.mean(), 3) if len(dur) else None,
+        "duration_median": q(50),
+        "duration_p10": q(10),
+        "duration_p90": q(90),
         "words_per_segment": r(np.mean([s["n_words"] for s in segs]), 2) if segs else None,
-        "label_purity": r(np.sum(purity[is_lab] * dur[is_lab]) / np.sum(dur[is_lab])) if dur[is_lab].sum() > 0 else None,
+        "label_purity": r(np.sum(purity[is_lab] * dur[is_lab]) / np.sum(dur[is_lab]))
+        if dur[is_lab].sum() > 0
+        else None,
         "speaker_purity": r(majority / ref_speech) if ref_speech > 0 else None,
         "fragmentation_mean": r(pieces.mean(), 3) if len(pieces) else None,
         "fragmentation_split_share": r(np.mean(pieces > 1)) if len(pieces) else None,
@@ -670,17 +751,23 @@ def variant_stats(segment_files, labels, min_label_overlap) -> dict:
 
 
 REPORT_ROWS = [
-    ("dialogs", "dialogs compared"), ("segments", "segments"), ("labelled_segments", "labelled segments"),
-    ("unlabelled_segments", "segments without a 4-class label"), ("duration_mean", "duration mean (s)"),
-    ("duration_median", "duration median (s)"), ("duration_p10", "duration p10 (s)"),
-    ("duration_p90", "duration p90 (s)"), ("words_per_segment", "words per segment"),
+    ("dialogs", "dialogs compared"),
+    ("segments", "segments"),
+    ("labelled_segments", "labelled segments"),
+    ("unlabelled_segments", "segments without a 4-class label"),
+    ("duration_mean", "duration mean (s)"),
+    ("duration_median", "duration median (s)"),
+    ("duration_p10", "duration p10 (s)"),
+    ("duration_p90", "duration p90 (s)"),
+    ("words_per_segment", "words per segment"),
     ("label_purity", "label purity (duration-weighted, labelled segments)"),
     ("speaker_purity", "speaker purity (share of reference speech from the majority speaker)"),
     ("fragmentation_mean", "segments per labelled reference utterance"),
     ("fragmentation_split_share", "share of labelled utterances split across >1 segment"),
     ("labelled_ref_coverage", "labelled reference speech covered by labelled segments"),
     ("labelled_ref_coverage_same_label", "... covered by segments with the same label"),
-    ("words", "words"), ("retimed_words", "words re-timed (untimed in ASR)"),
+    ("words", "words"),
+    ("retimed_words", "words re-timed (untimed in ASR)"),
     ("nearest_speaker_words", "words given the nearest turn's speaker"),
 ]
 
@@ -698,11 +785,15 @@ def alignment_report(pipe_dir, labels, min_label_overlap) -> dict:
             entries[m["variant"]] = m["dialogs"]
             variants[m["variant"]] = {d for d, e in m["dialogs"].items() if e.get("status") in ("done", "ok")}
     common = sorted(set.intersection(*variants.values())) if variants else []
-    stats = {v: variant_stats([Path(pipe_dir) / v / "segments" / f"{d}.json" for d in common], labels, min_label_overlap)
-             for v in sorted(variants)}
+    stats = {
+        v: variant_stats([Path(pipe_dir) / v / "segments" / f"{d}.json" for d in common], labels, min_label_overlap)
+        for v in sorted(variants)
+    }
     report = {"pipe": Path(pipe_dir).name, "dialogs": common, "min_label_overlap": min_label_overlap, "variants": stats}
-    adjusted = {v: {f: n for f in SUMMARY_COUNTS if (n := sum(entries[v][d].get(f, 0) for d in common))}
-                for v in sorted(variants)}
+    adjusted = {
+        v: {f: n for f in SUMMARY_COUNTS if (n := sum(entries[v][d].get(f, 0) for d in common))}
+        for v in sorted(variants)
+    }
     if any(adjusted.values()):
         report["adjusted"] = {v: a for v, a in adjusted.items() if a}
     warnings = {d: sorted({w for v in sorted(variants) for w in entries[v][d].get("warnings", [])}) for d in common}
@@ -714,9 +805,16 @@ def alignment_report(pipe_dir, labels, min_label_overlap) -> dict:
 def report_markdown(report) -> str:
     names = list(report["variants"])
     fmt = lambda x: "-" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
-    lines = [f"Alignment report, pipeline `{report['pipe']}`, {len(report['dialogs'])} dialogs common to all variants.", "",
-             "| measure | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    lines += [f"| {title} | " + " | ".join(fmt(report["variants"][v][key]) for v in names) + " |" for key, title in REPORT_ROWS]
+    lines = [
+        f"Alignment report, pipeline `{report['pipe']}`, {len(report['dialogs'])} dialogs common to all variants.",
+        "",
+        "| measure | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    lines += [
+        f"| {title} | " + " | ".join(fmt(report["variants"][v][key]) for v in names) + " |"
+        for key, title in REPORT_ROWS
+    ]
     for v, counts in report.get("adjusted", {}).items():
         lines.append(f"\n{v}: " + "; ".join(f"{n} {SUMMARY_COUNTS[f]}" for f, n in counts.items()))
     for d, messages in report.get("warnings", {}).items():
@@ -731,11 +829,13 @@ def report_markdown(report) -> str:
 # Manifest status words, the same as step 2's (preprocess.py): "done" or "failed" (with "error").
 OLD_STATUS = {"ok": "done", "error": "failed"}  # what manifests written before said
 # Per-dialog counts of what was adjusted or dropped in a variant's inputs, summed in the manifest summary.
-SUMMARY_COUNTS = {"long_words": "words longer than --max-word-seconds (clamped for the pause)",
-                  "zero_length_segments": "zero-length segments (one sample of audio)",
-                  "blank_words_dropped": "whitespace-only ASR words dropped",
-                  "times_clamped_to_audio_end": f"times clamped to the end of the audio (<= {formats.TIME_TOLERANCE_S:g} s past it)",
-                  "rttm_other_recording_lines": "RTTM lines of other recordings ignored"}
+SUMMARY_COUNTS = {
+    "long_words": "words longer than --max-word-seconds (clamped for the pause)",
+    "zero_length_segments": "zero-length segments (one sample of audio)",
+    "blank_words_dropped": "whitespace-only ASR words dropped",
+    "times_clamped_to_audio_end": f"times clamped to the end of the audio (<= {formats.TIME_TOLERANCE_S:g} s past it)",
+    "rttm_other_recording_lines": "RTTM lines of other recordings ignored",
+}
 
 
 def variant_name(kind, max_pause) -> str:
@@ -765,15 +865,20 @@ ALWAYS_IN_CONFIG = ("min_label_overlap", "tie_break", "channel", "max_word_secon
 
 def _departures(kind, settings: dict) -> dict:
     """{setting: value} of the table's settings that apply to `kind` and differ from their default."""
-    return {name: settings[name] for name, (default, _, kinds) in STEP3_SETTINGS.items()
-            if kind in kinds and settings[name] != default}
+    return {
+        name: settings[name]
+        for name, (default, _, kinds) in STEP3_SETTINGS.items()
+        if kind in kinds and settings[name] != default
+    }
 
 
 def variant_dir_name(kind, max_pause, settings: dict, diarization: str = "overlap") -> str:
     """The directory of a variant under WORK/<pipe>/: variant_name, then -<tag>_<value> per departure
     from STEP3_SETTINGS' defaults, then -exclusive for --diarization exclusive."""
-    tags = "".join(f"-{STEP3_SETTINGS[name][1]}_{value:g}" if isinstance(value, float)
-                   else f"-{STEP3_SETTINGS[name][1]}_{value}" for name, value in _departures(kind, settings).items())
+    tags = "".join(
+        f"-{STEP3_SETTINGS[name][1]}_{value:g}" if isinstance(value, float) else f"-{STEP3_SETTINGS[name][1]}_{value}"
+        for name, value in _departures(kind, settings).items()
+    )
     return variant_name(kind, max_pause) + tags + ("-exclusive" if diarization == "exclusive" else "")
 
 
@@ -799,47 +904,89 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="preprocessed_iemocap", help="work directory (labels.json, step 2 output)")
     parser.add_argument("--pipe", default="whisperx", help="which step-2 run to align: WORK/<pipe>/")
-    parser.add_argument("--variant", choices=("aligned", "baseline", "both"), default="both",
-                        help="the alignment (Fig. 2), the without-alignment baseline, or both")
-    parser.add_argument("--max-pause", type=float, nargs="+", default=[1.5],
-                        help="longest pause (s) inside a turn; paper: 1.5, the authors' code: 1.0. Several values "
-                             "make one aligned variant each (aligned-p<value>) from one reading of each dialog's "
-                             "audio")
-    parser.add_argument("--min-label-overlap", type=float, default=STEP3_SETTINGS["min_label_overlap"][0],
-                        help="a segment's label needs more than this overlap (s) with reference speech of that label")
-    parser.add_argument("--tie-break", choices=TIE_BREAKS, default=STEP3_SETTINGS["tie_break"][0],
-                        help="a word (or baseline segment) lying equally inside two speakers' turns goes to: "
-                             "asr-segment (default) = its ASR segment's speaker, else the earliest-starting turn; "
-                             "whisperx = the alphabetically first speaker label, as whisperX 3.2.0 (the authors' "
-                             "version) does (3.8.6 takes the earliest-starting turn)")
-    parser.add_argument("--word-policy", choices=WORD_POLICIES, default=STEP3_SETTINGS["word_policy"][0],
-                        help="keep (default): no word is lost, untimed words are re-timed and words outside every "
-                             "turn get the nearest speaker (both flagged); authors: their grouping, which drops such "
-                             "words, and every later word of the dialog when its first word has no speaker")
-    parser.add_argument("--label-rule", choices=LABEL_RULES, default=STEP3_SETTINGS["label_rule"][0],
-                        help="a segment's label: sum (default) = the 4-class label with the largest summed overlap; "
-                             "authors = the label of the single most-overlapping 4-class utterance with transcript "
-                             "text (the first on a tie), as the authors' code")
-    parser.add_argument("--channel", choices=formats.AUDIO_CHANNELS, default=STEP3_SETTINGS["channel"][0],
-                        help="the audio the classifier sees, cut into cache/<dialog>.pt: mean = the average of the "
-                             "stereo channels, both actors (default); 0 or 1 = that channel only (the authors: 0); "
-                             "mono wavs ignore it")
-    parser.add_argument("--peak-normalize", choices=PEAK_NORMALIZE, default=STEP3_SETTINGS["peak_normalize"][0],
-                        help="none (default): the dialog's samples as decoded; authors: each dialog scaled to a peak "
-                             "of 0.95 when its peak exceeds 0.01 before segments are cut, as the authors' code")
-    parser.add_argument("--iemocap", default=None,
-                        help="corpus root for the dialog wavs (default: the one in labels.json)")
+    parser.add_argument(
+        "--variant",
+        choices=("aligned", "baseline", "both"),
+        default="both",
+        help="the alignment (Fig. 2), the without-alignment baseline, or both",
+    )
+    parser.add_argument(
+        "--max-pause",
+        type=float,
+        nargs="+",
+        default=[1.5],
+        help="longest pause (s) inside a turn; paper: 1.5, the authors' code: 1.0. Several values "
+        "make one aligned variant each (aligned-p<value>) from one reading of each dialog's "
+        "audio",
+    )
+    parser.add_argument(
+        "--min-label-overlap",
+        type=float,
+        default=STEP3_SETTINGS["min_label_overlap"][0],
+        help="a segment's label needs more than this overlap (s) with reference speech of that label",
+    )
+    parser.add_argument(
+        "--tie-break",
+        choices=TIE_BREAKS,
+        default=STEP3_SETTINGS["tie_break"][0],
+        help="a word (or baseline segment) lying equally inside two speakers' turns goes to: "
+        "asr-segment (default) = its ASR segment's speaker, else the earliest-starting turn; "
+        "whisperx = the alphabetically first speaker label, as whisperX 3.2.0 (the authors' "
+        "version) does (3.8.6 takes the earliest-starting turn)",
+    )
+    parser.add_argument(
+        "--word-policy",
+        choices=WORD_POLICIES,
+        default=STEP3_SETTINGS["word_policy"][0],
+        help="keep (default): no word is lost, untimed words are re-timed and words outside every "
+        "turn get the nearest speaker (both flagged); authors: their grouping, which drops such "
+        "words, and every later word of the dialog when its first word has no speaker",
+    )
+    parser.add_argument(
+        "--label-rule",
+        choices=LABEL_RULES,
+        default=STEP3_SETTINGS["label_rule"][0],
+        help="a segment's label: sum (default) = the 4-class label with the largest summed overlap; "
+        "authors = the label of the single most-overlapping 4-class utterance with transcript "
+        "text (the first on a tie), as the authors' code",
+    )
+    parser.add_argument(
+        "--channel",
+        choices=formats.AUDIO_CHANNELS,
+        default=STEP3_SETTINGS["channel"][0],
+        help="the audio the classifier sees, cut into cache/<dialog>.pt: mean = the average of the "
+        "stereo channels, both actors (default); 0 or 1 = that channel only (the authors: 0); "
+        "mono wavs ignore it",
+    )
+    parser.add_argument(
+        "--peak-normalize",
+        choices=PEAK_NORMALIZE,
+        default=STEP3_SETTINGS["peak_normalize"][0],
+        help="none (default): the dialog's samples as decoded; authors: each dialog scaled to a peak "
+        "of 0.95 when its peak exceeds 0.01 before segments are cut, as the authors' code",
+    )
+    parser.add_argument(
+        "--iemocap", default=None, help="corpus root for the dialog wavs (default: the one in labels.json)"
+    )
     parser.add_argument("--dialogs", nargs="+", default=None, help="only these dialogs (default: all with ASR output)")
     parser.add_argument("--overwrite", action="store_true", help="redo dialogs already aligned with the same config")
-    parser.add_argument("--diarization", choices=("overlap", "exclusive"), default="overlap",
-                        help="which step-2 RTTM attributes words to speakers: overlap = diarization/ (default, "
-                             "what the authors' whisperX used), exclusive = diarization_exclusive/ (one speaker at a "
-                             "time, pyannote 4's exclusive diarization); exclusive variants are named "
-                             "<variant>-exclusive, so the alignment report compares both")
-    parser.add_argument("--max-word-seconds", type=float, default=STEP3_SETTINGS["max_word_seconds"][0],
-                        help="a word longer than this (s) counts as this long when the pause after it is measured "
-                             "(WhisperX can stretch a word over seconds of silence, hiding the pause); segments keep "
-                             "the real times; such words are counted. 0 = never, as the paper and the authors")
+    parser.add_argument(
+        "--diarization",
+        choices=("overlap", "exclusive"),
+        default="overlap",
+        help="which step-2 RTTM attributes words to speakers: overlap = diarization/ (default, "
+        "what the authors' whisperX used), exclusive = diarization_exclusive/ (one speaker at a "
+        "time, pyannote 4's exclusive diarization); exclusive variants are named "
+        "<variant>-exclusive, so the alignment report compares both",
+    )
+    parser.add_argument(
+        "--max-word-seconds",
+        type=float,
+        default=STEP3_SETTINGS["max_word_seconds"][0],
+        help="a word longer than this (s) counts as this long when the pause after it is measured "
+        "(WhisperX can stretch a word over seconds of silence, hiding the pause); segments keep "
+        "the real times; such words are counted. 0 = never, as the paper and the authors",
+    )
     args = parser.parse_args(argv)
     if min(args.max_pause) < 0 or args.min_label_overlap < 0 or args.max_word_seconds < 0:
         parser.error("--max-pause, --min-label-overlap and --max-word-seconds must be >= 0")
@@ -851,6 +998,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 @dataclass
 class Run:
     """One run of step 3: what its stages share (the plan) and what the dialogs did (filled in as they go)."""
+
     args: argparse.Namespace
     labels: dict  # labels.json
     corpus: Path  # the corpus root the dialog wavs are read from
@@ -873,16 +1021,18 @@ def read_work(args):
     corpus = Path(args.iemocap or labels["corpus"])
     pipe_dir = work / args.pipe
     if not (pipe_dir / "asr").is_dir():
-        raise PipelineError(f"{pipe_dir / 'asr'}: not found; run step 2 first: "
-                            f"python preprocess.py --work {work} --name {args.pipe}")
+        raise PipelineError(
+            f"{pipe_dir / 'asr'}: not found; run step 2 first: python preprocess.py --work {work} --name {args.pipe}"
+        )
     return work, labels, corpus, pipe_dir
 
 
 def plan_variants(args):
     """({variant key: directory name}, {variant key: config}), one variant per (kind, max pause); the
     keys are their names, e.g. "aligned-p1.5", "baseline"."""
-    specs = ([("aligned", p) for p in dict.fromkeys(args.max_pause)] if args.variant in ("aligned", "both") else []) \
-        + ([("baseline", None)] if args.variant in ("baseline", "both") else [])
+    specs = ([("aligned", p) for p in dict.fromkeys(args.max_pause)] if args.variant in ("aligned", "both") else []) + (
+        [("baseline", None)] if args.variant in ("baseline", "both") else []
+    )
     kinds = [variant_name(kind, p) for kind, p in specs]
     settings = {name: getattr(args, name) for name in STEP3_SETTINGS}
     # Each variant's directory is named by every setting that changes its outputs (variant_dir_name), and
@@ -912,8 +1062,10 @@ def choose_dialogs(args, work, labels, pipe_dir):
     stale = fileio.remove_stale_temp(pipe_dir)  # left under it by a killed run (of this step or step 2)
     if stale:
         print(f"[align] removed {stale} unfinished temporary file(s) of an interrupted run under {pipe_dir}")
-    print(f"[align] read {work / 'labels.json'} ({len(labels['dialogs'])} dialogs); pipe {args.pipe}: "
-          f"{len(dialogs)} dialogs to consider, {len(skipped)} without ASR output (skipped)")
+    print(
+        f"[align] read {work / 'labels.json'} ({len(labels['dialogs'])} dialogs); pipe {args.pipe}: "
+        f"{len(dialogs)} dialogs to consider, {len(skipped)} without ASR output (skipped)"
+    )
     return dialogs, skipped
 
 
@@ -927,9 +1079,16 @@ def open_manifests(run: Run) -> None:
         for e in old_dialogs.values():  # manifests written before step 3 used step 2's status words
             if isinstance(e, dict) and e.get("status") in OLD_STATUS:
                 e["status"] = OLD_STATUS[e["status"]]
-        run.manifests[k] = {"step": "align", "pipe": run.args.pipe, "variant": v, "config": run.configs[k],
-                            "config_key": rundirs.step3_config_key(run.configs[k]),
-                            "corpus": str(run.corpus), "code": rundirs.code_version(), "dialogs": old_dialogs}
+        run.manifests[k] = {
+            "step": "align",
+            "pipe": run.args.pipe,
+            "variant": v,
+            "config": run.configs[k],
+            "config_key": rundirs.step3_config_key(run.configs[k]),
+            "corpus": str(run.corpus),
+            "code": rundirs.code_version(),
+            "dialogs": old_dialogs,
+        }
         run.done_before[k] = run.written[k] = 0
 
 
@@ -941,8 +1100,9 @@ def variants_to_do(run: Run, d, info, asr_path, rttm_path) -> dict:
     for k, v in run.variants.items():
         key = _sha(run.configs[k], info, str(run.corpus), *inputs)
         entry = run.manifests[k]["dialogs"].get(d, {})
-        out_ok = all((run.pipe_dir / v / sub / f"{d}{ext}").is_file()
-                     for sub, ext in (("segments", ".json"), ("cache", ".pt")))
+        out_ok = all(
+            (run.pipe_dir / v / sub / f"{d}{ext}").is_file() for sub, ext in (("segments", ".json"), ("cache", ".pt"))
+        )
         out_ok = out_ok and fileio.checksum_path(run.pipe_dir / v / "cache" / f"{d}.pt").is_file()  # write finished
         if not run.args.overwrite and entry.get("status") == "done" and entry.get("key") == key and out_ok:
             run.done_before[k] += 1
@@ -959,8 +1119,9 @@ def read_dialog(run: Run, d, info, asr_path, rttm_path) -> dict:
     audio = peak_normalize(audio, args.peak_normalize)
     duration = len(audio) / formats.SAMPLE_RATE
     for u in info["utterances"]:
-        formats.check_in_audio(u["end"], duration, str(wav), f"utterance {u['id']} of labels.json "
-                               f"({u['start']:.3f}-{u['end']:.3f} s)")
+        formats.check_in_audio(
+            u["end"], duration, str(wav), f"utterance {u['id']} of labels.json ({u['start']:.3f}-{u['end']:.3f} s)"
+        )
     counts = {}
     asr = read_asr(asr_path, duration, counts)
     turns = formats.read_rttm(rttm_path, dialog=d, duration=duration, counts=counts)
@@ -968,8 +1129,15 @@ def read_dialog(run: Run, d, info, asr_path, rttm_path) -> dict:
         long_words = count_long_words(asr, args.max_word_seconds)
     except PipelineError as e:
         raise PipelineError(f"{asr_path}: {e}") from None
-    return {"audio": audio, "asr": asr, "turns": turns, "counts": counts, "long_words": long_words,
-            "asr_path": asr_path, "rttm_path": rttm_path}
+    return {
+        "audio": audio,
+        "asr": asr,
+        "turns": turns,
+        "counts": counts,
+        "long_words": long_words,
+        "asr_path": asr_path,
+        "rttm_path": rttm_path,
+    }
 
 
 def align_variant(run: Run, k, key, d, info, inputs) -> None:
@@ -978,18 +1146,30 @@ def align_variant(run: Run, k, key, d, info, inputs) -> None:
     args, kind, vdir = run.args, run.configs[k]["kind"], run.pipe_dir / run.variants[k]
     asr, turns = inputs["asr"], inputs["turns"]
     try:
-        segs = (align_dialog(asr, turns, run.configs[k]["max_pause"], args.tie_break, args.word_policy,
-                             args.max_word_seconds)
-                if kind == "aligned" else baseline_dialog(asr, turns, args.tie_break))
+        segs = (
+            align_dialog(
+                asr, turns, run.configs[k]["max_pause"], args.tie_break, args.word_policy, args.max_word_seconds
+            )
+            if kind == "aligned"
+            else baseline_dialog(asr, turns, args.tie_break)
+        )
     except PipelineError as e:
         raise PipelineError(f"{inputs['asr_path']} / {inputs['rttm_path']}: {e}") from None
     label_segments(segs, info["utterances"], d, args.min_label_overlap, args.label_rule)
-    fileio.atomic_write_json(vdir / "segments" / f"{d}.json",
-                             {"dialog": d, "session": info["session"], "pipe": args.pipe,
-                              "variant": run.variants[k], "segments": [record(s) for s in segs]})
+    fileio.atomic_write_json(
+        vdir / "segments" / f"{d}.json",
+        {
+            "dialog": d,
+            "session": info["session"],
+            "pipe": args.pipe,
+            "variant": run.variants[k],
+            "segments": [record(s) for s in segs],
+        },
+    )
     fileio.atomic_write_text(vdir / "segments" / f"{d}.txt", transcript_text(d, run.variants[k], segs))
-    fileio.atomic_torch_save(segment_cache(d, info["session"], segs, inputs["audio"], channel=args.channel),
-                             vdir / "cache" / f"{d}.pt")
+    fileio.atomic_torch_save(
+        segment_cache(d, info["session"], segs, inputs["audio"], channel=args.channel), vdir / "cache" / f"{d}.pt"
+    )
     run.manifests[k]["dialogs"][d] = dialog_entry(run, d, kind, key, segs, inputs)
     run.written[k] += 1
 
@@ -1004,23 +1184,29 @@ def dialog_entry(run: Run, d, kind, key, segs, inputs) -> dict:
     if n_words and n_nearest / n_words > NEAREST_WARN_SHARE:
         entry_warnings.append(
             f"{100 * n_nearest / n_words:.0f} % of the words ({n_nearest} of {n_words}) overlap no turn "
-            f"of {inputs['rttm_path']} and got the nearest turn's speaker: does the RTTM belong to this audio?")
+            f"of {inputs['rttm_path']} and got the nearest turn's speaker: does the RTTM belong to this audio?"
+        )
         run.warnings.setdefault(d, entry_warnings[-1])
     return {
-        "status": "done", "key": key, "segments": len(segs),
+        "status": "done",
+        "key": key,
+        "segments": len(segs),
         "labelled": sum(s["label"] is not None for s in segs),
         "words": sum(s["n_words"] for s in segs),
-        "dropped_words": (sum(len(a["words"]) for a in asr) - sum(s["n_words"] for s in segs)
-                          if kind == "aligned" else 0),
+        "dropped_words": (
+            sum(len(a["words"]) for a in asr) - sum(s["n_words"] for s in segs) if kind == "aligned" else 0
+        ),
         "retimed_words": sum(s["flags"]["retimed_words"] for s in segs),
         "nearest_speaker_words": sum(s["flags"]["nearest_speaker_words"] for s in segs),
-        "empty_asr": not asr, "asr_segments_without_words_dropped": sum(1 for s in asr if not s["words"]),
+        "empty_asr": not asr,
+        "asr_segments_without_words_dropped": sum(1 for s in asr if not s["words"]),
         "long_words": inputs["long_words"] if kind == "aligned" else 0,
         "zero_length_segments": sum(1 for s in segs if s["end"] <= s["start"]),
         "blank_words_dropped": counts["blank_words"],
         "times_clamped_to_audio_end": counts["times_clamped"],
         "rttm_other_recording_lines": counts.get("other_recording_lines", 0),
-        **({"warnings": entry_warnings} if entry_warnings else {})}
+        **({"warnings": entry_warnings} if entry_warnings else {}),
+    }
 
 
 def align_one_dialog(run: Run, d) -> None:
@@ -1048,13 +1234,25 @@ def manifest_summary(dialogs: dict, skipped: dict) -> dict:
     """A variant manifest's "summary": its dialogs' entries counted and summed."""
     ok = {d: e for d, e in dialogs.items() if e.get("status") == "done"}
     return {
-        "dialogs_done": len(ok), "dialogs_failed": sum(e.get("status") == "failed" for e in dialogs.values()),
-        "dialogs_without_asr": len(skipped), "dialogs_empty_asr": sum(e["empty_asr"] for e in ok.values()),
-        **{f: sum(e[f] for e in ok.values()) for f in ("segments", "labelled", "words", "retimed_words",
-                                                       "nearest_speaker_words", "asr_segments_without_words_dropped")},
+        "dialogs_done": len(ok),
+        "dialogs_failed": sum(e.get("status") == "failed" for e in dialogs.values()),
+        "dialogs_without_asr": len(skipped),
+        "dialogs_empty_asr": sum(e["empty_asr"] for e in ok.values()),
+        **{
+            f: sum(e[f] for e in ok.values())
+            for f in (
+                "segments",
+                "labelled",
+                "words",
+                "retimed_words",
+                "nearest_speaker_words",
+                "asr_segments_without_words_dropped",
+            )
+        },
         "dropped_words": sum(e.get("dropped_words", 0) for e in ok.values()),
         **{f: sum(e.get(f, 0) for e in ok.values()) for f in SUMMARY_COUNTS},
-        "dialogs_with_warnings": sorted(d for d, e in ok.items() if e.get("warnings"))}
+        "dialogs_with_warnings": sorted(d for d, e in ok.items() if e.get("warnings")),
+    }
 
 
 def write_manifests(run: Run, skipped: dict) -> None:
@@ -1064,14 +1262,16 @@ def write_manifests(run: Run, skipped: dict) -> None:
         m["skipped"] = skipped
         fileio.atomic_write_json(run.pipe_dir / run.variants[k] / "manifest.json", m)
         s = m["summary"]
-        print(f"[align] {run.variants[k]}: wrote {run.written[k]} dialogs, "
-              f"kept {run.done_before[k]} already done with the same config; totals over {s['dialogs_done']} "
-              f"dialogs: {s['segments']} segments ({s['labelled']} labelled, {s['segments'] - s['labelled']} "
-              f"without a 4-class label), {s['words']} words ({s['dropped_words']} dropped), "
-              f"{s['retimed_words']} re-timed, {s['nearest_speaker_words']} nearest-speaker, "
-              f"{s['dialogs_empty_asr']} dialogs with empty ASR output, "
-              f"{s['asr_segments_without_words_dropped']} empty ASR segments dropped -> "
-              f"{run.pipe_dir / run.variants[k]}")
+        print(
+            f"[align] {run.variants[k]}: wrote {run.written[k]} dialogs, "
+            f"kept {run.done_before[k]} already done with the same config; totals over {s['dialogs_done']} "
+            f"dialogs: {s['segments']} segments ({s['labelled']} labelled, {s['segments'] - s['labelled']} "
+            f"without a 4-class label), {s['words']} words ({s['dropped_words']} dropped), "
+            f"{s['retimed_words']} re-timed, {s['nearest_speaker_words']} nearest-speaker, "
+            f"{s['dialogs_empty_asr']} dialogs with empty ASR output, "
+            f"{s['asr_segments_without_words_dropped']} empty ASR segments dropped -> "
+            f"{run.pipe_dir / run.variants[k]}"
+        )
         noted = [f"{s[f]} {what}" for f, what in SUMMARY_COUNTS.items() if s[f]]
         if noted:
             print(f"[align] {run.variants[k]}: also " + ", ".join(noted))
@@ -1095,8 +1295,10 @@ def report_failures(run: Run, dialogs: list) -> None:
     if run.errors:
         for d, message in run.errors.items():
             print(f"FAILED {d}: {message}")
-        raise SystemExit(f"step 3: {len(run.errors)} of {len(dialogs)} dialogs failed (listed above and in "
-                         f"{run.pipe_dir}/<variant>/manifest.json; the others were written)")
+        raise SystemExit(
+            f"step 3: {len(run.errors)} of {len(dialogs)} dialogs failed (listed above and in "
+            f"{run.pipe_dir}/<variant>/manifest.json; the others were written)"
+        )
 
 
 def main(argv=None):

@@ -32,6 +32,7 @@ Departures worth knowing: a stereo recording is averaged to mono whatever channe
 trained on (align.py --channel concerns IEMOCAP's two-actor wavs); a recording has session 1 and
 kind "impro" in the temporary labels.json (neither is used by steps 2-3 nor by the model).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import cli, fileio, formats, rundirs
 import utils
+from common import cli, fileio, formats, rundirs
 from common.cli import PipelineError
 from common.formats import LABELS
 
@@ -60,6 +61,7 @@ VARIANT_RE = re.compile(r"^(?:aligned-p(?P<pause>[0-9.]+)|(?P<baseline>baseline)
 # ---------------------------------------------------------------------------------------------
 # Inputs: audio, the run, the optional step-2 files
 # ---------------------------------------------------------------------------------------------
+
 
 def read_audio(path) -> tuple[np.ndarray, dict]:
     """Decode any soundfile format -> (float32 mono [samples] at 16 kHz, facts about the input).
@@ -80,11 +82,15 @@ def read_audio(path) -> tuple[np.ndarray, dict]:
         raise PipelineError(f"{path}: audio file has no samples")
     if not np.isfinite(audio).all():
         first = int(np.argmax(~np.isfinite(audio).all(axis=1)))
-        raise PipelineError(f"{path}: NaN or infinite samples (the first at {first / sr:.3f} s); expected finite samples")
+        raise PipelineError(
+            f"{path}: NaN or infinite samples (the first at {first / sr:.3f} s); expected finite samples"
+        )
     info = {"sample_rate": int(sr), "channels": int(audio.shape[1]), "seconds": audio.shape[0] / sr}
     mono = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
     if sr != formats.SAMPLE_RATE:
-        mono = torchaudio.functional.resample(torch.from_numpy(np.ascontiguousarray(mono)), sr, formats.SAMPLE_RATE).numpy()
+        mono = torchaudio.functional.resample(
+            torch.from_numpy(np.ascontiguousarray(mono)), sr, formats.SAMPLE_RATE
+        ).numpy()
     info["resampled"] = sr != formats.SAMPLE_RATE
     return np.ascontiguousarray(mono, dtype=np.float32), info
 
@@ -96,8 +102,10 @@ def check_run(run_dir) -> Path:
         raise PipelineError(f"{run_dir}: run directory not found (expected WORK/runs/<run>/ written by train.py)")
     for name in ("config.json", "checkpoint_best.pt"):
         if not (run_dir / name).is_file():
-            raise PipelineError(f"{run_dir / name}: not found; expected a run trained by train.py (config.json and "
-                                "checkpoint_best.pt; for a cross-validation run pass one of its fold<k>/ dirs)")
+            raise PipelineError(
+                f"{run_dir / name}: not found; expected a run trained by train.py (config.json and "
+                "checkpoint_best.pt; for a cross-validation run pass one of its fold<k>/ dirs)"
+            )
     return run_dir
 
 
@@ -108,8 +116,10 @@ def step2_file(option: str, given, audio: Path, n_audio: int, suffix: str) -> Pa
     if given.is_dir():
         path = given / f"{audio.stem}{suffix}"
     elif n_audio > 1:
-        raise PipelineError(f"{given}: {option} must be a folder holding <audio name>{suffix} per recording "
-                            f"when {n_audio} recordings are given")
+        raise PipelineError(
+            f"{given}: {option} must be a folder holding <audio name>{suffix} per recording "
+            f"when {n_audio} recordings are given"
+        )
     else:
         path = given
     if not path.is_file():
@@ -142,8 +152,10 @@ def relabel_rttm(src: Path, dest: Path, dialog: str, stem: str) -> None:
     elif len(recordings) <= 1:
         turns = formats.read_rttm(src)
     else:
-        raise PipelineError(f"{src}: holds the recordings {recordings[:5]}, none named {stem!r} (the audio file's "
-                            "name); expected one recording, or one named like the audio file")
+        raise PipelineError(
+            f"{src}: holds the recordings {recordings[:5]}, none named {stem!r} (the audio file's "
+            "name); expected one recording, or one named like the audio file"
+        )
     if not turns:
         raise PipelineError(f"{src}: no SPEAKER line; expected the speaker turns of {stem}")
     formats.write_rttm(dest, dialog, turns)
@@ -152,6 +164,7 @@ def relabel_rttm(src: Path, dest: Path, dialog: str, stem: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Steps 2 and 3 as the pipeline runs them
 # ---------------------------------------------------------------------------------------------
+
 
 def write_corpus(work: Path, recordings: list[dict]) -> None:
     """WORK/labels.json and WORK/corpus/audio/<dialog>.wav (float 16 kHz mono): one dialog per
@@ -165,10 +178,21 @@ def write_corpus(work: Path, recordings: list[dict]) -> None:
     for r in recordings:
         sf.write(str(corpus / "audio" / f"{r['dialog']}.wav"), r["audio"], formats.SAMPLE_RATE, subtype="FLOAT")
         session = formats.session_of(r["dialog"]) if formats.iemocap_dialog_meta(r["dialog"]) else 1
-        dialogs[r["dialog"]] = {"session": session, "kind": "impro", "scenario": r["dialog"], "script": None,
-                                "wav": f"audio/{r['dialog']}.wav", "utterances": []}
-    labels = {"corpus": str(corpus.resolve()), "labels": list(LABELS), "dialogs": dialogs,
-              "counts": {}, "source": {"predict": [str(r["path"]) for r in recordings]}}
+        dialogs[r["dialog"]] = {
+            "session": session,
+            "kind": "impro",
+            "scenario": r["dialog"],
+            "script": None,
+            "wav": f"audio/{r['dialog']}.wav",
+            "utterances": [],
+        }
+    labels = {
+        "corpus": str(corpus.resolve()),
+        "labels": list(LABELS),
+        "dialogs": dialogs,
+        "counts": {},
+        "source": {"predict": [str(r["path"]) for r in recordings]},
+    }
     fileio.atomic_write_json(work / "labels.json", labels)
     formats.load_labels(work, require=("wav",))
 
@@ -189,8 +213,10 @@ def step3_flags(config: dict, run_dir: Path) -> list[str]:
         return flags
     m = VARIANT_RE.match(str(config.get("variant")))
     if m is None:
-        raise PipelineError(f"{run_dir / 'config.json'}: variant {config.get('variant')!r}; expected aligned-p<pause> "
-                            "or baseline (optionally -exclusive), the names align.py gives")
+        raise PipelineError(
+            f"{run_dir / 'config.json'}: variant {config.get('variant')!r}; expected aligned-p<pause> "
+            "or baseline (optionally -exclusive), the names align.py gives"
+        )
     flags = ["--variant", "baseline"] if m["baseline"] else ["--variant", "aligned", "--max-pause", m["pause"]]
     if m["exclusive"]:
         flags += ["--diarization", "exclusive"]
@@ -215,13 +241,19 @@ def check_run_data(run_dir: Path, config: dict, allow: bool) -> dict | None:
     allow), when its work directory is on this machine; None (said) when not: a run copied elsewhere."""
     work = Path(str((config.get("data") or {}).get("work", "")))
     if config.get("data") and not (work / "labels.json").is_file():
-        print(f"[predict] the run's training data ({work}) is not on this machine: its step-3 settings are "
-              f"taken from {run_dir / 'config.json'} unchecked", flush=True)
+        print(
+            f"[predict] the run's training data ({work}) is not on this machine: its step-3 settings are "
+            f"taken from {run_dir / 'config.json'} unchecked",
+            flush=True,
+        )
         return None
     check = rundirs.check_run_data(run_dir, allow=allow)
     if check["changed"]:
-        print(f"[predict] WARNING {run_dir}: its data changed since training ({rundirs.ALLOW_CHANGED_DATA}): "
-              + "; ".join(check["changed"]), flush=True)
+        print(
+            f"[predict] WARNING {run_dir}: its data changed since training ({rundirs.ALLOW_CHANGED_DATA}): "
+            + "; ".join(check["changed"]),
+            flush=True,
+        )
     return check
 
 
@@ -245,13 +277,17 @@ def dialog_errors(manifest: Path) -> dict:
     if not manifest.is_file():
         return {}
     data = fileio.read_json(manifest, "step manifest")
-    return {d: e.get("error", "failed") for d, e in data.get("dialogs", {}).items()
-            if isinstance(e, dict) and e.get("status") == "failed"}
+    return {
+        d: e.get("error", "failed")
+        for d, e in data.get("dialogs", {}).items()
+        if isinstance(e, dict) and e.get("status") == "failed"
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 # The model on step 3's segments
 # ---------------------------------------------------------------------------------------------
+
 
 def predict_segments(model, config: dict, cache_paths: list[Path], work: Path, device, batch_size: int) -> list[dict]:
     """Every segment of the step-3 caches -> [{id, dialog, start, end, speaker, text, emotion, probs}].
@@ -263,8 +299,9 @@ def predict_segments(model, config: dict, cache_paths: list[Path], work: Path, d
     if do_norm is None:
         do_norm = getattr(AutoFeatureExtractor.from_pretrained(config["audio_model"]), "do_normalize", True)
     norm_segment, norm_row = utils.normalisation_places(config.get("audio_padding", "exact"), do_norm)
-    dataset = utils.SegmentDataset(cache_paths, labelled_only=False, max_audio_seconds=config["max_audio_seconds"],
-                                   do_normalize=norm_segment)
+    dataset = utils.SegmentDataset(
+        cache_paths, labelled_only=False, max_audio_seconds=config["max_audio_seconds"], do_normalize=norm_segment
+    )
     if len(dataset) == 0:
         return []
     tokenizer = AutoTokenizer.from_pretrained(config["text_model"]) if model.modality != "audio" else None
@@ -272,8 +309,9 @@ def predict_segments(model, config: dict, cache_paths: list[Path], work: Path, d
     bf16 = bool(config.get("bf16")) and torch.device(device).type == "cuda"
     if config["mode"] == "frozen":  # the pooled embeddings as training computed them, in the temporary work dir
         feature_dirs = {k: str(work / "features" / k) for k in config["feature_dirs"]}
-        feats = utils.cached_embeddings(model, dataset, collator, feature_dirs, cache_paths[0].parent,
-                                        batch_size, device, bf16)
+        feats = utils.cached_embeddings(
+            model, dataset, collator, feature_dirs, cache_paths[0].parent, batch_size, device, bf16
+        )
         with torch.no_grad():
             z_t = feats["text"].to(device) if feats["text"] is not None else None
             z_a = feats["audio"].to(device) if feats["audio"] is not None else None
@@ -282,15 +320,25 @@ def predict_segments(model, config: dict, cache_paths: list[Path], work: Path, d
         logits = utils.run_dataset(model, dataset, collator, batch_size, device, bf16)
     out = []
     for seg, p in zip(dataset.segments, logits.softmax(-1)):
-        out.append({"id": seg["id"], "dialog": seg["dialog"], "start": seg["start"], "end": seg["end"],
-                    "speaker": seg["speaker"], "text": seg["text"], "emotion": LABELS[int(p.argmax())],
-                    "probs": {lab: float(v) for lab, v in zip(LABELS, p)}})
+        out.append(
+            {
+                "id": seg["id"],
+                "dialog": seg["dialog"],
+                "start": seg["start"],
+                "end": seg["end"],
+                "speaker": seg["speaker"],
+                "text": seg["text"],
+                "emotion": LABELS[int(p.argmax())],
+                "probs": {lab: float(v) for lab, v in zip(LABELS, p)},
+            }
+        )
     return out
 
 
 # ---------------------------------------------------------------------------------------------
 # Outputs
 # ---------------------------------------------------------------------------------------------
+
 
 def emotion_shares(segments: list[dict]) -> dict:
     """{label: share of the segments' total duration} (segments of zero length count one sample)."""
@@ -303,9 +351,12 @@ def emotion_shares(segments: list[dict]) -> dict:
 
 def rttm_text(name: str, segments: list[dict]) -> str:
     """One SPEAKER line per segment, label <speaker>_<emotion>; zero-length segments are left out."""
-    return "".join(f"SPEAKER {name} 1 {s['start']:.3f} {s['end'] - s['start']:.3f} <NA> <NA> "
-                   f"{s['speaker']}_{s['emotion']} <NA> <NA>\n"
-                   for s in segments if round(s["end"] - s["start"], 3) > 0)
+    return "".join(
+        f"SPEAKER {name} 1 {s['start']:.3f} {s['end'] - s['start']:.3f} <NA> <NA> "
+        f"{s['speaker']}_{s['emotion']} <NA> <NA>\n"
+        for s in segments
+        if round(s["end"] - s["start"], 3) > 0
+    )
 
 
 def timestamp(t: float, sep: str = ".") -> str:
@@ -327,8 +378,11 @@ def subtitles(segments: list[dict], srt: bool = False) -> str:
         if not srt:  # WebVTT cue text: &, < and > are markup
             text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
         sep = "," if srt else "."
-        parts.append(f"{n}\n{timestamp(start, sep)} --> {timestamp(end, sep)}\n"
-                     f"{s['speaker']} [{EMOTION_WORDS[s['emotion']]}] {text}".rstrip() + "\n\n")
+        parts.append(
+            f"{n}\n{timestamp(start, sep)} --> {timestamp(end, sep)}\n"
+            f"{s['speaker']} [{EMOTION_WORDS[s['emotion']]}] {text}".rstrip()
+            + "\n\n"
+        )
     return "".join(parts)
 
 
@@ -338,8 +392,8 @@ def elide(text: str, max_chars: int) -> str:
         return text
     if max_chars < 4:
         return ""
-    cut = text[:max_chars - 1]
-    cut = cut[:cut.rfind(" ")] if " " in cut else cut
+    cut = text[: max_chars - 1]
+    cut = cut[: cut.rfind(" ")] if " " in cut else cut
     return cut.rstrip() + "…"
 
 
@@ -354,11 +408,14 @@ def plot_timeline(segments: list[dict], duration: float, path: Path, title: str)
     from matplotlib.patches import Patch
 
     speakers = sorted({s["speaker"] for s in segments}) or ["(no speech)"]
-    row_s = 60.0 * max(1, math.ceil(duration / 60.0 / 12)) if duration > 60 else max(10.0, math.ceil(duration / 10) * 10)
+    row_s = (
+        60.0 * max(1, math.ceil(duration / 60.0 / 12)) if duration > 60 else max(10.0, math.ceil(duration / 10) * 10)
+    )
     n_rows = max(1, math.ceil(duration / row_s))
     width_in, dpi = 16.0, 110
-    fig, axes = plt.subplots(n_rows, 1, figsize=(width_in, 0.95 + n_rows * (0.35 + 0.45 * len(speakers))),
-                             dpi=dpi, squeeze=False)
+    fig, axes = plt.subplots(
+        n_rows, 1, figsize=(width_in, 0.95 + n_rows * (0.35 + 0.45 * len(speakers))), dpi=dpi, squeeze=False
+    )
     px_per_s = (width_in * 0.91 * dpi) / row_s
     char_px = 7 * 0.5 * dpi / 72  # a 7-point character is about half an em wide
     lane = {spk: i for i, spk in enumerate(speakers)}
@@ -369,8 +426,16 @@ def plot_timeline(segments: list[dict], duration: float, path: Path, title: str)
                 continue
             a, b = max(s["start"], t0), min(max(s["end"], s["start"] + 0.02), t1)
             y = len(speakers) - 1 - lane[s["speaker"]]
-            ax.barh(y, b - a, left=a, height=0.8, color=EMOTION_COLOURS[s["emotion"]],
-                    alpha=0.45 + 0.55 * s["probs"][s["emotion"]], edgecolor="white", linewidth=0.5)
+            ax.barh(
+                y,
+                b - a,
+                left=a,
+                height=0.8,
+                color=EMOTION_COLOURS[s["emotion"]],
+                alpha=0.45 + 0.55 * s["probs"][s["emotion"]],
+                edgecolor="white",
+                linewidth=0.5,
+            )
             label = elide(" ".join(s["text"].split()), int((b - a) * px_per_s / char_px) - 1)
             if label:
                 ax.text(a + 0.1 * (b - a > 0.3), y, label, va="center", ha="left", fontsize=7, clip_on=True)
@@ -387,8 +452,9 @@ def plot_timeline(segments: list[dict], duration: float, path: Path, title: str)
     fig.suptitle(title, x=0.01, ha="left", fontsize=9)
     axes[-1, 0].set_xlabel("time (min:s); bar opacity = the class probability", fontsize=8)
     height = fig.get_figheight()
-    fig.subplots_adjust(left=0.08, right=0.99, top=1 - 0.45 / height, bottom=0.5 / height,
-                        hspace=0.35 / (0.45 * len(speakers)))
+    fig.subplots_adjust(
+        left=0.08, right=0.99, top=1 - 0.45 / height, bottom=0.5 / height, hspace=0.35 / (0.45 * len(speakers))
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
@@ -400,23 +466,36 @@ def write_outputs(rec: dict, segments: list[dict], out: Path, run_dir: Path, con
     shares = emotion_shares(segments)
     speakers = sorted({s["speaker"] for s in segments})
     result = {
-        "audio": str(rec["path"]), "name": name, "duration": round(duration, 3),
-        "input": rec["info"], "run": str(run_dir),
+        "audio": str(rec["path"]),
+        "name": name,
+        "duration": round(duration, 3),
+        "input": rec["info"],
+        "run": str(run_dir),
         **({"data_check": rec["data_check"]} if rec.get("data_check") else {}),
         "model": {k: config.get(k) for k in ("mode", "modality", "fusion", "pipe", "variant", "seed")},
-        "step2": rec["step2"], "labels": list(LABELS), "speakers": speakers,
-        "summary": {"segments": len(segments), "speakers": len(speakers), "emotion_shares_by_time": shares,
-                    "retimed_words": sum(s["flags"].get("retimed_words", 0) for s in segments),
-                    "nearest_speaker_words": sum(s["flags"].get("nearest_speaker_words", 0) for s in segments)},
+        "step2": rec["step2"],
+        "labels": list(LABELS),
+        "speakers": speakers,
+        "summary": {
+            "segments": len(segments),
+            "speakers": len(speakers),
+            "emotion_shares_by_time": shares,
+            "retimed_words": sum(s["flags"].get("retimed_words", 0) for s in segments),
+            "nearest_speaker_words": sum(s["flags"].get("nearest_speaker_words", 0) for s in segments),
+        },
         "segments": segments,
     }
     out.mkdir(parents=True, exist_ok=True)
     fileio.atomic_write_json(out / f"{name}.emotions.json", result)
     fileio.atomic_write_text(out / f"{name}.emotions.rttm", rttm_text(name, segments))
     fileio.atomic_write_text(out / f"{name}.{'srt' if srt else 'vtt'}", subtitles(segments, srt))
-    plot_timeline(segments, duration, out / f"{name}.timeline.png",
-                  f"{rec['path'].name}: {duration:.1f} s, {len(speakers)} speakers, {len(segments)} segments "
-                  f"(run {run_dir.name})")
+    plot_timeline(
+        segments,
+        duration,
+        out / f"{name}.timeline.png",
+        f"{rec['path'].name}: {duration:.1f} s, {len(speakers)} speakers, {len(segments)} segments "
+        f"(run {run_dir.name})",
+    )
     return result
 
 
@@ -424,34 +503,52 @@ def write_outputs(rec: dict, segments: list[dict], out: Path, run_dir: Path, con
 # Main
 # ---------------------------------------------------------------------------------------------
 
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     p.add_argument("audio", nargs="+", help="recordings: wav, flac or ogg, mono or stereo, any sample rate")
     p.add_argument("--run", required=True, help="a trained run: WORK/runs/<run>/ (config.json, checkpoint_best.pt)")
-    p.add_argument("--asr-json", default=None,
-                   help="WhisperX-shaped ASR result (docs/FORMATS.md) instead of running step 2: a file (one "
-                        "recording) or a folder of <audio name>.json; needs --rttm")
-    p.add_argument("--rttm", default=None, help="speaker turns (RTTM) to go with --asr-json: a file or a folder of "
-                                                "<audio name>.rttm")
+    p.add_argument(
+        "--asr-json",
+        default=None,
+        help="WhisperX-shaped ASR result (docs/FORMATS.md) instead of running step 2: a file (one "
+        "recording) or a folder of <audio name>.json; needs --rttm",
+    )
+    p.add_argument(
+        "--rttm",
+        default=None,
+        help="speaker turns (RTTM) to go with --asr-json: a file or a folder of <audio name>.rttm",
+    )
     p.add_argument("--out", default="predictions", help="output folder (default: %(default)s)")
     p.add_argument("--srt", action="store_true", help="write <name>.srt instead of <name>.vtt")
-    p.add_argument(rundirs.ALLOW_CHANGED_DATA, action="store_true",
-                   help="use the run even when its training data (labels.json, step-3 config or cache files) changed "
-                        "since it was trained (refused otherwise); recorded in <name>.emotions.json")
+    p.add_argument(
+        rundirs.ALLOW_CHANGED_DATA,
+        action="store_true",
+        help="use the run even when its training data (labels.json, step-3 config or cache files) changed "
+        "since it was trained (refused otherwise); recorded in <name>.emotions.json",
+    )
     p.add_argument("--device", default="auto", help="auto (cuda if available), cuda or cpu; for steps 2 and 4")
     p.add_argument("--batch-size", type=int, default=None, help="segments per batch (default: the run's)")
-    p.add_argument("--keep-work", default=None, metavar="DIR",
-                   help="use DIR as the work directory and keep it (labels.json, step 2 and 3 outputs); "
-                        "default: a temporary one, removed")
+    p.add_argument(
+        "--keep-work",
+        default=None,
+        metavar="DIR",
+        help="use DIR as the work directory and keep it (labels.json, step 2 and 3 outputs); "
+        "default: a temporary one, removed",
+    )
     w = p.add_argument_group("step 2 (preprocess.py --backend whisperx), when no --asr-json is given")
     w.add_argument("--asr-model", default="large-v2", help="(default: %(default)s, the paper's)")
     w.add_argument("--align-model", default=None, help="(default: WhisperX's for English)")
     w.add_argument("--diar-model", default="pyannote/speaker-diarization-3.1", help="(default: %(default)s)")
     w.add_argument("--model-dir", default=None, help="local mirror of hub models (preprocess.py --model-dir)")
     w.add_argument("--num-speakers", type=int, default=2, help="speakers per recording (default: %(default)s)")
-    w.add_argument("--step2-args", default="", help="more preprocess.py flags, one quoted string "
-                                                    "(e.g. \"--cache-only --beam-size 1\")")
+    w.add_argument(
+        "--step2-args",
+        default="",
+        help='more preprocess.py flags, one quoted string (e.g. "--cache-only --beam-size 1")',
+    )
     args = p.parse_args(argv)
     if (args.asr_json is None) != (args.rttm is None):
         p.error("--asr-json and --rttm go together (a step-2 output is both); give both or neither")
@@ -482,9 +579,11 @@ def load_recordings(recordings: list[dict]) -> None:
         rec["audio"], rec["info"] = read_audio(rec["path"])
         rec["duration"] = len(rec["audio"]) / formats.SAMPLE_RATE
         i = rec["info"]
-        print(f"[predict] ({n}/{len(recordings)}) {rec['path']}: {i['seconds']:.1f} s, {i['channels']} channel(s), "
-              f"{i['sample_rate']} Hz" + (" -> mono 16 kHz" if i["resampled"] or i["channels"] > 1 else ""),
-              flush=True)
+        print(
+            f"[predict] ({n}/{len(recordings)}) {rec['path']}: {i['seconds']:.1f} s, {i['channels']} channel(s), "
+            f"{i['sample_rate']} Hz" + (" -> mono 16 kHz" if i["resampled"] or i["channels"] > 1 else ""),
+            flush=True,
+        )
 
 
 def check_inputs(args) -> tuple[Path, dict, list[str], list[dict]]:
@@ -527,10 +626,27 @@ def step2(args, work: Path, recordings: list[dict], align_flags: list[str]) -> d
     if args.asr_json is not None:
         place_step2_files(pipe_dir, recordings, align_flags)
         return {}
-    argv = ["--work", str(work), "--backend", "whisperx", "--name", PIPE, "--device", args.device,
-            "--asr-model", args.asr_model, "--diar-model", args.diar_model, "--num-speakers", str(args.num_speakers)]
-    argv += (["--align-model", args.align_model] if args.align_model else []) + \
-        (["--model-dir", args.model_dir] if args.model_dir else []) + shlex.split(args.step2_args)
+    argv = [
+        "--work",
+        str(work),
+        "--backend",
+        "whisperx",
+        "--name",
+        PIPE,
+        "--device",
+        args.device,
+        "--asr-model",
+        args.asr_model,
+        "--diar-model",
+        args.diar_model,
+        "--num-speakers",
+        str(args.num_speakers),
+    ]
+    argv += (
+        (["--align-model", args.align_model] if args.align_model else [])
+        + (["--model-dir", args.model_dir] if args.model_dir else [])
+        + shlex.split(args.step2_args)
+    )
     if run_step("preprocess.py", argv):
         return dialog_errors(pipe_dir / "manifest.json")
     return {}
@@ -538,8 +654,9 @@ def step2(args, work: Path, recordings: list[dict], align_flags: list[str]) -> d
 
 def step3(work: Path, todo: list[dict], align_flags: list[str], config: dict) -> dict:
     """align.py on the recordings step 2 did not fail -> {dialog: error} of the dialogs it failed."""
-    if todo and run_step("align.py", ["--work", str(work), "--pipe", PIPE, *align_flags,
-                                      "--dialogs", *[r["dialog"] for r in todo]]):
+    if todo and run_step(
+        "align.py", ["--work", str(work), "--pipe", PIPE, *align_flags, "--dialogs", *[r["dialog"] for r in todo]]
+    ):
         return dialog_errors(work / PIPE / config["variant"] / "manifest.json")
     return {}
 
@@ -548,14 +665,17 @@ def name_given_files(pipe_dir: Path, recordings: list[dict], failed: dict) -> No
     """Errors name the user's files, not their copies in the work dir."""
     for rec in recordings:
         if rec["dialog"] in failed and "asr_json" in rec:
-            for copy, given in ((pipe_dir / "asr" / f"{rec['dialog']}.json", rec["asr_json"]),
-                                (pipe_dir / "diarization" / f"{rec['dialog']}.rttm", rec["rttm"]),
-                                (pipe_dir / "diarization_exclusive" / f"{rec['dialog']}.rttm", rec["rttm"])):
+            for copy, given in (
+                (pipe_dir / "asr" / f"{rec['dialog']}.json", rec["asr_json"]),
+                (pipe_dir / "diarization" / f"{rec['dialog']}.rttm", rec["rttm"]),
+                (pipe_dir / "diarization_exclusive" / f"{rec['dialog']}.rttm", rec["rttm"]),
+            ):
                 failed[rec["dialog"]] = failed[rec["dialog"]].replace(str(copy), f"{given} (as {rec['dialog']})")
 
 
-def recording_segments(model, config: dict, variant_dir: Path, dialog: str, work: Path, device,
-                       batch_size: int) -> list[dict]:
+def recording_segments(
+    model, config: dict, variant_dir: Path, dialog: str, work: Path, device, batch_size: int
+) -> list[dict]:
     """One recording's segments, classified, with step 3's word counts and flags, in time order. One
     recording at a time: its batches (and so its numbers) do not depend on the other files."""
     predicted = predict_segments(model, config, [variant_dir / "cache" / f"{dialog}.pt"], work, device, batch_size)
@@ -564,9 +684,19 @@ def recording_segments(model, config: dict, variant_dir: Path, dialog: str, work
     segments = []
     for s in predicted:
         ref = by_id.get(s["id"], {})
-        segments.append({"id": s["id"], "start": s["start"], "end": s["end"], "speaker": s["speaker"],
-                         "text": s["text"], "n_words": ref.get("n_words"), "emotion": s["emotion"],
-                         "probs": s["probs"], "flags": ref.get("flags", {})})
+        segments.append(
+            {
+                "id": s["id"],
+                "start": s["start"],
+                "end": s["end"],
+                "speaker": s["speaker"],
+                "text": s["text"],
+                "n_words": ref.get("n_words"),
+                "emotion": s["emotion"],
+                "probs": s["probs"],
+                "flags": ref.get("flags", {}),
+            }
+        )
     segments.sort(key=lambda s: (s["start"], s["end"], s["speaker"], s["id"]))
     return segments
 
@@ -578,16 +708,20 @@ def predict_recordings(args, run_dir: Path, device, work: Path, todo: list[dict]
     variant_dir = work / PIPE / config["variant"]
     results = {}
     for rec in todo:
-        segments = recording_segments(model, config, variant_dir, rec["dialog"], work, device,
-                                      args.batch_size or config["batch_size"])
+        segments = recording_segments(
+            model, config, variant_dir, rec["dialog"], work, device, args.batch_size or config["batch_size"]
+        )
         result = write_outputs(rec, segments, Path(args.out), run_dir, config, args.srt)
         results[rec["name"]] = result
         shares = result["summary"]["emotion_shares_by_time"]
-        print(f"[predict] {rec['name']}: {rec['duration']:.1f} s, {result['summary']['speakers']} speakers, "
-              f"{len(segments)} segments; emotions by speech time: "
-              + " ".join(f"{lab} {100 * shares[lab]:.0f}%" for lab in LABELS)
-              + f" -> {Path(args.out) / rec['name']}.{{emotions.json,emotions.rttm,{'srt' if args.srt else 'vtt'},"
-                f"timeline.png}}", flush=True)
+        print(
+            f"[predict] {rec['name']}: {rec['duration']:.1f} s, {result['summary']['speakers']} speakers, "
+            f"{len(segments)} segments; emotions by speech time: "
+            + " ".join(f"{lab} {100 * shares[lab]:.0f}%" for lab in LABELS)
+            + f" -> {Path(args.out) / rec['name']}.{{emotions.json,emotions.rttm,{'srt' if args.srt else 'vtt'},"
+            f"timeline.png}}",
+            flush=True,
+        )
     return results
 
 
@@ -597,15 +731,19 @@ def report_failures(failed: dict, recordings: list[dict]) -> None:
         by_dialog = {r["dialog"]: r["path"] for r in recordings}
         for d, message in failed.items():
             print(f"FAILED {by_dialog.get(d, d)}: {message}")
-        raise SystemExit(f"predict: {len(failed)} of {len(recordings)} recordings failed (listed above); "
-                         "the others were written")
+        raise SystemExit(
+            f"predict: {len(failed)} of {len(recordings)} recordings failed (listed above); the others were written"
+        )
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     run_dir, config, align_flags, recordings = check_inputs(args)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     torch.set_flush_denormal(True)
     with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
         work = open_work(args, tmp)

@@ -33,6 +33,7 @@ depend on each other run side by side (--jobs; Runner). So a re-run with nothing
 the tables, and changing only the pause threshold re-runs only the alignment of that threshold and what
 follows from it. A failed step stops the run with its own message.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import checklist, cli, fileio, formats, rundirs, scoring
 import utils
+from common import checklist, cli, fileio, formats, rundirs, scoring
 from common.cli import PipelineError
 from common.formats import LABELS
 from common.scoring import PAPER
@@ -65,57 +66,114 @@ DEFAULT_FUSION = utils.FUSIONS[0]
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--iemocap", default=None,
-                   help="IEMOCAP_full_release root. Omitted: the embedded demo (generated on first use).")
-    p.add_argument("--corpus-csv", default=None, metavar="CSV",
-                   help="any corpus: step 1 is corpus_from_csv.py on this CSV instead of iemo_lab_with_timestamps.py "
-                        "(docs/FORMATS.md); the audio is under --audio-root (default: the CSV's folder). With "
-                        "--iemocap absent the demo's backends and tiny models are used, as for the demo corpus")
+    p.add_argument(
+        "--iemocap",
+        default=None,
+        help="IEMOCAP_full_release root. Omitted: the embedded demo (generated on first use).",
+    )
+    p.add_argument(
+        "--corpus-csv",
+        default=None,
+        metavar="CSV",
+        help="any corpus: step 1 is corpus_from_csv.py on this CSV instead of iemo_lab_with_timestamps.py "
+        "(docs/FORMATS.md); the audio is under --audio-root (default: the CSV's folder). With "
+        "--iemocap absent the demo's backends and tiny models are used, as for the demo corpus",
+    )
     p.add_argument("--audio-root", default=None, help="with --corpus-csv: the folder the CSV's audio paths start from")
-    p.add_argument("--emotion-map", default=None, help="with --corpus-csv: its labels -> the four classes (corpus_from_csv.py)")
-    p.add_argument("--work", default=None, help="work directory (default: preprocessed_iemocap, "
-                   "or demo_data/preprocessed_iemocap for the demo)")
+    p.add_argument(
+        "--emotion-map", default=None, help="with --corpus-csv: its labels -> the four classes (corpus_from_csv.py)"
+    )
+    p.add_argument(
+        "--work",
+        default=None,
+        help="work directory (default: preprocessed_iemocap, or demo_data/preprocessed_iemocap for the demo)",
+    )
     p.add_argument("--results", default="results", help="where tables, plots and provenance go")
     p.add_argument("--demo-dir", default="demo_data", help="demo corpus and tiny models live here")
-    p.add_argument("--demo-size", choices=["default", "tiny"], default="default",
-                   help="tiny: 2 sessions, 2 dialogs each (smoke test)")
+    p.add_argument(
+        "--demo-size",
+        choices=["default", "tiny"],
+        default="default",
+        help="tiny: 2 sessions, 2 dialogs each (smoke test)",
+    )
     p.add_argument("--text-model", default=None, help="default roberta-base (demo: the tiny local RoBERTa)")
     p.add_argument("--audio-model", default=None, help="default facebook/wav2vec2-base (demo: tiny local wav2vec2)")
     p.add_argument("--asr-model", default="large-v2", help="WhisperX ASR model (real data)")
     p.add_argument("--align-model", default=None, help="WhisperX alignment model (real data; default: whisperx's)")
     p.add_argument("--diar-model", default="pyannote/speaker-diarization-3.1", help="pyannote pipeline (real data)")
-    p.add_argument("--model-dir", default=None,
-                   help="real data: local model copies made by preprocess.py --download-models (passed to step 2)")
+    p.add_argument(
+        "--model-dir",
+        default=None,
+        help="real data: local model copies made by preprocess.py --download-models (passed to step 2)",
+    )
     p.add_argument("--cache-only", action="store_true", help="real data: step 2 never reaches for the network")
-    p.add_argument("--folds", choices=["none", "loso", "speaker-script"], default="none",
-                   help="none: test on Session 5 (the paper's); loso: leave-one-session-out 5 folds; "
-                        "speaker-script: speaker- and script-disjoint 5 folds (see train.py)")
+    p.add_argument(
+        "--folds",
+        choices=["none", "loso", "speaker-script"],
+        default="none",
+        help="none: test on Session 5 (the paper's); loso: leave-one-session-out 5 folds; "
+        "speaker-script: speaker- and script-disjoint 5 folds (see train.py)",
+    )
     p.add_argument("--seed", type=int, default=0, help="the first seed; seeds are seed, seed+1, ...")
     p.add_argument("--seeds", type=int, default=3, help="seeds per configuration of the headline groups")
-    p.add_argument("--ablation-seeds", type=int, default=None,
-                   help="seeds per configuration of the ablation groups (default: --seeds; the demo: 1)")
+    p.add_argument(
+        "--ablation-seeds",
+        type=int,
+        default=None,
+        help="seeds per configuration of the ablation groups (default: --seeds; the demo: 1)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="default 20 (the authors'), demo 8")
-    p.add_argument("--ablation-mode", choices=["frozen", "finetune"], default="finetune",
-                   help="extractors of the ablation groups modality and pause (default: fine-tuned, as the headline runs)")
-    p.add_argument("--fusion-mode", choices=["frozen", "finetune"], default="finetune",
-                   help="extractors of the fusion group (default: fine-tuned, as the headline runs; frozen trains "
-                        "on cached embeddings only)")
+    p.add_argument(
+        "--ablation-mode",
+        choices=["frozen", "finetune"],
+        default="finetune",
+        help="extractors of the ablation groups modality and pause (default: fine-tuned, as the headline runs)",
+    )
+    p.add_argument(
+        "--fusion-mode",
+        choices=["frozen", "finetune"],
+        default="finetune",
+        help="extractors of the fusion group (default: fine-tuned, as the headline runs; frozen trains "
+        "on cached embeddings only)",
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: auto)")
-    p.add_argument("--jobs", type=int, default=None,
-                   help="step invocations run at once (pipelines, train.py sweeps, evaluation shares; see Runner), "
-                        "each with cores/jobs threads; default: the CPU cores on the demo (one thread each, so its "
-                        "numbers do not depend on the machine's core count), 1 on real data (one GPU)")
-    p.add_argument("--pauses", type=float, nargs="+", default=list(PAUSES),
-                   help="maximum pauses (s) of the pause-threshold sweep; 1.5 (the paper's) is always run")
-    p.add_argument("--only", nargs="*", default=None, choices=GROUPS, metavar="GROUP",
-                   help=f"run only these experiment groups: {' '.join(GROUPS)}")
-    p.add_argument("--bootstrap-samples", type=int, default=1000, help="resamples of the dialogs for intervals and paired tests")
-    p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of every bootstrap (the tables are reproducible)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="step invocations run at once (pipelines, train.py sweeps, evaluation shares; see Runner), "
+        "each with cores/jobs threads; default: the CPU cores on the demo (one thread each, so its "
+        "numbers do not depend on the machine's core count), 1 on real data (one GPU)",
+    )
+    p.add_argument(
+        "--pauses",
+        type=float,
+        nargs="+",
+        default=list(PAUSES),
+        help="maximum pauses (s) of the pause-threshold sweep; 1.5 (the paper's) is always run",
+    )
+    p.add_argument(
+        "--only",
+        nargs="*",
+        default=None,
+        choices=GROUPS,
+        metavar="GROUP",
+        help=f"run only these experiment groups: {' '.join(GROUPS)}",
+    )
+    p.add_argument(
+        "--bootstrap-samples", type=int, default=1000, help="resamples of the dialogs for intervals and paired tests"
+    )
+    p.add_argument(
+        "--bootstrap-seed", type=int, default=0, help="seed of every bootstrap (the tables are reproducible)"
+    )
     p.add_argument("--force", action="store_true", help="ignore the stamps and run every step again")
-    p.add_argument("--check", action="store_true",
-                   help="preflight only, writing nothing: the --check of step 1, of step 2 for each pipeline and of "
-                        "train.py for the extractors, with the flags this run would pass (see preflight()); "
-                        "exit status 1 on any problem")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="preflight only, writing nothing: the --check of step 1, of step 2 for each pipeline and of "
+        "train.py for the extractors, with the flags this run would pass (see preflight()); "
+        "exit status 1 on any problem",
+    )
     args = p.parse_args(argv)
     if args.seeds < 1 or (args.ablation_seeds is not None and args.ablation_seeds < 1):
         p.error("--seeds and --ablation-seeds must be at least 1")
@@ -129,6 +187,7 @@ def parse_args(argv=None):
 # ---------------------------------------------------------------------------------------------
 # Running steps: one process per invocation, stamps per item
 # ---------------------------------------------------------------------------------------------
+
 
 def file_digest(*paths) -> str:
     h = hashlib.sha256()
@@ -179,8 +238,17 @@ class Runner:
         self.timings = []  # one entry per invocation, and one per up-to-date item
         self.wall = {}  # step name -> wall-clock seconds of its invocations (run side by side)
 
-    def step(self, name: str, script: str, items: list[tuple[str, list, tuple]], argv_for, sources=(),
-             redo_flag: str | None = None, split=None, cost=None) -> dict:
+    def step(
+        self,
+        name: str,
+        script: str,
+        items: list[tuple[str, list, tuple]],
+        argv_for,
+        sources=(),
+        redo_flag: str | None = None,
+        split=None,
+        cost=None,
+    ) -> dict:
         """items: [(item id, unique per script; the item's own argv; upstream keys)]; argv_for(item
         ids) -> one invocation's argv; split(stale ids) -> [[ids of one invocation], ...]; cost(ids)
         -> its relative duration. Returns {item id: key}."""
@@ -189,8 +257,16 @@ class Runner:
         for item, item_argv, upstream in items:
             keys[item] = hashlib.sha256(json.dumps([script, item_argv, code, list(upstream)]).encode()).hexdigest()[:16]
             if keys[item] in self.stamps and not self.force:
-                self.timings.append({"step": name, "item": item, "argv": item_argv, "seconds": 0.0, "skipped": True,
-                                     "first_run_seconds": self.stamps[keys[item]]["seconds"]})
+                self.timings.append(
+                    {
+                        "step": name,
+                        "item": item,
+                        "argv": item_argv,
+                        "seconds": 0.0,
+                        "skipped": True,
+                        "first_run_seconds": self.stamps[keys[item]]["seconds"],
+                    }
+                )
             else:
                 stale.append(item)
         if not stale:
@@ -218,8 +294,11 @@ class Runner:
             threads = str(max(1, (os.cpu_count() or 1) // self.jobs))
             env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         if parallel > 1:
-            print(f"\n=== {name}: {len(calls)} invocations, {parallel} at a time ({threads} thread(s) each); "
-                  f"logs in {self.work / 'logs'}", flush=True)
+            print(
+                f"\n=== {name}: {len(calls)} invocations, {parallel} at a time ({threads} thread(s) each); "
+                f"logs in {self.work / 'logs'}",
+                flush=True,
+            )
 
         def run(call):
             label, ids, argv, redo = call
@@ -241,34 +320,56 @@ class Runner:
             for future in concurrent.futures.as_completed(futures):
                 (label, ids, argv, redo), rc, seconds, log = future.result()
                 if log is not None:
-                    print(f"\n=== {label}: python {script} {' '.join(argv)} ({seconds:.1f} s)\n{printable_log(log)}", flush=True)
+                    print(
+                        f"\n=== {label}: python {script} {' '.join(argv)} ({seconds:.1f} s)\n{printable_log(log)}",
+                        flush=True,
+                    )
                 if rc != 0:
-                    failed.append(f"{label} failed (exit status {rc}); its message is above. The command was:\n"
-                                  f"  python {script} {' '.join(argv)}")
+                    failed.append(
+                        f"{label} failed (exit status {rc}); its message is above. The command was:\n"
+                        f"  python {script} {' '.join(argv)}"
+                    )
                     for f in futures:  # let the running ones finish, start no more
                         f.cancel()
                     continue
                 finished = time.strftime("%Y-%m-%d %H:%M:%S")
                 self.stamps = {k: v for k, v in self.stamps.items() if not (v["script"] == script and v["item"] in ids)}
                 for item in ids:
-                    self.stamps[keys[item]] = {"step": name, "script": script, "item": item, "seconds": seconds,
-                                               "finished": finished}
+                    self.stamps[keys[item]] = {
+                        "step": name,
+                        "script": script,
+                        "item": item,
+                        "seconds": seconds,
+                        "finished": finished,
+                    }
                 fileio.atomic_write_json(self.path, self.stamps)
-                self.timings.append({"step": name, "items": ids, "argv": argv, "seconds": seconds, "skipped": False,
-                                     "redone": redo, "parallel": parallel})
+                self.timings.append(
+                    {
+                        "step": name,
+                        "items": ids,
+                        "argv": argv,
+                        "seconds": seconds,
+                        "skipped": False,
+                        "redone": redo,
+                        "parallel": parallel,
+                    }
+                )
         if failed:
             raise PipelineError("\n".join(failed))
 
 
 def printable_log(path: Path) -> str:
     """A step's captured output without progress-bar redraws (what follows the last carriage return)."""
-    lines = [line.rsplit("\r", 1)[-1].rstrip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+    lines = [
+        line.rsplit("\r", 1)[-1].rstrip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
+    ]
     return "\n".join(line for line in lines if line)
 
 
 # ---------------------------------------------------------------------------------------------
 # The experiment plan
 # ---------------------------------------------------------------------------------------------
+
 
 def setup(args, build: bool = True):
     """Resolve corpus, work dir and models; build the demo corpus and models if needed (build=False:
@@ -283,8 +384,11 @@ def setup(args, build: bool = True):
         elif build and not (corpus / "demo_ground_truth.json").is_file():
             from demo.make_corpus import generate
 
-            size = {} if args.demo_size == "default" else dict(sessions=[1, 5], impro_per_session=1,
-                                                               script_per_session=1, utterances_per_dialog=8)
+            size = (
+                {}
+                if args.demo_size == "default"
+                else dict(sessions=[1, 5], impro_per_session=1, script_per_session=1, utterances_per_dialog=8)
+            )
             print(f"building the demo corpus in {corpus}", flush=True)
             generate(corpus, seed=0, **size)
         models = demo_dir / "models"
@@ -294,26 +398,47 @@ def setup(args, build: bool = True):
             print(f"building tiny random SER models in {models}", flush=True)
             build_models(models, seed=0)
         work = demo_dir / ("preprocessed_iemocap" if args.demo_size == "default" else "preprocessed_iemocap_tiny")
-        cfg.update(iemocap=str(corpus), work=args.work or str(work),
-                   text_model=args.text_model or str(models / "roberta-tiny"),
-                   audio_model=args.audio_model or str(models / "wav2vec2-tiny"),
-                   epochs=args.epochs or 8, standard_pipe="simulated", oracle_pipe="oracle",
-                   ablation_seeds=args.ablation_seeds or 1, ablation_mode=args.ablation_mode,
-                   fusion_mode=args.fusion_mode, jobs=args.jobs or os.cpu_count() or 1,
-                   # Tiny random-init extractors need larger steps than pretrained ones (2e-5 barely moves them; with
-                   # a head step of 1e-3 the authors' post-norm fusion encoder collapses to the majority class);
-                   # the tiny batches need no loader processes (on 2 cores they only compete with training); the
-                   # filterbank CNN stays fixed, so its features are computed once (train.py --freeze-feature-encoder).
-                   train_flags=["--lr-extractor", "1e-3", "--lr-head", "3e-4", "--num-workers", "0", "--freeze-feature-encoder"])
+        cfg.update(
+            iemocap=str(corpus),
+            work=args.work or str(work),
+            text_model=args.text_model or str(models / "roberta-tiny"),
+            audio_model=args.audio_model or str(models / "wav2vec2-tiny"),
+            epochs=args.epochs or 8,
+            standard_pipe="simulated",
+            oracle_pipe="oracle",
+            ablation_seeds=args.ablation_seeds or 1,
+            ablation_mode=args.ablation_mode,
+            fusion_mode=args.fusion_mode,
+            jobs=args.jobs or os.cpu_count() or 1,
+            # Tiny random-init extractors need larger steps than pretrained ones (2e-5 barely moves them; with
+            # a head step of 1e-3 the authors' post-norm fusion encoder collapses to the majority class);
+            # the tiny batches need no loader processes (on 2 cores they only compete with training); the
+            # filterbank CNN stays fixed, so its features are computed once (train.py --freeze-feature-encoder).
+            train_flags=[
+                "--lr-extractor",
+                "1e-3",
+                "--lr-head",
+                "3e-4",
+                "--num-workers",
+                "0",
+                "--freeze-feature-encoder",
+            ],
+        )
     else:
-        cfg.update(iemocap=(args.audio_root or args.iemocap) if args.corpus_csv else args.iemocap,
-                   work=args.work or "preprocessed_iemocap",
-                   text_model=args.text_model or "roberta-base",
-                   audio_model=args.audio_model or "facebook/wav2vec2-base",
-                   epochs=args.epochs or 20, standard_pipe="whisperx", oracle_pipe="whisperx-vadoracle",
-                   ablation_seeds=args.ablation_seeds or args.seeds, ablation_mode=args.ablation_mode,
-                   fusion_mode=args.fusion_mode, jobs=args.jobs or 1,
-                   train_flags=[])  # the authors' recipe: train.py's defaults
+        cfg.update(
+            iemocap=(args.audio_root or args.iemocap) if args.corpus_csv else args.iemocap,
+            work=args.work or "preprocessed_iemocap",
+            text_model=args.text_model or "roberta-base",
+            audio_model=args.audio_model or "facebook/wav2vec2-base",
+            epochs=args.epochs or 20,
+            standard_pipe="whisperx",
+            oracle_pipe="whisperx-vadoracle",
+            ablation_seeds=args.ablation_seeds or args.seeds,
+            ablation_mode=args.ablation_mode,
+            fusion_mode=args.fusion_mode,
+            jobs=args.jobs or 1,
+            train_flags=[],
+        )  # the authors' recipe: train.py's defaults
     return cfg
 
 
@@ -322,20 +447,30 @@ def plan_configs(cfg, args) -> list[dict]:
     A configuration that two groups need (e.g. the frozen gated model of `frozen` and `fusion`) is
     trained once, with the larger number of seeds."""
     std, orc = cfg["standard_pipe"], cfg["oracle_pipe"]
-    wanted = [("main", std, "aligned-p1.5", "finetune", "fusion", DEFAULT_FUSION),
-              ("main", std, "baseline", "finetune", "fusion", DEFAULT_FUSION),
-              ("vadoracle", orc, "aligned-p1.5", "finetune", "fusion", DEFAULT_FUSION),
-              ("frozen", std, "aligned-p1.5", "frozen", "fusion", DEFAULT_FUSION),
-              ("frozen", std, "baseline", "frozen", "fusion", DEFAULT_FUSION),
-              *[("modality", std, "aligned-p1.5", cfg["ablation_mode"], m, DEFAULT_FUSION) for m in ("fusion", "text", "audio")]]
-    wanted += [("pause", std, f"aligned-p{p:g}", cfg["ablation_mode"], "fusion", DEFAULT_FUSION) for p in sorted({1.5, *args.pauses})]
+    wanted = [
+        ("main", std, "aligned-p1.5", "finetune", "fusion", DEFAULT_FUSION),
+        ("main", std, "baseline", "finetune", "fusion", DEFAULT_FUSION),
+        ("vadoracle", orc, "aligned-p1.5", "finetune", "fusion", DEFAULT_FUSION),
+        ("frozen", std, "aligned-p1.5", "frozen", "fusion", DEFAULT_FUSION),
+        ("frozen", std, "baseline", "frozen", "fusion", DEFAULT_FUSION),
+        *[
+            ("modality", std, "aligned-p1.5", cfg["ablation_mode"], m, DEFAULT_FUSION)
+            for m in ("fusion", "text", "audio")
+        ],
+    ]
+    wanted += [
+        ("pause", std, f"aligned-p{p:g}", cfg["ablation_mode"], "fusion", DEFAULT_FUSION)
+        for p in sorted({1.5, *args.pauses})
+    ]
     wanted += [("fusion", std, "aligned-p1.5", cfg["fusion_mode"], "fusion", f) for f in utils.FUSIONS]
     configs = {}
     for group, *key in wanted:
         if args.only is not None and group not in args.only:
             continue
         seeds = args.seeds if group in HEADLINE_GROUPS else cfg["ablation_seeds"]
-        c = configs.setdefault(tuple(key), dict(zip(("pipe", "variant", "mode", "modality", "fusion"), key), groups=[], n_seeds=0))
+        c = configs.setdefault(
+            tuple(key), dict(zip(("pipe", "variant", "mode", "modality", "fusion"), key), groups=[], n_seeds=0)
+        )
         c["groups"].append(group)
         c["n_seeds"] = max(c["n_seeds"], seeds)
     for c in configs.values():
@@ -346,9 +481,12 @@ def plan_configs(cfg, args) -> list[dict]:
 
 def config_name(c: dict, folds: str) -> str:
     """Run-name template of a configuration; '{seed}' becomes the seed."""
-    return (f"{c['pipe']}__{c['variant']}__{c['mode']}__{c['modality']}"
-            + (f"__{c['fusion']}" if c["fusion"] != DEFAULT_FUSION else "") + "__s{seed}"
-            + ("" if folds == "none" else f"__{folds}"))
+    return (
+        f"{c['pipe']}__{c['variant']}__{c['mode']}__{c['modality']}"
+        + (f"__{c['fusion']}" if c["fusion"] != DEFAULT_FUSION else "")
+        + "__s{seed}"
+        + ("" if folds == "none" else f"__{folds}")
+    )
 
 
 def run_names(c: dict) -> list[str]:
@@ -357,8 +495,10 @@ def run_names(c: dict) -> list[str]:
 
 def config_runs(c: dict) -> list[dict]:
     """The runs of a configuration, one per seed: {"name", "pipe", "variant", "mode", "modality", "fusion", "seed"}."""
-    return [{"name": name, "seed": seed, **{k: c[k] for k in ("pipe", "variant", "mode", "modality", "fusion")}}
-            for name, seed in zip(run_names(c), c["seeds"])]
+    return [
+        {"name": name, "seed": seed, **{k: c[k] for k in ("pipe", "variant", "mode", "modality", "fusion")}}
+        for name, seed in zip(run_names(c), c["seeds"])
+    ]
 
 
 def sweep_argv(runs: list[dict]) -> dict:
@@ -369,10 +509,25 @@ def sweep_argv(runs: list[dict]) -> dict:
     fusions = list(dict.fromkeys(r["fusion"] for r in runs))
     seeds = sorted({r["seed"] for r in runs})
     name = {(r["variant"], r["modality"], r["fusion"], r["seed"]): r["name"] for r in runs}
-    order = [(v, m, f, s) for v in variants for m in modalities for f in (fusions if m == "fusion" else fusions[:1])
-             for s in seeds]  # train.py's sweep order
-    return ["--variant", *variants, "--modality", *modalities, "--fusion", *fusions,
-            "--seed", *map(str, seeds), "--run", *[name[k] for k in order]]
+    order = [
+        (v, m, f, s)
+        for v in variants
+        for m in modalities
+        for f in (fusions if m == "fusion" else fusions[:1])
+        for s in seeds
+    ]  # train.py's sweep order
+    return [
+        "--variant",
+        *variants,
+        "--modality",
+        *modalities,
+        "--fusion",
+        *fusions,
+        "--seed",
+        *map(str, seeds),
+        "--run",
+        *[name[k] for k in order],
+    ]
 
 
 def train_sweeps(runs: list[dict]) -> list[list[dict]]:
@@ -403,8 +558,9 @@ def step1_labels(cfg, args, runner: Runner) -> str:
     else:
         argv1, step1, sources = ["--iemocap", iemocap, "--work", work], "iemo_lab_with_timestamps.py", ()
     csv_digest = file_digest(args.corpus_csv) if args.corpus_csv else ""
-    return runner.step("step 1 labels", step1, [("labels", argv1, (csv_digest,))], lambda _: argv1,
-                       sources=sources)["labels"]
+    return runner.step("step 1 labels", step1, [("labels", argv1, (csv_digest,))], lambda _: argv1, sources=sources)[
+        "labels"
+    ]
 
 
 def step2_asr(cfg, args, runner: Runner, configs: list[dict], k1: str) -> dict:
@@ -416,15 +572,33 @@ def step2_asr(cfg, args, runner: Runner, configs: list[dict], k1: str) -> dict:
         if cfg["demo"]:
             argv2[pipe] = ["--work", work, "--backend", pipe, "--name", pipe, "--seed", str(args.seed)]
         else:
-            argv2[pipe] = ["--work", work, "--backend", "whisperx", "--name", pipe, "--asr-model", args.asr_model,
-                           "--diar-model", args.diar_model]
+            argv2[pipe] = [
+                "--work",
+                work,
+                "--backend",
+                "whisperx",
+                "--name",
+                pipe,
+                "--asr-model",
+                args.asr_model,
+                "--diar-model",
+                args.diar_model,
+            ]
             if args.align_model:
                 argv2[pipe] += ["--align-model", args.align_model]
             if pipe.endswith("vadoracle"):
                 argv2[pipe] += ["--vad", "oracle"]
-            argv2[pipe] += (["--model-dir", args.model_dir] if args.model_dir else []) + (["--cache-only"] if args.cache_only else [])
-    return runner.step("step 2 ASR + diarization", "preprocess.py", [(pipe, argv2[pipe], (k1,)) for pipe in pipes],
-                       lambda todo: argv2[todo[0]], redo_flag="--overwrite", split=lambda stale: [[p] for p in stale])
+            argv2[pipe] += (["--model-dir", args.model_dir] if args.model_dir else []) + (
+                ["--cache-only"] if args.cache_only else []
+            )
+    return runner.step(
+        "step 2 ASR + diarization",
+        "preprocess.py",
+        [(pipe, argv2[pipe], (k1,)) for pipe in pipes],
+        lambda todo: argv2[todo[0]],
+        redo_flag="--overwrite",
+        split=lambda stale: [[p] for p in stale],
+    )
 
 
 def step3_align(cfg, runner: Runner, configs: list[dict], k2: dict) -> dict:
@@ -438,12 +612,19 @@ def step3_align(cfg, runner: Runner, configs: list[dict], k2: dict) -> dict:
         pauses = [v.split("-p")[1] for v in variants if v != "baseline"]
         kind = "both" if pauses and "baseline" in variants else ("aligned" if pauses else "baseline")
         return ["--work", work, "--pipe", pipe, "--variant", kind] + (["--max-pause", *pauses] if pauses else [])
+
     cached = sorted({(c["pipe"], c["variant"]) for c in configs})
     labels_digest = file_digest(Path(work) / "labels.json") if (Path(work) / "labels.json").is_file() else ""
-    keys = runner.step("step 3 align", "align.py",
-                       [(f"{pipe}/{v}", align_argv([f"{pipe}/{v}"]), (k2[pipe], labels_digest)) for pipe, v in cached],
-                       align_argv, redo_flag="--overwrite",
-                       split=lambda stale: [[t for t in stale if t.startswith(p + "/")] for p in dict.fromkeys(t.split("/")[0] for t in stale)])
+    keys = runner.step(
+        "step 3 align",
+        "align.py",
+        [(f"{pipe}/{v}", align_argv([f"{pipe}/{v}"]), (k2[pipe], labels_digest)) for pipe, v in cached],
+        align_argv,
+        redo_flag="--overwrite",
+        split=lambda stale: [
+            [t for t in stale if t.startswith(p + "/")] for p in dict.fromkeys(t.split("/")[0] for t in stale)
+        ],
+    )
     return {(pipe, v): keys[f"{pipe}/{v}"] for pipe, v in cached}
 
 
@@ -451,9 +632,20 @@ def step4_train(cfg, args, runner: Runner, runs: dict, k3: dict) -> dict:
     """Step 4: the runs out of date, as few train.py sweeps as train exactly them (train_sweeps: data
     read once per sweep), several at a time -> {run name: stamp key}."""
     work = cfg["work"]
-    common = ["--work", work, "--text-model", cfg["text_model"], "--audio-model", cfg["audio_model"],
-              "--epochs", str(cfg["epochs"]), *cfg["train_flags"]]
-    common += (["--folds", args.folds] if args.folds != "none" else []) + (["--device", args.device] if args.device else [])
+    common = [
+        "--work",
+        work,
+        "--text-model",
+        cfg["text_model"],
+        "--audio-model",
+        cfg["audio_model"],
+        "--epochs",
+        str(cfg["epochs"]),
+        *cfg["train_flags"],
+    ]
+    common += (["--folds", args.folds] if args.folds != "none" else []) + (
+        ["--device", args.device] if args.device else []
+    )
 
     def train_argv(names):
         first = runs[names[0]]
@@ -466,12 +658,24 @@ def step4_train(cfg, args, runner: Runner, runs: dict, k3: dict) -> dict:
         return [[r["name"] for r in sweep] for group in groups.values() for sweep in train_sweeps(group)]
 
     def train_cost(names):  # relative: a fine-tuned fused run = 1
-        return 0.5 + sum((1.0 if runs[n]["mode"] == "finetune" else 0.3) * {"fusion": 1.0, "audio": 0.7, "text": 0.5}[runs[n]["modality"]]
-                         for n in names)  # 0.5: starting the process (imports, data)
-    return runner.step("step 4 train", "train.py",
-                       [(n, train_argv([n]), (k3[r["pipe"], r["variant"]], variant_data(work, r["pipe"], r["variant"])))
-                        for n, r in runs.items()],
-                       train_argv, redo_flag="--no-resume", split=sweeps, cost=train_cost)
+        return 0.5 + sum(
+            (1.0 if runs[n]["mode"] == "finetune" else 0.3)
+            * {"fusion": 1.0, "audio": 0.7, "text": 0.5}[runs[n]["modality"]]
+            for n in names
+        )  # 0.5: starting the process (imports, data)
+
+    return runner.step(
+        "step 4 train",
+        "train.py",
+        [
+            (n, train_argv([n]), (k3[r["pipe"], r["variant"]], variant_data(work, r["pipe"], r["variant"])))
+            for n, r in runs.items()
+        ],
+        train_argv,
+        redo_flag="--no-resume",
+        split=sweeps,
+        cost=train_cost,
+    )
 
 
 def steps56_score(cfg, args, runner: Runner, names: list[str], k4: dict) -> None:
@@ -480,13 +684,31 @@ def steps56_score(cfg, args, runner: Runner, names: list[str], k4: dict) -> None
 
     def chunks(stale):  # contiguous, so that the seeds of a configuration share one process (and its data)
         size = -(-len(stale) // min(runner.jobs, len(stale)))
-        return [stale[i:i + size] for i in range(0, len(stale), size)]
-    ev = ["--work", work, "--bootstrap-samples", str(args.bootstrap_samples), "--bootstrap-seed", str(args.bootstrap_seed)]
+        return [stale[i : i + size] for i in range(0, len(stale), size)]
+
+    ev = [
+        "--work",
+        work,
+        "--bootstrap-samples",
+        str(args.bootstrap_samples),
+        "--bootstrap-seed",
+        str(args.bootstrap_seed),
+    ]
     ev += ["--device", args.device] if args.device else []
-    k5 = runner.step("step 5 evaluate", "evaluate.py", [(r, ev + ["--run", r], (k4[r],)) for r in names],
-                     lambda todo: ev + ["--run", *todo], split=chunks)
-    runner.step("step 6 TEER", "teer_calculate.py", [(r, ["--work", work, "--also-authors", "--run", r], (k5[r],)) for r in names],
-                lambda todo: ["--work", work, "--also-authors", "--run", *todo], split=chunks)
+    k5 = runner.step(
+        "step 5 evaluate",
+        "evaluate.py",
+        [(r, ev + ["--run", r], (k4[r],)) for r in names],
+        lambda todo: ev + ["--run", *todo],
+        split=chunks,
+    )
+    runner.step(
+        "step 6 TEER",
+        "teer_calculate.py",
+        [(r, ["--work", work, "--also-authors", "--run", r], (k5[r],)) for r in names],
+        lambda todo: ["--work", work, "--also-authors", "--run", *todo],
+        split=chunks,
+    )
 
 
 def run_pipeline(cfg, args, runner: Runner, configs: list[dict]):
@@ -503,13 +725,21 @@ def run_pipeline(cfg, args, runner: Runner, configs: list[dict]):
 # Tables: every number is read from the runs' metrics.json / teer*.json, over seeds (and folds)
 # ---------------------------------------------------------------------------------------------
 
+
 def load_results(work: Path, c: dict) -> dict:
     runs = []
     for name in run_names(c):
         d = work / "runs" / name
-        runs.append({"name": name, "metrics": fileio.read_json(d / "metrics.json", "metrics file"),
-                     **{tag: fileio.read_json(d / f, "TEER file") if (d / f).is_file() else None
-                        for tag, f in (("teer", "teer.json"), ("teer_authors", "teer_authors.json"))}})
+        runs.append(
+            {
+                "name": name,
+                "metrics": fileio.read_json(d / "metrics.json", "metrics file"),
+                **{
+                    tag: fileio.read_json(d / f, "TEER file") if (d / f).is_file() else None
+                    for tag, f in (("teer", "teer.json"), ("teer_authors", "teer_authors.json"))
+                },
+            }
+        )
     seeds = ",".join(str(s) for s in c["seeds"])
     source = str(work / "runs" / c["name"].replace("{seed}", f"{{{seeds}}}" if len(c["seeds"]) > 1 else seeds))
     return {**c, "runs": runs, "source": source}
@@ -538,14 +768,16 @@ def fold_values(res: dict, get) -> list[float]:
 
 def metric_getter(key: str, level: str):
     """level "utterance" (reference-projected) or "segment"; key a HEADLINE metric or "f1:<label>"."""
+
     def get(m):
         m = m["utterance"] if level == "utterance" else m
         return m["per_class"][key[3:]]["f1"] if key.startswith("f1:") else m[key]
+
     return get
 
 
 def mean_std(vals, scale=100.0, nd=2) -> str:
-    """"mean ± sample std (ddof=1)" of the values that are not None; one value alone, without ±."""
+    """ "mean ± sample std (ddof=1)" of the values that are not None; one value alone, without ±."""
     vals = [v for v in vals if v is not None]
     if not vals:
         return "-"
@@ -568,8 +800,12 @@ def missed_records(records: list, dialogs, labels: dict | None) -> list:
     if absent and labels is None:
         raise ValueError(f"dialogs {absent[:5]} have no utterance record and no labels.json was given")
     labels = labels() if absent and callable(labels) else labels
-    return [{"id": u["id"], "dialog": d, "label": u["label"], "pred": None}
-            for d in absent for u in labels["dialogs"][d]["utterances"] if u.get("label") is not None]
+    return [
+        {"id": u["id"], "dialog": d, "label": u["label"], "pred": None}
+        for d in absent
+        for u in labels["dialogs"][d]["utterances"]
+        if u.get("label") is not None
+    ]
 
 
 def seed_confusions(res: dict, dialogs=None, labels=None) -> tuple[np.ndarray, list]:
@@ -621,7 +857,7 @@ class Tables:
 
     @staticmethod
     def dialogs(res) -> str:
-        """"test dialogs (failed)": failed = test dialogs without any system segment (step 2 or 3 failed on
+        """ "test dialogs (failed)": failed = test dialogs without any system segment (step 2 or 3 failed on
         them): their utterances are misses. Seeds that disagree are joined with '/'."""
         cells = []
         for r in res["runs"]:
@@ -641,10 +877,16 @@ class Tables:
 
     def classification_row(self, label, res, paper_row=None) -> str:
         utt, seg, cov = self.counts(res)
-        ours = [self.projected(res, k) for k in scoring.HEADLINE] + [utt, self.dialogs(res)] + \
-               [self.segment(res, k) for k in ("accuracy", "weighted_f1", "macro_f1")] + [seg, cov, str(self.n(res))]
-        theirs = ["-" if paper_row is None or paper_row[k] is None else f"{paper_row[k]:.2f}"
-                  for k in ("accuracy", "weighted_f1", "macro_f1")]
+        ours = (
+            [self.projected(res, k) for k in scoring.HEADLINE]
+            + [utt, self.dialogs(res)]
+            + [self.segment(res, k) for k in ("accuracy", "weighted_f1", "macro_f1")]
+            + [seg, cov, str(self.n(res))]
+        )
+        theirs = [
+            "-" if paper_row is None or paper_row[k] is None else f"{paper_row[k]:.2f}"
+            for k in ("accuracy", "weighted_f1", "macro_f1")
+        ]
         return "| " + " | ".join([label, *ours, *theirs, f"`{res['source']}/metrics.json`"]) + " |"
 
     def majority_row(self, res) -> str | None:
@@ -656,7 +898,9 @@ class Tables:
             return None
         labels = formats.load_labels(self.cfg["work"])
         train = config["split"]["train"]
-        counts = {lab: sum(u["label"] == lab for d in train for u in labels["dialogs"][d]["utterances"]) for lab in LABELS}
+        counts = {
+            lab: sum(u["label"] == lab for d in train for u in labels["dialogs"][d]["utterances"]) for lab in LABELS
+        }
         majority = max(LABELS, key=lambda lab: counts[lab])
         utts = flat(res["runs"][0]["metrics"])["utterance"]["utterances"]
         dialogs = sorted({u["dialog"] for u in utts})
@@ -669,12 +913,33 @@ class Tables:
                 lo, hi = scoring.bootstrap_ci(cms, key, self.args.bootstrap_samples, self.args.bootstrap_seed)
                 cell += f" [{100 * lo:.1f}, {100 * hi:.1f}]"
             cells.append(cell)
-        return (f"| majority class ({majority}: the most frequent training label) | " + " | ".join(cells)
-                + f" | - | - | - | - | `{run_dir}/config.json` (training dialogs), labels.json |")
+        return (
+            f"| majority class ({majority}: the most frequent training label) | "
+            + " | ".join(cells)
+            + f" | - | - | - | - | `{run_dir}/config.json` (training dialogs), labels.json |"
+        )
 
     CLASSIFICATION_HEADER = table_head(
-        ["Setup", "Acc", "UA", "WF1", "MF1", "utterances (missed)", "dialogs (failed)", "Acc (seg.)", "WF1 (seg.)",
-         "MF1 (seg.)", "segments", "cov %", "n", "Acc paper", "WF1 paper", "MF1 paper", "source"])
+        [
+            "Setup",
+            "Acc",
+            "UA",
+            "WF1",
+            "MF1",
+            "utterances (missed)",
+            "dialogs (failed)",
+            "Acc (seg.)",
+            "WF1 (seg.)",
+            "MF1 (seg.)",
+            "segments",
+            "cov %",
+            "n",
+            "Acc paper",
+            "WF1 paper",
+            "MF1 paper",
+            "source",
+        ]
+    )
 
     def paired(self, label, a, b) -> list[str]:
         """Rows of the paired bootstrap of A - B on the same reference-projected utterances."""
@@ -687,9 +952,11 @@ class Tables:
         for key in scoring.HEADLINE:
             r = scoring.paired_bootstrap(cms_a, cms_b, key, self.args.bootstrap_samples, self.args.bootstrap_seed)
             lo, hi = r["ci95"]
-            rows.append(f"| {label} | {key} | {100 * r['a']:.2f} | {100 * r['b']:.2f} | "
-                        f"{100 * r['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {r['sign_flip_share']:.3f} | "
-                        f"{r['n_dialogs']} | {r['n_seeds'][0]}/{r['n_seeds'][1]} |")
+            rows.append(
+                f"| {label} | {key} | {100 * r['a']:.2f} | {100 * r['b']:.2f} | "
+                f"{100 * r['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {r['sign_flip_share']:.3f} | "
+                f"{r['n_dialogs']} | {r['n_seeds'][0]}/{r['n_seeds'][1]} |"
+            )
         return rows
 
     def teer(self, res, key, authors=False) -> str:
@@ -701,15 +968,22 @@ class Tables:
         cells (which are of the pooled folds): mean ± sample std over every fold of every seed."""
         if self.args.folds == "none" or not self.R:
             return []
-        L = [f"## Spread over folds ({self.args.folds}; reference-projected)", "",
-             "Each fold's own metrics, mean ± sample standard deviation (ddof = 1) over every fold of every seed "
-             "(`values` = folds × seeds). These are not the cells of the tables above, which score all folds' "
-             "predictions pooled.", "", *table_head(["Configuration", "Acc", "UA", "WF1", "MF1", "values", "source"])]
+        L = [
+            f"## Spread over folds ({self.args.folds}; reference-projected)",
+            "",
+            "Each fold's own metrics, mean ± sample standard deviation (ddof = 1) over every fold of every seed "
+            "(`values` = folds × seeds). These are not the cells of the tables above, which score all folds' "
+            "predictions pooled.",
+            "",
+            *table_head(["Configuration", "Acc", "UA", "WF1", "MF1", "values", "source"]),
+        ]
         for res in sorted(self.R.values(), key=lambda r: r["name"]):
-            L.append(f"| {res['name'].replace('__s{seed}', '')} | "
-                     + " | ".join(mean_std(fold_values(res, metric_getter(k, "utterance"))) for k in scoring.HEADLINE)
-                     + f" | {len(fold_values(res, metric_getter('accuracy', 'utterance')))} | "
-                     f"`{res['source']}/metrics.json` |")
+            L.append(
+                f"| {res['name'].replace('__s{seed}', '')} | "
+                + " | ".join(mean_std(fold_values(res, metric_getter(k, "utterance"))) for k in scoring.HEADLINE)
+                + f" | {len(fold_values(res, metric_getter('accuracy', 'utterance')))} | "
+                f"`{res['source']}/metrics.json` |"
+            )
         return L + [""]
 
     def write(self, results_dir: Path, work: Path) -> str:
@@ -736,115 +1010,180 @@ class Tables:
         L = ["# Reproduction of Wang, Lee, Chen (IALP 2025), Tables I-IV and ablations", ""]
         if cfg["demo"]:
             L += [f"> **{formats.DEMO_NOTE}**", ""]
-        L += ["How to read these tables. Every number is computed by this repository's runs; each row names the "
-              "metrics files it comes from (`{0,1,2}` = the seeds). A cell is the mean ± sample standard deviation "
-              "(ddof = 1) over seeds of the metric of each seed's run on all its test dialogs"
-              + (" (all folds' predictions pooled: the value, its ± and its interval are of that pooled quantity; "
-                 "the spread over folds is the last table)" if args.folds != "none" else "")
-              + " (`n` = how many seeds); a single value has no ± . "
-              "**dialogs (failed)**: the test dialogs of the split, and how many of them have no system segment "
-              "(step 2 or 3 failed on them): they stay in the test set, their utterances counted as misses. "
-              "**Acc, UA, WF1, MF1** are reference-projected: every 4-class reference utterance of the test dialogs "
-              "takes the emotion predicted for the system speech covering most of it (an utterance no system speech "
-              "covers is a miss, counted wrong), so every pipeline is scored on the same utterances; the brackets are "
-              "the 95 % bootstrap interval of that same seed mean over test dialogs "
-              f"({args.bootstrap_samples} resamples, seed "
-              f"{args.bootstrap_seed}). **(seg.)** columns score the pipeline's own labelled segments, as the paper "
-              f"does: their number differs per pipeline (the paper's with- and without-alignment accuracies were "
-              f"computed on {PAPER['test_segments']['aligned']} and {PAPER['test_segments']['without-alignment']} test "
-              "segments), `cov` = share (%) of the labelled reference speech those segments cover. Paper: the paper's "
-              "printed numbers, for reference.", ""]
+        L += [
+            "How to read these tables. Every number is computed by this repository's runs; each row names the "
+            "metrics files it comes from (`{0,1,2}` = the seeds). A cell is the mean ± sample standard deviation "
+            "(ddof = 1) over seeds of the metric of each seed's run on all its test dialogs"
+            + (
+                " (all folds' predictions pooled: the value, its ± and its interval are of that pooled quantity; "
+                "the spread over folds is the last table)"
+                if args.folds != "none"
+                else ""
+            )
+            + " (`n` = how many seeds); a single value has no ± . "
+            "**dialogs (failed)**: the test dialogs of the split, and how many of them have no system segment "
+            "(step 2 or 3 failed on them): they stay in the test set, their utterances counted as misses. "
+            "**Acc, UA, WF1, MF1** are reference-projected: every 4-class reference utterance of the test dialogs "
+            "takes the emotion predicted for the system speech covering most of it (an utterance no system speech "
+            "covers is a miss, counted wrong), so every pipeline is scored on the same utterances; the brackets are "
+            "the 95 % bootstrap interval of that same seed mean over test dialogs "
+            f"({args.bootstrap_samples} resamples, seed "
+            f"{args.bootstrap_seed}). **(seg.)** columns score the pipeline's own labelled segments, as the paper "
+            f"does: their number differs per pipeline (the paper's with- and without-alignment accuracies were "
+            f"computed on {PAPER['test_segments']['aligned']} and {PAPER['test_segments']['without-alignment']} test "
+            "segments), `cov` = share (%) of the labelled reference speech those segments cover. Paper: the paper's "
+            "printed numbers, for reference.",
+            "",
+        ]
         return L
 
     def table_1(self, al, bl) -> list[str]:
         """Table I: overall results with and without alignment (standard pipeline, fine-tuned)."""
         header = self.CLASSIFICATION_HEADER
-        return ["## Table I: overall results (standard pipeline, fine-tuned extractors)", "", *header,
-                "| Wu et al. (6 classes) | " + "- | " * (len(header[0].split(" | ")) - 5)
-                + f"{PAPER['table1']['wu2023']['accuracy']:.2f} | - | - | paper |",
-                self.classification_row("Without alignment", bl, PAPER["table1"]["without-alignment"]),
-                self.classification_row("Proposed (with alignment)", al, PAPER["table1"]["aligned"]), ""]
+        return [
+            "## Table I: overall results (standard pipeline, fine-tuned extractors)",
+            "",
+            *header,
+            "| Wu et al. (6 classes) | "
+            + "- | " * (len(header[0].split(" | ")) - 5)
+            + f"{PAPER['table1']['wu2023']['accuracy']:.2f} | - | - | paper |",
+            self.classification_row("Without alignment", bl, PAPER["table1"]["without-alignment"]),
+            self.classification_row("Proposed (with alignment)", al, PAPER["table1"]["aligned"]),
+            "",
+        ]
 
     def table_2(self, al, bl) -> list[str]:
         """Table II: per-emotion F1 without vs with alignment."""
-        L = ["## Table II: per-emotion F1 without vs with alignment", "",
-             "| Emotion | without | with | without (seg.) | with (seg.) | without (paper) | with (paper) |",
-             "|---|---|---|---|---|---|---|"]
+        L = [
+            "## Table II: per-emotion F1 without vs with alignment",
+            "",
+            "| Emotion | without | with | without (seg.) | with (seg.) | without (paper) | with (paper) |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for lab in LABELS:
-            L.append(f"| {formats.LABEL_NAMES[lab]} | "
-                     + " | ".join(mean_std(values(r, metric_getter(f"f1:{lab}", level)), 1.0)
-                                  for level in ("utterance", "segment") for r in (bl, al))
-                     + f" | {PAPER['table2']['without-alignment'][lab]:.2f} | {PAPER['table2']['aligned'][lab]:.2f} |")
+            L.append(
+                f"| {formats.LABEL_NAMES[lab]} | "
+                + " | ".join(
+                    mean_std(values(r, metric_getter(f"f1:{lab}", level)), 1.0)
+                    for level in ("utterance", "segment")
+                    for r in (bl, al)
+                )
+                + f" | {PAPER['table2']['without-alignment'][lab]:.2f} | {PAPER['table2']['aligned'][lab]:.2f} |"
+            )
         return L + ["", f"Sources: `{bl['source']}/metrics.json`, `{al['source']}/metrics.json`.", ""]
 
     def paired_differences(self, al, bl, ora, fz, fzb) -> list[str]:
         """The paired bootstrap of each headline comparison whose two systems exist."""
         args = self.args
-        comparisons = [(lbl, a, b) for lbl, a, b in (
-            ("with − without alignment (fine-tuned)", al, bl), ("VAD-oracle − standard pipeline", ora, al),
-            ("fine-tuned − frozen extractors", al, fz), ("with − without alignment (frozen)", fz, fzb)) if a and b]
+        comparisons = [
+            (lbl, a, b)
+            for lbl, a, b in (
+                ("with − without alignment (fine-tuned)", al, bl),
+                ("VAD-oracle − standard pipeline", ora, al),
+                ("fine-tuned − frozen extractors", al, fz),
+                ("with − without alignment (frozen)", fz, fzb),
+            )
+            if a and b
+        ]
         if not (comparisons and args.bootstrap_samples):
             return []
-        L = ["## Paired differences of the headline comparisons (reference-projected, percentage points)", "",
-             "Both systems are scored on the same reference utterances, so their difference is paired: each of "
-             f"{args.bootstrap_samples} resamples draws test dialogs with replacement and applies the same draw to "
-             "both (each system's value is its mean over seeds). Over the union of both systems' test "
-             "dialogs: a dialog one system has no utterance of counts as missed for it. `other sign` = share of "
-             "resamples whose difference is zero or has the opposite sign.", "",
-             "| comparison (A − B) | metric | A | B | A − B [95 % CI] | other sign | dialogs | seeds A/B |",
-             "|---|---|---|---|---|---|---|---|"]
+        L = [
+            "## Paired differences of the headline comparisons (reference-projected, percentage points)",
+            "",
+            "Both systems are scored on the same reference utterances, so their difference is paired: each of "
+            f"{args.bootstrap_samples} resamples draws test dialogs with replacement and applies the same draw to "
+            "both (each system's value is its mean over seeds). Over the union of both systems' test "
+            "dialogs: a dialog one system has no utterance of counts as missed for it. `other sign` = share of "
+            "resamples whose difference is zero or has the opposite sign.",
+            "",
+            "| comparison (A − B) | metric | A | B | A − B [95 % CI] | other sign | dialogs | seeds A/B |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for lbl, a, b in comparisons:
             L += self.paired(lbl, a, b)
         return L + [""]
 
     def table_3(self, al, ora) -> list[str]:
         """Table III: TEER and sTEER of the standard and VAD-oracle pipelines (with alignment, fine-tuned)."""
-        L = ["## Table III: TEER and sTEER across pipelines (with alignment, fine-tuned)", "",
-             "Default scoring follows the original definition (emotions compared by identity, collar 0.25 s, "
-             "reference extent, non-target reference time excluded); the authors' scoring maps labels optimally "
-             "(DiarizationErrorRate), collar 0, union of extents, unlabelled segments as UNK (teer_calculate.py).", "",
-             *table_head(["Pipeline", "TEER %", "sTEER %", "TEER % (authors' scoring)",
-                          "sTEER % (authors' scoring)", "n", "dialogs (failed)", "TEER paper", "sTEER paper",
-                          "source"]),
-             f"| Wu et al. (6 classes) | - | - | - | - | - | - | {PAPER['table3']['wu2023']['TEER']:.2f} | "
-             f"{PAPER['table3']['wu2023']['sTEER']:.2f} | paper |"]
+        L = [
+            "## Table III: TEER and sTEER across pipelines (with alignment, fine-tuned)",
+            "",
+            "Default scoring follows the original definition (emotions compared by identity, collar 0.25 s, "
+            "reference extent, non-target reference time excluded); the authors' scoring maps labels optimally "
+            "(DiarizationErrorRate), collar 0, union of extents, unlabelled segments as UNK (teer_calculate.py).",
+            "",
+            *table_head(
+                [
+                    "Pipeline",
+                    "TEER %",
+                    "sTEER %",
+                    "TEER % (authors' scoring)",
+                    "sTEER % (authors' scoring)",
+                    "n",
+                    "dialogs (failed)",
+                    "TEER paper",
+                    "sTEER paper",
+                    "source",
+                ]
+            ),
+            f"| Wu et al. (6 classes) | - | - | - | - | - | - | {PAPER['table3']['wu2023']['TEER']:.2f} | "
+            f"{PAPER['table3']['wu2023']['sTEER']:.2f} | paper |",
+        ]
         for label, res, pk in (("Standard", al, "standard"), ("VAD-oracle", ora, "vad-oracle")):
-            L.append(f"| {label} ({res['pipe']}) | {self.teer(res, 'TEER')} | {self.teer(res, 'sTEER')} | "
-                     f"{self.teer(res, 'TEER', True)} | {self.teer(res, 'sTEER', True)} | {len(res['runs'])} | "
-                     f"{self.dialogs(res)} | "
-                     f"{PAPER['table3'][pk]['TEER']:.2f} | {PAPER['table3'][pk]['sTEER']:.2f} | "
-                     f"`{res['source']}/teer*.json` |")
+            L.append(
+                f"| {label} ({res['pipe']}) | {self.teer(res, 'TEER')} | {self.teer(res, 'sTEER')} | "
+                f"{self.teer(res, 'TEER', True)} | {self.teer(res, 'sTEER', True)} | {len(res['runs'])} | "
+                f"{self.dialogs(res)} | "
+                f"{PAPER['table3'][pk]['TEER']:.2f} | {PAPER['table3'][pk]['sTEER']:.2f} | "
+                f"`{res['source']}/teer*.json` |"
+            )
         return L + [""]
 
     def table_4(self, al, fz) -> list[str]:
         """Table IV: frozen vs fine-tuned extractors (with alignment), with notes on the paper's own numbers."""
-        L = ["## Table IV: frozen vs fine-tuned extractors (with alignment)", "", *self.CLASSIFICATION_HEADER,
-             self.classification_row("Frozen embeddings", fz, PAPER["table4"]["frozen"]),
-             self.classification_row("Fine-tuned embeddings", al, PAPER["table4"]["finetune"])]
+        L = [
+            "## Table IV: frozen vs fine-tuned extractors (with alignment)",
+            "",
+            *self.CLASSIFICATION_HEADER,
+            self.classification_row("Frozen embeddings", fz, PAPER["table4"]["frozen"]),
+            self.classification_row("Fine-tuned embeddings", al, PAPER["table4"]["finetune"]),
+        ]
         p1, p4 = PAPER["table1"], PAPER["table4"]
         if p4["frozen"] == p1["without-alignment"]:
             L += ["", "Note: the paper's frozen row repeats its Table I without-alignment row exactly."]
         if p4["finetune"]["weighted_f1"] != p1["aligned"]["weighted_f1"]:
-            L += ["", f"Note: the paper's fine-tuned weighted F1 here ({p4['finetune']['weighted_f1']:.2f}) differs "
-                  f"from its Table I ({p1['aligned']['weighted_f1']:.2f})."]
+            L += [
+                "",
+                f"Note: the paper's fine-tuned weighted F1 here ({p4['finetune']['weighted_f1']:.2f}) differs "
+                f"from its Table I ({p1['aligned']['weighted_f1']:.2f}).",
+            ]
         return L + [""]
 
     def ablation_row(self, label, r) -> str:
         """A row of the ablation tables (ABLATION_COLUMNS)."""
-        return (f"| {label} | " + " | ".join(self.projected(r, k) for k in scoring.HEADLINE) + " | "
-                + " | ".join(self.segment(r, k) for k in ("accuracy", "macro_f1"))
-                + f" | {self.n(r)} | {self.dialogs(r)} | `{r['source']}/metrics.json` |")
+        return (
+            f"| {label} | "
+            + " | ".join(self.projected(r, k) for k in scoring.HEADLINE)
+            + " | "
+            + " | ".join(self.segment(r, k) for k in ("accuracy", "macro_f1"))
+            + f" | {self.n(r)} | {self.dialogs(r)} | `{r['source']}/metrics.json` |"
+        )
 
     def modality_ablation(self) -> list[str]:
         """Single-modality baselines against the fused model, and the majority class, when trained."""
         std, mode = self.cfg["standard_pipe"], self.cfg["ablation_mode"]
-        extra = [(f"{m}, {mode}, with alignment", self.get(std, "aligned-p1.5", mode, m))
-                 for m in ("fusion", "text", "audio")]
+        extra = [
+            (f"{m}, {mode}, with alignment", self.get(std, "aligned-p1.5", mode, m))
+            for m in ("fusion", "text", "audio")
+        ]
         extra = [(lbl, r) for lbl, r in extra if r]
         if len(extra) <= 1:
             return []
-        L = [f"## Ablation: single-modality baselines ({mode} extractors; not in the paper)", "",
-             *table_head(["Configuration", *ABLATION_COLUMNS])]
+        L = [
+            f"## Ablation: single-modality baselines ({mode} extractors; not in the paper)",
+            "",
+            *table_head(["Configuration", *ABLATION_COLUMNS]),
+        ]
         L += [self.ablation_row(lbl, r) for lbl, r in extra]
         return L + [row for row in [self.majority_row(extra[0][1])] if row] + [""]
 
@@ -855,12 +1194,16 @@ class Tables:
         fusion_rows = [(f, r) for f, r in fusion_rows if r]
         if len(fusion_rows) <= 1:
             return []
-        L = [f"## Ablation: fusion of the two embeddings ({fusion_mode} extractors, with alignment; "
-             "the paper's future work)", "",
-             "gated-xattn = the paper's model; xattn = cross-attention without the forget gates (h = a); "
-             "concat = an MLP on [z_t ; z_a]; late = the mean of the two single-modality heads' logits "
-             "(utils.SERModel). Everything else is equal.", "",
-             *table_head(["Fusion", *ABLATION_COLUMNS])]
+        L = [
+            f"## Ablation: fusion of the two embeddings ({fusion_mode} extractors, with alignment; "
+            "the paper's future work)",
+            "",
+            "gated-xattn = the paper's model; xattn = cross-attention without the forget gates (h = a); "
+            "concat = an MLP on [z_t ; z_a]; late = the mean of the two single-modality heads' logits "
+            "(utils.SERModel). Everything else is equal.",
+            "",
+            *table_head(["Fusion", *ABLATION_COLUMNS]),
+        ]
         L += [self.ablation_row(f, r) for f, r in fusion_rows]
         return L + [""]
 
@@ -872,16 +1215,34 @@ class Tables:
         sweep = [(p, r) for p, r in sweep if r]
         if len(sweep) <= 1:
             return []
-        L = [f"## Ablation: maximum pause of the alignment ({mode} extractors; not in the paper; the paper uses "
-             "1.5 s, the authors' code 1.0 s)", "",
-             *table_head(["max pause (s)", "Acc", "MF1", *(f"F1 {lab}" for lab in LABELS), "Acc (seg.)",
-                          "segments", "cov %", "TEER %", "n", "dialogs (failed)", "source"])]
+        L = [
+            f"## Ablation: maximum pause of the alignment ({mode} extractors; not in the paper; the paper uses "
+            "1.5 s, the authors' code 1.0 s)",
+            "",
+            *table_head(
+                [
+                    "max pause (s)",
+                    "Acc",
+                    "MF1",
+                    *(f"F1 {lab}" for lab in LABELS),
+                    "Acc (seg.)",
+                    "segments",
+                    "cov %",
+                    "TEER %",
+                    "n",
+                    "dialogs (failed)",
+                    "source",
+                ]
+            ),
+        ]
         for p, r in sweep:
             _, seg, cov = self.counts(r)
-            L.append(f"| {p:g} | {self.projected(r, 'accuracy')} | {self.projected(r, 'macro_f1')} | "
-                     + " | ".join(mean_std(values(r, metric_getter(f"f1:{lab}", "utterance")), 1.0) for lab in LABELS)
-                     + f" | {self.segment(r, 'accuracy')} | {seg} | {cov} | {self.teer(r, 'TEER')} | {self.n(r)} | "
-                     f"{self.dialogs(r)} | `{r['source']}/metrics.json` |")
+            L.append(
+                f"| {p:g} | {self.projected(r, 'accuracy')} | {self.projected(r, 'macro_f1')} | "
+                + " | ".join(mean_std(values(r, metric_getter(f"f1:{lab}", "utterance")), 1.0) for lab in LABELS)
+                + f" | {self.segment(r, 'accuracy')} | {seg} | {cov} | {self.teer(r, 'TEER')} | {self.n(r)} | "
+                f"{self.dialogs(r)} | `{r['source']}/metrics.json` |"
+            )
         plot_sweep(sweep, results_dir / "pause_sweep.png", self.cfg["demo"])
         return L + ["", "![per-emotion F1 vs maximum pause](pause_sweep.png)", ""]
 
@@ -905,8 +1266,12 @@ def plot_sweep(sweep, path: Path, demo: bool):
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     xs = [p for p, _ in sweep]
     for lab in LABELS:
-        ax.plot(xs, [np.mean(values(r, metric_getter(f"f1:{lab}", "utterance"))) for _, r in sweep], marker="o",
-                label=formats.LABEL_NAMES[lab])
+        ax.plot(
+            xs,
+            [np.mean(values(r, metric_getter(f"f1:{lab}", "utterance"))) for _, r in sweep],
+            marker="o",
+            label=formats.LABEL_NAMES[lab],
+        )
     ax.set_xlabel("maximum pause inside a turn (s)")
     ax.set_ylabel("F1 (test, reference-projected)")
     ax.set_title("Per-emotion F1 vs pause threshold" + (" (DEMO data)" if demo else ""))
@@ -926,14 +1291,30 @@ def demo_readiness(cfg, args, corpus: Path) -> tuple[bool, bool, list]:
     corpus_ready = models_ready = True
     if cfg["demo"]:
         models = Path(args.demo_dir) / "models"
-        corpus_ready = Path(args.corpus_csv).is_file() if args.corpus_csv else (corpus / "demo_ground_truth.json").is_file()
-        models_ready = (args.text_model and args.audio_model) or all((models / m).is_dir() for m in ("roberta-tiny", "wav2vec2-tiny"))
+        corpus_ready = (
+            Path(args.corpus_csv).is_file() if args.corpus_csv else (corpus / "demo_ground_truth.json").is_file()
+        )
+        models_ready = (args.text_model and args.audio_model) or all(
+            (models / m).is_dir() for m in ("roberta-tiny", "wav2vec2-tiny")
+        )
         if not corpus_ready:
-            summary.append(checklist.CheckItem("demo corpus", True, f"{corpus} will be built by the first run "
-                                           "(demo/make_corpus.py); steps 1-3 are checked once it exists"))
+            summary.append(
+                checklist.CheckItem(
+                    "demo corpus",
+                    True,
+                    f"{corpus} will be built by the first run "
+                    "(demo/make_corpus.py); steps 1-3 are checked once it exists",
+                )
+            )
         if not models_ready:
-            summary.append(checklist.CheckItem("demo models", True, f"{models} will be built by the first run "
-                                           "(demo/build_ser_models.py); train.py is checked once they exist"))
+            summary.append(
+                checklist.CheckItem(
+                    "demo models",
+                    True,
+                    f"{models} will be built by the first run "
+                    "(demo/build_ser_models.py); train.py is checked once they exist",
+                )
+            )
     return corpus_ready, models_ready, summary
 
 
@@ -947,13 +1328,15 @@ class Recorder:  # stands in for the Runner in preflight: records each step's co
         ids = [item for item, _, _ in items]
         groups = split(ids) if split else [ids]
         for i, group in enumerate(groups):
-            self.calls.append((name if len(groups) == 1 else f"{name} [{i + 1}/{len(groups)}]", script,
-                               argv_for(group), len(group)))
+            self.calls.append(
+                (name if len(groups) == 1 else f"{name} [{i + 1}/{len(groups)}]", script, argv_for(group), len(group))
+            )
         return {item: name for item in ids}
 
 
-def preflight_checks(cfg, configs: list[dict], calls: list, corpus: Path, corpus_ready: bool,
-                     models_ready) -> list[tuple]:
+def preflight_checks(
+    cfg, configs: list[dict], calls: list, corpus: Path, corpus_ready: bool, models_ready
+) -> list[tuple]:
     """The --check commands of steps 1, 2 and 4 made from the recorded commands -> [(label, script, argv)]."""
     checks = []  # (label, script, argv)
     for name, script, argv, _ in calls:
@@ -969,8 +1352,15 @@ def preflight_checks(cfg, configs: list[dict], calls: list, corpus: Path, corpus
         of_mode = [(argv, n) for argv, n in sweeps if argv[argv.index("--mode") + 1] == mode]
         # the largest sweep of this mode stands for all: --check-runs = every run of the mode (extractors,
         # CUDA, disk and time are the same kind of check for each sweep)
-        argv = max(of_mode, key=lambda a: a[1])[0] + ["--check", "--planned", "--check-runs", str(sum(n for _, n in of_mode))]
-        checks.append((f"step 4 train ({mode})", "train.py", argv + (["--iemocap", str(corpus)] if corpus_ready else [])))
+        argv = max(of_mode, key=lambda a: a[1])[0] + [
+            "--check",
+            "--planned",
+            "--check-runs",
+            str(sum(n for _, n in of_mode)),
+        ]
+        checks.append(
+            (f"step 4 train ({mode})", "train.py", argv + (["--iemocap", str(corpus)] if corpus_ready else []))
+        )
     return checks
 
 
@@ -981,8 +1371,11 @@ def step3_disk_check(cfg, configs: list[dict], corpus: Path) -> checklist.CheckI
     caches = {(c["pipe"], c["variant"]) for c in configs}
     seconds = sum(sf.info(str(p)).duration for p in corpus.glob("Session*/dialog/wav/Ses*.wav"))
     item = checklist.check_disk(cfg["work"], seconds * formats.SAMPLE_RATE * 4 * len(caches), "step-3 segment caches")
-    return checklist.CheckItem("step 3 align (disk)", item.ok, f"{len(caches)} pipeline/variant caches of "
-                               f"{seconds / 3600:.2f} h of dialog audio: {item.message}")
+    return checklist.CheckItem(
+        "step 3 align (disk)",
+        item.ok,
+        f"{len(caches)} pipeline/variant caches of {seconds / 3600:.2f} h of dialog audio: {item.message}",
+    )
 
 
 def finish_check(label: str, script: str, argv: list, proc) -> checklist.CheckItem:
@@ -1024,13 +1417,17 @@ def preflight(cfg, args) -> bool:
     recorder = Recorder()
     run_pipeline(cfg, args, recorder, configs)
     checks = preflight_checks(cfg, configs, recorder.calls, corpus, corpus_ready, models_ready)
-    procs = [(label, script, argv, cli.start_step(script, argv, stdout=subprocess.PIPE)) for label, script, argv in checks]
+    procs = [
+        (label, script, argv, cli.start_step(script, argv, stdout=subprocess.PIPE)) for label, script, argv in checks
+    ]
     if corpus_ready:  # step 3's caches, while the checks run
         summary.append(step3_disk_check(cfg, configs, corpus))
     for label, script, argv, proc in procs:
         summary.append(finish_check(label, script, argv, proc))
-    print(f"\nreproduce.py --check ({'demo' if cfg['demo'] else 'real data'}, work {cfg['work']}), "
-          f"{time.time() - t0:.1f} s:")
+    print(
+        f"\nreproduce.py --check ({'demo' if cfg['demo'] else 'real data'}, work {cfg['work']}), "
+        f"{time.time() - t0:.1f} s:"
+    )
     step_number = lambda item: int(item.name.split()[1]) if item.name.startswith("step ") else 0  # noqa: E731
     return checklist.report_checks(sorted(summary, key=step_number), "reproduce preflight")
 
@@ -1040,8 +1437,15 @@ def predict_demo(cfg, runner: Runner, configs: list[dict], results_dir: Path) ->
     aligned fine-tuned model and the pipeline's own step-2 outputs -> results/predict/ (an
     emotion-annotated transcript, RTTM, WebVTT and timeline of a recording, as for any audio)."""
     std = cfg["standard_pipe"]
-    c = next((c for c in configs if (c["pipe"], c["variant"], c["mode"], c["modality"], c["fusion"])
-              == (std, "aligned-p1.5", "finetune", "fusion", DEFAULT_FUSION)), None)
+    c = next(
+        (
+            c
+            for c in configs
+            if (c["pipe"], c["variant"], c["mode"], c["modality"], c["fusion"])
+            == (std, "aligned-p1.5", "finetune", "fusion", DEFAULT_FUSION)
+        ),
+        None,
+    )
     if c is None:  # not in this plan (--only)
         return
     work = Path(cfg["work"])
@@ -1049,10 +1453,23 @@ def predict_demo(cfg, runner: Runner, configs: list[dict], results_dir: Path) ->
     dialog = fileio.read_json(run_dir / "config.json", "run config")["split"]["test"][0]
     labels = formats.load_labels(work, require=("wav",))
     wav = Path(labels["corpus"]) / labels["dialogs"][dialog]["wav"]
-    argv = [str(wav), "--run", str(run_dir), "--asr-json", str(work / std / "asr" / f"{dialog}.json"),
-            "--rttm", str(work / std / "diarization" / f"{dialog}.rttm"), "--out", str(results_dir / "predict")]
-    runner.step("step 7 predict", "predict.py", [(f"predict/{dialog}", argv, (file_digest(run_dir / "checkpoint_best.pt"),))],
-                lambda _: argv)
+    argv = [
+        str(wav),
+        "--run",
+        str(run_dir),
+        "--asr-json",
+        str(work / std / "asr" / f"{dialog}.json"),
+        "--rttm",
+        str(work / std / "diarization" / f"{dialog}.rttm"),
+        "--out",
+        str(results_dir / "predict"),
+    ]
+    runner.step(
+        "step 7 predict",
+        "predict.py",
+        [(f"predict/{dialog}", argv, (file_digest(run_dir / "checkpoint_best.pt"),))],
+        lambda _: argv,
+    )
 
 
 def main(argv=None):
@@ -1073,7 +1490,9 @@ def main(argv=None):
     if cfg["demo"] and not args.corpus_csv:
         predict_demo(cfg, runner, configs, results_dir)
 
-    results = {tuple(c[k] for k in ("pipe", "variant", "mode", "modality", "fusion")): load_results(work, c) for c in configs}
+    results = {
+        tuple(c[k] for k in ("pipe", "variant", "mode", "modality", "fusion")): load_results(work, c) for c in configs
+    }
     fileio.atomic_write_text(results_dir / "tables.md", Tables(cfg, args, results).write(results_dir, work))
     for res in results.values():
         for r in res["runs"]:
@@ -1093,27 +1512,43 @@ def main(argv=None):
     labels = formats.load_labels(work)
     provenance = {
         "note": formats.DEMO_NOTE if cfg["demo"] else "real-data run",
-        "code": rundirs.code_version(), "command": [sys.executable, *sys.argv],
-        "python": platform.python_version(), "platform": platform.platform(),
-        "config": cfg, "seeds": {c["name"]: c["seeds"] for c in configs}, "folds": args.folds,
+        "code": rundirs.code_version(),
+        "command": [sys.executable, *sys.argv],
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "config": cfg,
+        "seeds": {c["name"]: c["seeds"] for c in configs},
+        "folds": args.folds,
         "bootstrap": {"samples": args.bootstrap_samples, "seed": args.bootstrap_seed},
-        "configurations": configs, "runs": {r: f"{cfg['work']}/runs/{r}" for c in configs for r in run_names(c)},
-        "jobs": cfg["jobs"], "steps": runner.timings, "seconds_per_step": per_step, "invocation_seconds_per_step": busy,
-        "setup_seconds": round(setup_seconds, 2), "total_seconds": round(time.time() - t0, 2),
-        "corpus": {"path": labels["corpus"], "dialogs": len(labels["dialogs"]),
-                   "utterances": sum(len(d["utterances"]) for d in labels["dialogs"].values()),
-                   "labelled_4class": sum(u["label"] is not None for d in labels["dialogs"].values() for u in d["utterances"])},
+        "configurations": configs,
+        "runs": {r: f"{cfg['work']}/runs/{r}" for c in configs for r in run_names(c)},
+        "jobs": cfg["jobs"],
+        "steps": runner.timings,
+        "seconds_per_step": per_step,
+        "invocation_seconds_per_step": busy,
+        "setup_seconds": round(setup_seconds, 2),
+        "total_seconds": round(time.time() - t0, 2),
+        "corpus": {
+            "path": labels["corpus"],
+            "dialogs": len(labels["dialogs"]),
+            "utterances": sum(len(d["utterances"]) for d in labels["dialogs"].values()),
+            "labelled_4class": sum(u["label"] is not None for d in labels["dialogs"].values() for u in d["utterances"]),
+        },
     }
     if args.corpus_csv:
         provenance["corpus"].update(kind="csv", csv=str(args.corpus_csv), csv_sha256=file_digest(args.corpus_csv))
     elif cfg["demo"]:
         truth = fileio.read_json(Path(cfg["iemocap"]) / "demo_ground_truth.json", "demo ground truth")
         provenance["corpus"].update(kind="demo", seed=truth.get("seed"), generator_args=truth.get("args"))
-    provenance["models"] = {"text": utils.extractor_identity(cfg["text_model"]),
-                            "audio": utils.extractor_identity(cfg["audio_model"])}
+    provenance["models"] = {
+        "text": utils.extractor_identity(cfg["text_model"]),
+        "audio": utils.extractor_identity(cfg["audio_model"]),
+    }
     fileio.atomic_write_json(results_dir / "provenance.json", provenance)
-    print(f"\n{len(ran)} step invocations ran ({', '.join(f'{k} {v:.1f} s' for k, v in per_step.items()) or 'none'}), "
-          f"{len(runner.timings) - len(ran)} items were up to date; {time.time() - t0:.1f} s in all")
+    print(
+        f"\n{len(ran)} step invocations ran ({', '.join(f'{k} {v:.1f} s' for k, v in per_step.items()) or 'none'}), "
+        f"{len(runner.timings) - len(ran)} items were up to date; {time.time() - t0:.1f} s in all"
+    )
     print(f"tables: {results_dir / 'tables.md'}   provenance: {results_dir / 'provenance.json'}")
     if cfg["demo"]:
         print(formats.DEMO_NOTE)

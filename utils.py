@@ -17,19 +17,18 @@ of ASR Transcripts and Speaker Diarization", IALP 2025 (arXiv 2507.19356).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
-from torch import nn
 import functools
 import hashlib
 import json
 import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from common import cli
-from common import fileio
-from common import formats
+from common import cli, fileio, formats
 
 
 @dataclass
@@ -37,17 +36,18 @@ class ModelConfig:
     """Every hyperparameter of the extractors and the head (build_model, SERModel, Collator,
     SegmentDataset), with the authors' values (M4RC034/SER-Align) as defaults. train.py's flags take
     their defaults from here; config.json keeps them as flat keys of the run config (from_run_config)."""
-    text_model: str = "roberta-base"             # text extractor: hub name or local dir (AutoModel/AutoTokenizer)
+
+    text_model: str = "roberta-base"  # text extractor: hub name or local dir (AutoModel/AutoTokenizer)
     audio_model: str = "facebook/wav2vec2-base"  # audio extractor: hub name or local dir (AutoFeatureExtractor)
-    modality: str = "fusion"                     # fusion (both extractors), text or audio only (MODALITIES)
-    fusion: str = "gated-xattn"                  # how the two embeddings are fused (FUSIONS): the paper's
-    dropout: float = 0.2                         # dropout of cross-attention, fusion layer and MLP
-    heads: int = 8                               # attention heads of cross-attention and fusion layer
-    fusion_layers: int = 2                       # Transformer encoder layers of the fusion layer
-    ffn_dim: int = 2048                          # feed-forward size of the fusion layer
-    audio_padding: str = "exact"                 # exact (ours) or authors: how a batch's padding reaches z_a
-    max_text_tokens: int = 512                   # transcript truncated to this many tokens (RoBERTa's limit)
-    max_audio_seconds: float = 0.0               # segments centre-cropped to this length; 0 = no crop (authors)
+    modality: str = "fusion"  # fusion (both extractors), text or audio only (MODALITIES)
+    fusion: str = "gated-xattn"  # how the two embeddings are fused (FUSIONS): the paper's
+    dropout: float = 0.2  # dropout of cross-attention, fusion layer and MLP
+    heads: int = 8  # attention heads of cross-attention and fusion layer
+    fusion_layers: int = 2  # Transformer encoder layers of the fusion layer
+    ffn_dim: int = 2048  # feed-forward size of the fusion layer
+    audio_padding: str = "exact"  # exact (ours) or authors: how a batch's padding reaches z_a
+    max_text_tokens: int = 512  # transcript truncated to this many tokens (RoBERTa's limit)
+    max_audio_seconds: float = 0.0  # segments centre-cropped to this length; 0 = no crop (authors)
 
     # keys every run config has had since the first; the others fall back to their defaults (older runs)
     REQUIRED = ("text_model", "audio_model", "modality", "dropout", "heads")
@@ -82,8 +82,10 @@ def extractor_identity(name_or_dir: str) -> dict:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(name_or_dir)
-    ident = {"name": str(name_or_dir),
-             "config_sha256": hashlib.sha256(config.to_json_string(use_diff=False).encode()).hexdigest()}
+    ident = {
+        "name": str(name_or_dir),
+        "config_sha256": hashlib.sha256(config.to_json_string(use_diff=False).encode()).hexdigest(),
+    }
     path = Path(name_or_dir)
     if path.is_dir():
         h = hashlib.sha256()
@@ -94,8 +96,17 @@ def extractor_identity(name_or_dir: str) -> dict:
     return ident
 
 
-TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.json", "vocab.txt", "merges.txt",
-                   "special_tokens_map.json", "added_tokens.json", "spm.model", "sentencepiece.bpe.model")
+TOKENIZER_FILES = (
+    "tokenizer_config.json",
+    "tokenizer.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "spm.model",
+    "sentencepiece.bpe.model",
+)
 
 
 def tokenizer_digest(name_or_dir: str) -> str | None:
@@ -141,8 +152,10 @@ class TextEmbedder(nn.Module):
 
         config = AutoConfig.from_pretrained(name_or_dir)
         if getattr(config, "is_encoder_decoder", False):
-            raise cli.PipelineError(f"{name_or_dir}: {config.model_type} is an encoder-decoder model; "
-                                "--text-model needs an encoder (RoBERTa, BERT, DeBERTa, ...)")
+            raise cli.PipelineError(
+                f"{name_or_dir}: {config.model_type} is an encoder-decoder model; "
+                "--text-model needs an encoder (RoBERTa, BERT, DeBERTa, ...)"
+            )
         kwargs = {}
         if type(config) in MODEL_MAPPING:
             if "add_pooling_layer" in inspect.signature(MODEL_MAPPING[type(config)].__init__).parameters:
@@ -211,10 +224,14 @@ class AudioEmbedder(nn.Module):
 
         cfg = AutoConfig.from_pretrained(name_or_dir)
         if cfg.model_type not in self.FAMILIES:
-            raise cli.PipelineError(f"{name_or_dir}: audio model type {cfg.model_type!r} is not supported "
-                                f"(padding-exact pooling is implemented for {', '.join(self.FAMILIES)})")
+            raise cli.PipelineError(
+                f"{name_or_dir}: audio model type {cfg.model_type!r} is not supported "
+                f"(padding-exact pooling is implemented for {', '.join(self.FAMILIES)})"
+            )
         if getattr(cfg, "add_adapter", False):
-            raise cli.PipelineError(f"{name_or_dir}: {cfg.model_type} models with an adapter (add_adapter) are not supported")
+            raise cli.PipelineError(
+                f"{name_or_dir}: {cfg.model_type} models with an adapter (add_adapter) are not supported"
+            )
         self.model = AutoModel.from_pretrained(name_or_dir)
         self.hidden_size = cfg.hidden_size
         self._frame_mask = None  # [B, T] valid frames, set by forward while the encoder runs
@@ -254,8 +271,11 @@ class AudioEmbedder(nn.Module):
         if all(n is None or isinstance(n, nn.LayerNorm) for n in norms):
             return "per-frame"
         first = norms[0]
-        if (isinstance(first, nn.GroupNorm) and first.num_groups == first.num_channels
-                and all(n is None for n in norms[1:])):
+        if (
+            isinstance(first, nn.GroupNorm)
+            and first.num_groups == first.num_channels
+            and all(n is None for n in norms[1:])
+        ):
             return "group-first"
         return "other"
 
@@ -296,11 +316,12 @@ class AudioEmbedder(nn.Module):
             f = cnn(input_values[rows, :n])
             if feats is None:
                 feats = f.new_zeros(len(lengths), f.shape[1], t_max)
-            feats[rows, :, :f.shape[2]] = f
+            feats[rows, :, : f.shape[2]] = f
         return feats
 
-    def forward(self, input_values: torch.Tensor | None, lengths: torch.Tensor,
-                cnn: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_values: torch.Tensor | None, lengths: torch.Tensor, cnn: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """input_values [B, S], lengths [B] -> z_a [B, H]. cnn [B, C, T]: this CNN's features of the
         same samples, computed earlier (cnn_features) while the CNN is frozen; input_values is then unused."""
         n_frames = self.frame_lengths(lengths)
@@ -362,8 +383,8 @@ class ForgetGate(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.gate = nn.Linear(2 * dim, dim)   # W_g, b_g
-        self.value = nn.Linear(dim, dim)      # W_v, b_v
+        self.gate = nn.Linear(2 * dim, dim)  # W_g, b_g
+        self.value = nn.Linear(dim, dim)  # W_v, b_v
 
     def forward(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         g = torch.sigmoid(self.gate(torch.cat([z, a], dim=-1)))
@@ -402,12 +423,20 @@ class FusionClassifier(nn.Module):
     cross-entropy on the logits. No dropout before the classifier (as the authors).
     """
 
-    def __init__(self, dim: int, heads: int, dropout: float, layers: int = ModelConfig.fusion_layers,
-                 ffn_dim: int = ModelConfig.ffn_dim, n_classes: int = len(formats.LABELS)):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        dropout: float,
+        layers: int = ModelConfig.fusion_layers,
+        ffn_dim: int = ModelConfig.ffn_dim,
+        n_classes: int = len(formats.LABELS),
+    ):
         super().__init__()
         self.position = PositionalEncoding(dim, dropout)
-        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=ffn_dim, dropout=dropout,
-                                           activation="relu", batch_first=True, norm_first=False)
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, dim_feedforward=ffn_dim, dropout=dropout, activation="relu", batch_first=True, norm_first=False
+        )
         self.encoder = nn.TransformerEncoder(layer, num_layers=layers, enable_nested_tensor=False)
         self.classifier = nn.Linear(dim, n_classes)
 
@@ -454,11 +483,19 @@ class SERModel(nn.Module):
     the authors' code does for wav2vec2-base.
     """
 
-    def __init__(self, text_model: str | None, audio_model: str | None, modality: str = ModelConfig.modality,
-                 dropout: float = ModelConfig.dropout, heads: int = ModelConfig.heads,
-                 fusion: str = ModelConfig.fusion, layers: int = ModelConfig.fusion_layers,
-                 ffn_dim: int = ModelConfig.ffn_dim, audio_padding: str = ModelConfig.audio_padding,
-                 load_extractors: bool = True):
+    def __init__(
+        self,
+        text_model: str | None,
+        audio_model: str | None,
+        modality: str = ModelConfig.modality,
+        dropout: float = ModelConfig.dropout,
+        heads: int = ModelConfig.heads,
+        fusion: str = ModelConfig.fusion,
+        layers: int = ModelConfig.fusion_layers,
+        ffn_dim: int = ModelConfig.ffn_dim,
+        audio_padding: str = ModelConfig.audio_padding,
+        load_extractors: bool = True,
+    ):
         super().__init__()
         if modality not in MODALITIES:
             raise cli.PipelineError(f"modality must be one of {MODALITIES}, got {modality!r}")
@@ -540,9 +577,18 @@ class SERModel(nn.Module):
 def build_model(config: ModelConfig | dict, load_extractors: bool = True) -> SERModel:
     """SERModel from a ModelConfig, or from a run config (the flat keys train.py writes to config.json)."""
     mc = config if isinstance(config, ModelConfig) else ModelConfig.from_run_config(config)
-    return SERModel(mc.text_model, mc.audio_model, mc.modality, mc.dropout, mc.heads, fusion=mc.fusion,
-                    layers=mc.fusion_layers, ffn_dim=mc.ffn_dim, audio_padding=mc.audio_padding,
-                    load_extractors=load_extractors)
+    return SERModel(
+        mc.text_model,
+        mc.audio_model,
+        mc.modality,
+        mc.dropout,
+        mc.heads,
+        fusion=mc.fusion,
+        layers=mc.fusion_layers,
+        ffn_dim=mc.ffn_dim,
+        audio_padding=mc.audio_padding,
+        load_extractors=load_extractors,
+    )
 
 
 def zero_mean_unit_var(x: torch.Tensor) -> torch.Tensor:
@@ -574,23 +620,39 @@ class SegmentDataset(torch.utils.data.Dataset):
     what was kept, cropped and padded are in .counts.
     """
 
-    def __init__(self, cache_paths, labelled_only: bool, max_audio_seconds: float = ModelConfig.max_audio_seconds,
-                 do_normalize: bool = True, sample_rate: int = formats.SAMPLE_RATE):
+    def __init__(
+        self,
+        cache_paths,
+        labelled_only: bool,
+        max_audio_seconds: float = ModelConfig.max_audio_seconds,
+        do_normalize: bool = True,
+        sample_rate: int = formats.SAMPLE_RATE,
+    ):
         self.segments = []
-        self.counts = {"dialogs": 0, "segments": 0, "unlabelled_skipped": 0, "cropped": 0, "padded_short": 0,
-                       "audio_shorter_than_times": 0}
+        self.counts = {
+            "dialogs": 0,
+            "segments": 0,
+            "unlabelled_skipped": 0,
+            "cropped": 0,
+            "padded_short": 0,
+            "audio_shorter_than_times": 0,
+        }
         max_samples = int(max_audio_seconds * sample_rate) if max_audio_seconds else 0
         seen = {}  # segment id -> the cache holding it
         self.sha256 = {}  # dialog -> the verified sha256 of its cache file (what was read)
         for path in cache_paths:
-            cache, self.sha256[Path(path).stem] = fileio.load_checked_pt(path, "segment cache", formats.step3_rerun(path))
+            cache, self.sha256[Path(path).stem] = fileio.load_checked_pt(
+                path, "segment cache", formats.step3_rerun(path)
+            )
             formats.check_cache(cache, path, sample_rate)
             self.counts["dialogs"] += 1
             for n, seg in enumerate(cache["segments"]):
                 label = formats.check_cache_segment(seg, f"{path}: segment {n}", sample_rate)
                 if seg["id"] in seen:
-                    raise cli.PipelineError(f"{path}: segment {n}: id {seg['id']!r} is also a segment of {seen[seg['id']]}; "
-                                        "expected unique segment ids")
+                    raise cli.PipelineError(
+                        f"{path}: segment {n}: id {seg['id']!r} is also a segment of {seen[seg['id']]}; "
+                        "expected unique segment ids"
+                    )
                 seen[seg["id"]] = path
                 if labelled_only and label < 0:
                     self.counts["unlabelled_skipped"] += 1
@@ -600,16 +662,25 @@ class SegmentDataset(torch.utils.data.Dataset):
                     self.counts["audio_shorter_than_times"] += 1  # e.g. a cache made before step 3 checked times
                 if max_samples and audio.numel() > max_samples:
                     off = (audio.numel() - max_samples) // 2
-                    audio = audio[off:off + max_samples]
+                    audio = audio[off : off + max_samples]
                     self.counts["cropped"] += 1
                 if do_normalize and audio.numel() > 1:
                     audio = zero_mean_unit_var(audio)
                 if audio.numel() < formats.MIN_AUDIO_SAMPLES:
                     audio = F.pad(audio, (0, formats.MIN_AUDIO_SAMPLES - audio.numel()))
                     self.counts["padded_short"] += 1
-                self.segments.append({"id": seg["id"], "dialog": cache["dialog"], "start": float(seg["start"]),
-                                      "end": float(seg["end"]), "speaker": seg["speaker"], "text": seg["text"],
-                                      "label": label, "audio": audio.contiguous()})
+                self.segments.append(
+                    {
+                        "id": seg["id"],
+                        "dialog": cache["dialog"],
+                        "start": float(seg["start"]),
+                        "end": float(seg["end"]),
+                        "speaker": seg["speaker"],
+                        "text": seg["text"],
+                        "label": label,
+                        "audio": audio.contiguous(),
+                    }
+                )
         self.counts["segments"] = len(self.segments)
         self.lengths = [s["audio"].numel() for s in self.segments]
 
@@ -638,21 +709,28 @@ class Collator:
         if "cnn" in items[0]:  # CNN features cached while the CNN is frozen (cache_cnn_features): no audio needed
             cnn = torch.zeros(len(items), items[0]["cnn"].shape[0], max(it["cnn"].shape[1] for it in items))
             for i, it in enumerate(items):
-                cnn[i, :, :it["cnn"].shape[1]] = it["cnn"]
+                cnn[i, :, : it["cnn"].shape[1]] = it["cnn"]
             batch = {"cnn": cnn}
         else:
             audio = torch.zeros(len(items), int(lengths.max()))
             for i, it in enumerate(items):
-                audio[i, :lengths[i]] = it["audio"]
+                audio[i, : lengths[i]] = it["audio"]
             if self.normalize_rows:
                 audio = torch.stack([zero_mean_unit_var(row) for row in audio])
             batch = {"input_values": audio}
-        batch |= {"lengths": lengths,
-                 "labels": torch.tensor([it["label"] for it in items]),
-                 "index": torch.tensor([it["index"] for it in items])}
+        batch |= {
+            "lengths": lengths,
+            "labels": torch.tensor([it["label"] for it in items]),
+            "index": torch.tensor([it["index"] for it in items]),
+        }
         if self.tokenizer is not None:
-            tok = self.tokenizer([it["text"] for it in items], padding=True, truncation=True,
-                                 max_length=self.max_tokens, return_tensors="pt")
+            tok = self.tokenizer(
+                [it["text"] for it in items],
+                padding=True,
+                truncation=True,
+                max_length=self.max_tokens,
+                return_tensors="pt",
+            )
             batch["input_ids"], batch["attention_mask"] = tok["input_ids"], tok["attention_mask"]
         return batch
 
@@ -667,8 +745,16 @@ class LengthBucketSampler(torch.utils.data.Sampler):
     takes every world_size-th batch (the same role as DistributedSampler, at batch level).
     """
 
-    def __init__(self, lengths, batch_size: int, shuffle: bool = True, seed: int = 0,
-                 pool_batches: int = 50, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        lengths,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        pool_batches: int = 50,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.lengths, self.batch_size, self.shuffle, self.seed = list(lengths), batch_size, shuffle, seed
         self.pool, self.rank, self.world_size, self.epoch = batch_size * pool_batches, rank, world_size, 0
 
@@ -679,18 +765,18 @@ class LengthBucketSampler(torch.utils.data.Sampler):
         n = len(self.lengths)
         if not self.shuffle:
             order = sorted(range(n), key=lambda i: self.lengths[i])
-            batches = [order[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
+            batches = [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
         else:
             g = torch.Generator().manual_seed(self.seed + self.epoch)
             perm = torch.randperm(n, generator=g).tolist()
             batches = []
             for p in range(0, n, self.pool):
-                pool = sorted(perm[p:p + self.pool], key=lambda i: self.lengths[i])
-                batches += [pool[i:i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
+                pool = sorted(perm[p : p + self.pool], key=lambda i: self.lengths[i])
+                batches += [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
             batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
         if self.world_size > 1 and batches:
-            batches += batches[:(-len(batches)) % self.world_size]
-            batches = batches[self.rank::self.world_size]
+            batches += batches[: (-len(batches)) % self.world_size]
+            batches = batches[self.rank :: self.world_size]
         return batches
 
     def __iter__(self):
@@ -723,14 +809,14 @@ def cache_cnn_features(audio: AudioEmbedder, dataset: SegmentDataset, batch_size
         lengths = torch.tensor([dataset.lengths[i] for i in rows])
         x = torch.zeros(len(rows), int(lengths.max()))
         for r, i in enumerate(rows):
-            x[r, :lengths[r]] = dataset.segments[i]["audio"]
+            x[r, : lengths[r]] = dataset.segments[i]["audio"]
         feats = audio.cnn_features(x.to(device), lengths.to(device)).float().cpu()
         for r, (i, n) in enumerate(zip(rows, audio.frame_lengths(lengths).tolist())):
             dataset.segments[i]["cnn"] = feats[r, :, :n].clone()
     return len(todo)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def embedding_code_digest() -> str:
     """Hash of the source code that turns a segment into a pooled embedding: cached features
     computed by other code are not reused. (Once per process: inspect parses utils.py for it.)"""
@@ -744,15 +830,25 @@ def feature_key(kind: str, identity: dict, settings: dict) -> str:
     """Folder name under WORK/features/ for one frozen extractor: readable name + hash of the
     extractor identity, the input settings (crop length, normalisation, token limit) and the
     embedding code (embedding_code_digest)."""
-    blob = json.dumps({"kind": kind, "identity": identity, "settings": settings,
-                       "code": embedding_code_digest()}, sort_keys=True)
+    blob = json.dumps(
+        {"kind": kind, "identity": identity, "settings": settings, "code": embedding_code_digest()}, sort_keys=True
+    )
     name = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(identity["name"]).name)
     return f"{kind}-{name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
 @torch.no_grad()
-def cached_embeddings(model: SERModel, dataset: SegmentDataset, collator: Collator, feature_dirs: dict,
-                      cache_dir, batch_size: int, device, bf16: bool, num_workers: int = 0) -> dict:
+def cached_embeddings(
+    model: SERModel,
+    dataset: SegmentDataset,
+    collator: Collator,
+    feature_dirs: dict,
+    cache_dir,
+    batch_size: int,
+    device,
+    bf16: bool,
+    num_workers: int = 0,
+) -> dict:
     """Frozen mode: pooled embeddings of every segment of dataset, per extractor, from the cache
     WORK/features/<key>/<pipe>/<variant>/<dialog>.pt ({"source_sha256", "emb": {segment id: [H]}})
     or computed now (extractors in eval mode) for the segments that miss, then saved.
@@ -768,13 +864,25 @@ def cached_embeddings(model: SERModel, dataset: SegmentDataset, collator: Collat
         store = {}
         for d in dialogs:
             source_path = Path(cache_dir) / f"{d}.pt"
-            source = (getattr(dataset, "sha256", {}).get(d)  # verified when the dataset read it
-                      or fileio.verified_sha256(source_path, "segment cache", formats.step3_rerun(source_path)))
+            source = (
+                getattr(dataset, "sha256", {}).get(d)  # verified when the dataset read it
+                or fileio.verified_sha256(source_path, "segment cache", formats.step3_rerun(source_path))
+            )
             path = Path(folder) / f"{d}.pt"
             # Without its sidecar a feature cache is unfinished (killed mid-write) or older: computed anew.
-            old = (fileio.load_checked_pt(path, "feature cache", f"delete it (and {fileio.checksum_path(path).name}); step 4 then "
-                                   "recomputes it")[0] if path.is_file() and fileio.checksum_path(path).is_file() else None)
-            store[d] = {"source_sha256": source, "emb": dict(old["emb"]) if old and old.get("source_sha256") == source else {}}
+            old = (
+                fileio.load_checked_pt(
+                    path,
+                    "feature cache",
+                    f"delete it (and {fileio.checksum_path(path).name}); step 4 then recomputes it",
+                )[0]
+                if path.is_file() and fileio.checksum_path(path).is_file()
+                else None
+            )
+            store[d] = {
+                "source_sha256": source,
+                "emb": dict(old["emb"]) if old and old.get("source_sha256") == source else {},
+            }
         missing = [i for i, s in enumerate(dataset.segments) if s["id"] not in store[s["dialog"]]["emb"]]
         out["reused"] += len(dataset) - len(missing)
         out["computed"] += len(missing)
@@ -783,7 +891,9 @@ def cached_embeddings(model: SERModel, dataset: SegmentDataset, collator: Collat
             embedder.eval()
             sampler = LengthBucketSampler([dataset.lengths[i] for i in missing], batch_size, shuffle=False)
             subset = torch.utils.data.Subset(dataset, missing)
-            loader = torch.utils.data.DataLoader(subset, batch_sampler=sampler, collate_fn=collator, num_workers=num_workers)
+            loader = torch.utils.data.DataLoader(
+                subset, batch_sampler=sampler, collate_fn=collator, num_workers=num_workers
+            )
             # the loader draws from the global RNG: restored below, so that training (dropout, order) is the
             # same whether the embeddings are computed now or read from the cache
             rng_state = torch.get_rng_state()
@@ -792,8 +902,11 @@ def cached_embeddings(model: SERModel, dataset: SegmentDataset, collator: Collat
             for batch in tqdm(loader, desc=f"frozen {kind} embeddings", leave=False):
                 batch = to_device(batch, device)
                 with autocast(device, bf16):
-                    emb = (embedder(batch["input_ids"], batch["attention_mask"]) if kind == "text"
-                           else embedder(batch["input_values"], batch["lengths"]))
+                    emb = (
+                        embedder(batch["input_ids"], batch["attention_mask"])
+                        if kind == "text"
+                        else embedder(batch["input_values"], batch["lengths"])
+                    )
                 for i, e in zip(batch["index"].tolist(), emb.float().cpu()):
                     seg = dataset.segments[i]
                     store[seg["dialog"]]["emb"][seg["id"]] = e.clone()
@@ -814,21 +927,35 @@ def load_run(run_dir, device=None, load_extractors: bool = True) -> tuple[SERMod
     for kind, ident in config["extractors"].items():
         # a frozen run keeps no extractor weights: they must still be the ones it was trained on
         if ident is not None and extractor_identity(ident["name"]) != ident:
-            raise cli.PipelineError(f"{run_dir / 'config.json'}: the {kind} extractor {ident['name']} has changed since "
-                                f"this run was trained (config or weights hash differs)")
+            raise cli.PipelineError(
+                f"{run_dir / 'config.json'}: the {kind} extractor {ident['name']} has changed since "
+                f"this run was trained (config or weights hash differs)"
+            )
     model = build_model(config, load_extractors=load_extractors)
     state = fileio.load_pt(run_dir / "checkpoint_best.pt", "best checkpoint")
     missing, unexpected = model.load_state_dict(state["model"], strict=False)
-    if unexpected or (missing and config["mode"] == "finetune") or \
-            any(not k.startswith(("text.", "audio.")) for k in missing):
-        raise cli.PipelineError(f"{run_dir / 'checkpoint_best.pt'}: does not match the model of config.json "
-                            f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    if (
+        unexpected
+        or (missing and config["mode"] == "finetune")
+        or any(not k.startswith(("text.", "audio.")) for k in missing)
+    ):
+        raise cli.PipelineError(
+            f"{run_dir / 'checkpoint_best.pt'}: does not match the model of config.json "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     model.to(device or "cpu").eval()
     return model, config
 
 
-def run_dataset(model: SERModel, dataset: SegmentDataset, collator: Collator, batch_size: int,
-                device, bf16: bool, num_workers: int = 0) -> torch.Tensor:
+def run_dataset(
+    model: SERModel,
+    dataset: SegmentDataset,
+    collator: Collator,
+    batch_size: int,
+    device,
+    bf16: bool,
+    num_workers: int = 0,
+) -> torch.Tensor:
     """Logits [N, 4] of every segment of dataset, in dataset order (model in eval mode)."""
     logits = torch.zeros(len(dataset), len(formats.LABELS))
     sampler = LengthBucketSampler(dataset.lengths, batch_size, shuffle=False)

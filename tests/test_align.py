@@ -1,4 +1,5 @@
 """Step 3 (align.py): attribution, the flatten-group-construct alignment, the baseline, labels, outputs."""
+
 import json
 import math
 
@@ -26,8 +27,12 @@ def seg(words, start=None, end=None, text=None):
     timed = [w for w in words if "start" in w]
     start = timed[0]["start"] if start is None else start
     end = timed[-1]["end"] if end is None else end
-    return {"start": start, "end": end, "text": text if text is not None else " ".join(w["word"] for w in words),
-            "words": words}
+    return {
+        "start": start,
+        "end": end,
+        "text": text if text is not None else " ".join(w["word"] for w in words),
+        "words": words,
+    }
 
 
 def as_read(segments, tmp_path, name="d.json"):
@@ -38,6 +43,7 @@ def as_read(segments, tmp_path, name="d.json"):
 
 
 # --------------------------------------------------------------------------- attribution
+
 
 def test_attribution_known_answers():
     turns = [(0.0, 2.0, A), (2.0, 4.0, B), (5.0, 6.0, A)]
@@ -86,7 +92,9 @@ def test_exact_ties_under_both_tie_break_settings(tmp_path):
     theirs = assign_word_speakers(pd.DataFrame(turns, columns=["start", "end", "speaker"]), result)
     assert theirs["segments"][0]["words"][0]["speaker"] == B
     # Labels compare as strings: SPEAKER_10 before SPEAKER_2.
-    spk, _ = align.attribute_speakers([1.0], [2.0], [(0.0, 3.0, "SPEAKER_2"), (0.0, 3.0, "SPEAKER_10")], ties="alphabetical")
+    spk, _ = align.attribute_speakers(
+        [1.0], [2.0], [(0.0, 3.0, "SPEAKER_2"), (0.0, 3.0, "SPEAKER_10")], ties="alphabetical"
+    )
     assert list(spk) == ["SPEAKER_10"]
 
     # Through the alignment: one ASR segment "a b"; "a" [0.1, 0.4] is B's alone, "b" [1, 2] is tied.
@@ -106,8 +114,13 @@ def test_exact_ties_under_both_tie_break_settings(tmp_path):
 
 
 def test_untimed_words_are_interpolated(tmp_path):
-    asr = as_read([seg([word("in", 1.0, 1.2), word("1995"), word("and"), word("we", 2.0, 2.2)], 1.0, 2.2),
-                   seg([word("19"), word("ok", 3.0, 3.4), word("20")], 2.5, 4.0)], tmp_path)
+    asr = as_read(
+        [
+            seg([word("in", 1.0, 1.2), word("1995"), word("and"), word("we", 2.0, 2.2)], 1.0, 2.2),
+            seg([word("19"), word("ok", 3.0, 3.4), word("20")], 2.5, 4.0),
+        ],
+        tmp_path,
+    )
     words, start, end, retimed, _ = align.flatten_words(asr)
     assert words == ["in", "1995", "and", "we", "19", "ok", "20"]
     np.testing.assert_allclose(start, [1.0, 1.2, 1.6, 2.0, 2.5, 3.0, 3.4])
@@ -116,9 +129,14 @@ def test_untimed_words_are_interpolated(tmp_path):
 
 
 def test_whole_segment_untimed_and_segment_without_words(tmp_path):
-    asr = as_read([seg([word("two"), word("words")], 0.0, 1.0),
-                   {"start": 2.0, "end": 3.0, "text": " three more words", "words": []},
-                   {"start": 4.0, "end": 4.5, "text": "", "words": []}], tmp_path)
+    asr = as_read(
+        [
+            seg([word("two"), word("words")], 0.0, 1.0),
+            {"start": 2.0, "end": 3.0, "text": " three more words", "words": []},
+            {"start": 4.0, "end": 4.5, "text": "", "words": []},
+        ],
+        tmp_path,
+    )
     words, start, end, retimed, _ = align.flatten_words(asr)
     assert words == ["two", "words", "three", "more", "words"] and retimed.all()
     np.testing.assert_allclose(start, [0.0, 0.5, 2.0, 2.0 + 1 / 3, 2.0 + 2 / 3])
@@ -148,8 +166,18 @@ def test_attribution_matches_whisperx(fill_nearest):
             t += dur
         ws = np.sort(rng.uniform(0, t + 2, 40)).round(3)
         we = (ws + rng.uniform(0.01, 0.6, 40)).round(3)
-        result = {"segments": [{"start": float(ws[0]), "end": float(we[-1]), "text": "",
-                                "words": [{"word": f"w{i}", "start": float(s), "end": float(e)} for i, (s, e) in enumerate(zip(ws, we))]}]}
+        result = {
+            "segments": [
+                {
+                    "start": float(ws[0]),
+                    "end": float(we[-1]),
+                    "text": "",
+                    "words": [
+                        {"word": f"w{i}", "start": float(s), "end": float(e)} for i, (s, e) in enumerate(zip(ws, we))
+                    ],
+                }
+            ]
+        }
         df = pd.DataFrame(turns, columns=["start", "end", "speaker"])
         theirs = assign_word_speakers(df, result, fill_nearest=fill_nearest)["segments"][0]["words"]
         ours, nearest = align.attribute_speakers(ws, we, turns)
@@ -181,13 +209,16 @@ def test_documented_difference_from_whisperx_nearest():
     from whisperx.diarize import assign_word_speakers
 
     turns = [(0.0, 10.0, A), (11.5, 12.0, B)]
-    result = {"segments": [{"start": 10.2, "end": 10.4, "text": "uh", "words": [{"word": "uh", "start": 10.2, "end": 10.4}]}]}
+    result = {
+        "segments": [{"start": 10.2, "end": 10.4, "text": "uh", "words": [{"word": "uh", "start": 10.2, "end": 10.4}]}]
+    }
     theirs = assign_word_speakers(pd.DataFrame(turns, columns=["start", "end", "speaker"]), result, fill_nearest=True)
     assert theirs["segments"][0]["words"][0]["speaker"] == B
     assert list(align.attribute_speakers([10.2], [10.4], turns)[0]) == [A]
 
 
 # --------------------------------------------------------------------------- grouping properties
+
 
 @st.composite
 def word_streams(draw):
@@ -259,12 +290,12 @@ def test_align_dialog_properties(case):
     i = 0
     for s in segs:
         k = s["n_words"]
-        assert set(speakers[i:i + k]) == {s["speaker"]}  # no segment mixes speakers
-        assert s["start"] == start[i] and s["end"] == max(end[i:i + k])
+        assert set(speakers[i : i + k]) == {s["speaker"]}  # no segment mixes speakers
+        assert s["start"] == start[i] and s["end"] == max(end[i : i + k])
         assert all(start[j] - pause_end[j - 1] <= max_pause for j in range(i + 1, i + k))
         i += k
     for prev, nxt in zip(segs, segs[1:]):  # consecutive segments are split for a reason
-        j = sum(s["n_words"] for s in segs[:segs.index(nxt)])
+        j = sum(s["n_words"] for s in segs[: segs.index(nxt)])
         assert speakers[j] != speakers[j - 1] or start[j] - pause_end[j - 1] > max_pause
     assert [s["start"] for s in segs] == sorted(s["start"] for s in segs)
 
@@ -294,22 +325,35 @@ def test_fig3_alignment_gives_the_expected_turns(tmp_path):
     asr = as_read(fig3_asr(), tmp_path)
     segs = align.align_dialog(asr, FIG3_TURNS, max_pause=1.5)
     assert [(s["speaker"], s["text"], s["start"], s["end"]) for s in segs] == [
-        (A, "Excuse me. Do you have your forms?", 6.92, 9.6), (B, "Sure.", 9.9, 10.3),
-        (A, "Thanks, I'll fill them in.", 10.5, 11.9), (B, "Thank you. hm", 15.2, 17.3)]
+        (A, "Excuse me. Do you have your forms?", 6.92, 9.6),
+        (B, "Sure.", 9.9, 10.3),
+        (A, "Thanks, I'll fill them in.", 10.5, 11.9),
+        (B, "Thank you. hm", 15.2, 17.3),
+    ]
     # a tighter pause splits A's sentence where it paused 1.27 s, and B's last turn (1.2 s)
     segs = align.align_dialog(asr, FIG3_TURNS, max_pause=1.0)
-    assert [s["text"] for s in segs] == ["Excuse me.", "Do you have your forms?", "Sure.",
-                                         "Thanks, I'll fill them in.", "Thank you.", "hm"]
+    assert [s["text"] for s in segs] == [
+        "Excuse me.",
+        "Do you have your forms?",
+        "Sure.",
+        "Thanks, I'll fill them in.",
+        "Thank you.",
+        "hm",
+    ]
 
 
 def test_fig3_baseline(tmp_path):
     asr = as_read(fig3_asr(), tmp_path)
     segs = align.baseline_dialog(asr, FIG3_TURNS)
     assert [(s["speaker"], s["text"], s["start"], s["end"]) for s in segs] == [
-        (A, "Excuse me.", 6.92, 7.23), (A, "Do you have", 8.5, 8.9),
+        (A, "Excuse me.", 6.92, 7.23),
+        (A, "Do you have", 8.5, 8.9),
         (A, "your forms? Sure.", 9.0, 10.3),  # B's reply given to the wrong speaker
-        (A, "Thanks, I'll", 10.5, 11.0), (A, "fill them in.", 11.2, 11.9), (B, "Thank you.", 15.2, 15.8),
-        (B, "hm", 17.0, 17.3)]
+        (A, "Thanks, I'll", 10.5, 11.0),
+        (A, "fill them in.", 11.2, 11.9),
+        (B, "Thank you.", 15.2, 15.8),
+        (B, "hm", 17.0, 17.3),
+    ]
     assert all(s["flags"] == {"retimed_words": 0, "nearest_speaker_words": 0} for s in segs)
     # a segment overlapping no turn: the nearest turn's speaker, all its words flagged
     far = align.baseline_dialog(as_read([seg([word("hm", 19.0, 19.2)])], tmp_path, "far.json"), FIG3_TURNS)
@@ -321,7 +365,9 @@ def test_baseline_matches_whisperx_segment_speakers(tmp_path):
     from whisperx.diarize import assign_word_speakers
 
     raw = fig3_asr()
-    theirs = assign_word_speakers(pd.DataFrame(FIG3_TURNS, columns=["start", "end", "speaker"]), json.loads(json.dumps({"segments": raw})))
+    theirs = assign_word_speakers(
+        pd.DataFrame(FIG3_TURNS, columns=["start", "end", "speaker"]), json.loads(json.dumps({"segments": raw}))
+    )
     ours = align.baseline_dialog(as_read(raw, tmp_path), FIG3_TURNS)
     assert [s["speaker"] for s in theirs["segments"]] == [s["speaker"] for s in ours]
 
@@ -343,8 +389,13 @@ UTTS = [
 
 
 def test_label_rule_known_answers():
-    segs = [{"start": 0.5, "end": 2.5}, {"start": 2.6, "end": 4.0}, {"start": 4.5, "end": 6.1},
-            {"start": 5.0, "end": 5.5}, {"start": 1.95, "end": 2.05}]
+    segs = [
+        {"start": 0.5, "end": 2.5},
+        {"start": 2.6, "end": 4.0},
+        {"start": 4.5, "end": 6.1},
+        {"start": 5.0, "end": 5.5},
+        {"start": 1.95, "end": 2.05},
+    ]
     align.label_segments(segs, UTTS, "Ses01F_impro01", min_label_overlap=0.1)
     s0, s1, s2, s3, s4 = segs
     assert s0["id"] == "Ses01F_impro01-0000" and s4["id"] == "Ses01F_impro01-0004"
@@ -361,13 +412,16 @@ def test_label_rule_known_answers():
 
 
 def test_label_purity_counts_overlapping_reference_once():
-    utts = [{"id": "a", "start": 0.0, "end": 2.0, "speaker": "F", "label": "neu"},
-            {"id": "b", "start": 1.0, "end": 2.0, "speaker": "M", "label": "neu"}]
+    utts = [
+        {"id": "a", "start": 0.0, "end": 2.0, "speaker": "F", "label": "neu"},
+        {"id": "b", "start": 1.0, "end": 2.0, "speaker": "M", "label": "neu"},
+    ]
     s = align.label_segments([{"start": 0.0, "end": 4.0}], utts, "Ses01F_impro01")[0]
     assert s["label"] == "neu" and s["purity"] == 0.5
 
 
 # --------------------------------------------------------------------------- the script end to end
+
 
 def make_work(tmp_path, asr_by_dialog, turns_by_dialog, utts_by_dialog, seconds=20.0):
     """A minimal work dir: labels.json, a stereo wav per dialog, asr json and rttm under WORK/simulated."""
@@ -377,10 +431,20 @@ def make_work(tmp_path, asr_by_dialog, turns_by_dialog, utts_by_dialog, seconds=
     for d, utts in utts_by_dialog.items():
         wav = f"Session1/dialog/wav/{d}.wav"
         (corpus / wav).parent.mkdir(parents=True, exist_ok=True)
-        sf.write(corpus / wav, rng.uniform(-0.5, 0.5, (int(seconds * 16000), 2)).astype(np.float32), 16000, subtype="FLOAT")
-        dialogs[d] = {"session": 1, "kind": "impro", "scenario": d.split("_")[1], "script": None, "wav": wav,
-                      "utterances": [dict(u, text="x", wdseg=None) for u in utts]}
-    fileio.atomic_write_json(work / "labels.json", {"corpus": str(corpus), "labels": list(formats.LABELS), "dialogs": dialogs})
+        sf.write(
+            corpus / wav, rng.uniform(-0.5, 0.5, (int(seconds * 16000), 2)).astype(np.float32), 16000, subtype="FLOAT"
+        )
+        dialogs[d] = {
+            "session": 1,
+            "kind": "impro",
+            "scenario": d.split("_")[1],
+            "script": None,
+            "wav": wav,
+            "utterances": [dict(u, text="x", wdseg=None) for u in utts],
+        }
+    fileio.atomic_write_json(
+        work / "labels.json", {"corpus": str(corpus), "labels": list(formats.LABELS), "dialogs": dialogs}
+    )
     for d, segments in asr_by_dialog.items():
         fileio.atomic_write_json(work / "simulated" / "asr" / f"{d}.json", {"segments": segments, "language": "en"})
     for d, turns in turns_by_dialog.items():
@@ -407,10 +471,24 @@ def test_main_writes_segments_cache_manifest_and_report(tmp_path, capsys):
     assert seg_file["variant"] == "aligned-p1.5" and seg_file["session"] == 1
     segs = seg_file["segments"]
     assert [(s["text"], s["label"], s["ref_speaker"]) for s in segs] == [
-        ("Excuse me. Do you have your forms?", "neu", "F"), ("Sure.", "hap", "M"),
-        ("Thanks, I'll fill them in.", "neu", "F"), ("Thank you. hm", "sad", "M")]
-    assert list(segs[0]) == ["id", "start", "end", "speaker", "text", "n_words", "utterances",
-                             "label", "purity", "ref_speaker", "flags"]
+        ("Excuse me. Do you have your forms?", "neu", "F"),
+        ("Sure.", "hap", "M"),
+        ("Thanks, I'll fill them in.", "neu", "F"),
+        ("Thank you. hm", "sad", "M"),
+    ]
+    assert list(segs[0]) == [
+        "id",
+        "start",
+        "end",
+        "speaker",
+        "text",
+        "n_words",
+        "utterances",
+        "label",
+        "purity",
+        "ref_speaker",
+        "flags",
+    ]
     assert segs[3]["purity"] == round(0.8 / 2.1, 4)
     txt = (pipe / "aligned-p1.5" / "segments" / f"{d}.txt").read_text()
     assert "[6.92s -> 9.60s] SPEAKER_00: Excuse me. Do you have your forms?" in txt
@@ -419,8 +497,13 @@ def test_main_writes_segments_cache_manifest_and_report(tmp_path, capsys):
     audio = formats.load_audio(corpus / "Session1/dialog/wav" / f"{d}.wav")
     assert cache["dialog"] == d and cache["session"] == 1 and cache["sample_rate"] == 16000
     s2 = cache["segments"][2]
-    assert (s2["id"], s2["text"], s2["speaker"], s2["label"]) == (f"{d}-0002", "your forms? Sure.", A, formats.LABELS.index("neu"))
-    np.testing.assert_array_equal(s2["audio"].numpy(), audio[round(9.0 * 16000):round(10.3 * 16000)])
+    assert (s2["id"], s2["text"], s2["speaker"], s2["label"]) == (
+        f"{d}-0002",
+        "your forms? Sure.",
+        A,
+        formats.LABELS.index("neu"),
+    )
+    np.testing.assert_array_equal(s2["audio"].numpy(), audio[round(9.0 * 16000) : round(10.3 * 16000)])
     assert s2["audio"].dtype == torch_float32()
     assert s2["audio"].untyped_storage().nbytes() == s2["audio"].numel() * 4  # slices own their samples
     assert cache["segments"][6]["text"] == "hm" and cache["segments"][6]["label"] == -1
@@ -443,7 +526,11 @@ def test_main_writes_segments_cache_manifest_and_report(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "aligned-p1: wrote 1 dialogs" in out and "baseline" in out  # the report covers all three
     assert (pipe / "baseline" / "cache" / f"{d}.pt").stat().st_mtime_ns == mtime
-    assert set(fileio.read_json(pipe / "alignment_report.json")["variants"]) == {"aligned-p1", "aligned-p1.5", "baseline"}
+    assert set(fileio.read_json(pipe / "alignment_report.json")["variants"]) == {
+        "aligned-p1",
+        "aligned-p1.5",
+        "baseline",
+    }
 
 
 def test_several_pauses_in_one_run_decode_the_audio_once(tmp_path, monkeypatch):
@@ -463,8 +550,10 @@ def test_several_pauses_in_one_run_decode_the_audio_once(tmp_path, monkeypatch):
             a = (work / "simulated" / f"aligned-p{p}" / sub / f"{d}{ext}").read_bytes()
             assert a == (alone / "simulated" / f"aligned-p{p}" / sub / f"{d}{ext}").read_bytes(), (p, sub, ext)
     assert (work / "simulated" / "baseline" / "cache" / f"{d}.pt").is_file()
-    n_segments = {p: len(fileio.read_json(work / "simulated" / f"aligned-p{p}" / "segments" / f"{d}.json")["segments"])
-                  for p in ("0.5", "2")}
+    n_segments = {
+        p: len(fileio.read_json(work / "simulated" / f"aligned-p{p}" / "segments" / f"{d}.json")["segments"])
+        for p in ("0.5", "2")
+    }
     assert n_segments["0.5"] > n_segments["2"]  # a shorter maximum pause cuts more turns
 
 
@@ -500,14 +589,29 @@ def test_every_departure_gets_its_own_readable_variant_name():
     defaults = {name: default for name, (default, _, _) in align.STEP3_SETTINGS.items()}
     assert align.variant_dir_name("aligned", 1.5, defaults) == "aligned-p1.5"
     assert align.variant_dir_name("baseline", None, defaults, "exclusive") == "baseline-exclusive"
-    off = {**defaults, "word_policy": "authors", "label_rule": "authors", "channel": "0", "max_word_seconds": 0.0,
-           "min_label_overlap": 0.25, "tie_break": "whisperx"}
-    assert (align.variant_dir_name("aligned", 1.0, off, "exclusive")
-            == "aligned-p1-words_authors-tie_whisperx-label_authors-ch_0-maxword_0-overlap_0.25-exclusive")
+    off = {
+        **defaults,
+        "word_policy": "authors",
+        "label_rule": "authors",
+        "channel": "0",
+        "max_word_seconds": 0.0,
+        "min_label_overlap": 0.25,
+        "tie_break": "whisperx",
+    }
+    assert (
+        align.variant_dir_name("aligned", 1.0, off, "exclusive")
+        == "aligned-p1-words_authors-tie_whisperx-label_authors-ch_0-maxword_0-overlap_0.25-exclusive"
+    )
     assert align.variant_dir_name("baseline", None, off) == "baseline-tie_whisperx-label_authors-ch_0-overlap_0.25"
     assert align.variant_config("aligned", 1.5, defaults) == {
-        "kind": "aligned", "max_pause": 1.5, "sample_rate": 16000, "min_label_overlap": 0.1,
-        "tie_break": "asr-segment", "channel": "mean", "max_word_seconds": 3.0}  # the config (and keys) as before
+        "kind": "aligned",
+        "max_pause": 1.5,
+        "sample_rate": 16000,
+        "min_label_overlap": 0.1,
+        "tie_break": "asr-segment",
+        "channel": "mean",
+        "max_word_seconds": 3.0,
+    }  # the config (and keys) as before
     assert align.variant_config("baseline", None, off)["label_rule"] == "authors"
     assert "word_policy" not in align.variant_config("baseline", None, off)
 
@@ -532,7 +636,9 @@ def test_bad_inputs_name_the_file(tmp_path, capsys):
     bad.write_text('{"segments": [{"start": 1, "end": 2, "text": "a", "words": [')
     with pytest.raises(PipelineError, match=r"Ses01F_impro02\.json: corrupt ASR result"):
         align.read_asr(bad)
-    bad.write_text(json.dumps({"segments": [{"start": 1, "end": 2, "words": [{"word": "a", "start": 2.0, "end": 1.0}]}]}))
+    bad.write_text(
+        json.dumps({"segments": [{"start": 1, "end": 2, "words": [{"word": "a", "start": 2.0, "end": 1.0}]}]})
+    )
     with pytest.raises(PipelineError, match=r"Ses01F_impro02\.json: segment 0 word 0 'a': bad times"):
         align.read_asr(bad)
     bad.write_text(json.dumps({"segments": [{"text": "no times", "words": [{"word": "no"}, {"word": "times"}]}]}))
@@ -544,12 +650,15 @@ def test_bad_inputs_name_the_file(tmp_path, capsys):
 
 def test_nan_times_count_as_untimed(tmp_path):
     path = tmp_path / "nan.json"
-    path.write_text('{"segments": [{"start": 0, "end": 1, "text": "a b", "words": [{"word": "a", "start": NaN, "end": NaN}, {"word": "b", "start": 0.5, "end": 1.0}]}]}')
+    path.write_text(
+        '{"segments": [{"start": 0, "end": 1, "text": "a b", "words": [{"word": "a", "start": NaN, "end": NaN}, {"word": "b", "start": 0.5, "end": 1.0}]}]}'
+    )
     words, start, end, retimed, _ = align.flatten_words(align.read_asr(path))
     assert words == ["a", "b"] and retimed.tolist() == [True, False] and math.isclose(end[0], 0.5)
 
 
 # --------------------------------------------------------------------------- the demo corpus (steps 1-2 by others)
+
 
 @pytest.fixture(scope="module")
 def demo_step2(tmp_path_factory):
@@ -601,9 +710,18 @@ def test_authors_word_policy_drops_what_their_aligner_drops():
     turns = [(0.0, 3.0, "SPEAKER_00"), (4.0, 6.0, "SPEAKER_01")]
 
     def asr(words):
-        return [{"start": words[0][1] if words[0][1] is not None else 0.0, "end": 6.0, "text": "",
-                 "words": [{"word": w, "start": s, "end": e} for w, s, e in words]}]
-    middle = asr([("a", 0.1, 0.4), ("b", None, None), ("c", 0.6, 0.9), ("d", 3.2, 3.5), ("e", 1.0, 1.2), ("f", 4.1, 4.5)])
+        return [
+            {
+                "start": words[0][1] if words[0][1] is not None else 0.0,
+                "end": 6.0,
+                "text": "",
+                "words": [{"word": w, "start": s, "end": e} for w, s, e in words],
+            }
+        ]
+
+    middle = asr(
+        [("a", 0.1, 0.4), ("b", None, None), ("c", 0.6, 0.9), ("d", 3.2, 3.5), ("e", 1.0, 1.2), ("f", 4.1, 4.5)]
+    )
     keep = align.align_dialog(middle, turns, 1.5)
     assert sum(s["n_words"] for s in keep) == 6  # ours: no word lost
     theirs = align.align_dialog(middle, turns, 1.5, word_policy="authors")
@@ -618,21 +736,28 @@ def test_authors_word_policy_drops_what_their_aligner_drops():
 
 
 def test_authors_label_rule_takes_the_single_largest_utterance():
-    utts = [{"id": "u1", "start": 0.0, "end": 1.0, "speaker": "F", "label": "ang"},
-            {"id": "u2", "start": 1.0, "end": 1.6, "speaker": "F", "label": "ang"},
-            {"id": "u3", "start": 1.6, "end": 3.0, "speaker": "M", "label": None}]  # e.g. frustrated
+    utts = [
+        {"id": "u1", "start": 0.0, "end": 1.0, "speaker": "F", "label": "ang"},
+        {"id": "u2", "start": 1.0, "end": 1.6, "speaker": "F", "label": "ang"},
+        {"id": "u3", "start": 1.6, "end": 3.0, "speaker": "M", "label": None},
+    ]  # e.g. frustrated
     seg = [{"start": 0.0, "end": 3.0}]
     assert align.label_segments([dict(seg[0])], utts, "Ses01F_impro01")[0]["label"] == "ang"  # 1.6 s of ang in all
     # their labels file holds 4-class utterances only: fru (1.4 s) is no candidate, u1 (1.0 s) is the largest
     assert align.label_segments([dict(seg[0])], utts, "Ses01F_impro01", rule="authors")[0]["label"] == "ang"
     short = [{"start": 0.5, "end": 1.55}]  # u1 0.5 s, u2 0.55 s: the single largest is u2
     assert align.label_segments(short, utts, "Ses01F_impro01", rule="authors")[0]["label"] == "ang"
-    tie = [{"id": "a", "start": 0.0, "end": 1.0, "speaker": "F", "label": "sad"},
-           {"id": "b", "start": 1.0, "end": 2.0, "speaker": "M", "label": "hap"}]
-    assert align.label_segments([{"start": 0.5, "end": 1.5}], tie, "Ses01F_impro01", rule="authors")[0]["label"] == "sad"
+    tie = [
+        {"id": "a", "start": 0.0, "end": 1.0, "speaker": "F", "label": "sad"},
+        {"id": "b", "start": 1.0, "end": 2.0, "speaker": "M", "label": "hap"},
+    ]
+    assert (
+        align.label_segments([{"start": 0.5, "end": 1.5}], tie, "Ses01F_impro01", rule="authors")[0]["label"] == "sad"
+    )
 
 
 # --------------------------------------------------------------------------- issue 12: hostile inputs (regression tests)
+
 
 def test_asr_times_are_finite_and_inside_the_audio(tmp_path):
     """An ASR time of 1e308 crashed the audio slicing (OverflowError); a negative segment start and
@@ -644,15 +769,23 @@ def test_asr_times_are_finite_and_inside_the_audio(tmp_path):
         counts = {}
         return align.read_asr(path, duration=20.0, counts=counts), counts
 
-    with pytest.raises(PipelineError, match=r"a.json: segment 0: end 1e\+308 s is after the end of the audio "
-                                            r"\(20.000 s; tolerance 0.05 s\)"):
+    with pytest.raises(
+        PipelineError,
+        match=r"a.json: segment 0: end 1e\+308 s is after the end of the audio "
+        r"\(20.000 s; tolerance 0.05 s\)",
+    ):
         read([seg([word("a", 1.0, 2.0)], 1.0, 1e308)])
     with pytest.raises(PipelineError, match=r"a.json: segment 0 word 1 'b': start 24.000 s is after the end"):
         read([seg([word("a", 1.0, 2.0), word("b", 24.0, 25.0)], 1.0, 19.0)])
     with pytest.raises(PipelineError, match="a.json: segment 0: negative start -1.0"):
         read([seg([word("a", 1.0, 2.0)], -1.0, 2.0)])
-    with pytest.raises(PipelineError, match=r"a.json: segment 0 word 0 'a': expected a finite number of seconds \(or null\), got inf"):
-        read(None, '{"segments": [{"start": 0, "end": 3, "text": "a", "words": [{"word": "a", "start": 1, "end": Infinity}]}]}')
+    with pytest.raises(
+        PipelineError, match=r"a.json: segment 0 word 0 'a': expected a finite number of seconds \(or null\), got inf"
+    ):
+        read(
+            None,
+            '{"segments": [{"start": 0, "end": 3, "text": "a", "words": [{"word": "a", "start": 1, "end": Infinity}]}]}',
+        )
     with pytest.raises(PipelineError, match="got '1.5'"):
         read([seg([word("a", "1.5", 2.0)], 1.0, 2.0)])
     # within the 50 ms tolerance: clamped to the end of the audio, and counted
@@ -669,16 +802,23 @@ def test_step3_fails_a_dialog_whose_times_pass_the_end_of_its_audio(tmp_path, ca
     with pytest.raises(SystemExit, match="step 3: 1 of 1 dialogs failed"):
         align.main(["--work", str(work), "--pipe", "simulated"])
     out = capsys.readouterr().out
-    assert f"FAILED {d}: {work / 'simulated' / 'asr' / (d + '.json')}: segment 7: start 24.000 s is after the " \
-           "end of the audio (20.000 s" in out
+    assert (
+        f"FAILED {d}: {work / 'simulated' / 'asr' / (d + '.json')}: segment 7: start 24.000 s is after the "
+        "end of the audio (20.000 s" in out
+    )
     for variant in ("aligned-p1.5", "baseline"):  # the same status words as step 2
         assert fileio.read_json(work / "simulated" / variant / "manifest.json")["dialogs"][d]["status"] == "failed"
     assert not (work / "simulated" / "baseline" / "cache" / f"{d}.pt").exists()
     # an utterance of labels.json past the end of the audio names the wav
-    corpus, work = make_work(tmp_path / "u", {d: fig3_asr()}, {d: FIG3_TURNS}, {d: FIG3_UTTS[:3] + [dict(FIG3_UTTS[3], end=30.0)]})
+    corpus, work = make_work(
+        tmp_path / "u", {d: fig3_asr()}, {d: FIG3_TURNS}, {d: FIG3_UTTS[:3] + [dict(FIG3_UTTS[3], end=30.0)]}
+    )
     with pytest.raises(SystemExit):
         align.main(["--work", str(work), "--pipe", "simulated"])
-    assert f"{d}.wav: utterance Ses01F_impro01_M001 of labels.json (15.000-30.000 s) ends at 30.000 s" in capsys.readouterr().out
+    assert (
+        f"{d}.wav: utterance Ses01F_impro01_M001 of labels.json (15.000-30.000 s) ends at 30.000 s"
+        in capsys.readouterr().out
+    )
 
 
 def test_a_word_stretched_over_silence_is_clamped_for_the_pause_and_counted(tmp_path, capsys):
@@ -695,11 +835,20 @@ def test_a_word_stretched_over_silence_is_clamped_for_the_pause_and_counted(tmp_
     utts = [{"id": f"{d}_F000", "start": 1.0, "end": 24.5, "speaker": "F", "code": "neu", "label": "neu"}]
     _, work = make_work(tmp_path, {d: asr}, {d: turns}, {d: utts}, seconds=30.0)
     report = align.main(["--work", str(work), "--pipe", "simulated"])
-    assert "aligned-p1.5: also 1 words longer than --max-word-seconds (clamped for the pause)" in capsys.readouterr().out
+    assert (
+        "aligned-p1.5: also 1 words longer than --max-word-seconds (clamped for the pause)" in capsys.readouterr().out
+    )
     m = fileio.read_json(work / "simulated" / "aligned-p1.5" / "manifest.json")
-    assert m["dialogs"][d]["long_words"] == 1 and m["summary"]["long_words"] == 1 and m["config"]["max_word_seconds"] == 3.0
+    assert (
+        m["dialogs"][d]["long_words"] == 1
+        and m["summary"]["long_words"] == 1
+        and m["config"]["max_word_seconds"] == 3.0
+    )
     assert report["adjusted"] == {"aligned-p1.5": {"long_words": 1}}
-    assert "aligned-p1.5: 1 words longer than --max-word-seconds" in (work / "simulated" / "alignment_report.md").read_text()
+    assert (
+        "aligned-p1.5: 1 words longer than --max-word-seconds"
+        in (work / "simulated" / "alignment_report.md").read_text()
+    )
 
 
 def test_rttm_covering_almost_none_of_the_words_is_a_warning(tmp_path, capsys):
@@ -725,8 +874,10 @@ def test_a_multi_recording_rttm_gives_only_the_dialogs_own_turns(tmp_path):
     seg_file = work / "simulated" / "aligned-p1.5" / "segments" / f"{d}.json"
     clean = seg_file.read_bytes()
     rttm = work / "simulated" / "diarization" / f"{d}.rttm"
-    other = "".join(f"SPEAKER Ses01F_impro02 1 {s:.3f} {e - s:.3f} <NA> <NA> {spk} <NA> <NA>\n"
-                    for s, e, spk in [(6.0, 12.0, B), (12.0, 19.0, A)])
+    other = "".join(
+        f"SPEAKER Ses01F_impro02 1 {s:.3f} {e - s:.3f} <NA> <NA> {spk} <NA> <NA>\n"
+        for s, e, spk in [(6.0, 12.0, B), (12.0, 19.0, A)]
+    )
     rttm.write_text(other + rttm.read_text())
     align.main(["--work", str(work), "--pipe", "simulated", "--variant", "aligned"])
     assert seg_file.read_bytes() == clean  # the other recording's turns changed nothing

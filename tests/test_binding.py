@@ -7,6 +7,7 @@ predict.py and train.py --resume refuse in one line (exit 2) when that changed, 
 One tiny run on the demo (step 2 simulated, step 3 aligned-p1.5, 1 epoch), scored once by
 evaluate.py; each test changes one thing, and puts it back.
 """
+
 import contextlib
 import hashlib
 import json
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import steps_in_process
 
 import align
 import evaluate
@@ -24,7 +26,6 @@ import predict
 import teer_calculate
 import train
 from common import fileio, rundirs
-from conftest import steps_in_process
 from common.cli import PipelineError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,9 +42,26 @@ def bound(demo_corpus, demo_work, tmp_path_factory):
     preprocess.main(["--work", str(work), "--backend", "simulated"])
     align.main(["--work", str(work), "--pipe", "simulated", "--variant", "aligned"])
     models = build(tmp_path_factory.mktemp("ser_models_binding"), seed=0)
-    argv = ["--work", str(work), "--pipe", "simulated", "--run", "r", "--text-model", models["text_model"],
-            "--audio-model", models["audio_model"], "--epochs", "1", "--batch-size", "4", "--num-workers", "0",
-            "--device", "cpu"]
+    argv = [
+        "--work",
+        str(work),
+        "--pipe",
+        "simulated",
+        "--run",
+        "r",
+        "--text-model",
+        models["text_model"],
+        "--audio-model",
+        models["audio_model"],
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--num-workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
     run_dir = Path(train.main(argv))
     evaluate.main(["--work", str(work), "--run", "r", "--bootstrap-samples", "0"])
     dialog = json.loads((run_dir / "config.json").read_text())["split"]["test"][0]
@@ -73,8 +91,12 @@ def test_the_run_records_what_it_was_trained_on(bound):
     assert sorted(data["cache_files"]) == sorted(f"{d}.pt" for part in ("train", "val", "test") for d in split[part])
     cache = work / "simulated" / "aligned-p1.5" / "cache"
     assert data["cache_files"][f"{dialog}.pt"] == fileio.file_sha256(cache / f"{dialog}.pt")
-    assert data["cache_sha256"] == hashlib.sha256("".join(
-        f"{n}\0{fileio.file_sha256(cache / n)}\n" for n in sorted(data["cache_files"])).encode()).hexdigest()
+    assert (
+        data["cache_sha256"]
+        == hashlib.sha256(
+            "".join(f"{n}\0{fileio.file_sha256(cache / n)}\n" for n in sorted(data["cache_files"])).encode()
+        ).hexdigest()
+    )
     assert data["labels_sha256"] == hashlib.sha256((work / "labels.json").read_bytes()).hexdigest()
     manifest = fileio.read_json(work / "simulated" / "aligned-p1.5" / "manifest.json")
     assert data["step3_config"] == manifest["config"] and data["step3_config_key"] == manifest["config_key"]
@@ -86,8 +108,22 @@ def test_a_departures_switch_writes_its_own_variant_and_leaves_the_default_untou
     work, name, _, _ = bound
     default = work / "simulated" / "aligned-p1.5"
     before = tree_bytes(default)
-    align.main(["--work", str(work), "--pipe", "simulated", "--variant", "aligned", "--word-policy", "authors",
-                "--label-rule", "authors", "--channel", "0"])
+    align.main(
+        [
+            "--work",
+            str(work),
+            "--pipe",
+            "simulated",
+            "--variant",
+            "aligned",
+            "--word-policy",
+            "authors",
+            "--label-rule",
+            "authors",
+            "--channel",
+            "0",
+        ]
+    )
     new = work / "simulated" / "aligned-p1.5-words_authors-label_authors-ch_0"
     assert tree_bytes(default) == before
     config = fileio.read_json(new / "manifest.json")["config"]
@@ -101,10 +137,12 @@ def refused(work, name, argv_train, dialog, expected: str):
     """Every step that uses the run refuses in one line naming `expected`; nothing is written."""
     run_dir = work / "runs" / name
     metrics = (run_dir / "metrics.json").read_bytes()
-    calls = {"evaluate": lambda: evaluate.main(["--work", str(work), "--run", name, "--bootstrap-samples", "0"]),
-             "teer": lambda: teer_calculate.main(["--work", str(work), "--run", name]),
-             "resume": lambda: train.main(argv_train),
-             "predict": lambda: predict.main(["x.wav", "--run", str(run_dir)])}
+    calls = {
+        "evaluate": lambda: evaluate.main(["--work", str(work), "--run", name, "--bootstrap-samples", "0"]),
+        "teer": lambda: teer_calculate.main(["--work", str(work), "--run", name]),
+        "resume": lambda: train.main(argv_train),
+        "predict": lambda: predict.main(["x.wav", "--run", str(run_dir)]),
+    }
     for step, call in calls.items():
         with pytest.raises(PipelineError) as e:
             call()
@@ -122,8 +160,9 @@ def test_changed_labels_are_refused_and_the_override_is_recorded(bound, capsys):
         utt["label"] = "ang" if utt.get("label") != "ang" else "sad"
         fileio.atomic_write_json(work / "labels.json", labels)
         refused(work, name, argv, dialog, "labels.json (sha256 ")
-        metrics = evaluate.main(["--work", str(work), "--run", name, "--bootstrap-samples", "0",
-                                 "--allow-changed-data"])
+        metrics = evaluate.main(
+            ["--work", str(work), "--run", name, "--bootstrap-samples", "0", "--allow-changed-data"]
+        )
         assert metrics["data_check"]["status"] == "changed" and metrics["data_check"]["allow_changed_data"] is True
         assert metrics["data_check"]["changed"][0].startswith("labels.json (sha256 ")
         assert fileio.read_json(work / "runs" / name / "metrics.json")["data_check"] == metrics["data_check"]
@@ -154,8 +193,14 @@ def test_realigning_the_variant_on_other_inputs_is_refused(bound):
     work, name, argv, dialog = bound
     variant = work / "simulated" / "aligned-p1.5"
     asr = work / "simulated" / "asr" / f"{dialog}.json"
-    files = [asr, variant / "manifest.json", *(variant / sub / f"{dialog}{ext}" for sub, ext in
-                                               (("cache", ".pt"), ("segments", ".json"), ("segments", ".txt")))]
+    files = [
+        asr,
+        variant / "manifest.json",
+        *(
+            variant / sub / f"{dialog}{ext}"
+            for sub, ext in (("cache", ".pt"), ("segments", ".json"), ("segments", ".txt"))
+        ),
+    ]
     with restored(*files):
         result = fileio.read_json(asr)
         seg = next(s for s in result["segments"] if len(s.get("words", [])) > 1)
@@ -177,7 +222,7 @@ def test_resume_on_changed_data_with_the_override_records_it(bound):
     shutil.copytree(work / "runs" / name, copy)
     config = fileio.read_json(copy / "config.json")
     fileio.atomic_write_json(copy / "config.json", {**config, "run": "r_copy"})
-    argv = [*argv[:argv.index("--run") + 1], "r_copy", *argv[argv.index("--run") + 2:]]
+    argv = [*argv[: argv.index("--run") + 1], "r_copy", *argv[argv.index("--run") + 2 :]]
     with restored(work / "labels.json"):
         labels = fileio.read_json(work / "labels.json")
         labels["note"] = "edited"
@@ -205,8 +250,18 @@ def test_fold_runs_check_each_fold(bound):
             path.write_bytes(path.read_bytes() + b"\0")
             with pytest.raises(PipelineError, match=f"fold1: step-3 cache files {dialog}.pt .changed.; fold2: "):
                 evaluate.main(["--work", str(work), "--run", "cv", "--reuse-predictions", "--bootstrap-samples", "0"])
-            metrics = evaluate.main(["--work", str(work), "--run", "cv", "--reuse-predictions", "--bootstrap-samples",
-                                     "0", "--allow-changed-data"])
+            metrics = evaluate.main(
+                [
+                    "--work",
+                    str(work),
+                    "--run",
+                    "cv",
+                    "--reuse-predictions",
+                    "--bootstrap-samples",
+                    "0",
+                    "--allow-changed-data",
+                ]
+            )
             assert metrics["data_check"]["status"] == "changed" and len(metrics["data_check"]["changed"]) == 2
             assert metrics["folds"]["fold1"]["data_check"]["status"] == "changed"
             assert metrics["folds"]["fold1"]["data_check"]["allow_changed_data"] is True
@@ -219,19 +274,46 @@ def test_predict_uses_the_recorded_step3_settings_and_records_the_check(bound, t
     run_dir = work / "runs" / name
     config = fileio.read_json(run_dir / "config.json")
     assert predict.step3_flags(config, run_dir) == [
-        "--variant", "aligned", "--max-pause", "1.5", "--min-label-overlap", "0.1", "--tie-break", "asr-segment",
-        "--channel", "mean", "--max-word-seconds", "3.0"]
+        "--variant",
+        "aligned",
+        "--max-pause",
+        "1.5",
+        "--min-label-overlap",
+        "0.1",
+        "--tie-break",
+        "asr-segment",
+        "--channel",
+        "mean",
+        "--max-word-seconds",
+        "3.0",
+    ]
     # the manifest rewritten by other settings no longer decides predict's step 3
-    other = {**config, "data": {**config["data"], "step3_config": {**config["data"]["step3_config"],
-                                                                     "word_policy": "authors"}}}
+    other = {
+        **config,
+        "data": {**config["data"], "step3_config": {**config["data"]["step3_config"], "word_policy": "authors"}},
+    }
     assert predict.step3_flags(other, run_dir)[-2:] == ["--word-policy", "authors"]
     labels = fileio.read_json(work / "labels.json")
     wav = Path(labels["corpus"]) / labels["dialogs"][dialog]["wav"]
     asr, rttm = work / "simulated" / "asr" / f"{dialog}.json", work / "simulated" / "diarization" / f"{dialog}.rttm"
     with restored(work / "labels.json"), steps_in_process():
         fileio.atomic_write_json(work / "labels.json", {**labels, "note": "edited"})
-        results = predict.main([str(wav), "--run", str(run_dir), "--asr-json", str(asr), "--rttm", str(rttm),
-                                "--out", str(tmp_path), "--device", "cpu", "--allow-changed-data"])
+        results = predict.main(
+            [
+                str(wav),
+                "--run",
+                str(run_dir),
+                "--asr-json",
+                str(asr),
+                "--rttm",
+                str(rttm),
+                "--out",
+                str(tmp_path),
+                "--device",
+                "cpu",
+                "--allow-changed-data",
+            ]
+        )
     check = results[dialog]["data_check"]
     assert check["status"] == "changed" and check["allow_changed_data"] is True
     assert fileio.read_json(tmp_path / f"{dialog}.emotions.json")["data_check"] == check
@@ -242,9 +324,15 @@ def test_the_refusal_from_the_command_line_is_one_line_with_exit_status_2(bound)
     path = work / "simulated" / "aligned-p1.5" / "cache" / f"{dialog}.pt"
     with restored(path):
         torch.save({"replaced": True}, path)
-        proc = subprocess.run([sys.executable, str(ROOT / "teer_calculate.py"), "--work", str(work), "--run", name],
-                              capture_output=True, text=True, cwd=ROOT)
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "teer_calculate.py"), "--work", str(work), "--run", name],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1
-    assert proc.stderr.startswith(f"error: {work / 'runs' / name}: its data changed since it was trained: "
-                                  f"step-3 cache files {dialog}.pt (changed);")
+    assert proc.stderr.startswith(
+        f"error: {work / 'runs' / name}: its data changed since it was trained: "
+        f"step-3 cache files {dialog}.pt (changed);"
+    )

@@ -1,9 +1,10 @@
 """The model of utils.py section 2 on tiny random-init extractors (demo/build_ser_models.py)."""
+
 import pytest
 import torch
 
-from common import cli, fileio
 import utils
+from common import cli, fileio
 from common.formats import LABELS
 
 
@@ -26,8 +27,15 @@ def parts(tiny_models):
 
 def items(n, lengths, texts):
     g = torch.Generator().manual_seed(1)
-    return [{"index": i, "audio": utils.zero_mean_unit_var(torch.randn(lengths[i], generator=g)), "text": texts[i],
-             "label": i % len(LABELS)} for i in range(n)]
+    return [
+        {
+            "index": i,
+            "audio": utils.zero_mean_unit_var(torch.randn(lengths[i], generator=g)),
+            "text": texts[i],
+            "label": i % len(LABELS),
+        }
+        for i in range(n)
+    ]
 
 
 def test_shapes_through_every_module(parts):
@@ -58,8 +66,8 @@ def test_head_equations_in_order(parts):
     c = model.cross
     with torch.no_grad():
         # a(t,a) = LN_t(MHA_ta(q=z_t, k=z_a, v=z_a) + z_t): with one key, MHA = out_proj(v_proj(z_a))
-        W_v = c.attn_ta.in_proj_weight[2 * D:]
-        b_v = c.attn_ta.in_proj_bias[2 * D:]
+        W_v = c.attn_ta.in_proj_weight[2 * D :]
+        b_v = c.attn_ta.in_proj_bias[2 * D :]
         mha = c.attn_ta.out_proj(z_a @ W_v.T + b_v)
         a_ta = torch.nn.functional.layer_norm(mha + z_t, (D,), c.norm_ta.weight, c.norm_ta.bias, c.norm_ta.eps)
         assert torch.allclose(c(t, a)[0][:, 0], a_ta, atol=1e-5)
@@ -103,14 +111,25 @@ def test_head_has_the_authors_parameter_count_at_768(tmp_path):
     head = utils.SERModel(str(tmp_path / "text"), str(tmp_path / "audio"), "fusion", load_extractors=False)
     assert head.dim == 768 and isinstance(head.proj_a, torch.nn.Identity)
     assert sum(p.numel() for p in head.head_parameters()) == 19_300_868
-    counts = {name: sum(p.numel() for p in getattr(head, name).parameters()) for name in ("cross", "gate_t", "gate_a", "head")}
-    assert counts == {"cross": 2 * (4 * 768 * 768 + 4 * 768) + 2 * 2 * 768,          # two MHA + two LayerNorm
-                      "gate_t": 2 * 768 * 768 + 768 + 768 * 768 + 768, "gate_a": 1_771_008,  # W_g, W_v
-                      "head": 2 * (4 * 768 * 768 + 4 * 768 + 2 * 768 * 2048 + 2048 + 768 + 4 * 768) + 768 * 4 + 4}
+    counts = {
+        name: sum(p.numel() for p in getattr(head, name).parameters()) for name in ("cross", "gate_t", "gate_a", "head")
+    }
+    assert counts == {
+        "cross": 2 * (4 * 768 * 768 + 4 * 768) + 2 * 2 * 768,  # two MHA + two LayerNorm
+        "gate_t": 2 * 768 * 768 + 768 + 768 * 768 + 768,
+        "gate_a": 1_771_008,  # W_g, W_v
+        "head": 2 * (4 * 768 * 768 + 4 * 768 + 2 * 768 * 2048 + 2048 + 768 + 4 * 768) + 768 * 4 + 4,
+    }
     # the fusion ablations at the same size
-    sizes = {f: sum(p.numel() for p in utils.SERModel(str(tmp_path / "text"), str(tmp_path / "audio"), "fusion",
-                                                      fusion=f, load_extractors=False).head_parameters())
-             for f in utils.FUSIONS}
+    sizes = {
+        f: sum(
+            p.numel()
+            for p in utils.SERModel(
+                str(tmp_path / "text"), str(tmp_path / "audio"), "fusion", fusion=f, load_extractors=False
+            ).head_parameters()
+        )
+        for f in utils.FUSIONS
+    }
     assert sizes["xattn"] == 19_300_868 - 2 * 1_771_008
     assert sizes["concat"] == 2 * 768 * 768 + 768 + 768 * 4 + 4
     assert sizes["late"] == 2 * counts["head"]
@@ -204,11 +223,13 @@ def test_bucket_sampler_is_deterministic_and_groups_lengths():
     s2.set_epoch(2)
     assert s2.batches() != a
     assert sorted(i for b in a for i in b) == list(range(200))
+
     # padding: bucketed batches waste far less than random batches of the same size
     def waste(batches):
         return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
     perm = torch.randperm(200, generator=torch.Generator().manual_seed(0)).tolist()
-    assert waste(a) < 0.5 * waste([perm[i:i + 8] for i in range(0, 200, 8)])
+    assert waste(a) < 0.5 * waste([perm[i : i + 8] for i in range(0, 200, 8)])
     # distributed: 25 batches padded to 26, 13 per rank, together covering every index
     r0 = utils.LengthBucketSampler(lengths, 8, True, 3, rank=0, world_size=2).batches()
     r1 = utils.LengthBucketSampler(lengths, 8, True, 3, rank=1, world_size=2).batches()
@@ -217,11 +238,20 @@ def test_bucket_sampler_is_deterministic_and_groups_lengths():
 
 
 def test_dataset_crops_normalises_and_rejects_bad_caches(tmp_path):
-    seg = {"id": "Ses01F_impro01-0000", "start": 0.0, "end": 3.0, "speaker": "SPEAKER_00", "text": "hi", "label": 2,
-           "audio": torch.randn(48000) * 3 + 1}
+    seg = {
+        "id": "Ses01F_impro01-0000",
+        "start": 0.0,
+        "end": 3.0,
+        "speaker": "SPEAKER_00",
+        "text": "hi",
+        "label": 2,
+        "audio": torch.randn(48000) * 3 + 1,
+    }
     unl = dict(seg, id="Ses01F_impro01-0001", label=-1, audio=torch.randn(100))
-    fileio.atomic_torch_save({"dialog": "Ses01F_impro01", "session": 1, "sample_rate": 16000, "segments": [seg, unl]},
-                            tmp_path / "Ses01F_impro01.pt")
+    fileio.atomic_torch_save(
+        {"dialog": "Ses01F_impro01", "session": 1, "sample_rate": 16000, "segments": [seg, unl]},
+        tmp_path / "Ses01F_impro01.pt",
+    )
     ds = utils.SegmentDataset([tmp_path / "Ses01F_impro01.pt"], labelled_only=True, max_audio_seconds=2.0)
     assert len(ds) == 1 and ds.counts["unlabelled_skipped"] == 1 and ds.counts["cropped"] == 1
     a = ds[0]["audio"]
@@ -253,11 +283,22 @@ def test_cached_cnn_features_give_the_live_embedding(parts, tmp_path):
     """A frozen CNN's features, computed once per segment (cache_cnn_features) and batched by the
     Collator, give the same audio embedding as running the CNN on the padded audio."""
     model, tok = parts
-    seg = [{"id": f"Ses01F_impro01-{i:04d}", "start": float(i), "end": i + 1.0, "speaker": "A", "text": "hi there",
-            "label": i % 4, "audio": torch.randn(n, generator=torch.Generator().manual_seed(i))}
-           for i, n in enumerate((3000, 9000, 16000, 5000))]
-    fileio.atomic_torch_save({"dialog": "Ses01F_impro01", "session": 1, "sample_rate": 16000, "segments": seg},
-                            tmp_path / "Ses01F_impro01.pt")
+    seg = [
+        {
+            "id": f"Ses01F_impro01-{i:04d}",
+            "start": float(i),
+            "end": i + 1.0,
+            "speaker": "A",
+            "text": "hi there",
+            "label": i % 4,
+            "audio": torch.randn(n, generator=torch.Generator().manual_seed(i)),
+        }
+        for i, n in enumerate((3000, 9000, 16000, 5000))
+    ]
+    fileio.atomic_torch_save(
+        {"dialog": "Ses01F_impro01", "session": 1, "sample_rate": 16000, "segments": seg},
+        tmp_path / "Ses01F_impro01.pt",
+    )
     live = utils.SegmentDataset([tmp_path / "Ses01F_impro01.pt"], labelled_only=True)
     cached = utils.SegmentDataset([tmp_path / "Ses01F_impro01.pt"], labelled_only=True)
     assert utils.cache_cnn_features(model.audio, cached, batch_size=3, device="cpu") == 4

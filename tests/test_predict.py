@@ -11,6 +11,7 @@ torchaudio, independently of predict.py), and the lossless copies (FLAC, the mon
 exactly those of the original. A second resampling, another downmix or a lossy write would break
 these equalities.
 """
+
 import json
 import re
 import shutil
@@ -23,9 +24,9 @@ import pytest
 import soundfile as sf
 import torch
 import torchaudio
+from conftest import steps_in_process
 
 import predict
-from conftest import steps_in_process
 from common.cli import PipelineError
 from common.formats import LABELS
 
@@ -46,9 +47,28 @@ def trained(demo_corpus, demo_work, tmp_path_factory):
     preprocess.main(["--work", str(work), "--backend", "simulated"])
     align.main(["--work", str(work), "--pipe", "simulated", "--variant", "aligned"])
     models = build(tmp_path_factory.mktemp("ser_models_predict"), seed=0)
-    run_dir = train.main(["--work", str(work), "--pipe", "simulated", "--run", "r", "--text-model", models["text_model"],
-                          "--audio-model", models["audio_model"], "--epochs", "1", "--batch-size", "4",
-                          "--num-workers", "0", "--device", "cpu"])
+    run_dir = train.main(
+        [
+            "--work",
+            str(work),
+            "--pipe",
+            "simulated",
+            "--run",
+            "r",
+            "--text-model",
+            models["text_model"],
+            "--audio-model",
+            models["audio_model"],
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--num-workers",
+            "0",
+            "--device",
+            "cpu",
+        ]
+    )
     config = json.loads((Path(run_dir) / "config.json").read_text())
     dialog = config["split"]["test"][0]  # a held-out Session 5 dialog
     labels = json.loads((work / "labels.json").read_text())
@@ -68,9 +88,15 @@ def predicted(trained, tmp_path_factory):
     stereo, sr = sf.read(str(wav), dtype="float32", always_2d=True)
     assert sr == 16000 and stereo.shape[1] == 2  # the demo's dialogs are 16 kHz stereo, as IEMOCAP's
     mono = stereo.mean(axis=1)
-    files = {"orig": wav, "flac": audio_dir / "flac.flac", "mono16": audio_dir / "mono16.wav",
-             "up44": audio_dir / "up44.wav", "up44_ref": audio_dir / "up44_ref.wav",
-             "down8": audio_dir / "down8.wav", "down8_ref": audio_dir / "down8_ref.wav"}
+    files = {
+        "orig": wav,
+        "flac": audio_dir / "flac.flac",
+        "mono16": audio_dir / "mono16.wav",
+        "up44": audio_dir / "up44.wav",
+        "up44_ref": audio_dir / "up44_ref.wav",
+        "down8": audio_dir / "down8.wav",
+        "down8_ref": audio_dir / "down8_ref.wav",
+    }
     sf.write(str(files["flac"]), sf.read(str(wav), dtype="int16")[0], 16000, subtype="PCM_16")  # lossless
     sf.write(str(files["mono16"]), mono, 16000, subtype="FLOAT")
     up = resample(mono, 16000, 44100)
@@ -84,8 +110,21 @@ def predicted(trained, tmp_path_factory):
         shutil.copy(work / "simulated" / "diarization" / f"{dialog}.rttm", step2_dir / f"{path.stem}.rttm")
     out = tmp_path_factory.mktemp("predictions")
     with steps_in_process():  # step 3 in this process, as `python align.py ...` would run it
-        results = predict.main([*map(str, files.values()), "--run", str(run_dir), "--asr-json", str(step2_dir),
-                                "--rttm", str(step2_dir), "--out", str(out), "--device", "cpu"])
+        results = predict.main(
+            [
+                *map(str, files.values()),
+                "--run",
+                str(run_dir),
+                "--asr-json",
+                str(step2_dir),
+                "--rttm",
+                str(step2_dir),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
     names = {k: p.stem for k, p in files.items()}
     return {k: results[names[k]] for k in files}, names, out
 
@@ -136,7 +175,7 @@ def check_webvtt(text: str) -> list[tuple[float, float, str]]:
     payload lines without '-->' or raw '<' / '&' outside entities; cues separated by one blank line."""
     assert text.startswith("WEBVTT\n\n") and text.endswith("\n")
     cues, last_start = [], -1.0
-    for block in text[len("WEBVTT\n\n"):].rstrip("\n").split("\n\n"):
+    for block in text[len("WEBVTT\n\n") :].rstrip("\n").split("\n\n"):
         lines = block.split("\n")
         if "-->" not in lines[0]:
             assert re.fullmatch(r"[^\n]+", lines[0]) and "-->" not in lines[0]
@@ -167,15 +206,21 @@ def test_vtt_is_valid_and_says_speaker_emotion_text(predicted):
         assert abs(start - s["start"]) < 6e-4
         assert text == f"{s['speaker']} [{words[s['emotion']]}] {s['text']}".rstrip()
     # the check itself refuses what it should
-    for bad in ("WEBVTT\n\n1\n00:00:01.000 --> 00:00:00.500\nx\n", "WEBVTT\n\n00:00:01,000 --> 00:00:02.000\nx\n",
-                "WEBVT\n\n00:00:01.000 --> 00:00:02.000\nx\n", "WEBVTT\n\n00:00:01.000 --> 00:00:02.000\na <b\n"):
+    for bad in (
+        "WEBVTT\n\n1\n00:00:01.000 --> 00:00:00.500\nx\n",
+        "WEBVTT\n\n00:00:01,000 --> 00:00:02.000\nx\n",
+        "WEBVT\n\n00:00:01.000 --> 00:00:02.000\nx\n",
+        "WEBVTT\n\n00:00:01.000 --> 00:00:02.000\na <b\n",
+    ):
         with pytest.raises(AssertionError):
             check_webvtt(bad)
 
 
 def test_subtitle_writers_known_answer():
     segs = [{"start": 3661.0004, "end": 3661.0004, "speaker": "SPEAKER_01", "emotion": "ang", "text": "a < b & c"}]
-    assert predict.subtitles(segs) == "WEBVTT\n\n1\n01:01:01.000 --> 01:01:01.001\nSPEAKER_01 [angry] a &lt; b &amp; c\n\n"
+    assert (
+        predict.subtitles(segs) == "WEBVTT\n\n1\n01:01:01.000 --> 01:01:01.001\nSPEAKER_01 [angry] a &lt; b &amp; c\n\n"
+    )
     assert predict.subtitles(segs, srt=True) == "1\n01:01:01,000 --> 01:01:01,001\nSPEAKER_01 [angry] a < b & c\n\n"
     assert predict.elide("one two three four", 10) == "one two…" and predict.elide("short", 10) == "short"
 
@@ -197,8 +242,12 @@ def test_formats_and_rates_same_segments_emotions_from_one_resampling(predicted)
     probs = lambda r: np.array([[s["probs"][lab] for lab in LABELS] for s in r["segments"]])  # noqa: E731
     for k in results:
         assert seg(results[k]) == seg(results["orig"]), k
-    assert results["up44"]["input"] == {"sample_rate": 44100, "channels": 2, "seconds": pytest.approx(
-        results["orig"]["input"]["seconds"], abs=1e-4), "resampled": True}
+    assert results["up44"]["input"] == {
+        "sample_rate": 44100,
+        "channels": 2,
+        "seconds": pytest.approx(results["orig"]["input"]["seconds"], abs=1e-4),
+        "resampled": True,
+    }
     # lossless copies: exactly the original's probabilities
     for k in ("flac", "mono16"):
         assert np.array_equal(probs(results[k]), probs(results["orig"])), k
@@ -230,8 +279,12 @@ def test_bad_input_named(trained, tmp_path):
         predict.main([str(wav), "--run", str(run_dir), "--asr-json", str(missing_json), "--rttm", str(rttm)])
     assert not (tmp_path / "out").exists()  # nothing written for bad input
     # from the command line: one line naming the file, exit status 2, before any model is loaded
-    proc = subprocess.run([sys.executable, str(ROOT / "predict.py"), str(bad_audio), "--run", str(run_dir), *common],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "predict.py"), str(bad_audio), "--run", str(run_dir), *common],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"error: {bad_audio}: cannot decode audio")
 
@@ -244,11 +297,35 @@ def test_a_failing_recording_is_listed_and_the_others_written(trained, tmp_path,
         shutil.copy(wav, tmp_path / f"{name}.wav")
         shutil.copy(work / "simulated" / "diarization" / f"{dialog}.rttm", step2 / f"{name}.rttm")
     shutil.copy(work / "simulated" / "asr" / f"{dialog}.json", step2 / "good.json")
-    (step2 / "late.json").write_text(json.dumps({"segments": [{"start": 1.0, "end": 999.0, "text": "hi", "words": [
-        {"word": "hi", "start": 1.0, "end": 999.0}]}]}))  # past the end of the audio: step 3 fails this dialog
+    (step2 / "late.json").write_text(
+        json.dumps(
+            {
+                "segments": [
+                    {"start": 1.0, "end": 999.0, "text": "hi", "words": [{"word": "hi", "start": 1.0, "end": 999.0}]}
+                ]
+            }
+        )
+    )  # past the end of the audio: step 3 fails this dialog
     with steps_in_process(), pytest.raises(SystemExit, match="1 of 2 recordings failed"):
-        predict.main([str(tmp_path / "good.wav"), str(tmp_path / "late.wav"), "--run", str(run_dir), "--asr-json",
-                      str(step2), "--rttm", str(step2), "--out", str(tmp_path / "out"), "--device", "cpu"])
+        predict.main(
+            [
+                str(tmp_path / "good.wav"),
+                str(tmp_path / "late.wav"),
+                "--run",
+                str(run_dir),
+                "--asr-json",
+                str(step2),
+                "--rttm",
+                str(step2),
+                "--out",
+                str(tmp_path / "out"),
+                "--device",
+                "cpu",
+            ]
+        )
     printed = capsys.readouterr().out
-    assert f"FAILED {tmp_path / 'late.wav'}: {step2 / 'late.json'} (as late): segment 0: end 999.000 s is after the end" in printed
+    assert (
+        f"FAILED {tmp_path / 'late.wav'}: {step2 / 'late.json'} (as late): segment 0: end 999.000 s is after the end"
+        in printed
+    )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f"good{s}" for s in OUTPUTS)

@@ -5,6 +5,7 @@ Offline throughout: local pipeline folders of both shapes with tiny random weigh
 recorded; the network itself is closed (requests.Session.send raises), so a test that reached for it
 fails.
 """
+
 import json
 import os
 import re
@@ -15,16 +16,20 @@ import pytest
 import requests
 
 import preprocess
-from common import step2_whisperx
-from common import checklist, cli, fileio, formats, modelhub
 import utils
+from common import checklist, cli, fileio, formats, modelhub, step2_whisperx
 
 PIPE_31 = "pyannote/speaker-diarization-3.1"
 PIPE_C1 = "pyannote/speaker-diarization-community-1"
 SEG_30 = "pyannote/segmentation-3.0"
 EMB_31 = "pyannote/wespeaker-voxceleb-resnet34-LM"
-C1_FILES = ["config.yaml", "segmentation/pytorch_model.bin", "embedding/pytorch_model.bin",
-            "plda/xvec_transform.npz", "plda/plda.npz"]
+C1_FILES = [
+    "config.yaml",
+    "segmentation/pytorch_model.bin",
+    "embedding/pytorch_model.bin",
+    "plda/xvec_transform.npz",
+    "plda/plda.npz",
+]
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +46,7 @@ def no_network(monkeypatch):
     """Close the network: any HTTP request that would leave the machine through requests
     (huggingface_hub's transport) fails the test. huggingface_hub's offline mode answers before that
     (its OfflineAdapter overrides send), as it does on a machine with HF_HUB_OFFLINE=1."""
+
     def refuse(self, request, **kwargs):
         raise AssertionError(f"network request attempted: {request.method} {request.url}")
 
@@ -100,14 +106,19 @@ def hub_cache(pipelines, tmp_path, monkeypatch):
 # Loading the pipelines: exactly their own files
 # ---------------------------------------------------------------------------------------------
 
+
 def test_local_31_and_community1_folders_load_without_the_hub(pipelines, hub_calls):
     from pyannote.audio.core.plda import PLDA
 
-    pipe, files = step2_whisperx.load_diarization_pipeline(PIPE_31, model_dir=pipelines["hub"],
-                                                       embedding_batch_size=4, segmentation_batch_size=2)
+    pipe, files = step2_whisperx.load_diarization_pipeline(
+        PIPE_31, model_dir=pipelines["hub"], embedding_batch_size=4, segmentation_batch_size=2
+    )
     hub = pipelines["hub"]
-    assert files == [str(hub / PIPE_31 / "config.yaml"), str(hub / SEG_30 / "pytorch_model.bin"),
-                     str(hub / EMB_31 / "pytorch_model.bin")]
+    assert files == [
+        str(hub / PIPE_31 / "config.yaml"),
+        str(hub / SEG_30 / "pytorch_model.bin"),
+        str(hub / EMB_31 / "pytorch_model.bin"),
+    ]
     assert pipe.klustering == "AgglomerativeClustering" and type(pipe._plda).__name__ == "NoPLDA"
     assert pipe.embedding_batch_size == 4 and pipe.segmentation_batch_size == 2
     assert pipe.clustering.threshold == pytest.approx(0.7045654963945799)  # the config's params applied
@@ -167,11 +178,14 @@ def test_pipeline_config_errors_name_the_file(pipelines, tmp_path, hub_calls):
 # Preflight: one line per item, non-zero exit on a problem, nothing written
 # ---------------------------------------------------------------------------------------------
 
+
 def fake_model_folders(root: Path) -> dict:
     """Folders holding (empty) the files the ASR and alignment loaders open: enough for a check."""
     asr, align = root / "whisper-ct2", root / "align-w2v2"
-    for folder, files in ((asr, step2_whisperx.WHISPER_REQUIRED),
-                          (align, ("config.json", "preprocessor_config.json", "vocab.json", "model.safetensors"))):
+    for folder, files in (
+        (asr, step2_whisperx.WHISPER_REQUIRED),
+        (align, ("config.json", "preprocessor_config.json", "vocab.json", "model.safetensors")),
+    ):
         folder.mkdir(parents=True)
         for f in files:
             (folder / f).touch()
@@ -192,9 +206,24 @@ def check_work(demo_work, tmp_path):
 
 
 def run_check(work, models, *extra):
-    return preprocess.main(["--check", "--work", str(work), "--backend", "whisperx", "--device", "cpu",
-                            "--asr-model", models["asr"], "--align-model", models["align"],
-                            "--nltk-data", models["nltk"], *extra])
+    return preprocess.main(
+        [
+            "--check",
+            "--work",
+            str(work),
+            "--backend",
+            "whisperx",
+            "--device",
+            "cpu",
+            "--asr-model",
+            models["asr"],
+            "--align-model",
+            models["align"],
+            "--nltk-data",
+            models["nltk"],
+            *extra,
+        ]
+    )
 
 
 def test_check_all_ok_then_a_missing_model_folder_fails(check_work, pipelines, tmp_path, capsys, no_network):
@@ -203,9 +232,19 @@ def test_check_all_ok_then_a_missing_model_folder_fails(check_work, pipelines, t
     items = run_check(check_work, models, "--diar-model", PIPE_31, "--model-dir", str(pipelines["hub"]))
     out = capsys.readouterr().out
     assert all(i.ok for i in items), out
-    assert [i.name for i in items] == ["labels", "corpus audio", "ASR model", "alignment model", "diarization pipeline",
-                                       "diarization segmentation", "diarization embedding", "NLTK punkt_tab", "CUDA",
-                                       "disk (step-2 outputs)", "time (estimate)"]
+    assert [i.name for i in items] == [
+        "labels",
+        "corpus audio",
+        "ASR model",
+        "alignment model",
+        "diarization pipeline",
+        "diarization segmentation",
+        "diarization embedding",
+        "NLTK punkt_tab",
+        "CUDA",
+        "disk (step-2 outputs)",
+        "time (estimate)",
+    ]
     assert "4 selected" in out and "all 11 checks OK" in out and "estimate" in items[-1].message
     assert tree(tmp_path) == before  # nothing written, nothing touched
 
@@ -243,8 +282,10 @@ def test_check_gated_hub_model_without_token_and_with_one(check_work, tmp_path, 
     out = capsys.readouterr().out
     assert exit_info.value.code == 1
     assert [r for r, _ in asked] == [PIPE_31, SEG_30, EMB_31]
-    assert (f"FAIL diarization pipeline: {PIPE_31}: gated repository and HF_TOKEN is not set: accept its conditions "
-            f"at https://huggingface.co/{PIPE_31}") in out
+    assert (
+        f"FAIL diarization pipeline: {PIPE_31}: gated repository and HF_TOKEN is not set: accept its conditions "
+        f"at https://huggingface.co/{PIPE_31}"
+    ) in out
     assert f"FAIL diarization segmentation: {SEG_30}: gated" in out
     assert f"OK   diarization embedding: {EMB_31} on the hub" in out
     assert "2 of 11 checks failed (diarization pipeline, diarization segmentation)" in out
@@ -259,13 +300,13 @@ def test_check_gated_hub_model_without_token_and_with_one(check_work, tmp_path, 
     assert tree(tmp_path) == before
 
 
-def test_check_offline_and_unreachable_hub_are_lines_not_crashes(check_work, tmp_path, capsys, monkeypatch,
-                                                               no_network):
+def test_check_offline_and_unreachable_hub_are_lines_not_crashes(check_work, tmp_path, capsys, monkeypatch, no_network):
     from huggingface_hub import HfApi
 
     models = fake_model_folders(tmp_path / "models")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # and the default pipeline is not in the (empty) cache
     import huggingface_hub.constants
+
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
     with pytest.raises(SystemExit):
         run_check(check_work, models)
@@ -296,6 +337,7 @@ def test_generic_checks_known_answers(tmp_path, monkeypatch):
     assert not checklist.check_disk(tmp_path, 1e18).ok
     item = checklist.check_cuda(required=True)
     import torch
+
     assert item.ok == torch.cuda.is_available()
     # 4e10 FLOP on 2 CPU cores at 2e10 FLOP/s each: 1 s
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
@@ -313,8 +355,10 @@ def test_generic_checks_known_answers(tmp_path, monkeypatch):
 # --download-models: exactly the repositories and files that load
 # ---------------------------------------------------------------------------------------------
 
-def test_download_models_fetches_exactly_what_loads_then_runs_offline(pipelines, check_work, tmp_path, monkeypatch,
-                                                                      capsys, no_network):
+
+def test_download_models_fetches_exactly_what_loads_then_runs_offline(
+    pipelines, check_work, tmp_path, monkeypatch, capsys, no_network
+):
     """snapshot_download is replaced by a recorder that copies the tiny models where the hub's
     would land; the result is then loaded with --model-dir and checked offline, all OK."""
     import huggingface_hub
@@ -322,13 +366,18 @@ def test_download_models_fetches_exactly_what_loads_then_runs_offline(pipelines,
     import torch
 
     hub, tiny = pipelines["hub"], fake_model_folders(tmp_path / "tiny")
-    sources = {PIPE_31: hub / PIPE_31, SEG_30: hub / SEG_30, EMB_31: hub / EMB_31,
-               "Systran/faster-whisper-large-v2": Path(tiny["asr"])}
+    sources = {
+        PIPE_31: hub / PIPE_31,
+        SEG_30: hub / SEG_30,
+        EMB_31: hub / EMB_31,
+        "Systran/faster-whisper-large-v2": Path(tiny["asr"]),
+    }
     calls = []
 
     def snapshot_download(repo_id, *, local_dir, allow_patterns, token=None, **kwargs):
         calls.append((repo_id, list(allow_patterns)))
         import fnmatch
+
         for f in sources[repo_id].rglob("*"):
             rel = f.relative_to(sources[repo_id]).as_posix()
             if f.is_file() and any(fnmatch.fnmatch(rel, pat) for pat in allow_patterns):
@@ -338,14 +387,25 @@ def test_download_models_fetches_exactly_what_loads_then_runs_offline(pipelines,
 
     urls = []
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda url, dst, *a, **k: urls.append(url) or Path(dst).touch())
-    monkeypatch.setattr(nltk, "download", lambda info, download_dir, **k: bool(
-        Path(download_dir, "tokenizers", "punkt_tab", "english").mkdir(parents=True, exist_ok=True) or True))
+    monkeypatch.setattr(
+        torch.hub, "download_url_to_file", lambda url, dst, *a, **k: urls.append(url) or Path(dst).touch()
+    )
+    monkeypatch.setattr(
+        nltk,
+        "download",
+        lambda info, download_dir, **k: bool(
+            Path(download_dir, "tokenizers", "punkt_tab", "english").mkdir(parents=True, exist_ok=True) or True
+        ),
+    )
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     dest = tmp_path / "offline_models"
     manifest = preprocess.main(["--work", str(check_work), "--download-models", str(dest)])
-    assert calls == [("Systran/faster-whisper-large-v2", list(step2_whisperx.WHISPER_FILES)),
-                     (PIPE_31, ["config.yaml"]), (SEG_30, ["pytorch_model.bin"]), (EMB_31, ["pytorch_model.bin"])]
+    assert calls == [
+        ("Systran/faster-whisper-large-v2", list(step2_whisperx.WHISPER_FILES)),
+        (PIPE_31, ["config.yaml"]),
+        (SEG_30, ["pytorch_model.bin"]),
+        (EMB_31, ["pytorch_model.bin"]),
+    ]
     assert urls == ["https://download.pytorch.org/torchaudio/models/wav2vec2_fairseq_base_ls960_asr_ls960.pth"]
     assert manifest["flags"] == ["--model-dir", str(dest)]
     assert json.loads((dest / "models.json").read_text()) == manifest
@@ -353,8 +413,9 @@ def test_download_models_fetches_exactly_what_loads_then_runs_offline(pipelines,
 
     # Offline, with only the copies: the preflight passes and the pipeline loads from them.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    items = preprocess.main(["--check", "--work", str(check_work), "--device", "cpu", "--model-dir", str(dest),
-                             "--cache-only"])
+    items = preprocess.main(
+        ["--check", "--work", str(check_work), "--device", "cpu", "--model-dir", str(dest), "--cache-only"]
+    )
     assert all(i.ok for i in items), [i.line() for i in items]
     assert str(dest / "torchaudio") in next(i for i in items if i.name == "alignment model").message
     _, files = step2_whisperx.load_diarization_pipeline(PIPE_31, model_dir=dest, cache_only=True)
@@ -370,12 +431,32 @@ def test_download_models_fetches_exactly_what_loads_then_runs_offline(pipelines,
     for f in ("config.json", "vocab.json", "preprocessor_config.json", "pytorch_model.bin", "tf_model.h5"):
         (w2v / f).touch()
     sources["org/w2v"] = w2v
-    preprocess.main(["--work", str(check_work), "--download-models", str(tmp_path / "c1"), "--diar-model", PIPE_C1,
-                     "--asr-model", tiny["asr"], "--align-model", "org/w2v"])
-    assert calls == [("org/w2v", list(modelhub.TRANSFORMERS_FILES) + ["model.safetensors"]),
-                     ("org/w2v", ["pytorch_model.bin"]), (PIPE_C1, ["config.yaml"]), (PIPE_C1, C1_FILES[1:])]
+    preprocess.main(
+        [
+            "--work",
+            str(check_work),
+            "--download-models",
+            str(tmp_path / "c1"),
+            "--diar-model",
+            PIPE_C1,
+            "--asr-model",
+            tiny["asr"],
+            "--align-model",
+            "org/w2v",
+        ]
+    )
+    assert calls == [
+        ("org/w2v", list(modelhub.TRANSFORMERS_FILES) + ["model.safetensors"]),
+        ("org/w2v", ["pytorch_model.bin"]),
+        (PIPE_C1, ["config.yaml"]),
+        (PIPE_C1, C1_FILES[1:]),
+    ]
     assert sorted(p.name for p in (tmp_path / "c1" / "org" / "w2v").iterdir()) == [
-        "config.json", "preprocessor_config.json", "pytorch_model.bin", "vocab.json"]  # no TF weights
+        "config.json",
+        "preprocessor_config.json",
+        "pytorch_model.bin",
+        "vocab.json",
+    ]  # no TF weights
 
 
 def test_download_models_refuses_offline(check_work, tmp_path, monkeypatch):
@@ -393,11 +474,11 @@ import http.server  # noqa: E402
 import threading  # noqa: E402
 
 import torch  # noqa: E402
+from conftest import steps_in_process  # noqa: E402
 
 import iemo_lab_with_timestamps as step1  # noqa: E402
 import reproduce  # noqa: E402
 import train  # noqa: E402
-from conftest import steps_in_process  # noqa: E402
 
 GATED = "org/gated-wav2vec2"
 
@@ -415,19 +496,50 @@ def write_cache(work: Path) -> None:
     dialogs each, every dialog 3 labelled segments of 1 s ('i am so happy') and one unlabelled."""
     dialogs = {}
     for ses in (1, 2, 5):
-        for name, kind, script in ((f"Ses0{ses}F_impro01", "impro", None), (f"Ses0{ses}M_impro02", "impro", None),
-                                   (f"Ses0{ses}F_script01_1", "script", "script01")):
+        for name, kind, script in (
+            (f"Ses0{ses}F_impro01", "impro", None),
+            (f"Ses0{ses}M_impro02", "impro", None),
+            (f"Ses0{ses}F_script01_1", "script", "script01"),
+        ):
             dialogs[name] = {"session": ses, "kind": kind, "script": script, "utterances": []}
-            segs = [{"id": f"{name}-{i:04d}", "start": float(i), "end": i + 1.0, "speaker": "SPEAKER_00",
-                     "text": "i am so happy", "label": i - 1, "audio": torch.zeros(16000)} for i in range(4)]
-            fileio.atomic_torch_save({"dialog": name, "session": ses, "sample_rate": 16000, "segments": segs},
-                                    work / "simulated" / "aligned-p1.5" / "cache" / f"{name}.pt")
-    fileio.atomic_write_json(work / "labels.json", {"corpus": "synthetic", "labels": list(formats.LABELS), "dialogs": dialogs})
+            segs = [
+                {
+                    "id": f"{name}-{i:04d}",
+                    "start": float(i),
+                    "end": i + 1.0,
+                    "speaker": "SPEAKER_00",
+                    "text": "i am so happy",
+                    "label": i - 1,
+                    "audio": torch.zeros(16000),
+                }
+                for i in range(4)
+            ]
+            fileio.atomic_torch_save(
+                {"dialog": name, "session": ses, "sample_rate": 16000, "segments": segs},
+                work / "simulated" / "aligned-p1.5" / "cache" / f"{name}.pt",
+            )
+    fileio.atomic_write_json(
+        work / "labels.json", {"corpus": "synthetic", "labels": list(formats.LABELS), "dialogs": dialogs}
+    )
 
 
 def train_args(work, demo_cfg, *extra):
-    return train.parse_args(["--check", "--work", str(work), "--pipe", "simulated", "--device", "cpu",
-                             "--text-model", demo_cfg["text_model"], "--audio-model", demo_cfg["audio_model"], *extra])
+    return train.parse_args(
+        [
+            "--check",
+            "--work",
+            str(work),
+            "--pipe",
+            "simulated",
+            "--device",
+            "cpu",
+            "--text-model",
+            demo_cfg["text_model"],
+            "--audio-model",
+            demo_cfg["audio_model"],
+            *extra,
+        ]
+    )
 
 
 def test_extractor_sizes_and_cnn_flops_known_answers(tiny_demo):
@@ -451,16 +563,28 @@ def test_train_check_counts_the_splits_estimates_and_writes_nothing(tiny_demo, t
     write_cache(work)
     estimated = []
     real_estimate = checklist.estimate_time
-    monkeypatch.setattr(checklist, "estimate_time", lambda name, flops, **kw: estimated.append(flops) or
-                        real_estimate(name, flops, **kw))
+    monkeypatch.setattr(
+        checklist,
+        "estimate_time",
+        lambda name, flops, **kw: estimated.append(flops) or real_estimate(name, flops, **kw),
+    )
     before = tree(tmp_path)
     items = train.preflight(train_args(work, cfg, "--epochs", "3", "--check-runs", "2"))
-    assert [i.name for i in items] == ["labels", "step-3 cache", "text extractor", "audio extractor", "CUDA",
-                                       "disk (checkpoints)", "time (estimate)"]
+    assert [i.name for i in items] == [
+        "labels",
+        "step-3 cache",
+        "text extractor",
+        "audio extractor",
+        "CUDA",
+        "disk (checkpoints)",
+        "time (estimate)",
+    ]
     assert all(i.ok for i in items), [i.line() for i in items]
     # val_fraction 0.15 of 3 dialogs per training session rounds to 0, at least 1 is held out: 2 val, 4 train
-    assert ("split main (test session 5): train 4 dialogs / 12 labelled segments, val 2 dialogs / 6 labelled "
-            "segments, test 3 dialogs / 9 labelled segments") in items[1].message
+    assert (
+        "split main (test session 5): train 4 dialogs / 12 labelled segments, val 2 dialogs / 6 labelled "
+        "segments, test 3 dialogs / 9 labelled segments"
+    ) in items[1].message
     assert tree(tmp_path) == before
 
     # The documented formula, by hand: every segment 1 s (the demo model's 25 frames), 'i am so happy' = 4 words -> 7.2 tokens.
@@ -470,23 +594,42 @@ def test_train_check_counts_the_splits_estimates_and_writes_nothing(tiny_demo, t
 
     def seg(f, positions, trained, cnn=0.0):
         k = 3 if trained else 1
-        return (6 if trained else 2) * f["dense"] * positions + k * 4 * f["layers"] * f["hidden"] * positions ** 2 + k * cnn
+        return (
+            (6 if trained else 2) * f["dense"] * positions + k * 4 * f["layers"] * f["hidden"] * positions**2 + k * cnn
+        )
 
-    per_epoch = (12 * (seg(t, 7.2, True) + seg(a, 25, True, a["cnn_flops_per_s"]))
-                 + 6 * (seg(t, 7.2, False) + seg(a, 25, False, a["cnn_flops_per_s"])) + 6 * head * 2 * 12)
+    per_epoch = (
+        12 * (seg(t, 7.2, True) + seg(a, 25, True, a["cnn_flops_per_s"]))
+        + 6 * (seg(t, 7.2, False) + seg(a, 25, False, a["cnn_flops_per_s"]))
+        + 6 * head * 2 * 12
+    )
     assert estimated == [pytest.approx(2 * 3 * per_epoch, rel=1e-9)]
 
     # frozen: the embeddings once, then only the head; the feature cache enters the disk estimate
     estimated.clear()
     items = train.preflight(train_args(work, cfg, "--epochs", "3", "--check-runs", "2", "--mode", "frozen"))
     assert items[5].name == "disk (checkpoints and feature cache)"
-    assert estimated == [pytest.approx(18 * (seg(t, 7.2, False) + seg(a, 25, False, a["cnn_flops_per_s"]))
-                                       + 2 * 3 * 6 * head * 2 * 12, rel=1e-9)]
+    assert estimated == [
+        pytest.approx(
+            18 * (seg(t, 7.2, False) + seg(a, 25, False, a["cnn_flops_per_s"])) + 2 * 3 * 6 * head * 2 * 12, rel=1e-9
+        )
+    ]
 
     # no cache: step 3 is named; with --planned the reference utterances stand in
     with pytest.raises(SystemExit) as exit_info:
-        train.main(["--check", "--work", str(work), "--pipe", "whisperx", "--text-model", cfg["text_model"],
-                    "--audio-model", cfg["audio_model"]])
+        train.main(
+            [
+                "--check",
+                "--work",
+                str(work),
+                "--pipe",
+                "whisperx",
+                "--text-model",
+                cfg["text_model"],
+                "--audio-model",
+                cfg["audio_model"],
+            ]
+        )
     assert exit_info.value.code == 1
     out = capsys.readouterr().out
     assert f"FAIL step-3 cache: {work / 'whisperx'}" in out and "python align.py" in out
@@ -508,6 +651,7 @@ def test_train_download_models_fetches_what_loads(tiny_demo, tmp_path, monkeypat
 
     def snapshot_download(repo_id, *, local_dir, allow_patterns, token=None, **kwargs):
         import fnmatch
+
         calls.append((repo_id, list(allow_patterns)))
         for f in sources[repo_id].iterdir():
             if any(fnmatch.fnmatch(f.name, pat) for pat in allow_patterns):
@@ -519,8 +663,15 @@ def test_train_download_models_fetches_what_loads(tiny_demo, tmp_path, monkeypat
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     dest = tmp_path / "models"
     dest.mkdir()
-    (dest / "models.json").write_text(json.dumps({"written_by": "preprocess.py --download-models", "repositories": {
-        PIPE_31: {"path": "x"}}, "flags": ["--model-dir", str(dest)]}))
+    (dest / "models.json").write_text(
+        json.dumps(
+            {
+                "written_by": "preprocess.py --download-models",
+                "repositories": {PIPE_31: {"path": "x"}},
+                "flags": ["--model-dir", str(dest)],
+            }
+        )
+    )
     manifest = train.main(["--download-models", str(dest), "--text-model", "org/text", "--audio-model", "org/audio"])
     files = list(modelhub.TRANSFORMERS_FILES)
     assert calls == [("org/text", files + ["model.safetensors"]), ("org/audio", files + ["model.safetensors"])]
@@ -531,17 +682,27 @@ def test_train_download_models_fetches_what_loads(tiny_demo, tmp_path, monkeypat
     assert " ".join(manifest["train_flags"]) in capsys.readouterr().out
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    items = train.preflight(train.parse_args(["--check", "--work", str(tmp_path / "w"), "--planned",
-                                              *manifest["train_flags"]]))
+    items = train.preflight(
+        train.parse_args(["--check", "--work", str(tmp_path / "w"), "--planned", *manifest["train_flags"]])
+    )
     assert [i.ok for i in items if "extractor" in i.name] == [True, True]
 
     calls.clear()
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    train.main(["--download-models", str(tmp_path / "m2"), "--text-model", "org/spm", "--audio-model", cfg["audio_model"]])
-    assert calls == [("org/spm", files + ["model.safetensors"]), ("org/spm", ["pytorch_model.bin"]),
-                     ("org/spm", list(train.SENTENCEPIECE_FILES))]
+    train.main(
+        ["--download-models", str(tmp_path / "m2"), "--text-model", "org/spm", "--audio-model", cfg["audio_model"]]
+    )
+    assert calls == [
+        ("org/spm", files + ["model.safetensors"]),
+        ("org/spm", ["pytorch_model.bin"]),
+        ("org/spm", list(train.SENTENCEPIECE_FILES)),
+    ]
     assert sorted(p.name for p in (tmp_path / "m2" / "org" / "spm").iterdir()) == [
-        "config.json", "pytorch_model.bin", "spm.model", "tokenizer_config.json"]  # no TF weights
+        "config.json",
+        "pytorch_model.bin",
+        "spm.model",
+        "tokenizer_config.json",
+    ]  # no TF weights
 
 
 def test_step1_check_demo_passes_missing_or_incomplete_corpus_fails(tiny_demo, tmp_path, capsys):
@@ -583,12 +744,20 @@ def reproduce_check_in_process(cwd: Path, capsys, monkeypatch, *argv):
 def test_reproduce_check_demo_every_item_ok_and_nothing_written(tiny_demo, tmp_path, capsys, monkeypatch, no_network):
     demo_dir, _ = tiny_demo
     before, before_demo = tree(tmp_path), tree(demo_dir)
-    status, out = reproduce_check_in_process(tmp_path, capsys, monkeypatch, "--demo-dir", str(demo_dir), "--demo-size", "tiny")
+    status, out = reproduce_check_in_process(
+        tmp_path, capsys, monkeypatch, "--demo-dir", str(demo_dir), "--demo-size", "tiny"
+    )
     assert status == 0, out
     summary = out.split("reproduce.py --check (demo")[1].splitlines()[1:]
     assert [line.split(":")[0] for line in summary] == [
-        "OK   step 1 labels", "OK   step 2 oracle", "OK   step 2 simulated", "OK   step 3 align (disk)",
-        "OK   step 4 train (finetune)", "OK   step 4 train (frozen)", "reproduce preflight"]
+        "OK   step 1 labels",
+        "OK   step 2 oracle",
+        "OK   step 2 simulated",
+        "OK   step 3 align (disk)",
+        "OK   step 4 train (finetune)",
+        "OK   step 4 train (frozen)",
+        "reproduce preflight",
+    ]
     assert "reproduce preflight: all 6 checks OK" in out and "FAIL" not in out
     # the train checks count every run of the plan: 17 fine-tuned, 6 frozen (demo: 3 headline seeds, 1 ablation)
     assert "--check-runs 17" in out and "--check-runs 6" in out
@@ -603,6 +772,7 @@ def test_reproduce_check_demo_every_item_ok_and_nothing_written(tiny_demo, tmp_p
 
 class GatedHub(http.server.BaseHTTPRequestHandler):
     """The hub's auth-check endpoint: GATED answers as a gated repository does without a token."""
+
     seen = []
 
     def do_GET(self):  # noqa: N802
@@ -637,15 +807,30 @@ def test_reproduce_check_names_a_missing_folder_and_a_gated_model(tiny_demo, tmp
     before, before_demo = tree(tmp_path), tree(demo_dir)
     reset_sessions()  # sessions made offline before this test would refuse the request
     try:
-        status, out = reproduce_check_in_process(tmp_path, capsys, monkeypatch, "--demo-dir", str(demo_dir), "--demo-size",
-                                                 "tiny", "--only", "main", "--text-model", "/nonexistent", "--audio-model", GATED)
+        status, out = reproduce_check_in_process(
+            tmp_path,
+            capsys,
+            monkeypatch,
+            "--demo-dir",
+            str(demo_dir),
+            "--demo-size",
+            "tiny",
+            "--only",
+            "main",
+            "--text-model",
+            "/nonexistent",
+            "--audio-model",
+            GATED,
+        )
     finally:
         server.shutdown()
         reset_sessions()
     assert status == 1, out
     assert "FAIL text extractor: /nonexistent: no such folder" in out
-    assert (f"FAIL audio extractor: {GATED}: gated repository and HF_TOKEN is not set: accept its conditions at "
-            f"https://huggingface.co/{GATED}") in out
+    assert (
+        f"FAIL audio extractor: {GATED}: gated repository and HF_TOKEN is not set: accept its conditions at "
+        f"https://huggingface.co/{GATED}"
+    ) in out
     assert GatedHub.seen == [f"/api/models/{GATED}/auth-check"]  # one train check (fine-tuned only), one request
     assert re.search(r"FAIL step 4 train \(finetune\): 2 of \d+ checks failed \(text extractor, audio extractor\)", out)
     assert "OK   step 1 labels" in out and "OK   step 2 simulated" in out
@@ -660,8 +845,19 @@ def test_reproduce_check_names_a_corpus_with_wrong_counts(tiny_demo, tmp_path, c
     shutil.copytree(cfg["iemocap"], corpus)
     shutil.rmtree(corpus / "Session5")
     before = tree(tmp_path)
-    status, out = reproduce_check_in_process(tmp_path, capsys, monkeypatch, "--iemocap", str(corpus), "--only", "main",
-                                             "--text-model", cfg["text_model"], "--audio-model", cfg["audio_model"])
+    status, out = reproduce_check_in_process(
+        tmp_path,
+        capsys,
+        monkeypatch,
+        "--iemocap",
+        str(corpus),
+        "--only",
+        "main",
+        "--text-model",
+        cfg["text_model"],
+        "--audio-model",
+        cfg["audio_model"],
+    )
     assert status == 1, out
     assert "--expect-standard yes" in out
     assert "FAIL standard counts: 23 differ (forced by --expect-standard yes): dialogs expected 151, got 2" in out

@@ -2,6 +2,7 @@
 with intervals and paired tests, a re-run that recomputes nothing, a pause-only change that re-runs
 only what follows it (the steps run in this process: conftest.steps_in_process), and, with real
 processes, invocations side by side and a failing step that stops the run."""
+
 import ast
 import json
 import os
@@ -10,12 +11,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import steps_in_process
 
 import reproduce
 from common import cli, fileio, formats, scoring
-from conftest import steps_in_process
 
-STEPS = ("iemo_lab_with_timestamps", "preprocess", "align", "train", "evaluate", "teer_calculate", "predict", "corpus_from_csv")
+STEPS = (
+    "iemo_lab_with_timestamps",
+    "preprocess",
+    "align",
+    "train",
+    "evaluate",
+    "teer_calculate",
+    "predict",
+    "corpus_from_csv",
+)
 
 
 def reproduce_in_process(args):
@@ -26,9 +36,28 @@ def reproduce_in_process(args):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("repro")
-    args = ["--demo-dir", str(base / "demo"), "--demo-size", "tiny", "--results", str(base / "results"),
-            "--epochs", "2", "--seeds", "2", "--pauses", "1.5", "--bootstrap-samples", "200",
-            "--only", "main", "frozen", "vadoracle", "--jobs", "1"]
+    args = [
+        "--demo-dir",
+        str(base / "demo"),
+        "--demo-size",
+        "tiny",
+        "--results",
+        str(base / "results"),
+        "--epochs",
+        "2",
+        "--seeds",
+        "2",
+        "--pauses",
+        "1.5",
+        "--bootstrap-samples",
+        "200",
+        "--only",
+        "main",
+        "frozen",
+        "vadoracle",
+        "--jobs",
+        "1",
+    ]
     reproduce_in_process(args)
     return base, args
 
@@ -68,8 +97,9 @@ def assert_tables_render(text: str) -> int:
         assert len(block) >= 2, f"a table without a delimiter row: {block[0]}"
         header, delimiter = table_cells(block[0]), table_cells(block[1])
         assert all(re.fullmatch(r":?-{3,}:?", c) for c in delimiter), f"not a delimiter row: {block[1]}"
-        assert len(delimiter) == len(header), \
+        assert len(delimiter) == len(header), (
             f"{len(header)} header cells, {len(delimiter)} delimiter cells: {block[0]}"
+        )
         for row in block[2:]:
             assert len(table_cells(row)) == len(header), f"{len(header)} header cells: {block[0]}\nrow: {row}"
         n_tables += 1
@@ -119,19 +149,31 @@ def test_first_run_writes_every_table_from_metrics_files(tiny_run):
         pattern = re.search(r"`(.*)/teer\*\.json`", row).group(1)
         t = [json.loads(f.read_text()) for f in seed_files(pattern, "teer.json")]
         ta = [json.loads(f.read_text()) for f in seed_files(pattern, "teer_authors.json")]
-        assert cells[1:5] == [pm([x["TEER"] for x in t]), pm([x["sTEER"] for x in t]),
-                              pm([x["TEER"] for x in ta]), pm([x["sTEER"] for x in ta])]
+        assert cells[1:5] == [
+            pm([x["TEER"] for x in t]),
+            pm([x["sTEER"] for x in t]),
+            pm([x["TEER"] for x in ta]),
+            pm([x["sTEER"] for x in ta]),
+        ]
     # the paired differences are recomputed from the per-utterance predictions of both systems
     pr = [line for line in tables.splitlines() if line.startswith("| with − without alignment (fine-tuned) | accuracy")]
     assert len(pr) == 1
     work = base / "demo" / "preprocessed_iemocap_tiny" / "runs"
 
     def cms(name):
-        utts = [json.loads((work / f"{name}__s{s}" / "metrics.json").read_text())["utterance"]["utterances"] for s in (0, 1)]
+        utts = [
+            json.loads((work / f"{name}__s{s}" / "metrics.json").read_text())["utterance"]["utterances"] for s in (0, 1)
+        ]
         dialogs = sorted({u["dialog"] for u in utts[0]})
         return np.stack([scoring.dialog_confusions(u, dialogs) for u in utts])
-    r = scoring.paired_bootstrap(cms("simulated__aligned-p1.5__finetune__fusion"), cms("simulated__baseline__finetune__fusion"),
-                               "accuracy", 200, 0)
+
+    r = scoring.paired_bootstrap(
+        cms("simulated__aligned-p1.5__finetune__fusion"),
+        cms("simulated__baseline__finetune__fusion"),
+        "accuracy",
+        200,
+        0,
+    )
     assert f"{100 * r['diff']:+.1f} [{100 * r['ci95'][0]:+.1f}, {100 * r['ci95'][1]:+.1f}]" in pr[0]
     p = provenance(base)
     assert p["config"]["demo"] and p["code"]["commit"]
@@ -141,7 +183,11 @@ def test_first_run_writes_every_table_from_metrics_files(tiny_run):
     assert not any(s["skipped"] for s in p["steps"])
     assert set(p["seconds_per_step"]) == {f"step {k}" for k in range(1, 8)}  # 7: predict.py on a test dialog
     assert sorted(f.name.split(".", 1)[1] for f in (base / "results" / "predict").iterdir()) == [
-        "emotions.json", "emotions.rttm", "timeline.png", "vtt"]
+        "emotions.json",
+        "emotions.rttm",
+        "timeline.png",
+        "vtt",
+    ]
     assert all(v == [0, 1] for v in p["seeds"].values())
     assert assert_tables_render(tables) >= 5 and "sample standard deviation" in tables
 
@@ -159,7 +205,7 @@ def test_changing_only_the_pause_reruns_only_that_alignment_and_what_follows(tin
     base, args = tiny_run
     args = list(args)
     args[args.index("--pauses") + 1] = "1.0"
-    args[args.index("--only") + 1:args.index("--jobs")] = ["main", "frozen", "vadoracle", "pause"]
+    args[args.index("--only") + 1 : args.index("--jobs")] = ["main", "frozen", "vadoracle", "pause"]
     reproduce_in_process(args)
     ran = [s for s in provenance(base)["steps"] if not s["skipped"]]
     assert ran, "the new pause threshold must run"
@@ -193,13 +239,15 @@ def test_a_step3_rerun_by_hand_retrains_what_it_changed_under_the_same_names(tin
     ran = [s for s in provenance(base)["steps"] if not s["skipped"]]
     assert sorted({s["step"].split()[1] for s in ran}) == ["4", "5", "6"]
     trained = [a for s in ran if s["step"].startswith("step 4") for a in [" ".join(s["argv"])]]
-    assert trained and all("--variant aligned-p1.5 " in a and "--no-resume" in a and "--pipe simulated" in a
-                           for a in trained)
+    assert trained and all(
+        "--variant aligned-p1.5 " in a and "--no-resume" in a and "--pipe simulated" in a for a in trained
+    )
     for name in ("simulated__aligned-p1.5__finetune__fusion__s0", "simulated__aligned-p1.5__frozen__fusion__s1"):
         metrics = fileio.read_json(work / "runs" / name / "metrics.json")
         assert metrics["data_check"]["status"] == "same"
-        assert fileio.read_json(work / "runs" / name / "config.json")["data"]["cache_files"]["Ses05F_impro01.pt"] \
-            == fileio.file_sha256(work / "simulated" / "aligned-p1.5" / "cache" / "Ses05F_impro01.pt")
+        assert fileio.read_json(work / "runs" / name / "config.json")["data"]["cache_files"][
+            "Ses05F_impro01.pt"
+        ] == fileio.file_sha256(work / "simulated" / "aligned-p1.5" / "cache" / "Ses05F_impro01.pt")
 
 
 def test_force_and_changed_items_get_the_redo_flag_and_invocations_run_side_by_side(tmp_path, capfd):
@@ -208,13 +256,15 @@ def test_force_and_changed_items_get_the_redo_flag_and_invocations_run_side_by_s
     (--overwrite / --no-resume); up-to-date items are not run; split invocations run side by side, each
     with its share of the cores, and a failing one is named, its log printed whole, after the others finish."""
     script = tmp_path / "step.py"
-    script.write_text("import json, os, sys, time\n"
-                      "time.sleep(0.3)\n"
-                      "out = os.path.join(os.path.dirname(sys.argv[0]), 'calls.jsonl')\n"
-                      "open(out, 'a').write(json.dumps({'argv': sys.argv[1:], 'threads': os.environ.get('OMP_NUM_THREADS'),"
-                      " 'start': time.time()}) + '\\n')\n"
-                      "if 'bad' in sys.argv:\n"
-                      "    sys.exit('error: ' + out + ': a bad item')\n")
+    script.write_text(
+        "import json, os, sys, time\n"
+        "time.sleep(0.3)\n"
+        "out = os.path.join(os.path.dirname(sys.argv[0]), 'calls.jsonl')\n"
+        "open(out, 'a').write(json.dumps({'argv': sys.argv[1:], 'threads': os.environ.get('OMP_NUM_THREADS'),"
+        " 'start': time.time()}) + '\\n')\n"
+        "if 'bad' in sys.argv:\n"
+        "    sys.exit('error: ' + out + ': a bad item')\n"
+    )
 
     def calls():
         lines = (tmp_path / "calls.jsonl").read_text().splitlines() if (tmp_path / "calls.jsonl").exists() else []
@@ -222,8 +272,15 @@ def test_force_and_changed_items_get_the_redo_flag_and_invocations_run_side_by_s
         return [json.loads(line) for line in lines]
 
     def step(runner, items, up=("u",)):
-        return runner.step("step 9 demo", str(script), [(i, [i], up) for i in items], lambda ids: list(ids),
-                           redo_flag="--redo", split=lambda stale: [[i] for i in stale])
+        return runner.step(
+            "step 9 demo",
+            str(script),
+            [(i, [i], up) for i in items],
+            lambda ids: list(ids),
+            redo_flag="--redo",
+            split=lambda stale: [[i] for i in stale],
+        )
+
     work = tmp_path / "work"
     work.mkdir()
     step(reproduce.Runner(work, force=False, jobs=2), ["a", "b"])
@@ -248,6 +305,7 @@ def test_force_and_changed_items_get_the_redo_flag_and_invocations_run_side_by_s
 class Recorder:
     """Stands in for reproduce.Runner: records each invocation (script, redo flag, argv, item ids,
     the items' upstream keys) instead of running it, splitting the items as the Runner does."""
+
     jobs = 2
 
     def __init__(self):
@@ -255,7 +313,7 @@ class Recorder:
 
     def step(self, name, script, items, argv_for, sources=(), redo_flag=None, split=None, cost=None):
         ids = [i for i, _, _ in items]
-        for group in (split(ids) if split else [ids]):
+        for group in split(ids) if split else [ids]:
             self.calls.append((script, redo_flag, argv_for(group), group, [u for i, _, u in items if i in group]))
         return {i: i for i in ids}
 
@@ -270,19 +328,42 @@ def test_each_step_gets_its_own_redo_flag_and_train_sweeps_cover_the_plan_exactl
     rec = Recorder()
     reproduce.run_pipeline(cfg, args, rec, configs)
     flags = {script: flag for script, flag, _, _, _ in rec.calls}
-    assert flags == {"iemo_lab_with_timestamps.py": None, "preprocess.py": "--overwrite", "align.py": "--overwrite",
-                     "train.py": "--no-resume", "evaluate.py": None, "teer_calculate.py": None}
+    assert flags == {
+        "iemo_lab_with_timestamps.py": None,
+        "preprocess.py": "--overwrite",
+        "align.py": "--overwrite",
+        "train.py": "--no-resume",
+        "evaluate.py": None,
+        "teer_calculate.py": None,
+    }
     planned = {r["name"]: r for c in configs for r in reproduce.config_runs(c)}
     trained = []
     for script, _, argv, group, _ in rec.calls:
         if script != "train.py":
             continue
-        pick = lambda flag: argv[argv.index(flag) + 1:next((i for i in range(argv.index(flag) + 1, len(argv))  # noqa: E731
-                                                            if argv[i].startswith("--")), len(argv))]
-        variants, modalities, fusions, seeds, names = (pick(f) for f in ("--variant", "--modality", "--fusion", "--seed", "--run"))
+        pick = (
+            lambda flag: argv[
+                argv.index(flag) + 1 : next(
+                    (
+                        i
+                        for i in range(argv.index(flag) + 1, len(argv))  # noqa: E731
+                        if argv[i].startswith("--")
+                    ),
+                    len(argv),
+                )
+            ]
+        )
+        variants, modalities, fusions, seeds, names = (
+            pick(f) for f in ("--variant", "--modality", "--fusion", "--seed", "--run")
+        )
         # train.py's sweep order: variant, then modality (each fusion for the fused model), then seed
-        combos = [(v, m, f, int(s)) for v in variants for m in modalities for f in (fusions if m == "fusion" else fusions[:1])
-                  for s in seeds]
+        combos = [
+            (v, m, f, int(s))
+            for v in variants
+            for m in modalities
+            for f in (fusions if m == "fusion" else fusions[:1])
+            for s in seeds
+        ]
         assert len(combos) == len(names) == len(group)
         for (v, m, f, s), name in zip(combos, names):
             r = planned[name]
@@ -298,7 +379,7 @@ def test_a_failing_step_stops_the_run_with_its_message(tiny_run, capfd):
     base, args = tiny_run
     args = list(args)
     args[args.index("--pauses") + 1] = "0.5"
-    args[args.index("--only") + 1:] = ["pause"]
+    args[args.index("--only") + 1 :] = ["pause"]
     asr = base / "demo" / "preprocessed_iemocap_tiny" / "simulated" / "asr" / "Ses01F_impro01.json"
     good = asr.read_bytes()
     asr.write_text("{not json")
@@ -327,8 +408,18 @@ def test_a_csv_corpus_replaces_step_1_and_its_content_is_stamped(tmp_path):
     of the item's key, so an edited CSV re-runs step 1 (and what follows)."""
     csv_path = tmp_path / "c.csv"
     csv_path.write_text("audio,id,start,end,speaker,emotion\n")
-    args = reproduce.parse_args(["--corpus-csv", str(csv_path), "--audio-root", str(tmp_path / "audio"),
-                                 "--emotion-map", "happy=hap", "--demo-dir", str(tmp_path / "demo")])
+    args = reproduce.parse_args(
+        [
+            "--corpus-csv",
+            str(csv_path),
+            "--audio-root",
+            str(tmp_path / "audio"),
+            "--emotion-map",
+            "happy=hap",
+            "--demo-dir",
+            str(tmp_path / "demo"),
+        ]
+    )
     cfg = reproduce.setup(args, build=False)
     assert cfg["iemocap"] == str(tmp_path / "audio")
 
@@ -337,18 +428,30 @@ def test_a_csv_corpus_replaces_step_1_and_its_content_is_stamped(tmp_path):
         reproduce.run_pipeline(cfg, args, rec, reproduce.plan_configs(cfg, args))
         script, _, argv, _, upstream = rec.calls[0]
         return script, argv, upstream
+
     script, argv, upstream = step1()
     assert script == "corpus_from_csv.py"
-    assert argv == [str(csv_path), "--work", cfg["work"], "--audio-root", str(tmp_path / "audio"), "--emotion-map", "happy=hap"]
+    assert argv == [
+        str(csv_path),
+        "--work",
+        cfg["work"],
+        "--audio-root",
+        str(tmp_path / "audio"),
+        "--emotion-map",
+        "happy=hap",
+    ]
     csv_path.write_text("audio,id,start,end,speaker,emotion,text\n")
     assert step1()[2] != upstream
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--epochs", "0"], "--epochs must be at least 1, got 0"),  # not silently the default
-    (["--pauses", "1.5", "-1"], "--pauses must be >= 0 s, got -1"),
-    (["--seeds", "0"], "--seeds and --ablation-seeds must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--epochs", "0"], "--epochs must be at least 1, got 0"),  # not silently the default
+        (["--pauses", "1.5", "-1"], "--pauses must be >= 0 s, got -1"),
+        (["--seeds", "0"], "--seeds and --ablation-seeds must be at least 1"),
+    ],
+)
 def test_bad_arguments_are_refused_before_anything_runs(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         reproduce.parse_args(flags)
@@ -356,6 +459,7 @@ def test_bad_arguments_are_refused_before_anything_runs(flags, message, capsys):
 
 
 # ---- issue 19: statistics as labelled, failed dialogs, tables that render -----------------------
+
 
 def tiny_cfg(base, args, **changes):
     parsed = reproduce.parse_args(args)
@@ -370,11 +474,16 @@ def test_every_table_of_every_group_renders(tiny_run, tmp_path):
     base, args = tiny_run
     cfg, parsed = tiny_cfg(base, args, only=None, pauses=[1.0, 1.5], folds="loso")
     work = Path(cfg["work"])
-    main = next(c for c in reproduce.plan_configs(cfg, reproduce.parse_args(args))
-                if (c["variant"], c["mode"]) == ("aligned-p1.5", "finetune"))
+    main = next(
+        c
+        for c in reproduce.plan_configs(cfg, reproduce.parse_args(args))
+        if (c["variant"], c["mode"]) == ("aligned-p1.5", "finetune")
+    )
     loaded = reproduce.load_results(work, main)
-    results = {tuple(c[k] for k in ("pipe", "variant", "mode", "modality", "fusion")): loaded
-               for c in reproduce.plan_configs(cfg, parsed)}
+    results = {
+        tuple(c[k] for k in ("pipe", "variant", "mode", "modality", "fusion")): loaded
+        for c in reproduce.plan_configs(cfg, parsed)
+    }
     text = reproduce.Tables(cfg, parsed, results).write(tmp_path, work)
     for title in ("Table I", "Table III", "single-modality", "fusion of the two", "maximum pause", "Spread over folds"):
         assert title in text
@@ -384,6 +493,7 @@ def test_every_table_of_every_group_renders(tiny_run, tmp_path):
 def fold_run(accuracies_by_fold: dict) -> dict:
     """One seed's metrics.json of a fold run: fold -> {dialog: [True/False per utterance]}; every
     utterance is "neu", predicted "neu" when True, "sad" when False."""
+
     def scored(recs):
         dialogs = sorted({r["dialog"] for r in recs})
         m = scoring.metrics_from_confusion(scoring.dialog_confusions(recs, dialogs).sum(0))
@@ -391,8 +501,11 @@ def fold_run(accuracies_by_fold: dict) -> dict:
 
     folds, records = {}, []
     for fold, dialogs in accuracies_by_fold.items():
-        recs = [{"id": f"{d}_{i}", "dialog": d, "label": "neu", "pred": "neu" if ok else "sad"}
-                for d, oks in dialogs.items() for i, ok in enumerate(oks)]
+        recs = [
+            {"id": f"{d}_{i}", "dialog": d, "label": "neu", "pred": "neu" if ok else "sad"}
+            for d, oks in dialogs.items()
+            for i, ok in enumerate(oks)
+        ]
         folds[fold] = {"utterance": scored(recs)}
         records += recs
     pooled = scored(records)
@@ -402,8 +515,9 @@ def fold_run(accuracies_by_fold: dict) -> dict:
 def test_a_fold_cell_prints_the_pooled_value_inside_its_own_interval(tmp_path):
     # fold 1: one dialog, 1 utterance right (1.0); fold 2: two dialogs, 6 utterances wrong (0.0).
     # Pooled: 1/7 = 14.29 %; the mean of the folds would be 50 %, outside nothing, but not the cell's quantity.
-    seeds = [{"metrics": fold_run({"fold1": {"a": [True]}, "fold2": {"b": [False] * 3, "c": [False] * 3}})}
-             for _ in range(2)]
+    seeds = [
+        {"metrics": fold_run({"fold1": {"a": [True]}, "fold2": {"b": [False] * 3, "c": [False] * 3}})} for _ in range(2)
+    ]
     res = {"runs": seeds, "name": "x__s{seed}__loso", "source": "runs/x"}
     args = reproduce.parse_args(["--bootstrap-samples", "500", "--folds", "loso"])
     tables = reproduce.Tables({"work": str(tmp_path)}, args, {("p",): res})
@@ -425,14 +539,26 @@ def test_a_fold_cell_prints_the_pooled_value_inside_its_own_interval(tmp_path):
 def test_paired_differences_over_different_dialog_sets_count_the_missing_dialog_as_missed(tmp_path):
     def res(records):
         return {"runs": [{"metrics": {"utterance": {"utterances": records}}}]}
+
     # A has no record of dialog d2 (failed there); B has both. Every utterance is "neu", 2 per dialog.
     a = res([{"id": f"d1_{i}", "dialog": "d1", "label": "neu", "pred": "neu"} for i in range(2)])
-    b = res([{"id": f"{d}_{i}", "dialog": d, "label": "neu", "pred": p}
-             for d, p in (("d1", "sad"), ("d2", "neu")) for i in range(2)])
+    b = res(
+        [
+            {"id": f"{d}_{i}", "dialog": d, "label": "neu", "pred": p}
+            for d, p in (("d1", "sad"), ("d2", "neu"))
+            for i in range(2)
+        ]
+    )
     args = reproduce.parse_args(["--bootstrap-samples", "200"])
     tables = reproduce.Tables({"work": str(tmp_path)}, args, {})
-    tables._labels = {"dialogs": {d: {"utterances": [{"id": f"{d}_{i}", "label": "neu"} for i in range(2)]
-                                      + [{"id": f"{d}_x", "label": None}]} for d in ("d1", "d2")}}
+    tables._labels = {
+        "dialogs": {
+            d: {
+                "utterances": [{"id": f"{d}_{i}", "label": "neu"} for i in range(2)] + [{"id": f"{d}_x", "label": None}]
+            }
+            for d in ("d1", "d2")
+        }
+    }
     rows = tables.paired("A − B", a, b)
     assert len(rows) == 4
     cells = table_cells(rows[0])  # accuracy: A 2/4 (d2's two utterances missed), B 2/4

@@ -3,6 +3,7 @@
 Runs on tiny random-init extractors and a small synthetic step-3 cache written in the exact
 shape of docs/FORMATS.md (sessions 1, 2 and 5; 3 dialogs each, one of them scripted).
 """
+
 import dataclasses
 import json
 from pathlib import Path
@@ -12,8 +13,8 @@ import torch
 
 import evaluate
 import train
-from common import cli, fileio, formats
 import utils
+from common import cli, fileio, formats
 from common.formats import LABELS
 
 
@@ -31,8 +32,11 @@ def write_work(work, poison_test=False, seed=0):
     dialogs = {}
     cache_dir = work / "simulated" / "aligned-p1.5" / "cache"
     for ses in (1, 2, 5):
-        for name, kind, script in ((f"Ses0{ses}F_impro01", "impro", None), (f"Ses0{ses}M_impro02", "impro", None),
-                                   (f"Ses0{ses}F_script0{ses % 3 + 1}_1", "script", f"script0{ses % 3 + 1}")):
+        for name, kind, script in (
+            (f"Ses0{ses}F_impro01", "impro", None),
+            (f"Ses0{ses}M_impro02", "impro", None),
+            (f"Ses0{ses}F_script0{ses % 3 + 1}_1", "script", f"script0{ses % 3 + 1}"),
+        ):
             dialogs[name] = {"session": ses, "kind": kind, "script": script, "utterances": []}
             segs = []
             for i in range(6):
@@ -42,18 +46,48 @@ def write_work(work, poison_test=False, seed=0):
                 else:
                     text = ["i am so happy", "leave me alone now", "i miss her", "okay fine", "what", "hmm"][i]
                 n = int(4000 + 8000 * torch.rand(1, generator=g))
-                segs.append({"id": f"{name}-{i:04d}", "start": float(i), "end": i + n / 16000, "speaker": f"SPEAKER_0{i % 2}",
-                             "text": text, "label": label, "audio": torch.randn(n, generator=g) * (0.1 + 0.2 * max(label, 0))})
-            fileio.atomic_torch_save({"dialog": name, "session": ses, "sample_rate": 16000, "segments": segs},
-                                    cache_dir / f"{name}.pt")
+                segs.append(
+                    {
+                        "id": f"{name}-{i:04d}",
+                        "start": float(i),
+                        "end": i + n / 16000,
+                        "speaker": f"SPEAKER_0{i % 2}",
+                        "text": text,
+                        "label": label,
+                        "audio": torch.randn(n, generator=g) * (0.1 + 0.2 * max(label, 0)),
+                    }
+                )
+            fileio.atomic_torch_save(
+                {"dialog": name, "session": ses, "sample_rate": 16000, "segments": segs}, cache_dir / f"{name}.pt"
+            )
     fileio.atomic_write_json(work / "labels.json", {"corpus": "synthetic", "labels": list(LABELS), "dialogs": dialogs})
     return work
 
 
 def args_for(work, models, run, *extra):
-    return ["--work", str(work), "--pipe", "simulated", "--run", run, "--text-model", models["text_model"],
-            "--audio-model", models["audio_model"], "--epochs", "2", "--batch-size", "4", "--num-workers", "0",
-            "--device", "cpu", "--val-fraction", "0.34", *extra]
+    return [
+        "--work",
+        str(work),
+        "--pipe",
+        "simulated",
+        "--run",
+        run,
+        "--text-model",
+        models["text_model"],
+        "--audio-model",
+        models["audio_model"],
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--num-workers",
+        "0",
+        "--device",
+        "cpu",
+        "--val-fraction",
+        "0.34",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +96,10 @@ def work(tmp_path_factory):
 
 
 def read_log(run_dir):
-    return [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "samples_per_s", "audio_s_per_s")}
-            for line in open(run_dir / "log.jsonl")]
+    return [
+        {k: v for k, v in json.loads(line).items() if k not in ("seconds", "samples_per_s", "audio_s_per_s")}
+        for line in open(run_dir / "log.jsonl")
+    ]
 
 
 def extractor_state(model):
@@ -85,20 +121,52 @@ def test_finetune_run_config_optimizer_and_changed_extractors(work, tiny_models,
     config = json.load(open(f"{run_dir}/config.json"))
     split = config["split"]
     assert split["test"] == ["Ses05F_impro01", "Ses05F_script03_1", "Ses05M_impro02"]
-    assert not set(split["train"]) & set(split["val"]) and not (set(split["train"]) | set(split["val"])) & set(split["test"])
+    assert not set(split["train"]) & set(split["val"]) and not (set(split["train"]) | set(split["val"])) & set(
+        split["test"]
+    )
     assert {formats.session_of(d) for d in split["val"]} == {1, 2}  # one held-out dialog per training session
     assert len(split["train"]) == 4 and len(split["val"]) == 2
-    for key in ("lr_extractor", "lr_head", "weight_decay", "dropout", "epochs", "batch_size", "seed", "mode", "modality",
-                "pipe", "variant", "code_version", "extractors", "max_audio_seconds", "schedule_on", "select_on",
-                "validation", "fusion", "audio_padding", "bf16"):
+    for key in (
+        "lr_extractor",
+        "lr_head",
+        "weight_decay",
+        "dropout",
+        "epochs",
+        "batch_size",
+        "seed",
+        "mode",
+        "modality",
+        "pipe",
+        "variant",
+        "code_version",
+        "extractors",
+        "max_audio_seconds",
+        "schedule_on",
+        "select_on",
+        "validation",
+        "fusion",
+        "audio_padding",
+        "bf16",
+    ):
         assert key in config, key
     assert config["extractors"]["audio"]["name"] == tiny_models["audio_model"]
     assert len(config["extractors"]["text"]["weights_sha256"]) == 64
-    assert (config["mode"], config["bf16"], config["pipe"], config["variant"]) == ("finetune", False, "simulated", "aligned-p1.5")
+    assert (config["mode"], config["bf16"], config["pipe"], config["variant"]) == (
+        "finetune",
+        False,
+        "simulated",
+        "aligned-p1.5",
+    )
     # the authors' protocol is the default: no crop, schedule on loss, selection on accuracy, their head
-    assert (config["max_audio_seconds"], config["schedule_on"], config["select_on"], config["fusion"],
-            config["max_text_tokens"], config["audio_padding"], config["validation"]) == \
-        (0.0, "loss", "acc", "gated-xattn", 512, "exact", "held-out")
+    assert (
+        config["max_audio_seconds"],
+        config["schedule_on"],
+        config["select_on"],
+        config["fusion"],
+        config["max_text_tokens"],
+        config["audio_padding"],
+        config["validation"],
+    ) == (0.0, "loss", "acc", "gated-xattn", 512, "exact", "held-out")
 
     last = fileio.load_pt(f"{run_dir}/checkpoint_last.pt")
     groups = last["optimizer"]["param_groups"]
@@ -120,7 +188,9 @@ def test_frozen_mode_caches_embeddings_and_never_touches_extractors(work, tiny_m
     calls = {"n": 0}
     for cls in (utils.TextEmbedder, utils.AudioEmbedder):
         real = cls.forward
-        monkeypatch.setattr(cls, "forward", lambda self, *a, _real=real: calls.__setitem__("n", calls["n"] + 1) or _real(self, *a))
+        monkeypatch.setattr(
+            cls, "forward", lambda self, *a, _real=real: calls.__setitem__("n", calls["n"] + 1) or _real(self, *a)
+        )
     in_epochs = []
     real_epoch = train.train_one_epoch
 
@@ -129,6 +199,7 @@ def test_frozen_mode_caches_embeddings_and_never_touches_extractors(work, tiny_m
         out = real_epoch(*a, **k)
         in_epochs.append(calls["n"] - n0)
         return out
+
     monkeypatch.setattr(train, "train_one_epoch", counting_epoch)
     built = []
     real_build = utils.build_model
@@ -144,7 +215,9 @@ def test_frozen_mode_caches_embeddings_and_never_touches_extractors(work, tiny_m
     assert best["model"] and not any(k.startswith(("text.", "audio.")) for k in best["model"])
     config = json.load(open(f"{run_dir}/config.json"))
     assert set(config["feature_dirs"]) == {"text", "audio"}
-    assert "/features/" in config["feature_dirs"]["audio"] and config["feature_dirs"]["audio"].endswith("simulated/aligned-p1.5")
+    assert "/features/" in config["feature_dirs"]["audio"] and config["feature_dirs"]["audio"].endswith(
+        "simulated/aligned-p1.5"
+    )
 
     # a second run on the same data: every embedding is a cache hit, no extractor forward at all
     calls["n"] = 0
@@ -178,6 +251,7 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path, tiny
         if n["calls"] == 2:
             raise KeyboardInterrupt("simulated interruption in epoch 2")
         return real_epoch(*a, **k)
+
     monkeypatch.setattr(train, "train_one_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train.main(args_for(w, tiny_models, "cut", "--epochs", "3"))
@@ -224,13 +298,17 @@ def scripted_validation(monkeypatch, losses, accs):
     monkeypatch.setattr(train, "validate", lambda *a, **k: dict(zip(("loss", "acc"), next(calls))))
 
 
-@pytest.mark.parametrize("flags, lr_drop_epoch, best_epoch, epochs_run", [
-    ((), 4, 6, 8),                                  # authors: LR follows the loss (worse from epoch 2), keep the best accuracy
-    (("--schedule-on", "acc"), None, 6, 8),         # accuracy keeps improving: the LR never drops
-    (("--select-on", "loss"), 4, 1, 6),             # best loss at epoch 1; early stopping after 5 epochs without improvement
-])
-def test_schedule_follows_loss_and_selection_follows_accuracy(work, tiny_models, monkeypatch, flags, lr_drop_epoch,
-                                                              best_epoch, epochs_run):
+@pytest.mark.parametrize(
+    "flags, lr_drop_epoch, best_epoch, epochs_run",
+    [
+        ((), 4, 6, 8),  # authors: LR follows the loss (worse from epoch 2), keep the best accuracy
+        (("--schedule-on", "acc"), None, 6, 8),  # accuracy keeps improving: the LR never drops
+        (("--select-on", "loss"), 4, 1, 6),  # best loss at epoch 1; early stopping after 5 epochs without improvement
+    ],
+)
+def test_schedule_follows_loss_and_selection_follows_accuracy(
+    work, tiny_models, monkeypatch, flags, lr_drop_epoch, best_epoch, epochs_run
+):
     losses = [1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7]
     accs = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.6, 0.6]
     scripted_validation(monkeypatch, losses, accs)
@@ -245,8 +323,11 @@ def test_schedule_follows_loss_and_selection_follows_accuracy(work, tiny_models,
 
 
 def test_validation_on_test_reproduces_the_authors_selection(work, tiny_models):
-    run_dir = Path(train.main(args_for(work, tiny_models, "val-on-test", "--mode", "frozen", "--epochs", "1",
-                                       "--validation", "test")))
+    run_dir = Path(
+        train.main(
+            args_for(work, tiny_models, "val-on-test", "--mode", "frozen", "--epochs", "1", "--validation", "test")
+        )
+    )
     split = json.load(open(run_dir / "config.json"))["split"]
     assert split["val"] == split["test"] == ["Ses05F_impro01", "Ses05F_script03_1", "Ses05M_impro02"]
     assert len(split["train"]) == 6  # every training-session dialog trains
@@ -263,9 +344,13 @@ def test_bad_training_arguments_are_named(work, tiny_models):
 def test_several_seeds_share_the_split_and_equal_single_seed_runs(work, tiny_models, mode):
     """--seed 0 1 trains one run per seed from data read once; each equals the run of that seed alone,
     and seeds change initialisation and data order only (the validation split stays)."""
-    dirs = train.main(args_for(work, tiny_models, f"ms-{mode}-s{{seed}}", "--mode", mode, "--epochs", "2", "--seed", "3", "4"))
+    dirs = train.main(
+        args_for(work, tiny_models, f"ms-{mode}-s{{seed}}", "--mode", mode, "--epochs", "2", "--seed", "3", "4")
+    )
     assert [Path(d).name for d in dirs] == [f"ms-{mode}-s3", f"ms-{mode}-s4"]
-    alone = Path(train.main(args_for(work, tiny_models, f"alone-{mode}", "--mode", mode, "--epochs", "2", "--seed", "4")))
+    alone = Path(
+        train.main(args_for(work, tiny_models, f"alone-{mode}", "--mode", mode, "--epochs", "2", "--seed", "4"))
+    )
     configs = [json.load(open(Path(d) / "config.json")) for d in (*dirs, alone)]
     assert configs[0]["split"] == configs[1]["split"] == configs[2]["split"]
     assert [c["seed"] for c in configs] == [3, 4, 4]
@@ -284,21 +369,51 @@ def test_sweep_trains_every_combination_each_equal_to_its_run_alone(tmp_path, ti
 
     w = write_work(tmp_path / "w")
     shutil.copytree(w / "simulated" / "aligned-p1.5", w / "simulated" / "aligned-p1")
-    dirs = train.main(args_for(w, tiny_models, "sw-{variant}-{modality}-{fusion}-s{seed}", "--epochs", "1",
-                               "--variant", "aligned-p1.5", "aligned-p1", "--modality", "fusion", "text",
-                               "--fusion", "gated-xattn", "concat", "--seed", "1"))  # several seeds: the test above
-    expected = [f"sw-{v}-{m}-{f}-s1" for v in ("aligned-p1.5", "aligned-p1")
-                for m, f in (("fusion", "gated-xattn"), ("fusion", "concat"), ("text", "gated-xattn"))]
+    dirs = train.main(
+        args_for(
+            w,
+            tiny_models,
+            "sw-{variant}-{modality}-{fusion}-s{seed}",
+            "--epochs",
+            "1",
+            "--variant",
+            "aligned-p1.5",
+            "aligned-p1",
+            "--modality",
+            "fusion",
+            "text",
+            "--fusion",
+            "gated-xattn",
+            "concat",
+            "--seed",
+            "1",
+        )
+    )  # several seeds: the test above
+    expected = [
+        f"sw-{v}-{m}-{f}-s1"
+        for v in ("aligned-p1.5", "aligned-p1")
+        for m, f in (("fusion", "gated-xattn"), ("fusion", "concat"), ("text", "gated-xattn"))
+    ]
     assert [Path(d).name for d in dirs] == expected
     for d in dirs:
         c = json.load(open(Path(d) / "config.json"))
         assert f"sw-{c['variant']}-{c['modality']}-{c['fusion']}-s{c['seed']}" == Path(d).name
-    alone = Path(train.main(args_for(w, tiny_models, "alone", "--epochs", "1", "--variant", "aligned-p1",
-                                     "--fusion", "concat", "--seed", "1")))
-    a, b = fileio.load_pt(w / "runs" / "sw-aligned-p1-fusion-concat-s1" / "checkpoint_best.pt"), fileio.load_pt(alone / "checkpoint_best.pt")
+    alone = Path(
+        train.main(
+            args_for(
+                w, tiny_models, "alone", "--epochs", "1", "--variant", "aligned-p1", "--fusion", "concat", "--seed", "1"
+            )
+        )
+    )
+    a, b = (
+        fileio.load_pt(w / "runs" / "sw-aligned-p1-fusion-concat-s1" / "checkpoint_best.pt"),
+        fileio.load_pt(alone / "checkpoint_best.pt"),
+    )
     assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     # one name per run, in sweep order; a wrong count or colliding names are named errors
-    named = train.main(args_for(w, tiny_models, "x", "--epochs", "1", "--modality", "text", "audio", "--run", "n1", "n2"))
+    named = train.main(
+        args_for(w, tiny_models, "x", "--epochs", "1", "--modality", "text", "audio", "--run", "n1", "n2")
+    )
     assert [json.load(open(Path(d) / "config.json"))["modality"] for d in named] == ["text", "audio"]
     with pytest.raises(cli.PipelineError, match="3 names for 2 runs"):
         train.main(args_for(w, tiny_models, "x", "--modality", "text", "audio", "--run", "a", "b", "c"))
@@ -318,6 +433,7 @@ def test_a_kill_between_log_and_checkpoint_leaves_each_epoch_logged_once(tmp_pat
                 Path(path).with_name(".checkpoint_last.pt.x1y2.tmp").write_bytes(b"partial")
                 raise KeyboardInterrupt("killed while saving epoch 2")
         return real_save(obj, path)
+
     monkeypatch.setattr(fileio, "atomic_torch_save", killed_at_second_last_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         train.main(args_for(w, tiny_models, "cut", "--epochs", "3"))
@@ -347,6 +463,7 @@ def test_kill_9_and_rerun_with_loader_workers_equals_an_uninterrupted_run(tmp_pa
         a = args_for(w, tiny_models, run, "--epochs", "3")
         a[a.index("--num-workers") + 1] = "2"
         return a
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # every run on one thread: a fork must not enter its parent's OpenMP pool (it hangs)
     try:
@@ -377,7 +494,9 @@ def test_folds_of_a_corpus_with_any_dialog_names_use_labels_sessions():
     (fold,) = train.make_folds(meta, "session", 3, 0.25, 0)
     assert fold["test"] == [f"call-3-{i}" for i in range(4)]
     assert sorted(fold["train"] + fold["val"]) == sorted(d for d in meta if meta[d]["session"] != 3)
-    assert [meta[d]["session"] for d in fold["val"]].count(1) == 1 and [meta[d]["session"] for d in fold["val"]].count(2) == 1
+    assert [meta[d]["session"] for d in fold["val"]].count(1) == 1 and [meta[d]["session"] for d in fold["val"]].count(
+        2
+    ) == 1
 
 
 @pytest.mark.parametrize("mode", ["finetune", "frozen"])
@@ -394,17 +513,30 @@ def test_modality_sweep_arms_equal_their_runs_alone(tmp_path, tiny_models, mode)
     (audio_dir / "preprocessor_config.json").write_text(json.dumps({**pre, "do_normalize": False}))
     models = {**tiny_models, "audio_model": str(audio_dir)}
     arms = ("text", "audio", "fusion")
-    swept = train.main(args_for(write_work(tmp_path / "sweep"), models, "sw-{modality}", "--mode", mode,
-                                "--epochs", "1", "--modality", *arms))
+    swept = train.main(
+        args_for(
+            write_work(tmp_path / "sweep"),
+            models,
+            "sw-{modality}",
+            "--mode",
+            mode,
+            "--epochs",
+            "1",
+            "--modality",
+            *arms,
+        )
+    )
     skip = ("run", "work", "code_version", "feature_dirs", "data")
     for arm, d in zip(arms, swept):
         w = write_work(tmp_path / f"alone-{arm}")
         alone = Path(train.main(args_for(w, models, f"sw-{arm}", "--mode", mode, "--epochs", "1", "--modality", arm)))
         c_sweep, c_alone = (json.load(open(Path(p) / "config.json")) for p in (d, alone))
-        assert ({k: v for k, v in c_sweep.items() if k not in skip}
-                == {k: v for k, v in c_alone.items() if k not in skip}), arm
-        assert {k: v for k, v in c_sweep["data"].items() if k != "work"} == \
-            {k: v for k, v in c_alone["data"].items() if k != "work"}, arm  # the same data, in another folder
+        assert {k: v for k, v in c_sweep.items() if k not in skip} == {
+            k: v for k, v in c_alone.items() if k not in skip
+        }, arm
+        assert {k: v for k, v in c_sweep["data"].items() if k != "work"} == {
+            k: v for k, v in c_alone["data"].items() if k != "work"
+        }, arm  # the same data, in another folder
         assert c_sweep["do_normalize"] is (arm == "text"), arm  # the audio arms follow their extractor's config
         keys = {k: Path(v).relative_to(tmp_path / "sweep").parts for k, v in c_sweep["feature_dirs"].items()}
         assert keys == {k: Path(v).relative_to(w).parts for k, v in c_alone["feature_dirs"].items()}, arm
@@ -415,8 +547,9 @@ def test_modality_sweep_arms_equal_their_runs_alone(tmp_path, tiny_models, mode)
         dirs = {arm: json.load(open(Path(d) / "config.json"))["feature_dirs"] for arm, d in zip(arms, swept)}
         assert dirs["audio"]["audio"] == dirs["fusion"]["audio"] and dirs["text"]["text"] == dirs["fusion"]["text"]
         ident = utils.extractor_identity(str(audio_dir))
-        assert (utils.feature_key("audio", ident, {"max_audio_seconds": 0, "do_normalize": False, "bf16": False})
-                != utils.feature_key("audio", ident, {"max_audio_seconds": 0, "do_normalize": True, "bf16": False}))
+        assert utils.feature_key(
+            "audio", ident, {"max_audio_seconds": 0, "do_normalize": False, "bf16": False}
+        ) != utils.feature_key("audio", ident, {"max_audio_seconds": 0, "do_normalize": True, "bf16": False})
 
 
 def test_a_corrupt_feature_cache_is_a_named_error_and_an_unfinished_one_is_recomputed(tmp_path, tiny_models, capsys):
@@ -434,8 +567,9 @@ def test_a_corrupt_feature_cache_is_a_named_error_and_an_unfinished_one_is_recom
     assert str(e.value).startswith(f"{files[0]}: corrupt feature cache") and "step 4" in str(e.value), str(e.value)
     fileio.checksum_path(files[0]).unlink()
     capsys.readouterr()
-    again = Path(train.main(args_for(w, tiny_models, "fz2", "--mode", "frozen", "--epochs", "1",
-                                     "--modality", "audio")))
+    again = Path(
+        train.main(args_for(w, tiny_models, "fz2", "--mode", "frozen", "--epochs", "1", "--modality", "audio"))
+    )
     import re
 
     computed = [int(n) for n in re.findall(r"(\d+) computed", capsys.readouterr().out)]
@@ -453,17 +587,49 @@ def test_model_config_round_trips_a_run_config_and_gives_the_flag_defaults(work,
         assert value == f.default, f.name
     assert (utils.ModelConfig.ffn_dim, utils.ModelConfig.dropout, utils.ModelConfig.heads) == (2048, 0.2, 8)
 
-    run_dir = Path(train.main(args_for(work, tiny_models, "mc", "--mode", "frozen", "--epochs", "1", "--modality",
-                                       "text", "--dropout", "0.1", "--heads", "2", "--fusion-layers", "1",
-                                       "--ffn-dim", "24", "--max-text-tokens", "16")))
+    run_dir = Path(
+        train.main(
+            args_for(
+                work,
+                tiny_models,
+                "mc",
+                "--mode",
+                "frozen",
+                "--epochs",
+                "1",
+                "--modality",
+                "text",
+                "--dropout",
+                "0.1",
+                "--heads",
+                "2",
+                "--fusion-layers",
+                "1",
+                "--ffn-dim",
+                "24",
+                "--max-text-tokens",
+                "16",
+            )
+        )
+    )
     config = json.loads((run_dir / "config.json").read_text())
     mc = utils.ModelConfig.from_run_config(config)
-    assert (mc.modality, mc.dropout, mc.heads, mc.fusion_layers, mc.ffn_dim, mc.max_text_tokens) == \
-        ("text", 0.1, 2, 1, 24, 16)
+    assert (mc.modality, mc.dropout, mc.heads, mc.fusion_layers, mc.ffn_dim, mc.max_text_tokens) == (
+        "text",
+        0.1,
+        2,
+        1,
+        24,
+        16,
+    )
     assert {**config, **mc.to_dict()} == config  # every field is a config.json key with the same value
-    from_config, from_mc = utils.build_model(config, load_extractors=False), utils.build_model(mc, load_extractors=False)
-    assert [(k, v.shape) for k, v in from_config.state_dict().items()] == \
-        [(k, v.shape) for k, v in from_mc.state_dict().items()]
+    from_config, from_mc = (
+        utils.build_model(config, load_extractors=False),
+        utils.build_model(mc, load_extractors=False),
+    )
+    assert [(k, v.shape) for k, v in from_config.state_dict().items()] == [
+        (k, v.shape) for k, v in from_mc.state_dict().items()
+    ]
     layers = from_mc.head.encoder.layers
     assert len(layers) == 1 and layers[0].linear1.out_features == 24 and layers[0].self_attn.num_heads == 2
     trained = fileio.load_pt(run_dir / "checkpoint_best.pt")["model"]
