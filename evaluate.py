@@ -622,22 +622,23 @@ def predict_split(run_dir, split: str = "test", device=None, datasets: dict | No
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, config = load_run(run_dir, device)
+    mc = utils.ModelConfig.from_run_config(config, f"{run_dir}/config.json")
     cache_dir = Path(config["work"]) / config["pipe"] / config["variant"] / "cache"
     # A dialog whose cache is absent (step 2 or 3 failed on it) is listed, not read; its utterances are misses.
     absent = [d for d in config["split"][split] if not (cache_dir / f"{d}.pt").is_file()]
     dialogs = [d for d in config["split"][split] if d not in absent]
     paths = [cache_dir / f"{d}.pt" for d in dialogs]
-    do_norm = getattr(AutoFeatureExtractor.from_pretrained(config["audio_model"]), "do_normalize", True)
-    norm_segment, norm_row = utils.normalisation_places(config.get("audio_padding", "exact"), do_norm)
-    key = (str(cache_dir), tuple(dialogs), config["max_audio_seconds"], norm_segment)
+    do_norm = getattr(AutoFeatureExtractor.from_pretrained(mc.audio_model), "do_normalize", True)
+    norm_segment, norm_row = utils.normalisation_places(mc.audio_padding, do_norm)
+    key = (str(cache_dir), tuple(dialogs), mc.max_audio_seconds, norm_segment)
     datasets = {} if datasets is None else datasets
     if key not in datasets:
         datasets[key] = utils.SegmentDataset(
-            paths, labelled_only=False, max_audio_seconds=config["max_audio_seconds"], do_normalize=norm_segment
+            paths, labelled_only=False, max_audio_seconds=mc.max_audio_seconds, do_normalize=norm_segment
         )
     dataset = datasets[key]
-    tokenizer = AutoTokenizer.from_pretrained(config["text_model"]) if model.modality != "audio" else None
-    collator = utils.Collator(tokenizer, config["max_text_tokens"], normalize_rows=norm_row)
+    tokenizer = AutoTokenizer.from_pretrained(mc.text_model) if model.modality != "audio" else None
+    collator = utils.Collator(tokenizer, mc.max_text_tokens, normalize_rows=norm_row)
     bf16 = bool(config.get("bf16")) and device.type == "cuda"
     if config["mode"] == "frozen":
         feats = utils.cached_embeddings(

@@ -295,17 +295,18 @@ def predict_segments(model, config: dict, cache_paths: list[Path], work: Path, d
     with the run's tokenizer, run_dataset (fine-tuned) or cached_embeddings + classify (frozen)."""
     from transformers import AutoFeatureExtractor, AutoTokenizer
 
+    mc = utils.ModelConfig.from_run_config(config)
     do_norm = config.get("do_normalize")
     if do_norm is None:
-        do_norm = getattr(AutoFeatureExtractor.from_pretrained(config["audio_model"]), "do_normalize", True)
-    norm_segment, norm_row = utils.normalisation_places(config.get("audio_padding", "exact"), do_norm)
+        do_norm = getattr(AutoFeatureExtractor.from_pretrained(mc.audio_model), "do_normalize", True)
+    norm_segment, norm_row = utils.normalisation_places(mc.audio_padding, do_norm)
     dataset = utils.SegmentDataset(
-        cache_paths, labelled_only=False, max_audio_seconds=config["max_audio_seconds"], do_normalize=norm_segment
+        cache_paths, labelled_only=False, max_audio_seconds=mc.max_audio_seconds, do_normalize=norm_segment
     )
     if len(dataset) == 0:
         return []
-    tokenizer = AutoTokenizer.from_pretrained(config["text_model"]) if model.modality != "audio" else None
-    collator = utils.Collator(tokenizer, config["max_text_tokens"], normalize_rows=norm_row)
+    tokenizer = AutoTokenizer.from_pretrained(mc.text_model) if model.modality != "audio" else None
+    collator = utils.Collator(tokenizer, mc.max_text_tokens, normalize_rows=norm_row)
     bf16 = bool(config.get("bf16")) and torch.device(device).type == "cuda"
     if config["mode"] == "frozen":  # the pooled embeddings as training computed them, in the temporary work dir
         feature_dirs = {k: str(work / "features" / k) for k in config["feature_dirs"]}
@@ -472,7 +473,10 @@ def write_outputs(rec: dict, segments: list[dict], out: Path, run_dir: Path, con
         "input": rec["info"],
         "run": str(run_dir),
         **({"data_check": rec["data_check"]} if rec.get("data_check") else {}),
-        "model": {k: config.get(k) for k in ("mode", "modality", "fusion", "pipe", "variant", "seed")},
+        "model": {
+            k: {**config, **config.get("model", {})}.get(k)
+            for k in ("mode", "modality", "fusion", "pipe", "variant", "seed")
+        },
         "step2": rec["step2"],
         "labels": list(LABELS),
         "speakers": speakers,

@@ -46,7 +46,8 @@ prepare it alike: each arm prepares its audio as its own model's config says (do
 shares only data prepared the same way; every run equals that run trained alone. Name the runs
 with a --run template holding {variant} {modality} {fusion} {seed} wherever the sweep varies
 (or give one name per run, in that order: variant, then modality and fusion, then seed), e.g.
-    python train.py --variant aligned-p0.5 aligned-p1 aligned-p1.5 aligned-p2 --seed 0 1 2 --run 'pause-{variant}-s{seed}'
+    python train.py --variant aligned-p0.5 aligned-p1 aligned-p1.5 aligned-p2 --seed 0 1 2 \
+        --run 'pause-{variant}-s{seed}'
 
 Speed: batches of similar audio length (utils.LengthBucketSampler), audio normalised once when
 the cache is read, tokenising in DataLoader workers (--num-workers), bf16 autocast on CUDA,
@@ -546,9 +547,11 @@ def fold_config(args, split: dict, run_dir: Path, meta_info: dict, world_size: i
             for k in ("text", "audio")
             if extractors[k] is not None
         }
-    config = {k: v for k, v in vars(args).items() if k not in ("run", "folds")}
+    model = utils.ModelConfig.from_dict({f: getattr(args, f) for f in utils.ModelConfig.field_names()})
+    config = {k: v for k, v in vars(args).items() if k not in ("run", "folds", *utils.ModelConfig.field_names())}
     config.update(
         {
+            "model": model.to_dict(),
             "work": str(work),
             "run": run_dir.name,
             "folds_scheme": args.folds,
@@ -923,7 +926,10 @@ EXTRACTOR_FILES = {
     "audio": ("preprocessor_config.json",),
 }
 SENTENCEPIECE_FILES = ("spm.model", "sentencepiece.bpe.model", "tokenizer.model")  # DeBERTa v2/v3, XLM-R
-NOT_DENSE_RE = r"(word|position|token_type)_embeddings\.|embed_tokens|rel_embeddings|feature_extractor\.conv_layers|masked_spec_embed"
+NOT_DENSE_RE = (
+    r"(word|position|token_type)_embeddings\.|embed_tokens|rel_embeddings"
+    r"|feature_extractor\.conv_layers|masked_spec_embed"
+)
 
 
 def hub_like(name: str) -> bool:
@@ -1444,7 +1450,8 @@ def variant_folds(args, work: Path, labels: dict, variant: str, say) -> list[dic
     missing = sorted(set(labels["dialogs"]) - cached)
     extra = sorted(cached - set(labels["dialogs"]))
     say(
-        f"read {work / 'labels.json'}: {len(labels['dialogs'])} dialogs; {len(meta)} have a segment cache in {cache_dir}"
+        f"read {work / 'labels.json'}: {len(labels['dialogs'])} dialogs; "
+        f"{len(meta)} have a segment cache in {cache_dir}"
         f" (skipped {len(missing)} without one{': ' + ', '.join(missing[:5]) if missing else ''};"
         f" ignored {len(extra)} caches not in labels.json)"
     )

@@ -35,7 +35,8 @@ from common import cli, fileio, formats
 class ModelConfig:
     """Every hyperparameter of the extractors and the head (build_model, SERModel, Collator,
     SegmentDataset), with the authors' values (M4RC034/SER-Align) as defaults. train.py's flags take
-    their defaults from here; config.json keeps them as flat keys of the run config (from_run_config)."""
+    their defaults from here; a run's config.json holds them as its "model" section, read back with
+    from_run_config (an unknown key is an error)."""
 
     text_model: str = "roberta-base"  # text extractor: hub name or local dir (AutoModel/AutoTokenizer)
     audio_model: str = "facebook/wav2vec2-base"  # audio extractor: hub name or local dir (AutoFeatureExtractor)
@@ -62,8 +63,17 @@ class ModelConfig:
         return cls(**section)
 
     @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
     def from_run_config(cls, config: dict, where: str = "run config") -> ModelConfig:
-        """The model's settings among the flat keys of a run config (train.py's config.json)."""
+        """The "model" section of a run config (train.py's config.json); runs written before it existed
+        held the same settings as flat keys, which are read the same way."""
+        if "model" in config:
+            if not isinstance(config["model"], dict):
+                raise cli.PipelineError(f'{where}: "model" must be an object of model settings')
+            return cls.from_dict(config["model"], where)
         missing = [k for k in cls.REQUIRED if k not in config]
         if missing:
             raise cli.PipelineError(f"{where}: no {missing} (not a run config written by train.py)")
@@ -138,9 +148,10 @@ class TextEmbedder(nn.Module):
     which is what their tokenizer gives a single sentence. Padding tokens are excluded from the
     mean by the attention mask and the models mask them in attention (their tokenizers pad on the
     right, so absolute positions are unchanged), so a padded sample gives the same z_t as alone
-    (tested for RoBERTa, BERT, DeBERTa v1 and v2: tests/test_encoders.py). The pooler head is not built where the model class offers
-    that (add_pooling_layer=False: BERT, RoBERTa): it is unused here (and unused parameters would
-    upset DistributedDataParallel); classes without that argument (DeBERTa) have no pooler.
+    (tested for RoBERTa, BERT, DeBERTa v1 and v2: tests/test_encoders.py). The pooler head is not built
+    where the model class offers that (add_pooling_layer=False: BERT, RoBERTa): it is unused here (and
+    unused parameters would upset DistributedDataParallel); classes without that argument (DeBERTa) have
+    no pooler.
     """
 
     def __init__(self, name_or_dir: str):
@@ -575,7 +586,7 @@ class SERModel(nn.Module):
 
 
 def build_model(config: ModelConfig | dict, load_extractors: bool = True) -> SERModel:
-    """SERModel from a ModelConfig, or from a run config (the flat keys train.py writes to config.json)."""
+    """SERModel from a ModelConfig, or from a run config (its "model" section, ModelConfig.from_run_config)."""
     mc = config if isinstance(config, ModelConfig) else ModelConfig.from_run_config(config)
     return SERModel(
         mc.text_model,

@@ -130,22 +130,18 @@ def test_finetune_run_config_optimizer_and_changed_extractors(work, tiny_models,
         "lr_extractor",
         "lr_head",
         "weight_decay",
-        "dropout",
         "epochs",
         "batch_size",
         "seed",
         "mode",
-        "modality",
+        "model",
         "pipe",
         "variant",
         "code_version",
         "extractors",
-        "max_audio_seconds",
         "schedule_on",
         "select_on",
         "validation",
-        "fusion",
-        "audio_padding",
         "bf16",
     ):
         assert key in config, key
@@ -158,15 +154,17 @@ def test_finetune_run_config_optimizer_and_changed_extractors(work, tiny_models,
         "aligned-p1.5",
     )
     # the authors' protocol is the default: no crop, schedule on loss, selection on accuracy, their head
+    head = config["model"]
     assert (
-        config["max_audio_seconds"],
+        head["max_audio_seconds"],
         config["schedule_on"],
         config["select_on"],
-        config["fusion"],
-        config["max_text_tokens"],
-        config["audio_padding"],
+        head["fusion"],
+        head["max_text_tokens"],
+        head["audio_padding"],
         config["validation"],
     ) == (0.0, "loss", "acc", "gated-xattn", 512, "exact", "held-out")
+    assert config["model"] == utils.ModelConfig.from_run_config(config).to_dict()
 
     last = fileio.load_pt(f"{run_dir}/checkpoint_last.pt")
     groups = last["optimizer"]["param_groups"]
@@ -397,7 +395,7 @@ def test_sweep_trains_every_combination_each_equal_to_its_run_alone(tmp_path, ti
     assert [Path(d).name for d in dirs] == expected
     for d in dirs:
         c = json.load(open(Path(d) / "config.json"))
-        assert f"sw-{c['variant']}-{c['modality']}-{c['fusion']}-s{c['seed']}" == Path(d).name
+        assert f"sw-{c['variant']}-{c['model']['modality']}-{c['model']['fusion']}-s{c['seed']}" == Path(d).name
     alone = Path(
         train.main(
             args_for(
@@ -414,7 +412,7 @@ def test_sweep_trains_every_combination_each_equal_to_its_run_alone(tmp_path, ti
     named = train.main(
         args_for(w, tiny_models, "x", "--epochs", "1", "--modality", "text", "audio", "--run", "n1", "n2")
     )
-    assert [json.load(open(Path(d) / "config.json"))["modality"] for d in named] == ["text", "audio"]
+    assert [json.load(open(Path(d) / "config.json"))["model"]["modality"] for d in named] == ["text", "audio"]
     with pytest.raises(cli.PipelineError, match="3 names for 2 runs"):
         train.main(args_for(w, tiny_models, "x", "--modality", "text", "audio", "--run", "a", "b", "c"))
     with pytest.raises(cli.PipelineError, match="share names"):
@@ -579,8 +577,9 @@ def test_a_corrupt_feature_cache_is_a_named_error_and_an_unfinished_one_is_recom
 
 
 def test_model_config_round_trips_a_run_config_and_gives_the_flag_defaults(work, tiny_models):
-    """config.json keeps the model's settings as flat keys: utils.ModelConfig.from_run_config picks them
-    back, and the model built from either is the same; train.py's flags default to ModelConfig's values."""
+    """config.json holds the model's settings as its "model" section: utils.ModelConfig.from_run_config reads
+    them back (an unknown key is an error), and the model built from either is the same; runs written before
+    the section existed (flat keys) still load; train.py's flags default to ModelConfig's values."""
     defaults = vars(train.parse_args([]))
     for f in dataclasses.fields(utils.ModelConfig):
         value = defaults[f.name] if f.name not in ("modality", "fusion") else defaults[f.name][0]
@@ -622,7 +621,7 @@ def test_model_config_round_trips_a_run_config_and_gives_the_flag_defaults(work,
         24,
         16,
     )
-    assert {**config, **mc.to_dict()} == config  # every field is a config.json key with the same value
+    assert config["model"] == mc.to_dict() and not set(mc.to_dict()) & set(config)  # said once, in "model"
     from_config, from_mc = (
         utils.build_model(config, load_extractors=False),
         utils.build_model(mc, load_extractors=False),
@@ -637,7 +636,11 @@ def test_model_config_round_trips_a_run_config_and_gives_the_flag_defaults(work,
 
     with pytest.raises(cli.PipelineError, match=r"unknown model setting\(s\) \['hidden'\]"):
         utils.ModelConfig.from_dict({"ffn_dim": 24, "hidden": 32}, "model section")
+    with pytest.raises(cli.PipelineError, match=r"run\.json: unknown model setting\(s\) \['hidden'\]"):
+        utils.ModelConfig.from_run_config({**config, "model": {**config["model"], "hidden": 32}}, "run.json")
+    flat = {**{k: v for k, v in config.items() if k != "model"}, **config["model"]}  # a run from before "model"
+    assert utils.ModelConfig.from_run_config(flat) == mc
     with pytest.raises(cli.PipelineError, match=r"run\.json: no \['modality'\]"):
-        utils.ModelConfig.from_run_config({k: v for k, v in config.items() if k != "modality"}, "run.json")
-    old = {k: v for k, v in config.items() if k not in ("fusion", "fusion_layers", "ffn_dim", "audio_padding")}
+        utils.ModelConfig.from_run_config({k: v for k, v in flat.items() if k != "modality"}, "run.json")
+    old = {k: v for k, v in flat.items() if k not in ("fusion", "fusion_layers", "ffn_dim", "audio_padding")}
     assert utils.ModelConfig.from_run_config(old).ffn_dim == 2048  # a run config from before those flags
