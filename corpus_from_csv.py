@@ -147,83 +147,7 @@ def build_labels(csv_path, audio_root=None, emotion_map: dict | None = None, def
     session_col = next((c for c in SESSION_COLUMNS if c in header), None)
     if not rows:
         raise PipelineError(f"{csv_path}: no utterance rows after the header")
-    dialogs, first_line, durations, wdsegs = {}, {}, {}, {}
-    for line, row in rows:
-        where = f"{csv_path}:{line}"
-        empty = [c for c in REQUIRED if not row.get(c)]
-        if empty:
-            raise PipelineError(f"{where}: empty {', '.join(empty)}")
-        utt_id = row["id"]
-        if utt_id in first_line:
-            raise PipelineError(
-                f"{where}: duplicate utterance id {cli.quote(utt_id)} (first at line {first_line[utt_id]})"
-            )
-        first_line[utt_id] = line
-        start, end = _number(row["start"], "start", where), _number(row["end"], "end", where)
-        if not 0 <= start < end:
-            raise PipelineError(f"{where}: start {row['start']}, end {row['end']}; expected 0 <= start < end")
-        emotion = row["emotion"]
-        if emotion.lower() not in emotion_map:
-            raise PipelineError(
-                f"{where}: emotion {emotion!r:.40} is not in the emotion map ({', '.join(emotion_map)}); "
-                f"add it with --emotion-map {emotion.lower()}=<{'|'.join(LABELS)}|{NONE}>"
-            )
-        target = emotion_map[emotion.lower()]
-        audio_rel = row["audio"]
-        audio = root / audio_rel
-        dialog = row.get("dialog") or Path(audio_rel).stem
-        if session_col and row.get(session_col):
-            if not re.fullmatch(r"\d+", row[session_col]) or int(row[session_col]) < 1:
-                raise PipelineError(f"{where}: {session_col} {row[session_col]!r:.40}; expected a positive integer")
-            session = int(row[session_col])
-        else:
-            session = default_session
-        d = dialogs.get(dialog)
-        if d is None:
-            if audio_rel not in durations:
-                durations[audio_rel] = formats.wav_seconds(audio, where)
-            d = dialogs[dialog] = {
-                "session": session,
-                **dialog_meta(dialog),
-                "wav": Path(audio_rel).as_posix(),
-                "utterances": [],
-                "_line": line,
-            }
-        elif d["wav"] != Path(audio_rel).as_posix():
-            raise PipelineError(
-                f"{where}: dialog {dialog} has audio {cli.quote(audio_rel)} here but "
-                f"{cli.quote(d['wav'])} at line "
-                f"{d['_line']}; one audio file per dialog"
-            )
-        elif d["session"] != session:
-            raise PipelineError(
-                f"{where}: dialog {dialog} is in {session_col or 'session'} {session} here but "
-                f"{d['session']} at line {d['_line']}"
-            )
-        formats.check_in_audio(end, durations[audio_rel], where, f"utterance {utt_id} ({start:.3f}-{end:.3f} s)")
-        wdseg = row.get("wdseg") or None
-        if wdseg is not None:
-            if not (root / wdseg).is_file():
-                raise PipelineError(f"{where}: wdseg file {root / wdseg} not found")
-            if wdseg in wdsegs:
-                raise PipelineError(f"{where}: wdseg {wdseg} is also the file of line {wdsegs[wdseg]}")
-            wdsegs[wdseg] = line
-        code = emotion.lower() if emotion.lower() in IEMOCAP_CODES else (target if target != NONE else "oth")
-        d["utterances"].append(
-            {
-                "id": utt_id,
-                "start": start,
-                "end": end,
-                "speaker": row["speaker"],
-                "code": code,
-                "label": None if target == NONE else target,
-                "text": row.get("text", ""),
-                "wdseg": wdseg,
-                "emotion": emotion,
-                "_line": line,
-            }
-        )
-
+    dialogs = _read_dialogs(csv_path, rows, root, emotion_map, session_col, default_session)
     for dialog, d in dialogs.items():
         d["utterances"].sort(key=lambda u: (u["start"], u["id"]))
         assign_speakers(csv_path, dialog, d["utterances"])
@@ -243,6 +167,108 @@ def build_labels(csv_path, audio_root=None, emotion_map: dict | None = None, def
     }
     formats.check_labels(data, csv_path)
     return data
+
+
+def _read_dialogs(csv_path: Path, rows, root: Path, emotion_map: dict, session_col, default_session: int) -> dict:
+    """The checked rows grouped by dialog -> {dialog: entry with "utterances" (unsorted) and "_line"}."""
+    dialogs, first_line, durations, wdsegs = {}, {}, {}, {}
+    for line, row in rows:
+        where = f"{csv_path}:{line}"
+        utt_id, start, end, emotion, target = _row_utterance_fields(row, line, where, first_line, emotion_map)
+        session = _row_session(row, session_col, default_session, where)
+        d, audio_rel = _row_dialog(dialogs, durations, row, root, session, session_col, line, where)
+        formats.check_in_audio(end, durations[audio_rel], where, f"utterance {utt_id} ({start:.3f}-{end:.3f} s)")
+        wdseg = _row_wdseg(row, root, wdsegs, line, where)
+        code = emotion.lower() if emotion.lower() in IEMOCAP_CODES else (target if target != NONE else "oth")
+        d["utterances"].append(
+            {
+                "id": utt_id,
+                "start": start,
+                "end": end,
+                "speaker": row["speaker"],
+                "code": code,
+                "label": None if target == NONE else target,
+                "text": row.get("text", ""),
+                "wdseg": wdseg,
+                "emotion": emotion,
+                "_line": line,
+            }
+        )
+    return dialogs
+
+
+def _row_utterance_fields(row: dict, line: int, where: str, first_line: dict, emotion_map: dict) -> tuple:
+    """A row's required fields checked -> (id, start, end, CSV emotion, mapped class); its id noted in first_line."""
+    empty = [c for c in REQUIRED if not row.get(c)]
+    if empty:
+        raise PipelineError(f"{where}: empty {', '.join(empty)}")
+    utt_id = row["id"]
+    if utt_id in first_line:
+        raise PipelineError(f"{where}: duplicate utterance id {cli.quote(utt_id)} (first at line {first_line[utt_id]})")
+    first_line[utt_id] = line
+    start, end = _number(row["start"], "start", where), _number(row["end"], "end", where)
+    if not 0 <= start < end:
+        raise PipelineError(f"{where}: start {row['start']}, end {row['end']}; expected 0 <= start < end")
+    emotion = row["emotion"]
+    if emotion.lower() not in emotion_map:
+        raise PipelineError(
+            f"{where}: emotion {emotion!r:.40} is not in the emotion map ({', '.join(emotion_map)}); "
+            f"add it with --emotion-map {emotion.lower()}=<{'|'.join(LABELS)}|{NONE}>"
+        )
+    return utt_id, start, end, emotion, emotion_map[emotion.lower()]
+
+
+def _row_session(row: dict, session_col, default_session: int, where: str) -> int:
+    """The row's session (or fold) cell as a positive integer; default_session when there is none."""
+    if session_col and row.get(session_col):
+        if not re.fullmatch(r"\d+", row[session_col]) or int(row[session_col]) < 1:
+            raise PipelineError(f"{where}: {session_col} {row[session_col]!r:.40}; expected a positive integer")
+        return int(row[session_col])
+    return default_session
+
+
+def _row_dialog(dialogs: dict, durations: dict, row: dict, root: Path, session: int, session_col, line, where):
+    """The row's dialog entry (created on its first row, its audio's length read into durations) -> (entry, audio).
+
+    A later row must name the same audio file and session as the dialog's first row.
+    """
+    audio_rel = row["audio"]
+    dialog = row.get("dialog") or Path(audio_rel).stem
+    d = dialogs.get(dialog)
+    if d is None:
+        if audio_rel not in durations:
+            durations[audio_rel] = formats.wav_seconds(root / audio_rel, where)
+        d = dialogs[dialog] = {
+            "session": session,
+            **dialog_meta(dialog),
+            "wav": Path(audio_rel).as_posix(),
+            "utterances": [],
+            "_line": line,
+        }
+    elif d["wav"] != Path(audio_rel).as_posix():
+        raise PipelineError(
+            f"{where}: dialog {dialog} has audio {cli.quote(audio_rel)} here but "
+            f"{cli.quote(d['wav'])} at line "
+            f"{d['_line']}; one audio file per dialog"
+        )
+    elif d["session"] != session:
+        raise PipelineError(
+            f"{where}: dialog {dialog} is in {session_col or 'session'} {session} here but "
+            f"{d['session']} at line {d['_line']}"
+        )
+    return d, audio_rel
+
+
+def _row_wdseg(row: dict, root: Path, wdsegs: dict, line: int, where: str):
+    """The row's wdseg path (None when empty), checked to exist and to be no other row's; noted in wdsegs."""
+    wdseg = row.get("wdseg") or None
+    if wdseg is not None:
+        if not (root / wdseg).is_file():
+            raise PipelineError(f"{where}: wdseg file {root / wdseg} not found")
+        if wdseg in wdsegs:
+            raise PipelineError(f"{where}: wdseg {wdseg} is also the file of line {wdsegs[wdseg]}")
+        wdsegs[wdseg] = line
+    return wdseg
 
 
 def assign_speakers(csv_path: Path, dialog: str, utterances: list[dict]) -> None:

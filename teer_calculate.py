@@ -240,44 +240,11 @@ def teer_dialog(
         raise ValueError(f"same_times must be 'all' or 'last', got {same_times!r}")
     if not utterances:
         raise ValueError("a dialog without reference utterances cannot be scored")
-    # The reference is every utterance, except under "drop" where it is the labelled ones only.
-    in_ref = [u for u in utterances if u["label"] is not None] if nontarget == "drop" else utterances
-    if not in_ref:
-        raise ValueError("a dialog without reference utterances cannot be scored")
-    extent = (min(u["start"] for u in in_ref), max(u["end"] for u in in_ref))
-    spoken = [s for s in segments if s["end"] > s["start"]]  # empty segments hold no speech (pyannote ignores them)
-    if uem == "union" and spoken:
-        extent = (min(extent[0], min(s["start"] for s in spoken)), max(extent[1], max(s["end"] for s in spoken)))
-    elif uem not in ("extent", "union"):
-        raise ValueError(f"uem must be 'extent' or 'union', got {uem!r}")
-    region = [extent]
-    ref_emo, ref_spk = [], []
-    for u in utterances:
-        label = u["label"]
-        if label is None:
-            if nontarget == "exclude":
-                continue  # cut out of the region below
-            if nontarget == "drop":
-                continue
-            if nontarget != "other":
-                raise ValueError(f"nontarget must be exclude, other or drop, got {nontarget!r}")
-            label = OTHER
-        ref_emo.append((u["start"], u["end"], label))
-        ref_spk.append((u["start"], u["end"], f"{u['speaker']}+{label}"))
+    region = [_scoring_extent(utterances, segments, uem, nontarget)]
+    ref_emo, ref_spk = _reference_labels(utterances, nontarget)
     if nontarget == "exclude":
         region = subtract_intervals(region, [(u["start"], u["end"]) for u in utterances if u["label"] is None])
-
-    spk_map = {}
-    if speaker_mapping == "overlap":
-        spk_map = map_speakers(
-            [(u["start"], u["end"], u["speaker"]) for u in utterances],
-            [(s["start"], s["end"], s["speaker"]) for s in segments],
-        )
-    elif speaker_mapping != "none":
-        raise ValueError(f"speaker_mapping must be 'overlap' or 'none', got {speaker_mapping!r}")
-    said = [UNK if unlabelled == "unk" and s["label"] is None else s["pred"] for s in segments]
-    hyp_emo = [(s["start"], s["end"], p) for s, p in zip(segments, said)]
-    hyp_spk = [(s["start"], s["end"], f"{spk_map.get(s['speaker'], s['speaker'])}+{p}") for s, p in zip(segments, said)]
+    spk_map, hyp_emo, hyp_spk = _system_labels(utterances, segments, speaker_mapping, unlabelled)
     if same_times == "last":
         ref_emo, ref_spk, hyp_emo, hyp_spk = map(_last_of_same_times, (ref_emo, ref_spk, hyp_emo, hyp_spk))
 
@@ -298,6 +265,59 @@ def teer_dialog(
         "n_reference": len(utterances),
         "n_system": len(segments),
     }
+
+
+def _scoring_extent(utterances, segments, uem: str, nontarget: str) -> tuple:
+    """(start, end) of the dialog's scoring region before any cut: the reference's extent, widened to the
+    system's speech for uem "union". The reference is every utterance, except under "drop" the labelled ones."""
+    in_ref = [u for u in utterances if u["label"] is not None] if nontarget == "drop" else utterances
+    if not in_ref:
+        raise ValueError("a dialog without reference utterances cannot be scored")
+    extent = (min(u["start"] for u in in_ref), max(u["end"] for u in in_ref))
+    spoken = [s for s in segments if s["end"] > s["start"]]  # empty segments hold no speech (pyannote ignores them)
+    if uem == "union" and spoken:
+        extent = (min(extent[0], min(s["start"] for s in spoken)), max(extent[1], max(s["end"] for s in spoken)))
+    elif uem not in ("extent", "union"):
+        raise ValueError(f"uem must be 'extent' or 'union', got {uem!r}")
+    return extent
+
+
+def _reference_labels(utterances, nontarget: str) -> tuple[list, list]:
+    """-> (emotion labels, speaker+emotion labels) of the reference, [(start, end, label)] each.
+
+    An utterance without a 4-class label is left out ("exclude": its time is cut from the region by the
+    caller; "drop") or says OTHER ("other").
+    """
+    ref_emo, ref_spk = [], []
+    for u in utterances:
+        label = u["label"]
+        if label is None:
+            if nontarget == "exclude":
+                continue  # cut out of the region by the caller
+            if nontarget == "drop":
+                continue
+            if nontarget != "other":
+                raise ValueError(f"nontarget must be exclude, other or drop, got {nontarget!r}")
+            label = OTHER
+        ref_emo.append((u["start"], u["end"], label))
+        ref_spk.append((u["start"], u["end"], f"{u['speaker']}+{label}"))
+    return ref_emo, ref_spk
+
+
+def _system_labels(utterances, segments, speaker_mapping: str, unlabelled: str) -> tuple[dict, list, list]:
+    """-> (speaker map, emotion labels, speaker+emotion labels) of the system, [(start, end, label)] each."""
+    spk_map = {}
+    if speaker_mapping == "overlap":
+        spk_map = map_speakers(
+            [(u["start"], u["end"], u["speaker"]) for u in utterances],
+            [(s["start"], s["end"], s["speaker"]) for s in segments],
+        )
+    elif speaker_mapping != "none":
+        raise ValueError(f"speaker_mapping must be 'overlap' or 'none', got {speaker_mapping!r}")
+    said = [UNK if unlabelled == "unk" and s["label"] is None else s["pred"] for s in segments]
+    hyp_emo = [(s["start"], s["end"], p) for s, p in zip(segments, said)]
+    hyp_spk = [(s["start"], s["end"], f"{spk_map.get(s['speaker'], s['speaker'])}+{p}") for s, p in zip(segments, said)]
+    return spk_map, hyp_emo, hyp_spk
 
 
 def _last_of_same_times(items):
@@ -482,6 +502,26 @@ def report(name: str, r: dict) -> None:
 
 
 def main(argv=None) -> dict:
+    p = _parser()
+    args = p.parse_args(argv)
+    if not args.collar >= 0 or args.collar == float("inf"):  # also NaN
+        p.error(f"--collar {args.collar}: expected a finite number of seconds >= 0")
+    if args.out and (len(args.run) > 1 or args.also_authors):
+        p.error("--out names one file: use it with one --run and without --also-authors")
+    work = Path(args.work)
+    labels, checks = _load_runs(work, args)
+    semantics = [args.authors] + ([True] if args.also_authors and not args.authors else [])
+    results = {}
+    for name in args.run:
+        for authors in semantics:
+            results[name, authors] = score_named_run(
+                work, name, labels, argparse.Namespace(**{**vars(args), "authors": authors}), checks[name]
+            )
+    return results[args.run[0], semantics[0]] if len(results) == 1 else results
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The command line of step 6."""
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
     )
@@ -543,13 +583,14 @@ def main(argv=None) -> dict:
         help="score a run even when labels.json, its step-3 config or cache files changed since it was "
         "trained (refused otherwise); teer.json data_check records it",
     )
-    args = p.parse_args(argv)
-    if not args.collar >= 0 or args.collar == float("inf"):  # also NaN
-        p.error(f"--collar {args.collar}: expected a finite number of seconds >= 0")
-    if args.out and (len(args.run) > 1 or args.also_authors):
-        p.error("--out names one file: use it with one --run and without --also-authors")
+    return p
 
-    work = Path(args.work)
+
+def _load_runs(work: Path, args) -> tuple[dict, dict]:
+    """Check that every --run exists, read labels.json and check each run's data -> (labels, {run: data check}).
+
+    Every run is bound to its data: all are checked before any is scored.
+    """
     for name in args.run:
         if not (work / "runs" / name).is_dir():
             raise PipelineError(f"{work / 'runs' / name}: run directory not found")
@@ -564,14 +605,7 @@ def main(argv=None) -> dict:
             print(
                 f"WARNING {name}: scored on changed data ({rundirs.ALLOW_CHANGED_DATA}): {'; '.join(check['changed'])}"
             )
-    semantics = [args.authors] + ([True] if args.also_authors and not args.authors else [])
-    results = {}
-    for name in args.run:
-        for authors in semantics:
-            results[name, authors] = score_named_run(
-                work, name, labels, argparse.Namespace(**{**vars(args), "authors": authors}), checks[name]
-            )
-    return results[args.run[0], semantics[0]] if len(results) == 1 else results
+    return labels, checks
 
 
 def score_named_run(work: Path, name: str, labels: dict, args, data_check: dict | None = None) -> dict:
