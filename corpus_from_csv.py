@@ -65,7 +65,7 @@ import math
 import re
 from pathlib import Path
 
-from common import cli, fileio, formats
+from common import cli, defaults, fileio, formats
 from common.cli import PipelineError
 from common.formats import CODE_TO_LABEL, IEMOCAP_CODES, LABELS
 
@@ -313,7 +313,7 @@ def main(argv=None):
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     parser.add_argument("csv", help="the corpus CSV (columns: see the module docstring or docs/FORMATS.md)")
-    parser.add_argument("--work", default="preprocessed_iemocap", help="work directory; writes WORK/labels.json")
+    parser.add_argument("--work", default=defaults.WORK_DIR, help="work directory; writes WORK/labels.json")
     parser.add_argument(
         "--audio-root",
         default=None,

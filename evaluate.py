@@ -82,7 +82,7 @@ import torch
 from sklearn import metrics as skm
 
 import utils
-from common import cli, fileio, formats, rundirs, scoring
+from common import cli, defaults, fileio, formats, rundirs, scoring
 from common.cli import PipelineError
 from common.fileio import atomic_write_json, read_json
 from common.formats import LABELS, load_labels
@@ -482,7 +482,7 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
     )
-    p.add_argument("--work", default="preprocessed_iemocap", help="work directory (default: %(default)s)")
+    p.add_argument("--work", default=defaults.WORK_DIR, help="work directory (default: %(default)s)")
     p.add_argument(
         "--run",
         required=True,

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from common import cli
+from common import cli, defaults
 from common.cli import PipelineError, quote
 from common.fileio import atomic_write_json, remove_stale_temp
 from common.formats import (
@@ -470,8 +470,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument("--iemocap", default="IEMOCAP_full_release", help="IEMOCAP root (real or demo corpus)")
-    parser.add_argument("--work", default="preprocessed_iemocap", help="work directory; writes WORK/labels.json")
+    parser.add_argument("--iemocap", default=defaults.CORPUS_DIR, help="IEMOCAP root (real or demo corpus)")
+    parser.add_argument("--work", default=defaults.WORK_DIR, help="work directory; writes WORK/labels.json")
     parser.add_argument(
         "--expect-standard",
         choices=("auto", "yes", "no"),

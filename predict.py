@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 import utils
-from common import cli, fileio, formats, rundirs
+from common import cli, defaults, fileio, formats, rundirs
 from common.cli import PipelineError
 from common.formats import LABELS
 
@@ -543,9 +543,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "default: a temporary one, removed",
     )
     w = p.add_argument_group("step 2 (preprocess.py --backend whisperx), when no --asr-json is given")
-    w.add_argument("--asr-model", default="large-v2", help="(default: %(default)s, the paper's)")
+    w.add_argument("--asr-model", default=defaults.ASR_MODEL, help="(default: %(default)s, the paper's)")
     w.add_argument("--align-model", default=None, help="(default: WhisperX's for English)")
-    w.add_argument("--diar-model", default="pyannote/speaker-diarization-3.1", help="(default: %(default)s)")
+    w.add_argument("--diar-model", default=defaults.DIAR_MODEL, help="(default: %(default)s)")
     w.add_argument("--model-dir", default=None, help="local mirror of hub models (preprocess.py --model-dir)")
     w.add_argument("--num-speakers", type=int, default=2, help="speakers per recording (default: %(default)s)")
     w.add_argument(

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from common import checklist, cli, fileio, formats, step2_oracle, step2_simulated, step2_whisperx
+from common import checklist, cli, defaults, fileio, formats, step2_oracle, step2_simulated, step2_whisperx
 from common.checklist import CheckItem
 from common.cli import PipelineError
 from common.fileio import atomic_write_json, read_json
@@ -82,7 +82,7 @@ def parse_args(argv=None):
 def add_run_flags(p):
     """Where the step reads and writes, which dialogs, and the modes that only check or download."""
     p.add_argument("--iemocap", default=None, help="corpus root (default: the corpus recorded in labels.json)")
-    p.add_argument("--work", default="preprocessed_iemocap", help="work directory (default: %(default)s)")
+    p.add_argument("--work", default=defaults.WORK_DIR, help="work directory (default: %(default)s)")
     p.add_argument("--backend", choices=BACKENDS, default="whisperx", help="(default: %(default)s)")
     p.add_argument(
         "--vad",
@@ -129,7 +129,9 @@ def add_run_flags(p):
 
 def add_whisperx_flags(w):
     """The models of the whisperx backend, where they are read from, and how they run."""
-    w.add_argument("--asr-model", default="large-v2", help="Whisper name or CTranslate2 folder (default: %(default)s)")
+    w.add_argument(
+        "--asr-model", default=defaults.ASR_MODEL, help="Whisper name or CTranslate2 folder (default: %(default)s)"
+    )
     w.add_argument(
         "--align-model",
         default=None,
@@ -137,7 +139,7 @@ def add_whisperx_flags(w):
     )
     w.add_argument(
         "--diar-model",
-        default="pyannote/speaker-diarization-3.1",
+        default=defaults.DIAR_MODEL,
         help="pyannote pipeline, hub name or folder (default: %(default)s, the paper's; "
         "pyannote/speaker-diarization-community-1 is pyannote 4's). SECURITY: pyannote loads "
         "checkpoints with torch.load(weights_only=False), which can run code: use only "
@@ -550,7 +552,7 @@ def preflight(args) -> list[CheckItem]:
     )
     if args.backend == "whisperx":
         flops = audio_seconds * sum(STEP2_FLOPS_PER_AUDIO_SECOND.values())
-        paper = args.asr_model == "large-v2" and args.align_model is None and "3.1" in args.diar_model
+        paper = args.asr_model == defaults.ASR_MODEL and args.align_model is None and "3.1" in args.diar_model
         items.append(
             checklist.estimate_time(
                 "time (estimate)",

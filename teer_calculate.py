@@ -91,7 +91,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from common import cli, fileio, formats, rundirs
+from common import cli, defaults, fileio, formats, rundirs
 from common.cli import PipelineError
 from common.fileio import atomic_write_json, read_json
 from common.formats import LABELS, load_labels
@@ -525,7 +525,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
     )
-    p.add_argument("--work", default="preprocessed_iemocap", help="work directory (default: %(default)s)")
+    p.add_argument("--work", default=defaults.WORK_DIR, help="work directory (default: %(default)s)")
     p.add_argument(
         "--run",
         required=True,

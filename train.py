@@ -76,7 +76,7 @@ import torch
 import torch.nn.functional as F
 
 import utils
-from common import checklist, cli, fileio, formats, modelhub, rundirs
+from common import checklist, cli, defaults, fileio, formats, modelhub, rundirs
 from common.cli import PipelineError
 from common.formats import LABELS
 
@@ -104,7 +104,7 @@ def parse_args(argv=None):
 
 def add_data_flags(p: argparse.ArgumentParser) -> None:
     """Where the run reads: the work directory, the corpus (--check --planned only), step 2's run, step 3's variants."""
-    p.add_argument("--work", default="preprocessed_iemocap", help="work directory of the pipeline")
+    p.add_argument("--work", default=defaults.WORK_DIR, help="work directory of the pipeline")
     p.add_argument(
         "--iemocap",
         default=None,

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import cli, fileio, formats
+from common import cli, defaults, fileio, formats
 
 
 @dataclass
@@ -38,8 +38,8 @@ class ModelConfig:
     their defaults from here; a run's config.json holds them as its "model" section, read back with
     from_run_config (an unknown key is an error)."""
 
-    text_model: str = "roberta-base"  # text extractor: hub name or local dir (AutoModel/AutoTokenizer)
-    audio_model: str = "facebook/wav2vec2-base"  # audio extractor: hub name or local dir (AutoFeatureExtractor)
+    text_model: str = defaults.TEXT_MODEL  # text extractor: hub name or local dir (AutoModel/AutoTokenizer)
+    audio_model: str = defaults.AUDIO_MODEL  # audio extractor: hub name or local dir (AutoFeatureExtractor)
     modality: str = "fusion"  # fusion (both extractors), text or audio only (MODALITIES)
     fusion: str = "gated-xattn"  # how the two embeddings are fused (FUSIONS): the paper's
     dropout: float = 0.2  # dropout of cross-attention, fusion layer and MLP

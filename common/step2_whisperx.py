@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import cli, modelhub
+from common import cli, defaults, modelhub
 from common.checklist import CheckItem
 from common.cli import PipelineError
 from common.fileio import atomic_write_json
@@ -707,6 +707,6 @@ def download_models(args) -> dict:
     print(
         f"wrote {dest / 'models.json'}; on the machine without internet run:\n"
         f"  HF_HUB_OFFLINE=1 python preprocess.py --backend whisperx --model-dir {dest} --cache-only"
-        + (f" --diar-model {name}" if name != "pyannote/speaker-diarization-3.1" else "")
+        + (f" --diar-model {name}" if name != defaults.DIAR_MODEL else "")
     )
     return manifest
