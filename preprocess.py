@@ -472,9 +472,10 @@ OUTPUT_BYTES_PER_AUDIO_SECOND = 1000  # asr json + two RTTMs; measured ~330 B/s 
 GPU_GIB_NEEDED = 8  # WhisperX README: large-v2 with beam 5 needs under 8 GB of GPU memory; pyannote adds ~1 GB
 
 
-def preflight(args) -> list[CheckItem]:
-    """What step 2 needs, checked in seconds and writing nothing -> one CheckItem per item."""
-    work, items, audio_seconds = Path(args.work), [], 0.0
+def _preflight_labels(args, work: Path) -> tuple[dict | None, list, list[CheckItem]]:
+    """The "labels" item: labels.json and the dialogs selected (and sharded) -> (labels, names, items);
+    labels is None when there is nothing to check the audio of."""
+    items, names = [], []
     try:
         labels = load_labels(work, require=("wav",))
         names = select_dialogs(labels, args.dialogs, args.sessions)[args.shard_index :: args.shard_count]
@@ -496,43 +497,79 @@ def preflight(args) -> list[CheckItem]:
                     "labels", True, f"{work / 'labels.json'} will be made by step 1 (no --iemocap: audio not checked)"
                 )
             )
-        else:  # --planned (reproduce.py --check before a first run): the corpus's dialog wavs stand in
-            wavs = sorted(p for p in Path(args.iemocap).glob("Session*/dialog/wav/Ses*.wav") if p.stem[3:5].isdigit())
-            labels = {
-                "corpus": args.iemocap,
-                "dialogs": {
-                    p.stem: {"session": formats.session_of(p.stem), "wav": str(p.relative_to(args.iemocap))}
-                    for p in wavs
-                },
-            }
-            names = select_dialogs(labels, args.dialogs, args.sessions)[args.shard_index :: args.shard_count]
-            items.append(
-                CheckItem(
-                    "labels",
-                    bool(names),
-                    f"{work / 'labels.json'} will be made by step 1; "
-                    f"{len(wavs)} dialog wavs in {args.iemocap}/Session*/dialog/wav stand in, "
-                    f"{len(names)} selected" + ("" if names else ": none; check --iemocap"),
-                )
-            )
+        else:
+            labels, names, item = _planned_labels(args, work)
+            items.append(item)
+    return labels, names, items
+
+
+def _planned_labels(args, work: Path) -> tuple[dict, list, CheckItem]:
+    """--planned (reproduce.py --check before a first run): the corpus's dialog wavs stand in for
+    labels.json -> (labels, names, the "labels" item)."""
+    wavs = sorted(p for p in Path(args.iemocap).glob("Session*/dialog/wav/Ses*.wav") if p.stem[3:5].isdigit())
+    labels = {
+        "corpus": args.iemocap,
+        "dialogs": {
+            p.stem: {"session": formats.session_of(p.stem), "wav": str(p.relative_to(args.iemocap))} for p in wavs
+        },
+    }
+    names = select_dialogs(labels, args.dialogs, args.sessions)[args.shard_index :: args.shard_count]
+    item = CheckItem(
+        "labels",
+        bool(names),
+        f"{work / 'labels.json'} will be made by step 1; "
+        f"{len(wavs)} dialog wavs in {args.iemocap}/Session*/dialog/wav stand in, "
+        f"{len(names)} selected" + ("" if names else ": none; check --iemocap"),
+    )
+    return labels, names, item
+
+
+def _preflight_audio(args, labels: dict, names: list) -> tuple[float, CheckItem]:
+    """The "corpus audio" item: every selected dialog wav readable -> (seconds of audio, item)."""
+    corpus, problems, audio_seconds = Path(args.iemocap or labels.get("corpus") or "."), [], 0.0
+    for d in names:
+        try:
+            audio_seconds += formats.wav_seconds(corpus / labels["dialogs"][d]["wav"])
+        except PipelineError as e:
+            problems.append(str(e))
+    item = CheckItem(
+        "corpus audio",
+        not problems,
+        (
+            f"{len(names)} dialog wavs under {corpus}, {audio_seconds / 3600:.2f} h"
+            if not problems
+            else f"{len(problems)} of {len(names)} dialog wavs unusable, e.g. {problems[0]}; check --iemocap"
+        ),
+    )
+    return audio_seconds, item
+
+
+def _preflight_time(args, audio_seconds: float) -> CheckItem:
+    """The "time (estimate)" item: the paper's models' FLOPs over the selected audio."""
+    if args.backend != "whisperx":
+        return CheckItem("time (estimate)", True, f"seconds: the {args.backend} backend runs no neural model")
+    flops = audio_seconds * sum(STEP2_FLOPS_PER_AUDIO_SECOND.values())
+    paper = args.asr_model == defaults.ASR_MODEL and args.align_model is None and "3.1" in args.diar_model
+    return checklist.estimate_time(
+        "time (estimate)",
+        flops,
+        device=args.device,
+        detail=(
+            f"{audio_seconds / 3600:.2f} h of audio x "
+            f"{sum(STEP2_FLOPS_PER_AUDIO_SECOND.values()):.2g} FLOP per s "
+            "of the paper's large-v2 + wav2vec2-base + pyannote 3.1, preprocess.STEP2_FLOPS_PER_AUDIO_SECOND"
+            + ("" if paper else "; other models than the paper's: scale by their size")
+        ),
+    )
+
+
+def preflight(args) -> list[CheckItem]:
+    """What step 2 needs, checked in seconds and writing nothing -> one CheckItem per item."""
+    work, audio_seconds = Path(args.work), 0.0
+    labels, names, items = _preflight_labels(args, work)
     if labels is not None:
-        corpus, problems = Path(args.iemocap or labels.get("corpus") or "."), []
-        for d in names:
-            try:
-                audio_seconds += formats.wav_seconds(corpus / labels["dialogs"][d]["wav"])
-            except PipelineError as e:
-                problems.append(str(e))
-        items.append(
-            CheckItem(
-                "corpus audio",
-                not problems,
-                (
-                    f"{len(names)} dialog wavs under {corpus}, {audio_seconds / 3600:.2f} h"
-                    if not problems
-                    else f"{len(problems)} of {len(names)} dialog wavs unusable, e.g. {problems[0]}; check --iemocap"
-                ),
-            )
-        )
+        audio_seconds, item = _preflight_audio(args, labels, names)
+        items.append(item)
     if args.backend == "whisperx":
         items += step2_whisperx.model_checks(args)
         items.append(
@@ -550,24 +587,7 @@ def preflight(args) -> list[CheckItem]:
             "step-2 outputs" + (" and model downloads" if downloads else ""),
         )
     )
-    if args.backend == "whisperx":
-        flops = audio_seconds * sum(STEP2_FLOPS_PER_AUDIO_SECOND.values())
-        paper = args.asr_model == defaults.ASR_MODEL and args.align_model is None and "3.1" in args.diar_model
-        items.append(
-            checklist.estimate_time(
-                "time (estimate)",
-                flops,
-                device=args.device,
-                detail=(
-                    f"{audio_seconds / 3600:.2f} h of audio x "
-                    f"{sum(STEP2_FLOPS_PER_AUDIO_SECOND.values()):.2g} FLOP per s "
-                    "of the paper's large-v2 + wav2vec2-base + pyannote 3.1, preprocess.STEP2_FLOPS_PER_AUDIO_SECOND"
-                    + ("" if paper else "; other models than the paper's: scale by their size")
-                ),
-            )
-        )
-    else:
-        items.append(CheckItem("time (estimate)", True, f"seconds: the {args.backend} backend runs no neural model"))
+    items.append(_preflight_time(args, audio_seconds))
     return items
 
 

@@ -165,63 +165,76 @@ def check_labels(data: dict, path, require=()) -> None:
     wdsegs = {}
     for d, info in dialogs.items():
         where = f"{path}: dialog {d}"
-        if not isinstance(info, dict):
-            raise cli.PipelineError(f"{where}: expected an object, got {type(info).__name__}")
-        for key in ("utterances", *require):
-            if key not in info:
-                raise cli.PipelineError(f"{where}: no {key!r} key; expected the dialog record step 1 writes")
-        checks = {
-            "session": lambda v: isinstance(v, int) and not isinstance(v, bool),
-            "wav": lambda v: isinstance(v, str) and v != "",
-            "kind": lambda v: v in ("impro", "script"),
-            "script": lambda v: v is None or isinstance(v, str),
-            "scenario": lambda v: isinstance(v, str),
-        }
-        for key, ok in checks.items():
-            if key in info and not ok(info[key]):
-                raise cli.PipelineError(f"{where}: bad {key!r} {info[key]!r:.60}")
-        check_session_name(d, info.get("session"), where)
-        if not isinstance(info["utterances"], list):
-            raise cli.PipelineError(f"{where}: 'utterances' must be a list, got {type(info['utterances']).__name__}")
+        _check_dialog_record(d, info, where, require)
         ids = set()
         for n, u in enumerate(info["utterances"]):
-            if not isinstance(u, dict):
-                raise cli.PipelineError(f"{where}: utterance {n}: expected an object, got {type(u).__name__}")
-            missing = [k for k in ("id", "start", "end", "speaker", "label") if k not in u]
-            if missing:
-                raise cli.PipelineError(f"{where}: utterance {n} lacks {missing}")
-            if not isinstance(u["id"], str) or not u["id"]:
-                raise cli.PipelineError(f"{where}: utterance {n}: 'id' must be a non-empty string, got {u['id']!r:.60}")
-            at = f"{where}: utterance {u['id']}"
-            if u["id"] in ids:
-                raise cli.PipelineError(f"{at}: listed twice (utterance ids must be unique in a dialog)")
-            ids.add(u["id"])
-            if not (is_finite_number(u["start"]) and is_finite_number(u["end"]) and 0 <= u["start"] <= u["end"]):
-                raise cli.PipelineError(
-                    f"{at}: start {u['start']!r:.40}, end {u['end']!r:.40}; expected finite "
-                    "seconds with 0 <= start <= end"
-                )
-            if u["speaker"] not in ("F", "M"):
-                raise cli.PipelineError(f"{at}: speaker {u['speaker']!r:.40}, expected 'F' or 'M' (IEMOCAP's actors)")
-            suffix = u["id"][len(d) + 1 :] if u["id"].startswith(f"{d}_") else ""
-            if suffix[:1] in ("F", "M") and suffix[:1] != u["speaker"]:
-                raise cli.PipelineError(f"{at}: speaker {u['speaker']!r} but the id names speaker {suffix[0]!r}")
-            if u["label"] is not None and u["label"] not in LABELS:
-                raise cli.PipelineError(
-                    f"{at}: label {u['label']!r:.40}, expected one of {list(LABELS)} or null "
-                    "(other emotion codes have label null)"
-                )
-            if "code" in u and u["code"] not in IEMOCAP_CODES:
-                raise cli.PipelineError(f"{at}: code {u['code']!r:.40}, expected one of {', '.join(IEMOCAP_CODES)}")
-            if "text" in u and not isinstance(u["text"], str):
-                raise cli.PipelineError(f"{at}: 'text' must be a string, got {type(u['text']).__name__}")
-            wdseg = u.get("wdseg")
-            if wdseg is not None:
-                if not isinstance(wdseg, str) or not wdseg:
-                    raise cli.PipelineError(f"{at}: 'wdseg' must be a path or null, got {wdseg!r:.60}")
-                if wdseg in wdsegs:
-                    raise cli.PipelineError(f"{at}: wdseg {wdseg} is also the file of utterance {wdsegs[wdseg]}")
-                wdsegs[wdseg] = u["id"]
+            _check_utterance(d, n, u, where, ids, wdsegs)
+
+
+# The optional keys of a dialog record in labels.json and the values they may hold (check_labels).
+_DIALOG_KEY_CHECKS = {
+    "session": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "wav": lambda v: isinstance(v, str) and v != "",
+    "kind": lambda v: v in ("impro", "script"),
+    "script": lambda v: v is None or isinstance(v, str),
+    "scenario": lambda v: isinstance(v, str),
+}
+
+
+def _check_dialog_record(d: str, info, where: str, require) -> None:
+    """One dialog of labels.json, without its utterances (check_labels)."""
+    if not isinstance(info, dict):
+        raise cli.PipelineError(f"{where}: expected an object, got {type(info).__name__}")
+    for key in ("utterances", *require):
+        if key not in info:
+            raise cli.PipelineError(f"{where}: no {key!r} key; expected the dialog record step 1 writes")
+    for key, ok in _DIALOG_KEY_CHECKS.items():
+        if key in info and not ok(info[key]):
+            raise cli.PipelineError(f"{where}: bad {key!r} {info[key]!r:.60}")
+    check_session_name(d, info.get("session"), where)
+    if not isinstance(info["utterances"], list):
+        raise cli.PipelineError(f"{where}: 'utterances' must be a list, got {type(info['utterances']).__name__}")
+
+
+def _check_utterance(d: str, n: int, u, where: str, ids: set, wdsegs: dict) -> None:
+    """Utterance n of dialog d in labels.json (check_labels); adds its id to ids and its wdseg to
+    wdsegs (wdseg -> utterance id, over all dialogs)."""
+    if not isinstance(u, dict):
+        raise cli.PipelineError(f"{where}: utterance {n}: expected an object, got {type(u).__name__}")
+    missing = [k for k in ("id", "start", "end", "speaker", "label") if k not in u]
+    if missing:
+        raise cli.PipelineError(f"{where}: utterance {n} lacks {missing}")
+    if not isinstance(u["id"], str) or not u["id"]:
+        raise cli.PipelineError(f"{where}: utterance {n}: 'id' must be a non-empty string, got {u['id']!r:.60}")
+    at = f"{where}: utterance {u['id']}"
+    if u["id"] in ids:
+        raise cli.PipelineError(f"{at}: listed twice (utterance ids must be unique in a dialog)")
+    ids.add(u["id"])
+    if not (is_finite_number(u["start"]) and is_finite_number(u["end"]) and 0 <= u["start"] <= u["end"]):
+        raise cli.PipelineError(
+            f"{at}: start {u['start']!r:.40}, end {u['end']!r:.40}; expected finite seconds with 0 <= start <= end"
+        )
+    if u["speaker"] not in ("F", "M"):
+        raise cli.PipelineError(f"{at}: speaker {u['speaker']!r:.40}, expected 'F' or 'M' (IEMOCAP's actors)")
+    suffix = u["id"][len(d) + 1 :] if u["id"].startswith(f"{d}_") else ""
+    if suffix[:1] in ("F", "M") and suffix[:1] != u["speaker"]:
+        raise cli.PipelineError(f"{at}: speaker {u['speaker']!r} but the id names speaker {suffix[0]!r}")
+    if u["label"] is not None and u["label"] not in LABELS:
+        raise cli.PipelineError(
+            f"{at}: label {u['label']!r:.40}, expected one of {list(LABELS)} or null "
+            "(other emotion codes have label null)"
+        )
+    if "code" in u and u["code"] not in IEMOCAP_CODES:
+        raise cli.PipelineError(f"{at}: code {u['code']!r:.40}, expected one of {', '.join(IEMOCAP_CODES)}")
+    if "text" in u and not isinstance(u["text"], str):
+        raise cli.PipelineError(f"{at}: 'text' must be a string, got {type(u['text']).__name__}")
+    wdseg = u.get("wdseg")
+    if wdseg is not None:
+        if not isinstance(wdseg, str) or not wdseg:
+            raise cli.PipelineError(f"{at}: 'wdseg' must be a path or null, got {wdseg!r:.60}")
+        if wdseg in wdsegs:
+            raise cli.PipelineError(f"{at}: wdseg {wdseg} is also the file of utterance {wdsegs[wdseg]}")
+        wdsegs[wdseg] = u["id"]
 
 
 # Times (of utterances, words, turns, segments) may pass the end of the dialog audio by this much:

@@ -61,24 +61,12 @@ ALIGN_CHARS = ["<pad>", "<s>", "</s>", "<unk>", "|"] + list("ETAONIHSRDLUMWCFGYP
 PUNKT_FILES = ("collocations.tab", "sent_starters.txt", "abbrev_types.txt", "ortho_context.tab")
 
 
-def build_whisper(out: Path, seed: int = 0) -> Path:
-    """A tiny random WhisperForConditionalGeneration converted to CTranslate2 -> folder for whisperx.load_model."""
-    import ctranslate2
-    import torch
-    from transformers import (
-        GenerationConfig,
-        WhisperConfig,
-        WhisperFeatureExtractor,
-        WhisperForConditionalGeneration,
-        WhisperTokenizer,
-        WhisperTokenizerFast,
-    )
+def _whisper_tokenizer(hf_dir: Path):
+    """A byte-level BPE Whisper tokenizer saved in hf_dir -> (fast tokenizer, byte vocabulary, ids of
+    WHISPER_SPECIALS)."""
+    from transformers import WhisperTokenizer, WhisperTokenizerFast
     from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
 
-    hf_dir, ct2_dir = out / "whisper-hf", out / "whisper-ct2"
-    for d in (hf_dir, ct2_dir):
-        shutil.rmtree(d, ignore_errors=True)
-    hf_dir.mkdir(parents=True)
     # A byte-level BPE with the 256 byte symbols and no merges encodes any string, and needs no download.
     vocab = {sym: i for i, sym in enumerate(bytes_to_unicode().values())}
     (hf_dir / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
@@ -97,9 +85,16 @@ def build_whisper(out: Path, seed: int = 0) -> Path:
     tokenizer = WhisperTokenizerFast.from_pretrained(hf_dir)
     tokenizer.save_pretrained(hf_dir)  # writes tokenizer.json, which faster-whisper reads
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in WHISPER_SPECIALS}
+    return tokenizer, vocab, ids
 
-    config = WhisperConfig(
-        vocab_size=len(tokenizer) + N_TIMESTAMP_TOKENS,
+
+def _whisper_config(n_text_tokens: int, ids: dict):
+    """The WhisperConfig of the tiny model: 1 encoder and 1 decoder layer of width 64."""
+    from transformers import WhisperConfig
+
+    eot = WHISPER_SPECIALS[0]
+    return WhisperConfig(
+        vocab_size=n_text_tokens + N_TIMESTAMP_TOKENS,
         num_mel_bins=80,
         d_model=64,
         encoder_layers=1,
@@ -118,16 +113,38 @@ def build_whisper(out: Path, seed: int = 0) -> Path:
         begin_suppress_tokens=[ids[eot]],
         tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
-    model = WhisperForConditionalGeneration(config).eval()
-    # A random decoder mostly picks special or timestamp tokens, which decode to no text, so the
-    # transcripts would be empty and the alignment never exercised. Enlarging the output projection of
-    # the lower-case letters and the space (untied from the input embeddings, so the decoder's input
-    # still varies with the position) makes the noise it decodes look like words.
+
+
+def _boost_text_tokens(model, vocab: dict) -> None:
+    """A random decoder mostly picks special or timestamp tokens, which decode to no text, so the
+    transcripts would be empty and the alignment never exercised. Enlarging the output projection of
+    the lower-case letters and the space (untied from the input embeddings, so the decoder's input
+    still varies with the position) makes the noise it decodes look like words."""
+    import torch
+    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+
     byte_to_symbol = bytes_to_unicode()
     with torch.no_grad():
         for char in "abcdefghijklmnopqrstuvwxyz ":
             model.proj_out.weight[vocab[byte_to_symbol[ord(char)]]] *= TEXT_TOKEN_GAIN * (1.6 if char == " " else 1.0)
+
+
+def build_whisper(out: Path, seed: int = 0) -> Path:
+    """A tiny random WhisperForConditionalGeneration converted to CTranslate2 -> folder for whisperx.load_model."""
+    import ctranslate2
+    import torch
+    from transformers import GenerationConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    hf_dir, ct2_dir = out / "whisper-hf", out / "whisper-ct2"
+    for d in (hf_dir, ct2_dir):
+        shutil.rmtree(d, ignore_errors=True)
+    hf_dir.mkdir(parents=True)
+    tokenizer, vocab, ids = _whisper_tokenizer(hf_dir)
+    eot = WHISPER_SPECIALS[0]
+    config = _whisper_config(len(tokenizer), ids)
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(config).eval()
+    _boost_text_tokens(model, vocab)
     model.generation_config = GenerationConfig(
         decoder_start_token_id=config.decoder_start_token_id,
         eos_token_id=ids[eot],

@@ -855,6 +855,91 @@ def _prepare_out(out: Path) -> None:
     atomic_write_text(out / MARKER_FILE, "synthetic IEMOCAP-layout corpus written by demo/make_corpus.py\n")
 
 
+def _check_generate_args(
+    sessions, impro_per_session, script_per_session, utterances_per_dialog, audio_noise, text_noise
+) -> list[int]:
+    """generate's arguments checked -> the session numbers, sorted."""
+    sessions = list(range(1, sessions + 1)) if isinstance(sessions, int) else sorted({int(s) for s in sessions})
+    if not sessions or min(sessions) < 1 or max(sessions) > 99:
+        raise PipelineError(f"sessions must be N >= 1 or a list of session numbers 1-99, got {sessions}")
+    if impro_per_session < 0 or script_per_session < 0 or impro_per_session + script_per_session == 0:
+        raise PipelineError("need at least one dialog per session (impro_per_session + script_per_session >= 1)")
+    if utterances_per_dialog < 2:
+        raise PipelineError(f"utterances_per_dialog must be >= 2, got {utterances_per_dialog}")
+    if not (0 <= audio_noise <= 1 and 0 <= text_noise <= 1):
+        raise PipelineError(f"audio_noise and text_noise are probabilities, got {audio_noise}, {text_noise}")
+    return sessions
+
+
+def _utterance_words(u: dict) -> list[dict]:
+    """The ground-truth words of one utterance, with their times in the dialog (from its wdseg rows)."""
+    words, wi = [], 0
+    for r in u["layout"]["rows"]:
+        if r["kind"] == "word":
+            words.append(
+                dict(
+                    word=u["words"][wi],
+                    start=word_time(u["start"], r["sfrm"]),
+                    end=word_time(u["start"], r["efrm"] + 1),
+                    speaker=u["speaker"],
+                    utterance=u["id"],
+                )
+            )
+            wi += 1
+    return words
+
+
+def _dialog_truth(d: dict, duration: float, utts: list[dict], words: list[dict]) -> dict:
+    """One dialog's entry in demo_ground_truth.json."""
+    return dict(
+        session=d["session"],
+        kind=d["kind"],
+        scenario=d["scenario"],
+        script=d["script"],
+        duration=duration,
+        utterances=[
+            dict(
+                id=u["id"],
+                start=u["start"],
+                end=u["end"],
+                speaker=u["speaker"],
+                code=u["code"],
+                label=CODE_TO_LABEL.get(u["code"]),
+                text=u["text"],
+                evaluated=u["evaluated"],
+                audio_cue=u["audio_cue"],
+                text_cue=u["text_cue"],
+            )
+            for u in utts
+        ],
+        words=words,
+        turns=ground_truth_turns(words),
+    )
+
+
+def _write_dialog(out: Path, seed: int, d: dict, utterances_per_dialog, audio_noise, text_noise) -> tuple[dict, int]:
+    """Synthesize one planned dialog and write its files (dialog wav, EmoEvaluation, transcription,
+    sentence wavs, wdsegs) -> (its ground truth, the number of files written)."""
+    actors = make_actors(seed, d["session"])
+    utts, pcm, duration = build_dialog(seed, d, actors, utterances_per_dialog, audio_noise, text_noise)
+    rng = np.random.default_rng([seed, d["session"], 2 if d["kind"] == "impro" else 3, d["index"]])
+    ses = out / f"Session{d['session']}"
+    name = d["name"]
+    atomic_write_bytes(ses / "dialog" / "wav" / f"{name}.wav", wav_bytes(pcm))
+    atomic_write_text(ses / "dialog" / "EmoEvaluation" / f"{name}.txt", format_emo_evaluation(rng, utts))
+    atomic_write_text(ses / "dialog" / "transcriptions" / f"{name}.txt", format_transcription(rng, utts, d["kind"]))
+    words, n_files = [], 3
+    for u in utts:
+        channel = 0 if u["speaker"] == "F" else 1  # the sentence wav is the actor's own microphone
+        a, b = int(round(u["start"] * SR)), int(round(u["end"] * SR))
+        atomic_write_bytes(ses / "sentences" / "wav" / name / f"{u['id']}.wav", wav_bytes(pcm[a:b, channel]))
+        atomic_write_text(ses / "sentences" / "ForcedAlignment" / name / f"{u['id']}.wdseg", format_wdseg(rng, u))
+        n_files += 2
+        words += _utterance_words(u)
+    words.sort(key=lambda w: w["start"])
+    return _dialog_truth(d, duration, utts, words), n_files
+
+
 def generate(
     out,
     seed=0,
@@ -866,15 +951,9 @@ def generate(
     text_noise=0.3,
 ) -> dict:
     """Write the demo corpus under `out` and return its ground truth (also in demo_ground_truth.json)."""
-    sessions = list(range(1, sessions + 1)) if isinstance(sessions, int) else sorted({int(s) for s in sessions})
-    if not sessions or min(sessions) < 1 or max(sessions) > 99:
-        raise PipelineError(f"sessions must be N >= 1 or a list of session numbers 1-99, got {sessions}")
-    if impro_per_session < 0 or script_per_session < 0 or impro_per_session + script_per_session == 0:
-        raise PipelineError("need at least one dialog per session (impro_per_session + script_per_session >= 1)")
-    if utterances_per_dialog < 2:
-        raise PipelineError(f"utterances_per_dialog must be >= 2, got {utterances_per_dialog}")
-    if not (0 <= audio_noise <= 1 and 0 <= text_noise <= 1):
-        raise PipelineError(f"audio_noise and text_noise are probabilities, got {audio_noise}, {text_noise}")
+    sessions = _check_generate_args(
+        sessions, impro_per_session, script_per_session, utterances_per_dialog, audio_noise, text_noise
+    )
     out = Path(out)
     t0 = time.time()
     _prepare_out(out)
@@ -890,60 +969,8 @@ def generate(
     n_files = 0
     plan = plan_dialogs(sessions, impro_per_session, script_per_session)
     for d in tqdm(plan, desc="demo dialogs", unit="dialog"):
-        actors = make_actors(seed, d["session"])
-        utts, pcm, duration = build_dialog(seed, d, actors, utterances_per_dialog, audio_noise, text_noise)
-        rng = np.random.default_rng([seed, d["session"], 2 if d["kind"] == "impro" else 3, d["index"]])
-        ses = out / f"Session{d['session']}"
-        name = d["name"]
-        atomic_write_bytes(ses / "dialog" / "wav" / f"{name}.wav", wav_bytes(pcm))
-        atomic_write_text(ses / "dialog" / "EmoEvaluation" / f"{name}.txt", format_emo_evaluation(rng, utts))
-        atomic_write_text(ses / "dialog" / "transcriptions" / f"{name}.txt", format_transcription(rng, utts, d["kind"]))
-        words = []
-        for u in utts:
-            channel = 0 if u["speaker"] == "F" else 1  # the sentence wav is the actor's own microphone
-            a, b = int(round(u["start"] * SR)), int(round(u["end"] * SR))
-            atomic_write_bytes(ses / "sentences" / "wav" / name / f"{u['id']}.wav", wav_bytes(pcm[a:b, channel]))
-            atomic_write_text(ses / "sentences" / "ForcedAlignment" / name / f"{u['id']}.wdseg", format_wdseg(rng, u))
-            n_files += 2
-            wi = 0
-            for r in u["layout"]["rows"]:
-                if r["kind"] == "word":
-                    words.append(
-                        dict(
-                            word=u["words"][wi],
-                            start=word_time(u["start"], r["sfrm"]),
-                            end=word_time(u["start"], r["efrm"] + 1),
-                            speaker=u["speaker"],
-                            utterance=u["id"],
-                        )
-                    )
-                    wi += 1
-        n_files += 3
-        words.sort(key=lambda w: w["start"])
-        truth["dialogs"][name] = dict(
-            session=d["session"],
-            kind=d["kind"],
-            scenario=d["scenario"],
-            script=d["script"],
-            duration=duration,
-            utterances=[
-                dict(
-                    id=u["id"],
-                    start=u["start"],
-                    end=u["end"],
-                    speaker=u["speaker"],
-                    code=u["code"],
-                    label=CODE_TO_LABEL.get(u["code"]),
-                    text=u["text"],
-                    evaluated=u["evaluated"],
-                    audio_cue=u["audio_cue"],
-                    text_cue=u["text_cue"],
-                )
-                for u in utts
-            ],
-            words=words,
-            turns=ground_truth_turns(words),
-        )
+        truth["dialogs"][d["name"]], n = _write_dialog(out, seed, d, utterances_per_dialog, audio_noise, text_noise)
+        n_files += n
     atomic_write_json(out / "demo_ground_truth.json", truth)
     print_summary(truth, out, n_files + 1, time.time() - t0)
     return truth
