@@ -678,6 +678,18 @@ def segment_cache(dialog, session, segments, audio, sample_rate=formats.SAMPLE_R
     }
 
 
+def seconds_inside(utterance, segments) -> float:
+    """Seconds of the utterance covered by the given segments (overlaps between segments counted once)."""
+    u = utterance
+    return intervals.union_length(
+        [
+            (max(s["start"], u["start"]), min(s["end"], u["end"]))
+            for s in segments
+            if intervals.overlap(u["start"], u["end"], s["start"], s["end"]) > 0
+        ]
+    )
+
+
 def variant_stats(segment_files, labels, min_label_overlap) -> dict:
     """The alignment report's numbers for one variant over the given dialogs (segment json paths).
 
@@ -703,15 +715,8 @@ def variant_stats(segment_files, labels, min_label_overlap) -> dict:
                     for s in data["segments"]
                 )
             )
-            inside = lambda ss: intervals.union_length(
-                [
-                    (max(s["start"], u["start"]), min(s["end"], u["end"]))
-                    for s in ss
-                    if intervals.overlap(u["start"], u["end"], s["start"], s["end"]) > 0
-                ]
-            )
-            covered += inside(labelled)
-            covered_same += inside([s for s in labelled if s["label"] == u["label"]])
+            covered += seconds_inside(u, labelled)
+            covered_same += seconds_inside(u, [s for s in labelled if s["label"] == u["label"]])
             ref_total += u["end"] - u["start"]
     dur = np.array([s["end"] - s["start"] for s in segs])
     is_lab = np.array([s["label"] is not None for s in segs], dtype=bool)
@@ -804,7 +809,10 @@ def alignment_report(pipe_dir, labels, min_label_overlap) -> dict:
 
 def report_markdown(report) -> str:
     names = list(report["variants"])
-    fmt = lambda x: "-" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
+
+    def fmt(x):
+        return "-" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
+
     lines = [
         f"Alignment report, pipeline `{report['pipe']}`, {len(report['dialogs'])} dialogs common to all variants.",
         "",

@@ -580,7 +580,7 @@ def train_sweeps(runs: list[dict]) -> list[list[dict]]:
     for (variant, seed, fused), a in arms.items():
         seeds.setdefault((fused, frozenset(a), variant), []).append(seed)
     variants = {}
-    for (fused, a, variant), ss in seeds.items():
+    for (_fused, a, variant), ss in seeds.items():
         variants.setdefault((a, tuple(sorted(ss))), []).append(variant)
     by_key = {(r["variant"], r["modality"], r["fusion"], r["seed"]): r for r in runs}
     return [[by_key[v, m, f, s] for v in vs for m, f in sorted(a) for s in ss] for (a, ss), vs in variants.items()]
