@@ -678,6 +678,18 @@ def segment_cache(dialog, session, segments, audio, sample_rate=formats.SAMPLE_R
     }
 
 
+def seconds_inside(utterance, segments) -> float:
+    """Seconds of the utterance covered by the given segments (overlaps between segments counted once)."""
+    u = utterance
+    return intervals.union_length(
+        [
+            (max(s["start"], u["start"]), min(s["end"], u["end"]))
+            for s in segments
+            if intervals.overlap(u["start"], u["end"], s["start"], s["end"]) > 0
+        ]
+    )
+
+
 def variant_stats(segment_files, labels, min_label_overlap) -> dict:
     """The alignment report's numbers for one variant over the given dialogs (segment json paths).
 
@@ -703,15 +715,8 @@ def variant_stats(segment_files, labels, min_label_overlap) -> dict:
                     for s in data["segments"]
                 )
             )
-            inside = lambda ss: intervals.union_length(
-                [
-                    (max(s["start"], u["start"]), min(s["end"], u["end"]))
-                    for s in ss
-                    if intervals.overlap(u["start"], u["end"], s["start"], s["end"]) > 0
-                ]
-            )
-            covered += inside(labelled)
-            covered_same += inside([s for s in labelled if s["label"] == u["label"]])
+            covered += seconds_inside(u, labelled)
+            covered_same += seconds_inside(u, [s for s in labelled if s["label"] == u["label"]])
             ref_total += u["end"] - u["start"]
     dur = np.array([s["end"] - s["start"] for s in segs])
     is_lab = np.array([s["label"] is not None for s in segs], dtype=bool)
@@ -804,7 +809,10 @@ def alignment_report(pipe_dir, labels, min_label_overlap) -> dict:
 
 def report_markdown(report) -> str:
     names = list(report["variants"])
-    fmt = lambda x: "-" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
+
+    def fmt(x):
+        return "-" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
+
     lines = [
         f"Alignment report, pipeline `{report['pipe']}`, {len(report['dialogs'])} dialogs common to all variants.",
         "",
@@ -902,15 +910,38 @@ def _sha(*parts) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     """Step 3's command line; a bad value is a usage error (exit status 2)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", default="preprocessed_iemocap", help="work directory (labels.json, step 2 output)")
-    parser.add_argument("--pipe", default="whisperx", help="which step-2 run to align: WORK/<pipe>/")
-    parser.add_argument(
+    for add_flags in (
+        add_source_flags,
+        add_segmentation_flags,
+        add_attribution_flags,
+        add_audio_flags,
+        add_selection_flags,
+        add_timing_flags,
+    ):
+        add_flags(parser)
+    args = parser.parse_args(argv)
+    if min(args.max_pause) < 0 or args.min_label_overlap < 0 or args.max_word_seconds < 0:
+        parser.error("--max-pause, --min-label-overlap and --max-word-seconds must be >= 0")
+    if not all(math.isfinite(x) for x in (*args.max_pause, args.min_label_overlap, args.max_word_seconds)):
+        parser.error("--max-pause, --min-label-overlap and --max-word-seconds must be finite numbers")
+    return args
+
+
+def add_source_flags(p: argparse.ArgumentParser) -> None:
+    """Where step 3 reads: the work directory and the step-2 run."""
+    p.add_argument("--work", default="preprocessed_iemocap", help="work directory (labels.json, step 2 output)")
+    p.add_argument("--pipe", default="whisperx", help="which step-2 run to align: WORK/<pipe>/")
+
+
+def add_segmentation_flags(p: argparse.ArgumentParser) -> None:
+    """Which variants are made: aligned and/or baseline, the pause(s), the label overlap."""
+    p.add_argument(
         "--variant",
         choices=("aligned", "baseline", "both"),
         default="both",
         help="the alignment (Fig. 2), the without-alignment baseline, or both",
     )
-    parser.add_argument(
+    p.add_argument(
         "--max-pause",
         type=float,
         nargs="+",
@@ -919,13 +950,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         "make one aligned variant each (aligned-p<value>) from one reading of each dialog's "
         "audio",
     )
-    parser.add_argument(
+    p.add_argument(
         "--min-label-overlap",
         type=float,
         default=STEP3_SETTINGS["min_label_overlap"][0],
         help="a segment's label needs more than this overlap (s) with reference speech of that label",
     )
-    parser.add_argument(
+
+
+def add_attribution_flags(p: argparse.ArgumentParser) -> None:
+    """How words and segments get speakers and labels: tie-break, word policy, label rule."""
+    p.add_argument(
         "--tie-break",
         choices=TIE_BREAKS,
         default=STEP3_SETTINGS["tie_break"][0],
@@ -934,7 +969,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "whisperx = the alphabetically first speaker label, as whisperX 3.2.0 (the authors' "
         "version) does (3.8.6 takes the earliest-starting turn)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--word-policy",
         choices=WORD_POLICIES,
         default=STEP3_SETTINGS["word_policy"][0],
@@ -942,7 +977,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "turn get the nearest speaker (both flagged); authors: their grouping, which drops such "
         "words, and every later word of the dialog when its first word has no speaker",
     )
-    parser.add_argument(
+    p.add_argument(
         "--label-rule",
         choices=LABEL_RULES,
         default=STEP3_SETTINGS["label_rule"][0],
@@ -950,7 +985,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "authors = the label of the single most-overlapping 4-class utterance with transcript "
         "text (the first on a tie), as the authors' code",
     )
-    parser.add_argument(
+
+
+def add_audio_flags(p: argparse.ArgumentParser) -> None:
+    """The audio cut into the caches: channel, peak normalization, the corpus root."""
+    p.add_argument(
         "--channel",
         choices=formats.AUDIO_CHANNELS,
         default=STEP3_SETTINGS["channel"][0],
@@ -958,19 +997,25 @@ def parse_args(argv=None) -> argparse.Namespace:
         "stereo channels, both actors (default); 0 or 1 = that channel only (the authors: 0); "
         "mono wavs ignore it",
     )
-    parser.add_argument(
+    p.add_argument(
         "--peak-normalize",
         choices=PEAK_NORMALIZE,
         default=STEP3_SETTINGS["peak_normalize"][0],
         help="none (default): the dialog's samples as decoded; authors: each dialog scaled to a peak "
         "of 0.95 when its peak exceeds 0.01 before segments are cut, as the authors' code",
     )
-    parser.add_argument(
-        "--iemocap", default=None, help="corpus root for the dialog wavs (default: the one in labels.json)"
-    )
-    parser.add_argument("--dialogs", nargs="+", default=None, help="only these dialogs (default: all with ASR output)")
-    parser.add_argument("--overwrite", action="store_true", help="redo dialogs already aligned with the same config")
-    parser.add_argument(
+    p.add_argument("--iemocap", default=None, help="corpus root for the dialog wavs (default: the one in labels.json)")
+
+
+def add_selection_flags(p: argparse.ArgumentParser) -> None:
+    """Which dialogs are (re)done."""
+    p.add_argument("--dialogs", nargs="+", default=None, help="only these dialogs (default: all with ASR output)")
+    p.add_argument("--overwrite", action="store_true", help="redo dialogs already aligned with the same config")
+
+
+def add_timing_flags(p: argparse.ArgumentParser) -> None:
+    """Which diarization attributes words, and how long a word may count when pauses are measured."""
+    p.add_argument(
         "--diarization",
         choices=("overlap", "exclusive"),
         default="overlap",
@@ -979,7 +1024,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "time, pyannote 4's exclusive diarization); exclusive variants are named "
         "<variant>-exclusive, so the alignment report compares both",
     )
-    parser.add_argument(
+    p.add_argument(
         "--max-word-seconds",
         type=float,
         default=STEP3_SETTINGS["max_word_seconds"][0],
@@ -987,12 +1032,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         "(WhisperX can stretch a word over seconds of silence, hiding the pause); segments keep "
         "the real times; such words are counted. 0 = never, as the paper and the authors",
     )
-    args = parser.parse_args(argv)
-    if min(args.max_pause) < 0 or args.min_label_overlap < 0 or args.max_word_seconds < 0:
-        parser.error("--max-pause, --min-label-overlap and --max-word-seconds must be >= 0")
-    if not all(math.isfinite(x) for x in (*args.max_pause, args.min_label_overlap, args.max_word_seconds)):
-        parser.error("--max-pause, --min-label-overlap and --max-word-seconds must be finite numbers")
-    return args
 
 
 @dataclass

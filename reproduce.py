@@ -66,6 +66,28 @@ DEFAULT_FUSION = utils.FUSIONS[0]
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for add_flags in (
+        add_corpus_flags,
+        add_output_flags,
+        add_model_flags,
+        add_training_flags,
+        add_runtime_flags,
+        add_experiment_flags,
+        add_control_flags,
+    ):
+        add_flags(p)
+    args = p.parse_args(argv)
+    if args.seeds < 1 or (args.ablation_seeds is not None and args.ablation_seeds < 1):
+        p.error("--seeds and --ablation-seeds must be at least 1")
+    if args.epochs is not None and args.epochs < 1:  # not "0 means the default"
+        p.error(f"--epochs must be at least 1, got {args.epochs}")
+    if min(args.pauses) < 0:
+        p.error(f"--pauses must be >= 0 s, got {min(args.pauses):g}")
+    return args
+
+
+def add_corpus_flags(p: argparse.ArgumentParser) -> None:
+    """The corpus: IEMOCAP, any corpus as a CSV (with its audio root and emotion map), or the demo."""
     p.add_argument(
         "--iemocap",
         default=None,
@@ -83,6 +105,10 @@ def parse_args(argv=None):
     p.add_argument(
         "--emotion-map", default=None, help="with --corpus-csv: its labels -> the four classes (corpus_from_csv.py)"
     )
+
+
+def add_output_flags(p: argparse.ArgumentParser) -> None:
+    """Where the run writes: the work directory, the results, the demo corpus and its size."""
     p.add_argument(
         "--work",
         default=None,
@@ -96,6 +122,10 @@ def parse_args(argv=None):
         default="default",
         help="tiny: 2 sessions, 2 dialogs each (smoke test)",
     )
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    """The models: the two extractors and step 2's ASR, alignment and diarization models."""
     p.add_argument("--text-model", default=None, help="default roberta-base (demo: the tiny local RoBERTa)")
     p.add_argument("--audio-model", default=None, help="default facebook/wav2vec2-base (demo: tiny local wav2vec2)")
     p.add_argument("--asr-model", default="large-v2", help="WhisperX ASR model (real data)")
@@ -107,6 +137,10 @@ def parse_args(argv=None):
         help="real data: local model copies made by preprocess.py --download-models (passed to step 2)",
     )
     p.add_argument("--cache-only", action="store_true", help="real data: step 2 never reaches for the network")
+
+
+def add_training_flags(p: argparse.ArgumentParser) -> None:
+    """How each configuration trains: folds, seeds, epochs, the ablation groups' extractors."""
     p.add_argument(
         "--folds",
         choices=["none", "loso", "speaker-script"],
@@ -136,6 +170,10 @@ def parse_args(argv=None):
         help="extractors of the fusion group (default: fine-tuned, as the headline runs; frozen trains "
         "on cached embeddings only)",
     )
+
+
+def add_runtime_flags(p: argparse.ArgumentParser) -> None:
+    """Where and how many at once: the device and the parallel step invocations."""
     p.add_argument("--device", default=None, help="cpu or cuda (default: auto)")
     p.add_argument(
         "--jobs",
@@ -145,6 +183,10 @@ def parse_args(argv=None):
         "each with cores/jobs threads; default: the CPU cores on the demo (one thread each, so its "
         "numbers do not depend on the machine's core count), 1 on real data (one GPU)",
     )
+
+
+def add_experiment_flags(p: argparse.ArgumentParser) -> None:
+    """Which experiments run and how they are scored: pauses, groups, bootstrap."""
     p.add_argument(
         "--pauses",
         type=float,
@@ -166,6 +208,10 @@ def parse_args(argv=None):
     p.add_argument(
         "--bootstrap-seed", type=int, default=0, help="seed of every bootstrap (the tables are reproducible)"
     )
+
+
+def add_control_flags(p: argparse.ArgumentParser) -> None:
+    """Run everything again (--force) or only check (--check)."""
     p.add_argument("--force", action="store_true", help="ignore the stamps and run every step again")
     p.add_argument(
         "--check",
@@ -174,14 +220,6 @@ def parse_args(argv=None):
         "train.py for the extractors, with the flags this run would pass (see preflight()); "
         "exit status 1 on any problem",
     )
-    args = p.parse_args(argv)
-    if args.seeds < 1 or (args.ablation_seeds is not None and args.ablation_seeds < 1):
-        p.error("--seeds and --ablation-seeds must be at least 1")
-    if args.epochs is not None and args.epochs < 1:  # not "0 means the default"
-        p.error(f"--epochs must be at least 1, got {args.epochs}")
-    if min(args.pauses) < 0:
-        p.error(f"--pauses must be >= 0 s, got {min(args.pauses):g}")
-    return args
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,7 +580,7 @@ def train_sweeps(runs: list[dict]) -> list[list[dict]]:
     for (variant, seed, fused), a in arms.items():
         seeds.setdefault((fused, frozenset(a), variant), []).append(seed)
     variants = {}
-    for (fused, a, variant), ss in seeds.items():
+    for (_fused, a, variant), ss in seeds.items():
         variants.setdefault((a, tuple(sorted(ss))), []).append(variant)
     by_key = {(r["variant"], r["modality"], r["fusion"], r["seed"]): r for r in runs}
     return [[by_key[v, m, f, s] for v in vs for m, f in sorted(a) for s in ss] for (a, ss), vs in variants.items()]

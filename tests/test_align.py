@@ -294,7 +294,7 @@ def test_align_dialog_properties(case):
         assert s["start"] == start[i] and s["end"] == max(end[i : i + k])
         assert all(start[j] - pause_end[j - 1] <= max_pause for j in range(i + 1, i + k))
         i += k
-    for prev, nxt in zip(segs, segs[1:]):  # consecutive segments are split for a reason
+    for nxt in segs[1:]:  # consecutive segments are split for a reason
         j = sum(s["n_words"] for s in segs[: segs.index(nxt)])
         assert speakers[j] != speakers[j - 1] or start[j] - pause_end[j - 1] > max_pause
     assert [s["start"] for s in segs] == sorted(s["start"] for s in segs)
@@ -651,7 +651,8 @@ def test_bad_inputs_name_the_file(tmp_path, capsys):
 def test_nan_times_count_as_untimed(tmp_path):
     path = tmp_path / "nan.json"
     path.write_text(
-        '{"segments": [{"start": 0, "end": 1, "text": "a b", "words": [{"word": "a", "start": NaN, "end": NaN}, {"word": "b", "start": 0.5, "end": 1.0}]}]}'
+        '{"segments": [{"start": 0, "end": 1, "text": "a b", "words": '
+        '[{"word": "a", "start": NaN, "end": NaN}, {"word": "b", "start": 0.5, "end": 1.0}]}]}'
     )
     words, start, end, retimed, _ = align.flatten_words(align.read_asr(path))
     assert words == ["a", "b"] and retimed.tolist() == [True, False] and math.isclose(end[0], 0.5)
@@ -756,7 +757,7 @@ def test_authors_label_rule_takes_the_single_largest_utterance():
     )
 
 
-# --------------------------------------------------------------------------- issue 12: hostile inputs (regression tests)
+# -------------------------------------------------------------------------- issue 12: hostile inputs (regression tests)
 
 
 def test_asr_times_are_finite_and_inside_the_audio(tmp_path):
@@ -784,7 +785,8 @@ def test_asr_times_are_finite_and_inside_the_audio(tmp_path):
     ):
         read(
             None,
-            '{"segments": [{"start": 0, "end": 3, "text": "a", "words": [{"word": "a", "start": 1, "end": Infinity}]}]}',
+            '{"segments": [{"start": 0, "end": 3, "text": "a", '
+            '"words": [{"word": "a", "start": 1, "end": Infinity}]}]}',
         )
     with pytest.raises(PipelineError, match="got '1.5'"):
         read([seg([word("a", "1.5", 2.0)], 1.0, 2.0)])

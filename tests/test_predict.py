@@ -202,7 +202,7 @@ def test_vtt_is_valid_and_says_speaker_emotion_text(predicted):
     cues = check_webvtt((out / f"{names['orig']}.vtt").read_text(encoding="utf-8"))
     assert len(cues) == len(segments)
     words = {"hap": "happy", "ang": "angry", "sad": "sad", "neu": "neutral"}
-    for (start, end, text), s in zip(cues, segments):
+    for (start, _end, text), s in zip(cues, segments):
         assert abs(start - s["start"]) < 6e-4
         assert text == f"{s['speaker']} [{words[s['emotion']]}] {s['text']}".rstrip()
     # the check itself refuses what it should

@@ -150,11 +150,12 @@ def test_stock_pyannote_loader_also_fetches_community1_plda_for_31(pipelines, hu
     """Why load_diarization_pipeline exists: pyannote.audio 4.0.7's own loader, given the 3.1
     pipeline, also asks for community-1's PLDA (here absent from the cache, so it fails offline)."""
     import huggingface_hub.constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
     from pyannote.audio import Pipeline
 
     # community-1 out of the cache, as on a machine that only accepted 3.1's conditions
     shutil.rmtree(hub_cache / f"models--{PIPE_C1.replace('/', '--')}")
-    with pytest.raises(Exception):
+    with pytest.raises(LocalEntryNotFoundError):  # offline, and the PLDA is not in the cache
         Pipeline.from_pretrained(PIPE_31, cache_dir=huggingface_hub.constants.HF_HUB_CACHE)
     assert (PIPE_C1, "plda/xvec_transform.npz") in hub_calls
 
@@ -587,7 +588,8 @@ def test_train_check_counts_the_splits_estimates_and_writes_nothing(tiny_demo, t
     ) in items[1].message
     assert tree(tmp_path) == before
 
-    # The documented formula, by hand: every segment 1 s (the demo model's 25 frames), 'i am so happy' = 4 words -> 7.2 tokens.
+    # The documented formula, by hand: every segment 1 s (the demo model's 25 frames),
+    # 'i am so happy' = 4 words -> 7.2 tokens.
     t, a = train.extractor_facts(cfg["text_model"]), train.extractor_facts(cfg["audio_model"])
     dim = t["hidden"]
     head = 2 * (4 * dim * dim + 2 * dim * 2048) + 12 * dim * dim

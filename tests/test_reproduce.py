@@ -338,23 +338,17 @@ def test_each_step_gets_its_own_redo_flag_and_train_sweeps_cover_the_plan_exactl
     }
     planned = {r["name"]: r for c in configs for r in reproduce.config_runs(c)}
     trained = []
+
+    def pick(argv, flag):
+        """The values after flag in argv, up to the next flag."""
+        first = argv.index(flag) + 1
+        return argv[first : next((i for i in range(first, len(argv)) if argv[i].startswith("--")), len(argv))]
+
     for script, _, argv, group, _ in rec.calls:
         if script != "train.py":
             continue
-        pick = (
-            lambda flag: argv[
-                argv.index(flag) + 1 : next(
-                    (
-                        i
-                        for i in range(argv.index(flag) + 1, len(argv))  # noqa: E731
-                        if argv[i].startswith("--")
-                    ),
-                    len(argv),
-                )
-            ]
-        )
         variants, modalities, fusions, seeds, names = (
-            pick(f) for f in ("--variant", "--modality", "--fusion", "--seed", "--run")
+            pick(argv, f) for f in ("--variant", "--modality", "--fusion", "--seed", "--run")
         )
         # train.py's sweep order: variant, then modality (each fusion for the fused model), then seed
         combos = [
