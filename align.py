@@ -56,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import cli, fileio, formats, intervals, rundirs
+from common import cli, defaults, fileio, formats, intervals, rundirs
 from common.cli import PipelineError
 from common.formats import LABELS
 
@@ -929,8 +929,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def add_source_flags(p: argparse.ArgumentParser) -> None:
     """Where step 3 reads: the work directory and the step-2 run."""
-    p.add_argument("--work", default="preprocessed_iemocap", help="work directory (labels.json, step 2 output)")
-    p.add_argument("--pipe", default="whisperx", help="which step-2 run to align: WORK/<pipe>/")
+    p.add_argument("--work", default=defaults.WORK_DIR, help="work directory (labels.json, step 2 output)")
+    p.add_argument("--pipe", default=defaults.PIPE, help="which step-2 run to align: WORK/<pipe>/")
 
 
 def add_segmentation_flags(p: argparse.ArgumentParser) -> None:

@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 import utils
-from common import checklist, cli, fileio, formats, rundirs, scoring
+from common import checklist, cli, defaults, fileio, formats, rundirs, scoring
 from common.cli import PipelineError
 from common.formats import LABELS
 from common.scoring import PAPER
@@ -128,9 +128,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     """The models: the two extractors and step 2's ASR, alignment and diarization models."""
     p.add_argument("--text-model", default=None, help="default roberta-base (demo: the tiny local RoBERTa)")
     p.add_argument("--audio-model", default=None, help="default facebook/wav2vec2-base (demo: tiny local wav2vec2)")
-    p.add_argument("--asr-model", default="large-v2", help="WhisperX ASR model (real data)")
+    p.add_argument("--asr-model", default=defaults.ASR_MODEL, help="WhisperX ASR model (real data)")
     p.add_argument("--align-model", default=None, help="WhisperX alignment model (real data; default: whisperx's)")
-    p.add_argument("--diar-model", default="pyannote/speaker-diarization-3.1", help="pyannote pipeline (real data)")
+    p.add_argument("--diar-model", default=defaults.DIAR_MODEL, help="pyannote pipeline (real data)")
     p.add_argument(
         "--model-dir",
         default=None,
@@ -435,7 +435,7 @@ def setup(args, build: bool = True):
 
             print(f"building tiny random SER models in {models}", flush=True)
             build_models(models, seed=0)
-        work = demo_dir / ("preprocessed_iemocap" if args.demo_size == "default" else "preprocessed_iemocap_tiny")
+        work = demo_dir / (defaults.WORK_DIR + ("" if args.demo_size == "default" else "_tiny"))
         cfg.update(
             iemocap=str(corpus),
             work=args.work or str(work),
@@ -465,9 +465,9 @@ def setup(args, build: bool = True):
     else:
         cfg.update(
             iemocap=(args.audio_root or args.iemocap) if args.corpus_csv else args.iemocap,
-            work=args.work or "preprocessed_iemocap",
-            text_model=args.text_model or "roberta-base",
-            audio_model=args.audio_model or "facebook/wav2vec2-base",
+            work=args.work or defaults.WORK_DIR,
+            text_model=args.text_model or defaults.TEXT_MODEL,
+            audio_model=args.audio_model or defaults.AUDIO_MODEL,
             epochs=args.epochs or 20,
             standard_pipe="whisperx",
             oracle_pipe="whisperx-vadoracle",

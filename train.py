@@ -111,7 +111,7 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
         help="training reads the corpus recorded in labels.json; this is read only by --check --planned "
         "(estimates before step 1 has run)",
     )
-    p.add_argument("--pipe", default="whisperx", help="step-2 run name (WORK/<pipe>/)")
+    p.add_argument("--pipe", default=defaults.PIPE, help="step-2 run name (WORK/<pipe>/)")
     p.add_argument(
         "--variant",
         nargs="+",
@@ -914,9 +914,9 @@ BASE_SIZE = dict(params=1.24e8, dense=0.9e8, hidden=768, layers=12, cnn_flops_pe
 # parameters, dense ones (without embedding tables and the CNN), hidden size, layers, CNN FLOPs per s.
 # (Counted on the transformers models built from each config, without RoBERTa's unused pooler.)
 KNOWN_EXTRACTORS = {
-    "roberta-base": dict(params=1.24e8, dense=0.85e8, hidden=768, layers=12),
+    defaults.TEXT_MODEL: dict(params=1.24e8, dense=0.85e8, hidden=768, layers=12),
     "roberta-large": dict(params=3.54e8, dense=3.02e8, hidden=1024, layers=24),
-    "facebook/wav2vec2-base": dict(params=0.94e8, dense=0.90e8, hidden=768, layers=12, cnn_flops_per_s=4.9e9),
+    defaults.AUDIO_MODEL: dict(params=0.94e8, dense=0.90e8, hidden=768, layers=12, cnn_flops_per_s=4.9e9),
     "facebook/wav2vec2-large-lv60": dict(params=3.15e8, dense=3.11e8, hidden=1024, layers=24, cnn_flops_per_s=4.9e9),
 }
 KNOWN_EXTRACTORS.update({"FacebookAI/" + k: v for k, v in list(KNOWN_EXTRACTORS.items()) if k.startswith("roberta")})

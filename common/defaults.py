@@ -7,3 +7,4 @@ ASR_MODEL = "large-v2"  # WhisperX's ASR model (the paper's)
 DIAR_MODEL = "pyannote/speaker-diarization-3.1"  # the diarization pipeline (the paper's)
 TEXT_MODEL = "roberta-base"  # the text extractor (the paper's RoBERTa)
 AUDIO_MODEL = "facebook/wav2vec2-base"  # the audio extractor (the paper's wav2vec 2.0)
+PIPE = "whisperx"  # the step-2 run steps 3-6 read (WORK/<pipe>/): the paper's standard pipeline
