@@ -76,7 +76,7 @@ import torch
 import torch.nn.functional as F
 
 import utils
-from common import checklist, cli, defaults, fileio, formats, modelhub, rundirs
+from common import checklist, cli, defaults, fileio, formats, huberrors, modelhub, rundirs
 from common.cli import PipelineError
 from common.formats import LABELS
 
@@ -1024,8 +1024,8 @@ def extractor_check(label: str, name: str, required) -> checklist.CheckItem:
         alts = alternatives.split("|")
         return next((a for a in alts if isinstance(try_to_load_from_cache(name, a), str)), alts[0])
 
-    item = modelhub.check_hub_model(label, name, [cached(r) for r in required], modelhub.hub_token())
-    if not item.ok and modelhub.hub_offline():  # say how to copy an extractor (train.py's command, not step 2's)
+    item = modelhub.check_hub_model(label, name, [cached(r) for r in required], huberrors.hub_token())
+    if not item.ok and huberrors.hub_offline():  # say how to copy an extractor (train.py's command, not step 2's)
         item = checklist.CheckItem(
             label,
             False,
@@ -1350,8 +1350,8 @@ def download_models(args) -> dict:
     (common.modelhub.snapshot_transformers_model: config, tokenizer or feature-extractor files, one weights
     file; no TF/Flax/ONNX copies), for a machine without internet. Writes DIR/models.json (merged
     with what preprocess.py --download-models wrote there) -> the manifest."""
-    dest, token = Path(args.download_models), modelhub.hub_token()
-    if modelhub.hub_offline():
+    dest, token = Path(args.download_models), huberrors.hub_token()
+    if huberrors.hub_offline():
         raise PipelineError(
             "--download-models needs the hub, but HF_HUB_OFFLINE is set: run it with HF_HUB_OFFLINE=0 "
             "on a machine with internet"

@@ -4,11 +4,10 @@ process. Exit statuses and the error format: docs/TESTING.md."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 from pathlib import Path
 
-from common import modelhub
+from common import huberrors
 
 
 class PipelineError(Exception):
@@ -63,24 +62,6 @@ def _os_error_line(error: OSError, script: str) -> str:
     return f"{where}: {what}" + (f"; {hint}" if hint else "")
 
 
-def _hub_error_line(error: BaseException) -> str | None:
-    """A huggingface_hub error (model not found, gated, not cached offline, HTTP) -> one line, else None."""
-    import sys
-
-    if "huggingface_hub" not in sys.modules:
-        return None
-    from huggingface_hub import errors as hf
-
-    if not isinstance(error, (hf.HfHubHTTPError, hf.OfflineModeIsEnabled)):
-        return None
-    m = re.search(r"huggingface\.co/(?:api/models/)?([A-Za-z0-9][\w.-]*/[\w.-]+)", str(error))
-    repo = m.group(1) if m and not m.group(1).startswith(("settings/", "docs/")) else "hub model"
-    detail = one_line(str(error))
-    return f"{repo}: {modelhub.hub_error_message(repo, error, modelhub.hub_token())}" + (
-        f" ({detail[:300]})" if detail else ""
-    )
-
-
 def describe_error(error: BaseException, script: str = "") -> tuple[str, int]:
     """An exception that ended a step -> (one-line message without 'error: ', exit status).
 
@@ -92,7 +73,7 @@ def describe_error(error: BaseException, script: str = "") -> tuple[str, int]:
     if isinstance(error, PipelineError):
         message = one_line(str(error))
         return (f"{script}: {message}" if message.startswith("-") else message), 2  # "--flag: ..." names no file
-    hub = _hub_error_line(error)
+    hub = huberrors.hub_error_line(error)
     if hub is not None:
         return hub, 2
     if isinstance(error, OSError):

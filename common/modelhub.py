@@ -3,22 +3,10 @@ folder or hub repository, and offline copies (--download-models)."""
 
 from __future__ import annotations
 
-import os
 import re as _re
 from pathlib import Path
 
-from common import checklist, cli
-
-
-def hub_offline() -> bool:
-    """HF_HUB_OFFLINE set to a true value (read now, not at import, so tests and callers can change it)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def hub_token() -> str | None:
-    """The Hugging Face token, from the HF_TOKEN environment variable only. Never print or store it."""
-    return os.environ.get("HF_TOKEN") or None
-
+from common import checklist, cli, huberrors
 
 HUB_NAME_RE = _re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name; a local path has more parts or a ./ ~ /
 
@@ -37,42 +25,6 @@ def local_model_path(name, model_dir=None) -> Path | None:
     if model_dir and HUB_NAME_RE.fullmatch(str(name)) and (Path(model_dir) / str(name)).exists():
         return Path(model_dir) / str(name)
     return None
-
-
-def hub_error_message(repo_id: str, error: BaseException, token: str | None) -> str:
-    """A hub error -> what it means and what to do (the token itself never appears)."""
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
-
-    url = f"https://huggingface.co/{repo_id}"
-    if type(error).__name__ in ("OfflineModeIsEnabled", "LocalEntryNotFoundError"):  # before HfHubHTTPError: a subclass
-        return (
-            "not available offline (HF_HUB_OFFLINE=1 or no network, and not in the local cache): download it "
-            "with HF_HUB_OFFLINE=0 on a machine with internet (`python preprocess.py --download-models DIR`)"
-        )
-    if isinstance(error, GatedRepoError):
-        if token is None:
-            return (
-                f"gated repository and HF_TOKEN is not set: accept its conditions at {url}, create a read "
-                f"token at https://huggingface.co/settings/tokens and export HF_TOKEN"
-            )
-        return (
-            f"gated repository and the token in HF_TOKEN has no access: accept its conditions at {url} "
-            f"with the account that owns the token"
-        )
-    if isinstance(error, RepositoryNotFoundError):
-        return "no such repository on the hub (or a private one HF_TOKEN cannot see): check the name"
-    if isinstance(error, HfHubHTTPError):
-        status = getattr(getattr(error, "response", None), "status_code", "?")
-        return f"the hub answered HTTP {status} for {url}: {str(error).splitlines()[0]}"
-    if hub_offline() or type(error).__name__ in ("OfflineModeIsEnabled", "LocalEntryNotFoundError"):
-        return (
-            "not available offline (HF_HUB_OFFLINE=1 or no network, and not in the local cache): download it "
-            "with HF_HUB_OFFLINE=0 on a machine with internet (`python preprocess.py --download-models DIR`)"
-        )
-    return (
-        f"cannot reach huggingface.co ({type(error).__name__}): check the network or proxy, or copy the "
-        f"models with `python preprocess.py --download-models DIR` elsewhere and pass --model-dir DIR"
-    )
 
 
 def check_local_model(name: str, path, required=()) -> checklist.CheckItem:
@@ -96,7 +48,7 @@ def check_hub_model(
     unreachable each give a FAIL line saying what to do."""
     from huggingface_hub import HfApi, try_to_load_from_cache
 
-    if hub_offline() if offline is None else offline:
+    if huberrors.hub_offline() if offline is None else offline:
         missing = [f for f in files if not isinstance(try_to_load_from_cache(repo_id, f, cache_dir=cache_dir), str)]
         if files and not missing:
             return checklist.CheckItem(name, True, f"{repo_id} in the local hub cache (HF_HUB_OFFLINE=1)")
@@ -111,7 +63,7 @@ def check_hub_model(
     try:
         HfApi().auth_check(repo_id, token=token)
     except Exception as e:  # gated, not found, HTTP error, no network: all become a line, not a crash
-        return checklist.CheckItem(name, False, f"{repo_id}: {hub_error_message(repo_id, e, token)}")
+        return checklist.CheckItem(name, False, f"{repo_id}: {huberrors.hub_error_message(repo_id, e, token)}")
     return checklist.CheckItem(
         name, True, f"{repo_id} on the hub, access granted" + (" with HF_TOKEN" if token else "")
     )
@@ -128,7 +80,7 @@ def snapshot_repo(repo_id: str, dest_root, allow_patterns, token: str | None = N
         snapshot_download(repo_id=repo_id, local_dir=str(local), allow_patterns=list(allow_patterns), token=token)
     except Exception as e:
         raise cli.PipelineError(
-            f"downloading {repo_id} ({', '.join(allow_patterns)}): {hub_error_message(repo_id, e, token)}"
+            f"downloading {repo_id} ({', '.join(allow_patterns)}): {huberrors.hub_error_message(repo_id, e, token)}"
         ) from e
     return local
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import cli, defaults, modelhub
+from common import cli, defaults, huberrors, modelhub
 from common.checklist import CheckItem
 from common.cli import PipelineError
 from common.fileio import atomic_write_json
@@ -174,7 +174,7 @@ def _pipeline_file(ref: str, filename: str, subfolder, *, model_dir, token, cach
             library_name="pyannote",
         )
     except Exception as e:
-        raise PipelineError(f"{ref}: {rel}: {modelhub.hub_error_message(ref, e, token)}") from e
+        raise PipelineError(f"{ref}: {rel}: {huberrors.hub_error_message(ref, e, token)}") from e
     loaded.append(f"{ref}/{rel}")
     return Path(path)
 
@@ -313,7 +313,7 @@ class WhisperX:
         self.whisperx = whisperx
         self.device, self.compute_type = device_and_compute_type(args)
         self.vad, self.batch_size, self.num_speakers = args.vad, args.batch_size, args.num_speakers
-        token = modelhub.hub_token()  # never printed
+        token = huberrors.hub_token()  # never printed
         asr_path, asr_repo = asr_source(args)
         align = align_source(args)
         print(
@@ -574,7 +574,7 @@ def nltk_check(args, offline: bool) -> CheckItem:
 
 def model_checks(args) -> list[CheckItem]:
     """Each model of the whisperx backend: local folder complete, or hub access (gated: token)."""
-    token, offline = modelhub.hub_token(), modelhub.hub_offline() or args.cache_only
+    token, offline = huberrors.hub_token(), huberrors.hub_offline() or args.cache_only
     path, repo = asr_source(args)
     items = [
         modelhub.check_local_model("ASR model", path, WHISPER_REQUIRED)
@@ -618,7 +618,7 @@ def model_checks(args) -> list[CheckItem]:
 
 def planned_download_bytes(args) -> float:
     """Approximate bytes the whisperx backend downloads at first use (models not on disk)."""
-    if args.backend != "whisperx" or modelhub.hub_offline() or args.cache_only:
+    if args.backend != "whisperx" or huberrors.hub_offline() or args.cache_only:
         return 0.0
     total = 0.0
     _, repo = asr_source(args)
@@ -640,11 +640,11 @@ def download_models(args) -> dict:
     config, vocabulary and weights), the pipeline's config.yaml and then only the files it names
     (3.1: pytorch_model.bin of segmentation-3.0 and wespeaker-voxceleb-resnet34-LM; community-1:
     its segmentation/, embedding/ and plda/ files), and NLTK's punkt_tab."""
-    dest, token = Path(args.download_models), modelhub.hub_token()
+    dest, token = Path(args.download_models), huberrors.hub_token()
     if args.backend != "whisperx":
         print(f"--download-models: the {args.backend} backend uses no model; nothing to download")
         return {}
-    if modelhub.hub_offline():
+    if huberrors.hub_offline():
         raise PipelineError(
             "--download-models needs the hub, but HF_HUB_OFFLINE is set: run it with HF_HUB_OFFLINE=0 "
             "on a machine with internet"
