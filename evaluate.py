@@ -1,73 +1,17 @@
 """Step 5: classify the test segments of a trained run and score them (paper Section IV-C, Tables I, II, IV).
 
-For WORK/runs/<run>/ this writes
-  predictions.json      every segment of the test dialogs, labelled or not: id, dialog, start, end,
-                        speaker, text, true label (or null), predicted label, class probabilities
-  metrics.json          "utterance": the reference-projected utterance metrics (below), comparable
-                        across pipelines; top level: the segment-level metrics (what the paper reports);
-                        each with a 95 % bootstrap interval "ci95" over test dialogs
+For WORK/runs/<run>/ (each fold of a fold run, then all folds pooled) this writes
+  predictions.json      every segment of the test dialogs, labelled or not, with its prediction
+  metrics.json          "utterance": the reference-projected metrics, comparable across pipelines;
+                        top level: the segment-level metrics (what the paper reports); 95 % intervals
   confusion_matrix.png  both confusion matrices, the reference-projected one first
 
-Why two sets of metrics. Each pipeline cuts the audio into its own segments, and a segment's true
-label is taken from the reference utterances it overlaps, so the segment-level metrics of two
-pipelines are computed on different test sets (the paper's with- and without-alignment accuracies
-on 1618 and 308 segments). The reference-projected metrics score every pipeline on the same items:
-the labelled reference utterances of the test dialogs.
-
-Reference-projected utterance metrics (metrics.json "utterance")
-  Items: every reference utterance of a test dialog in labels.json whose label is one of the
-  4 classes (hap, ang, sad, neu), whatever the pipeline found; utterances without a 4-class label
-  are not scored. Each item takes the emotion predicted for the system speech covering most of it:
-  1. System speech: every segment of predictions.json in the same dialog, labelled or not (the
-     segment's own "label" is not used). Speakers are ignored on both sides: a segment of any
-     system speaker votes on an utterance of any reference speaker.
-  2. Overlap of segment s with utterance u: max(0, min(s.end, u.end) - max(s.start, u.start))
-     seconds, rounded to the nearest whole microsecond (so sums and ties are exact). A segment with
-     start == end, or one that only touches the utterance, has overlap 0 and does not vote.
-  3. The vote of a label is the sum of the overlaps of the segments predicted as that label.
-     Segments that overlap each other (two system speakers at once, or overlapping segments of one
-     speaker) each vote their full overlap: time covered twice counts twice.
-  4. All votes 0 (no system speech overlaps the utterance): a miss. pred is null, it counts as
-     wrong, and it is its own column "miss" of the confusion matrix.
-  5. Otherwise pred is the label with the largest vote. Tie rule: among the tied labels, the one
-     owning the single segment with the largest overlap; if that ties too, the first in the order
-     hap, ang, sad, neu (common.formats.LABELS).
-  Reference utterances may overlap each other; each is scored on its own (one segment can vote on
-  several). Over the n scored utterances: confusion matrix [4, 5] (rows true hap ang sad neu;
-  columns predicted hap ang sad neu miss); accuracy = correct / n; per class, recall = correct /
-  support (misses count in the support), precision = correct / predicted as the class (a miss is
-  no prediction), F1 = 2PR / (P + R); UA = mean recall over the classes with support > 0; weighted
-  F1 = F1 weighted by support; macro F1 = mean F1 of the 4 classes; a zero denominator gives 0
-  (scikit-learn's zero_division=0). Also n, n_missed, coverage (per dialog, the union of the
-  labelled utterances intersected with the union of all system segments, summed over dialogs,
-  over the duration of the former) and the list of utterances {id, dialog, label, pred} (for
-  paired tests between runs: common.scoring.dialog_confusions, common.scoring.paired_bootstrap).
-
-Segment-level metrics (top level): the same metrics (no miss column, [4, 4]) over the segments that
-carry a 4-class label (step 3 labels each segment from the reference utterances it overlaps), with
-n_scored, n_segments and the share of the labelled reference speech the scored segments cover.
-
-Confidence intervals ("ci95"): a percentile bootstrap over test dialogs (utterances of one dialog
-are not independent). Each of --bootstrap-samples resamples draws as many dialogs as were tested,
-with replacement (numpy default_rng(--bootstrap-seed)); its confusion matrix is the sum of the
-drawn dialogs' matrices; the interval is the 2.5th and 97.5th percentile of the metric over the
-resamples (common.scoring.bootstrap_ci). Seeded: the same inputs give the same numbers.
-
-Test dialogs: those of the run's split (config.json) and every labels.json dialog its rule puts in
-the test set (common.rundirs.run_test_dialogs), whether or not step 2 or 3 produced segments for it. A test
-dialog without any segment in predictions.json (a step failed on it, its step-3 cache is gone, or it
-has no system speech) stays in the test set: its labelled utterances are misses. metrics.json lists
-these dialogs ("missing_dialogs"); predictions.json lists the test dialogs whose cache was absent.
-
-A run with folds (fold<k>/ subfolders, listed in the top-level config.json) is evaluated fold by
-fold. One rule for its numbers: a value printed with an interval is the pooled one, all folds'
-predictions scored together ("pooled", with its "utterance" part), and its interval is the
-bootstrap interval of that same pooled value; the spread over folds is reported apart, as the
-mean ± sample standard deviation (ddof=1) of the per-fold values ("mean_std"; std null for one fold).
-
-Before scoring, each run's data is checked against what it was trained on (config.json "data":
-labels.json, the step-3 config, the cache files; common.rundirs.check_run_data): a change is refused in one
-line naming it, unless --allow-changed-data, which metrics.json "data_check" records.
+The reference-projected metrics score every pipeline on the same items, the labelled reference utterances
+of the test dialogs, each taking the emotion predicted for the system speech covering most of it; the
+segment-level ones score the pipeline's own labelled segments. Intervals are a bootstrap over test
+dialogs, seeded. The rule, the intervals and why there are two levels: docs/EXPERIMENTS.md ("How every run is
+scored"); the file formats, the test dialogs and the fold rule: docs/FORMATS.md ("runs/<run>/"). A run whose
+data changed since training is refused unless --allow-changed-data.
 
     python evaluate.py --work preprocessed_iemocap --run NAME [--device cuda]
 """
@@ -167,7 +111,8 @@ def dialog_intervals(per_dialog_cms, n_samples: int, seed: int) -> dict | None:
 
 def project_dialog(segments: list[dict], utterances: list[dict]) -> list:
     """The predicted label (or None: a miss) of each reference utterance of one dialog, from the
-    system segments of that dialog: the time-weighted vote of the module docstring (steps 1-5).
+    system segments of that dialog: the time-weighted vote of docs/EXPERIMENTS.md (steps 1-5 of "The
+    reference-projected rule").
 
     overlap [U, S] in whole microseconds; votes [U, 4] = overlap @ one-hot(pred) [S, 4].
     """
@@ -268,7 +213,7 @@ def reference_utterances(labels: dict, dialogs) -> dict:
 
 
 def score_utterances(segments: list, utterances: dict, n_samples: int = 1000, seed: int = 0) -> dict:
-    """The "utterance" part of metrics.json: reference-projected metrics (module docstring) of the
+    """The "utterance" part of metrics.json: reference-projected metrics (docs/EXPERIMENTS.md) of the
     labelled reference utterances of `utterances` ({test dialog: utterances}), from all system
     `segments` (those of other dialogs are not used)."""
     by_dialog: dict[str, list] = {}

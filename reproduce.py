@@ -12,26 +12,11 @@ Experiment groups (--only; paper tables in brackets):
   modality   single-modality baselines (text only, audio only)                        [open question]
   pause      maximum pause 0.5 / 1.0 / 1.5 / 2.0 s, per-emotion F1                     [open question]
   fusion     gated cross-attention vs no gate, concatenation MLP, late fusion          [the paper's future work]
-On the demo the standard pipeline is step 2's `simulated` backend and the VAD-oracle pipeline its
-`oracle` backend; on real data they are `whisperx` and `whisperx --vad oracle`. The demo ends with
-step 7, predict.py on a held-out test dialog (predict_demo): results/predict/.
 
-Seeds: the headline groups (main, vadoracle, frozen) train every configuration with --seeds seeds
-(default 3), the ablation groups with --ablation-seeds (default: --seeds on real data, 1 on the demo).
-Seeds change initialisation and data order only (train.py --seed; the validation split has its own
---split-seed). Every table cell is the mean ± sample std over seeds (of each seed's run scored on all
-its test dialogs, folds pooled), with n; the spread over folds is a table of its own; the headline
-metrics carry a 95 % bootstrap interval over test dialogs, and the headline comparisons a paired
-bootstrap of the difference on the reference-projected utterances (evaluate.py's docstring).
-
-Every step runs as its own process, `python <step>.py ...`, printed before it runs: the command a
-researcher would type. A step item (a pipeline, a variant, a run) whose arguments, code and upstream
-outputs are unchanged since it last succeeded is not run again (stamps in WORK/reproduce_stamps.json);
-items that are out of date are passed together to as few invocations of their step as possible (one
-per pipeline; train.py sweeps that train exactly the runs due), and invocations of one step that do not
-depend on each other run side by side (--jobs; Runner). So a re-run with nothing changed only rebuilds
-the tables, and changing only the pause threshold re-runs only the alignment of that threshold and what
-follows from it. A failed step stops the run with its own message.
+Every step runs as its own process, printed before it runs; a step item unchanged since it last succeeded is
+not run again, so a re-run with nothing changed only rebuilds the tables. The demo ends with step 7 on a
+held-out dialog (results/predict/). The pipelines, seeds, how the table cells and intervals are computed:
+docs/EXPERIMENTS.md; running on IEMOCAP: docs/REAL_DATA.md.
 """
 
 from __future__ import annotations

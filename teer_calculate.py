@@ -1,82 +1,16 @@
 """Step 6: time-weighted emotion error rates, TEER and sTEER (paper Section IV-C, Table III).
 
-    TEER  = (MS + FA + CONF_emo)     / TOTAL
-    sTEER = (MS + FA + CONF_emo+spk) / TOTAL
-    EERa  = CONF_emo     / (time where reference and system both have speech)
-    sEERa = CONF_emo+spk / (the same time)
+Reads WORK/runs/<run>/predictions.json (step 5) and WORK/labels.json; writes teer.json in the run dir
+(teer_authors.json with --authors; both with --also-authors): the summed error components, TEER, sTEER, EERa
+and sEERa, per dialog and, for a fold run, per fold and pooled (docs/FORMATS.md). Every dialog the run's split
+puts in the test set is scored, with or without system segments.
 
-MS, FA, CONF and TOTAL are summed over all dialogs and divided once.
-
-Default semantics are the original definition of Wu, Zhang and Woodland (Interspeech 2023),
-whose reference scorer is pyannote.metrics' IdentificationErrorRate:
-  * emotion labels are compared by identity: a segment is right only if it says the
-    reference's emotion (no label mapping);
-  * sTEER labels are "speaker+emotion". The system's anonymous speakers (SPEAKER_00, ...) are
-    first mapped one-to-one onto the reference speakers (F, M) of each dialog, choosing the
-    mapping with the largest total overlap between the system's segments and the reference
-    utterances (all of them, no collar; Hungarian algorithm). A system speaker left unmapped
-    keeps its own name and so never matches;
-  * a collar of 0.25 s either side of every reference boundary is not scored (--collar is the
-    width on ONE side, as in NIST md-eval; pyannote's `collar` is the total width, so
-    pyannote collar = 2 x --collar);
-  * overlapping speech is scored: per elementary segment with n_ref reference and n_hyp system
-    labels, MS = max(0, n_ref - n_hyp), FA = max(0, n_hyp - n_ref),
-    CONF = min(n_ref, n_hyp) - n_correct (n_correct = the largest matching of equal labels),
-    TOTAL = n_ref, each times the segment's duration;
-  * the scoring region (UEM) is the extent of the dialog's reference (--uem extent).
-Reference time whose utterance has no 4-class label (fru, sur, xxx, ...): by default it is cut
-out of the scoring region like a collar (--nontarget exclude), so the system is neither
-credited nor blamed there. --nontarget other keeps it as the label "other", which no
-prediction can match; --nontarget drop leaves it out of the reference only, so system speech
-there is a false alarm (what the authors' script does).
-
-Dialogs of the test split with no system segment at all are scored as entirely missed
-(--empty-dialogs missed); --empty-dialogs skip leaves them out, as W-Wu's scorer does (it loops
-over the dialogs of the system output only). The test dialogs are those of the run's split and
-every labels.json dialog its rule puts in the test set (common.rundirs.run_test_dialogs), so a dialog that
-step 2 or 3 failed on (no cache, no segment) is scored too; teer.json lists such dialogs under
-"missing_dialogs" either way.
-
-How the default differs from W-Wu's scorer (scoring/score_TEER.py of W-Wu/sTEER): that scorer
-keeps non-target reference speech in the reference under its own emotion label, where it counts
-as missed speech or confusion; that is --nontarget other here (a test finds the two equal to
-1e-9 on the same inputs and speaker map). The default --nontarget exclude instead cuts that time
-out of the scoring region, so TOTAL is the labelled reference speech only. W-Wu's scorer also
-skips dialogs absent from the system output (--empty-dialogs skip). Its counting is therefore
---nontarget other --empty-dialogs skip (collar 0.25, reference-extent UEM, identity labels); its
-speaker map comes from a file of its own rather than from the overlap rule above.
-
---authors reproduces the authors' public teer_calculate.py (M4RC034/SER-Align) on the same
-predictions, overriding --collar/--uem/--nontarget/--empty-dialogs:
-  * pyannote DiarizationErrorRate per dialog on emotion labels, i.e. hypothesis labels first
-    mapped one-to-one onto reference labels maximising their overlap; the same for
-    "emotion_speaker" labels, without a prior speaker mapping; components summed over dialogs
-    and divided once; collar 0; UEM = the smallest interval holding both the reference and the
-    system segments of the dialog;
-  * reference = the utterances with a 4-class label only (others dropped: system speech there is
-    a false alarm); dialogs without one are skipped;
-  * system segments without a 4-class reference (label null in predictions.json) are labelled
-    "UNK" instead of their prediction (setting unlabelled="unk"). Their classifier only ever
-    predicted the segments that their step 3 could label (a .pt file exists only for those),
-    and their script gives every other segment the label "UNK". This uses REFERENCE
-    information on the hypothesis side: which system segments overlap labelled speech. "UNK"
-    segments still count as system speech (false alarm where no labelled reference lies under
-    them); under optimal mapping "UNK" is one more hypothesis label, wrong where it overlaps
-    labelled speech unless the Hungarian mapping pairs it with a reference emotion that no
-    real prediction took. Which segments have no 4-class reference follows the step-3 rule of
-    the run's variant (align.label_segments): align.py --label-rule authors gives exactly their
-    set (a segment some single 4-class utterance overlaps by more than 0.1 s); the default rule
-    labels, in addition, a segment where only several utterances of one label together do;
-  * segments with identical start and end collapse to the last one (their pyannote Annotation is
-    keyed by the time interval), in the reference (labelled utterances) and in the system output;
-  * a dialog with no system segment is not scored (their aligner wrote no file for it).
-Their preprocessing also made no .pt file for slices under 100 samples; a labelled segment here
-overlaps its label by more than --min-label-overlap (0.1 s = 1600 samples), so that never applies.
-Under optimal mapping a model that swaps two emotions consistently is scored as perfect.
-
-The scorer is an interval sweep: all boundaries sorted once, label counts per elementary
-segment from cumulative sums. No pyannote at scoring time; the tests check it against
-pyannote.metrics to 1e-9.
+By default it follows the original definition of Wu, Zhang and Woodland (Interspeech 2023): emotions compared
+by identity, system speakers mapped onto the reference speakers before sTEER, a 0.25 s collar, the reference's
+extent as scoring region, and reference time without a 4-class label cut out of it. --authors reproduces the
+authors' script (optimal label mapping, UNK for segments without a 4-class reference, ...);
+--nontarget other --empty-dialogs skip counts as W-Wu's scorer does. The formulas and the counting rules:
+docs/EXPERIMENTS.md ("TEER and sTEER"); how the three computations differ: docs/DEPARTURES.md.
 
     python teer_calculate.py --work preprocessed_iemocap --run NAME [--collar 0.25] [--authors]
     python teer_calculate.py --work W --run NAME --nontarget other --empty-dialogs skip   # W-Wu's scorer

@@ -1,73 +1,21 @@
 """Generate a small synthetic corpus in IEMOCAP_full_release's exact on-disk layout.
 
-The demo corpus lets the whole pipeline (steps 1-6) run here, with no IEMOCAP and no GPU, through
-the very code paths that read the real corpus. Everything IEMOCAP-specific is imitated, including
-its quirks, so the parsers and aligners meet them:
+The demo corpus lets the whole pipeline (steps 1-6) run here, with no IEMOCAP and no GPU, through the very code
+paths that read the real corpus, quirks included. Under <out> it writes, per dialog:
 
-  SessionK/dialog/wav/<dialog>.wav                      16 kHz stereo 16-bit PCM; ch0 favours the
-                                                        female actor (F + 0.3 M), ch1 the male one
-  SessionK/dialog/EmoEvaluation/<dialog>.txt            "%" header, blank-line separated blocks:
-      [6.2901 - 8.2357]<TAB>Ses01F_impro01_F000<TAB>neu<TAB>[2.5000, 2.5000, 2.5000]
-      C-E2:<TAB>Neutral;<TAB>()          categorical evaluator lines (consensus -> the code)
-      A-E3:<TAB>val 3; act 2; dom  2;<TAB>()   dimensional lines; [V, A, D] = mean of the A-E lines
-  SessionK/dialog/transcriptions/<dialog>.txt           "Ses01F_impro01_F000 [006.2901-008.2357]: Excuse me."
-      in time order; XX ids (Ses01F_impro01_FXX0: spoken, transcribed, never evaluated) in improvised
-      dialogs; one line not starting with "Ses" (e.g. "M: [BREATHING]") in scripted dialogs;
-      inline [LAUGHTER] / [BREATHING] markers
-  SessionK/sentences/wav/<dialog>/<utt>.wav             16 kHz mono: exactly the int16 samples
-      [round(start*16000), round(end*16000)) of the speaker's own channel of the dialog wav
-  SessionK/sentences/ForcedAlignment/<dialog>/<utt>.wdseg   Sphinx-3 layout:
-      "  SFrm  EFrm    SegAScr Word" header, rows "<SFrm> <EFrm> <score> <WORD>", <s> first, </s>
-      last, <sil> for silences, ++LAUGHTER++ / ++BREATHING++, variants like WHAT(2), " Total score: N"
+  SessionK/dialog/wav/<dialog>.wav                              16 kHz stereo, one channel per actor
+  SessionK/dialog/EmoEvaluation/<dialog>.txt                    labels, evaluator lines, [V, A, D]
+  SessionK/dialog/transcriptions/<dialog>.txt                   "Ses01F_impro01_F000 [006.2901-008.2357]: ..."
+  SessionK/sentences/wav/<dialog>/<utt>.wav                     16 kHz mono, cut from the dialog wav
+  SessionK/sentences/ForcedAlignment/<dialog>/<utt>.wdseg       Sphinx-3 word alignment
 
-Time convention of the .wdseg files (the one step 2 reads them with): 100 frames per second counted
-from the start of the utterance wav, EFrm inclusive, so a row covers [SFrm/100, (EFrm+1)/100) seconds
-of the utterance and, in dialog time,
-    word start = utterance start + SFrm / 100,   word end = utterance start + (EFrm + 1) / 100,
-where the utterance start is the 4-decimal value printed in EmoEvaluation / transcriptions. The
-ground truth stores these values (rounded to 4 decimals, which is exact since both terms are on a
-0.0001 s grid), so an oracle backend reading the .wdseg files reproduces them to 1e-6.
+and <out>/demo_ground_truth.json (utterances, words, turns), against which the tests check every step.
+Emotion is carried by speech-like audio cues and emotion-leaning words, each modality confusing on purpose
+what the other separates (--audio-noise, --text-noise). Deterministic: the same arguments give bit-identical
+files. The corpus, its file details, the .wdseg time convention and the ground truth's fields:
+docs/EXPERIMENTS.md ("The demo").
 
-Dialogs: Ses0KF_impro0J / Ses0KM_script0J_P; the letter after the session number alternates F/M
-(who wears the motion capture; both actors talk). The scripted scenarios (script01_1, script02_1, ...)
-have the same lines (speaker + words) in every session; only timing, markers and the performed
-emotion differ. Irregular names as in IEMOCAP: in Session 3 the last improvised dialog's scenario
-gets a suffix "a" (Ses03F_impro02a with the defaults), in Session 5 the first script01 dialog gets "b"
-(Ses05F_script01_1b), when those sessions exist.
-
-Emotion cues (the learnable signal, each modality imperfect on purpose):
-  audio: a voiced harmonic source (sawtooth glottal pulses on a pitch contour), cascaded formant
-    resonators per syllable (vowel table), syllable-rate amplitude modulation, unvoiced noise bursts
-    at word onsets, per-word attack/release envelopes, faint background noise. Relative to each
-    actor's base pitch: ang loud, high, fast, falling, sharp attacks, bright; hap/exc raised pitch
-    with large rise-fall movement, medium-high energy; sad low, flat, quiet, slow (longer words),
-    dark; neu mid everything; fru ~ mild ang, sur ~ hap with a rise, fea high and trembling,
-    xxx a blend of two emotions.
-  text: a few emotion-leaning words per utterance among neutral and function words.
-  With probability audio_noise (text_noise), independently per utterance, the audio (text) cues
-  come from the emotion that modality confuses the code with: text from its valence twin (ang <-> sad,
-  hap <-> neu), audio from its arousal twin (ang <-> hap, sad <-> neu); see VALENCE_TWIN. So each
-  modality alone is wrong on about that share of utterances, and the two together are not. For
-  scripted dialogs the text is fixed by the script, so "text noise" there means the performance's
-  code is the valence twin of the line's.
-
-Ground truth, <out>/demo_ground_truth.json:
-  {"seed", "args", "dialogs": {dialog: {"session", "kind", "scenario", "script", "duration",
-     "utterances": [{"id", "start", "end", "speaker", "code", "label", "text",
-                     "evaluated", "audio_cue", "text_cue"}],
-     "words": [{"word", "start", "end", "speaker", "utterance"}],
-     "turns": [{"speaker", "start", "end", "utterances", "n_words"}]}}}
-  - utterances: every transcribed utterance in time order; XX ones have "evaluated": false and
-    code/label null; "label" is common.formats.CODE_TO_LABEL[code] or null; "text" is the transcript text.
-  - words: every spoken word (lower case, no punctuation, no markers or variants), in time order.
-  - turns: the maximal runs of one speaker's words (in time order) with no pause > 1.5 s, i.e. what
-    the paper's alignment (Section III-A, max pause 1.5 s) yields from perfect words and speakers.
-Overlapping speech exists only as: the next speaker's first word starts 0.1-0.4 s before the previous
-speaker's last word ends (and after it starts, and ends after it ends), so words sorted by start time
-still give one speaker's turn, then the other's. No pause between words lies within 0.1 s of 1.5 s.
-
-Deterministic: the same arguments give bit-identical files. Each dialog has its own random stream
-(seeded by seed, session, kind and index), so Session 5 is the same whether generated alone or with 1-4.
+    python demo/make_corpus.py [--out demo_data/IEMOCAP_full_release] [--sessions 1,5] [--seed 0]
 """
 
 from __future__ import annotations
@@ -509,7 +457,8 @@ def plan_utterance(rng, words: list[str], prosody: dict, audio_code: str) -> dic
 
 
 def word_time(u_start: float, frame: int) -> float:
-    """Dialog time of a frame boundary: exact on the 0.0001 s grid (see the module docstring)."""
+    """Dialog time of a frame boundary: exact on the 0.0001 s grid (the .wdseg time convention of
+    docs/EXPERIMENTS.md, "The demo")."""
     return round(u_start + frame / FRAME_RATE, 4)
 
 
@@ -568,7 +517,9 @@ def pitch_contour(rng, x: np.ndarray, prosody: dict) -> np.ndarray:
 def synth_voiced(
     rng, n: int, word: str, voice: dict, prosody: dict, f0_scale: float, energy: float, breath: float = 0.04
 ) -> np.ndarray:
-    """One word (or a laugh): voiced source + formants per syllable + syllable AM + envelopes."""
+    """One word (or a laugh): a voiced source (sawtooth glottal pulses on a pitch contour), cascaded formant
+    resonators per syllable (vowel table), syllable-rate amplitude modulation, an unvoiced noise burst at the
+    onset of most words, and attack/release envelopes."""
     x = np.arange(n) / n
     f0 = voice["f0"] * f0_scale * pitch_contour(rng, x, prosody)
     f0 *= 1 + 0.01 * np.cumsum(rng.normal(0, 1, n)) / np.sqrt(np.arange(1, n + 1))  # slight jitter
@@ -727,7 +678,8 @@ def name_utterances(rng, d: dict, utts: list[dict]):
 
 
 def render_dialog(rng, utts: list[dict], actors: dict) -> tuple[np.ndarray, float]:
-    """The utterances' words, laughter and breaths on each actor's track -> (int16 stereo samples, seconds)."""
+    """The utterances' words, laughter and breaths on each actor's track -> (int16 stereo samples, seconds);
+    each channel is one actor's track plus 0.3 of the other's, with faint background noise."""
     duration = max(u["end"] for u in utts) + rng.uniform(1.0, 2.0)
     n_samples = int(np.ceil(duration * SR))
     tracks = {"F": np.zeros(n_samples), "M": np.zeros(n_samples)}
