@@ -1,58 +1,14 @@
 """Any corpus -> WORK/labels.json: a CSV of labelled utterances in place of step 1.
 
-labels.json is the corpus interface of the pipeline (docs/FORMATS.md, "labels.json"): steps 2-6
-read nothing else about the corpus except the dialog audio it names. Step 1
-(iemo_lab_with_timestamps.py) writes it from IEMOCAP's folders; this script writes the same
-schema from a CSV, one row per labelled utterance, so steps 2-6 and reproduce.py run unchanged
-(see "What steps 2-6 still assume" below). The result passes common.formats.check_labels before it is
-written.
+labels.json is the pipeline's corpus interface: steps 2-6 read nothing else about the corpus except the dialog
+audio it names. This script writes it from a CSV (UTF-8, a header row, one row per labelled utterance; columns
+audio, id, start, end, speaker, emotion, and optionally text, session or fold, dialog, wdseg): it maps each
+emotion label to a class or to none (--emotion-map), names each dialog's two speakers F and M, checks the
+result with common.formats.check_labels and writes it, so that steps 2-6 and reproduce.py run unchanged. A bad
+row stops it with an error naming "<csv>:<line>"; nothing is then written.
 
-CSV (UTF-8, comma-separated, a header row; column order free, unknown columns ignored):
-  audio     dialog audio file: relative to --audio-root (default: the CSV's folder) or absolute;
-            16 kHz wav (what step 2 reads). One file per dialog.
-  id        utterance id, unique over the whole CSV
-  start     seconds from the start of the dialog audio
-  end       seconds; start < end, and end at most the audio's length + common.formats.TIME_TOLERANCE_S
-  speaker   any name; at most two per dialog (see Speakers)
-  emotion   the corpus's own label; mapped by --emotion-map
-  text      (optional) the transcript; "" when absent
-  session   (optional; or "fold") a positive integer: the cross-validation group of the dialog
-            (train.py --test-session / --folds loso); default --default-session (1)
-  dialog    (optional) the dialog name; default the audio file's stem
-  wdseg     (optional) an IEMOCAP-format .wdseg word alignment (relative to --audio-root or
-            absolute); the oracle/simulated backends of step 2 use it, else they spread the
-            transcript's words evenly over the utterance
-
-Every bad row is a common.cli.PipelineError naming "<csv>:<line>": a missing column (line 1), an empty
-required field, a time that is not a finite number or start >= end, an emotion not covered by the
-map, an id listed before, a missing or unreadable audio file, audio not at 16 kHz, an end past the
-audio's end, a dialog with two audio files or two sessions, a third speaker in a dialog.
-
-Design decisions:
-  * Emotions: --emotion-map "happy=hap,excited=hap,angry=ang,sad=sad,neutral=neu,frustrated=none"
-    maps each CSV label (matched case-insensitively, spaces trimmed) to one of common.formats.LABELS or to
-    "none" (kept as speech, no 4-class label: label null, as step 1 does for fru, sur, ...). The
-    default is IEMOCAP's own codes: hap, exc -> hap; ang, sad, neu -> themselves; fru, sur, fea,
-    dis, oth, xxx -> none. A label outside the map is an error, never silently dropped. The CSV's
-    label is kept in each utterance's "emotion"; "code" (which the schema restricts to IEMOCAP's
-    codes) is the CSV label when it is one of them, else the class it maps to, or "oth" for none.
-  * Speakers: the schema has IEMOCAP's two actors per dialog, "F" and "M" (common.formats.check_labels),
-    and steps 2-3 (oracle turns, TEER speaker mapping) compare speakers within a dialog only. A
-    CSV whose speakers are already F/M keeps them (so an IEMOCAP CSV round-trips); otherwise each
-    dialog's speakers become "F" (the first to speak) and "M" (the second) in time order, and the
-    CSV's name is kept in "speaker_name". A dialog with three or more speakers is an error, as F/M
-    cannot hold them. An id of the IEMOCAP form '<dialog>_F...' must agree with its speaker.
-  * Sessions: from the "session" (or "fold") column, else every dialog is in --default-session.
-    train.py's single split tests one session (--test-session) and trains on the others, so a
-    corpus for training needs at least two sessions.
-  * Dialog metadata: a dialog named like IEMOCAP's (Ses01F_impro01, Ses01F_script01_1) gets
-    step 1's kind/scenario/script; any other gets kind "impro", script null, scenario = its name
-    (train.py --folds speaker-script only treats "script" dialogs specially).
-  * "corpus" is the --audio-root (absolute): steps 2-3 resolve each dialog's "wav" against it.
-
-What steps 2-6 still assume: step 2 adds unevaluated IEMOCAP transcript lines when the audio root
-has IEMOCAP's folders (absent for other corpora: nothing is added). train.py groups dialogs by the
-"session" of labels.json, so any dialog names work.
+The columns, the emotion map, the speakers, the sessions and the errors: docs/FORMATS.md ("labels.json as the
+corpus interface"); a walk-through, and what steps 2-6 still assume of a corpus: docs/PREDICT.md.
 
 Usage: python corpus_from_csv.py corpus.csv --work WORK [--audio-root DIR] [--emotion-map SPEC]
 """
@@ -272,7 +228,9 @@ def _row_wdseg(row: dict, root: Path, wdsegs: dict, line: int, where: str):
 
 
 def assign_speakers(csv_path: Path, dialog: str, utterances: list[dict]) -> None:
-    """CSV speaker names -> F/M in place (see the module docstring); the name kept in "speaker_name"."""
+    """CSV speaker names -> F/M in place; the name kept in "speaker_name". Names already F/M are kept (an IEMOCAP
+    CSV round-trips); others become F (the first to speak in the dialog) and M (the second). A third speaker is an
+    error, as is an id of the IEMOCAP form '<dialog>_F...' or '<dialog>_M...' whose letter is not its speaker's."""
     names = list(dict.fromkeys(u["speaker"] for u in utterances))  # order of first speech
     if len(names) > 2:
         u = next(u for u in utterances if u["speaker"] == names[2])

@@ -3,34 +3,18 @@
     python predict.py call.wav [more.flac ...] --run WORK/runs/<run> [--out predictions]
     python predict.py call.wav --run R --asr-json call.json --rttm call.rttm     # bring your own step 2
 
-For each audio file (wav, flac, ogg; mono or stereo; any sample rate) this writes, in --out:
-  <name>.emotions.json  segments in time order: start, end, speaker, text, emotion, probs {label: p},
-                        flags (re-timed words, nearest-speaker words: step 3's), and a summary
-  <name>.emotions.rttm  one SPEAKER line per segment, label "<speaker>_<emotion>" (SPEAKER_00_ang):
-                        reads with pyannote.database.util.load_rttm and NIST md-eval
+Each recording (wav, flac or ogg; mono or stereo; any sample rate) becomes a 16 kHz mono dialog of a temporary
+corpus without reference labels (read_audio, write_corpus), so nothing is scored. The pipeline's own steps then
+run on it as they run in the pipeline: step 2 (`preprocess.py --backend whisperx`, or the given --asr-json and
+--rttm in its place), step 3 (`align.py` with the settings the run was trained on, step3_flags, once the run's
+training data is checked), and the run's best checkpoint on every segment. Written in --out, per recording:
+  <name>.emotions.json  segments in time order: start, end, speaker, text, emotion, probs, step 3's flags;
+                        and a summary
+  <name>.emotions.rttm  one SPEAKER line per segment, label "<speaker>_<emotion>" (SPEAKER_00_ang)
   <name>.vtt            WebVTT cues "SPEAKER_00 [angry] text" (--srt: <name>.srt instead)
   <name>.timeline.png   one lane per speaker over time, segments coloured by emotion
 
-How (the pipeline's own code, run as the steps run, never a copy of it):
-  1. Audio: decoded with soundfile, channels averaged to mono, resampled ONCE to 16 kHz
-     (torchaudio.functional.resample) and written as a float 16 kHz wav of a one-session corpus in a
-     temporary work directory, whose labels.json lists each file as a dialog with no utterances
-     (there is no reference: every segment's label is null, and nothing is scored).
-  2. Step 2, `preprocess.py --backend whisperx` (WhisperX ASR + pyannote diarization, models loaded
-     once for all files), or, with --asr-json/--rttm, the given WhisperX-shaped JSON and RTTM
-     (from WhisperX, pyannote, NeMo or any tool) placed where step 2 would write them; the RTTM's
-     file field becomes the dialog name.
-  3. Step 3, `align.py`, with the variant and settings the run was trained on (config.json's
-     data.step3_config; runs trained before it was recorded: the variant name and its manifest).
-     The run's training data is checked first (common.rundirs.check_run_data: refused in one line when it
-     changed since training, unless --allow-changed-data, which emotions.json records).
-  4. The run's model (utils.load_run, best checkpoint) classifies every segment of step 3's cache
-     (utils.run_dataset; frozen runs through utils.cached_embeddings, as evaluate.py), batched on
-     the GPU when there is one.
-
-Departures worth knowing: a stereo recording is averaged to mono whatever channel the run was
-trained on (align.py --channel concerns IEMOCAP's two-actor wavs); a recording has session 1 and
-kind "impro" in the temporary labels.json (neither is used by steps 2-3 nor by the model).
+Details, and the departures worth knowing: docs/PREDICT.md.
 """
 
 from __future__ import annotations

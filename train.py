@@ -1,63 +1,18 @@
 """Step 4: train the gated cross-attention fusion classifier (paper Section III-B, Fig. 1).
 
-Reads the step-3 segment caches WORK/<pipe>/<variant>/cache/<dialog>.pt and WORK/labels.json,
-trains utils.SERModel and writes WORK/runs/<run>/ (config.json, log.jsonl, checkpoint_last.pt,
-checkpoint_best.pt). Frozen mode also writes WORK/features/<extractor-key>/<pipe>/<variant>/.
+Reads the step-3 segment caches WORK/<pipe>/<variant>/cache/<dialog>.pt and WORK/labels.json, trains
+utils.SERModel and writes WORK/runs/<run>/ (config.json, log.jsonl, checkpoint_last.pt, checkpoint_best.pt);
+--mode frozen also caches embeddings in WORK/features/<extractor-key>/<pipe>/<variant>/ (docs/FORMATS.md).
 
-Training recipe: the paper gives none, so the defaults are the authors' code (M4RC034/SER-Align
-train.py): AdamW, extractors lr 2e-5 and everything else 1e-4 (fine-tuned mode), weight decay 0.01,
-dropout 0.2, cross-entropy, batch 8, 20 epochs, shuffled; ReduceLROnPlateau (mode min, factor 0.5,
-patience 2) stepped on the validation LOSS (--schedule-on); the kept checkpoint and early stopping
-(patience 5) on the validation ACCURACY (--select-on; a strict improvement, so the earliest epoch
-wins ties); RoBERTa input truncated at 512 tokens; no audio crop (segments padded to the longest in
-the batch, which length bucketing keeps cheap; --max-audio-seconds crops for small GPUs and the
-number cropped is reported).
-
-Departures from the authors' code (docs/DEPARTURES.md), each a flag with their value reachable:
-  --validation held-out   the validation set is drawn from the TRAINING sessions (--val-fraction of
-                          each session's dialogs, seeded; their speakers also occur in training, as
-                          IEMOCAP has two per session), so the test split is never loaded here.
-                          The authors validated, selected and early-stopped on the test session:
-                          --validation test.
-  --audio-padding exact   a segment's audio embedding does not depend on the other segments of its
-                          batch (utils.AudioEmbedder). The authors' processor pads the batch with
-                          zeros, then normalises each row over its padded length; wav2vec2-base gets
-                          it without an attention mask and its mean counts the padded frames:
-                          --audio-padding authors.
-  step 3's --channel      stereo dialog channels averaged (align.py --channel mean); theirs: channel 0.
-
-Splits (--folds):
-  session         test = Session --test-session (the paper's: 5), train/val = the other sessions.
-  loso            leave-one-session-out: 5 runs, fold k tests Session k (runs/<run>/fold<k>/).
-  speaker-script  speaker- AND script-disjoint 5 folds. IEMOCAP's two actors of a session appear
-                  only in that session, so testing on Session k is speaker-disjoint; but the three
-                  scripts (script01-03) are performed in every session, so a text model would see
-                  the test lines in training. Fold k therefore tests on Session k's improvised
-                  dialogs plus its dialogs of ONE script family s_k = script0{(k-1) % 3 + 1};
-                  training uses the other sessions' improvised dialogs and their scripted dialogs
-                  of the OTHER two families. Session k's dialogs of the other two families and the
-                  other sessions' s_k dialogs are used by neither side ("unused" in config.json).
-
-Sweeps: --variant, --modality, --fusion and --seed take several values, and one invocation trains
-every combination: for each variant, the fused model with each --fusion and each single modality
-(a single-modality run has no fusion; it records the first --fusion), each with every seed. Each
-variant's data is read once (and a frozen CNN's features computed once) for all the runs that
-prepare it alike: each arm prepares its audio as its own model's config says (do_normalize), and
-shares only data prepared the same way; every run equals that run trained alone. Name the runs
-with a --run template holding {variant} {modality} {fusion} {seed} wherever the sweep varies
-(or give one name per run, in that order: variant, then modality and fusion, then seed), e.g.
-    python train.py --variant aligned-p0.5 aligned-p1 aligned-p1.5 aligned-p2 --seed 0 1 2 \
-        --run 'pause-{variant}-s{seed}'
-
-Speed: batches of similar audio length (utils.LengthBucketSampler), audio normalised once when
-the cache is read, tokenising in DataLoader workers (--num-workers), bf16 autocast on CUDA,
-optionally --freeze-feature-encoder (wav2vec2's CNN) and --gradient-checkpointing. With
---max-audio-seconds S, segments longer than S are centre-cropped: aligned turns can merge several
-utterances and one long turn sets the padded size and memory of its whole batch. Under
-torchrun every rank trains on its share of the batches and validates on the whole validation
-set; rank 0 writes the files.
+The defaults are the authors' training recipe (the paper gives none). Where they depart from the authors'
+code (validation dialogs held out of the training sessions; padding-exact audio embeddings), a flag restores
+theirs: docs/DEPARTURES.md. The splits (--folds session, loso, speaker-script), sweeps (several values of
+--variant, --modality, --fusion or --seed: one run per combination, each variant's data read once), the
+speed options and DistributedDataParallel under torchrun: docs/REAL_DATA.md. --check is the preflight,
+--download-models makes offline copies of the extractors (docs/REAL_DATA.md).
 
     python train.py --work preprocessed_iemocap --pipe whisperx --variant aligned-p1.5
+    python train.py --variant aligned-p1 aligned-p2 --seed 0 1 2 --run 'pause-{variant}-s{seed}'
     torchrun --nproc_per_node 4 train.py --run-name NAME ...   (DistributedDataParallel, one GPU per rank)
 """
 
@@ -195,7 +150,7 @@ def add_recipe_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_split_flags(p: argparse.ArgumentParser) -> None:
-    """The splits (see Splits) and the seeds."""
+    """The splits (docs/REAL_DATA.md, Splits and folds) and the seeds."""
     p.add_argument(
         "--validation",
         choices=["held-out", "test"],
@@ -327,7 +282,7 @@ def make_folds(
     meta: dict, scheme: str, test_session: int, val_fraction: float, seed: int, validation: str = "held-out"
 ) -> list[dict]:
     """meta: {dialog: {"session", "kind", "script"}} of the dialogs that have a segment cache.
-    -> [{"name", "train", "val", "test", "unused"}] (see the module docstring). validation "test"
+    -> [{"name", "train", "val", "test", "unused"}] (the schemes: docs/REAL_DATA.md). validation "test"
     (the authors'): no held-out dialogs, the test dialogs are the validation set."""
     sessions = sorted({m["session"] for m in meta.values()})
     if scheme == "session":

@@ -1,31 +1,19 @@
 """Tiny, randomly initialised stand-ins for the three models of step 2's whisperx backend.
 
-The real pipeline loads Whisper large-v2 (CTranslate2, through faster-whisper), the WhisperX
-English alignment model (a wav2vec2 CTC model) and pyannote's speaker-diarization-3.1 pipeline,
-by hub name or from a local directory. This module writes small random models in exactly the
-local-directory layouts those loaders accept, so that preprocess.py runs its real whisperx code
-path offline on CPU (the demo and the tests). Their transcripts and speaker turns are noise; what
-they prove is that the code path, the data shapes and the timing logic work.
+The real pipeline loads Whisper large-v2 (CTranslate2, through faster-whisper), the WhisperX English alignment
+model (a wav2vec2 CTC model) and a pyannote speaker-diarization pipeline, by hub name or from a local directory.
+This module writes small random models in exactly the local-directory layouts those loaders accept, so that
+preprocess.py runs its real whisperx code path offline on CPU (the demo and the tests: docs/TESTING.md). Their
+transcripts and speaker turns are noise; what they prove is that the code path, the data shapes and the timing
+logic work.
 
     python demo/build_asr_models.py --out demo_data/models/asr
 
-writes under OUT:
-  whisper-ct2/   CTranslate2 Whisper (80 mel bins, 1 encoder + 1 decoder layer) + tokenizer.json
-  align-w2v2/    Wav2Vec2ForCTC with a character vocabulary + its processor
-  diarization/   pyannote SpeakerDiarization shaped like pyannote/speaker-diarization-community-1
-                 (pyannote 4's default): config.yaml, segmentation/, embedding/ and plda/ in one
-                 folder, VBx clustering
-  hub/           a local mirror of hub repositories (OUT/hub/<org>/<name>, what
-                 `preprocess.py --download-models` writes) holding a pipeline shaped like the paper's
-                 pyannote/speaker-diarization-3.1: its config.yaml names two other repositories,
-                 pyannote/segmentation-3.0 and pyannote/wespeaker-voxceleb-resnet34-LM, which sit
-                 beside it; agglomerative clustering, no PLDA. Use with --diar-model
-                 pyannote/speaker-diarization-3.1 --model-dir OUT/hub.
-  nltk_data/     the NLTK punkt_tab files whisperx.align opens (empty files are a valid model)
-
-Both pipelines use the same tiny random PyanNet segmentation (powerset) and XVectorSincNet
-embedding (about ten times faster on CPU than the real WeSpeakerResNet34; the layout, not the
-architecture, is what the loaders see).
+writes under OUT (each folder's layout: the function named): whisper-ct2/ (build_whisper), align-w2v2/
+(build_align_model), diarization/ (a pipeline shaped like pyannote/speaker-diarization-community-1,
+build_diarization), hub/ (a local hub mirror holding the paper's pyannote/speaker-diarization-3.1 and the two
+model repositories its config names, build_diarization_31) and nltk_data/ (prepare_nltk_data), then prints the
+preprocess.py flags that use them.
 """
 
 from __future__ import annotations
@@ -89,7 +77,7 @@ def _whisper_tokenizer(hf_dir: Path):
 
 
 def _whisper_config(n_text_tokens: int, ids: dict):
-    """The WhisperConfig of the tiny model: 1 encoder and 1 decoder layer of width 64."""
+    """The WhisperConfig of the tiny model: 80 mel bins, 1 encoder and 1 decoder layer of width 64."""
     from transformers import WhisperConfig
 
     eot = WHISPER_SPECIALS[0]
@@ -166,7 +154,8 @@ def build_whisper(out: Path, seed: int = 0) -> Path:
 
 
 def build_align_model(out: Path, seed: int = 0) -> Path:
-    """A tiny random Wav2Vec2ForCTC with a character vocabulary -> folder for whisperx.load_align_model."""
+    """A tiny random Wav2Vec2ForCTC with a character vocabulary, and its processor -> folder for
+    whisperx.load_align_model."""
     import torch
     from transformers import (
         Wav2Vec2Config,
@@ -265,7 +254,9 @@ def diarization_models(seed: int = 0):
     """(segmentation, embedding) tiny random pyannote models.
 
     Segmentation: PyanNet with powerset output over 3 local speakers, at most 2 at once (the
-    specification of pyannote 3.x and community-1). Embedding: XVectorSincNet, 64-d.
+    specification of pyannote 3.x and community-1). Embedding: XVectorSincNet, 64-d, about ten times faster
+    on CPU than the real WeSpeakerResNet34 (the loaders see the layout, not the architecture). Both
+    diarization pipelines (build_diarization, build_diarization_31) use these two models.
     """
     import torch
     from pyannote.audio.core.task import Problem, Resolution, Specifications
@@ -321,9 +312,10 @@ def save_plda(folder: Path, dim: int, seed: int = 0, lda_dim: int = 16) -> None:
 def build_diarization(out: Path, seed: int = 0) -> Path:
     """A pipeline folder shaped like pyannote/speaker-diarization-community-1 -> OUT/diarization.
 
-    config.yaml names its models as subfolders ($model/segmentation, $model/embedding, $model/plda),
-    so Pipeline.from_pretrained(<dir>) and common.step2_whisperx.load_diarization_pipeline load it offline. The
-    PLDA files are required by the VBx clustering.
+    community-1 is pyannote 4's default pipeline. config.yaml names its models as subfolders
+    ($model/segmentation, $model/embedding, $model/plda), so Pipeline.from_pretrained(<dir>) and
+    common.step2_whisperx.load_diarization_pipeline load it offline. The PLDA files are required by the VBx
+    clustering.
     """
     out = Path(out) / "diarization"
     shutil.rmtree(out, ignore_errors=True)
@@ -341,7 +333,8 @@ def build_diarization_31(out: Path, seed: int = 0) -> Path:
     OUT/hub/pyannote/speaker-diarization-3.1/config.yaml (the published config, which names the
     two model repositories by hub name), OUT/hub/pyannote/segmentation-3.0/pytorch_model.bin and
     OUT/hub/pyannote/wespeaker-voxceleb-resnet34-LM/pytorch_model.bin: the layout
-    `preprocess.py --download-models OUT/hub` writes. No PLDA: the clustering is agglomerative.
+    `preprocess.py --download-models OUT/hub` writes. No PLDA: the clustering is agglomerative. Use it with
+    --diar-model pyannote/speaker-diarization-3.1 --model-dir OUT/hub.
     """
     hub = Path(out) / "hub"
     for repo in DIARIZATION_31_REPOS.values():
