@@ -72,7 +72,7 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
         nargs="+",
         default=["aligned-p1.5"],
         help="step-3 variant(s): aligned-p<max pause>, e.g. aligned-p1.5, or baseline, with a suffix per "
-        "other step-3 setting (docs/FORMATS.md, Variant names) (a sweep: see Sweeps)",
+        "other step-3 setting (docs/FORMATS.md, Variant names); several: a sweep (docs/REAL_DATA.md, Sweeps)",
     )
 
 
