@@ -1,47 +1,20 @@
 """Step 3: align ASR words with speaker turns and build the labelled segments the classifier sees.
 
-This is the paper's contribution (Section III-A, Fig. 2 and Fig. 3). Read top to bottom:
+The paper's contribution (Section III-A, Fig. 2 and Fig. 3), read top to bottom: each word of step 2's
+asr/<dialog>.json gets the diarization speaker (RTTM) whose turns overlap it most; the words of all ASR
+segments form one time-ordered stream, grouped while the speaker stays the same and the pause is at most
+--max-pause; one segment per group. The without-alignment baseline (Section IV-B) keeps WhisperX's own
+segments, each given its most-overlapping speaker. Every segment gets the reference utterances of
+labels.json it overlaps and a 4-class label.
 
-  1. Read step 2's output: the WhisperX result (words with timestamps) and the RTTM speaker turns.
-  2. Word-to-speaker attribution: every word gets the diarization speaker whose turns overlap it most.
-  3. The alignment (Fig. 2): flatten the words of all ASR segments into one time-ordered stream,
-     group consecutive words while the speaker stays the same and the pause is at most --max-pause,
-     and construct one segment per group.
-  4. The without-alignment baseline (Section IV-B): WhisperX's own segments, each given the speaker
-     with the largest overlap at segment level.
-  5. Ground truth: each segment gets the reference utterances it overlaps and a 4-class label.
-  6. Outputs: segments/<dialog>.json and .txt, cache/<dialog>.pt (audio slices for step 4),
-     manifest.json per variant, and alignment_report.{json,md} comparing the variants. A variant's
-     directory is named by every setting that changes it (STEP3_SETTINGS, docs/FORMATS.md): the
-     paper's defaults give aligned-p1.5 and baseline, e.g. --word-policy authors aligned-p1.5-words_authors.
+Writes, per variant, WORK/<pipe>/<variant>/segments/<dialog>.json and .txt, cache/<dialog>.pt (audio slices
+for step 4) and manifest.json, then WORK/<pipe>/alignment_report.{json,md} comparing the variants. Variant
+names, the files and the checks on bad input: docs/FORMATS.md. Where this follows the paper rather than the
+authors' code (1.5 s pause, no word lost, ties, channel, long words, labels, loudness), each with the flag
+for theirs: docs/DEPARTURES.md. A dialog with bad input fails alone; the run then exits with status 1.
 
     python align.py --work preprocessed_iemocap --pipe whisperx                 # both variants
     python align.py --work W --pipe simulated --variant aligned --max-pause 1.0
-
-Where this differs from the authors' public code (the paper's text is followed, not the code):
-  * Maximum pause: the paper says 1.5 s, the authors' code used 1.0 s. Default 1.5 (--max-pause).
-  * Words without a speaker: whisperX 3.2.0 gives none to an untimed word (it leaves numerals such
-    as "1995" untimed) or to a word overlapping no diarization turn. The authors' grouping
-    (TimestampAligner._group_words_into_turns) skips such a word, and only it: the pause to the
-    next word is measured from the last kept one. But if the dialog's FIRST word has no speaker,
-    every later word of the dialog is skipped (each is compared with that first word, which
-    lacks a speaker); the first word alone is left, as one segment with speaker "UNKNOWN" if it
-    was timed, and the dialog yields nothing if it was not. Here no word is lost: an untimed word
-    gets times interpolated between its timed neighbours (the ASR segment's bounds at the edges),
-    a word that overlaps no speaker turn gets the nearest turn's speaker, and both are counted in
-    each segment's "flags".
-  * Ties (a word lying equally inside two speakers' turns): the ASR segment's speaker here,
-    the alphabetically first label in whisperX 3.2.0 (--tie-break whisperx); see attribute_speakers.
-  * Audio: the mean of the two stereo channels here, channel 0 in the authors' code (--channel 0).
-  * Long words: a word longer than 3 s counts as 3 s long when the pause after it is measured
-    (--max-word-seconds; 0 = the paper's and the authors' rule): WhisperX can stretch a word over
-    seconds of silence, which hides the pause the grouping relies on. Such words are counted.
-  * Labels (--label-rule authors) and the authors' per-dialog peak scaling (--peak-normalize
-    authors): docs/DEPARTURES.md, which lists every departure.
-
-Bad input (docs/FORMATS.md, "What every reader checks"): times outside the dialog audio, an RTTM of
-another recording, non-finite numbers ... fail the dialog with an error naming the file; the other
-dialogs are written, and the run exits with status 1 listing the failed ones (as step 2 does).
 """
 
 from __future__ import annotations
@@ -550,7 +523,7 @@ def authors_candidate(utterance) -> bool:
 def label_segments(segments, utterances, dialog, min_label_overlap=0.1, rule="sum"):
     """Attach the reference to each segment (in place) and give it an id "<dialog>-<NNNN>".
 
-    utterances: labels.json's utterances of the dialog. Rule (documented in the README):
+    utterances: labels.json's utterances of the dialog. Rule (docs/DEPARTURES.md, "How a segment gets its label"):
       * utterances: every reference utterance the segment overlaps (any emotion code);
       * label (rule "sum"): the 4-class label with the largest total overlap, if that overlap
         exceeds min_label_overlap seconds, else None; ties go to the first in common.formats.LABELS;

@@ -1,31 +1,18 @@
 """Step 1: IEMOCAP reference labels with timestamps -> WORK/labels.json.
 
-Reads an IEMOCAP root (the real IEMOCAP_full_release, or the embedded demo corpus, which has the
-same on-disk layout) and writes, for every dialog, its reference utterances in time order: id,
-start/end in the dialog wav (from EmoEvaluation), speaker (the letter before the utterance index),
-raw emotion code, 4-class label (common.formats.CODE_TO_LABEL: exc merged into hap, other codes null),
-transcript text (inline markers such as [LAUGHTER] kept), and the relative path of the word forced
-alignment (.wdseg) or null where the corpus has none. docs/FORMATS.md fixes the output shape.
+Reads an IEMOCAP root (IEMOCAP_full_release, or the demo corpus, which has the same on-disk layout): each
+dialog's EmoEvaluation and transcriptions files and where its ForcedAlignment .wdseg files are. Writes each
+dialog's reference utterances in time order: times in the dialog wav, speaker, emotion code, 4-class label
+(exc merged into hap), transcript and .wdseg path. These references are what the paper (Section IV-A)
+trains and scores against: the labels of step 3's segments and the timelines of TEER/sTEER (step 6).
 
-These references are what the paper (Section IV-A) trains and scores against: the 4-class labels
-of the segments (step 3 maps segments onto them) and the timelines of TEER/sTEER (step 6).
+The record shape, what step 1 checks and leaves to later steps (it never decodes audio), the text decoding
+and the comparison with the standard IEMOCAP counts: docs/FORMATS.md (labels.json; "What every reader
+checks"); the standard counts themselves: docs/REAL_DATA.md.
 
-Decisions (documented here because later steps rely on them):
-  * Step 1 never decodes audio. It records where each dialog wav should be
-    (SessionN/dialog/wav/<dialog>.wav) and counts/lists dialogs whose wav is absent; step 2 fails
-    on them when it needs the audio. So the times checked here are finite, with start < end
-    (EmoEvaluation) or start <= end (transcriptions); that they lie inside the audio (within
-    common.formats.TIME_TOLERANCE_S) is checked by steps 2 and 3, which read the wav.
-  * .wdseg files are only located here (cheap); parse_wdseg validates one when step 2's oracle
-    backend reads it.
-  * The comparison with the standard IEMOCAP counts (IEMOCAP_STANDARD_COUNTS) runs when the
-    corpus looks like the full release (151 dialogs in Sessions 1-5), or when forced with
-    --expect-standard yes; differences are reported (printed and stored in labels.json
-    counts["standard"]), never fatal. For other corpora (the demo) it says it does not apply.
-  * Text files are decoded as UTF-8, else cp1252, else latin-1 (the real corpus has a few odd
-    bytes); files needing a fallback are counted.
-
-Usage: python iemo_lab_with_timestamps.py --iemocap IEMOCAP_full_release --work preprocessed_iemocap
+Usage:
+  python iemo_lab_with_timestamps.py --iemocap IEMOCAP_full_release --work preprocessed_iemocap
+  python iemo_lab_with_timestamps.py --iemocap IEMOCAP_full_release --check   # preflight, writes nothing
 """
 
 from __future__ import annotations

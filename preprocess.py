@@ -1,31 +1,17 @@
 """Step 2: dialog audio -> timed ASR words and speaker turns (paper Section III-A, Fig. 2).
 
 For every dialog of WORK/labels.json (step 1) this writes, under WORK/<pipe>/, asr/<dialog>.json (WhisperX's
-result shape, no speakers), diarization/<dialog>.rttm (speaker turns SPEAKER_00, SPEAKER_01, ... in order of
-first speech; turns may overlap), diarization_exclusive/<dialog>.rttm (the same turns one speaker at a time;
-align.py --diarization picks one) and manifest.json (the config, each dialog's status and statistics, a summary).
-The formats: docs/FORMATS.md.
-
-Backends (--backend), one code path for the real corpus and models and for the embedded demo:
-  whisperx   the paper's front end, WhisperX ASR and alignment with pyannote diarization
-             (common/step2_whisperx.py). --vad oracle transcribes the reference utterances instead of running
-             the VAD: the paper's VAD-oracle pipeline (Table III). Each model is a hub name or a local folder
-             (--model-dir DIR: a local mirror, what --download-models DIR writes); the hub token is read from
-             the HF_TOKEN environment variable only.
+result shape), diarization/<dialog>.rttm (speaker turns, may overlap), diarization_exclusive/<dialog>.rttm (one
+speaker at a time) and manifest.json; the files: docs/FORMATS.md. Backends (--backend), one code path for the
+real corpus and for the demo (docs/EXPERIMENTS.md, "The pipelines"):
+  whisperx   the paper's front end (common/step2_whisperx.py); --vad oracle transcribes the reference
+             utterances instead of running the VAD: the paper's VAD-oracle pipeline (Table III).
   oracle     offline and exact: the reference words (.wdseg) and turns (common/step2_oracle.py).
-  simulated  offline and controlled: the oracle degraded by seeded error processes (SIMULATION below,
-             common/step2_simulated.py).
-Every result is measured against the reference: WER, words without timestamps, and the diarization error rate
-(pyannote.metrics, no collar, overlap scored); per-dialog numbers go into the manifest, corpus totals are printed.
-
-Resume: a dialog done under the same config is skipped (--overwrite redoes it); a dialog that fails is recorded
-with its error in the manifest and makes the exit status 1, the other dialogs still run.
-Sharding: --shard K/N (default: torchrun's RANK/WORLD_SIZE) processes every N-th dialog from the K-th, each
-process on cuda:LOCAL_RANK; each shard writes manifest.parts/shard-K-of-N.json and merges all parts into
-manifest.json under a file lock. Outputs do not depend on the sharding.
---check runs the preflight, writing nothing; --download-models DIR copies the models of the run into DIR for a
-machine without internet. SECURITY: pyannote's checkpoints can run code when loaded: use only model folders
-from a source you trust.
+  simulated  offline: the oracle degraded by seeded error processes (SIMULATION below).
+Every result is measured against the reference (WER, untimed words, DER: pyannote.metrics, no collar,
+overlap scored). A dialog done under the same config is skipped; a failed one is recorded, the others run.
+Sharding (--shard K/N, torchrun), models, HF_TOKEN, offline copies, --check: docs/REAL_DATA.md. Trust only
+the model folders you load (pyannote's checkpoints can run code): docs/TESTING.md, "Security".
 
 Usage:
   python preprocess.py --backend whisperx                 # WORK/whisperx, the paper's standard pipeline

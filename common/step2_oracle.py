@@ -1,16 +1,13 @@
 """Step 2's reference and its oracle backend (--backend oracle): perfect ASR, VAD and diarization.
 
-The reference of a dialog is every spoken utterance (labels.json's, and the transcribed but unevaluated XX ones,
-see dialog_utterances). Its words come from the ForcedAlignment .wdseg files (100 frames per second from the
-utterance start, shifted by the utterance's start in the dialog; <s>, </s>, <sil> and ++NOISE++ tokens dropped;
-variants such as WHAT(2) -> "what"; lower case); an utterance without a .wdseg file gets its transcript words
-spread uniformly over it (counted, reported). Its turns are the utterances (speaker F/M). The oracle backend
-returns exactly this, one ASR segment per utterance and the turns under anonymous labels, so the speaker mapping
-of later steps is exercised. Every backend's result is measured against this reference (preprocess.measure).
+The reference of a dialog is every spoken utterance (dialog_utterances: labels.json's and the unevaluated XX
+ones), its words from the ForcedAlignment .wdseg files or, without one, the transcript spread over the utterance
+(reference_words), its turns the utterances (reference_turns). The oracle backend returns exactly this
+(oracle_backend); every backend's result is measured against it (preprocess.measure).
 
 Also here, the shape of a step-2 result every backend shares: WhisperX's ASR segments (segment_of, asr_result)
-and turns under anonymous labels (anonymise), with their exclusive version (exclusive_turns). Formats:
-docs/FORMATS.md.
+and turns under anonymous labels (anonymise), with their exclusive version (exclusive_turns). The files and
+what the readers check: docs/FORMATS.md; the pipelines: docs/EXPERIMENTS.md.
 """
 
 from __future__ import annotations
@@ -34,6 +31,7 @@ def is_special_token(token: str) -> bool:
 
 
 def normalise_token(token: str) -> str:
+    """A .wdseg token -> the word: pronunciation variants such as WHAT(2) -> "what", lower case."""
     return VARIANT_RE.sub("", token).lower()
 
 
@@ -152,6 +150,7 @@ def reference_words(
 
 
 def reference_turns(utterances: list[dict]) -> list[tuple[float, float, str]]:
+    """The reference turns: one per utterance of positive length, under its speaker (F/M)."""
     return [(u["start"], u["end"], u["speaker"]) for u in utterances if u["end"] > u["start"]]
 
 
@@ -210,7 +209,11 @@ def segment_of(words: list[dict], start=None, end=None) -> dict:
 
 
 def oracle_backend(dialog, utterances, ref_words):
-    """Perfect ASR, VAD and diarization: one segment per reference utterance, the reference turns."""
+    """Perfect ASR, VAD and diarization: one segment per reference utterance, the reference turns.
+
+    The turns come under anonymous labels (anonymise), as a real diarization's do, so the speaker mapping of
+    later steps is exercised.
+    """
     by_utt = {}
     for w in ref_words:
         by_utt.setdefault(w["utterance"], []).append(w)

@@ -1,24 +1,15 @@
 """Step 2's real front end (--backend whisperx): WhisperX ASR and alignment and pyannote diarization, loaded once
 per run, with the preflight and the offline copies of exactly these models.
 
-The paper's pipeline: WhisperX ASR (faster-whisper; paper: large-v2, English, the authors' VAD onset 0.4, batch 8,
-float16 on GPU) with the pyannote VAD bundled in WhisperX, word timestamps from WhisperX's forced alignment
-(whisperx.load_align_model + whisperx.align), and pyannote speaker diarization (paper: pyannote 3.1, two speakers
-per dialog), called as whisperx.diarize.DiarizationPipeline calls it, keeping also the exclusive diarization
-pyannote 4 returns. Each dialog wav is decoded once with soundfile (common.formats.load_audio mixes IEMOCAP's two stereo
-channels down to mono, so both actors are heard) and handed to WhisperX and pyannote as an array: no ffmpeg
-program is needed. The pyannote pipeline is built from its config.yaml by load_diarization_pipeline, which loads
-exactly the models the config names and a PLDA only for VBx clustering (pyannote.audio 4's own loader also
-fetches community-1's PLDA for every pipeline, 3.1 included).
-
---vad oracle, the paper's VAD-oracle pipeline (Table III): WhisperX's VAD is not run; each reference utterance
-(pieces of at most 30 s) is transcribed by Whisper on its own and aligned on its own, in dialog time. Oracle are
-the speech regions and their cuts; not oracle are the words, the word times inside an utterance and the speaker
-turns (pyannote runs on the whole dialog as in the standard pipeline). whisperx.load_model always builds its VAD
-model; in this mode it is loaded but never called.
-
-SECURITY: pyannote loads its checkpoints with torch.load(weights_only=False), which can run code stored in the
-file: a local --diar-model folder (and a --model-dir mirror) must come from a source you trust.
+The paper's pipeline: WhisperX ASR (faster-whisper large-v2, English) with the pyannote VAD bundled in WhisperX,
+word timestamps from WhisperX's forced alignment (whisperx.load_align_model + whisperx.align), and pyannote
+speaker diarization (paper: pyannote 3.1, two speakers per dialog), called as whisperx.diarize.DiarizationPipeline
+calls it, keeping also the exclusive diarization pyannote 4 returns. Each dialog wav is decoded once (mono,
+common.formats.load_audio) and handed to both as an array. The pyannote pipeline is built from its config.yaml
+(load_diarization_pipeline says why). --vad oracle replaces the VAD by the reference utterances
+(WhisperX.transcribe). The run's settings and their defaults: preprocess.py --help; the models, the token and
+the offline copies: docs/REAL_DATA.md; the pyannote checkpoints run code when loaded: docs/TESTING.md,
+"Security".
 """
 
 from __future__ import annotations
@@ -365,7 +356,14 @@ class WhisperX:
         print(f"diarization pipeline read {len(files)} files: " + ", ".join(files))
 
     def transcribe(self, audio: np.ndarray, utterances: list[dict]) -> list[dict]:
-        """Unaligned segments [{"start", "end", "text"}], from WhisperX's VAD or the reference utterances."""
+        """Unaligned segments [{"start", "end", "text"}], from WhisperX's VAD or the reference utterances.
+
+        --vad oracle (the paper's VAD-oracle pipeline, Table III): WhisperX's VAD is not run; each reference
+        utterance (in pieces of at most MAX_CHUNK_S) is transcribed on its own, in dialog time, and aligned on
+        its own. Oracle are the speech regions and their cuts; not oracle are the words, the word times inside
+        an utterance and the speaker turns (pyannote runs on the whole dialog as in the standard pipeline).
+        whisperx.load_model always builds its VAD model; in this mode it is loaded but never called.
+        """
         if self.vad == "auto":
             try:
                 return self.asr.transcribe(audio, batch_size=self.batch_size, language="en")["segments"]
