@@ -270,7 +270,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument("csv", help="the corpus CSV (columns: see the module docstring or docs/FORMATS.md)")
+    parser.add_argument("csv", help="the corpus CSV (columns: docs/FORMATS.md)")
     parser.add_argument("--work", default=defaults.WORK_DIR, help="work directory; writes WORK/labels.json")
     parser.add_argument(
         "--audio-root",
