@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 import utils
-from common import checklist, cli, defaults, fileio, formats, rundirs, scoring
+from common import checklist, cli, defaults, fileio, formats, modelhub, rundirs, scoring
 from common.cli import PipelineError
 from common.formats import LABELS
 from common.scoring import PAPER
@@ -1564,8 +1564,8 @@ def main(argv=None):
         truth = fileio.read_json(Path(cfg["iemocap"]) / "demo_ground_truth.json", "demo ground truth")
         provenance["corpus"].update(kind="demo", seed=truth.get("seed"), generator_args=truth.get("args"))
     provenance["models"] = {
-        "text": utils.extractor_identity(cfg["text_model"]),
-        "audio": utils.extractor_identity(cfg["audio_model"]),
+        "text": modelhub.extractor_identity(cfg["text_model"]),
+        "audio": modelhub.extractor_identity(cfg["audio_model"]),
     }
     fileio.atomic_write_json(results_dir / "provenance.json", provenance)
     print(

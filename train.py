@@ -478,8 +478,8 @@ def fold_config(args, split: dict, run_dir: Path, meta_info: dict, world_size: i
     work = Path(args.work).resolve()
     use_text, use_audio = uses(args)
     extractors = {
-        "text": utils.extractor_identity(args.text_model) if use_text else None,
-        "audio": utils.extractor_identity(args.audio_model) if use_audio else None,
+        "text": modelhub.extractor_identity(args.text_model) if use_text else None,
+        "audio": modelhub.extractor_identity(args.audio_model) if use_audio else None,
     }
     do_norm = (
         bool(getattr(AutoFeatureExtractor.from_pretrained(args.audio_model), "do_normalize", True))
@@ -493,7 +493,7 @@ def fold_config(args, split: dict, run_dir: Path, meta_info: dict, world_size: i
             "text": {
                 "max_text_tokens": args.max_text_tokens,
                 "bf16": bf16,
-                "tokenizer_sha256": utils.tokenizer_digest(args.text_model) if use_text else None,
+                "tokenizer_sha256": modelhub.tokenizer_digest(args.text_model) if use_text else None,
             },
             "audio": {"max_audio_seconds": args.max_audio_seconds, "do_normalize": do_norm, "bf16": bf16},
         }

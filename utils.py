@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import cli, defaults, fileio, formats
+from common import cli, defaults, fileio, formats, modelhub
 
 
 @dataclass
@@ -86,51 +86,7 @@ class ModelConfig:
 MODALITIES = ("fusion", "text", "audio")
 
 
-def extractor_identity(name_or_dir: str) -> dict:
-    """What a pretrained extractor *is*: its name or local dir, a hash of its config and, for a
-    local dir, a hash of its weight files (a regenerated demo model with the same config differs)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(name_or_dir)
-    ident = {
-        "name": str(name_or_dir),
-        "config_sha256": hashlib.sha256(config.to_json_string(use_diff=False).encode()).hexdigest(),
-    }
-    path = Path(name_or_dir)
-    if path.is_dir():
-        h = hashlib.sha256()
-        for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
-        ident["weights_sha256"] = h.hexdigest()
-    return ident
-
-
-TOKENIZER_FILES = (
-    "tokenizer_config.json",
-    "tokenizer.json",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "spm.model",
-    "sentencepiece.bpe.model",
-)
-
-
-def tokenizer_digest(name_or_dir: str) -> str | None:
-    """sha256 over the tokenizer files of a local model dir (they change the token ids, so the text
-    embeddings: utils.feature_key); None for a hub name (its config and name identify it)."""
-    path = Path(name_or_dir)
-    if not path.is_dir():
-        return None
-    h = hashlib.sha256()
-    for name in TOKENIZER_FILES:
-        if (path / name).is_file():
-            h.update(name.encode())
-            h.update((path / name).read_bytes())
-    return h.hexdigest()
+# ---- Fig. 1, bottom to top: the embedders (z_t, z_a), the fusion block, the fusion layer, the classifier ----
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -602,6 +558,9 @@ def build_model(config: ModelConfig | dict, load_extractors: bool = True) -> SER
     )
 
 
+# ---- the data: step-3 segment caches as batches ----
+
+
 def zero_mean_unit_var(x: torch.Tensor) -> torch.Tensor:
     """Per-utterance normalisation, as Wav2Vec2FeatureExtractor does when do_normalize is set."""
     return (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-7)
@@ -808,6 +767,9 @@ def autocast(device, bf16: bool):
 
 
 @torch.no_grad()
+# ---- frozen mode: features computed once and cached ----
+
+
 def cache_cnn_features(audio: AudioEmbedder, dataset: SegmentDataset, batch_size: int, device) -> int:
     """With the CNN feature encoder frozen (train.py --freeze-feature-encoder), compute each segment's
     CNN features once, [C, T_i] on the CPU in dataset.segments[i]["cnn"]; the Collator then batches
@@ -929,6 +891,9 @@ def cached_embeddings(
     return out
 
 
+# ---- a trained run: loaded and applied ----
+
+
 def load_run(run_dir, device=None, load_extractors: bool = True) -> tuple[SERModel, dict]:
     """(model with the best-validation weights, config) of a train.py run dir."""
     run_dir = Path(run_dir)
@@ -937,7 +902,7 @@ def load_run(run_dir, device=None, load_extractors: bool = True) -> tuple[SERMod
         raise cli.PipelineError(f"{run_dir}: a cross-validation run; load one of its fold dirs {config['folds']}")
     for kind, ident in config["extractors"].items():
         # a frozen run keeps no extractor weights: they must still be the ones it was trained on
-        if ident is not None and extractor_identity(ident["name"]) != ident:
+        if ident is not None and modelhub.extractor_identity(ident["name"]) != ident:
             raise cli.PipelineError(
                 f"{run_dir / 'config.json'}: the {kind} extractor {ident['name']} has changed since "
                 f"this run was trained (config or weights hash differs)"

@@ -9,7 +9,7 @@ the model (utils.py).
   scoring     confusion matrices, metrics, the dialog bootstrap, the paired test, the paper's numbers
   rundirs     run directories: folds, test dialogs, the data a run was trained on, code version, seeds
   checklist   preflight (--check) items, CUDA, disk and time estimates
-  modelhub    models by hub name or local folder, gated access, offline copies
+  modelhub    models by hub name or local folder, offline copies, an extractor's identity
   defaults    the defaults the steps share (work dir, corpus, pipe, models), each said once
   step2_*     step 2's backends: oracle, simulated (the demo's error simulator), whisperx (WhisperX + pyannote)
 """

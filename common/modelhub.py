@@ -1,8 +1,10 @@
-"""Models by hub name or local folder: offline mode, tokens, gated-access messages, checks of a
-folder or hub repository, and offline copies (--download-models)."""
+"""Models by hub name or local folder: where a model is, checks of a folder or hub repository, offline
+copies (--download-models), and what an extractor is (hashes of its config, weights and tokenizer, which a
+run records). What hub errors mean: huberrors."""
 
 from __future__ import annotations
 
+import hashlib
 import re as _re
 from pathlib import Path
 
@@ -109,3 +111,50 @@ def snapshot_transformers_model(repo_id: str, dest_root, token: str | None = Non
     if not (local / TRANSFORMERS_WEIGHTS[0]).is_file():  # an older repository: PyTorch weights only
         snapshot_repo(repo_id, dest_root, TRANSFORMERS_WEIGHTS[1:], token)
     return local
+
+
+def extractor_identity(name_or_dir: str) -> dict:
+    """What a pretrained extractor *is*: its name or local dir, a hash of its config and, for a
+    local dir, a hash of its weight files (a regenerated demo model with the same config differs)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(name_or_dir)
+    ident = {
+        "name": str(name_or_dir),
+        "config_sha256": hashlib.sha256(config.to_json_string(use_diff=False).encode()).hexdigest(),
+    }
+    path = Path(name_or_dir)
+    if path.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+        ident["weights_sha256"] = h.hexdigest()
+    return ident
+
+
+TOKENIZER_FILES = (
+    "tokenizer_config.json",
+    "tokenizer.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "spm.model",
+    "sentencepiece.bpe.model",
+)
+
+
+def tokenizer_digest(name_or_dir: str) -> str | None:
+    """sha256 over the tokenizer files of a local model dir (they change the token ids, so the text
+    embeddings: utils.feature_key); None for a hub name (its config and name identify it)."""
+    path = Path(name_or_dir)
+    if not path.is_dir():
+        return None
+    h = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        if (path / name).is_file():
+            h.update(name.encode())
+            h.update((path / name).read_bytes())
+    return h.hexdigest()

@@ -14,7 +14,7 @@ import torch
 import evaluate
 import train
 import utils
-from common import cli, fileio, formats
+from common import cli, fileio, formats, modelhub
 from common.formats import LABELS
 
 
@@ -544,7 +544,7 @@ def test_modality_sweep_arms_equal_their_runs_alone(tmp_path, tiny_models, mode)
     if mode == "frozen":  # a feature cache's key changes with what changes its content
         dirs = {arm: json.load(open(Path(d) / "config.json"))["feature_dirs"] for arm, d in zip(arms, swept)}
         assert dirs["audio"]["audio"] == dirs["fusion"]["audio"] and dirs["text"]["text"] == dirs["fusion"]["text"]
-        ident = utils.extractor_identity(str(audio_dir))
+        ident = modelhub.extractor_identity(str(audio_dir))
         assert utils.feature_key(
             "audio", ident, {"max_audio_seconds": 0, "do_normalize": False, "bf16": False}
         ) != utils.feature_key("audio", ident, {"max_audio_seconds": 0, "do_normalize": True, "bf16": False})
