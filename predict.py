@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 import utils
-from common import cli, defaults, fileio, formats, rundirs
+from common import cli, defaults, fileio, formats, rundirs, step2_whisperx
 from common.cli import PipelineError
 from common.formats import LABELS
 
@@ -382,6 +382,11 @@ def elide(text: str, max_chars: int) -> str:
     return cut.rstrip() + "…"
 
 
+def timeline_lanes(segments: list[dict]) -> list[str]:
+    """The timeline's lanes, top to bottom: one per speaker of the segments, any number, in name order."""
+    return sorted({s["speaker"] for s in segments}) or ["(no speech)"]
+
+
 def plot_timeline(segments: list[dict], duration: float, path: Path, title: str) -> None:
     """One row per minute of audio (at most 12 rows: longer recordings get longer rows), one lane
     per speaker in each row, each segment a bar coloured by its emotion (opacity: its probability)
@@ -392,7 +397,7 @@ def plot_timeline(segments: list[dict], duration: float, path: Path, title: str)
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    speakers = sorted({s["speaker"] for s in segments}) or ["(no speech)"]
+    speakers = timeline_lanes(segments)
     row_s = (
         60.0 * max(1, math.ceil(duration / 60.0 / 12)) if duration > 60 else max(10.0, math.ceil(duration / 10) * 10)
     )
@@ -531,7 +536,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     w.add_argument("--align-model", default=None, help="(default: WhisperX's for English)")
     w.add_argument("--diar-model", default=defaults.DIAR_MODEL, help="(default: %(default)s)")
     w.add_argument("--model-dir", default=None, help="local mirror of hub models (preprocess.py --model-dir)")
-    w.add_argument("--num-speakers", type=int, default=2, help="speakers per recording (default: %(default)s)")
+    step2_whisperx.add_speaker_flags(w, "auto (pyannote estimates each recording's)")
     w.add_argument(
         "--step2-args",
         default="",
@@ -542,6 +547,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--asr-json and --rttm go together (a step-2 output is both); give both or neither")
     if args.batch_size is not None and args.batch_size < 1:
         p.error(f"--batch-size {args.batch_size}: expected 1 or more")
+    try:
+        step2_whisperx.speaker_kwargs(args, step2_whisperx.AUTO_SPEAKERS)
+    except ValueError as e:
+        p.error(str(e))
+    if any(
+        a.split("=")[0] in ("--num-speakers", "--min-speakers", "--max-speakers") for a in shlex.split(args.step2_args)
+    ):
+        p.error(
+            "give the speaker count as predict.py's --num-speakers/--min-speakers/--max-speakers, not in --step2-args"
+        )
+    if args.asr_json is not None and any(getattr(args, k) is not None for k in step2_whisperx.SPEAKER_FLAGS):
+        p.error(
+            "--num-speakers/--min-speakers/--max-speakers set step 2's pyannote call; with --asr-json/--rttm none runs"
+        )
     return args
 
 
@@ -557,6 +576,9 @@ def plan_recordings(args, data_check: dict | None) -> list[dict]:
             rec["step2"] = {"asr_json": str(rec["asr_json"]), "rttm": str(rec["rttm"])}
         else:
             rec["step2"] = {"backend": "whisperx", "asr_model": args.asr_model, "diar_model": args.diar_model}
+            rec["step2"].update(
+                step2_whisperx.speaker_config(step2_whisperx.speaker_kwargs(args, step2_whisperx.AUTO_SPEAKERS))
+            )
         recordings.append(rec)
     return recordings
 
@@ -627,8 +649,7 @@ def step2(args, work: Path, recordings: list[dict], align_flags: list[str]) -> d
         args.asr_model,
         "--diar-model",
         args.diar_model,
-        "--num-speakers",
-        str(args.num_speakers),
+        *step2_whisperx.speaker_argv(args),
     ]
     argv += (
         (["--align-model", args.align_model] if args.align_model else [])

@@ -172,7 +172,7 @@ def add_whisperx_flags(w):
     w.add_argument("--beam-size", type=int, default=5, help="(default: %(default)s, WhisperX's default)")
     w.add_argument("--vad-onset", type=float, default=0.4, help="(default: %(default)s, the authors' value)")
     w.add_argument("--vad-offset", type=float, default=0.363, help="(default: %(default)s, WhisperX's default)")
-    w.add_argument("--num-speakers", type=int, default=2, help="speakers per dialog (default: %(default)s)")
+    step2_whisperx.add_speaker_flags(w, "min = max = 2, the authors' call for IEMOCAP's dyads")
     w.add_argument(
         "--asr-max-length",
         type=int,
@@ -215,7 +215,6 @@ def check_args(p, args):
         "segmentation_batch_size",
         "batch_size",
         "beam_size",
-        "num_speakers",
         "threads",
         "asr_max_length",
     ):
@@ -224,9 +223,22 @@ def check_args(p, args):
     for flag in ("vad_onset", "vad_offset"):
         if not 0 < getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must lie between 0 and 1, got {getattr(args, flag)}")
+    check_speaker_args(p, args)
     try:
         args.shard_index, args.shard_count = checklist.parse_shard(args.shard)
     except PipelineError as e:
+        p.error(str(e))
+
+
+def check_speaker_args(p, args) -> None:
+    """The speaker-count flags: for the whisperx backend only (the others take the reference's speakers),
+    and not contradicting each other -> p.error."""
+    given = [k for k in step2_whisperx.SPEAKER_FLAGS if getattr(args, k) is not None]
+    if given and args.backend != "whisperx":
+        p.error(f"--{given[0].replace('_', '-')} applies to the whisperx backend only (pyannote's speaker count)")
+    try:
+        step2_whisperx.speaker_kwargs(args, step2_whisperx.IEMOCAP_SPEAKERS)
+    except ValueError as e:
         p.error(str(e))
 
 
@@ -250,7 +262,7 @@ def run_config(args) -> dict:
             compute_type=compute_type,
             batch_size=args.batch_size,
             beam_size=args.beam_size,
-            num_speakers=args.num_speakers,
+            **step2_whisperx.speaker_config(step2_whisperx.speaker_kwargs(args, step2_whisperx.IEMOCAP_SPEAKERS)),
             asr_max_length=args.asr_max_length,
         )
         if args.vad == "auto":

@@ -250,8 +250,23 @@ def _system_labels(utterances, segments, speaker_mapping: str, unlabelled: str) 
         raise ValueError(f"speaker_mapping must be 'overlap' or 'none', got {speaker_mapping!r}")
     said = [UNK if unlabelled == "unk" and s["label"] is None else s["pred"] for s in segments]
     hyp_emo = [(s["start"], s["end"], p) for s, p in zip(segments, said)]
-    hyp_spk = [(s["start"], s["end"], f"{spk_map.get(s['speaker'], s['speaker'])}+{p}") for s, p in zip(segments, said)]
+    names = _system_speaker_names(utterances, segments, spk_map) if speaker_mapping == "overlap" else {}
+    hyp_spk = [(s["start"], s["end"], f"{names.get(s['speaker'], s['speaker'])}+{p}") for s, p in zip(segments, said)]
     return spk_map, hyp_emo, hyp_spk
+
+
+def _system_speaker_names(utterances, segments, spk_map: dict) -> dict:
+    """{system speaker: its name for sTEER}: the mapped reference speaker, else (more system than reference
+    speakers, or no overlap) a name no reference speaker has, so that an unmapped system speaker called like a
+    reference speaker (e.g. the reference's own names from an oracle) is never credited with that speaker's time."""
+    taken = {u["speaker"] for u in utterances}
+    names = dict(spk_map)
+    for spk in sorted({s["speaker"] for s in segments} - set(spk_map)):
+        name = spk
+        while name in taken:
+            name += " (unmapped)"
+        names[spk] = name
+    return names
 
 
 def _last_of_same_times(items):

@@ -3,9 +3,10 @@ per run, with the preflight and the offline copies of exactly these models.
 
 The paper's pipeline: WhisperX ASR (faster-whisper large-v2, English) with the pyannote VAD bundled in WhisperX,
 word timestamps from WhisperX's forced alignment (whisperx.load_align_model + whisperx.align), and pyannote
-speaker diarization (paper: pyannote 3.1, two speakers per dialog), called as whisperx.diarize.DiarizationPipeline
-calls it, keeping also the exclusive diarization pyannote 4 returns. Each dialog wav is decoded once (mono,
-common.formats.load_audio) and handed to both as an array. The pyannote pipeline is built from its config.yaml
+speaker diarization (paper: pyannote 3.1; speakers per dialog: the authors' min = max = 2, or
+--num-speakers/--min-speakers/--max-speakers), called as whisperx.diarize.DiarizationPipeline calls it, keeping
+also the exclusive diarization pyannote 4 returns. Each dialog wav is decoded once (mono, common.formats.load_audio)
+and handed to both as an array. The pyannote pipeline is built from its config.yaml
 (load_diarization_pipeline says why). --vad oracle replaces the VAD by the reference utterances
 (WhisperX.transcribe). The run's settings and their defaults: preprocess.py --help; the models, the token and
 the offline copies: docs/REAL_DATA.md; the pyannote checkpoints run code when loaded: docs/TESTING.md,
@@ -278,6 +279,82 @@ def loading(what: str, name):
         raise PipelineError(f"{name}: cannot load the {what}: {type(e).__name__}: {cli.one_line(str(e))[:300]}") from e
 
 
+# The speaker count handed to pyannote. IEMOCAP's default is the authors' call (their preprocess.py:
+# whisperX's DiarizationPipeline called with min_speakers=2, max_speakers=2: every dialog is a dyad).
+SPEAKER_FLAGS = ("num_speakers", "min_speakers", "max_speakers")
+IEMOCAP_SPEAKERS = {"num_speakers": None, "min_speakers": 2, "max_speakers": 2}
+AUTO_SPEAKERS = {"num_speakers": None, "min_speakers": None, "max_speakers": None}  # pyannote estimates it
+
+
+def speaker_count(text: str) -> int | str:
+    """argparse type of --num-speakers/--min-speakers/--max-speakers: an integer >= 1, or 'auto' (no count)."""
+    import argparse
+
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'auto', got {text!r}")
+    return value
+
+
+def add_speaker_flags(group, default: str) -> None:
+    """The three speaker-count flags of a pyannote call (preprocess.py and predict.py); default: what
+    giving none of them means, for --help."""
+    group.add_argument(
+        "--num-speakers",
+        type=speaker_count,
+        default=None,
+        metavar="N|auto",
+        help=f"exact speakers per dialog for pyannote, or 'auto' (pyannote estimates it); default: {default}",
+    )
+    for bound in ("min", "max"):
+        group.add_argument(
+            f"--{bound}-speakers",
+            type=speaker_count,
+            default=None,
+            metavar="N|auto",
+            help=f"{bound}imum speakers per dialog for pyannote ('auto' or left out: none; not with --num-speakers N)",
+        )
+
+
+def speaker_kwargs(args, default: dict) -> dict:
+    """--num-speakers/--min-speakers/--max-speakers -> pyannote's num_speakers, min_speakers, max_speakers
+    (None: not given to it). None of the flags given: `default`. ValueError for a contradiction."""
+    given = {k: getattr(args, k, None) for k in SPEAKER_FLAGS}
+    if all(v is None for v in given.values()):
+        return dict(default)
+    if isinstance(given["num_speakers"], int) and (given["min_speakers"], given["max_speakers"]) != (None, None):
+        raise ValueError("--num-speakers N fixes the count: give it or --min-speakers/--max-speakers, not both")
+    kwargs = {k: None if v == "auto" else v for k, v in given.items()}
+    low, high = kwargs["min_speakers"], kwargs["max_speakers"]
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"--min-speakers {low} is above --max-speakers {high}")
+    return kwargs
+
+
+def speaker_config(kwargs: dict) -> dict:
+    """The speaker count of a run as step 2's config records it: num_speakers (None: estimated), and
+    min_speakers/max_speakers only for a range. pyannote reads min = max = N as num_speakers = N
+    (pyannote.audio's set_num_speakers), so both spellings of one count share a config."""
+    num, low, high = (kwargs[k] for k in SPEAKER_FLAGS)
+    if num is None and low is not None and low == high:
+        return {"num_speakers": low}
+    config = {"num_speakers": num}
+    config.update({k: kwargs[k] for k in ("min_speakers", "max_speakers") if kwargs[k] is not None})
+    return config
+
+
+def speaker_argv(args) -> list[str]:
+    """The speaker-count flags given on a command line, to pass on to preprocess.py (none given: 'auto')."""
+    given = [(k, getattr(args, k)) for k in SPEAKER_FLAGS if getattr(args, k, None) is not None]
+    given = given or [("num_speakers", "auto")]
+    return [a for k, v in given for a in ("--" + k.replace("_", "-"), str(v))]
+
+
 def annotation_turns(annotation, duration: float) -> list[tuple[float, float, str]]:
     """pyannote Annotation -> [(start, end, label)], clipped to the audio: pyannote's last sliding
     window is padded, so a turn can end after the audio does."""
@@ -303,7 +380,8 @@ class WhisperX:
             nltk.data.path.insert(0, str(Path(nltk_data).resolve()))
         self.whisperx = whisperx
         self.device, self.compute_type = device_and_compute_type(args)
-        self.vad, self.batch_size, self.num_speakers = args.vad, args.batch_size, args.num_speakers
+        self.vad, self.batch_size = args.vad, args.batch_size
+        self.speakers = speaker_kwargs(args, IEMOCAP_SPEAKERS)  # num/min/max_speakers of the pyannote call
         token = huberrors.hub_token()  # never printed
         asr_path, asr_repo = asr_source(args)
         align = align_source(args)
@@ -393,7 +471,7 @@ class WhisperX:
         )
         # The pipeline is called as whisperx.diarize.DiarizationPipeline calls it, keeping both outputs.
         output = self.diarizer(
-            {"waveform": torch.from_numpy(audio[None, :]), "sample_rate": SAMPLE_RATE}, num_speakers=self.num_speakers
+            {"waveform": torch.from_numpy(audio[None, :]), "sample_rate": SAMPLE_RATE}, **self.speakers
         )
         duration = len(audio) / SAMPLE_RATE
         names = {}  # one anonymous labelling for both versions

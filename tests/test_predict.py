@@ -329,3 +329,95 @@ def test_a_failing_recording_is_listed_and_the_others_written(trained, tmp_path,
         in printed
     )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f"good{s}" for s in OUTPUTS)
+
+
+# --- any number of speakers ---------------------------------------------------------------------
+
+
+def test_timeline_draws_one_lane_per_speaker_for_three_speakers(tmp_path, monkeypatch):
+    """Three speakers -> three lanes in every row, named top to bottom in name order, and each bar in its
+    speaker's lane; the figure is read just before it is saved (a wrapper of Figure.savefig)."""
+    from matplotlib.figure import Figure
+
+    probs = {lab: 1.0 / len(LABELS) for lab in LABELS}
+    speakers = ["SPEAKER_02", "SPEAKER_00", "SPEAKER_01"]  # first speech order is not lane order
+    segments = [
+        {
+            "start": 4 * i + 0.3,
+            "end": 4 * i + 3.8,
+            "speaker": speakers[i % 3],
+            "text": f"w{i}",
+            "emotion": LABELS[i % 4],
+        }
+        for i in range(20)  # 80 s: two rows of a minute, no segment across the rows
+    ]
+    for s in segments:
+        s["probs"] = probs
+    saved, real_savefig = [], Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        saved.append(
+            [
+                (
+                    [t.get_text() for t in ax.get_yticklabels()],
+                    [(round(p.get_x(), 6), round(p.get_y() + p.get_height() / 2, 6)) for c in ax.containers for p in c],
+                )
+                for ax in fig.axes
+            ]
+        )
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    assert predict.timeline_lanes(segments) == ["SPEAKER_00", "SPEAKER_01", "SPEAKER_02"]
+    path = tmp_path / "three.timeline.png"
+    predict.plot_timeline(segments, 80.0, path, "three speakers")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (rows,) = saved
+    assert len(rows) == 2  # one axes per minute
+    lane_y = {"SPEAKER_00": 2, "SPEAKER_01": 1, "SPEAKER_02": 0}  # top lane first
+    drawn = []
+    for ticks, bars in rows:
+        assert ticks == ["SPEAKER_02", "SPEAKER_01", "SPEAKER_00"]  # y = 0, 1, 2 (bottom to top)
+        drawn += bars
+    assert sorted(drawn) == sorted((round(s["start"], 6), lane_y[s["speaker"]]) for s in segments)
+
+
+@pytest.mark.parametrize(
+    "flags, passed, pyannote",
+    [
+        ([], ["--num-speakers", "auto"], (None, None, None)),  # predict.py's default: pyannote estimates it
+        (["--num-speakers", "3"], ["--num-speakers", "3"], (3, None, None)),
+        (["--min-speakers", "2", "--max-speakers", "5"], ["--min-speakers", "2", "--max-speakers", "5"], (None, 2, 5)),
+    ],
+)
+def test_speaker_flags_pass_through_to_step_2(tmp_path, monkeypatch, flags, passed, pyannote):
+    """predict.py's speaker flags reach preprocess.py's command line, and preprocess.py reads them as the
+    pyannote call's num_speakers/min_speakers/max_speakers."""
+    import preprocess
+    from common import step2_whisperx
+
+    calls = []
+    monkeypatch.setattr(predict, "run_step", lambda script, argv: calls.append((script, argv)) or 0)
+    args = predict.parse_args(["x.wav", "--run", "R", *flags])
+    assert predict.step2(args, tmp_path, [], []) == {}
+    ((script, argv),) = calls
+    assert script == "preprocess.py"
+    given = [a for a in argv if a.endswith("-speakers")]
+    assert [argv[argv.index(f) + i] for f in given for i in (0, 1)] == passed
+    step2_args = preprocess.parse_args(argv)
+    kwargs = step2_whisperx.speaker_kwargs(step2_args, step2_whisperx.IEMOCAP_SPEAKERS)
+    assert tuple(kwargs[k] for k in step2_whisperx.SPEAKER_FLAGS) == pyannote
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--num-speakers", "3", "--min-speakers", "2"], "--num-speakers N fixes the count"),
+        (["--step2-args", "--max-speakers 3"], "not in --step2-args"),
+        (["--asr-json", "a.json", "--rttm", "a.rttm", "--num-speakers", "3"], "with --asr-json/--rttm none runs"),
+    ],
+)
+def test_speaker_flags_misused_are_refused(flags, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        predict.parse_args(["x.wav", "--run", "R", *flags])
+    assert e.value.code == 2 and message in capsys.readouterr().err

@@ -88,12 +88,38 @@ def short_corpus(tmp_path_factory):
     return work, truth
 
 
+SPEAKER_RANGE = ("--min-speakers", "1", "--max-speakers", "3")  # the VAD-oracle run's speaker count
+
+
 @pytest.fixture(scope="module")
-def runs(short_corpus, tiny_models):
-    """The standard and the VAD-oracle pipeline on the dialog, in a private work directory."""
+def speaker_calls():
+    """What reached pyannote's speaker count in each diarization: {"calls": [(given num/min/max, what
+    pyannote resolved)]}, and `runs` files its runs' calls under "standard" and "oracle". Recorded by a
+    wrapper of pyannote.audio's own set_num_speakers, which the SpeakerDiarization pipeline calls with
+    the num_speakers/min_speakers/max_speakers it was given."""
+    from pyannote.audio.pipelines import speaker_diarization
+
+    real, calls = speaker_diarization.set_num_speakers, []
+
+    def spy(num_speakers=None, min_speakers=None, max_speakers=None):
+        resolved = real(num_speakers=num_speakers, min_speakers=min_speakers, max_speakers=max_speakers)
+        calls.append(((num_speakers, min_speakers, max_speakers), resolved))
+        return resolved
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(speaker_diarization, "set_num_speakers", spy)
+        yield {"calls": calls}
+
+
+@pytest.fixture(scope="module")
+def runs(short_corpus, tiny_models, speaker_calls):
+    """The standard (default speaker count) and the VAD-oracle pipeline (SPEAKER_RANGE) on the dialog, in a
+    private work directory; speaker_calls: what each passed to pyannote."""
     work, _ = short_corpus
     standard = preprocess.main(whisperx_args(work, tiny_models, *BATCH_FLAGS))
-    oracle = preprocess.main(whisperx_args(work, tiny_models, "--vad", "oracle", diar="community-1"))
+    speaker_calls["standard"] = list(speaker_calls["calls"])
+    oracle = preprocess.main(whisperx_args(work, tiny_models, "--vad", "oracle", *SPEAKER_RANGE, diar="community-1"))
+    speaker_calls["oracle"] = speaker_calls["calls"][len(speaker_calls["standard"]) :]
     return work, standard, oracle
 
 
@@ -203,3 +229,56 @@ def test_whisperx_api_names_match_the_installed_whisperx():
         step2_whisperx.torchaudio_checkpoint(step2_whisperx.DEFAULT_ALIGN_MODEL)[0]
         == "wav2vec2_fairseq_base_ls960_asr_ls960.pth"
     )
+
+
+def test_speaker_counts_reach_the_pyannote_pipeline_and_the_config(runs, speaker_calls):
+    """The default is the authors' call (min_speakers = max_speakers = 2, which pyannote resolves to
+    exactly 2); a given range reaches pyannote as given. The run config records what pyannote uses:
+    the default's `num_speakers: 2`, the range as min/max with no exact count."""
+    _, standard, oracle = runs
+    assert speaker_calls["standard"] == [((None, 2, 2), (2, 2, 2))]  # one dialog, one diarization
+    assert speaker_calls["oracle"] == [((None, 1, 3), (None, 1, 3))]
+    assert {k: v for k, v in standard["config"].items() if "speakers" in k} == {"num_speakers": 2}
+    assert {k: v for k, v in oracle["config"].items() if "speakers" in k} == {
+        "num_speakers": None,
+        "min_speakers": 1,
+        "max_speakers": 3,
+    }
+
+
+@pytest.mark.parametrize(
+    "flags, call, config",
+    [
+        ([], (None, 2, 2), {"num_speakers": 2}),
+        (["--num-speakers", "2"], (2, None, None), {"num_speakers": 2}),  # the same count for pyannote: same key
+        (["--num-speakers", "4"], (4, None, None), {"num_speakers": 4}),
+        (["--num-speakers", "auto"], (None, None, None), {"num_speakers": None}),
+        (["--max-speakers", "5"], (None, None, 5), {"num_speakers": None, "max_speakers": 5}),
+        (["--min-speakers", "3", "--max-speakers", "3"], (None, 3, 3), {"num_speakers": 3}),
+        (["--num-speakers", "auto", "--min-speakers", "2"], (None, 2, None), {"num_speakers": None, "min_speakers": 2}),
+    ],
+)
+def test_speaker_flags_give_the_call_and_the_config_key(flags, call, config):
+    args = preprocess.parse_args(["--backend", "whisperx", "--device", "cpu", *flags])
+    kwargs = step2_whisperx.speaker_kwargs(args, step2_whisperx.IEMOCAP_SPEAKERS)
+    assert tuple(kwargs[k] for k in step2_whisperx.SPEAKER_FLAGS) == call
+    got = preprocess.run_config(args)
+    assert {k: v for k, v in got.items() if "speakers" in k} == config
+    default = preprocess.run_config(preprocess.parse_args(["--backend", "whisperx", "--device", "cpu"]))
+    assert (preprocess.config_key(got) == preprocess.config_key(default)) == (config == {"num_speakers": 2})
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--num-speakers", "3", "--max-speakers", "4"], "--num-speakers N fixes the count"),
+        (["--min-speakers", "4", "--max-speakers", "3"], "--min-speakers 4 is above --max-speakers 3"),
+        (["--num-speakers", "0"], "expected an integer >= 1 or 'auto', got '0'"),
+        (["--max-speakers", "two"], "expected an integer >= 1 or 'auto', got 'two'"),
+        (["--backend", "oracle", "--num-speakers", "3"], "--num-speakers applies to the whisperx backend only"),
+    ],
+)
+def test_bad_speaker_flags_are_refused(flags, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        preprocess.parse_args(["--device", "cpu", *flags])
+    assert e.value.code == 2 and message in capsys.readouterr().err

@@ -484,3 +484,86 @@ def test_labels_outside_the_four_classes_are_a_named_error(tmp_path):
     work = make_run(tmp_path, [utt(0, 2, "F", "happy")], [seg(0, 2, "SPEAKER_00", "neu")])
     with pytest.raises(PipelineError, match=r"labels.json: dialog Ses05F_impro01: utterance u0: label 'happy'"):
         tc.main(["--work", str(work), "--run", "r"])
+
+
+# --- any number of speakers: sTEER's one-to-one speaker map against pyannote.metrics ---------------
+
+
+def test_three_reference_speakers_four_system_speakers_known_answer():
+    # Reference A [0,2], B [2,4], C [4,6], all neu. System: S1 [0,2.5], S2 [2.5,4], S3 [4,5.5], S4 [5.5,6].
+    # S1 overlaps A 2 s and B 0.5 s; S2 B 1.5 s; S3 C 1.5 s; S4 C 0.5 s: the map is S1->A, S2->B, S3->C and S4,
+    # the fourth, stays unmapped (one to one). Speaker confusion: S1 on B 0.5 s + S4 on C 0.5 s = 1 s of 6.
+    ref = [utt(0, 2, "A", "neu"), utt(2, 4, "B", "neu"), utt(4, 6, "C", "neu")]
+    hyp = [seg(0, 2.5, "S1", "neu"), seg(2.5, 4, "S2", "neu"), seg(4, 5.5, "S3", "neu"), seg(5.5, 6, "S4", "neu")]
+    d = tc.teer_dialog(ref, hyp, **{**DEFAULT, "collar": 0.0})
+    assert d["speaker_map"] == {"S1": "A", "S2": "B", "S3": "C"}
+    assert d["confusion_emo"] == pytest.approx(0.0) and d["confusion_emo_spk"] == pytest.approx(1.0)
+    assert tc.rates(d)["sTEER"] == pytest.approx(1 / 6)
+    # Fewer system speakers: S1 [0,3.9] (A 2 s, B 1.9 s) -> A, S3 [3.9,6] (B 0.1 s, C 2 s) -> C; B is left
+    # without a system speaker, so its 2 s are speaker confusion.
+    two = tc.teer_dialog(ref, [seg(0, 3.9, "S1", "neu"), seg(3.9, 6, "S3", "neu")], **{**DEFAULT, "collar": 0.0})
+    assert two["speaker_map"] == {"S1": "A", "S3": "C"} and two["confusion_emo_spk"] == pytest.approx(2.0)
+
+
+def test_an_unmapped_system_speaker_named_like_a_reference_speaker_gets_no_credit():
+    # Reference A [0,4], B [4,8]. System A [0,1] (an oracle-like name), X [1,4], B [4,8]: the one-to-one map
+    # gives X->A (3 s) and B->B; system "A" is unmapped and must not score as reference A.
+    ref = [utt(0, 4, "A", "neu"), utt(4, 8, "B", "neu")]
+    hyp = [seg(0, 1, "A", "neu"), seg(1, 4, "X", "neu"), seg(4, 8, "B", "neu")]
+    d = tc.teer_dialog(ref, hyp, **{**DEFAULT, "collar": 0.0})
+    assert d["speaker_map"] == {"X": "A", "B": "B"}
+    assert d["confusion_emo_spk"] == pytest.approx(1.0) and d["correct_emo_spk"] == pytest.approx(7.0)
+
+
+def pyannote_steer(utterances, segments, collar):
+    """sTEER's components as pyannote.metrics computes them: the system speakers first renamed to integers
+    (as DiarizationErrorRate does, so that no system name equals a reference name), mapped by
+    DiarizationErrorRate().optimal_mapping on speakers, then IdentificationErrorRate on speaker+emotion labels
+    over the reference's extent. -> (speaker map in the system's names, components)."""
+    ints = {spk: i for i, spk in enumerate(sorted({s["speaker"] for s in segments}))}
+    back = {i: spk for spk, i in ints.items()}
+    ref_spk = annotation([(u["start"], u["end"], u["speaker"]) for u in utterances])
+    hyp_spk = annotation([(s["start"], s["end"], ints[s["speaker"]]) for s in segments])
+    mapping = DiarizationErrorRate().optimal_mapping(ref_spk, hyp_spk)
+    ref = annotation([(u["start"], u["end"], f"{u['speaker']}+{u['label']}") for u in utterances])
+    hyp = annotation(
+        [(s["start"], s["end"], f"{mapping.get(ints[s['speaker']], ints[s['speaker']])}+{s['pred']}") for s in segments]
+    )
+    components = IdentificationErrorRate(collar=2 * collar).compute_components(
+        ref, hyp, uem=ref.get_timeline().extent()
+    )
+    return {back[h]: r for h, r in mapping.items()}, components
+
+
+@pytest.mark.parametrize(
+    "n_ref, n_sys, seed",
+    [(3, 3, 0), (3, 4, 1), (3, 2, 2), (4, 4, 3), (4, 6, 4), (4, 3, 5), (4, 2, 6), (3, 5, 7)],
+)
+def test_steer_with_n_system_and_m_reference_speakers_equals_pyannote(n_ref, n_sys, seed):
+    """3 and 4 reference speakers; as many, more and fewer system speakers, named like the reference
+    speakers in part (names A, B, ... on both sides: a collision pyannote avoids by renaming)."""
+    rng = np.random.default_rng(seed)
+    names = [chr(ord("A") + i) for i in range(max(n_ref, n_sys))]
+    for _ in range(6):
+        utterances = [
+            utt(float(s), float(s + rng.uniform(0.5, 5)), names[i % n_ref], str(rng.choice(LABELS4)))
+            for i, s in enumerate(np.sort(rng.uniform(0, 60, 18)))
+        ]
+        sys_names = [names[(i + seed) % len(names)] for i in range(n_sys)]  # shifted: same names, other people
+        segments = [
+            seg(float(s), float(s + rng.uniform(0.3, 6)), sys_names[i % n_sys], str(rng.choice(LABELS4)))
+            for i, s in enumerate(rng.uniform(0, 62, 16))
+        ]
+        collar = float(rng.choice([0.0, 0.25]))
+        ours = tc.teer_dialog(utterances, segments, **{**DEFAULT, "collar": collar})
+        theirs_map, theirs = pyannote_steer(utterances, segments, collar)
+        assert ours["speaker_map"] == theirs_map
+        assert len(ours["speaker_map"]) <= min(n_ref, len(set(s["speaker"] for s in segments)))
+        assert ours["total"] == pytest.approx(theirs["total"], abs=1e-9)
+        assert ours["correct_emo_spk"] == pytest.approx(theirs["correct"], abs=1e-9)
+        assert ours["confusion_emo_spk"] == pytest.approx(theirs["confusion"], abs=1e-9)
+        steer = (theirs["missed detection"] + theirs["false alarm"] + theirs["confusion"]) / theirs["total"]
+        assert tc.rates(ours)["sTEER"] == pytest.approx(steer, abs=1e-12)
+
+
+LABELS4 = ["hap", "ang", "sad", "neu"]
