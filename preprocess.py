@@ -9,7 +9,7 @@ real corpus and for the demo (docs/EXPERIMENTS.md, "The pipelines"):
   oracle     offline and exact: the reference words (.wdseg) and turns (common/step2_oracle.py).
   simulated  offline: the oracle degraded by seeded error processes (SIMULATION below).
 Every result is measured against the reference (WER: jiwer; cpWER: meeteval, the words given their speakers
-as step 3 gives them; untimed words; DER: pyannote.metrics, no collar, overlap scored; docs/FORMATS.md).
+much as step 3 gives them; untimed words; DER: pyannote.metrics, no collar, overlap scored; docs/FORMATS.md).
 A dialog done under the same config is skipped; a failed one is recorded, the others run.
 Sharding (--shard K/N, torchrun), models, HF_TOKEN, offline copies, --check: docs/REAL_DATA.md. Trust only
 the model folders you load (pyannote's checkpoints can run code): docs/TESTING.md, "Security".
@@ -34,9 +34,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
-from common import checklist, cli, defaults, fileio, formats, step2_oracle, step2_simulated, step2_whisperx
+from common import checklist, cli, defaults, fileio, formats, intervals, step2_oracle, step2_simulated, step2_whisperx
 from common.checklist import CheckItem
 from common.cli import PipelineError
 from common.fileio import atomic_write_json, read_json
@@ -304,33 +305,70 @@ def edit_distance(ref: list[str], hyp: list[str]) -> int:
 
 # The hypothesis speaker of the words of a dialog whose diarization has no turns at all (cpWER).
 NO_TURN_SPEAKER = "<no turn>"
+# Overlaps within this many seconds of each other are tied (float noise of the interval sums, as step 3's align.EPS).
+OVERLAP_TIE_S = 1e-7
+
+
+def speaker_overlaps(spans: np.ndarray, turns) -> tuple[list[str], np.ndarray]:
+    """Seconds each span [start, end] shares with each speaker's turns -> (labels in string order,
+    overlap[span, speaker]); a speaker's own overlapping turns are merged first, so no second counts twice."""
+    names = sorted({spk for _, _, spk in turns})
+    overlap = np.zeros((len(spans), len(names)))
+    for k, name in enumerate(names):
+        merged = intervals.merge_intervals([(s, e) for s, e, spk in turns if spk == name])
+        inter = np.minimum(spans[:, 1:2], merged[:, 1]) - np.maximum(spans[:, 0:1], merged[:, 0])
+        overlap[:, k] = np.clip(inter, 0.0, None).sum(axis=1)
+    return names, overlap
+
+
+def pick_speakers(spans: np.ndarray, turns, prefer=None) -> tuple[list[str], np.ndarray]:
+    """Each span's diarization speaker -> (speakers, nearest). The largest overlap wins; a tie goes to
+    prefer[i] when it is among the tied, else to the first label in string order. A span overlapping no
+    turn (nearest[i] True) gets the speaker of the turn with the smallest gap (a tie: the earlier turn)."""
+    names, overlap = speaker_overlaps(spans, turns)
+    most = overlap.max(axis=1)
+    tied = overlap >= most[:, None] - OVERLAP_TIE_S
+    best = np.argmax(tied, axis=1)
+    if prefer is not None:
+        wanted = np.array([names.index(p) for p in prefer], dtype=np.int64)
+        best = np.where(tied[np.arange(len(spans)), wanted], wanted, best)
+    speakers, nearest = [names[k] for k in best], most <= OVERLAP_TIE_S
+    for i in np.flatnonzero(nearest):
+        s, e = spans[i]
+        speakers[i] = min(turns, key=lambda t: (max(t[0] - e, s - t[1], 0.0), t[0], t[2]))[2]
+    return speakers, nearest
 
 
 def speaker_streams(asr: dict, turns) -> tuple[dict, int]:
-    """The ASR words by diarization speaker, as step 3 attributes them (align.attribute_words: the speaker
-    whose turns overlap the word most; untimed words re-timed first) -> ({speaker: the words normalised for
-    WER, in time order}, words that overlap no turn and got the nearest turn's speaker; with no turns at
-    all, every word, under NO_TURN_SPEAKER)."""
-    import align
+    """The ASR words by diarization speaker -> ({speaker: its words normalised for WER, in reading order (segments
+    by start, as WER reads them)}, words that overlap no turn and got the nearest turn's speaker; with no turns
+    at all, every word, under NO_TURN_SPEAKER).
 
-    def timed(w):
-        start, end = w.get("start"), w.get("end")
-        both = start is not None and end is not None
-        return {"word": w["word"], "start": start if both else None, "end": end if both else None}
-
-    segments = [{**seg, "words": [timed(w) for w in seg["words"]]} for seg in asr["segments"]]
-    if turns:
-        words, _, _, speakers, _, nearest = align.attribute_words(segments, turns)
-        n_nearest = int(nearest.sum())
+    A timed word gets the speaker its turns overlap most, a tie the speaker of its ASR segment if tied (as step
+    3's align.attribute_words; step 3 then takes the earliest-starting turn, here the first label); an untimed
+    word its ASR segment's speaker (step 3 re-times it between its neighbours first)."""
+    segments = sorted(asr["segments"], key=lambda seg: seg["start"])
+    words = [(n, w) for n, seg in enumerate(segments) for w in seg["words"]]
+    if not turns:
+        speakers, nearest = [NO_TURN_SPEAKER] * len(words), np.ones(len(words), dtype=bool)
+    elif words:
+        spans = np.array([[seg["start"], seg.get("end", seg["start"])] for seg in segments], dtype=np.float64)
+        seg_speakers, seg_nearest = pick_speakers(spans, turns)
+        speakers, nearest = [seg_speakers[n] for n, _ in words], seg_nearest[[n for n, _ in words]]
+        timed = [i for i, (_, w) in enumerate(words) if w.get("start") is not None and w.get("end") is not None]
+        if timed:
+            spans = np.array([[words[i][1]["start"], words[i][1]["end"]] for i in timed], dtype=np.float64)
+            picked, near = pick_speakers(spans, turns, prefer=[seg_speakers[words[i][0]] for i in timed])
+            for j, i in enumerate(timed):
+                speakers[i], nearest[i] = picked[j], near[j]
     else:
-        words = align.flatten_words(segments)[0]
-        speakers, n_nearest = [NO_TURN_SPEAKER] * len(words), len(words)
+        speakers, nearest = [], np.zeros(0, dtype=bool)
     streams = {}
-    for word, speaker in zip(words, speakers):
-        token = step2_oracle.normalise_for_wer(word)
+    for (_, w), speaker in zip(words, speakers):
+        token = step2_oracle.normalise_for_wer(w["word"])
         if token:
-            streams.setdefault(str(speaker), []).append(token)
-    return streams, n_nearest
+            streams.setdefault(speaker, []).append(token)
+    return streams, int(np.sum(nearest))
 
 
 def cp_word_errors(ref_streams: dict, hyp_streams: dict) -> dict:

@@ -612,3 +612,25 @@ def test_wer_and_cpwer_equal_meeteval_called_directly():
         assert stats["word_errors"] == siso_word_error_rate(ref_text, hyp_text).errors
         out = jiwer.process_words(ref_text, hyp_text)
         assert stats["word_errors"] == out.substitutions + out.deletions + out.insertions
+
+
+def test_cpwer_speakers_are_step_3s_for_timed_words(demo_work, tmp_path):
+    """On the simulated demo (confused and spurious turns, segments straddling speaker changes), every timed word
+    gets the speaker align.attribute_words (step 3) gives it; untimed words are left out (step 3 re-times them)."""
+    import align
+
+    work = fresh_work(demo_work, tmp_path)
+    preprocess.main(["--work", str(work), "--backend", "simulated", "--sim-confusion", "0.34", "--sim-spurious", "0.3"])
+    checked = 0
+    for path in sorted((work / "simulated" / "asr").glob("*.json")):
+        asr, turns = read_json(path), read_rttm(work / "simulated" / "diarization" / f"{path.stem}.rttm")
+        for seg in asr["segments"]:
+            seg["words"] = [w for w in seg["words"] if "start" in w]
+        words, _, _, speakers, _, _ = align.attribute_words(asr["segments"], turns)
+        step3 = {}
+        for word, speaker in zip(words, speakers):
+            step3.setdefault(speaker, []).append(step2_oracle.normalise_for_wer(word))
+        ours = preprocess.speaker_streams(asr, turns)[0]
+        assert {k: sorted(v) for k, v in ours.items()} == {k: sorted(v) for k, v in step3.items()}
+        checked += sum(map(len, ours.values()))
+    assert checked > 100
