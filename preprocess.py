@@ -8,8 +8,9 @@ real corpus and for the demo (docs/EXPERIMENTS.md, "The pipelines"):
              utterances instead of running the VAD: the paper's VAD-oracle pipeline (Table III).
   oracle     offline and exact: the reference words (.wdseg) and turns (common/step2_oracle.py).
   simulated  offline: the oracle degraded by seeded error processes (SIMULATION below).
-Every result is measured against the reference (WER, untimed words, DER: pyannote.metrics, no collar,
-overlap scored). A dialog done under the same config is skipped; a failed one is recorded, the others run.
+Every result is measured against the reference (WER: jiwer; cpWER: meeteval, the words given their speakers
+much as step 3 gives them; untimed words; DER: pyannote.metrics, no collar, overlap scored; docs/FORMATS.md).
+A dialog done under the same config is skipped; a failed one is recorded, the others run.
 Sharding (--shard K/N, torchrun), models, HF_TOKEN, offline copies, --check: docs/REAL_DATA.md. Trust only
 the model folders you load (pyannote's checkpoints can run code): docs/TESTING.md, "Security".
 
@@ -36,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from common import checklist, cli, defaults, fileio, formats, step2_oracle, step2_simulated, step2_whisperx
+from common import checklist, cli, defaults, fileio, formats, intervals, step2_oracle, step2_simulated, step2_whisperx
 from common.checklist import CheckItem
 from common.cli import PipelineError
 from common.fileio import atomic_write_json, read_json
@@ -298,24 +299,109 @@ def select_dialogs(labels: dict, patterns, sessions) -> list[str]:
 
 
 def edit_distance(ref: list[str], hyp: list[str]) -> int:
-    """Word-level Levenshtein distance (substitutions + deletions + insertions), one numpy row at a time."""
-    if not ref or not hyp:
-        return max(len(ref), len(hyp))
-    vocab = {w: i for i, w in enumerate(set(ref) | set(hyp))}
-    hyp_ids = np.array([vocab[w] for w in hyp])
-    cols = np.arange(len(hyp) + 1)
-    row = cols.copy()
-    for i, w in enumerate(ref, 1):
-        # diagonal/up moves first; the left moves (insertions) resolve as a running minimum.
-        best = np.empty_like(row)
-        best[0] = i
-        best[1:] = np.minimum(row[1:] + 1, row[:-1] + (hyp_ids != vocab[w]))
-        row = np.minimum.accumulate(best - cols) + cols
-    return int(row[-1])
+    """Word-level Levenshtein distance (substitutions + deletions + insertions) of two word lists, by jiwer.
+
+    Each word must be non-empty and free of whitespace (normalise_for_wer's words are): jiwer splits a text
+    at whitespace, so such a word would be scored as several or none; it is refused with a ValueError.
+    """
+    import jiwer
+
+    bad = [w for w in ref + hyp if not w or w != "".join(w.split())]
+    if bad:
+        raise ValueError(f"edit_distance: words must be non-empty and free of whitespace, got {bad[0]!r}")
+    if not ref and not hyp:
+        return 0
+    out = jiwer.process_words(" ".join(ref), " ".join(hyp))
+    return out.substitutions + out.deletions + out.insertions
+
+
+# The hypothesis speaker of the words of a dialog whose diarization has no turns at all (cpWER).
+NO_TURN_SPEAKER = "<no turn>"
+# Overlaps within this many seconds of each other are tied (float noise of the interval sums, as step 3's align.EPS).
+OVERLAP_TIE_S = 1e-7
+
+
+def speaker_overlaps(spans: np.ndarray, turns) -> tuple[list[str], np.ndarray]:
+    """Seconds each span [start, end] shares with each speaker's turns -> (labels in string order,
+    overlap[span, speaker]); a speaker's own overlapping turns are merged first, so no second counts twice."""
+    names = sorted({spk for _, _, spk in turns})
+    overlap = np.zeros((len(spans), len(names)))
+    for k, name in enumerate(names):
+        merged = intervals.merge_intervals([(s, e) for s, e, spk in turns if spk == name])
+        inter = np.minimum(spans[:, 1:2], merged[:, 1]) - np.maximum(spans[:, 0:1], merged[:, 0])
+        overlap[:, k] = np.clip(inter, 0.0, None).sum(axis=1)
+    return names, overlap
+
+
+def pick_speakers(spans: np.ndarray, turns, prefer=None) -> tuple[list[str], np.ndarray]:
+    """Each span's diarization speaker -> (speakers, nearest). The largest overlap wins; a tie goes to
+    prefer[i] when it is among the tied, else to the first label in string order. A span overlapping no
+    turn (nearest[i] True) gets the speaker of the turn with the smallest gap (a tie: the earlier turn)."""
+    names, overlap = speaker_overlaps(spans, turns)
+    most = overlap.max(axis=1)
+    tied = overlap >= most[:, None] - OVERLAP_TIE_S
+    best = np.argmax(tied, axis=1)
+    if prefer is not None:
+        wanted = np.array([names.index(p) for p in prefer], dtype=np.int64)
+        best = np.where(tied[np.arange(len(spans)), wanted], wanted, best)
+    speakers, nearest = [names[k] for k in best], most <= OVERLAP_TIE_S
+    for i in np.flatnonzero(nearest):
+        s, e = spans[i]
+        speakers[i] = min(turns, key=lambda t: (max(t[0] - e, s - t[1], 0.0), t[0], t[2]))[2]
+    return speakers, nearest
+
+
+def speaker_streams(asr: dict, turns) -> tuple[dict, int]:
+    """The ASR words by diarization speaker -> ({speaker: its words normalised for WER, in reading order (segments
+    by start, as WER reads them)}, words that overlap no turn and got the nearest turn's speaker; with no turns
+    at all, every word, under NO_TURN_SPEAKER).
+
+    A timed word gets the speaker its turns overlap most, a tie the speaker of its ASR segment if tied (as step
+    3's align.attribute_words; step 3 then takes the earliest-starting turn, here the first label); an untimed
+    word its ASR segment's speaker (step 3 re-times it between its neighbours first)."""
+    segments = sorted(asr["segments"], key=lambda seg: seg["start"])
+    words = [(n, w) for n, seg in enumerate(segments) for w in seg["words"]]
+    if not turns:
+        speakers, nearest = [NO_TURN_SPEAKER] * len(words), np.ones(len(words), dtype=bool)
+    elif words:
+        spans = np.array([[seg["start"], seg.get("end", seg["start"])] for seg in segments], dtype=np.float64)
+        seg_speakers, seg_nearest = pick_speakers(spans, turns)
+        speakers, nearest = [seg_speakers[n] for n, _ in words], seg_nearest[[n for n, _ in words]]
+        timed = [i for i, (_, w) in enumerate(words) if w.get("start") is not None and w.get("end") is not None]
+        if timed:
+            spans = np.array([[words[i][1]["start"], words[i][1]["end"]] for i in timed], dtype=np.float64)
+            picked, near = pick_speakers(spans, turns, prefer=[seg_speakers[words[i][0]] for i in timed])
+            for j, i in enumerate(timed):
+                speakers[i], nearest[i] = picked[j], near[j]
+    else:
+        speakers, nearest = [], np.zeros(0, dtype=bool)
+    streams = {}
+    for (_, w), speaker in zip(words, speakers):
+        token = step2_oracle.normalise_for_wer(w["word"])
+        if token:
+            streams.setdefault(speaker, []).append(token)
+    return streams, int(np.sum(nearest))
+
+
+def cp_word_errors(ref_streams: dict, hyp_streams: dict) -> dict:
+    """cpWER's counts by meeteval (cp_word_error_rate: each stream is one speaker's words concatenated in
+    order; the one-to-one speaker assignment with the fewest errors, Hungarian; an unassigned reference
+    speaker's words count as deletions, an unassigned hypothesis speaker's as insertions; a speaker without
+    words takes no part) -> {cp_word_errors, cp_missed_speakers, cp_false_alarm_speakers, cp_assignment}."""
+    from meeteval.wer import cp_word_error_rate
+
+    er = cp_word_error_rate(ref_streams, hyp_streams, reference_sort=False, hypothesis_sort=False)
+    return {
+        "cp_word_errors": int(er.errors),
+        "cp_missed_speakers": int(er.missed_speaker),
+        "cp_false_alarm_speakers": int(er.falarm_speaker),
+        "cp_assignment": [[r, h] for r, h in er.assignment],
+    }
 
 
 def measure(asr: dict, turns, ref_words: list[dict], ref_turns) -> dict:
-    """WER vs the oracle words, untimed words, and DER components vs the reference turns."""
+    """WER vs the oracle words, untimed words, cpWER's counts (cp_word_errors) vs the reference speakers' words,
+    and DER components vs the reference turns."""
     # Both sides in reading order: reference words utterance by utterance (utterances in time order),
     # hypothesis words segment by segment (segments in time order). The oracle then scores exactly 0.
     hyp_words = [w for seg in sorted(asr["segments"], key=lambda seg: seg["start"]) for w in seg["words"]]
@@ -327,6 +413,13 @@ def measure(asr: dict, turns, ref_words: list[dict], ref_turns) -> dict:
         "word_errors": edit_distance(ref, hyp),
         "untimed_words": sum(1 for w in hyp_words if "start" not in w or "end" not in w),
     }
+    ref_streams = {}  # the reference speakers' words, utterance by utterance, normalised as for WER
+    for w in ref_words:
+        token = step2_oracle.normalise_for_wer(w["word"])
+        if token:
+            ref_streams.setdefault(w["speaker"], []).append(token)
+    hyp_streams, stats["cp_nearest_words"] = speaker_streams(asr, turns)
+    stats.update(cp_word_errors(ref_streams, hyp_streams))
     if ref_turns:
         stats["der"] = der_parts(turns, ref_turns)
     return stats
@@ -432,6 +525,10 @@ def summarise(manifest: dict, names: list[str]) -> dict:
     if done:
         summary["wer"] = round(total("word_errors") / max(total("ref_words"), 1), 4)
         summary["untimed_rate"] = round(total("untimed_words") / max(total("hyp_words"), 1), 4)
+        if all("cp_word_errors" in s for s in done):  # dialogs done before cpWER was measured have none
+            summary["cpwer"] = round(total("cp_word_errors") / max(total("ref_words"), 1), 4)
+            for key in ("cp_missed_speakers", "cp_false_alarm_speakers", "cp_nearest_words"):
+                summary[key] = total(key)
         for name in ("der", "der_exclusive"):
             ders = [s[name] for s in done if name in s]
             if ders:
@@ -771,7 +868,9 @@ def print_summary(run: Run, summary: dict, processed: int, seconds: float):
         )
     if "wer" in summary:
         print(
-            f"measured against the reference: WER {100 * summary['wer']:.2f} %, words without timestamps "
+            f"measured against the reference: WER {100 * summary['wer']:.2f} %"
+            + (f", cpWER {100 * summary['cpwer']:.2f} %" if "cpwer" in summary else "")
+            + f", words without timestamps "
             f"{100 * summary['untimed_rate']:.2f} %"
             + (
                 f", DER {100 * summary['der']:.2f} % (missed {100 * summary['der_parts']['missed detection']:.2f}, "
@@ -781,6 +880,12 @@ def print_summary(run: Run, summary: dict, processed: int, seconds: float):
                 else ""
             )
             + (f"; exclusive turns: DER {100 * summary['der_exclusive']:.2f} %" if "der_exclusive" in summary else "")
+        )
+    if "cpwer" in summary:
+        print(
+            f"cpWER's speakers: {summary['cp_missed_speakers']} reference speakers without a hypothesis speaker, "
+            f"{summary['cp_false_alarm_speakers']} hypothesis speakers without a reference one; "
+            f"{summary['cp_nearest_words']} words overlap no diarization turn (given the nearest turn's speaker)"
         )
     if "simulated" in summary:
         print("simulated errors (counts): " + ", ".join(f"{name} {v}" for name, v in summary["simulated"].items()))

@@ -48,6 +48,8 @@ def test_edit_distance_known_answers():
     assert ed("a b c d".split(), "b c d a".split()) == 2  # a moved: one deletion + one insertion
     assert ed([], "a b".split()) == 2 and ed("a b".split(), []) == 2
     assert ed("kitten sitting on the mat".split(), "sitting kitten on mat".split()) == 3
+    with pytest.raises(ValueError, match="whitespace"):  # jiwer would score "a b" as two words
+        ed(["a b"], ["a", "b"])
 
 
 def test_reference_words_time_convention_tokens_and_missing_wdseg(tmp_path):
@@ -175,7 +177,7 @@ def test_oracle_reproduces_ground_truth(demo_corpus, demo_work, tmp_path):
             assert mapping.setdefault(spk, label) == label
         assert mapping[ref[0][2]] == "SPEAKER_00" and sorted(mapping.values()) == ["SPEAKER_00", "SPEAKER_01"]
     summary = manifest["summary"]
-    assert summary["wer"] == 0 and summary["der"] == 0 and summary["untimed_rate"] == 0
+    assert summary["wer"] == 0 and summary["der"] == 0 and summary["untimed_rate"] == 0 and summary["cpwer"] == 0
     assert summary["words"] == sum(len(gt["words"]) for gt in truth["dialogs"].values())
 
 
@@ -224,6 +226,10 @@ def test_simulated_rates_match_requested(demo_work, tmp_path):
     drawn = (total["deleted"] + total["substituted"] + total["vad_missed"]) / n_words
     assert abs(manifest["summary"]["wer"] - drawn) <= 0.01
     assert 0.05 < manifest["summary"]["der"] < 0.6  # confusion of a third of the turns shows in the DER
+    # ... and in the cpWER: the confused turns' words land in the other speaker's stream
+    cp_errors = sum(st["cp_word_errors"] for st in done)
+    assert manifest["summary"]["cpwer"] == round(cp_errors / sum(st["ref_words"] for st in done), 4)
+    assert manifest["summary"]["cpwer"] > manifest["summary"]["wer"] + 0.1
     assert total["straddling_segments"] > 0  # segments cross speaker changes
     # the measured rates are printed and stored
     assert manifest["summary"]["untimed_rate"] == pytest.approx(
@@ -506,3 +512,125 @@ def test_model_loader_errors_name_the_model(tmp_path):
             raise RepositoryNotFoundError(
                 "404 Client Error. Repository Not Found for url https://huggingface.co/org/nope"
             )
+
+
+# ---------------------------------------------------------------------------------------------
+# cpWER (meeteval) beside WER (jiwer), on hand-built dialogs with known answers
+# ---------------------------------------------------------------------------------------------
+
+
+def hand_dialog(hyp_times=None):
+    """Reference: F says "a b" (0-1 s), M says "c d" (1-2 s), one word per 0.5 s. The ASR hears the same words at
+    the same times (hyp_times: other times for them), so WER is 0 and cpWER shows the speaker attribution only."""
+    ref_words = [
+        {"word": w, "start": 0.5 * i, "end": 0.5 * (i + 1), "speaker": "F" if i < 2 else "M", "utterance": "u"}
+        for i, w in enumerate("a b c d".split())
+    ]
+    times = hyp_times or [(w["start"], w["end"]) for w in ref_words]
+    words = [{"word": w["word"].upper() + ",", "start": s, "end": e} for w, (s, e) in zip(ref_words, times)]
+    asr = {"segments": [{"start": times[0][0], "end": times[-1][1], "words": words}]}
+    ref_turns = [(0.0, 1.0, "F"), (1.0, 2.0, "M")]
+    return asr, ref_words, ref_turns
+
+
+def test_cpwer_is_permutation_free_and_counts_misattributed_words():
+    asr, ref_words, ref_turns = hand_dialog()
+    # the diarization's labels are arbitrary: M's time under SPEAKER_00 costs nothing
+    stats = preprocess.measure(asr, [(0.0, 1.0, "SPEAKER_01"), (1.0, 2.0, "SPEAKER_00")], ref_words, ref_turns)
+    assert (stats["word_errors"], stats["cp_word_errors"]) == (0, 0)
+    assert stats["cp_assignment"] == [["F", "SPEAKER_01"], ["M", "SPEAKER_00"]]
+    # "c" attributed to F's speaker: one insertion in F's stream, one deletion in M's; WER still 0
+    stats = preprocess.measure(asr, [(0.0, 1.5, "S0"), (1.5, 2.0, "S1")], ref_words, ref_turns)
+    assert (stats["word_errors"], stats["cp_word_errors"]) == (0, 2)
+    # speakers alternating word by word: S0 = "a c", S1 = "b d"; either assignment has 2 substitutions
+    turns = [(0.0, 0.5, "S0"), (0.5, 1.0, "S1"), (1.0, 1.5, "S0"), (1.5, 2.0, "S1")]
+    stats = preprocess.measure(asr, turns, ref_words, ref_turns)
+    assert (stats["word_errors"], stats["cp_word_errors"], stats["cp_nearest_words"]) == (0, 2, 0)
+    assert (stats["cp_missed_speakers"], stats["cp_false_alarm_speakers"]) == (0, 0)
+
+
+def test_cpwer_more_hypothesis_than_reference_speakers_and_words_without_a_turn():
+    asr, ref_words, ref_turns = hand_dialog()
+    # S1 = "c", S2 = "d": M is matched with one of them (1 deletion), the other is a false-alarm speaker (1 insertion)
+    turns = [(0.0, 1.0, "S0"), (1.0, 1.5, "S1"), (1.5, 2.0, "S2")]
+    stats = preprocess.measure(asr, turns, ref_words, ref_turns)
+    assert (stats["word_errors"], stats["cp_word_errors"]) == (0, 2)
+    assert (stats["cp_missed_speakers"], stats["cp_false_alarm_speakers"]) == (0, 1)
+    assert ["F", "S0"] in stats["cp_assignment"] and sum(r is None for r, _ in stats["cp_assignment"]) == 1
+    # "d" heard after every turn ended: it gets the nearest turn's speaker (S0, 0.2 s away), counted
+    asr, _, _ = hand_dialog([(0.0, 0.5), (0.5, 1.0), (1.0, 1.5), (2.7, 2.9)])
+    stats = preprocess.measure(asr, [(0.0, 1.5, "S1"), (3.1, 4.0, "S0"), (5.0, 6.0, "S2")], ref_words, [])
+    assert (stats["cp_nearest_words"], stats["cp_word_errors"]) == (1, 2)  # S1 "a b c" vs F: +c; S0 "d" vs M: -c
+    assert stats["cp_false_alarm_speakers"] == 0  # S2 has no words: it takes no part
+    # no turns at all: every word in one stream, counted; F (or M) is left without a hypothesis speaker
+    stats = preprocess.measure(asr, [], ref_words, [])
+    assert (stats["cp_nearest_words"], stats["cp_word_errors"], stats["cp_missed_speakers"]) == (4, 4, 1)
+
+
+def test_wer_and_cpwer_equal_meeteval_called_directly():
+    """Random dialogs (3 reference speakers, 4 diarization speakers, words from a small vocabulary, each word inside
+    one turn): measure's counts equal meeteval's cpwer and siso WER, and jiwer's WER, on the same segments."""
+    import random
+
+    import jiwer
+    from meeteval.io import SegLST
+    from meeteval.wer import cpwer
+    from meeteval.wer.wer.siso import siso_word_error_rate
+
+    rng = random.Random(7)
+    for _ in range(5):
+        ref_words, hyp_words, turns = [], [], []
+        for i in range(60):
+            ref_words.append({"word": rng.choice("ab cd ef gh".split()), "start": i, "end": i + 0.9})
+            ref_words[-1].update(speaker=rng.choice("FMX"), utterance="u")
+            if rng.random() < 0.9:  # some words missed, some substituted, some inserted
+                hyp_words.append({"word": rng.choice([ref_words[-1]["word"], "zz"]), "start": i, "end": i + 0.4})
+            if rng.random() < 0.2:
+                hyp_words.append({"word": "yy", "start": i + 0.5, "end": i + 0.9})
+        for w in hyp_words:
+            turns.append((w["start"] - 0.05, w["end"] + 0.05, rng.choice(["S0", "S1", "S2", "S3"])))
+        asr = {"segments": [{"start": 0.0, "end": 60.0, "words": hyp_words}]}
+        stats = preprocess.measure(asr, turns, ref_words, [])
+
+        def seglst(words, speakers):
+            return SegLST(
+                [
+                    dict(session_id="d", speaker=spk, words=w["word"], start_time=w["start"], end_time=w["end"])
+                    for w, spk in zip(words, speakers)
+                ]
+            )
+
+        ref = seglst(ref_words, [w["speaker"] for w in ref_words])
+        hyp = seglst(hyp_words, [t[2] for t in turns])
+        direct = cpwer(ref, hyp)["d"]
+        assert stats["cp_word_errors"] == direct.errors and stats["cp_word_errors"] > stats["word_errors"]
+        assert (stats["cp_missed_speakers"], stats["cp_false_alarm_speakers"]) == (
+            direct.missed_speaker,
+            direct.falarm_speaker,
+        )
+        ref_text, hyp_text = (" ".join(w["word"] for w in words) for words in (ref_words, hyp_words))
+        assert stats["word_errors"] == siso_word_error_rate(ref_text, hyp_text).errors
+        out = jiwer.process_words(ref_text, hyp_text)
+        assert stats["word_errors"] == out.substitutions + out.deletions + out.insertions
+
+
+def test_cpwer_speakers_are_step_3s_for_timed_words(demo_work, tmp_path):
+    """On the simulated demo (confused and spurious turns, segments straddling speaker changes), every timed word
+    gets the speaker align.attribute_words (step 3) gives it; untimed words are left out (step 3 re-times them)."""
+    import align
+
+    work = fresh_work(demo_work, tmp_path)
+    preprocess.main(["--work", str(work), "--backend", "simulated", "--sim-confusion", "0.34", "--sim-spurious", "0.3"])
+    checked = 0
+    for path in sorted((work / "simulated" / "asr").glob("*.json")):
+        asr, turns = read_json(path), read_rttm(work / "simulated" / "diarization" / f"{path.stem}.rttm")
+        for seg in asr["segments"]:
+            seg["words"] = [w for w in seg["words"] if "start" in w]
+        words, _, _, speakers, _, _ = align.attribute_words(asr["segments"], turns)
+        step3 = {}
+        for word, speaker in zip(words, speakers):
+            step3.setdefault(speaker, []).append(step2_oracle.normalise_for_wer(word))
+        ours = preprocess.speaker_streams(asr, turns)[0]
+        assert {k: sorted(v) for k, v in ours.items()} == {k: sorted(v) for k, v in step3.items()}
+        checked += sum(map(len, ours.values()))
+    assert checked > 100
