@@ -730,6 +730,32 @@ def planned_download_bytes(args) -> float:
     return total
 
 
+def download_align_model(args, dest: Path, token, repos: dict) -> str | None:
+    """The alignment model of --align-model / --language into dest (for download_models) -> its path, or
+    None for a local folder; a hub model is added to `repos`."""
+    align = align_source(args)
+    if align["kind"] == "per-language":
+        raise PipelineError(
+            "--download-models with --language auto: the alignment model depends on the language; "
+            "pass --language CODE (or --align-model) for the recordings' language"
+        )
+    if align["kind"] == "torchaudio":
+        target = dest / "torchaudio" / align["file"].name
+        if not target.is_file():
+            import torch
+
+            print(f"downloading {align['url']}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(align["url"], str(target))
+        return str(target)
+    elif align["kind"] == "hub":
+        print(f"downloading {align['name']}: config, vocabulary and weights")
+        local = modelhub.snapshot_transformers_model(align["name"], dest, token)
+        repos[align["name"]] = {"path": str(local), "allow_patterns": "common.modelhub.TRANSFORMERS_FILES and weights"}
+        return str(local)
+    return None
+
+
 def download_models(args) -> dict:
     """Copy the models of a whisperx run into DIR (--download-models DIR) -> the manifest written to
     DIR/models.json. Exactly what loads: the CTranslate2 files of the Whisper repository, the
@@ -760,26 +786,9 @@ def download_models(args) -> dict:
         files["asr"] = str(fetch(repo, WHISPER_FILES))
     else:
         print(f"ASR model {path}: on disk, not downloaded")
-    align = align_source(args)
-    if align["kind"] == "per-language":
-        raise PipelineError(
-            "--download-models with --language auto: the alignment model depends on the language; "
-            "pass --language CODE (or --align-model) for the recordings' language"
-        )
-    if align["kind"] == "torchaudio":
-        target = dest / "torchaudio" / align["file"].name
-        if not target.is_file():
-            import torch
-
-            print(f"downloading {align['url']}")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(align["url"], str(target))
-        files["align"] = str(target)
-    elif align["kind"] == "hub":
-        print(f"downloading {align['name']}: config, vocabulary and weights")
-        local = modelhub.snapshot_transformers_model(align["name"], dest, token)
-        repos[align["name"]] = {"path": str(local), "allow_patterns": "common.modelhub.TRANSFORMERS_FILES and weights"}
-        files["align"] = str(local)
+    align_file = download_align_model(args, dest, token, repos)
+    if align_file:
+        files["align"] = align_file
     name = args.diar_model
     local = modelhub.local_model_path(name, args.model_dir)
     if local is None and not modelhub.is_hub_name(name):
@@ -810,5 +819,6 @@ def download_models(args) -> dict:
         f"wrote {dest / 'models.json'}; on the machine without internet run:\n"
         f"  HF_HUB_OFFLINE=1 python preprocess.py --backend whisperx --model-dir {dest} --cache-only"
         + (f" --diar-model {name}" if name != defaults.DIAR_MODEL else "")
+        + (f" --language {args.language}" if getattr(args, "language", DEFAULT_LANGUAGE) != DEFAULT_LANGUAGE else "")
     )
     return manifest
