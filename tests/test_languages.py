@@ -14,6 +14,7 @@ import collections
 import csv
 import json
 import shutil
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,23 @@ import torch
 from conftest import steps_in_process
 
 WORDS = ["café", "naïve", "東京", "ελλάδα", "straße", "niño", "привет", "你好", "über", "ça", "안녕하세요", "déjà"]
+WORDS += [unicodedata.normalize("NFD", "résumé"), "हिन्दी"]  # combining marks: decomposed accents, vowel signs
 NAMES = {"F": "José", "M": "美咲"}
+
+
+def test_transcript_words_keep_combining_marks():
+    """The oracle's words are lower case without punctuation; combining marks belong to the word."""
+    from common.step2_oracle import transcript_words
+
+    nfd = unicodedata.normalize("NFD", "Résumé")
+    assert transcript_words(f"{nfd}, हिन्दी! Ελλάδα [LAUGHTER] WHAT'S up_x.") == [
+        nfd.lower(),
+        "हिन्दी",
+        "ελλάδα",
+        "what's",
+        "up_x",
+    ]
+    assert len(nfd.lower()) == 8  # still decomposed: not normalised to NFC either
 
 
 def utterance_text(i: int) -> str:
