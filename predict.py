@@ -533,10 +533,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     w = p.add_argument_group("step 2 (preprocess.py --backend whisperx), when no --asr-json is given")
     w.add_argument("--asr-model", default=defaults.ASR_MODEL, help="(default: %(default)s, the paper's)")
-    w.add_argument("--align-model", default=None, help="(default: WhisperX's for English)")
+    w.add_argument("--align-model", default=None, help="(default: WhisperX's for the language)")
     w.add_argument("--diar-model", default=defaults.DIAR_MODEL, help="(default: %(default)s)")
     w.add_argument("--model-dir", default=None, help="local mirror of hub models (preprocess.py --model-dir)")
     step2_whisperx.add_speaker_flags(w, "auto (pyannote estimates each recording's)")
+    w.add_argument(
+        "--language",
+        default="auto",
+        metavar="CODE",
+        help="Whisper language code of the recordings, or auto (default: %(default)s: detected per recording, "
+        "as a user of an arbitrary recording expects; the paper's pipeline is en)",
+    )
     w.add_argument(
         "--step2-args",
         default="",
@@ -575,7 +582,12 @@ def plan_recordings(args, data_check: dict | None) -> list[dict]:
             rec["rttm"] = step2_file("--rttm", args.rttm, path, len(paths), ".rttm")
             rec["step2"] = {"asr_json": str(rec["asr_json"]), "rttm": str(rec["rttm"])}
         else:
-            rec["step2"] = {"backend": "whisperx", "asr_model": args.asr_model, "diar_model": args.diar_model}
+            rec["step2"] = {
+                "backend": "whisperx",
+                "asr_model": args.asr_model,
+                "diar_model": args.diar_model,
+                "language": args.language,
+            }
             rec["step2"].update(
                 step2_whisperx.speaker_config(step2_whisperx.speaker_kwargs(args, step2_whisperx.AUTO_SPEAKERS))
             )
@@ -650,6 +662,8 @@ def step2(args, work: Path, recordings: list[dict], align_flags: list[str]) -> d
         "--diar-model",
         args.diar_model,
         *step2_whisperx.speaker_argv(args),
+        "--language",
+        args.language,
     ]
     argv += (
         (["--align-model", args.align_model] if args.align_model else [])
@@ -720,6 +734,9 @@ def predict_recordings(args, run_dir: Path, device, work: Path, todo: list[dict]
         segments = recording_segments(
             model, config, variant_dir, rec["dialog"], work, device, args.batch_size or config["batch_size"]
         )
+        if rec["step2"].get("backend") == "whisperx":  # the language step 2 decoded in (--language auto: detected)
+            asr = fileio.read_json(work / PIPE / "asr" / f"{rec['dialog']}.json", "step-2 ASR result")
+            rec["step2"]["language_used"] = asr.get("language")
         result = write_outputs(rec, segments, Path(args.out), run_dir, config, args.srt)
         results[rec["name"]] = result
         shares = result["summary"]["emotion_shares_by_time"]

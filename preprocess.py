@@ -122,7 +122,8 @@ def add_whisperx_flags(w):
     w.add_argument(
         "--align-model",
         default=None,
-        help="wav2vec2 CTC alignment model, name or folder (default: WhisperX's English default)",
+        help="wav2vec2 CTC alignment model, name or folder (default: WhisperX's default for --language, "
+        "for en the paper's WAV2VEC2_ASR_BASE_960H)",
     )
     w.add_argument(
         "--diar-model",
@@ -186,6 +187,19 @@ def add_whisperx_flags(w):
         default=None,
         help="extra NLTK data folder holding punkt_tab (whisperx.align downloads it when missing)",
     )
+    add_language_flags(w)
+
+
+def add_language_flags(w):
+    """The language of the recordings: Whisper's decoding language and the alignment model WhisperX picks for it."""
+    w.add_argument(
+        "--language",
+        default=step2_whisperx.DEFAULT_LANGUAGE,
+        metavar="CODE",
+        help="Whisper language code of the speech (default: %(default)s, the paper's); 'auto' detects the "
+        "language of each dialog (Whisper, first 30 s) and records it in asr/<dialog>.json and the manifest. "
+        "The alignment model is WhisperX's default for the language unless --align-model is given",
+    )
 
 
 def add_simulated_flags(s):
@@ -211,6 +225,7 @@ def check_args(p, args):
             )
     if args.vad == "oracle" and args.backend != "whisperx":
         p.error("--vad oracle applies to the whisperx backend only (the oracle backend is oracle throughout)")
+    check_language_args(p, args)
     for flag in (
         "embedding_batch_size",
         "segmentation_batch_size",
@@ -243,6 +258,27 @@ def check_speaker_args(p, args) -> None:
         p.error(str(e))
 
 
+def check_language_args(p, args):
+    """--language: a Whisper code or auto; not with an English-only Whisper (*.en); only for whisperx."""
+    if args.language == step2_whisperx.DEFAULT_LANGUAGE:
+        return
+    if args.backend != "whisperx":
+        p.error(
+            f"--language {args.language}: applies to the whisperx backend only (oracle and simulated "
+            "transcripts are the corpus's own words, in whatever language they are)"
+        )
+    error = step2_whisperx.check_language(args.language)
+    if error:
+        p.error(error)
+    if args.asr_model.endswith(".en"):
+        p.error(f"--language {args.language}: --asr-model {args.asr_model} is English-only")
+    if args.align_model is None and args.language != "auto":
+        try:
+            step2_whisperx.default_align_model(args.language)
+        except PipelineError as e:
+            p.error(str(e))
+
+
 def pipe_name(args) -> str:
     if args.name:
         return args.name
@@ -268,6 +304,8 @@ def run_config(args) -> dict:
         )
         if args.vad == "auto":
             config.update(vad_onset=args.vad_onset, vad_offset=args.vad_offset)
+        if args.language != step2_whisperx.DEFAULT_LANGUAGE:  # recorded only when changed: en runs keep their key
+            config["language"] = args.language
         for flag in ("embedding_batch_size", "segmentation_batch_size"):  # recorded only when changed
             if getattr(args, flag) is not None:
                 config[flag] = getattr(args, flag)
@@ -538,6 +576,9 @@ def summarise(manifest: dict, names: list[str]) -> dict:
                     k: round(sum(d[k] for d in ders) / max(sum(d["total"] for d in ders), 1e-9), 4)
                     for k in ("missed detection", "false alarm", "confusion")
                 }
+    languages = [s["language"] for s in done if "language" in s]  # whisperx: the language of each dialog
+    if languages:
+        summary["languages"] = {lang: languages.count(lang) for lang in sorted(set(languages))}
     sims = [s["simulated"] for s in done if "simulated" in s]
     if sims:
         summary["simulated"] = {k: sum(s[k] for s in sims) for k in sims[0]}
@@ -645,6 +686,7 @@ def _preflight_time(args, audio_seconds: float) -> CheckItem:
         return CheckItem("time (estimate)", True, f"seconds: the {args.backend} backend runs no neural model")
     flops = audio_seconds * sum(STEP2_FLOPS_PER_AUDIO_SECOND.values())
     paper = args.asr_model == defaults.ASR_MODEL and args.align_model is None and "3.1" in args.diar_model
+    paper = paper and args.language == step2_whisperx.DEFAULT_LANGUAGE
     return checklist.estimate_time(
         "time (estimate)",
         flops,
@@ -887,6 +929,8 @@ def print_summary(run: Run, summary: dict, processed: int, seconds: float):
             f"{summary['cp_false_alarm_speakers']} hypothesis speakers without a reference one; "
             f"{summary['cp_nearest_words']} words overlap no diarization turn (given the nearest turn's speaker)"
         )
+    if "languages" in summary:
+        print("languages (dialogs): " + ", ".join(f"{lang} {n}" for lang, n in summary["languages"].items()))
     if "simulated" in summary:
         print("simulated errors (counts): " + ", ".join(f"{name} {v}" for name, v in summary["simulated"].items()))
 

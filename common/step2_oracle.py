@@ -13,6 +13,7 @@ what the readers check: docs/FORMATS.md; the pipelines: docs/EXPERIMENTS.md.
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,12 @@ def normalise_token(token: str) -> str:
 
 
 def normalise_for_wer(word: str) -> str:
-    return NON_WORD_RE.sub("", word.lower())
+    """A word in lower case without punctuation. Combining marks are part of the word (NFD accents, Indic vowel
+    signs: \\w alone would drop them, "cafe\\u0301" -> "cafe", "हिन्दी" -> "हनद")."""
+    word = word.lower()
+    if word.isascii():
+        return NON_WORD_RE.sub("", word)
+    return "".join(c for c in word if c in "'_" or c.isalnum() or unicodedata.category(c).startswith("M"))
 
 
 def transcript_words(text: str) -> list[str]:

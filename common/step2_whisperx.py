@@ -36,6 +36,7 @@ MAX_CHUNK_S = 30.0  # Whisper's input window: longer reference utterances are cu
 # default English alignment model is a torchaudio bundle, fetched from download.pytorch.org into
 # torch's hub cache (whisperx.alignment.DEFAULT_ALIGN_MODELS_TORCH["en"]; a test checks both).
 DEFAULT_ALIGN_MODEL = "WAV2VEC2_ASR_BASE_960H"
+DEFAULT_LANGUAGE = "en"  # the paper's (IEMOCAP is English); "auto" detects the language of each dialog
 WHISPER_REPOS = {"large-v2": "Systran/faster-whisper-large-v2"}  # used when faster_whisper is absent
 WHISPER_FILES = ("config.json", "preprocessor_config.json", "model.bin", "tokenizer.json", "vocabulary.*")
 WHISPER_REQUIRED = ("model.bin", "config.json", "tokenizer.json")  # without tokenizer.json faster-whisper goes online
@@ -75,6 +76,36 @@ def whisper_repo(name: str) -> str | None:
     return _MODELS.get(name) or (name if modelhub.HUB_NAME_RE.fullmatch(name) else None)
 
 
+def language_names() -> dict:
+    """Whisper's language codes -> names (whisperx.utils.LANGUAGES, the codes whisperx accepts)."""
+    from whisperx.utils import LANGUAGES
+
+    return LANGUAGES
+
+
+def check_language(code: str) -> str | None:
+    """--language CODE -> None when Whisper knows it (or it is 'auto'), else a one-line error."""
+    if code == "auto" or code in language_names():
+        return None
+    return f"--language {code}: not a Whisper language code (e.g. en, fr, de, zh, ja; or auto)"
+
+
+def default_align_model(language: str) -> str:
+    """The alignment model WhisperX picks for a language (whisperx.alignment.DEFAULT_ALIGN_MODELS_TORCH,
+    then DEFAULT_ALIGN_MODELS_HF), as load_align_model does when it is given no model_name."""
+    if language == DEFAULT_LANGUAGE:
+        return DEFAULT_ALIGN_MODEL  # without importing whisperx.alignment (torch, transformers): the preflight
+    from whisperx.alignment import DEFAULT_ALIGN_MODELS_HF, DEFAULT_ALIGN_MODELS_TORCH
+
+    name = DEFAULT_ALIGN_MODELS_TORCH.get(language) or DEFAULT_ALIGN_MODELS_HF.get(language)
+    if name is None:
+        raise PipelineError(
+            f"--language {language}: WhisperX has no default alignment model for it; pass --align-model "
+            "with a wav2vec2 CTC model fine-tuned on the language (a hub name or a folder)"
+        )
+    return name
+
+
 def asr_source(args) -> tuple[Path | None, str | None]:
     """--asr-model -> (local folder, None) or (None, hub repository). A name that is neither an
     existing folder, a mirrored repository nor a hub name comes back as a (missing) folder."""
@@ -101,11 +132,16 @@ def torchaudio_checkpoint(bundle: str) -> tuple[str, str] | None:
     ) else f"https://download.pytorch.org/torchaudio/models/{path}"
 
 
-def align_source(args) -> dict:
-    """--align-model / --align-model-dir / --model-dir -> how whisperx.load_align_model gets it:
-    {"kind": "torchaudio" | "local" | "hub", "name": what to pass as model_name, "model_dir": its
-    model_dir, "file": the torchaudio checkpoint path (torchaudio only)}."""
-    name = args.align_model or DEFAULT_ALIGN_MODEL
+def align_source(args, language: str | None = None) -> dict:
+    """--align-model / --align-model-dir / --model-dir and the language (default: --language) -> how
+    whisperx.load_align_model gets it: {"kind": "torchaudio" | "local" | "hub", "name": what to pass as
+    model_name, "model_dir": its model_dir, "file": the torchaudio checkpoint path (torchaudio only)}.
+    Without --align-model, WhisperX's default for the language; for --language auto (the model is
+    known only once a dialog's language is detected) {"kind": "per-language", "name": "..."}."""
+    language = language or getattr(args, "language", DEFAULT_LANGUAGE)
+    if args.align_model is None and language == "auto":
+        return {"kind": "per-language", "name": "WhisperX's default for each detected language", "model_dir": None}
+    name = args.align_model or default_align_model(language)
     checkpoint = torchaudio_checkpoint(name)
     if checkpoint is not None:
         model_dir = args.align_model_dir
@@ -382,6 +418,7 @@ class WhisperX:
         self.device, self.compute_type = device_and_compute_type(args)
         self.vad, self.batch_size = args.vad, args.batch_size
         self.speakers = speaker_kwargs(args, IEMOCAP_SPEAKERS)  # num/min/max_speakers of the pyannote call
+        self.args, self.language, self.aligners = args, getattr(args, "language", DEFAULT_LANGUAGE), {}
         token = huberrors.hub_token()  # never printed
         asr_path, asr_repo = asr_source(args)
         align = align_source(args)
@@ -398,7 +435,7 @@ class WhisperX:
                 device_type,
                 device_index=int(index or 0),
                 compute_type=self.compute_type,
-                language="en",
+                language=None if self.language == "auto" else self.language,
                 vad_method="pyannote",
                 vad_options={"vad_onset": args.vad_onset, "vad_offset": args.vad_offset},
                 asr_options={"beam_size": args.beam_size},
@@ -408,19 +445,8 @@ class WhisperX:
             )
         if args.asr_max_length:
             self.asr.model.max_length = args.asr_max_length
-        if align["kind"] == "torchaudio" and args.cache_only and not align["file"].is_file():
-            raise PipelineError(
-                f"{align['file']}: the alignment model {align['name']} is not there and --cache-only "
-                f"forbids downloading it; copy it with --download-models DIR and pass --model-dir DIR"
-            )
-        with loading("alignment model (--align-model)", align["name"]):
-            self.align_model, self.align_meta = whisperx.load_align_model(
-                language_code="en",
-                device=self.device,
-                model_name=align["name"],
-                model_dir=align["model_dir"],
-                model_cache_only=args.cache_only,
-            )
+        if self.language != "auto":  # loaded now, so that a missing model stops the run before any dialog
+            self.aligner(self.language)
         with loading("diarization pipeline (--diar-model)", args.diar_model):
             self.diarizer, files = load_diarization_pipeline(
                 args.diar_model,
@@ -433,7 +459,38 @@ class WhisperX:
             )
         print(f"diarization pipeline read {len(files)} files: " + ", ".join(files))
 
-    def transcribe(self, audio: np.ndarray, utterances: list[dict]) -> list[dict]:
+    def aligner(self, language: str) -> tuple:
+        """whisperx.load_align_model for a language -> (model, metadata), loaded once per language: the
+        --align-model given, else WhisperX's default for the language (--language auto: the detected one)."""
+        if language not in self.aligners:
+            args, align = self.args, align_source(self.args, language)
+            if align["kind"] == "torchaudio" and args.cache_only and not align["file"].is_file():
+                raise PipelineError(
+                    f"{align['file']}: the alignment model {align['name']} is not there and --cache-only "
+                    f"forbids downloading it; copy it with --download-models DIR and pass --model-dir DIR"
+                )
+            if self.language == "auto":
+                print(f"language {language}: loading the alignment model {align['name']}")
+            with loading(f"alignment model for language {language} (--align-model)", align["name"]):
+                self.aligners[language] = self.whisperx.load_align_model(
+                    language_code=language,
+                    device=self.device,
+                    model_name=align["name"],
+                    model_dir=align["model_dir"],
+                    model_cache_only=args.cache_only,
+                )
+        return self.aligners[language]
+
+    def dialog_language(self, audio: np.ndarray) -> str:
+        """--language, or for auto the language Whisper detects in the dialog's first 30 s (what
+        FasterWhisperPipeline.transcribe detects when it is given none); an English-only model: en."""
+        if self.language != "auto":
+            return self.language
+        if not is_multilingual(self.asr):
+            return "en"
+        return self.asr.detect_language(audio)
+
+    def transcribe(self, audio: np.ndarray, utterances: list[dict], language: str = DEFAULT_LANGUAGE) -> list[dict]:
         """Unaligned segments [{"start", "end", "text"}], from WhisperX's VAD or the reference utterances.
 
         --vad oracle (the paper's VAD-oracle pipeline, Table III): WhisperX's VAD is not run; each reference
@@ -444,7 +501,7 @@ class WhisperX:
         """
         if self.vad == "auto":
             try:
-                return self.asr.transcribe(audio, batch_size=self.batch_size, language="en")["segments"]
+                return self.asr.transcribe(audio, batch_size=self.batch_size, language=language)["segments"]
             except IndexError as e:  # whisperx's merge_chunks indexes the first VAD region
                 raise PipelineError(f"the VAD found no speech in the dialog ({e})") from e
         # VAD oracle: the reference utterances are the speech regions; each is decoded on its own,
@@ -455,6 +512,7 @@ class WhisperX:
             while end - start > 0.01:
                 chunks.append((start, min(end, start + MAX_CHUNK_S)))
                 start += MAX_CHUNK_S
+        self.set_tokenizer(language)
         inputs = ({"inputs": audio[int(s * SAMPLE_RATE) : int(e * SAMPLE_RATE)]} for s, e in chunks)
         segments = []
         for (start, end), out in zip(chunks, self.asr(inputs, batch_size=self.batch_size, num_workers=0)):
@@ -462,12 +520,26 @@ class WhisperX:
             segments.append({"text": text, "start": round(start, 3), "end": round(end, 3)})
         return segments
 
+    def set_tokenizer(self, language: str) -> None:
+        """The Whisper tokenizer for the language, as FasterWhisperPipeline.transcribe sets it (the
+        VAD-oracle path calls the pipeline directly, which decodes with whatever tokenizer it holds)."""
+        tokenizer = self.asr.tokenizer
+        if tokenizer is None or tokenizer.language_code != language:
+            from faster_whisper.tokenizer import Tokenizer
+
+            model = self.asr.model
+            self.asr.tokenizer = Tokenizer(
+                model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language
+            )
+
     def __call__(self, dialog, utterances, audio):
         import torch
 
-        segments = self.transcribe(audio, utterances)
+        language = self.dialog_language(audio)
+        segments = self.transcribe(audio, utterances, language)
+        align_model, align_meta = self.aligner(language)
         aligned = self.whisperx.align(
-            segments, self.align_model, self.align_meta, audio, self.device, return_char_alignments=False
+            segments, align_model, align_meta, audio, self.device, return_char_alignments=False
         )
         # The pipeline is called as whisperx.diarize.DiarizationPipeline calls it, keeping both outputs.
         output = self.diarizer(
@@ -488,12 +560,20 @@ class WhisperX:
             "dropped_untimed_segments": len(untimed),
             "dropped_untimed_words": sum(len(s["words"]) for s in untimed),
         }
+        stats["language"] = language
+        result = asr_result(dialog, "whisperx" if self.vad == "auto" else "whisperx-vadoracle", out)
+        result["language"] = language
         return (
-            asr_result(dialog, "whisperx" if self.vad == "auto" else "whisperx-vadoracle", out),
+            result,
             turns,
             stats,
             exclusive,
         )
+
+
+def is_multilingual(asr) -> bool:
+    """Whether a loaded WhisperX pipeline's Whisper model knows languages other than English."""
+    return bool(asr.model.model.is_multilingual)
 
 
 def _number(x):
@@ -618,6 +698,16 @@ def diarization_checks(args, token, offline: bool) -> list[CheckItem]:
     return items
 
 
+def punkt_language(args) -> str:
+    """The punkt_tab model whisperx.align opens for --language (whisperx.utils.PUNKT_LANGUAGES, else english)."""
+    language = getattr(args, "language", DEFAULT_LANGUAGE)
+    if language in (DEFAULT_LANGUAGE, "auto"):
+        return "english"
+    from whisperx.utils import PUNKT_LANGUAGES
+
+    return PUNKT_LANGUAGES.get(language, "english")
+
+
 def nltk_check(args, offline: bool) -> CheckItem:
     """whisperx.align splits sentences with NLTK's punkt_tab and downloads it when it is missing.
     Looked up where nltk.data.path looks (NLTK_DATA, then nltk's default folders), without
@@ -630,9 +720,9 @@ def nltk_check(args, offline: bool) -> CheckItem:
     folders += ["/usr/share/nltk_data", "/usr/local/share/nltk_data", "/usr/lib/nltk_data", "/usr/local/lib/nltk_data"]
     found = next(
         (
-            Path(d) / "tokenizers" / "punkt_tab" / "english"
+            Path(d) / "tokenizers" / "punkt_tab" / punkt_language(args)
             for d in folders
-            if (Path(d) / "tokenizers" / "punkt_tab" / "english").is_dir()
+            if (Path(d) / "tokenizers" / "punkt_tab" / punkt_language(args)).is_dir()
         ),
         None,
     )
@@ -658,7 +748,16 @@ def model_checks(args) -> list[CheckItem]:
         else modelhub.check_hub_model("ASR model", repo, ["model.bin"], token, offline=offline)
     ]
     align = align_source(args)
-    if align["kind"] == "torchaudio":
+    if align["kind"] == "per-language":
+        items.append(
+            CheckItem(
+                "alignment model",
+                True,
+                "--language auto: WhisperX's default for each detected language, loaded (or downloaded) when a "
+                "dialog needs it; not checked here (pass --language CODE or --align-model to check one)",
+            )
+        )
+    elif align["kind"] == "torchaudio":
         if align["file"].is_file():
             items.append(CheckItem("alignment model", True, f"{align['file']} ({align['name']}, local)"))
         elif offline:
@@ -709,6 +808,32 @@ def planned_download_bytes(args) -> float:
     return total
 
 
+def download_align_model(args, dest: Path, token, repos: dict) -> str | None:
+    """The alignment model of --align-model / --language into dest (for download_models) -> its path, or
+    None for a local folder; a hub model is added to `repos`."""
+    align = align_source(args)
+    if align["kind"] == "per-language":
+        raise PipelineError(
+            "--download-models with --language auto: the alignment model depends on the language; "
+            "pass --language CODE (or --align-model) for the recordings' language"
+        )
+    if align["kind"] == "torchaudio":
+        target = dest / "torchaudio" / align["file"].name
+        if not target.is_file():
+            import torch
+
+            print(f"downloading {align['url']}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(align["url"], str(target))
+        return str(target)
+    elif align["kind"] == "hub":
+        print(f"downloading {align['name']}: config, vocabulary and weights")
+        local = modelhub.snapshot_transformers_model(align["name"], dest, token)
+        repos[align["name"]] = {"path": str(local), "allow_patterns": "common.modelhub.TRANSFORMERS_FILES and weights"}
+        return str(local)
+    return None
+
+
 def download_models(args) -> dict:
     """Copy the models of a whisperx run into DIR (--download-models DIR) -> the manifest written to
     DIR/models.json. Exactly what loads: the CTranslate2 files of the Whisper repository, the
@@ -739,21 +864,9 @@ def download_models(args) -> dict:
         files["asr"] = str(fetch(repo, WHISPER_FILES))
     else:
         print(f"ASR model {path}: on disk, not downloaded")
-    align = align_source(args)
-    if align["kind"] == "torchaudio":
-        target = dest / "torchaudio" / align["file"].name
-        if not target.is_file():
-            import torch
-
-            print(f"downloading {align['url']}")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(align["url"], str(target))
-        files["align"] = str(target)
-    elif align["kind"] == "hub":
-        print(f"downloading {align['name']}: config, vocabulary and weights")
-        local = modelhub.snapshot_transformers_model(align["name"], dest, token)
-        repos[align["name"]] = {"path": str(local), "allow_patterns": "common.modelhub.TRANSFORMERS_FILES and weights"}
-        files["align"] = str(local)
+    align_file = download_align_model(args, dest, token, repos)
+    if align_file:
+        files["align"] = align_file
     name = args.diar_model
     local = modelhub.local_model_path(name, args.model_dir)
     if local is None and not modelhub.is_hub_name(name):
@@ -784,5 +897,6 @@ def download_models(args) -> dict:
         f"wrote {dest / 'models.json'}; on the machine without internet run:\n"
         f"  HF_HUB_OFFLINE=1 python preprocess.py --backend whisperx --model-dir {dest} --cache-only"
         + (f" --diar-model {name}" if name != defaults.DIAR_MODEL else "")
+        + (f" --language {args.language}" if getattr(args, "language", DEFAULT_LANGUAGE) != DEFAULT_LANGUAGE else "")
     )
     return manifest

@@ -12,7 +12,7 @@ model learns, not pretrained representations.
 
 build_families() writes tiny random models of other encoder layouts and families the same way
 (wav2vec2-base's group-norm layout, a layer-norm wav2vec 2.0, HuBERT, WavLM, data2vec-audio, BERT,
-DeBERTa, DeBERTa-v2), each with its feature extractor
+DeBERTa, DeBERTa-v2, and the multilingual XLS-R and XLM-R), each with its feature extractor
 or an offline-built tokenizer, so that tests can run every family through the pipeline's code:
 
     python demo/build_ser_models.py --out /tmp/families --families all
@@ -154,6 +154,45 @@ def build_unigram_tokenizer(out_dir: Path, vocab_size: int = 200):
         special_tokens=[("[CLS]", backend.token_to_id("[CLS]")), ("[SEP]", backend.token_to_id("[SEP]"))],
     )
     tok = DebertaV2TokenizerFast(tokenizer_object=backend, model_max_length=512)
+    tok.save_pretrained(out_dir)
+    return tok
+
+
+# Words of a few languages (accents, Greek, CJK) for the multilingual tokenizer (XLM-R's family).
+MULTILINGUAL_WORDS = """
+café naïve déjà vu très bien merci garçon über schön müde traurig glücklich wütend señor mañana feliz
+enfadado triste ελλάδα γεια χαίρετε ευχαριστώ λυπημένος χαρούμενος 東京 日本 嬉しい 悲しい 怒り 你好 谢谢 高兴
+难过 生气 안녕하세요 행복 슬픔 привет спасибо грустно
+""".split()
+
+
+def build_xlmr_tokenizer(out_dir: Path, vocab_size: int = 400):
+    """XLM-RoBERTa's tokenizer kind: a SentencePiece-style unigram model ("\u2581" marks a word start)
+    with XLM-R's ids <s>=0 <pad>=1 </s>=2 <unk>=3, <mask> last, <s> x </s> around a sentence (pairs
+    <s> a </s></s> b </s>). Trained offline with the `tokenizers` library on the English demo words
+    and MULTILINGUAL_WORDS, every character of which (and its upper case) is in its alphabet; saved
+    as XLMRobertaTokenizerFast (tokenizer.json)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import XLMRobertaTokenizerFast
+
+    words = WORDS + MULTILINGUAL_WORDS
+    backend = Tokenizer(models.Unigram())
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    backend.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    alphabet = sorted(set("".join(words)) | set("".join(words).upper()) | set("0123456789.,!?'-"))
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+        unk_token="<unk>",
+        initial_alphabet=alphabet,
+    )
+    backend.train_from_iterator([" ".join(words)] * 4, trainer)
+    backend.add_special_tokens(["<mask>"])
+    bos, eos = backend.token_to_id("<s>"), backend.token_to_id("</s>")
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
+    )
+    tok = XLMRobertaTokenizerFast(tokenizer_object=backend, model_max_length=512)
     tok.save_pretrained(out_dir)
     return tok
 
@@ -301,6 +340,18 @@ AUDIO_FAMILIES = {
             num_conv_pos_embedding_groups=4,
         ),
     ),
+    # XLS-R (facebook/wav2vec2-xls-r-300m, multilingual): a wav2vec 2.0 with LayerNorm in every conv
+    # layer, conv biases and the pre-norm "stable" encoder, as its config sets them.
+    "xls-r": (
+        "Wav2Vec2Config",
+        dict(
+            feat_extract_norm="layer",
+            do_stable_layer_norm=True,
+            conv_bias=True,
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=4,
+        ),
+    ),
     "data2vec-audio": (
         "Data2VecAudioConfig",
         dict(num_conv_pos_embeddings=5, conv_pos_kernel_size=19, num_conv_pos_embedding_groups=16),
@@ -335,6 +386,12 @@ TEXT_FAMILIES = {
             type_vocab_size=0,
         ),
         "unigram",
+    ),
+    # XLM-R (xlm-roberta-base, multilingual): RoBERTa's layout with a SentencePiece unigram vocabulary.
+    "xlm-roberta": (
+        "XLMRobertaConfig",
+        dict(max_position_embeddings=514, type_vocab_size=1),
+        "xlmr-unigram",
     ),
 }
 FAMILIES = tuple(AUDIO_FAMILIES) + tuple(TEXT_FAMILIES)
@@ -374,6 +431,8 @@ def build_families(out_dir, families=FAMILIES, seed: int = 0) -> dict:
                 tok = build_byte_bpe_tokenizer(
                     path, DebertaTokenizerFast, ["[PAD]", "[CLS]", "[SEP]", "[UNK]"], ["[MASK]"]
                 )
+            elif kind == "xlmr-unigram":
+                tok = build_xlmr_tokenizer(path)
             else:
                 tok = build_unigram_tokenizer(path)
             base = dict(

@@ -23,11 +23,19 @@ AUDIO = {
     "hubert-layer": ("HubertModel", "per-frame"),
     "wavlm": ("WavLMModel", "group-first"),
     "wavlm-layer": ("WavLMModel", "per-frame"),
+    "xls-r": ("Wav2Vec2Model", "per-frame"),  # multilingual
     "data2vec-audio": ("Data2VecAudioModel", "per-frame"),
 }
-TEXT = {"roberta": "RobertaModel", "bert": "BertModel", "deberta": "DebertaModel", "deberta-v2": "DebertaV2Model"}
+TEXT = {
+    "roberta": "RobertaModel",
+    "bert": "BertModel",
+    "deberta": "DebertaModel",
+    "deberta-v2": "DebertaV2Model",
+    "xlm-roberta": "XLMRobertaModel",  # multilingual
+}
 LENGTHS = [3000, 9000, 16000]  # samples: 9, 28 and 49 frames
 TEXTS = ["no", "I am so happy today", "what do you want from me, I never said that"]
+MULTILINGUAL_TEXTS = ["café", "naïve 東京 Ελλάδα, très bien", "你好 谢谢, привет, glücklich über señor"]
 
 
 @pytest.fixture(scope="session")
@@ -129,8 +137,13 @@ def test_text_family_padding_exact(family_dirs, family):
     assert getattr(text.model, "pooler", None) is None  # not built (BERT, RoBERTa) or absent (DeBERTa)
     tok = AutoTokenizer.from_pretrained(family_dirs[family])
     collate = utils.Collator(tok)
-    items = [{"index": i, "audio": torch.zeros(400), "text": t, "label": 0} for i, t in enumerate(TEXTS)]
+    texts = MULTILINGUAL_TEXTS if family == "xlm-roberta" else TEXTS
+    items = [{"index": i, "audio": torch.zeros(400), "text": t, "label": 0} for i, t in enumerate(texts)]
     batch = collate(items)
+    if family == "xlm-roberta":  # accents, CJK, Greek, Cyrillic: every character known, none <unk>
+        assert tok.unk_token_id not in batch["input_ids"]
+        decoded = [tok.decode(ids, skip_special_tokens=True) for ids in batch["input_ids"]]
+        assert decoded == texts
     assert set(batch) >= {"input_ids", "attention_mask"} and "token_type_ids" not in batch
     assert (batch["attention_mask"] == 0).any()  # the batch really is padded
     with torch.no_grad():
@@ -194,7 +207,13 @@ def test_text_family_trains_with_checkpointing(family_dirs, family):
 
 @pytest.mark.parametrize(
     "text_family,audio_family",
-    [("bert", "hubert"), ("deberta-v2", "wavlm"), ("deberta", "data2vec-audio"), ("roberta", "hubert-layer")],
+    [
+        ("bert", "hubert"),
+        ("deberta-v2", "wavlm"),
+        ("deberta", "data2vec-audio"),
+        ("roberta", "hubert-layer"),
+        ("xlm-roberta", "xls-r"),
+    ],
 )
 def test_fused_model_runs_for_family_pairs(family_dirs, text_family, audio_family):
     from transformers import AutoTokenizer

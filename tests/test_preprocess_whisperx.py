@@ -282,3 +282,90 @@ def test_bad_speaker_flags_are_refused(flags, message, capsys):
     with pytest.raises(SystemExit) as e:
         preprocess.parse_args(["--device", "cpu", *flags])
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_language_auto_detects_records_and_picks_the_alignment_per_language(
+    short_corpus, tiny_models, monkeypatch, tmp_path
+):
+    """--language auto: the detected language (stubbed to fr: the tiny Whisper is English-only) reaches
+    FasterWhisperPipeline.transcribe and whisperx.load_align_model, and is recorded in asr/<dialog>.json,
+    the dialog's stats and the summary; the run config records auto. Everything else runs for real."""
+    import shutil
+
+    import whisperx
+    import whisperx.asr
+
+    work, _ = short_corpus
+    nltk_data = tmp_path / "nltk_data"  # whisperx.align opens punkt_tab/french for fr
+    shutil.copytree(tiny_models["nltk_data"], nltk_data)
+    shutil.copytree(nltk_data / "tokenizers/punkt_tab/english", nltk_data / "tokenizers/punkt_tab/french")
+    calls = {"detect": 0, "transcribe": [], "align": []}
+    real_transcribe, real_load_align = whisperx.asr.FasterWhisperPipeline.transcribe, whisperx.load_align_model
+
+    def detect(self, audio):
+        calls["detect"] += 1
+        return "fr"
+
+    def transcribe(self, audio, *a, language=None, **kw):
+        calls["transcribe"].append(language)
+        return real_transcribe(self, audio, *a, language=language, **kw)
+
+    def load_align(*a, language_code, **kw):
+        calls["align"].append(language_code)
+        return real_load_align(*a, language_code=language_code, **kw)
+
+    monkeypatch.setattr(step2_whisperx, "is_multilingual", lambda asr: True)
+    monkeypatch.setattr(whisperx.asr.FasterWhisperPipeline, "detect_language", detect)
+    monkeypatch.setattr(whisperx.asr.FasterWhisperPipeline, "transcribe", transcribe)
+    monkeypatch.setattr(whisperx, "load_align_model", load_align)
+    flags = ("--language", "auto", "--name", "whisperx-auto", "--nltk-data", str(nltk_data), *BATCH_FLAGS)
+    manifest = preprocess.main(whisperx_args(work, tiny_models, *flags))
+    entry = manifest["dialogs"][DIALOG]
+    assert entry["status"] == "done", entry.get("error")
+    assert calls == {"detect": 1, "transcribe": ["fr"], "align": ["fr"]}
+    assert read_json(work / "whisperx-auto" / "asr" / f"{DIALOG}.json")["language"] == "fr"
+    assert entry["stats"]["language"] == "fr" and manifest["summary"]["languages"] == {"fr": 1}
+    assert manifest["config"]["language"] == "auto"
+
+
+def without_align_model(argv: list[str]) -> list[str]:
+    i = argv.index("--align-model")
+    return argv[:i] + argv[i + 2 :]
+
+
+def test_language_flag_checks_and_run_config(short_corpus, tiny_models):
+    work, _ = short_corpus
+    base = whisperx_args(work, tiny_models)
+    default = preprocess.run_config(preprocess.parse_args(base))
+    assert "language" not in default  # the paper's en: the run config (and its key) of en runs is unchanged
+    assert preprocess.run_config(preprocess.parse_args(base + ["--language", "en"])) == default
+    assert preprocess.run_config(preprocess.parse_args(base + ["--language", "fr"]))["language"] == "fr"
+    # WhisperX's default alignment model per language, read from whisperx itself
+    from whisperx.alignment import DEFAULT_ALIGN_MODELS_HF, DEFAULT_ALIGN_MODELS_TORCH
+
+    args = preprocess.parse_args(without_align_model(base) + ["--language", "ja"])
+    assert args.align_model is None
+    assert step2_whisperx.align_source(args)["name"] == DEFAULT_ALIGN_MODELS_HF["ja"]
+    assert step2_whisperx.align_source(args, "fr")["name"] == DEFAULT_ALIGN_MODELS_TORCH["fr"]
+    assert step2_whisperx.align_source(args, "en")["name"] == step2_whisperx.DEFAULT_ALIGN_MODEL
+    args.language = "auto"
+    assert step2_whisperx.align_source(args)["kind"] == "per-language"
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--language", "xx"], "not a Whisper language code"),
+        (["--language", "fr", "--backend", "oracle"], "whisperx backend only"),
+        (["--language", "fr", "--asr-model", "small.en"], "English-only"),
+        (["--language", "sw", "--align-model", None], "no default alignment model"),
+    ],
+)
+def test_language_flag_errors(short_corpus, tiny_models, capsys, extra, message):
+    work, _ = short_corpus
+    argv = whisperx_args(work, tiny_models)
+    if None in extra:  # without --align-model: the language's default is looked up
+        argv, extra = without_align_model(argv), extra[:-2]
+    with pytest.raises(SystemExit) as e:
+        preprocess.parse_args(argv + extra)
+    assert e.value.code == 2 and message in capsys.readouterr().err
