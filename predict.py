@@ -539,7 +539,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     step2_whisperx.add_speaker_flags(w, "auto (pyannote estimates each recording's)")
     w.add_argument(
         "--language",
-        default="auto",
+        default=defaults.PREDICT_LANGUAGE,
         metavar="CODE",
         help="Whisper language code of the recordings, or auto (default: %(default)s: detected per recording, "
         "as a user of an arbitrary recording expects; the paper's pipeline is en)",

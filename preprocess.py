@@ -194,7 +194,7 @@ def add_language_flags(w):
     """The language of the recordings: Whisper's decoding language and the alignment model WhisperX picks for it."""
     w.add_argument(
         "--language",
-        default=step2_whisperx.DEFAULT_LANGUAGE,
+        default=defaults.LANGUAGE,
         metavar="CODE",
         help="Whisper language code of the speech (default: %(default)s, the paper's); 'auto' detects the "
         "language of each dialog (Whisper, first 30 s) and records it in asr/<dialog>.json and the manifest. "
@@ -260,7 +260,7 @@ def check_speaker_args(p, args) -> None:
 
 def check_language_args(p, args):
     """--language: a Whisper code or auto; not with an English-only Whisper (*.en); only for whisperx."""
-    if args.language == step2_whisperx.DEFAULT_LANGUAGE:
+    if args.language == defaults.LANGUAGE:
         return
     if args.backend != "whisperx":
         p.error(
@@ -304,7 +304,7 @@ def run_config(args) -> dict:
         )
         if args.vad == "auto":
             config.update(vad_onset=args.vad_onset, vad_offset=args.vad_offset)
-        if args.language != step2_whisperx.DEFAULT_LANGUAGE:  # recorded only when changed: en runs keep their key
+        if args.language != defaults.LANGUAGE:  # recorded only when changed: en runs keep their key
             config["language"] = args.language
         for flag in ("embedding_batch_size", "segmentation_batch_size"):  # recorded only when changed
             if getattr(args, flag) is not None:
@@ -686,7 +686,7 @@ def _preflight_time(args, audio_seconds: float) -> CheckItem:
         return CheckItem("time (estimate)", True, f"seconds: the {args.backend} backend runs no neural model")
     flops = audio_seconds * sum(STEP2_FLOPS_PER_AUDIO_SECOND.values())
     paper = args.asr_model == defaults.ASR_MODEL and args.align_model is None and "3.1" in args.diar_model
-    paper = paper and args.language == step2_whisperx.DEFAULT_LANGUAGE
+    paper = paper and args.language == defaults.LANGUAGE
     return checklist.estimate_time(
         "time (estimate)",
         flops,

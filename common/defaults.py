@@ -8,3 +8,5 @@ DIAR_MODEL = "pyannote/speaker-diarization-3.1"  # the diarization pipeline (the
 TEXT_MODEL = "roberta-base"  # the text extractor (the paper's RoBERTa)
 AUDIO_MODEL = "facebook/wav2vec2-base"  # the audio extractor (the paper's wav2vec 2.0)
 PIPE = "whisperx"  # the step-2 run steps 3-6 read (WORK/<pipe>/): the paper's standard pipeline
+LANGUAGE = "en"  # step 2's language (the paper's: IEMOCAP is English); "auto" detects each dialog's
+PREDICT_LANGUAGE = "auto"  # predict.py on any recording: its language detected

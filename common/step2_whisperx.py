@@ -36,7 +36,6 @@ MAX_CHUNK_S = 30.0  # Whisper's input window: longer reference utterances are cu
 # default English alignment model is a torchaudio bundle, fetched from download.pytorch.org into
 # torch's hub cache (whisperx.alignment.DEFAULT_ALIGN_MODELS_TORCH["en"]; a test checks both).
 DEFAULT_ALIGN_MODEL = "WAV2VEC2_ASR_BASE_960H"
-DEFAULT_LANGUAGE = "en"  # the paper's (IEMOCAP is English); "auto" detects the language of each dialog
 WHISPER_REPOS = {"large-v2": "Systran/faster-whisper-large-v2"}  # used when faster_whisper is absent
 WHISPER_FILES = ("config.json", "preprocessor_config.json", "model.bin", "tokenizer.json", "vocabulary.*")
 WHISPER_REQUIRED = ("model.bin", "config.json", "tokenizer.json")  # without tokenizer.json faster-whisper goes online
@@ -93,7 +92,7 @@ def check_language(code: str) -> str | None:
 def default_align_model(language: str) -> str:
     """The alignment model WhisperX picks for a language (whisperx.alignment.DEFAULT_ALIGN_MODELS_TORCH,
     then DEFAULT_ALIGN_MODELS_HF), as load_align_model does when it is given no model_name."""
-    if language == DEFAULT_LANGUAGE:
+    if language == defaults.LANGUAGE:
         return DEFAULT_ALIGN_MODEL  # without importing whisperx.alignment (torch, transformers): the preflight
     from whisperx.alignment import DEFAULT_ALIGN_MODELS_HF, DEFAULT_ALIGN_MODELS_TORCH
 
@@ -138,7 +137,7 @@ def align_source(args, language: str | None = None) -> dict:
     model_name, "model_dir": its model_dir, "file": the torchaudio checkpoint path (torchaudio only)}.
     Without --align-model, WhisperX's default for the language; for --language auto (the model is
     known only once a dialog's language is detected) {"kind": "per-language", "name": "..."}."""
-    language = language or getattr(args, "language", DEFAULT_LANGUAGE)
+    language = language or getattr(args, "language", defaults.LANGUAGE)
     if args.align_model is None and language == "auto":
         return {"kind": "per-language", "name": "WhisperX's default for each detected language", "model_dir": None}
     name = args.align_model or default_align_model(language)
@@ -418,7 +417,7 @@ class WhisperX:
         self.device, self.compute_type = device_and_compute_type(args)
         self.vad, self.batch_size = args.vad, args.batch_size
         self.speakers = speaker_kwargs(args, IEMOCAP_SPEAKERS)  # num/min/max_speakers of the pyannote call
-        self.args, self.language, self.aligners = args, getattr(args, "language", DEFAULT_LANGUAGE), {}
+        self.args, self.language, self.aligners = args, getattr(args, "language", defaults.LANGUAGE), {}
         token = huberrors.hub_token()  # never printed
         asr_path, asr_repo = asr_source(args)
         align = align_source(args)
@@ -490,7 +489,7 @@ class WhisperX:
             return "en"
         return self.asr.detect_language(audio)
 
-    def transcribe(self, audio: np.ndarray, utterances: list[dict], language: str = DEFAULT_LANGUAGE) -> list[dict]:
+    def transcribe(self, audio: np.ndarray, utterances: list[dict], language: str = defaults.LANGUAGE) -> list[dict]:
         """Unaligned segments [{"start", "end", "text"}], from WhisperX's VAD or the reference utterances.
 
         --vad oracle (the paper's VAD-oracle pipeline, Table III): WhisperX's VAD is not run; each reference
@@ -700,8 +699,8 @@ def diarization_checks(args, token, offline: bool) -> list[CheckItem]:
 
 def punkt_language(args) -> str:
     """The punkt_tab model whisperx.align opens for --language (whisperx.utils.PUNKT_LANGUAGES, else english)."""
-    language = getattr(args, "language", DEFAULT_LANGUAGE)
-    if language in (DEFAULT_LANGUAGE, "auto"):
+    language = getattr(args, "language", defaults.LANGUAGE)
+    if language in (defaults.LANGUAGE, "auto"):
         return "english"
     from whisperx.utils import PUNKT_LANGUAGES
 
@@ -897,6 +896,6 @@ def download_models(args) -> dict:
         f"wrote {dest / 'models.json'}; on the machine without internet run:\n"
         f"  HF_HUB_OFFLINE=1 python preprocess.py --backend whisperx --model-dir {dest} --cache-only"
         + (f" --diar-model {name}" if name != defaults.DIAR_MODEL else "")
-        + (f" --language {args.language}" if getattr(args, "language", DEFAULT_LANGUAGE) != DEFAULT_LANGUAGE else "")
+        + (f" --language {args.language}" if getattr(args, "language", defaults.LANGUAGE) != defaults.LANGUAGE else "")
     )
     return manifest
