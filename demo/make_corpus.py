@@ -361,13 +361,18 @@ def text_emotion_of(rng, code: str) -> str:
     return code
 
 
-def next_speaker(rng, speaker: str, names) -> str:
-    """Who speaks the next line: the same speaker with probability 0.2, else another one (of two: the other;
-    of more: one drawn uniformly)."""
-    if rng.random() < 0.2:
+def next_speaker(rng, speaker: str, names, lines: list[dict], left: int) -> str:
+    """Who speaks the next line: the same speaker with probability 0.2, else another one. Of two: the other.
+    Of more: one who has not spoken yet in `lines` if any (forced when the `left` lines still to come are no
+    more than those who have not spoken, so that every actor speaks), else one drawn uniformly."""
+    if len(names) == 2:
+        return speaker if rng.random() < 0.2 else names[1 - names.index(speaker)]
+    heard = {line["speaker"] for line in lines}
+    unheard = [n for n in names if n not in heard]
+    if not (unheard and left <= len(unheard)) and rng.random() < 0.2:
         return speaker
-    others = [n for n in names if n != speaker]
-    return others[0] if len(others) == 1 else others[int(rng.integers(len(others)))]
+    pool = unheard or [n for n in names if n != speaker]
+    return pool[int(rng.integers(len(pool)))]
 
 
 def script_lines(seed: int, lines_key: str, n: int, names=("F", "M")) -> list[dict]:
@@ -386,7 +391,7 @@ def script_lines(seed: int, lines_key: str, n: int, names=("F", "M")) -> list[di
                 words=make_words(rng, text_emotion, int(rng.integers(4, 13))),
             )
         )
-        speaker = next_speaker(rng, speaker, names)
+        speaker = next_speaker(rng, speaker, names, lines, n - len(lines))
     return lines
 
 
@@ -618,7 +623,7 @@ def dialog_lines(seed: int, rng, d: dict, n_utts: int, actors: dict) -> list[dic
     speaker, lines = names[rng.integers(len(names))], []
     for _ in range(n_utts):
         lines.append(dict(speaker=speaker, code=next_code(rng, theme, lines, speaker)))
-        speaker = next_speaker(rng, speaker, names)
+        speaker = next_speaker(rng, speaker, names, lines, n_utts - len(lines))
     return lines
 
 
@@ -980,8 +985,11 @@ def generate(
     sessions = _check_generate_args(
         sessions, impro_per_session, script_per_session, utterances_per_dialog, audio_noise, text_noise
     )
-    if not 2 <= speakers <= len(PARTY_NAMES):
-        raise PipelineError(f"speakers must be 2-{len(PARTY_NAMES)}, got {speakers}")
+    if not 2 <= speakers <= min(len(PARTY_NAMES), utterances_per_dialog):
+        raise PipelineError(
+            f"speakers must be 2-{len(PARTY_NAMES)} and at most utterances_per_dialog ({utterances_per_dialog}), "
+            f"got {speakers}"
+        )
     out = Path(out)
     t0 = time.time()
     _prepare_out(out)
