@@ -534,7 +534,7 @@ def label_segments(segments, utterances, dialog, min_label_overlap=0.1, rule="su
         wins), if that overlap exceeds min_label_overlap, else None;
       * purity: the share of the segment's duration covered by reference speech carrying that
         label (0.0 without a label or for a zero-length segment);
-      * ref_speaker: the reference speaker (F/M) with the most overlap, None if it overlaps nothing.
+      * ref_speaker: the reference speaker (a name; F/M on IEMOCAP) with the most overlap, None if it overlaps nothing.
     """
     u_start = np.array([u["start"] for u in utterances], dtype=np.float64)
     u_end = np.array([u["end"] for u in utterances], dtype=np.float64)

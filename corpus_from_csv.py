@@ -3,8 +3,8 @@
 labels.json is the pipeline's corpus interface: steps 2-6 read nothing else about the corpus except the dialog
 audio it names. This script writes it from a CSV (UTF-8, a header row, one row per labelled utterance; columns
 audio, id, start, end, speaker, emotion, and optionally text, session or fold, dialog, wdseg): it maps each
-emotion label to a class or to none (--emotion-map), names each dialog's two speakers F and M, checks the
-result with common.formats.check_labels and writes it, so that steps 2-6 and reproduce.py run unchanged. A bad
+emotion label to a class or to none (--emotion-map), keeps the speakers' names (any number per dialog), checks
+the result with common.formats.check_labels and writes it, so that steps 2-6 and reproduce.py run unchanged. A bad
 row stops it with an error naming "<csv>:<line>"; nothing is then written.
 
 The columns, the emotion map, the speakers, the sessions and the errors: docs/FORMATS.md ("labels.json as the
@@ -228,29 +228,12 @@ def _row_wdseg(row: dict, root: Path, wdsegs: dict, line: int, where: str):
 
 
 def assign_speakers(csv_path: Path, dialog: str, utterances: list[dict]) -> None:
-    """CSV speaker names -> F/M in place; the name kept in "speaker_name". Names already F/M are kept (an IEMOCAP
-    CSV round-trips); others become F (the first to speak in the dialog) and M (the second). A third speaker is an
-    error, as is an id of the IEMOCAP form '<dialog>_F...' or '<dialog>_M...' whose letter is not its speaker's."""
-    names = list(dict.fromkeys(u["speaker"] for u in utterances))  # order of first speech
-    if len(names) > 2:
-        u = next(u for u in utterances if u["speaker"] == names[2])
-        raise PipelineError(
-            f"{csv_path}:{u['_line']}: dialog {dialog} has a third speaker {cli.quote(names[2])} "
-            f"(after {cli.quote(names[0])}, {cli.quote(names[1])}); labels.json holds two "
-            "speakers per dialog (F, M)"
-        )
-    letters = {n: n for n in names} if set(names) <= {"F", "M"} else {n: letter for n, letter in zip(names, ("F", "M"))}
+    """Check each utterance's speaker in place and drop its "_line": the CSV's speaker names are kept as they are
+    (any number per dialog; an IEMOCAP CSV's F/M stay F/M). An id of the IEMOCAP form '<dialog>_<F|M>000' in an
+    IEMOCAP-named dialog must name its speaker's letter (common.formats.check_speaker)."""
     for u in utterances:
-        name, line = u["speaker"], u.pop("_line")
-        u["speaker"], u["speaker_name"] = letters[name], name
-        suffix = u["id"][len(dialog) + 1 :] if u["id"].startswith(f"{dialog}_") else ""
-        if suffix[:1] in ("F", "M") and suffix[:1] != u["speaker"]:
-            raise PipelineError(
-                f"{csv_path}:{line}: utterance {u['id']} names speaker {suffix[0]!r} in its id, but "
-                f"speaker {cli.quote(name)} became {u['speaker']!r} (first speaker F, second M); "
-                "use F/M "
-                "speakers or ids without the IEMOCAP '<dialog>_<F|M>' form"
-            )
+        line = u.pop("_line")
+        formats.check_speaker(dialog, u["id"], u["speaker"], f"{csv_path}:{line}: utterance {u['id']}")
 
 
 def count_utterances(dialogs: dict) -> dict:

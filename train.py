@@ -278,12 +278,42 @@ def split_val(train_dialogs: list[str], fraction: float, seed: int, session_of=N
     return sorted(train), sorted(val)
 
 
+def speaker_identity(dialog: str, session, name: str) -> str:
+    """Who a labels.json speaker is, for speaker-disjoint folds (docs/REAL_DATA.md): IEMOCAP's F and M in an
+    IEMOCAP-named dialog are the actors of that session ('Session 3 F'); any other name is one person across the
+    whole corpus (a CSV corpus names its speakers; 'Ross' in two sessions is one speaker)."""
+    if name in ("F", "M") and formats.iemocap_dialog_meta(dialog) is not None:
+        return f"Session {session} {name}"
+    return name
+
+
+def fold_meta(dialog: str, info: dict) -> dict:
+    """What make_folds reads of one labels.json dialog: session, kind, script and its speakers' identities."""
+    return {
+        "session": info.get("session"),
+        "kind": info.get("kind"),
+        "script": info.get("script"),
+        "speakers": sorted({speaker_identity(dialog, info.get("session"), u["speaker"]) for u in info["utterances"]}),
+    }
+
+
+def exclude_test_speakers(meta: dict, test: list[str], train_pool: list[str]) -> tuple[list[str], list[str]]:
+    """(training dialogs, dialogs left out): the training dialogs in which a speaker of a test dialog speaks are
+    left out, so that no test speaker is heard in training. meta[d]["speakers"]: the dialog's speaker
+    identities (speaker_identity); a dialog without the key shares nobody."""
+    heard = set().union(*(meta[d].get("speakers", ()) for d in test))
+    shared = [d for d in train_pool if heard & set(meta[d].get("speakers", ()))]
+    return [d for d in train_pool if d not in shared], shared
+
+
 def make_folds(
     meta: dict, scheme: str, test_session: int, val_fraction: float, seed: int, validation: str = "held-out"
 ) -> list[dict]:
-    """meta: {dialog: {"session", "kind", "script"}} of the dialogs that have a segment cache.
+    """meta: {dialog: {"session", "kind", "script", "speakers"}} of the dialogs that have a segment cache.
     -> [{"name", "train", "val", "test", "unused"}] (the schemes: docs/REAL_DATA.md). validation "test"
-    (the authors'): no held-out dialogs, the test dialogs are the validation set."""
+    (the authors'): no held-out dialogs, the test dialogs are the validation set. loso and speaker-script are
+    speaker-disjoint: a training dialog in which a test speaker speaks is unused (listed in
+    "unused_for_test_speakers"; never on IEMOCAP, whose actors are each in one session)."""
     sessions = sorted({m["session"] for m in meta.values()})
     if scheme == "session":
         tests = [test_session]
@@ -300,10 +330,18 @@ def make_folds(
                 (test if m["script"] == held_script else unused).append(d)
             else:
                 (unused if m["script"] == held_script else train_pool).append(d)
+        train_pool, shared = exclude_test_speakers(meta, test, train_pool) if scheme != "session" else (train_pool, [])
+        unused += shared
         if not test or not train_pool:
             raise PipelineError(
                 f"fold testing session {k}: {len(test)} test and {len(train_pool)} training dialogs; "
                 f"sessions with caches: {sessions}"
+                + (
+                    f"; {len(shared)} dialogs of other sessions were left out of training because a test "
+                    "speaker speaks in them (speakers are corpus-wide names: docs/REAL_DATA.md)"
+                    if shared
+                    else ""
+                )
             )
         train, val = (
             split_val(train_pool, val_fraction, seed, lambda d: meta[d]["session"])
@@ -320,6 +358,7 @@ def make_folds(
                 "test": sorted(test),
                 "unused": sorted(unused),
                 **({"held_script": held_script} if scheme == "speaker-script" else {}),
+                **({"unused_for_test_speakers": sorted(shared)} if shared else {}),
             }
         )
     return folds
@@ -1221,7 +1260,7 @@ def preflight_cache(args, work: Path, labels: dict) -> tuple[list, dict, checkli
     segments, where, problem = preflight_segments(args, work, labels)
     folds = []
     if problem is None:
-        meta = {d: {k: labels["dialogs"][d].get(k) for k in ("session", "kind", "script")} for d in segments}
+        meta = {d: fold_meta(d, labels["dialogs"][d]) for d in segments}
         try:
             folds = make_folds(meta, args.folds, args.test_session, args.val_fraction, args.split_seed, args.validation)
         except PipelineError as e:
@@ -1397,11 +1436,7 @@ def variant_folds(args, work: Path, labels: dict, variant: str, say) -> list[dic
             f"{cache_dir}: no segment cache; run step 3 first: python align.py --work {work} --pipe {args.pipe}"
         )
     cached = {p.stem for p in cache_dir.glob("*.pt")}
-    meta = {
-        d: {"session": info["session"], "kind": info.get("kind"), "script": info.get("script")}
-        for d, info in labels["dialogs"].items()
-        if d in cached
-    }
+    meta = {d: fold_meta(d, info) for d, info in labels["dialogs"].items() if d in cached}
     missing = sorted(set(labels["dialogs"]) - cached)
     extra = sorted(cached - set(labels["dialogs"]))
     say(

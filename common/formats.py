@@ -147,7 +147,8 @@ def check_labels(data: dict, path, require=()) -> None:
     Errors name labels.json, the dialog and the utterance. Required: "dialogs" an object of dialog
     objects, each with an "utterances" list (and the keys in `require`); each utterance an object
     with a non-empty string "id", unique in its dialog; "start" and "end" finite numbers with
-    0 <= start <= end; "speaker" "F" or "M" (IEMOCAP's actors; in an id '<dialog>_<F|M>...' the
+    0 <= start <= end; "speaker" a name (check_speaker: any non-empty string, any number per dialog;
+    IEMOCAP's F and M; in an IEMOCAP id '<dialog>_<F|M>000' the
     letter must agree); "label" one of utils.LABELS or null. Checked when present: top-level
     "labels" equal to utils.LABELS, "corpus" a string; a dialog's "session" an integer, "wav" a
     string, "kind" impro or script, "script" a string or null; an utterance's "code" one of
@@ -196,6 +197,32 @@ def _check_dialog_record(d: str, info, where: str, require) -> None:
         raise cli.PipelineError(f"{where}: 'utterances' must be a list, got {type(info['utterances']).__name__}")
 
 
+# An IEMOCAP utterance id: '<IEMOCAP dialog>_<F|M><number>' or an unevaluated '..._<F|M>XX<n>'; the letter is
+# the actor (F or M) who speaks it.
+IEMOCAP_UTTERANCE_SUFFIX_RE = re.compile(r"^([FM])(?:\d+|XX\d*)$")
+
+
+def iemocap_id_speaker(dialog: str, utterance_id: str) -> str | None:
+    """The actor letter (F or M) an IEMOCAP utterance id names ('Ses01F_impro01_M003' -> 'M'); None for an id
+    that is not IEMOCAP's (a dialog name not IEMOCAP's, or a suffix not '<F|M><number>')."""
+    if iemocap_dialog_meta(dialog) is None or not utterance_id.startswith(f"{dialog}_"):
+        return None
+    m = IEMOCAP_UTTERANCE_SUFFIX_RE.match(utterance_id[len(dialog) + 1 :])
+    return m.group(1) if m else None
+
+
+def check_speaker(dialog: str, utterance_id: str, speaker, where: str) -> None:
+    """An utterance's speaker is a name: any non-empty string without surrounding white space, any number per
+    dialog (IEMOCAP's are F and M). An IEMOCAP id ('<dialog>_<F|M>000') must name its speaker's letter."""
+    if not isinstance(speaker, str) or not speaker.strip() or speaker != speaker.strip():
+        raise cli.PipelineError(
+            f"{where}: speaker {speaker!r:.40}, expected a name (a non-empty string without surrounding spaces)"
+        )
+    letter = iemocap_id_speaker(dialog, utterance_id)
+    if letter is not None and letter != speaker:
+        raise cli.PipelineError(f"{where}: speaker {speaker!r:.40} but the IEMOCAP id names speaker {letter!r}")
+
+
 def _check_utterance(d: str, n: int, u, where: str, ids: set, wdsegs: dict) -> None:
     """Utterance n of dialog d in labels.json (check_labels); adds its id to ids and its wdseg to
     wdsegs (wdseg -> utterance id, over all dialogs)."""
@@ -214,11 +241,7 @@ def _check_utterance(d: str, n: int, u, where: str, ids: set, wdsegs: dict) -> N
         raise cli.PipelineError(
             f"{at}: start {u['start']!r:.40}, end {u['end']!r:.40}; expected finite seconds with 0 <= start <= end"
         )
-    if u["speaker"] not in ("F", "M"):
-        raise cli.PipelineError(f"{at}: speaker {u['speaker']!r:.40}, expected 'F' or 'M' (IEMOCAP's actors)")
-    suffix = u["id"][len(d) + 1 :] if u["id"].startswith(f"{d}_") else ""
-    if suffix[:1] in ("F", "M") and suffix[:1] != u["speaker"]:
-        raise cli.PipelineError(f"{at}: speaker {u['speaker']!r} but the id names speaker {suffix[0]!r}")
+    check_speaker(d, u["id"], u["speaker"], at)
     if u["label"] is not None and u["label"] not in LABELS:
         raise cli.PipelineError(
             f"{at}: label {u['label']!r:.40}, expected one of {list(LABELS)} or null "

@@ -156,7 +156,7 @@ def reference_words(
 
 
 def reference_turns(utterances: list[dict]) -> list[tuple[float, float, str]]:
-    """The reference turns: one per utterance of positive length, under its speaker (F/M)."""
+    """The reference turns: one per utterance of positive length, under its speaker name (F/M on IEMOCAP)."""
     return [(u["start"], u["end"], u["speaker"]) for u in utterances if u["end"] > u["start"]]
 
 

@@ -35,8 +35,9 @@ replacement), so the realised rates equal the requested ones up to rounding per 
     spurious     at this fraction of speaker changes a short turn (0.2-0.6 s) of the previous speaker
                  is inserted just after the change (the embedding window lags the change).
     miss_short   this fraction of turns shorter than short_turn s is dropped (missed speech).
-    confusion    this fraction of turns gets the other speaker's label; turns are drawn with
-                 probability proportional to 1/duration, so short turns are confused most.
+    confusion    this fraction of turns gets another speaker's label (with more than two speakers in
+                 the dialog, one of the others drawn uniformly); turns are drawn with probability
+                 proportional to 1/duration, so short turns are confused most.
 Why these defaults: WhisperX large-v2 on IEMOCAP has a WER of roughly 10-20 % and pyannote 3.1 a
 DER of roughly 10-20 % on two-speaker conversation. On the default demo corpus (make_corpus, sessions
 1-2) the defaults gave a WER of about 14 % and a DER of about 14 % (both are measured and printed on
@@ -58,7 +59,7 @@ SIM_DEFAULTS = {  # name: (default, help)
     "spurious": (0.3, "fraction of speaker changes given a short spurious turn"),
     "miss_short": (0.2, "fraction of short turns missed"),
     "short_turn": (1.0, "a turn shorter than this (s) counts as short"),
-    "confusion": (0.08, "fraction of turns given the other speaker's label"),
+    "confusion": (0.08, "fraction of turns given another speaker's label"),
 }
 
 
@@ -150,10 +151,22 @@ def cut_segments(words: list[dict], sim: dict) -> tuple[list[dict], int]:
     return segments, straddling
 
 
+def confused_speaker(rng, speaker: str, speakers: list[str]) -> str:
+    """The label a confused turn of `speaker` gets: IEMOCAP's F <-> M (a dialog of one of them included, as
+    before any other names existed); with other names, the dialog's one other speaker, or one of its other
+    speakers drawn uniformly (N > 2); a dialog of one speaker keeps its label."""
+    if speaker in ("F", "M") and set(speakers) <= {"F", "M"}:
+        return "M" if speaker == "F" else "F"
+    others = [s for s in speakers if s != speaker]
+    if len(others) <= 1:
+        return others[0] if others else speaker
+    return others[int(rng.integers(len(others)))]
+
+
 def simulate_turns(turns, sim: dict, rng, duration: float) -> tuple[list, dict]:
-    """Reference turns (F/M) -> degraded turns, with the counts of each error."""
+    """Reference turns (any number of speaker names) -> degraded turns, with the counts of each error."""
     turns = sorted(turns)
-    other = {s: o for s, o in zip("FM", "MF")}
+    speakers = sorted({spk for _, _, spk in turns})
     changes = [i for i in range(1, len(turns)) if turns[i][2] != turns[i - 1][2]]
     # 1. Boundary shifts, larger at speaker changes.
     at_change = set(changes) | {i - 1 for i in changes}
@@ -173,7 +186,7 @@ def simulate_turns(turns, sim: dict, rng, duration: float) -> tuple[list, dict]:
     out = []
     for i, (s, e, spk) in enumerate(shifted):
         if i not in missed:
-            out.append((s, e, other.get(spk, spk) if i in confused else spk))
+            out.append((s, e, confused_speaker(rng, spk, speakers) if i in confused else spk))
     # 4. Spurious short turns of the previous speaker just after a speaker change.
     spurious = draw(rng, changes, sim["spurious"], len(changes))
     for i in sorted(spurious):

@@ -9,7 +9,9 @@ paths that read the real corpus, quirks included. Under <out> it writes, per dia
   SessionK/sentences/wav/<dialog>/<utt>.wav                     16 kHz mono, cut from the dialog wav
   SessionK/sentences/ForcedAlignment/<dialog>/<utt>.wdseg       Sphinx-3 word alignment
 
-and <out>/demo_ground_truth.json (utterances, words, turns), against which the tests check every step.
+and <out>/demo_ground_truth.json (utterances, words, turns), against which the tests check every step. With
+--speakers N (3 or more; default 2 = the layout above) the dialogs are N-party and the corpus is a CSV corpus
+instead: per dialog its wav (mono) and wdsegs, and <out>/corpus.csv for corpus_from_csv.py.
 Emotion is carried by speech-like audio cues and emotion-leaning words, each modality confusing on purpose
 what the other separates (--audio-noise, --text-noise). Deterministic: the same arguments give bit-identical
 files. The corpus, its file details, the .wdseg time convention and the ground truth's fields:
@@ -41,6 +43,7 @@ from common.formats import CODE_TO_LABEL, LABELS, SAMPLE_RATE  # noqa: E402
 SR = SAMPLE_RATE
 FRAME_RATE = 100  # .wdseg frames per second (Sphinx-3, 10 ms hop)
 MAX_PAUSE = 1.5  # the paper's turn-grouping threshold; generated pauses keep 0.1 s away from it
+CSV_FILE = "corpus.csv"  # a --speakers N > 2 demo: the corpus CSV that corpus_from_csv.py reads
 MARKER_FILE = ".demo_corpus"  # written first; lets a re-run clean a previous (possibly partial) demo corpus
 
 # ---------------------------------------------------------------------------------------------
@@ -298,8 +301,33 @@ def plan_dialogs(sessions: list[int], impro_per_session: int, script_per_session
     return dialogs
 
 
-def make_actors(seed: int, session: int) -> dict:
-    """The session's two actors: clearly different voices (base pitch, formant scale, loudness)."""
+# The speakers of a --speakers N > 2 demo (a CSV corpus): these names with the session's number ("Ana1" is an
+# actor of session 1), so that a name is one person across the corpus (train.py's speaker-disjoint folds).
+PARTY_NAMES = ("Ana", "Ben", "Cai", "Dev", "Eva", "Gus", "Ida", "Jon")
+
+
+def speaker_names(session: int, speakers: int = 2) -> tuple[str, ...]:
+    """The session's actors: IEMOCAP's F and M for two speakers, else PARTY_NAMES with the session's number."""
+    if speakers == 2:
+        return ("F", "M")
+    return tuple(f"{name}{session}" for name in PARTY_NAMES[:speakers])
+
+
+def make_actors(seed: int, session: int, speakers: int = 2) -> dict:
+    """The session's actors (speaker_names): clearly different voices (base pitch, formant scale, loudness);
+    with more than two, female and male voices alternate, each in its own band of base pitch."""
+    if speakers != 2:
+        rng = np.random.default_rng([seed, session, 7, speakers])
+        actors = {}
+        for i, name in enumerate(speaker_names(session, speakers)):
+            band = i // 2 * 12.0  # a voice of the same kind as an earlier one is set apart in pitch
+            female = i % 2 == 0
+            actors[name] = dict(
+                f0=rng.uniform(190, 205) + band if female else rng.uniform(100, 112) + band,
+                formant_scale=rng.uniform(1.12, 1.2) if female else rng.uniform(0.95, 1.02),
+                loudness=rng.uniform(0.85, 1.15),
+            )
+        return actors
     rng = np.random.default_rng([seed, session, 7])
     return {
         "F": dict(f0=rng.uniform(190, 235), formant_scale=rng.uniform(1.12, 1.2), loudness=rng.uniform(0.85, 1.15)),
@@ -333,11 +361,25 @@ def text_emotion_of(rng, code: str) -> str:
     return code
 
 
-def script_lines(seed: int, lines_key: str, n: int) -> list[dict]:
-    """The fixed lines of a scripted scenario: the same in every session."""
+def next_speaker(rng, speaker: str, names, lines: list[dict], left: int) -> str:
+    """Who speaks the next line: the same speaker with probability 0.2, else another one. Of two: the other.
+    Of more: one who has not spoken yet in `lines` if any (forced when the `left` lines still to come are no
+    more than those who have not spoken, so that every actor speaks), else one drawn uniformly."""
+    if len(names) == 2:
+        return speaker if rng.random() < 0.2 else names[1 - names.index(speaker)]
+    heard = {line["speaker"] for line in lines}
+    unheard = [n for n in names if n not in heard]
+    if not (unheard and left <= len(unheard)) and rng.random() < 0.2:
+        return speaker
+    pool = unheard or [n for n in names if n != speaker]
+    return pool[int(rng.integers(len(pool)))]
+
+
+def script_lines(seed: int, lines_key: str, n: int, names=("F", "M")) -> list[dict]:
+    """The fixed lines of a scripted scenario: the same in every session (names: the session's speakers)."""
     rng = np.random.default_rng([seed, 99, int(lines_key[6:8]), int(lines_key[9])])
     theme = SCRIPT_THEMES[lines_key[:8]]
-    lines, speaker = [], "FM"[rng.integers(2)]
+    lines, speaker = [], names[rng.integers(len(names))]
     for _ in range(n):
         code = next_code(rng, theme, lines, speaker)
         text_emotion = text_emotion_of(rng, code)
@@ -349,7 +391,7 @@ def script_lines(seed: int, lines_key: str, n: int) -> list[dict]:
                 words=make_words(rng, text_emotion, int(rng.integers(4, 13))),
             )
         )
-        speaker = speaker if rng.random() < 0.2 else {"F": "M", "M": "F"}[speaker]
+        speaker = next_speaker(rng, speaker, names, lines, n - len(lines))
     return lines
 
 
@@ -562,23 +604,26 @@ def build_dialog(seed: int, d: dict, actors: dict, n_utts: int, audio_noise: flo
     time with their cues, their ids and transcripts, then the audio. One random generator per dialog,
     drawn from in this order, so a dialog does not depend on the others."""
     rng = np.random.default_rng([seed, d["session"], 0 if d["kind"] == "impro" else 1, d["index"]])
-    lines = dialog_lines(seed, rng, d, n_utts)
+    lines = dialog_lines(seed, rng, d, n_utts, actors)
     xx_at = int(rng.integers(n_utts)) if d["kind"] == "impro" else -1
+    if len(actors) != 2:
+        xx_at = -1  # a CSV corpus lists every utterance: none goes unevaluated
     utts = place_utterances(rng, d, lines, xx_at, actors, audio_noise, text_noise)
     name_utterances(rng, d, utts)
     pcm, seconds = render_dialog(rng, utts, actors)
     return utts, pcm, seconds
 
 
-def dialog_lines(seed: int, rng, d: dict, n_utts: int) -> list[dict]:
-    """The dialog's lines [{speaker, code, ...}]: a script's, or an improvisation on a theme."""
+def dialog_lines(seed: int, rng, d: dict, n_utts: int, actors: dict) -> list[dict]:
+    """The dialog's lines [{speaker, code, ...}] among the actors: a script's, or an improvisation on a theme."""
+    names = tuple(actors)
     if d["kind"] == "script":
-        return script_lines(seed, d["lines_key"], n_utts)
+        return script_lines(seed, d["lines_key"], n_utts, names)
     theme = IMPRO_THEMES[(d["session"] + d["index"]) % len(IMPRO_THEMES)]
-    speaker, lines = "FM"[rng.integers(2)], []
+    speaker, lines = names[rng.integers(len(names))], []
     for _ in range(n_utts):
         lines.append(dict(speaker=speaker, code=next_code(rng, theme, lines, speaker)))
-        speaker = speaker if rng.random() < 0.2 else {"F": "M", "M": "F"}[speaker]
+        speaker = next_speaker(rng, speaker, names, lines, n_utts - len(lines))
     return lines
 
 
@@ -660,8 +705,9 @@ def name_utterances(rng, d: dict, utts: list[dict]):
     counters = Counter()
     for u in utts:
         key = (u["speaker"], u["evaluated"])
+        sep = "" if u["speaker"] in ("F", "M") else "_"  # Ses01F_impro01_F000; Ses01F_impro01_Ana1_000
         u["id"] = (
-            f"{d['name']}_{u['speaker']}{counters[key]:03d}"
+            f"{d['name']}_{u['speaker']}{sep}{counters[key]:03d}"
             if u["evaluated"]
             else f"{d['name']}_{u['speaker']}XX{counters[key]}"
         )
@@ -679,10 +725,11 @@ def name_utterances(rng, d: dict, utts: list[dict]):
 
 def render_dialog(rng, utts: list[dict], actors: dict) -> tuple[np.ndarray, float]:
     """The utterances' words, laughter and breaths on each actor's track -> (int16 stereo samples, seconds);
-    each channel is one actor's track plus 0.3 of the other's, with faint background noise."""
+    each channel is one actor's track plus 0.3 of the other's, with faint background noise. More than two
+    actors: one mono channel, the tracks' sum."""
     duration = max(u["end"] for u in utts) + rng.uniform(1.0, 2.0)
     n_samples = int(np.ceil(duration * SR))
-    tracks = {"F": np.zeros(n_samples), "M": np.zeros(n_samples)}
+    tracks = {name: np.zeros(n_samples) for name in actors}
     for u in utts:
         voice, pro = actors[u["speaker"]], u["prosody"]
         n_rows = len(u["layout"]["rows"])
@@ -699,6 +746,9 @@ def render_dialog(rng, utts: list[dict], actors: dict) -> tuple[np.ndarray, floa
             else:
                 sig = synth_breath(rng, b - a, pro["energy"])
             tracks[u["speaker"]][a:b] += sig
+    if len(tracks) != 2:  # more than two speakers: one far-field mono mix, as loud as the stereo's mean
+        mono = 0.65 * sum(tracks.values()) + rng.normal(0, 0.0015, n_samples)
+        return np.clip(np.round(mono * 32767), -32768, 32767).astype(np.int16), round(n_samples / SR, 6)
     noise = rng.normal(0, 0.0015, (2, n_samples))
     stereo = np.stack([tracks["F"] + 0.3 * tracks["M"], tracks["M"] + 0.3 * tracks["F"]], axis=1) + noise.T
     pcm = np.clip(np.round(stereo * 32767), -32768, 32767).astype(np.int16)
@@ -803,6 +853,7 @@ def _prepare_out(out: Path) -> None:
             if p.is_dir() and p.name.startswith("Session") and p.name[7:].isdigit():
                 shutil.rmtree(p)
         (out / "demo_ground_truth.json").unlink(missing_ok=True)
+        (out / CSV_FILE).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / MARKER_FILE, "synthetic IEMOCAP-layout corpus written by demo/make_corpus.py\n")
 
@@ -869,10 +920,34 @@ def _dialog_truth(d: dict, duration: float, utts: list[dict], words: list[dict])
     )
 
 
-def _write_dialog(out: Path, seed: int, d: dict, utterances_per_dialog, audio_noise, text_noise) -> tuple[dict, int]:
+def _write_party_dialog(out: Path, seed: int, d: dict, actors: dict, n_utts, audio_noise, text_noise):
+    """A dialog of more than two speakers in a CSV corpus: its mono wav and wdsegs -> (ground truth, files
+    written, its rows of corpus.csv)."""
+    utts, pcm, duration = build_dialog(seed, d, actors, n_utts, audio_noise, text_noise)
+    rng = np.random.default_rng([seed, d["session"], 2 if d["kind"] == "impro" else 3, d["index"]])
+    ses, name = f"Session{d['session']}", d["name"]
+    wav = f"{ses}/dialog/wav/{name}.wav"
+    atomic_write_bytes(out / wav, wav_bytes(pcm))
+    words, rows = [], []
+    for u in utts:
+        wdseg = f"{ses}/sentences/ForcedAlignment/{name}/{u['id']}.wdseg"
+        atomic_write_text(out / wdseg, format_wdseg(rng, u))
+        words += _utterance_words(u)
+        row = dict(audio=wav, id=u["id"], start=u["start"], end=u["end"], speaker=u["speaker"], emotion=u["code"])
+        rows.append(dict(row, text=u["text"], session=d["session"], dialog=name, wdseg=wdseg))
+    words.sort(key=lambda w: w["start"])
+    return _dialog_truth(d, duration, utts, words), 1 + len(utts), rows
+
+
+def _write_dialog(
+    out: Path, seed: int, d: dict, utterances_per_dialog, audio_noise, text_noise, speakers: int = 2
+) -> tuple[dict, int, list]:
     """Synthesize one planned dialog and write its files (dialog wav, EmoEvaluation, transcription,
-    sentence wavs, wdsegs) -> (its ground truth, the number of files written)."""
-    actors = make_actors(seed, d["session"])
+    sentence wavs, wdsegs) -> (its ground truth, the number of files written, its corpus.csv rows: none).
+    More than two speakers: _write_party_dialog."""
+    actors = make_actors(seed, d["session"], speakers)
+    if speakers != 2:
+        return _write_party_dialog(out, seed, d, actors, utterances_per_dialog, audio_noise, text_noise)
     utts, pcm, duration = build_dialog(seed, d, actors, utterances_per_dialog, audio_noise, text_noise)
     rng = np.random.default_rng([seed, d["session"], 2 if d["kind"] == "impro" else 3, d["index"]])
     ses = out / f"Session{d['session']}"
@@ -889,7 +964,7 @@ def _write_dialog(out: Path, seed: int, d: dict, utterances_per_dialog, audio_no
         n_files += 2
         words += _utterance_words(u)
     words.sort(key=lambda w: w["start"])
-    return _dialog_truth(d, duration, utts, words), n_files
+    return _dialog_truth(d, duration, utts, words), n_files, []
 
 
 def generate(
@@ -901,11 +976,20 @@ def generate(
     utterances_per_dialog=14,
     audio_noise=0.3,
     text_noise=0.3,
+    speakers=2,
 ) -> dict:
-    """Write the demo corpus under `out` and return its ground truth (also in demo_ground_truth.json)."""
+    """Write the demo corpus under `out` and return its ground truth (also in demo_ground_truth.json).
+
+    speakers: 2 (default), IEMOCAP's layout, read by step 1; more (up to len(PARTY_NAMES)), a CSV corpus of
+    multi-party dialogs: the dialog wavs (mono), wdsegs and corpus.csv, read by corpus_from_csv.py."""
     sessions = _check_generate_args(
         sessions, impro_per_session, script_per_session, utterances_per_dialog, audio_noise, text_noise
     )
+    if not 2 <= speakers <= min(len(PARTY_NAMES), utterances_per_dialog):
+        raise PipelineError(
+            f"speakers must be 2-{len(PARTY_NAMES)} and at most utterances_per_dialog ({utterances_per_dialog}), "
+            f"got {speakers}"
+        )
     out = Path(out)
     t0 = time.time()
     _prepare_out(out)
@@ -916,16 +1000,33 @@ def generate(
         utterances_per_dialog=utterances_per_dialog,
         audio_noise=audio_noise,
         text_noise=text_noise,
+        **({"speakers": speakers} if speakers != 2 else {}),
     )
     truth = {"seed": seed, "args": args, "dialogs": {}}
-    n_files = 0
+    n_files, rows = 0, []
     plan = plan_dialogs(sessions, impro_per_session, script_per_session)
     for d in tqdm(plan, desc="demo dialogs", unit="dialog"):
-        truth["dialogs"][d["name"]], n = _write_dialog(out, seed, d, utterances_per_dialog, audio_noise, text_noise)
-        n_files += n
+        truth["dialogs"][d["name"]], n, dialog_rows = _write_dialog(
+            out, seed, d, utterances_per_dialog, audio_noise, text_noise, speakers
+        )
+        n_files, rows = n_files + n, rows + dialog_rows
+    if rows:
+        atomic_write_text(out / CSV_FILE, _csv_text(rows))
+        n_files += 1
     atomic_write_json(out / "demo_ground_truth.json", truth)
     print_summary(truth, out, n_files + 1, time.time() - t0)
     return truth
+
+
+def _csv_text(rows: list[dict]) -> str:
+    """corpus.csv's text: a header and one row per utterance (columns: docs/FORMATS.md)."""
+    import csv
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
 
 
 def print_summary(truth: dict, out: Path, n_files: int, seconds: float) -> None:
@@ -984,6 +1085,13 @@ def main(argv=None):
     p.add_argument(
         "--text-noise", type=float, default=0.3, help="P(an utterance's text cues come from its valence twin)"
     )
+    p.add_argument(
+        "--speakers",
+        type=int,
+        default=2,
+        help="speakers per dialog: 2 writes IEMOCAP's layout (step 1 reads it); 3 or more a CSV corpus of "
+        f"multi-party dialogs (OUT/{CSV_FILE}, for corpus_from_csv.py), at most {len(PARTY_NAMES)}",
+    )
     a = p.parse_args(argv)
     generate(
         a.out,
@@ -994,6 +1102,7 @@ def main(argv=None):
         utterances_per_dialog=a.utterances_per_dialog,
         audio_noise=a.audio_noise,
         text_noise=a.text_noise,
+        speakers=a.speakers,
     )
 
 

@@ -110,7 +110,7 @@ def test_steps_2_and_3_read_it(csv_work, demo_work, backend, tmp_path):
 
 
 def test_other_corpus_speakers_sessions_and_map(demo_corpus, step1, tmp_path):
-    """Speaker names -> F/M in order of first speech; words mapped by --emotion-map; default session 1."""
+    """Speaker names kept as they are; words mapped by --emotion-map; default session 1."""
     root, _ = demo_corpus
     rows = csv_rows(step1)
     names = {"F": "alice", "M": "bob"}
@@ -140,10 +140,8 @@ def test_other_corpus_speakers_sessions_and_map(demo_corpus, step1, tmp_path):
     for name, ref in step1["dialogs"].items():
         got = data["dialogs"]["call_" + name]["utterances"]
         assert [u["label"] for u in got] == [u["label"] for u in ref["utterances"]]
-        first = ref["utterances"][0]["speaker"]
-        letter = {first: "F", ({"F", "M"} - {first}).pop(): "M"}
-        assert [u["speaker"] for u in got] == [letter[u["speaker"]] for u in ref["utterances"]]
-        assert [u["speaker_name"] for u in got] == [names[u["speaker"]] for u in ref["utterances"]]
+        assert [u["speaker"] for u in got] == [names[u["speaker"]] for u in ref["utterances"]]
+        assert not any("speaker_name" in u for u in got)
         assert all(u["code"] in formats.IEMOCAP_CODES for u in got)
     formats.load_labels(tmp_path)
 
@@ -182,10 +180,10 @@ BAD_CASES = {
         {},
         r"c\.csv:3: utterance .* ends at 1000\.000 s, after the end of the audio",
     ),
-    "third speaker": (
+    "IEMOCAP id of another speaker": (
         lambda rows: [dict(r, speaker="X") if i == 4 else r for i, r in enumerate(rows)],
         {},
-        r"c\.csv:6: dialog \S+ has a third speaker 'X'",
+        r"c\.csv:6: utterance Ses\w+_[FM]\d+: speaker 'X' but the IEMOCAP id names speaker '[FM]'",
     ),
     "bad session": (
         lambda rows: [dict(r, session="two") if i == 0 else r for i, r in enumerate(rows)],
@@ -212,3 +210,77 @@ def test_bad_emotion_map():
     assert corpus_from_csv.parse_emotion_map(None)["exc"] == "hap"
     assert corpus_from_csv.parse_emotion_map(None)["fru"] == "none"
     assert corpus_from_csv.parse_emotion_map(" Happy = hap ,other=none") == {"happy": "hap", "other": "none"}
+
+
+# ---- more than two speakers ----------------------------------------------------------------------
+
+PARTY = [  # (speaker, start, end, emotion, text) of one three-party dialog; Joey speaks twice in a row
+    ("Ross", 0.5, 2.5, "neutral", "we were on a break"),
+    ("Rachel", 3.0, 5.0, "angry", "no we were not"),
+    ("Joey", 5.5, 7.0, "happy", "how you doin"),
+    ("Joey", 7.2, 8.4, "happy", "pizza is here"),
+    ("Rachel", 9.0, 11.0, "sad", "I miss the old days"),
+    ("Ross", 11.5, 13.5, "neutral", "me too honestly"),
+    ("Joey", 14.0, 15.5, "other", "anyone want the last slice"),
+]
+
+
+@pytest.fixture(scope="module")
+def party_work(tmp_path_factory):
+    """A CSV corpus of two three-party dialogs (wavs written with soundfile) -> labels.json."""
+    import numpy as np
+    import soundfile as sf
+
+    root = tmp_path_factory.mktemp("party")
+    rows, rng = [], np.random.default_rng(0)
+    for k, dialog in enumerate(("friends_s01e01", "friends_s01e02"), 1):
+        sf.write(root / f"{dialog}.wav", (0.01 * rng.standard_normal(16000 * 17)).astype("float32"), 16000)
+        for i, (spk, start, end, emotion, text) in enumerate(PARTY):
+            rows.append(
+                dict(audio=f"{dialog}.wav", id=f"{dialog}_{i:02d}", start=start, end=end, speaker=spk,
+                     emotion=emotion, text=text, session=k)
+            )  # fmt: skip
+    columns = ["audio", "id", "start", "end", "speaker", "emotion", "text", "session"]
+    path = write_csv(root / "party.csv", rows, columns)
+    emotion_map = "neutral=neu,angry=ang,happy=hap,sad=sad,other=none"
+    corpus_from_csv.main([str(path), "--work", str(root / "work"), "--emotion-map", emotion_map])
+    return root / "work"
+
+
+def test_three_party_csv_keeps_its_speakers(party_work):
+    labels = formats.load_labels(party_work, require=("wav",))
+    assert list(labels["dialogs"]) == ["friends_s01e01", "friends_s01e02"]
+    for d in labels["dialogs"].values():
+        assert [u["speaker"] for u in d["utterances"]] == [p[0] for p in PARTY]
+        assert [u["label"] for u in d["utterances"]] == ["neu", "ang", "hap", "hap", "sad", "neu", None]
+
+
+@pytest.mark.parametrize("backend", ["oracle", "simulated"])
+def test_three_party_steps_2_and_3(party_work, backend, tmp_path):
+    """Steps 2 and 3 on the three-party corpus: three diarization speakers per dialog, and segments under three
+    speakers whose reference speakers are the corpus's three names."""
+    import shutil
+
+    import align
+    import preprocess
+
+    work = tmp_path / "w"
+    work.mkdir()
+    shutil.copy(party_work / "labels.json", work / "labels.json")
+    preprocess.main(["--work", str(work), "--backend", backend])
+    for dialog in ("friends_s01e01", "friends_s01e02"):
+        turns = formats.read_rttm(work / backend / "diarization" / f"{dialog}.rttm")
+        assert {t[2] for t in turns} == {"SPEAKER_00", "SPEAKER_01", "SPEAKER_02"}
+        if backend == "oracle":  # one turn per utterance, labelled in order of first speech
+            order = {"Ross": "SPEAKER_00", "Rachel": "SPEAKER_01", "Joey": "SPEAKER_02"}
+            assert turns == [(p[1], p[2], order[p[0]]) for p in PARTY]
+    align.main(["--work", str(work), "--pipe", backend, "--variant", "aligned", "--max-pause", "1.5"])
+    for dialog in ("friends_s01e01", "friends_s01e02"):
+        segs = json.loads((work / backend / "aligned-p1.5" / "segments" / f"{dialog}.json").read_text())["segments"]
+        assert len({s["speaker"] for s in segs}) == 3
+        assert {s["ref_speaker"] for s in segs} == {"Ross", "Rachel", "Joey"}
+        if backend == "oracle":  # Joey's two utterances (0.2 s apart) form one turn; the others one each
+            assert [s["ref_speaker"] for s in segs] == ["Ross", "Rachel", "Joey", "Rachel", "Ross", "Joey"]
+            assert [s["label"] for s in segs] == ["neu", "ang", "hap", "sad", "neu", None]
+            # Joey's turn: 2.7 s of labelled speech in 2.9 s (the 0.2 s pause has no label); "other" has none
+            assert [s["purity"] for s in segs] == [1.0, 1.0, round(2.7 / 2.9, 3), 1.0, 1.0, 0.0]

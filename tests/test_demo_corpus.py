@@ -348,3 +348,31 @@ def test_timing_rules_over_many_draws():
             overlaps.append(-gap)
             assert not same and start > prev["last_word_start"] and start + first_dur > prev["last_word_end"]
     assert overlaps and 0.1 <= min(overlaps) and max(overlaps) <= 0.4
+
+
+def test_three_party_demo_is_a_csv_corpus(tmp_path):
+    """--speakers 3: three actors per dialog (named per session), a mono wav per dialog, wdsegs and corpus.csv,
+    which corpus_from_csv.py reads into labels.json with the ground truth's utterances and speakers."""
+    import corpus_from_csv
+    from common import formats
+
+    out = tmp_path / "party"
+    truth = mc.generate(out, **{**TINY, "speakers": 3})
+    assert truth["args"]["speakers"] == 3 and not list(out.glob("Session*/dialog/EmoEvaluation"))
+    for name, d in truth["dialogs"].items():
+        names = {f"{n}{d['session']}" for n in ("Ana", "Ben", "Cai")}
+        assert {u["speaker"] for u in d["utterances"]} == names  # six lines: every actor speaks
+        assert all(u["evaluated"] for u in d["utterances"])
+        info = sf.info(str(out / f"Session{d['session']}" / "dialog" / "wav" / f"{name}.wav"))
+        assert info.channels == 1 and info.samplerate == 16000 and abs(info.frames / 16000 - d["duration"]) < 1e-4
+    labels = corpus_from_csv.build_labels(out / "corpus.csv")
+    assert labels["corpus"] == str(out.resolve()) and formats.demo_note(labels) is not None
+    for name, d in truth["dialogs"].items():
+        got = labels["dialogs"][name]["utterances"]
+        want = sorted(d["utterances"], key=lambda u: (u["start"], u["id"]))
+        assert [(u["id"], u["speaker"], u["start"], u["end"], u["label"]) for u in got] == [
+            (u["id"], u["speaker"], u["start"], u["end"], u["label"]) for u in want
+        ]
+        assert all(u["wdseg"] for u in got)
+    with pytest.raises(PipelineError, match="speakers must be 2-8 and at most utterances_per_dialog"):
+        mc.generate(tmp_path / "x", **{**TINY, "speakers": 9})

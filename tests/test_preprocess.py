@@ -634,3 +634,44 @@ def test_cpwer_speakers_are_step_3s_for_timed_words(demo_work, tmp_path):
         assert {k: sorted(v) for k, v in ours.items()} == {k: sorted(v) for k, v in step3.items()}
         checked += sum(map(len, ours.values()))
     assert checked > 100
+
+
+def test_simulated_confusion_with_any_number_of_speakers():
+    """A confused turn gets another speaker's label: F <-> M on IEMOCAP (no draw), the one other name of two, one
+    of the others drawn from the generator with more; simulate_turns confuses three-party turns among the three."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    state = rng.bit_generator.state
+    assert step2_simulated.confused_speaker(rng, "F", ["F", "M"]) == "M"
+    assert step2_simulated.confused_speaker(rng, "M", ["M"]) == "F"  # as before names: F/M dialogs swap
+    assert step2_simulated.confused_speaker(rng, "Ann", ["Ann", "Bo"]) == "Bo"
+    assert step2_simulated.confused_speaker(rng, "Ann", ["Ann"]) == "Ann"
+    assert rng.bit_generator.state == state  # none of the above drew from the generator
+    picks = [step2_simulated.confused_speaker(rng, "Ann", ["Ann", "Bo", "Cy"]) for _ in range(200)]
+    assert set(picks) == {"Bo", "Cy"} and 60 < picks.count("Bo") < 140
+    turns = [(2.0 * i, 2.0 * i + 1.5, ("Ann", "Bo", "Cy")[i % 3]) for i in range(30)]
+    sim = {k: v for k, (v, _) in step2_simulated.SIM_DEFAULTS.items()}
+    sim.update(boundary=0.0, spurious=0.0, miss_short=0.0, confusion=0.2)
+    out, counts = step2_simulated.simulate_turns(turns, sim, np.random.default_rng(1), 60.0)
+    changed = [(a, b) for a, b in zip(turns, out) if a[2] != b[2]]
+    assert counts["confused_turns"] == 6 == len(changed)  # round(0.2 * 30), each to another of the three
+    assert {b[2] for _, b in changed} <= {"Ann", "Bo", "Cy"}
+
+
+def test_labels_speakers_are_names():
+    """labels.json: any non-empty name, any number per dialog; an IEMOCAP id must name its speaker's letter."""
+    u = {"start": 0.0, "end": 1.0, "label": None}
+    utts = [dict(u, id=f"meet_{i}", speaker=name) for i, name in enumerate(["Ann", "Bo", "Cy", "Dee Dee"])]
+    formats.check_labels({"dialogs": {"meet": {"utterances": utts}}}, "x.json")
+    formats.check_labels({"dialogs": {"m": {"utterances": [dict(u, id="m_F000", speaker="M")]}}}, "x.json")
+    for bad, message in (
+        ({"Ses01F_impro01": [dict(u, id="Ses01F_impro01_F000", speaker="M")]}, r"the IEMOCAP id names speaker 'F'"),
+        ({"Ses01F_impro01": [dict(u, id="Ses01F_impro01_MXX1", speaker="Ann")]}, r"IEMOCAP id names speaker 'M'"),
+        ({"meet": [dict(u, id="meet_0", speaker="")]}, r"meet: utterance meet_0: speaker '', expected a name"),
+        ({"meet": [dict(u, id="meet_0", speaker=3)]}, r"speaker 3, expected a name"),
+    ):
+        with pytest.raises(PipelineError, match=message):
+            formats.check_labels({"dialogs": {d: {"utterances": us} for d, us in bad.items()}}, "x.json")
+    ok = {"Ses01F_impro01": {"utterances": [dict(u, id="Ses01F_impro01_Fay_000", speaker="Fay")]}}
+    formats.check_labels({"dialogs": ok}, "x.json")  # not of the IEMOCAP id form: no letter to agree with

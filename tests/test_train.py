@@ -644,3 +644,39 @@ def test_model_config_round_trips_a_run_config_and_gives_the_flag_defaults(work,
         utils.ModelConfig.from_run_config({k: v for k, v in flat.items() if k != "modality"}, "run.json")
     old = {k: v for k, v in flat.items() if k not in ("fusion", "fusion_layers", "ffn_dim", "audio_padding")}
     assert utils.ModelConfig.from_run_config(old).ffn_dim == 2048  # a run config from before those flags
+
+
+def test_speaker_disjoint_folds_with_named_speakers():
+    """Named speakers are corpus-wide: loso and speaker-script leave out of training every dialog in which a test
+    speaker speaks; session (the paper's split) does not. IEMOCAP's F/M are per-session actors."""
+    speakers = {  # dialog: (session, speakers); Dana speaks in sessions 1 and 2, Eli only in session 3
+        "a1": (1, ["Ana", "Ben", "Dana"]),
+        "b1": (1, ["Ana", "Cy"]),
+        "a2": (2, ["Dana", "Fay", "Gil"]),
+        "b2": (2, ["Fay", "Gil"]),
+        "a3": (3, ["Eli", "Hal", "Ivo"]),
+    }
+    meta = {
+        d: train.fold_meta(d, {"session": s, "utterances": [{"speaker": n} for n in names]})
+        for d, (s, names) in speakers.items()
+    }
+    loso = {f["test_session"]: f for f in train.make_folds(meta, "loso", 1, 0.0, 0)}
+    assert loso[1]["unused"] == ["a2"] and loso[1]["unused_for_test_speakers"] == ["a2"]
+    assert sorted(loso[1]["train"]) == ["a3", "b2"]
+    assert loso[2]["unused"] == ["a1"] and sorted(loso[2]["train"]) == ["a3", "b1"]
+    assert loso[3]["unused"] == [] and "unused_for_test_speakers" not in loso[3]
+    (single,) = train.make_folds(meta, "session", 1, 0.0, 0)
+    assert single["unused"] == [] and sorted(single["train"]) == ["a2", "a3", "b2"]
+    # IEMOCAP: F and M of session 1 are not those of session 2, so nothing is left out
+    iemocap = {
+        f"Ses0{k}F_impro01": train.fold_meta(
+            f"Ses0{k}F_impro01", {"session": k, "utterances": [{"speaker": "F"}, {"speaker": "M"}]}
+        )
+        for k in (1, 2)
+    }
+    assert iemocap["Ses01F_impro01"]["speakers"] == ["Session 1 F", "Session 1 M"]
+    assert all(not f["unused"] for f in train.make_folds(iemocap, "loso", 1, 0.0, 0))
+    # a speaker in every session leaves no training dialog: a named error
+    everywhere = {d: dict(m, speakers=m["speakers"] + ["Zed"]) for d, m in meta.items()}
+    with pytest.raises(cli.PipelineError, match=r"left out of training because a test speaker speaks in them"):
+        train.make_folds(everywhere, "loso", 1, 0.0, 0)

@@ -487,8 +487,9 @@ def good_utt(i=0, **kw):
         ([good_utt(start=3.0, end=2.0)], {}, "0 <= start <= end"),
         ([good_utt(label="happy")], {}, r"label 'happy', expected one of \['hap', 'ang', 'sad', 'neu'\] or null"),
         ([good_utt(label=1)], {}, "label 1, expected one of"),
-        ([good_utt(speaker="X")], {}, "speaker 'X', expected 'F' or 'M'"),
-        ([good_utt(speaker="M")], {}, "speaker 'M' but the id names speaker 'F'"),
+        ([good_utt(speaker="X")], {}, "speaker 'X' but the IEMOCAP id names speaker 'F'"),
+        ([good_utt(speaker="M")], {}, "speaker 'M' but the IEMOCAP id names speaker 'F'"),
+        ([good_utt(speaker=" F")], {}, "speaker ' F', expected a name"),
         ([good_utt(), good_utt()], {}, "utterance Ses01F_impro01_F000: listed twice"),
         (
             [good_utt(0), good_utt(1, wdseg="w/Ses01F_impro01_F000.wdseg")],
