@@ -92,7 +92,7 @@ def test_importer_and_step2_keep_the_text(unicode_work):
     labels = json.loads((work / "labels.json").read_text(encoding="utf-8"))
     utterances = [u for d in labels["dialogs"].values() for u in d["utterances"]]
     assert {u["id"]: u["text"] for u in utterances} == texts
-    assert {u["speaker_name"] for u in utterances} == set(NAMES.values())
+    assert {u["speaker"] for u in utterances} == set(NAMES.values())  # the names, byte for byte
     for dialog, d in labels["dialogs"].items():
         asr = json.loads((work / "oracle" / "asr" / f"{dialog}.json").read_text(encoding="utf-8"))
         by_text = [s["text"] for s in asr["segments"]]
