@@ -109,12 +109,13 @@ def dialog_intervals(per_dialog_cms, n_samples: int, seed: int) -> dict | None:
     return {k: scoring.bootstrap_ci(per_dialog_cms, k, n_samples, seed) for k in HEADLINE}
 
 
-def project_dialog(segments: list[dict], utterances: list[dict]) -> list:
+def project_dialog(segments: list[dict], utterances: list[dict], classes=LABELS) -> list:
     """The predicted label (or None: a miss) of each reference utterance of one dialog, from the
     system segments of that dialog: the time-weighted vote of docs/EXPERIMENTS.md (steps 1-5 of "The
     reference-projected rule").
 
-    overlap [U, S] in whole microseconds; votes [U, 4] = overlap @ one-hot(pred) [S, 4].
+    overlap [U, S] in whole microseconds; votes [U, C] = overlap @ one-hot(pred) [S, C] over the C classes
+    (labels.json's, in order).
     """
     if not segments or not utterances:
         return [None] * len(utterances)
@@ -122,7 +123,8 @@ def project_dialog(segments: list[dict], utterances: list[dict]) -> list:
     utt = np.array([[u["start"], u["end"]] for u in utterances], dtype=np.float64)  # [U, 2]
     seconds = np.minimum(utt[:, None, 1], seg[None, :, 1]) - np.maximum(utt[:, None, 0], seg[None, :, 0])
     overlap = np.rint(np.clip(seconds, 0.0, None) * 1e6).astype(np.int64)  # [U, S] microseconds
-    onehot = np.array([formats.LABEL_INDEX[s["pred"]] for s in segments])[:, None] == np.arange(len(LABELS))  # [S, 4]
+    index = {lab: i for i, lab in enumerate(classes)}
+    onehot = np.array([index[s["pred"]] for s in segments])[:, None] == np.arange(len(classes))  # [S, 4]
     votes = overlap @ onehot.astype(np.int64)  # [U, 4]
     longest = (overlap[:, :, None] * onehot[None]).max(axis=1)  # [U, 4]: the largest single overlap per label
     preds = []
@@ -131,7 +133,7 @@ def project_dialog(segments: list[dict], utterances: list[dict]) -> list:
             preds.append(None)
             continue
         tied = np.where(v == v.max(), m, -1)  # tie rule: largest single segment, then LABELS order
-        preds.append(LABELS[int(np.argmax(tied))])  # argmax takes the first of equal values
+        preds.append(classes[int(np.argmax(tied))])  # argmax takes the first of equal values
     return preds
 
 
@@ -163,8 +165,8 @@ def coverage(segments, utterances_by_dialog: dict) -> dict:
     }
 
 
-def check_predictions(predictions: dict, where: str) -> list:
-    """Validate the predictions.json shape; return its segments."""
+def check_predictions(predictions: dict, where: str, classes=LABELS) -> list:
+    """Validate the predictions.json shape (labels and preds among classes, labels.json's); return its segments."""
     segments = predictions.get("segments") if isinstance(predictions, dict) else None
     if not isinstance(segments, list):
         raise PipelineError(f"{where}: expected {{'segments': [...]}} (predictions.json)")
@@ -172,10 +174,10 @@ def check_predictions(predictions: dict, where: str) -> list:
         missing = [k for k in ("id", "dialog", "start", "end", "speaker", "label", "pred") if k not in s]
         if missing:
             raise PipelineError(f"{where}: segment {n} lacks {missing}")
-        if s["pred"] not in LABELS or (s["label"] is not None and s["label"] not in LABELS):
+        if s["pred"] not in classes or (s["label"] is not None and s["label"] not in classes):
             raise PipelineError(
                 f"{where}: segment {n} ({s['id']}): label {s['label']!r} / pred {s['pred']!r}, "
-                f"expected one of {LABELS} (label may be null)"
+                f"expected one of {tuple(classes)} (label may be null)"
             )
         if not (isinstance(s["start"], (int, float)) and isinstance(s["end"], (int, float)) and s["end"] >= s["start"]):
             raise PipelineError(
@@ -190,14 +192,14 @@ def reference_utterances(labels: dict, dialogs) -> dict:
     missing = sorted(set(dialogs) - set(labels["dialogs"]))
     if missing:
         raise PipelineError(f"labels.json lacks test dialogs {missing[:5]}{'...' if len(missing) > 5 else ''}")
-    out = {}
+    out, classes = {}, formats.labels_of(labels)
     for d in dialogs:
         utterances = labels["dialogs"][d].get("utterances", [])
         for u in utterances:
-            if u.get("label") is not None and u["label"] not in LABELS:
+            if u.get("label") is not None and u["label"] not in classes:
                 raise PipelineError(
                     f"labels.json: utterance {u.get('id')} of {d}: label {u['label']!r}, "
-                    f"expected one of {LABELS} or null"
+                    f"expected one of {classes} or null"
                 )
             if not (
                 isinstance(u.get("start"), (int, float))
@@ -212,7 +214,9 @@ def reference_utterances(labels: dict, dialogs) -> dict:
     return out
 
 
-def score_utterances(segments: list, utterances: dict, n_samples: int = 1000, seed: int = 0) -> dict:
+def score_utterances(
+    segments: list, utterances: dict, n_samples: int = 1000, seed: int = 0, classes=LABELS
+) -> dict:
     """The "utterance" part of metrics.json: reference-projected metrics (docs/EXPERIMENTS.md) of the
     labelled reference utterances of `utterances` ({test dialog: utterances}), from all system
     `segments` (those of other dialogs are not used)."""
@@ -222,9 +226,11 @@ def score_utterances(segments: list, utterances: dict, n_samples: int = 1000, se
     records = []
     for d, utts in utterances.items():
         scored = [u for u in utts if u.get("label") is not None]
-        for u, pred in zip(scored, project_dialog(by_dialog.get(d, []), scored)):
+        for u, pred in zip(scored, project_dialog(by_dialog.get(d, []), scored, classes)):
             records.append({"id": u["id"], "dialog": d, "label": u["label"], "pred": pred})
-    m = classification_metrics([r["label"] for r in records], [r["pred"] for r in records], miss_column=True)
+    m = classification_metrics(
+        [r["label"] for r in records], [r["pred"] for r in records], classes, miss_column=True
+    )
     dialogs = list(utterances)
     test_segments = [s for d in dialogs for s in by_dialog.get(d, [])]
     return {
@@ -232,7 +238,9 @@ def score_utterances(segments: list, utterances: dict, n_samples: int = 1000, se
         "n_missed": sum(r["pred"] is None for r in records),
         "coverage": coverage(test_segments, utterances),
         **m,
-        "ci95": dialog_intervals(scoring.dialog_confusions(records, dialogs, miss_column=True), n_samples, seed),
+        "ci95": dialog_intervals(
+            scoring.dialog_confusions(records, dialogs, miss_column=True, labels=classes), n_samples, seed
+        ),
         "utterances": records,
     }
 
@@ -242,10 +250,11 @@ def score_predictions(
 ) -> dict:
     """metrics.json content for one predictions dict over the test `dialogs`: the segment-level
     metrics at top level, the reference-projected ones under "utterance", intervals in "ci95"."""
-    segments = check_predictions(predictions, where)
+    classes = formats.labels_of(labels)
+    segments = check_predictions(predictions, where, classes)
     utterances = reference_utterances(labels, dialogs)
     scored = [s for s in segments if s["label"] is not None]
-    metrics = classification_metrics([s["label"] for s in scored], [s["pred"] for s in scored])
+    metrics = classification_metrics([s["label"] for s in scored], [s["pred"] for s in scored], classes)
     seg_dialogs = list(utterances) + sorted({s["dialog"] for s in scored} - set(utterances))
     with_segments = {s["dialog"] for s in segments}
     return {
@@ -256,9 +265,11 @@ def score_predictions(
         "missing_dialogs": [d for d in utterances if d not in with_segments],
         "coverage": coverage(scored, utterances),
         **metrics,
-        "ci95": dialog_intervals(scoring.dialog_confusions(scored, seg_dialogs, miss_column=False), n_samples, seed),
+        "ci95": dialog_intervals(
+            scoring.dialog_confusions(scored, seg_dialogs, miss_column=False, labels=classes), n_samples, seed
+        ),
         "bootstrap": {"unit": "dialog", "method": "percentile", "level": 0.95, "samples": n_samples, "seed": seed},
-        "utterance": score_utterances(segments, utterances, n_samples, seed),
+        "utterance": score_utterances(segments, utterances, n_samples, seed, classes),
     }
 
 
@@ -273,7 +284,8 @@ def aggregate(per_fold: dict) -> dict:
 
     def summary(folds):
         out = {k: stats([m[k] for m in folds]) for k in HEADLINE}
-        out["per_class_f1"] = {lab: stats([m["per_class"][lab]["f1"] for m in folds]) for lab in LABELS}
+        classes = folds[0].get("labels", LABELS) if folds else LABELS  # every fold scores labels.json's classes
+        out["per_class_f1"] = {lab: stats([m["per_class"][lab]["f1"] for m in folds]) for lab in classes}
         out["coverage_share"] = stats([m["coverage"]["share"] for m in folds])
         return out
 
@@ -299,9 +311,10 @@ def plot_confusion(metrics: dict, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    classes = list(metrics.get("labels", LABELS))
     panels = [
-        ("reference utterances", metrics["utterance"], list(LABELS) + [MISS]),
-        ("labelled segments", metrics, list(LABELS)),
+        ("reference utterances", metrics["utterance"], classes + [MISS]),
+        ("labelled segments", metrics, classes),
     ]
     fig, axes = plt.subplots(1, 2, figsize=(9.6, 4.2), gridspec_kw={"width_ratios": [5, 4]})
     for ax, (what, m, columns) in zip(axes, panels):
@@ -321,7 +334,7 @@ def plot_confusion(metrics: dict, path: Path, title: str) -> None:
                     color="white" if share[i, j] > 0.5 else "black",
                 )
         ax.set_xticks(range(len(columns)), columns)
-        ax.set_yticks(range(len(LABELS)), LABELS)
+        ax.set_yticks(range(len(classes)), classes)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(f"{what} (n={m['n']})\nacc {100 * m['accuracy']:.2f}%  UA {100 * m['ua']:.2f}%", fontsize=9)
@@ -348,9 +361,10 @@ def _table(m: dict) -> None:
     print("    class  precision  recall     F1  support")
     for lab, c in m["per_class"].items():
         print(f"    {lab:5s}  {c['precision']:9.3f}  {c['recall']:6.3f}  {c['f1']:5.3f}  {c['support']:7d}")
-    columns = m.get("columns", list(LABELS))
+    classes = list(m.get("labels", LABELS))
+    columns = m.get("columns", classes)
     print("    confusion (rows true, cols pred " + " ".join(columns) + "):")
-    for lab, row in zip(LABELS, m["confusion_matrix"]):
+    for lab, row in zip(classes, m["confusion_matrix"]):
         print(f"      {lab:5s} " + " ".join(f"{x:5d}" for x in row))
 
 
@@ -377,7 +391,8 @@ def report(name: str, m: dict) -> None:
     _table(u)
     print(
         f"  segment-level: scored {m['n_scored']} labelled of {m['n_segments']} segments "
-        f"({m['n_unlabelled']} without a 4-class label not scored); they cover {share(cov)} of the labelled "
+        f"({m['n_unlabelled']} without a {len(m.get('labels', LABELS))}-class label not scored); they cover "
+        f"{share(cov)} of the labelled "
         f"reference speech"
     )
     print("    " + _headline(m))
@@ -403,7 +418,7 @@ def evaluate_run(
         print(f"  reused {pred_path} (--reuse-predictions)")
     else:
         predictions = predict_split(run_dir, split="test", device=device, datasets=datasets)
-        check_predictions(predictions, f"predict_split({run_dir}) -> {pred_path}")
+        check_predictions(predictions, f"predict_split({run_dir}) -> {pred_path}", formats.labels_of(labels))
         atomic_write_json(pred_path, predictions)
         print(f"  wrote {pred_path}")
     dialogs, source = run_test_dialogs(run_dir, predictions, labels)
@@ -568,6 +583,7 @@ def predict_split(run_dir, split: str = "test", device=None, datasets: dict | No
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, config = load_run(run_dir, device)
     mc = utils.ModelConfig.from_run_config(config, f"{run_dir}/config.json")
+    classes = formats.labels_of(config)  # the classes it was trained on (labels.json's, train.py)
     cache_dir = Path(config["work"]) / config["pipe"] / config["variant"] / "cache"
     # A dialog whose cache is absent (step 2 or 3 failed on it) is listed, not read; its utterances are misses.
     absent = [d for d in config["split"][split] if not (cache_dir / f"{d}.pt").is_file()]
@@ -579,7 +595,7 @@ def predict_split(run_dir, split: str = "test", device=None, datasets: dict | No
     datasets = {} if datasets is None else datasets
     if key not in datasets:
         datasets[key] = utils.SegmentDataset(
-            paths, labelled_only=False, max_audio_seconds=mc.max_audio_seconds, do_normalize=norm_segment
+            paths, labelled_only=False, max_audio_seconds=mc.max_audio_seconds, do_normalize=norm_segment, labels=classes
         )
     dataset = datasets[key]
     tokenizer = AutoTokenizer.from_pretrained(mc.text_model) if model.modality != "audio" else None
@@ -606,9 +622,9 @@ def predict_split(run_dir, split: str = "test", device=None, datasets: dict | No
                 "end": seg["end"],
                 "speaker": seg["speaker"],
                 "text": seg["text"],
-                "label": LABELS[seg["label"]] if seg["label"] >= 0 else None,
-                "pred": LABELS[int(p.argmax())],
-                "probs": {lab: float(v) for lab, v in zip(LABELS, p)},
+                "label": classes[seg["label"]] if seg["label"] >= 0 else None,
+                "pred": classes[int(p.argmax())],
+                "probs": {lab: float(v) for lab, v in zip(classes, p)},
             }
         )
     return {"run": Path(run_dir).name, "split": split, "missing_dialogs": absent, "segments": segments}

@@ -554,7 +554,7 @@ def fold_config(args, split: dict, run_dir: Path, meta_info: dict, world_size: i
             "extractors": extractors,
             "feature_dirs": feature_dirs,
             "split": split,
-            "labels": list(LABELS),
+            "labels": meta_info.get("labels", list(LABELS)),
             "corpus": meta_info["corpus"],
             "code_version": rundirs.code_version(),
             "world_size": world_size,
@@ -652,11 +652,12 @@ def fold_datasets(args, split: dict, shared: dict, config: dict, norm_segment: b
             labelled_only=True,
             max_audio_seconds=args.max_audio_seconds,
             do_normalize=norm_segment,
+            labels=config["labels"],
         )
         c = datasets[part].counts
         say(
             f"read {part}: {c['dialogs']} dialogs, {c['segments']} labelled segments "
-            f"(skipped {c['unlabelled_skipped']} without a 4-class label; "
+            f"(skipped {c['unlabelled_skipped']} without a {len(config['labels'])}-class label; "
             + (f"cropped {c['cropped']} > {args.max_audio_seconds:g} s; " if args.max_audio_seconds else "no crop; ")
             + f"padded {c['padded_short']} < 25 ms)"
         )
@@ -1488,7 +1489,7 @@ def main(argv=None) -> str:
     work = Path(args.work)
     labels = formats.load_labels(work)
     runs = sweep_runs(args)
-    info = {"corpus": labels.get("corpus")}
+    info = {"corpus": labels.get("corpus"), "labels": list(formats.labels_of(labels))}
     shared, run_dirs = {}, []  # shared[(variant, split)]: data read once, for every run of that variant
     folds_of = {v: variant_folds(args, work, labels, v, print) for v in dict.fromkeys(r["variant"] for r in runs)}
     for variant, folds in folds_of.items():  # every variant's cache is checked before any training

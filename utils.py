@@ -462,6 +462,7 @@ class SERModel(nn.Module):
         ffn_dim: int = ModelConfig.ffn_dim,
         audio_padding: str = ModelConfig.audio_padding,
         load_extractors: bool = True,
+        n_classes: int = len(formats.LABELS),
     ):
         super().__init__()
         if modality not in MODALITIES:
@@ -472,7 +473,7 @@ class SERModel(nn.Module):
             raise cli.PipelineError(f"audio_padding must be 'exact' or 'authors', got {audio_padding!r}")
         from transformers import AutoConfig
 
-        self.modality, self.fusion, self.audio_padding = modality, fusion, audio_padding
+        self.modality, self.fusion, self.audio_padding, self.n_classes = modality, fusion, audio_padding, n_classes
         use_text, use_audio = modality in ("fusion", "text"), modality in ("fusion", "audio")
         self.text = TextEmbedder(text_model) if use_text and load_extractors else None
         self.audio = AudioEmbedder(audio_model) if use_audio and load_extractors else None
@@ -483,7 +484,7 @@ class SERModel(nn.Module):
             raise cli.PipelineError(f"hidden size {dim} is not divisible by --heads {heads}")
         self.dim = dim
         self.proj_a = nn.Linear(h_a, dim) if use_audio and h_a != dim else nn.Identity()
-        head = dict(dim=dim, heads=heads, dropout=dropout, layers=layers, ffn_dim=ffn_dim)
+        head = dict(dim=dim, heads=heads, dropout=dropout, layers=layers, ffn_dim=ffn_dim, n_classes=n_classes)
         self.cross = self.gate_t = self.gate_a = self.head = self.head_t = self.head_a = self.mlp = None
         if modality != "fusion":
             self.head = FusionClassifier(**head)
@@ -493,7 +494,7 @@ class SERModel(nn.Module):
                 self.gate_t, self.gate_a = ForgetGate(dim), ForgetGate(dim)
             self.head = FusionClassifier(**head)
         elif fusion == "concat":
-            self.mlp = ConcatMLP(dim, dropout)
+            self.mlp = ConcatMLP(dim, dropout, n_classes)
         else:  # late
             self.head_t, self.head_a = FusionClassifier(**head), FusionClassifier(**head)
 
@@ -541,9 +542,13 @@ class SERModel(nn.Module):
         return self.classify(*self.embed(batch))
 
 
-def build_model(config: ModelConfig | dict, load_extractors: bool = True) -> SERModel:
-    """SERModel from a ModelConfig, or from a run config (its "model" section, ModelConfig.from_run_config)."""
+def build_model(config: ModelConfig | dict, load_extractors: bool = True, labels=None) -> SERModel:
+    """SERModel from a ModelConfig, or from a run config (its "model" section, ModelConfig.from_run_config). Its
+    classifier has one output per class of labels: given, else the run config's "labels" (labels.json's classes,
+    train.py), else the default set's."""
     mc = config if isinstance(config, ModelConfig) else ModelConfig.from_run_config(config)
+    if labels is None:
+        labels = formats.labels_of(config) if isinstance(config, dict) else formats.LABELS
     return SERModel(
         mc.text_model,
         mc.audio_model,
@@ -555,6 +560,7 @@ def build_model(config: ModelConfig | dict, load_extractors: bool = True) -> SER
         ffn_dim=mc.ffn_dim,
         audio_padding=mc.audio_padding,
         load_extractors=load_extractors,
+        n_classes=len(labels),
     )
 
 
@@ -582,7 +588,8 @@ def normalisation_places(audio_padding: str, do_normalize: bool) -> tuple[bool, 
 class SegmentDataset(torch.utils.data.Dataset):
     """All segments of the given step-3 caches (WORK/<pipe>/<variant>/cache/<dialog>.pt).
 
-    labelled_only=True keeps the segments with a 4-class label (training, validation); False
+    labelled_only=True keeps the segments with a label (training, validation; labels: labels.json's classes, which the
+    cache's label indices index); False
     keeps every segment (prediction: TEER scores all system speech). Audio is prepared once, here:
     segments longer than max_audio_seconds are centre-cropped (the middle of a long turn; 0 = no
     crop), audio is normalised zero-mean unit-variance if the feature extractor's config says
@@ -597,6 +604,7 @@ class SegmentDataset(torch.utils.data.Dataset):
         max_audio_seconds: float = ModelConfig.max_audio_seconds,
         do_normalize: bool = True,
         sample_rate: int = formats.SAMPLE_RATE,
+        labels=formats.LABELS,
     ):
         self.segments = []
         self.counts = {
@@ -617,7 +625,7 @@ class SegmentDataset(torch.utils.data.Dataset):
             formats.check_cache(cache, path, sample_rate)
             self.counts["dialogs"] += 1
             for n, seg in enumerate(cache["segments"]):
-                label = formats.check_cache_segment(seg, f"{path}: segment {n}", sample_rate)
+                label = formats.check_cache_segment(seg, f"{path}: segment {n}", sample_rate, labels)
                 if seg["id"] in seen:
                     raise cli.PipelineError(
                         f"{path}: segment {n}: id {seg['id']!r} is also a segment of {seen[seg['id']]}; "
@@ -932,8 +940,8 @@ def run_dataset(
     bf16: bool,
     num_workers: int = 0,
 ) -> torch.Tensor:
-    """Logits [N, 4] of every segment of dataset, in dataset order (model in eval mode)."""
-    logits = torch.zeros(len(dataset), len(formats.LABELS))
+    """Logits [N, C] of every segment of dataset (C classes: the model's outputs), in dataset order (eval mode)."""
+    logits = None
     sampler = LengthBucketSampler(dataset.lengths, batch_size, shuffle=False)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collator, num_workers=num_workers)
     model.eval()
@@ -941,5 +949,8 @@ def run_dataset(
         for batch in loader:
             batch = to_device(batch, device)
             with autocast(device, bf16):
-                logits[batch["index"].cpu()] = model(batch).float().cpu()
-    return logits
+                out = model(batch).float().cpu()
+                if logits is None:
+                    logits = torch.zeros(len(dataset), out.shape[-1])
+                logits[batch["index"].cpu()] = out
+    return logits if logits is not None else torch.zeros(0, model.n_classes)

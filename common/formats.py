@@ -16,14 +16,74 @@ from common import cli, fileio
 
 SAMPLE_RATE = 16000  # IEMOCAP audio, wav2vec 2.0 and WhisperX all use 16 kHz
 
-# The 4-class task of the paper (Section IV-A), in the order of its Table II.
-LABELS = ("hap", "ang", "sad", "neu")
-LABEL_NAMES = {"hap": "happy (+excited)", "ang": "angry", "sad": "sad", "neu": "neutral"}
+# The label sets (step 1's --label-set), each: its classes in order (the classifier's outputs, the rows of every
+# confusion matrix and table), IEMOCAP's emotion codes -> class (a code not in the map has no label: null), and
+# each class's name in tables. labels.json's "labels" lists the set's classes; "label_set" names a set other than
+# the default (absent: iemocap4, so the paper's labels.json is unchanged).
+#   iemocap4  the paper's 4-class task (Section IV-A), in the order of its Table II: "exc" (excited) merged into
+#             "hap", as is standard; fru, sur, fea, dis, oth and xxx have no label (5,531 of 10,039 utterances).
+#   wu6       Wu, Zhang & Woodland's six classes (W-Wu/sTEER data_prep/iemo_lab_AER-cat.py, in the order of its
+#             data/label_encoder_emo.txt): exc merged into hap; fru, sur, fea, dis and oth into "oth"; "xxx" (no
+#             majority agreement) a class of its own: all 10,039 labelled utterances.
+LABEL_SETS = {
+    "iemocap4": {
+        "labels": ("hap", "ang", "sad", "neu"),
+        "codes": {"hap": "hap", "exc": "hap", "ang": "ang", "sad": "sad", "neu": "neu"},
+        "names": {"hap": "happy (+excited)", "ang": "angry", "sad": "sad", "neu": "neutral"},
+    },
+    "wu6": {
+        "labels": ("hap", "sad", "ang", "neu", "oth", "xxx"),
+        "codes": {
+            "hap": "hap",
+            "exc": "hap",
+            "sad": "sad",
+            "ang": "ang",
+            "neu": "neu",
+            **{code: "oth" for code in ("fru", "sur", "fea", "dis", "oth")},
+            "xxx": "xxx",
+        },
+        "names": {
+            "hap": "happy (+excited)",
+            "sad": "sad",
+            "ang": "angry",
+            "neu": "neutral",
+            "oth": "other (fru, sur, fea, dis, oth)",
+            "xxx": "no agreement (xxx)",
+        },
+    },
+}
+DEFAULT_LABEL_SET = "iemocap4"  # the paper's
+# The default set's classes, index, names and code map (what a labels.json without "labels" means).
+LABELS = LABEL_SETS[DEFAULT_LABEL_SET]["labels"]
+LABEL_NAMES = LABEL_SETS[DEFAULT_LABEL_SET]["names"]
 LABEL_INDEX = {name: i for i, name in enumerate(LABELS)}
-# IEMOCAP emotion codes -> 4-class label. "exc" (excited) is merged into "hap", as is standard.
-# Every other code (fru, sur, fea, dis, oth, xxx) has no 4-class label.
-CODE_TO_LABEL = {"hap": "hap", "exc": "hap", "ang": "ang", "sad": "sad", "neu": "neu"}
+CODE_TO_LABEL = LABEL_SETS[DEFAULT_LABEL_SET]["codes"]
 IEMOCAP_CODES = ("neu", "hap", "exc", "sad", "ang", "fru", "sur", "fea", "dis", "oth", "xxx")
+
+
+def label_set(name: str) -> dict:
+    """The label set called name (LABEL_SETS) -> {"labels", "codes", "names"}; an unknown name is an error."""
+    if name not in LABEL_SETS:
+        raise cli.PipelineError(f"unknown label set {name!r}; known: {', '.join(LABEL_SETS)}")
+    return LABEL_SETS[name]
+
+
+def labels_of(data: dict) -> tuple:
+    """The classes, in order, of a labels.json (its "labels"; absent: the default set's) or of a run config."""
+    return tuple(data.get("labels", LABELS))
+
+
+def label_set_name(labels) -> str | None:
+    """The name of the set whose classes are exactly labels, in order; None for a set of the caller's own."""
+    return next((name for name, s in LABEL_SETS.items() if tuple(s["labels"]) == tuple(labels)), None)
+
+
+def label_names(labels) -> dict:
+    """Each class's name in tables: the known set's name for it, else the class itself (a CSV corpus's own)."""
+    known = {}
+    for s in reversed(list(LABEL_SETS.values())):  # the default set's names win where sets share a class
+        known.update(s["names"])
+    return {lab: known.get(lab, lab) for lab in labels}
 
 
 def session_of(dialog: str) -> int:
@@ -89,17 +149,17 @@ def load_labels(work, require=()) -> dict:
     return data
 
 
-def count_labels(dialogs: dict, raw_key: str) -> dict:
+def count_labels(dialogs: dict, raw_key: str, labels=LABELS) -> dict:
     """The counts of a labels.json (step 1 and corpus_from_csv.py): dialogs (per session), utterances,
-    4-class targets per label and per session, and per raw annotation u[raw_key] (IEMOCAP's code,
-    a CSV's emotion) as Counters "per_raw" and "target_per_raw" that the caller names. Session keys
-    are strings (JSON round-trips)."""
+    targets (utterances with a class of labels) per class and per session, and per raw annotation u[raw_key]
+    (IEMOCAP's code, a CSV's emotion) as Counters "per_raw" and "target_per_raw" that the caller names. Session
+    keys are strings (JSON round-trips)."""
     per_raw, target_per_raw, per_label = Counter(), Counter(), Counter()
     per_session, dialogs_per_session = {}, Counter()
     for d in dialogs.values():
         s = str(d["session"])
         dialogs_per_session[s] += 1
-        row = per_session.setdefault(s, {"utterances": 0, "target": 0, **{lab: 0 for lab in LABELS}})
+        row = per_session.setdefault(s, {"utterances": 0, "target": 0, **{lab: 0 for lab in labels}})
         for u in d["utterances"]:
             per_raw[u[raw_key]] += 1
             row["utterances"] += 1
@@ -113,7 +173,7 @@ def count_labels(dialogs: dict, raw_key: str) -> dict:
         "dialogs_per_session": dict(sorted(dialogs_per_session.items())),
         "utterances": sum(per_raw.values()),
         "target": sum(per_label.values()),
-        "per_label": {lab: per_label[lab] for lab in LABELS},
+        "per_label": {lab: per_label[lab] for lab in labels},
         "per_raw": per_raw,
         "target_per_raw": target_per_raw,
         "target_per_session": {s: r["target"] for s, r in sorted(per_session.items())},
@@ -149,13 +209,14 @@ def check_labels(data: dict, path, require=()) -> None:
     with a non-empty string "id", unique in its dialog; "start" and "end" finite numbers with
     0 <= start <= end; "speaker" a name (check_speaker: any non-empty string, any number per dialog;
     IEMOCAP's F and M; in an IEMOCAP id '<dialog>_<F|M>000' the
-    letter must agree); "label" one of utils.LABELS or null. Checked when present: top-level
-    "labels" equal to utils.LABELS, "corpus" a string; a dialog's "session" an integer, "wav" a
+    letter must agree); "label" one of the classes (labels_of) or null. Checked when present: top-level
+    "labels" a list of distinct class names (check_label_list), "label_set" the name of LABEL_SETS whose classes
+    "labels" lists, "corpus" a string; a dialog's "session" an integer, "wav" a
     string, "kind" impro or script, "script" a string or null; an utterance's "code" one of
     IEMOCAP_CODES, "text" a string, "wdseg" a string (no two utterances share one) or null.
     """
-    if "labels" in data and list(data["labels"]) != list(LABELS):
-        raise cli.PipelineError(f"{path}: made for the classes {data['labels']!r}, this code uses {list(LABELS)}")
+    check_label_list(data, path)
+    labels = labels_of(data)
     if "corpus" in data and not isinstance(data["corpus"], str):
         raise cli.PipelineError(f"{path}: 'corpus' must be a string (the corpus root), got {data['corpus']!r:.60}")
     dialogs = data["dialogs"]
@@ -169,7 +230,28 @@ def check_labels(data: dict, path, require=()) -> None:
         _check_dialog_record(d, info, where, require)
         ids = set()
         for n, u in enumerate(info["utterances"]):
-            _check_utterance(d, n, u, where, ids, wdsegs)
+            _check_utterance(d, n, u, where, ids, wdsegs, labels)
+
+
+def check_label_list(data: dict, path) -> None:
+    """labels.json's (or a run config's) "labels": a non-empty list of distinct non-empty strings, when present;
+    its "label_set", when present, a name of LABEL_SETS whose classes "labels" lists in the same order."""
+    labels = data.get("labels", LABELS)
+    if (
+        not isinstance(labels, list | tuple)
+        or not labels
+        or not all(isinstance(lab, str) and lab.strip() == lab != "" for lab in labels)
+        or len(set(labels)) != len(labels)
+    ):
+        raise cli.PipelineError(f"{path}: 'labels' {labels!r:.80}, expected a list of distinct class names")
+    name = data.get("label_set")
+    if name is not None:
+        if name not in LABEL_SETS:
+            raise cli.PipelineError(f"{path}: label_set {name!r:.40}, expected one of {', '.join(LABEL_SETS)}")
+        if tuple(labels) != tuple(LABEL_SETS[name]["labels"]):
+            raise cli.PipelineError(
+                f"{path}: label_set {name} has the classes {list(LABEL_SETS[name]['labels'])}, 'labels' lists {labels}"
+            )
 
 
 # The optional keys of a dialog record in labels.json and the values they may hold (check_labels).
@@ -223,7 +305,7 @@ def check_speaker(dialog: str, utterance_id: str, speaker, where: str) -> None:
         raise cli.PipelineError(f"{where}: speaker {speaker!r:.40} but the IEMOCAP id names speaker {letter!r}")
 
 
-def _check_utterance(d: str, n: int, u, where: str, ids: set, wdsegs: dict) -> None:
+def _check_utterance(d: str, n: int, u, where: str, ids: set, wdsegs: dict, labels=LABELS) -> None:
     """Utterance n of dialog d in labels.json (check_labels); adds its id to ids and its wdseg to
     wdsegs (wdseg -> utterance id, over all dialogs)."""
     if not isinstance(u, dict):
@@ -242,9 +324,9 @@ def _check_utterance(d: str, n: int, u, where: str, ids: set, wdsegs: dict) -> N
             f"{at}: start {u['start']!r:.40}, end {u['end']!r:.40}; expected finite seconds with 0 <= start <= end"
         )
     check_speaker(d, u["id"], u["speaker"], at)
-    if u["label"] is not None and u["label"] not in LABELS:
+    if u["label"] is not None and u["label"] not in labels:
         raise cli.PipelineError(
-            f"{at}: label {u['label']!r:.40}, expected one of {list(LABELS)} or null "
+            f"{at}: label {u['label']!r:.40}, expected one of {list(labels)} or null "
             "(other emotion codes have label null)"
         )
     if "code" in u and u["code"] not in IEMOCAP_CODES:
@@ -557,11 +639,12 @@ def check_cache(cache, path, sample_rate: int = SAMPLE_RATE) -> None:
         raise cli.PipelineError(f"{path}: 'segments' must be a list, got {type(cache['segments']).__name__}")
 
 
-def check_cache_segment(seg, where: str, sample_rate: int = SAMPLE_RATE) -> int:
+def check_cache_segment(seg, where: str, sample_rate: int = SAMPLE_RATE, labels=LABELS) -> int:
     """One segment of a step-3 cache -> its label index; PipelineError (prefixed `where`) otherwise.
 
     id, speaker and text strings; start, end finite seconds with 0 <= start <= end; label an integer
-    in -1..3 (index into LABELS, -1 = none; not a bool, a float or a name); audio a 1-D floating
+    in -1..len(labels)-1 (index into labels, labels.json's classes; -1 = none; not a bool, a float or a name);
+    audio a 1-D floating
     tensor of finite samples, no longer than the segment's times at sample_rate (+ 2 samples of
     rounding). Audio shorter than its times (by more than TIME_TOLERANCE_S) is counted by SegmentDataset.
     """
@@ -587,10 +670,10 @@ def check_cache_segment(seg, where: str, sample_rate: int = SAMPLE_RATE) -> int:
         and label.dtype != torch.bool
     ):
         label = int(label)
-    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)) or not -1 <= label < len(LABELS):
+    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)) or not -1 <= label < len(labels):
         raise cli.PipelineError(
-            f"{where}: label {label!r:.40}, expected an integer in -1..{len(LABELS) - 1} "
-            f"(the index into {list(LABELS)}, -1 = no label)"
+            f"{where}: label {label!r:.40}, expected an integer in -1..{len(labels) - 1} "
+            f"(the index into {list(labels)}, -1 = no label)"
         )
     audio = seg["audio"]
     if not isinstance(audio, torch.Tensor) or audio.ndim != 1 or not audio.is_floating_point():

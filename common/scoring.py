@@ -11,43 +11,46 @@ MISS = "miss"  # confusion column of a reference utterance that no system speech
 HEADLINE = ("accuracy", "ua", "weighted_f1", "macro_f1")
 
 
-def dialog_confusions(records, dialogs, miss_column: bool = True) -> np.ndarray:
-    """Per-dialog confusion matrices [len(dialogs), 4, 5] (miss_column) or [len(dialogs), 4, 4].
+def dialog_confusions(records, dialogs, miss_column: bool = True, labels=formats.LABELS) -> np.ndarray:
+    """Per-dialog confusion matrices [len(dialogs), C, C + 1] (miss_column) or [len(dialogs), C, C] over the C
+    classes of labels (labels.json's; default the paper's 4).
 
-    records: dicts with "dialog", "label" (one of LABELS) and "pred" (one of LABELS, or None for a
-    miss, which goes to column 4 and needs miss_column). Rows true, columns predicted, order LABELS
+    records: dicts with "dialog", "label" (one of labels) and "pred" (one of labels, or None for a
+    miss, which goes to column C and needs miss_column). Rows true, columns predicted, order labels
     then MISS. Summing over axis 0 gives the confusion matrix of all records.
     """
     row = {d: i for i, d in enumerate(dialogs)}
-    cms = np.zeros((len(row), len(formats.LABELS), len(formats.LABELS) + int(miss_column)), dtype=np.int64)
+    index = {lab: i for i, lab in enumerate(labels)}
+    cms = np.zeros((len(row), len(labels), len(labels) + int(miss_column)), dtype=np.int64)
     for r in records:
         if r["dialog"] not in row:
             raise ValueError(f"record {r.get('id', r)} is in dialog {r['dialog']!r}, not one of the dialogs given")
-        pred = len(formats.LABELS) if r["pred"] is None and miss_column else formats.LABEL_INDEX.get(r["pred"])
-        if r["label"] not in formats.LABEL_INDEX or pred is None:
+        pred = len(labels) if r["pred"] is None and miss_column else index.get(r["pred"])
+        if r["label"] not in index or pred is None:
             raise ValueError(
-                f"record {r.get('id', r)}: label {r['label']!r} / pred {r['pred']!r} not in {formats.LABELS}"
+                f"record {r.get('id', r)}: label {r['label']!r} / pred {r['pred']!r} not in {tuple(labels)}"
                 + (" (or None for a miss)" if miss_column else "")
             )
-        cms[row[r["dialog"]], formats.LABEL_INDEX[r["label"]], pred] += 1
+        cms[row[r["dialog"]], index[r["label"]], pred] += 1
     return cms
 
 
 def metrics_from_confusion(cm) -> dict:
     """Headline metrics of one or many confusion matrices, in numpy (fast enough to bootstrap).
 
-    cm: [..., 4, 4], or [..., 4, 5] whose last column counts misses (reference utterances with no
-    prediction). Rows true, columns predicted, order LABELS. Returns arrays of shape [...]: n,
+    cm: [..., C, C], or [..., C, C + 1] whose last column counts misses (reference utterances with no
+    prediction); C classes (the paper's 4 or any label set's). Rows true, columns predicted, order the set's.
+    Returns arrays of shape [...]: n,
     accuracy, ua, weighted_f1, macro_f1; and [..., 4]: precision, recall, f1, support.
     The conventions are scikit-learn's with zero_division=0 (tests/test_evaluate.py checks them
     against sklearn.metrics): a ratio with a zero denominator is 0; a miss is a wrong answer (it
     counts in its row's support and recall, in no column's precision); F1 = 2 TP / (support +
     predicted); UA = mean recall over the classes with support > 0 (balanced accuracy); weighted
-    F1 weights by support; macro F1 averages all 4 classes.
+    F1 weights by support; macro F1 averages all C classes.
     """
     cm = np.asarray(cm, dtype=np.float64)
-    k = len(formats.LABELS)
-    if cm.ndim < 2 or cm.shape[-2] != k or cm.shape[-1] not in (k, k + 1):
+    k = cm.shape[-2] if cm.ndim >= 2 else 0
+    if cm.ndim < 2 or k < 1 or cm.shape[-1] not in (k, k + 1):
         raise ValueError(f"confusion matrix of shape {cm.shape}: expected [..., {k}, {k}] or [..., {k}, {k + 1}]")
 
     def ratio(num, den):

@@ -522,9 +522,23 @@ def test_load_labels_accepts_a_valid_file_and_requires_what_a_step_needs(tmp_pat
     assert formats.load_labels(tmp_path)["dialogs"]["Ses01F_impro01"]["utterances"] == []
     with pytest.raises(PipelineError, match="dialog Ses01F_impro01: no 'wav' key"):
         formats.load_labels(tmp_path, require=("wav",))
+    # any list of distinct classes is a label set (a CSV corpus's own); a named set must list its classes
     (tmp_path / "labels.json").write_text(json.dumps({"labels": ["a", "b"], "dialogs": {}}))
-    with pytest.raises(PipelineError, match=r"made for the classes \['a', 'b'\]"):
-        formats.load_labels(tmp_path)
+    assert formats.labels_of(formats.load_labels(tmp_path)) == ("a", "b")
+    for bad, message in (
+        ({"labels": ["a", "a"]}, r"'labels' \['a', 'a'\], expected a list of distinct class names"),
+        ({"labels": []}, "expected a list of distinct class names"),
+        ({"labels": ["hap", "ang", "sad", "neu"], "label_set": "wu6"}, r"label_set wu6 has the classes \['hap', 'sad'"),
+        ({"label_set": "meld7"}, "label_set 'meld7', expected one of iemocap4, wu6"),
+    ):
+        (tmp_path / "labels.json").write_text(json.dumps({**bad, "dialogs": {}}))
+        with pytest.raises(PipelineError, match=message):
+            formats.load_labels(tmp_path)
+    wu6 = {"labels": list(formats.LABEL_SETS["wu6"]["labels"]), "label_set": "wu6"}
+    (tmp_path / "labels.json").write_text(
+        json.dumps({**wu6, "dialogs": {"Ses01F_impro01": {"utterances": [good_utt(0, label="xxx", code="xxx")]}}})
+    )
+    assert formats.load_labels(tmp_path)["dialogs"]["Ses01F_impro01"]["utterances"][0]["label"] == "xxx"
     (tmp_path / "labels.json").write_text(json.dumps({"dialogs": [1, 2]}))
     with pytest.raises(PipelineError, match="'dialogs' must be an object"):
         formats.load_labels(tmp_path)
