@@ -214,9 +214,7 @@ def reference_utterances(labels: dict, dialogs) -> dict:
     return out
 
 
-def score_utterances(
-    segments: list, utterances: dict, n_samples: int = 1000, seed: int = 0, classes=LABELS
-) -> dict:
+def score_utterances(segments: list, utterances: dict, n_samples: int = 1000, seed: int = 0, classes=LABELS) -> dict:
     """The "utterance" part of metrics.json: reference-projected metrics (docs/EXPERIMENTS.md) of the
     labelled reference utterances of `utterances` ({test dialog: utterances}), from all system
     `segments` (those of other dialogs are not used)."""
@@ -228,9 +226,7 @@ def score_utterances(
         scored = [u for u in utts if u.get("label") is not None]
         for u, pred in zip(scored, project_dialog(by_dialog.get(d, []), scored, classes)):
             records.append({"id": u["id"], "dialog": d, "label": u["label"], "pred": pred})
-    m = classification_metrics(
-        [r["label"] for r in records], [r["pred"] for r in records], classes, miss_column=True
-    )
+    m = classification_metrics([r["label"] for r in records], [r["pred"] for r in records], classes, miss_column=True)
     dialogs = list(utterances)
     test_segments = [s for d in dialogs for s in by_dialog.get(d, [])]
     return {
@@ -595,7 +591,11 @@ def predict_split(run_dir, split: str = "test", device=None, datasets: dict | No
     datasets = {} if datasets is None else datasets
     if key not in datasets:
         datasets[key] = utils.SegmentDataset(
-            paths, labelled_only=False, max_audio_seconds=mc.max_audio_seconds, do_normalize=norm_segment, labels=classes
+            paths,
+            labelled_only=False,
+            max_audio_seconds=mc.max_audio_seconds,
+            do_normalize=norm_segment,
+            labels=classes,
         )
     dataset = datasets[key]
     tokenizer = AutoTokenizer.from_pretrained(mc.text_model) if model.modality != "audio" else None

@@ -26,13 +26,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from common import cli, defaults
+from common import cli, defaults, formats
 from common.cli import PipelineError, quote
 from common.fileio import atomic_write_json, remove_stale_temp
 from common.formats import (
-    CODE_TO_LABEL,
+    DEFAULT_LABEL_SET,
     IEMOCAP_CODES,
-    LABELS,
+    LABEL_SETS,
     TRANSCRIPT_RE,
     count_labels,
     iemocap_dialog_meta,
@@ -54,6 +54,21 @@ IEMOCAP_STANDARD_COUNTS = {
     "missing_wdseg": 2,
 }
 IEMOCAP_SESSIONS = (1, 2, 3, 4, 5)
+# The same corpus under Wu, Zhang & Woodland's six classes (--label-set wu6): every labelled utterance has a class
+# (W-Wu/sTEER data_prep/iemo_lab_AER-cat.py prints these counts of the full release).
+WU6_STANDARD_COUNTS = {
+    "dialogs": 151,
+    "dialogs_per_session": IEMOCAP_STANDARD_COUNTS["dialogs_per_session"],
+    "utterances": 10039,
+    "target": 10039,
+    "per_label": {"hap": 1636, "sad": 1084, "ang": 1103, "neu": 1708, "oth": 2001, "xxx": 2507},
+    "target_per_code": {
+        **{"neu": 1708, "hap": 595, "exc": 1041, "sad": 1084, "ang": 1103},
+        **{"fru": 1849, "sur": 107, "fea": 40, "dis": 2, "oth": 3, "xxx": 2507},
+    },
+    "missing_wdseg": 2,
+}
+STANDARD_COUNTS = {"iemocap4": IEMOCAP_STANDARD_COUNTS, "wu6": WU6_STANDARD_COUNTS}  # per label set
 
 # Skip reasons (stable strings: they are keys of counts["skipped"]).
 SKIP_XX = "transcript line with an XX id (no EmoEvaluation entry by design)"
@@ -226,12 +241,14 @@ def find_dialogs(root: Path, skipped: Counter) -> list[tuple[int, str, Path]]:
     return sorted(dialogs, key=lambda t: t[1])
 
 
-def build_labels(iemocap_root, expect_standard: bool | None = None) -> dict:
-    """Read the corpus -> the content of labels.json (docs/FORMATS.md).
+def build_labels(iemocap_root, expect_standard: bool | None = None, label_set: str = DEFAULT_LABEL_SET) -> dict:
+    """Read the corpus -> the content of labels.json (docs/FORMATS.md), each utterance's label its code's class in
+    label_set (common.formats.LABEL_SETS; null for a code the set leaves out).
 
-    expect_standard: None compares with IEMOCAP_STANDARD_COUNTS when the corpus looks like the full
+    expect_standard: None compares with the set's STANDARD_COUNTS when the corpus looks like the full
     release (151 dialogs in Sessions 1-5); True always compares; False never does.
     """
+    lset = formats.label_set(label_set)
     root = Path(iemocap_root).resolve()
     skipped, decode_log = Counter(), Counter()
     transcript_times_differ = 0
@@ -272,7 +289,7 @@ def build_labels(iemocap_root, expect_standard: bool | None = None) -> dict:
                     "end": e["end"],
                     "speaker": speaker,
                     "code": e["code"],
-                    "label": CODE_TO_LABEL.get(e["code"]),
+                    "label": lset["codes"].get(e["code"]),
                     "text": t["text"],
                     "wdseg": wdseg,
                 }
@@ -283,28 +300,31 @@ def build_labels(iemocap_root, expect_standard: bool | None = None) -> dict:
         missing_wdseg += [u["id"] for u in utterances if u["wdseg"] is None]
         dialogs[dialog] = {**info, "wav": wav, "utterances": utterances}
 
-    counts = count_utterances(dialogs)
+    counts = count_utterances(dialogs, label_set)
     counts["skipped"] = {reason: n for reason, n in sorted(skipped.items()) if n}
     counts["missing"] = {"wdseg": len(missing_wdseg), "dialog_wav": len(missing_wav)}
     counts["missing_wdseg_ids"] = missing_wdseg
     counts["missing_wav_dialogs"] = missing_wav
     counts["transcript_times_differ"] = transcript_times_differ
     counts["text_encodings"] = dict(sorted(decode_log.items()))
-    counts["standard"] = compare_with_standard(counts, expect_standard)
-    return {"corpus": str(root), "labels": list(LABELS), "dialogs": dialogs, "counts": counts}
+    counts["standard"] = compare_with_standard(counts, expect_standard, STANDARD_COUNTS[label_set])
+    named = {} if label_set == DEFAULT_LABEL_SET else {"label_set": label_set}  # absent: the default (unchanged)
+    return {"corpus": str(root), "labels": list(lset["labels"]), **named, "dialogs": dialogs, "counts": counts}
 
 
-def count_utterances(dialogs: dict) -> dict:
-    """Counts per class, per raw code and per session (common.formats.count_labels, keyed by IEMOCAP's codes)."""
-    c = count_labels(dialogs, "code")
+def count_utterances(dialogs: dict, label_set: str = DEFAULT_LABEL_SET) -> dict:
+    """Counts per class of label_set, per raw code and per session (common.formats.count_labels, keyed by
+    IEMOCAP's codes)."""
+    lset = LABEL_SETS[label_set]
+    c = count_labels(dialogs, "code", lset["labels"])
     per_code, target_per_code = c.pop("per_raw"), c.pop("target_per_raw")
     c["per_code"] = {code: per_code[code] for code in IEMOCAP_CODES if per_code[code]}
-    c["target_per_code"] = {code: target_per_code[code] for code in IEMOCAP_CODES if code in CODE_TO_LABEL}
+    c["target_per_code"] = {code: target_per_code[code] for code in IEMOCAP_CODES if code in lset["codes"]}
     return c
 
 
-def compare_with_standard(counts: dict, expect_standard: bool | None) -> dict:
-    """Every difference between this corpus's counts and IEMOCAP_STANDARD_COUNTS."""
+def compare_with_standard(counts: dict, expect_standard: bool | None, standard: dict = IEMOCAP_STANDARD_COUNTS) -> dict:
+    """Every difference between this corpus's counts and standard (the label set's STANDARD_COUNTS)."""
     looks_real = counts["dialogs"] == IEMOCAP_STANDARD_COUNTS["dialogs"] and sorted(
         int(s) for s in counts["dialogs_per_session"]
     ) == list(IEMOCAP_SESSIONS)
@@ -316,11 +336,11 @@ def compare_with_standard(counts: dict, expect_standard: bool | None) -> dict:
         )
     else:
         why = "forced by --expect-standard " + ("yes" if expect_standard else "no")
-    result = {"applies": applies, "why": why, "expected": IEMOCAP_STANDARD_COUNTS, "differences": []}
+    result = {"applies": applies, "why": why, "expected": standard, "differences": []}
     if not applies:
         return result
     found = {**counts, "missing_wdseg": counts["missing"]["wdseg"]}
-    for key, expected in IEMOCAP_STANDARD_COUNTS.items():
+    for key, expected in standard.items():
         got = found.get(key)
         if isinstance(expected, dict):
             for sub in expected:
@@ -337,30 +357,38 @@ def compare_with_standard(counts: dict, expect_standard: bool | None) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+def code_mapping_note(data: dict) -> str:
+    """How the set maps the codes present: '(exc -> hap; fru, sur -> no label)' (the codes it merges, then those it
+    leaves without a label, when the set leaves any of IEMOCAP's codes out)."""
+    codes = LABEL_SETS[data.get("label_set", DEFAULT_LABEL_SET)]["codes"]
+    per_code = data["counts"]["per_code"]
+    parts = ["; ".join(f"{code} -> {lab}" for code, lab in codes.items() if code != lab)]
+    if set(IEMOCAP_CODES) - set(codes):
+        parts.append(", ".join(code for code in per_code if code not in codes) + " -> no label")
+    return "  (" + "; ".join(parts) + ")"
+
+
 def print_report(data: dict, out_path: Path) -> None:
-    c = data["counts"]
+    """Step 1's report: the counts per session and class, the codes, what was skipped or missing, the standard
+    counts of the label set."""
+    c, labels = data["counts"], data["labels"]
     print(
         f"read {data['corpus']}: {c['dialogs']} dialogs, {c['utterances']} labelled utterances "
-        f"({c['target']} with a 4-class label)"
+        f"({c['target']} with a {len(labels)}-class label"
+        + (f", label set {data['label_set']})" if "label_set" in data else ")")
     )
-    header = f"{'session':>8} {'dialogs':>8} {'utts':>7} {'target':>7} " + " ".join(f"{lab:>6}" for lab in LABELS)
+    header = f"{'session':>8} {'dialogs':>8} {'utts':>7} {'target':>7} " + " ".join(f"{lab:>6}" for lab in labels)
     print(header)
     for s, row in c["per_session"].items():
         print(
             f"{s:>8} {c['dialogs_per_session'][s]:>8} {row['utterances']:>7} {row['target']:>7} "
-            + " ".join(f"{row[lab]:>6}" for lab in LABELS)
+            + " ".join(f"{row[lab]:>6}" for lab in labels)
         )
     print(
         f"{'all':>8} {c['dialogs']:>8} {c['utterances']:>7} {c['target']:>7} "
-        + " ".join(f"{c['per_label'][lab]:>6}" for lab in LABELS)
+        + " ".join(f"{c['per_label'][lab]:>6}" for lab in labels)
     )
-    print(
-        "raw codes: "
-        + ", ".join(f"{code} {n}" for code, n in c["per_code"].items())
-        + "  (exc -> hap; "
-        + ", ".join(code for code in c["per_code"] if code not in CODE_TO_LABEL)
-        + " -> no label)"
-    )
+    print("raw codes: " + ", ".join(f"{code} {n}" for code, n in c["per_code"].items()) + code_mapping_note(data))
     print(f"skipped: {sum(c['skipped'].values())}")
     for reason, n in c["skipped"].items():
         print(f"  {n:>6}  {reason}")
@@ -395,7 +423,7 @@ def print_report(data: dict, out_path: Path) -> None:
     print(f"wrote {out_path}: {c['dialogs']} dialogs, {c['utterances']} utterances")
 
 
-def preflight(iemocap, work, expect_standard: bool | None = None) -> list:
+def preflight(iemocap, work, expect_standard: bool | None = None, label_set: str = DEFAULT_LABEL_SET) -> list:
     """--check: the corpus read exactly as a run reads it (build_labels, in memory), writing nothing
     -> common.checklist.CheckItem lines: the corpus and its counts; its dialog wavs (step 2 decodes them); the
     standard IEMOCAP counts, a FAIL on any difference when the comparison applies (the corpus looks
@@ -407,7 +435,7 @@ def preflight(iemocap, work, expect_standard: bool | None = None) -> list:
 
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the progress bar
-            data = build_labels(iemocap, expect_standard=expect_standard)
+            data = build_labels(iemocap, expect_standard=expect_standard, label_set=label_set)
     except PipelineError as e:
         return [CheckItem("corpus", False, f"{e} (--iemocap)")]
     c = data["counts"]
@@ -417,7 +445,9 @@ def preflight(iemocap, work, expect_standard: bool | None = None) -> list:
             True,
             f"{data['corpus']}: {c['dialogs']} dialogs in sessions "
             f"{','.join(c['dialogs_per_session'])}, {c['utterances']} labelled utterances, {c['target']} "
-            "in the 4 classes (" + ", ".join(f"{lab} {c['per_label'][lab]}" for lab in LABELS) + ")",
+            f"in the {len(data['labels'])} classes ("
+            + ", ".join(f"{lab} {c['per_label'][lab]}" for lab in data["labels"])
+            + ")",
         )
     ]
     missing = c["missing_wav_dialogs"]
@@ -473,13 +503,21 @@ def main(argv=None):
         "the dialog wavs; write nothing; exit status 1 when the corpus is missing or unreadable, "
         "wavs are missing, or the comparison applies and a count differs",
     )
+    parser.add_argument(
+        "--label-set",
+        choices=tuple(LABEL_SETS),
+        default=DEFAULT_LABEL_SET,
+        help="the classes: iemocap4 = the paper's hap (+exc), ang, sad, neu (other codes unlabelled); wu6 = Wu et "
+        "al.'s hap (+exc), sad, ang, neu, oth (fru, sur, fea, dis, oth), xxx (no agreement): every labelled utterance",
+    )
     args = parser.parse_args(argv)
     expect = {"auto": None, "yes": True, "no": False}[args.expect_standard]
     if args.check:
         from common.checklist import report_checks
 
-        sys.exit(0 if report_checks(preflight(args.iemocap, args.work, expect), "step 1 preflight") else 1)
-    data = build_labels(args.iemocap, expect_standard=expect)
+        items = preflight(args.iemocap, args.work, expect, args.label_set)
+        sys.exit(0 if report_checks(items, "step 1 preflight") else 1)
+    data = build_labels(args.iemocap, expect_standard=expect, label_set=args.label_set)
     out_path = Path(args.work) / "labels.json"
     remove_stale_temp(out_path.parent, recursive=False)  # a killed write's leftover temporary file
     atomic_write_json(out_path, data)

@@ -534,3 +534,65 @@ def test_wdseg_frame_numbers_are_bounded(tmp_path, old, new, message):
     with pytest.raises(PipelineError) as e:
         formats.parse_wdseg(path)
     assert f"{path}:3: " in str(e.value) and message in str(e.value), str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# --label-set wu6: Wu, Zhang & Woodland's six classes
+# ---------------------------------------------------------------------------------------------
+
+# Their mapping, written out here on its own (W-Wu/sTEER data_prep/iemo_lab_AER-cat.py): exc -> hap; fru, sur,
+# fea, dis, oth -> oth; xxx stays; every labelled utterance has a class.
+WU_CLASS = {"neu": "neu", "hap": "hap", "exc": "hap", "sad": "sad", "ang": "ang", "xxx": "xxx"}
+WU_CLASS.update({code: "oth" for code in ("fru", "sur", "fea", "dis", "oth")})
+
+
+@pytest.mark.parametrize("corpus", ["mini", "demo"])
+def test_wu6_puts_every_utterance_in_wus_class(tmp_path, corpus, demo_corpus):
+    root = MINI if corpus == "mini" else demo_corpus[0]
+    step1.main(["--iemocap", str(root), "--work", str(tmp_path / "wu6"), "--label-set", "wu6"])
+    step1.main(["--iemocap", str(root), "--work", str(tmp_path / "four")])
+    wu6, four = load_labels(tmp_path / "wu6"), load_labels(tmp_path / "four")
+    assert wu6["labels"] == ["hap", "sad", "ang", "neu", "oth", "xxx"] and wu6["label_set"] == "wu6"
+    assert "label_set" not in four and four["labels"] == ["hap", "ang", "sad", "neu"]  # the default as before
+    assert formats.labels_of(wu6) == tuple(formats.LABEL_SETS["wu6"]["labels"])
+    codes = set()
+    for d, info in wu6["dialogs"].items():
+        assert [u["id"] for u in info["utterances"]] == [u["id"] for u in four["dialogs"][d]["utterances"]]
+        for u, u4 in zip(info["utterances"], four["dialogs"][d]["utterances"]):
+            assert u["label"] == WU_CLASS[u["code"]], u
+            assert u4["label"] == (u["label"] if u["code"] not in ("fru", "sur", "fea", "dis", "oth", "xxx") else None)
+            codes.add(u["code"])
+    assert {"fru", "exc"} <= codes if corpus == "mini" else {"fru", "oth", "hap", "sad", "neu"} <= codes
+    c = wu6["counts"]
+    assert c["target"] == c["utterances"] == sum(c["per_label"].values())
+    assert list(c["per_label"]) == wu6["labels"]
+
+
+def test_wu6_standard_counts_are_wus_and_consistent():
+    """Wu et al.'s printed counts of the full release, and their sums: 10,039 utterances, each in a class; the
+    codes' counts add up to each class's through the set's map; the 4-class set's classes have the same counts."""
+    s = step1.WU6_STANDARD_COUNTS
+    assert s["per_label"] == {"xxx": 2507, "oth": 2001, "neu": 1708, "hap": 1636, "ang": 1103, "sad": 1084}
+    assert sum(s["per_label"].values()) == s["target"] == s["utterances"] == 10039
+    assert sum(s["target_per_code"].values()) == 10039
+    for lab, n in s["per_label"].items():
+        assert sum(v for code, v in s["target_per_code"].items() if WU_CLASS[code] == lab) == n
+    four = step1.IEMOCAP_STANDARD_COUNTS["per_label"]
+    assert {lab: s["per_label"][lab] for lab in four} == four
+    counts = json.loads(json.dumps(s))
+    counts = {**counts, "missing": {"wdseg": counts.pop("missing_wdseg"), "dialog_wav": 0}}
+    assert step1.compare_with_standard(counts, None, s)["differences"] == []
+    counts["per_label"]["xxx"] = 2506
+    assert step1.compare_with_standard(counts, None, s)["differences"] == [
+        {"count": "per_label.xxx", "expected": 2507, "got": 2506}
+    ]
+
+
+def test_wu6_forced_comparison_and_report(tmp_path, capsys):
+    data = step1.main(
+        ["--iemocap", str(MINI), "--work", str(tmp_path), "--label-set", "wu6", "--expect-standard", "yes"]
+    )
+    diffs = {d["count"]: (d["expected"], d["got"]) for d in data["counts"]["standard"]["differences"]}
+    assert diffs["utterances"][0] == 10039 and diffs["per_label.xxx"][0] == 2507 and diffs["per_label.oth"][0] == 2001
+    out = capsys.readouterr().out
+    assert "with a 6-class label, label set wu6)" in out and "fru -> oth" in out and "no label" not in out
