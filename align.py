@@ -520,13 +520,14 @@ def authors_candidate(utterance) -> bool:
     return utterance["label"] is not None and (text is None or bool(str(text).strip()))
 
 
-def label_segments(segments, utterances, dialog, min_label_overlap=0.1, rule="sum"):
+def label_segments(segments, utterances, dialog, min_label_overlap=0.1, rule="sum", classes=LABELS):
     """Attach the reference to each segment (in place) and give it an id "<dialog>-<NNNN>".
 
-    utterances: labels.json's utterances of the dialog. Rule (docs/DEPARTURES.md, "How a segment gets its label"):
+    utterances: labels.json's utterances of the dialog; classes: labels.json's classes, in order (the default: the
+    paper's 4). Rule (docs/DEPARTURES.md, "How a segment gets its label"):
       * utterances: every reference utterance the segment overlaps (any emotion code);
       * label (rule "sum"): the 4-class label with the largest total overlap, if that overlap
-        exceeds min_label_overlap seconds, else None; ties go to the first in common.formats.LABELS;
+        exceeds min_label_overlap seconds, else None; ties go to the first in classes;
         (rule "authors", their preprocess.py get_label_for_segment over the labels file of their
         iemo_lab_with_timestamps.py, which holds only 4-class utterances with transcript text): the
         label of the ONE utterance that overlaps the segment most among the authors_candidates (on a
@@ -546,9 +547,9 @@ def label_segments(segments, utterances, dialog, min_label_overlap=0.1, rule="su
             if u["label"] is not None:
                 by_label[u["label"]] = by_label.get(u["label"], 0.0) + o
             by_speaker[u["speaker"]] = by_speaker.get(u["speaker"], 0.0) + o
-        # max over LABELS order makes ties deterministic (first in common.formats.LABELS wins)
+        # max over the classes' order makes ties deterministic (the first of classes wins)
         if rule == "sum":
-            label = max((lab for lab in LABELS if lab in by_label), key=lambda lab: by_label[lab], default=None)
+            label = max((lab for lab in classes if lab in by_label), key=lambda lab: by_label[lab], default=None)
             if label is not None and by_label[label] <= min_label_overlap:
                 label = None
         elif rule == "authors":  # the largest overlap; on a tie the earliest start, then the first listed
@@ -616,8 +617,11 @@ def peak_normalize(audio, rule="none"):
     return (audio / peak * np.float32(AUTHORS_PEAK)).astype(np.float32)
 
 
-def segment_cache(dialog, session, segments, audio, sample_rate=formats.SAMPLE_RATE, channel="mean") -> dict:
-    """The cache step 4 reads: per segment its audio slice of the (decoded once) dialog, and its text/label.
+def segment_cache(
+    dialog, session, segments, audio, sample_rate=formats.SAMPLE_RATE, channel="mean", classes=LABELS
+) -> dict:
+    """The cache step 4 reads: per segment its audio slice of the (decoded once) dialog, and its text/label (the
+    label's index in classes, labels.json's; -1 = none).
 
     audio: the dialog as common.formats.load_audio(..., channel=channel) returned it; `channel` is recorded.
     Slices are copied so that each tensor owns only its own samples (torch.save would otherwise
@@ -627,7 +631,7 @@ def segment_cache(dialog, session, segments, audio, sample_rate=formats.SAMPLE_R
     """
     import torch
 
-    out = []
+    out, index = [], {lab: i for i, lab in enumerate(classes)}
     for s in segments:
         a = min(max(0, int(round(s["start"] * sample_rate))), len(audio) - 1)
         b = min(len(audio), max(a + 1, int(round(s["end"] * sample_rate))))  # at least one sample: never empty
@@ -638,7 +642,7 @@ def segment_cache(dialog, session, segments, audio, sample_rate=formats.SAMPLE_R
                 "end": float(s["end"]),
                 "speaker": s["speaker"],
                 "text": s["text"],
-                "label": formats.LABEL_INDEX.get(s["label"], -1),
+                "label": index.get(s["label"], -1),
                 "audio": torch.from_numpy(np.array(audio[a:b], dtype=np.float32, copy=True)),
             }
         )
@@ -1167,7 +1171,8 @@ def align_variant(run: Run, k, key, d, info, inputs) -> None:
         )
     except PipelineError as e:
         raise PipelineError(f"{inputs['asr_path']} / {inputs['rttm_path']}: {e}") from None
-    label_segments(segs, info["utterances"], d, args.min_label_overlap, args.label_rule)
+    classes = formats.labels_of(run.labels)
+    label_segments(segs, info["utterances"], d, args.min_label_overlap, args.label_rule, classes)
     fileio.atomic_write_json(
         vdir / "segments" / f"{d}.json",
         {
@@ -1180,7 +1185,8 @@ def align_variant(run: Run, k, key, d, info, inputs) -> None:
     )
     fileio.atomic_write_text(vdir / "segments" / f"{d}.txt", transcript_text(d, run.variants[k], segs))
     fileio.atomic_torch_save(
-        segment_cache(d, info["session"], segs, inputs["audio"], channel=args.channel), vdir / "cache" / f"{d}.pt"
+        segment_cache(d, info["session"], segs, inputs["audio"], channel=args.channel, classes=classes),
+        vdir / "cache" / f"{d}.pt",
     )
     run.manifests[k]["dialogs"][d] = dialog_entry(run, d, kind, key, segs, inputs)
     run.written[k] += 1

@@ -28,7 +28,7 @@ from scipy.optimize import linear_sum_assignment
 from common import cli, defaults, fileio, formats, rundirs
 from common.cli import PipelineError
 from common.fileio import atomic_write_json, read_json
-from common.formats import LABELS, load_labels
+from common.formats import load_labels
 from common.intervals import cover_counts, merge_intervals, subtract_intervals
 from common.rundirs import fold_dirs, run_test_dialogs
 
@@ -219,8 +219,8 @@ def _scoring_extent(utterances, segments, uem: str, nontarget: str) -> tuple:
 def _reference_labels(utterances, nontarget: str) -> tuple[list, list]:
     """-> (emotion labels, speaker+emotion labels) of the reference, [(start, end, label)] each.
 
-    An utterance without a 4-class label is left out ("exclude": its time is cut from the region by the
-    caller; "drop") or says OTHER ("other").
+    An utterance without a label (no class of labels.json's set) is left out ("exclude": its time is cut from the
+    region by the caller; "drop") or says OTHER ("other").
     """
     ref_emo, ref_spk = [], []
     for u in utterances:
@@ -309,6 +309,7 @@ def score_predictions(predictions: dict, labels: dict, dialogs, settings: dict, 
     )
     by_dialog: dict[str, list] = {d: [] for d in dialogs}
     outside = 0
+    classes = formats.labels_of(labels)  # the target classes: labels.json's (its label set)
     segments = predictions.get("segments", []) if isinstance(predictions, dict) else None
     if not isinstance(segments, list):
         raise PipelineError(f"{where}: expected {{'segments': [...]}} (predictions.json)")
@@ -318,14 +319,14 @@ def score_predictions(predictions: dict, labels: dict, dialogs, settings: dict, 
         missing = [k for k in required if k not in seg]
         if missing:
             raise PipelineError(f"{where}: segment {n} lacks {missing}; expected predictions.json segments")
-        if seg["pred"] not in LABELS:
+        if seg["pred"] not in classes:
             raise PipelineError(
-                f"{where}: segment {n} ({seg.get('id')}) has pred {seg['pred']!r:.40}, expected one of {LABELS}"
+                f"{where}: segment {n} ({seg.get('id')}) has pred {seg['pred']!r:.40}, expected one of {classes}"
             )
-        if "label" in seg and seg["label"] is not None and seg["label"] not in LABELS:
+        if "label" in seg and seg["label"] is not None and seg["label"] not in classes:
             raise PipelineError(
                 f"{where}: segment {n} ({seg.get('id')}) has label {seg['label']!r:.40}, "
-                f"expected one of {LABELS} or null"
+                f"expected one of {classes} or null"
             )
         if not (
             formats.is_finite_number(seg["start"])
