@@ -37,8 +37,25 @@ from common.formats import LABELS
 HERE = Path(__file__).resolve().parent
 PIPE = "input"  # the step-2 folder of the temporary work directory
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
-EMOTION_WORDS = {"hap": "happy", "ang": "angry", "sad": "sad", "neu": "neutral"}
-EMOTION_COLOURS = {"hap": "#f2b134", "ang": "#d1495b", "sad": "#3b6ea5", "neu": "#a0a0a0"}
+# A word and a colour per class: the paper's four, Wu et al.'s oth and xxx (common.formats.LABEL_SETS); a class of a
+# corpus's own set is its own word, and takes a colour of SPARE_COLOURS (emotion_colours).
+EMOTION_WORDS = {"hap": "happy", "ang": "angry", "sad": "sad", "neu": "neutral", "oth": "other", "xxx": "no agreement"}
+EMOTION_COLOURS = {
+    **{"hap": "#f2b134", "ang": "#d1495b", "sad": "#3b6ea5", "neu": "#a0a0a0"},
+    **{"oth": "#6a994e", "xxx": "#8d6cab"},
+}
+SPARE_COLOURS = ("#e07a5f", "#2a9d8f", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#1f77b4", "#ff7f0e")
+
+
+def emotion_colours(classes) -> dict:
+    """{class: colour} for a run's classes: the known colours, then SPARE_COLOURS in turn for the others (cycled
+    when a set has more classes than colours)."""
+    spare = [c for c in SPARE_COLOURS if c not in EMOTION_COLOURS.values()]
+    others = [lab for lab in classes if lab not in EMOTION_COLOURS]
+    extra = {lab: spare[i % len(spare)] for i, lab in enumerate(others)}
+    return {lab: EMOTION_COLOURS.get(lab) or extra[lab] for lab in classes}
+
+
 VARIANT_RE = re.compile(r"^(?:aligned-p(?P<pause>[0-9.]+)|(?P<baseline>baseline))(?P<exclusive>-exclusive)?$")
 
 
@@ -280,6 +297,7 @@ def predict_segments(model, config: dict, cache_paths: list[Path], work: Path, d
     from transformers import AutoFeatureExtractor, AutoTokenizer
 
     mc = utils.ModelConfig.from_run_config(config)
+    classes = formats.labels_of(config)  # the classes the run was trained on
     do_norm = config.get("do_normalize")
     if do_norm is None:
         do_norm = getattr(AutoFeatureExtractor.from_pretrained(mc.audio_model), "do_normalize", True)
@@ -313,8 +331,8 @@ def predict_segments(model, config: dict, cache_paths: list[Path], work: Path, d
                 "end": seg["end"],
                 "speaker": seg["speaker"],
                 "text": seg["text"],
-                "emotion": LABELS[int(p.argmax())],
-                "probs": {lab: float(v) for lab, v in zip(LABELS, p)},
+                "emotion": classes[int(p.argmax())],
+                "probs": {lab: float(v) for lab, v in zip(classes, p)},
             }
         )
     return out
@@ -325,9 +343,10 @@ def predict_segments(model, config: dict, cache_paths: list[Path], work: Path, d
 # ---------------------------------------------------------------------------------------------
 
 
-def emotion_shares(segments: list[dict]) -> dict:
-    """{label: share of the segments' total duration} (segments of zero length count one sample)."""
-    time = {lab: 0.0 for lab in LABELS}
+def emotion_shares(segments: list[dict], classes=LABELS) -> dict:
+    """{class: share of the segments' total duration} over the run's classes (segments of zero length count one
+    sample)."""
+    time = {lab: 0.0 for lab in classes}
     for s in segments:
         time[s["emotion"]] += max(s["end"] - s["start"], 1.0 / formats.SAMPLE_RATE)
     total = sum(time.values())
@@ -365,7 +384,7 @@ def subtitles(segments: list[dict], srt: bool = False) -> str:
         sep = "," if srt else "."
         parts.append(
             f"{n}\n{timestamp(start, sep)} --> {timestamp(end, sep)}\n"
-            f"{s['speaker']} [{EMOTION_WORDS[s['emotion']]}] {text}".rstrip()
+            f"{s['speaker']} [{EMOTION_WORDS.get(s['emotion'], s['emotion'])}] {text}".rstrip()
             + "\n\n"
         )
     return "".join(parts)
@@ -387,7 +406,7 @@ def timeline_lanes(segments: list[dict]) -> list[str]:
     return sorted({s["speaker"] for s in segments}) or ["(no speech)"]
 
 
-def plot_timeline(segments: list[dict], duration: float, path: Path, title: str) -> None:
+def plot_timeline(segments: list[dict], duration: float, path: Path, title: str, classes=LABELS) -> None:
     """One row per minute of audio (at most 12 rows: longer recordings get longer rows), one lane
     per speaker in each row, each segment a bar coloured by its emotion (opacity: its probability)
     with as many of its words as fit; a legend of the emotions."""
@@ -408,7 +427,7 @@ def plot_timeline(segments: list[dict], duration: float, path: Path, title: str)
     )
     px_per_s = (width_in * 0.91 * dpi) / row_s
     char_px = 7 * 0.5 * dpi / 72  # a 7-point character is about half an em wide
-    lane = {spk: i for i, spk in enumerate(speakers)}
+    lane, colours = {spk: i for i, spk in enumerate(speakers)}, emotion_colours(classes)
     for r, ax in enumerate(axes[:, 0]):
         t0, t1 = r * row_s, (r + 1) * row_s
         for s in segments:
@@ -421,7 +440,7 @@ def plot_timeline(segments: list[dict], duration: float, path: Path, title: str)
                 b - a,
                 left=a,
                 height=0.8,
-                color=EMOTION_COLOURS[s["emotion"]],
+                color=colours[s["emotion"]],
                 alpha=0.45 + 0.55 * s["probs"][s["emotion"]],
                 edgecolor="white",
                 linewidth=0.5,
@@ -437,8 +456,8 @@ def plot_timeline(segments: list[dict], duration: float, path: Path, title: str)
         ax.grid(axis="x", alpha=0.3)
         if t1 > duration:
             ax.axvspan(duration, t1, color="#eeeeee", zorder=0)
-    handles = [Patch(color=EMOTION_COLOURS[lab], label=EMOTION_WORDS[lab]) for lab in LABELS]
-    fig.legend(handles=handles, loc="upper right", ncol=len(LABELS), fontsize=8, frameon=False)
+    handles = [Patch(color=colours[lab], label=EMOTION_WORDS.get(lab, lab)) for lab in classes]
+    fig.legend(handles=handles, loc="upper right", ncol=len(classes), fontsize=8, frameon=False)
     fig.suptitle(title, x=0.01, ha="left", fontsize=9)
     axes[-1, 0].set_xlabel("time (min:s); bar opacity = the class probability", fontsize=8)
     height = fig.get_figheight()
@@ -453,7 +472,8 @@ def plot_timeline(segments: list[dict], duration: float, path: Path, title: str)
 def write_outputs(rec: dict, segments: list[dict], out: Path, run_dir: Path, config: dict, srt: bool) -> dict:
     """The four files of one recording; returns the JSON written."""
     name, duration = rec["name"], rec["duration"]
-    shares = emotion_shares(segments)
+    classes = formats.labels_of(config)  # the classes the run was trained on
+    shares = emotion_shares(segments, classes)
     speakers = sorted({s["speaker"] for s in segments})
     result = {
         "audio": str(rec["path"]),
@@ -467,7 +487,7 @@ def write_outputs(rec: dict, segments: list[dict], out: Path, run_dir: Path, con
             for k in ("mode", "modality", "fusion", "pipe", "variant", "seed")
         },
         "step2": rec["step2"],
-        "labels": list(LABELS),
+        "labels": list(classes),
         "speakers": speakers,
         "summary": {
             "segments": len(segments),
@@ -488,6 +508,7 @@ def write_outputs(rec: dict, segments: list[dict], out: Path, run_dir: Path, con
         out / f"{name}.timeline.png",
         f"{rec['path'].name}: {duration:.1f} s, {len(speakers)} speakers, {len(segments)} segments "
         f"(run {run_dir.name})",
+        classes,
     )
     return result
 
@@ -743,7 +764,7 @@ def predict_recordings(args, run_dir: Path, device, work: Path, todo: list[dict]
         print(
             f"[predict] {rec['name']}: {rec['duration']:.1f} s, {result['summary']['speakers']} speakers, "
             f"{len(segments)} segments; emotions by speech time: "
-            + " ".join(f"{lab} {100 * shares[lab]:.0f}%" for lab in LABELS)
+            + " ".join(f"{lab} {100 * shares[lab]:.0f}%" for lab in shares)
             + f" -> {Path(args.out) / rec['name']}.{{emotions.json,emotions.rttm,{'srt' if args.srt else 'vtt'},"
             f"timeline.png}}",
             flush=True,
