@@ -12,6 +12,8 @@ Experiment groups (--only; paper tables in brackets):
   modality   single-modality baselines (text only, audio only)                        [open question]
   pause      maximum pause 0.5 / 1.0 / 1.5 / 2.0 s, per-emotion F1                     [open question]
   fusion     gated cross-attention vs no gate, concatenation MLP, late fusion          [the paper's future work]
+  wu6        Wu et al.'s six classes (step 1 --label-set wu6, its own work dir WORK_wu6): standard pipeline with
+             alignment, fine-tuned, TEER / sTEER, beside Wu et al.'s printed numbers (IEMOCAP corpora only)
 
 Every step runs as its own process, printed before it runs; a step item unchanged since it last succeeded is
 not run again, so a re-run with nothing changed only rebuilds the tables. The demo ends with step 7 on a
@@ -44,7 +46,8 @@ from common.scoring import PAPER
 
 HERE = Path(__file__).resolve().parent
 PAUSES = (0.5, 1.0, 1.5, 2.0)
-GROUPS = ("main", "vadoracle", "frozen", "modality", "pause", "fusion")
+GROUPS = ("main", "vadoracle", "frozen", "modality", "pause", "fusion", "wu6")
+WU6_WORK_SUFFIX = "_wu6"  # the wu6 group's work directory: WORK + this (its own labels.json, steps 2-6)
 HEADLINE_GROUPS = ("main", "vadoracle", "frozen")
 DEFAULT_FUSION = utils.FUSIONS[0]
 
@@ -580,6 +583,7 @@ def step1_labels(cfg, args, runner: Runner) -> str:
         step1, sources = "corpus_from_csv.py", ()
     else:
         argv1, step1, sources = ["--iemocap", iemocap, "--work", work], "iemo_lab_with_timestamps.py", ()
+        argv1 += ["--label-set", cfg["label_set"]] if cfg.get("label_set") else []  # the wu6 group's work dir
     csv_digest = file_digest(args.corpus_csv) if args.corpus_csv else ""
     return runner.step("step 1 labels", step1, [("labels", argv1, (csv_digest,))], lambda _: argv1, sources=sources)[
         "labels"
@@ -744,6 +748,53 @@ def run_pipeline(cfg, args, runner: Runner, configs: list[dict]):
     steps56_score(cfg, args, runner, list(runs), k4)
 
 
+def wu6_plan(cfg, args) -> tuple[dict, list[dict]] | None:
+    """The wu6 group (Wu et al.'s six classes) -> (its cfg: work dir WORK + WU6_WORK_SUFFIX, step 1 --label-set
+    wu6; its one configuration: the standard pipeline with alignment, fine-tuned, the paper's fusion, with the
+    ablation groups' seeds, the demo's 1); None when --only leaves it out or the corpus is a CSV (wu6 maps
+    IEMOCAP's emotion codes; a CSV corpus keeps its classes with corpus_from_csv.py --emotion-map)."""
+    if (args.only is not None and "wu6" not in args.only) or args.corpus_csv:
+        return None
+    cfg6 = {**cfg, "work": str(cfg["work"]) + WU6_WORK_SUFFIX, "label_set": "wu6"}
+    key = (cfg["standard_pipe"], "aligned-p1.5", "finetune", "fusion", DEFAULT_FUSION)
+    c = dict(zip(("pipe", "variant", "mode", "modality", "fusion"), key), groups=["wu6"])
+    c["seeds"] = list(range(args.seed, args.seed + cfg["ablation_seeds"]))
+    c["name"] = config_name(c, args.folds)
+    return cfg6, [c]
+
+
+def run_wu6(cfg, args, results_dir: Path, runner: Runner) -> tuple[list[str], dict] | None:
+    """The wu6 group end to end (wu6_plan): steps 1-6 in its own work dir (its step timings added to runner's),
+    its confusion matrices copied to results_dir/confusion_matrices/wu6_<run>.png -> (its table's lines, its
+    provenance), or None (not run)."""
+    plan = wu6_plan(cfg, args)
+    if plan is None:
+        return None
+    cfg6, configs6 = plan
+    work6 = Path(cfg6["work"])
+    work6.mkdir(parents=True, exist_ok=True)
+    runner6 = Runner(work6, args.force, cfg["jobs"])
+    run_pipeline(cfg6, args, runner6, configs6)
+    runner.timings += runner6.timings
+    for name, seconds in runner6.wall.items():
+        runner.wall[name] = runner.wall.get(name, 0.0) + seconds
+    c = configs6[0]
+    res = load_results(work6, c)
+    copy_confusion_matrices(work6, [res], results_dir, "wu6_")
+    lines = Tables(cfg6, args, {}).wu6_table(res)
+    return lines, {"work": str(work6), "seeds": {c["name"]: c["seeds"]}, "label_set": "wu6"}
+
+
+def copy_confusion_matrices(work: Path, results, results_dir: Path, prefix: str = "") -> None:
+    """Each run's confusion_matrix.png (step 5) -> results_dir/confusion_matrices/<prefix><run>.png."""
+    for res in results:
+        for r in res["runs"]:
+            png = work / "runs" / r["name"] / "confusion_matrix.png"
+            if png.is_file():
+                (results_dir / "confusion_matrices").mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(png, results_dir / "confusion_matrices" / f"{prefix}{r['name']}.png")
+
+
 # ---------------------------------------------------------------------------------------------
 # Tables: every number is read from the runs' metrics.json / teer*.json, over seeds (and folds)
 # ---------------------------------------------------------------------------------------------
@@ -831,14 +882,15 @@ def missed_records(records: list, dialogs, labels: dict | None) -> list:
     ]
 
 
-def seed_confusions(res: dict, dialogs=None, labels=None) -> tuple[np.ndarray, list]:
-    """[n_seeds, n_dialogs, 4, 5] confusion matrices of the reference-projected utterances (each seed's
-    run over its whole test set, folds pooled). dialogs: the dialog axis (default: every dialog a seed
-    scored); a dialog a seed has no record of counts its labelled utterances (labels.json) as misses."""
+def seed_confusions(res: dict, dialogs=None, labels=None, classes=LABELS) -> tuple[np.ndarray, list]:
+    """[n_seeds, n_dialogs, C, C + 1] confusion matrices of the reference-projected utterances over the C classes
+    (labels.json's; each seed's run over its whole test set, folds pooled). dialogs: the dialog axis (default:
+    every dialog a seed scored); a dialog a seed has no record of counts its labelled utterances (labels.json) as
+    misses."""
     per_seed = [flat(r["metrics"])["utterance"]["utterances"] for r in res["runs"]]
     dialogs = dialogs or sorted(scored_dialogs(res))
     per_seed = [utts + missed_records(utts, dialogs, labels) for utts in per_seed]
-    return np.stack([scoring.dialog_confusions(utts, dialogs) for utts in per_seed]), dialogs
+    return np.stack([scoring.dialog_confusions(utts, dialogs, labels=classes) for utts in per_seed]), dialogs
 
 
 def table_head(cells: list[str]) -> list[str]:
@@ -857,6 +909,10 @@ class Tables:
             self._labels = formats.load_labels(self.cfg["work"])
         return self._labels
 
+    def classes(self) -> tuple:
+        """The classes of WORK/labels.json (its label set), in order: the rows of the per-class tables."""
+        return formats.labels_of(self.labels())
+
     def get(self, pipe, variant, mode="finetune", modality="fusion", fusion=DEFAULT_FUSION):
         return self.R.get((pipe, variant, mode, modality, fusion))
 
@@ -865,7 +921,7 @@ class Tables:
         each seed's value and the interval are of the same quantity: the run's pooled test utterances."""
         text = mean_std(values(res, metric_getter(key, "utterance")))
         if self.args.bootstrap_samples:
-            cms = seed_confusions(res, labels=self.labels)[0]
+            cms = seed_confusions(res, labels=self.labels, classes=self.classes())[0]
             lo, hi = scoring.bootstrap_ci(cms, key, self.args.bootstrap_samples, self.args.bootstrap_seed)
             text += f" [{100 * lo:.1f}, {100 * hi:.1f}]"
         return text
@@ -921,13 +977,14 @@ class Tables:
             return None
         labels = formats.load_labels(self.cfg["work"])
         train = config["split"]["train"]
+        classes = formats.labels_of(labels)
         counts = {
-            lab: sum(u["label"] == lab for d in train for u in labels["dialogs"][d]["utterances"]) for lab in LABELS
+            lab: sum(u["label"] == lab for d in train for u in labels["dialogs"][d]["utterances"]) for lab in classes
         }
-        majority = max(LABELS, key=lambda lab: counts[lab])
+        majority = max(classes, key=lambda lab: counts[lab])
         utts = flat(res["runs"][0]["metrics"])["utterance"]["utterances"]
         dialogs = sorted({u["dialog"] for u in utts})
-        cms = scoring.dialog_confusions([{**u, "pred": majority} for u in utts], dialogs)
+        cms = scoring.dialog_confusions([{**u, "pred": majority} for u in utts], dialogs, labels=classes)
         m = scoring.metrics_from_confusion(cms.sum(0))
         cells = []
         for key in scoring.HEADLINE:
@@ -969,8 +1026,8 @@ class Tables:
         if not self.args.bootstrap_samples:
             return []
         dialogs = sorted(scored_dialogs(a) | scored_dialogs(b))  # a dialog one of them lacks: misses for it
-        cms_a, _ = seed_confusions(a, dialogs, self.labels)
-        cms_b, _ = seed_confusions(b, dialogs, self.labels)
+        cms_a, _ = seed_confusions(a, dialogs, self.labels, self.classes())
+        cms_b, _ = seed_confusions(b, dialogs, self.labels, self.classes())
         rows = []
         for key in scoring.HEADLINE:
             r = scoring.paired_bootstrap(cms_a, cms_b, key, self.args.bootstrap_samples, self.args.bootstrap_seed)
@@ -1083,15 +1140,17 @@ class Tables:
             "| Emotion | without | with | without (seg.) | with (seg.) | without (paper) | with (paper) |",
             "|---|---|---|---|---|---|---|",
         ]
-        for lab in LABELS:
+        paper = [PAPER["table2"][k] for k in ("without-alignment", "aligned")]
+        for lab, name in formats.label_names(self.classes()).items():
             L.append(
-                f"| {formats.LABEL_NAMES[lab]} | "
+                f"| {name} | "
                 + " | ".join(
                     mean_std(values(r, metric_getter(f"f1:{lab}", level)), 1.0)
                     for level in ("utterance", "segment")
                     for r in (bl, al)
                 )
-                + f" | {PAPER['table2']['without-alignment'][lab]:.2f} | {PAPER['table2']['aligned'][lab]:.2f} |"
+                + "".join(f" | {p[lab]:.2f}" if lab in p else " | -" for p in paper)
+                + " |"
             )
         return L + ["", f"Sources: `{bl['source']}/metrics.json`, `{al['source']}/metrics.json`.", ""]
 
@@ -1247,7 +1306,7 @@ class Tables:
                     "max pause (s)",
                     "Acc",
                     "MF1",
-                    *(f"F1 {lab}" for lab in LABELS),
+                    *(f"F1 {lab}" for lab in self.classes()),
                     "Acc (seg.)",
                     "segments",
                     "cov %",
@@ -1262,11 +1321,13 @@ class Tables:
             _, seg, cov = self.counts(r)
             L.append(
                 f"| {p:g} | {self.projected(r, 'accuracy')} | {self.projected(r, 'macro_f1')} | "
-                + " | ".join(mean_std(values(r, metric_getter(f"f1:{lab}", "utterance")), 1.0) for lab in LABELS)
+                + " | ".join(
+                    mean_std(values(r, metric_getter(f"f1:{lab}", "utterance")), 1.0) for lab in self.classes()
+                )
                 + f" | {self.segment(r, 'accuracy')} | {seg} | {cov} | {self.teer(r, 'TEER')} | {self.n(r)} | "
                 f"{self.dialogs(r)} | `{r['source']}/metrics.json` |"
             )
-        plot_sweep(sweep, results_dir / "pause_sweep.png", self.cfg["demo"])
+        plot_sweep(sweep, results_dir / "pause_sweep.png", self.cfg["demo"], self.classes())
         return L + ["", "![per-emotion F1 vs maximum pause](pause_sweep.png)", ""]
 
     def alignment_report(self, work: Path) -> list[str]:
@@ -1276,11 +1337,65 @@ class Tables:
             return []
         return ["## Alignment report (standard pipeline)", "", f"From `{report}`:", "", report.read_text(), ""]
 
+    def wu6_table(self, res) -> list[str]:
+        """The wu6 group's table: Wu et al.'s six classes through the standard pipeline with alignment (fine-tuned),
+        TEER and sTEER in both scorings, Wu et al.'s printed numbers beside ours; then the F1 of each class."""
+        wu = {**PAPER["table1"]["wu2023"], **PAPER["table3"]["wu2023"]}
+        names = formats.label_names(self.classes())
+        L = [
+            f"## Wu et al.'s six classes (wu6; {res['pipe']} pipeline with alignment, fine-tuned extractors)",
+            "",
+            f"Step 1 `--label-set wu6` (`{self.cfg['work']}/labels.json`): "
+            + "; ".join(f"{lab} = {name}" for lab, name in names.items())
+            + ". Every labelled utterance has a class, so every reference utterance is scored and is a TEER target. "
+            "Columns as in Tables I and III. Wu et al.: the numbers the paper prints for them (Table I accuracy, "
+            "Table III TEER / sTEER), from their own system, for reference.",
+            "",
+            *table_head(
+                [
+                    "Setup",
+                    "Acc",
+                    "UA",
+                    "WF1",
+                    "MF1",
+                    "utterances (missed)",
+                    "dialogs (failed)",
+                    "TEER %",
+                    "sTEER %",
+                    "TEER % (authors' scoring)",
+                    "sTEER % (authors' scoring)",
+                    "n",
+                    "source",
+                ]
+            ),
+            f"| Wu et al. (6 classes; paper) | {wu['accuracy']:.2f} | - | - | - | - | - | {wu['TEER']:.2f} | "
+            f"{wu['sTEER']:.2f} | - | - | - | paper |",
+            f"| Ours (wu6, {res['pipe']}, with alignment) | "
+            + " | ".join(self.projected(res, k) for k in scoring.HEADLINE)
+            + f" | {self.counts(res)[0]} | {self.dialogs(res)} | "
+            f"{self.teer(res, 'TEER')} | {self.teer(res, 'sTEER')} | "
+            f"{self.teer(res, 'TEER', True)} | {self.teer(res, 'sTEER', True)} | {self.n(res)} | "
+            f"`{res['source']}/metrics.json`, `{res['source']}/teer*.json` |",
+            "",
+            "| Class | F1 | F1 (seg.) |",
+            "|---|---|---|",
+        ]
+        for lab, name in names.items():
+            L.append(
+                f"| {name} | "
+                + " | ".join(
+                    mean_std(values(res, metric_getter(f"f1:{lab}", lv)), 1.0) for lv in ("utterance", "segment")
+                )
+                + " |"
+            )
+        return L + ["", f"Source: `{res['source']}/metrics.json`.", ""]
+
 
 ABLATION_COLUMNS = ["Acc", "UA", "WF1", "MF1", "Acc (seg.)", "MF1 (seg.)", "n", "dialogs (failed)", "source"]
 
 
-def plot_sweep(sweep, path: Path, demo: bool):
+def plot_sweep(sweep, path: Path, demo: bool, classes=LABELS):
+    """The pause sweep's per-class F1 (reference-projected, mean over seeds) against the maximum pause."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1288,12 +1403,12 @@ def plot_sweep(sweep, path: Path, demo: bool):
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     xs = [p for p, _ in sweep]
-    for lab in LABELS:
+    for lab, name in formats.label_names(classes).items():
         ax.plot(
             xs,
             [np.mean(values(r, metric_getter(f"f1:{lab}", "utterance"))) for _, r in sweep],
             marker="o",
-            label=formats.LABEL_NAMES[lab],
+            label=name,
         )
     ax.set_xlabel("maximum pause inside a turn (s)")
     ax.set_ylabel("F1 (test, reference-projected)")
@@ -1516,13 +1631,10 @@ def main(argv=None):
     results = {
         tuple(c[k] for k in ("pipe", "variant", "mode", "modality", "fusion")): load_results(work, c) for c in configs
     }
-    fileio.atomic_write_text(results_dir / "tables.md", Tables(cfg, args, results).write(results_dir, work))
-    for res in results.values():
-        for r in res["runs"]:
-            png = work / "runs" / r["name"] / "confusion_matrix.png"
-            if png.is_file():
-                (results_dir / "confusion_matrices").mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(png, results_dir / "confusion_matrices" / f"{r['name']}.png")
+    wu6 = run_wu6(cfg, args, results_dir, runner)  # its own work dir; its table after the others
+    tables_md = Tables(cfg, args, results).write(results_dir, work)
+    fileio.atomic_write_text(results_dir / "tables.md", tables_md + ("\n".join(wu6[0]) + "\n" if wu6 else ""))
+    copy_confusion_matrices(work, results.values(), results_dir)
 
     ran = [t for t in runner.timings if not t["skipped"]]
     per_step, busy = {}, {}  # wall clock; and the sum over invocations, which may overlap (--jobs)
@@ -1558,6 +1670,8 @@ def main(argv=None):
             "labelled_4class": sum(u["label"] is not None for d in labels["dialogs"].values() for u in d["utterances"]),
         },
     }
+    if wu6:
+        provenance["wu6"] = wu6[1]
     if args.corpus_csv:
         provenance["corpus"].update(kind="csv", csv=str(args.corpus_csv), csv_sha256=file_digest(args.corpus_csv))
     elif cfg["demo"]:
