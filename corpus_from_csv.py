@@ -21,19 +21,21 @@ import math
 import re
 from pathlib import Path
 
-from common import cli, defaults, fileio, formats
+from common import cli, defaults, fileio, formats, scoring
 from common.cli import PipelineError
 from common.formats import CODE_TO_LABEL, IEMOCAP_CODES, LABELS
 
 REQUIRED = ("audio", "id", "start", "end", "speaker", "emotion")
 SESSION_COLUMNS = ("session", "fold")
-NONE = "none"  # map target: speech without one of the four classes (label null)
+NONE = "none"  # map target: speech without a class of the label set (label null)
+CLASS_RE = re.compile(r"^[^\s,=]+$")  # a class name: no white space, comma or '=' (the map's syntax)
 # IEMOCAP's codes: exc merged into hap (common.formats.CODE_TO_LABEL), the rest without a 4-class label.
 DEFAULT_EMOTION_MAP = {code: CODE_TO_LABEL.get(code, NONE) for code in IEMOCAP_CODES}
 
 
-def parse_emotion_map(spec: str | None) -> dict:
-    """'happy=hap,frustrated=none' -> {'happy': 'hap', 'frustrated': 'none'}; None -> the IEMOCAP default."""
+def parse_emotion_map(spec: str | None, classes=None) -> dict:
+    """'happy=hap,frustrated=none' -> {'happy': 'hap', 'frustrated': 'none'}; None -> the IEMOCAP default. classes:
+    the classes a target may be (--labels; None: any class name, the set then follows the map: map_classes)."""
     if spec is None:
         return dict(DEFAULT_EMOTION_MAP)
     mapping = {}
@@ -42,16 +44,51 @@ def parse_emotion_map(spec: str | None) -> dict:
             continue
         key, sep, value = item.partition("=")
         key, value = key.strip().lower(), value.strip()
-        if not sep or not key or value not in (*LABELS, NONE):
+        allowed = value in (*classes, NONE) if classes is not None else bool(CLASS_RE.match(value))
+        if not sep or not key or not allowed:
             raise PipelineError(
                 f"--emotion-map: bad item {cli.quote(item.strip())}; "
-                "expected LABEL=CLASS with CLASS one of "
-                f"{', '.join(LABELS)} or {NONE}"
+                "expected LABEL=CLASS with CLASS "
+                + (f"one of {', '.join(classes)} or {NONE}" if classes is not None else f"a class name or {NONE}")
             )
         mapping[key] = value
     if not mapping:
         raise PipelineError("--emotion-map: empty; expected e.g. 'happy=hap,angry=ang,sad=sad,neutral=neu,other=none'")
     return mapping
+
+
+def parse_class_list(spec: str) -> list:
+    """--labels 'joy,anger,neutral' -> the classes in order (distinct names without white space, comma or '=')."""
+    classes = [c.strip() for c in spec.split(",") if c.strip()]
+    bad = [c for c in classes if not CLASS_RE.match(c) or c == NONE or c == scoring.MISS]
+    if not classes or bad or len(set(classes)) != len(classes):
+        raise PipelineError(
+            f"--labels {cli.quote(spec)}: expected distinct class names, comma-separated"
+            + (f" ({', '.join(map(repr, bad))} cannot be a class)" if bad else "")
+        )
+    return classes
+
+
+def map_classes(emotion_map: dict, classes=None) -> list:
+    """The label set of a CSV corpus, in order: classes (--labels) when given, every map target among them; else
+    the paper's four when the map's targets are all among them (the default and any 4-class map), else a known
+    set's classes in its order when the targets are exactly them (wu6), else the map's targets in their order of
+    first appearance."""
+    targets = list(dict.fromkeys(v for v in emotion_map.values() if v != NONE))
+    if classes is not None:
+        extra = [t for t in targets if t not in classes]
+        if extra:
+            raise PipelineError(f"--emotion-map maps to {extra}, not in --labels {','.join(classes)}")
+        return list(classes)
+    if all(t in LABELS for t in targets):
+        return list(LABELS)
+    known = [s["labels"] for s in formats.LABEL_SETS.values() if set(s["labels"]) == set(targets)]
+    if known:  # the classes of a known set (e.g. wu6): in its order
+        return list(known[0])
+    bad = [t for t in targets if t == scoring.MISS]
+    if bad:
+        raise PipelineError(f"--emotion-map: {bad[0]!r} cannot be a class (the confusion matrices' miss column)")
+    return targets
 
 
 def dialog_meta(dialog: str) -> dict:
@@ -94,11 +131,17 @@ def read_rows(csv_path: Path) -> tuple[list[tuple[int, dict]], list[str]]:
     return rows, header
 
 
-def build_labels(csv_path, audio_root=None, emotion_map: dict | None = None, default_session: int = 1) -> dict:
-    """Read the CSV -> the content of labels.json (docs/FORMATS.md), checked by common.formats.check_labels."""
+def build_labels(
+    csv_path, audio_root=None, emotion_map: dict | None = None, default_session: int = 1, classes=None
+) -> dict:
+    """Read the CSV -> the content of labels.json (docs/FORMATS.md), checked by common.formats.check_labels. Its
+    label set: map_classes(emotion_map, classes); "label_set" names it when it is a known set other than the
+    default (common.formats.LABEL_SETS)."""
     csv_path = Path(csv_path).resolve()
     root = Path(audio_root).resolve() if audio_root is not None else csv_path.parent
     emotion_map = DEFAULT_EMOTION_MAP if emotion_map is None else emotion_map
+    classes = map_classes(emotion_map, classes)
+    name = formats.label_set_name(classes)
     rows, header = read_rows(csv_path)
     session_col = next((c for c in SESSION_COLUMNS if c in header), None)
     if not rows:
@@ -111,7 +154,8 @@ def build_labels(csv_path, audio_root=None, emotion_map: dict | None = None, def
     dialogs = {d: dialogs[d] for d in sorted(dialogs)}
     data = {
         "corpus": str(root),
-        "labels": list(LABELS),
+        "labels": classes,
+        **({"label_set": name} if name not in (None, formats.DEFAULT_LABEL_SET) else {}),
         "dialogs": dialogs,
         "source": {
             "csv": str(csv_path),
@@ -119,7 +163,7 @@ def build_labels(csv_path, audio_root=None, emotion_map: dict | None = None, def
             "session_column": session_col,
             "default_session": default_session,
         },
-        "counts": count_utterances(dialogs),
+        "counts": count_utterances(dialogs, classes),
     }
     formats.check_labels(data, csv_path)
     return data
@@ -169,7 +213,7 @@ def _row_utterance_fields(row: dict, line: int, where: str, first_line: dict, em
     if emotion.lower() not in emotion_map:
         raise PipelineError(
             f"{where}: emotion {emotion!r:.40} is not in the emotion map ({', '.join(emotion_map)}); "
-            f"add it with --emotion-map {emotion.lower()}=<{'|'.join(LABELS)}|{NONE}>"
+            f"add it with --emotion-map {emotion.lower()}=<{'|'.join(dict.fromkeys(emotion_map.values()))}>"
         )
     return utt_id, start, end, emotion, emotion_map[emotion.lower()]
 
@@ -236,9 +280,9 @@ def assign_speakers(csv_path: Path, dialog: str, utterances: list[dict]) -> None
         formats.check_speaker(dialog, u["id"], u["speaker"], f"{csv_path}:{line}: utterance {u['id']}")
 
 
-def count_utterances(dialogs: dict) -> dict:
+def count_utterances(dialogs: dict, classes=LABELS) -> dict:
     """Counts per class, per CSV emotion and per session (common.formats.count_labels)."""
-    c = formats.count_labels(dialogs, "emotion")
+    c = formats.count_labels(dialogs, "emotion", classes)
     per_emotion = c.pop("per_raw")
     c.pop("target_per_raw")
     c["per_emotion"] = dict(sorted(per_emotion.items()))
@@ -265,8 +309,16 @@ def main(argv=None):
         "--emotion-map",
         default=None,
         metavar="LABEL=CLASS,...",
-        help="CSV emotion -> one of hap, ang, sad, neu or none (default: IEMOCAP's codes, "
-        "exc merged into hap, fru/sur/fea/dis/oth/xxx none)",
+        help="CSV emotion -> a class or none (default: IEMOCAP's codes, exc merged into hap, fru/sur/fea/dis/oth/xxx "
+        "none). The label set: --labels, else the paper's hap, ang, sad, neu when every class is one of them, else "
+        "the map's classes in order (docs/PREDICT.md)",
+    )
+    parser.add_argument(
+        "--labels",
+        default=None,
+        metavar="CLASS,...",
+        help="the label set's classes in order (the classifier's outputs, the tables' rows); the map's classes must "
+        "be among them",
     )
     parser.add_argument(
         "--default-session",
@@ -277,15 +329,17 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.default_session < 1:
         raise PipelineError(f"--default-session {args.default_session}: expected a positive integer")
-    data = build_labels(args.csv, args.audio_root, parse_emotion_map(args.emotion_map), args.default_session)
+    classes = parse_class_list(args.labels) if args.labels is not None else None
+    emotion_map = parse_emotion_map(args.emotion_map, classes)
+    data = build_labels(args.csv, args.audio_root, emotion_map, args.default_session, classes)
     out_path = Path(args.work) / "labels.json"
     fileio.remove_stale_temp(out_path.parent, recursive=False)  # a killed write's leftover temporary file
     fileio.atomic_write_json(out_path, data)
     c = data["counts"]
     print(
         f"read {args.csv}: {c['dialogs']} dialogs in sessions {','.join(c['dialogs_per_session'])}, "
-        f"{c['utterances']} utterances ({c['target']} in the 4 classes: "
-        + ", ".join(f"{lab} {c['per_label'][lab]}" for lab in LABELS)
+        f"{c['utterances']} utterances ({c['target']} in the {len(data['labels'])} classes: "
+        + ", ".join(f"{lab} {c['per_label'][lab]}" for lab in data["labels"])
         + ")"
     )
     print(f"wrote {out_path}")

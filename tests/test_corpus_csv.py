@@ -205,8 +205,9 @@ def test_bad_rows_are_named(case, demo_corpus, step1, tmp_path):
 
 
 def test_bad_emotion_map():
-    with pytest.raises(PipelineError, match=r"--emotion-map: bad item 'happy=joy'"):
-        corpus_from_csv.parse_emotion_map("happy=joy")
+    assert corpus_from_csv.parse_emotion_map("happy=joy") == {"happy": "joy"}  # a class of the corpus's own
+    with pytest.raises(PipelineError, match=r"--emotion-map: bad item 'happy=joy'.*one of hap, ang, sad, neu or none"):
+        corpus_from_csv.parse_emotion_map("happy=joy", formats.LABELS)  # --labels names the classes
     assert corpus_from_csv.parse_emotion_map(None)["exc"] == "hap"
     assert corpus_from_csv.parse_emotion_map(None)["fru"] == "none"
     assert corpus_from_csv.parse_emotion_map(" Happy = hap ,other=none") == {"happy": "hap", "other": "none"}
@@ -284,3 +285,51 @@ def test_three_party_steps_2_and_3(party_work, backend, tmp_path):
             assert [s["label"] for s in segs] == ["neu", "ang", "hap", "sad", "neu", None]
             # Joey's turn: 2.7 s of labelled speech in 2.9 s (the 0.2 s pause has no label); "other" has none
             assert [s["purity"] for s in segs] == [1.0, 1.0, round(2.7 / 2.9, 3), 1.0, 1.0, 0.0]
+
+
+def test_a_map_keeps_any_set_of_classes(demo_corpus, step1, tmp_path):
+    """--emotion-map with classes of the corpus's own: labels.json lists them (the map's order, or --labels');
+    every utterance gets its class; Wu et al.'s map gives exactly their set, named; the default stays the paper's."""
+    root, _ = demo_corpus
+    path = write_csv(tmp_path / "c.csv", csv_rows(step1))
+    own = "neu=calm,hap=joy,exc=joy,sad=sorrow,ang=rage,fru=rage,sur=none,fea=none,dis=none,oth=none,xxx=none"
+    runs = {
+        "own": ["--emotion-map", own],
+        "ordered": ["--emotion-map", own, "--labels", "joy,rage,sorrow,calm,fear"],
+        "wu6": [
+            "--emotion-map",
+            "neu=neu,hap=hap,exc=hap,sad=sad,ang=ang,fru=oth,sur=oth,fea=oth,dis=oth,oth=oth,xxx=xxx",
+        ],
+        "default": [],
+    }
+    got = {}
+    for name, flags in runs.items():
+        corpus_from_csv.main([str(path), "--work", str(tmp_path / name), "--audio-root", str(root), *flags])
+        got[name] = formats.load_labels(tmp_path / name)
+    assert got["own"]["labels"] == ["calm", "joy", "sorrow", "rage"] and "label_set" not in got["own"]
+    assert got["ordered"]["labels"] == ["joy", "rage", "sorrow", "calm", "fear"]
+    assert got["wu6"]["labels"] == ["hap", "sad", "ang", "neu", "oth", "xxx"] and got["wu6"]["label_set"] == "wu6"
+    assert got["default"]["labels"] == list(formats.LABELS) and "label_set" not in got["default"]
+    mine = dict(item.split("=") for item in own.split(","))
+    for d, info in got["own"]["dialogs"].items():
+        for u, u1 in zip(info["utterances"], step1["dialogs"][d]["utterances"]):
+            assert u["label"] == (None if mine[u1["code"]] == "none" else mine[u1["code"]])
+            assert (
+                got["wu6"]["dialogs"][d]["utterances"][[x["id"] for x in info["utterances"]].index(u["id"])]["label"]
+                == formats.LABEL_SETS["wu6"]["codes"][u1["code"]]
+            )
+    assert got["own"]["counts"]["per_label"]["rage"] == sum(
+        u["code"] in ("ang", "fru") for d in step1["dialogs"].values() for u in d["utterances"]
+    )
+    for flags, message in (
+        (
+            ["--emotion-map", own, "--labels", "joy,rage"],
+            "bad item 'neu=calm'; expected LABEL=CLASS with CLASS one of joy, rage or none",
+        ),
+        (["--emotion-map", own, "--labels", "joy,joy"], "expected distinct class names"),
+        (["--emotion-map", "neu=miss,hap=joy"], "'miss' cannot be a class"),
+        (["--emotion-map", "neu=calm,hap=joy", "--labels", "calm,joy,miss"], "'miss' cannot be a class"),
+        (["--emotion-map", "neu=ca lm"], "expected LABEL=CLASS with CLASS a class name or none"),
+    ):
+        with pytest.raises(PipelineError, match=message):
+            corpus_from_csv.main([str(path), "--work", str(tmp_path / "bad"), "--audio-root", str(root), *flags])
