@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import TINY_CORPUS, FinishedStep
 
 import align
 import evaluate
@@ -16,7 +17,6 @@ import teer_calculate
 import train
 from common import crosscorpus, formats
 from common.cli import PipelineError
-from conftest import TINY_CORPUS, FinishedStep
 
 RENAMED = {"hap": "joy", "ang": "anger", "sad": "sadness", "neu": "neutral"}
 
