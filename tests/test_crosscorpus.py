@@ -156,3 +156,43 @@ def test_label_maps_parse_and_check():
     assert crosscorpus.resolve_label_map(["hap", "sad"], ["sad", "hap"], None, "x") == {"sad": "sad", "hap": "hap"}
     with pytest.raises(PipelineError, match="maps onto \\['joy'\\]"):
         crosscorpus.resolve_label_map(["hap"], ["exc"], {"exc": "joy"}, "x")
+
+
+def test_reproduce_writes_a_cross_corpus_table_that_recomputes_from_its_files(tmp_path):
+    """reproduce.py --eval-demo-seed 1 (a second demo corpus, as --eval-corpus-csv): the table's cells are the
+    metrics files' values, B's run on its own work dir, the run's own metrics.json cited for the first row."""
+    import re
+    import time
+
+    from conftest import steps_in_process
+
+    import reproduce
+
+    args = ["--demo-dir", str(tmp_path / "demo"), "--demo-size", "tiny", "--results", str(tmp_path / "results"),
+            "--epochs", "1", "--seeds", "1", "--bootstrap-samples", "0", "--only", "main", "--jobs", "1",
+            "--eval-demo-seed", "1"]  # fmt: skip
+    t0 = time.time()
+    with steps_in_process():
+        reproduce.main(args)
+    print(f"reproduce tiny main + cross-corpus: {time.time() - t0:.1f} s")
+    prov = json.loads((tmp_path / "results" / "provenance.json").read_text())
+    print("cross-corpus part:", prov["cross_corpus"]["wall"])
+    assert Path(prov["cross_corpus"]["work"]).name == "preprocessed_iemocap_tiny__cross_corpus_seed1"
+    tables = (tmp_path / "results" / "tables.md").read_text()
+    section = tables[tables.index("## Cross-corpus") :]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "metrics.json`" in line]
+    assert len(rows) == 6  # two main configurations x (own test set, the other's test split, all of it)
+    for line in rows:
+        cells = [c.strip() for c in line.strip().split("|")[1:-1]]
+        path = Path(re.fullmatch(r"`(.*)`", cells[-1]).group(1))
+        m = json.loads(path.read_text())
+        want = [f"{100 * m['utterance'][k]:.2f}" for k in ("accuracy", "ua", "weighted_f1", "macro_f1")]
+        assert cells[2:6] == want and cells[6] == f"{100 * m['accuracy']:.2f}"
+        teer = json.loads((path.parent / "teer.json").read_text())
+        assert cells[7:9] == [f"{100 * teer['TEER']:.2f}", f"{100 * teer['sTEER']:.2f}"]
+        assert cells[9] == str(m["utterance"]["n"])
+        if cells[1] != "own test set":
+            assert m["cross_corpus"]["eval_work"] == prov["cross_corpus"]["work"]
+            assert m["cross_corpus"]["split"] == path.parent.name
+        else:
+            assert "cross_corpus" not in m
