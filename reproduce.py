@@ -1501,6 +1501,9 @@ def predict_demo(cfg, runner: Runner, configs: list[dict], results_dir: Path) ->
 # ---------------------------------------------------------------------------------------------
 
 
+DEMO_CROSS_SEED = 1  # the demo's second corpus (the first is seed 0)
+
+
 def add_cross_flags(p: argparse.ArgumentParser) -> None:
     """The second corpus of the cross-corpus table: a CSV (steps 1-3 run on it in its own work dir), or on the
     demo a generated one."""
@@ -1522,32 +1525,36 @@ def add_cross_flags(p: argparse.ArgumentParser) -> None:
         "--eval-demo-seed",
         type=int,
         default=None,
-        help="demo: generate a second demo corpus with this seed (three-party dialogs, a CSV corpus, 4 dialogs) "
-        "and use it as --eval-corpus-csv",
+        help="demo: the seed of the second demo corpus the main runs are tested on (three-party dialogs, a CSV "
+        f"corpus of 4 dialogs, made once as for --eval-corpus-csv; default {DEMO_CROSS_SEED})",
     )
+    p.add_argument("--no-cross-corpus", action="store_true", help="demo: no second corpus, no cross-corpus table")
 
 
 def demo_eval_csv(args) -> str:
     """--eval-demo-seed: the second demo corpus (generated once under --demo-dir) -> its corpus.csv."""
     from demo.make_corpus import CSV_FILE, generate
 
-    root = Path(args.demo_dir) / f"cross_corpus_seed{args.eval_demo_seed}"
+    seed = DEMO_CROSS_SEED if args.eval_demo_seed is None else args.eval_demo_seed
+    root = Path(args.demo_dir) / f"cross_corpus_seed{seed}"
     if not (root / CSV_FILE).is_file():
         print(f"building the cross-corpus demo corpus in {root}", flush=True)
-        generate(root, seed=args.eval_demo_seed, sessions=[1, 5], impro_per_session=1, script_per_session=1,
+        generate(root, seed=seed, sessions=[1, 5], impro_per_session=1, script_per_session=1,
                  utterances_per_dialog=8, speakers=3)  # fmt: skip
     return str(root / CSV_FILE)
 
 
 def cross_setup(cfg, args) -> tuple[dict, argparse.Namespace, str] | None:
     """(the other corpus's cfg, args and evaluation name) of --eval-corpus-csv / --eval-demo-seed, else None."""
-    if args.eval_demo_seed is not None and (not cfg["demo"] or args.eval_corpus_csv):
-        raise PipelineError("--eval-demo-seed makes the demo's second corpus: without --iemocap and --eval-corpus-csv")
-    csv = args.eval_corpus_csv or (demo_eval_csv(args) if args.eval_demo_seed is not None else None)
-    if csv is None:
+    if args.eval_demo_seed is not None and (not cfg["demo"] or args.eval_corpus_csv or args.corpus_csv):
+        raise PipelineError("--eval-demo-seed makes the demo's second corpus: not with --iemocap or a CSV corpus")
+    if args.eval_corpus_csv is None and (args.no_cross_corpus or not cfg["demo"] or args.corpus_csv):
         return None
-    if args.folds != "none":
-        raise PipelineError("--eval-corpus-csv tests single runs; use it with --folds none")
+    if args.folds != "none":  # the demo's default second corpus is left out; one asked for is refused
+        if args.eval_corpus_csv or args.eval_demo_seed is not None:
+            raise PipelineError("--eval-corpus-csv and --eval-demo-seed test single runs; use them with --folds none")
+        return None
+    csv = args.eval_corpus_csv or demo_eval_csv(args)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(csv).stem if args.eval_corpus_csv else Path(csv).parent.name)
     work = Path(cfg["work"])
     cfg_b = {**cfg, "work": str(work.parent / f"{work.name}__{name}"), "iemocap": args.eval_audio_root
@@ -1558,16 +1565,18 @@ def cross_setup(cfg, args) -> tuple[dict, argparse.Namespace, str] | None:
     return cfg_b, args_b, name
 
 
-def run_cross_corpus(cfg, args, configs: list[dict]) -> dict | None:
-    """Steps 1-3 on the other corpus (its own work dir and stamps), then evaluate.py and teer_calculate.py
-    --eval-work of this corpus's main runs -> {"work", "name", "configs", "timings"}, or None."""
+def cross_corpus(cfg, args, configs: list[dict], runner: Runner) -> str:
+    """--eval-corpus-csv / --eval-demo-seed: steps 1-3 on the other corpus (its own work dir and stamps), then
+    evaluate.py and teer_calculate.py --eval-work of this corpus's main runs -> the "Cross-corpus" section of
+    tables.md ("" without a second corpus). Its steps' timings join `runner`'s; cfg["cross_corpus"] (in
+    provenance.json's config) names its work dir."""
     main = [c for c in configs if "main" in c["groups"]]
     found = cross_setup(cfg, args) if main else None
     if found is None:
-        return None
+        return ""
     cfg_b, args_b, name = found
     Path(cfg_b["work"]).mkdir(parents=True, exist_ok=True)
-    runner = Runner(Path(cfg_b["work"]), args.force, cfg["jobs"])
+    main_runner, runner = runner, Runner(Path(cfg_b["work"]), args.force, cfg["jobs"])
     k1 = step1_labels(cfg_b, args_b, runner)
     k3 = step3_align(cfg_b, runner, main, step2_asr(cfg_b, args_b, runner, main, k1))
     flags = ["--work", cfg["work"], "--eval-work", cfg_b["work"], "--eval-name", name]
@@ -1591,7 +1600,15 @@ def run_cross_corpus(cfg, args, configs: list[dict]) -> dict | None:
         lambda todo: flags + ["--also-authors", "--run", *todo],
         sources=("common/crosscorpus.py",),
     )
-    return {"work": cfg_b["work"], "name": name, "configs": main, "timings": runner.timings, "wall": runner.wall}
+    main_runner.timings += [{**t, "cross_corpus": True} for t in runner.timings]
+    main_runner.wall.update({f"{k} (cross-corpus)": v for k, v in runner.wall.items()})
+    cfg["cross_corpus"] = {"work": cfg_b["work"], "name": name, "csv": args_b.corpus_csv}
+    return "\n".join(cross_corpus_table(Path(cfg["work"]), {**cfg["cross_corpus"], "configs": main}))
+
+
+def write_tables(cfg, args, results: dict, results_dir: Path, work: Path, extra: str = "") -> None:
+    """results_dir/tables.md: the Tables of `results`, then `extra` (the cross-corpus section)."""
+    fileio.atomic_write_text(results_dir / "tables.md", Tables(cfg, args, results).write(results_dir, work) + extra)
 
 
 def cross_corpus_table(work: Path, cross: dict | None) -> list[str]:
@@ -1648,13 +1665,11 @@ def main(argv=None):
 
     if cfg["demo"] and not args.corpus_csv:
         predict_demo(cfg, runner, configs, results_dir)
-    cross = run_cross_corpus(cfg, args, configs)
 
     results = {
         tuple(c[k] for k in ("pipe", "variant", "mode", "modality", "fusion")): load_results(work, c) for c in configs
     }
-    tables = Tables(cfg, args, results).write(results_dir, work)
-    fileio.atomic_write_text(results_dir / "tables.md", tables + "\n".join(cross_corpus_table(work, cross)))
+    write_tables(cfg, args, results, results_dir, work, cross_corpus(cfg, args, configs, runner))
     for res in results.values():
         for r in res["runs"]:
             png = work / "runs" / r["name"] / "confusion_matrix.png"
@@ -1705,8 +1720,6 @@ def main(argv=None):
         "text": modelhub.extractor_identity(cfg["text_model"]),
         "audio": modelhub.extractor_identity(cfg["audio_model"]),
     }
-    if cross:
-        provenance["cross_corpus"] = {k: cross[k] for k in ("work", "name", "timings", "wall")}
     fileio.atomic_write_json(results_dir / "provenance.json", provenance)
     print(
         f"\n{len(ran)} step invocations ran ({', '.join(f'{k} {v:.1f} s' for k, v in per_step.items()) or 'none'}), "

@@ -176,8 +176,9 @@ def test_reproduce_writes_a_cross_corpus_table_that_recomputes_from_its_files(tm
         reproduce.main(args)
     print(f"reproduce tiny main + cross-corpus: {time.time() - t0:.1f} s")
     prov = json.loads((tmp_path / "results" / "provenance.json").read_text())
-    print("cross-corpus part:", prov["cross_corpus"]["wall"])
-    assert Path(prov["cross_corpus"]["work"]).name == "preprocessed_iemocap_tiny__cross_corpus_seed1"
+    cross = prov["config"]["cross_corpus"]
+    print("cross-corpus steps:", [(t["step"], t["seconds"]) for t in prov["steps"] if t.get("cross_corpus")])
+    assert Path(cross["work"]).name == "preprocessed_iemocap_tiny__cross_corpus_seed1"
     tables = (tmp_path / "results" / "tables.md").read_text()
     section = tables[tables.index("## Cross-corpus") :]
     rows = [line for line in section.splitlines() if line.startswith("| ") and "metrics.json`" in line]
@@ -192,7 +193,7 @@ def test_reproduce_writes_a_cross_corpus_table_that_recomputes_from_its_files(tm
         assert cells[7:9] == [f"{100 * teer['TEER']:.2f}", f"{100 * teer['sTEER']:.2f}"]
         assert cells[9] == str(m["utterance"]["n"])
         if cells[1] != "own test set":
-            assert m["cross_corpus"]["eval_work"] == prov["cross_corpus"]["work"]
+            assert m["cross_corpus"]["eval_work"] == cross["work"]
             assert m["cross_corpus"]["split"] == path.parent.name
         else:
             assert "cross_corpus" not in m
