@@ -1571,6 +1571,8 @@ def cross_corpus(cfg, args, configs: list[dict], runner: Runner) -> str:
     tables.md ("" without a second corpus). Its steps' timings join `runner`'s; cfg["cross_corpus"] (in
     provenance.json's config) names its work dir."""
     main = [c for c in configs if "main" in c["groups"]]
+    if not main and (args.eval_corpus_csv or args.eval_demo_seed is not None):
+        print("no cross-corpus table: it tests the main group's runs, which this plan (--only) leaves out")
     found = cross_setup(cfg, args) if main else None
     if found is None:
         return ""

@@ -147,6 +147,12 @@ def test_a_label_map_makes_them_match_with_the_same_numbers(scored, renamed):
     assert teer["TEER"] == want["TEER"] and teer["sTEER"] == want["sTEER"]
 
 
+def test_cross_flags_need_eval_work():
+    for script in ("evaluate.py", "teer_calculate.py"):
+        proc = FinishedStep(script, ["--run", "r", "--label-map", "a=b"], stdout=subprocess.PIPE)
+        assert proc.returncode == 2 and "--label-map needs --eval-work" in proc.output
+
+
 def test_label_maps_parse_and_check():
     assert crosscorpus.parse_label_map("exc=hap, fru=") == {"exc": "hap", "fru": None}
     with pytest.raises(PipelineError, match="mapped twice"):
