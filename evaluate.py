@@ -26,7 +26,7 @@ import torch
 from sklearn import metrics as skm
 
 import utils
-from common import cli, defaults, fileio, formats, rundirs, scoring
+from common import cli, crosscorpus, defaults, fileio, formats, rundirs, scoring
 from common.cli import PipelineError
 from common.fileio import atomic_write_json, read_json
 from common.formats import LABELS, load_labels
@@ -466,12 +466,16 @@ def main(argv=None) -> dict:
         help="score a run even when labels.json, its step-3 config or cache files changed since it was "
         "trained (refused otherwise); metrics.json data_check records it",
     )
+    crosscorpus.add_eval_flags(p)
     args = p.parse_args(argv)
+    crosscorpus.check_eval_args(p, args)
     if args.bootstrap_samples < 0:
         p.error(f"--bootstrap-samples {args.bootstrap_samples}: expected 0 or more")
     if args.bootstrap_seed < 0:
         p.error(f"--bootstrap-seed {args.bootstrap_seed}: expected 0 or more (a numpy seed)")
     boot = {"n_samples": args.bootstrap_samples, "seed": args.bootstrap_seed}
+    if args.eval_work is not None:
+        return evaluate_cross(args, boot)
 
     torch.set_flush_denormal(True)  # as train.py: subnormal floats are slow on CPUs
     work = Path(args.work)
@@ -561,6 +565,94 @@ def evaluate_named_run(
 
 
 # ---------------------------------------------------------------------------------------------
+# Cross-corpus: a run scored on another work directory (common.crosscorpus)
+# ---------------------------------------------------------------------------------------------
+
+
+def evaluate_cross(args, boot: dict) -> dict:
+    """--eval-work: each --run (trained on --work, its data checked as for step 5) scored on the other work dir's
+    labels and step-3 data, written under RUN/eval/<name>/<split>/ -> {run: {split: metrics}} (one run: its own)."""
+    torch.set_flush_denormal(True)
+    work = Path(args.work)
+    for name in args.run:
+        run_dir = work / "runs" / name
+        if not run_dir.is_dir():
+            raise PipelineError(f"{run_dir}: run directory not found; train it first: python train.py --run {name}")
+        if fold_dirs(run_dir):
+            raise PipelineError(f"{run_dir}: a cross-validation run; cross-corpus evaluation takes single runs")
+    train_labels = load_labels(work)
+    labels, record = crosscorpus.load_eval_labels(args.eval_work, train_labels, args.label_map)
+    checks = {
+        name: rundirs.check_run_data(work / "runs" / name, work / "labels.json", args.allow_changed_data)
+        for name in args.run
+    }
+    print(crosscorpus.short(record))
+    datasets = {}
+    results = {name: evaluate_cross_run(work / "runs" / name, labels, record, args, boot, datasets, checks[name])
+               for name in args.run}  # fmt: skip
+    return results[args.run[0]] if len(args.run) == 1 else results
+
+
+def evaluate_cross_run(run_dir: Path, labels: dict, record: dict, args, boot: dict, datasets, check) -> dict:
+    """One run on the other work dir: predict its dialogs of every split asked for once, then per split write
+    predictions.json, metrics.json ("cross_corpus": what was scored) and confusion_matrix.png -> {split: metrics}."""
+    config = read_json(run_dir / "config.json", "run config")
+    pipe, variant = args.eval_pipe or config["pipe"], args.eval_variant or config["variant"]
+    cache_dir = Path(args.eval_work) / pipe / variant / "cache"
+    if not cache_dir.is_dir():
+        raise PipelineError(
+            f"{cache_dir}: not found; run steps 2 and 3 on the evaluation corpus: python align.py --work "
+            f"{args.eval_work} --pipe {pipe} (the variant {variant}), or name another with --eval-pipe/--eval-variant"
+        )
+    where = str(Path(args.eval_work) / "labels.json")
+    splits = {s: crosscorpus.split_dialogs(config, labels, s, where) for s in crosscorpus.eval_splits(args.eval_split)}
+    union = sorted({d for dialogs, _ in splits.values() for d in dialogs})
+    overrides = crosscorpus.predict_overrides(config, args.eval_work, pipe, variant, union)
+    predictions = predict_split(run_dir, "test", args.device, datasets, overrides=overrides)
+    names = crosscorpus.label_set(read_json(Path(args.eval_work) / "labels.json", "labels file"))
+    mapping = record["label_map"] or {lab: lab for lab in names}
+    dropped = crosscorpus.relabel_segments(predictions, datasets, cache_dir, names, mapping)
+    out = {}
+    for split, (dialogs, source) in splits.items():
+        chosen = set(dialogs)
+        part = {
+            **predictions,
+            "split": split,
+            "dialogs": dialogs,
+            "missing_dialogs": [d for d in predictions["missing_dialogs"] if d in chosen],
+            "segments": [s for s in predictions["segments"] if s["dialog"] in chosen],
+        }
+        cross = {
+            **record,
+            "name": args.eval_name,
+            "split": split,
+            "pipe": pipe,
+            "variant": variant,
+            "segment_labels_dropped_by_map": sum((s["dialog"], s["id"]) in dropped for s in part["segments"]),
+            "eval_data": crosscorpus.eval_identity(args.eval_work, pipe, variant, dialogs),
+        }
+        folder = crosscorpus.eval_dir(run_dir, args.eval_name, split)
+        atomic_write_json(folder / "predictions.json", {**part, "cross_corpus": cross})
+        note = formats.demo_note(labels)
+        metrics = {
+            "run": run_dir.name,
+            "split": split,
+            "test_dialogs_from": f"{where} ({source})",
+            "cross_corpus": cross,
+            **({"note": note} if note else {}),
+            "data_check": check,
+            **score_predictions(part, labels, dialogs, where=str(folder / "predictions.json"), **boot),
+        }
+        atomic_write_json(folder / "metrics.json", metrics)
+        title = f"{run_dir.name} on {args.eval_name} ({split})" + (" (DEMO data)" if note else "")
+        plot_confusion(metrics, folder / "confusion_matrix.png", title=title)
+        report(f"{run_dir.name} on {args.eval_name} ({split})", metrics)
+        print(f"  wrote {folder / 'predictions.json'}, {folder / 'metrics.json'}, {folder / 'confusion_matrix.png'}")
+        out[split] = metrics
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # Inference: load a run, predict a split (only this step runs the model on the test split)
 # ---------------------------------------------------------------------------------------------
 
@@ -568,18 +660,24 @@ def evaluate_named_run(
 # load_run and run_dataset live in utils (predict.py uses them too).
 
 
-def predict_split(run_dir, split: str = "test", device=None, datasets: dict | None = None) -> dict:
+def predict_split(
+    run_dir, split: str = "test", device=None, datasets: dict | None = None, overrides: dict | None = None
+) -> dict:
     """predictions.json content (docs/FORMATS.md) for every segment of the split's dialogs,
     labelled or not: id, dialog, start, end, speaker, text, label (str or None), pred, probs.
     Frozen runs read (or fill) the same feature cache as training (utils.cached_embeddings).
     datasets: a dict kept across calls, so that runs of one variant (seeds, modalities, fusions)
-    read their test segments once."""
+    read their test segments once. overrides: run config entries replaced (cross-corpus: another work dir's
+    data, common.crosscorpus.predict_overrides)."""
     from transformers import AutoFeatureExtractor, AutoTokenizer
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, config = load_run(run_dir, device)
+    config = {**config, **(overrides or {})}
     mc = utils.ModelConfig.from_run_config(config, f"{run_dir}/config.json")
     classes = formats.labels_of(config)  # the classes it was trained on (labels.json's, train.py)
+    # the caches' label indices index their own work dir's classes (another corpus's under overrides)
+    data_classes = formats.labels_of(load_labels(config["work"])) if overrides else classes
     cache_dir = Path(config["work"]) / config["pipe"] / config["variant"] / "cache"
     # A dialog whose cache is absent (step 2 or 3 failed on it) is listed, not read; its utterances are misses.
     absent = [d for d in config["split"][split] if not (cache_dir / f"{d}.pt").is_file()]
@@ -595,7 +693,7 @@ def predict_split(run_dir, split: str = "test", device=None, datasets: dict | No
             labelled_only=False,
             max_audio_seconds=mc.max_audio_seconds,
             do_normalize=norm_segment,
-            labels=classes,
+            labels=data_classes,
         )
     dataset = datasets[key]
     tokenizer = AutoTokenizer.from_pretrained(mc.text_model) if model.modality != "audio" else None
@@ -622,7 +720,7 @@ def predict_split(run_dir, split: str = "test", device=None, datasets: dict | No
                 "end": seg["end"],
                 "speaker": seg["speaker"],
                 "text": seg["text"],
-                "label": classes[seg["label"]] if seg["label"] >= 0 else None,
+                "label": data_classes[seg["label"]] if seg["label"] >= 0 else None,
                 "pred": classes[int(p.argmax())],
                 "probs": {lab: float(v) for lab, v in zip(classes, p)},
             }

@@ -62,6 +62,7 @@ def parse_args(argv=None):
         add_runtime_flags,
         add_experiment_flags,
         add_control_flags,
+        add_cross_flags,
     ):
         add_flags(p)
     args = p.parse_args(argv)
@@ -1610,6 +1611,160 @@ def predict_demo(cfg, runner: Runner, configs: list[dict], results_dir: Path) ->
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# Cross-corpus: the main runs (trained on this corpus) tested on another (--eval-corpus-csv)
+# ---------------------------------------------------------------------------------------------
+
+
+DEMO_CROSS_SEED = 1  # the demo's second corpus (the first is seed 0)
+
+
+def add_cross_flags(p: argparse.ArgumentParser) -> None:
+    """The second corpus of the cross-corpus table: a CSV (steps 1-3 run on it in its own work dir), or on the
+    demo a generated one."""
+    p.add_argument(
+        "--eval-corpus-csv",
+        default=None,
+        metavar="CSV",
+        help="also test the main runs on this corpus (corpus_from_csv.py, steps 2-3 with the same backend and "
+        "settings, into WORK__<name>): its test split and all of it, the 'Cross-corpus' table",
+    )
+    p.add_argument(
+        "--eval-audio-root", default=None, help="with --eval-corpus-csv: its audio root (default: its folder)"
+    )
+    p.add_argument("--eval-emotion-map", default=None, help="with --eval-corpus-csv: its corpus_from_csv.py map")
+    p.add_argument(
+        "--eval-label-map", default=None, help="with --eval-corpus-csv: its classes -> this corpus's (evaluate.py)"
+    )
+    p.add_argument(
+        "--eval-demo-seed",
+        type=int,
+        default=None,
+        help="demo: the seed of the second demo corpus the main runs are tested on (three-party dialogs, a CSV "
+        f"corpus of 4 dialogs, made once as for --eval-corpus-csv; default {DEMO_CROSS_SEED})",
+    )
+    p.add_argument("--no-cross-corpus", action="store_true", help="demo: no second corpus, no cross-corpus table")
+
+
+def demo_eval_csv(args) -> str:
+    """--eval-demo-seed: the second demo corpus (generated once under --demo-dir) -> its corpus.csv."""
+    from demo.make_corpus import CSV_FILE, generate
+
+    seed = DEMO_CROSS_SEED if args.eval_demo_seed is None else args.eval_demo_seed
+    root = Path(args.demo_dir) / f"cross_corpus_seed{seed}"
+    if not (root / CSV_FILE).is_file():
+        print(f"building the cross-corpus demo corpus in {root}", flush=True)
+        generate(root, seed=seed, sessions=[1, 5], impro_per_session=1, script_per_session=1,
+                 utterances_per_dialog=8, speakers=3)  # fmt: skip
+    return str(root / CSV_FILE)
+
+
+def cross_setup(cfg, args) -> tuple[dict, argparse.Namespace, str] | None:
+    """(the other corpus's cfg, args and evaluation name) of --eval-corpus-csv / --eval-demo-seed, else None."""
+    if args.eval_demo_seed is not None and (not cfg["demo"] or args.eval_corpus_csv or args.corpus_csv):
+        raise PipelineError("--eval-demo-seed makes the demo's second corpus: not with --iemocap or a CSV corpus")
+    if args.eval_corpus_csv is None and (args.no_cross_corpus or not cfg["demo"] or args.corpus_csv):
+        return None
+    if args.folds != "none":  # the demo's default second corpus is left out; one asked for is refused
+        if args.eval_corpus_csv or args.eval_demo_seed is not None:
+            raise PipelineError("--eval-corpus-csv and --eval-demo-seed test single runs; use them with --folds none")
+        return None
+    csv = args.eval_corpus_csv or demo_eval_csv(args)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(csv).stem if args.eval_corpus_csv else Path(csv).parent.name)
+    work = Path(cfg["work"])
+    cfg_b = {**cfg, "work": str(work.parent / f"{work.name}__{name}"), "iemocap": args.eval_audio_root
+             or str(Path(csv).resolve().parent)}  # fmt: skip
+    args_b = argparse.Namespace(
+        **{**vars(args), "corpus_csv": csv, "audio_root": cfg_b["iemocap"], "emotion_map": args.eval_emotion_map}
+    )
+    return cfg_b, args_b, name
+
+
+def cross_corpus(cfg, args, configs: list[dict], runner: Runner) -> str:
+    """--eval-corpus-csv / --eval-demo-seed: steps 1-3 on the other corpus (its own work dir and stamps), then
+    evaluate.py and teer_calculate.py --eval-work of this corpus's main runs -> the "Cross-corpus" section of
+    tables.md ("" without a second corpus). Its steps' timings join `runner`'s; cfg["cross_corpus"] (in
+    provenance.json's config) names its work dir."""
+    main = [c for c in configs if "main" in c["groups"]]
+    if not main and (args.eval_corpus_csv or args.eval_demo_seed is not None):
+        print("no cross-corpus table: it tests the main group's runs, which this plan (--only) leaves out")
+    found = cross_setup(cfg, args) if main else None
+    if found is None:
+        return ""
+    cfg_b, args_b, name = found
+    Path(cfg_b["work"]).mkdir(parents=True, exist_ok=True)
+    main_runner, runner = runner, Runner(Path(cfg_b["work"]), args.force, cfg["jobs"])
+    k1 = step1_labels(cfg_b, args_b, runner)
+    k3 = step3_align(cfg_b, runner, main, step2_asr(cfg_b, args_b, runner, main, k1))
+    flags = ["--work", cfg["work"], "--eval-work", cfg_b["work"], "--eval-name", name]
+    flags += ["--label-map", args.eval_label_map] if args.eval_label_map else []
+    ev = flags + ["--bootstrap-samples", str(args.bootstrap_samples), "--bootstrap-seed", str(args.bootstrap_seed)]
+    ev += ["--device", args.device] if args.device else []
+    runs = [r for c in main for r in config_runs(c)]
+    trained = {r["name"]: file_digest(*(Path(cfg["work"]) / "runs" / r["name"] / f for f in (
+        "checkpoint_best.pt", "config.json"))) for r in runs}  # fmt: skip
+    k5 = runner.step(
+        "step 5 cross-corpus evaluate",
+        "evaluate.py",
+        [(r["name"], ev + ["--run", r["name"]], (k3[r["pipe"], r["variant"]], trained[r["name"]])) for r in runs],
+        lambda todo: ev + ["--run", *todo],
+        sources=("common/crosscorpus.py",),
+    )
+    runner.step(
+        "step 6 cross-corpus TEER",
+        "teer_calculate.py",
+        [(n, flags + ["--also-authors", "--run", n], (k,)) for n, k in k5.items()],
+        lambda todo: flags + ["--also-authors", "--run", *todo],
+        sources=("common/crosscorpus.py",),
+    )
+    main_runner.timings += [{**t, "cross_corpus": True} for t in runner.timings]
+    main_runner.wall.update({f"{k} (cross-corpus)": v for k, v in runner.wall.items()})
+    cfg["cross_corpus"] = {"work": cfg_b["work"], "name": name, "csv": args_b.corpus_csv}
+    return "\n".join(cross_corpus_table(Path(cfg["work"]), {**cfg["cross_corpus"], "configs": main}))
+
+
+def write_tables(cfg, args, results: dict, results_dir: Path, work: Path, extra: str = "") -> None:
+    """results_dir/tables.md: the Tables of `results`, then `extra` (the cross-corpus section)."""
+    fileio.atomic_write_text(results_dir / "tables.md", Tables(cfg, args, results).write(results_dir, work) + extra)
+
+
+def cross_corpus_table(work: Path, cross: dict | None) -> list[str]:
+    """The "Cross-corpus" table: each main configuration on its own test set, then on the other corpus's test
+    split and all of it; every cell the mean ± std over seeds of the metrics files its row names."""
+    if cross is None:
+        return []
+    L = [
+        f"## Cross-corpus: trained on this corpus, tested on `{cross['work']}` ({cross['name']})",
+        "",
+        "The main configurations' runs, unchanged, score the other corpus (evaluate.py / teer_calculate.py "
+        "--eval-work): its test split (the runs' split rule over its labels.json) and all its dialogs. Cells as "
+        "in Table I (reference-projected, mean ± std over seeds); `utterances` = the labelled reference "
+        "utterances scored (the denominator).",
+        "",
+        *table_head(["Configuration", "tested on", "Acc", "UA", "WF1", "MF1", "Acc (seg.)", "TEER %", "sTEER %",
+                     "utterances", "n", "source"]),
+    ]  # fmt: skip
+    for c in cross["configs"]:
+        label = f"{c['pipe']}, {c['variant']}, {c['mode']}"
+        for tested, sub in (("own test set", ""), ("other: test split", "test"), ("other: all", "all")):
+            L.append(cross_row(work, c, label, tested, f"eval/{cross['name']}/{sub}/" if sub else ""))
+    return L + [""]
+
+
+def cross_row(work: Path, c: dict, label: str, tested: str, sub: str) -> str:
+    """One row of the cross-corpus table: the metrics.json and teer.json at runs/<run>/<sub> of every seed."""
+    dirs = [work / "runs" / name / sub for name in run_names(c)]
+    metrics = [fileio.read_json(d / "metrics.json", "metrics file") for d in dirs]
+    teers = [fileio.read_json(d / "teer.json", "TEER file") if (d / "teer.json").is_file() else None for d in dirs]
+    cells = [mean_std([m["utterance"][k] for m in metrics]) for k in scoring.HEADLINE]
+    cells.append(mean_std([m["accuracy"] for m in metrics]))
+    cells += [mean_std([t[k] if t else None for t in teers]) for k in ("TEER", "sTEER")]
+    cells.append("/".join(str(n) for n in dict.fromkeys(m["utterance"]["n"] for m in metrics)))
+    seeds = ",".join(str(s) for s in c["seeds"])
+    source = str(work / "runs" / c["name"].replace("{seed}", f"{{{seeds}}}" if len(c["seeds"]) > 1 else seeds))
+    return f"| {label} | {tested} | " + " | ".join(cells) + f" | {len(metrics)} | `{source}/{sub}metrics.json` |"
+
+
 def main(argv=None):
     args = parse_args(argv)
     t0 = time.time()
@@ -1632,8 +1787,8 @@ def main(argv=None):
         tuple(c[k] for k in ("pipe", "variant", "mode", "modality", "fusion")): load_results(work, c) for c in configs
     }
     wu6 = run_wu6(cfg, args, results_dir, runner)  # its own work dir; its table after the others
-    tables_md = Tables(cfg, args, results).write(results_dir, work)
-    fileio.atomic_write_text(results_dir / "tables.md", tables_md + ("\n".join(wu6[0]) + "\n" if wu6 else ""))
+    extra = cross_corpus(cfg, args, configs, runner) + ("\n".join(wu6[0]) + "\n" if wu6 else "")
+    write_tables(cfg, args, results, results_dir, work, extra)
     copy_confusion_matrices(work, results.values(), results_dir)
 
     ran = [t for t in runner.timings if not t["skipped"]]

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from common import cli, defaults, fileio, formats, rundirs
+from common import cli, crosscorpus, defaults, fileio, formats, rundirs
 from common.cli import PipelineError
 from common.fileio import atomic_write_json, read_json
 from common.formats import load_labels
@@ -454,10 +454,13 @@ def report(name: str, r: dict) -> None:
 def main(argv=None) -> dict:
     p = _parser()
     args = p.parse_args(argv)
+    crosscorpus.check_eval_args(p, args)
     if not args.collar >= 0 or args.collar == float("inf"):  # also NaN
         p.error(f"--collar {args.collar}: expected a finite number of seconds >= 0")
     if args.out and (len(args.run) > 1 or args.also_authors):
         p.error("--out names one file: use it with one --run and without --also-authors")
+    if args.eval_work is not None:
+        return score_cross(args)
     work = Path(args.work)
     labels, checks = _load_runs(work, args)
     semantics = [args.authors] + ([True] if args.also_authors and not args.authors else [])
@@ -468,6 +471,70 @@ def main(argv=None) -> dict:
                 work, name, labels, argparse.Namespace(**{**vars(args), "authors": authors}), checks[name]
             )
     return results[args.run[0], semantics[0]] if len(results) == 1 else results
+
+
+def score_cross(args) -> dict:
+    """--eval-work: teer*.json of each run's cross-corpus predictions (evaluate.py --eval-work) in
+    RUN/eval/<name>/<split>/, scored on the other work dir's labels -> {(run, split, authors): result}."""
+    work = Path(args.work)
+    train_labels, checks = _load_runs(work, args)
+    labels, record = crosscorpus.load_eval_labels(args.eval_work, train_labels, args.label_map)
+    print(crosscorpus.short(record))
+    semantics = [args.authors] + ([True] if args.also_authors and not args.authors else [])
+    results = {}
+    for name in args.run:
+        if fold_dirs(work / "runs" / name):
+            raise PipelineError(
+                f"{work / 'runs' / name}: a cross-validation run; cross-corpus scoring takes single runs"
+            )
+        for split in crosscorpus.eval_splits(args.eval_split):
+            for authors in semantics:
+                a = argparse.Namespace(**{**vars(args), "authors": authors})
+                results[name, split, authors] = score_cross_split(work, name, split, labels, record, a, checks[name])
+    return next(iter(results.values())) if len(results) == 1 else results
+
+
+def score_cross_split(work: Path, name: str, split: str, labels: dict, record: dict, args, data_check: dict) -> dict:
+    """One run's cross-corpus predictions of one split scored; teer.json (teer_authors.json) written beside them,
+    with the "cross_corpus" record of the predictions (B's data checked unchanged since evaluate.py)."""
+    folder = crosscorpus.eval_dir(work / "runs" / name, args.eval_name, split)
+    pred_path = folder / "predictions.json"
+    if not pred_path.is_file():
+        raise PipelineError(
+            f"{pred_path}: not found; run step 5 first: python evaluate.py --work {work} --run {name} "
+            f"--eval-work {args.eval_work} --eval-name {args.eval_name}"
+        )
+    predictions = read_json(pred_path, "predictions file")
+    cross = predictions.get("cross_corpus") or {}
+    if cross.get("label_map") != record["label_map"] or not isinstance(predictions.get("dialogs"), list):
+        raise PipelineError(
+            f"{pred_path}: made with the label map {cross.get('label_map')}, not {record['label_map']} "
+            "(or not a cross-corpus predictions file); run evaluate.py with the same --label-map"
+        )
+    recorded = cross.get("eval_data") or {}
+    current = crosscorpus.eval_identity(args.eval_work, recorded.get("pipe"), recorded.get("variant"),
+                                        predictions["dialogs"])  # fmt: skip
+    crosscorpus.check_same_eval_data(recorded, current, str(pred_path))
+    settings = settings_from_args(args)
+    t0 = time.perf_counter()
+    result = score_predictions(predictions, labels, predictions["dialogs"], settings, where=str(pred_path))
+    note = formats.demo_note(labels)
+    result = {
+        "run": name,
+        "split": split,
+        "cross_corpus": {**cross, "eval_data": current},
+        **({"note": note} if note else {}),
+        "settings": settings,
+        "semantics": "authors" if args.authors else "wu2023",
+        "data_check": data_check,
+        **result,
+        "seconds": time.perf_counter() - t0,
+    }
+    out = folder / (args.out or ("teer_authors.json" if args.authors else "teer.json"))
+    atomic_write_json(out, result)
+    report(f"{name} on {args.eval_name} ({split})", result)
+    print(f"wrote {out}")
+    return result
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -533,6 +600,7 @@ def _parser() -> argparse.ArgumentParser:
         help="score a run even when labels.json, its step-3 config or cache files changed since it was "
         "trained (refused otherwise); teer.json data_check records it",
     )
+    crosscorpus.add_eval_flags(p)
     return p
 
 

@@ -147,3 +147,25 @@ def test_a_labels_json_of_one_set_refuses_labels_of_another(tmp_path):
     (work / "labels.json").write_text(json.dumps({"dialogs": {"Ses01F_impro01": {"utterances": [utt]}}}))
     with pytest.raises(Exception, match=r"label 'xxx', expected one of \['hap', 'ang', 'sad', 'neu'\] or null"):
         formats.load_labels(work)
+
+
+def test_a_wu6_corpus_scored_by_a_four_class_run_through_a_label_map(tmp_path):
+    """Cross-corpus (common.crosscorpus): B's wu6 labels mapped into A's four classes; B's label_set goes (A's
+    labels.json names none), and a B label the map leaves out is not scored."""
+    from common import crosscorpus
+
+    utts = [
+        {"id": f"Ses01F_impro01_F00{i}", "start": i, "end": i + 1.0, "speaker": "F", "label": lab, "code": code}
+        for i, (lab, code) in enumerate([("hap", "exc"), ("oth", "fru"), ("xxx", "xxx"), ("sad", "sad")])
+    ]
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "labels.json").write_text(
+        json.dumps({"labels": WU6, "label_set": "wu6", "dialogs": {"Ses01F_impro01": {"utterances": utts}}})
+    )
+    a = {"labels": list(formats.LABELS), "dialogs": {}}
+    labels, _ = crosscorpus.load_eval_labels(b, a, "hap=hap,sad=sad,ang=ang,neu=neu,oth=,xxx=")
+    assert labels["labels"] == list(formats.LABELS) and "label_set" not in labels
+    assert [u["label"] for u in labels["dialogs"]["Ses01F_impro01"]["utterances"]] == ["hap", None, None, "sad"]
+    with pytest.raises(Exception, match="differ from the run's"):
+        crosscorpus.load_eval_labels(b, a, None)

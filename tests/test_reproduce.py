@@ -124,7 +124,7 @@ def test_first_run_writes_every_table_from_metrics_files(tiny_run):
     base, _ = tiny_run
     tables = (base / "results" / "tables.md").read_text()
     assert formats.DEMO_NOTE in tables
-    for title in ("Table I", "Table II", "Table III", "Table IV", "Paired differences"):
+    for title in ("Table I", "Table II", "Table III", "Table IV", "Paired differences", "Cross-corpus"):
         assert title in tables
     # Every row names its metrics files (one per seed); its cells are the mean ± std over those files.
     rows = [[c.strip() for c in line.split("|")[1:-1]] for line in tables.splitlines() if "metrics.json`" in line]
