@@ -894,6 +894,13 @@ def seed_confusions(res: dict, dialogs=None, labels=None, classes=LABELS) -> tup
     return np.stack([scoring.dialog_confusions(utts, dialogs, labels=classes) for utts in per_seed]), dialogs
 
 
+def result_classes(res: dict) -> tuple:
+    """A configuration's classes, in order: those its metrics.json scored (labels.json's label set; a metrics file
+    written before label sets existed: the paper's four)."""
+    m = flat(res["runs"][0]["metrics"]) if res["runs"] else {}
+    return tuple(m.get("utterance", {}).get("labels") or m.get("labels") or LABELS)
+
+
 def table_head(cells: list[str]) -> list[str]:
     """A Markdown table's header row and its delimiter row, with as many cells."""
     return ["| " + " | ".join(cells) + " |", "|---" * len(cells) + "|"]
@@ -910,10 +917,6 @@ class Tables:
             self._labels = formats.load_labels(self.cfg["work"])
         return self._labels
 
-    def classes(self) -> tuple:
-        """The classes of WORK/labels.json (its label set), in order: the rows of the per-class tables."""
-        return formats.labels_of(self.labels())
-
     def get(self, pipe, variant, mode="finetune", modality="fusion", fusion=DEFAULT_FUSION):
         return self.R.get((pipe, variant, mode, modality, fusion))
 
@@ -922,7 +925,7 @@ class Tables:
         each seed's value and the interval are of the same quantity: the run's pooled test utterances."""
         text = mean_std(values(res, metric_getter(key, "utterance")))
         if self.args.bootstrap_samples:
-            cms = seed_confusions(res, labels=self.labels, classes=self.classes())[0]
+            cms = seed_confusions(res, labels=self.labels, classes=result_classes(res))[0]
             lo, hi = scoring.bootstrap_ci(cms, key, self.args.bootstrap_samples, self.args.bootstrap_seed)
             text += f" [{100 * lo:.1f}, {100 * hi:.1f}]"
         return text
@@ -1027,8 +1030,8 @@ class Tables:
         if not self.args.bootstrap_samples:
             return []
         dialogs = sorted(scored_dialogs(a) | scored_dialogs(b))  # a dialog one of them lacks: misses for it
-        cms_a, _ = seed_confusions(a, dialogs, self.labels, self.classes())
-        cms_b, _ = seed_confusions(b, dialogs, self.labels, self.classes())
+        cms_a, _ = seed_confusions(a, dialogs, self.labels, result_classes(a))
+        cms_b, _ = seed_confusions(b, dialogs, self.labels, result_classes(b))
         rows = []
         for key in scoring.HEADLINE:
             r = scoring.paired_bootstrap(cms_a, cms_b, key, self.args.bootstrap_samples, self.args.bootstrap_seed)
@@ -1142,7 +1145,7 @@ class Tables:
             "|---|---|---|---|---|---|---|",
         ]
         paper = [PAPER["table2"][k] for k in ("without-alignment", "aligned")]
-        for lab, name in formats.label_names(self.classes()).items():
+        for lab, name in formats.label_names(result_classes(al)).items():
             L.append(
                 f"| {name} | "
                 + " | ".join(
@@ -1307,7 +1310,7 @@ class Tables:
                     "max pause (s)",
                     "Acc",
                     "MF1",
-                    *(f"F1 {lab}" for lab in self.classes()),
+                    *(f"F1 {lab}" for lab in result_classes(sweep[0][1])),
                     "Acc (seg.)",
                     "segments",
                     "cov %",
@@ -1323,12 +1326,12 @@ class Tables:
             L.append(
                 f"| {p:g} | {self.projected(r, 'accuracy')} | {self.projected(r, 'macro_f1')} | "
                 + " | ".join(
-                    mean_std(values(r, metric_getter(f"f1:{lab}", "utterance")), 1.0) for lab in self.classes()
+                    mean_std(values(r, metric_getter(f"f1:{lab}", "utterance")), 1.0) for lab in result_classes(r)
                 )
                 + f" | {self.segment(r, 'accuracy')} | {seg} | {cov} | {self.teer(r, 'TEER')} | {self.n(r)} | "
                 f"{self.dialogs(r)} | `{r['source']}/metrics.json` |"
             )
-        plot_sweep(sweep, results_dir / "pause_sweep.png", self.cfg["demo"], self.classes())
+        plot_sweep(sweep, results_dir / "pause_sweep.png", self.cfg["demo"], result_classes(sweep[0][1]))
         return L + ["", "![per-emotion F1 vs maximum pause](pause_sweep.png)", ""]
 
     def alignment_report(self, work: Path) -> list[str]:
@@ -1342,7 +1345,7 @@ class Tables:
         """The wu6 group's table: Wu et al.'s six classes through the standard pipeline with alignment (fine-tuned),
         TEER and sTEER in both scorings, Wu et al.'s printed numbers beside ours; then the F1 of each class."""
         wu = {**PAPER["table1"]["wu2023"], **PAPER["table3"]["wu2023"]}
-        names = formats.label_names(self.classes())
+        names = formats.label_names(result_classes(res))
         L = [
             f"## Wu et al.'s six classes (wu6; {res['pipe']} pipeline with alignment, fine-tuned extractors)",
             "",
