@@ -169,3 +169,26 @@ def test_a_wu6_corpus_scored_by_a_four_class_run_through_a_label_map(tmp_path):
     assert [u["label"] for u in labels["dialogs"]["Ses01F_impro01"]["utterances"]] == ["hap", None, None, "sad"]
     with pytest.raises(Exception, match="differ from the run's"):
         crosscorpus.load_eval_labels(b, a, None)
+
+
+def test_predict_with_a_six_class_run(wu6_run, tmp_path):
+    """predict.py with the wu6 run on a demo dialog (its step-2 outputs as --asr-json/--rttm): the six classes'
+    probabilities, shares over the six, a word per class in the subtitles, the timeline drawn."""
+    work, _, run = wu6_run
+    dialog = sorted(formats.load_labels(work)["dialogs"])[-1]
+    info = formats.load_labels(work)["dialogs"][dialog]
+    wav = Path(formats.load_labels(work)["corpus"]) / info["wav"]
+    out = tmp_path / "out"
+    with steps_in_process():
+        results = predict.main(
+            [str(wav), "--run", str(run), "--asr-json", str(work / "simulated" / "asr" / f"{dialog}.json")]
+            + ["--rttm", str(work / "simulated" / "diarization" / f"{dialog}.rttm"), "--out", str(out)]
+            + ["--device", "cpu"]
+        )
+    (r,) = results.values()
+    assert r["labels"] == WU6 and list(r["summary"]["emotion_shares_by_time"]) == WU6
+    assert r["segments"] and all(list(s["probs"]) == WU6 and s["emotion"] in WU6 for s in r["segments"])
+    assert sum(r["summary"]["emotion_shares_by_time"].values()) == pytest.approx(1.0)
+    vtt = (out / f"{wav.stem}.vtt").read_text()
+    assert all(f"[{predict.EMOTION_WORDS[s['emotion']]}]" in vtt for s in r["segments"])
+    assert (out / f"{wav.stem}.timeline.png").stat().st_size > 0
