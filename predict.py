@@ -310,7 +310,8 @@ def predict_segments(model, config: dict, cache_paths: list[Path], work: Path, d
     tokenizer = AutoTokenizer.from_pretrained(mc.text_model) if model.modality != "audio" else None
     collator = utils.Collator(tokenizer, mc.max_text_tokens, normalize_rows=norm_row)
     bf16 = bool(config.get("bf16")) and torch.device(device).type == "cuda"
-    if config["mode"] == "frozen":  # the pooled embeddings as training computed them, in the temporary work dir
+    if config["mode"] == "frozen" and "feature_dirs" in config:  # a run: the pooled embeddings as training
+        # computed them, in the temporary work dir (a model folder runs its extractors in full)
         feature_dirs = {k: str(work / "features" / k) for k in config["feature_dirs"]}
         feats = utils.cached_embeddings(
             model, dataset, collator, feature_dirs, cache_paths[0].parent, batch_size, device, bf16
@@ -523,7 +524,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
     )
     p.add_argument("audio", nargs="+", help="recordings: wav, flac or ogg, mono or stereo, any sample rate")
-    p.add_argument("--run", required=True, help="a trained run: WORK/runs/<run>/ (config.json, checkpoint_best.pt)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="a trained run: WORK/runs/<run>/ (config.json, checkpoint_best.pt)")
+    source.add_argument("--model", help="a model folder written by export.py (model.safetensors, config.json)")
     p.add_argument(
         "--asr-json",
         default=None,
@@ -629,9 +632,34 @@ def load_recordings(recordings: list[dict]) -> None:
         )
 
 
+def model_folder_config(model_dir) -> dict:
+    """An export.py model folder's config.json as the run config the steps here read: its model section (the
+    extractors: the folder's subfolders), classes, normalisation, step-3 settings and training facts."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise PipelineError(f"{model_dir}: no config.json; expected a model folder written by export.py")
+    exported = fileio.read_json(model_dir / "config.json", "model folder config")
+    mc = utils.model_dir_config(model_dir, exported)
+    training = exported.get("training") or {}
+    return {
+        **{k: training.get(k) for k in ("mode", "pipe", "seed", "batch_size", "bf16")},
+        "variant": exported["variant"],
+        "model": mc.to_dict(),
+        "labels": formats.labels_of(exported),
+        "do_normalize": exported["preprocessing"]["do_normalize"],
+        "data": {"step3_config": exported["step3"]},
+    }
+
+
 def check_inputs(args) -> tuple[Path, dict, list[str], list[dict]]:
-    """Everything that can be wrong with the inputs, found before any model is loaded -> (run dir, its config,
-    the align.py flags of its step-3 variant, the recordings with their audio)."""
+    """Everything that can be wrong with the inputs, found before any model is loaded -> (run dir or model folder,
+    its config, the align.py flags of its step-3 variant, the recordings with their audio)."""
+    if args.model is not None:
+        config = model_folder_config(args.model)
+        align_flags = step3_flags(config, Path(args.model))
+        recordings = plan_recordings(args, None)
+        load_recordings(recordings)
+        return Path(args.model), config, align_flags, recordings
     run_dir = check_run(args.run)
     config = fileio.read_json(run_dir / "config.json", "run config")
     if "folds" in config:
@@ -747,8 +775,11 @@ def recording_segments(
 
 def predict_recordings(args, run_dir: Path, device, work: Path, todo: list[dict]) -> dict:
     """The run's model on each recording's step-3 segments -> {name: emotions.json}, its four files written."""
-    print(f"[predict] loading the run {run_dir} on {device}", flush=True)
-    model, config = utils.load_run(run_dir, device)
+    print(f"[predict] loading the {'model' if args.model else 'run'} {run_dir} on {device}", flush=True)
+    if args.model is not None:
+        model, config = utils.load_model_dir(run_dir, device)[0], model_folder_config(run_dir)
+    else:
+        model, config = utils.load_run(run_dir, device)
     variant_dir = work / PIPE / config["variant"]
     results = {}
     for rec in todo:
@@ -803,6 +834,23 @@ def main(argv=None) -> dict:
         results = predict_recordings(args, run_dir, device, work, todo) if todo else {}
     report_failures(failed, recordings)
     return results
+
+
+def annotate(audio, model=None, run=None, **options):
+    """What predict.py writes in <name>.emotions.json, in Python: one dict for one recording (a path), a list in
+    order for several (the models loaded once). model: an export.py folder, or run: a run dir. options: predict.py's
+    flags by their names (asr_json="call.json", rttm="call.rttm", num_speakers=2, srt=True, ...); out: where the
+    files go (default: a temporary folder, removed)."""
+    paths = [audio] if isinstance(audio, (str, Path)) else list(audio)
+    argv = [str(p) for p in paths] + (["--model", str(model)] if model is not None else [])
+    argv += ["--run", str(run)] if run is not None else []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        argv += [flag] if value is True else ([] if value in (None, False) else [flag, str(value)])
+    with tempfile.TemporaryDirectory(prefix="annotate-") as tmp:
+        results = main(argv + ([] if "out" in options else ["--out", tmp]))
+    found = [results[name] for name in dialog_names(paths)]
+    return found[0] if isinstance(audio, (str, Path)) else found
 
 
 if __name__ == "__main__":

@@ -110,7 +110,7 @@ class TextEmbedder(nn.Module):
     no pooler.
     """
 
-    def __init__(self, name_or_dir: str):
+    def __init__(self, name_or_dir: str, from_config: bool = False):
         super().__init__()
         import inspect
 
@@ -127,7 +127,9 @@ class TextEmbedder(nn.Module):
         if type(config) in MODEL_MAPPING:
             if "add_pooling_layer" in inspect.signature(MODEL_MAPPING[type(config)].__init__).parameters:
                 kwargs["add_pooling_layer"] = False
-        self.model = AutoModel.from_pretrained(name_or_dir, **kwargs)
+        self.model = (
+            AutoModel.from_config(config, **kwargs) if from_config else AutoModel.from_pretrained(name_or_dir, **kwargs)
+        )
         self.hidden_size = self.model.config.hidden_size
 
     def gradient_checkpointing_enable(self) -> None:
@@ -185,7 +187,7 @@ class AudioEmbedder(nn.Module):
 
     FAMILIES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio")  # config.model_type of the supported models
 
-    def __init__(self, name_or_dir: str):
+    def __init__(self, name_or_dir: str, from_config: bool = False):
         super().__init__()
         from transformers import AutoConfig, AutoModel
 
@@ -199,7 +201,7 @@ class AudioEmbedder(nn.Module):
             raise cli.PipelineError(
                 f"{name_or_dir}: {cfg.model_type} models with an adapter (add_adapter) are not supported"
             )
-        self.model = AutoModel.from_pretrained(name_or_dir)
+        self.model = AutoModel.from_config(cfg) if from_config else AutoModel.from_pretrained(name_or_dir)
         self.hidden_size = cfg.hidden_size
         self._frame_mask = None  # [B, T] valid frames, set by forward while the encoder runs
         for m in self.model.encoder.pos_conv_embed.modules():
@@ -443,7 +445,8 @@ class SERModel(nn.Module):
       late         (FusionClassifier_t(z_t) + FusionClassifier_a(z_a)) / 2, each on one token
     modality "text" / "audio": the one embedding as a single token [B, 1, D] -> FusionClassifier.
     Sizes come from the extractors' configs (D = the text model's hidden size, as the authors).
-    load_extractors=False builds only the head (for training on cached frozen embeddings).
+    load_extractors=False builds only the head (for training on cached frozen embeddings); "config" builds the
+    extractors from their configs alone, random weights for a state dict to fill (load_model_dir).
     audio_padding "exact" (ours) makes z_a independent of the padding in the batch (AudioEmbedder);
     "authors" runs the audio model on the padded batch (each row normalised over its padded length,
     normalisation_places) without an attention mask and averages every frame, padding included, as
@@ -461,7 +464,7 @@ class SERModel(nn.Module):
         layers: int = ModelConfig.fusion_layers,
         ffn_dim: int = ModelConfig.ffn_dim,
         audio_padding: str = ModelConfig.audio_padding,
-        load_extractors: bool = True,
+        load_extractors: bool | str = True,
         n_classes: int = len(formats.LABELS),
     ):
         super().__init__()
@@ -475,8 +478,9 @@ class SERModel(nn.Module):
 
         self.modality, self.fusion, self.audio_padding, self.n_classes = modality, fusion, audio_padding, n_classes
         use_text, use_audio = modality in ("fusion", "text"), modality in ("fusion", "audio")
-        self.text = TextEmbedder(text_model) if use_text and load_extractors else None
-        self.audio = AudioEmbedder(audio_model) if use_audio and load_extractors else None
+        from_config = load_extractors == "config"  # built from their configs; load_model_dir loads the weights
+        self.text = TextEmbedder(text_model, from_config) if use_text and load_extractors else None
+        self.audio = AudioEmbedder(audio_model, from_config) if use_audio and load_extractors else None
         h_t = AutoConfig.from_pretrained(text_model).hidden_size if use_text else None
         h_a = AutoConfig.from_pretrained(audio_model).hidden_size if use_audio else None
         dim = h_t if use_text else h_a
@@ -542,7 +546,7 @@ class SERModel(nn.Module):
         return self.classify(*self.embed(batch))
 
 
-def build_model(config: ModelConfig | dict, load_extractors: bool = True, labels=None) -> SERModel:
+def build_model(config: ModelConfig | dict, load_extractors: bool | str = True, labels=None) -> SERModel:
     """SERModel from a ModelConfig, or from a run config (its "model" section, ModelConfig.from_run_config). Its
     classifier has one output per class of labels: given, else the run config's "labels" (labels.json's classes,
     train.py), else the default set's."""
@@ -925,6 +929,39 @@ def load_run(run_dir, device=None, load_extractors: bool = True) -> tuple[SERMod
     ):
         raise cli.PipelineError(
             f"{run_dir / 'checkpoint_best.pt'}: does not match the model of config.json "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
+    model.to(device or "cpu").eval()
+    return model, config
+
+
+MODEL_WEIGHTS = "model.safetensors"  # an export.py folder: every weight, extractors and head (safetensors, no pickle)
+EXTRACTOR_DIRS = {"text": "text", "audio": "audio"}  # ModelConfig field -> its subfolder (config, tokenizer, ...)
+
+
+def model_dir_config(model_dir, config: dict) -> ModelConfig:
+    """The ModelConfig of a model folder's config.json, its extractors the folder's subfolders (EXTRACTOR_DIRS:
+    relative in the file; None for an extractor the modality does not use)."""
+    section = dict(config.get("model") or {})
+    for kind, sub in EXTRACTOR_DIRS.items():
+        section[f"{kind}_model"] = str(Path(model_dir) / sub) if section.get(f"{kind}_model") else None
+    return ModelConfig.from_dict(section, f"{Path(model_dir) / 'config.json'} model")
+
+
+def load_model_dir(model_dir, device=None) -> tuple[SERModel, dict]:
+    """(model, the folder's config.json) of a model folder written by export.py: the extractors built from the
+    configs in its subfolders (EXTRACTOR_DIRS), every weight read from model.safetensors, which must match exactly."""
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir)
+    config = fileio.read_json(model_dir / "config.json", "model folder config")
+    if not (model_dir / MODEL_WEIGHTS).is_file():
+        raise cli.PipelineError(f"{model_dir / MODEL_WEIGHTS}: not found; expected a model folder written by export.py")
+    model = build_model(model_dir_config(model_dir, config), load_extractors="config", labels=formats.labels_of(config))
+    missing, unexpected = model.load_state_dict(load_file(model_dir / MODEL_WEIGHTS), strict=False)
+    if missing or unexpected:
+        raise cli.PipelineError(
+            f"{model_dir / MODEL_WEIGHTS}: does not match the model of config.json "
             f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
     model.to(device or "cpu").eval()
