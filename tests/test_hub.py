@@ -134,6 +134,7 @@ def hub(tmp_path, monkeypatch):
     """The fake hub on a free port, huggingface_hub pointed at it (online, a private cache), HF_TOKEN set."""
     import huggingface_hub.constants
     import huggingface_hub.file_download
+    import requests
     from huggingface_hub.utils import reset_sessions
 
     FakeHub.requests, FakeHub.repos, FakeHub.lfs, FakeHub.created, FakeHub.validated = [], {}, {}, [], []
@@ -149,6 +150,13 @@ def hub(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
     monkeypatch.setattr(huggingface_hub.file_download, "HUGGINGFACE_CO_URL_TEMPLATE", template)  # a copy
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub_cache"))
+    send = requests.adapters.HTTPAdapter.send
+
+    def only_the_fake_hub(adapter, request, *args, **kwargs):
+        assert request.url.startswith(endpoint + "/"), f"a request left the fake hub: {request.url}"
+        return send(adapter, request, *args, **kwargs)
+
+    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", only_the_fake_hub)
     reset_sessions()  # a session made offline by another test would refuse the requests
     yield FakeHub
     server.shutdown()
