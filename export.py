@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 import utils
-from common import cli, defaults, fileio, formats, modelhub
+from common import cli, defaults, fileio, formats, hubpush, modelhub
 from common.cli import PipelineError
 
 FORMAT = {"name": "ser-align-model", "version": 1}  # config.json "format": what wrote the folder
@@ -337,6 +337,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--work", default=defaults.WORK_DIR, help="work directory of a run given by name (default: %(default)s)"
     )
+    hubpush.add_hub_flags(p)
     return p.parse_args(argv)
 
 
@@ -369,6 +370,7 @@ def main(argv=None) -> Path:
         tmp.mkdir()  # for TemporaryDirectory's cleanup
     n = sum(p.numel() for p in model.parameters())
     print(f"[export] {run_dir} -> {out}: {n:,} parameters, {len(exported['labels'])} classes", flush=True)
+    hubpush.push_if_asked(args, out)
     return out
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 import utils
-from common import cli, defaults, fileio, formats, rundirs, step2_whisperx
+from common import cli, defaults, fileio, formats, modelhub, rundirs, step2_whisperx
 from common.cli import PipelineError
 from common.formats import LABELS
 
@@ -526,7 +526,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("audio", nargs="+", help="recordings: wav, flac or ogg, mono or stereo, any sample rate")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", help="a trained run: WORK/runs/<run>/ (config.json, checkpoint_best.pt)")
-    source.add_argument("--model", help="a model folder written by export.py (model.safetensors, config.json)")
+    source.add_argument(
+        "--model",
+        help="a model folder written by export.py (model.safetensors, config.json), or its hub name org/name "
+        "(downloaded as the extractors are; --model-dir copies and HF_HUB_OFFLINE are honoured)",
+    )
     p.add_argument(
         "--asr-json",
         default=None,
@@ -655,11 +659,12 @@ def check_inputs(args) -> tuple[Path, dict, list[str], list[dict]]:
     """Everything that can be wrong with the inputs, found before any model is loaded -> (run dir or model folder,
     its config, the align.py flags of its step-3 variant, the recordings with their audio)."""
     if args.model is not None:
-        config = model_folder_config(args.model)
-        align_flags = step3_flags(config, Path(args.model))
+        folder = modelhub.resolve_model_dir(args.model, args.model_dir)  # a folder, a --model-dir copy or the hub
+        config = model_folder_config(folder)
+        align_flags = step3_flags(config, folder)
         recordings = plan_recordings(args, None)
         load_recordings(recordings)
-        return Path(args.model), config, align_flags, recordings
+        return folder, config, align_flags, recordings
     run_dir = check_run(args.run)
     config = fileio.read_json(run_dir / "config.json", "run config")
     if "folds" in config:

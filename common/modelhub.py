@@ -158,3 +158,45 @@ def tokenizer_digest(name_or_dir: str) -> str | None:
             h.update(name.encode())
             h.update((path / name).read_bytes())
     return h.hexdigest()
+
+
+# What an exported model folder (export.py) must hold for predict.py --model to load it.
+MODEL_FOLDER_REQUIRED = ("config.json", "model.safetensors")
+
+
+def resolve_model_dir(name, model_dir=None, *, token: str | None = None, cache_dir=None, allow_patterns=None) -> Path:
+    """predict.py --model NAME -> the exported model folder on disk, found as the extractors are: NAME itself
+    when it is a folder, its offline copy model_dir/<org>/<name> (--model-dir; no request), else the hub
+    repository NAME downloaded into the hub cache (huggingface_hub.snapshot_download, token from HF_TOKEN;
+    with HF_HUB_OFFLINE=1 only the cache is read). A missing folder, a hub error or a folder without
+    config.json and model.safetensors is one PipelineError line."""
+    local = local_model_path(name, model_dir)
+    if local is None and not is_hub_name(name):
+        under = f", nor under --model-dir {model_dir}" if model_dir else ""
+        raise cli.PipelineError(f"--model {name}: no such folder{under}, and not a hub name org/name")
+    if local is None:
+        from huggingface_hub import snapshot_download
+
+        token = token if token is not None else huberrors.hub_token()
+        try:
+            local = Path(
+                snapshot_download(
+                    repo_id=str(name),
+                    token=token,
+                    cache_dir=cache_dir,
+                    allow_patterns=allow_patterns,
+                    local_files_only=huberrors.hub_offline(),
+                )
+            )
+        except Exception as e:  # gated, not found, offline and not cached, no network: one line
+            raise cli.PipelineError(f"--model {name}: {huberrors.hub_error_message(str(name), e, token)}") from e
+    item = check_local_model(f"--model {name}", local, MODEL_FOLDER_REQUIRED)
+    if not item.ok:
+        raise cli.PipelineError(f"--model {name}: not an exported model folder (export.py): {item.message}")
+    return local
+
+
+def download_model_dir(name: str, dest_root, token: str | None = None) -> Path:
+    """An offline copy of the exported model `name` (every file of the hub repository) into
+    dest_root/<org>/<name>, which `--model NAME --model-dir DEST_ROOT` then reads without the hub -> that folder."""
+    return snapshot_repo(name, dest_root, ["*"], token if token is not None else huberrors.hub_token())
