@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import steps_in_process
+from test_hub import REPO, TOKEN, hub  # noqa: F401  (the fake, local hub)
 from test_predict import trained  # noqa: F401  (the module fixture: a work dir and a tiny run)
 
 import evaluate
@@ -102,3 +103,24 @@ def test_predict_model_equals_run_and_annotate_equals_the_file(trained, exported
     assert one == json.loads((tmp_path / "one" / f"{wav.stem}.emotions.json").read_text())
     assert isinstance(two, list) and len(two) == 2 and two[1]["name"] == f"{wav.stem}_2"
     assert [s["probs"] for s in two[0]["segments"]] == [s["probs"] for s in one["segments"]]
+
+
+def test_export_pushes_to_the_hub_and_predict_fetches_the_model_by_name(trained, hub, tmp_path, capsys):  # noqa: F811
+    """export.py --push-to-hub sends the folder to the (fake, local) hub; predict.py --model org/name downloads it
+    and gives the probabilities of the folder it was exported to."""
+    work, run_dir, dialog, wav = trained
+    evaluate.main(["--work", str(work), "--run", run_dir.name, "--device", "cpu", "--bootstrap-samples", "50"])
+    out = export.main([run_dir.name, str(tmp_path / "pushed"), "--work", str(work), "--push-to-hub", REPO])
+    sent = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert {k: v for k, v in hub.repos[REPO].items() if "/" not in k} == sent  # the folder's files, as written
+    step2 = tmp_path / "step2"
+    step2.mkdir()
+    shutil.copy(work / "simulated" / "asr" / f"{dialog}.json", step2 / f"{wav.stem}.json")
+    shutil.copy(work / "simulated" / "diarization" / f"{dialog}.rttm", step2 / f"{wav.stem}.rttm")
+    common = [str(wav), "--device", "cpu", "--asr-json", str(step2), "--rttm", str(step2)]
+    with steps_in_process():
+        local = predict.main([*common, "--model", str(out), "--out", str(tmp_path / "local")])[wav.stem]
+        fetched = predict.main([*common, "--model", REPO, "--out", str(tmp_path / "hub")])[wav.stem]
+    assert len(fetched["segments"]) >= 3
+    assert [s["probs"] for s in fetched["segments"]] == [s["probs"] for s in local["segments"]]
+    assert TOKEN not in "".join(capsys.readouterr())
