@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 import utils
-from common import cli, defaults, fileio, formats, rundirs, step2_whisperx
+from common import cli, defaults, fileio, formats, onnxrun, rundirs, step2_whisperx
 from common.cli import PipelineError
 from common.formats import LABELS
 
@@ -310,7 +310,8 @@ def predict_segments(model, config: dict, cache_paths: list[Path], work: Path, d
     tokenizer = AutoTokenizer.from_pretrained(mc.text_model) if model.modality != "audio" else None
     collator = utils.Collator(tokenizer, mc.max_text_tokens, normalize_rows=norm_row)
     bf16 = bool(config.get("bf16")) and torch.device(device).type == "cuda"
-    if config["mode"] == "frozen":  # the pooled embeddings as training computed them, in the temporary work dir
+    frozen = config["mode"] == "frozen" and not getattr(model, "is_onnx", False)  # ONNX: the whole model, live
+    if frozen:  # the pooled embeddings as training computed them, in the temporary work dir
         feature_dirs = {k: str(work / "features" / k) for k in config["feature_dirs"]}
         feats = utils.cached_embeddings(
             model, dataset, collator, feature_dirs, cache_paths[0].parent, batch_size, device, bf16
@@ -544,6 +545,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "since it was trained (refused otherwise); recorded in <name>.emotions.json",
     )
     p.add_argument("--device", default="auto", help="auto (cuda if available), cuda or cpu; for steps 2 and 4")
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help="run the model with onnxruntime on the CPU (RUN/model.onnx if present, else exported now); "
+        "docs/PREDICT.md, ONNX",
+    )
     p.add_argument("--batch-size", type=int, default=None, help="segments per batch (default: the run's)")
     p.add_argument(
         "--keep-work",
@@ -745,10 +752,20 @@ def recording_segments(
     return segments
 
 
+def load_model(args, run_dir: Path, device) -> tuple:
+    """(model, run config, device it runs on): the run in PyTorch, or with --onnx its ONNX graph in onnxruntime on the
+    CPU (RUN/model.onnx, or the run exported now: common.onnxrun.run_onnx_for), which takes the same batches."""
+    if not args.onnx:
+        print(f"[predict] loading the run {run_dir} on {device}", flush=True)
+        return (*utils.load_run(run_dir, device), device)
+    config = fileio.read_json(run_dir / "config.json", "run config")
+    model = onnxrun.run_onnx_for(run_dir, lambda: utils.load_run(run_dir, "cpu")[0], formats.labels_of(config))
+    return model, config, torch.device("cpu")
+
+
 def predict_recordings(args, run_dir: Path, device, work: Path, todo: list[dict]) -> dict:
     """The run's model on each recording's step-3 segments -> {name: emotions.json}, its four files written."""
-    print(f"[predict] loading the run {run_dir} on {device}", flush=True)
-    model, config = utils.load_run(run_dir, device)
+    model, config, device = load_model(args, run_dir, device)
     variant_dir = work / PIPE / config["variant"]
     results = {}
     for rec in todo:
