@@ -85,15 +85,17 @@ def example_batch(model: nn.Module, sample_rate: int = 16000) -> dict:
 
 
 def export_onnx(model: nn.Module, out, labels=None, metadata: dict | None = None) -> Path:
-    """A loaded SERModel (eval mode, CPU copy) -> out (model.onnx); returns out. labels: its classes, kept in the
-    metadata with metadata's other {key: text} entries (e.g. the checkpoint's sha256)."""
+    """A loaded SERModel (traced in eval mode on its device; its mode is restored) -> out (model.onnx); returns
+    out. labels: its classes, kept in the metadata with metadata's other {key: text} entries (e.g. the checkpoint's
+    sha256)."""
     import onnx
 
     check_exportable(model)
     was_training = model.training
     wrapper = _Exportable(model).eval()  # export restores the wrapper's mode onto the model: eval, as inference
     names = wrapper.names
-    batch = example_batch(model)
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in example_batch(model).items()}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -101,13 +103,14 @@ def export_onnx(model: nn.Module, out, labels=None, metadata: dict | None = None
     torch.backends.mha.set_fastpath_enabled(False)  # the fused Transformer kernels have no ONNX form; same maths
     try:
         _trace(wrapper, batch, names, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
         model.train(was_training)
-    graph = onnx.load(str(tmp))
-    inputs = [
-        i.name for i in graph.graph.input
-    ]  # an input the model does not use is dropped (authors' padding: lengths)
+    graph = onnx.load(str(tmp), load_external_data=False)  # a model over 2 GB keeps its weights beside the graph
+    inputs = [i.name for i in graph.graph.input]  # an unused input is dropped (authors' padding: lengths)
     info = {"modality": model.modality, "n_classes": str(model.n_classes), "inputs": json.dumps(inputs)}
     info |= {"labels": json.dumps(list(labels))} if labels is not None else {}
     onnx.helper.set_model_props(graph, {**info, **{k: str(v) for k, v in (metadata or {}).items()}})
