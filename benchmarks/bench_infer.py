@@ -6,9 +6,9 @@ extractors (default: a CPU check in seconds) or wav2vec2-base- and roberta-base-
 both runtimes then classify the same segments, IEMOCAP-like (log-normal durations, median 4.5 s, clipped to
 1-20 s, normalised as SegmentDataset does; ~2.5 words/s of random demo words), in the same length-bucketed batches
 (LengthBucketSampler, collated once up front: the timing is the model alone), with the same number of threads
-(torch.set_num_threads and onnxruntime's intra-op threads). Each runtime passes over all the segments --repeats
-times after one untimed batch; the fastest pass counts. Prints segments/s of each, their ratio (onnxruntime /
-PyTorch) and the largest difference of their probabilities.
+(torch.set_num_threads and onnxruntime's intra-op threads), denormals flushed as predict.py runs PyTorch. Each
+runtime passes over all the segments --repeats times after one untimed batch; the fastest pass counts. Prints
+segments/s of each, their ratio (onnxruntime / PyTorch) and the largest difference of their probabilities.
 
     python benchmarks/bench_infer.py                        # tiny models, 64 segments, 2 threads
     python benchmarks/bench_infer.py --base-sized --segments 64
@@ -77,10 +77,12 @@ def measure(args) -> dict:
     difference of their probabilities."""
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)  # restored below: tests run this in their process
+    torch.set_flush_denormal(True)  # as predict.py runs the model
     try:
         return figures(args)
     finally:
         torch.set_num_threads(threads)
+        torch.set_flush_denormal(False)
 
 
 def figures(args) -> dict:
