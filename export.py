@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 import utils
-from common import cli, defaults, fileio, formats, hubpush, modelhub
+from common import cli, defaults, fileio, formats, hubpush, modelhub, onnxrun
 from common.cli import PipelineError
 
 FORMAT = {"name": "ser-align-model", "version": 1}  # config.json "format": what wrote the folder
@@ -337,6 +337,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--work", default=defaults.WORK_DIR, help="work directory of a run given by name (default: %(default)s)"
     )
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also write model.onnx: the whole model (both extractors and the head) for onnxruntime "
+        "(predict.py --model OUT --onnx; common/onnxrun.py)",
+    )
     hubpush.add_hub_flags(p)
     return p.parse_args(argv)
 
@@ -362,6 +368,9 @@ def main(argv=None) -> Path:
         exported = folder_config(config, mc, metrics, corpus, step3)
         fileio.atomic_write_json(tmp / "config.json", exported)
         fileio.atomic_write_text(tmp / "README.md", model_card(exported, metrics, out.name))
+        if args.onnx:  # the graph of the weights just written (their sha256 in its metadata)
+            weights = fileio.file_sha256(tmp / utils.MODEL_WEIGHTS)
+            onnxrun.export_onnx(model, tmp / "model.onnx", exported["labels"], {"weights_sha256": weights})
         machine_paths = [run_dir, config.get("work"), (config.get("data") or {}).get("work"), config.get("corpus")]
         check_no_paths(tmp, [*map(str, filter(None, machine_paths)), mc.text_model, mc.audio_model])
         if out.exists():

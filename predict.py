@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 import utils
-from common import cli, defaults, fileio, formats, modelhub, rundirs, step2_whisperx
+from common import cli, defaults, fileio, formats, modelhub, onnxrun, rundirs, step2_whisperx
 from common.cli import PipelineError
 from common.formats import LABELS
 
@@ -310,8 +310,10 @@ def predict_segments(model, config: dict, cache_paths: list[Path], work: Path, d
     tokenizer = AutoTokenizer.from_pretrained(mc.text_model) if model.modality != "audio" else None
     collator = utils.Collator(tokenizer, mc.max_text_tokens, normalize_rows=norm_row)
     bf16 = bool(config.get("bf16")) and torch.device(device).type == "cuda"
-    if config["mode"] == "frozen" and "feature_dirs" in config:  # a run: the pooled embeddings as training
-        # computed them, in the temporary work dir (a model folder runs its extractors in full)
+    # a run: the pooled embeddings as training computed them, in the temporary work dir (a model folder, or an ONNX
+    # graph, runs its extractors in full)
+    frozen = config["mode"] == "frozen" and "feature_dirs" in config and not getattr(model, "is_onnx", False)
+    if frozen:
         feature_dirs = {k: str(work / "features" / k) for k in config["feature_dirs"]}
         feats = utils.cached_embeddings(
             model, dataset, collator, feature_dirs, cache_paths[0].parent, batch_size, device, bf16
@@ -519,6 +521,50 @@ def write_outputs(rec: dict, segments: list[dict], out: Path, run_dir: Path, con
 # ---------------------------------------------------------------------------------------------
 
 
+def add_step2_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of step 2, run when no --asr-json is given."""
+    w = p.add_argument_group("step 2 (preprocess.py --backend whisperx), when no --asr-json is given")
+    w.add_argument("--asr-model", default=defaults.ASR_MODEL, help="(default: %(default)s, the paper's)")
+    w.add_argument("--align-model", default=None, help="(default: WhisperX's for the language)")
+    w.add_argument("--diar-model", default=defaults.DIAR_MODEL, help="(default: %(default)s)")
+    w.add_argument("--model-dir", default=None, help="local mirror of hub models (preprocess.py --model-dir)")
+    step2_whisperx.add_speaker_flags(w, "auto (pyannote estimates each recording's)")
+    w.add_argument(
+        "--language",
+        default=defaults.PREDICT_LANGUAGE,
+        metavar="CODE",
+        help="Whisper language code of the recordings, or auto (default: %(default)s: detected per recording, "
+        "as a user of an arbitrary recording expects; the paper's pipeline is en)",
+    )
+    w.add_argument(
+        "--step2-args",
+        default="",
+        help='more preprocess.py flags, one quoted string (e.g. "--cache-only --beam-size 1")',
+    )
+
+
+def check_args(p: argparse.ArgumentParser, args) -> None:
+    """What argparse cannot check alone -> p.error."""
+    if (args.asr_json is None) != (args.rttm is None):
+        p.error("--asr-json and --rttm go together (a step-2 output is both); give both or neither")
+    if args.batch_size is not None and args.batch_size < 1:
+        p.error(f"--batch-size {args.batch_size}: expected 1 or more")
+    try:
+        step2_whisperx.speaker_kwargs(args, step2_whisperx.AUTO_SPEAKERS)
+    except ValueError as e:
+        p.error(str(e))
+    if any(
+        a.split("=")[0] in ("--num-speakers", "--min-speakers", "--max-speakers") for a in shlex.split(args.step2_args)
+    ):
+        p.error(
+            "give the speaker count as predict.py's --num-speakers/--min-speakers/--max-speakers, not in --step2-args"
+        )
+    if args.asr_json is not None and any(getattr(args, k) is not None for k in step2_whisperx.SPEAKER_FLAGS):
+        p.error(
+            "--num-speakers/--min-speakers/--max-speakers set step 2's pyannote call; with --asr-json/--rttm none runs"
+        )
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
@@ -551,6 +597,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "since it was trained (refused otherwise); recorded in <name>.emotions.json",
     )
     p.add_argument("--device", default="auto", help="auto (cuda if available), cuda or cpu; for steps 2 and 4")
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help="run the model with onnxruntime on the CPU (a model folder: its model.onnx, from export.py --onnx; "
+        "a run: RUN/model.onnx if present, else exported now); docs/PREDICT.md, ONNX",
+    )
     p.add_argument("--batch-size", type=int, default=None, help="segments per batch (default: the run's)")
     p.add_argument(
         "--keep-work",
@@ -559,43 +611,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="use DIR as the work directory and keep it (labels.json, step 2 and 3 outputs); "
         "default: a temporary one, removed",
     )
-    w = p.add_argument_group("step 2 (preprocess.py --backend whisperx), when no --asr-json is given")
-    w.add_argument("--asr-model", default=defaults.ASR_MODEL, help="(default: %(default)s, the paper's)")
-    w.add_argument("--align-model", default=None, help="(default: WhisperX's for the language)")
-    w.add_argument("--diar-model", default=defaults.DIAR_MODEL, help="(default: %(default)s)")
-    w.add_argument("--model-dir", default=None, help="local mirror of hub models (preprocess.py --model-dir)")
-    step2_whisperx.add_speaker_flags(w, "auto (pyannote estimates each recording's)")
-    w.add_argument(
-        "--language",
-        default=defaults.PREDICT_LANGUAGE,
-        metavar="CODE",
-        help="Whisper language code of the recordings, or auto (default: %(default)s: detected per recording, "
-        "as a user of an arbitrary recording expects; the paper's pipeline is en)",
-    )
-    w.add_argument(
-        "--step2-args",
-        default="",
-        help='more preprocess.py flags, one quoted string (e.g. "--cache-only --beam-size 1")',
-    )
+    add_step2_flags(p)
     args = p.parse_args(argv)
-    if (args.asr_json is None) != (args.rttm is None):
-        p.error("--asr-json and --rttm go together (a step-2 output is both); give both or neither")
-    if args.batch_size is not None and args.batch_size < 1:
-        p.error(f"--batch-size {args.batch_size}: expected 1 or more")
-    try:
-        step2_whisperx.speaker_kwargs(args, step2_whisperx.AUTO_SPEAKERS)
-    except ValueError as e:
-        p.error(str(e))
-    if any(
-        a.split("=")[0] in ("--num-speakers", "--min-speakers", "--max-speakers") for a in shlex.split(args.step2_args)
-    ):
-        p.error(
-            "give the speaker count as predict.py's --num-speakers/--min-speakers/--max-speakers, not in --step2-args"
-        )
-    if args.asr_json is not None and any(getattr(args, k) is not None for k in step2_whisperx.SPEAKER_FLAGS):
-        p.error(
-            "--num-speakers/--min-speakers/--max-speakers set step 2's pyannote call; with --asr-json/--rttm none runs"
-        )
+    check_args(p, args)
     return args
 
 
@@ -778,13 +796,30 @@ def recording_segments(
     return segments
 
 
+def load_model(args, run_dir: Path, device) -> tuple:
+    """(model, run config, device it runs on): the run (or export.py's model folder) in PyTorch, or with --onnx its
+    ONNX graph in onnxruntime on the CPU (DIR/model.onnx; RUN/model.onnx, or the run exported now:
+    common.onnxrun.run_onnx_for), which takes the same batches."""
+    if args.model is not None:  # a model folder (export.py): its weights, or with --onnx its model.onnx
+        config = model_folder_config(run_dir)
+        if args.onnx:
+            if not (run_dir / "model.onnx").is_file():
+                raise PipelineError(f"{run_dir}: no model.onnx; export the run with `python export.py RUN OUT --onnx`")
+            print(f"[predict] loading {run_dir / 'model.onnx'} in onnxruntime (CPU)", flush=True)
+            return onnxrun.OnnxModel(run_dir / "model.onnx"), config, torch.device("cpu")
+        print(f"[predict] loading the model {run_dir} on {device}", flush=True)
+        return utils.load_model_dir(run_dir, device)[0], config, device
+    if not args.onnx:
+        print(f"[predict] loading the run {run_dir} on {device}", flush=True)
+        return (*utils.load_run(run_dir, device), device)
+    config = fileio.read_json(run_dir / "config.json", "run config")
+    model = onnxrun.run_onnx_for(run_dir, lambda: utils.load_run(run_dir, "cpu")[0], formats.labels_of(config))
+    return model, config, torch.device("cpu")
+
+
 def predict_recordings(args, run_dir: Path, device, work: Path, todo: list[dict]) -> dict:
     """The run's model on each recording's step-3 segments -> {name: emotions.json}, its four files written."""
-    print(f"[predict] loading the {'model' if args.model else 'run'} {run_dir} on {device}", flush=True)
-    if args.model is not None:
-        model, config = utils.load_model_dir(run_dir, device)[0], model_folder_config(run_dir)
-    else:
-        model, config = utils.load_run(run_dir, device)
+    model, config, device = load_model(args, run_dir, device)
     variant_dir = work / PIPE / config["variant"]
     results = {}
     for rec in todo:

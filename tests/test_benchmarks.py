@@ -11,6 +11,7 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 # what each prints once its figures are computed
 FIGURES = {
     "bench_align.py": ["align_dialog end to end", "result:"],
+    "bench_infer.py": ["pytorch eager:", "onnxruntime:", "ratio onnxruntime/pytorch:"],
     "bench_teer.py": ["default (Wu et al.)", "--authors", "TEER"],
     "bench_train.py": ["audio s/s", "ratio ours/authors:"],
 }

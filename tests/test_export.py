@@ -124,3 +124,23 @@ def test_export_pushes_to_the_hub_and_predict_fetches_the_model_by_name(trained,
     assert len(fetched["segments"]) >= 3
     assert [s["probs"] for s in fetched["segments"]] == [s["probs"] for s in local["segments"]]
     assert TOKEN not in "".join(capsys.readouterr())
+
+
+def test_export_onnx_and_predict_model_onnx_equal_pytorch(trained, exported, tmp_path):  # noqa: F811
+    """export.py --onnx writes model.onnx beside model.safetensors; predict.py --model DIR --onnx (onnxruntime)
+    gives the segments and emotions of --model DIR (PyTorch), probabilities within 1e-4."""
+    work, run_dir, _, wav = trained
+    _, step2 = exported
+    out = export.main([run_dir.name, str(tmp_path / "with-onnx"), "--work", str(work), "--onnx"])
+    assert (out / "model.onnx").stat().st_size > 0 and (out / "model.safetensors").is_file()
+    common = [str(wav), "--asr-json", str(step2), "--rttm", str(step2), "--device", "cpu", "--model", str(out)]
+    with steps_in_process():
+        torch_run = predict.main([*common, "--out", str(tmp_path / "pt")])[wav.stem]
+        onnx_run = predict.main([*common, "--onnx", "--out", str(tmp_path / "ort")])[wav.stem]
+    assert len(onnx_run["segments"]) >= 3
+    assert [s["emotion"] for s in onnx_run["segments"]] == [s["emotion"] for s in torch_run["segments"]]
+    for a, b in zip(torch_run["segments"], onnx_run["segments"]):
+        assert max(abs(a["probs"][c] - b["probs"][c]) for c in a["probs"]) < 1e-4
+    with pytest.raises(PipelineError, match="no model.onnx"):
+        with steps_in_process():
+            predict.main([*common[:-1], str(exported[0]), "--onnx", "--out", str(tmp_path / "none")])
