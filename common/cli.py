@@ -92,7 +92,7 @@ def describe_error(error: BaseException, script: str = "") -> tuple[str, int]:
 
 
 def run_main(main) -> None:
-    """The entry point of every step script: `if __name__ == "__main__": utils.run_main(main)`.
+    """The entry point of every step script: `if __name__ == "__main__": cli.run_main(main)`.
 
     Calls main(argv) with the command line. An expected failure (describe_error) prints ONE line
     "error: <file>[:<line>]: <what was wrong and what was expected>" on stderr and exits with status
