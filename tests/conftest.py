@@ -98,3 +98,24 @@ def steps_in_process():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cli, "start_step", FinishedStep)
         yield
+
+
+def tiny_trained_run(demo_work, tmp_path_factory, name: str) -> tuple[Path, Path, list[str]]:
+    """A private work dir (labels.json of the tiny demo, step 2 simulated, step 3 aligned-p1.5) and one tiny run "r"
+    trained for 1 epoch on CPU -> (work, run dir, the training argv)."""
+    import shutil
+
+    import align
+    import preprocess
+    import train
+    from demo.build_ser_models import build
+
+    work = tmp_path_factory.mktemp(f"work_{name}")
+    shutil.copy(demo_work / "labels.json", work / "labels.json")
+    preprocess.main(["--work", str(work), "--backend", "simulated"])
+    align.main(["--work", str(work), "--pipe", "simulated", "--variant", "aligned"])
+    models = build(tmp_path_factory.mktemp(f"ser_models_{name}"), seed=0)
+    argv = ["--work", str(work), "--pipe", "simulated", "--run", "r", "--text-model", models["text_model"]]
+    argv += ["--audio-model", models["audio_model"], "--epochs", "1", "--batch-size", "4", "--num-workers", "0"]
+    argv += ["--device", "cpu"]
+    return work, Path(train.main(argv)), argv

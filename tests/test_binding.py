@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import steps_in_process
+from conftest import steps_in_process, tiny_trained_run
 
 import align
 import evaluate
@@ -34,35 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def bound(demo_corpus, demo_work, tmp_path_factory):
     """(work, run name, training argv, a test dialog) of a run trained and evaluated once."""
-    import preprocess
-    from demo.build_ser_models import build
-
-    work = tmp_path_factory.mktemp("work_binding")
-    shutil.copy(demo_work / "labels.json", work / "labels.json")
-    preprocess.main(["--work", str(work), "--backend", "simulated"])
-    align.main(["--work", str(work), "--pipe", "simulated", "--variant", "aligned"])
-    models = build(tmp_path_factory.mktemp("ser_models_binding"), seed=0)
-    argv = [
-        "--work",
-        str(work),
-        "--pipe",
-        "simulated",
-        "--run",
-        "r",
-        "--text-model",
-        models["text_model"],
-        "--audio-model",
-        models["audio_model"],
-        "--epochs",
-        "1",
-        "--batch-size",
-        "4",
-        "--num-workers",
-        "0",
-        "--device",
-        "cpu",
-    ]
-    run_dir = Path(train.main(argv))
+    work, run_dir, argv = tiny_trained_run(demo_work, tmp_path_factory, "binding")
     evaluate.main(["--work", str(work), "--run", "r", "--bootstrap-samples", "0"])
     dialog = json.loads((run_dir / "config.json").read_text())["split"]["test"][0]
     return work, "r", argv, dialog

@@ -24,7 +24,7 @@ import pytest
 import soundfile as sf
 import torch
 import torchaudio
-from conftest import steps_in_process
+from conftest import steps_in_process, tiny_trained_run
 
 import predict
 from common.cli import PipelineError
@@ -37,38 +37,7 @@ OUTPUTS = (".emotions.json", ".emotions.rttm", ".vtt", ".timeline.png")
 @pytest.fixture(scope="module")
 def trained(demo_corpus, demo_work, tmp_path_factory):
     """A private work dir: step 2 simulated, step 3 aligned-p1.5, one tiny run trained for 1 epoch."""
-    import align
-    import preprocess
-    import train
-    from demo.build_ser_models import build
-
-    work = tmp_path_factory.mktemp("work_predict")
-    shutil.copy(demo_work / "labels.json", work / "labels.json")
-    preprocess.main(["--work", str(work), "--backend", "simulated"])
-    align.main(["--work", str(work), "--pipe", "simulated", "--variant", "aligned"])
-    models = build(tmp_path_factory.mktemp("ser_models_predict"), seed=0)
-    run_dir = train.main(
-        [
-            "--work",
-            str(work),
-            "--pipe",
-            "simulated",
-            "--run",
-            "r",
-            "--text-model",
-            models["text_model"],
-            "--audio-model",
-            models["audio_model"],
-            "--epochs",
-            "1",
-            "--batch-size",
-            "4",
-            "--num-workers",
-            "0",
-            "--device",
-            "cpu",
-        ]
-    )
+    work, run_dir, _ = tiny_trained_run(demo_work, tmp_path_factory, "predict")
     config = json.loads((Path(run_dir) / "config.json").read_text())
     dialog = config["split"]["test"][0]  # a held-out Session 5 dialog
     labels = json.loads((work / "labels.json").read_text())
